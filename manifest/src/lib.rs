@@ -1,0 +1,1 @@
+//! The Bottlerocket-compatible `manifest.json`: schema, update selection, migration-chain search, validation; and the `updata` publisher CLI.
