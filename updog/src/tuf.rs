@@ -1,0 +1,1 @@
+//! The TUF client: the specification's detailed client workflow, step by step.
