@@ -479,7 +479,6 @@ fn images_larger_than_the_partition_write_nothing_past_its_end() {
 
 /// A source that yields 4 KiB of a valid stream per read and stalls (30 s, far longer than
 /// the test waits) once `stall_after` bytes were given.
-
 struct SlowSource {
     data: Vec<u8>,
     pos: usize,
