@@ -449,10 +449,7 @@ mod tests {
     fn field_encoding_matches_cgpt_layout() {
         // priority 5, tries 10, successful: 0x5 at 48, 0xA at 52, bit 56.
         let s = SetState::new(5, 10, true).unwrap();
-        assert_eq!(
-            s.apply_to(0),
-            0x0000_0000_0000_0000 | (5 << 48) | (10 << 52) | (1 << 56)
-        );
+        assert_eq!(s.apply_to(0), (5 << 48) | (10 << 52) | (1 << 56));
         assert_eq!(s.apply_to(0), 0x01A5_0000_0000_0000);
         assert_eq!(SetState::from_attributes(0x01A5_0000_0000_0000), s);
         // The reference's worked example: 0x5555... decodes to p5 t5 s1.
