@@ -89,4 +89,36 @@ pub enum Error {
         /// How long we waited.
         waited_ms: u128,
     },
+    /// Reading or writing the GPT failed (nothing was changed when a write was refused).
+    #[error("GPT of {disk}: {source}")]
+    Gpt {
+        /// The disk.
+        disk: PathBuf,
+        /// The cause.
+        source: bootpart::gpt::GptError,
+    },
+    /// The disk's partitions do not form the expected layout.
+    #[error("disk {disk}: {source}")]
+    Disk {
+        /// The disk.
+        disk: PathBuf,
+        /// The cause.
+        source: bootpart::Error,
+    },
+    /// Finding the running disk or set failed.
+    #[error("cannot find the running partition set{}: {source}", disk.as_ref().map(|d| format!(" on {}", d.display())).unwrap_or_default())]
+    Discovery {
+        /// The disk, when one was given.
+        disk: Option<PathBuf>,
+        /// The cause.
+        source: bootpart::Error,
+    },
+    /// A partition the layout named is not in the table.
+    #[error("disk {disk}: partition {number} is missing from the GPT")]
+    PartitionMissing {
+        /// The disk.
+        disk: PathBuf,
+        /// The partition number.
+        number: u32,
+    },
 }
