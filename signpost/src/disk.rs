@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use bootpart::gpt::{CopyStatus, GptCopy, GptRead, GptTable, read_gpt, write_gpt};
 use bootpart::io::BlockIo;
-use bootpart::{Layout, SetId};
+use bootpart::{PartitionType, SetId};
 
 use crate::error::Error;
 use crate::state::{BootFlags, PartitionFlags, SetState, Transition};
@@ -30,17 +30,60 @@ struct Numbers {
 }
 
 impl Numbers {
-    fn from_layout(layout: &Layout) -> Self {
-        let set = |s: &bootpart::PartitionSet| SetNumbers {
-            boot: s.boot.number,
-            root: s.root.number,
-            hash: s.hash.number,
+    /// Finds the sets by partition type GUID: the first BOOT/ROOT/HASH are set A, the second
+    /// set B; PRIVATE is optional. (Interim: replaced by `bootpart::Layout` once it lands.)
+    fn locate(table: &GptTable, disk: &Path) -> Result<Self, Error> {
+        let of = |t: PartitionType| -> Vec<u32> {
+            table
+                .entries
+                .iter()
+                .filter(|e| e.type_guid == t.guid())
+                .map(|e| e.number)
+                .collect()
         };
-        Numbers {
-            a: set(&layout.a),
-            b: layout.b.as_ref().map(set),
-            private: layout.private.as_ref().map(|p| p.number),
+        let (boot, root, hash, private) = (
+            of(PartitionType::Boot),
+            of(PartitionType::Root),
+            of(PartitionType::Hash),
+            of(PartitionType::Private),
+        );
+        let sets = boot.len();
+        if sets > 2 || root.len() > 2 || hash.len() > 2 {
+            return Err(Error::Layout {
+                disk: disk.to_path_buf(),
+                problem: format!(
+                    "more than two partition sets (BOOT {}, ROOT {}, HASH {})",
+                    boot.len(),
+                    root.len(),
+                    hash.len()
+                ),
+            });
         }
+        let set = |i: usize, id: SetId| -> Result<Option<SetNumbers>, Error> {
+            let get = |v: &[u32], t: PartitionType| {
+                v.get(i).copied().ok_or_else(|| Error::Layout {
+                    disk: disk.to_path_buf(),
+                    problem: format!("set {id} has no {} partition", t.name()),
+                })
+            };
+            if i >= sets && root.len() <= i && hash.len() <= i {
+                return Ok(None);
+            }
+            Ok(Some(SetNumbers {
+                boot: get(&boot, PartitionType::Boot)?,
+                root: get(&root, PartitionType::Root)?,
+                hash: get(&hash, PartitionType::Hash)?,
+            }))
+        };
+        let a = set(0, SetId::A)?.ok_or_else(|| Error::Layout {
+            disk: disk.to_path_buf(),
+            problem: "no BOOT/ROOT/HASH partitions: not an OS disk".into(),
+        })?;
+        Ok(Numbers {
+            a,
+            b: set(1, SetId::B)?,
+            private: private.first().copied(),
+        })
     }
 }
 
@@ -77,18 +120,11 @@ impl Signpost<File> {
     /// OS disk).
     pub fn open(disk: impl AsRef<Path>, active: Option<SetId>) -> Result<Self, Error> {
         let path = disk.as_ref();
-        let active = match active {
-            Some(a) => a,
-            None => {
-                let d = bootpart::Disk::open(path).map_err(|source| Error::Disk {
-                    disk: path.to_path_buf(),
-                    source,
-                })?;
-                bootpart::running::find_running_set(&d).map_err(|source| Error::Discovery {
-                    disk: Some(path.to_path_buf()),
-                    source,
-                })?
-            }
+        let Some(active) = active else {
+            return Err(Error::Discovery {
+                disk: Some(path.to_path_buf()),
+                problem: "running-set discovery is not available yet; pass the active set".into(),
+            });
         };
         let file = OpenOptions::new()
             .read(true)
@@ -104,9 +140,11 @@ impl Signpost<File> {
     /// Opens the disk holding the running root filesystem; `active` overrides the running set
     /// found there.
     pub fn open_host(active: Option<SetId>) -> Result<Self, Error> {
-        let (disk, running) =
-            bootpart::running::discover_root_disk().map_err(|source| Error::Discovery { disk: None, source })?;
-        Self::open(disk, Some(active.unwrap_or(running)))
+        let _ = active;
+        Err(Error::Discovery {
+            disk: None,
+            problem: "root-disk discovery is not available yet; pass --disk and --active".into(),
+        })
     }
 }
 
@@ -215,7 +253,7 @@ impl<D: BlockIo> Signpost<D> {
         }
         write_gpt(&mut self.io, &table).map_err(|source| Error::Gpt {
             disk: self.disk.clone(),
-            source,
+            source: Box::new(source),
         })?;
         self.refresh()?;
         Ok(())
@@ -258,16 +296,16 @@ impl<D: BlockIo> Signpost<D> {
 }
 
 /// Reads the GPT, the layout and the attribute bits.
-fn load<D: BlockIo>(io: &D, disk: &Path, active: SetId) -> Result<(GptRead, Numbers, BootFlags), Error> {
+fn load<D: BlockIo>(
+    io: &D,
+    disk: &Path,
+    active: SetId,
+) -> Result<(GptRead, Numbers, BootFlags), Error> {
     let read = read_gpt(io).map_err(|source| Error::Gpt {
         disk: disk.to_path_buf(),
-        source,
+        source: Box::new(source),
     })?;
-    let layout = Layout::from_table(&read.table).map_err(|source| Error::Disk {
-        disk: disk.to_path_buf(),
-        source,
-    })?;
-    let numbers = Numbers::from_layout(&layout);
+    let numbers = Numbers::locate(&read.table, disk)?;
     let flags = flags_from_table(&read.table, numbers, active, disk)?;
     if flags.partition(active).is_none() {
         return Err(Error::ActiveSetMissing { active });
@@ -275,7 +313,12 @@ fn load<D: BlockIo>(io: &D, disk: &Path, active: SetId) -> Result<(GptRead, Numb
     Ok((read, numbers, flags))
 }
 
-fn flags_from_table(table: &GptTable, n: Numbers, active: SetId, disk: &Path) -> Result<BootFlags, Error> {
+fn flags_from_table(
+    table: &GptTable,
+    n: Numbers,
+    active: SetId,
+    disk: &Path,
+) -> Result<BootFlags, Error> {
     let get = |number: u32| -> Result<PartitionFlags, Error> {
         let e = table.entry(number).ok_or_else(|| Error::PartitionMissing {
             disk: disk.to_path_buf(),
@@ -295,10 +338,12 @@ fn flags_from_table(table: &GptTable, n: Numbers, active: SetId, disk: &Path) ->
 }
 
 fn set_attributes(table: &mut GptTable, p: PartitionFlags, disk: &Path) -> Result<(), Error> {
-    let e = table.entry_mut(p.number).ok_or_else(|| Error::PartitionMissing {
-        disk: disk.to_path_buf(),
-        number: p.number,
-    })?;
+    let e = table
+        .entry_mut(p.number)
+        .ok_or_else(|| Error::PartitionMissing {
+            disk: disk.to_path_buf(),
+            number: p.number,
+        })?;
     e.attributes = p.attributes;
     Ok(())
 }

@@ -3,8 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::SetId;
 use crate::state::SetState;
+use bootpart::SetId;
 
 /// Everything that can go wrong in signpost.
 #[derive(Debug, thiserror::Error)]
@@ -95,23 +95,23 @@ pub enum Error {
         /// The disk.
         disk: PathBuf,
         /// The cause.
-        source: bootpart::gpt::GptError,
+        source: Box<bootpart::gpt::GptError>,
     },
     /// The disk's partitions do not form the expected layout.
-    #[error("disk {disk}: {source}")]
-    Disk {
+    #[error("disk {disk}: {problem}")]
+    Layout {
         /// The disk.
         disk: PathBuf,
-        /// The cause.
-        source: bootpart::Error,
+        /// What is wrong.
+        problem: String,
     },
     /// Finding the running disk or set failed.
-    #[error("cannot find the running partition set{}: {source}", disk.as_ref().map(|d| format!(" on {}", d.display())).unwrap_or_default())]
+    #[error("cannot find the running partition set{}: {problem}", disk.as_ref().map(|d| format!(" on {}", d.display())).unwrap_or_default())]
     Discovery {
         /// The disk, when one was given.
         disk: Option<PathBuf>,
-        /// The cause.
-        source: bootpart::Error,
+        /// What went wrong.
+        problem: String,
     },
     /// A partition the layout named is not in the table.
     #[error("disk {disk}: partition {number} is missing from the GPT")]

@@ -89,7 +89,9 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     let sp = open(cli)?;
     match cli.command {
-        Command::Status { json: true } => println!("{}", serde_json::to_string_pretty(&sp.status())?),
+        Command::Status { json: true } => {
+            println!("{}", serde_json::to_string_pretty(&sp.status())?);
+        }
         Command::Status { json: false } => print!("{}", sp.status()),
         _ => println!("{}", sp.has_boot_ever_succeeded()?),
     }

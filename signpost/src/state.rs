@@ -21,8 +21,8 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::SetId;
 use crate::error::Error;
+use bootpart::SetId;
 
 /// First bit of the 4-bit priority field.
 pub const PRIORITY_SHIFT: u32 = 48;
@@ -194,7 +194,7 @@ impl fmt::Display for Transition {
 impl BootFlags {
     /// The set that is not running.
     pub fn inactive(&self) -> SetId {
-        other(self.active)
+        self.active.other()
     }
 
     /// The BOOT partition of `set`, if the disk has that set.
@@ -391,14 +391,6 @@ impl BootFlags {
         if let Some(p) = slot {
             p.attributes = state.apply_to(p.attributes);
         }
-    }
-}
-
-/// The other set.
-pub fn other(set: SetId) -> SetId {
-    match set {
-        SetId::A => SetId::B,
-        SetId::B => SetId::A,
     }
 }
 

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::SetId;
 use crate::state::SetState;
+use bootpart::SetId;
 
 /// Version of the [`Status`] JSON object; bumped on any incompatible change.
 pub const STATUS_FORMAT_VERSION: u32 = 1;
@@ -130,8 +130,16 @@ impl fmt::Display for Status {
                 f,
                 "GPT:     read from {} copy; primary {}, backup {} (the next change rewrites both)",
                 self.gpt.used,
-                if self.gpt.primary_valid { "ok" } else { "damaged or stale" },
-                if self.gpt.backup_valid { "ok" } else { "damaged or stale" },
+                if self.gpt.primary_valid {
+                    "ok"
+                } else {
+                    "damaged or stale"
+                },
+                if self.gpt.backup_valid {
+                    "ok"
+                } else {
+                    "damaged or stale"
+                },
             )?;
         }
         Ok(())

@@ -164,7 +164,10 @@ fn enumerate_cuts(ops: &[Op]) -> Vec<Cut> {
                     }
                 }
                 pending.push((*offset, data.clone()));
-                assert!(pending.len() <= 12, "epoch too long to enumerate every subset");
+                assert!(
+                    pending.len() <= 12,
+                    "epoch too long to enumerate every subset"
+                );
                 for mask in 0u32..(1 << pending.len()) {
                     let mut p = durable.clone();
                     for (j, w) in pending.iter().enumerate() {
@@ -190,67 +193,142 @@ fn bootable(f: &BootFlags, set: SetId) -> bool {
     f.state(set).is_some_and(SetState::is_bootable)
 }
 
-/// Runs `t` on `image` (active `active`), enumerates every cut, and checks each. Returns the
-/// image after the transition and the number of cuts checked.
-fn check_transition(image: Vec<u8>, active: SetId, t: Transition) -> (Vec<u8>, usize) {
-    let old_entries: Vec<GptEntry> = read_gpt(&CutDisk { base: &image, patches: vec![] })
-        .unwrap()
-        .table
-        .entries;
+/// One transition as recorded: the image before, the operations, and both states.
+struct Recorded {
+    before: Vec<u8>,
+    after: Vec<u8>,
+    ops: Vec<Op>,
+    active: SetId,
+    transition: Transition,
+    old: BootFlags,
+    new: BootFlags,
+    old_entries: Vec<GptEntry>,
+    new_entries: Vec<GptEntry>,
+}
+
+/// Runs `t` on `image` (active `active`) on a recording disk.
+fn record(image: Vec<u8>, active: SetId, t: Transition) -> Recorded {
+    let old_entries = read_gpt(&CutDisk {
+        base: &image,
+        patches: vec![],
+    })
+    .unwrap()
+    .table
+    .entries;
     let disk = RecordingDisk {
         data: image.clone(),
         ops: RefCell::new(Vec::new()),
     };
     let mut sp = Signpost::from_io(disk, "recorded.img", active).unwrap();
     let old = sp.flags();
-    sp.apply(t).unwrap_or_else(|e| panic!("{t} from {old:?}: {e}"));
+    sp.apply(t)
+        .unwrap_or_else(|e| panic!("{t} from {old:?}: {e}"));
     let new = sp.flags();
     assert_ne!(old, new, "{t} changed nothing: the proof would be vacuous");
     let disk = sp.into_inner();
     let ops = disk.ops.borrow().clone();
     let new_entries = read_gpt(&disk).unwrap().table.entries;
-    let writes = ops.iter().filter(|o| matches!(o, Op::Write { .. })).count();
-    let syncs = ops.len() - writes;
-    assert!(writes >= 4 && syncs >= 2, "{t}: expected two copies and two flushes, got {ops:?}");
+    Recorded {
+        before: image,
+        after: disk.data,
+        ops,
+        active,
+        transition: t,
+        old,
+        new,
+        old_entries,
+        new_entries,
+    }
+}
 
-    let cuts = enumerate_cuts(&ops);
-    let mut saw_old = false;
-    let mut saw_new = false;
-    for cut in &cuts {
-        let ctx = format!("{t} (active {active}), {}", cut.what);
-        let mut cd = CutDisk {
-            base: &image,
-            patches: cut.patches.clone(),
-        };
-        let read = read_gpt(&cd).unwrap_or_else(|e| panic!("{ctx}: unreadable: {e}"));
-        let is_old = read.table.entries == old_entries;
-        let is_new = read.table.entries == new_entries;
-        assert!(is_old || is_new, "{ctx}: reads as neither the old nor the new table");
-        saw_old |= is_old && !is_new;
-        saw_new |= is_new && !is_old;
-
-        let got = Signpost::from_io(&mut cd, "cut.img", active)
-            .unwrap_or_else(|e| panic!("{ctx}: signpost cannot open: {e}"))
-            .flags();
-        assert!(got == old || got == new, "{ctx}: flags {got:?}");
-        assert!(got.next_boot().is_some(), "{ctx}: no set bootable");
-        for set in [SetId::A, SetId::B] {
-            if !bootable(&old, set) && !bootable(&new, set) {
-                assert!(!bootable(&got, set), "{ctx}: set {set} bootable half-way");
-            }
-        }
-        // Recovery: whatever copy is damaged or stale is rewritten from the one in use, after
-        // which both copies are valid and still hold the same table.
-        if read.primary != CopyStatus::Valid || read.backup != CopyStatus::Valid {
-            repair(&mut cd, &read).unwrap_or_else(|e| panic!("{ctx}: repair: {e}"));
-            let again = read_gpt(&cd).unwrap();
-            assert_eq!(again.primary, CopyStatus::Valid, "{ctx}: primary after repair");
-            assert_eq!(again.backup, CopyStatus::Valid, "{ctx}: backup after repair");
-            assert_eq!(again.table.entries, read.table.entries, "{ctx}: repair changed the table");
+/// Checks one cut; `Err` describes the violation.
+fn check_cut(r: &Recorded, cut: &Cut) -> Result<(bool, bool), String> {
+    let ctx = format!("{} (active {}), {}", r.transition, r.active, cut.what);
+    let mut cd = CutDisk {
+        base: &r.before,
+        patches: cut.patches.clone(),
+    };
+    let read = read_gpt(&cd).map_err(|e| format!("{ctx}: unreadable: {e}"))?;
+    let is_old = read.table.entries == r.old_entries;
+    let is_new = read.table.entries == r.new_entries;
+    if !(is_old || is_new) {
+        return Err(format!("{ctx}: reads as neither the old nor the new table"));
+    }
+    let got = Signpost::from_io(&mut cd, "cut.img", r.active)
+        .map_err(|e| format!("{ctx}: signpost cannot open: {e}"))?
+        .flags();
+    if got != r.old && got != r.new {
+        return Err(format!("{ctx}: flags {got:?}"));
+    }
+    if got.next_boot().is_none() {
+        return Err(format!("{ctx}: no set bootable"));
+    }
+    for set in [SetId::A, SetId::B] {
+        if !bootable(&r.old, set) && !bootable(&r.new, set) && bootable(&got, set) {
+            return Err(format!("{ctx}: set {set} bootable half-way"));
         }
     }
-    assert!(saw_old && saw_new, "{t}: cuts never showed both the old and the new state");
-    (disk.data, cuts.len())
+    // Recovery: whatever copy is damaged or stale is rewritten from the one in use, after
+    // which both copies are valid and still hold the same table.
+    if read.primary != CopyStatus::Valid || read.backup != CopyStatus::Valid {
+        repair(&mut cd, &read).map_err(|e| format!("{ctx}: repair: {e}"))?;
+        let again = read_gpt(&cd).map_err(|e| format!("{ctx}: after repair: {e}"))?;
+        if again.primary != CopyStatus::Valid || again.backup != CopyStatus::Valid {
+            return Err(format!(
+                "{ctx}: copies still damaged after repair: {again:?}"
+            ));
+        }
+        if again.table.entries != read.table.entries {
+            return Err(format!("{ctx}: repair changed the table"));
+        }
+    }
+    Ok((is_old && !is_new, is_new && !is_old))
+}
+
+/// Enumerates every cut of a recorded transition; returns (cuts checked, violations).
+fn verify(r: &Recorded) -> (usize, Vec<String>) {
+    let cuts = enumerate_cuts(&r.ops);
+    let mut violations = Vec::new();
+    let (mut saw_old, mut saw_new) = (false, false);
+    for cut in &cuts {
+        match check_cut(r, cut) {
+            Ok((o, n)) => {
+                saw_old |= o;
+                saw_new |= n;
+            }
+            Err(v) => violations.push(v),
+        }
+    }
+    if violations.is_empty() && !(saw_old && saw_new) {
+        violations.push(format!(
+            "{}: cuts never showed both the old and the new state",
+            r.transition
+        ));
+    }
+    (cuts.len(), violations)
+}
+
+/// Records `t`, checks every cut, and returns the image after it and the number of cuts.
+fn check_transition(image: Vec<u8>, active: SetId, t: Transition) -> (Vec<u8>, usize) {
+    let r = record(image, active, t);
+    let writes = r
+        .ops
+        .iter()
+        .filter(|o| matches!(o, Op::Write { .. }))
+        .count();
+    let syncs = r.ops.len() - writes;
+    assert!(
+        writes >= 4 && syncs >= 2,
+        "{t}: expected two copies and two flushes, got {writes} writes {syncs} flushes"
+    );
+    let (n, violations) = verify(&r);
+    assert!(
+        violations.is_empty(),
+        "{} violations, first: {}",
+        violations.len(),
+        violations[0]
+    );
+    (r.after, n)
 }
 
 /// Sets BOOT A/B and PRIVATE attribute words directly (the installer's or the test's doing),
@@ -281,7 +359,9 @@ fn grub_boot(image: &mut Vec<u8>) -> SetId {
         data: std::mem::take(image),
         ops: RefCell::new(Vec::new()),
     };
-    let flags = Signpost::from_io(&mut disk, "grub.img", SetId::A).unwrap().flags();
+    let flags = Signpost::from_io(&mut disk, "grub.img", SetId::A)
+        .unwrap()
+        .flags();
     let next = flags.next_boot().expect("GRUB found no bootable set");
     let p = flags.partition(next).unwrap();
     let mut s = SetState::from_attributes(p.attributes);
@@ -296,7 +376,9 @@ fn grub_boot(image: &mut Vec<u8>) -> SetId {
 fn base_image() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.img");
-    fixtures::disk::DiskImageBuilder::new().build(&path).unwrap();
+    fixtures::disk::DiskImageBuilder::new()
+        .build(&path)
+        .unwrap();
     std::fs::read(&path).unwrap()
 }
 
@@ -305,8 +387,9 @@ fn every_power_cut_in_every_transition_reads_as_old_or_new() {
     let mut image = base_image();
     seed_state(
         &mut image,
+        SetState::new(2, 0, true).unwrap(),
+        // The previous version, which booted fine once.
         SetState::new(1, 0, true).unwrap(),
-        SetState::default(),
     );
     // The update lifecycle, with the bootloader's own writes in between; every transition is
     // covered at least once, from both sides.
@@ -341,7 +424,35 @@ fn every_power_cut_in_every_transition_reads_as_old_or_new() {
             None => active = grub_boot(&mut image),
         }
     }
-    assert_eq!(covered.len(), Transition::ALL.len(), "not every transition covered");
+    assert_eq!(
+        covered.len(),
+        Transition::ALL.len(),
+        "not every transition covered"
+    );
     println!("total: {total} cut points checked, each old-or-new with a bootable set");
     assert!(total > 500, "suspiciously few cut points: {total}");
+}
+
+/// The proof can fail: the same enumeration on a writer that skips the flush between the two
+/// copies (so both copies may be half-written at once) finds cuts with no readable GPT.
+#[test]
+fn the_checker_catches_a_writer_without_the_middle_flush() {
+    let mut image = base_image();
+    seed_state(
+        &mut image,
+        SetState::new(2, 0, true).unwrap(),
+        SetState::new(1, 0, true).unwrap(),
+    );
+    let mut r = record(image, SetId::A, Transition::ClearInactive);
+    let first_sync = r.ops.iter().position(|o| matches!(o, Op::Sync)).unwrap();
+    r.ops.remove(first_sync);
+    let (n, violations) = verify(&r);
+    println!(
+        "unsafe writer: {} of {n} cuts violate the invariant",
+        violations.len()
+    );
+    assert!(
+        violations.iter().any(|v| v.contains("unreadable")),
+        "an unsafe write order went unnoticed: {violations:?}"
+    );
 }
