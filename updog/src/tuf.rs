@@ -108,6 +108,12 @@ impl RepositoryOptions {
     }
 }
 
+/// The delegating role of a role on the search stack: its name, metadata, delegation index.
+type Parent = (String, Arc<Trusted<Targets>>, usize);
+
+/// Root versions and their exact bytes, ascending.
+type RootChain = Vec<(u64, Vec<u8>)>;
+
 /// One verified metadata file: the exact bytes and what they say.
 #[derive(Debug, Clone)]
 struct Trusted<T> {
@@ -155,7 +161,7 @@ impl Source {
                     Err(source) => {
                         return Err(Error::Transport {
                             what: format!("{role} metadata"),
-                            source,
+                            source: Box::new(source),
                         });
                     }
                 }
@@ -192,11 +198,11 @@ impl Source {
         self.fetch(role, name, cap)?.ok_or_else(|| match self {
             Self::Remote { metadata_base, .. } => Error::Transport {
                 what: format!("{role} metadata"),
-                source: crate::transport::TransportError {
+                source: Box::new(crate::transport::TransportError {
                     url: join_url(metadata_base, &[name.remote.as_str()])
                         .unwrap_or_else(|_| metadata_base.clone()),
                     kind: TransportErrorKind::NotFound,
-                },
+                }),
             },
             Self::Offline { dir } => Error::Store {
                 path: dir.join(&name.offline),
@@ -244,7 +250,7 @@ pub struct Repository {
     started: DateTime<Utc>,
     ignore_expiry: bool,
     root: Trusted<Root>,
-    root_chain: Vec<(u64, Vec<u8>)>,
+    root_chain: RootChain,
     timestamp: Trusted<Timestamp>,
     snapshot: Trusted<Snapshot>,
     targets: Trusted<Targets>,
@@ -294,12 +300,7 @@ fn parse<T: for<'de> serde::Deserialize<'de> + Common>(
 }
 
 /// Verifies `env` against a root's keys for a top-level role.
-fn check_top_level(
-    root: &Root,
-    role: &str,
-    version: u64,
-    env: &Envelope,
-) -> Result<(), Error> {
+fn check_top_level(root: &Root, role: &str, version: u64, env: &Envelope) -> Result<(), Error> {
     let keys = root.role(role).ok_or_else(|| Error::Invalid {
         role: "root".to_owned(),
         reason: format!("version {} does not define the {role} role", root.version),
@@ -330,18 +331,18 @@ impl Repository {
 
         // 5.2: load the trusted root: the newest one we persisted, else the shipped one.
         let dir = opts.datastore.as_path();
-        let (root_bytes, seeded) =
-            match datastore::read_optional(dir, "root.json", opts.limits.max_root_size)? {
-                Some(bytes) => (bytes, false),
-                None => {
-                    let bytes = read_file_capped(&opts.trusted_root, opts.limits.max_root_size)
-                        .map_err(|source| Error::NoTrustedRoot {
-                            path: opts.trusted_root.clone(),
-                            source,
-                        })?;
-                    (bytes, true)
+        let stored = datastore::read_optional(dir, "root.json", opts.limits.max_root_size)?;
+        let seeded = stored.is_none();
+        let root_bytes = if let Some(bytes) = stored {
+            bytes
+        } else {
+            read_file_capped(&opts.trusted_root, opts.limits.max_root_size).map_err(|source| {
+                Error::NoTrustedRoot {
+                    path: opts.trusted_root.clone(),
+                    source,
                 }
-            };
+            })?
+        };
         let root = trusted_root(root_bytes)?;
         if seeded {
             datastore::write_atomic(dir, "root.json", &root.bytes)?;
@@ -405,12 +406,13 @@ impl Repository {
         let dir = dir.as_ref();
         let limits = Limits::default();
         let started = Utc::now();
-        let root_bytes = read_file_capped(trusted_root.as_ref(), limits.max_root_size).map_err(
-            |source| Error::NoTrustedRoot {
-                path: trusted_root.as_ref().to_owned(),
-                source,
-            },
-        )?;
+        let root_bytes =
+            read_file_capped(trusted_root.as_ref(), limits.max_root_size).map_err(|source| {
+                Error::NoTrustedRoot {
+                    path: trusted_root.as_ref().to_owned(),
+                    source,
+                }
+            })?;
         let root = trusted_root_envelope(root_bytes)?;
         let mut loader = Loader {
             source: Source::Offline {
@@ -498,7 +500,10 @@ impl Repository {
                 bytes: bytes.clone(),
             });
         }
-        let delegated = self.delegated.lock().unwrap_or_else(PoisonError::into_inner);
+        let delegated = self
+            .delegated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for (role, t) in delegated.iter() {
             out.push(MetadataFile {
                 name: datastore::role_file_name(role),
@@ -513,8 +518,7 @@ impl Repository {
     /// reaches them. `Ok(None)` when no role on the search path describes it.
     pub fn target(&self, name: &str) -> Result<Option<TargetDescription>, Error> {
         // Stack of (role, delegation info to verify it with); top-level targets first.
-        let mut stack: Vec<(String, Option<(String, Arc<Trusted<Targets>>, usize)>)> =
-            vec![("targets".to_owned(), None)];
+        let mut stack: Vec<(String, Option<Parent>)> = vec![("targets".to_owned(), None)];
         let mut visited: HashSet<String> = HashSet::new();
         while let Some((role, parent)) = stack.pop() {
             // 5.6.7.1: skip roles visited before (cycles); stop after the maximum number of
@@ -573,7 +577,10 @@ impl Repository {
         index: usize,
     ) -> Result<Arc<Trusted<Targets>>, Error> {
         {
-            let cache = self.delegated.lock().unwrap_or_else(PoisonError::into_inner);
+            let cache = self
+                .delegated
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if let Some(t) = cache.get(role) {
                 return Ok(Arc::clone(t));
             }
@@ -634,7 +641,10 @@ impl Repository {
             &check,
         )?;
         let t = Arc::new(t);
-        let mut cache = self.delegated.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self
+            .delegated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         cache.insert(role.to_owned(), Arc::clone(&t));
         Ok(t)
     }
@@ -675,7 +685,11 @@ impl Repository {
         join_url(base, &refs)
     }
 
-    fn open_target(&self, name: &str, desc: &TargetDescription) -> Result<Box<dyn Read + Send>, Error> {
+    fn open_target(
+        &self,
+        name: &str,
+        desc: &TargetDescription,
+    ) -> Result<Box<dyn Read + Send>, Error> {
         let transport = self
             .transport
             .as_ref()
@@ -683,7 +697,7 @@ impl Repository {
         let url = self.target_url(name, desc)?;
         transport.fetch(&url).map_err(|source| Error::Transport {
             what: format!("target {name}"),
-            source,
+            source: Box::new(source),
         })
     }
 
@@ -745,8 +759,7 @@ impl Repository {
         let copied = io::copy(&mut reader, tmp.as_file_mut());
         // A verification failure surfaces as an InvalidData read error: report it precisely.
         if let Err(e) = copied {
-            if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::UnexpectedEof
-            {
+            if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::UnexpectedEof {
                 reader.finish()?;
             }
             return Err(Error::Read {
@@ -817,11 +830,7 @@ fn remember_root(dir: &Path, root: &Trusted<Root>) -> Result<(), Error> {
 }
 
 /// The verified roots in the history directory, ascending, up to `current`.
-fn read_root_history(
-    dir: &Path,
-    current: u64,
-    limits: &Limits,
-) -> Option<Vec<(u64, Vec<u8>)>> {
+fn read_root_history(dir: &Path, current: u64, limits: &Limits) -> Option<RootChain> {
     let history = datastore::history_dir(dir);
     let mut versions: Vec<u64> = std::fs::read_dir(&history)
         .ok()?
@@ -853,7 +862,12 @@ fn role_key_material(root: &Root, role: &str) -> Option<(u64, Vec<String>)> {
     let mut material: Vec<String> = keys
         .keyids
         .iter()
-        .map(|id| root.keys.get(id).map(ToString::to_string).unwrap_or_default())
+        .map(|id| {
+            root.keys
+                .get(id)
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        })
         .collect();
     material.sort();
     Some((keys.threshold, material))
@@ -899,7 +913,7 @@ impl Loader {
     fn update_root(
         &mut self,
         mut root: Trusted<Root>,
-    ) -> Result<(Trusted<Root>, Vec<(u64, Vec<u8>)>), Error> {
+    ) -> Result<(Trusted<Root>, RootChain), Error> {
         let mut chain = vec![(root.signed.version, root.bytes.clone())];
         // 5.3.3: at most Y root files per update cycle.
         for _ in 0..self.limits.max_root_rotations {
@@ -911,7 +925,9 @@ impl Loader {
                 offline: format!("{next}.root.json"),
             };
             // 5.3.3: try downloading N+1.root.json, up to W bytes; absent: go to 5.3.10.
-            let Some(bytes) = self.source.fetch("root", &name, self.limits.max_root_size)?
+            let Some(bytes) = self
+                .source
+                .fetch("root", &name, self.limits.max_root_size)?
             else {
                 break;
             };
@@ -944,10 +960,7 @@ impl Loader {
             }
             // 5.3.6: the new root's expiry does not matter yet.
             // 5.3.7: it becomes the trusted root; 5.3.8: persist it.
-            root = Trusted {
-                bytes,
-                signed: new,
-            };
+            root = Trusted { bytes, signed: new };
             self.persist("root.json", &root.bytes)?;
             if let Some(dir) = &self.datastore {
                 remember_root(dir, &root)?;
@@ -1108,9 +1121,8 @@ impl Loader {
                 file: "targets.json".to_owned(),
             })?
             .clone();
-        let check = |env: &Envelope, version: u64| {
-            check_top_level(&root.signed, "targets", version, env)
-        };
+        let check =
+            |env: &Envelope, version: u64| check_top_level(&root.signed, "targets", version, env);
         self.load_targets_role(
             "targets",
             &meta,

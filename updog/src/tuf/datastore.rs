@@ -10,6 +10,8 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
 /// Sub-directory holding `N.root.json` for every trusted root version.
 pub(crate) const ROOT_HISTORY: &str = "root-history";
 
@@ -101,7 +103,9 @@ pub(crate) fn encode_component(s: &str) -> String {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
         }
     }
     if out == "." || out == ".." {

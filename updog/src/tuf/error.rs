@@ -16,7 +16,7 @@ pub enum Error {
         what: String,
         /// The transport's error.
         #[source]
-        source: TransportError,
+        source: Box<TransportError>,
     },
     /// Reading a downloaded or stored file failed midway.
     #[error("reading {what}: {source}")]

@@ -31,7 +31,9 @@ impl Read for CappedReader {
         if remaining == 0 || buf.is_empty() {
             return Ok(0);
         }
-        let want = usize::try_from(remaining).unwrap_or(usize::MAX).min(buf.len());
+        let want = usize::try_from(remaining)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         let n = self.inner.read(&mut buf[..want])?;
         if n == 0 {
             return Err(io::Error::new(
@@ -114,9 +116,7 @@ impl TargetReader {
     pub fn finish(self) -> Result<(), Error> {
         match self.state {
             State::Verified => Ok(()),
-            State::Failed(_) if self.inner.read == self.inner.length => {
-                Err(self.first_mismatch())
-            }
+            State::Failed(_) if self.inner.read == self.inner.length => Err(self.first_mismatch()),
             _ => Err(Error::LengthMismatch {
                 role: format!("target {}", self.name),
                 listed_in: "its targets metadata".to_owned(),

@@ -2,8 +2,8 @@
 //!
 //! They are deliberately more lenient than `tough::schema` where the specification is lenient
 //! (unknown fields are ignored, targets may list only sha512, keys of unknown types are ignored
-//! rather than failing the whole file), and strict where it matters (versions >= 1, thresholds
-//! >= 1, exactly one of `paths` / `path_hash_prefixes`). Signatures are always checked over the
+//! rather than failing the whole file), and strict where it matters (versions of at least 1,
+//! thresholds of at least 1, at most one of `paths` / `path_hash_prefixes`). Signatures are always checked over the
 //! canonical JSON of the `signed` object as received, never over a re-serialisation of these
 //! types, so fields we do not model still count.
 
@@ -67,7 +67,11 @@ impl Envelope {
         role: &str,
         expected_type: &str,
     ) -> Result<T, Error> {
-        let found = self.signed.get("_type").and_then(Value::as_str).unwrap_or("");
+        let found = self
+            .signed
+            .get("_type")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if found != expected_type {
             return Err(Error::WrongType {
                 role: role.to_owned(),
@@ -175,10 +179,12 @@ common!(Timestamp);
 
 impl Timestamp {
     pub(crate) fn snapshot_meta(&self) -> Result<&MetaFile, Error> {
-        self.meta.get("snapshot.json").ok_or_else(|| Error::Invalid {
-            role: "timestamp".to_owned(),
-            reason: format!("version {} does not list snapshot.json", self.version),
-        })
+        self.meta
+            .get("snapshot.json")
+            .ok_or_else(|| Error::Invalid {
+                role: "timestamp".to_owned(),
+                reason: format!("version {} does not list snapshot.json", self.version),
+            })
     }
 }
 
