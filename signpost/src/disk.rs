@@ -244,6 +244,13 @@ impl<D: BlockIo> Signpost<D> {
         self.refresh()?;
         let mut flags = self.flags;
         flags.apply(transition)?;
+        self.write_flags(flags)?;
+        self.refresh()?;
+        Ok(())
+    }
+
+    /// Writes the attribute words of `flags` into the last-read table and writes it out.
+    fn write_flags(&mut self, flags: BootFlags) -> Result<(), Error> {
         let mut table = self.read.table.clone();
         let mut parts = vec![flags.a];
         parts.extend(flags.b);
@@ -254,9 +261,7 @@ impl<D: BlockIo> Signpost<D> {
         write_gpt(&mut self.io, &table).map_err(|source| Error::Gpt {
             disk: self.disk.clone(),
             source: Box::new(source),
-        })?;
-        self.refresh()?;
-        Ok(())
+        })
     }
 
     /// `clear-inactive`; see [`BootFlags::clear_inactive`].
@@ -287,6 +292,24 @@ impl<D: BlockIo> Signpost<D> {
     /// `mark-successful-boot`; see [`BootFlags::mark_successful_boot`].
     pub fn mark_successful_boot(&mut self) -> Result<(), Error> {
         self.apply(Transition::MarkSuccessfulBoot)
+    }
+
+    /// Plays the bootloader: applies [`BootFlags::simulate_boot`] to what is on disk and writes
+    /// the GPT (crash-safely, like every change), then treats the booted set as the running
+    /// one. Returns the set booted, `None` (and nothing written) when no set is bootable.
+    ///
+    /// For tests and demos that "reboot" a disk image; a real host's bootloader does this
+    /// itself.
+    pub fn simulate_boot(&mut self) -> Result<Option<SetId>, Error> {
+        self.refresh()?;
+        let mut flags = self.flags;
+        let Some(booted) = flags.simulate_boot() else {
+            return Ok(None);
+        };
+        self.write_flags(flags)?;
+        self.active = booted;
+        self.refresh()?;
+        Ok(Some(booted))
     }
 
     /// Gives back the block device.
