@@ -388,3 +388,45 @@ fn lock_file_serializes_mutating_commands() {
         start.elapsed()
     );
 }
+
+#[test]
+fn malformed_layouts_give_one_line_reasons_and_change_nothing() {
+    let cases: Vec<(&str, DiskImage, &str)> = vec![
+        (
+            "three sets",
+            DiskImageBuilder::new().sets(3).build_temp().unwrap(),
+            "more than two partition sets",
+        ),
+        (
+            "set B without HASH",
+            DiskImageBuilder::new()
+                .omit(PartKind::Hash, Some(1))
+                .build_temp()
+                .unwrap(),
+            "set B has no HASH",
+        ),
+        (
+            "no sets at all",
+            DiskImageBuilder::new().sets(0).build_temp().unwrap(),
+            "set A has no BOOT",
+        ),
+    ];
+    for (what, img, expect) in cases {
+        let before = img.bytes().unwrap();
+        let cli = Cli::new(&img.path);
+        for cmd in ["status", "clear-inactive", "mark-successful-boot"] {
+            let err = cli.fails(SetId::A, &[cmd]);
+            assert!(err.contains(expect), "{what}, {cmd}: {err}");
+        }
+        assert!(img.bytes().unwrap() == before, "{what}: disk changed");
+    }
+    // A truncated disk (the copy an image tool cut short): no backup where the primary says.
+    let img = installed();
+    let mut bytes = img.bytes().unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&img.path, &bytes).unwrap();
+    let cli = Cli::new(&img.path);
+    let err = cli.fails(SetId::A, &["clear-inactive"]);
+    assert!(err.contains("GPT"), "{err}");
+    assert!(img.bytes().unwrap() == bytes, "truncated disk changed");
+}
