@@ -154,7 +154,8 @@ pub fn verify_with(
     if !checked.contains(&manifest_file) {
         problems.push(manifest_problem(ProblemKind::Missing));
     }
-    if !problems.is_empty() {
+    // Without a good manifest the chain is unknown: report what was found so far.
+    if problems.iter().any(|p| p.file == manifest_file) {
         return Err(VerifyError::Files(problems));
     }
     // Hash the very bytes that are parsed.
@@ -199,6 +200,9 @@ pub fn verify_with(
         };
         let file = target_file_name(&info.sha256, name);
         let path = dirs.targets.join(&file);
+        if problems.iter().any(|p| p.file == file) {
+            continue;
+        }
         if !checked.contains(&file) {
             problems.push(FileProblem {
                 file,
