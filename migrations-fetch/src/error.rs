@@ -133,6 +133,14 @@ pub enum PlanError {
         /// The manifest's target name.
         name: String,
     },
+    /// Looking a target up in the repository failed.
+    #[error("cannot look up target {name:?} in the repository: {source}")]
+    Lookup {
+        /// Target name.
+        name: String,
+        /// The repository's error.
+        source: BoxError,
+    },
     /// A target name that cannot be cached as a file.
     #[error(transparent)]
     Name(#[from] FileNameError),
@@ -224,6 +232,14 @@ pub enum FetchError {
         /// Target name.
         name: String,
     },
+    /// Looking a target up in the source failed.
+    #[error("cannot look up target {name:?} in the repository: {source}")]
+    Lookup {
+        /// Target name.
+        name: String,
+        /// The source's error.
+        source: BoxError,
+    },
     /// The source could not give its verified metadata files.
     #[error("cannot get the verified metadata files to cache: {source}")]
     Metadata {
@@ -261,6 +277,9 @@ pub enum ProblemKind {
     },
     /// The file could not be read.
     Unreadable(String),
+    /// Looking the target up in the cached metadata failed (e.g. a delegated role there does
+    /// not verify).
+    LookupFailed(String),
 }
 
 impl std::fmt::Display for ProblemKind {
@@ -275,6 +294,7 @@ impl std::fmt::Display for ProblemKind {
                 write!(f, "sha256 {actual}, signed sha256 is {expected}")
             }
             Self::Unreadable(e) => write!(f, "unreadable: {e}"),
+            Self::LookupFailed(e) => write!(f, "cannot look it up in the cached metadata: {e}"),
         }
     }
 }

@@ -84,7 +84,13 @@ pub fn fetch(
     dirs.create()?;
 
     for target in plan.targets() {
-        if source.target_info(&target.name) != Some(target.info()) {
+        let signed = source
+            .target_info(&target.name)
+            .map_err(|source| FetchError::Lookup {
+                name: target.name.clone(),
+                source,
+            })?;
+        if signed != Some(target.info()) {
             return Err(FetchError::PlanMismatch {
                 name: target.name.clone(),
             });

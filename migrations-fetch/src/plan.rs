@@ -118,12 +118,17 @@ impl MigrationPlan {
         hops: Vec<PlannedHop>,
         lookup: &dyn TargetLookup,
     ) -> Result<Self, PlanError> {
-        let manifest_info =
+        let find = |name: &str| {
             lookup
-                .target_info(MANIFEST_TARGET)
-                .ok_or_else(|| PlanError::ManifestNotSigned {
-                    name: MANIFEST_TARGET.to_owned(),
-                })?;
+                .target_info(name)
+                .map_err(|source| PlanError::Lookup {
+                    name: name.to_owned(),
+                    source,
+                })
+        };
+        let manifest_info = find(MANIFEST_TARGET)?.ok_or_else(|| PlanError::ManifestNotSigned {
+            name: MANIFEST_TARGET.to_owned(),
+        })?;
         let manifest = PlannedTarget::new(MANIFEST_TARGET, manifest_info);
         let mut seen = HashSet::new();
         let mut migrations = Vec::new();
@@ -133,13 +138,11 @@ impl MigrationPlan {
                 if !seen.insert(name.as_str()) {
                     continue;
                 }
-                let info = lookup
-                    .target_info(name)
-                    .ok_or_else(|| PlanError::NotSigned {
-                        name: name.clone(),
-                        from: hop.from.clone(),
-                        to: hop.to.clone(),
-                    })?;
+                let info = find(name)?.ok_or_else(|| PlanError::NotSigned {
+                    name: name.clone(),
+                    from: hop.from.clone(),
+                    to: hop.to.clone(),
+                })?;
                 migrations.push(PlannedTarget::new(name, info));
             }
         }

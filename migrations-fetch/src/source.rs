@@ -37,8 +37,10 @@ impl fmt::Debug for TargetInfo {
 
 /// Looks up signed target descriptions. Implemented by a loaded, verified TUF repository.
 pub trait TargetLookup {
-    /// The signed length and sha256 of `name`, or `None` if no trusted role signs it.
-    fn target_info(&self, name: &str) -> Option<TargetInfo>;
+    /// The signed length and sha256 of `name`; `Ok(None)` if no trusted role signs it; an error
+    /// if the lookup itself failed (a delegated role could not be fetched or verified, or the
+    /// target lists no sha256).
+    fn target_info(&self, name: &str) -> Result<Option<TargetInfo>, BoxError>;
 }
 
 /// A verified metadata file to cache, named as in the reference layout: `1.root.json` ..
@@ -74,13 +76,13 @@ pub trait OfflineLoader {
 }
 
 impl<T: TargetLookup + ?Sized> TargetLookup for &T {
-    fn target_info(&self, name: &str) -> Option<TargetInfo> {
+    fn target_info(&self, name: &str) -> Result<Option<TargetInfo>, BoxError> {
         (**self).target_info(name)
     }
 }
 
 impl<T: TargetLookup + ?Sized> TargetLookup for Box<T> {
-    fn target_info(&self, name: &str) -> Option<TargetInfo> {
+    fn target_info(&self, name: &str) -> Result<Option<TargetInfo>, BoxError> {
         (**self).target_info(name)
     }
 }

@@ -120,8 +120,9 @@ pub fn verify_with(
         let Some((digest, name)) = parse_target_file_name(&file) else {
             continue;
         };
+        // A failed lookup is reported below if the chain needs this target.
         match lookup.target_info(name) {
-            Some(info) if info.sha256 == digest => {
+            Ok(Some(info)) if info.sha256 == digest => {
                 if let Some(kind) = check(&dirs.targets.join(&file), &info) {
                     problems.push(FileProblem {
                         file: file.clone(),
@@ -136,13 +137,16 @@ pub fn verify_with(
     }
 
     // The manifest.
-    let Some(manifest_info) = lookup.target_info(MANIFEST_TARGET) else {
-        problems.push(FileProblem {
-            file: MANIFEST_TARGET.to_owned(),
-            target: MANIFEST_TARGET.to_owned(),
-            kind: ProblemKind::NotSigned,
-        });
-        return Err(VerifyError::Files(problems));
+    let manifest_info = match lookup.target_info(MANIFEST_TARGET) {
+        Ok(Some(info)) => info,
+        found => {
+            problems.push(FileProblem {
+                file: MANIFEST_TARGET.to_owned(),
+                target: MANIFEST_TARGET.to_owned(),
+                kind: lookup_problem(found),
+            });
+            return Err(VerifyError::Files(problems));
+        }
     };
     let manifest_file = target_file_name(&manifest_info.sha256, MANIFEST_TARGET);
     let manifest_path = dirs.targets.join(&manifest_file);
@@ -190,13 +194,16 @@ pub fn verify_with(
         if !seen.insert(name.as_str()) {
             continue;
         }
-        let Some(info) = lookup.target_info(name) else {
-            problems.push(FileProblem {
-                file: name.clone(),
-                target: name.clone(),
-                kind: ProblemKind::NotSigned,
-            });
-            continue;
+        let info = match lookup.target_info(name) {
+            Ok(Some(info)) => info,
+            found => {
+                problems.push(FileProblem {
+                    file: name.clone(),
+                    target: name.clone(),
+                    kind: lookup_problem(found),
+                });
+                continue;
+            }
         };
         let file = target_file_name(&info.sha256, name);
         let path = dirs.targets.join(&file);
@@ -247,6 +254,13 @@ fn check(path: &Path, info: &TargetInfo) -> Option<ProblemKind> {
 
 fn io_msg(e: &io::Error) -> String {
     e.to_string()
+}
+
+fn lookup_problem(found: Result<Option<TargetInfo>, crate::BoxError>) -> ProblemKind {
+    match found {
+        Err(e) => ProblemKind::LookupFailed(e.to_string()),
+        Ok(_) => ProblemKind::NotSigned,
+    }
 }
 
 fn file_name_of(path: &Path) -> String {

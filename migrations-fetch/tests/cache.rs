@@ -77,6 +77,7 @@ impl Published {
             opened: Mutex::new(Vec::new()),
             fail: None,
             lie: None,
+            broken_lookup: None,
         }
     }
 
@@ -145,6 +146,8 @@ struct DirSource<'a> {
     fail: Option<(String, u64)>,
     /// Serve these bytes instead of the published file for this target.
     lie: Option<(String, Vec<u8>)>,
+    /// Looking this target up fails (like a delegated role that cannot be fetched).
+    broken_lookup: Option<String>,
 }
 
 impl DirSource<'_> {
@@ -154,8 +157,11 @@ impl DirSource<'_> {
 }
 
 impl TargetLookup for DirSource<'_> {
-    fn target_info(&self, name: &str) -> Option<TargetInfo> {
-        self.repo.signed.get(name).copied()
+    fn target_info(&self, name: &str) -> Result<Option<TargetInfo>, BoxError> {
+        if self.broken_lookup.as_deref() == Some(name) {
+            return Err("delegated role 'migrations' could not be fetched".into());
+        }
+        Ok(self.repo.signed.get(name).copied())
     }
 }
 
@@ -188,8 +194,8 @@ struct TestLoader;
 struct Loaded(BTreeMap<String, TargetInfo>);
 
 impl TargetLookup for Loaded {
-    fn target_info(&self, name: &str) -> Option<TargetInfo> {
-        self.0.get(name).copied()
+    fn target_info(&self, name: &str) -> Result<Option<TargetInfo>, BoxError> {
+        Ok(self.0.get(name).copied())
     }
 }
 
@@ -798,7 +804,7 @@ fn a_plan_made_with_other_metadata_is_refused() {
 struct BadMetadata<'a>(DirSource<'a>, &'static str);
 
 impl TargetLookup for BadMetadata<'_> {
-    fn target_info(&self, name: &str) -> Option<TargetInfo> {
+    fn target_info(&self, name: &str) -> Result<Option<TargetInfo>, BoxError> {
         self.0.target_info(name)
     }
 }
@@ -851,4 +857,17 @@ fn plan_serializes_for_check_update_json() {
     );
     assert_eq!(json["hops"].as_array().unwrap().len(), 2);
     assert_eq!(json["total_bytes"], plan.total_bytes);
+}
+
+#[test]
+fn a_failed_lookup_is_not_mistaken_for_an_unsigned_target() {
+    let repo = standard_repo(7);
+    let mut source = repo.source();
+    source.broken_lookup = Some("migrate_v1.1.0_a.lz4".to_owned());
+    let err = MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.1.0"), &source).unwrap_err();
+    assert!(
+        matches!(err, PlanError::Lookup { ref name, .. } if name == "migrate_v1.1.0_a.lz4"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("could not be fetched"), "{err}");
 }
