@@ -1,6 +1,12 @@
 //! The updater library: TUF client, transports, update selection glue, the streaming image
 //! writer, the update/apply/revert flow; and the thin `updog` CLI.
 
+pub mod exit;
+pub mod lock;
+pub mod os_release;
 pub mod pipeline;
+pub mod progress;
+pub mod reboot;
+pub mod status;
 pub mod transport;
 pub mod tuf;
