@@ -150,6 +150,8 @@ impl OfflineLoader for TufOfflineLoader {
 
 /// Maps the cached reference layout to the names `Repository::load_offline` reads:
 /// `offline name -> cached name`.
+// Metadata names are exact, lowercase `.json` in the reference layout.
+#[allow(clippy::case_sensitive_file_extension_comparisons)]
 fn offline_names(dir: &Path) -> Result<BTreeMap<String, String>, BoxError> {
     let mut names: Vec<String> = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
@@ -203,7 +205,7 @@ fn offline_names(dir: &Path) -> Result<BTreeMap<String, String>, BoxError> {
         .and_then(|t| meta_version(t, "snapshot.json"));
     let snapshot_name = pick("snapshot.json", snapshot_version);
     let snapshot = snapshot_name.as_deref().and_then(read);
-    for (role_file, _) in &versioned {
+    for role_file in versioned.keys() {
         let wanted = if role_file == "snapshot.json" {
             snapshot_version
         } else {
