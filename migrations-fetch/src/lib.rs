@@ -32,10 +32,10 @@ pub use error::{
 };
 pub use fetch::{FetchOptions, FetchReport, fetch, prune};
 pub use plan::{MANIFEST_TARGET, MigrationPlan, PlannedHop, PlannedTarget};
+/// The version type of plans and chains, re-exported so callers need not depend on `semver`.
+pub use semver::Version;
 pub use source::{
     BoxError, MetadataFile, MigrationSource, OfflineLoader, TargetInfo, TargetLookup,
 };
 pub use space::{FixedSpace, Space, SpaceProbe, StatvfsProbe};
-/// The version type of plans and chains, re-exported so callers need not depend on `semver`.
-pub use semver::Version;
 pub use verify::{VerifiedCache, VerifiedMigration, verify_offline, verify_with};

@@ -27,7 +27,9 @@ fn payload(seed: u64, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 32);
     let mut counter = 0u64;
     while out.len() < len {
-        out.extend_from_slice(&Sha256::digest([seed.to_le_bytes(), counter.to_le_bytes()].concat()));
+        out.extend_from_slice(&Sha256::digest(
+            [seed.to_le_bytes(), counter.to_le_bytes()].concat(),
+        ));
         counter += 1;
     }
     out.truncate(len);
@@ -100,7 +102,7 @@ impl Env {
         }
     }
 
-    fn http(&self, retries: u32) -> HttpTransport {
+    fn http(retries: u32) -> HttpTransport {
         HttpTransport::new(HttpOptions {
             stall_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
@@ -122,8 +124,8 @@ impl Env {
             self.server.url_for("targets/").parse().unwrap(),
             self.work.path().join("datastore"),
         );
-        opts.trusted_root = self.trusted_root.clone();
-        Repository::load(opts, Arc::new(self.http(retries))).unwrap()
+        opts.trusted_root.clone_from(&self.trusted_root);
+        Repository::load(opts, Arc::new(Self::http(retries))).unwrap()
     }
 
     fn load(&self) -> Repository {
@@ -138,17 +140,17 @@ impl Env {
         manifest::Manifest::from_slice(&bytes).unwrap()
     }
 
-    fn plan(&self, repo: &Repository, from: &str, to: &str) -> Result<MigrationPlan, PlanError> {
+    fn plan(repo: &Repository, from: &str, to: &str) -> Result<MigrationPlan, PlanError> {
         MigrationPlan::new(&Self::manifest(repo), &v(from), &v(to), repo)
     }
 
-    fn cached(&self, repo: &Repository, name: &str) -> String {
+    fn cached(repo: &Repository, name: &str) -> String {
         let info = repo.target_info(name).unwrap().unwrap();
         format!("{}.{name}", info.sha256_hex())
     }
 
-    fn target_path(&self, repo: &Repository, name: &str) -> String {
-        format!("/targets/{}", self.cached(repo, name))
+    fn target_path(repo: &Repository, name: &str) -> String {
+        format!("/targets/{}", Self::cached(repo, name))
     }
 
     fn loader(&self) -> TufOfflineLoader {
@@ -176,29 +178,38 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 fn forward_chain_with_a_shortcut_is_cached_in_the_reference_layout_and_verifies_offline() {
     let env = Env::new();
     let repo = env.load();
-    let plan = env.plan(&repo, "1.0.0", "1.3.0").unwrap();
-    assert_eq!(plan.migration_names(), [A, C, D], "1.2.0's migration is skipped by the shortcut");
+    let plan = Env::plan(&repo, "1.0.0", "1.3.0").unwrap();
+    assert_eq!(
+        plan.migration_names(),
+        [A, C, D],
+        "1.2.0's migration is skipped by the shortcut"
+    );
 
     let report = fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap();
     assert_eq!(report.fetched, [A, C, D, "manifest.json"]);
     assert_eq!(
         files(&env.dirs.targets),
         sorted(vec![
-            env.cached(&repo, A),
-            env.cached(&repo, C),
-            env.cached(&repo, D),
-            env.cached(&repo, "manifest.json"),
+            Env::cached(&repo, A),
+            Env::cached(&repo, C),
+            Env::cached(&repo, D),
+            Env::cached(&repo, "manifest.json"),
         ])
     );
     // The stored bytes are the published (compressed) target bytes.
     assert_eq!(
-        fs::read(env.dirs.targets.join(env.cached(&repo, C))).unwrap(),
+        fs::read(env.dirs.targets.join(Env::cached(&repo, C))).unwrap(),
         payload(3, 200_000)
     );
     // The layout the reference migrator reads with consistent snapshots.
     assert_eq!(
         files(&env.dirs.metadata),
-        ["1.root.json", "1.snapshot.json", "1.targets.json", "timestamp.json"]
+        [
+            "1.root.json",
+            "1.snapshot.json",
+            "1.targets.json",
+            "timestamp.json"
+        ]
     );
     assert_eq!(
         fs::read(env.dirs.metadata.join("1.snapshot.json")).unwrap(),
@@ -207,22 +218,33 @@ fn forward_chain_with_a_shortcut_is_cached_in_the_reference_layout_and_verifies_
     );
 
     let verified = verify_offline(&env.dirs, &env.loader(), &v("1.0.0"), &v("1.3.0")).unwrap();
-    let names: Vec<&str> = verified.migrations.iter().map(|m| m.name.as_str()).collect();
+    let names: Vec<&str> = verified
+        .migrations
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
     assert_eq!(names, [A, C, D]);
-    assert_eq!(verified.migrations[0].read_verified().unwrap(), payload(1, 3_000));
+    assert_eq!(
+        verified.migrations[0].read_verified().unwrap(),
+        payload(1, 3_000)
+    );
 }
 
 #[test]
 fn backward_chain_caches_the_same_migrations() {
     let env = Env::new();
     let repo = env.load();
-    let plan = env.plan(&repo, "1.3.0", "1.0.0").unwrap();
+    let plan = Env::plan(&repo, "1.3.0", "1.0.0").unwrap();
     let mut names = plan.migration_names();
     names.sort_unstable();
     assert_eq!(names, [A, C, D]);
     fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap();
     let verified = verify_offline(&env.dirs, &env.loader(), &v("1.3.0"), &v("1.0.0")).unwrap();
-    let got: Vec<&str> = verified.migrations.iter().map(|m| m.name.as_str()).collect();
+    let got: Vec<&str> = verified
+        .migrations
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
     assert_eq!(got, plan.migration_names());
 }
 
@@ -231,7 +253,7 @@ fn a_missing_link_stops_before_any_download_or_disk_change() {
     let env = Env::new();
     let repo = env.load();
     env.server.clear_log();
-    let err = env.plan(&repo, "1.0.0", "1.4.0").unwrap_err();
+    let err = Env::plan(&repo, "1.0.0", "1.4.0").unwrap_err();
     assert!(matches!(err, PlanError::Chain { .. }), "{err}");
     assert!(err.to_string().contains("1.4.0"), "{err}");
     assert!(!env.dirs.targets.exists() && !env.dirs.metadata.exists());
@@ -249,12 +271,12 @@ fn a_missing_link_stops_before_any_download_or_disk_change() {
 fn rerun_after_an_interrupted_fetch_downloads_only_the_missing_files() {
     let env = Env::new();
     let repo = env.load_with(0);
-    let plan = env.plan(&repo, "1.0.0", "1.3.0").unwrap();
-    let c_path = env.target_path(&repo, C);
+    let plan = Env::plan(&repo, "1.0.0", "1.3.0").unwrap();
+    let c_path = Env::target_path(&repo, C);
     env.server.fault(&c_path, Fault::DropAfter(120_000));
     let err = fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap_err();
     assert!(err.to_string().contains(C), "{err}");
-    assert_eq!(files(&env.dirs.targets), [env.cached(&repo, A)]);
+    assert_eq!(files(&env.dirs.targets), [Env::cached(&repo, A)]);
     assert!(files(&env.dirs.metadata).is_empty());
 
     env.server.clear_faults();
@@ -262,7 +284,11 @@ fn rerun_after_an_interrupted_fetch_downloads_only_the_missing_files() {
     let report = fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap();
     assert_eq!(report.reused, [A]);
     assert_eq!(report.fetched, [C, D, "manifest.json"]);
-    assert!(env.server.requests_for(&env.target_path(&repo, A)).is_empty());
+    assert!(
+        env.server
+            .requests_for(&Env::target_path(&repo, A))
+            .is_empty()
+    );
     assert_eq!(env.server.requests_for(&c_path).len(), 1);
     verify_offline(&env.dirs, &env.loader(), &v("1.0.0"), &v("1.3.0")).unwrap();
 }
@@ -271,9 +297,9 @@ fn rerun_after_an_interrupted_fetch_downloads_only_the_missing_files() {
 fn a_changed_byte_in_a_cached_migration_is_reported_by_file_name() {
     let env = Env::new();
     let repo = env.load();
-    let plan = env.plan(&repo, "1.0.0", "1.3.0").unwrap();
+    let plan = Env::plan(&repo, "1.0.0", "1.3.0").unwrap();
     fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap();
-    let name = env.cached(&repo, C);
+    let name = Env::cached(&repo, C);
     let path = env.dirs.targets.join(&name);
     let mut bytes = fs::read(&path).unwrap();
     bytes[123_456] ^= 0x10;
@@ -293,13 +319,16 @@ fn a_changed_byte_in_a_cached_migration_is_reported_by_file_name() {
 fn a_changed_byte_in_cached_metadata_is_reported_by_file_name() {
     let env = Env::new();
     let repo = env.load();
-    let plan = env.plan(&repo, "1.0.0", "1.3.0").unwrap();
+    let plan = Env::plan(&repo, "1.0.0", "1.3.0").unwrap();
     fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap();
     let path = env.dirs.metadata.join("1.targets.json");
     let text = fs::read_to_string(&path).unwrap();
     // Same length: the declared length of a migration changes by one digit.
     let changed = text.replacen("\"length\": 3000", "\"length\": 3001", 1);
-    assert_ne!(changed, text, "the fixture's JSON layout changed; adjust the edit");
+    assert_ne!(
+        changed, text,
+        "the fixture's JSON layout changed; adjust the edit"
+    );
     fs::write(&path, changed).unwrap();
     let err = verify_offline(&env.dirs, &env.loader(), &v("1.0.0"), &v("1.3.0")).unwrap_err();
     assert!(matches!(err, VerifyError::Metadata { .. }), "{err}");
@@ -318,11 +347,11 @@ fn expired_metadata_still_verifies_offline() {
         env.server.url_for("targets/").parse().unwrap(),
         env.work.path().join("datastore"),
     );
-    opts.trusted_root = env.trusted_root.clone();
+    opts.trusted_root.clone_from(&env.trusted_root);
     // A time as far before the expiry as the far future is after it.
     opts.reference_time = Some(long_ago() - (far_future() - long_ago()));
-    let repo = Repository::load(opts, Arc::new(env.http(1))).unwrap();
-    let plan = env.plan(&repo, "1.0.0", "1.1.0").unwrap();
+    let repo = Repository::load(opts, Arc::new(Env::http(1))).unwrap();
+    let plan = Env::plan(&repo, "1.0.0", "1.1.0").unwrap();
     fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap();
     let verified = verify_offline(&env.dirs, &env.loader(), &v("1.0.0"), &v("1.1.0")).unwrap();
     assert_eq!(verified.migrations.len(), 1);
@@ -332,10 +361,10 @@ fn expired_metadata_still_verifies_offline() {
 fn stale_files_are_pruned_after_the_next_successful_fetch() {
     let mut env = Env::new();
     let repo = env.load();
-    let plan = env.plan(&repo, "1.0.0", "1.3.0").unwrap();
+    let plan = Env::plan(&repo, "1.0.0", "1.3.0").unwrap();
     fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap();
-    let old_a = env.cached(&repo, A);
-    let old_manifest = env.cached(&repo, "manifest.json");
+    let old_a = Env::cached(&repo, A);
+    let old_manifest = Env::cached(&repo, "manifest.json");
 
     // The next release: a new migration and a new manifest, metadata version 2.
     env.repo.add_target(E, &payload(5, 4_000));
@@ -343,18 +372,26 @@ fn stale_files_are_pruned_after_the_next_successful_fetch() {
     env.repo.bump();
     env.repo.publish();
     let repo = env.load();
-    let plan = env.plan(&repo, "1.3.0", "1.4.0").unwrap();
+    let plan = Env::plan(&repo, "1.3.0", "1.4.0").unwrap();
     let report = fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap();
     assert_eq!(report.fetched, [E, "manifest.json"]);
     assert_eq!(
         files(&env.dirs.targets),
-        sorted(vec![env.cached(&repo, E), env.cached(&repo, "manifest.json")])
+        sorted(vec![
+            Env::cached(&repo, E),
+            Env::cached(&repo, "manifest.json")
+        ])
     );
     assert!(report.pruned.iter().any(|p| p.ends_with(&old_a)));
     assert!(report.pruned.iter().any(|p| p.ends_with(&old_manifest)));
     assert_eq!(
         files(&env.dirs.metadata),
-        ["1.root.json", "2.snapshot.json", "2.targets.json", "timestamp.json"]
+        [
+            "1.root.json",
+            "2.snapshot.json",
+            "2.targets.json",
+            "timestamp.json"
+        ]
     );
     verify_offline(&env.dirs, &env.loader(), &v("1.3.0"), &v("1.4.0")).unwrap();
 }
@@ -386,7 +423,7 @@ fn not_enough_space_on_a_small_file_system_stops_before_writing() {
     env.repo.bump();
     env.repo.publish();
     let repo = env.load();
-    let plan = env.plan(&repo, "1.1.0", "1.2.0").unwrap();
+    let plan = Env::plan(&repo, "1.1.0", "1.2.0").unwrap();
 
     let mount_point = env.work.path().join("small");
     fs::create_dir(&mount_point).unwrap();
@@ -410,10 +447,102 @@ fn not_enough_space_on_a_small_file_system_stops_before_writing() {
     assert!(*needed > 1_500_000 && *available <= 1024 * 1024, "{err}");
     assert!(err.to_string().contains("not enough free space"), "{err}");
     assert!(files(&dirs.targets).is_empty() && files(&dirs.metadata).is_empty());
-    assert!(env.server.requests_for(&env.target_path(&repo, B)).is_empty());
+    assert!(
+        env.server
+            .requests_for(&Env::target_path(&repo, B))
+            .is_empty()
+    );
 
     // The small migration of another jump fits.
-    let plan = env.plan(&repo, "1.0.0", "1.1.0").unwrap();
+    let plan = Env::plan(&repo, "1.0.0", "1.1.0").unwrap();
     fetch(&plan, &repo, &dirs, &opts).unwrap();
     verify_offline(&dirs, &env.loader(), &v("1.0.0"), &v("1.1.0")).unwrap();
+}
+
+#[test]
+fn without_pruning_offline_verification_uses_the_metadata_versions_the_timestamp_names() {
+    let mut env = Env::new();
+    let keep = FetchOptions {
+        prune: false,
+        ..FetchOptions::default()
+    };
+    let repo = env.load();
+    let plan = Env::plan(&repo, "1.0.0", "1.3.0").unwrap();
+    fetch(&plan, &repo, &env.dirs, &keep).unwrap();
+
+    // Release two replaces migration A's content: the old cached copy is no longer signed.
+    env.repo.add_target(A, &payload(11, 3_500));
+    env.repo.add_target(E, &payload(5, 4_000));
+    env.repo.add_target("manifest.json", &release_two());
+    env.repo.bump();
+    env.repo.publish();
+    let repo = env.load();
+    let plan = Env::plan(&repo, "1.0.0", "1.4.0").unwrap();
+    let report = fetch(&plan, &repo, &env.dirs, &keep).unwrap();
+    assert_eq!(report.fetched, [A, E, "manifest.json"]);
+    assert_eq!(report.reused, [C, D]);
+    assert_eq!(
+        files(&env.dirs.metadata),
+        [
+            "1.root.json",
+            "1.snapshot.json",
+            "1.targets.json",
+            "2.snapshot.json",
+            "2.targets.json",
+            "timestamp.json"
+        ]
+    );
+    let verified = verify_offline(&env.dirs, &env.loader(), &v("1.0.0"), &v("1.4.0")).unwrap();
+    assert_eq!(verified.migrations.len(), 4);
+    assert_eq!(
+        verified.migrations[0].read_verified().unwrap(),
+        payload(11, 3_500)
+    );
+    // The first release's copies of A and the manifest are left-overs, not errors.
+    assert_eq!(verified.extraneous.len(), 2, "{:?}", verified.extraneous);
+}
+
+#[test]
+fn a_repository_without_consistent_snapshots_is_cached_with_plain_metadata_names() {
+    let mut repo = TestRepo::new(KeyKind::EcdsaP256);
+    repo.add_target(A, &payload(1, 3_000));
+    repo.add_target("manifest.json", &release_one());
+    repo.publish_root();
+    repo.publish();
+    let server = TestServer::serve_dir(repo.dir()).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let trusted_root = work.path().join("root.json");
+    repo.write_root(1, &trusted_root);
+    let mut opts = RepositoryOptions::new(
+        server.url_for("metadata/").parse().unwrap(),
+        server.url_for("targets/").parse().unwrap(),
+        work.path().join("datastore"),
+    );
+    opts.trusted_root = trusted_root.clone();
+    let client = HttpTransport::new(HttpOptions {
+        proxy_from_env: false,
+        ..HttpOptions::default()
+    })
+    .unwrap();
+    let tuf = Repository::load(opts, Arc::new(client)).unwrap();
+    let plan = MigrationPlan::new(&Env::manifest(&tuf), &v("1.0.0"), &v("1.1.0"), &tuf).unwrap();
+    let dirs = CacheDirs::under(work.path().join("cache"));
+    fetch(&plan, &tuf, &dirs, &FetchOptions::default()).unwrap();
+    assert_eq!(
+        files(&dirs.metadata),
+        [
+            "1.root.json",
+            "snapshot.json",
+            "targets.json",
+            "timestamp.json"
+        ]
+    );
+    let verified = verify_offline(
+        &dirs,
+        &TufOfflineLoader::new(&trusted_root),
+        &v("1.0.0"),
+        &v("1.1.0"),
+    )
+    .unwrap();
+    assert_eq!(verified.migrations[0].name, A);
 }

@@ -8,6 +8,25 @@
 //! - [`TufOfflineLoader`] implements [`OfflineLoader`]: it maps that layout back to the names
 //!   [`Repository::load_offline`] reads and verifies it from the shipped trusted root, with
 //!   expiry ignored.
+//!
+//! ```no_run
+//! use migrations_fetch::{CacheDirs, FetchOptions, MigrationPlan, fetch, verify_offline};
+//! use updog::migrations::TufOfflineLoader;
+//! # fn demo(repo: &updog::tuf::Repository, manifest: &manifest::Manifest)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! let (from, to) = ("1.0.0".parse()?, "1.2.0".parse()?);
+//! // Before the inactive partition set is touched:
+//! let plan = MigrationPlan::new(manifest, &from, &to, repo)?;
+//! let dirs = CacheDirs::reference();
+//! fetch(&plan, repo, &dirs, &FetchOptions::default())?;
+//! // At the next boot, offline:
+//! let loader = TufOfflineLoader::new("/usr/share/updog/root.json");
+//! let verified = verify_offline(&dirs, &loader, &from, &to)?;
+//! for migration in &verified.migrations {
+//!     let _lz4_bytes = migration.read_verified()?;
+//! }
+//! # Ok(()) }
+//! ```
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -59,9 +78,12 @@ impl MigrationSource for Repository {
                 "targets.json" => format!("{}.targets.json", self.targets_version()),
                 n if is_root_file(n) => f.name.clone(),
                 // A delegated role: its verified version is the one the snapshot lists.
-                n => format!("{}.{n}", signed_version(&f.bytes).ok_or_else(|| {
-                    format!("cannot read the version of verified metadata file {n:?}")
-                })?),
+                n => format!(
+                    "{}.{n}",
+                    signed_version(&f.bytes).ok_or_else(|| {
+                        format!("cannot read the version of verified metadata file {n:?}")
+                    })?
+                ),
             };
             out.push(MetadataFile {
                 name,
@@ -88,7 +110,11 @@ fn signed_version(bytes: &[u8]) -> Option<u64> {
 /// `signed.meta[file].version` of a timestamp or snapshot envelope (unverified, see above).
 fn meta_version(bytes: &[u8], file: &str) -> Option<u64> {
     let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    v.get("signed")?.get("meta")?.get(file)?.get("version")?.as_u64()
+    v.get("signed")?
+        .get("meta")?
+        .get(file)?
+        .get("version")?
+        .as_u64()
 }
 
 /// Loads the cached metadata offline from the trusted root shipped with the OS.
