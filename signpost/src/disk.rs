@@ -5,9 +5,10 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
+use bootpart::SetId;
 use bootpart::gpt::{CopyStatus, GptCopy, GptRead, GptTable, read_gpt, write_gpt};
 use bootpart::io::BlockIo;
-use bootpart::{PartitionType, SetId};
+use bootpart::{Layout, PartitionSet};
 
 use crate::error::Error;
 use crate::state::{BootFlags, PartitionFlags, SetState, Transition};
@@ -30,60 +31,17 @@ struct Numbers {
 }
 
 impl Numbers {
-    /// Finds the sets by partition type GUID: the first BOOT/ROOT/HASH are set A, the second
-    /// set B; PRIVATE is optional. (Interim: replaced by `bootpart::Layout` once it lands.)
-    fn locate(table: &GptTable, disk: &Path) -> Result<Self, Error> {
-        let of = |t: PartitionType| -> Vec<u32> {
-            table
-                .entries
-                .iter()
-                .filter(|e| e.type_guid == t.guid())
-                .map(|e| e.number)
-                .collect()
+    fn from_layout(layout: &Layout) -> Self {
+        let set = |s: &PartitionSet| SetNumbers {
+            boot: s.boot.number,
+            root: s.root.number,
+            hash: s.hash.number,
         };
-        let (boot, root, hash, private) = (
-            of(PartitionType::Boot),
-            of(PartitionType::Root),
-            of(PartitionType::Hash),
-            of(PartitionType::Private),
-        );
-        let sets = boot.len();
-        if sets > 2 || root.len() > 2 || hash.len() > 2 {
-            return Err(Error::Layout {
-                disk: disk.to_path_buf(),
-                problem: format!(
-                    "more than two partition sets (BOOT {}, ROOT {}, HASH {})",
-                    boot.len(),
-                    root.len(),
-                    hash.len()
-                ),
-            });
+        Numbers {
+            a: set(&layout.a),
+            b: layout.b.as_ref().map(set),
+            private: layout.private.as_ref().map(|p| p.number),
         }
-        let set = |i: usize, id: SetId| -> Result<Option<SetNumbers>, Error> {
-            let get = |v: &[u32], t: PartitionType| {
-                v.get(i).copied().ok_or_else(|| Error::Layout {
-                    disk: disk.to_path_buf(),
-                    problem: format!("set {id} has no {} partition", t.name()),
-                })
-            };
-            if i >= sets && root.len() <= i && hash.len() <= i {
-                return Ok(None);
-            }
-            Ok(Some(SetNumbers {
-                boot: get(&boot, PartitionType::Boot)?,
-                root: get(&root, PartitionType::Root)?,
-                hash: get(&hash, PartitionType::Hash)?,
-            }))
-        };
-        let a = set(0, SetId::A)?.ok_or_else(|| Error::Layout {
-            disk: disk.to_path_buf(),
-            problem: "no BOOT/ROOT/HASH partitions: not an OS disk".into(),
-        })?;
-        Ok(Numbers {
-            a,
-            b: set(1, SetId::B)?,
-            private: private.first().copied(),
-        })
     }
 }
 
@@ -244,6 +202,13 @@ impl<D: BlockIo> Signpost<D> {
         self.refresh()?;
         let mut flags = self.flags;
         flags.apply(transition)?;
+        self.write_flags(flags)?;
+        self.refresh()?;
+        Ok(())
+    }
+
+    /// Writes the attribute words of `flags` into the last-read table and writes it out.
+    fn write_flags(&mut self, flags: BootFlags) -> Result<(), Error> {
         let mut table = self.read.table.clone();
         let mut parts = vec![flags.a];
         parts.extend(flags.b);
@@ -254,9 +219,7 @@ impl<D: BlockIo> Signpost<D> {
         write_gpt(&mut self.io, &table).map_err(|source| Error::Gpt {
             disk: self.disk.clone(),
             source: Box::new(source),
-        })?;
-        self.refresh()?;
-        Ok(())
+        })
     }
 
     /// `clear-inactive`; see [`BootFlags::clear_inactive`].
@@ -289,6 +252,24 @@ impl<D: BlockIo> Signpost<D> {
         self.apply(Transition::MarkSuccessfulBoot)
     }
 
+    /// Plays the bootloader: applies [`BootFlags::simulate_boot`] to what is on disk and writes
+    /// the GPT (crash-safely, like every change), then treats the booted set as the running
+    /// one. Returns the set booted, `None` (and nothing written) when no set is bootable.
+    ///
+    /// For tests and demos that "reboot" a disk image; a real host's bootloader does this
+    /// itself.
+    pub fn simulate_boot(&mut self) -> Result<Option<SetId>, Error> {
+        self.refresh()?;
+        let mut flags = self.flags;
+        let Some(booted) = flags.simulate_boot() else {
+            return Ok(None);
+        };
+        self.write_flags(flags)?;
+        self.active = booted;
+        self.refresh()?;
+        Ok(Some(booted))
+    }
+
     /// Gives back the block device.
     pub fn into_inner(self) -> D {
         self.io
@@ -305,7 +286,11 @@ fn load<D: BlockIo>(
         disk: disk.to_path_buf(),
         source: Box::new(source),
     })?;
-    let numbers = Numbers::locate(&read.table, disk)?;
+    let layout = Layout::from_table(&read.table, &|_| None).map_err(|source| Error::Layout {
+        disk: disk.to_path_buf(),
+        source,
+    })?;
+    let numbers = Numbers::from_layout(&layout);
     let flags = flags_from_table(&read.table, numbers, active, disk)?;
     if flags.partition(active).is_none() {
         return Err(Error::ActiveSetMissing { active });

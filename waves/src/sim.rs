@@ -161,7 +161,12 @@ pub fn simulate(
     let mut idx = 0;
     let mut eligible = 0_u64;
     for i in 0..steps {
-        let offset = i64::try_from(span_ms * i as i128 / last).unwrap_or(i64::MAX);
+        let mut offset = span_ms * i as i128 / last;
+        // Whole seconds read better, when the steps are that coarse.
+        if span_ms >= 1000 * last {
+            offset -= offset % 1000;
+        }
+        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
         let at = if i == steps - 1 {
             to
         } else {
