@@ -58,7 +58,7 @@ pub mod select;
 mod validate;
 
 pub use chain::MigrationHop;
-pub use error::Error;
+pub use error::{Error, MigrationGap};
 pub use migrations::{Migrations, format_migration_key, parse_migration_key};
 pub use validate::{Problem, ValidationError};
 
