@@ -411,6 +411,37 @@ fn waves_shows_schedule_seed_json_and_svg() {
         "{chart}"
     );
 
+    // Side by side with the reference formula: one day into the rollout, the reference has
+    // let nobody from the 4 h .. 1 d wave in before 4 h + 5 h, so it trails.
+    let mut args = vec!["waves", r.m()];
+    args.extend_from_slice(&id);
+    args.extend_from_slice(&[
+        "--compare-reference",
+        "--json",
+        "--hosts",
+        "2048",
+        "--steps",
+        "200",
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    let ours = json["fleet"].as_array().unwrap();
+    let theirs = json["fleet_reference"].as_array().unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    assert!(
+        ours.iter()
+            .zip(theirs)
+            .all(|(a, b)| a["eligible"].as_u64() >= b["eligible"].as_u64())
+    );
+    assert!(
+        ours.iter()
+            .zip(theirs)
+            .any(|(a, b)| a["eligible"].as_u64() > b["eligible"].as_u64())
+    );
+    let mut args = vec!["waves", r.m()];
+    args.extend_from_slice(&id);
+    args.extend_from_slice(&["--compare-reference", "--steps", "5"]);
+    assert!(ok(&args).contains("this crate   reference"));
+
     let mut args = vec!["waves", r.m()];
     args.extend_from_slice(&id);
     args.extend_from_slice(&["--seed", "2048"]);
