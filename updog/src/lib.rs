@@ -3,6 +3,7 @@
 
 pub mod exit;
 pub mod lock;
+pub mod migrations;
 pub mod os_release;
 pub mod pipeline;
 pub mod progress;
