@@ -903,3 +903,21 @@ fn a_symbolic_link_in_the_cache_is_never_trusted() {
     assert!(elsewhere.exists(), "the link's target is not touched");
     verify_offline(&dirs, &TestLoader, &v("1.0.0"), &v("1.1.0")).unwrap();
 }
+
+#[test]
+fn plan_renders_as_one_line_for_check_update() {
+    let repo = standard_repo(7);
+    let plan =
+        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.3.0"), &repo.source()).unwrap();
+    assert_eq!(
+        plan.to_string(),
+        format!(
+            "migrations 1.0.0 -> 1.3.0 via 1.1.0: migrate_v1.1.0_a.lz4, migrate_v1.3.0_c.lz4, \
+             migrate_v1.3.0_d.lz4 ({} bytes with manifest.json)",
+            plan.total_bytes
+        )
+    );
+    let none =
+        MigrationPlan::new(&repo.manifest(), &v("1.4.0"), &v("1.4.0"), &repo.source()).unwrap();
+    assert_eq!(none.to_string(), "no migrations from 1.4.0 to 1.4.0");
+}
