@@ -36,6 +36,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::lock::{LockError, UpdateLock};
+use crate::migrations::RepositorySource;
 use crate::os_release::{OsRelease, OsReleaseError};
 use crate::progress::{ImageKind, ProgressEvent};
 use crate::reboot::RebootError;
@@ -112,6 +113,8 @@ pub struct AvailableUpdate {
     pub update: manifest::Update,
     /// The migration targets the version jump needs, in the order they run.
     pub migrations: Vec<String>,
+    /// The full plan: hops, each target's signed length and sha256, total bytes.
+    pub migration_plan: migrations_fetch::MigrationPlan,
 }
 
 /// What [`Updater::stage`] put on the inactive set.
@@ -161,6 +164,9 @@ pub enum UpdateError {
     /// os-release could not be read.
     #[error(transparent)]
     OsRelease(#[from] OsReleaseError),
+    /// The HTTP client could not be set up (bad proxy setting, TLS backend).
+    #[error("setting up the transport: {0}")]
+    Transport(#[source] crate::transport::HttpSetupError),
     /// Another update holds the lock.
     #[error(transparent)]
     Lock(#[from] LockError),
@@ -203,9 +209,13 @@ pub enum UpdateError {
         /// The set.
         set: SetId,
     },
-    /// Fetching the migrations failed (before the disk was touched).
+    /// The migrations the version jump needs cannot be planned (missing link, unsigned
+    /// target); nothing was written.
     #[error("migrations: {0}")]
-    Migrations(#[source] migrations_fetch::Error),
+    MigrationPlan(#[source] migrations_fetch::PlanError),
+    /// Fetching the migrations failed (before the disk was touched).
+    #[error("fetching migrations: {0}")]
+    MigrationFetch(#[source] migrations_fetch::FetchError),
     /// The disk or its partition layout could not be used.
     #[error("disk: {0}")]
     Disk(#[source] bootpart::Error),
@@ -223,7 +233,26 @@ pub enum UpdateError {
         set: SetId,
         /// What went wrong.
         #[source]
-        source: crate::pipeline::Error,
+        source: crate::pipeline::StageError,
+    },
+    /// A partition of the inactive set could not be opened for writing.
+    #[error("opening the {image} partition of set {set}: {source}")]
+    OpenPartition {
+        /// Which image.
+        image: ImageKind,
+        /// The set.
+        set: SetId,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A signed image target carries no sha256 (the pipeline verifies sha256).
+    #[error("{image} image {target:?} has no signed sha256")]
+    NoSha256 {
+        /// Which image.
+        image: ImageKind,
+        /// The target name.
+        target: String,
     },
     /// Staging was cancelled; the inactive set is left cleared.
     #[error("cancelled; set {set} left cleared")]
@@ -272,17 +301,17 @@ impl Updater {
     /// HTTP(S)/file transport the URLs call for.
     pub fn new(config: Config) -> Result<Updater, UpdateError> {
         let os = OsRelease::from_path(&config.os_release)?;
-        Ok(Self::with_os_release(config, os))
+        Self::with_os_release(config, os)
     }
 
     /// An updater with an explicit identity (tests, agents that know their version).
-    pub fn with_os_release(config: Config, os: OsRelease) -> Updater {
-        let transport = default_transport(&config, &os);
-        Updater {
+    pub fn with_os_release(config: Config, os: OsRelease) -> Result<Updater, UpdateError> {
+        let transport = default_transport(&config, &os).map_err(UpdateError::Transport)?;
+        Ok(Updater {
             config,
             os,
             transport,
-        }
+        })
     }
 
     /// Replaces the transport (for example with one that counts or throttles requests).
@@ -307,18 +336,22 @@ impl Updater {
     }
 
     fn load_repository(&self) -> Result<crate::tuf::Repository, UpdateError> {
-        let opts = crate::tuf::RepositoryOptions::new(
-            self.config.trusted_root.clone(),
-            self.config.metadata_dir.clone(),
+        let mut opts = crate::tuf::RepositoryOptions::new(
             self.config.metadata_base_url.clone(),
             self.config.targets_base_url.clone(),
+            self.config.metadata_dir.clone(),
         );
+        opts.trusted_root.clone_from(&self.config.trusted_root);
         crate::tuf::Repository::load(opts, Arc::clone(&self.transport))
             .map_err(UpdateError::Repository)
     }
 
     fn load_manifest(repo: &crate::tuf::Repository) -> Result<Manifest, UpdateError> {
-        if repo.target(MANIFEST_TARGET).is_none() {
+        if repo
+            .target(MANIFEST_TARGET)
+            .map_err(UpdateError::Repository)?
+            .is_none()
+        {
             return Err(UpdateError::NoManifest);
         }
         let mut reader = repo
@@ -348,21 +381,28 @@ impl Updater {
 
     fn select(
         &self,
+        repo: &crate::tuf::Repository,
         manifest: &Manifest,
         opts: &CheckOptions,
     ) -> Result<CheckOutcome, UpdateError> {
         match manifest::select::select_update(manifest, &self.request(opts)) {
             Selection::NoUpdate(reason) => Ok(CheckOutcome::NoUpdate(reason)),
             Selection::Update(update) => {
-                let migrations = manifest
-                    .migration_chain(&self.os.version_id, &update.version)
-                    .map_err(UpdateError::Manifest)?
-                    .into_iter()
-                    .flat_map(|hop| hop.targets)
-                    .collect();
+                let migration_plan = migrations_fetch::MigrationPlan::new(
+                    manifest,
+                    &self.os.version_id,
+                    &update.version,
+                    &RepositorySource(repo),
+                )
+                .map_err(UpdateError::MigrationPlan)?;
                 Ok(CheckOutcome::Available(AvailableUpdate {
                     update: update.clone(),
-                    migrations,
+                    migrations: migration_plan
+                        .migration_names()
+                        .into_iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                    migration_plan,
                 }))
             }
         }
@@ -374,7 +414,7 @@ impl Updater {
         let manifest = Self::load_manifest(&repo)?;
         Ok(Check {
             running: self.os.clone(),
-            outcome: self.select(&manifest, opts)?,
+            outcome: self.select(&repo, &manifest, opts)?,
         })
     }
 
@@ -416,13 +456,13 @@ impl Updater {
         &self,
         _lock: &UpdateLock,
         opts: &CheckOptions,
-        progress: &(dyn Fn(&ProgressEvent) + Sync),
+        progress: &dyn Fn(&ProgressEvent),
         cancel: &CancelHandle,
     ) -> Result<Staged, UpdateError> {
         progress(&ProgressEvent::LoadingMetadata);
         let repo = self.load_repository()?;
         let manifest = Self::load_manifest(&repo)?;
-        let available = match self.select(&manifest, opts)? {
+        let available = match self.select(&repo, &manifest, opts)? {
             CheckOutcome::NoUpdate(reason) => return Err(UpdateError::NoUpdate(reason)),
             CheckOutcome::Available(a) => a,
         };
@@ -448,16 +488,18 @@ impl Updater {
         // Migrations first: a missing link or a fetch failure must stop us before the disk
         // changes.
         progress(&ProgressEvent::FetchingMigrations {
-            count: available.migrations.len(),
+            count: available.migration_plan.migrations.len(),
         });
-        crate::migrations::fetch(
-            &repo,
-            &manifest,
-            &self.os.version_id,
-            &update.version,
-            &self.config.migrations_dir,
+        migrations_fetch::fetch(
+            &available.migration_plan,
+            &RepositorySource(&repo),
+            &migrations_fetch::CacheDirs::new(
+                &self.config.migrations_dir,
+                &self.config.migrations_metadata_dir,
+            ),
+            &migrations_fetch::FetchOptions::default(),
         )
-        .map_err(UpdateError::Migrations)?;
+        .map_err(UpdateError::MigrationFetch)?;
         if cancel.is_cancelled() {
             return Err(UpdateError::Cancelled { set: inactive });
         }
@@ -471,6 +513,7 @@ impl Updater {
         for (kind, target, partition) in images {
             let desc = repo
                 .target(target)
+                .map_err(UpdateError::Repository)?
                 .ok_or_else(|| UpdateError::MissingTarget {
                     image: kind,
                     target: target.clone(),
@@ -502,32 +545,37 @@ impl Updater {
             if cancel.is_cancelled() {
                 return Err(UpdateError::Cancelled { set: inactive });
             }
-            let written = crate::pipeline_glue::stage_one(
-                &repo, &disk, partition, kind, target, progress, cancel,
-            )
-            .map_err(|e| match e {
-                crate::pipeline_glue::GlueError::Cancelled => {
-                    UpdateError::Cancelled { set: inactive }
-                }
-                crate::pipeline_glue::GlueError::Repository(e) => UpdateError::Repository(e),
-                crate::pipeline_glue::GlueError::Disk(e) => UpdateError::Disk(e),
-                crate::pipeline_glue::GlueError::Pipeline(source) => UpdateError::Stage {
-                    image: kind,
-                    target: target.clone(),
-                    set: inactive,
-                    source,
-                },
-            })?;
+            let staged = self
+                .stage_one(&repo, &disk_path, partition, kind, target, progress, cancel)
+                .map_err(|e| match e {
+                    StageOneError::Cancelled => UpdateError::Cancelled { set: inactive },
+                    StageOneError::Repository(e) => UpdateError::Repository(e),
+                    StageOneError::Open(source) => UpdateError::OpenPartition {
+                        image: kind,
+                        set: inactive,
+                        source,
+                    },
+                    StageOneError::NoSha256 => UpdateError::NoSha256 {
+                        image: kind,
+                        target: target.clone(),
+                    },
+                    StageOneError::Stage(source) => UpdateError::Stage {
+                        image: kind,
+                        target: target.clone(),
+                        set: inactive,
+                        source,
+                    },
+                })?;
             progress(&ProgressEvent::ImageDone {
                 image: kind,
-                written: written.decoded_len,
+                written: staged.decoded_len,
             });
             records.insert(
                 kind.name().to_string(),
                 StagedImageRecord {
                     target: target.clone(),
-                    sha256: written.sha256_hex,
-                    written: written.decoded_len,
+                    sha256: hex::encode(staged.sha256),
+                    written: staged.decoded_len,
                 },
             );
         }
@@ -556,6 +604,59 @@ impl Updater {
             set: inactive,
             record,
         })
+    }
+
+    /// Streams one image target onto its partition through the staging pipeline.
+    #[allow(clippy::too_many_arguments)]
+    fn stage_one(
+        &self,
+        repo: &crate::tuf::Repository,
+        disk_path: &std::path::Path,
+        partition: &bootpart::Partition,
+        kind: ImageKind,
+        target: &str,
+        progress: &dyn Fn(&ProgressEvent),
+        cancel: &CancelHandle,
+    ) -> Result<crate::pipeline::StagedImage, StageOneError> {
+        use crate::pipeline::{ExpectedImage, IoMode, PartitionFile, Phase, StageOptions};
+        let (desc, reader) = repo
+            .fetch_target_unverified(target)
+            .map_err(StageOneError::Repository)?;
+        let expected = ExpectedImage {
+            length: desc.length,
+            sha256: desc.sha256().ok_or(StageOneError::NoSha256)?,
+        };
+        let mut sink = PartitionFile::open(
+            disk_path,
+            partition.byte_offset(),
+            partition.byte_len(),
+            IoMode::Auto,
+        )
+        .map_err(StageOneError::Open)?;
+        let opts = StageOptions {
+            cancel: crate::pipeline::CancelHandle::from_flag(Arc::clone(cancel.flag())),
+            ..StageOptions::default()
+        };
+        let verifying = std::cell::Cell::new(false);
+        let on_progress = |p: crate::pipeline::Progress| match p.phase {
+            Phase::Writing => progress(&ProgressEvent::Image {
+                image: kind,
+                target: target.to_string(),
+                done: p.done,
+                total: p.total,
+            }),
+            Phase::Syncing | Phase::Verifying => {
+                if !verifying.replace(true) {
+                    progress(&ProgressEvent::Verifying { image: kind });
+                }
+            }
+        };
+        crate::pipeline::stage_image(reader, &expected, &mut sink, &opts, &on_progress).map_err(
+            |e| match e {
+                crate::pipeline::StageError::Cancelled => StageOneError::Cancelled,
+                other => StageOneError::Stage(other),
+            },
+        )
     }
 
     /// Flips the boot flags so the staged set is tried once at the next boot
@@ -610,6 +711,15 @@ impl Updater {
     }
 }
 
+/// Why one image could not be staged (mapped to [`UpdateError`] with its context).
+enum StageOneError {
+    Cancelled,
+    Repository(crate::tuf::Error),
+    Open(std::io::Error),
+    NoSha256,
+    Stage(crate::pipeline::StageError),
+}
+
 /// The largest compressed image that can possibly decode into `capacity` bytes: lz4 never
 /// expands data by more than 1/255 plus small per-block and per-frame overheads.
 fn max_compressed_len(capacity: u64) -> u64 {
@@ -622,21 +732,24 @@ fn max_compressed_len(capacity: u64) -> u64 {
         .saturating_add(FRAME_OVERHEAD)
 }
 
-fn default_transport(config: &Config, os: &OsRelease) -> Arc<dyn Transport> {
+fn default_transport(
+    config: &Config,
+    os: &OsRelease,
+) -> Result<Arc<dyn Transport>, crate::transport::HttpSetupError> {
+    // As the reference does, tell the server which wave and version is asking.
     let query = vec![
         ("seed".to_string(), config.seed.get().to_string()),
         ("version".to_string(), os.version_id.to_string()),
     ];
-    Arc::new(crate::transport::DefaultTransport::new(
-        crate::transport::HttpOptions {
-            stall_timeout: config.stall_timeout,
-            retries: config.retries,
-            https_proxy: config.https_proxy.clone(),
-            no_proxy: config.no_proxy.clone(),
-            query,
-            ..Default::default()
-        },
-    ))
+    let transport = crate::transport::AnyTransport::new(crate::transport::HttpOptions {
+        stall_timeout: config.stall_timeout,
+        retries: config.retries,
+        https_proxy: config.https_proxy.clone(),
+        no_proxy: config.no_proxy.clone(),
+        query,
+        ..crate::transport::HttpOptions::default()
+    })?;
+    Ok(Arc::new(transport))
 }
 
 #[cfg(test)]
