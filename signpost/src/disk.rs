@@ -1,0 +1,349 @@
+//! [`Signpost`]: the state machine bound to a disk. Every change is a fresh read of the GPT, one
+//! transition on the attribute bits, and a crash-safe write of both GPT copies through
+//! [`bootpart::gpt::write_gpt`].
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use bootpart::gpt::{CopyStatus, GptCopy, GptRead, GptTable, read_gpt, write_gpt};
+use bootpart::io::BlockIo;
+use bootpart::{PartitionType, SetId};
+
+use crate::error::Error;
+use crate::state::{BootFlags, PartitionFlags, SetState, Transition};
+use crate::status::{GptHealth, STATUS_FORMAT_VERSION, SetStatus, Status};
+
+/// Partition numbers of one set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SetNumbers {
+    boot: u32,
+    root: u32,
+    hash: u32,
+}
+
+/// The partition numbers signpost cares about, from the disk's layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Numbers {
+    a: SetNumbers,
+    b: Option<SetNumbers>,
+    private: Option<u32>,
+}
+
+impl Numbers {
+    /// Finds the sets by partition type GUID: the first BOOT/ROOT/HASH are set A, the second
+    /// set B; PRIVATE is optional. (Interim: replaced by `bootpart::Layout` once it lands.)
+    fn locate(table: &GptTable, disk: &Path) -> Result<Self, Error> {
+        let of = |t: PartitionType| -> Vec<u32> {
+            table
+                .entries
+                .iter()
+                .filter(|e| e.type_guid == t.guid())
+                .map(|e| e.number)
+                .collect()
+        };
+        let (boot, root, hash, private) = (
+            of(PartitionType::Boot),
+            of(PartitionType::Root),
+            of(PartitionType::Hash),
+            of(PartitionType::Private),
+        );
+        let sets = boot.len();
+        if sets > 2 || root.len() > 2 || hash.len() > 2 {
+            return Err(Error::Layout {
+                disk: disk.to_path_buf(),
+                problem: format!(
+                    "more than two partition sets (BOOT {}, ROOT {}, HASH {})",
+                    boot.len(),
+                    root.len(),
+                    hash.len()
+                ),
+            });
+        }
+        let set = |i: usize, id: SetId| -> Result<Option<SetNumbers>, Error> {
+            let get = |v: &[u32], t: PartitionType| {
+                v.get(i).copied().ok_or_else(|| Error::Layout {
+                    disk: disk.to_path_buf(),
+                    problem: format!("set {id} has no {} partition", t.name()),
+                })
+            };
+            if i >= sets && root.len() <= i && hash.len() <= i {
+                return Ok(None);
+            }
+            Ok(Some(SetNumbers {
+                boot: get(&boot, PartitionType::Boot)?,
+                root: get(&root, PartitionType::Root)?,
+                hash: get(&hash, PartitionType::Hash)?,
+            }))
+        };
+        let a = set(0, SetId::A)?.ok_or_else(|| Error::Layout {
+            disk: disk.to_path_buf(),
+            problem: "no BOOT/ROOT/HASH partitions: not an OS disk".into(),
+        })?;
+        Ok(Numbers {
+            a,
+            b: set(1, SetId::B)?,
+            private: private.first().copied(),
+        })
+    }
+}
+
+/// The boot-selection state of one disk, and the operations that change it.
+///
+/// Generic over the block device so tests can run it on a fault-injecting disk; the default is a
+/// plain file (block device or disk image).
+///
+/// ```no_run
+/// use signpost::{SetId, Signpost};
+///
+/// let mut sp = Signpost::open("disk.img", Some(SetId::A))?;
+/// sp.clear_inactive()?;
+/// // ... write and verify the images of set B ...
+/// sp.mark_inactive_valid()?;
+/// sp.upgrade_to_inactive()?;
+/// assert_eq!(sp.next_boot(), Some(SetId::B));
+/// println!("{}", sp.status());
+/// # Ok::<(), signpost::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Signpost<D: BlockIo = File> {
+    io: D,
+    disk: PathBuf,
+    active: SetId,
+    numbers: Numbers,
+    read: GptRead,
+    flags: BootFlags,
+}
+
+impl Signpost<File> {
+    /// Opens a disk (block device or image file) read-write. `active` names the running set;
+    /// `None` finds it from the running root filesystem (which only works for the host's own
+    /// OS disk).
+    pub fn open(disk: impl AsRef<Path>, active: Option<SetId>) -> Result<Self, Error> {
+        let path = disk.as_ref();
+        let Some(active) = active else {
+            return Err(Error::Discovery {
+                disk: Some(path.to_path_buf()),
+                problem: "running-set discovery is not available yet; pass the active set".into(),
+            });
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|source| Error::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Self::from_io(file, path, active)
+    }
+
+    /// Opens the disk holding the running root filesystem; `active` overrides the running set
+    /// found there.
+    pub fn open_host(active: Option<SetId>) -> Result<Self, Error> {
+        let _ = active;
+        Err(Error::Discovery {
+            disk: None,
+            problem: "root-disk discovery is not available yet; pass --disk and --active".into(),
+        })
+    }
+}
+
+impl<D: BlockIo> Signpost<D> {
+    /// Reads the GPT from `io` and finds the partition sets. `disk` is only used in messages and
+    /// in [`Status::disk`].
+    pub fn from_io(io: D, disk: impl Into<PathBuf>, active: SetId) -> Result<Self, Error> {
+        let disk = disk.into();
+        let (read, numbers, flags) = load(&io, &disk, active)?;
+        Ok(Self {
+            io,
+            disk,
+            active,
+            numbers,
+            read,
+            flags,
+        })
+    }
+
+    /// The running set.
+    pub fn active(&self) -> SetId {
+        self.active
+    }
+
+    /// The set that is not running.
+    pub fn inactive(&self) -> SetId {
+        self.active.other()
+    }
+
+    /// The attribute bits as last read or written.
+    pub fn flags(&self) -> BootFlags {
+        self.flags
+    }
+
+    /// The state of `set` as last read or written; `None` when the disk does not have it.
+    pub fn state(&self, set: SetId) -> Option<SetState> {
+        self.flags.state(set)
+    }
+
+    /// The set the bootloader boots next (see [`BootFlags::next_boot`]).
+    pub fn next_boot(&self) -> Option<SetId> {
+        self.flags.next_boot()
+    }
+
+    /// PRIVATE bit 57: whether a boot has ever succeeded on this disk.
+    pub fn has_boot_ever_succeeded(&self) -> Result<bool, Error> {
+        self.flags.has_boot_ever_succeeded()
+    }
+
+    /// Both sets, the running set, the next boot and the health of the GPT copies.
+    pub fn status(&self) -> Status {
+        let set = |id: SetId, n: SetNumbers| {
+            let state = self.flags.state(id).unwrap_or_default();
+            SetStatus {
+                set: id,
+                boot_partition: n.boot,
+                root_partition: n.root,
+                hash_partition: n.hash,
+                priority: state.priority,
+                tries_left: state.tries_left,
+                successful: state.successful,
+                bootable: state.is_bootable(),
+            }
+        };
+        Status {
+            format_version: STATUS_FORMAT_VERSION,
+            disk: self.disk.clone(),
+            active: self.active,
+            next_boot: self.flags.next_boot(),
+            boot_has_ever_succeeded: self.flags.boot_ever_succeeded(),
+            a: set(SetId::A, self.numbers.a),
+            b: self.numbers.b.map(|n| set(SetId::B, n)),
+            gpt: GptHealth {
+                used: match self.read.used {
+                    GptCopy::Primary => "primary",
+                    GptCopy::Backup => "backup",
+                },
+                primary_valid: self.read.primary == CopyStatus::Valid,
+                backup_valid: self.read.backup == CopyStatus::Valid,
+            },
+        }
+    }
+
+    /// Re-reads the GPT (another process, or the bootloader, may have changed it).
+    pub fn refresh(&mut self) -> Result<(), Error> {
+        let (read, numbers, flags) = load(&self.io, &self.disk, self.active)?;
+        self.read = read;
+        self.numbers = numbers;
+        self.flags = flags;
+        Ok(())
+    }
+
+    /// Applies one transition: re-reads the GPT, checks the transition's preconditions against
+    /// what is on disk, and writes both GPT copies crash-safely (primary, flush, backup, flush).
+    /// On error nothing is written. A damaged or stale GPT copy is rewritten as part of it.
+    pub fn apply(&mut self, transition: Transition) -> Result<(), Error> {
+        self.refresh()?;
+        let mut flags = self.flags;
+        flags.apply(transition)?;
+        let mut table = self.read.table.clone();
+        let mut parts = vec![flags.a];
+        parts.extend(flags.b);
+        parts.extend(flags.private);
+        for p in parts {
+            set_attributes(&mut table, p, &self.disk)?;
+        }
+        write_gpt(&mut self.io, &table).map_err(|source| Error::Gpt {
+            disk: self.disk.clone(),
+            source: Box::new(source),
+        })?;
+        self.refresh()?;
+        Ok(())
+    }
+
+    /// `clear-inactive`; see [`BootFlags::clear_inactive`].
+    pub fn clear_inactive(&mut self) -> Result<(), Error> {
+        self.apply(Transition::ClearInactive)
+    }
+
+    /// `mark-inactive-valid`; see [`BootFlags::mark_inactive_valid`].
+    pub fn mark_inactive_valid(&mut self) -> Result<(), Error> {
+        self.apply(Transition::MarkInactiveValid)
+    }
+
+    /// `upgrade-to-inactive`; see [`BootFlags::upgrade_to_inactive`].
+    pub fn upgrade_to_inactive(&mut self) -> Result<(), Error> {
+        self.apply(Transition::UpgradeToInactive)
+    }
+
+    /// `cancel-upgrade`; see [`BootFlags::cancel_upgrade`].
+    pub fn cancel_upgrade(&mut self) -> Result<(), Error> {
+        self.apply(Transition::CancelUpgrade)
+    }
+
+    /// `rollback-to-inactive`; see [`BootFlags::rollback_to_inactive`].
+    pub fn rollback_to_inactive(&mut self) -> Result<(), Error> {
+        self.apply(Transition::RollbackToInactive)
+    }
+
+    /// `mark-successful-boot`; see [`BootFlags::mark_successful_boot`].
+    pub fn mark_successful_boot(&mut self) -> Result<(), Error> {
+        self.apply(Transition::MarkSuccessfulBoot)
+    }
+
+    /// Gives back the block device.
+    pub fn into_inner(self) -> D {
+        self.io
+    }
+}
+
+/// Reads the GPT, the layout and the attribute bits.
+fn load<D: BlockIo>(
+    io: &D,
+    disk: &Path,
+    active: SetId,
+) -> Result<(GptRead, Numbers, BootFlags), Error> {
+    let read = read_gpt(io).map_err(|source| Error::Gpt {
+        disk: disk.to_path_buf(),
+        source: Box::new(source),
+    })?;
+    let numbers = Numbers::locate(&read.table, disk)?;
+    let flags = flags_from_table(&read.table, numbers, active, disk)?;
+    if flags.partition(active).is_none() {
+        return Err(Error::ActiveSetMissing { active });
+    }
+    Ok((read, numbers, flags))
+}
+
+fn flags_from_table(
+    table: &GptTable,
+    n: Numbers,
+    active: SetId,
+    disk: &Path,
+) -> Result<BootFlags, Error> {
+    let get = |number: u32| -> Result<PartitionFlags, Error> {
+        let e = table.entry(number).ok_or_else(|| Error::PartitionMissing {
+            disk: disk.to_path_buf(),
+            number,
+        })?;
+        Ok(PartitionFlags {
+            number,
+            attributes: e.attributes,
+        })
+    };
+    Ok(BootFlags {
+        active,
+        a: get(n.a.boot)?,
+        b: n.b.map(|s| get(s.boot)).transpose()?,
+        private: n.private.map(get).transpose()?,
+    })
+}
+
+fn set_attributes(table: &mut GptTable, p: PartitionFlags, disk: &Path) -> Result<(), Error> {
+    let e = table
+        .entry_mut(p.number)
+        .ok_or_else(|| Error::PartitionMissing {
+            disk: disk.to_path_buf(),
+            number: p.number,
+        })?;
+    e.attributes = p.attributes;
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! Typed errors: each names the set, partition, file or operation that was wrong.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::state::SetState;
+use bootpart::SetId;
+
+/// Everything that can go wrong in signpost.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `upgrade-to-inactive` on an inactive set that already has a priority or is marked
+    /// successful (already upgraded, or never cleared).
+    #[error(
+        "inactive set {set} is already marked for boot ({state}); run clear-inactive and write a new image first"
+    )]
+    InactiveAlreadyMarked {
+        /// The inactive set.
+        set: SetId,
+        /// Its state.
+        state: SetState,
+    },
+    /// `upgrade-to-inactive` on an inactive set that was not marked valid (no tries left).
+    #[error("inactive set {set} is not marked valid ({state}); run mark-inactive-valid first")]
+    InactiveNotValid {
+        /// The inactive set.
+        set: SetId,
+        /// Its state.
+        state: SetState,
+    },
+    /// `rollback-to-inactive` to a set that never booted successfully and has no tries left.
+    #[error("cannot roll back to inactive set {set}: it would not boot ({state})")]
+    InactiveNotBootable {
+        /// The inactive set.
+        set: SetId,
+        /// Its state.
+        state: SetState,
+    },
+    /// An operation on the inactive set of a disk that has only one set.
+    #[error("{operation} needs set {inactive}, but the disk has a single partition set")]
+    SingleSet {
+        /// The CLI name of the operation.
+        operation: &'static str,
+        /// The inactive set that does not exist.
+        inactive: SetId,
+    },
+    /// The active set chosen does not exist on the disk.
+    #[error("active set {active} does not exist on this disk")]
+    ActiveSetMissing {
+        /// The set named active.
+        active: SetId,
+    },
+    /// An operation that needs the PRIVATE partition on a disk without one.
+    #[error("{operation} needs the PRIVATE partition, and the disk has none")]
+    NoPrivatePartition {
+        /// The CLI name of the operation.
+        operation: &'static str,
+    },
+    /// A priority or tries-left value above 15.
+    #[error("{field} {value} is out of range 0-15")]
+    FieldOutOfRange {
+        /// `priority` or `tries_left`.
+        field: &'static str,
+        /// The value given.
+        value: u8,
+    },
+    /// Opening the disk failed.
+    #[error("cannot open disk {path}: {source}")]
+    Open {
+        /// The disk path.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The lock file could not be created or locked.
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Another signpost held the lock for longer than we were willing to wait.
+    #[error("lock {path} is held by another process (waited {waited_ms} ms)")]
+    LockBusy {
+        /// The lock file.
+        path: PathBuf,
+        /// How long we waited.
+        waited_ms: u128,
+    },
+    /// Reading or writing the GPT failed (nothing was changed when a write was refused).
+    #[error("GPT of {disk}: {source}")]
+    Gpt {
+        /// The disk.
+        disk: PathBuf,
+        /// The cause.
+        source: Box<bootpart::gpt::GptError>,
+    },
+    /// The disk's partitions do not form the expected layout.
+    #[error("disk {disk}: {problem}")]
+    Layout {
+        /// The disk.
+        disk: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Finding the running disk or set failed.
+    #[error("cannot find the running partition set{}: {problem}", disk.as_ref().map(|d| format!(" on {}", d.display())).unwrap_or_default())]
+    Discovery {
+        /// The disk, when one was given.
+        disk: Option<PathBuf>,
+        /// What went wrong.
+        problem: String,
+    },
+    /// A partition the layout named is not in the table.
+    #[error("disk {disk}: partition {number} is missing from the GPT")]
+    PartitionMissing {
+        /// The disk.
+        disk: PathBuf,
+        /// The partition number.
+        number: u32,
+    },
+}

@@ -1,0 +1,111 @@
+//! `signpost`: show and change the A/B boot selection bits on the OS disk.
+//!
+//! A thin shell over the `signpost` library: parse arguments, take the lock for changes, call
+//! the library, print.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use signpost::{DEFAULT_LOCK_FILE, LockFile, SetId, Signpost, Transition};
+
+/// Show and change which partition set (A or B) the bootloader boots next.
+#[derive(Debug, Parser)]
+#[command(name = "signpost", version)]
+struct Cli {
+    /// The OS disk (block device or disk image). Default: the disk holding the running root
+    /// filesystem.
+    #[arg(long, global = true, value_name = "PATH")]
+    disk: Option<PathBuf>,
+    /// The running set. Default: found from the running root filesystem.
+    #[arg(long, global = true, value_name = "A|B")]
+    active: Option<SetId>,
+    /// Lock file held while changing the disk, so two changes cannot interleave.
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_LOCK_FILE)]
+    lock_file: PathBuf,
+    /// Seconds to wait for another signpost holding the lock (0: fail at once).
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 30)]
+    lock_timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show both partition sets, the running set and the set that boots next.
+    Status {
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Clear the inactive set (priority 0, tries 0, not successful) before writing images to it.
+    ClearInactive,
+    /// Mark the inactive set as holding a complete image (tries 1).
+    MarkInactiveValid,
+    /// Boot the inactive set next, once, falling back to the running set.
+    UpgradeToInactive,
+    /// Undo upgrade-to-inactive.
+    CancelUpgrade,
+    /// Boot the inactive (previous) set next.
+    RollbackToInactive,
+    /// Mark the running set as successfully booted.
+    MarkSuccessfulBoot,
+    /// Print whether any boot has ever succeeded on this disk (true/false).
+    HasBootEverSucceeded,
+}
+
+impl Command {
+    fn transition(&self) -> Option<Transition> {
+        Some(match self {
+            Command::ClearInactive => Transition::ClearInactive,
+            Command::MarkInactiveValid => Transition::MarkInactiveValid,
+            Command::UpgradeToInactive => Transition::UpgradeToInactive,
+            Command::CancelUpgrade => Transition::CancelUpgrade,
+            Command::RollbackToInactive => Transition::RollbackToInactive,
+            Command::MarkSuccessfulBoot => Transition::MarkSuccessfulBoot,
+            Command::Status { .. } | Command::HasBootEverSucceeded => return None,
+        })
+    }
+}
+
+fn open(cli: &Cli) -> Result<Signpost, signpost::Error> {
+    match &cli.disk {
+        Some(disk) => Signpost::open(disk, cli.active),
+        None => Signpost::open_host(cli.active),
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(t) = cli.command.transition() {
+        let _lock = LockFile::acquire(&cli.lock_file, Duration::from_secs(cli.lock_timeout))?;
+        let mut sp = open(cli)?;
+        sp.apply(t)?;
+        match sp.next_boot() {
+            Some(next) => println!("{t}: done; next boot: set {next}"),
+            None => println!("{t}: done; next boot: none"),
+        }
+        return Ok(());
+    }
+    let sp = open(cli)?;
+    match cli.command {
+        Command::Status { json: true } => {
+            println!("{}", serde_json::to_string_pretty(&sp.status())?);
+        }
+        Command::Status { json: false } => print!("{}", sp.status()),
+        _ => println!("{}", sp.has_boot_ever_succeeded()?),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = e.to_string().replace('\n', " ");
+            eprintln!("signpost: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}

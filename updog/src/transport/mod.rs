@@ -1,0 +1,146 @@
+//! Transports: how bytes of a repository (metadata and targets) reach the client.
+//!
+//! The TUF client only sees the [`Transport`] trait, so the same verification code runs over
+//! `file://` (an offline bundle on a USB stick) and `http(s)://`.
+//!
+//! - [`FileTransport`]: `file://` URLs; a missing file is [`TransportErrorKind::NotFound`].
+//! - [`HttpTransport`]: `http://` and `https://` through `reqwest` (rustls), streaming, with a
+//!   stall timeout instead of a whole-request timeout, retries with capped exponential backoff
+//!   and jitter, resumption of dropped connections with `Range`, proxies from options or the
+//!   environment, and query parameters appended to every URL (see [`HttpOptions`]).
+//! - [`AnyTransport`]: picks one of the two by the URL's scheme.
+//!
+//! # Errors while reading
+//!
+//! Failures after `fetch` returned surface as [`std::io::Error`]s from `read`; their inner error
+//! is a [`TransportError`] (get it with [`TransportError::from_io`]), so a caller can tell a
+//! stall ([`TransportErrorKind::Stalled`], io kind `TimedOut`) from a dropped connection that
+//! could not be resumed ([`TransportErrorKind::ConnectionDropped`]).
+
+mod file;
+mod http;
+
+pub use file::FileTransport;
+pub use http::{Backoff, HttpOptions, HttpSetupError, HttpTransport, ProxyConfig, append_query};
+
+use std::io::Read;
+use url::Url;
+
+/// A source of repository files.
+///
+/// Implementations stream: `fetch` returns as soon as the response starts, and the returned
+/// reader yields the body as it arrives. Length caps and hash checks are the caller's job (the
+/// TUF client wraps every stream in a bounded, verifying reader); a transport may resume a
+/// dropped connection internally, but must never yield bytes out of order or twice.
+pub trait Transport: Send + Sync {
+    /// Opens `url` for reading from its first byte.
+    fn fetch(&self, url: &Url) -> Result<Box<dyn Read + Send>, TransportError>;
+}
+
+/// Why a transport could not open a file.
+#[derive(Debug, thiserror::Error)]
+#[error("fetching {url}: {kind}")]
+pub struct TransportError {
+    /// The URL that was requested.
+    pub url: Url,
+    /// What went wrong.
+    pub kind: TransportErrorKind,
+}
+
+impl TransportError {
+    /// Creates an error for `url`.
+    pub fn new(url: &Url, kind: TransportErrorKind) -> Self {
+        Self {
+            url: url.clone(),
+            kind,
+        }
+    }
+
+    /// The [`TransportError`] inside an I/O error returned by a transport's reader, if any.
+    pub fn from_io(err: &std::io::Error) -> Option<&TransportError> {
+        err.get_ref()?.downcast_ref::<TransportError>()
+    }
+
+    /// Wraps this error in an [`std::io::Error`] of a fitting kind, for `Read::read`.
+    pub fn into_io(self) -> std::io::Error {
+        let kind = match self.kind {
+            TransportErrorKind::NotFound => std::io::ErrorKind::NotFound,
+            TransportErrorKind::Stalled(_) => std::io::ErrorKind::TimedOut,
+            TransportErrorKind::ConnectionDropped { .. } => std::io::ErrorKind::UnexpectedEof,
+            _ => std::io::ErrorKind::Other,
+        };
+        std::io::Error::new(kind, self)
+    }
+}
+
+/// The kinds of transport failure a caller must tell apart.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportErrorKind {
+    /// The file does not exist (HTTP 404/403/410, or no such file). The TUF client treats a
+    /// missing `N+1.root.json` as "no newer root", so this kind must not be used for anything else.
+    #[error("file not found")]
+    NotFound,
+    /// The URL's scheme is not one this transport handles.
+    #[error("unsupported URL scheme {0:?}")]
+    UnsupportedScheme(String),
+    /// The server answered with an unexpected HTTP status.
+    #[error("server answered HTTP {0}")]
+    HttpStatus(u16),
+    /// No data arrived within the stall timeout.
+    #[error("no data for {0:?}, giving up")]
+    Stalled(std::time::Duration),
+    /// The connection dropped in the middle of the body and could not be resumed (the server
+    /// refused the `Range` request, or the resume attempts ran out). The reader yielded exactly
+    /// the first `at` bytes of the file.
+    #[error("connection dropped at byte {at}: {detail}")]
+    ConnectionDropped {
+        /// How many body bytes had been received (and yielded) when it dropped.
+        at: u64,
+        /// Why it could not be resumed.
+        detail: String,
+    },
+    /// Any other I/O or network failure, after retries.
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
+}
+
+/// A transport for `file://`, `http://` and `https://` URLs, choosing by scheme.
+///
+/// ```no_run
+/// use updog::transport::{AnyTransport, HttpOptions, Transport};
+/// use std::io::Read;
+///
+/// let transport = AnyTransport::new(HttpOptions::default())?;
+/// let url = url::Url::parse("file:///var/lib/updog/bundle/metadata/timestamp.json")?;
+/// let mut body = Vec::new();
+/// transport.fetch(&url)?.read_to_end(&mut body)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct AnyTransport {
+    file: FileTransport,
+    http: HttpTransport,
+}
+
+impl AnyTransport {
+    /// Creates the transport; `options` apply to `http(s)://` URLs.
+    pub fn new(options: HttpOptions) -> Result<Self, HttpSetupError> {
+        Ok(Self {
+            file: FileTransport,
+            http: HttpTransport::new(options)?,
+        })
+    }
+}
+
+impl Transport for AnyTransport {
+    fn fetch(&self, url: &Url) -> Result<Box<dyn Read + Send>, TransportError> {
+        match url.scheme() {
+            "file" => self.file.fetch(url),
+            "http" | "https" => self.http.fetch(url),
+            other => Err(TransportError::new(
+                url,
+                TransportErrorKind::UnsupportedScheme(other.to_string()),
+            )),
+        }
+    }
+}
