@@ -48,6 +48,8 @@ pub const DEFAULT_MIGRATIONS_DIR: &str = "/var/lib/bottlerocket-migrations";
 pub const DEFAULT_MIGRATIONS_METADATA_DIR: &str = "/var/cache/bottlerocket-metadata";
 /// Default for `lock_file`: one update at a time.
 pub const DEFAULT_LOCK_FILE: &str = "/run/lock/updog.lock";
+/// Default for `signpost_lock_file`: the lock `signpost` takes around boot-flag changes.
+pub const DEFAULT_SIGNPOST_LOCK_FILE: &str = "/run/lock/signpost.lock";
 /// Default for `os_release`.
 pub const DEFAULT_OS_RELEASE: &str = "/usr/lib/os-release";
 /// Default for `reboot_command`.
@@ -76,6 +78,7 @@ pub const DEFAULT_RETRIES: u32 = 5;
 /// | `disk` | path | discovered from the device of `/` |
 /// | `active_set` | `"A"` or `"B"` | discovered from the device of `/` |
 /// | `lock_file` | path | `/run/lock/updog.lock` |
+/// | `signpost_lock_file` | path | `/run/lock/signpost.lock` |
 /// | `reboot_command` | list of strings (or one string, split on spaces) | `["systemctl", "reboot"]` |
 /// | `os_release` | path | `/usr/lib/os-release` |
 /// | `stall_timeout_secs` | positive integer | `30` |
@@ -112,6 +115,8 @@ pub struct Config {
     pub active_set: Option<SetId>,
     /// The lock file that keeps two updates from running at once.
     pub lock_file: PathBuf,
+    /// The lock shared with the `signpost` CLI, held around each boot-flag change.
+    pub signpost_lock_file: PathBuf,
     /// The command run (after a flush) to reboot into the new set.
     pub reboot_command: Vec<String>,
     /// Where the running OS describes itself.
@@ -187,6 +192,7 @@ const KNOWN_KEYS: &[&str] = &[
     "disk",
     "active_set",
     "lock_file",
+    "signpost_lock_file",
     "reboot_command",
     "os_release",
     "stall_timeout_secs",
@@ -215,6 +221,7 @@ impl Config {
             disk: None,
             active_set: None,
             lock_file: PathBuf::from(DEFAULT_LOCK_FILE),
+            signpost_lock_file: PathBuf::from(DEFAULT_SIGNPOST_LOCK_FILE),
             reboot_command: DEFAULT_REBOOT_COMMAND.iter().map(ToString::to_string).collect(),
             os_release: PathBuf::from(DEFAULT_OS_RELEASE),
             stall_timeout: DEFAULT_STALL_TIMEOUT,
@@ -312,6 +319,9 @@ impl Config {
         }
         if let Some(p) = t.path("lock_file")? {
             config.lock_file = p;
+        }
+        if let Some(p) = t.path("signpost_lock_file")? {
+            config.signpost_lock_file = p;
         }
         if let Some(cmd) = t.list_or_split("reboot_command", ' ')? {
             if cmd.is_empty() {

@@ -216,6 +216,11 @@ pub enum UpdateError {
     /// Fetching the migrations failed (before the disk was touched).
     #[error("fetching migrations: {0}")]
     MigrationFetch(#[source] migrations_fetch::FetchError),
+    /// The OS disk and running set could not be discovered; set `disk` and `active_set`.
+    #[error(
+        "cannot discover the OS disk and running set here; set `disk` and `active_set` in the configuration"
+    )]
+    NoDiscovery,
     /// The disk or its partition layout could not be used.
     #[error("disk: {0}")]
     Disk(#[source] bootpart::Error),
@@ -370,7 +375,7 @@ impl Updater {
         SelectionRequest {
             variant: self.os.variant_id.clone(),
             arch: self.os.arch.clone(),
-            running: self.os.version_id.clone(),
+            running_version: self.os.version_id.clone(),
             seed: self.config.seed,
             now: opts.now.unwrap_or_else(Utc::now),
             version_lock: self.config.version_lock.clone(),
@@ -422,29 +427,47 @@ impl Updater {
     pub fn list_updates(&self) -> Result<Vec<manifest::Update>, UpdateError> {
         let repo = self.load_repository()?;
         let manifest = Self::load_manifest(&repo)?;
-        let mut updates: Vec<_> = manifest
-            .updates
-            .iter()
-            .filter(|u| u.variant == self.os.variant_id && u.arch == self.os.arch)
-            .filter(|u| u.version <= u.max_version)
-            .cloned()
-            .collect();
-        updates.sort_by(|a, b| b.version.cmp(&a.version));
+        let updates = manifest::select::available_updates(
+            &manifest,
+            &self.os.variant_id,
+            &self.os.arch,
+        )
+        .into_iter()
+        .cloned()
+        .collect();
         Ok(updates)
     }
 
-    fn open_signpost(&self) -> Result<signpost::Signpost, UpdateError> {
-        let disk = self.disk_path()?;
-        signpost::Signpost::open(&disk, self.config.active_set).map_err(UpdateError::Signpost)
+    /// The disk holding the partition sets and the running set: from the configuration, or
+    /// discovered from the device of `/`.
+    fn disk_and_active(&self) -> Result<(PathBuf, SetId), UpdateError> {
+        match (&self.config.disk, self.config.active_set) {
+            (Some(disk), Some(active)) => Ok((disk.clone(), active)),
+            (disk, active) => {
+                let (found_disk, found_active) = discover_running()?;
+                Ok((
+                    disk.clone().unwrap_or(found_disk),
+                    active.unwrap_or(found_active),
+                ))
+            }
+        }
     }
 
-    fn disk_path(&self) -> Result<PathBuf, UpdateError> {
-        match &self.config.disk {
-            Some(d) => Ok(d.clone()),
-            None => bootpart::running::discover_root_disk()
-                .map(|(path, _)| path)
-                .map_err(UpdateError::Disk),
-        }
+    /// Runs one boot-flag operation on a fresh read of the GPT, holding signpost's lock so the
+    /// `signpost` CLI cannot interleave a change.
+    fn with_signpost<T>(
+        &self,
+        op: impl FnOnce(&mut signpost::Signpost) -> Result<T, signpost::Error>,
+    ) -> Result<T, UpdateError> {
+        let (disk, active) = self.disk_and_active()?;
+        let _lock = signpost::LockFile::acquire(
+            &self.config.signpost_lock_file,
+            std::time::Duration::from_secs(30),
+        )
+        .map_err(UpdateError::Signpost)?;
+        let mut sp =
+            signpost::Signpost::open(&disk, Some(active)).map_err(UpdateError::Signpost)?;
+        op(&mut sp).map_err(UpdateError::Signpost)
     }
 
     /// Stages the chosen update on the inactive set, in the order the invariants require:
@@ -468,18 +491,10 @@ impl Updater {
         };
         let update = &available.update;
 
-        let disk_path = self.disk_path()?;
+        let (disk_path, active) = self.disk_and_active()?;
         let disk = bootpart::Disk::open(&disk_path).map_err(UpdateError::Disk)?;
-        let active = match self.config.active_set {
-            Some(set) => set,
-            None => bootpart::running::find_running_set(&disk).map_err(UpdateError::Disk)?,
-        };
         let inactive = active.other();
-        let set = disk
-            .layout()
-            .set(inactive)
-            .map_err(UpdateError::Disk)?
-            .clone();
+        let set = disk.set(inactive).map_err(UpdateError::Disk)?.clone();
         progress(&ProgressEvent::Selected {
             version: update.version.to_string(),
             set: inactive.to_string(),
@@ -534,9 +549,7 @@ impl Updater {
         progress(&ProgressEvent::ClearingInactive {
             set: inactive.to_string(),
         });
-        let mut sp = signpost::Signpost::open(&disk_path, Some(active))
-            .map_err(UpdateError::Signpost)?;
-        sp.clear_inactive().map_err(UpdateError::Signpost)?;
+        self.with_signpost(signpost::Signpost::clear_inactive)?;
         // The record described the set we just cleared.
         StagedRecord::remove(&self.config.state_file)?;
 
@@ -583,7 +596,7 @@ impl Updater {
             return Err(UpdateError::Cancelled { set: inactive });
         }
 
-        sp.mark_inactive_valid().map_err(UpdateError::Signpost)?;
+        self.with_signpost(signpost::Signpost::mark_inactive_valid)?;
         progress(&ProgressEvent::MarkedValid {
             set: inactive.to_string(),
         });
@@ -662,9 +675,10 @@ impl Updater {
     /// Flips the boot flags so the staged set is tried once at the next boot
     /// (signpost's upgrade-to-inactive). Fails when nothing valid is staged.
     pub fn apply(&self, _lock: &UpdateLock) -> Result<SetId, UpdateError> {
-        let mut sp = self.open_signpost()?;
-        sp.upgrade_to_inactive().map_err(UpdateError::Signpost)?;
-        let next = sp.status().inactive;
+        let next = self.with_signpost(|sp| {
+            sp.upgrade_to_inactive()?;
+            Ok(sp.inactive())
+        })?;
         if let Some(mut record) = StagedRecord::read(&self.config.state_file)? {
             record.applied = true;
             record.write_atomic(&self.config.state_file)?;
@@ -674,9 +688,10 @@ impl Updater {
 
     /// Undoes [`Updater::apply`]: the running set boots next again (signpost's cancel-upgrade).
     pub fn revert(&self, _lock: &UpdateLock) -> Result<SetId, UpdateError> {
-        let mut sp = self.open_signpost()?;
-        sp.cancel_upgrade().map_err(UpdateError::Signpost)?;
-        let active = sp.status().active;
+        let active = self.with_signpost(|sp| {
+            sp.cancel_upgrade()?;
+            Ok(sp.active())
+        })?;
         if let Some(mut record) = StagedRecord::read(&self.config.state_file)? {
             record.applied = false;
             record.write_atomic(&self.config.state_file)?;
@@ -691,10 +706,11 @@ impl Updater {
 
     /// The running version and set, what is staged, and which set boots next.
     pub fn status(&self) -> Result<Status, UpdateError> {
-        let sp = self.open_signpost()?;
+        let (disk, active) = self.disk_and_active()?;
+        let sp = signpost::Signpost::open(&disk, Some(active)).map_err(UpdateError::Signpost)?;
         let sets = sp.status();
         let staged = StagedRecord::read(&self.config.state_file)?
-            .filter(|r| r.set == sets.inactive.to_string());
+            .filter(|r| r.set == sp.inactive().to_string());
         Ok(Status {
             format_version: STATUS_FORMAT_VERSION,
             running: RunningStatus {
@@ -709,6 +725,11 @@ impl Updater {
             sets,
         })
     }
+}
+
+/// The host's OS disk and running set, from the device of `/`.
+fn discover_running() -> Result<(PathBuf, SetId), UpdateError> {
+    Err(UpdateError::NoDiscovery)
 }
 
 /// Why one image could not be staged (mapped to [`UpdateError`] with its context).
