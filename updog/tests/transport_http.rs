@@ -516,3 +516,36 @@ fn unsupported_scheme_is_refused() {
         .unwrap();
     assert!(matches!(err.kind, TransportErrorKind::UnsupportedScheme(ref s) if s == "ftp"));
 }
+
+#[test]
+fn a_slow_answer_within_the_stall_timeout_is_fine() {
+    let s = serve(1000);
+    s.server
+        .fault_times("image.bin", Fault::Delay(Duration::from_millis(300)), 1);
+    let started = Instant::now();
+    let mut body = Vec::new();
+    transport(options())
+        .fetch(&url(&s.server, "image.bin"))
+        .unwrap()
+        .read_to_end(&mut body)
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(body == s.data);
+    assert_eq!(s.server.request_count(), 1);
+}
+
+#[test]
+fn reads_after_a_failure_keep_failing() {
+    let s = serve(100_000);
+    s.server.set_range_support(false);
+    s.server.fault_times("image.bin", Fault::DropAfter(10), 1);
+    let mut reader = transport(options())
+        .fetch(&url(&s.server, "image.bin"))
+        .unwrap();
+    let mut body = Vec::new();
+    reader.read_to_end(&mut body).unwrap_err();
+    let mut more = [0u8; 16];
+    let again = reader.read(&mut more).unwrap_err();
+    assert!(again.to_string().contains("dropped at byte 10"), "{again}");
+    assert_eq!(body.len(), 10);
+}

@@ -37,6 +37,18 @@ pub trait Transport: Send + Sync {
     fn fetch(&self, url: &Url) -> Result<Box<dyn Read + Send>, TransportError>;
 }
 
+impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
+    fn fetch(&self, url: &Url) -> Result<Box<dyn Read + Send>, TransportError> {
+        (**self).fetch(url)
+    }
+}
+
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn fetch(&self, url: &Url) -> Result<Box<dyn Read + Send>, TransportError> {
+        (**self).fetch(url)
+    }
+}
+
 /// Why a transport could not open a file.
 #[derive(Debug, thiserror::Error)]
 #[error("fetching {url}: {kind}")]

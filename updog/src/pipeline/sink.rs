@@ -1,0 +1,295 @@
+//! Where staged images go: the [`Sink`] trait (positioned writes, one flush, read-back that
+//! bypasses the page cache), a partition of a file or block device ([`PartitionFile`]), and a
+//! heap buffer aligned for `O_DIRECT` ([`AlignedBuf`]) built without `unsafe`.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// The alignment used for direct I/O: buffers, offsets and lengths are multiples of it. 4096
+/// covers both 512-byte and 4K-native logical block sizes.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// A destination for a staged image: a fixed-size byte range (a partition) written at positions.
+///
+/// The pipeline calls [`Sink::write_all_at`] with buffers whose address, offset and length are
+/// multiples of [`Sink::alignment`], except for the image's last write, whose length may not
+/// be; it calls [`Sink::sync`] once after the last write, then reads the image back with
+/// [`Sink::read_exact_at`] (same alignment rule). Offsets are relative to the start of the
+/// partition. Implementations must refuse (write nothing) a write that would pass
+/// [`Sink::capacity`], and the read-back must come from the device, not the page cache.
+pub trait Sink: Send {
+    /// Size of the partition in bytes.
+    fn capacity(&self) -> u64;
+    /// Alignment the fast path needs (1 when writes go through the page cache).
+    fn alignment(&self) -> usize;
+    /// Whether writes bypass the page cache (`O_DIRECT`).
+    fn is_direct(&self) -> bool;
+    /// Write all of `buf` at `offset`.
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Flush written data to stable storage (`fdatasync`), and make later reads come from the
+    /// device.
+    fn sync(&mut self) -> io::Result<()>;
+    /// Read exactly `buf.len()` bytes at `offset`, bypassing the page cache.
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl<S: Sink + ?Sized> Sink for &mut S {
+    fn capacity(&self) -> u64 {
+        (**self).capacity()
+    }
+    fn alignment(&self) -> usize {
+        (**self).alignment()
+    }
+    fn is_direct(&self) -> bool {
+        (**self).is_direct()
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_all_at(buf, offset)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        (**self).sync()
+    }
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_exact_at(buf, offset)
+    }
+}
+
+/// How a [`PartitionFile`] does its I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoMode {
+    /// `O_DIRECT` when the file system and the partition offset allow it, else buffered.
+    #[default]
+    Auto,
+    /// `O_DIRECT` or an error.
+    Direct,
+    /// Through the page cache; the cached pages are dropped after the flush so that the
+    /// read-back comes from the device.
+    Buffered,
+}
+
+/// A partition: a byte range `[offset, offset + len)` of a disk-image file or a block device.
+#[derive(Debug)]
+pub struct PartitionFile {
+    path: PathBuf,
+    offset: u64,
+    len: u64,
+    /// Opened with `O_DIRECT` when direct I/O is in use.
+    direct: Option<File>,
+    /// Always open: for buffered mode and for unaligned tails in direct mode.
+    buffered: File,
+}
+
+impl PartitionFile {
+    /// Open the byte range `[offset, offset + len)` of `path` (an existing file or block
+    /// device) for writing and read-back.
+    pub fn open(path: &Path, offset: u64, len: u64, mode: IoMode) -> io::Result<Self> {
+        let buffered = OpenOptions::new().read(true).write(true).open(path)?;
+        let aligned = offset % DIRECT_ALIGN as u64 == 0;
+        let direct = match mode {
+            IoMode::Buffered => None,
+            IoMode::Direct if !aligned => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "partition offset {offset} of {} is not {DIRECT_ALIGN}-byte aligned, \
+                         direct I/O is impossible",
+                        path.display()
+                    ),
+                ));
+            }
+            IoMode::Direct => Some(open_direct(path)?),
+            IoMode::Auto if !aligned => None,
+            IoMode::Auto => open_direct(path).ok(),
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            offset,
+            len,
+            direct,
+            buffered,
+        })
+    }
+
+    /// The file or device this partition lives on.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check_range(&self, len: usize, offset: u64) -> io::Result<u64> {
+        let end = offset.checked_add(len as u64);
+        match end {
+            Some(end) if end <= self.len => Ok(self.offset + offset),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{len} bytes at offset {offset} would pass the end of the {}-byte partition \
+                     at {} in {}",
+                    self.len,
+                    self.offset,
+                    self.path.display()
+                ),
+            )),
+        }
+    }
+
+    fn is_aligned(buf: &[u8], offset: u64) -> bool {
+        buf.as_ptr().align_offset(DIRECT_ALIGN) == 0
+            && buf.len() % DIRECT_ALIGN == 0
+            && offset % DIRECT_ALIGN as u64 == 0
+    }
+}
+
+fn open_direct(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+}
+
+impl Sink for PartitionFile {
+    fn capacity(&self) -> u64 {
+        self.len
+    }
+
+    fn alignment(&self) -> usize {
+        if self.direct.is_some() {
+            DIRECT_ALIGN
+        } else {
+            1
+        }
+    }
+
+    fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let abs = self.check_range(buf.len(), offset)?;
+        if let Some(direct) = &self.direct {
+            if Self::is_aligned(buf, offset) {
+                match direct.write_all_at(buf, abs) {
+                    // Some file systems accept O_DIRECT at open and refuse it at write time:
+                    // fall back to buffered I/O for the rest of the image.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = None,
+                    other => return other,
+                }
+            }
+        }
+        self.buffered.write_all_at(buf, abs)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        // One fdatasync covers both descriptors: it flushes the file's dirty pages and the
+        // device cache.
+        self.buffered.sync_data()?;
+        // Drop whatever the buffered path left in the page cache so that the read-back comes
+        // from the device.
+        let off = libc::off_t::try_from(self.offset).unwrap_or(0);
+        let len = libc::off_t::try_from(self.len).unwrap_or(0);
+        nix::fcntl::posix_fadvise(
+            &self.buffered,
+            off,
+            len,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .map_err(io::Error::from)
+    }
+
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let abs = self.check_range(buf.len(), offset)?;
+        if let Some(direct) = &self.direct {
+            if Self::is_aligned(buf, offset) {
+                return direct.read_exact_at(buf, abs);
+            }
+        }
+        self.buffered.read_exact_at(buf, abs)
+    }
+}
+
+/// A heap buffer whose start is aligned to [`DIRECT_ALIGN`], for `O_DIRECT` I/O. Built from an
+/// over-allocated `Vec` and a safe `align_offset`, so it needs no `unsafe`.
+pub struct AlignedBuf {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes (pages are only touched when written).
+    pub fn new(len: usize) -> Self {
+        let storage = vec![0u8; len + DIRECT_ALIGN];
+        let start = storage.as_ptr().align_offset(DIRECT_ALIGN);
+        // `align_offset` may (in theory) give up and return usize::MAX; fall back to 0 then,
+        // which only costs the direct path.
+        let start = if start < DIRECT_ALIGN { start } else { 0 };
+        Self {
+            storage,
+            start,
+            len,
+        }
+    }
+
+    /// Capacity in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer has no capacity.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The aligned bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.storage[self.start..self.start + self.len]
+    }
+
+    /// The aligned bytes, mutable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_buf_is_aligned() {
+        for len in [0, 1, 4096, 65536, 1 << 20] {
+            let b = AlignedBuf::new(len);
+            assert_eq!(b.as_slice().as_ptr().align_offset(DIRECT_ALIGN), 0);
+            assert_eq!(b.as_slice().len(), len);
+        }
+    }
+
+    #[test]
+    fn partition_file_refuses_writes_past_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        std::fs::write(&path, vec![0xAAu8; 3 * 8192]).unwrap();
+        let mut p = PartitionFile::open(&path, 8192, 8192, IoMode::Auto).unwrap();
+        let mut buf = AlignedBuf::new(8192 + 4096);
+        buf.as_mut_slice().fill(1);
+        assert!(p.write_all_at(buf.as_slice(), 0).is_err());
+        assert!(p.write_all_at(&buf.as_slice()[..1], 8192).is_err());
+        p.write_all_at(&buf.as_slice()[..8192], 0).unwrap();
+        p.write_all_at(&buf.as_slice()[..3], 100).unwrap();
+        p.sync().unwrap();
+        let disk = std::fs::read(&path).unwrap();
+        assert!(disk[..8192].iter().all(|&b| b == 0xAA));
+        assert!(disk[8192..16384].iter().all(|&b| b == 1));
+        assert!(disk[16384..].iter().all(|&b| b == 0xAA));
+    }
+}
