@@ -437,3 +437,47 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// What a simulated bootloader did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootPick {
+    /// The set it booted.
+    pub set: SetId,
+    /// Its tries left before the pick.
+    pub tries_before: u8,
+    /// Its tries left after the pick.
+    pub tries_after: u8,
+}
+
+/// Plays the bootloader (GRUB `gptprio.next`): picks the set signpost's `next_boot` names
+/// (highest priority with tries left or successful; ties to the lower partition number) and,
+/// if it has tries left, decrements them and writes the GPT, as the bootloader does.
+pub fn bootloader_pick(disk: &Path) -> Option<BootPick> {
+    let sp = signpost::Signpost::open(disk, Some(SetId::A)).ok()?;
+    let set = sp.next_boot()?;
+    let status = sp.status();
+    let boot_number = match set {
+        SetId::A => status.a.boot_partition,
+        SetId::B => status.b?.boot_partition,
+    };
+    drop(sp);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .ok()?;
+    let mut table = bootpart::gpt::read_gpt(&file).ok()?.table;
+    let entry = table.entry_mut(boot_number)?;
+    let mut state = signpost::SetState::from_attributes(entry.attributes);
+    let tries_before = state.tries_left;
+    if state.tries_left > 0 {
+        state.tries_left -= 1;
+        entry.attributes = state.apply_to(entry.attributes);
+        bootpart::gpt::write_gpt(&mut file, &table).ok()?;
+    }
+    Some(BootPick {
+        set,
+        tries_before,
+        tries_after: state.tries_left,
+    })
+}
