@@ -4,13 +4,23 @@
 //! - [`gpt`]: read the GUID partition table with CRC checks and backup fallback, write it in a
 //!   crash-safe order.
 //! - [`io`]: the [`io::BlockIo`] trait that GPT code reads and writes through.
+//! - [`Disk`]: a block device or image file with its [`Layout`] of partition sets A and B.
+//! - [`io::PartitionWriter`] / [`io::PartitionReader`]: bounded, direct-I/O partition access.
+//! - [`sys`]: device numbers and sysfs lookups (injectable roots).
 //! - [`guid`]: GUIDs in GPT byte order and the partition type GUIDs of the reference layout.
 
 pub mod gpt;
 pub mod guid;
 pub mod io;
+pub mod sys;
 
+mod disk;
+mod error;
+mod layout;
 mod set_id;
 
+pub use disk::Disk;
+pub use error::{Error, LayoutError, Result};
 pub use guid::{Guid, PartitionType};
+pub use layout::{Layout, Partition, PartitionSet};
 pub use set_id::{ParseSetIdError, SetId};

@@ -1,1 +1,172 @@
-//! The Bottlerocket-compatible `manifest.json`: schema, update selection, migration-chain search, validation; and the `updata` publisher CLI.
+//! The Bottlerocket-compatible `manifest.json`: schema, update selection, migration-chain search,
+//! validation; and the `updata` publisher CLI.
+//!
+//! # The format
+//!
+//! ```json
+//! {
+//!   "updates": [
+//!     {
+//!       "variant": "aws-k8s-1.31", "arch": "x86_64",
+//!       "version": "1.20.0", "max_version": "1.20.0",
+//!       "waves": { "0": "2026-08-06T15:00:00Z", "1843": "2026-08-12T15:00:00Z" },
+//!       "images": { "boot": "boot.ext4.lz4", "root": "root.ext4.lz4", "hash": "root.verity.lz4" }
+//!     }
+//!   ],
+//!   "migrations": { "(1.19.0, 1.20.0)": ["migrate_v1.20.0_foo.lz4"] }
+//! }
+//! ```
+//!
+//! Compatibility rules (each one tested): unknown fields anywhere are ignored; wave keys are u32
+//! seed bounds (huge ones such as `858993459` included), unique, and a bad or duplicate key is an
+//! error naming it; wave times are RFC 3339 and may have unpadded fields (`2019-8-06T15:00:00Z`);
+//! migration keys are `(X, Y)` with semver `X`, `Y` (spaces around the parts are tolerated) and are
+//! written back as `(X, Y)`. A missing `updates` or `migrations` reads as empty.
+//!
+//! # Example
+//!
+//! ```
+//! use manifest::Manifest;
+//! use manifest::select::{select_update, Selection, SelectionRequest, VersionLock};
+//!
+//! let m = Manifest::from_slice(br#"{"updates":[{"variant":"aws-dev","arch":"x86_64",
+//!   "version":"1.1.0","max_version":"1.1.0","waves":{},
+//!   "images":{"boot":"b.lz4","root":"r.lz4","hash":"h.lz4"}}],
+//!   "migrations":{"(1.0.0, 1.1.0)":["migrate_a.lz4"]}}"#)?;
+//! let request = SelectionRequest {
+//!     variant: "aws-dev".into(),
+//!     arch: "x86_64".into(),
+//!     running_version: "1.0.0".parse()?,
+//!     seed: waves::Seed::new(42)?,
+//!     now: chrono::Utc::now(),
+//!     version_lock: VersionLock::Latest,
+//!     ignore_waves: false,
+//!     force_version: None,
+//! };
+//! let Selection::Update(update) = select_update(&m, &request) else { panic!() };
+//! let chain = m.migration_chain(&request.running_version, &update.version)?;
+//! assert_eq!(chain[0].targets, ["migrate_a.lz4"]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod chain;
+pub mod edit;
+mod error;
+pub mod fs;
+mod migrations;
+pub mod select;
+mod validate;
+
+pub use chain::MigrationHop;
+pub use error::Error;
+pub use migrations::{Migrations, format_migration_key, parse_migration_key};
+pub use validate::{Problem, ValidationError};
+
+use semver::Version;
+use serde::{Deserialize, Serialize};
+use waves::WaveSchedule;
+
+/// The largest manifest accepted, in bytes: far above any real one, and a bound on what parsing
+/// allocates.
+pub const MAX_MANIFEST_LEN: usize = 64 * 1024 * 1024;
+
+/// A whole `manifest.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The updates on offer, for every variant and architecture.
+    #[serde(default)]
+    pub updates: Vec<Update>,
+    /// The settings migrations of each version step, keyed by `(from, to)`.
+    #[serde(default, with = "migrations::serde_map")]
+    pub migrations: Migrations,
+}
+
+/// One update on offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Update {
+    /// The OS variant, such as `aws-k8s-1.31`.
+    pub variant: String,
+    /// The architecture, such as `x86_64` or `aarch64`.
+    pub arch: String,
+    /// The version of this update.
+    pub version: Version,
+    /// Hosts above this version are brought back down to the highest update (how a bad release
+    /// is pulled); updates above it are not offered.
+    pub max_version: Version,
+    /// The rollout schedule (empty: everyone at once).
+    #[serde(default)]
+    pub waves: WaveSchedule,
+    /// The TUF target names of the partition images.
+    pub images: Images,
+}
+
+/// The TUF target names of an update's partition images (lz4 frame files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Images {
+    /// The BOOT partition image.
+    pub boot: String,
+    /// The ROOT partition image.
+    pub root: String,
+    /// The HASH (dm-verity) partition image.
+    pub hash: String,
+}
+
+impl Images {
+    /// `(partition name, target name)` for boot, root and hash, in that order.
+    pub fn named(&self) -> [(&'static str, &str); 3] {
+        [
+            ("boot", &self.boot),
+            ("root", &self.root),
+            ("hash", &self.hash),
+        ]
+    }
+}
+
+impl Manifest {
+    /// Parses `manifest.json` bytes. Errors carry the line and column and name the offending
+    /// wave or migration key.
+    pub fn from_slice(bytes: &[u8]) -> Result<Manifest, Error> {
+        if bytes.len() > MAX_MANIFEST_LEN {
+            return Err(Error::TooLarge {
+                len: bytes.len() as u64,
+                max: MAX_MANIFEST_LEN as u64,
+            });
+        }
+        // serde would also read a struct from a JSON array; a manifest is always an object.
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|&b| b != b'{') {
+            return Err(Error::Parse {
+                source: serde::de::Error::custom("manifest.json must be a JSON object"),
+            });
+        }
+        serde_json::from_slice(bytes).map_err(|source| Error::Parse { source })
+    }
+
+    /// The manifest as pretty-printed JSON, with a final newline.
+    pub fn to_json_pretty(&self) -> String {
+        // Every map key is a string and there are no floats: serialization cannot fail.
+        let mut s = serde_json::to_string_pretty(self)
+            .expect("a Manifest always serializes: string keys, no floats");
+        s.push('\n');
+        s
+    }
+
+    /// The update with exactly this variant, arch and version.
+    pub fn find_update(&self, variant: &str, arch: &str, version: &Version) -> Option<&Update> {
+        self.updates
+            .iter()
+            .find(|u| u.variant == variant && u.arch == arch && &u.version == version)
+    }
+
+    /// Mutable access to the update with exactly this variant, arch and version.
+    pub fn find_update_mut(
+        &mut self,
+        variant: &str,
+        arch: &str,
+        version: &Version,
+    ) -> Option<&mut Update> {
+        self.updates
+            .iter_mut()
+            .find(|u| u.variant == variant && u.arch == arch && &u.version == version)
+    }
+}

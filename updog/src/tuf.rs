@@ -1,1 +1,1242 @@
-//! The TUF client: the specification's detailed client workflow, step by step.
+//! The TUF client: the specification's detailed client workflow (section 5), step by step.
+//!
+//! [`Repository::load`] runs steps 5.1 to 5.6.6 against a [`Transport`], starting from the
+//! trusted-metadata directory (seeded once from the shipped root) and persisting every file it
+//! accepts there, atomically, as the exact bytes received. Targets are then looked up lazily
+//! with the pre-order depth-first delegation search of step 5.6.7 ([`Repository::target`]) and
+//! streamed through a verifying reader ([`Repository::read_target`], step 5.7).
+//!
+//! Step numbers in comments refer to the TUF specification, section 5 "Detailed client
+//! workflow": 5.1 fix the start time, 5.2 load the trusted root, 5.3 update the root,
+//! 5.4 timestamp, 5.5 snapshot, 5.6 targets, 5.7 fetch target.
+//!
+//! `tough` provides the key types; signatures are verified over the canonical JSON (OLPC) of the
+//! `signed` object exactly as received, with our own lenient serde types (see `schema`).
+//!
+//! Contract adjustments (vs. `CONTRACTS.md`): [`Repository::target`] returns
+//! `Result<Option<TargetDescription>, Error>` (owned) because the delegation search downloads
+//! metadata lazily; [`Repository::load_offline`] takes the trusted (shipped) root as a second
+//! argument, because verifying a cache against a root stored in that same cache proves nothing.
+
+mod datastore;
+mod error;
+mod pattern;
+mod reader;
+mod schema;
+mod verify;
+
+pub use error::Error;
+pub use reader::TargetReader;
+pub use schema::TargetDescription;
+
+use crate::transport::{Transport, TransportErrorKind};
+use chrono::{DateTime, Utc};
+use reader::CappedReader;
+use schema::{Common, Envelope, MetaFile, Root, Snapshot, Targets, Timestamp};
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use url::Url;
+
+/// Names of the top-level roles; delegated roles may not reuse them.
+pub(crate) const TOP_LEVEL_ROLES: [&str; 4] = ["root", "timestamp", "snapshot", "targets"];
+
+/// Where the shipped root lives on a host, used to seed an empty trusted-metadata directory.
+pub const DEFAULT_TRUSTED_ROOT: &str = "/usr/share/updog/root.json";
+
+/// Size and count limits that keep a hostile repository from exhausting memory or time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted `N.root.json` (step 5.3.3's W).
+    pub max_root_size: u64,
+    /// Largest accepted `timestamp.json` (step 5.4.1's X).
+    pub max_timestamp_size: u64,
+    /// Largest accepted snapshot when timestamp does not list its length (step 5.5.1's Y).
+    pub max_snapshot_size: u64,
+    /// Largest accepted targets or delegated targets file when snapshot does not list its
+    /// length (step 5.6.1's Z).
+    pub max_targets_size: u64,
+    /// Most root versions fetched in one load (step 5.3.3's Y).
+    pub max_root_rotations: u32,
+    /// Most roles visited in one target search (step 5.6.7.1).
+    pub max_delegations: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_root_size: 512 * 1024,
+            max_timestamp_size: 16 * 1024,
+            max_snapshot_size: 2 * 1024 * 1024,
+            max_targets_size: 8 * 1024 * 1024,
+            max_root_rotations: 256,
+            max_delegations: 32,
+        }
+    }
+}
+
+/// How to load a repository.
+#[derive(Debug, Clone)]
+pub struct RepositoryOptions {
+    /// Base URL of the metadata files (`.../metadata/`).
+    pub metadata_base_url: Url,
+    /// Base URL of the target files (`.../targets/`).
+    pub targets_base_url: Url,
+    /// The trusted-metadata directory (created if missing).
+    pub datastore: PathBuf,
+    /// The shipped root, read only when `datastore` has no `root.json` yet.
+    pub trusted_root: PathBuf,
+    /// Size and count limits.
+    pub limits: Limits,
+    /// The fixed update start time (step 5.1); `None` means "now".
+    pub reference_time: Option<DateTime<Utc>>,
+}
+
+impl RepositoryOptions {
+    /// Options with the default shipped root, default limits and the current time.
+    pub fn new(metadata_base_url: Url, targets_base_url: Url, datastore: PathBuf) -> Self {
+        Self {
+            metadata_base_url,
+            targets_base_url,
+            datastore,
+            trusted_root: PathBuf::from(DEFAULT_TRUSTED_ROOT),
+            limits: Limits::default(),
+            reference_time: None,
+        }
+    }
+}
+
+/// The delegating role of a role on the search stack: its name, metadata, delegation index.
+type Parent = (String, Arc<Trusted<Targets>>, usize);
+
+/// Root versions and their exact bytes, ascending.
+type RootChain = Vec<(u64, Vec<u8>)>;
+
+/// One verified metadata file: the exact bytes and what they say.
+#[derive(Debug, Clone)]
+struct Trusted<T> {
+    bytes: Vec<u8>,
+    signed: T,
+}
+
+/// Where metadata comes from.
+enum Source {
+    Remote {
+        transport: Arc<dyn Transport>,
+        metadata_base: Url,
+    },
+    /// An offline cache laid out like [`Repository::metadata_bytes`] names its files.
+    Offline { dir: PathBuf },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Remote { metadata_base, .. } => write!(f, "Remote({metadata_base})"),
+            Self::Offline { dir } => write!(f, "Offline({})", dir.display()),
+        }
+    }
+}
+
+/// A metadata file as named remotely (URL path segment, not yet encoded) and in an offline cache.
+struct MetaName {
+    remote: String,
+    offline: String,
+}
+
+impl Source {
+    /// Fetches a metadata file, at most `cap` bytes. `Ok(None)` when it does not exist.
+    fn fetch(&self, role: &str, name: &MetaName, cap: u64) -> Result<Option<Vec<u8>>, Error> {
+        let reader: Box<dyn Read + Send> = match self {
+            Self::Remote {
+                transport,
+                metadata_base,
+            } => {
+                let url = join_url(metadata_base, &[name.remote.as_str()])?;
+                match transport.fetch(&url) {
+                    Ok(r) => r,
+                    Err(e) if matches!(e.kind, TransportErrorKind::NotFound) => return Ok(None),
+                    Err(source) => {
+                        return Err(Error::Transport {
+                            what: format!("{role} metadata"),
+                            source: Box::new(source),
+                        });
+                    }
+                }
+            }
+            Self::Offline { dir } => match File::open(dir.join(&name.offline)) {
+                Ok(f) => Box::new(f),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(source) => {
+                    return Err(Error::Store {
+                        path: dir.join(&name.offline),
+                        source,
+                    });
+                }
+            },
+        };
+        let mut buf = Vec::new();
+        reader
+            .take(cap.saturating_add(1))
+            .read_to_end(&mut buf)
+            .map_err(|source| Error::Read {
+                what: format!("{role} metadata"),
+                source,
+            })?;
+        if buf.len() as u64 > cap {
+            return Err(Error::TooLarge {
+                role: role.to_owned(),
+                limit: cap,
+            });
+        }
+        Ok(Some(buf))
+    }
+
+    fn fetch_required(&self, role: &str, name: &MetaName, cap: u64) -> Result<Vec<u8>, Error> {
+        self.fetch(role, name, cap)?.ok_or_else(|| match self {
+            Self::Remote { metadata_base, .. } => Error::Transport {
+                what: format!("{role} metadata"),
+                source: Box::new(crate::transport::TransportError {
+                    url: join_url(metadata_base, &[name.remote.as_str()])
+                        .unwrap_or_else(|_| metadata_base.clone()),
+                    kind: TransportErrorKind::NotFound,
+                }),
+            },
+            Self::Offline { dir } => Error::Store {
+                path: dir.join(&name.offline),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            },
+        })
+    }
+}
+
+/// Appends path segments to a base URL treated as a directory. Each segment is percent-encoded
+/// (including `/`); `.`/`..`/empty segments are refused by the callers beforehand.
+fn join_url(base: &Url, segments: &[&str]) -> Result<Url, Error> {
+    let mut url = base.clone();
+    url.path_segments_mut()
+        .map_err(|()| Error::BadBaseUrl(base.clone()))?
+        .pop_if_empty()
+        .extend(segments);
+    Ok(url)
+}
+
+/// A repository whose metadata has been verified; hands out targets.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use updog::tuf::{Repository, RepositoryOptions};
+/// # fn demo(transport: Arc<dyn updog::transport::Transport>) -> Result<(), Box<dyn std::error::Error>> {
+/// let opts = RepositoryOptions::new(
+///     "https://updates.example.com/metadata/".parse()?,
+///     "https://updates.example.com/targets/".parse()?,
+///     "/var/lib/updog/metadata".into(),
+/// );
+/// let repo = Repository::load(opts, transport)?;
+/// let mut reader = repo.read_target("manifest.json")?;
+/// let mut manifest = Vec::new();
+/// std::io::copy(&mut reader, &mut manifest)?;
+/// reader.finish()?; // verified: length and every supported hash matched
+/// # Ok(()) }
+/// ```
+pub struct Repository {
+    source: Source,
+    transport: Option<Arc<dyn Transport>>,
+    targets_base: Option<Url>,
+    datastore: Option<PathBuf>,
+    limits: Limits,
+    started: DateTime<Utc>,
+    ignore_expiry: bool,
+    root: Trusted<Root>,
+    root_chain: RootChain,
+    timestamp: Trusted<Timestamp>,
+    snapshot: Trusted<Snapshot>,
+    targets: Trusted<Targets>,
+    delegated: Mutex<BTreeMap<String, Arc<Trusted<Targets>>>>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("source", &self.source)
+            .field("root_version", &self.root.signed.version)
+            .field("timestamp_version", &self.timestamp.signed.version)
+            .field("snapshot_version", &self.snapshot.signed.version)
+            .field("targets_version", &self.targets.signed.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A file of the verified metadata set, as [`Repository::metadata_bytes`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataFile {
+    /// File name: `N.root.json`, `timestamp.json`, `snapshot.json`, `targets.json` or
+    /// `<role>.json` (role name percent-encoded).
+    pub name: String,
+    /// The exact bytes that were verified.
+    pub bytes: Vec<u8>,
+}
+
+/// Result of [`Repository::cache_target`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedTarget {
+    /// Where the verified target is.
+    pub path: PathBuf,
+    /// `false` when a file with matching length and hashes was already there.
+    pub downloaded: bool,
+}
+
+/// Loads and checks one envelope: `(envelope, decoded)`.
+fn parse<T: for<'de> serde::Deserialize<'de> + Common>(
+    role: &str,
+    expected_type: &str,
+    bytes: &[u8],
+) -> Result<(Envelope, T), Error> {
+    let env = Envelope::parse(role, bytes)?;
+    let signed = env.decode::<T>(role, expected_type)?;
+    Ok((env, signed))
+}
+
+/// Verifies `env` against a root's keys for a top-level role.
+fn check_top_level(root: &Root, role: &str, version: u64, env: &Envelope) -> Result<(), Error> {
+    let keys = root.role(role).ok_or_else(|| Error::Invalid {
+        role: "root".to_owned(),
+        reason: format!("version {} does not define the {role} role", root.version),
+    })?;
+    verify::check_threshold(
+        role,
+        version,
+        &format!("root version {}", root.version),
+        env,
+        &keys.keyids,
+        keys.threshold,
+        &root.keys,
+    )
+}
+
+impl Repository {
+    /// Runs the client workflow (steps 5.1 to 5.6.6) against `transport`, starting from the
+    /// trusted-metadata directory `opts.datastore`, and persists what it accepts there.
+    pub fn load(opts: RepositoryOptions, transport: Arc<dyn Transport>) -> Result<Self, Error> {
+        // 5.1: record the fixed update start time; every expiry check compares against it,
+        // so a clock step during the update changes nothing.
+        let started = opts.reference_time.unwrap_or_else(Utc::now);
+        datastore::ensure_dir(&opts.datastore)?;
+        let source = Source::Remote {
+            transport: Arc::clone(&transport),
+            metadata_base: opts.metadata_base_url.clone(),
+        };
+
+        // 5.2: load the trusted root: the newest one we persisted, else the shipped one.
+        let dir = opts.datastore.as_path();
+        let stored = datastore::read_optional(dir, "root.json", opts.limits.max_root_size)?;
+        let seeded = stored.is_none();
+        let root_bytes = if let Some(bytes) = stored {
+            bytes
+        } else {
+            read_file_capped(&opts.trusted_root, opts.limits.max_root_size).map_err(|source| {
+                Error::NoTrustedRoot {
+                    path: opts.trusted_root.clone(),
+                    source,
+                }
+            })?
+        };
+        let root = trusted_root(root_bytes)?;
+        if seeded {
+            datastore::write_atomic(dir, "root.json", &root.bytes)?;
+        }
+        remember_root(dir, &root)?;
+
+        let mut loader = Loader {
+            source,
+            datastore: Some(opts.datastore.clone()),
+            limits: opts.limits,
+            started,
+            ignore_expiry: false,
+        };
+        let initial_root = root.signed.clone();
+        let (root, mut chain) = loader.update_root(root)?;
+
+        // 5.3.11: if the timestamp and/or snapshot keys were rotated, delete the trusted
+        // timestamp and snapshot (recovery from fast-forward attacks).
+        let rotated = |role: &str| {
+            role_key_material(&initial_root, role) != role_key_material(&root.signed, role)
+        };
+        if rotated("timestamp") || rotated("snapshot") {
+            datastore::remove(dir, "timestamp.json")?;
+            datastore::remove(dir, "snapshot.json")?;
+        }
+        // 5.3.12: whether consistent snapshots are used is read from root.signed on each use.
+
+        // Hand out the whole chain we know of, for offline verification elsewhere.
+        chain = read_root_history(dir, root.signed.version, &opts.limits).unwrap_or(chain);
+
+        let timestamp = loader.update_timestamp(&root)?;
+        let snapshot = loader.update_snapshot(&root, &timestamp)?;
+        let targets = loader.update_targets(&root, &snapshot)?;
+
+        Ok(Self {
+            source: loader.source,
+            transport: Some(transport),
+            targets_base: Some(opts.targets_base_url),
+            datastore: Some(opts.datastore),
+            limits: opts.limits,
+            started,
+            ignore_expiry: false,
+            root,
+            root_chain: chain,
+            timestamp,
+            snapshot,
+            targets,
+            delegated: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Verifies an offline metadata cache (files named as [`Repository::metadata_bytes`] names
+    /// them) starting from `trusted_root` (the shipped root), with expiry ignored: the root
+    /// chain `N.root.json`, then `timestamp.json`, `snapshot.json`, `targets.json`, and
+    /// delegated roles on demand. Nothing is written. Targets cannot be downloaded from such a
+    /// repository; check cached target files with [`Repository::verify_target_file`].
+    pub fn load_offline(
+        dir: impl AsRef<Path>,
+        trusted_root: impl AsRef<Path>,
+    ) -> Result<Self, Error> {
+        let dir = dir.as_ref();
+        let limits = Limits::default();
+        let started = Utc::now();
+        let root_bytes =
+            read_file_capped(trusted_root.as_ref(), limits.max_root_size).map_err(|source| {
+                Error::NoTrustedRoot {
+                    path: trusted_root.as_ref().to_owned(),
+                    source,
+                }
+            })?;
+        let root = trusted_root_envelope(root_bytes)?;
+        let mut loader = Loader {
+            source: Source::Offline {
+                dir: dir.to_owned(),
+            },
+            datastore: None,
+            limits,
+            started,
+            ignore_expiry: true,
+        };
+        let (root, chain) = loader.update_root(root)?;
+        let timestamp = loader.update_timestamp(&root)?;
+        let snapshot = loader.update_snapshot(&root, &timestamp)?;
+        let targets = loader.update_targets(&root, &snapshot)?;
+        Ok(Self {
+            source: loader.source,
+            transport: None,
+            targets_base: None,
+            datastore: None,
+            limits,
+            started,
+            ignore_expiry: true,
+            root,
+            root_chain: chain,
+            timestamp,
+            snapshot,
+            targets,
+            delegated: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Version of the trusted root.
+    pub fn root_version(&self) -> u64 {
+        self.root.signed.version
+    }
+
+    /// Version of the trusted timestamp.
+    pub fn timestamp_version(&self) -> u64 {
+        self.timestamp.signed.version
+    }
+
+    /// Version of the trusted snapshot.
+    pub fn snapshot_version(&self) -> u64 {
+        self.snapshot.signed.version
+    }
+
+    /// Version of the trusted top-level targets.
+    pub fn targets_version(&self) -> u64 {
+        self.targets.signed.version
+    }
+
+    /// Whether the trusted root asks for consistent snapshots.
+    pub fn consistent_snapshot(&self) -> bool {
+        self.root.signed.consistent_snapshot
+    }
+
+    /// The targets listed directly in the top-level targets role.
+    pub fn top_level_targets(&self) -> impl Iterator<Item = (&str, &TargetDescription)> {
+        self.targets
+            .signed
+            .targets
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The exact verified metadata, for a cache verifiable offline: the root chain as far back
+    /// as this host knows it (`N.root.json`, ascending), `timestamp.json`, `snapshot.json`,
+    /// `targets.json`, and every delegated role loaded so far (`<role>.json`).
+    pub fn metadata_bytes(&self) -> Vec<MetadataFile> {
+        let mut out: Vec<MetadataFile> = self
+            .root_chain
+            .iter()
+            .map(|(v, bytes)| MetadataFile {
+                name: format!("{v}.root.json"),
+                bytes: bytes.clone(),
+            })
+            .collect();
+        for (name, bytes) in [
+            ("timestamp.json", &self.timestamp.bytes),
+            ("snapshot.json", &self.snapshot.bytes),
+            ("targets.json", &self.targets.bytes),
+        ] {
+            out.push(MetadataFile {
+                name: name.to_owned(),
+                bytes: bytes.clone(),
+            });
+        }
+        let delegated = self
+            .delegated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (role, t) in delegated.iter() {
+            out.push(MetadataFile {
+                name: datastore::role_file_name(role),
+                bytes: t.bytes.clone(),
+            });
+        }
+        out
+    }
+
+    /// Looks a target up: the pre-order depth-first search of step 5.6.7, starting at the
+    /// top-level targets role, downloading and verifying delegated roles only as the search
+    /// reaches them. `Ok(None)` when no role on the search path describes it.
+    pub fn target(&self, name: &str) -> Result<Option<TargetDescription>, Error> {
+        // Stack of (role, delegation info to verify it with); top-level targets first.
+        let mut stack: Vec<(String, Option<Parent>)> = vec![("targets".to_owned(), None)];
+        let mut visited: HashSet<String> = HashSet::new();
+        while let Some((role, parent)) = stack.pop() {
+            // 5.6.7.1: skip roles visited before (cycles); stop after the maximum number of
+            // roles.
+            if visited.contains(&role) {
+                continue;
+            }
+            if visited.len() >= self.limits.max_delegations as usize {
+                break;
+            }
+            visited.insert(role.clone());
+            let md: Arc<Trusted<Targets>> = match parent {
+                None => Arc::new(self.targets.clone()),
+                Some((parent_name, parent_md, index)) => {
+                    self.delegated_role(&role, &parent_name, &parent_md, index)?
+                }
+            };
+            // 5.6.7.1: this role has metadata about the target: done.
+            if let Some(desc) = md.signed.targets.get(name) {
+                return Ok(Some(desc.clone()));
+            }
+            // 5.6.7.2: otherwise search the delegations in order of appearance.
+            let Some(delegations) = &md.signed.delegations else {
+                continue;
+            };
+            let mut children = Vec::new();
+            for (index, d) in delegations.roles.iter().enumerate() {
+                if !pattern::delegation_matches(
+                    d.paths.as_deref(),
+                    d.path_hash_prefixes.as_deref(),
+                    name,
+                ) {
+                    continue;
+                }
+                children.push((d.name.clone(), Some((role.clone(), Arc::clone(&md), index))));
+                if d.terminating {
+                    // 5.6.7.2.1: a terminating delegation: nothing else is searched.
+                    stack.clear();
+                    break;
+                }
+            }
+            // 5.6.7.2.2: depth first, in order of appearance.
+            children.reverse();
+            stack.extend(children);
+        }
+        Ok(None)
+    }
+
+    /// Loads (or returns the already loaded) delegated role `role`, delegated by `parent` in
+    /// its delegation number `index`: steps 5.6.1 to 5.6.6 applied to a delegated role.
+    fn delegated_role(
+        &self,
+        role: &str,
+        parent_name: &str,
+        parent: &Trusted<Targets>,
+        index: usize,
+    ) -> Result<Arc<Trusted<Targets>>, Error> {
+        {
+            let cache = self
+                .delegated
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(t) = cache.get(role) {
+                return Ok(Arc::clone(t));
+            }
+        }
+        let delegations = parent
+            .signed
+            .delegations
+            .as_ref()
+            .ok_or_else(|| Error::Invalid {
+                role: role.to_owned(),
+                reason: "delegating role has no delegations".to_owned(),
+            })?;
+        let entry = delegations.roles.get(index).ok_or_else(|| Error::Invalid {
+            role: role.to_owned(),
+            reason: "delegation index out of range".to_owned(),
+        })?;
+        let file = format!("{role}.json");
+        let meta = self
+            .snapshot
+            .signed
+            .meta
+            .get(&file)
+            .ok_or_else(|| Error::NotInSnapshot { file: file.clone() })?
+            .clone();
+        let loader = Loader {
+            source: match &self.source {
+                Source::Remote {
+                    transport,
+                    metadata_base,
+                } => Source::Remote {
+                    transport: Arc::clone(transport),
+                    metadata_base: metadata_base.clone(),
+                },
+                Source::Offline { dir } => Source::Offline { dir: dir.clone() },
+            },
+            datastore: self.datastore.clone(),
+            limits: self.limits,
+            started: self.started,
+            ignore_expiry: self.ignore_expiry,
+        };
+        let signer = format!("role {parent_name}'s delegation");
+        let check = |env: &Envelope, version: u64| {
+            verify::check_threshold(
+                role,
+                version,
+                &signer,
+                env,
+                &entry.keyids,
+                entry.threshold,
+                &delegations.keys,
+            )
+        };
+        let t = loader.load_targets_role(
+            role,
+            &meta,
+            self.root.signed.consistent_snapshot,
+            &datastore::role_file_name(role),
+            &check,
+        )?;
+        let t = Arc::new(t);
+        let mut cache = self
+            .delegated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        cache.insert(role.to_owned(), Arc::clone(&t));
+        Ok(t)
+    }
+
+    fn describe(&self, name: &str) -> Result<TargetDescription, Error> {
+        self.target(name)?
+            .ok_or_else(|| Error::TargetNotFound(name.to_owned()))
+    }
+
+    /// The URL of a target (step 5.7.3): `dir/HASH.file` with consistent snapshots, where HASH
+    /// is the sha256 when listed (else sha512, else the first listed).
+    fn target_url(&self, name: &str, desc: &TargetDescription) -> Result<Url, Error> {
+        let base = self
+            .targets_base
+            .as_ref()
+            .ok_or_else(|| Error::Offline(name.to_owned()))?;
+        let mut segments: Vec<String> = Vec::new();
+        for seg in name.split('/') {
+            if seg.is_empty() || seg == "." || seg == ".." {
+                return Err(Error::BadTargetName(name.to_owned()));
+            }
+            segments.push(seg.to_owned());
+        }
+        if self.root.signed.consistent_snapshot {
+            let hash = desc
+                .hashes
+                .get("sha256")
+                .or_else(|| desc.hashes.get("sha512"))
+                .or_else(|| desc.hashes.values().next())
+                .ok_or_else(|| Error::NoSupportedHash {
+                    what: format!("target {name}"),
+                })?;
+            if let Some(last) = segments.last_mut() {
+                *last = format!("{hash}.{last}");
+            }
+        }
+        let refs: Vec<&str> = segments.iter().map(String::as_str).collect();
+        join_url(base, &refs)
+    }
+
+    fn open_target(
+        &self,
+        name: &str,
+        desc: &TargetDescription,
+    ) -> Result<Box<dyn Read + Send>, Error> {
+        let transport = self
+            .transport
+            .as_ref()
+            .ok_or_else(|| Error::Offline(name.to_owned()))?;
+        let url = self.target_url(name, desc)?;
+        transport.fetch(&url).map_err(|source| Error::Transport {
+            what: format!("target {name}"),
+            source: Box::new(source),
+        })
+    }
+
+    /// Streams a target through a verifying reader (step 5.7): at most the signed length is
+    /// read, every supported listed hash is checked at the end.
+    pub fn read_target(&self, name: &str) -> Result<TargetReader, Error> {
+        let desc = self.describe(name)?;
+        // Refuse targets we could not verify before opening a connection.
+        if desc.sha256().is_none() && desc.sha512().is_none() {
+            return Err(Error::NoSupportedHash {
+                what: format!("target {name}"),
+            });
+        }
+        let inner = self.open_target(name, &desc)?;
+        TargetReader::new(name.to_owned(), inner, desc)
+    }
+
+    /// The signed description and a raw stream capped at the signed length (it fails with
+    /// `UnexpectedEof` if the source ends early). The caller must verify the hashes itself;
+    /// this is for the staging pipeline, which hashes on its own thread.
+    pub fn fetch_target_unverified(
+        &self,
+        name: &str,
+    ) -> Result<(TargetDescription, Box<dyn Read + Send>), Error> {
+        let desc = self.describe(name)?;
+        let inner = self.open_target(name, &desc)?;
+        let capped = CappedReader::new(name.to_owned(), inner, desc.length);
+        Ok((desc, Box::new(capped)))
+    }
+
+    /// Checks a local file against target `name`'s signed length and hashes.
+    pub fn verify_target_file(&self, name: &str, path: &Path) -> Result<(), Error> {
+        let desc = self.describe(name)?;
+        verify_file(name, &desc, path)
+    }
+
+    /// Makes `dir/<name, percent-encoded>` hold the verified target `name`: skipped when the file
+    /// there already has the signed length and hashes, otherwise downloaded into a temporary
+    /// file in `dir`, verified, fsynced and renamed into place (nothing partial is left behind).
+    pub fn cache_target(&self, name: &str, dir: &Path) -> Result<CachedTarget, Error> {
+        let desc = self.describe(name)?;
+        let path = dir.join(datastore::encode_component(name));
+        if path.is_file() && verify_file(name, &desc, &path).is_ok() {
+            return Ok(CachedTarget {
+                path,
+                downloaded: false,
+            });
+        }
+        let store = |source: io::Error| Error::Store {
+            path: path.clone(),
+            source,
+        };
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(dir)
+            .map_err(store)?;
+        let inner = self.open_target(name, &desc)?;
+        let mut reader = TargetReader::new(name.to_owned(), inner, desc)?;
+        let copied = io::copy(&mut reader, tmp.as_file_mut());
+        // A verification failure surfaces as an InvalidData read error: report it precisely.
+        if let Err(e) = copied {
+            if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::UnexpectedEof {
+                reader.finish()?;
+            }
+            return Err(Error::Read {
+                what: format!("target {name}"),
+                source: e,
+            });
+        }
+        reader.finish()?;
+        tmp.as_file_mut().flush().map_err(store)?;
+        tmp.as_file().sync_all().map_err(store)?;
+        tmp.persist(&path).map_err(|e| store(e.error))?;
+        datastore::sync_dir(dir)?;
+        Ok(CachedTarget {
+            path,
+            downloaded: true,
+        })
+    }
+}
+
+fn verify_file(name: &str, desc: &TargetDescription, path: &Path) -> Result<(), Error> {
+    let f = File::open(path).map_err(|source| Error::Store {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut reader = TargetReader::new(name.to_owned(), Box::new(f), desc.clone())?;
+    let _ = io::copy(&mut reader, &mut io::sink());
+    reader.finish()
+}
+
+fn read_file_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    File::open(path)?
+        .take(cap.saturating_add(1))
+        .read_to_end(&mut buf)?;
+    if buf.len() as u64 > cap {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than the limit of {cap} bytes"),
+        ));
+    }
+    Ok(buf)
+}
+
+/// 5.2: parses a root we trust out of band and checks it is signed by its own threshold.
+fn trusted_root(bytes: Vec<u8>) -> Result<Trusted<Root>, Error> {
+    trusted_root_envelope(bytes)
+}
+
+fn trusted_root_envelope(bytes: Vec<u8>) -> Result<Trusted<Root>, Error> {
+    let (env, root) = parse::<Root>("root", "root", &bytes)?;
+    root.check()?;
+    check_top_level(&root, "root", root.version, &env)?;
+    Ok(Trusted {
+        bytes,
+        signed: root,
+    })
+}
+
+/// Records `root` in the history sub-directory if it is not there yet.
+fn remember_root(dir: &Path, root: &Trusted<Root>) -> Result<(), Error> {
+    let history = datastore::history_dir(dir);
+    datastore::ensure_dir(&history)?;
+    let name = format!("{}.root.json", root.signed.version);
+    if !history.join(&name).exists() {
+        datastore::write_atomic(&history, &name, &root.bytes)?;
+    }
+    Ok(())
+}
+
+/// The verified roots in the history directory, ascending, up to `current`.
+fn read_root_history(dir: &Path, current: u64, limits: &Limits) -> Option<RootChain> {
+    let history = datastore::history_dir(dir);
+    let mut versions: Vec<u64> = std::fs::read_dir(&history)
+        .ok()?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".root.json")?.parse::<u64>().ok()
+        })
+        .filter(|v| *v <= current)
+        .collect();
+    versions.sort_unstable();
+    // Bound the work: at most as many roots as rotations allowed, newest kept.
+    let keep = limits.max_root_rotations as usize + 1;
+    if versions.len() > keep {
+        versions.drain(..versions.len() - keep);
+    }
+    let mut out = Vec::new();
+    for v in versions {
+        let bytes =
+            datastore::read_optional(&history, &format!("{v}.root.json"), limits.max_root_size)
+                .ok()??;
+        out.push((v, bytes));
+    }
+    Some(out)
+}
+
+/// The public key material and threshold of a role, to detect key rotations (5.3.11).
+fn role_key_material(root: &Root, role: &str) -> Option<(u64, Vec<String>)> {
+    let keys = root.role(role)?;
+    let mut material: Vec<String> = keys
+        .keyids
+        .iter()
+        .map(|id| {
+            root.keys
+                .get(id)
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        })
+        .collect();
+    material.sort();
+    Some((keys.threshold, material))
+}
+
+/// The state of one load: where files come from, where they go, and the fixed time.
+struct Loader {
+    source: Source,
+    datastore: Option<PathBuf>,
+    limits: Limits,
+    started: DateTime<Utc>,
+    ignore_expiry: bool,
+}
+
+impl Loader {
+    fn persist(&self, name: &str, bytes: &[u8]) -> Result<(), Error> {
+        match &self.datastore {
+            Some(dir) => datastore::write_atomic(dir, name, bytes),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads a previously trusted file from the datastore (never from the network).
+    fn local(&self, name: &str, cap: u64) -> Option<Vec<u8>> {
+        let dir = self.datastore.as_ref()?;
+        datastore::read_optional(dir, name, cap).ok().flatten()
+    }
+
+    fn check_expiry(&self, role: &str, signed: &impl Common) -> Result<(), Error> {
+        if self.ignore_expiry || signed.expires() > self.started {
+            return Ok(());
+        }
+        Err(Error::Expired {
+            role: role.to_owned(),
+            version: signed.version(),
+            expires: signed.expires(),
+            started: self.started,
+        })
+    }
+
+    /// Step 5.3: walks `N+1.root.json` until none is found or the rotation limit is reached.
+    /// Returns the final trusted root and every root seen (trusted one included).
+    fn update_root(
+        &mut self,
+        mut root: Trusted<Root>,
+    ) -> Result<(Trusted<Root>, RootChain), Error> {
+        let mut chain = vec![(root.signed.version, root.bytes.clone())];
+        // 5.3.3: at most Y root files per update cycle.
+        for _ in 0..self.limits.max_root_rotations {
+            // 5.3.2: N is the trusted version.
+            let n = root.signed.version;
+            let Some(next) = n.checked_add(1) else { break };
+            let name = MetaName {
+                remote: format!("{next}.root.json"),
+                offline: format!("{next}.root.json"),
+            };
+            // 5.3.3: try downloading N+1.root.json, up to W bytes; absent: go to 5.3.10.
+            let Some(bytes) = self
+                .source
+                .fetch("root", &name, self.limits.max_root_size)?
+            else {
+                break;
+            };
+            let (env, new) = parse::<Root>("root", "root", &bytes)?;
+            new.check()?;
+            // 5.3.4: signed by a threshold of the trusted root's root keys and by a threshold
+            // of the new root's own root keys.
+            check_top_level(&root.signed, "root", new.version, &env)?;
+            check_top_level(&new, "root", new.version, &env)?;
+            // 5.3.5: rollback check: the new version must be exactly N+1.
+            if new.version < n {
+                return Err(Error::Rollback {
+                    role: "root".to_owned(),
+                    trusted: n,
+                    new: new.version,
+                    check: "5.3.5",
+                });
+            }
+            if new.version == n {
+                // Equal: discard it and go on with the trusted root.
+                break;
+            }
+            if new.version != next {
+                return Err(Error::VersionMismatch {
+                    role: "root".to_owned(),
+                    found: new.version,
+                    expected: next,
+                    listed_in: format!("the file name {next}.root.json"),
+                });
+            }
+            // 5.3.6: the new root's expiry does not matter yet.
+            // 5.3.7: it becomes the trusted root; 5.3.8: persist it.
+            root = Trusted { bytes, signed: new };
+            self.persist("root.json", &root.bytes)?;
+            if let Some(dir) = &self.datastore {
+                remember_root(dir, &root)?;
+            }
+            chain.push((root.signed.version, root.bytes.clone()));
+            // 5.3.9: repeat.
+        }
+        // 5.3.10: freeze attack check on the final root.
+        self.check_expiry("root", &root.signed)?;
+        Ok((root, chain))
+    }
+
+    /// Step 5.4.
+    fn update_timestamp(&self, root: &Trusted<Root>) -> Result<Trusted<Timestamp>, Error> {
+        // The trusted timestamp, if any and still verifiable with the current root.
+        let trusted: Option<Trusted<Timestamp>> = self
+            .local("timestamp.json", self.limits.max_timestamp_size)
+            .and_then(|bytes| {
+                let (env, ts) = parse::<Timestamp>("timestamp", "timestamp", &bytes).ok()?;
+                check_top_level(&root.signed, "timestamp", ts.version, &env).ok()?;
+                Some(Trusted { bytes, signed: ts })
+            });
+        // 5.4.1: download timestamp.json, up to X bytes.
+        let name = MetaName {
+            remote: "timestamp.json".to_owned(),
+            offline: "timestamp.json".to_owned(),
+        };
+        let bytes =
+            self.source
+                .fetch_required("timestamp", &name, self.limits.max_timestamp_size)?;
+        let (env, new) = parse::<Timestamp>("timestamp", "timestamp", &bytes)?;
+        // 5.4.2: signed by a threshold of the timestamp keys of the trusted root.
+        check_top_level(&root.signed, "timestamp", new.version, &env)?;
+        let new_meta = new.snapshot_meta()?.clone();
+        if let Some(trusted) = trusted {
+            // 5.4.3.1: the new version must not be lower than the trusted one.
+            if new.version < trusted.signed.version {
+                return Err(Error::Rollback {
+                    role: "timestamp".to_owned(),
+                    trusted: trusted.signed.version,
+                    new: new.version,
+                    check: "5.4.3.1",
+                });
+            }
+            if new.version == trusted.signed.version {
+                // Equal: discard the new file (even if its content differs) and keep the
+                // trusted one, which must still be fresh.
+                self.check_expiry("timestamp", &trusted.signed)?;
+                return Ok(trusted);
+            }
+            // 5.4.3.2: the snapshot version it lists must not go backwards.
+            let trusted_snap = trusted.signed.snapshot_meta()?.version;
+            if new_meta.version < trusted_snap {
+                return Err(Error::Rollback {
+                    role: "snapshot".to_owned(),
+                    trusted: trusted_snap,
+                    new: new_meta.version,
+                    check: "5.4.3.2 (snapshot version listed in timestamp)",
+                });
+            }
+        }
+        // 5.4.4: freeze attack check.
+        self.check_expiry("timestamp", &new)?;
+        // 5.4.5: persist.
+        self.persist("timestamp.json", &bytes)?;
+        Ok(Trusted { bytes, signed: new })
+    }
+
+    /// Step 5.5.
+    fn update_snapshot(
+        &self,
+        root: &Trusted<Root>,
+        timestamp: &Trusted<Timestamp>,
+    ) -> Result<Trusted<Snapshot>, Error> {
+        let meta = timestamp.signed.snapshot_meta()?.clone();
+        let listed_in = format!("timestamp version {}", timestamp.signed.version);
+        // The trusted snapshot: verified with the current root's keys, expired or not.
+        let trusted: Option<Trusted<Snapshot>> = self
+            .local("snapshot.json", self.limits.max_snapshot_size)
+            .and_then(|bytes| {
+                let (env, s) = parse::<Snapshot>("snapshot", "snapshot", &bytes).ok()?;
+                check_top_level(&root.signed, "snapshot", s.version, &env).ok()?;
+                Some(Trusted { bytes, signed: s })
+            });
+        // Nothing changed since the last update: the trusted snapshot is the one timestamp
+        // lists (same version, hashes and length) and is still fresh: no download.
+        if let Some(t) = &trusted {
+            if t.signed.version == meta.version
+                && verify::check_meta_file("snapshot", &listed_in, &meta, &t.bytes).is_ok()
+                && self.check_expiry("snapshot", &t.signed).is_ok()
+            {
+                return Ok(t.clone());
+            }
+        }
+        // 5.5.1: download, up to the length timestamp lists or Y bytes; VERSION.snapshot.json
+        // with consistent snapshots.
+        let cap = listed_cap("snapshot", meta.length, self.limits.max_snapshot_size)?;
+        let name = MetaName {
+            remote: if root.signed.consistent_snapshot {
+                format!("{}.snapshot.json", meta.version)
+            } else {
+                "snapshot.json".to_owned()
+            },
+            offline: "snapshot.json".to_owned(),
+        };
+        let bytes = self.source.fetch_required("snapshot", &name, cap)?;
+        // 5.5.2: hashes (and length) against timestamp's listing.
+        verify::check_meta_file("snapshot", &listed_in, &meta, &bytes)?;
+        let (env, new) = parse::<Snapshot>("snapshot", "snapshot", &bytes)?;
+        // 5.5.3: signatures.
+        check_top_level(&root.signed, "snapshot", new.version, &env)?;
+        // 5.5.4: version against timestamp's listing.
+        if new.version != meta.version {
+            return Err(Error::VersionMismatch {
+                role: "snapshot".to_owned(),
+                found: new.version,
+                expected: meta.version,
+                listed_in,
+            });
+        }
+        // 5.5.5: no targets role goes backwards or vanishes.
+        if let Some(t) = &trusted {
+            for (file, old) in &t.signed.meta {
+                let Some(now) = new.meta.get(file) else {
+                    return Err(Error::RoleVanished {
+                        version: new.version,
+                        file: file.clone(),
+                    });
+                };
+                if now.version < old.version {
+                    return Err(Error::Rollback {
+                        role: file.trim_end_matches(".json").to_owned(),
+                        trusted: old.version,
+                        new: now.version,
+                        check: "5.5.5 (version listed in snapshot)",
+                    });
+                }
+            }
+        }
+        // 5.5.6: freeze attack check.
+        self.check_expiry("snapshot", &new)?;
+        // 5.5.7: persist.
+        self.persist("snapshot.json", &bytes)?;
+        Ok(Trusted { bytes, signed: new })
+    }
+
+    /// Step 5.6 (5.6.1 to 5.6.6) for the top-level targets role.
+    fn update_targets(
+        &self,
+        root: &Trusted<Root>,
+        snapshot: &Trusted<Snapshot>,
+    ) -> Result<Trusted<Targets>, Error> {
+        let meta = snapshot
+            .signed
+            .meta
+            .get("targets.json")
+            .ok_or_else(|| Error::NotInSnapshot {
+                file: "targets.json".to_owned(),
+            })?
+            .clone();
+        let check =
+            |env: &Envelope, version: u64| check_top_level(&root.signed, "targets", version, env);
+        self.load_targets_role(
+            "targets",
+            &meta,
+            root.signed.consistent_snapshot,
+            "targets.json",
+            &check,
+        )
+        .map_err(|e| with_snapshot_context(e, snapshot.signed.version))
+    }
+
+    /// Steps 5.6.1 to 5.6.6 for `role` (top-level or delegated), listed in snapshot as `meta`.
+    fn load_targets_role(
+        &self,
+        role: &str,
+        meta: &MetaFile,
+        consistent_snapshot: bool,
+        local_name: &str,
+        check_signatures: &dyn Fn(&Envelope, u64) -> Result<(), Error>,
+    ) -> Result<Trusted<Targets>, Error> {
+        let listed_in = "snapshot".to_owned();
+        // Already trusted and unchanged: no download.
+        if let Some(bytes) = self.local(local_name, self.limits.max_targets_size) {
+            let reuse = parse::<Targets>(role, "targets", &bytes)
+                .ok()
+                .filter(|(env, t)| {
+                    t.version == meta.version
+                        && verify::check_meta_file(role, &listed_in, meta, &bytes).is_ok()
+                        && check_signatures(env, t.version).is_ok()
+                        && t.check(role).is_ok()
+                        && self.check_expiry(role, t).is_ok()
+                });
+            if let Some((_, signed)) = reuse {
+                return Ok(Trusted { bytes, signed });
+            }
+        }
+        // 5.6.1: download, up to the listed length or Z bytes; VERSION.ROLE.json with
+        // consistent snapshots.
+        let cap = listed_cap(role, meta.length, self.limits.max_targets_size)?;
+        let name = MetaName {
+            remote: if consistent_snapshot {
+                format!("{}.{role}.json", meta.version)
+            } else {
+                format!("{role}.json")
+            },
+            offline: local_name.to_owned(),
+        };
+        let bytes = self.source.fetch_required(role, &name, cap)?;
+        // 5.6.2: hashes (and length) against snapshot's listing.
+        verify::check_meta_file(role, &listed_in, meta, &bytes)?;
+        let (env, new) = parse::<Targets>(role, "targets", &bytes)?;
+        // 5.6.3: signatures.
+        check_signatures(&env, new.version)?;
+        // 5.6.4: version against snapshot's listing.
+        if new.version != meta.version {
+            return Err(Error::VersionMismatch {
+                role: role.to_owned(),
+                found: new.version,
+                expected: meta.version,
+                listed_in,
+            });
+        }
+        new.check(role)?;
+        // 5.6.5: freeze attack check.
+        self.check_expiry(role, &new)?;
+        // 5.6.6: persist.
+        self.persist(local_name, &bytes)?;
+        Ok(Trusted { bytes, signed: new })
+    }
+}
+
+fn with_snapshot_context(e: Error, snapshot_version: u64) -> Error {
+    match e {
+        Error::VersionMismatch {
+            role,
+            found,
+            expected,
+            ..
+        } => Error::VersionMismatch {
+            role,
+            found,
+            expected,
+            listed_in: format!("snapshot version {snapshot_version}"),
+        },
+        Error::HashMismatch {
+            what, algorithm, ..
+        } => Error::HashMismatch {
+            what,
+            listed_in: format!("snapshot version {snapshot_version}"),
+            algorithm,
+        },
+        Error::LengthMismatch {
+            role,
+            expected,
+            actual,
+            ..
+        } => Error::LengthMismatch {
+            role,
+            listed_in: format!("snapshot version {snapshot_version}"),
+            expected,
+            actual,
+        },
+        other => other,
+    }
+}
+
+/// The download cap for a file whose length may be listed: the listed length, refused when
+/// above our limit.
+fn listed_cap(role: &str, listed: Option<u64>, limit: u64) -> Result<u64, Error> {
+    match listed {
+        Some(len) if len > limit => Err(Error::TooLarge {
+            role: role.to_owned(),
+            limit,
+        }),
+        Some(len) => Ok(len),
+        None => Ok(limit),
+    }
+}

@@ -73,7 +73,7 @@ pub mod time;
 
 pub use error::Error;
 pub use policy::{PolicyWave, StartAfter, WavePolicy};
-pub use schedule::{Wave, WaveSchedule};
+pub use schedule::{NotRising, Wave, WaveSchedule};
 
 use std::fmt;
 

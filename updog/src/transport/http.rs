@@ -203,6 +203,9 @@ pub fn append_query(url: &Url, params: &[(String, String)]) -> Url {
 /// otherwise `read` fails with [`TransportErrorKind::ConnectionDropped`] naming the byte. The
 /// reader never yields a byte twice or out of order.
 ///
+/// Cloning is cheap and shares one connection pool. It wraps `reqwest`'s blocking client, which
+/// runs its own runtime thread: create, use and drop it outside any async runtime.
+///
 /// ```no_run
 /// use std::io::Read;
 /// use std::time::Duration;

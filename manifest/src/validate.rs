@@ -1,0 +1,224 @@
+use std::collections::HashSet;
+use std::fmt;
+
+use semver::Version;
+
+use crate::Manifest;
+
+/// One problem found by [`Manifest::problems`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Problem {
+    /// Two updates share variant, arch and version.
+    DuplicateUpdate {
+        /// Variant.
+        variant: String,
+        /// Architecture.
+        arch: String,
+        /// Version.
+        version: Version,
+    },
+    /// An update above its own `max_version` (never offered).
+    VersionAboveMax {
+        /// Variant.
+        variant: String,
+        /// Architecture.
+        arch: String,
+        /// Version.
+        version: Version,
+        /// Its `max_version`.
+        max_version: Version,
+    },
+    /// Wave start times that do not rise with their bounds.
+    WavesNotRising {
+        /// Variant.
+        variant: String,
+        /// Architecture.
+        arch: String,
+        /// Version.
+        version: Version,
+        /// The offending pair of waves.
+        detail: waves::NotRising,
+    },
+    /// An empty image target name.
+    EmptyImageName {
+        /// Variant.
+        variant: String,
+        /// Architecture.
+        arch: String,
+        /// Version.
+        version: Version,
+        /// `boot`, `root` or `hash`.
+        image: &'static str,
+    },
+    /// An empty variant or arch.
+    EmptyField {
+        /// Index of the update in `updates` (0-based).
+        index: usize,
+        /// `variant` or `arch`.
+        field: &'static str,
+    },
+    /// A migration key whose `from` is not below its `to`.
+    MigrationNotForward {
+        /// The key's from.
+        from: Version,
+        /// The key's to.
+        to: Version,
+    },
+    /// An empty migration target name.
+    EmptyMigrationName {
+        /// The key's from.
+        from: Version,
+        /// The key's to.
+        to: Version,
+    },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::DuplicateUpdate {
+                variant,
+                arch,
+                version,
+            } => write!(
+                f,
+                "update {variant} {arch} {version} appears more than once"
+            ),
+            Problem::VersionAboveMax {
+                variant,
+                arch,
+                version,
+                max_version,
+            } => write!(
+                f,
+                "update {variant} {arch} {version} is above its max_version {max_version}, so it is never offered"
+            ),
+            Problem::WavesNotRising {
+                variant,
+                arch,
+                version,
+                detail,
+            } => write!(f, "update {variant} {arch} {version}: {detail}"),
+            Problem::EmptyImageName {
+                variant,
+                arch,
+                version,
+                image,
+            } => write!(
+                f,
+                "update {variant} {arch} {version}: the {image} image name is empty"
+            ),
+            Problem::EmptyField { index, field } => {
+                write!(f, "update #{} has an empty {field}", index + 1)
+            }
+            Problem::MigrationNotForward { from, to } => write!(
+                f,
+                "migration key ({from}, {to}): the first version must be below the second"
+            ),
+            Problem::EmptyMigrationName { from, to } => {
+                write!(
+                    f,
+                    "migration key ({from}, {to}) lists an empty migration name"
+                )
+            }
+        }
+    }
+}
+
+/// A manifest with problems: all of them, in manifest order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationError {
+    /// Every problem found.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the manifest has {} problem(s):", self.problems.len())?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Manifest {
+    /// Every problem beyond parsing: duplicate (variant, arch, version), `version >
+    /// max_version`, wave times not rising with bounds, empty image names, empty variant or
+    /// arch, backwards migration keys, empty migration names.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for (index, u) in self.updates.iter().enumerate() {
+            let id = || (u.variant.clone(), u.arch.clone(), u.version.clone());
+            for (field, value) in [("variant", &u.variant), ("arch", &u.arch)] {
+                if value.is_empty() {
+                    out.push(Problem::EmptyField { index, field });
+                }
+            }
+            if !seen.insert((&u.variant, &u.arch, &u.version)) {
+                let (variant, arch, version) = id();
+                out.push(Problem::DuplicateUpdate {
+                    variant,
+                    arch,
+                    version,
+                });
+            }
+            if u.version > u.max_version {
+                let (variant, arch, version) = id();
+                out.push(Problem::VersionAboveMax {
+                    variant,
+                    arch,
+                    version,
+                    max_version: u.max_version.clone(),
+                });
+            }
+            for detail in u.waves.problems() {
+                let (variant, arch, version) = id();
+                out.push(Problem::WavesNotRising {
+                    variant,
+                    arch,
+                    version,
+                    detail,
+                });
+            }
+            for (image, name) in u.images.named() {
+                if name.trim().is_empty() {
+                    let (variant, arch, version) = id();
+                    out.push(Problem::EmptyImageName {
+                        variant,
+                        arch,
+                        version,
+                        image,
+                    });
+                }
+            }
+        }
+        for ((from, to), targets) in &self.migrations {
+            if from >= to {
+                out.push(Problem::MigrationNotForward {
+                    from: from.clone(),
+                    to: to.clone(),
+                });
+            }
+            if targets.iter().any(|t| t.trim().is_empty()) {
+                out.push(Problem::EmptyMigrationName {
+                    from: from.clone(),
+                    to: to.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// `Ok` when [`Manifest::problems`] finds nothing; otherwise all problems.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationError { problems })
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Errors of the TUF client. Each names the role (or target), the version where known, and the
+//! check that failed.
+
+use crate::transport::TransportError;
+use chrono::{DateTime, Utc};
+use std::path::PathBuf;
+
+/// Why loading a repository or reading a target failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The transport could not open a file.
+    #[error("downloading {what}: {source}")]
+    Transport {
+        /// The role or target being fetched.
+        what: String,
+        /// The transport's error.
+        #[source]
+        source: Box<TransportError>,
+    },
+    /// Reading a downloaded or stored file failed midway.
+    #[error("reading {what}: {source}")]
+    Read {
+        /// The role or target being read.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A metadata file is larger than its limit (endless-data attack or misconfiguration).
+    #[error("{role} metadata is larger than its limit of {limit} bytes")]
+    TooLarge {
+        /// The role.
+        role: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A metadata file is not valid JSON or lacks required fields.
+    #[error("{role} metadata does not parse: {source}")]
+    Parse {
+        /// The role.
+        role: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The `_type` field is not the expected one.
+    #[error("{role} metadata has _type {found:?}, expected {expected:?}")]
+    WrongType {
+        /// The role.
+        role: String,
+        /// The expected `_type`.
+        expected: String,
+        /// The `_type` found.
+        found: String,
+    },
+    /// The metadata is structurally invalid.
+    #[error("{role} metadata is invalid: {reason}")]
+    Invalid {
+        /// The role.
+        role: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Not enough valid signatures (arbitrary software attack check).
+    #[error(
+        "{role} version {version}: {valid} valid signature(s) from keys of {signer}, {threshold} required"
+    )]
+    Threshold {
+        /// The role being verified.
+        role: String,
+        /// Its version.
+        version: u64,
+        /// Whose keys were checked (e.g. "root version 3", "delegating role targets").
+        signer: String,
+        /// Distinct keys with a valid signature.
+        valid: u64,
+        /// The required threshold.
+        threshold: u64,
+    },
+    /// The metadata expired before the update started (freeze attack check).
+    #[error("{role} version {version} expired at {expires} (update started at {started})")]
+    Expired {
+        /// The role.
+        role: String,
+        /// Its version.
+        version: u64,
+        /// Its expiry.
+        expires: DateTime<Utc>,
+        /// The fixed update start time.
+        started: DateTime<Utc>,
+    },
+    /// A version went backwards (rollback attack check).
+    #[error("{role}: version {new} is lower than the trusted version {trusted} ({check})")]
+    Rollback {
+        /// The role (or, for versions listed in snapshot, the listed role).
+        role: String,
+        /// The trusted version.
+        trusted: u64,
+        /// The new version.
+        new: u64,
+        /// Which check (spec step).
+        check: &'static str,
+    },
+    /// A role listed in the trusted snapshot vanished from the new snapshot.
+    #[error("snapshot version {version} no longer lists {file}, which the trusted snapshot did")]
+    RoleVanished {
+        /// The new snapshot version.
+        version: u64,
+        /// The metadata file name that vanished.
+        file: String,
+    },
+    /// The version does not match the version another role lists for it (mix-and-match check),
+    /// or a root file's version does not match its file name.
+    #[error("{role}: version {found} does not match version {expected} listed in {listed_in}")]
+    VersionMismatch {
+        /// The role.
+        role: String,
+        /// The version found in the file.
+        found: u64,
+        /// The version expected.
+        expected: u64,
+        /// Where the expectation comes from.
+        listed_in: String,
+    },
+    /// A hash does not match the hash another role lists for it.
+    #[error("{what}: {algorithm} hash does not match the one listed in {listed_in}")]
+    HashMismatch {
+        /// The role or target.
+        what: String,
+        /// Where the expectation comes from.
+        listed_in: String,
+        /// The hash algorithm.
+        algorithm: String,
+    },
+    /// The length does not match the length another role lists for it.
+    #[error("{role}: length {actual} does not match length {expected} listed in {listed_in}")]
+    LengthMismatch {
+        /// The role or target.
+        role: String,
+        /// Where the expectation comes from.
+        listed_in: String,
+        /// The listed length.
+        expected: u64,
+        /// The length received.
+        actual: u64,
+    },
+    /// No hash algorithm we support (sha256, sha512) is listed.
+    #[error("{what}: none of the listed hash algorithms is supported (sha256, sha512)")]
+    NoSupportedHash {
+        /// The role or target.
+        what: String,
+    },
+    /// A role needed for the search is not listed in snapshot.
+    #[error("{file} is not listed in the trusted snapshot")]
+    NotInSnapshot {
+        /// The metadata file name.
+        file: String,
+    },
+    /// The trusted metadata directory or target cache could not be written or read.
+    #[error("{path}: {source}")]
+    Store {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No trusted root could be loaded.
+    #[error("no trusted root: {path}: {source}")]
+    NoTrustedRoot {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No signed metadata describes this target.
+    #[error("target {0:?} is not described by any trusted targets metadata")]
+    TargetNotFound(String),
+    /// A target name that cannot be turned into a URL or file name safely.
+    #[error("target name {0:?} is not usable (empty, '.' or '..' path segment)")]
+    BadTargetName(String),
+    /// A base URL cannot hold paths.
+    #[error("base URL {0} cannot be used as a directory")]
+    BadBaseUrl(url::Url),
+    /// An offline repository has no transport to download targets with.
+    #[error("repository was loaded offline; it cannot download {0:?}")]
+    Offline(String),
+}

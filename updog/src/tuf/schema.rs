@@ -1,0 +1,296 @@
+//! Our own serde types for TUF metadata.
+//!
+//! They are deliberately more lenient than `tough::schema` where the specification is lenient
+//! (unknown fields are ignored, targets may list only sha512, keys of unknown types are ignored
+//! rather than failing the whole file), and strict where it matters (versions of at least 1,
+//! thresholds of at least 1, at most one of `paths` / `path_hash_prefixes`). Signatures are always checked over the
+//! canonical JSON of the `signed` object as received, never over a re-serialisation of these
+//! types, so fields we do not model still count.
+
+use super::error::Error;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// A signature entry of a metadata envelope.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Signature {
+    pub keyid: String,
+    pub sig: String,
+}
+
+/// A parsed metadata envelope: the raw `signed` value (for canonical JSON) and the signatures.
+#[derive(Debug, Clone)]
+pub(crate) struct Envelope {
+    pub signed: Value,
+    pub signatures: Vec<Signature>,
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope {
+    signed: Value,
+    signatures: Vec<Signature>,
+}
+
+impl Envelope {
+    /// Parses the outer envelope of `role`'s metadata.
+    pub(crate) fn parse(role: &str, bytes: &[u8]) -> Result<Self, Error> {
+        let raw: RawEnvelope = serde_json::from_slice(bytes).map_err(|source| Error::Parse {
+            role: role.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            signed: raw.signed,
+            signatures: raw.signatures,
+        })
+    }
+
+    /// The canonical JSON bytes of `signed`, which the signatures are over.
+    pub(crate) fn canonical_signed(&self, role: &str) -> Result<Vec<u8>, Error> {
+        use serde::Serialize;
+        let mut buf = Vec::new();
+        let mut ser =
+            serde_json::Serializer::with_formatter(&mut buf, olpc_cjson::CanonicalFormatter::new());
+        self.signed
+            .serialize(&mut ser)
+            .map_err(|e| Error::Invalid {
+                role: role.to_owned(),
+                reason: format!("cannot produce canonical JSON: {e}"),
+            })?;
+        Ok(buf)
+    }
+
+    /// Deserialises `signed` as `T`, checking `_type`, `version >= 1`.
+    pub(crate) fn decode<T: for<'de> Deserialize<'de> + Common>(
+        &self,
+        role: &str,
+        expected_type: &str,
+    ) -> Result<T, Error> {
+        let found = self
+            .signed
+            .get("_type")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if found != expected_type {
+            return Err(Error::WrongType {
+                role: role.to_owned(),
+                expected: expected_type.to_owned(),
+                found: found.to_owned(),
+            });
+        }
+        let value: T = T::deserialize(&self.signed).map_err(|source| Error::Parse {
+            role: role.to_owned(),
+            source,
+        })?;
+        if value.version() == 0 {
+            return Err(Error::Invalid {
+                role: role.to_owned(),
+                reason: "version must be at least 1".to_owned(),
+            });
+        }
+        Ok(value)
+    }
+}
+
+/// Fields every role has.
+pub(crate) trait Common {
+    fn version(&self) -> u64;
+    fn expires(&self) -> DateTime<Utc>;
+}
+
+macro_rules! common {
+    ($t:ty) => {
+        impl Common for $t {
+            fn version(&self) -> u64 {
+                self.version
+            }
+            fn expires(&self) -> DateTime<Utc> {
+                self.expires
+            }
+        }
+    };
+}
+
+/// The keys and threshold of one role.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub(crate) struct RoleKeys {
+    pub keyids: Vec<String>,
+    pub threshold: u64,
+}
+
+/// root.json's `signed`.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Root {
+    #[serde(default)]
+    pub consistent_snapshot: bool,
+    pub version: u64,
+    pub expires: DateTime<Utc>,
+    /// Key id -> key object; parsed lazily so one unknown key type does not fail the file.
+    pub keys: BTreeMap<String, Value>,
+    pub roles: BTreeMap<String, RoleKeys>,
+}
+common!(Root);
+
+impl Root {
+    /// Checks the structural rules a root must satisfy to be usable.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        for top in ["root", "timestamp", "snapshot", "targets"] {
+            let Some(keys) = self.roles.get(top) else {
+                return Err(Error::Invalid {
+                    role: "root".to_owned(),
+                    reason: format!("version {} does not define the {top} role", self.version),
+                });
+            };
+            if keys.threshold == 0 {
+                return Err(Error::Invalid {
+                    role: "root".to_owned(),
+                    reason: format!("version {}: {top} threshold is 0", self.version),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The keys and threshold of a top-level role (checked to exist by [`Root::check`]).
+    pub(crate) fn role(&self, name: &str) -> Option<&RoleKeys> {
+        self.roles.get(name)
+    }
+}
+
+/// An entry of timestamp `meta` or snapshot `meta`.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct MetaFile {
+    pub version: u64,
+    #[serde(default)]
+    pub length: Option<u64>,
+    #[serde(default)]
+    pub hashes: Option<BTreeMap<String, String>>,
+}
+
+/// timestamp.json's `signed`.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Timestamp {
+    pub version: u64,
+    pub expires: DateTime<Utc>,
+    pub meta: BTreeMap<String, MetaFile>,
+}
+common!(Timestamp);
+
+impl Timestamp {
+    pub(crate) fn snapshot_meta(&self) -> Result<&MetaFile, Error> {
+        self.meta
+            .get("snapshot.json")
+            .ok_or_else(|| Error::Invalid {
+                role: "timestamp".to_owned(),
+                reason: format!("version {} does not list snapshot.json", self.version),
+            })
+    }
+}
+
+/// snapshot.json's `signed`.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Snapshot {
+    pub version: u64,
+    pub expires: DateTime<Utc>,
+    pub meta: BTreeMap<String, MetaFile>,
+}
+common!(Snapshot);
+
+/// What the signed metadata says about one target file.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+pub struct TargetDescription {
+    /// Length in bytes, as signed.
+    pub length: u64,
+    /// Hash algorithm name (`sha256`, `sha512`, ...) to lowercase hex digest, as signed.
+    pub hashes: BTreeMap<String, String>,
+    /// The opaque `custom` object, `Null` when absent.
+    #[serde(default)]
+    pub custom: Value,
+}
+
+impl TargetDescription {
+    /// The signed sha256 digest, if listed and well-formed.
+    pub fn sha256(&self) -> Option<[u8; 32]> {
+        self.digest("sha256")
+    }
+
+    /// The signed sha512 digest, if listed and well-formed.
+    pub fn sha512(&self) -> Option<[u8; 64]> {
+        self.digest("sha512")
+    }
+
+    fn digest<const N: usize>(&self, alg: &str) -> Option<[u8; N]> {
+        let hex_str = self.hashes.get(alg)?;
+        let mut out = [0u8; N];
+        hex::decode_to_slice(hex_str, &mut out).ok()?;
+        Some(out)
+    }
+}
+
+/// One delegation of a targets role.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct DelegatedRole {
+    pub name: String,
+    pub keyids: Vec<String>,
+    pub threshold: u64,
+    #[serde(default)]
+    pub terminating: bool,
+    #[serde(default)]
+    pub paths: Option<Vec<String>>,
+    #[serde(default)]
+    pub path_hash_prefixes: Option<Vec<String>>,
+}
+
+/// The `delegations` object of a targets role.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Delegations {
+    pub keys: BTreeMap<String, Value>,
+    pub roles: Vec<DelegatedRole>,
+}
+
+/// targets.json's (or a delegated role's) `signed`.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Targets {
+    pub version: u64,
+    pub expires: DateTime<Utc>,
+    pub targets: BTreeMap<String, TargetDescription>,
+    #[serde(default)]
+    pub delegations: Option<Delegations>,
+}
+common!(Targets);
+
+impl Targets {
+    /// Structural checks on delegations.
+    pub(crate) fn check(&self, role: &str) -> Result<(), Error> {
+        let Some(delegations) = &self.delegations else {
+            return Ok(());
+        };
+        for d in &delegations.roles {
+            let reason = if d.threshold == 0 {
+                Some(format!("delegation to {:?} has threshold 0", d.name))
+            } else if d.paths.is_some() && d.path_hash_prefixes.is_some() {
+                Some(format!(
+                    "delegation to {:?} sets both paths and path_hash_prefixes",
+                    d.name
+                ))
+            } else if super::TOP_LEVEL_ROLES.contains(&d.name.as_str()) {
+                Some(format!(
+                    "delegation to {:?} reuses a top-level role name",
+                    d.name
+                ))
+            } else if d.name.is_empty() {
+                Some("delegation to an empty role name".to_owned())
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(Error::Invalid {
+                    role: role.to_owned(),
+                    reason: format!("version {}: {reason}", self.version),
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,139 @@
+//! Signature thresholds and hash checks.
+
+use super::error::Error;
+use super::schema::{Envelope, MetaFile};
+use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+use serde_json::Value;
+use sha2::{Digest, Sha256, Sha512};
+use std::collections::{BTreeMap, HashSet};
+use tough::schema::key::{EcdsaScheme, Ed25519Scheme, Key, RsaScheme};
+
+/// Verifies one signature with a TUF key object. Unknown key types or schemes never verify.
+fn verify_with(key: &Value, msg: &[u8], sig: &[u8]) -> Option<Vec<u8>> {
+    let key: Key = serde_json::from_value(key.clone()).ok()?;
+    let (alg, public): (&'static dyn VerificationAlgorithm, Vec<u8>) = match &key {
+        Key::Ecdsa {
+            scheme: EcdsaScheme::EcdsaSha2Nistp256,
+            keyval,
+            ..
+        }
+        | Key::EcdsaOld {
+            scheme: EcdsaScheme::EcdsaSha2Nistp256,
+            keyval,
+            ..
+        } => (&signature::ECDSA_P256_SHA256_ASN1, keyval.public.to_vec()),
+        Key::Ed25519 {
+            scheme: Ed25519Scheme::Ed25519,
+            keyval,
+            ..
+        } => (&signature::ED25519, keyval.public.to_vec()),
+        Key::Rsa {
+            scheme: RsaScheme::RsassaPssSha256,
+            keyval,
+            ..
+        } => (&signature::RSA_PSS_2048_8192_SHA256, keyval.public.to_vec()),
+    };
+    UnparsedPublicKey::new(alg, &public)
+        .verify(msg, sig)
+        .ok()
+        .map(|()| public)
+}
+
+/// Checks that `envelope` carries valid signatures from at least `threshold` distinct keys among
+/// `keyids` (looked up in `keys`). A key is counted once however many signatures carry its id,
+/// and two key ids with the same public key material count once.
+pub(crate) fn check_threshold(
+    role: &str,
+    version: u64,
+    signer: &str,
+    envelope: &Envelope,
+    keyids: &[String],
+    threshold: u64,
+    keys: &BTreeMap<String, Value>,
+) -> Result<(), Error> {
+    let msg = envelope.canonical_signed(role)?;
+    let allowed: HashSet<&str> = keyids.iter().map(String::as_str).collect();
+    let mut counted_ids: HashSet<&str> = HashSet::new();
+    let mut counted_material: HashSet<Vec<u8>> = HashSet::new();
+    for sig in &envelope.signatures {
+        if !allowed.contains(sig.keyid.as_str()) || counted_ids.contains(sig.keyid.as_str()) {
+            continue;
+        }
+        let Some(key) = keys.get(&sig.keyid) else {
+            continue;
+        };
+        let Ok(sig_bytes) = hex::decode(&sig.sig) else {
+            continue;
+        };
+        if let Some(material) = verify_with(key, &msg, &sig_bytes) {
+            counted_ids.insert(sig.keyid.as_str());
+            counted_material.insert(material);
+        }
+    }
+    let valid = counted_material.len() as u64;
+    if valid >= threshold {
+        Ok(())
+    } else {
+        Err(Error::Threshold {
+            role: role.to_owned(),
+            version,
+            signer: signer.to_owned(),
+            valid,
+            threshold,
+        })
+    }
+}
+
+/// Checks length and every supported hash listed in `meta` against `bytes`.
+pub(crate) fn check_meta_file(
+    role: &str,
+    listed_in: &str,
+    meta: &MetaFile,
+    bytes: &[u8],
+) -> Result<(), Error> {
+    if let Some(length) = meta.length {
+        if bytes.len() as u64 != length {
+            return Err(Error::LengthMismatch {
+                role: role.to_owned(),
+                listed_in: listed_in.to_owned(),
+                expected: length,
+                actual: bytes.len() as u64,
+            });
+        }
+    }
+    if let Some(hashes) = &meta.hashes {
+        check_hashes(role, listed_in, hashes, bytes)?;
+    }
+    Ok(())
+}
+
+/// Checks every supported hash in `hashes`; fails when none is supported.
+pub(crate) fn check_hashes(
+    what: &str,
+    listed_in: &str,
+    hashes: &BTreeMap<String, String>,
+    bytes: &[u8],
+) -> Result<(), Error> {
+    let mut checked = 0;
+    for (alg, expected) in hashes {
+        let actual = match alg.as_str() {
+            "sha256" => hex::encode(Sha256::digest(bytes)),
+            "sha512" => hex::encode(Sha512::digest(bytes)),
+            _ => continue,
+        };
+        checked += 1;
+        if !actual.eq_ignore_ascii_case(expected) {
+            return Err(Error::HashMismatch {
+                what: what.to_owned(),
+                listed_in: listed_in.to_owned(),
+                algorithm: alg.clone(),
+            });
+        }
+    }
+    if checked == 0 {
+        return Err(Error::NoSupportedHash {
+            what: what.to_owned(),
+        });
+    }
+    Ok(())
+}
