@@ -36,7 +36,6 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::lock::{LockError, UpdateLock};
-use crate::migrations::RepositorySource;
 use crate::os_release::{OsRelease, OsReleaseError};
 use crate::progress::{ImageKind, ProgressEvent};
 use crate::reboot::RebootError;
@@ -397,7 +396,7 @@ impl Updater {
                     manifest,
                     &self.os.version_id,
                     &update.version,
-                    &RepositorySource(repo),
+                    repo,
                 )
                 .map_err(UpdateError::MigrationPlan)?;
                 Ok(CheckOutcome::Available(AvailableUpdate {
@@ -507,7 +506,7 @@ impl Updater {
         });
         migrations_fetch::fetch(
             &available.migration_plan,
-            &RepositorySource(&repo),
+            &repo,
             &migrations_fetch::CacheDirs::new(
                 &self.config.migrations_dir,
                 &self.config.migrations_metadata_dir,
