@@ -215,34 +215,49 @@ pub struct Published {
 }
 
 impl Published {
-    /// The file of a stored target (consistent-snapshot names included), for tampering.
-    pub fn target_file(&self, name: &str) -> PathBuf {
+    /// Every stored file of a target (its plain name and its `<hash>.<name>` copies), for
+    /// tampering and fault injection.
+    pub fn target_files(&self, name: &str) -> Vec<PathBuf> {
         let dir = self.dir.join(self.targets_path);
-        let plain = dir.join(name);
-        if plain.exists() {
-            return plain;
-        }
+        let suffix = format!(".{name}");
         std::fs::read_dir(&dir)
             .expect("targets dir")
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .find(|p| {
+            .filter(|p| {
                 p.file_name()
                     .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.ends_with(&format!(".{name}")))
+                    .is_some_and(|n| n == name || n.ends_with(&suffix))
             })
-            .unwrap_or(plain)
+            .collect()
+    }
+
+    /// The URL paths a target can be fetched under.
+    pub fn target_url_paths(&self, name: &str) -> Vec<String> {
+        self.target_files(name)
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().map(ToString::to_string))
+            .map(|f| format!("/{}{f}", self.targets_path))
+            .collect()
     }
 }
 
-/// Signs and writes `spec` under `dir` with the fixture keys.
+/// Signs and writes `spec` under `dir` with the fixture keys, with consistent snapshots as
+/// the reference repositories use them.
 pub fn publish(spec: &RepoSpec, dir: &Path) -> Published {
-    let built = fixtures::repo::publish_targets(dir, &spec.targets()).expect("publishing repository");
+    let mut repo = fixtures::repo::TestRepo::in_dir(dir, fixtures::repo::KeyKind::Ed25519);
+    repo.consistent_snapshot = true;
+    for (name, bytes) in spec.targets() {
+        repo.add_target(&name, &bytes);
+    }
+    repo.publish();
+    let root_json = dir.join("root.json");
+    repo.write_root(1, &root_json);
     Published {
         dir: dir.to_path_buf(),
         metadata_path: "metadata/",
         targets_path: "targets/",
-        root_json: built,
+        root_json,
     }
 }
 
@@ -269,7 +284,6 @@ pub struct Host {
     pub active: SetId,
     /// Extra configuration lines.
     pub extra_config: String,
-    loop_device: Option<fixtures::disk::LoopDevice>,
 }
 
 /// Seed of simulated hosts unless a test changes it.
@@ -310,7 +324,6 @@ impl Host {
             dir,
             active: SetId::A,
             extra_config: String::new(),
-            loop_device: None,
         };
         host.set_running(running, SetId::A);
         host

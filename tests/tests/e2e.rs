@@ -39,14 +39,18 @@ fn code(out: &std::process::Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
 
-/// The URL path the server serves a target's file under.
-fn target_url_path(host: &Host, name: &str) -> String {
-    let file = host.repo.target_file(name);
-    format!(
-        "/{}{}",
-        host.repo.targets_path,
-        file.file_name().unwrap().to_str().unwrap()
-    )
+/// Injects `fault` into every URL the target can be fetched under (`times` hits each, or
+/// every request).
+fn fault_target(host: &Host, name: &str, fault: &Fault, times: Option<usize>) -> Vec<String> {
+    let paths = host.repo.target_url_paths(name);
+    assert!(!paths.is_empty(), "target {name} not published");
+    for path in &paths {
+        match times {
+            Some(n) => host.server.fault_times(path, fault.clone(), n),
+            None => host.server.fault(path, fault.clone()),
+        }
+    }
+    paths
 }
 
 /// Asserts the failure invariants: the inactive set B is cleared, set A is exactly as before
@@ -228,17 +232,15 @@ fn a_connection_dropped_mid_image_is_resumed() {
     let spec = two_releases();
     let host = Host::new(&spec, "1.0.0");
     let root = spec.releases[1].target_name("root");
-    let path = target_url_path(&host, &root);
-    host.server.fault_times(&path, Fault::DropAfter(100_000), 1);
+    let paths = fault_target(&host, &root, &Fault::DropAfter(100_000), Some(1));
 
     let out = host.updog(&["update"]);
     assert_eq!(code(&out), OK, "{}", describe(&out));
     let new = &spec.releases[1];
     assert!(host.partition_bytes(PartKind::Root, SetId::B, new.root.len()) == new.root);
-    let ranges: Vec<_> = host
-        .server
-        .requests_for(&path)
-        .into_iter()
+    let ranges: Vec<_> = paths
+        .iter()
+        .flat_map(|p| host.server.requests_for(p))
         .filter_map(|r| r.range)
         .collect();
     assert!(
@@ -252,8 +254,12 @@ fn a_stalled_server_fails_cleanly() {
     let spec = two_releases();
     let host = Host::new(&spec, "1.0.0");
     let a_before = state(&host, SetId::A);
-    let path = target_url_path(&host, &spec.releases[1].target_name("root"));
-    host.server.fault(&path, Fault::Stall { after: 50_000 });
+    fault_target(
+        &host,
+        &spec.releases[1].target_name("root"),
+        &Fault::Stall { after: 50_000 },
+        None,
+    );
 
     let started = Instant::now();
     let out = host.updog(&["update"]);
@@ -275,11 +281,12 @@ fn a_tampered_image_byte_is_caught_and_the_host_stays_on_its_set() {
         DiskImageBuilder::new().attributes(5, 1 << 56),
     );
     let a_before = state(&host, SetId::A);
-    let file = host.repo.target_file(&spec.releases[1].target_name("boot"));
-    let mut bytes = std::fs::read(&file).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    std::fs::write(&file, bytes).unwrap();
+    for file in host.repo.target_files(&spec.releases[1].target_name("boot")) {
+        let mut bytes = std::fs::read(&file).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        std::fs::write(&file, bytes).unwrap();
+    }
 
     let out = host.updog(&["update", "--reboot"]);
     assert_eq!(code(&out), FAILURE, "{}", describe(&out));
@@ -337,13 +344,14 @@ fn an_image_that_cannot_fit_is_refused_before_the_disk_is_touched() {
 fn a_second_updog_is_refused_while_the_first_holds_the_lock() {
     let spec = two_releases();
     let host = Host::new(&spec, "1.0.0");
-    let path = target_url_path(&host, &spec.releases[1].target_name("root"));
-    host.server.fault(
-        &path,
-        Fault::Slow {
+    fault_target(
+        &host,
+        &spec.releases[1].target_name("root"),
+        &Fault::Slow {
             bytes: 64 * 1024,
             every: Duration::from_millis(100),
         },
+        None,
     );
     let (first, _stdout) = spawn_staging(&host, &["update"]);
 
@@ -367,13 +375,14 @@ fn sigterm_while_staging_stops_cleanly() {
         DiskImageBuilder::new().attributes(5, 1 << 56),
     );
     let a_before = state(&host, SetId::A);
-    let path = target_url_path(&host, &spec.releases[1].target_name("root"));
-    host.server.fault(
-        &path,
-        Fault::Slow {
+    fault_target(
+        &host,
+        &spec.releases[1].target_name("root"),
+        &Fault::Slow {
             bytes: 32 * 1024,
             every: Duration::from_millis(100),
         },
+        None,
     );
     let (child, _stdout) = spawn_staging(&host, &["update", "--reboot"]);
     let status = std::process::Command::new("kill")

@@ -11,3 +11,4 @@ pub mod reboot;
 pub mod status;
 pub mod transport;
 pub mod tuf;
+pub mod updater;

@@ -99,7 +99,7 @@ pub struct Check {
 #[derive(Debug, Clone)]
 pub enum CheckOutcome {
     /// An update this host should take now.
-    Available(AvailableUpdate),
+    Available(Box<AvailableUpdate>),
     /// Nothing to do, and why (none newer; locked; not eligible until a time).
     NoUpdate(NoUpdateReason),
 }
@@ -180,7 +180,7 @@ pub enum UpdateError {
     ManifestRead(#[source] std::io::Error),
     /// The manifest is not valid.
     #[error("{MANIFEST_TARGET}: {0}")]
-    Manifest(#[source] manifest::Error),
+    Manifest(#[source] Box<manifest::Error>),
     /// Nothing to stage or apply; the reason says why.
     #[error("no update: {0}")]
     NoUpdate(NoUpdateReason),
@@ -367,7 +367,7 @@ impl Updater {
             .read_to_end(&mut bytes)
             .map_err(UpdateError::ManifestRead)?;
         reader.finish().map_err(UpdateError::Repository)?;
-        Manifest::from_slice(&bytes).map_err(UpdateError::Manifest)
+        Manifest::from_slice(&bytes).map_err(|e| UpdateError::Manifest(Box::new(e)))
     }
 
     fn request(&self, opts: &CheckOptions) -> SelectionRequest {
@@ -399,7 +399,7 @@ impl Updater {
                     repo,
                 )
                 .map_err(UpdateError::MigrationPlan)?;
-                Ok(CheckOutcome::Available(AvailableUpdate {
+                Ok(CheckOutcome::Available(Box::new(AvailableUpdate {
                     update: update.clone(),
                     migrations: migration_plan
                         .migration_names()
@@ -407,7 +407,7 @@ impl Updater {
                         .map(ToString::to_string)
                         .collect(),
                     migration_plan,
-                }))
+                })))
             }
         }
     }
@@ -557,8 +557,8 @@ impl Updater {
             if cancel.is_cancelled() {
                 return Err(UpdateError::Cancelled { set: inactive });
             }
-            let staged = self
-                .stage_one(&repo, &disk_path, partition, kind, target, progress, cancel)
+            let staged =
+                Self::stage_one(&repo, &disk_path, partition, kind, target, progress, cancel)
                 .map_err(|e| match e {
                     StageOneError::Cancelled => UpdateError::Cancelled { set: inactive },
                     StageOneError::Repository(e) => UpdateError::Repository(e),
@@ -621,7 +621,6 @@ impl Updater {
     /// Streams one image target onto its partition through the staging pipeline.
     #[allow(clippy::too_many_arguments)]
     fn stage_one(
-        &self,
         repo: &crate::tuf::Repository,
         disk_path: &std::path::Path,
         partition: &bootpart::Partition,
