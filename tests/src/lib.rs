@@ -148,6 +148,26 @@ pub struct RepoSpec {
 }
 
 impl RepoSpec {
+    /// A repository with these releases, every one carrying the newest version as its
+    /// `max_version` (as publishers set it), and no migrations.
+    pub fn new(releases: Vec<Release>) -> RepoSpec {
+        let mut spec = RepoSpec {
+            releases,
+            migrations: Vec::new(),
+        };
+        if let Some(max) = spec.releases.iter().map(|r| r.version.clone()).max() {
+            spec.set_max_version(&max);
+        }
+        spec
+    }
+
+    /// Sets `max_version` of every release (pulling back releases above it).
+    pub fn set_max_version(&mut self, max: &Version) {
+        for r in &mut self.releases {
+            r.max_version = max.clone();
+        }
+    }
+
     /// The manifest.json for these releases, written by hand in the reference shape.
     pub fn manifest_json(&self) -> serde_json::Value {
         let updates: Vec<_> = self
@@ -157,7 +177,12 @@ impl RepoSpec {
                 let waves: serde_json::Map<String, serde_json::Value> = r
                     .waves
                     .iter()
-                    .map(|(bound, at)| (bound.to_string(), at.to_rfc3339().into()))
+                    .map(|(bound, at)| {
+                        (
+                            bound.to_string(),
+                            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into(),
+                        )
+                    })
                     .collect();
                 serde_json::json!({
                     "variant": VARIANT,
@@ -345,8 +370,6 @@ impl Host {
             r#"metadata_base_url = "{meta}"
 targets_base_url = "{targets}"
 seed = {HOST_SEED}
-version_lock = "latest"
-ignore_waves = false
 trusted_root = "{root}"
 metadata_dir = "{d}/state/metadata"
 state_file = "{d}/state/state.json"

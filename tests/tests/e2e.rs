@@ -20,15 +20,14 @@ const LOCKED: i32 = 4;
 const INTERRUPTED: i32 = 5;
 
 fn two_releases() -> RepoSpec {
-    RepoSpec {
-        releases: vec![Release::new("1.0.0"), Release::new("1.1.0")],
-        migrations: vec![Migration {
-            from: "1.0.0".parse().unwrap(),
-            to: "1.1.0".parse().unwrap(),
-            name: "migrate_v1.1.0_settings.lz4".to_string(),
-            content: b"migration 1.0.0 -> 1.1.0".to_vec(),
-        }],
-    }
+    let mut spec = RepoSpec::new(vec![Release::new("1.0.0"), Release::new("1.1.0")]);
+    spec.migrations.push(Migration {
+        from: "1.0.0".parse().unwrap(),
+        to: "1.1.0".parse().unwrap(),
+        name: "migrate_v1.1.0_settings.lz4".to_string(),
+        content: b"migration 1.0.0 -> 1.1.0".to_vec(),
+    });
+    spec
 }
 
 fn state(host: &Host, set: SetId) -> SetState {
@@ -183,9 +182,7 @@ fn a_host_whose_wave_has_not_opened_is_told_the_version_and_the_time() {
 fn a_pulled_back_release_is_replaced_by_the_newest_allowed_one() {
     let mut spec = two_releases();
     // 1.1.0 was bad: max_version goes back to 1.0.0 everywhere.
-    for r in &mut spec.releases {
-        r.max_version = "1.0.0".parse().unwrap();
-    }
+    spec.set_max_version(&"1.0.0".parse().unwrap());
     let host = Host::new(&spec, "1.1.0");
 
     let out = host.updog(&["update"]);
@@ -201,6 +198,7 @@ fn a_pulled_back_release_is_replaced_by_the_newest_allowed_one() {
 fn a_version_lock_picks_exactly_that_version() {
     let mut spec = two_releases();
     spec.releases.push(Release::new("1.2.0"));
+    spec.set_max_version(&"1.2.0".parse().unwrap());
     spec.migrations.push(Migration {
         from: "1.1.0".parse().unwrap(),
         to: "1.2.0".parse().unwrap(),

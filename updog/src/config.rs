@@ -256,9 +256,17 @@ impl Config {
     }
 
     fn parse(text: &str, path: &Path) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path.to_path_buf(),
-            message: e.message().to_string(),
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text.bytes().take(span.start).filter(|b| *b == b'\n').count() + 1);
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message: match line {
+                    Some(line) => format!("line {line}: {}", e.message()),
+                    None => e.message().to_string(),
+                },
+            }
         })?;
         let mut warnings: Vec<ConfigWarning> = table
             .keys()
@@ -558,9 +566,10 @@ mod tests {
     fn syntax_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("updog.toml");
-        std::fs::write(&path, "seed = = 3").unwrap();
+        std::fs::write(&path, "seed = 3\nseed = 4\n").unwrap();
         let e = Config::from_path(&path).unwrap_err().to_string();
-        assert!(e.contains("updog.toml"), "{e}");
+        assert!(e.contains("updog.toml") && e.contains("line 2: duplicate key"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
         let e = Config::from_path(&dir.path().join("nope.toml"))
             .unwrap_err()
             .to_string();
