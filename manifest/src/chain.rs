@@ -2,7 +2,7 @@ use std::ops::Bound;
 
 use semver::Version;
 
-use crate::{Error, Manifest};
+use crate::{Error, Manifest, MigrationGap};
 
 /// One step of a migration chain: run `targets` (TUF target names, in order) to move the
 /// settings from `from` to `to`.
@@ -21,7 +21,7 @@ impl Manifest {
     ///
     /// Upgrades walk forward from `from`: at each step, of the manifest's `(current, x)` entries
     /// with `current < x <= to`, the one with the highest `x` is taken. A gap is
-    /// [`Error::MissingMigration`] naming where the chain stops. A downgrade returns the upgrade
+    /// [`Error::MissingMigration`] ([`MigrationGap`]) naming where the chain stops. A downgrade returns the upgrade
     /// chain from `to` to `from` reversed: the hops in reverse order, each with `from` and `to`
     /// swapped and its targets in reverse order (so the flattened target list is the upgrade's
     /// list reversed, as the reference system runs it). `from == to` is an empty chain.
@@ -46,11 +46,11 @@ impl Manifest {
     ) -> Result<Vec<MigrationHop>, Error> {
         if from > to {
             let mut chain = self.migration_chain(to, from).map_err(|e| match e {
-                Error::MissingMigration { stuck_at, .. } => Error::MissingMigration {
+                Error::MissingMigration(gap) => Error::MissingMigration(Box::new(MigrationGap {
                     from: from.clone(),
                     to: to.clone(),
-                    stuck_at,
-                },
+                    stuck_at: gap.stuck_at,
+                })),
                 other => other,
             })?;
             chain.reverse();
@@ -74,11 +74,11 @@ impl Manifest {
                 ))
                 .next_back();
             let Some(((_, t), targets)) = next else {
-                return Err(Error::MissingMigration {
+                return Err(Error::MissingMigration(Box::new(MigrationGap {
                     from: from.clone(),
                     to: to.clone(),
                     stuck_at: current,
-                });
+                })));
             };
             chain.push(MigrationHop {
                 from: current.clone(),

@@ -30,18 +30,9 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
-    /// The migration chain has a gap.
-    #[error(
-        "no migration path from {from} to {to}: the chain stops at {stuck_at} (no migration from {stuck_at} to a version up to {to})"
-    )]
-    MissingMigration {
-        /// Where the chain was to start.
-        from: Version,
-        /// Where it was to end.
-        to: Version,
-        /// The last version reached.
-        stuck_at: Version,
-    },
+    /// The migration chain has a gap (boxed: three versions would make every `Result` large).
+    #[error(transparent)]
+    MissingMigration(Box<MigrationGap>),
     /// A version lock that is neither `latest` nor a version.
     #[error("version lock {value:?} is neither \"latest\" nor a version such as 1.2.3 or v1.2.3")]
     BadVersionLock {
@@ -77,6 +68,15 @@ pub enum Error {
     /// A wave policy or schedule problem.
     #[error(transparent)]
     Waves(#[from] waves::Error),
+    /// A wave policy file that is not valid.
+    #[error("wave policy {path}: {source}")]
+    Policy {
+        /// The policy file.
+        path: PathBuf,
+        /// What was wrong.
+        #[source]
+        source: waves::Error,
+    },
     /// The manifest has problems (all of them are listed).
     #[error(transparent)]
     Invalid(#[from] crate::ValidationError),
@@ -91,4 +91,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Where a migration chain breaks: no step leaves `stuck_at` towards `to`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "no migration path from {from} to {to}: the chain stops at {stuck_at} (no migration from {stuck_at} to a version up to {to})"
+)]
+pub struct MigrationGap {
+    /// Where the chain was to start.
+    pub from: Version,
+    /// Where it was to end.
+    pub to: Version,
+    /// The last version reached.
+    pub stuck_at: Version,
 }

@@ -290,7 +290,7 @@ fn migration_chain_takes_the_longest_hop_not_past_the_target() {
 fn a_missing_link_names_where_the_chain_stops() {
     let m = chain_manifest();
     match m.migration_chain(&v("1.0.0"), &v("1.4.0")) {
-        Err(Error::MissingMigration { stuck_at, .. }) => assert_eq!(stuck_at, v("1.3.0")),
+        Err(Error::MissingMigration(gap)) => assert_eq!(gap.stuck_at, v("1.3.0")),
         other => panic!("{other:?}"),
     }
     let err = m.migration_chain(&v("0.9.0"), &v("1.1.0")).unwrap_err();

@@ -5,9 +5,10 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
+use bootpart::SetId;
 use bootpart::gpt::{CopyStatus, GptCopy, GptRead, GptTable, read_gpt, write_gpt};
 use bootpart::io::BlockIo;
-use bootpart::{PartitionType, SetId};
+use bootpart::{Layout, PartitionSet};
 
 use crate::error::Error;
 use crate::state::{BootFlags, PartitionFlags, SetState, Transition};
@@ -30,60 +31,17 @@ struct Numbers {
 }
 
 impl Numbers {
-    /// Finds the sets by partition type GUID: the first BOOT/ROOT/HASH are set A, the second
-    /// set B; PRIVATE is optional. (Interim: replaced by `bootpart::Layout` once it lands.)
-    fn locate(table: &GptTable, disk: &Path) -> Result<Self, Error> {
-        let of = |t: PartitionType| -> Vec<u32> {
-            table
-                .entries
-                .iter()
-                .filter(|e| e.type_guid == t.guid())
-                .map(|e| e.number)
-                .collect()
+    fn from_layout(layout: &Layout) -> Self {
+        let set = |s: &PartitionSet| SetNumbers {
+            boot: s.boot.number,
+            root: s.root.number,
+            hash: s.hash.number,
         };
-        let (boot, root, hash, private) = (
-            of(PartitionType::Boot),
-            of(PartitionType::Root),
-            of(PartitionType::Hash),
-            of(PartitionType::Private),
-        );
-        let sets = boot.len();
-        if sets > 2 || root.len() > 2 || hash.len() > 2 {
-            return Err(Error::Layout {
-                disk: disk.to_path_buf(),
-                problem: format!(
-                    "more than two partition sets (BOOT {}, ROOT {}, HASH {})",
-                    boot.len(),
-                    root.len(),
-                    hash.len()
-                ),
-            });
+        Numbers {
+            a: set(&layout.a),
+            b: layout.b.as_ref().map(set),
+            private: layout.private.as_ref().map(|p| p.number),
         }
-        let set = |i: usize, id: SetId| -> Result<Option<SetNumbers>, Error> {
-            let get = |v: &[u32], t: PartitionType| {
-                v.get(i).copied().ok_or_else(|| Error::Layout {
-                    disk: disk.to_path_buf(),
-                    problem: format!("set {id} has no {} partition", t.name()),
-                })
-            };
-            if i >= sets && root.len() <= i && hash.len() <= i {
-                return Ok(None);
-            }
-            Ok(Some(SetNumbers {
-                boot: get(&boot, PartitionType::Boot)?,
-                root: get(&root, PartitionType::Root)?,
-                hash: get(&hash, PartitionType::Hash)?,
-            }))
-        };
-        let a = set(0, SetId::A)?.ok_or_else(|| Error::Layout {
-            disk: disk.to_path_buf(),
-            problem: "no BOOT/ROOT/HASH partitions: not an OS disk".into(),
-        })?;
-        Ok(Numbers {
-            a,
-            b: set(1, SetId::B)?,
-            private: private.first().copied(),
-        })
     }
 }
 
@@ -119,7 +77,16 @@ impl Signpost<File> {
     /// `None` finds it from the running root filesystem (which only works for the host's own
     /// OS disk).
     pub fn open(disk: impl AsRef<Path>, active: Option<SetId>) -> Result<Self, Error> {
-        let path = disk.as_ref();
+        Self::open_mode(disk.as_ref(), active, true)
+    }
+
+    /// Like [`Signpost::open`], but read-only: for `status` and `has-boot-ever-succeeded`,
+    /// which need no write access. Changes fail with an I/O error.
+    pub fn open_read_only(disk: impl AsRef<Path>, active: Option<SetId>) -> Result<Self, Error> {
+        Self::open_mode(disk.as_ref(), active, false)
+    }
+
+    fn open_mode(path: &Path, active: Option<SetId>, write: bool) -> Result<Self, Error> {
         let Some(active) = active else {
             return Err(Error::Discovery {
                 disk: Some(path.to_path_buf()),
@@ -128,7 +95,7 @@ impl Signpost<File> {
         };
         let file = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(write)
             .open(path)
             .map_err(|source| Error::Open {
                 path: path.to_path_buf(),
@@ -140,7 +107,16 @@ impl Signpost<File> {
     /// Opens the disk holding the running root filesystem; `active` overrides the running set
     /// found there.
     pub fn open_host(active: Option<SetId>) -> Result<Self, Error> {
-        let _ = active;
+        Self::open_host_mode(active, true)
+    }
+
+    /// Like [`Signpost::open_host`], but read-only.
+    pub fn open_host_read_only(active: Option<SetId>) -> Result<Self, Error> {
+        Self::open_host_mode(active, false)
+    }
+
+    fn open_host_mode(active: Option<SetId>, write: bool) -> Result<Self, Error> {
+        let _ = (active, write);
         Err(Error::Discovery {
             disk: None,
             problem: "root-disk discovery is not available yet; pass --disk and --active".into(),
@@ -244,6 +220,13 @@ impl<D: BlockIo> Signpost<D> {
         self.refresh()?;
         let mut flags = self.flags;
         flags.apply(transition)?;
+        self.write_flags(flags)?;
+        self.refresh()?;
+        Ok(())
+    }
+
+    /// Writes the attribute words of `flags` into the last-read table and writes it out.
+    fn write_flags(&mut self, flags: BootFlags) -> Result<(), Error> {
         let mut table = self.read.table.clone();
         let mut parts = vec![flags.a];
         parts.extend(flags.b);
@@ -254,9 +237,7 @@ impl<D: BlockIo> Signpost<D> {
         write_gpt(&mut self.io, &table).map_err(|source| Error::Gpt {
             disk: self.disk.clone(),
             source: Box::new(source),
-        })?;
-        self.refresh()?;
-        Ok(())
+        })
     }
 
     /// `clear-inactive`; see [`BootFlags::clear_inactive`].
@@ -289,6 +270,24 @@ impl<D: BlockIo> Signpost<D> {
         self.apply(Transition::MarkSuccessfulBoot)
     }
 
+    /// Plays the bootloader: applies [`BootFlags::simulate_boot`] to what is on disk and writes
+    /// the GPT (crash-safely, like every change), then treats the booted set as the running
+    /// one. Returns the set booted, `None` (and nothing written) when no set is bootable.
+    ///
+    /// For tests and demos that "reboot" a disk image; a real host's bootloader does this
+    /// itself.
+    pub fn simulate_boot(&mut self) -> Result<Option<SetId>, Error> {
+        self.refresh()?;
+        let mut flags = self.flags;
+        let Some(booted) = flags.simulate_boot() else {
+            return Ok(None);
+        };
+        self.write_flags(flags)?;
+        self.active = booted;
+        self.refresh()?;
+        Ok(Some(booted))
+    }
+
     /// Gives back the block device.
     pub fn into_inner(self) -> D {
         self.io
@@ -305,7 +304,11 @@ fn load<D: BlockIo>(
         disk: disk.to_path_buf(),
         source: Box::new(source),
     })?;
-    let numbers = Numbers::locate(&read.table, disk)?;
+    let layout = Layout::from_table(&read.table, &|_| None).map_err(|source| Error::Layout {
+        disk: disk.to_path_buf(),
+        source,
+    })?;
+    let numbers = Numbers::from_layout(&layout);
     let flags = flags_from_table(&read.table, numbers, active, disk)?;
     if flags.partition(active).is_none() {
         return Err(Error::ActiveSetMissing { active });

@@ -98,12 +98,12 @@ pub enum Error {
         source: Box<bootpart::gpt::GptError>,
     },
     /// The disk's partitions do not form the expected layout.
-    #[error("disk {disk}: {problem}")]
+    #[error("disk {disk}: {source}")]
     Layout {
         /// The disk.
         disk: PathBuf,
         /// What is wrong.
-        problem: String,
+        source: bootpart::LayoutError,
     },
     /// Finding the running disk or set failed.
     #[error("cannot find the running partition set{}: {problem}", disk.as_ref().map(|d| format!(" on {}", d.display())).unwrap_or_default())]

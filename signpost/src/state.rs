@@ -263,6 +263,18 @@ impl BootFlags {
         best.map(|(set, _, _)| set)
     }
 
+    /// What the bootloader does at boot (GRUB `gptprio.next`): picks [`BootFlags::next_boot`]
+    /// and, if that set has tries left, decrements them. Returns the set booted, `None` when
+    /// no set is bootable. For tests and demos that "reboot" a disk image; `active` is not
+    /// changed (the caller decides what runs next).
+    pub fn simulate_boot(&mut self) -> Option<SetId> {
+        let set = self.next_boot()?;
+        let mut state = self.state(set)?;
+        state.tries_left = state.tries_left.saturating_sub(1);
+        self.set_state(set, state);
+        Some(set)
+    }
+
     /// Applies one transition (see the methods of the same name).
     pub fn apply(&mut self, transition: Transition) -> Result<(), Error> {
         match transition {
@@ -721,13 +733,8 @@ mod tests {
         ));
     }
 
-    /// GRUB's side of a boot: pick the next set and decrement its tries.
     fn grub_boot(f: &mut BootFlags) -> Option<SetId> {
-        let set = f.next_boot()?;
-        let mut s = f.state(set).unwrap();
-        s.tries_left = s.tries_left.saturating_sub(1);
-        f.set_state(set, s);
-        Some(set)
+        f.simulate_boot()
     }
 
     #[test]

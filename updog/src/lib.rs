@@ -4,6 +4,7 @@
 pub mod config;
 pub mod exit;
 pub mod lock;
+pub mod migrations;
 pub mod os_release;
 pub mod pipeline;
 pub mod progress;

@@ -288,6 +288,14 @@ pub struct CachedTarget {
     pub downloaded: bool,
 }
 
+/// Seeds the trusted-metadata directory `dir` with a root trusted out of band, written
+/// atomically as `root.json` exactly as given. It is verified (signed by its own threshold)
+/// when [`Repository::load`] starts from it.
+pub fn init_trusted_root(dir: &Path, bytes: &[u8]) -> Result<(), Error> {
+    datastore::ensure_dir(dir)?;
+    datastore::write_atomic(dir, "root.json", bytes)
+}
+
 /// Loads and checks one envelope: `(envelope, decoded)`.
 fn parse<T: for<'de> serde::Deserialize<'de> + Common>(
     role: &str,

@@ -356,6 +356,8 @@ impl Inner {
                         _ => return Err(TransportErrorKind::HttpStatus(code)),
                     }
                 }
+                // Connection failures (a connect timeout included) are retried.
+                Err(e) if e.is_connect() => TransportErrorKind::Io(io::Error::other(e)),
                 Err(e) if e.is_timeout() => {
                     return Err(TransportErrorKind::Stalled(opts.stall_timeout));
                 }

@@ -127,3 +127,33 @@ pub fn read_all(repo: &Repository, name: &str) -> Result<Vec<u8>, Error> {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// Loads and expects an error, printing it (so a reviewer sees the message in the test log).
+pub fn load_err(client: &Client, repo: &TestRepo) -> Error {
+    match client.load(repo) {
+        Ok(r) => panic!("load unexpectedly succeeded: {r:?}"),
+        Err(e) => {
+            eprintln!("expected error: {e}");
+            e
+        }
+    }
+}
+
+/// Files in the trusted directory (names), sorted.
+pub fn trusted_files(client: &Client) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(client.datastore())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// All kinds, as a short label for messages.
+pub fn label(kind: KeyKind) -> &'static str {
+    match kind {
+        KeyKind::Ed25519 => "ed25519",
+        KeyKind::EcdsaP256 => "ecdsa-p256",
+        KeyKind::Rsa => "rsa",
+    }
+}

@@ -1,0 +1,525 @@
+//! The real `updata` binary on temporary files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use manifest::Manifest;
+use semver::Version;
+use tempfile::TempDir;
+
+fn updata(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_updata"))
+        .args(args)
+        .output()
+        .expect("run updata")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = updata(args);
+    assert!(
+        out.status.success(),
+        "updata {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs updata expecting failure; returns stdout + stderr.
+fn fails(args: &[&str]) -> String {
+    let out = updata(args);
+    assert!(!out.status.success(), "updata {args:?} succeeded");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+struct Repo {
+    dir: TempDir,
+    path: PathBuf,
+}
+
+impl Repo {
+    fn new() -> Repo {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        ok(&["init", p(&path)]);
+        Repo { dir, path }
+    }
+    fn m(&self) -> &str {
+        p(&self.path)
+    }
+    fn load(&self) -> Manifest {
+        manifest::fs::load(&self.path).unwrap()
+    }
+    fn bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.path).unwrap()
+    }
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+    fn add(&self, version: &str, extra: &[&str]) {
+        let mut args = vec![
+            "add-update",
+            self.m(),
+            "--variant",
+            "dev",
+            "--arch",
+            "x86_64",
+            "--version",
+            version,
+        ];
+        args.extend_from_slice(extra);
+        ok(&args);
+    }
+    /// Only the manifest (and files the test made) in the directory: no temp files left.
+    fn assert_no_leftovers(&self) {
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            assert!(!name.starts_with(".updata-"), "leftover {name}");
+        }
+    }
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn v(s: &str) -> Version {
+    s.parse().unwrap()
+}
+
+#[test]
+fn init_creates_an_empty_manifest_and_refuses_to_overwrite() {
+    let r = Repo::new();
+    assert_eq!(r.load(), Manifest::default());
+    let json: serde_json::Value = serde_json::from_slice(&r.bytes()).unwrap();
+    assert_eq!(json, serde_json::json!({"updates": [], "migrations": {}}));
+    r.add("1.0.0", &[]);
+    let before = r.bytes();
+    let err = fails(&["init", r.m()]);
+    assert!(err.contains("exists") && err.contains("--force"), "{err}");
+    assert_eq!(r.bytes(), before);
+    ok(&["init", r.m(), "--force"]);
+    assert_eq!(r.load(), Manifest::default());
+}
+
+#[test]
+fn add_update_sets_images_and_max_version() {
+    let r = Repo::new();
+    r.add("1.0.0", &[]);
+    r.add(
+        "1.1.0",
+        &["--boot", "b.lz4", "--root", "r.lz4", "--hash", "h.lz4"],
+    );
+    let m = r.load();
+    assert_eq!(m.updates.len(), 2);
+    assert_eq!(m.updates[0].images.boot, "dev-x86_64-1.0.0-boot.ext4.lz4");
+    assert_eq!(m.updates[1].images.hash, "h.lz4");
+    // Adding 1.1.0 raised max_version of 1.0.0 too, so both are offered.
+    assert!(m.updates.iter().all(|u| u.max_version == v("1.1.0")));
+    assert!(m.validate().is_ok());
+
+    // A duplicate is refused and leaves the file untouched; --replace replaces it.
+    let before = r.bytes();
+    let err = fails(&[
+        "add-update",
+        r.m(),
+        "--variant",
+        "dev",
+        "--arch",
+        "x86_64",
+        "--version",
+        "1.1.0",
+    ]);
+    assert!(
+        err.contains("already has an update for dev x86_64 1.1.0"),
+        "{err}"
+    );
+    assert_eq!(r.bytes(), before);
+    r.add("1.1.0", &["--replace", "--boot", "new.lz4"]);
+    let m = r.load();
+    assert_eq!(m.updates.len(), 2);
+    assert_eq!(m.updates[1].images.boot, "new.lz4");
+
+    // An explicit lower max_version pulls 1.1.0 back.
+    r.add("1.2.0", &["--max-version", "1.0.0"]);
+    assert!(r.load().updates.iter().all(|u| u.max_version == v("1.0.0")));
+    r.assert_no_leftovers();
+}
+
+#[test]
+fn remove_update_removes_only_that_one() {
+    let r = Repo::new();
+    r.add("1.0.0", &[]);
+    r.add("1.1.0", &[]);
+    ok(&[
+        "remove-update",
+        r.m(),
+        "--variant",
+        "dev",
+        "--arch",
+        "x86_64",
+        "--version",
+        "1.0.0",
+    ]);
+    let versions: Vec<String> = r
+        .load()
+        .updates
+        .iter()
+        .map(|u| u.version.to_string())
+        .collect();
+    assert_eq!(versions, ["1.1.0"]);
+    let err = fails(&[
+        "remove-update",
+        r.m(),
+        "--variant",
+        "dev",
+        "--arch",
+        "x86_64",
+        "--version",
+        "1.0.0",
+    ]);
+    assert!(err.contains("no update for dev x86_64 1.0.0"), "{err}");
+}
+
+#[test]
+fn set_waves_from_policy_file_default_and_clear() {
+    let r = Repo::new();
+    r.add("1.0.0", &[]);
+    let id = ["--variant", "dev", "--arch", "x86_64", "--version", "1.0.0"];
+    let policy = r.file(
+        "waves.toml",
+        "[[waves]]\nstart_after = \"in 2 hours\"\nfleet_percentage = 25\n\n\
+         [[waves]]\nstart_after = \"2026-12-03T00:00:00Z\"\nfleet_percentage = 100\n",
+    );
+    let mut args = vec!["set-waves", r.m()];
+    args.extend_from_slice(&id);
+    args.extend_from_slice(&["--policy", p(&policy), "--start-at", "2026-12-01T00:00:00Z"]);
+    ok(&args);
+    let w = &r.load().updates[0].waves;
+    let got: Vec<(u32, String)> = w
+        .waves()
+        .map(|w| (w.bound, waves::time::format_time(w.start)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0, "2026-12-01T02:00:00Z".to_owned()),
+            (512, "2026-12-03T00:00:00Z".to_owned())
+        ]
+    );
+
+    // A bad policy names the wave and leaves the manifest untouched.
+    let bad = r.file(
+        "bad.toml",
+        "[[waves]]\nstart_after = \"1 hour\"\nfleet_percentage = 50\n\n\
+         [[waves]]\nstart_after = \"2 hours\"\nfleet_percentage = 40\n",
+    );
+    let before = r.bytes();
+    let mut args = vec!["set-waves", r.m()];
+    args.extend_from_slice(&id);
+    args.extend_from_slice(&["--policy", p(&bad)]);
+    let err = fails(&args);
+    assert!(err.contains("wave 2: fleet_percentage 40"), "{err}");
+    assert!(err.contains("bad.toml"), "{err}");
+    assert_eq!(r.bytes(), before);
+
+    let mut args = vec!["set-waves", r.m()];
+    args.extend_from_slice(&id);
+    args.extend_from_slice(&["--default-waves", "--start-at", "2026-12-01T00:00:00Z"]);
+    ok(&args);
+    let bounds: Vec<u32> = r.load().updates[0].waves.waves().map(|w| w.bound).collect();
+    assert_eq!(bounds, [0, 20, 102, 307, 819, 1228, 1843]);
+
+    let mut args = vec!["set-waves", r.m()];
+    args.extend_from_slice(&id);
+    args.push("--clear");
+    ok(&args);
+    assert!(r.load().updates[0].waves.is_empty());
+
+    // Neither a policy nor --clear: an error, not a silent no-op.
+    let mut args = vec!["set-waves", r.m()];
+    args.extend_from_slice(&id);
+    assert!(fails(&args).contains("--default-waves"));
+    r.assert_no_leftovers();
+}
+
+#[test]
+fn set_migrations_from_release_toml() {
+    let r = Repo::new();
+    let release = r.file(
+        "Release.toml",
+        "version = \"1.2.0\"\n\n[migrations]\n\"(1.0.0, 1.1.0)\" = [\"migrate_a.lz4\", \"migrate_b.lz4\"]\n\
+         \"(1.1.0,1.2.0)\" = []\n",
+    );
+    ok(&["set-migrations", r.m(), "--release", p(&release)]);
+    let m = r.load();
+    assert_eq!(m.migrations.len(), 2);
+    assert_eq!(
+        m.migration_targets(&v("1.0.0"), &v("1.2.0")).unwrap(),
+        ["migrate_a.lz4", "migrate_b.lz4"]
+    );
+    // Written back as "(X, Y)".
+    let text = String::from_utf8(r.bytes()).unwrap();
+    assert!(text.contains("\"(1.1.0, 1.2.0)\": []"), "{text}");
+
+    let more = r.file(
+        "More.toml",
+        "[migrations]\n\"(1.2.0, 1.3.0)\" = [\"c.lz4\"]\n",
+    );
+    ok(&["set-migrations", r.m(), "--release", p(&more), "--merge"]);
+    assert_eq!(r.load().migrations.len(), 3);
+    ok(&["set-migrations", r.m(), "--release", p(&more)]);
+    assert_eq!(r.load().migrations.len(), 1);
+
+    let bad = r.file("Bad.toml", "[migrations]\n\"1.2.0 to 1.3.0\" = []\n");
+    let before = r.bytes();
+    let err = fails(&["set-migrations", r.m(), "--release", p(&bad)]);
+    assert!(err.contains("\"1.2.0 to 1.3.0\""), "{err}");
+    assert_eq!(r.bytes(), before);
+    let none = r.file("None.toml", "version = \"1.0.0\"\n");
+    assert!(fails(&["set-migrations", r.m(), "--release", p(&none)]).contains("no [migrations]"));
+}
+
+#[test]
+fn set_max_version_filters() {
+    let r = Repo::new();
+    r.add("1.0.0", &[]);
+    r.add("1.1.0", &[]);
+    ok(&[
+        "add-update",
+        r.m(),
+        "--variant",
+        "other",
+        "--arch",
+        "x86_64",
+        "--version",
+        "2.0.0",
+    ]);
+    let out = ok(&[
+        "set-max-version",
+        r.m(),
+        "--max-version",
+        "1.0.0",
+        "--variant",
+        "dev",
+    ]);
+    assert!(out.contains("on 2 update(s)"), "{out}");
+    let m = r.load();
+    let maxes: Vec<String> = m
+        .updates
+        .iter()
+        .map(|u| u.max_version.to_string())
+        .collect();
+    assert_eq!(maxes, ["1.0.0", "1.0.0", "2.0.0"]);
+    // 1.1.0 is now above its max_version: validate says so.
+    let report = fails(&["validate", r.m()]);
+    assert!(
+        report.contains("dev x86_64 1.1.0 is above its max_version 1.0.0"),
+        "{report}"
+    );
+    ok(&["set-max-version", r.m(), "--max-version", "3.0.0"]);
+    assert!(ok(&["validate", r.m()]).contains("valid (3 update(s)"));
+}
+
+#[test]
+fn validate_lists_every_problem_and_names_bad_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.json");
+    std::fs::write(
+        &path,
+        r#"{"updates":[
+          {"variant":"a","arch":"x","version":"2.0.0","max_version":"1.0.0",
+           "waves":{"0":"2026-1-2T00:00:00Z","9":"2026-01-01T00:00:00Z"},
+           "images":{"boot":"","root":"r","hash":"h"}},
+          {"variant":"a","arch":"x","version":"2.0.0","max_version":"2.0.0",
+           "images":{"boot":"b","root":"r","hash":"h"}}],
+          "migrations":{}, "legacy_field": true}"#,
+    )
+    .unwrap();
+    let report = fails(&["validate", p(&path)]);
+    assert!(report.contains("4 problem(s)"), "{report}");
+    for needle in [
+        "above its max_version",
+        "wave 9 starts",
+        "boot image name is empty",
+        "more than once",
+    ] {
+        assert!(report.contains(needle), "{needle}: {report}");
+    }
+    std::fs::write(
+        &path,
+        r#"{"updates":[{"variant":"a","arch":"x","version":"2.0.0","max_version":"2.0.0",
+           "waves":{"12":"2026-01-01T00:00:00Z","12":"2026-01-02T00:00:00Z"},
+           "images":{"boot":"b","root":"r","hash":"h"}}]}"#,
+    )
+    .unwrap();
+    let err = fails(&["validate", p(&path)]);
+    assert!(err.contains("duplicate wave key \"12\""), "{err}");
+    let err = fails(&["validate", p(&dir.path().join("missing.json"))]);
+    assert!(err.contains("missing.json"), "{err}");
+}
+
+#[test]
+fn waves_shows_schedule_seed_json_and_svg() {
+    let r = Repo::new();
+    r.add(
+        "1.0.0",
+        &["--default-waves", "--start-at", "2026-12-01T00:00:00Z"],
+    );
+    let id = ["--variant", "dev", "--arch", "x86_64", "--version", "1.0.0"];
+    let mut args = vec!["waves", r.m()];
+    args.extend_from_slice(&id);
+    args.extend_from_slice(&["--seed", "61"]);
+    let text = ok(&args);
+    assert!(text.contains("7 wave(s)"), "{text}");
+    // Seed 61 is 41 of the 82 seeds into the 4 h .. 1 d wave: 10 hours in.
+    assert!(
+        text.contains("seed 61: eligible at 2026-12-01T14:00:00Z"),
+        "{text}"
+    );
+    assert!(text.contains("fleet of 10000 host(s)"), "{text}");
+
+    let svg = r.dir.path().join("chart.svg");
+    let mut args = vec!["waves", r.m()];
+    args.extend_from_slice(&id);
+    args.extend_from_slice(&[
+        "--seed",
+        "2047",
+        "--json",
+        "--svg",
+        p(&svg),
+        "--hosts",
+        "100",
+        "--steps",
+        "10",
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    assert_eq!(json["seed"]["ready_at"], "2026-12-07T00:00:00Z");
+    assert_eq!(json["waves"].as_array().unwrap().len(), 7);
+    let fleet = json["fleet"].as_array().unwrap();
+    assert_eq!(fleet.len(), 10);
+    assert_eq!(fleet[9]["eligible"], 100);
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        chart.starts_with("<svg") && chart.contains("dev x86_64 1.0.0"),
+        "{chart}"
+    );
+
+    // Side by side with the reference formula: one day into the rollout, the reference has
+    // let nobody from the 4 h .. 1 d wave in before 4 h + 5 h, so it trails.
+    let mut args = vec!["waves", r.m()];
+    args.extend_from_slice(&id);
+    args.extend_from_slice(&[
+        "--compare-reference",
+        "--json",
+        "--hosts",
+        "2048",
+        "--steps",
+        "200",
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    let ours = json["fleet"].as_array().unwrap();
+    let theirs = json["fleet_reference"].as_array().unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    assert!(
+        ours.iter()
+            .zip(theirs)
+            .all(|(a, b)| a["eligible"].as_u64() >= b["eligible"].as_u64())
+    );
+    assert!(
+        ours.iter()
+            .zip(theirs)
+            .any(|(a, b)| a["eligible"].as_u64() > b["eligible"].as_u64())
+    );
+    let mut args = vec!["waves", r.m()];
+    args.extend_from_slice(&id);
+    args.extend_from_slice(&["--compare-reference", "--steps", "5"]);
+    assert!(ok(&args).contains("this crate   reference"));
+
+    let mut args = vec!["waves", r.m()];
+    args.extend_from_slice(&id);
+    args.extend_from_slice(&["--seed", "2048"]);
+    assert!(fails(&args).contains("seed 2048 is out of range"));
+    let mut args = vec!["waves", r.m()];
+    args.extend_from_slice(&["--variant", "dev", "--arch", "x86_64", "--version", "9.9.9"]);
+    assert!(fails(&args).contains("no update for dev x86_64 9.9.9"));
+}
+
+#[test]
+fn writes_keep_permissions_and_leave_no_temp_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let r = Repo::new();
+    let mode = std::fs::metadata(&r.path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode & 0o600, 0o600);
+    std::fs::set_permissions(&r.path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    r.add("1.0.0", &[]);
+    let mode = std::fs::metadata(&r.path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+    r.assert_no_leftovers();
+}
+
+#[test]
+fn writes_through_a_symlink_replace_its_target() {
+    let r = Repo::new();
+    let link = r.dir.path().join("link.json");
+    std::os::unix::fs::symlink(&r.path, &link).unwrap();
+    ok(&[
+        "add-update",
+        p(&link),
+        "--variant",
+        "dev",
+        "--arch",
+        "x86_64",
+        "--version",
+        "1.0.0",
+    ]);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(r.load().updates.len(), 1);
+}
+
+#[test]
+fn every_subcommand_explains_itself() {
+    let top = ok(&["--help"]);
+    for sub in [
+        "init",
+        "add-update",
+        "remove-update",
+        "set-waves",
+        "set-migrations",
+        "set-max-version",
+        "validate",
+        "waves",
+    ] {
+        assert!(top.contains(sub), "{sub} missing from --help");
+        let help = ok(&[sub, "--help"]);
+        assert!(help.contains("Usage: updata"), "{sub}: {help}");
+        assert!(
+            help.lines().next().is_some_and(|l| l.len() > 15),
+            "{sub}: {help}"
+        );
+    }
+    assert!(ok(&["set-waves", "--help"]).contains("fleet_percentage"));
+    // Bad arguments are usage errors.
+    let out = updata(&[
+        "add-update",
+        "m.json",
+        "--variant",
+        "a",
+        "--arch",
+        "b",
+        "--version",
+        "1.0",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}

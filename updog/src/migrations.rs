@@ -1,0 +1,260 @@
+//! The `migrations_fetch` traits over the TUF client, so that `updog update` can cache the
+//! migrations a version jump needs and a boot-time step can verify them offline.
+//!
+//! - [`Repository`] implements [`MigrationSource`]: signed target descriptions, verifying target
+//!   readers, and the verified metadata renamed into the reference migrator's layout (with
+//!   consistent snapshots: `N.root.json`, `timestamp.json`, `<v>.snapshot.json`,
+//!   `<v>.targets.json`, `<v>.<role>.json`).
+//! - [`TufOfflineLoader`] implements [`OfflineLoader`]: it maps that layout back to the names
+//!   [`Repository::load_offline`] reads and verifies it from the shipped trusted root, with
+//!   expiry ignored.
+//!
+//! ```no_run
+//! use migrations_fetch::{CacheDirs, FetchOptions, MigrationPlan, fetch, verify_offline};
+//! use updog::migrations::TufOfflineLoader;
+//! # fn demo(repo: &updog::tuf::Repository, manifest: &manifest::Manifest)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! let (from, to) = ("1.0.0".parse()?, "1.2.0".parse()?);
+//! // Before the inactive partition set is touched:
+//! let plan = MigrationPlan::new(manifest, &from, &to, repo)?;
+//! let dirs = CacheDirs::reference();
+//! fetch(&plan, repo, &dirs, &FetchOptions::default())?;
+//! // At the next boot, offline:
+//! let loader = TufOfflineLoader::new("/usr/share/updog/root.json");
+//! let verified = verify_offline(&dirs, &loader, &from, &to)?;
+//! for migration in &verified.migrations {
+//!     let _lz4_bytes = migration.read_verified()?;
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use migrations_fetch::{
+    BoxError, MetadataFile, MigrationSource, OfflineLoader, TargetInfo, TargetLookup,
+};
+
+use crate::tuf::Repository;
+
+impl TargetLookup for Repository {
+    fn target_info(&self, name: &str) -> Result<Option<TargetInfo>, BoxError> {
+        let Some(desc) = self.target(name)? else {
+            return Ok(None);
+        };
+        let sha256 = desc
+            .sha256()
+            .ok_or_else(|| format!("target {name:?} lists no sha256 hash"))?;
+        Ok(Some(TargetInfo {
+            length: desc.length,
+            sha256,
+        }))
+    }
+}
+
+impl MigrationSource for Repository {
+    fn open_target(&self, name: &str) -> Result<Box<dyn Read + Send>, BoxError> {
+        Ok(Box::new(self.read_target(name)?))
+    }
+
+    fn metadata_files(&self) -> Result<Vec<MetadataFile>, BoxError> {
+        let files = self.metadata_bytes();
+        if !self.consistent_snapshot() {
+            return Ok(files
+                .into_iter()
+                .map(|f| MetadataFile {
+                    name: f.name,
+                    bytes: f.bytes,
+                })
+                .collect());
+        }
+        let mut out = Vec::with_capacity(files.len());
+        for f in files {
+            let name = match f.name.as_str() {
+                "timestamp.json" => f.name.clone(),
+                "snapshot.json" => format!("{}.snapshot.json", self.snapshot_version()),
+                "targets.json" => format!("{}.targets.json", self.targets_version()),
+                n if is_root_file(n) => f.name.clone(),
+                // A delegated role: its verified version is the one the snapshot lists.
+                n => format!(
+                    "{}.{n}",
+                    signed_version(&f.bytes).ok_or_else(|| {
+                        format!("cannot read the version of verified metadata file {n:?}")
+                    })?
+                ),
+            };
+            out.push(MetadataFile {
+                name,
+                bytes: f.bytes,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// `N.root.json` with a decimal `N`.
+fn is_root_file(name: &str) -> bool {
+    name.strip_suffix(".root.json")
+        .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `signed.version` of a metadata envelope, read without verifying (used only to choose a file
+/// name; the contents are verified when loaded).
+fn signed_version(bytes: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    v.get("signed")?.get("version")?.as_u64()
+}
+
+/// `signed.meta[file].version` of a timestamp or snapshot envelope (unverified, see above).
+fn meta_version(bytes: &[u8], file: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    v.get("signed")?
+        .get("meta")?
+        .get(file)?
+        .get("version")?
+        .as_u64()
+}
+
+/// Loads the cached metadata offline from the trusted root shipped with the OS.
+#[derive(Debug, Clone)]
+pub struct TufOfflineLoader {
+    /// The trusted `root.json` (the reference ships it as `/usr/share/updog/root.json`).
+    pub trusted_root: PathBuf,
+}
+
+impl TufOfflineLoader {
+    /// A loader that starts trusting from `trusted_root`.
+    pub fn new(trusted_root: impl Into<PathBuf>) -> Self {
+        Self {
+            trusted_root: trusted_root.into(),
+        }
+    }
+}
+
+/// The most metadata bytes read to pick file names (never more than the client's own caps).
+const MAX_NAME_PROBE: u64 = 16 * 1024 * 1024;
+
+/// An offline repository and the directory of links it reads delegated roles from.
+struct OfflineRepo {
+    repo: Repository,
+    /// Which cached file each loader name is, for error messages.
+    names: String,
+    _links: tempfile::TempDir,
+}
+
+impl TargetLookup for OfflineRepo {
+    fn target_info(&self, name: &str) -> Result<Option<TargetInfo>, BoxError> {
+        // Delegated roles are verified on demand: name the cached files in their errors too.
+        self.repo
+            .target_info(name)
+            .map_err(|e| with_names(&e, &self.names).into())
+    }
+}
+
+/// `"snapshot.json is 7.snapshot.json, ..."` for the files whose cached name differs.
+fn describe_names(mapping: &BTreeMap<String, String>) -> String {
+    mapping
+        .iter()
+        .filter(|(offline, cached)| offline != cached)
+        .map(|(offline, cached)| format!("{offline} is {cached}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn with_names(e: &dyn std::fmt::Display, names: &str) -> String {
+    if names.is_empty() {
+        e.to_string()
+    } else {
+        format!("{e} (cached files: {names})")
+    }
+}
+
+impl OfflineLoader for TufOfflineLoader {
+    fn load_offline(&self, metadata_dir: &Path) -> Result<Box<dyn TargetLookup>, BoxError> {
+        let links = tempfile::tempdir()?;
+        let mapping = offline_names(metadata_dir)?;
+        for (offline, cached) in &mapping {
+            std::os::unix::fs::symlink(metadata_dir.join(cached), links.path().join(offline))?;
+        }
+        let names = describe_names(&mapping);
+        let repo = Repository::load_offline(links.path(), &self.trusted_root)
+            .map_err(|e| with_names(&e, &names))?;
+        Ok(Box::new(OfflineRepo {
+            repo,
+            names,
+            _links: links,
+        }))
+    }
+}
+
+/// Maps the cached reference layout to the names `Repository::load_offline` reads:
+/// `offline name -> cached name`.
+// Metadata names are exact, lowercase `.json` in the reference layout.
+#[allow(clippy::case_sensitive_file_extension_comparisons)]
+fn offline_names(dir: &Path) -> Result<BTreeMap<String, String>, BoxError> {
+    let mut names: Vec<String> = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+    }
+    let read = |name: &str| -> Option<Vec<u8>> {
+        let f = fs::File::open(dir.join(name)).ok()?;
+        let mut buf = Vec::new();
+        f.take(MAX_NAME_PROBE).read_to_end(&mut buf).ok()?;
+        Some(buf)
+    };
+    let mut map = BTreeMap::new();
+    let mut versioned: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for name in &names {
+        if is_root_file(name) || name == "timestamp.json" || !name.ends_with(".json") {
+            map.insert(name.clone(), name.clone());
+            continue;
+        }
+        match name.split_once('.') {
+            Some((v, rest)) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                if let Ok(v) = v.parse::<u64>() {
+                    versioned
+                        .entry(rest.to_owned())
+                        .or_default()
+                        .push((v, name.clone()));
+                }
+            }
+            // Plain names (no consistent snapshots) are already what the loader reads.
+            _ => {
+                map.insert(name.clone(), name.clone());
+            }
+        }
+    }
+    // The snapshot and targets versions the (still unverified) timestamp and snapshot name;
+    // falling back to the highest version present.
+    let pick = |role_file: &str, wanted: Option<u64>| -> Option<String> {
+        let candidates = versioned.get(role_file)?;
+        wanted
+            .and_then(|w| candidates.iter().find(|(v, _)| *v == w))
+            .or_else(|| candidates.iter().max_by_key(|(v, _)| *v))
+            .map(|(_, n)| n.clone())
+    };
+    let timestamp = read("timestamp.json");
+    let snapshot_version = timestamp
+        .as_deref()
+        .and_then(|t| meta_version(t, "snapshot.json"));
+    let snapshot_name = pick("snapshot.json", snapshot_version);
+    let snapshot = snapshot_name.as_deref().and_then(read);
+    for role_file in versioned.keys() {
+        let wanted = if role_file == "snapshot.json" {
+            snapshot_version
+        } else {
+            snapshot.as_deref().and_then(|s| meta_version(s, role_file))
+        };
+        if let Some(cached) = pick(role_file, wanted) {
+            map.entry(role_file.clone()).or_insert(cached);
+        }
+    }
+    Ok(map)
+}
