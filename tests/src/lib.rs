@@ -42,13 +42,18 @@ pub fn bin_dir() -> &'static Path {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let target_dir = dir.parent().expect("target dir").to_path_buf();
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "updog", "--bin", "updog", "-p", "signpost", "--bin", "signpost"])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        cmd.args([
+            "build", "--quiet", "-p", "updog", "--bin", "updog", "-p", "signpost", "--bin",
+            "signpost",
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("running cargo build for updog and signpost");
+        let status = cmd
+            .status()
+            .expect("running cargo build for updog and signpost");
         assert!(status.success(), "cargo build of updog/signpost failed");
         dir
     })
@@ -112,7 +117,11 @@ impl Release {
 
     /// The TUF target name of one image.
     pub fn target_name(&self, kind: &str) -> String {
-        format!("{VARIANT}-{}-v{}-{kind}.img.lz4", std::env::consts::ARCH, self.version)
+        format!(
+            "{VARIANT}-{}-v{}-{kind}.img.lz4",
+            std::env::consts::ARCH,
+            self.version
+        )
     }
 
     /// The decoded bytes of one image.
@@ -334,7 +343,10 @@ impl Host {
         let recorder = dir.path().join("reboot-recorder.sh");
         std::fs::write(
             &recorder,
-            format!("#!/bin/sh\necho \"reboot $*\" >> '{}'\n", reboot_log.display()),
+            format!(
+                "#!/bin/sh\necho \"reboot $*\" >> '{}'\n",
+                reboot_log.display()
+            ),
         )
         .expect("recorder");
         set_executable(&recorder);

@@ -55,7 +55,11 @@ fn fault_target(host: &Host, name: &str, fault: &Fault, times: Option<usize>) ->
 /// Asserts the failure invariants: the inactive set B is cleared, set A is exactly as before
 /// and boots next, and no staged record claims anything.
 fn assert_failed_cleanly(host: &Host, a_before: SetState) {
-    assert_eq!(state(host, SetId::B), SetState::new(0, 0, false).unwrap(), "B cleared");
+    assert_eq!(
+        state(host, SetId::B),
+        SetState::new(0, 0, false).unwrap(),
+        "B cleared"
+    );
     assert_eq!(state(host, SetId::A), a_before, "A untouched");
     assert_eq!(host.signpost().next_boot(), Some(SetId::A), "A boots next");
     assert!(!host.state_file().exists(), "no staged record");
@@ -78,7 +82,11 @@ fn spawn_staging(host: &Host, args: &[&str]) -> (Child, BufReader<std::process::
     loop {
         line.clear();
         let n = stdout.read_line(&mut line).expect("read progress");
-        assert!(n > 0, "updog ended before staging: {:?}", child.wait_with_output());
+        assert!(
+            n > 0,
+            "updog ended before staging: {:?}",
+            child.wait_with_output()
+        );
         if line.contains(r#""event":"image""#) {
             break;
         }
@@ -98,7 +106,10 @@ fn full_update_flips_to_the_new_set_and_hands_off_to_reboot() {
     assert_eq!(update["version"], "1.1.0");
     assert_eq!(update["variant"], e2e_tests::VARIANT);
     for key in ["arch", "max_version", "waves", "images"] {
-        assert!(update.get(key).is_some(), "reference key {key} missing: {update}");
+        assert!(
+            update.get(key).is_some(),
+            "reference key {key} missing: {update}"
+        );
     }
     assert_eq!(update["migrations"][0], "migrate_v1.1.0_settings.lz4");
 
@@ -126,7 +137,9 @@ fn full_update_flips_to_the_new_set_and_hands_off_to_reboot() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert!(
-        cached.iter().any(|n| n.ends_with(".migrate_v1.1.0_settings.lz4")),
+        cached
+            .iter()
+            .any(|n| n.ends_with(".migrate_v1.1.0_settings.lz4")),
         "{cached:?}"
     );
 
@@ -160,14 +173,21 @@ fn a_host_whose_wave_has_not_opened_is_told_the_version_and_the_time() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["no_update"]["reason"], "not_eligible_yet", "{v}");
     assert_eq!(v["no_update"]["version"], "1.1.0");
-    let ready: DateTime<Utc> = v["no_update"]["ready_at"].as_str().unwrap().parse().unwrap();
+    let ready: DateTime<Utc> = v["no_update"]["ready_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(ready, opens);
 
     let out = host.updog(&["check-update"]);
     assert_eq!(code(&out), NOTHING_TO_DO);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("1.1.0"), "{text}");
-    assert!(text.contains(&opens.format("%Y-%m-%d").to_string()), "{text}");
+    assert!(
+        text.contains(&opens.format("%Y-%m-%d").to_string()),
+        "{text}"
+    );
 
     let out = host.updog(&["update"]);
     assert_eq!(code(&out), NOTHING_TO_DO, "{}", describe(&out));
@@ -222,7 +242,11 @@ fn a_version_lock_picks_exactly_that_version() {
     host.set_running("1.1.0", SetId::A);
     let out = host.updog(&["check-update"]);
     assert_eq!(code(&out), NOTHING_TO_DO, "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("locked"), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("locked"),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]
@@ -263,7 +287,11 @@ fn a_stalled_server_fails_cleanly() {
     let out = host.updog(&["update"]);
     assert_eq!(code(&out), FAILURE, "{}", describe(&out));
     // stall_timeout_secs = 2 in the test config: it gives up promptly, not after minutes.
-    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("root"), "{err}");
     assert_failed_cleanly(&host, a_before);
@@ -279,7 +307,10 @@ fn a_tampered_image_byte_is_caught_and_the_host_stays_on_its_set() {
         DiskImageBuilder::new().attributes(5, 1 << 56),
     );
     let a_before = state(&host, SetId::A);
-    for file in host.repo.target_files(&spec.releases[1].target_name("boot")) {
+    for file in host
+        .repo
+        .target_files(&spec.releases[1].target_name("boot"))
+    {
         let mut bytes = std::fs::read(&file).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x01;
@@ -329,7 +360,9 @@ fn an_image_that_cannot_fit_is_refused_before_the_disk_is_touched() {
     let host = Host::with_disk(
         &spec,
         "1.0.0",
-        DiskImageBuilder::new().root_size(1 << 20).attributes(5, 1 << 56),
+        DiskImageBuilder::new()
+            .root_size(1 << 20)
+            .attributes(5, 1 << 56),
     );
     let disk_before = host.disk.bytes().unwrap();
     let out = host.updog(&["update"]);
@@ -357,7 +390,10 @@ fn a_second_updog_is_refused_while_the_first_holds_the_lock() {
     assert_eq!(code(&out), LOCKED, "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another update is in progress"), "{err}");
-    assert!(err.contains(&first.id().to_string()), "holder pid named: {err}");
+    assert!(
+        err.contains(&first.id().to_string()),
+        "holder pid named: {err}"
+    );
 
     let out = first.wait_with_output().unwrap();
     assert_eq!(code(&out), OK, "{}", describe(&out));

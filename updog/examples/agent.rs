@@ -98,7 +98,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let check = updater.check(&opts)?;
     let update = match check.outcome {
         CheckOutcome::NoUpdate(reason) => {
-            println!("agent: running {}, nothing to do: {reason}", check.running.version_id);
+            println!(
+                "agent: running {}, nothing to do: {reason}",
+                check.running.version_id
+            );
             return Ok(());
         }
         CheckOutcome::Available(update) => update,
@@ -139,7 +142,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 4. Flip the boot flags. From here a real agent drains the node and calls
     //    `updater.reboot()`; `updater.revert(&lock)` undoes the flip instead.
     let next = updater.apply(&lock)?;
-    println!("agent: {} staged on set {}; set {next} boots next", staged.version, staged.set);
+    println!(
+        "agent: {} staged on set {}; set {next} boots next",
+        staged.version, staged.set
+    );
 
     // 5. The status an operator dashboard shows.
     println!("{}", serde_json::to_string_pretty(&updater.status()?)?);

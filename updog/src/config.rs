@@ -222,7 +222,10 @@ impl Config {
             active_set: None,
             lock_file: PathBuf::from(DEFAULT_LOCK_FILE),
             signpost_lock_file: PathBuf::from(DEFAULT_SIGNPOST_LOCK_FILE),
-            reboot_command: DEFAULT_REBOOT_COMMAND.iter().map(ToString::to_string).collect(),
+            reboot_command: DEFAULT_REBOOT_COMMAND
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             os_release: PathBuf::from(DEFAULT_OS_RELEASE),
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             retries: DEFAULT_RETRIES,
@@ -257,9 +260,13 @@ impl Config {
 
     fn parse(text: &str, path: &Path) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
         let table: toml::Table = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|span| text.bytes().take(span.start).filter(|b| *b == b'\n').count() + 1);
+            let line = e.span().map(|span| {
+                text.bytes()
+                    .take(span.start)
+                    .filter(|b| *b == b'\n')
+                    .count()
+                    + 1
+            });
             ConfigError::Syntax {
                 path: path.to_path_buf(),
                 message: match line {
@@ -428,7 +435,11 @@ impl Table<'_> {
     }
 
     /// A list of strings, or one string split on `sep` (empty parts dropped).
-    fn list_or_split(&self, key: &'static str, sep: char) -> Result<Option<Vec<String>>, ConfigError> {
+    fn list_or_split(
+        &self,
+        key: &'static str,
+        sep: char,
+    ) -> Result<Option<Vec<String>>, ConfigError> {
         match self.0.get(key) {
             None => Ok(None),
             Some(toml::Value::String(s)) => Ok(Some(
@@ -568,7 +579,10 @@ mod tests {
         let path = dir.path().join("updog.toml");
         std::fs::write(&path, "seed = 3\nseed = 4\n").unwrap();
         let e = Config::from_path(&path).unwrap_err().to_string();
-        assert!(e.contains("updog.toml") && e.contains("line 2: duplicate key"), "{e}");
+        assert!(
+            e.contains("updog.toml") && e.contains("line 2: duplicate key"),
+            "{e}"
+        );
         assert!(!e.contains('\n'), "one line: {e}");
         let e = Config::from_path(&dir.path().join("nope.toml"))
             .unwrap_err()

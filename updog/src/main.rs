@@ -193,9 +193,12 @@ fn run(args: Args) -> Result<u8, Failure> {
             // From here on a termination signal only sets the (no longer read) flag: the flip
             // and the reboot hand-off run to the end.
             let set = updater.apply(&lock)?;
-            report(stage.progress, &ProgressEvent::Flipped {
-                set: set.to_string(),
-            });
+            report(
+                stage.progress,
+                &ProgressEvent::Flipped {
+                    set: set.to_string(),
+                },
+            );
             if reboot {
                 updater.reboot()?;
             }

@@ -426,14 +426,11 @@ impl Updater {
     pub fn list_updates(&self) -> Result<Vec<manifest::Update>, UpdateError> {
         let repo = self.load_repository()?;
         let manifest = Self::load_manifest(&repo)?;
-        let updates = manifest::select::available_updates(
-            &manifest,
-            &self.os.variant_id,
-            &self.os.arch,
-        )
-        .into_iter()
-        .cloned()
-        .collect();
+        let updates =
+            manifest::select::available_updates(&manifest, &self.os.variant_id, &self.os.arch)
+                .into_iter()
+                .cloned()
+                .collect();
         Ok(updates)
     }
 
@@ -559,25 +556,25 @@ impl Updater {
             }
             let staged =
                 Self::stage_one(&repo, &disk_path, partition, kind, target, progress, cancel)
-                .map_err(|e| match e {
-                    StageOneError::Cancelled => UpdateError::Cancelled { set: inactive },
-                    StageOneError::Repository(e) => UpdateError::Repository(e),
-                    StageOneError::Open(source) => UpdateError::OpenPartition {
-                        image: kind,
-                        set: inactive,
-                        source,
-                    },
-                    StageOneError::NoSha256 => UpdateError::NoSha256 {
-                        image: kind,
-                        target: target.clone(),
-                    },
-                    StageOneError::Stage(source) => UpdateError::Stage {
-                        image: kind,
-                        target: target.clone(),
-                        set: inactive,
-                        source,
-                    },
-                })?;
+                    .map_err(|e| match e {
+                        StageOneError::Cancelled => UpdateError::Cancelled { set: inactive },
+                        StageOneError::Repository(e) => UpdateError::Repository(e),
+                        StageOneError::Open(source) => UpdateError::OpenPartition {
+                            image: kind,
+                            set: inactive,
+                            source,
+                        },
+                        StageOneError::NoSha256 => UpdateError::NoSha256 {
+                            image: kind,
+                            target: target.clone(),
+                        },
+                        StageOneError::Stage(source) => UpdateError::Stage {
+                            image: kind,
+                            target: target.clone(),
+                            set: inactive,
+                            source,
+                        },
+                    })?;
             progress(&ProgressEvent::ImageDone {
                 image: kind,
                 written: staged.decoded_len,

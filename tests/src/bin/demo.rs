@@ -18,9 +18,7 @@ fn step(text: &str) {
 /// whether it exited 0.
 fn run(shown: &str, mut cmd: Command) -> Result<bool, String> {
     println!("$ {shown}");
-    let status = cmd
-        .status()
-        .map_err(|e| format!("running {shown}: {e}"))?;
+    let status = cmd.status().map_err(|e| format!("running {shown}: {e}"))?;
     Ok(status.success())
 }
 
@@ -123,7 +121,10 @@ fn demo() -> Result<(), String> {
     let pick = bootloader_pick(&host.disk_path).ok_or("no set is bootable")?;
     println!("bootloader: booting set {}", pick.set);
     if pick.set != SetId::A {
-        return Err(format!("expected set A after the rollback, got {}", pick.set));
+        return Err(format!(
+            "expected set A after the rollback, got {}",
+            pick.set
+        ));
     }
 
     step("Cleaning up the temporary directory and stopping the server");
