@@ -270,6 +270,17 @@ impl<D: BlockIo> Signpost<D> {
         self.apply(Transition::MarkSuccessfulBoot)
     }
 
+    /// Rewrites both GPT copies from the table in use, changing no bits (the reference's
+    /// `rewrite-table`): repairs a damaged or stale copy. Returns whether a copy needed it.
+    pub fn rewrite_table(&mut self) -> Result<bool, Error> {
+        self.refresh()?;
+        let needed =
+            self.read.primary != CopyStatus::Valid || self.read.backup != CopyStatus::Valid;
+        self.write_flags(self.flags)?;
+        self.refresh()?;
+        Ok(needed)
+    }
+
     /// Plays the bootloader: applies [`BootFlags::simulate_boot`] to what is on disk and writes
     /// the GPT (crash-safely, like every change), then treats the booted set as the running
     /// one. Returns the set booted, `None` (and nothing written) when no set is bootable.
