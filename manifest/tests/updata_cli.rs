@@ -465,6 +465,30 @@ fn writes_keep_permissions_and_leave_no_temp_files() {
 }
 
 #[test]
+fn writes_through_a_symlink_replace_its_target() {
+    let r = Repo::new();
+    let link = r.dir.path().join("link.json");
+    std::os::unix::fs::symlink(&r.path, &link).unwrap();
+    ok(&[
+        "add-update",
+        p(&link),
+        "--variant",
+        "dev",
+        "--arch",
+        "x86_64",
+        "--version",
+        "1.0.0",
+    ]);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(r.load().updates.len(), 1);
+}
+
+#[test]
 fn every_subcommand_explains_itself() {
     let top = ok(&["--help"]);
     for sub in [
