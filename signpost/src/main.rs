@@ -122,7 +122,12 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let line = e.to_string().replace('\n', " ");
+            let mut line = e.to_string().replace('\n', " ");
+            if matches!(e.downcast_ref(), Some(signpost::Error::Discovery { .. }))
+                && !line.contains("explicitly")
+            {
+                line.push_str(" (choose explicitly with --disk PATH --active A|B)");
+            }
             eprintln!("signpost: {line}");
             ExitCode::FAILURE
         }

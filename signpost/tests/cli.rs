@@ -272,6 +272,19 @@ fn bad_disks_and_arguments_give_one_line_reasons() {
     assert!(j["b"].is_null());
     let err = cli.fails(SetId::B, &["status"]);
     assert!(err.contains("active set B does not exist"), "{err}");
+    // No --active on an image file: discovery says it cannot tell, in one line.
+    let out = Command::new(BIN)
+        .args(["status", "--disk"])
+        .arg(&single.path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("image file") && err.contains("explicitly"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     // Bad --active value: clap's usage error, non-zero.
     let out = Command::new(BIN)
         .args(["status", "--active", "C", "--disk"])
