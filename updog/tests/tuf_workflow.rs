@@ -712,14 +712,20 @@ fn terminating_delegation_skips_later_siblings() {
         Delegation::new("first", &k, &["*"]).terminating(),
         Delegation::new("second", &k, &["*"]),
     ];
-    repo.delegated.insert("first".into(), delegated(&[], vec![]));
+    repo.delegated
+        .insert("first".into(), delegated(&[], vec![]));
     repo.delegated
         .insert("second".into(), delegated(&[("x", b"x")], vec![]));
     repo.publish();
     let client = Client::new(&repo, 1);
     let r = client.load(&repo).unwrap();
     assert!(r.target("x").unwrap().is_none());
-    assert!(!client.transport.requests().contains(&"second.json".to_owned()));
+    assert!(
+        !client
+            .transport
+            .requests()
+            .contains(&"second.json".to_owned())
+    );
 }
 
 #[test]
@@ -1174,4 +1180,18 @@ fn shipped_root_must_be_self_signed() {
         "{e}"
     );
     let _ = Arc::new(());
+}
+
+#[test]
+fn reads_a_repository_written_by_tough_editor() {
+    let mut repo = TestRepo::new(KeyKind::Rsa);
+    repo.publish_root();
+    fixtures::repo::publish_with_tough_editor(&repo, &[("os.img.lz4", b"image bytes")]);
+    let client = Client::new(&repo, 1);
+    let r = client.load(&repo).unwrap();
+    assert_eq!(read_all(&r, "os.img.lz4").unwrap(), b"image bytes");
+    assert_eq!(
+        client.trusted("targets.json").unwrap(),
+        repo.read_metadata("targets.json")
+    );
 }
