@@ -6,12 +6,14 @@
 //! - [`io`]: the [`io::BlockIo`] trait that GPT code reads and writes through.
 //! - [`Disk`]: a block device or image file with its [`Layout`] of partition sets A and B.
 //! - [`io::PartitionWriter`] / [`io::PartitionReader`]: bounded, direct-I/O partition access.
+//! - [`running`]: which set the running system booted from (mountinfo, sysfs, dm slaves).
 //! - [`sys`]: device numbers and sysfs lookups (injectable roots).
 //! - [`guid`]: GUIDs in GPT byte order and the partition type GUIDs of the reference layout.
 
 pub mod gpt;
 pub mod guid;
 pub mod io;
+pub mod running;
 pub mod sys;
 
 mod disk;

@@ -40,8 +40,20 @@ pub fn save(manifest: &Manifest, path: &Path) -> Result<(), Error> {
 
 /// Replaces `path` with `bytes` atomically: temporary file in the same directory, write,
 /// fsync, rename over `path`, fsync the directory. The file keeps the permissions of the file it
-/// replaces (0644 for a new file, before the umask).
+/// replaces (0644 for a new file); a symlink is followed and its target replaced.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    // Through a symlink, replace the file it points to rather than the link itself.
+    let resolved;
+    let path = if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        resolved = fs::canonicalize(path).map_err(|source| Error::Io {
+            action: "resolving the symlink",
+            path: path.to_owned(),
+            source,
+        })?;
+        resolved.as_path()
+    } else {
+        path
+    };
     let io = |action, source| Error::Io {
         action,
         path: path.to_owned(),

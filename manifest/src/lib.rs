@@ -23,6 +23,23 @@
 //! migration keys are `(X, Y)` with semver `X`, `Y` (spaces around the parts are tolerated) and are
 //! written back as `(X, Y)`. A missing `updates` or `migrations` reads as empty.
 //!
+//! # Publishing with `updata`
+//!
+//! ```sh
+//! updata init manifest.json
+//! updata add-update manifest.json --variant aws-dev --arch x86_64 --version 1.1.0 \
+//!     --boot boot.lz4 --root root.lz4 --hash hash.lz4
+//! updata set-waves manifest.json --variant aws-dev --arch x86_64 --version 1.1.0 \
+//!     --default-waves --start-at "in 2 hours"      # or --policy waves.toml
+//! updata set-migrations manifest.json --release Release.toml
+//! updata validate manifest.json                     # lists every problem, exit 1 if any
+//! updata waves manifest.json --variant aws-dev --arch x86_64 --version 1.1.0 \
+//!     --seed 1234 --svg rollout.svg --compare-reference
+//! ```
+//!
+//! Every write is atomic ([`fs::write_atomic`]). The logic lives in this library ([`edit`],
+//! [`fs`], [`Manifest::validate`], `waves`); the binary only parses arguments and prints.
+//!
 //! # Example
 //!
 //! ```

@@ -411,6 +411,37 @@ fn waves_shows_schedule_seed_json_and_svg() {
         "{chart}"
     );
 
+    // Side by side with the reference formula: one day into the rollout, the reference has
+    // let nobody from the 4 h .. 1 d wave in before 4 h + 5 h, so it trails.
+    let mut args = vec!["waves", r.m()];
+    args.extend_from_slice(&id);
+    args.extend_from_slice(&[
+        "--compare-reference",
+        "--json",
+        "--hosts",
+        "2048",
+        "--steps",
+        "200",
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    let ours = json["fleet"].as_array().unwrap();
+    let theirs = json["fleet_reference"].as_array().unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    assert!(
+        ours.iter()
+            .zip(theirs)
+            .all(|(a, b)| a["eligible"].as_u64() >= b["eligible"].as_u64())
+    );
+    assert!(
+        ours.iter()
+            .zip(theirs)
+            .any(|(a, b)| a["eligible"].as_u64() > b["eligible"].as_u64())
+    );
+    let mut args = vec!["waves", r.m()];
+    args.extend_from_slice(&id);
+    args.extend_from_slice(&["--compare-reference", "--steps", "5"]);
+    assert!(ok(&args).contains("this crate   reference"));
+
     let mut args = vec!["waves", r.m()];
     args.extend_from_slice(&id);
     args.extend_from_slice(&["--seed", "2048"]);
@@ -431,6 +462,30 @@ fn writes_keep_permissions_and_leave_no_temp_files() {
     let mode = std::fs::metadata(&r.path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
     r.assert_no_leftovers();
+}
+
+#[test]
+fn writes_through_a_symlink_replace_its_target() {
+    let r = Repo::new();
+    let link = r.dir.path().join("link.json");
+    std::os::unix::fs::symlink(&r.path, &link).unwrap();
+    ok(&[
+        "add-update",
+        p(&link),
+        "--variant",
+        "dev",
+        "--arch",
+        "x86_64",
+        "--version",
+        "1.0.0",
+    ]);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(r.load().updates.len(), 1);
 }
 
 #[test]

@@ -210,21 +210,22 @@ pub(crate) enum FileCheck {
     WrongLength { actual: u64 },
     /// Same length, different digest.
     WrongDigest { actual: [u8; 32] },
+    /// A symbolic link, directory or other non-regular file: never trusted, replaced on fetch.
+    NotRegular,
 }
 
 /// Compares a file with a signed length and digest, reading at most `length + 1` bytes.
 pub(crate) fn check_file(path: &Path, length: u64, sha256: &[u8; 32]) -> io::Result<FileCheck> {
-    let file = match File::open(path) {
-        Ok(f) => f,
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => {}
+        Ok(_) => return Ok(FileCheck::NotRegular),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileCheck::Missing),
         Err(e) => return Err(e),
-    };
+    }
+    let file = File::open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a regular file",
-        ));
+        return Ok(FileCheck::NotRegular);
     }
     if meta.len() != length {
         return Ok(FileCheck::WrongLength { actual: meta.len() });
@@ -267,13 +268,18 @@ fn hash_reader(mut r: impl Read) -> io::Result<(u64, [u8; 32])> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        hasher.update(&buf[..n]);
+        let chunk = buf
+            .get(..n)
+            .ok_or_else(|| io::Error::other("reader overran its buffer"))?;
+        hasher.update(chunk);
         total += n as u64;
     }
     Ok((total, hasher.finalize().into()))
 }
 
-/// Lists the regular files directly in `dir` whose names are UTF-8 (others are never ours).
+/// Lists the entries directly in `dir` that are not directories (regular files, and symbolic
+/// links or other entries that stand where a cached file might be), with UTF-8 names (others
+/// are never ours).
 pub(crate) fn list_files(dir: &Path) -> Result<Vec<String>, CacheError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -291,8 +297,8 @@ pub(crate) fn list_files(dir: &Path) -> Result<Vec<String>, CacheError> {
             path: dir.to_owned(),
             source,
         })?;
-        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-        if let (true, Ok(name)) = (is_file, entry.file_name().into_string()) {
+        let not_dir = entry.file_type().is_ok_and(|t| !t.is_dir());
+        if let (true, Ok(name)) = (not_dir, entry.file_name().into_string()) {
             names.push(name);
         }
     }

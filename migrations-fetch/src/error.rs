@@ -277,6 +277,8 @@ pub enum ProblemKind {
     },
     /// The file could not be read.
     Unreadable(String),
+    /// A symbolic link or other non-regular file where a cached file should be.
+    NotRegular,
     /// Looking the target up in the cached metadata failed (e.g. a delegated role there does
     /// not verify).
     LookupFailed(String),
@@ -294,6 +296,7 @@ impl std::fmt::Display for ProblemKind {
                 write!(f, "sha256 {actual}, signed sha256 is {expected}")
             }
             Self::Unreadable(e) => write!(f, "unreadable: {e}"),
+            Self::NotRegular => f.write_str("not a regular file (symbolic link?)"),
             Self::LookupFailed(e) => write!(f, "cannot look it up in the cached metadata: {e}"),
         }
     }

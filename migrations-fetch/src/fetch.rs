@@ -265,6 +265,13 @@ fn download(
                 });
             }
         };
+        let Some(chunk) = buf.get(..n) else {
+            return Err(FetchError::Read {
+                name: target.name.clone(),
+                received,
+                source: io::Error::other("the source reported more bytes than its buffer holds"),
+            });
+        };
         received += n as u64;
         if received > signed {
             return Err(FetchError::TooLong {
@@ -272,7 +279,6 @@ fn download(
                 signed,
             });
         }
-        let chunk = &buf[..n];
         hasher.update(chunk);
         file.write_all(chunk).map_err(|source| CacheError::Write {
             path: dir.join(target.file_name()),

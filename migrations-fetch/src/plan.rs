@@ -177,3 +177,30 @@ impl MigrationPlan {
         self.migrations.is_empty()
     }
 }
+
+/// One line for `updog check-update`: `migrations 1.0.0 -> 1.3.0 via 1.1.0: a.lz4, c.lz4
+/// (75100 bytes with manifest.json)`, or `no migrations from 1.0.0 to 1.0.1`.
+impl std::fmt::Display for MigrationPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.migrations.is_empty() {
+            return write!(f, "no migrations from {} to {}", self.from, self.to);
+        }
+        write!(f, "migrations {} -> {}", self.from, self.to)?;
+        let via: Vec<String> = self
+            .hops
+            .iter()
+            .skip(1)
+            .map(|h| h.from.to_string())
+            .collect();
+        if !via.is_empty() {
+            write!(f, " via {}", via.join(", "))?;
+        }
+        write!(
+            f,
+            ": {} ({} bytes with {})",
+            self.migration_names().join(", "),
+            self.total_bytes,
+            MANIFEST_TARGET
+        )
+    }
+}

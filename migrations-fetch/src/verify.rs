@@ -248,6 +248,7 @@ fn check(path: &Path, info: &TargetInfo) -> Option<ProblemKind> {
             expected: info.sha256_hex(),
             actual: hex::encode(actual),
         }),
+        Ok(FileCheck::NotRegular) => Some(ProblemKind::NotRegular),
         Err(e) => Some(ProblemKind::Unreadable(io_msg(&e))),
     }
 }

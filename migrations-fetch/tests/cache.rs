@@ -871,3 +871,53 @@ fn a_failed_lookup_is_not_mistaken_for_an_unsigned_target() {
     );
     assert!(err.to_string().contains("could not be fetched"), "{err}");
 }
+
+#[test]
+fn a_symbolic_link_in_the_cache_is_never_trusted() {
+    let repo = standard_repo(7);
+    let plan =
+        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.1.0"), &repo.source()).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let dirs = CacheDirs::under(cache.path());
+    fetch(&plan, &repo.source(), &dirs, &FetchOptions::default()).unwrap();
+    // Replace the cached file by a link to a file with the very same bytes elsewhere.
+    let name = cached_name(&repo, "migrate_v1.1.0_a.lz4");
+    let cached = dirs.targets.join(&name);
+    let elsewhere = cache.path().join("elsewhere");
+    fs::rename(&cached, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &cached).unwrap();
+
+    let err = verify_offline(&dirs, &TestLoader, &v("1.0.0"), &v("1.1.0")).unwrap_err();
+    let VerifyError::Files(problems) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(problems.len(), 1, "{err}");
+    assert_eq!(problems[0].file, name);
+    assert_eq!(problems[0].kind, ProblemKind::NotRegular);
+
+    // A fetch replaces the link by a regular file.
+    let source = repo.source();
+    let report = fetch(&plan, &source, &dirs, &FetchOptions::default()).unwrap();
+    assert_eq!(report.fetched, ["migrate_v1.1.0_a.lz4"]);
+    assert!(fs::symlink_metadata(&cached).unwrap().file_type().is_file());
+    assert!(elsewhere.exists(), "the link's target is not touched");
+    verify_offline(&dirs, &TestLoader, &v("1.0.0"), &v("1.1.0")).unwrap();
+}
+
+#[test]
+fn plan_renders_as_one_line_for_check_update() {
+    let repo = standard_repo(7);
+    let plan =
+        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.3.0"), &repo.source()).unwrap();
+    assert_eq!(
+        plan.to_string(),
+        format!(
+            "migrations 1.0.0 -> 1.3.0 via 1.1.0: migrate_v1.1.0_a.lz4, migrate_v1.3.0_c.lz4, \
+             migrate_v1.3.0_d.lz4 ({} bytes with manifest.json)",
+            plan.total_bytes
+        )
+    );
+    let none =
+        MigrationPlan::new(&repo.manifest(), &v("1.4.0"), &v("1.4.0"), &repo.source()).unwrap();
+    assert_eq!(none.to_string(), "no migrations from 1.4.0 to 1.4.0");
+}

@@ -77,7 +77,16 @@ impl Signpost<File> {
     /// `None` finds it from the running root filesystem (which only works for the host's own
     /// OS disk).
     pub fn open(disk: impl AsRef<Path>, active: Option<SetId>) -> Result<Self, Error> {
-        let path = disk.as_ref();
+        Self::open_mode(disk.as_ref(), active, true)
+    }
+
+    /// Like [`Signpost::open`], but read-only: for `status` and `has-boot-ever-succeeded`,
+    /// which need no write access. Changes fail with an I/O error.
+    pub fn open_read_only(disk: impl AsRef<Path>, active: Option<SetId>) -> Result<Self, Error> {
+        Self::open_mode(disk.as_ref(), active, false)
+    }
+
+    fn open_mode(path: &Path, active: Option<SetId>, write: bool) -> Result<Self, Error> {
         let Some(active) = active else {
             return Err(Error::Discovery {
                 disk: Some(path.to_path_buf()),
@@ -86,7 +95,7 @@ impl Signpost<File> {
         };
         let file = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(write)
             .open(path)
             .map_err(|source| Error::Open {
                 path: path.to_path_buf(),
@@ -98,7 +107,16 @@ impl Signpost<File> {
     /// Opens the disk holding the running root filesystem; `active` overrides the running set
     /// found there.
     pub fn open_host(active: Option<SetId>) -> Result<Self, Error> {
-        let _ = active;
+        Self::open_host_mode(active, true)
+    }
+
+    /// Like [`Signpost::open_host`], but read-only.
+    pub fn open_host_read_only(active: Option<SetId>) -> Result<Self, Error> {
+        Self::open_host_mode(active, false)
+    }
+
+    fn open_host_mode(active: Option<SetId>, write: bool) -> Result<Self, Error> {
+        let _ = (active, write);
         Err(Error::Discovery {
             disk: None,
             problem: "root-disk discovery is not available yet; pass --disk and --active".into(),

@@ -69,17 +69,19 @@ impl Command {
     }
 }
 
-fn open(cli: &Cli) -> Result<Signpost, signpost::Error> {
-    match &cli.disk {
-        Some(disk) => Signpost::open(disk, cli.active),
-        None => Signpost::open_host(cli.active),
+fn open(cli: &Cli, write: bool) -> Result<Signpost, signpost::Error> {
+    match (&cli.disk, write) {
+        (Some(disk), true) => Signpost::open(disk, cli.active),
+        (Some(disk), false) => Signpost::open_read_only(disk, cli.active),
+        (None, true) => Signpost::open_host(cli.active),
+        (None, false) => Signpost::open_host_read_only(cli.active),
     }
 }
 
 fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(t) = cli.command.transition() {
         let _lock = LockFile::acquire(&cli.lock_file, Duration::from_secs(cli.lock_timeout))?;
-        let mut sp = open(cli)?;
+        let mut sp = open(cli, true)?;
         sp.apply(t)?;
         match sp.next_boot() {
             Some(next) => println!("{t}: done; next boot: set {next}"),
@@ -87,7 +89,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         return Ok(());
     }
-    let sp = open(cli)?;
+    let sp = open(cli, false)?;
     match cli.command {
         Command::Status { json: true } => {
             println!("{}", serde_json::to_string_pretty(&sp.status())?);

@@ -1,1 +1,531 @@
-//! End-to-end tests across crates: real HTTP server on loopback, real signed repositories, real GPT disk images, and loop devices when root.
+//! End-to-end tests across crates: real HTTP server on loopback, real signed repositories, real
+//! GPT disk images, and loop devices when root.
+//!
+//! This library is the shared harness of the tests in `tests/tests/` and of the demo
+//! (`cargo run -p e2e-tests --bin demo`): it publishes signed repositories with releases (lz4
+//! images, waves, migrations), builds a disk image with the reference layout, serves the
+//! repository on 127.0.0.1, writes an `updog.toml` and an os-release for a simulated host, and
+//! runs the real `updog` and `signpost` binaries against them.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use bootpart::SetId;
+use chrono::{DateTime, Utc};
+use fixtures::disk::{DiskImage, DiskImageBuilder, PartKind};
+use fixtures::http::TestServer;
+use semver::Version;
+
+/// The variant every simulated host runs.
+pub const VARIANT: &str = "demo-variant";
+
+/// Attribute bits of a set that booted successfully: priority 1, tries 0, successful.
+pub const BOOTED_OK: u64 = (1 << 48) | (1 << 56);
+
+/// Directory holding the freshly built `updog` and `signpost` binaries.
+///
+/// Builds them once per process with the `cargo` that runs us (a nested build is fine: cargo
+/// does not hold the build lock while tests or `cargo run` programs execute), so a test never
+/// runs a stale binary.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        // target/<profile>/deps/test-binary or target/<profile>/demo
+        let mut dir = exe.parent().expect("exe dir").to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let target_dir = dir.parent().expect("target dir").to_path_buf();
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build", "--quiet", "-p", "updog", "--bin", "updog", "-p", "signpost", "--bin",
+            "signpost",
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .expect("running cargo build for updog and signpost");
+        assert!(status.success(), "cargo build of updog/signpost failed");
+        dir
+    })
+}
+
+/// Deterministic bytes that compress about 2:1, like a real filesystem image.
+pub fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let bytes = x.to_le_bytes();
+        // Half random bytes, half a repeating pattern.
+        out.extend_from_slice(&bytes[..4]);
+        out.extend_from_slice(b"fsfs");
+    }
+    out.truncate(len);
+    out
+}
+
+/// lz4 frame compression, as the reference builds its images.
+pub fn lz4(data: &[u8]) -> Vec<u8> {
+    let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::new());
+    enc.write_all(data).expect("lz4 in memory");
+    enc.finish().expect("lz4 in memory")
+}
+
+/// One release in a repository.
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// Its version.
+    pub version: Version,
+    /// `max_version` (defaults to `version`).
+    pub max_version: Version,
+    /// Decoded images.
+    pub boot: Vec<u8>,
+    /// Decoded root image.
+    pub root: Vec<u8>,
+    /// Decoded hash image.
+    pub hash: Vec<u8>,
+    /// Wave bounds and start times (empty: ready now).
+    pub waves: BTreeMap<u32, DateTime<Utc>>,
+}
+
+impl Release {
+    /// A release with small images derived from its version.
+    pub fn new(version: &str) -> Release {
+        let v: Version = version.parse().expect("version");
+        let seed = v.major * 10_000 + v.minor * 100 + v.patch;
+        Release {
+            max_version: v.clone(),
+            version: v,
+            boot: payload(seed * 3 + 1, 300 * 1024),
+            root: payload(seed * 3 + 2, 1536 * 1024),
+            hash: payload(seed * 3 + 3, 64 * 1024),
+            waves: BTreeMap::new(),
+        }
+    }
+
+    /// The TUF target name of one image.
+    pub fn target_name(&self, kind: &str) -> String {
+        format!(
+            "{VARIANT}-{}-v{}-{kind}.img.lz4",
+            std::env::consts::ARCH,
+            self.version
+        )
+    }
+
+    /// The decoded bytes of one image.
+    pub fn image(&self, kind: PartKind) -> &[u8] {
+        match kind {
+            PartKind::Boot => &self.boot,
+            PartKind::Hash => &self.hash,
+            _ => &self.root,
+        }
+    }
+}
+
+/// A migration in a repository: `(from, to)` and the target's bytes.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    /// Version jump it belongs to.
+    pub from: Version,
+    /// Version jump it belongs to.
+    pub to: Version,
+    /// Target name.
+    pub name: String,
+    /// Its (decoded) content; stored lz4-compressed.
+    pub content: Vec<u8>,
+}
+
+/// A repository to publish.
+#[derive(Debug, Clone, Default)]
+pub struct RepoSpec {
+    /// Releases.
+    pub releases: Vec<Release>,
+    /// Migrations.
+    pub migrations: Vec<Migration>,
+}
+
+impl RepoSpec {
+    /// A repository with these releases, every one carrying the newest version as its
+    /// `max_version` (as publishers set it), and no migrations.
+    pub fn new(releases: Vec<Release>) -> RepoSpec {
+        let mut spec = RepoSpec {
+            releases,
+            migrations: Vec::new(),
+        };
+        if let Some(max) = spec.releases.iter().map(|r| r.version.clone()).max() {
+            spec.set_max_version(&max);
+        }
+        spec
+    }
+
+    /// Sets `max_version` of every release (pulling back releases above it).
+    pub fn set_max_version(&mut self, max: &Version) {
+        for r in &mut self.releases {
+            r.max_version = max.clone();
+        }
+    }
+
+    /// The manifest.json for these releases, written by hand in the reference shape.
+    pub fn manifest_json(&self) -> serde_json::Value {
+        let updates: Vec<_> = self
+            .releases
+            .iter()
+            .map(|r| {
+                let waves: serde_json::Map<String, serde_json::Value> = r
+                    .waves
+                    .iter()
+                    .map(|(bound, at)| {
+                        (
+                            bound.to_string(),
+                            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into(),
+                        )
+                    })
+                    .collect();
+                serde_json::json!({
+                    "variant": VARIANT,
+                    "arch": std::env::consts::ARCH,
+                    "version": r.version.to_string(),
+                    "max_version": r.max_version.to_string(),
+                    "waves": waves,
+                    "images": {
+                        "boot": r.target_name("boot"),
+                        "root": r.target_name("root"),
+                        "hash": r.target_name("hash"),
+                    }
+                })
+            })
+            .collect();
+        let mut migrations: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for m in &self.migrations {
+            migrations
+                .entry(format!("({}, {})", m.from, m.to))
+                .or_default()
+                .push(m.name.clone());
+        }
+        serde_json::json!({ "updates": updates, "migrations": migrations })
+    }
+
+    /// Every target (name, stored bytes): the manifest, compressed images and migrations.
+    pub fn targets(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = vec![(
+            "manifest.json".to_string(),
+            serde_json::to_vec_pretty(&self.manifest_json()).expect("json"),
+        )];
+        for r in &self.releases {
+            for (kind, data) in [("boot", &r.boot), ("root", &r.root), ("hash", &r.hash)] {
+                out.push((r.target_name(kind), lz4(data)));
+            }
+        }
+        for m in &self.migrations {
+            out.push((m.name.clone(), lz4(&m.content)));
+        }
+        out
+    }
+}
+
+/// A published, signed repository on disk.
+#[derive(Debug)]
+pub struct Published {
+    /// The root of what the server serves.
+    pub dir: PathBuf,
+    /// URL path of the metadata under the server root (`metadata/`).
+    pub metadata_path: &'static str,
+    /// URL path of the targets under the server root (`targets/`).
+    pub targets_path: &'static str,
+    /// The trusted root a host ships with.
+    pub root_json: PathBuf,
+}
+
+impl Published {
+    /// Every stored file of a target (its plain name and its `<hash>.<name>` copies), for
+    /// tampering and fault injection.
+    pub fn target_files(&self, name: &str) -> Vec<PathBuf> {
+        let dir = self.dir.join(self.targets_path);
+        let suffix = format!(".{name}");
+        std::fs::read_dir(&dir)
+            .expect("targets dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n == name || n.ends_with(&suffix))
+            })
+            .collect()
+    }
+
+    /// The URL paths a target can be fetched under.
+    pub fn target_url_paths(&self, name: &str) -> Vec<String> {
+        self.target_files(name)
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().map(ToString::to_string))
+            .map(|f| format!("/{}{f}", self.targets_path))
+            .collect()
+    }
+}
+
+/// Signs and writes `spec` under `dir` with the fixture keys, with consistent snapshots as
+/// the reference repositories use them.
+pub fn publish(spec: &RepoSpec, dir: &Path) -> Published {
+    let mut repo = fixtures::repo::TestRepo::in_dir(dir, fixtures::repo::KeyKind::Ed25519);
+    repo.consistent_snapshot = true;
+    for (name, bytes) in spec.targets() {
+        repo.add_target(&name, &bytes);
+    }
+    repo.publish();
+    let root_json = dir.join("root.json");
+    repo.write_root(1, &root_json);
+    Published {
+        dir: dir.to_path_buf(),
+        metadata_path: "metadata/",
+        targets_path: "targets/",
+        root_json,
+    }
+}
+
+/// A simulated host: a disk image, a served repository, configuration, os-release and a
+/// recorder in place of the reboot command.
+pub struct Host {
+    /// Scratch space, removed on drop.
+    pub dir: tempfile::TempDir,
+    /// The disk image.
+    pub disk: DiskImage,
+    /// What the server serves.
+    pub repo: Published,
+    /// The server.
+    pub server: TestServer,
+    /// `updog.toml`.
+    pub config_path: PathBuf,
+    /// os-release of the running OS.
+    pub os_release: PathBuf,
+    /// Where the reboot recorder appends a line per call.
+    pub reboot_log: PathBuf,
+    /// The device or image updog is pointed at (the loop device when [`Host::attach_loop`]).
+    pub disk_path: PathBuf,
+    /// The running set.
+    pub active: SetId,
+    /// Extra configuration lines.
+    pub extra_config: String,
+}
+
+/// Seed of simulated hosts unless a test changes it.
+pub const HOST_SEED: u32 = 1000;
+
+impl Host {
+    /// A host running `running` on set A (marked booted OK), with `spec` published and served.
+    pub fn new(spec: &RepoSpec, running: &str) -> Host {
+        Self::with_disk(spec, running, DiskImageBuilder::new())
+    }
+
+    /// Like [`Host::new`] with a custom disk layout.
+    pub fn with_disk(spec: &RepoSpec, running: &str, builder: DiskImageBuilder) -> Host {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = publish(spec, &dir.path().join("repo"));
+        let server = TestServer::serve_dir(&repo.dir).expect("test server");
+        // Set A's BOOT partition is number 1.
+        let disk = builder
+            .attributes(1, BOOTED_OK)
+            .build(&dir.path().join("disk.img"))
+            .expect("disk image");
+        let reboot_log = dir.path().join("reboots.log");
+        let recorder = dir.path().join("reboot-recorder.sh");
+        std::fs::write(
+            &recorder,
+            format!(
+                "#!/bin/sh\necho \"reboot $*\" >> '{}'\n",
+                reboot_log.display()
+            ),
+        )
+        .expect("recorder");
+        set_executable(&recorder);
+        let host = Host {
+            config_path: dir.path().join("updog.toml"),
+            os_release: dir.path().join("os-release"),
+            reboot_log,
+            disk_path: disk.path.clone(),
+            disk,
+            repo,
+            server,
+            dir,
+            active: SetId::A,
+            extra_config: String::new(),
+        };
+        host.set_running(running, SetId::A);
+        host
+    }
+
+    /// Writes os-release and `updog.toml` for a host running `version` on `set`.
+    pub fn set_running(&self, version: &str, set: SetId) {
+        std::fs::write(
+            &self.os_release,
+            format!("NAME=Demo\nVARIANT_ID={VARIANT}\nVERSION_ID={version}\nBUILD_ID=e2e\n"),
+        )
+        .expect("os-release");
+        self.write_config(set, &self.extra_config);
+    }
+
+    fn write_config(&self, set: SetId, extra: &str) {
+        let d = self.dir.path();
+        let text = format!(
+            r#"metadata_base_url = "{meta}"
+targets_base_url = "{targets}"
+seed = {HOST_SEED}
+trusted_root = "{root}"
+metadata_dir = "{d}/state/metadata"
+state_file = "{d}/state/state.json"
+migrations_dir = "{d}/state/migrations"
+migrations_metadata_dir = "{d}/state/migrations-metadata"
+disk = "{disk}"
+active_set = "{set}"
+lock_file = "{d}/state/updog.lock"
+signpost_lock_file = "{d}/state/signpost.lock"
+reboot_command = ["{recorder}", "now"]
+os_release = "{os}"
+stall_timeout_secs = 2
+retries = 3
+{extra}
+"#,
+            meta = self.server.url_for(self.repo.metadata_path),
+            targets = self.server.url_for(self.repo.targets_path),
+            root = self.repo.root_json.display(),
+            d = d.display(),
+            disk = self.disk_path.display(),
+            recorder = d.join("reboot-recorder.sh").display(),
+            os = self.os_release.display(),
+        );
+        std::fs::write(&self.config_path, text).expect("updog.toml");
+    }
+
+    /// Adds configuration lines (for example `version_lock = "1.0.0"`) and rewrites the file.
+    pub fn configure(&mut self, extra: &str) {
+        self.extra_config.push_str(extra);
+        self.extra_config.push('\n');
+        self.write_config(self.active, &self.extra_config.clone());
+    }
+
+    /// A `updog` command with `--config` set.
+    pub fn updog_cmd(&self) -> Command {
+        let mut cmd = Command::new(bin_dir().join("updog"));
+        cmd.arg("--config").arg(&self.config_path);
+        cmd
+    }
+
+    /// Runs `updog ARGS` and returns its output.
+    pub fn updog(&self, args: &[&str]) -> Output {
+        self.updog_cmd().args(args).output().expect("running updog")
+    }
+
+    /// A `signpost` command for this disk.
+    pub fn signpost_cmd(&self) -> Command {
+        let mut cmd = Command::new(bin_dir().join("signpost"));
+        cmd.arg("--disk")
+            .arg(&self.disk_path)
+            .arg("--active")
+            .arg(self.active.to_string())
+            .arg("--lock-file")
+            .arg(self.dir.path().join("state/signpost.lock"));
+        cmd
+    }
+
+    /// The boot flags as the `signpost` library reads them now.
+    pub fn signpost(&self) -> signpost::Signpost {
+        signpost::Signpost::open(&self.disk_path, Some(self.active)).expect("signpost open")
+    }
+
+    /// The first `len` bytes of a partition of a set, read from the image file.
+    pub fn partition_bytes(&self, kind: PartKind, set: SetId, len: usize) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let index = usize::from(set == SetId::B);
+        let part = self.disk.partition(kind, index).expect("partition");
+        let mut buf = vec![0u8; len];
+        let f = std::fs::File::open(&self.disk_path).expect("disk");
+        f.read_exact_at(&mut buf, part.byte_offset(self.disk.sector_size))
+            .expect("read partition");
+        buf
+    }
+
+    /// Lines the reboot recorder wrote.
+    pub fn reboot_calls(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.reboot_log)
+            .map(|t| t.lines().map(ToString::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// The staged-state record path.
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.path().join("state/state.json")
+    }
+}
+
+fn set_executable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut perms = std::fs::metadata(path).expect("stat").permissions();
+    perms.set_mode(0o755);
+    std::fs::set_permissions(path, perms).expect("chmod");
+}
+
+/// Text of an output's stdout and stderr, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// What a simulated bootloader did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootPick {
+    /// The set it booted.
+    pub set: SetId,
+    /// Its tries left before the pick.
+    pub tries_before: u8,
+    /// Its tries left after the pick.
+    pub tries_after: u8,
+}
+
+/// Plays the bootloader (GRUB `gptprio.next`): picks the set signpost's `next_boot` names
+/// (highest priority with tries left or successful; ties to the lower partition number) and,
+/// if it has tries left, decrements them and writes the GPT, as the bootloader does.
+pub fn bootloader_pick(disk: &Path) -> Option<BootPick> {
+    let sp = signpost::Signpost::open(disk, Some(SetId::A)).ok()?;
+    let set = sp.next_boot()?;
+    let status = sp.status();
+    let boot_number = match set {
+        SetId::A => status.a.boot_partition,
+        SetId::B => status.b?.boot_partition,
+    };
+    drop(sp);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .ok()?;
+    let mut table = bootpart::gpt::read_gpt(&file).ok()?.table;
+    let entry = table.entry_mut(boot_number)?;
+    let mut state = signpost::SetState::from_attributes(entry.attributes);
+    let tries_before = state.tries_left;
+    if state.tries_left > 0 {
+        state.tries_left -= 1;
+        entry.attributes = state.apply_to(entry.attributes);
+        bootpart::gpt::write_gpt(&mut file, &table).ok()?;
+    }
+    Some(BootPick {
+        set,
+        tries_before,
+        tries_after: state.tries_left,
+    })
+}

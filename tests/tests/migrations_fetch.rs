@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fixtures::http::{Fault, TestServer};
-use fixtures::repo::{KeyKind, TestRepo, far_future, long_ago};
+use fixtures::repo::{Delegation, KeyKind, TargetsRole, TestKey, TestRepo, far_future, long_ago};
 use migrations_fetch::{
     CacheDirs, FetchError, FetchOptions, MigrationPlan, PlanError, ProblemKind, StatvfsProbe,
     TargetLookup, VerifyError, Version, fetch, verify_offline,
@@ -545,4 +545,69 @@ fn a_repository_without_consistent_snapshots_is_cached_with_plain_metadata_names
     )
     .unwrap();
     assert_eq!(verified.migrations[0].name, A);
+}
+
+#[test]
+fn migrations_signed_by_a_delegated_role_are_cached_with_that_role_and_verify_offline() {
+    let mut repo = TestRepo::new(KeyKind::Ed25519);
+    repo.consistent_snapshot = true;
+    repo.add_target("manifest.json", &release_one());
+    let delegate = TestKey::get(KeyKind::Ed25519, 4);
+    repo.targets
+        .delegations
+        .push(Delegation::new("migrations", &delegate, &["migrate_*"]));
+    let mut role = TargetsRole {
+        version: 3,
+        ..TargetsRole::default()
+    };
+    for (name, content) in [
+        (A, payload(1, 3_000)),
+        (C, payload(3, 9_000)),
+        (D, payload(4, 10)),
+    ] {
+        role.targets.insert(name.to_owned(), content);
+    }
+    repo.delegated.insert("migrations".to_owned(), role);
+    repo.publish_root();
+    repo.publish();
+    let server = TestServer::serve_dir(repo.dir()).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let trusted_root = work.path().join("root.json");
+    repo.write_root(1, &trusted_root);
+    let mut opts = RepositoryOptions::new(
+        server.url_for("metadata/").parse().unwrap(),
+        server.url_for("targets/").parse().unwrap(),
+        work.path().join("datastore"),
+    );
+    opts.trusted_root.clone_from(&trusted_root);
+    let tuf = Repository::load(opts, Arc::new(Env::http(1))).unwrap();
+    let plan = Env::plan(&tuf, "1.0.0", "1.3.0").unwrap();
+    assert_eq!(plan.migration_names(), [A, C, D]);
+    let dirs = CacheDirs::under(work.path().join("cache"));
+    fetch(&plan, &tuf, &dirs, &FetchOptions::default()).unwrap();
+    assert_eq!(
+        files(&dirs.metadata),
+        [
+            "1.root.json",
+            "1.snapshot.json",
+            "1.targets.json",
+            "3.migrations.json",
+            "timestamp.json"
+        ]
+    );
+    let loader = TufOfflineLoader::new(&trusted_root);
+    let verified = verify_offline(&dirs, &loader, &v("1.0.0"), &v("1.3.0")).unwrap();
+    assert_eq!(verified.migrations.len(), 3);
+
+    // A changed byte in the delegated role's signed part is caught and the file is named.
+    let path = dirs.metadata.join("3.migrations.json");
+    let text = fs::read_to_string(&path).unwrap();
+    let changed = text.replacen("\"length\": 9000", "\"length\": 9001", 1);
+    assert_ne!(
+        changed, text,
+        "the fixture's JSON layout changed; adjust the edit"
+    );
+    fs::write(&path, changed).unwrap();
+    let err = verify_offline(&dirs, &loader, &v("1.0.0"), &v("1.3.0")).unwrap_err();
+    assert!(err.to_string().contains("3.migrations.json"), "{err}");
 }

@@ -139,12 +139,35 @@ const MAX_NAME_PROBE: u64 = 16 * 1024 * 1024;
 /// An offline repository and the directory of links it reads delegated roles from.
 struct OfflineRepo {
     repo: Repository,
+    /// Which cached file each loader name is, for error messages.
+    names: String,
     _links: tempfile::TempDir,
 }
 
 impl TargetLookup for OfflineRepo {
     fn target_info(&self, name: &str) -> Result<Option<TargetInfo>, BoxError> {
-        self.repo.target_info(name)
+        // Delegated roles are verified on demand: name the cached files in their errors too.
+        self.repo
+            .target_info(name)
+            .map_err(|e| with_names(&e, &self.names).into())
+    }
+}
+
+/// `"snapshot.json is 7.snapshot.json, ..."` for the files whose cached name differs.
+fn describe_names(mapping: &BTreeMap<String, String>) -> String {
+    mapping
+        .iter()
+        .filter(|(offline, cached)| offline != cached)
+        .map(|(offline, cached)| format!("{offline} is {cached}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn with_names(e: &dyn std::fmt::Display, names: &str) -> String {
+    if names.is_empty() {
+        e.to_string()
+    } else {
+        format!("{e} (cached files: {names})")
     }
 }
 
@@ -155,20 +178,12 @@ impl OfflineLoader for TufOfflineLoader {
         for (offline, cached) in &mapping {
             std::os::unix::fs::symlink(metadata_dir.join(cached), links.path().join(offline))?;
         }
-        let repo = Repository::load_offline(links.path(), &self.trusted_root).map_err(|e| {
-            let files: Vec<String> = mapping
-                .iter()
-                .filter(|(offline, cached)| offline != cached)
-                .map(|(offline, cached)| format!("{offline} is {cached}"))
-                .collect();
-            if files.is_empty() {
-                format!("{e}")
-            } else {
-                format!("{e} (cached files: {})", files.join(", "))
-            }
-        })?;
+        let names = describe_names(&mapping);
+        let repo = Repository::load_offline(links.path(), &self.trusted_root)
+            .map_err(|e| with_names(&e, &names))?;
         Ok(Box::new(OfflineRepo {
             repo,
+            names,
             _links: links,
         }))
     }

@@ -46,7 +46,7 @@ use xxhash_rust::xxh32::Xxh32;
 
 pub use lz4frame::FrameError;
 use lz4frame::{BlockRef, FrameHeader, WINDOW};
-pub use sink::{AlignedBuf, IoMode, PartitionFile, Sink};
+pub use sink::{AlignedBuf, BootpartSink, IoMode, PartitionFile, Sink};
 
 /// How often blocked stages look at the stop flags.
 const TICK: Duration = Duration::from_millis(20);
@@ -99,6 +99,16 @@ impl ExpectedImage {
         let v = hex::decode(sha256_hex).ok()?;
         let sha256 = <[u8; 32]>::try_from(v.as_slice()).ok()?;
         Some(Self { length, sha256 })
+    }
+}
+
+impl ExpectedImage {
+    /// From a signed TUF target description; `None` when it lists no (well-formed) sha256.
+    pub fn from_target(target: &crate::tuf::TargetDescription) -> Option<Self> {
+        Some(Self {
+            length: target.length,
+            sha256: target.sha256()?,
+        })
     }
 }
 
@@ -281,26 +291,24 @@ impl StageError {
 ///
 /// # Example
 ///
-/// ```no_run
-/// use updog::pipeline::{ExpectedImage, IoMode, PartitionFile, StageOptions, stage_image};
+/// Stage the `root` image of a verified repository onto set B's ROOT partition:
 ///
-/// let image = std::fs::File::open("root.ext4.lz4")?;
-/// let expected = ExpectedImage::from_hex(
-///     image.metadata()?.len(),
-///     "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-/// )
-/// .expect("32-byte hex");
-/// // Partition 3 of a disk image: 1 MiB into the file, 64 MiB long.
-/// let mut part = PartitionFile::open("disk.img".as_ref(), 1 << 20, 64 << 20, IoMode::Auto)?;
-/// let staged = stage_image(
-///     Box::new(image),
-///     &expected,
-///     &mut part,
-///     &StageOptions::default(),
-///     &|p| eprintln!("{:?} {}/{}", p.phase, p.done, p.total),
-/// )?;
+/// ```no_run
+/// use bootpart::{Disk, SetId};
+/// use updog::pipeline::{BootpartSink, ExpectedImage, IoMode, StageOptions, stage_image};
+///
+/// # fn demo(repo: &updog::tuf::Repository) -> Result<(), Box<dyn std::error::Error>> {
+/// let disk = Disk::open("/dev/nvme0n1")?;
+/// let root_b = &disk.layout().set(SetId::B)?.root;
+/// let (target, stream) = repo.fetch_target_unverified("root.ext4.lz4")?;
+/// let expected = ExpectedImage::from_target(&target).ok_or("target has no sha256")?;
+/// let mut sink = BootpartSink::open(&disk, root_b, IoMode::Auto)?;
+/// let staged = stage_image(stream, &expected, &mut sink, &StageOptions::default(), &|p| {
+///     eprintln!("{:?} {}/{}", p.phase, p.done, p.total);
+/// })?;
 /// println!("wrote {} bytes", staged.decoded_len);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # Ok(())
+/// # }
 /// ```
 pub fn stage_image<S: Sink + ?Sized>(
     source: Box<dyn Read + Send>,

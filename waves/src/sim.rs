@@ -220,6 +220,41 @@ pub fn render_table(points: &[FleetPoint]) -> String {
     out
 }
 
+/// A plain-text table with one "share of the fleet" column per named series, over the first
+/// series' instants (the series are expected to share them, as [`simulate`] gives for the same
+/// window and steps).
+pub fn render_table_series(series: &[(&str, &[FleetPoint])]) -> String {
+    let mut out = String::new();
+    let points: &[FleetPoint] = series.first().map_or(&[], |(_, p)| p);
+    let origin = points.first().map(|p| p.at);
+    let _ = write!(out, "{:<24}  {:>12}", "time", "elapsed");
+    for (name, _) in series {
+        let _ = write!(out, "  {name:>10}");
+    }
+    out.push('\n');
+    for (i, p) in points.iter().enumerate() {
+        let elapsed = origin.map_or(TimeDelta::zero(), |o| p.at.signed_duration_since(o));
+        let _ = write!(
+            out,
+            "{:<24}  {:>12}",
+            format_time(p.at),
+            format_elapsed(elapsed)
+        );
+        for (_, pts) in series {
+            match pts.get(i) {
+                Some(q) => {
+                    let _ = write!(out, "  {:>9.1}%", q.fraction * 100.0);
+                }
+                None => {
+                    let _ = write!(out, "  {:>10}", "-");
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn format_elapsed(d: TimeDelta) -> String {
     let mins = d.num_minutes();
     let (days, rem) = (mins / (24 * 60), mins % (24 * 60));
@@ -232,6 +267,19 @@ fn format_elapsed(d: TimeDelta) -> String {
 
 /// An SVG line chart of the eligible share over time, with a dashed line where each wave opens.
 pub fn render_svg(points: &[FleetPoint], schedule: &WaveSchedule, title: &str) -> String {
+    render_svg_series(&[("", points)], schedule, title)
+}
+
+/// Like [`render_svg`] with several named curves over the same instants (the first one's
+/// instants set the time axis), with a legend when there is more than one; for example this
+/// crate's formula next to the reference's.
+pub fn render_svg_series(
+    series: &[(&str, &[FleetPoint])],
+    schedule: &WaveSchedule,
+    title: &str,
+) -> String {
+    const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let points: &[FleetPoint] = series.first().map_or(&[], |(_, p)| p);
     const W: f64 = 800.0;
     const H: f64 = 420.0;
     const LEFT: f64 = 60.0;
@@ -287,16 +335,31 @@ pub fn render_svg(points: &[FleetPoint], schedule: &WaveSchedule, title: &str) -
             format_time(wave.start)
         );
     }
-    // The curve.
-    let mut path = String::new();
-    for p in points {
-        let _ = write!(path, "{:.1},{:.1} ", x_of(p.at), y_of(p.fraction));
+    // The curves, and a legend when there are several.
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let color = COLORS.get(i % COLORS.len()).copied().unwrap_or("black");
+        let mut path = String::new();
+        for p in *pts {
+            let _ = write!(path, "{:.1},{:.1} ", x_of(p.at), y_of(p.fraction));
+        }
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            path.trim_end()
+        );
+        if series.len() > 1 {
+            let y = TOP + 16.0 + 18.0 * i as f64;
+            let _ = writeln!(
+                s,
+                r#"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{color}" stroke-width="2"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+                LEFT + 12.0,
+                LEFT + 36.0,
+                LEFT + 42.0,
+                y + 4.0,
+                xml_escape(name)
+            );
+        }
     }
-    let _ = writeln!(
-        s,
-        r##"<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{}"/>"##,
-        path.trim_end()
-    );
     let _ = writeln!(
         s,
         r#"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{:.1}" stroke="black"/><line x1="{LEFT}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="black"/>"#,
@@ -455,6 +518,25 @@ mod tests {
         assert!(svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("stroke-dasharray").count(), 7);
         assert!(svg.contains("share of 1000 hosts"));
+        assert_eq!(svg.matches("<polyline").count(), 1);
+        let reference = simulate(
+            &s,
+            &Fleet::uniform(1000),
+            points[0].at,
+            points[19].at,
+            20,
+            Formula::Reference,
+        )
+        .unwrap();
+        let both = render_svg_series(&[("offset", &points), ("reference", &reference)], &s, "t");
+        assert_eq!(both.matches("<polyline").count(), 2);
+        assert!(both.contains(">reference</text>"));
+        let table = render_table_series(&[("offset", &points), ("reference", &reference)]);
+        assert_eq!(table.lines().count(), 21);
+        assert!(
+            table.lines().next().unwrap().ends_with(" reference"),
+            "{table}"
+        );
         let json = serde_json::to_value(points[0]).unwrap();
         assert!(json["at"].is_string() && json["fraction"].is_number());
     }

@@ -70,6 +70,10 @@ proptest! {
             // The reference formula agrees on the bracket, too.
             let r = s.reference_ready_at(seed).unwrap();
             prop_assert!(r >= first && r <= last);
+            // Spreading by offset never makes a host wait longer than the reference does (up to
+            // the reference's rounding of its per-seed step down to whole milliseconds, which
+            // can pull it up to one millisecond per seed earlier).
+            prop_assert!(at <= r + TimeDelta::milliseconds(2048), "seed {seed}: {at} after the reference's {r}");
         }
     }
 

@@ -3,14 +3,14 @@
 //! Every command that changes the manifest writes it atomically (temporary file in the same
 //! directory, fsync, rename, fsync of the directory).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use manifest::{Error, Images, Manifest, Update};
 use semver::Version;
-use waves::sim::{Fleet, simulate_schedule};
+use waves::sim::{Fleet, FleetPoint, Formula, simulate, simulate_schedule};
 use waves::time::{format_time, parse_time_or_relative};
 use waves::{Seed, WavePolicy, WaveSchedule};
 
@@ -88,11 +88,13 @@ enum Command {
         #[arg(long, conflicts_with_all = ["policy", "default_waves"])]
         clear: bool,
     },
-    /// Set the migrations from the [migrations] table of a Release.toml.
-    ///
-    /// The table maps "(FROM, TO)" version pairs to lists of migration target names. By default
-    /// it replaces all of the manifest's migrations; with --merge it adds to them (replacing the
-    /// same pairs).
+    #[command(
+        about = "Set the migrations from the [migrations] table of a Release.toml",
+        long_about = "Set the migrations from the [migrations] table of a Release.toml.\n\n\
+            The table maps \"(FROM, TO)\" version pairs to lists of migration target names. By \
+            default it replaces all of the manifest's migrations; with --merge it adds to them \
+            (replacing the same pairs)."
+    )]
     SetMigrations {
         /// The manifest file to edit.
         manifest: PathBuf,
@@ -150,6 +152,10 @@ enum Command {
         /// Points in the simulated timeline (2..=10000).
         #[arg(long, default_value_t = 25)]
         steps: usize,
+        /// Also show the reference system's eligibility formula (absolute seed), which makes
+        /// most hosts of every later wave wait for the wave's end.
+        #[arg(long)]
+        compare_reference: bool,
     },
 }
 
@@ -359,6 +365,7 @@ fn run(command: Command) -> Result<ExitCode, Error> {
             svg,
             hosts,
             steps,
+            compare_reference,
         } => {
             let m = manifest::fs::load(&path)?;
             let update = m
@@ -369,31 +376,55 @@ fn run(command: Command) -> Result<ExitCode, Error> {
                     version: id.version.clone(),
                 })?;
             let seed = seed.map(Seed::new).transpose()?;
-            show_waves(update, seed, json, svg.as_deref(), hosts, steps, now)?;
+            let opts = ShowWaves {
+                seed,
+                json,
+                svg,
+                hosts,
+                steps,
+                compare_reference,
+            };
+            show_waves(update, &opts, now)?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn show_waves(
-    update: &Update,
+struct ShowWaves {
     seed: Option<Seed>,
     json: bool,
-    svg: Option<&Path>,
+    svg: Option<PathBuf>,
     hosts: u64,
     steps: usize,
-    now: DateTime<Utc>,
-) -> Result<(), Error> {
+    compare_reference: bool,
+}
+
+fn show_waves(update: &Update, opts: &ShowWaves, now: DateTime<Utc>) -> Result<(), Error> {
     let schedule = &update.waves;
-    let fleet = Fleet::uniform(hosts);
-    let points = simulate_schedule(schedule, &fleet, steps)?;
-    let ready_at = seed.map(|s| (s, schedule.ready_at(s)));
-    if let Some(path) = svg {
+    let fleet = Fleet::uniform(opts.hosts);
+    let points = simulate_schedule(schedule, &fleet, opts.steps)?;
+    let reference = match (opts.compare_reference, points.first(), points.last()) {
+        (true, Some(first), Some(last)) if first.at < last.at => Some(simulate(
+            schedule,
+            &fleet,
+            first.at,
+            last.at,
+            opts.steps,
+            Formula::Reference,
+        )?),
+        _ => None,
+    };
+    let series: Vec<(&str, &[FleetPoint])> = match &reference {
+        Some(r) => vec![("this crate", &points), ("reference", r)],
+        None => vec![("fleet", &points)],
+    };
+    let ready_at = opts.seed.map(|s| (s, schedule.ready_at(s)));
+    if let Some(path) = &opts.svg {
         let title = format!("{} {} {}", update.variant, update.arch, update.version);
-        let chart = waves::sim::render_svg(&points, schedule, &title);
+        let chart = waves::sim::render_svg_series(&series, schedule, &title);
         manifest::fs::write_atomic(path, chart.as_bytes())?;
     }
-    if json {
+    if opts.json {
         let waves: Vec<serde_json::Value> = schedule
             .waves()
             .map(|w| serde_json::json!({ "bound": w.bound, "start": format_time(w.start) }))
@@ -405,15 +436,20 @@ fn show_waves(
             "waves": waves,
             "fleet": points,
         });
-        if let (Some((s, at)), Some(obj)) = (ready_at, out.as_object_mut()) {
-            obj.insert(
-                "seed".into(),
-                serde_json::json!({
-                    "seed": s.get(),
-                    "ready_at": at.map(format_time),
-                    "ready_now": schedule.is_ready(s, now),
-                }),
-            );
+        if let Some(obj) = out.as_object_mut() {
+            if let Some((s, at)) = ready_at {
+                obj.insert(
+                    "seed".into(),
+                    serde_json::json!({
+                        "seed": s.get(),
+                        "ready_at": at.map(format_time),
+                        "ready_now": schedule.is_ready(s, now),
+                    }),
+                );
+            }
+            if let Some(r) = &reference {
+                obj.insert("fleet_reference".into(), serde_json::json!(r));
+            }
         }
         println!("{out:#}");
         return Ok(());
@@ -456,9 +492,13 @@ fn show_waves(
             ),
         }
     }
-    println!("\nfleet of {hosts} host(s):");
-    print!("{}", waves::sim::render_table(&points));
-    if let Some(path) = svg {
+    println!("\nfleet of {} host(s):", opts.hosts);
+    if reference.is_some() {
+        print!("{}", waves::sim::render_table_series(&series));
+    } else {
+        print!("{}", waves::sim::render_table(&points));
+    }
+    if let Some(path) = &opts.svg {
         println!("chart written to {}", path.display());
     }
     Ok(())

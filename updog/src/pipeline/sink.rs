@@ -1,11 +1,16 @@
 //! Where staged images go: the [`Sink`] trait (positioned writes, one flush, read-back that
-//! bypasses the page cache), a partition of a file or block device ([`PartitionFile`]), and a
-//! heap buffer aligned for `O_DIRECT` ([`AlignedBuf`]) built without `unsafe`.
+//! bypasses the page cache) and its two implementations: [`BootpartSink`] (a partition found by
+//! `bootpart`, written through [`bootpart::io::PartitionWriter`] and read back through
+//! [`bootpart::io::PartitionReader`]) and [`PartitionFile`] (a byte range of any file or block
+//! device, with 4 MiB direct reads for the read-back); plus [`AlignedBuf`], a heap buffer
+//! aligned for `O_DIRECT` built without `unsafe`.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+pub use bootpart::io::IoMode;
 
 /// The alignment used for direct I/O: buffers, offsets and lengths are multiples of it. 4096
 /// covers both 512-byte and 4K-native logical block sizes.
@@ -54,19 +59,6 @@ impl<S: Sink + ?Sized> Sink for &mut S {
     fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         (**self).read_exact_at(buf, offset)
     }
-}
-
-/// How a [`PartitionFile`] does its I/O.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum IoMode {
-    /// `O_DIRECT` when the file system and the partition offset allow it, else buffered.
-    #[default]
-    Auto,
-    /// `O_DIRECT` or an error.
-    Direct,
-    /// Through the page cache; the cached pages are dropped after the flush so that the
-    /// read-back comes from the device.
-    Buffered,
 }
 
 /// A partition: a byte range `[offset, offset + len)` of a disk-image file or a block device.
@@ -206,6 +198,88 @@ impl Sink for PartitionFile {
             }
         }
         self.buffered.read_exact_at(buf, abs)
+    }
+}
+
+/// A partition of a [`bootpart::Disk`]: writes go through [`PartitionWriter`] (bounded by the
+/// partition, `O_DIRECT` with a buffered fallback), the read-back through [`PartitionReader`]
+/// opened after the flush (`O_DIRECT`, or after dropping the cached pages).
+///
+/// [`PartitionWriter`]: bootpart::io::PartitionWriter
+/// [`PartitionReader`]: bootpart::io::PartitionReader
+#[derive(Debug)]
+pub struct BootpartSink<'a> {
+    disk: &'a bootpart::Disk,
+    part: bootpart::Partition,
+    mode: IoMode,
+    writer: bootpart::io::PartitionWriter,
+    reader: Option<bootpart::io::PartitionReader>,
+}
+
+impl<'a> BootpartSink<'a> {
+    /// Open `part` of `disk` for staging.
+    pub fn open(
+        disk: &'a bootpart::Disk,
+        part: &bootpart::Partition,
+        mode: IoMode,
+    ) -> Result<Self, bootpart::Error> {
+        let writer = bootpart::io::PartitionWriter::open(disk, part, mode)?;
+        Ok(Self {
+            disk,
+            part: part.clone(),
+            mode,
+            writer,
+            reader: None,
+        })
+    }
+
+    /// The partition being written.
+    pub fn partition(&self) -> &bootpart::Partition {
+        &self.part
+    }
+
+    fn reader(&mut self) -> io::Result<&mut bootpart::io::PartitionReader> {
+        if self.reader.is_none() {
+            let r = bootpart::io::PartitionReader::open(self.disk, &self.part, self.mode)
+                .map_err(io::Error::other)?;
+            self.reader = Some(r);
+        }
+        self.reader
+            .as_mut()
+            .ok_or_else(|| io::Error::other("partition reader not open"))
+    }
+}
+
+impl Sink for BootpartSink<'_> {
+    fn capacity(&self) -> u64 {
+        self.writer.capacity()
+    }
+
+    fn alignment(&self) -> usize {
+        self.writer.alignment()
+    }
+
+    fn is_direct(&self) -> bool {
+        self.writer.is_direct()
+    }
+
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.writer
+            .write_all_at(buf, offset)
+            .map_err(io::Error::other)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.writer.sync()?;
+        // Opened after the flush: in buffered mode, opening drops the cached pages.
+        self.reader = None;
+        self.reader().map(|_| ())
+    }
+
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let r = self.reader()?;
+        r.seek(SeekFrom::Start(offset))?;
+        r.read_exact(buf)
     }
 }
 

@@ -1,0 +1,433 @@
+//! End-to-end: the real `updog` binary against a signed repository served over HTTP on
+//! 127.0.0.1 and a GPT disk image (a loop device when root).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use bootpart::SetId;
+use chrono::{DateTime, Utc};
+use e2e_tests::{BOOTED_OK, Host, Migration, Release, RepoSpec, describe};
+use fixtures::disk::{DiskImageBuilder, PartKind};
+use fixtures::http::Fault;
+use signpost::SetState;
+
+const OK: i32 = 0;
+const FAILURE: i32 = 1;
+const NOTHING_TO_DO: i32 = 3;
+const LOCKED: i32 = 4;
+const INTERRUPTED: i32 = 5;
+
+fn two_releases() -> RepoSpec {
+    let mut spec = RepoSpec::new(vec![Release::new("1.0.0"), Release::new("1.1.0")]);
+    spec.migrations.push(Migration {
+        from: "1.0.0".parse().unwrap(),
+        to: "1.1.0".parse().unwrap(),
+        name: "migrate_v1.1.0_settings.lz4".to_string(),
+        content: b"migration 1.0.0 -> 1.1.0".to_vec(),
+    });
+    spec
+}
+
+fn state(host: &Host, set: SetId) -> SetState {
+    host.signpost().state(set).expect("set exists")
+}
+
+fn code(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+/// Injects `fault` into every URL the target can be fetched under (`times` hits each, or
+/// every request).
+fn fault_target(host: &Host, name: &str, fault: &Fault, times: Option<usize>) -> Vec<String> {
+    let paths = host.repo.target_url_paths(name);
+    assert!(!paths.is_empty(), "target {name} not published");
+    for path in &paths {
+        match times {
+            Some(n) => host.server.fault_times(path, fault.clone(), n),
+            None => host.server.fault(path, fault.clone()),
+        }
+    }
+    paths
+}
+
+/// Asserts the failure invariants: the inactive set B is cleared, set A is exactly as before
+/// and boots next, and no staged record claims anything.
+fn assert_failed_cleanly(host: &Host, a_before: SetState) {
+    assert_eq!(
+        state(host, SetId::B),
+        SetState::new(0, 0, false).unwrap(),
+        "B cleared"
+    );
+    assert_eq!(state(host, SetId::A), a_before, "A untouched");
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A), "A boots next");
+    assert!(!host.state_file().exists(), "no staged record");
+    assert!(host.reboot_calls().is_empty(), "no reboot");
+}
+
+/// Spawns `updog ARGS --progress json` and waits until it reports image bytes.
+fn spawn_staging(host: &Host, args: &[&str]) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut child = host
+        .updog_cmd()
+        .args(args)
+        .args(["--progress", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn updog");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = stdout.read_line(&mut line).expect("read progress");
+        assert!(
+            n > 0,
+            "updog ended before staging: {:?}",
+            child.wait_with_output()
+        );
+        if line.contains(r#""event":"image""#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no image progress in time");
+    }
+    (child, stdout)
+}
+
+#[test]
+fn full_update_flips_to_the_new_set_and_hands_off_to_reboot() {
+    let spec = two_releases();
+    let host = Host::new(&spec, "1.0.0");
+
+    let out = host.updog(&["check-update", "--json"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let update: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(update["version"], "1.1.0");
+    assert_eq!(update["variant"], e2e_tests::VARIANT);
+    for key in ["arch", "max_version", "waves", "images"] {
+        assert!(
+            update.get(key).is_some(),
+            "reference key {key} missing: {update}"
+        );
+    }
+    assert_eq!(update["migrations"][0], "migrate_v1.1.0_settings.lz4");
+
+    let out = host.updog(&["update", "--reboot"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+
+    // Every image is on set B, byte for byte.
+    let new = &spec.releases[1];
+    for kind in [PartKind::Boot, PartKind::Root, PartKind::Hash] {
+        let want = new.image(kind);
+        assert!(
+            host.partition_bytes(kind, SetId::B, want.len()) == want,
+            "{kind:?} of set B differs from the release"
+        );
+    }
+    // Flags: B tried once next, A the fallback.
+    assert_eq!(state(&host, SetId::B), SetState::new(2, 1, false).unwrap());
+    assert_eq!(state(&host, SetId::A).priority, 1);
+    assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+    // The reboot command ran once, after the flip.
+    assert_eq!(host.reboot_calls(), ["reboot now"]);
+    // The migration was cached under its consistent-snapshot name.
+    let cached: Vec<_> = std::fs::read_dir(host.dir.path().join("state/migrations"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        cached
+            .iter()
+            .any(|n| n.ends_with(".migrate_v1.1.0_settings.lz4")),
+        "{cached:?}"
+    );
+
+    let out = host.updog(&["status", "--json"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["running"]["version"], "1.0.0");
+    assert_eq!(status["running"]["set"], "A");
+    assert_eq!(status["staged"]["version"], "1.1.0");
+    assert_eq!(status["staged"]["set"], "B");
+    assert_eq!(status["staged"]["applied"], true);
+    assert_eq!(status["next_boot"], "B");
+
+    // update-revert puts A back in front; update-apply flips again.
+    assert_eq!(code(&host.updog(&["update-revert"])), OK);
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A));
+    assert_eq!(code(&host.updog(&["update-apply"])), OK);
+    assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+}
+
+#[test]
+fn a_host_whose_wave_has_not_opened_is_told_the_version_and_the_time() {
+    let mut spec = two_releases();
+    let opens = DateTime::<Utc>::from_timestamp(Utc::now().timestamp() + 2 * 86_400, 0).unwrap();
+    spec.releases[1].waves = BTreeMap::from([(2048, opens)]);
+    let host = Host::new(&spec, "1.0.0");
+    let disk_before = host.disk.bytes().unwrap();
+
+    let out = host.updog(&["check-update", "--json"]);
+    assert_eq!(code(&out), NOTHING_TO_DO, "{}", describe(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["no_update"]["reason"], "not_eligible_yet", "{v}");
+    assert_eq!(v["no_update"]["version"], "1.1.0");
+    let ready: DateTime<Utc> = v["no_update"]["ready_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ready, opens);
+
+    let out = host.updog(&["check-update"]);
+    assert_eq!(code(&out), NOTHING_TO_DO);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1.1.0"), "{text}");
+    assert!(
+        text.contains(&opens.format("%Y-%m-%d").to_string()),
+        "{text}"
+    );
+
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), NOTHING_TO_DO, "{}", describe(&out));
+    assert!(host.disk.bytes().unwrap() == disk_before, "disk changed");
+
+    // --now ignores the waves.
+    let out = host.updog(&["check-update", "--now"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+}
+
+#[test]
+fn a_pulled_back_release_is_replaced_by_the_newest_allowed_one() {
+    let mut spec = two_releases();
+    // 1.1.0 was bad: max_version goes back to 1.0.0 everywhere.
+    spec.set_max_version(&"1.0.0".parse().unwrap());
+    let host = Host::new(&spec, "1.1.0");
+
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let old = &spec.releases[0];
+    assert!(host.partition_bytes(PartKind::Root, SetId::B, old.root.len()) == old.root);
+    let status: serde_json::Value =
+        serde_json::from_slice(&host.updog(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["staged"]["version"], "1.0.0");
+}
+
+#[test]
+fn a_version_lock_picks_exactly_that_version() {
+    let mut spec = two_releases();
+    spec.releases.push(Release::new("1.2.0"));
+    spec.set_max_version(&"1.2.0".parse().unwrap());
+    spec.migrations.push(Migration {
+        from: "1.1.0".parse().unwrap(),
+        to: "1.2.0".parse().unwrap(),
+        name: "migrate_v1.2.0_more.lz4".to_string(),
+        content: b"1.1 -> 1.2".to_vec(),
+    });
+    let mut host = Host::new(&spec, "1.0.0");
+    host.configure("version_lock = \"v1.1.0\"");
+
+    let out = host.updog(&["check-update", "--json"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["version"], "1.1.0");
+
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let locked = &spec.releases[1];
+    assert!(host.partition_bytes(PartKind::Root, SetId::B, locked.root.len()) == locked.root);
+
+    // Locked to the running version: nothing to do, and it says so.
+    host.set_running("1.1.0", SetId::A);
+    let out = host.updog(&["check-update"]);
+    assert_eq!(code(&out), NOTHING_TO_DO, "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("locked"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn a_connection_dropped_mid_image_is_resumed() {
+    let spec = two_releases();
+    let host = Host::new(&spec, "1.0.0");
+    let root = spec.releases[1].target_name("root");
+    let paths = fault_target(&host, &root, &Fault::DropAfter(100_000), Some(1));
+
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let new = &spec.releases[1];
+    assert!(host.partition_bytes(PartKind::Root, SetId::B, new.root.len()) == new.root);
+    let ranges: Vec<_> = paths
+        .iter()
+        .flat_map(|p| host.server.requests_for(p))
+        .filter_map(|r| r.range)
+        .collect();
+    assert!(
+        ranges.iter().any(|r| r.starts_with("bytes=100000-")),
+        "no resume from the drop point: {ranges:?}"
+    );
+}
+
+#[test]
+fn a_stalled_server_fails_cleanly() {
+    let spec = two_releases();
+    let host = Host::new(&spec, "1.0.0");
+    let a_before = state(&host, SetId::A);
+    fault_target(
+        &host,
+        &spec.releases[1].target_name("root"),
+        &Fault::Stall { after: 50_000 },
+        None,
+    );
+
+    let started = Instant::now();
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
+    // stall_timeout_secs = 2 in the test config: it gives up promptly, not after minutes.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("root"), "{err}");
+    assert_failed_cleanly(&host, a_before);
+}
+
+#[test]
+fn a_tampered_image_byte_is_caught_and_the_host_stays_on_its_set() {
+    let spec = two_releases();
+    // B carries old flags from an earlier life, to show they are cleared first.
+    let host = Host::with_disk(
+        &spec,
+        "1.0.0",
+        DiskImageBuilder::new().attributes(5, 1 << 56),
+    );
+    let a_before = state(&host, SetId::A);
+    for file in host
+        .repo
+        .target_files(&spec.releases[1].target_name("boot"))
+    {
+        let mut bytes = std::fs::read(&file).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        std::fs::write(&file, bytes).unwrap();
+    }
+
+    let out = host.updog(&["update", "--reboot"]);
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sha256") && err.contains("boot"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line on stderr: {err}");
+    assert_failed_cleanly(&host, a_before);
+}
+
+#[test]
+fn an_image_larger_than_its_partition_is_refused() {
+    let mut spec = two_releases();
+    // 1.5 MiB of root image for a 1 MiB partition: compresses below 1 MiB, so only the decoder
+    // can tell.
+    spec.releases[1].root = e2e_tests::payload(77, 1536 * 1024);
+    let host = Host::with_disk(&spec, "1.0.0", DiskImageBuilder::new().root_size(1 << 20));
+    let a_before = state(&host, SetId::A);
+    let hash_b_before = host.partition_bytes(PartKind::Hash, SetId::B, 1 << 20);
+
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("root") && err.contains("fit"), "{err}");
+    assert_failed_cleanly(&host, a_before);
+    // Nothing was written past the partition's end.
+    assert!(host.partition_bytes(PartKind::Hash, SetId::B, 1 << 20) == hash_b_before);
+}
+
+#[test]
+fn an_image_that_cannot_fit_is_refused_before_the_disk_is_touched() {
+    let mut spec = two_releases();
+    // Incompressible data larger than the partition: the signed length alone rules it out.
+    let mut noise = Vec::with_capacity(1536 * 1024);
+    let mut x: u32 = 0x1234_5678;
+    while noise.len() < 1536 * 1024 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    spec.releases[1].root = noise;
+    let host = Host::with_disk(
+        &spec,
+        "1.0.0",
+        DiskImageBuilder::new()
+            .root_size(1 << 20)
+            .attributes(5, 1 << 56),
+    );
+    let disk_before = host.disk.bytes().unwrap();
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot fit"));
+    assert!(host.disk.bytes().unwrap() == disk_before, "disk changed");
+}
+
+#[test]
+fn a_second_updog_is_refused_while_the_first_holds_the_lock() {
+    let spec = two_releases();
+    let host = Host::new(&spec, "1.0.0");
+    fault_target(
+        &host,
+        &spec.releases[1].target_name("root"),
+        &Fault::Slow {
+            bytes: 64 * 1024,
+            every: Duration::from_millis(100),
+        },
+        None,
+    );
+    let (first, _stdout) = spawn_staging(&host, &["update"]);
+
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), LOCKED, "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another update is in progress"), "{err}");
+    assert!(
+        err.contains(&first.id().to_string()),
+        "holder pid named: {err}"
+    );
+
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+}
+
+#[test]
+fn sigterm_while_staging_stops_cleanly() {
+    let spec = two_releases();
+    let host = Host::with_disk(
+        &spec,
+        "1.0.0",
+        DiskImageBuilder::new().attributes(5, 1 << 56),
+    );
+    let a_before = state(&host, SetId::A);
+    fault_target(
+        &host,
+        &spec.releases[1].target_name("root"),
+        &Fault::Slow {
+            bytes: 32 * 1024,
+            every: Duration::from_millis(100),
+        },
+        None,
+    );
+    let (child, _stdout) = spawn_staging(&host, &["update", "--reboot"]);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), INTERRUPTED, "{}", describe(&out));
+    assert!(started.elapsed() < Duration::from_secs(10), "slow to stop");
+    assert_failed_cleanly(&host, a_before);
+    let _ = BOOTED_OK;
+}

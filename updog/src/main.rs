@@ -1,0 +1,346 @@
+//! `updog`: check for, stage, apply and revert OS image updates. A thin shell over the
+//! `updog` library: parse arguments, call [`updog::updater::Updater`], print.
+//!
+//! Exit codes are documented in [`updog::exit`].
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use updog::config::{Config, DEFAULT_CONFIG_PATH};
+use updog::progress::{ProgressEvent, TerminalBar, json_line};
+use updog::updater::{CancelHandle, Check, CheckOptions, CheckOutcome, UpdateError, Updater};
+
+#[derive(Parser)]
+#[command(
+    name = "updog",
+    version,
+    about = "Check for, stage, apply and revert A/B OS image updates from a TUF repository",
+    after_help = "Exit codes: 0 success, 1 failure, 2 usage, 3 nothing to do, \
+                  4 another update in progress, 5 interrupted while staging."
+)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, short = 'c', global = true, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// os-release file to read the running variant and version from (overrides the config).
+    #[arg(long, global = true, hide = true)]
+    os_release: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the update this host would take, or why there is none.
+    #[command(visible_alias = "whats")]
+    CheckUpdate {
+        /// List every update for this variant and architecture.
+        #[arg(long, short = 'a')]
+        all: bool,
+        /// Print JSON (the reference's update object; an array with --all).
+        #[arg(long, short = 'j')]
+        json: bool,
+        /// Ignore wave schedules.
+        #[arg(long, visible_alias = "now", short = 'n')]
+        ignore_waves: bool,
+        /// Choose this version.
+        #[arg(long, short = 'i', value_name = "VERSION")]
+        image: Option<semver::Version>,
+    },
+    /// Fetch migrations, stage the update on the inactive set, and flip to it.
+    Update {
+        /// Reboot into the new set afterwards.
+        #[arg(long, short = 'r')]
+        reboot: bool,
+        #[command(flatten)]
+        stage: StageArgs,
+    },
+    /// Fetch migrations and stage the update on the inactive set, without flipping.
+    UpdateImage {
+        #[command(flatten)]
+        stage: StageArgs,
+    },
+    /// Flip the boot flags to the staged set.
+    UpdateApply {
+        /// Reboot into the new set afterwards.
+        #[arg(long, short = 'r')]
+        reboot: bool,
+    },
+    /// Undo update-apply: boot the running set again.
+    UpdateRevert,
+    /// Show the running version and set, what is staged, and which set boots next.
+    Status {
+        /// Print JSON.
+        #[arg(long, short = 'j')]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct StageArgs {
+    /// Choose this version (up or down).
+    #[arg(long, short = 'i', value_name = "VERSION")]
+    image: Option<semver::Version>,
+    /// Ignore wave schedules and update now.
+    #[arg(long, short = 'n', visible_alias = "ignore-waves")]
+    now: bool,
+    /// Progress output: a bar on a terminal (auto), JSON lines on stdout, or none.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProgressMode {
+    /// A bar when stderr is a terminal, quiet otherwise.
+    Auto,
+    /// JSON lines on stdout (protocol version 1).
+    Json,
+    /// Nothing.
+    None,
+}
+
+/// A failure to report: a message and an exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<UpdateError> for Failure {
+    fn from(e: UpdateError) -> Self {
+        Failure {
+            code: e.exit_code(),
+            message: error_chain(&e),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("updog: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn load(args: &Args) -> Result<Updater, Failure> {
+    let (mut config, warnings) = Config::from_path(&args.config).map_err(|e| Failure {
+        code: updog::exit::FAILURE,
+        message: error_chain(&e),
+    })?;
+    for w in warnings {
+        eprintln!("updog: warning: {w}");
+    }
+    if let Some(p) = &args.os_release {
+        config.os_release.clone_from(p);
+    }
+    Ok(Updater::new(config)?)
+}
+
+fn run(args: Args) -> Result<u8, Failure> {
+    let updater = load(&args)?;
+    match args.command {
+        Command::CheckUpdate {
+            all,
+            json,
+            ignore_waves,
+            image,
+        } => {
+            if all {
+                let updates = updater.list_updates()?;
+                if json {
+                    print_json(&updates);
+                } else {
+                    for u in &updates {
+                        println!("{} {}", u.variant, u.version);
+                    }
+                }
+                return Ok(if updates.is_empty() {
+                    updog::exit::NOTHING_TO_DO
+                } else {
+                    updog::exit::SUCCESS
+                });
+            }
+            let check = updater.check(&CheckOptions {
+                ignore_waves,
+                image,
+                now: None,
+            })?;
+            Ok(print_check(&check, json))
+        }
+        Command::Update { reboot, stage } => {
+            let lock = updater.lock()?;
+            stage_with_signals(&updater, &lock, &stage)?;
+            // From here on a termination signal only sets the (no longer read) flag: the flip
+            // and the reboot hand-off run to the end.
+            let set = updater.apply(&lock)?;
+            report(
+                stage.progress,
+                &ProgressEvent::Flipped {
+                    set: set.to_string(),
+                },
+            );
+            if reboot {
+                updater.reboot()?;
+            }
+            Ok(updog::exit::SUCCESS)
+        }
+        Command::UpdateImage { stage } => {
+            let lock = updater.lock()?;
+            stage_with_signals(&updater, &lock, &stage)?;
+            Ok(updog::exit::SUCCESS)
+        }
+        Command::UpdateApply { reboot } => {
+            let lock = updater.lock()?;
+            let set = updater.apply(&lock)?;
+            eprintln!("Set {set} boots next");
+            if reboot {
+                updater.reboot()?;
+            }
+            Ok(updog::exit::SUCCESS)
+        }
+        Command::UpdateRevert => {
+            let lock = updater.lock()?;
+            let set = updater.revert(&lock)?;
+            eprintln!("Set {set} boots next");
+            Ok(updog::exit::SUCCESS)
+        }
+        Command::Status { json } => {
+            let status = updater.status()?;
+            if json {
+                print_json(&status);
+            } else {
+                println!(
+                    "running: {} {} ({}) on set {}",
+                    status.running.variant,
+                    status.running.version,
+                    status.running.arch,
+                    status.running.set
+                );
+                match &status.staged {
+                    Some(s) => println!(
+                        "staged:  {} on set {} at {}{}",
+                        s.version,
+                        s.set,
+                        s.staged_at.to_rfc3339(),
+                        if s.applied { " (applied)" } else { "" }
+                    ),
+                    None => println!("staged:  nothing"),
+                }
+                println!(
+                    "next boot: {}",
+                    status.next_boot.as_deref().unwrap_or("no bootable set")
+                );
+            }
+            Ok(updog::exit::SUCCESS)
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("updog: cannot print JSON: {e}"),
+    }
+}
+
+fn print_check(check: &Check, json: bool) -> u8 {
+    match &check.outcome {
+        CheckOutcome::Available(a) => {
+            if json {
+                print_json(a);
+            } else {
+                println!("{} {}", a.update.variant, a.update.version);
+                for m in &a.migrations {
+                    println!("  migration {m}");
+                }
+            }
+            updog::exit::SUCCESS
+        }
+        CheckOutcome::NoUpdate(reason) => {
+            if json {
+                print_json(&serde_json::json!({ "no_update": reason }));
+            } else {
+                println!("No update: {reason}");
+            }
+            updog::exit::NOTHING_TO_DO
+        }
+    }
+}
+
+fn report(mode: ProgressMode, event: &ProgressEvent) {
+    match mode {
+        ProgressMode::Json => println!("{}", json_line(event)),
+        ProgressMode::Auto => {
+            if let Some(text) = updog::progress::describe(event) {
+                eprintln!("{text}");
+            }
+        }
+        ProgressMode::None => {}
+    }
+}
+
+/// Stages with SIGINT/SIGTERM turned into a clean cancellation.
+fn stage_with_signals(
+    updater: &Updater,
+    lock: &updog::lock::UpdateLock,
+    stage: &StageArgs,
+) -> Result<(), Failure> {
+    let cancel = CancelHandle::new();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, std::sync::Arc::clone(cancel.flag())).map_err(|e| {
+            Failure {
+                code: updog::exit::FAILURE,
+                message: format!("installing signal handler: {e}"),
+            }
+        })?;
+    }
+    let bar = Mutex::new(TerminalBar::new(std::io::stderr()));
+    let mode = match stage.progress {
+        ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Auto,
+        ProgressMode::Auto => ProgressMode::None,
+        other => other,
+    };
+    let progress = |event: &ProgressEvent| match mode {
+        ProgressMode::Json => println!("{}", json_line(event)),
+        ProgressMode::Auto => {
+            if let Ok(mut bar) = bar.lock() {
+                bar.event(event);
+            }
+        }
+        ProgressMode::None => {}
+    };
+    let opts = CheckOptions {
+        ignore_waves: stage.now,
+        image: stage.image.clone(),
+        now: None,
+    };
+    let staged = updater.stage(lock, &opts, &progress, &cancel);
+    if let Ok(mut bar) = bar.lock() {
+        bar.finish();
+    }
+    let staged = staged?;
+    if mode != ProgressMode::Json {
+        eprintln!("Staged {} on set {}", staged.version, staged.set);
+    }
+    Ok(())
+}
