@@ -194,7 +194,12 @@ impl GptTable {
     pub fn encode_entries(&self) -> Vec<u8> {
         let mut buf = vec![0u8; self.entry_slots as usize * ENTRY_SIZE as usize];
         for e in &self.entries {
-            let start = (e.number as usize - 1) * ENTRY_SIZE as usize;
+            // Entries whose number is outside 1..=entry_slots have no slot (and `validate`
+            // rejects them before any write).
+            let Some(index) = (e.number as usize).checked_sub(1) else {
+                continue;
+            };
+            let start = index * ENTRY_SIZE as usize;
             if let Some(slot) = buf.get_mut(start..start + ENTRY_SIZE as usize) {
                 e.encode(slot);
             }

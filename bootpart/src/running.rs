@@ -11,7 +11,7 @@
 //! callers pass the active set explicitly ([`resolve_active`]).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::SetId;
 use crate::disk::Disk;
@@ -240,11 +240,4 @@ pub fn resolve_active(disk: &Disk, explicit: Option<SetId>) -> Result<SetId> {
         }
         None => find_running_set(disk),
     }
-}
-
-/// Whether `path` names the same block device as `dev`.
-pub fn is_device(path: &Path, dev: DevId) -> bool {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    fs::metadata(path)
-        .is_ok_and(|m| m.file_type().is_block_device() && DevId::from_dev_t(m.rdev()) == dev)
 }

@@ -240,9 +240,40 @@ fn sequential_writer_refuses_to_pass_the_end() {
 }
 
 #[test]
-fn reader_reads_from_disk_not_a_stale_cache() {
-    // Write through a plain file handle, sync, then overwrite on disk through another handle:
-    // the reader must see the latest bytes.
+fn unaligned_partitions_fall_back_to_buffered_or_refuse_direct() {
+    // 1536-byte alignment: partitions start at byte offsets that are not multiples of 4096.
+    let img = DiskImageBuilder::new()
+        .alignment(1536)
+        .boot_size(1536 * 8)
+        .build_temp()
+        .unwrap();
+    let disk = Disk::open(&img.path).unwrap();
+    let boot_b = disk.set(SetId::B).unwrap().boot.clone();
+    assert_ne!(boot_b.byte_offset() % 4096, 0);
+    let err = PartitionWriter::open(&disk, &boot_b, IoMode::Direct).unwrap_err();
+    assert!(
+        matches!(&err, Error::DirectUnsupported { partition: 5, reason, .. } if reason.contains("not a multiple of 4096")),
+        "{err}"
+    );
+    assert!(PartitionReader::open(&disk, &boot_b, IoMode::Direct).is_err());
+    let mut w = PartitionWriter::open(&disk, &boot_b, IoMode::Auto).unwrap();
+    assert!(!w.is_direct());
+    assert_eq!(w.alignment(), 1);
+    let data = pattern(boot_b.byte_len() as usize, 5);
+    w.write_all_at(&data, 0).unwrap();
+    w.sync().unwrap();
+    let mut r = PartitionReader::open(&disk, &boot_b, IoMode::Auto).unwrap();
+    assert!(!r.is_direct());
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).unwrap();
+    assert!(back == data);
+    let after = img.bytes().unwrap();
+    let s = boot_b.byte_offset() as usize;
+    assert!(after[s..s + data.len()] == data[..]);
+}
+
+#[test]
+fn reader_round_trips_in_both_modes_and_bounds_seeks() {
     let img = DiskImageBuilder::new().build_temp().unwrap();
     let disk = Disk::open(&img.path).unwrap();
     let root_a = disk.set(SetId::A).unwrap().root.clone();

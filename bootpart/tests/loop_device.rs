@@ -111,3 +111,32 @@ fn running_set_through_real_sysfs_of_a_loop_partition() {
     let err = find_running_set_with(&other_disk, &roots).unwrap_err();
     assert!(err.to_string().contains("not on"), "{err}");
 }
+
+#[test]
+fn four_k_sector_loop_device() {
+    if !is_root() {
+        eprintln!("notice: not root; skipping the loop-device test");
+        return;
+    }
+    let img = DiskImageBuilder::new()
+        .sector_size(4096)
+        .build_temp()
+        .unwrap();
+    let dev = LoopDevice::attach_with_sector_size(&img.path, 4096).unwrap();
+    let disk = Disk::open(dev.path()).unwrap();
+    assert_eq!(disk.sector_size(), 4096);
+    let hash_a = disk.set(SetId::A).unwrap().hash.clone();
+    assert_eq!(hash_a.byte_offset(), img.partitions[2].first_lba * 4096);
+    let data = pattern(hash_a.byte_len() as usize, 9);
+    let mut w = PartitionWriter::open(&disk, &hash_a, IoMode::Direct).unwrap();
+    w.write_all_at(&data, 0).unwrap();
+    w.sync().unwrap();
+    let mut r = PartitionReader::open(&disk, &hash_a, IoMode::Direct).unwrap();
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).unwrap();
+    assert!(back == data);
+    let mut node = File::open(dev.partition_node(3)).unwrap();
+    let mut via_node = Vec::new();
+    node.read_to_end(&mut via_node).unwrap();
+    assert!(via_node == data, "partition node disagrees");
+}

@@ -304,11 +304,12 @@ fn download(
 }
 
 /// Removes cached files that `plan` and the metadata set `keep_metadata` do not need: target
-/// files `<sha256>.<name>` that are not in the plan, `*.json` metadata files not in
-/// `keep_metadata`, and temporary files of interrupted writes. Other files are left alone.
-/// Returns the removed paths.
-// Metadata names are exact, lowercase `.json` in the reference layout.
-#[allow(clippy::case_sensitive_file_extension_comparisons)]
+/// files `<sha256>.<name>` that are not in the plan, versioned metadata files
+/// (`<v>.snapshot.json`, `<v>.targets.json`, `<v>.<role>.json`) not in `keep_metadata`, and
+/// temporary files of interrupted writes. Nothing else is touched: not the root chain (it only
+/// grows), not unversioned names (they are replaced in place, never left stale), not other
+/// files — so a metadata directory shared by mistake with a TUF client's own store keeps its
+/// `root.json`. Returns the removed paths.
 pub fn prune(
     dirs: &CacheDirs,
     plan: &MigrationPlan,
@@ -331,7 +332,7 @@ pub fn prune(
             } else if parse_target_file_name(&name).is_some() {
                 !keep_targets.contains(&name)
             } else {
-                name.ends_with(".json") && !keep_meta.contains(name.as_str())
+                is_versioned_metadata(&name) && !keep_meta.contains(name.as_str())
             };
             // Target files live in the targets dir and metadata in the metadata dir; leave a
             // kind of file alone in the other directory unless both are the same directory.
@@ -354,4 +355,49 @@ pub fn prune(
         }
     }
     Ok(removed)
+}
+
+/// `<v>.<name>.json` with a decimal `v`, other than the root chain's `<v>.root.json`.
+// Metadata names are exact, lowercase `.json` in the reference layout.
+#[allow(clippy::case_sensitive_file_extension_comparisons)]
+fn is_versioned_metadata(name: &str) -> bool {
+    let Some((version, rest)) = name.split_once('.') else {
+        return false;
+    };
+    !version.is_empty()
+        && version.bytes().all(|b| b.is_ascii_digit())
+        && rest.ends_with(".json")
+        && rest.len() > ".json".len()
+        && rest != "root.json"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_versioned_metadata;
+
+    #[test]
+    fn only_versioned_non_root_metadata_is_prunable() {
+        for name in [
+            "7.snapshot.json",
+            "12.targets.json",
+            "3.migrations.json",
+            "3.a%2Fb.json",
+        ] {
+            assert!(is_versioned_metadata(name), "{name}");
+        }
+        for name in [
+            "1.root.json",
+            "root.json",
+            "timestamp.json",
+            "snapshot.json",
+            "targets.json",
+            "x.snapshot.json",
+            "7..json",
+            "7.json",
+            ".json",
+            "notes.txt",
+        ] {
+            assert!(!is_versioned_metadata(name), "{name}");
+        }
+    }
 }

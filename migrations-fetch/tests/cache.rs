@@ -621,6 +621,11 @@ fn stale_files_are_pruned_after_a_successful_fetch() {
 
     // Files that are not ours stay; left-over temporary files go.
     fs::write(dirs.targets.join("README"), b"operator notes").unwrap();
+    fs::write(
+        dirs.metadata.join("root.json"),
+        b"a TUF client's own trusted root",
+    )
+    .unwrap();
     fs::write(dirs.targets.join(".migrations-fetch-tmp-x1"), b"partial").unwrap();
     fs::create_dir(dirs.targets.join("subdir")).unwrap();
 
@@ -645,6 +650,7 @@ fn stale_files_are_pruned_after_a_successful_fetch() {
             "2.root.json",
             "8.snapshot.json",
             "8.targets.json",
+            "root.json",
             "timestamp.json"
         ]
     );
