@@ -87,11 +87,15 @@ impl Signpost<File> {
     }
 
     fn open_mode(path: &Path, active: Option<SetId>, write: bool) -> Result<Self, Error> {
-        let Some(active) = active else {
-            return Err(Error::Discovery {
+        let active = if let Some(a) = active {
+            a
+        } else {
+            let discovery = |source| Error::Discovery {
                 disk: Some(path.to_path_buf()),
-                problem: "running-set discovery is not available yet; pass the active set".into(),
-            });
+                source: Box::new(source),
+            };
+            let d = bootpart::Disk::open(path).map_err(discovery)?;
+            bootpart::running::find_running_set(&d).map_err(discovery)?
         };
         let file = OpenOptions::new()
             .read(true)
@@ -116,11 +120,12 @@ impl Signpost<File> {
     }
 
     fn open_host_mode(active: Option<SetId>, write: bool) -> Result<Self, Error> {
-        let _ = (active, write);
-        Err(Error::Discovery {
-            disk: None,
-            problem: "root-disk discovery is not available yet; pass --disk and --active".into(),
-        })
+        let (disk, running) =
+            bootpart::running::discover_root_disk().map_err(|source| Error::Discovery {
+                disk: None,
+                source: Box::new(source),
+            })?;
+        Self::open_mode(&disk, Some(active.unwrap_or(running)), write)
     }
 }
 
@@ -268,6 +273,17 @@ impl<D: BlockIo> Signpost<D> {
     /// `mark-successful-boot`; see [`BootFlags::mark_successful_boot`].
     pub fn mark_successful_boot(&mut self) -> Result<(), Error> {
         self.apply(Transition::MarkSuccessfulBoot)
+    }
+
+    /// Rewrites both GPT copies from the table in use, changing no bits (the reference's
+    /// `rewrite-table`): repairs a damaged or stale copy. Returns whether a copy needed it.
+    pub fn rewrite_table(&mut self) -> Result<bool, Error> {
+        self.refresh()?;
+        let needed =
+            self.read.primary != CopyStatus::Valid || self.read.backup != CopyStatus::Valid;
+        self.write_flags(self.flags)?;
+        self.refresh()?;
+        Ok(needed)
     }
 
     /// Plays the bootloader: applies [`BootFlags::simulate_boot`] to what is on disk and writes

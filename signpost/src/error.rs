@@ -106,12 +106,12 @@ pub enum Error {
         source: bootpart::LayoutError,
     },
     /// Finding the running disk or set failed.
-    #[error("cannot find the running partition set{}: {problem}", disk.as_ref().map(|d| format!(" on {}", d.display())).unwrap_or_default())]
+    #[error("{}{source}", disk.as_ref().map(|d| format!("{}: ", d.display())).unwrap_or_default())]
     Discovery {
         /// The disk, when one was given.
         disk: Option<PathBuf>,
         /// What went wrong.
-        problem: String,
+        source: Box<bootpart::Error>,
     },
     /// A partition the layout named is not in the table.
     #[error("disk {disk}: partition {number} is missing from the GPT")]

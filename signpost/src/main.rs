@@ -53,6 +53,8 @@ enum Command {
     MarkSuccessfulBoot,
     /// Print whether any boot has ever succeeded on this disk (true/false).
     HasBootEverSucceeded,
+    /// Rewrite both GPT copies unchanged (repairs a damaged or stale copy).
+    RewriteTable,
 }
 
 impl Command {
@@ -64,7 +66,9 @@ impl Command {
             Command::CancelUpgrade => Transition::CancelUpgrade,
             Command::RollbackToInactive => Transition::RollbackToInactive,
             Command::MarkSuccessfulBoot => Transition::MarkSuccessfulBoot,
-            Command::Status { .. } | Command::HasBootEverSucceeded => return None,
+            Command::Status { .. } | Command::HasBootEverSucceeded | Command::RewriteTable => {
+                return None;
+            }
         })
     }
 }
@@ -89,6 +93,19 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         return Ok(());
     }
+    if let Command::RewriteTable = cli.command {
+        let _lock = LockFile::acquire(&cli.lock_file, Duration::from_secs(cli.lock_timeout))?;
+        let repaired = open(cli, true)?.rewrite_table()?;
+        println!(
+            "rewrite-table: done{}",
+            if repaired {
+                "; a damaged or stale GPT copy was repaired"
+            } else {
+                ""
+            }
+        );
+        return Ok(());
+    }
     let sp = open(cli, false)?;
     match cli.command {
         Command::Status { json: true } => {
@@ -105,7 +122,12 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let line = e.to_string().replace('\n', " ");
+            let mut line = e.to_string().replace('\n', " ");
+            if matches!(e.downcast_ref(), Some(signpost::Error::Discovery { .. }))
+                && !line.contains("explicitly")
+            {
+                line.push_str(" (choose explicitly with --disk PATH --active A|B)");
+            }
             eprintln!("signpost: {line}");
             ExitCode::FAILURE
         }

@@ -272,6 +272,19 @@ fn bad_disks_and_arguments_give_one_line_reasons() {
     assert!(j["b"].is_null());
     let err = cli.fails(SetId::B, &["status"]);
     assert!(err.contains("active set B does not exist"), "{err}");
+    // No --active on an image file: discovery says it cannot tell, in one line.
+    let out = Command::new(BIN)
+        .args(["status", "--disk"])
+        .arg(&single.path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("image file") && err.contains("explicitly"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     // Bad --active value: clap's usage error, non-zero.
     let out = Command::new(BIN)
         .args(["status", "--active", "C", "--disk"])
@@ -310,11 +323,25 @@ fn a_damaged_primary_is_read_from_the_backup_and_rewritten_by_the_next_change() 
     assert_eq!(set_state(&j, "a"), (1, 0, true));
     let text = cli.ok(SetId::A, &["status"]);
     assert!(text.contains("read from backup copy"), "{text}");
+    assert!(img.bytes().unwrap() == bytes, "status wrote to the disk");
+    let saved = bytes.clone();
     cli.ok(SetId::A, &["clear-inactive"]);
     let j = cli.json(SetId::A);
     assert_eq!(j["gpt"]["used"], "primary");
     assert_eq!(j["gpt"]["primary_valid"], true);
     assert_eq!(j["gpt"]["backup_valid"], true);
+
+    // rewrite-table repairs without changing any bit.
+    std::fs::write(&img.path, &saved).unwrap();
+    let out = cli.ok(SetId::A, &["rewrite-table"]);
+    assert!(out.contains("repaired"), "{out}");
+    let j = cli.json(SetId::A);
+    assert_eq!(j["gpt"]["used"], "primary");
+    assert_eq!(j["gpt"]["primary_valid"], true);
+    assert_eq!(set_state(&j, "a"), (1, 0, true));
+    assert_eq!(set_state(&j, "b"), (0, 0, false));
+    let out = cli.ok(SetId::A, &["rewrite-table"]);
+    assert!(!out.contains("repaired"), "{out}");
 }
 
 #[test]
