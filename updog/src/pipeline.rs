@@ -803,8 +803,7 @@ enum Decoded {
 
 enum WriteMsg {
     Data(OutBuf, usize),
-    /// The frame ended after this many decoded bytes, all checks passed.
-    End(u64),
+    End(WriteDone),
 }
 
 fn parse_stage<'scope, 'env, S: Sink + ?Sized>(
@@ -1115,13 +1114,15 @@ fn decode_stage(
     Ok(())
 }
 
-/// Put decoded buffers back in frame order, check the content size and checksum.
+/// Put decoded buffers back in frame order, check the content size and checksum, compute the
+/// read-back digest.
 fn sequence_stage(
     header: &FrameHeader,
     shared: &Shared,
     results: &[Receiver<Decoded>],
     out: &SyncSender<WriteMsg>,
 ) -> Result<(), StageError> {
+    let mut digest = Xxh3::new();
     let mut content = header.content_checksum.then(|| Xxh32::new(0));
     let mut total = 0u64;
     for i in 0.. {
@@ -1144,6 +1145,7 @@ fn sequence_stage(
                 if let Some(h) = content.as_mut() {
                     h.update(data);
                 }
+                digest.update(data);
                 if out.send(WriteMsg::Data(buf, len)).is_err() {
                     return Ok(());
                 }
@@ -1164,7 +1166,10 @@ fn sequence_stage(
                         .into());
                     }
                 }
-                let _ = out.send(WriteMsg::End(total));
+                let _ = out.send(WriteMsg::End(WriteDone {
+                    decoded_len: total,
+                    digest: digest.digest128(),
+                }));
                 return Ok(());
             }
         }
@@ -1172,9 +1177,7 @@ fn sequence_stage(
     Ok(())
 }
 
-/// Aligned writes, coalescing unaligned pieces in a carry buffer. The writer also computes the
-/// read-back digest: it spends most of its time waiting for the disk, so this is where the
-/// hashing costs the least.
+/// Aligned writes, coalescing unaligned pieces in a carry buffer.
 struct Writer<'a, S: Sink + ?Sized> {
     sink: &'a mut S,
     align: usize,
@@ -1253,7 +1256,6 @@ fn write_stage<S: Sink + ?Sized>(
         carry_cap: job_cap.div_ceil(align) * align,
     };
     let mut logical = 0u64;
-    let mut digest = Xxh3::new();
     while let Some(msg) = recv(input, || shared.decoding_stopped()) {
         match msg {
             WriteMsg::Data(buf, len) => {
@@ -1261,26 +1263,16 @@ fn write_stage<S: Sink + ?Sized>(
                 if needed > capacity {
                     return Err(StageError::TooLarge { capacity, needed });
                 }
-                let data = buf.buf.as_slice().get(..len).unwrap_or(&[]);
-                digest.update(data);
-                w.push(data)?;
+                w.push(buf.buf.as_slice().get(..len).unwrap_or(&[]))?;
                 logical = needed;
                 shared.written.store(logical, Ordering::Relaxed);
                 if let Some(pool) = pools.get(buf.owner) {
                     let _ = pool.try_send(buf.buf);
                 }
             }
-            WriteMsg::End(total) => {
+            WriteMsg::End(done) => {
                 w.flush_carry()?;
-                if total != logical {
-                    return Err(StageError::Internal(format!(
-                        "decoded {total} bytes but wrote {logical}"
-                    )));
-                }
-                return Ok(Some(WriteDone {
-                    decoded_len: total,
-                    digest: digest.digest128(),
-                }));
+                return Ok(Some(done));
             }
         }
     }
