@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo bench -p updog --bench staging` (release build). Options after `--`:
 //! `--size-mib N` (image size, default 1024), `--no-4g` (skip the 4 GiB RSS comparison),
-//! `--no-loop` (skip the loop device even as root), `--json PATH`.
+//! `--no-loop` (skip the loop device even as root), `--json PATH`, `--prepare` (only build the
+//! images).
 //!
 //! The image is an ext4 file system built with `mkfs.ext4 -d` from copies of real files
 //! (`/usr/share`, `/usr/lib`), compressed with `lz4 -9`; both are cached under
@@ -35,6 +36,7 @@ struct Args {
     size_mib: u64,
     four_gib: bool,
     loop_dev: bool,
+    prepare: bool,
     json: Option<PathBuf>,
 }
 
@@ -47,6 +49,7 @@ fn main() -> Res<()> {
         size_mib: 1024,
         four_gib: true,
         loop_dev: true,
+        prepare: false,
         json: None,
     };
     let mut it = argv.into_iter();
@@ -55,6 +58,7 @@ fn main() -> Res<()> {
             "--size-mib" => args.size_mib = it.next().ok_or("--size-mib N")?.parse()?,
             "--no-4g" => args.four_gib = false,
             "--no-loop" => args.loop_dev = false,
+            "--prepare" => args.prepare = true,
             "--json" => args.json = Some(it.next().ok_or("--json PATH")?.into()),
             // cargo bench passes --bench; anything else is a filter we do not use.
             _ => {}
@@ -300,6 +304,7 @@ struct OursResult {
     write_phase: f64,
     verify_phase: f64,
     direct: bool,
+    cpu: f64,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -331,6 +336,7 @@ fn ours(
         }
     };
     let marks = Mutex::new(Vec::<(Phase, Instant)>::new());
+    let cpu = cpu_secs();
     let start = Instant::now();
     let staged = stage_image(
         source,
@@ -346,6 +352,7 @@ fn ours(
     )?;
     let total = start.elapsed().as_secs_f64();
     let end = Instant::now();
+    let cpu = cpu_secs() - cpu;
     assert_eq!(staged.decoded_len, img.decoded_len);
     let marks = marks.into_inner().unwrap();
     let at = |ph| marks.iter().find(|m| m.0 == ph).map_or(end, |m| m.1);
@@ -354,19 +361,35 @@ fn ours(
         write_phase: (at(Phase::Verifying) - start).as_secs_f64(),
         verify_phase: (end - at(Phase::Verifying)).as_secs_f64(),
         direct: staged.direct_io,
+        cpu,
     })
 }
 
 /// The reference's shape: one thread reads, frame-decodes, `io::copy`s into the partition
 /// through the page cache, `fsync` at the end.
-fn baseline(source: Box<dyn Read + Send>, device: &Path, part: &bootpart::Partition) -> Res<f64> {
+/// CPU seconds (user + system) used by this process so far, all threads (clock ticks of 10 ms).
+fn cpu_secs() -> f64 {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Wall time and CPU time of one baseline run.
+fn baseline(
+    source: Box<dyn Read + Send>,
+    device: &Path,
+    part: &bootpart::Partition,
+) -> Res<(f64, f64)> {
+    let cpu = cpu_secs();
     let start = Instant::now();
     let mut dec = lz4_flex::frame::FrameDecoder::new(source);
     let mut f = OpenOptions::new().write(true).open(device)?;
     f.seek(SeekFrom::Start(part.byte_offset()))?;
     io::copy(&mut dec, &mut f)?;
     f.sync_all()?;
-    Ok(start.elapsed().as_secs_f64())
+    Ok((start.elapsed().as_secs_f64(), cpu_secs() - cpu))
 }
 
 fn write_limit(decoded: &AlignedBuf, device: &Path, p: &bootpart::Partition) -> Res<(f64, bool)> {
@@ -531,6 +554,13 @@ fn run(args: &Args) -> Res<()> {
     json.insert("machine".into(), machine());
     eprintln!("bench: machine {}", json["machine"]);
     let img = ensure_image(&dir, args.size_mib)?;
+    if args.prepare {
+        if args.four_gib {
+            ensure_image(&dir, args.size_mib * 4)?;
+        }
+        eprintln!("bench: images ready");
+        return Ok(());
+    }
     let part_len = img.decoded_len.div_ceil(1 << 20) * (1 << 20) + (16 << 20);
     let target = ensure_target(&dir, &format!("target-{}m.disk", args.size_mib), part_len)?;
     let dec = img.decoded_len;
@@ -666,8 +696,8 @@ fn run(args: &Args) -> Res<()> {
     let mut summary = serde_json::Map::new();
     let phases = |o: &OursResult| {
         format!(
-            "write+sync {:.3} s, read-back {:.3} s, direct={}",
-            o.write_phase, o.verify_phase, o.direct
+            "write+sync {:.3} s, read-back {:.3} s, CPU {:.2} s, direct={}",
+            o.write_phase, o.verify_phase, o.cpu, o.direct
         )
     };
     for (tname, tpath, _guard) in &targets {
@@ -700,25 +730,33 @@ fn run(args: &Args) -> Res<()> {
             r,
             "O_DIRECT 4 MiB reads: what the read-back costs",
         ));
-        let b_file = median(repeat(|| {
-            drop_cache(tpath, part)?;
-            baseline(FileTransport.fetch(&file_url)?, tpath, part)
-        })?);
+        let (b_file, b_file_cpu) = median_by(
+            repeat(|| {
+                drop_cache(tpath, part)?;
+                baseline(FileTransport.fetch(&file_url)?, tpath, part)
+            })?,
+            |b| b.0,
+        );
         rows.push(row(
             &format!("[{tname}] baseline 1 thread, file://"),
             dec,
             b_file,
-            "FrameDecoder + io::copy + fsync",
+            format!("FrameDecoder + io::copy + fsync, CPU {b_file_cpu:.2} s"),
         ));
-        let b_http = median(repeat(|| {
-            drop_cache(tpath, part)?;
-            baseline(http.fetch(&http_url)?, tpath, part)
-        })?);
+        let (b_http, b_http_cpu) = median_by(
+            repeat(|| {
+                drop_cache(tpath, part)?;
+                baseline(http.fetch(&http_url)?, tpath, part)
+            })?,
+            |b| b.0,
+        );
         rows.push(row(
             &format!("[{tname}] baseline 1 thread, HTTP"),
             dec,
             b_http,
-            "FrameDecoder + io::copy + fsync (reqwest reads on its own runtime thread)",
+            format!(
+                "FrameDecoder + io::copy + fsync, CPU {b_http_cpu:.2} s (incl. server + reqwest threads)"
+            ),
         ));
         let o_file = median_by(
             repeat(|| {
