@@ -1279,6 +1279,8 @@ fn write_stage<S: Sink + ?Sized>(
     Ok(None)
 }
 
+/// Read the written range back and digest it; the digest runs on a helper thread so that it
+/// overlaps the next read.
 fn read_back<S: Sink + ?Sized>(
     sink: &mut S,
     total: u64,
@@ -1294,26 +1296,50 @@ fn read_back<S: Sink + ?Sized>(
         });
     };
     report(0);
-    let mut buf = AlignedBuf::new(READ_BACK_CHUNK);
-    let mut digest = Xxh3::new();
-    let mut offset = 0u64;
-    let mut last_report = Instant::now();
-    while offset < total {
-        if opts.cancel.is_cancelled() {
-            return Err(StageError::Cancelled);
-        }
-        let len =
-            usize::try_from(total - offset).map_or(READ_BACK_CHUNK, |l| l.min(READ_BACK_CHUNK));
-        let chunk = &mut buf.as_mut_slice()[..len];
-        sink.read_exact_at(chunk, offset)
-            .map_err(|source| StageError::ReadBack { offset, source })?;
-        digest.update(chunk);
-        offset += len as u64;
-        if last_report.elapsed() >= opts.progress_interval {
-            report(offset);
-            last_report = Instant::now();
-        }
+    let (full_tx, full_rx) = mpsc::sync_channel::<(AlignedBuf, usize)>(1);
+    let (free_tx, free_rx) = mpsc::sync_channel::<AlignedBuf>(2);
+    for _ in 0..2 {
+        let _ = free_tx.send(AlignedBuf::new(READ_BACK_CHUNK));
     }
+    let digest = thread::scope(|s| -> Result<u128, StageError> {
+        let hasher = thread::Builder::new()
+            .name("updog-readback-xxh3".into())
+            .spawn_scoped(s, move || {
+                let mut digest = Xxh3::new();
+                while let Ok((buf, len)) = full_rx.recv() {
+                    digest.update(buf.as_slice().get(..len).unwrap_or(&[]));
+                    let _ = free_tx.send(buf);
+                }
+                digest.digest128()
+            })
+            .map_err(|e| StageError::Internal(format!("cannot start a staging thread: {e}")))?;
+        let mut offset = 0u64;
+        let mut last_report = Instant::now();
+        while offset < total {
+            if opts.cancel.is_cancelled() {
+                return Err(StageError::Cancelled);
+            }
+            let Ok(mut buf) = free_rx.recv() else {
+                return Err(StageError::Internal("read-back digest thread ended".into()));
+            };
+            let len =
+                usize::try_from(total - offset).map_or(READ_BACK_CHUNK, |l| l.min(READ_BACK_CHUNK));
+            sink.read_exact_at(&mut buf.as_mut_slice()[..len], offset)
+                .map_err(|source| StageError::ReadBack { offset, source })?;
+            if full_tx.send((buf, len)).is_err() {
+                return Err(StageError::Internal("read-back digest thread ended".into()));
+            }
+            offset += len as u64;
+            if last_report.elapsed() >= opts.progress_interval {
+                report(offset);
+                last_report = Instant::now();
+            }
+        }
+        drop(full_tx);
+        hasher
+            .join()
+            .map_err(|_| StageError::Internal("read-back digest thread panicked".into()))
+    })?;
     report(total);
-    Ok(digest.digest128())
+    Ok(digest)
 }
