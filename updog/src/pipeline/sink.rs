@@ -8,6 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use bootpart::io::IoMode;
 
@@ -37,6 +38,64 @@ pub trait Sink: Send {
     fn sync(&mut self) -> io::Result<()>;
     /// Read exactly `buf.len()` bytes at `offset`, bypassing the page cache.
     fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// An independent handle for aligned direct writes into the same partition that several
+    /// threads may use at once (the pipeline keeps a few writes in flight through it). `None`
+    /// (the default) when the sink only writes one at a time; [`Sink::sync`] must cover what
+    /// was written through the handle.
+    fn parallel_writer(&self) -> Option<Arc<dyn ParallelWrite>> {
+        None
+    }
+}
+
+/// Concurrent positioned writes: see [`Sink::parallel_writer`].
+pub trait ParallelWrite: Send + Sync {
+    /// Write all of `buf` at `offset` (partition-relative; address, offset and length aligned
+    /// to [`DIRECT_ALIGN`]); refuses (writes nothing) past the partition end.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+}
+
+/// A second `O_DIRECT` descriptor on a partition, for [`ParallelWrite`].
+#[derive(Debug)]
+struct DirectHandle {
+    file: File,
+    path: PathBuf,
+    base: u64,
+    len: u64,
+}
+
+impl DirectHandle {
+    fn open(path: &Path, base: u64, len: u64) -> Option<Arc<dyn ParallelWrite>> {
+        if base % DIRECT_ALIGN as u64 != 0 {
+            return None;
+        }
+        let file = open_direct(path).ok()?;
+        Some(Arc::new(Self {
+            file,
+            path: path.to_owned(),
+            base,
+            len,
+        }))
+    }
+}
+
+impl ParallelWrite for DirectHandle {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|e| e > self.len) || !PartitionFile::is_aligned(buf, offset) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} bytes at offset {offset} of the {}-byte partition at {} in {}: past its \
+                     end or not {DIRECT_ALIGN}-byte aligned",
+                    buf.len(),
+                    self.len,
+                    self.base,
+                    self.path.display()
+                ),
+            ));
+        }
+        self.file.write_all_at(buf, self.base + offset)
+    }
 }
 
 impl<S: Sink + ?Sized> Sink for &mut S {
@@ -57,6 +116,9 @@ impl<S: Sink + ?Sized> Sink for &mut S {
     }
     fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         (**self).read_exact_at(buf, offset)
+    }
+    fn parallel_writer(&self) -> Option<Arc<dyn ParallelWrite>> {
+        (**self).parallel_writer()
     }
 }
 
@@ -198,6 +260,11 @@ impl Sink for PartitionFile {
         }
         self.buffered.read_exact_at(buf, abs)
     }
+
+    fn parallel_writer(&self) -> Option<Arc<dyn ParallelWrite>> {
+        self.direct.as_ref()?;
+        DirectHandle::open(&self.path, self.offset, self.len)
+    }
 }
 
 /// A partition of a [`bootpart::Disk`]: writes go through [`PartitionWriter`] (bounded by the
@@ -286,6 +353,17 @@ impl Sink for BootpartSink<'_> {
 
     fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.reader()?.read_exact_at(buf, offset)
+    }
+
+    fn parallel_writer(&self) -> Option<Arc<dyn ParallelWrite>> {
+        if !self.writer.is_direct() {
+            return None;
+        }
+        DirectHandle::open(
+            self.disk.path(),
+            self.part.byte_offset(),
+            self.part.byte_len(),
+        )
     }
 }
 
