@@ -536,13 +536,19 @@ fn child_stage(a: &[String]) -> Res<()> {
     let mut part = BootpartSink::open(&disk, root_b, IoMode::Auto)?;
     let url = url::Url::from_file_path(fs::canonicalize(lz4)?).map_err(|()| "url")?;
     let source = FileTransport.fetch(&url)?;
-    stage_image(
-        source,
-        &expected,
-        &mut part,
-        &StageOptions::default(),
-        &|_| {},
-    )?;
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+    let defaults = StageOptions::default();
+    let opts = StageOptions {
+        read_chunk: env("BENCH_READ_CHUNK").unwrap_or(defaults.read_chunk),
+        read_buffers: env("BENCH_READ_BUFFERS").unwrap_or(defaults.read_buffers),
+        write_queue_depth: env("BENCH_QD").unwrap_or(defaults.write_queue_depth),
+        decode_threads: env("BENCH_DECODERS").unwrap_or(defaults.decode_threads),
+        buffers_per_decoder: env("BENCH_BUFS").unwrap_or(defaults.buffers_per_decoder),
+        ..defaults
+    };
+    let t = Instant::now();
+    stage_image(source, &expected, &mut part, &opts, &|_| {})?;
+    eprintln!("staged in {:.3} s", t.elapsed().as_secs_f64());
     let status = fs::read_to_string("/proc/self/status")?;
     for l in status
         .lines()
