@@ -9,6 +9,12 @@
 //! - [`running`]: which set the running system booted from (mountinfo, sysfs, dm slaves).
 //! - [`sys`]: device numbers and sysfs lookups (injectable roots).
 //! - [`guid`]: GUIDs in GPT byte order and the partition type GUIDs of the reference layout.
+//!
+//! Notes against the shared contract: [`io::PartitionWriter::write_all_at`] returns this
+//! crate's [`Result`] (with [`Error::OutOfBounds`] for writes past the end) while `sync`
+//! returns `io::Result`; [`gpt::GptRead`] reports each copy's state ([`gpt::CopyStatus`]) and
+//! has `primary_needs_repair()` / `backup_needs_repair()`; [`Layout`] also carries `data`, and
+//! [`PartitionSet`] the optional `reserved` partition.
 
 pub mod gpt;
 pub mod guid;

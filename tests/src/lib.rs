@@ -25,7 +25,8 @@ pub const VARIANT: &str = "demo-variant";
 /// Attribute bits of a set that booted successfully: priority 1, tries 0, successful.
 pub const BOOTED_OK: u64 = (1 << 48) | (1 << 56);
 
-/// Directory holding the freshly built `updog` and `signpost` binaries.
+/// Directory holding the freshly built `updog` and `signpost` binaries (and the `agent`
+/// example under `examples/`).
 ///
 /// Builds them once per process with the `cargo` that runs us (a nested build is fine: cargo
 /// does not hold the build lock while tests or `cargo run` programs execute), so a test never
@@ -43,7 +44,17 @@ pub fn bin_dir() -> &'static Path {
         let target_dir = dir.parent().expect("target dir").to_path_buf();
         let mut cmd = Command::new(cargo);
         cmd.args([
-            "build", "--quiet", "-p", "updog", "--bin", "updog", "-p", "signpost", "--bin",
+            "build",
+            "--quiet",
+            "-p",
+            "updog",
+            "--bin",
+            "updog",
+            "--example",
+            "agent",
+            "-p",
+            "signpost",
+            "--bin",
             "signpost",
         ])
         .env("CARGO_TARGET_DIR", &target_dir)
@@ -298,6 +309,9 @@ pub fn publish(spec: &RepoSpec, dir: &Path) -> Published {
 /// A simulated host: a disk image, a served repository, configuration, os-release and a
 /// recorder in place of the reboot command.
 pub struct Host {
+    /// The loop device the disk image is attached to, if any (declared first: detached before
+    /// the image is removed).
+    loop_device: Option<fixtures::disk::LoopDevice>,
     /// Scratch space, removed on drop.
     pub dir: tempfile::TempDir,
     /// The disk image.
@@ -361,6 +375,7 @@ impl Host {
             dir,
             active: SetId::A,
             extra_config: String::new(),
+            loop_device: None,
         };
         host.set_running(running, SetId::A);
         host
@@ -395,7 +410,6 @@ reboot_command = ["{recorder}", "now"]
 os_release = "{os}"
 stall_timeout_secs = 2
 retries = 3
-{extra}
 "#,
             meta = self.server.url_for(self.repo.metadata_path),
             targets = self.server.url_for(self.repo.targets_path),
@@ -405,6 +419,22 @@ retries = 3
             recorder = d.join("reboot-recorder.sh").display(),
             os = self.os_release.display(),
         );
+        // Keys in `extra` replace the ones above (TOML forbids duplicates).
+        let overridden = |line: &str| {
+            line.split_once('=').is_some_and(|(key, _)| {
+                extra
+                    .lines()
+                    .filter_map(|l| l.split_once('='))
+                    .any(|(k, _)| k.trim() == key.trim())
+            })
+        };
+        let mut text: String = text
+            .lines()
+            .filter(|l| !overridden(l))
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        text.push_str(extra);
+        text.push('\n');
         std::fs::write(&self.config_path, text).expect("updog.toml");
     }
 
@@ -413,6 +443,17 @@ retries = 3
         self.extra_config.push_str(extra);
         self.extra_config.push('\n');
         self.write_config(self.active, &self.extra_config.clone());
+    }
+
+    /// As root: attaches the disk image to a loop device (partitions added with `partx`) and
+    /// points `updog` and `signpost` at the device. Detached when the host is dropped, also
+    /// when a test fails.
+    pub fn attach_loop(&mut self) -> Result<(), fixtures::disk::DiskError> {
+        let dev = fixtures::disk::LoopDevice::attach(&self.disk.path)?;
+        self.disk_path = dev.path().to_path_buf();
+        self.loop_device = Some(dev);
+        self.write_config(self.active, &self.extra_config.clone());
+        Ok(())
     }
 
     /// A `updog` command with `--config` set.

@@ -431,3 +431,140 @@ fn sigterm_while_staging_stops_cleanly() {
     assert_failed_cleanly(&host, a_before);
     let _ = BOOTED_OK;
 }
+
+#[test]
+fn full_update_on_a_loop_device() {
+    if !fixtures::disk::is_root() {
+        eprintln!("notice: not root; skipping the loop-device update");
+        return;
+    }
+    let spec = two_releases();
+    let mut host = Host::new(&spec, "1.0.0");
+    host.attach_loop().expect("attaching a loop device");
+    assert!(
+        host.disk_path.starts_with("/dev/"),
+        "{}",
+        host.disk_path.display()
+    );
+
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let new = &spec.releases[1];
+    for kind in [PartKind::Boot, PartKind::Root, PartKind::Hash] {
+        let want = new.image(kind);
+        assert!(
+            host.partition_bytes(kind, SetId::B, want.len()) == want,
+            "{kind:?} of set B differs on the loop device"
+        );
+    }
+    assert_eq!(state(&host, SetId::B), SetState::new(2, 1, false).unwrap());
+    assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+}
+
+#[test]
+fn sigterm_after_the_flip_does_not_interrupt_the_reboot_hand_off() {
+    let spec = two_releases();
+    let mut host = Host::new(&spec, "1.0.0");
+    // A reboot command that takes a moment and records its start and its end.
+    let log = host.dir.path().join("slow-reboot.log");
+    let script = host.dir.path().join("slow-reboot.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho started >> '{0}'\nsleep 1\necho finished >> '{0}'\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&script, perms).unwrap();
+    host.configure(&format!("reboot_command = [\"{}\"]", script.display()));
+
+    let mut child = host
+        .updog_cmd()
+        .args(["update", "--reboot", "--progress", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let mut flipped = false;
+    while stdout.read_line(&mut line).unwrap() > 0 {
+        if line.contains(r#""event":"flipped""#) {
+            flipped = true;
+            break;
+        }
+        line.clear();
+    }
+    assert!(flipped, "no flip reported: {:?}", child.wait_with_output());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("started")) {
+        assert!(Instant::now() < deadline, "reboot command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "started\nfinished\n"
+    );
+    assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+}
+
+#[test]
+fn the_agent_example_updates_a_host_through_the_library() {
+    let spec = two_releases();
+    let host = Host::new(&spec, "1.0.0");
+    let agent = e2e_tests::bin_dir().join("examples/agent");
+    let out = std::process::Command::new(agent)
+        .arg("--metadata-url")
+        .arg(host.server.url_for(host.repo.metadata_path))
+        .arg("--targets-url")
+        .arg(host.server.url_for(host.repo.targets_path))
+        .arg("--disk")
+        .arg(&host.disk_path)
+        .args(["--active", "A", "--seed", "1000"])
+        .arg("--root")
+        .arg(&host.repo.root_json)
+        .arg("--os-release")
+        .arg(&host.os_release)
+        .arg("--state-dir")
+        .arg(host.dir.path().join("agent"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("agent: 1.0.0 -> 1.1.0 (1 migration(s))"),
+        "{text}"
+    );
+    assert!(text.contains("agent: root 100%"), "{text}");
+    assert!(text.contains("set B boots next"), "{text}");
+    assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+}
+
+#[test]
+fn check_update_all_lists_every_update_newest_first() {
+    let mut spec = two_releases();
+    spec.releases.push(Release::new("0.9.0"));
+    let host = Host::new(&spec, "1.0.0");
+    let out = host.updog(&["whats", "--all", "--json"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let versions: Vec<_> = list
+        .iter()
+        .map(|u| u["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["1.1.0", "1.0.0", "0.9.0"]);
+    assert!(
+        list.iter()
+            .all(|u| u.get("images").is_some() && u.get("waves").is_some())
+    );
+}

@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! cargo run -p updog --example agent -- \
-//!     --repo http://127.0.0.1:8080/ --disk /path/to/disk.img --active A \
-//!     --root /path/to/root.json --os-release /path/to/os-release --state-dir /tmp/agent
+//!     --metadata-url http://127.0.0.1:8080/metadata/ --targets-url http://127.0.0.1:8080/targets/ \
+//!     --disk /path/to/disk.img --active A --root /path/to/root.json \
+//!     --os-release /path/to/os-release --state-dir /tmp/agent [--seed N] [--now]
 //! ```
 //!
 //! It builds the configuration in code (no `/etc/updog.toml`), checks for an update and prints
@@ -20,7 +21,8 @@ use updog::progress::ProgressEvent;
 use updog::updater::{CancelHandle, CheckOptions, CheckOutcome, Updater};
 
 struct Args {
-    repo: url::Url,
+    metadata_url: url::Url,
+    targets_url: url::Url,
     disk: PathBuf,
     active: Option<bootpart::SetId>,
     root: PathBuf,
@@ -31,7 +33,8 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut repo = None;
+    let mut metadata_url = None;
+    let mut targets_url = None;
     let mut disk = None;
     let mut active = None;
     let mut root = None;
@@ -47,7 +50,12 @@ fn parse_args() -> Result<Args, String> {
         }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
-            "--repo" => repo = Some(value.parse().map_err(|e| format!("--repo: {e}"))?),
+            "--metadata-url" => {
+                metadata_url = Some(value.parse().map_err(|e| format!("--metadata-url: {e}"))?);
+            }
+            "--targets-url" => {
+                targets_url = Some(value.parse().map_err(|e| format!("--targets-url: {e}"))?);
+            }
             "--disk" => disk = Some(PathBuf::from(value)),
             "--active" => active = Some(value.parse().map_err(|_| "--active: A or B")?),
             "--root" => root = Some(PathBuf::from(value)),
@@ -58,7 +66,8 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(Args {
-        repo: repo.ok_or("--repo URL is required")?,
+        metadata_url: metadata_url.ok_or("--metadata-url URL is required")?,
+        targets_url: targets_url.ok_or("--targets-url URL is required")?,
         disk: disk.ok_or("--disk PATH is required")?,
         active,
         root: root.unwrap_or_else(|| updog::config::DEFAULT_TRUSTED_ROOT.into()),
@@ -72,11 +81,11 @@ fn parse_args() -> Result<Args, String> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
 
-    // 1. Configuration built in code: the repository serves metadata at its root and targets
-    //    under `targets/`; everything stateful goes under one directory.
+    // 1. Configuration built in code (no updog.toml); everything stateful goes under one
+    //    directory.
     let mut config = Config::new(
-        args.repo.clone(),
-        args.repo.join("targets/")?,
+        args.metadata_url,
+        args.targets_url,
         waves::Seed::new(args.seed)?,
     );
     config.trusted_root = args.root;

@@ -215,11 +215,6 @@ pub enum UpdateError {
     /// Fetching the migrations failed (before the disk was touched).
     #[error("fetching migrations: {0}")]
     MigrationFetch(#[source] migrations_fetch::FetchError),
-    /// The OS disk and running set could not be discovered; set `disk` and `active_set`.
-    #[error(
-        "cannot discover the OS disk and running set here; set `disk` and `active_set` in the configuration"
-    )]
-    NoDiscovery,
     /// The disk or its partition layout could not be used.
     #[error("disk: {0}")]
     Disk(#[source] bootpart::Error),
@@ -435,16 +430,20 @@ impl Updater {
     }
 
     /// The disk holding the partition sets and the running set: from the configuration, or
-    /// discovered from the device of `/`.
+    /// discovered from the device of `/` (through device-mapper to the partition and its disk).
     fn disk_and_active(&self) -> Result<(PathBuf, SetId), UpdateError> {
         match (&self.config.disk, self.config.active_set) {
             (Some(disk), Some(active)) => Ok((disk.clone(), active)),
-            (disk, active) => {
-                let (found_disk, found_active) = discover_running()?;
-                Ok((
-                    disk.clone().unwrap_or(found_disk),
-                    active.unwrap_or(found_active),
-                ))
+            (Some(disk), None) => {
+                let opened = bootpart::Disk::open(disk).map_err(UpdateError::Disk)?;
+                let active =
+                    bootpart::running::find_running_set(&opened).map_err(UpdateError::Disk)?;
+                Ok((disk.clone(), active))
+            }
+            (None, explicit) => {
+                let (disk, found) =
+                    bootpart::running::discover_root_disk().map_err(UpdateError::Disk)?;
+                Ok((disk, explicit.unwrap_or(found)))
             }
         }
     }
@@ -720,11 +719,6 @@ impl Updater {
             sets,
         })
     }
-}
-
-/// The host's OS disk and running set, from the device of `/`.
-fn discover_running() -> Result<(PathBuf, SetId), UpdateError> {
-    Err(UpdateError::NoDiscovery)
 }
 
 /// Why one image could not be staged (mapped to [`UpdateError`] with its context).
