@@ -253,7 +253,7 @@ pub struct Repository {
     root_chain: RootChain,
     timestamp: Trusted<Timestamp>,
     snapshot: Trusted<Snapshot>,
-    targets: Trusted<Targets>,
+    targets: Arc<Trusted<Targets>>,
     delegated: Mutex<BTreeMap<String, Arc<Trusted<Targets>>>>,
 }
 
@@ -397,7 +397,7 @@ impl Repository {
             root_chain: chain,
             timestamp,
             snapshot,
-            targets,
+            targets: Arc::new(targets),
             delegated: Mutex::new(BTreeMap::new()),
         })
     }
@@ -447,7 +447,7 @@ impl Repository {
             root_chain: chain,
             timestamp,
             snapshot,
-            targets,
+            targets: Arc::new(targets),
             delegated: Mutex::new(BTreeMap::new()),
         })
     }
@@ -539,7 +539,7 @@ impl Repository {
             }
             visited.insert(role.clone());
             let md: Arc<Trusted<Targets>> = match parent {
-                None => Arc::new(self.targets.clone()),
+                None => Arc::clone(&self.targets),
                 Some((parent_name, parent_md, index)) => {
                     self.delegated_role(&role, &parent_name, &parent_md, index)?
                 }

@@ -589,8 +589,12 @@ fn fast_forward_attack_recovery_after_timestamp_key_rotation() {
     repo.timestamp_version = 1000;
     repo.publish();
     client.load(&repo).unwrap();
-    // The repository rotates the timestamp key and starts over at a normal version.
-    repo.role("timestamp").keys = vec![TestKey::get(KeyKind::Ed25519, 4)];
+    // The repository rotates the timestamp keys and starts over at a normal version. The
+    // old key stays listed (so the fast-forwarded timestamp still verifies under the new
+    // root): only the rotation rule (5.3.11) makes the client forget it.
+    let new_key = TestKey::get(KeyKind::Ed25519, 4);
+    repo.role("timestamp").keys.push(new_key.clone());
+    repo.role("timestamp").signers = Some(vec![new_key]);
     repo.root_version = 2;
     repo.publish_root();
     repo.timestamp_version = 2;
@@ -650,17 +654,17 @@ fn delegated(targets: &[(&str, &[u8])], delegations: Vec<Delegation>) -> Targets
     role
 }
 
-/// targets -> A (-> C), B; the target is in C and in B.
-fn delegation_tree(a_terminating: bool) -> TestRepo {
+/// targets -> A (-> C), B; `t.txt` is in C and in B, `b.txt` only in B.
+fn delegation_tree(c_terminating: bool) -> TestRepo {
     let mut repo = TestRepo::new(KeyKind::Ed25519);
     let k = TestKey::get(KeyKind::Ed25519, 4);
-    let mut a = Delegation::new("A", &k, &["*.txt"]);
-    a.terminating = a_terminating;
-    repo.targets.delegations = vec![a, Delegation::new("B", &k, &["*.txt"])];
-    repo.delegated.insert(
-        "A".into(),
-        delegated(&[], vec![Delegation::new("C", &k, &["*.txt"])]),
-    );
+    repo.targets.delegations = vec![
+        Delegation::new("A", &k, &["*.txt"]),
+        Delegation::new("B", &k, &["*.txt"]),
+    ];
+    let mut c = Delegation::new("C", &k, &["*.txt"]);
+    c.terminating = c_terminating;
+    repo.delegated.insert("A".into(), delegated(&[], vec![c]));
     repo.delegated.insert(
         "B".into(),
         delegated(&[("t.txt", b"from B"), ("b.txt", b"B")], vec![]),
@@ -685,7 +689,9 @@ fn delegations_are_searched_depth_first_in_order_lazily() {
 }
 
 #[test]
-fn terminating_delegation_stops_the_search() {
+fn terminating_delegation_stops_the_whole_search() {
+    // C (under A) is terminating: once the search enters C, B (a sibling of A, still pending)
+    // must not be searched.
     let repo = delegation_tree(true);
     let client = Client::new(&repo, 1);
     let r = client.load(&repo).unwrap();
@@ -696,6 +702,30 @@ fn terminating_delegation_stops_the_search() {
         r.read_target("b.txt"),
         Err(Error::TargetNotFound(_))
     ));
+}
+
+#[test]
+fn terminating_delegation_skips_later_siblings() {
+    let mut repo = TestRepo::new(KeyKind::Ed25519);
+    let k = TestKey::get(KeyKind::Ed25519, 4);
+    repo.targets.delegations = vec![
+        Delegation::new("first", &k, &["*"]).terminating(),
+        Delegation::new("second", &k, &["*"]),
+    ];
+    repo.delegated
+        .insert("first".into(), delegated(&[], vec![]));
+    repo.delegated
+        .insert("second".into(), delegated(&[("x", b"x")], vec![]));
+    repo.publish();
+    let client = Client::new(&repo, 1);
+    let r = client.load(&repo).unwrap();
+    assert!(r.target("x").unwrap().is_none());
+    assert!(
+        !client
+            .transport
+            .requests()
+            .contains(&"second.json".to_owned())
+    );
 }
 
 #[test]
@@ -1150,4 +1180,18 @@ fn shipped_root_must_be_self_signed() {
         "{e}"
     );
     let _ = Arc::new(());
+}
+
+#[test]
+fn reads_a_repository_written_by_tough_editor() {
+    let mut repo = TestRepo::new(KeyKind::Rsa);
+    repo.publish_root();
+    fixtures::repo::publish_with_tough_editor(&repo, &[("os.img.lz4", b"image bytes")]);
+    let client = Client::new(&repo, 1);
+    let r = client.load(&repo).unwrap();
+    assert_eq!(read_all(&r, "os.img.lz4").unwrap(), b"image bytes");
+    assert_eq!(
+        client.trusted("targets.json").unwrap(),
+        repo.read_metadata("targets.json")
+    );
 }

@@ -27,8 +27,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A metadata file is larger than its limit (endless-data attack or misconfiguration).
-    #[error("{role} metadata is larger than its limit of {limit} bytes")]
+    /// A metadata file is larger than its limit: the length another role lists for it, else
+    /// the configured maximum (endless-data attack, mix-and-match, or misconfiguration).
+    #[error("{role} metadata is larger than {limit} bytes (its listed length or size limit)")]
     TooLarge {
         /// The role.
         role: String,
