@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bootpart::SetId;
 use chrono::{DateTime, Utc};
-use e2e_tests::{BOOTED_OK, Host, Migration, Release, RepoSpec, describe};
+use e2e_tests::{Host, Migration, Release, RepoSpec, describe};
 use fixtures::disk::{DiskImageBuilder, PartKind};
 use fixtures::http::Fault;
 use signpost::SetState;
@@ -400,8 +400,7 @@ fn a_second_updog_is_refused_while_the_first_holds_the_lock() {
     assert_eq!(host.signpost().next_boot(), Some(SetId::B));
 }
 
-#[test]
-fn sigterm_while_staging_stops_cleanly() {
+fn signal_while_staging_stops_cleanly(signal: &str) {
     let spec = two_releases();
     let host = Host::with_disk(
         &spec,
@@ -420,16 +419,26 @@ fn sigterm_while_staging_stops_cleanly() {
     );
     let (child, _stdout) = spawn_staging(&host, &["update", "--reboot"]);
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(code(&out), INTERRUPTED, "{}", describe(&out));
+    assert_eq!(code(&out), INTERRUPTED, "{signal}: {}", describe(&out));
     assert!(started.elapsed() < Duration::from_secs(10), "slow to stop");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cancelled; set B left cleared"));
     assert_failed_cleanly(&host, a_before);
-    let _ = BOOTED_OK;
+}
+
+#[test]
+fn sigterm_while_staging_stops_cleanly() {
+    signal_while_staging_stops_cleanly("TERM");
+}
+
+#[test]
+fn sigint_while_staging_stops_cleanly() {
+    signal_while_staging_stops_cleanly("INT");
 }
 
 #[test]
@@ -548,6 +557,26 @@ fn the_agent_example_updates_a_host_through_the_library() {
     assert!(text.contains("agent: root 100%"), "{text}");
     assert!(text.contains("set B boots next"), "{text}");
     assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+}
+
+#[test]
+fn unknown_configuration_keys_are_warnings_and_bad_values_are_errors_naming_the_key() {
+    let spec = two_releases();
+    let mut host = Host::new(&spec, "1.0.0");
+    host.configure("colour = \"blue\"");
+    let out = host.updog(&["check-update"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("warning: unknown configuration key \"colour\""),
+        "{}",
+        describe(&out)
+    );
+    host.configure("seed = 4096");
+    let out = host.updog(&["check-update"]);
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`seed`") && err.contains("4096"), "{err}");
 }
 
 #[test]
