@@ -568,3 +568,36 @@ fn check_update_all_lists_every_update_newest_first() {
             .all(|u| u.get("images").is_some() && u.get("waves").is_some())
     );
 }
+
+#[test]
+fn update_image_stages_without_flipping_and_update_apply_flips_later() {
+    let spec = two_releases();
+    let host = Host::new(&spec, "1.0.0");
+
+    // Nothing staged yet: nothing to apply.
+    let out = host.updog(&["update-apply"]);
+    assert_eq!(code(&out), NOTHING_TO_DO, "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing is staged"));
+
+    let out = host.updog(&["update-image", "--progress", "json"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    // Every progress line is versioned JSON.
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert!(events.iter().all(|e| e["v"] == 1));
+    assert_eq!(events.last().unwrap()["event"], "marked_valid");
+    assert_eq!(state(&host, SetId::B), SetState::new(0, 1, false).unwrap());
+    assert_eq!(
+        host.signpost().next_boot(),
+        Some(SetId::A),
+        "not flipped yet"
+    );
+    assert!(host.reboot_calls().is_empty());
+
+    let out = host.updog(&["update-apply", "--reboot"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+    assert_eq!(host.reboot_calls(), ["reboot now"]);
+}

@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo bench -p updog --bench staging` (release build). Options after `--`:
 //! `--size-mib N` (image size, default 1024), `--no-4g` (skip the 4 GiB RSS comparison),
-//! `--no-loop` (skip the loop device even as root), `--json PATH`.
+//! `--no-loop` (skip the loop device even as root), `--json PATH`, `--prepare` (only build the
+//! images).
 //!
 //! The image is an ext4 file system built with `mkfs.ext4 -d` from copies of real files
 //! (`/usr/share`, `/usr/lib`), compressed with `lz4 -9`; both are cached under
@@ -12,8 +13,8 @@
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -21,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use updog::pipeline::{
-    AlignedBuf, ExpectedImage, IoMode, PartitionFile, Phase, Sink, StageOptions, stage_image,
+    AlignedBuf, BootpartSink, ExpectedImage, IoMode, PartitionFile, Phase, Sink, StageOptions,
+    stage_image,
 };
 use updog::transport::{FileTransport, HttpOptions, HttpTransport, Transport};
 
-const PART_OFFSET: u64 = 1 << 20;
 const MIB: f64 = 1024.0 * 1024.0;
 const WRITE_CHUNK: usize = 4 << 20;
 
@@ -35,6 +36,7 @@ struct Args {
     size_mib: u64,
     four_gib: bool,
     loop_dev: bool,
+    prepare: bool,
     json: Option<PathBuf>,
 }
 
@@ -47,6 +49,7 @@ fn main() -> Res<()> {
         size_mib: 1024,
         four_gib: true,
         loop_dev: true,
+        prepare: false,
         json: None,
     };
     let mut it = argv.into_iter();
@@ -55,6 +58,7 @@ fn main() -> Res<()> {
             "--size-mib" => args.size_mib = it.next().ok_or("--size-mib N")?.parse()?,
             "--no-4g" => args.four_gib = false,
             "--no-loop" => args.loop_dev = false,
+            "--prepare" => args.prepare = true,
             "--json" => args.json = Some(it.next().ok_or("--json PATH")?.into()),
             // cargo bench passes --bench; anything else is a filter we do not use.
             _ => {}
@@ -186,24 +190,41 @@ fn run_cmd(cmd: &mut Command) -> Res<()> {
     Ok(())
 }
 
-/// A disk-image file with one partition at 1 MiB, written through once so its blocks are
-/// allocated (like a real partition).
-fn ensure_target(dir: &Path, name: &str, part_len: u64) -> Res<PathBuf> {
+/// Where the image goes: a GPT disk image with the reference layout (fixtures), ROOT-B sized
+/// for the image and written through once so its blocks are allocated like a real partition's.
+struct TargetDisk {
+    path: PathBuf,
+    part: bootpart::Partition,
+}
+
+fn ensure_target(dir: &Path, name: &str, part_len: u64) -> Res<TargetDisk> {
     let path = dir.join(name);
-    let total = PART_OFFSET + part_len + PART_OFFSET;
-    if fs::metadata(&path).map(|m| m.len()).ok() != Some(total) {
-        eprintln!("bench: allocating {} ({} MiB)", path.display(), total >> 20);
-        let mut f = File::create(&path)?;
+    let stamp = dir.join(format!("{name}.ready"));
+    if fs::read_to_string(&stamp).ok().as_deref() != Some(&part_len.to_string()) {
+        eprintln!(
+            "bench: building {} (ROOT-B {} MiB)",
+            path.display(),
+            part_len >> 20
+        );
+        fixtures::disk::DiskImageBuilder::new()
+            .root_size(part_len)
+            .build(&path)?;
+        let disk = bootpart::Disk::open(&path)?;
+        let part = disk.layout().set(bootpart::SetId::B)?.root.clone();
+        let f = OpenOptions::new().write(true).open(&path)?;
         let zero = vec![0u8; 8 << 20];
-        let mut left = total;
-        while left > 0 {
-            let n = left.min(zero.len() as u64) as usize;
-            f.write_all(&zero[..n])?;
-            left -= n as u64;
+        let mut off = 0;
+        while off < part.byte_len() {
+            let n = (part.byte_len() - off).min(zero.len() as u64) as usize;
+            f.write_all_at(&zero[..n], part.byte_offset() + off)?;
+            off += n as u64;
         }
         f.sync_all()?;
+        fs::write(&stamp, part_len.to_string())?;
     }
-    Ok(path)
+    let disk = bootpart::Disk::open(&path)?;
+    let part = disk.layout().set(bootpart::SetId::B)?.root.clone();
+    Ok(TargetDisk { path, part })
 }
 
 /// A loop device over a disk image (direct I/O to the backing file), detached on drop.
@@ -226,6 +247,34 @@ impl Drop for LoopDev {
     fn drop(&mut self) {
         let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
     }
+}
+
+const REPEATS: usize = 3;
+
+fn repeat<T>(mut f: impl FnMut() -> Res<T>) -> Res<Vec<T>> {
+    (0..REPEATS).map(|_| f()).collect()
+}
+
+fn median_by<T>(mut runs: Vec<T>, key: impl Fn(&T) -> f64) -> T {
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    runs.swap_remove(runs.len() / 2)
+}
+
+fn median(runs: Vec<f64>) -> f64 {
+    median_by(runs, |x| *x)
+}
+
+/// Start every run with none of the partition in the page cache.
+fn drop_cache(device: &Path, part: &bootpart::Partition) -> Res<()> {
+    let f = File::open(device)?;
+    f.sync_data()?;
+    nix::fcntl::posix_fadvise(
+        &f,
+        part.byte_offset() as libc::off_t,
+        part.byte_len() as libc::off_t,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )?;
+    Ok(())
 }
 
 struct Row {
@@ -255,21 +304,44 @@ struct OursResult {
     write_phase: f64,
     verify_phase: f64,
     direct: bool,
+    cpu: f64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum SinkKind {
+    /// `BootpartSink`: bootpart's PartitionWriter and PartitionReader (what updog uses).
+    Bootpart,
+    /// `PartitionFile`: the pipeline's own byte-range sink (4 MiB direct reads).
+    File,
 }
 
 fn ours(
     img: &Image,
     source: Box<dyn Read + Send>,
-    target: &Path,
-    part_len: u64,
+    device: &Path,
+    part: &bootpart::Partition,
+    kind: SinkKind,
 ) -> Res<OursResult> {
-    let mut part = PartitionFile::open(target, PART_OFFSET, part_len, IoMode::Auto)?;
+    let disk = bootpart::Disk::open(device)?;
+    let mut bsink;
+    let mut fsink;
+    let sink: &mut dyn Sink = match kind {
+        SinkKind::Bootpart => {
+            bsink = BootpartSink::open(&disk, part, IoMode::Auto)?;
+            &mut bsink
+        }
+        SinkKind::File => {
+            fsink = PartitionFile::open(device, part.byte_offset(), part.byte_len(), IoMode::Auto)?;
+            &mut fsink
+        }
+    };
     let marks = Mutex::new(Vec::<(Phase, Instant)>::new());
+    let cpu = cpu_secs();
     let start = Instant::now();
     let staged = stage_image(
         source,
         &img.expected,
-        &mut part,
+        sink,
         &StageOptions::default(),
         &|p| {
             let mut m = marks.lock().unwrap();
@@ -280,6 +352,7 @@ fn ours(
     )?;
     let total = start.elapsed().as_secs_f64();
     let end = Instant::now();
+    let cpu = cpu_secs() - cpu;
     assert_eq!(staged.decoded_len, img.decoded_len);
     let marks = marks.into_inner().unwrap();
     let at = |ph| marks.iter().find(|m| m.0 == ph).map_or(end, |m| m.1);
@@ -288,23 +361,39 @@ fn ours(
         write_phase: (at(Phase::Verifying) - start).as_secs_f64(),
         verify_phase: (end - at(Phase::Verifying)).as_secs_f64(),
         direct: staged.direct_io,
+        cpu,
     })
 }
 
 /// The reference's shape: one thread reads, frame-decodes, `io::copy`s into the partition
 /// through the page cache, `fsync` at the end.
-fn baseline(source: Box<dyn Read + Send>, target: &Path) -> Res<f64> {
-    let start = Instant::now();
-    let mut dec = lz4_flex::frame::FrameDecoder::new(source);
-    let mut f = OpenOptions::new().write(true).open(target)?;
-    f.seek(SeekFrom::Start(PART_OFFSET))?;
-    io::copy(&mut dec, &mut f)?;
-    f.sync_all()?;
-    Ok(start.elapsed().as_secs_f64())
+/// CPU seconds (user + system) used by this process so far, all threads (clock ticks of 10 ms).
+fn cpu_secs() -> f64 {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
-fn write_limit(decoded: &AlignedBuf, target: &Path, part_len: u64) -> Res<(f64, bool)> {
-    let mut part = PartitionFile::open(target, PART_OFFSET, part_len, IoMode::Auto)?;
+/// Wall time and CPU time of one baseline run.
+fn baseline(
+    source: Box<dyn Read + Send>,
+    device: &Path,
+    part: &bootpart::Partition,
+) -> Res<(f64, f64)> {
+    let cpu = cpu_secs();
+    let start = Instant::now();
+    let mut dec = lz4_flex::frame::FrameDecoder::new(source);
+    let mut f = OpenOptions::new().write(true).open(device)?;
+    f.seek(SeekFrom::Start(part.byte_offset()))?;
+    io::copy(&mut dec, &mut f)?;
+    f.sync_all()?;
+    Ok((start.elapsed().as_secs_f64(), cpu_secs() - cpu))
+}
+
+fn write_limit(decoded: &AlignedBuf, device: &Path, p: &bootpart::Partition) -> Res<(f64, bool)> {
+    let mut part = PartitionFile::open(device, p.byte_offset(), p.byte_len(), IoMode::Auto)?;
     let start = Instant::now();
     let data = decoded.as_slice();
     let mut off = 0usize;
@@ -317,8 +406,8 @@ fn write_limit(decoded: &AlignedBuf, target: &Path, part_len: u64) -> Res<(f64, 
     Ok((start.elapsed().as_secs_f64(), part.is_direct()))
 }
 
-fn read_limit(len: u64, target: &Path, part_len: u64) -> Res<f64> {
-    let mut part = PartitionFile::open(target, PART_OFFSET, part_len, IoMode::Auto)?;
+fn read_limit(len: u64, device: &Path, p: &bootpart::Partition) -> Res<f64> {
+    let mut part = PartitionFile::open(device, p.byte_offset(), p.byte_len(), IoMode::Auto)?;
     part.sync()?;
     let mut buf = AlignedBuf::new(WRITE_CHUNK);
     let start = Instant::now();
@@ -382,12 +471,11 @@ fn decode_limit_parallel(c: &[u8], threads: usize) -> Res<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-fn rss_child(img: &Image, target: &Path, part_len: u64) -> Res<u64> {
+fn rss_child(img: &Image, target: &TargetDisk) -> Res<u64> {
     let out = Command::new(std::env::current_exe()?)
         .arg("--child-stage")
         .arg(&img.lz4)
-        .arg(target)
-        .arg(part_len.to_string())
+        .arg(&target.path)
         .arg(img.expected.length.to_string())
         .arg(hex::encode(img.expected.sha256))
         .output()?;
@@ -408,16 +496,13 @@ fn rss_child(img: &Image, target: &Path, part_len: u64) -> Res<u64> {
 
 /// Child process: stage the image from file:// and print the peak RSS.
 fn child_stage(a: &[String]) -> Res<()> {
-    let [lz4, target, part_len, length, sha] = a else {
-        return Err("usage: --child-stage LZ4 TARGET PART_LEN LENGTH SHA256".into());
+    let [lz4, target, length, sha] = a else {
+        return Err("usage: --child-stage LZ4 DISK LENGTH SHA256".into());
     };
     let expected = ExpectedImage::from_hex(length.parse()?, sha).ok_or("bad sha256")?;
-    let mut part = PartitionFile::open(
-        Path::new(target),
-        PART_OFFSET,
-        part_len.parse()?,
-        IoMode::Auto,
-    )?;
+    let disk = bootpart::Disk::open(target)?;
+    let root_b = &disk.layout().set(bootpart::SetId::B)?.root;
+    let mut part = BootpartSink::open(&disk, root_b, IoMode::Auto)?;
     let url = url::Url::from_file_path(fs::canonicalize(lz4)?).map_err(|()| "url")?;
     let source = FileTransport.fetch(&url)?;
     stage_image(
@@ -469,6 +554,13 @@ fn run(args: &Args) -> Res<()> {
     json.insert("machine".into(), machine());
     eprintln!("bench: machine {}", json["machine"]);
     let img = ensure_image(&dir, args.size_mib)?;
+    if args.prepare {
+        if args.four_gib {
+            ensure_image(&dir, args.size_mib * 4)?;
+        }
+        eprintln!("bench: images ready");
+        return Ok(());
+    }
     let part_len = img.decoded_len.div_ceil(1 << 20) * (1 << 20) + (16 << 20);
     let target = ensure_target(&dir, &format!("target-{}m.disk", args.size_mib), part_len)?;
     let dec = img.decoded_len;
@@ -491,27 +583,35 @@ fn run(args: &Args) -> Res<()> {
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
 
     // --- limits ---------------------------------------------------------------------------
-    eprintln!("bench: limits");
-    let t = Instant::now();
-    let mut decoded_vec = Vec::with_capacity(dec as usize);
-    lz4_flex::frame::FrameDecoder::new(&compressed[..]).read_to_end(&mut decoded_vec)?;
-    let decode1 = t.elapsed().as_secs_f64();
+    eprintln!("bench: limits (median of {REPEATS} runs each)");
+    let mut decoded = AlignedBuf::new(dec as usize);
+    lz4_flex::frame::FrameDecoder::new(&compressed[..]).read_exact(decoded.as_mut_slice())?;
+    let decode1 = median(repeat(|| {
+        let t = Instant::now();
+        io::copy(
+            &mut lz4_flex::frame::FrameDecoder::new(&compressed[..]),
+            &mut io::sink(),
+        )?;
+        Ok(t.elapsed().as_secs_f64())
+    })?);
     rows.push(row(
         "decode only, FrameDecoder, 1 thread",
         dec,
         decode1,
-        "memory to memory, content checksum checked",
+        "memory to nowhere, content checksum checked",
     ));
-    let decode_n = decode_limit_parallel(&compressed, threads)?;
+    let decode_n = median(repeat(|| decode_limit_parallel(&compressed, threads))?);
     rows.push(row(
         &format!("decode only, lz4 blocks on {threads} threads"),
         dec,
         decode_n,
-        "memory to memory",
+        "memory to memory, no checksums",
     ));
-    let t = Instant::now();
-    let _ = Sha256::digest(&compressed);
-    let sha = t.elapsed().as_secs_f64();
+    let sha = median(repeat(|| {
+        let t = Instant::now();
+        std::hint::black_box(Sha256::digest(&compressed));
+        Ok(t.elapsed().as_secs_f64())
+    })?);
     rows.push(row(
         "sha256 of the compressed bytes only",
         dec,
@@ -521,42 +621,46 @@ fn run(args: &Args) -> Res<()> {
             img.compressed_len as f64 / MIB / sha
         ),
     ));
-    let t = Instant::now();
-    let _ = xxhash_rust::xxh3::xxh3_128(&decoded_vec);
-    let xxh3 = t.elapsed().as_secs_f64();
+    let data = decoded.as_slice();
+    let xxh3 = median(repeat(|| {
+        let t = Instant::now();
+        std::hint::black_box(xxhash_rust::xxh3::xxh3_128(data));
+        Ok(t.elapsed().as_secs_f64())
+    })?);
     rows.push(row(
         "xxh3-128 of the decoded bytes only",
         dec,
         xxh3,
-        "read-back digest",
+        "our read-back digest",
     ));
-    let t = Instant::now();
-    let _ = Sha256::digest(&decoded_vec);
-    let sha_dec = t.elapsed().as_secs_f64();
+    let sha_dec = median(repeat(|| {
+        let t = Instant::now();
+        std::hint::black_box(Sha256::digest(data));
+        Ok(t.elapsed().as_secs_f64())
+    })?);
     rows.push(row(
         "sha256 of the decoded bytes only",
         dec,
         sha_dec,
         "the alternative read-back digest",
     ));
-    let t = Instant::now();
-    let _ = xxhash_rust::xxh32::xxh32(&decoded_vec, 0);
-    let xxh32 = t.elapsed().as_secs_f64();
+    let xxh32 = median(repeat(|| {
+        let t = Instant::now();
+        std::hint::black_box(xxhash_rust::xxh32::xxh32(data, 0));
+        Ok(t.elapsed().as_secs_f64())
+    })?);
     rows.push(row(
         "xxh32 of the decoded bytes only",
         dec,
         xxh32,
         "lz4 content checksum",
     ));
-    let mut decoded = AlignedBuf::new(decoded_vec.len());
-    decoded.as_mut_slice().copy_from_slice(&decoded_vec);
-    drop(decoded_vec);
 
     let mut targets: Vec<(String, PathBuf, Option<LoopDev>)> =
-        vec![("disk-image file".into(), target.clone(), None)];
+        vec![("disk-image file".into(), target.path.clone(), None)];
     let is_root = fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
     if args.loop_dev && is_root {
-        match LoopDev::attach(&target) {
+        match LoopDev::attach(&target.path) {
             Ok(l) => {
                 let p = l.0.clone();
                 targets.push(("loop device".into(), p, Some(l)));
@@ -574,9 +678,11 @@ fn run(args: &Args) -> Res<()> {
         stall_timeout: Duration::from_secs(60),
         ..HttpOptions::default()
     })?);
-    let t = Instant::now();
-    io::copy(&mut http.fetch(&http_url)?, &mut io::sink())?;
-    let http_only = t.elapsed().as_secs_f64();
+    let http_only = median(repeat(|| {
+        let t = Instant::now();
+        io::copy(&mut http.fetch(&http_url)?, &mut io::sink())?;
+        Ok(t.elapsed().as_secs_f64())
+    })?);
     rows.push(row(
         "HTTP loopback download only",
         dec,
@@ -588,9 +694,22 @@ fn run(args: &Args) -> Res<()> {
     ));
 
     let mut summary = serde_json::Map::new();
+    let phases = |o: &OursResult| {
+        format!(
+            "write+sync {:.3} s, read-back {:.3} s, CPU {:.2} s, direct={}",
+            o.write_phase, o.verify_phase, o.cpu, o.direct
+        )
+    };
     for (tname, tpath, _guard) in &targets {
         eprintln!("bench: target {tname} ({})", tpath.display());
-        let (w, direct) = write_limit(&decoded, tpath, part_len)?;
+        let part = &target.part;
+        let mut direct = false;
+        let w = median(repeat(|| {
+            drop_cache(tpath, part)?;
+            let (t, d) = write_limit(&decoded, tpath, part)?;
+            direct = d;
+            Ok(t)
+        })?);
         rows.push(row(
             &format!("[{tname}] direct write only"),
             dec,
@@ -601,56 +720,112 @@ fn run(args: &Args) -> Res<()> {
                 "buffered (no O_DIRECT) + fdatasync"
             },
         ));
-        let r = read_limit(dec, tpath, part_len)?;
+        let r = median(repeat(|| {
+            drop_cache(tpath, part)?;
+            read_limit(dec, tpath, part)
+        })?);
         rows.push(row(
             &format!("[{tname}] direct read only"),
             dec,
             r,
-            "what the read-back costs",
+            "O_DIRECT 4 MiB reads: what the read-back costs",
         ));
-        let b_file = baseline(FileTransport.fetch(&file_url)?, tpath)?;
+        let (b_file, b_file_cpu) = median_by(
+            repeat(|| {
+                drop_cache(tpath, part)?;
+                baseline(FileTransport.fetch(&file_url)?, tpath, part)
+            })?,
+            |b| b.0,
+        );
         rows.push(row(
             &format!("[{tname}] baseline 1 thread, file://"),
             dec,
             b_file,
-            "FrameDecoder + io::copy + fsync",
+            format!("FrameDecoder + io::copy + fsync, CPU {b_file_cpu:.2} s"),
         ));
-        let b_http = baseline(http.fetch(&http_url)?, tpath)?;
+        let (b_http, b_http_cpu) = median_by(
+            repeat(|| {
+                drop_cache(tpath, part)?;
+                baseline(http.fetch(&http_url)?, tpath, part)
+            })?,
+            |b| b.0,
+        );
         rows.push(row(
             &format!("[{tname}] baseline 1 thread, HTTP"),
             dec,
             b_http,
-            "FrameDecoder + io::copy + fsync",
+            format!(
+                "FrameDecoder + io::copy + fsync, CPU {b_http_cpu:.2} s (incl. server + reqwest threads)"
+            ),
         ));
-        let o_file = ours(&img, FileTransport.fetch(&file_url)?, tpath, part_len)?;
+        let o_file = median_by(
+            repeat(|| {
+                drop_cache(tpath, part)?;
+                ours(
+                    &img,
+                    FileTransport.fetch(&file_url)?,
+                    tpath,
+                    part,
+                    SinkKind::Bootpart,
+                )
+            })?,
+            |o| o.total,
+        );
         rows.push(row(
             &format!("[{tname}] ours, file://"),
             dec,
             o_file.total,
-            format!(
-                "write+sync {:.3} s, read-back {:.3} s, direct={}",
-                o_file.write_phase, o_file.verify_phase, o_file.direct
-            ),
+            phases(&o_file),
         ));
-        let o_http = ours(&img, http.fetch(&http_url)?, tpath, part_len)?;
+        let o_http = median_by(
+            repeat(|| {
+                drop_cache(tpath, part)?;
+                ours(
+                    &img,
+                    http.fetch(&http_url)?,
+                    tpath,
+                    part,
+                    SinkKind::Bootpart,
+                )
+            })?,
+            |o| o.total,
+        );
         rows.push(row(
             &format!("[{tname}] ours, HTTP"),
             dec,
             o_http.total,
-            format!(
-                "write+sync {:.3} s, read-back {:.3} s, direct={}",
-                o_http.write_phase, o_http.verify_phase, o_http.direct
-            ),
+            phases(&o_http),
+        ));
+        let o_pf = median_by(
+            repeat(|| {
+                drop_cache(tpath, part)?;
+                ours(
+                    &img,
+                    FileTransport.fetch(&file_url)?,
+                    tpath,
+                    part,
+                    SinkKind::File,
+                )
+            })?,
+            |o| o.total,
+        );
+        rows.push(row(
+            &format!("[{tname}] ours, file://, PartitionFile sink"),
+            dec,
+            o_pf.total,
+            phases(&o_pf),
         ));
         summary.insert(
             tname.clone(),
             serde_json::json!({
-                "ours_file_over_baseline_file": b_file / o_file.total,
-                "ours_http_over_baseline_http": b_http / o_http.total,
-                "ours_file_over_direct_write_limit": w / o_file.total,
-                "ours_file_over_decode_limit": decode_n / o_file.total,
-                "ours_file_write_phase_over_direct_write_limit": w / o_file.write_phase,
-                "ours_file_write_phase_over_baseline_file": b_file / o_file.write_phase,
+                "ours_over_baseline_file": b_file / o_file.total,
+                "ours_over_baseline_http": b_http / o_http.total,
+                "ours_over_direct_write_limit": w / o_file.total,
+                "ours_over_direct_write_plus_read_limit": (w + r) / o_file.total,
+                "ours_over_decode_limit": decode_n / o_file.total,
+                "ours_write_phase_over_baseline_file": b_file / o_file.write_phase,
+                "ours_write_phase_over_direct_write_limit": w / o_file.write_phase,
+                "ours_write_phase_over_decode_limit": decode_n / o_file.write_phase,
             }),
         );
     }
@@ -658,7 +833,7 @@ fn run(args: &Args) -> Res<()> {
 
     // --- peak RSS ----------------------------------------------------------------------------
     eprintln!("bench: peak RSS (child processes)");
-    let rss1 = rss_child(&img, &target, part_len)?;
+    let rss1 = rss_child(&img, &target)?;
     eprintln!(
         "  peak RSS staging {} MiB image: {:.1} MiB",
         dec >> 20,
@@ -673,7 +848,7 @@ fn run(args: &Args) -> Res<()> {
             &format!("target-{}m.disk", args.size_mib * 4),
             big_part,
         )?;
-        let rss4 = rss_child(&big, &big_target, big_part)?;
+        let rss4 = rss_child(&big, &big_target)?;
         eprintln!(
             "  peak RSS staging {} MiB image: {:.1} MiB",
             big.decoded_len >> 20,

@@ -803,7 +803,8 @@ enum Decoded {
 
 enum WriteMsg {
     Data(OutBuf, usize),
-    End(WriteDone),
+    /// The frame ended after this many decoded bytes, all checks passed.
+    End(u64),
 }
 
 fn parse_stage<'scope, 'env, S: Sink + ?Sized>(
@@ -1114,15 +1115,13 @@ fn decode_stage(
     Ok(())
 }
 
-/// Put decoded buffers back in frame order, check the content size and checksum, compute the
-/// read-back digest.
+/// Put decoded buffers back in frame order, check the content size and checksum.
 fn sequence_stage(
     header: &FrameHeader,
     shared: &Shared,
     results: &[Receiver<Decoded>],
     out: &SyncSender<WriteMsg>,
 ) -> Result<(), StageError> {
-    let mut digest = Xxh3::new();
     let mut content = header.content_checksum.then(|| Xxh32::new(0));
     let mut total = 0u64;
     for i in 0.. {
@@ -1145,7 +1144,6 @@ fn sequence_stage(
                 if let Some(h) = content.as_mut() {
                     h.update(data);
                 }
-                digest.update(data);
                 if out.send(WriteMsg::Data(buf, len)).is_err() {
                     return Ok(());
                 }
@@ -1166,10 +1164,7 @@ fn sequence_stage(
                         .into());
                     }
                 }
-                let _ = out.send(WriteMsg::End(WriteDone {
-                    decoded_len: total,
-                    digest: digest.digest128(),
-                }));
+                let _ = out.send(WriteMsg::End(total));
                 return Ok(());
             }
         }
@@ -1177,7 +1172,9 @@ fn sequence_stage(
     Ok(())
 }
 
-/// Aligned writes, coalescing unaligned pieces in a carry buffer.
+/// Aligned writes, coalescing unaligned pieces in a carry buffer. The writer also computes the
+/// read-back digest: it spends most of its time waiting for the disk, so this is where the
+/// hashing costs the least.
 struct Writer<'a, S: Sink + ?Sized> {
     sink: &'a mut S,
     align: usize,
@@ -1256,6 +1253,7 @@ fn write_stage<S: Sink + ?Sized>(
         carry_cap: job_cap.div_ceil(align) * align,
     };
     let mut logical = 0u64;
+    let mut digest = Xxh3::new();
     while let Some(msg) = recv(input, || shared.decoding_stopped()) {
         match msg {
             WriteMsg::Data(buf, len) => {
@@ -1263,16 +1261,26 @@ fn write_stage<S: Sink + ?Sized>(
                 if needed > capacity {
                     return Err(StageError::TooLarge { capacity, needed });
                 }
-                w.push(buf.buf.as_slice().get(..len).unwrap_or(&[]))?;
+                let data = buf.buf.as_slice().get(..len).unwrap_or(&[]);
+                digest.update(data);
+                w.push(data)?;
                 logical = needed;
                 shared.written.store(logical, Ordering::Relaxed);
                 if let Some(pool) = pools.get(buf.owner) {
                     let _ = pool.try_send(buf.buf);
                 }
             }
-            WriteMsg::End(done) => {
+            WriteMsg::End(total) => {
                 w.flush_carry()?;
-                return Ok(Some(done));
+                if total != logical {
+                    return Err(StageError::Internal(format!(
+                        "decoded {total} bytes but wrote {logical}"
+                    )));
+                }
+                return Ok(Some(WriteDone {
+                    decoded_len: total,
+                    digest: digest.digest128(),
+                }));
             }
         }
     }

@@ -1,12 +1,11 @@
 //! Where staged images go: the [`Sink`] trait (positioned writes, one flush, read-back that
 //! bypasses the page cache) and its two implementations: [`BootpartSink`] (a partition found by
-//! `bootpart`, written through [`bootpart::io::PartitionWriter`] and read back through
-//! [`bootpart::io::PartitionReader`]) and [`PartitionFile`] (a byte range of any file or block
-//! device, with 4 MiB direct reads for the read-back); plus [`AlignedBuf`], a heap buffer
-//! aligned for `O_DIRECT` built without `unsafe`.
+//! `bootpart`, written through [`bootpart::io::PartitionWriter`]) and [`PartitionFile`] (a byte
+//! range of any file or block device); plus [`AlignedBuf`], a heap buffer aligned for
+//! `O_DIRECT` built without `unsafe`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -202,8 +201,10 @@ impl Sink for PartitionFile {
 }
 
 /// A partition of a [`bootpart::Disk`]: writes go through [`PartitionWriter`] (bounded by the
-/// partition, `O_DIRECT` with a buffered fallback), the read-back through [`PartitionReader`]
-/// opened after the flush (`O_DIRECT`, or after dropping the cached pages).
+/// partition, `O_DIRECT` with a buffered fallback); the read-back goes through a
+/// [`PartitionFile`] over the same byte range, opened after the flush (4 MiB `O_DIRECT` reads,
+/// or buffered reads after dropping the cached pages). [`PartitionReader`] would do too, but its
+/// 1 MiB reads made the read-back twice as slow on a loop device (see `BENCHMARKS.md`).
 ///
 /// [`PartitionWriter`]: bootpart::io::PartitionWriter
 /// [`PartitionReader`]: bootpart::io::PartitionReader
@@ -213,7 +214,7 @@ pub struct BootpartSink<'a> {
     part: bootpart::Partition,
     mode: IoMode,
     writer: bootpart::io::PartitionWriter,
-    reader: Option<bootpart::io::PartitionReader>,
+    reader: Option<PartitionFile>,
 }
 
 impl<'a> BootpartSink<'a> {
@@ -238,10 +239,17 @@ impl<'a> BootpartSink<'a> {
         &self.part
     }
 
-    fn reader(&mut self) -> io::Result<&mut bootpart::io::PartitionReader> {
+    fn reader(&mut self) -> io::Result<&mut PartitionFile> {
         if self.reader.is_none() {
-            let r = bootpart::io::PartitionReader::open(self.disk, &self.part, self.mode)
-                .map_err(io::Error::other)?;
+            let mut r = PartitionFile::open(
+                self.disk.path(),
+                self.part.byte_offset(),
+                self.part.byte_len(),
+                self.mode,
+            )?;
+            // Nothing is dirty through this handle: this only drops the cached pages, so that
+            // buffered reads come from the disk.
+            r.sync()?;
             self.reader = Some(r);
         }
         self.reader
@@ -271,15 +279,13 @@ impl Sink for BootpartSink<'_> {
 
     fn sync(&mut self) -> io::Result<()> {
         self.writer.sync()?;
-        // Opened after the flush: in buffered mode, opening drops the cached pages.
+        // Opened after the flush, which is when the cached pages can be dropped.
         self.reader = None;
         self.reader().map(|_| ())
     }
 
     fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let r = self.reader()?;
-        r.seek(SeekFrom::Start(offset))?;
-        r.read_exact(buf)
+        self.reader()?.read_exact_at(buf, offset)
     }
 }
 
