@@ -1195,3 +1195,40 @@ fn reads_a_repository_written_by_tough_editor() {
         repo.read_metadata("targets.json")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile bytes
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn truncated_or_garbled_metadata_is_an_error_not_a_panic() {
+    let repo = simple_repo(KeyKind::Ed25519);
+    let good_ts = repo.read_metadata("timestamp.json");
+    let client = Client::new(&repo, 1);
+    let mut cases: Vec<Vec<u8>> = (0..good_ts.len())
+        .step_by(7)
+        .map(|n| good_ts[..n].to_vec())
+        .collect();
+    cases.push(b"[".repeat(10_000));
+    cases.push(
+        br#"{"signed": {"_type": "timestamp", "version": 18446744073709551616}, "signatures": []}"#
+            .to_vec(),
+    );
+    cases.push(br#"{"signed": {"_type": "timestamp", "version": 1.5}, "signatures": []}"#.to_vec());
+    cases.push(br#"{"signed": {"_type": "timestamp", "version": 0, "expires": "2100-01-01T00:00:00Z", "meta": {}}, "signatures": []}"#.to_vec());
+    cases.push(vec![0xff, 0xfe, 0x00]);
+    for (i, bytes) in cases.iter().enumerate() {
+        repo.write_metadata("timestamp.json", bytes);
+        assert!(client.load(&repo).is_err(), "case {i} was accepted");
+    }
+    repo.write_metadata("timestamp.json", &good_ts);
+    client.load(&repo).unwrap();
+}
+
+#[test]
+fn repository_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    fn check_send<T: Send>() {}
+    check::<Repository>();
+    check_send::<updog::tuf::TargetReader>();
+}
