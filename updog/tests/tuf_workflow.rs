@@ -1265,3 +1265,24 @@ fn one_key_listed_under_two_key_ids_counts_once() {
         "{e}"
     );
 }
+
+#[test]
+fn a_newer_shipped_root_replaces_the_stored_one() {
+    let mut repo = simple_repo(KeyKind::Ed25519);
+    let client = Client::new(&repo, 1);
+    client.load(&repo).unwrap();
+    // Root 2 and 3 are published, and an OS update ships root 3; root 2 then disappears
+    // from the server: only the shipped root can bring the client to version 3.
+    repo.root_version = 2;
+    repo.publish_root();
+    repo.root_version = 3;
+    repo.publish_root();
+    repo.write_root(3, &client.dir.path().join("shipped-root.json"));
+    std::fs::remove_file(repo.metadata_dir().join("2.root.json")).unwrap();
+    let r = client.load(&repo).unwrap();
+    assert_eq!(r.root_version(), 3);
+    assert_eq!(client.trusted("root.json").unwrap(), repo.root_bytes(3));
+    // An older shipped root never replaces a newer stored one.
+    repo.write_root(1, &client.dir.path().join("shipped-root.json"));
+    assert_eq!(client.load(&repo).unwrap().root_version(), 3);
+}
