@@ -630,3 +630,36 @@ fn update_image_stages_without_flipping_and_update_apply_flips_later() {
     assert_eq!(host.signpost().next_boot(), Some(SetId::B));
     assert_eq!(host.reboot_calls(), ["reboot now"]);
 }
+
+#[test]
+fn update_image_flag_forces_a_version_down() {
+    let spec = two_releases();
+    let host = Host::new(&spec, "1.1.0");
+    let out = host.updog(&["check-update"]);
+    assert_eq!(code(&out), NOTHING_TO_DO, "{}", describe(&out));
+    let out = host.updog(&["update", "--image", "1.0.0"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let old = &spec.releases[0];
+    assert!(host.partition_bytes(PartKind::Root, SetId::B, old.root.len()) == old.root);
+    assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+}
+
+#[test]
+fn the_demo_runs_to_the_end() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_demo"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "$ updog check-update",
+        "$ updog update",
+        "bootloader: booting set B (tries left 1 -> 0)",
+        "$ signpost mark-successful-boot",
+        "$ signpost rollback-to-inactive",
+        "bootloader: booting set A",
+        "done",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
