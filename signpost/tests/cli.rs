@@ -457,3 +457,41 @@ fn malformed_layouts_give_one_line_reasons_and_change_nothing() {
     assert!(err.contains("GPT"), "{err}");
     assert!(img.bytes().unwrap() == bytes, "truncated disk changed");
 }
+
+/// The `status --json` shape is a contract for scripts and agents: exactly these keys.
+#[test]
+fn status_json_has_exactly_the_documented_keys() {
+    let img = installed();
+    let j = Cli::new(&img.path).json(SetId::A);
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(&j),
+        [
+            "a",
+            "active",
+            "b",
+            "boot_has_ever_succeeded",
+            "disk",
+            "format_version",
+            "gpt",
+            "next_boot"
+        ]
+    );
+    let set_keys = [
+        "boot_partition",
+        "bootable",
+        "hash_partition",
+        "priority",
+        "root_partition",
+        "set",
+        "successful",
+        "tries_left",
+    ];
+    assert_eq!(keys(&j["a"]), set_keys);
+    assert_eq!(keys(&j["b"]), set_keys);
+    assert_eq!(keys(&j["gpt"]), ["backup_valid", "primary_valid", "used"]);
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bootpart::SetId;
 use chrono::{DateTime, Utc};
-use e2e_tests::{BOOTED_OK, Host, Migration, Release, RepoSpec, describe};
+use e2e_tests::{Host, Migration, Release, RepoSpec, describe};
 use fixtures::disk::{DiskImageBuilder, PartKind};
 use fixtures::http::Fault;
 use signpost::SetState;
@@ -400,8 +400,7 @@ fn a_second_updog_is_refused_while_the_first_holds_the_lock() {
     assert_eq!(host.signpost().next_boot(), Some(SetId::B));
 }
 
-#[test]
-fn sigterm_while_staging_stops_cleanly() {
+fn signal_while_staging_stops_cleanly(signal: &str) {
     let spec = two_releases();
     let host = Host::with_disk(
         &spec,
@@ -420,16 +419,26 @@ fn sigterm_while_staging_stops_cleanly() {
     );
     let (child, _stdout) = spawn_staging(&host, &["update", "--reboot"]);
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(code(&out), INTERRUPTED, "{}", describe(&out));
+    assert_eq!(code(&out), INTERRUPTED, "{signal}: {}", describe(&out));
     assert!(started.elapsed() < Duration::from_secs(10), "slow to stop");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cancelled; set B left cleared"));
     assert_failed_cleanly(&host, a_before);
-    let _ = BOOTED_OK;
+}
+
+#[test]
+fn sigterm_while_staging_stops_cleanly() {
+    signal_while_staging_stops_cleanly("TERM");
+}
+
+#[test]
+fn sigint_while_staging_stops_cleanly() {
+    signal_while_staging_stops_cleanly("INT");
 }
 
 #[test]
@@ -551,6 +560,26 @@ fn the_agent_example_updates_a_host_through_the_library() {
 }
 
 #[test]
+fn unknown_configuration_keys_are_warnings_and_bad_values_are_errors_naming_the_key() {
+    let spec = two_releases();
+    let mut host = Host::new(&spec, "1.0.0");
+    host.configure("colour = \"blue\"");
+    let out = host.updog(&["check-update"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("warning: unknown configuration key \"colour\""),
+        "{}",
+        describe(&out)
+    );
+    host.configure("seed = 4096");
+    let out = host.updog(&["check-update"]);
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`seed`") && err.contains("4096"), "{err}");
+}
+
+#[test]
 fn check_update_all_lists_every_update_newest_first() {
     let mut spec = two_releases();
     spec.releases.push(Release::new("0.9.0"));
@@ -567,4 +596,70 @@ fn check_update_all_lists_every_update_newest_first() {
         list.iter()
             .all(|u| u.get("images").is_some() && u.get("waves").is_some())
     );
+}
+
+#[test]
+fn update_image_stages_without_flipping_and_update_apply_flips_later() {
+    let spec = two_releases();
+    let host = Host::new(&spec, "1.0.0");
+
+    // Nothing staged yet: nothing to apply.
+    let out = host.updog(&["update-apply"]);
+    assert_eq!(code(&out), NOTHING_TO_DO, "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing is staged"));
+
+    let out = host.updog(&["update-image", "--progress", "json"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    // Every progress line is versioned JSON.
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert!(events.iter().all(|e| e["v"] == 1));
+    assert_eq!(events.last().unwrap()["event"], "marked_valid");
+    assert_eq!(state(&host, SetId::B), SetState::new(0, 1, false).unwrap());
+    assert_eq!(
+        host.signpost().next_boot(),
+        Some(SetId::A),
+        "not flipped yet"
+    );
+    assert!(host.reboot_calls().is_empty());
+
+    let out = host.updog(&["update-apply", "--reboot"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+    assert_eq!(host.reboot_calls(), ["reboot now"]);
+}
+
+#[test]
+fn update_image_flag_forces_a_version_down() {
+    let spec = two_releases();
+    let host = Host::new(&spec, "1.1.0");
+    let out = host.updog(&["check-update"]);
+    assert_eq!(code(&out), NOTHING_TO_DO, "{}", describe(&out));
+    let out = host.updog(&["update", "--image", "1.0.0"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let old = &spec.releases[0];
+    assert!(host.partition_bytes(PartKind::Root, SetId::B, old.root.len()) == old.root);
+    assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+}
+
+#[test]
+fn the_demo_runs_to_the_end() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_demo"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "$ updog check-update",
+        "$ updog update",
+        "bootloader: booting set B (tries left 1 -> 0)",
+        "$ signpost mark-successful-boot",
+        "$ signpost rollback-to-inactive",
+        "bootloader: booting set A",
+        "done",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
 }

@@ -1,5 +1,21 @@
 //! The updater library: TUF client, transports, update selection glue, the streaming image
 //! writer, the update/apply/revert flow; and the thin `updog` CLI.
+//!
+//! The library is the product; the `updog` binary is one user of it. An update agent embeds
+//! [`updater::Updater`], which does everything the CLI does through a typed API:
+//!
+//! - [`config`]: `updog.toml` (the reference keys plus ours, each with a documented default), or a
+//!   [`config::Config`] built in code;
+//! - [`os_release`]: the running variant, version and build;
+//! - [`updater`]: `check` (with the reason when there is nothing to do), `stage` (with a progress
+//!   callback and a [`updater::CancelHandle`]), `apply`, `revert`, `status`, `reboot`;
+//! - [`progress`]: the events `stage` reports, and their JSON-lines and terminal renderings;
+//! - [`lock`]: one update at a time; [`status`]: the staged-state record; [`reboot`]: the
+//!   reboot hand-off; [`exit`]: the CLI's exit codes;
+//! - underneath: [`tuf`] (the TUF client), [`transport`] (HTTP and file), [`pipeline`] (the
+//!   streaming image writer) and [`migrations`] (the TUF client as the migrations source).
+//!
+//! `updog/examples/agent.rs` is a complete agent built on this API.
 
 pub mod config;
 pub mod exit;

@@ -86,7 +86,8 @@ pub struct RepositoryOptions {
     pub targets_base_url: Url,
     /// The trusted-metadata directory (created if missing).
     pub datastore: PathBuf,
-    /// The shipped root, read only when `datastore` has no `root.json` yet.
+    /// The shipped root: seeds `datastore` when it has no `root.json` yet, and replaces the
+    /// stored root when it has a higher version (an OS update shipped a newer root).
     pub trusted_root: PathBuf,
     /// Size and count limits.
     pub limits: Limits,
@@ -351,8 +352,23 @@ impl Repository {
                 }
             })?
         };
-        let root = trusted_root(root_bytes)?;
-        if seeded {
+        let mut root = trusted_root(root_bytes)?;
+        let mut persist_root = seeded;
+        if !seeded {
+            // A shipped root newer than the stored one (the OS image was updated with a newer
+            // root) is just as trusted and saves walking the chain; an unreadable or invalid
+            // shipped root is ignored here, since the stored root is enough.
+            let shipped = read_file_capped(&opts.trusted_root, opts.limits.max_root_size)
+                .ok()
+                .and_then(|bytes| trusted_root(bytes).ok());
+            if let Some(shipped) = shipped {
+                if shipped.signed.version > root.signed.version {
+                    root = shipped;
+                    persist_root = true;
+                }
+            }
+        }
+        if persist_root {
             datastore::write_atomic(dir, "root.json", &root.bytes)?;
         }
         remember_root(dir, &root)?;

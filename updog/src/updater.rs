@@ -253,6 +253,12 @@ pub enum UpdateError {
         /// The target name.
         target: String,
     },
+    /// `apply` found no verified image on the inactive set.
+    #[error("nothing is staged on set {set}; run update-image first")]
+    NothingStaged {
+        /// The inactive set.
+        set: SetId,
+    },
     /// Staging was cancelled; the inactive set is left cleared.
     #[error("cancelled; set {set} left cleared")]
     Cancelled {
@@ -271,7 +277,9 @@ impl UpdateError {
     /// The `updog` exit code for this error (see [`crate::exit`]).
     pub fn exit_code(&self) -> u8 {
         match self {
-            UpdateError::NoUpdate(_) => crate::exit::NOTHING_TO_DO,
+            UpdateError::NoUpdate(_) | UpdateError::NothingStaged { .. } => {
+                crate::exit::NOTHING_TO_DO
+            }
             UpdateError::Lock(LockError::Held { .. }) => crate::exit::LOCKED,
             UpdateError::Cancelled { .. } => crate::exit::INTERRUPTED,
             _ => crate::exit::FAILURE,
@@ -669,10 +677,17 @@ impl Updater {
     /// Flips the boot flags so the staged set is tried once at the next boot
     /// (signpost's upgrade-to-inactive). Fails when nothing valid is staged.
     pub fn apply(&self, _lock: &UpdateLock) -> Result<SetId, UpdateError> {
-        let next = self.with_signpost(|sp| {
-            sp.upgrade_to_inactive()?;
-            Ok(sp.inactive())
-        })?;
+        let next = self
+            .with_signpost(|sp| {
+                sp.upgrade_to_inactive()?;
+                Ok(sp.inactive())
+            })
+            .map_err(|e| match e {
+                UpdateError::Signpost(signpost::Error::InactiveNotValid { set, .. }) => {
+                    UpdateError::NothingStaged { set }
+                }
+                other => other,
+            })?;
         if let Some(mut record) = StagedRecord::read(&self.config.state_file)? {
             record.applied = true;
             record.write_atomic(&self.config.state_file)?;

@@ -1195,3 +1195,94 @@ fn reads_a_repository_written_by_tough_editor() {
         repo.read_metadata("targets.json")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile bytes
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn truncated_or_garbled_metadata_is_an_error_not_a_panic() {
+    let repo = simple_repo(KeyKind::Ed25519);
+    let good_ts = repo.read_metadata("timestamp.json");
+    let client = Client::new(&repo, 1);
+    let mut cases: Vec<Vec<u8>> = (0..good_ts.len())
+        .step_by(7)
+        .map(|n| good_ts[..n].to_vec())
+        .collect();
+    cases.push(b"[".repeat(10_000));
+    cases.push(
+        br#"{"signed": {"_type": "timestamp", "version": 18446744073709551616}, "signatures": []}"#
+            .to_vec(),
+    );
+    cases.push(br#"{"signed": {"_type": "timestamp", "version": 1.5}, "signatures": []}"#.to_vec());
+    cases.push(br#"{"signed": {"_type": "timestamp", "version": 0, "expires": "2100-01-01T00:00:00Z", "meta": {}}, "signatures": []}"#.to_vec());
+    cases.push(vec![0xff, 0xfe, 0x00]);
+    for (i, bytes) in cases.iter().enumerate() {
+        repo.write_metadata("timestamp.json", bytes);
+        assert!(client.load(&repo).is_err(), "case {i} was accepted");
+    }
+    repo.write_metadata("timestamp.json", &good_ts);
+    client.load(&repo).unwrap();
+}
+
+#[test]
+fn repository_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    fn check_send<T: Send>() {}
+    check::<Repository>();
+    check_send::<updog::tuf::TargetReader>();
+}
+
+#[test]
+fn one_key_listed_under_two_key_ids_counts_once() {
+    let mut repo = TestRepo::new(KeyKind::EcdsaP256);
+    repo.add_target("file.txt", b"x");
+    repo.timestamp_lists_hashes = false;
+    let snapshot_key = repo.roles["snapshot"].keys[0].clone();
+    let public = snapshot_key.public_json().clone();
+    repo.tamper = Some(Box::new(move |role, signed| {
+        if role == "root" {
+            signed["keys"]["alias"] = public.clone();
+            let ids = signed["roles"]["snapshot"]["keyids"]
+                .as_array_mut()
+                .unwrap();
+            ids.push("alias".into());
+            signed["roles"]["snapshot"]["threshold"] = 2.into();
+        }
+    }));
+    repo.publish();
+    // Give snapshot a second signature entry under the alias id (same key, valid signature).
+    let mut snap: serde_json::Value =
+        serde_json::from_slice(&repo.read_metadata("snapshot.json")).unwrap();
+    let mut alias_sig = snap["signatures"][0].clone();
+    alias_sig["keyid"] = "alias".into();
+    snap["signatures"].as_array_mut().unwrap().push(alias_sig);
+    repo.write_metadata("snapshot.json", &serde_json::to_vec(&snap).unwrap());
+    let client = Client::new(&repo, 1);
+    let e = load_err(&client, &repo);
+    assert!(
+        matches!(&e, Error::Threshold { role, valid: 1, threshold: 2, .. } if role == "snapshot"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_newer_shipped_root_replaces_the_stored_one() {
+    let mut repo = simple_repo(KeyKind::Ed25519);
+    let client = Client::new(&repo, 1);
+    client.load(&repo).unwrap();
+    // Root 2 and 3 are published, and an OS update ships root 3; root 2 then disappears
+    // from the server: only the shipped root can bring the client to version 3.
+    repo.root_version = 2;
+    repo.publish_root();
+    repo.root_version = 3;
+    repo.publish_root();
+    repo.write_root(3, &client.dir.path().join("shipped-root.json"));
+    std::fs::remove_file(repo.metadata_dir().join("2.root.json")).unwrap();
+    let r = client.load(&repo).unwrap();
+    assert_eq!(r.root_version(), 3);
+    assert_eq!(client.trusted("root.json").unwrap(), repo.root_bytes(3));
+    // An older shipped root never replaces a newer stored one.
+    repo.write_root(1, &client.dir.path().join("shipped-root.json"));
+    assert_eq!(client.load(&repo).unwrap().root_version(), 3);
+}
