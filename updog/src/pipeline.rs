@@ -39,6 +39,7 @@
 mod lz4frame;
 pub mod sink;
 
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,7 +54,7 @@ use xxhash_rust::xxh32::Xxh32;
 
 pub use lz4frame::FrameError;
 use lz4frame::{BlockRef, FrameHeader, WINDOW};
-pub use sink::{AlignedBuf, BootpartSink, IoMode, ParallelWrite, PartitionFile, Sink};
+pub use sink::{AlignedBuf, BootpartSink, IoMode, ParallelWrite, PartitionFile, ReadBack, Sink};
 
 /// How often blocked stages look at the stop flags.
 const TICK: Duration = Duration::from_millis(20);
@@ -139,6 +140,10 @@ pub struct StageOptions {
     pub write_queue_depth: usize,
     /// How often the progress callback is called at most.
     pub progress_interval: Duration,
+    /// Flush and read back the image in regions of about this many bytes while later regions
+    /// are still being written (when the sink offers a [`Sink::read_back_handle`]); the final
+    /// flush covers the rest. 0 = flush once and read everything back after the last write.
+    pub read_back_region: u64,
 }
 
 impl Default for StageOptions {
@@ -151,6 +156,7 @@ impl Default for StageOptions {
             buffers_per_decoder: 4,
             write_queue_depth: 2,
             progress_interval: Duration::from_millis(100),
+            read_back_region: 32 << 20,
         }
     }
 }
@@ -368,6 +374,20 @@ pub fn stage_image<S: Sink + ?Sized>(
     };
     let direct_io = sink.is_direct();
 
+    // The read-back of the regions flushed while later ones are written.
+    let (checkpoint_tx, verifier) = match sink.read_back_handle() {
+        Some(handle) if opts.read_back_region > 0 => {
+            let (tx, rx) = mpsc::channel::<u64>();
+            let shared = Arc::clone(&shared);
+            let cancel = opts.cancel.clone();
+            let v = spawn_detached_with("updog-stage-readback", move || {
+                verify_stage(handle, &shared, &cancel, &rx)
+            })?;
+            (Some(tx), Some(v))
+        }
+        _ => (None, None),
+    };
+
     let outcome = thread::scope(|s| -> Result<WriteDone, StageError> {
         let ctx = ParserCtx {
             shared: &shared,
@@ -376,6 +396,8 @@ pub fn stage_image<S: Sink + ?Sized>(
             decode_threads,
             buffers_per_decoder: opts.buffers_per_decoder.max(2),
             write_queue_depth: opts.write_queue_depth.clamp(1, 16),
+            checkpoints: checkpoint_tx,
+            read_back_region: opts.read_back_region,
         };
         let sink: &mut S = sink;
         let input = Input::new(hashed_rx, pool_tx, &shared);
@@ -386,11 +408,22 @@ pub fn stage_image<S: Sink + ?Sized>(
         drop(events_tx);
         coordinate(expected, opts, &shared, &events_rx, progress)
             .inspect_err(|_| shared.abort.store(true, Ordering::SeqCst))
-    })?;
+    });
 
+    // The writer has hung up on the verifier: it finishes the regions announced so far (or
+    // stops at once when staging failed).
+    let verified = verifier.map(|v| {
+        v.join()
+            .map_err(|_| StageError::Internal("read-back thread panicked".into()))
+    });
+    let outcome = outcome?;
     // Both detached stages have finished once the hash verdict and the last write are in.
     let _ = reader.join();
     let _ = hasher.join();
+    let (start, digest) = match verified {
+        Some(v) => v??,
+        None => (0, Xxh3::new()),
+    };
 
     let total = outcome.decoded_len;
     progress(Progress {
@@ -400,7 +433,7 @@ pub fn stage_image<S: Sink + ?Sized>(
         written: total,
     });
     sink.sync().map_err(|source| StageError::Sync { source })?;
-    let on_disk = read_back(sink, total, opts, progress)?;
+    let on_disk = read_back(sink, start, digest, total, opts, progress)?;
     if on_disk != outcome.digest {
         return Err(StageError::ReadBackMismatch {
             expected: outcome.digest,
@@ -427,6 +460,8 @@ struct Shared {
     received: AtomicU64,
     /// Decoded bytes written.
     written: AtomicU64,
+    /// Which writes have returned.
+    completed: Completion,
 }
 
 impl Shared {
@@ -465,6 +500,117 @@ fn spawn_detached(
         .name(name.into())
         .spawn(f)
         .map_err(|e| StageError::Internal(format!("cannot start a staging thread: {e}")))
+}
+
+fn spawn_detached_with<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<thread::JoinHandle<T>, StageError> {
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| StageError::Internal(format!("cannot start a staging thread: {e}")))
+}
+
+/// The prefix of the partition whose writes have all returned (writes finish out of order
+/// when several are in flight).
+#[derive(Default)]
+struct Completion {
+    state: std::sync::Mutex<CompletionState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct CompletionState {
+    /// Every write below this offset has returned.
+    prefix: u64,
+    /// Returned writes past the prefix: start -> end.
+    ahead: BTreeMap<u64, u64>,
+}
+
+impl Completion {
+    /// The write of `[start, end)` returned successfully.
+    fn done(&self, start: u64, end: u64) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        st.ahead.insert(start, end);
+        loop {
+            let prefix = st.prefix;
+            match st.ahead.remove(&prefix) {
+                Some(e) => st.prefix = e,
+                None => break,
+            }
+        }
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// Wait until every write below `upto` has returned; `false` when `stop` said so first.
+    fn wait_for(&self, upto: u64, stop: impl Fn() -> bool) -> bool {
+        let Ok(mut st) = self.state.lock() else {
+            return false;
+        };
+        while st.prefix < upto {
+            if stop() {
+                return false;
+            }
+            st = match self.changed.wait_timeout(st, TICK) {
+                Ok((st, _)) => st,
+                Err(_) => return false,
+            };
+        }
+        true
+    }
+}
+
+/// Read back, while the writer goes on, each region the writer announces: wait until every
+/// write below the announced offset has returned, `fdatasync`, then read the region from the
+/// device and digest it. Returns how far it got and the running digest; stops early (with
+/// what it has) when staging is aborted or cancelled.
+fn verify_stage(
+    mut handle: Box<dyn ReadBack>,
+    shared: &Shared,
+    cancel: &CancelHandle,
+    checkpoints: &Receiver<u64>,
+) -> Result<(u64, Xxh3), StageError> {
+    let stop = || shared.aborted() || cancel.is_cancelled();
+    let mut digest = Xxh3::new();
+    let mut done = 0u64;
+    let mut buf: Option<AlignedBuf> = None;
+    while let Some(mut upto) = recv(checkpoints, stop) {
+        // Catch up in one go when behind: one flush for all the announced regions.
+        while let Ok(later) = checkpoints.try_recv() {
+            upto = upto.max(later);
+        }
+        if upto <= done {
+            continue;
+        }
+        if !shared.completed.wait_for(upto, stop) {
+            break;
+        }
+        handle
+            .sync_data()
+            .map_err(|source| StageError::Sync { source })?;
+        let buf = buf.get_or_insert_with(|| AlignedBuf::new(READ_BACK_CHUNK));
+        while done < upto {
+            if stop() {
+                return Ok((done, digest));
+            }
+            let len =
+                usize::try_from(upto - done).map_or(READ_BACK_CHUNK, |l| l.min(READ_BACK_CHUNK));
+            let chunk = &mut buf.as_mut_slice()[..len];
+            handle
+                .read_exact_at(chunk, done)
+                .map_err(|source| StageError::ReadBack {
+                    offset: done,
+                    source,
+                })?;
+            digest.update(chunk);
+            done += len as u64;
+        }
+    }
+    Ok((done, digest))
 }
 
 /// Receive, looking at `stop` every tick; `None` when stopped or disconnected.
@@ -785,6 +931,9 @@ struct ParserCtx<'a> {
     decode_threads: usize,
     buffers_per_decoder: usize,
     write_queue_depth: usize,
+    /// Where the writer announces checkpoints (`None`: no read-back while writing).
+    checkpoints: Option<Sender<u64>>,
+    read_back_region: u64,
 }
 
 /// A decode job: several consecutive blocks whose decoded sizes fit one output buffer.
@@ -945,6 +1094,10 @@ fn parse_frame<'scope, 'env, S: Sink + ?Sized>(
         let events = ctx.events.clone();
         let capacity = ctx.capacity;
         let write_queue_depth = ctx.write_queue_depth;
+        let checkpoints = ctx.checkpoints.clone().map(|tx| Checkpoints {
+            tx,
+            region: ctx.read_back_region,
+        });
         spawn_scoped(s, "updog-stage-write", move || {
             match write_stage(
                 sink,
@@ -954,6 +1107,7 @@ fn parse_frame<'scope, 'env, S: Sink + ?Sized>(
                 &write_rx,
                 &out_pool_tx,
                 write_queue_depth,
+                checkpoints,
             ) {
                 Ok(Some(done)) => {
                     let _ = events.send(Event::Written(done));
@@ -1200,9 +1354,16 @@ fn sequence_stage(
     Ok(())
 }
 
+/// Where and how often the writer announces flushed-and-readable regions to the verifier.
+struct Checkpoints {
+    tx: Sender<u64>,
+    region: u64,
+}
+
 /// Aligned writes, coalescing unaligned pieces in a carry buffer.
 struct Writer<'a, S: Sink + ?Sized> {
     sink: &'a mut S,
+    completed: &'a Completion,
     align: usize,
     /// Bytes handed to the sink (always a multiple of `align` until the final tail).
     offset: u64,
@@ -1220,7 +1381,9 @@ impl<S: Sink + ?Sized> Writer<'_, S> {
                 len: buf.len(),
                 source,
             })?;
-        self.offset += buf.len() as u64;
+        let end = self.offset + buf.len() as u64;
+        self.completed.done(self.offset, end);
+        self.offset = end;
         Ok(())
     }
 
@@ -1261,6 +1424,7 @@ impl<S: Sink + ?Sized> Writer<'_, S> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_stage<S: Sink + ?Sized>(
     sink: &mut S,
     capacity: u64,
@@ -1269,6 +1433,7 @@ fn write_stage<S: Sink + ?Sized>(
     input: &Receiver<WriteMsg>,
     pools: &[SyncSender<AlignedBuf>],
     queue_depth: usize,
+    checkpoints: Option<Checkpoints>,
 ) -> Result<Option<WriteDone>, StageError> {
     let align = sink.alignment().max(1);
     let parallel = if queue_depth > 1 {
@@ -1279,6 +1444,7 @@ fn write_stage<S: Sink + ?Sized>(
     let io_error: std::sync::Mutex<Option<StageError>> = std::sync::Mutex::new(None);
     let mut w = Writer {
         sink,
+        completed: &shared.completed,
         align,
         offset: 0,
         carry: None,
@@ -1317,6 +1483,7 @@ fn write_stage<S: Sink + ?Sized>(
                             }
                             return;
                         }
+                        shared.completed.done(offset, offset + len as u64);
                         if let Some(pool) = pools.get(buf.owner) {
                             let _ = pool.try_send(buf.buf);
                         }
@@ -1332,6 +1499,7 @@ fn write_stage<S: Sink + ?Sized>(
         }
         let take_io_error = || io_error.lock().ok().and_then(|mut e| e.take());
         let mut logical = 0u64;
+        let mut announced = 0u64;
         while let Some(msg) = recv(input, || shared.decoding_stopped()) {
             match msg {
                 WriteMsg::Data(buf, len) => {
@@ -1361,6 +1529,20 @@ fn write_stage<S: Sink + ?Sized>(
                         }
                     }
                     shared.written.store(logical, Ordering::Relaxed);
+                    // Everything below `w.offset` is written or being written: once those
+                    // writes return, the verifier may flush and read it back. Only at page
+                    // boundaries, so that no later write touches a page it has read.
+                    if let Some(c) = &checkpoints {
+                        if c.region > 0
+                            && w.offset >= announced.saturating_add(c.region)
+                            && w.offset % sink::DIRECT_ALIGN as u64 == 0
+                        {
+                            announced = w.offset;
+                            // The verifier stops listening only when it failed or staging
+                            // is aborted; both are reported elsewhere.
+                            let _ = c.tx.send(announced);
+                        }
+                    }
                 }
                 WriteMsg::End(done) => {
                     // Let the I/O threads finish, then write the (possibly unaligned) tail.
@@ -1386,6 +1568,8 @@ fn write_stage<S: Sink + ?Sized>(
 /// overlaps the next read.
 fn read_back<S: Sink + ?Sized>(
     sink: &mut S,
+    start: u64,
+    mut digest: Xxh3,
     total: u64,
     opts: &StageOptions,
     progress: &dyn Fn(Progress),
@@ -1398,7 +1582,7 @@ fn read_back<S: Sink + ?Sized>(
             written: total,
         });
     };
-    report(0);
+    report(start);
     let (full_tx, full_rx) = mpsc::sync_channel::<(AlignedBuf, usize)>(1);
     let (free_tx, free_rx) = mpsc::sync_channel::<AlignedBuf>(2);
     for _ in 0..2 {
@@ -1408,7 +1592,6 @@ fn read_back<S: Sink + ?Sized>(
         let hasher = thread::Builder::new()
             .name("updog-readback-xxh3".into())
             .spawn_scoped(s, move || {
-                let mut digest = Xxh3::new();
                 while let Ok((buf, len)) = full_rx.recv() {
                     digest.update(buf.as_slice().get(..len).unwrap_or(&[]));
                     let _ = free_tx.send(buf);
@@ -1416,7 +1599,7 @@ fn read_back<S: Sink + ?Sized>(
                 digest.digest128()
             })
             .map_err(|e| StageError::Internal(format!("cannot start a staging thread: {e}")))?;
-        let mut offset = 0u64;
+        let mut offset = start;
         let mut last_report = Instant::now();
         while offset < total {
             if opts.cancel.is_cancelled() {

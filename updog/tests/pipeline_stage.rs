@@ -790,3 +790,221 @@ fn write_errors_stop_staging_with_parallel_and_serial_writes() {
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 }
+
+/// What a [`Recording`] sink saw: the writes that returned, the flushes of the read-back
+/// handle, and its reads.
+#[derive(Default)]
+struct Log {
+    /// Returned writes, `(offset, end)`.
+    writes: Vec<(u64, u64)>,
+    /// Every write below this had returned when the handle's last flush started.
+    flushed: u64,
+    /// Reads through the read-back handle, `(offset, end, flushed at the time)`.
+    reads: Vec<(u64, u64, u64)>,
+}
+
+impl Log {
+    fn returned_prefix(&self) -> u64 {
+        let mut w = self.writes.clone();
+        w.sort_unstable();
+        let mut prefix = 0;
+        for (start, end) in w {
+            if start > prefix {
+                break;
+            }
+            prefix = prefix.max(end);
+        }
+        prefix
+    }
+}
+
+/// A real partition whose writes and read-back handle are recorded; optionally its read-back
+/// handle returns one flipped bit, or fails, at a partition offset (a fake of a disk that
+/// lost a write or cannot read it back).
+struct Recording {
+    inner: PartitionFile,
+    log: std::sync::Arc<Mutex<Log>>,
+    flip_at: Option<u64>,
+    fail_at: Option<u64>,
+}
+
+struct RecordingWrites {
+    inner: std::sync::Arc<dyn updog::pipeline::ParallelWrite>,
+    log: std::sync::Arc<Mutex<Log>>,
+}
+
+impl updog::pipeline::ParallelWrite for RecordingWrites {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.inner.write_all_at(buf, offset)?;
+        let end = offset + buf.len() as u64;
+        self.log.lock().unwrap().writes.push((offset, end));
+        Ok(())
+    }
+}
+
+struct RecordingReadBack {
+    inner: Box<dyn updog::pipeline::ReadBack>,
+    log: std::sync::Arc<Mutex<Log>>,
+    flip_at: Option<u64>,
+    fail_at: Option<u64>,
+}
+
+impl updog::pipeline::ReadBack for RecordingReadBack {
+    fn sync_data(&mut self) -> io::Result<()> {
+        let prefix = self.log.lock().unwrap().returned_prefix();
+        self.inner.sync_data()?;
+        self.log.lock().unwrap().flushed = prefix;
+        Ok(())
+    }
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let end = offset + buf.len() as u64;
+        let in_range = |at: Option<u64>| at.filter(|&a| a >= offset && a < end);
+        if in_range(self.fail_at).is_some() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.inner.read_exact_at(buf, offset)?;
+        if let Some(a) = in_range(self.flip_at) {
+            buf[(a - offset) as usize] ^= 0x01;
+        }
+        let mut log = self.log.lock().unwrap();
+        let flushed = log.flushed;
+        log.reads.push((offset, end, flushed));
+        Ok(())
+    }
+}
+
+impl Sink for Recording {
+    fn capacity(&self) -> u64 {
+        self.inner.capacity()
+    }
+    fn alignment(&self) -> usize {
+        self.inner.alignment()
+    }
+    fn is_direct(&self) -> bool {
+        self.inner.is_direct()
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.inner.write_all_at(buf, offset)?;
+        let end = offset + buf.len() as u64;
+        self.log.lock().unwrap().writes.push((offset, end));
+        Ok(())
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.inner.sync()
+    }
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn parallel_writer(&self) -> Option<std::sync::Arc<dyn updog::pipeline::ParallelWrite>> {
+        let inner = self.inner.parallel_writer()?;
+        Some(std::sync::Arc::new(RecordingWrites {
+            inner,
+            log: std::sync::Arc::clone(&self.log),
+        }))
+    }
+    fn read_back_handle(&self) -> Option<Box<dyn updog::pipeline::ReadBack>> {
+        let inner = self.inner.read_back_handle()?;
+        Some(Box::new(RecordingReadBack {
+            inner,
+            log: std::sync::Arc::clone(&self.log),
+            flip_at: self.flip_at,
+            fail_at: self.fail_at,
+        }))
+    }
+}
+
+fn recording(disk: &Disk, mode: IoMode) -> Recording {
+    Recording {
+        inner: disk.partition(mode),
+        log: std::sync::Arc::default(),
+        flip_at: None,
+        fail_at: None,
+    }
+}
+
+/// Small regions so that a few-MiB image is read back in many pieces while it is written.
+fn overlapped() -> StageOptions {
+    StageOptions {
+        read_back_region: 256 << 10,
+        ..StageOptions::default()
+    }
+}
+
+#[test]
+fn read_back_overlaps_the_writes_and_reads_only_flushed_ranges() {
+    let data = image_data(6 << 20, 17);
+    for (mode, info) in [
+        (
+            IoMode::Auto,
+            FrameInfo::new().block_size(BlockSize::Max64KB),
+        ),
+        (IoMode::Auto, FrameInfo::new().block_size(BlockSize::Max4MB)),
+        (
+            IoMode::Buffered,
+            FrameInfo::new().block_size(BlockSize::Max256KB),
+        ),
+        (
+            IoMode::Auto,
+            FrameInfo::new()
+                .block_size(BlockSize::Max64KB)
+                .block_mode(BlockMode::Linked),
+        ),
+    ] {
+        let stream = compress(&data, info);
+        let expected = expected_for(&stream);
+        let disk = Disk::new(8 << 20);
+        let mut sink = recording(&disk, mode);
+        let log = std::sync::Arc::clone(&sink.log);
+        let staged = stage(stream, &expected, &mut sink, &overlapped()).unwrap();
+        assert_eq!(staged.digest, xxhash_rust::xxh3::xxh3_128(&data));
+        let start = PART_OFFSET as usize;
+        assert!(disk.bytes()[start..start + data.len()] == *data);
+        let log = log.lock().unwrap();
+        // Most of the image was read back through the concurrent handle, in order, each
+        // range only after every write below its end had returned and been flushed.
+        let read: u64 = log.reads.iter().map(|r| r.1 - r.0).sum();
+        assert!(
+            read >= (data.len() as u64) / 2,
+            "{mode:?}: only {read} bytes read back while writing"
+        );
+        let mut next = 0;
+        for &(offset, end, flushed) in &log.reads {
+            assert_eq!(offset, next, "{mode:?}: read-back out of order");
+            assert!(
+                end <= flushed,
+                "{mode:?}: read [{offset}, {end}) before it was flushed (flushed up to {flushed})"
+            );
+            next = end;
+        }
+    }
+}
+
+#[test]
+fn overlapped_read_back_detects_a_lost_write_and_reports_read_errors() {
+    let data = image_data(4 << 20, 19);
+    let stream = compress(&data, FrameInfo::new().block_size(BlockSize::Max64KB));
+    let expected = expected_for(&stream);
+
+    let disk = Disk::new(8 << 20);
+    let mut sink = recording(&disk, IoMode::Auto);
+    sink.flip_at = Some(300_000);
+    let err = stage(stream.clone(), &expected, &mut sink, &overlapped()).unwrap_err();
+    assert!(
+        matches!(err, StageError::ReadBackMismatch { .. }),
+        "{err:?}"
+    );
+    assert!(
+        !sink.log.lock().unwrap().reads.is_empty(),
+        "the flipped byte was not read through the concurrent handle"
+    );
+
+    let disk = Disk::new(8 << 20);
+    let mut sink = recording(&disk, IoMode::Auto);
+    sink.fail_at = Some(600_000);
+    let err = stage(stream, &expected, &mut sink, &overlapped()).unwrap_err();
+    assert!(
+        matches!(&err, StageError::ReadBack { offset, source }
+            if *offset <= 600_000 && source.raw_os_error() == Some(libc::EIO)),
+        "{err:?}"
+    );
+}

@@ -45,6 +45,112 @@ pub trait Sink: Send {
     fn parallel_writer(&self) -> Option<Arc<dyn ParallelWrite>> {
         None
     }
+    /// An independent handle that flushes and reads back the partition while the pipeline
+    /// keeps writing further on, so that the read-back overlaps the writes. The pipeline only
+    /// reads a range through it after every write into that range has returned and a
+    /// [`ReadBack::sync_data`] call started after those writes has returned. `None` (the
+    /// default) when the sink can only be read back after the final [`Sink::sync`].
+    fn read_back_handle(&self) -> Option<Box<dyn ReadBack>> {
+        None
+    }
+}
+
+/// Flush and read back a partition while it is being written: see [`Sink::read_back_handle`].
+pub trait ReadBack: Send {
+    /// Flush everything written to the partition so far, through any handle, to stable
+    /// storage (`fdatasync`).
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// Read exactly `buf.len()` bytes at `offset` (partition-relative) from the device,
+    /// bypassing the page cache. Only called for flushed ranges that are no longer written.
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+/// A read-back handle on a byte range of a file or block device: `O_DIRECT` reads when
+/// possible, otherwise buffered reads after dropping the range's (clean, flushed) cached pages.
+#[derive(Debug)]
+struct RegionReader {
+    path: PathBuf,
+    base: u64,
+    len: u64,
+    direct: Option<File>,
+    buffered: File,
+}
+
+impl RegionReader {
+    fn open(path: &Path, base: u64, len: u64, direct: bool) -> Option<Box<dyn ReadBack>> {
+        let buffered = File::open(path).ok()?;
+        // No readahead through this handle: it would pull not yet written ranges into the
+        // page cache for nothing.
+        let _ = nix::fcntl::posix_fadvise(
+            &buffered,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
+        );
+        let direct = if direct && base % DIRECT_ALIGN as u64 == 0 {
+            Some(
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(path)
+                    .ok()?,
+            )
+        } else {
+            None
+        };
+        Some(Box::new(Self {
+            path: path.to_owned(),
+            base,
+            len,
+            direct,
+            buffered,
+        }))
+    }
+}
+
+impl ReadBack for RegionReader {
+    fn sync_data(&mut self) -> io::Result<()> {
+        // fdatasync is per file (or block device), whichever descriptor it is called on.
+        self.buffered.sync_data()
+    }
+
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|e| e > self.len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "reading back {} bytes at offset {offset} would pass the end of the \
+                     {}-byte partition at {} in {}",
+                    buf.len(),
+                    self.len,
+                    self.base,
+                    self.path.display()
+                ),
+            ));
+        }
+        let abs = self.base + offset;
+        if let Some(direct) = &self.direct {
+            if PartitionFile::is_aligned(buf, offset) {
+                match direct.read_exact_at(buf, abs) {
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = None,
+                    other => return other,
+                }
+            }
+        }
+        // The range is flushed and no longer written: its cached pages are clean and can be
+        // dropped, so that the read comes from the device.
+        let off = libc::off_t::try_from(abs).map_err(io::Error::other)?;
+        let len = libc::off_t::try_from(buf.len()).map_err(io::Error::other)?;
+        nix::fcntl::posix_fadvise(
+            &self.buffered,
+            off,
+            len,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .map_err(io::Error::from)?;
+        self.buffered.read_exact_at(buf, abs)
+    }
 }
 
 /// Concurrent positioned writes: see [`Sink::parallel_writer`].
@@ -119,6 +225,9 @@ impl<S: Sink + ?Sized> Sink for &mut S {
     }
     fn parallel_writer(&self) -> Option<Arc<dyn ParallelWrite>> {
         (**self).parallel_writer()
+    }
+    fn read_back_handle(&self) -> Option<Box<dyn ReadBack>> {
+        (**self).read_back_handle()
     }
 }
 
@@ -265,6 +374,10 @@ impl Sink for PartitionFile {
         self.direct.as_ref()?;
         DirectHandle::open(&self.path, self.offset, self.len)
     }
+
+    fn read_back_handle(&self) -> Option<Box<dyn ReadBack>> {
+        RegionReader::open(&self.path, self.offset, self.len, self.direct.is_some())
+    }
 }
 
 /// A partition of a [`bootpart::Disk`]: writes go through [`PartitionWriter`] (bounded by the
@@ -363,6 +476,15 @@ impl Sink for BootpartSink<'_> {
             self.disk.path(),
             self.part.byte_offset(),
             self.part.byte_len(),
+        )
+    }
+
+    fn read_back_handle(&self) -> Option<Box<dyn ReadBack>> {
+        RegionReader::open(
+            self.disk.path(),
+            self.part.byte_offset(),
+            self.part.byte_len(),
+            self.writer.is_direct(),
         )
     }
 }
