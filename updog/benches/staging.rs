@@ -326,6 +326,7 @@ fn ours(
     device: &Path,
     part: &bootpart::Partition,
     kind: SinkKind,
+    opts: &StageOptions,
 ) -> Res<OursResult> {
     let disk = bootpart::Disk::open(device)?;
     let mut bsink;
@@ -343,18 +344,12 @@ fn ours(
     let marks = Mutex::new(Vec::<(Phase, Instant)>::new());
     let cpu = cpu_secs();
     let start = Instant::now();
-    let staged = stage_image(
-        source,
-        &img.expected,
-        sink,
-        &StageOptions::default(),
-        &|p| {
-            let mut m = marks.lock().unwrap();
-            if m.last().map(|l| l.0) != Some(p.phase) {
-                m.push((p.phase, Instant::now()));
-            }
-        },
-    )?;
+    let staged = stage_image(source, &img.expected, sink, opts, &|p| {
+        let mut m = marks.lock().unwrap();
+        if m.last().map(|l| l.0) != Some(p.phase) {
+            m.push((p.phase, Instant::now()));
+        }
+    })?;
     let total = start.elapsed().as_secs_f64();
     let end = Instant::now();
     let cpu = cpu_secs() - cpu;
@@ -440,6 +435,96 @@ fn write_limit(
     }
     part.sync()?;
     Ok((start.elapsed().as_secs_f64(), part.is_direct()))
+}
+
+/// What the invariant costs without any decoding: the decoded image written as in
+/// [`write_limit`] (2 in flight), while a second thread flushes and reads back (through the
+/// sink's own [`Sink::read_back_handle`], xxh3 digest) each `region` once all its writes have
+/// returned; then the final flush and the read-back of the rest. `region` 0: write everything,
+/// flush, then read everything back.
+fn write_verify_limit(
+    decoded: &AlignedBuf,
+    device: &Path,
+    p: &bootpart::Partition,
+    region: u64,
+) -> Res<f64> {
+    let mut part = PartitionFile::open(device, p.byte_offset(), p.byte_len(), IoMode::Auto)?;
+    let writer = part.parallel_writer().ok_or("no parallel writer")?;
+    let mut handle = part.read_back_handle().ok_or("no read-back handle")?;
+    let data = decoded.as_slice();
+    let len = data.len() as u64;
+    let chunks: Vec<(u64, &[u8])> = data
+        .chunks(WRITE_CHUNK)
+        .enumerate()
+        .map(|(i, c)| ((i * WRITE_CHUNK) as u64, c))
+        .collect();
+    // done[i]: chunk i's write returned.
+    let done = Mutex::new(vec![false; chunks.len()]);
+    let changed = std::sync::Condvar::new();
+    let start = Instant::now();
+    let verified = std::thread::scope(|s| -> Res<(u64, xxhash_rust::xxh3::Xxh3)> {
+        let workers: Vec<_> = (0..2)
+            .map(|t| {
+                let (chunks, done, changed, writer) = (&chunks, &done, &changed, &writer);
+                s.spawn(move || -> io::Result<()> {
+                    for (i, (off, c)) in chunks.iter().enumerate().skip(t).step_by(2) {
+                        let r = writer.write_all_at(c, *off);
+                        let mut d = done.lock().unwrap();
+                        if r.is_err() {
+                            // Release the reader; the error is reported at the join.
+                            d.fill(true);
+                        }
+                        d[i] = true;
+                        drop(d);
+                        changed.notify_all();
+                        r?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let mut digest = xxhash_rust::xxh3::Xxh3::new();
+        let mut at = 0u64;
+        let mut buf = AlignedBuf::new(WRITE_CHUNK);
+        if region > 0 {
+            // Only whole regions before the last chunk; the rest after the final flush.
+            let last = len - len % WRITE_CHUNK as u64;
+            while at + region <= last {
+                let upto = at + region;
+                let need = usize::try_from(upto / WRITE_CHUNK as u64)?;
+                let mut d = done.lock().unwrap();
+                while !d[..need].iter().all(|&x| x) {
+                    d = changed.wait(d).unwrap();
+                }
+                drop(d);
+                handle.sync_data()?;
+                while at < upto {
+                    let n = (upto - at).min(WRITE_CHUNK as u64) as usize;
+                    handle.read_exact_at(&mut buf.as_mut_slice()[..n], at)?;
+                    digest.update(&buf.as_slice()[..n]);
+                    at += n as u64;
+                }
+            }
+        }
+        for w in workers {
+            w.join().map_err(|_| "writer panicked")??;
+        }
+        Ok((at, digest))
+    })?;
+    let (mut at, mut digest) = verified;
+    part.sync()?;
+    let mut buf = AlignedBuf::new(WRITE_CHUNK);
+    while at < len {
+        let n = (len - at).min(WRITE_CHUNK as u64) as usize;
+        part.read_exact_at(&mut buf.as_mut_slice()[..n], at)?;
+        digest.update(&buf.as_slice()[..n]);
+        at += n as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if digest.digest128() != xxhash_rust::xxh3::xxh3_128(data) {
+        return Err("write+read-back limit: read back other bytes than written".into());
+    }
+    Ok(secs)
 }
 
 fn read_limit(len: u64, device: &Path, p: &bootpart::Partition) -> Res<f64> {
@@ -738,7 +823,7 @@ fn run(args: &Args) -> Res<()> {
     let mut summary = serde_json::Map::new();
     let phases = |o: &OursResult| {
         format!(
-            "write+sync {:.3} s, read-back {:.3} s, CPU {:.2} s, direct={}",
+            "until the final flush returned {:.3} s, read-back of the rest {:.3} s, CPU {:.2} s, direct={}",
             o.write_phase, o.verify_phase, o.cpu, o.direct
         )
     };
@@ -784,6 +869,31 @@ fn run(args: &Args) -> Res<()> {
             r,
             "O_DIRECT 4 MiB reads: what the read-back costs",
         ));
+        let region = StageOptions::default().read_back_region;
+        let wv = median(repeat(|| {
+            drop_cache(tpath, part)?;
+            write_verify_limit(&decoded, tpath, part, region)
+        })?);
+        rows.push(row(
+            &format!("[{tname}] write + flush + read-back only, overlapped"),
+            dec,
+            wv,
+            format!(
+                "2 writes in flight; flush + O_DIRECT read-back of each {} MiB region while \
+                 later ones are written; no decoding: what the invariant costs",
+                region >> 20
+            ),
+        ));
+        let wv_seq = median(repeat(|| {
+            drop_cache(tpath, part)?;
+            write_verify_limit(&decoded, tpath, part, 0)
+        })?);
+        rows.push(row(
+            &format!("[{tname}] write + flush + read-back only, one after the other"),
+            dec,
+            wv_seq,
+            "write all (2 in flight), fdatasync, then read all back",
+        ));
         let (b_file, b_file_cpu) = median_by(
             repeat(|| {
                 drop_cache(tpath, part)?;
@@ -821,6 +931,7 @@ fn run(args: &Args) -> Res<()> {
                     tpath,
                     part,
                     SinkKind::Bootpart,
+                    &StageOptions::default(),
                 )
             })?,
             |o| o.total,
@@ -840,6 +951,7 @@ fn run(args: &Args) -> Res<()> {
                     tpath,
                     part,
                     SinkKind::Bootpart,
+                    &StageOptions::default(),
                 )
             })?,
             |o| o.total,
@@ -859,10 +971,37 @@ fn run(args: &Args) -> Res<()> {
                     tpath,
                     part,
                     SinkKind::File,
+                    &StageOptions::default(),
                 )
             })?,
             |o| o.total,
         );
+        let o_seq = median_by(
+            repeat(|| {
+                drop_cache(tpath, part)?;
+                ours(
+                    &img,
+                    FileTransport.fetch(&file_url)?,
+                    tpath,
+                    part,
+                    SinkKind::Bootpart,
+                    &StageOptions {
+                        read_back_region: 0,
+                        ..StageOptions::default()
+                    },
+                )
+            })?,
+            |o| o.total,
+        );
+        rows.push(row(
+            &format!("[{tname}] ours, file://, read-back only after the end"),
+            dec,
+            o_seq.total,
+            format!(
+                "read_back_region 0 (the previous design); {}",
+                phases(&o_seq)
+            ),
+        ));
         rows.push(row(
             &format!("[{tname}] ours, file://, PartitionFile sink"),
             dec,
@@ -876,6 +1015,8 @@ fn run(args: &Args) -> Res<()> {
                 "ours_over_baseline_http": b_http / o_http.total,
                 "ours_over_direct_write_limit": w / o_file.total,
                 "ours_over_direct_write_plus_read_limit": (w + r) / o_file.total,
+                "ours_over_write_flush_read_back_overlapped_limit": wv / o_file.total,
+                "ours_over_write_flush_read_back_sequential_limit": wv_seq / o_file.total,
                 "ours_over_decode_limit": decode_n / o_file.total,
                 "ours_write_phase_over_baseline_file": b_file / o_file.write_phase,
                 "ours_write_phase_over_direct_write_limit": w / o_file.write_phase,

@@ -15,6 +15,15 @@
 //! read-back of the written range (bypassing the page cache, hashed on a helper thread) compared
 //! with the xxh3-128 digest computed while writing.
 //!
+//! The read-back overlaps the writes when the sink offers a [`Sink::read_back_handle`]: every
+//! [`StageOptions::read_back_region`] bytes (at a page boundary) the writer announces a
+//! checkpoint; a read-back thread waits until every write below it has returned, flushes
+//! (`fdatasync`), then reads that range from the device and feeds it to one running xxh3-128.
+//! The final flush covers the rest, which is read back last. So every byte is flushed before it
+//! is read back, each byte is read back exactly once and in order, and the image is only
+//! accepted when the digest of everything read back equals the digest of everything written.
+//! The read-back thread holds one 4 MiB buffer.
+//!
 //! Frames with linked blocks decode on one thread, each block with the previous 64 KiB of output
 //! as its dictionary (`lz4_flex::block::decompress_into_with_dict`), rather than through
 //! `lz4_flex::frame::FrameDecoder`, so that both kinds of frame get the same strict parsing

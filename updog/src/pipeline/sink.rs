@@ -21,7 +21,9 @@ pub const DIRECT_ALIGN: usize = 4096;
 /// The pipeline calls [`Sink::write_all_at`] with buffers whose address, offset and length are
 /// multiples of [`Sink::alignment`], except for the image's last write, whose length may not
 /// be; it calls [`Sink::sync`] once after the last write, then reads the image back with
-/// [`Sink::read_exact_at`] (same alignment rule). Offsets are relative to the start of the
+/// [`Sink::read_exact_at`] (same alignment rule); when the sink offers a
+/// [`Sink::read_back_handle`], the ranges flushed while writing are read back through it
+/// instead, and only the rest after [`Sink::sync`]. Offsets are relative to the start of the
 /// partition. Implementations must refuse (write nothing) a write that would pass
 /// [`Sink::capacity`], and the read-back must come from the device, not the page cache.
 pub trait Sink: Send {
