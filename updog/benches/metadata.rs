@@ -16,6 +16,8 @@ use std::time::Instant;
 
 use fixtures::repo::{KeyKind, TestRepo};
 
+mod common;
+
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 const TARGETS: usize = 20_000;
@@ -178,6 +180,9 @@ fn run_child(which: &str, repo: &Path) -> Res<(f64, u64, String)> {
 
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if !common::should_run(&args, "metadata") {
+        return Ok(());
+    }
     if let [flag, which, repo] = args.as_slice() {
         if flag == "--child" {
             return child(which, Path::new(repo));

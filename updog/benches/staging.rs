@@ -30,6 +30,8 @@ use updog::transport::{FileTransport, HttpOptions, HttpTransport, Transport};
 const MIB: f64 = 1024.0 * 1024.0;
 const WRITE_CHUNK: usize = 4 << 20;
 
+mod common;
+
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 struct Args {
@@ -42,6 +44,9 @@ struct Args {
 
 fn main() -> Res<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if !common::should_run(&argv, "staging") {
+        return Ok(());
+    }
     if argv.first().map(String::as_str) == Some("--child-stage") {
         return child_stage(&argv[1..]);
     }

@@ -10,8 +10,15 @@
 //!            sha256)     data, truncation)     in parallel)        read-back digest) capacity)
 //! ```
 //!
-//! then one `fdatasync`, then a read-back of the written range (bypassing the page cache)
-//! compared with the xxh3-128 digest computed while writing.
+//! (the writer keeps [`StageOptions::write_queue_depth`] direct writes in flight on extra I/O
+//! threads when the sink offers a [`Sink::parallel_writer`]), then one `fdatasync`, then a
+//! read-back of the written range (bypassing the page cache, hashed on a helper thread) compared
+//! with the xxh3-128 digest computed while writing.
+//!
+//! Frames with linked blocks decode on one thread, each block with the previous 64 KiB of output
+//! as its dictionary (`lz4_flex::block::decompress_into_with_dict`), rather than through
+//! `lz4_flex::frame::FrameDecoder`, so that both kinds of frame get the same strict parsing
+//! (truncation, trailing data, checksums, content size).
 //!
 //! Each stage runs on its own thread; stages pass reusable buffers through bounded channels and
 //! get them back through bounded pools, so memory is bounded by the buffers (a few tens of MiB

@@ -707,3 +707,86 @@ fn progress_reports_phases_in_order_and_the_final_counts() {
         (Phase::Verifying, data.len() as u64, data.len() as u64)
     );
 }
+
+/// A disk whose writes start failing after `ok_writes` writes, on the serial path and on the
+/// concurrent handle alike (a fake of a disk going bad mid-image).
+struct FailingDisk {
+    inner: PartitionFile,
+    left: std::sync::Arc<AtomicU64>,
+}
+
+struct FailingHandle {
+    inner: std::sync::Arc<dyn updog::pipeline::ParallelWrite>,
+    left: std::sync::Arc<AtomicU64>,
+}
+
+fn take_write(left: &AtomicU64) -> io::Result<()> {
+    if left
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_err()
+    {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    Ok(())
+}
+
+impl updog::pipeline::ParallelWrite for FailingHandle {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        take_write(&self.left)?;
+        self.inner.write_all_at(buf, offset)
+    }
+}
+
+impl Sink for FailingDisk {
+    fn capacity(&self) -> u64 {
+        self.inner.capacity()
+    }
+    fn alignment(&self) -> usize {
+        self.inner.alignment()
+    }
+    fn is_direct(&self) -> bool {
+        self.inner.is_direct()
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        take_write(&self.left)?;
+        self.inner.write_all_at(buf, offset)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.inner.sync()
+    }
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn parallel_writer(&self) -> Option<std::sync::Arc<dyn updog::pipeline::ParallelWrite>> {
+        let inner = self.inner.parallel_writer()?;
+        Some(std::sync::Arc::new(FailingHandle {
+            inner,
+            left: std::sync::Arc::clone(&self.left),
+        }))
+    }
+}
+
+#[test]
+fn write_errors_stop_staging_with_parallel_and_serial_writes() {
+    let data = image_data(6 << 20, 13);
+    let stream = compress(&data, FrameInfo::new().block_size(BlockSize::Max64KB));
+    let expected = expected_for(&stream);
+    for queue_depth in [1, 2] {
+        let disk = Disk::new(8 << 20);
+        let mut sink = FailingDisk {
+            inner: disk.partition(IoMode::Auto),
+            left: std::sync::Arc::new(AtomicU64::new(1)),
+        };
+        let opts = StageOptions {
+            write_queue_depth: queue_depth,
+            ..StageOptions::default()
+        };
+        let started = Instant::now();
+        let err = stage(stream.clone(), &expected, &mut sink, &opts).unwrap_err();
+        assert!(
+            matches!(&err, StageError::Write { source, .. } if source.raw_os_error() == Some(libc::EIO)),
+            "queue depth {queue_depth}: {err:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}
