@@ -188,11 +188,6 @@ fn main() -> Res<()> {
             return child(which, Path::new(repo));
         }
     }
-    // `cargo test --all-targets` and `cargo nextest` (with `--list`) also run bench targets;
-    // this benchmark takes minutes, so it runs only under `cargo bench` (which passes --bench).
-    if !args.iter().any(|a| a == "--bench") {
-        return Ok(());
-    }
     let repo = ensure_repo()?;
     let size = fs::metadata(repo.join("metadata/targets.json"))?.len();
     eprintln!(

@@ -50,12 +50,6 @@ fn main() -> Res<()> {
     if argv.first().map(String::as_str) == Some("--child-stage") {
         return child_stage(&argv[1..]);
     }
-    // `cargo test --all-targets` and `cargo nextest` (with `--list`) also run bench targets;
-    // this benchmark takes minutes and gigabytes, so it runs only under `cargo bench` (which
-    // passes --bench).
-    if !argv.iter().any(|a| a == "--bench") {
-        return Ok(());
-    }
     let mut args = Args {
         size_mib: 1024,
         four_gib: true,
