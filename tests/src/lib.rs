@@ -570,3 +570,38 @@ pub fn bootloader_pick(disk: &Path) -> Option<BootPick> {
         tries_after: state.tries_left,
     })
 }
+
+/// A tmpfs of a given size mounted on a directory (root only), unmounted on drop, also when a
+/// test fails.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it) on `dir`; `None` when it cannot
+    /// (not root, no `mount`).
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        if !fixtures::disk::is_root() {
+            return None;
+        }
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .ok()?;
+        status.success().then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    /// Fills the file system with one file until the next write fails with `ENOSPC`.
+    pub fn fill(&self) -> PathBuf {
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).expect("filler");
+        let chunk = [0u8; 4096];
+        while file.write_all(&chunk).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}

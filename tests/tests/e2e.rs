@@ -663,3 +663,82 @@ fn the_demo_runs_to_the_end() {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
 }
+
+/// Points every state path of `host` under `dir`, with the staged record at `record`.
+fn state_paths(host: &mut Host, dir: &std::path::Path, record: &std::path::Path) {
+    host.extra_config.clear();
+    host.configure(&format!(
+        "metadata_dir = \"{d}/metadata\"\nmigrations_dir = \"{d}/migrations\"\n\
+         migrations_metadata_dir = \"{d}/migrations-metadata\"\nstate_file = \"{r}\"",
+        d = dir.display(),
+        r = record.display(),
+    ));
+}
+
+#[test]
+fn a_full_state_file_system_ends_with_a_clear_error_and_the_host_boots_what_it_booted() {
+    let mut spec = two_releases();
+    // A migration too large for the small file system below.
+    spec.migrations[0].content = e2e_tests::payload(9, 1 << 20);
+    let mut host = Host::new(&spec, "1.0.0");
+    let small = host.dir.path().join("small");
+    let records = host.dir.path().join("records");
+    std::fs::create_dir(&small).unwrap();
+    std::fs::create_dir(&records).unwrap();
+    let Some(small_fs) = e2e_tests::Tmpfs::mount(&small, "512k") else {
+        eprintln!("notice: cannot mount tmpfs (not root?); skipping the full file system");
+        return;
+    };
+    let a_before = state(&host, SetId::A);
+    let disk_before = host.disk.bytes().unwrap();
+    let untouched = |host: &Host, out: &std::process::Output, needle: &str| {
+        assert_eq!(code(out), FAILURE, "{}", describe(out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+        assert_eq!(err.lines().count(), 1, "one line on stderr: {err}");
+        assert!(
+            host.disk.bytes().unwrap() == disk_before,
+            "the disk changed"
+        );
+    };
+
+    // 1. No room at all: the verified metadata cannot be stored.
+    state_paths(&mut host, &small, &small.join("state.json"));
+    let filler = small_fs.fill();
+    untouched(&host, &host.updog(&["update"]), "No space left on device");
+
+    // 2. Room for the metadata, not for the migration: refused before the download.
+    std::fs::remove_file(&filler).unwrap();
+    untouched(&host, &host.updog(&["update"]), "not enough free space");
+
+    // 3. Migrations fit, but the staged record cannot be written: the images were staged,
+    //    and the set that no record describes is cleared again.
+    let Some(records_fs) = e2e_tests::Tmpfs::mount(&records, "64k") else {
+        panic!("mounting a second tmpfs failed");
+    };
+    let roomy = host.dir.path().join("roomy");
+    state_paths(&mut host, &roomy, &records.join("state.json"));
+    let filler = records_fs.fill();
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("state.json") && err.contains("No space left on device"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line on stderr: {err}");
+    assert_eq!(
+        state(&host, SetId::B),
+        SetState::new(0, 0, false).unwrap(),
+        "B cleared"
+    );
+    assert_eq!(state(&host, SetId::A), a_before, "A untouched");
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A), "A boots next");
+    assert!(host.reboot_calls().is_empty());
+
+    // 4. With space again the same host updates.
+    std::fs::remove_file(&filler).unwrap();
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+}

@@ -614,7 +614,12 @@ impl Updater {
             images: records,
             applied: false,
         };
-        record.write_atomic(&self.config.state_file)?;
+        if let Err(e) = record.write_atomic(&self.config.state_file) {
+            // A full or failing state file system: do not leave a bootable set that nothing
+            // records. Clear it again (best effort; the record error is the one to report).
+            let _ = self.with_signpost(signpost::Signpost::clear_inactive);
+            return Err(e.into());
+        }
         Ok(Staged {
             version: update.version.clone(),
             set: inactive,
