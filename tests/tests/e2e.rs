@@ -742,3 +742,55 @@ fn a_full_state_file_system_ends_with_a_clear_error_and_the_host_boots_what_it_b
     assert_eq!(code(&out), OK, "{}", describe(&out));
     assert_eq!(host.signpost().next_boot(), Some(SetId::B));
 }
+
+#[test]
+fn failures_are_one_line_on_stderr_naming_the_problem() {
+    let spec = two_releases();
+    let mut host = Host::new(&spec, "1.0.0");
+    let one_line = |out: &std::process::Output, needles: &[&str]| {
+        assert_eq!(code(out), FAILURE, "{}", describe(out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "one line on stderr: {err}");
+        for needle in needles {
+            assert!(err.contains(needle), "{needle:?} not in: {err}");
+        }
+    };
+
+    // Tampered metadata: the timestamp's signed version changed, its signature kept.
+    let timestamp = host.repo.dir.join("metadata/timestamp.json");
+    let original = std::fs::read(&timestamp).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    doc["signed"]["version"] = serde_json::json!(99);
+    std::fs::write(&timestamp, serde_json::to_vec(&doc).unwrap()).unwrap();
+    one_line(&host.updog(&["check-update"]), &["timestamp", "signature"]);
+    std::fs::write(&timestamp, original).unwrap();
+
+    // An unreachable server: the URL and the cause are named.
+    host.configure(
+        "metadata_base_url = \"http://127.0.0.1:9/metadata/\"\n\
+         targets_base_url = \"http://127.0.0.1:9/targets/\"\nretries = 0",
+    );
+    one_line(
+        &host.updog(&["check-update"]),
+        &["127.0.0.1:9", "cannot connect", "refused"],
+    );
+
+    // A missing trusted root (and no root trusted earlier): the path is named.
+    host.extra_config.clear();
+    host.configure(&format!(
+        "trusted_root = \"/nonexistent/updog-root.json\"\nmetadata_dir = \"{}\"",
+        host.dir.path().join("fresh-metadata").display()
+    ));
+    one_line(
+        &host.updog(&["check-update"]),
+        &["/nonexistent/updog-root.json"],
+    );
+
+    // A bad value: the key is named.
+    host.extra_config.clear();
+    host.configure("version_lock = \"banana\"");
+    one_line(
+        &host.updog(&["check-update"]),
+        &["`version_lock`", "banana"],
+    );
+}

@@ -298,10 +298,12 @@ impl Config {
         let mut config = Config::new(metadata_base_url, targets_base_url, seed);
 
         if let Some(lock) = t.string("version_lock")? {
-            config.version_lock = lock.parse().map_err(|e| ConfigError::Invalid {
-                key: "version_lock",
-                reason: format!("{lock:?} is neither \"latest\" nor a version: {e}"),
-            })?;
+            config.version_lock =
+                lock.parse::<VersionLock>()
+                    .map_err(|e| ConfigError::Invalid {
+                        key: "version_lock",
+                        reason: e.to_string(),
+                    })?;
         }
         if let Some(b) = t.boolean("ignore_waves")? {
             config.ignore_waves = b;

@@ -32,7 +32,7 @@ pub struct OsRelease {
 #[derive(Debug, thiserror::Error)]
 pub enum OsReleaseError {
     /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading os-release {path}: {source}")]
     Read {
         /// The file.
         path: PathBuf,

@@ -357,14 +357,14 @@ impl Inner {
                     }
                 }
                 // Connection failures (a connect timeout included) are retried.
-                Err(e) if e.is_connect() => TransportErrorKind::Io(io::Error::other(e)),
+                Err(e) if e.is_connect() => TransportErrorKind::Io(request_error(&e)),
                 Err(e) if e.is_timeout() => {
                     return Err(TransportErrorKind::Stalled(opts.stall_timeout));
                 }
                 Err(e) if e.is_builder() || e.is_redirect() => {
-                    return Err(TransportErrorKind::Io(io::Error::other(e)));
+                    return Err(TransportErrorKind::Io(request_error(&e)));
                 }
-                Err(e) => TransportErrorKind::Io(io::Error::other(e)),
+                Err(e) => TransportErrorKind::Io(request_error(&e)),
             };
             if attempt >= opts.retries {
                 return Err(failure);
@@ -395,6 +395,27 @@ struct HttpReader {
     last_drop_at: Option<u64>,
     /// The error that ended this transfer, repeated by later reads.
     failed: Option<String>,
+}
+
+/// A failed request as one line that says why: reqwest's own text only repeats the URL (which
+/// [`TransportError`] names already); the innermost cause says what happened ("Connection
+/// refused", a DNS or TLS failure).
+fn request_error(e: &reqwest::Error) -> io::Error {
+    let mut cause = None;
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        cause = Some(s.to_string());
+        source = s.source();
+    }
+    let what = if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    io::Error::other(match cause {
+        Some(cause) => format!("{what}: {cause}"),
+        None => e.to_string(),
+    })
 }
 
 fn is_timeout(e: &io::Error) -> bool {
