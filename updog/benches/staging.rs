@@ -1016,6 +1016,7 @@ fn run(args: &Args) -> Res<()> {
                 "ours_over_direct_write_limit": w / o_file.total,
                 "ours_over_direct_write_plus_read_limit": (w + r) / o_file.total,
                 "ours_over_write_flush_read_back_overlapped_limit": wv / o_file.total,
+                "ours_over_direct_read_floor": r / o_file.total,
                 "ours_over_write_flush_read_back_sequential_limit": wv_seq / o_file.total,
                 "ours_over_decode_limit": decode_n / o_file.total,
                 "ours_write_phase_over_baseline_file": b_file / o_file.write_phase,
