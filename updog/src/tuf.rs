@@ -18,6 +18,7 @@
 //! metadata lazily; [`Repository::load_offline`] takes the trusted (shipped) root as a second
 //! argument, because verifying a cache against a root stored in that same cache proves nothing.
 
+mod canonical;
 mod datastore;
 mod error;
 mod pattern;

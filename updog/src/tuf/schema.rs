@@ -7,6 +7,7 @@
 //! canonical JSON of the `signed` object as received, never over a re-serialisation of these
 //! types, so fields we do not model still count.
 
+use super::canonical::{Canon, CanonSeed};
 use super::error::Error;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -28,10 +29,17 @@ pub(crate) struct Envelope {
     pub signatures: Vec<Signature>,
 }
 
+/// The envelope with `signed` turned into canonical JSON while it is parsed.
 #[derive(Deserialize)]
 struct RawEnvelope {
-    signed: Value,
+    #[serde(deserialize_with = "canonical_signed")]
+    signed: Canon,
     signatures: Vec<Signature>,
+}
+
+fn canonical_signed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Canon, D::Error> {
+    use serde::de::DeserializeSeed;
+    CanonSeed::new().deserialize(d)
 }
 
 /// The envelope again, with `signed` decoded straight into its type (`signatures` skipped).
@@ -44,11 +52,11 @@ impl Envelope {
     /// Parses `role`'s metadata: the envelope, the canonical JSON of `signed` as received, and
     /// `signed` decoded as `T`, checking `_type` and `version >= 1`.
     ///
-    /// The generic `signed` tree lives only until its canonical JSON is made; `T` is then decoded
-    /// from `bytes` directly, so the two trees never exist at the same time (on a 20,000-target
-    /// `targets.json` they were most of the peak memory of a refresh). Decoding from the bytes is
-    /// at least as strict as decoding the tree (a repeated field is refused instead of the last
-    /// one winning).
+    /// The canonical JSON is made while the envelope is parsed (no generic `serde_json::Value`
+    /// tree, see [`super::canonical`]); `T` is then decoded from `bytes` directly (on a
+    /// 20,000-target `targets.json`, the generic tree next to the typed one was most of the peak
+    /// memory of a refresh). Decoding from the bytes is at least as strict as decoding a tree
+    /// (a repeated field is refused instead of the last one winning).
     pub(crate) fn parse<T: for<'de> Deserialize<'de> + Common>(
         role: &str,
         expected_type: &str,
@@ -59,11 +67,7 @@ impl Envelope {
             source,
         };
         let raw: RawEnvelope = serde_json::from_slice(bytes).map_err(parse_err)?;
-        let found = raw
-            .signed
-            .get("_type")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let found = raw.signed.type_name.as_deref().unwrap_or("");
         if found != expected_type {
             return Err(Error::WrongType {
                 role: role.to_owned(),
@@ -71,9 +75,14 @@ impl Envelope {
                 found: found.to_owned(),
             });
         }
-        let canonical = canonical_json(role, &raw.signed)?;
+        if let Some(e) = raw.signed.unrepresentable {
+            return Err(Error::Invalid {
+                role: role.to_owned(),
+                reason: format!("cannot produce canonical JSON: {e}"),
+            });
+        }
+        let canonical = raw.signed.bytes;
         let signatures = raw.signatures;
-        drop(raw.signed);
         let typed: TypedEnvelope<T> = serde_json::from_slice(bytes).map_err(parse_err)?;
         let value = typed.signed;
         if value.version() == 0 {
@@ -90,19 +99,6 @@ impl Envelope {
             value,
         ))
     }
-}
-
-/// The canonical JSON (OLPC) bytes of `signed`.
-fn canonical_json(role: &str, signed: &Value) -> Result<Vec<u8>, Error> {
-    use serde::Serialize;
-    let mut buf = Vec::new();
-    let mut ser =
-        serde_json::Serializer::with_formatter(&mut buf, olpc_cjson::CanonicalFormatter::new());
-    signed.serialize(&mut ser).map_err(|e| Error::Invalid {
-        role: role.to_owned(),
-        reason: format!("cannot produce canonical JSON: {e}"),
-    })?;
-    Ok(buf)
 }
 
 /// Fields every role has.
