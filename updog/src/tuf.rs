@@ -18,6 +18,7 @@
 //! metadata lazily; [`Repository::load_offline`] takes the trusted (shipped) root as a second
 //! argument, because verifying a cache against a root stored in that same cache proves nothing.
 
+mod canonical;
 mod datastore;
 mod error;
 mod pattern;
@@ -303,9 +304,7 @@ fn parse<T: for<'de> serde::Deserialize<'de> + Common>(
     expected_type: &str,
     bytes: &[u8],
 ) -> Result<(Envelope, T), Error> {
-    let env = Envelope::parse(role, bytes)?;
-    let signed = env.decode::<T>(role, expected_type)?;
-    Ok((env, signed))
+    Envelope::parse(role, expected_type, bytes)
 }
 
 /// Verifies `env` against a root's keys for a top-level role.
@@ -1199,6 +1198,7 @@ impl Loader {
         let (env, new) = parse::<Targets>(role, "targets", &bytes)?;
         // 5.6.3: signatures.
         check_signatures(&env, new.version)?;
+        drop(env);
         // 5.6.4: version against snapshot's listing.
         if new.version != meta.version {
             return Err(Error::VersionMismatch {

@@ -51,7 +51,7 @@ pub(crate) fn check_threshold(
     threshold: u64,
     keys: &BTreeMap<String, Value>,
 ) -> Result<(), Error> {
-    let msg = envelope.canonical_signed(role)?;
+    let msg = envelope.canonical.as_slice();
     let allowed: HashSet<&str> = keyids.iter().map(String::as_str).collect();
     let mut counted_ids: HashSet<&str> = HashSet::new();
     let mut counted_material: HashSet<Vec<u8>> = HashSet::new();
@@ -65,7 +65,7 @@ pub(crate) fn check_threshold(
         let Ok(sig_bytes) = hex::decode(&sig.sig) else {
             continue;
         };
-        if let Some(material) = verify_with(key, &msg, &sig_bytes) {
+        if let Some(material) = verify_with(key, msg, &sig_bytes) {
             counted_ids.insert(sig.keyid.as_str());
             counted_material.insert(material);
         }
