@@ -79,7 +79,13 @@ struct RegionReader {
 }
 
 impl RegionReader {
+    /// `None` when the partition does not start on a page boundary: the pipeline's region
+    /// boundaries (page multiples from the partition start) would then split pages, which a
+    /// later write could keep in the page cache; such partitions are read back after the end.
     fn open(path: &Path, base: u64, len: u64, direct: bool) -> Option<Box<dyn ReadBack>> {
+        if base % DIRECT_ALIGN as u64 != 0 {
+            return None;
+        }
         let buffered = File::open(path).ok()?;
         // No readahead through this handle: it would pull not yet written ranges into the
         // page cache for nothing.
@@ -89,7 +95,7 @@ impl RegionReader {
             0,
             nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
         );
-        let direct = if direct && base % DIRECT_ALIGN as u64 == 0 {
+        let direct = if direct {
             Some(
                 OpenOptions::new()
                     .read(true)
@@ -554,6 +560,17 @@ mod tests {
             assert_eq!(b.as_slice().as_ptr().align_offset(DIRECT_ALIGN), 0);
             assert_eq!(b.as_slice().len(), len);
         }
+    }
+
+    #[test]
+    fn read_back_while_writing_only_for_page_aligned_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        std::fs::write(&path, vec![0u8; 4 * 8192]).unwrap();
+        let aligned = PartitionFile::open(&path, 8192, 8192, IoMode::Buffered).unwrap();
+        assert!(aligned.read_back_handle().is_some());
+        let unaligned = PartitionFile::open(&path, 8192 + 512, 8192, IoMode::Buffered).unwrap();
+        assert!(unaligned.read_back_handle().is_none());
     }
 
     #[test]
