@@ -736,9 +736,23 @@ fn a_full_state_file_system_ends_with_a_clear_error_and_the_host_boots_what_it_b
     assert_eq!(host.signpost().next_boot(), Some(SetId::A), "A boots next");
     assert!(host.reboot_calls().is_empty());
 
-    // 4. With space again the same host updates.
+    // 4. Staged with space, then the disk fills before update-apply: refused before the flip.
     std::fs::remove_file(&filler).unwrap();
-    let out = host.updog(&["update"]);
+    let out = host.updog(&["update-image"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let filler = records_fs.fill();
+    let out = host.updog(&["update-apply"]);
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("No space left on device"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A), "A boots next");
+
+    // 5. With space again the same host applies.
+    std::fs::remove_file(&filler).unwrap();
+    let out = host.updog(&["update-apply"]);
     assert_eq!(code(&out), OK, "{}", describe(&out));
     assert_eq!(host.signpost().next_boot(), Some(SetId::B));
 }

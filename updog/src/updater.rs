@@ -682,22 +682,30 @@ impl Updater {
     /// Flips the boot flags so the staged set is tried once at the next boot
     /// (signpost's upgrade-to-inactive). Fails when nothing valid is staged.
     pub fn apply(&self, _lock: &UpdateLock) -> Result<SetId, UpdateError> {
-        let next = self
-            .with_signpost(|sp| {
-                sp.upgrade_to_inactive()?;
-                Ok(sp.inactive())
-            })
-            .map_err(|e| match e {
+        // The record first: if it cannot be written (a full disk), nothing has changed yet, and
+        // a failure is never reported after the flags already flipped.
+        let record = StagedRecord::read(&self.config.state_file)?;
+        if let Some(record) = &record {
+            let mut applied = record.clone();
+            applied.applied = true;
+            applied.write_atomic(&self.config.state_file)?;
+        }
+        self.with_signpost(|sp| {
+            sp.upgrade_to_inactive()?;
+            Ok(sp.inactive())
+        })
+        .map_err(|e| {
+            if let Some(record) = &record {
+                // Best effort: the flip did not happen, say so again.
+                let _ = record.write_atomic(&self.config.state_file);
+            }
+            match e {
                 UpdateError::Signpost(signpost::Error::InactiveNotValid { set, .. }) => {
                     UpdateError::NothingStaged { set }
                 }
                 other => other,
-            })?;
-        if let Some(mut record) = StagedRecord::read(&self.config.state_file)? {
-            record.applied = true;
-            record.write_atomic(&self.config.state_file)?;
-        }
-        Ok(next)
+            }
+        })
     }
 
     /// Undoes [`Updater::apply`]: the running set boots next again (signpost's cancel-upgrade).
