@@ -755,6 +755,28 @@ fn a_full_state_file_system_ends_with_a_clear_error_and_the_host_boots_what_it_b
     let out = host.updog(&["update-apply"]);
     assert_eq!(code(&out), OK, "{}", describe(&out));
     assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+
+    // 6. The disk fills again before update-revert: refused before the flags change back, so
+    //    a reported failure means nothing changed (B still boots next).
+    let (a_applied, b_applied) = (state(&host, SetId::A), state(&host, SetId::B));
+    let filler = records_fs.fill();
+    let out = host.updog(&["update-revert"]);
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("state.json") && err.contains("No space left on device"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line on stderr: {err}");
+    assert_eq!(host.signpost().next_boot(), Some(SetId::B), "B boots next");
+    assert_eq!(state(&host, SetId::B), b_applied, "B untouched");
+    assert_eq!(state(&host, SetId::A), a_applied, "A untouched");
+
+    // 7. With space again the same host reverts.
+    std::fs::remove_file(&filler).unwrap();
+    let out = host.updog(&["update-revert"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A), "A boots next");
 }
 
 #[test]

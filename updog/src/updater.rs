@@ -710,15 +710,24 @@ impl Updater {
 
     /// Undoes [`Updater::apply`]: the running set boots next again (signpost's cancel-upgrade).
     pub fn revert(&self, _lock: &UpdateLock) -> Result<SetId, UpdateError> {
-        let active = self.with_signpost(|sp| {
+        // As in `apply`: the record first, so a record that cannot be written (a full disk)
+        // fails the revert before the flags change, never after.
+        let record = StagedRecord::read(&self.config.state_file)?;
+        if let Some(record) = &record {
+            let mut reverted = record.clone();
+            reverted.applied = false;
+            reverted.write_atomic(&self.config.state_file)?;
+        }
+        self.with_signpost(|sp| {
             sp.cancel_upgrade()?;
             Ok(sp.active())
-        })?;
-        if let Some(mut record) = StagedRecord::read(&self.config.state_file)? {
-            record.applied = false;
-            record.write_atomic(&self.config.state_file)?;
-        }
-        Ok(active)
+        })
+        .inspect_err(|_| {
+            if let Some(record) = &record {
+                // Best effort: the flags did not change, say so again.
+                let _ = record.write_atomic(&self.config.state_file);
+            }
+        })
     }
 
     /// Flushes filesystems and runs the configured reboot command.
