@@ -822,6 +822,20 @@ fn failures_are_one_line_on_stderr_naming_the_problem() {
         &["/nonexistent/updog-root.json"],
     );
 
+    // A trusted root that is not JSON: the path is named, and the parser's complaint.
+    let garbled = host.dir.path().join("garbled-root.json");
+    std::fs::write(&garbled, b"{\"signed\": ").unwrap();
+    host.extra_config.clear();
+    host.configure(&format!(
+        "trusted_root = \"{}\"\nmetadata_dir = \"{}\"",
+        garbled.display(),
+        host.dir.path().join("fresh-metadata").display()
+    ));
+    one_line(
+        &host.updog(&["check-update"]),
+        &[&garbled.display().to_string(), "does not parse"],
+    );
+
     // A bad value: the key is named.
     host.extra_config.clear();
     host.configure("version_lock = \"banana\"");

@@ -341,17 +341,18 @@ impl Repository {
         let dir = opts.datastore.as_path();
         let stored = datastore::read_optional(dir, "root.json", opts.limits.max_root_size)?;
         let seeded = stored.is_none();
-        let root_bytes = if let Some(bytes) = stored {
-            bytes
+        let (root_bytes, root_path) = if let Some(bytes) = stored {
+            (bytes, dir.join("root.json"))
         } else {
-            read_file_capped(&opts.trusted_root, opts.limits.max_root_size).map_err(|source| {
-                Error::NoTrustedRoot {
+            let bytes = read_file_capped(&opts.trusted_root, opts.limits.max_root_size).map_err(
+                |source| Error::NoTrustedRoot {
                     path: opts.trusted_root.clone(),
                     source,
-                }
-            })?
+                },
+            )?;
+            (bytes, opts.trusted_root.clone())
         };
-        let mut root = trusted_root(root_bytes)?;
+        let mut root = verify_trusted_root(root_bytes, &root_path)?;
         let mut persist_root = seeded;
         if !seeded {
             // A shipped root newer than the stored one (the OS image was updated with a newer
@@ -359,7 +360,7 @@ impl Repository {
             // shipped root is ignored here, since the stored root is enough.
             let shipped = read_file_capped(&opts.trusted_root, opts.limits.max_root_size)
                 .ok()
-                .and_then(|bytes| trusted_root(bytes).ok());
+                .and_then(|bytes| verify_trusted_root(bytes, &opts.trusted_root).ok());
             if let Some(shipped) = shipped {
                 if shipped.signed.version > root.signed.version {
                     root = shipped;
@@ -436,7 +437,7 @@ impl Repository {
                     source,
                 }
             })?;
-        let root = trusted_root_envelope(root_bytes)?;
+        let root = verify_trusted_root(root_bytes, trusted_root.as_ref())?;
         let mut loader = Loader {
             source: Source::Offline {
                 dir: dir.to_owned(),
@@ -826,9 +827,13 @@ fn read_file_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// 5.2: parses a root we trust out of band and checks it is signed by its own threshold.
-fn trusted_root(bytes: Vec<u8>) -> Result<Trusted<Root>, Error> {
-    trusted_root_envelope(bytes)
+/// 5.2: parses a root we trust out of band, read from `path`, and checks it is signed by its
+/// own threshold. A failure names `path`.
+fn verify_trusted_root(bytes: Vec<u8>, path: &Path) -> Result<Trusted<Root>, Error> {
+    trusted_root_envelope(bytes).map_err(|source| Error::BadTrustedRoot {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
 }
 
 fn trusted_root_envelope(bytes: Vec<u8>) -> Result<Trusted<Root>, Error> {

@@ -1175,11 +1175,64 @@ fn shipped_root_must_be_self_signed() {
     repo.publish();
     let client = Client::new(&repo, 1);
     let e = load_err(&client, &repo);
+    let shipped = client.dir.path().join("shipped-root.json");
     assert!(
-        matches!(&e, Error::Threshold { role, version: 1, .. } if role == "root"),
+        matches!(&e, Error::BadTrustedRoot { path, source }
+            if *path == shipped
+                && matches!(&**source, Error::Threshold { role, version: 1, .. } if role == "root")),
         "{e}"
     );
     let _ = Arc::new(());
+}
+
+#[test]
+fn a_trusted_root_that_does_not_parse_is_named() {
+    let repo = simple_repo(KeyKind::Ed25519);
+    let client = Client::new(&repo, 1);
+    let shipped = client.dir.path().join("shipped-root.json");
+    let named = |e: &Error, file: &std::path::Path| {
+        assert!(
+            matches!(e, Error::BadTrustedRoot { path, source }
+                if path == file && matches!(&**source, Error::Parse { role, .. } if role == "root")),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(&file.display().to_string()), "{e}");
+    };
+
+    // The shipped root, before any root was stored.
+    std::fs::write(&shipped, b"{not json").unwrap();
+    named(&load_err(&client, &repo), &shipped);
+
+    // Seeded from a good shipped root; then the stored root.json is damaged.
+    repo.write_root(1, &shipped);
+    client.load(&repo).unwrap();
+    let stored = client.datastore().join("root.json");
+    std::fs::write(&stored, b"").unwrap();
+    named(&load_err(&client, &repo), &stored);
+
+    // Offline, from a shipped root that does not parse.
+    std::fs::write(&shipped, b"[1, 2").unwrap();
+    let e = Repository::load_offline(client.datastore(), &shipped).unwrap_err();
+    named(&e, &shipped);
+}
+
+#[test]
+fn once_a_root_is_stored_the_shipped_root_only_seeds_it() {
+    let repo = simple_repo(KeyKind::Ed25519);
+    let client = Client::new(&repo, 1);
+    let shipped = client.dir.path().join("shipped-root.json");
+    client.load(&repo).unwrap();
+    // Missing, then unreadable as a root: neither matters while a verified root is stored.
+    std::fs::remove_file(&shipped).unwrap();
+    assert_eq!(client.load(&repo).unwrap().root_version(), 1);
+    std::fs::write(&shipped, b"{not json").unwrap();
+    assert_eq!(client.load(&repo).unwrap().root_version(), 1);
+    // Without the stored root, the missing shipped root is an error again.
+    std::fs::remove_file(&shipped).unwrap();
+    std::fs::remove_file(client.datastore().join("root.json")).unwrap();
+    assert!(
+        matches!(load_err(&client, &repo), Error::NoTrustedRoot { path, .. } if path == shipped)
+    );
 }
 
 #[test]

@@ -176,6 +176,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A root trusted out of band (the shipped root, or the `root.json` stored in the trusted
+    /// metadata directory) does not parse or is not signed by its own threshold.
+    #[error("trusted root {path}: {source}")]
+    BadTrustedRoot {
+        /// The file it was read from.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: Box<Error>,
+    },
     /// No signed metadata describes this target.
     #[error("target {0:?} is not described by any trusted targets metadata")]
     TargetNotFound(String),
