@@ -29,3 +29,8 @@ pub mod status;
 pub mod transport;
 pub mod tuf;
 pub mod updater;
+
+// The README's Rust snippets, compiled by `cargo test --doc` so they keep matching the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+mod readme_doctests {}
