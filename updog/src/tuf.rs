@@ -763,39 +763,33 @@ impl Repository {
     /// file in `dir`, verified, fsynced and renamed into place (nothing partial is left behind).
     pub fn cache_target(&self, name: &str, dir: &Path) -> Result<CachedTarget, Error> {
         let desc = self.describe(name)?;
-        let path = dir.join(datastore::encode_component(name));
+        let encoded = datastore::encode_component(name);
+        let path = dir.join(&encoded);
         if path.is_file() && verify_file(name, &desc, &path).is_ok() {
             return Ok(CachedTarget {
                 path,
                 downloaded: false,
             });
         }
-        let store = |source: io::Error| Error::Store {
-            path: path.clone(),
-            source,
-        };
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(dir)
-            .map_err(store)?;
-        let inner = self.open_target(name, &desc)?;
-        let mut reader = TargetReader::new(name.to_owned(), inner, desc)?;
-        let copied = io::copy(&mut reader, tmp.as_file_mut());
-        // A verification failure surfaces as an InvalidData read error: report it precisely.
-        if let Err(e) = copied {
-            if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::UnexpectedEof {
-                reader.finish()?;
+        datastore::write_atomic_with(dir, &encoded, |file, store| {
+            let inner = self.open_target(name, &desc)?;
+            let mut reader = TargetReader::new(name.to_owned(), inner, desc)?;
+            let copied = io::copy(&mut reader, file);
+            // A verification failure surfaces as an InvalidData read error: report it precisely.
+            if let Err(e) = copied {
+                if e.kind() == io::ErrorKind::InvalidData
+                    || e.kind() == io::ErrorKind::UnexpectedEof
+                {
+                    reader.finish()?;
+                }
+                return Err(Error::Read {
+                    what: format!("target {name}"),
+                    source: e,
+                });
             }
-            return Err(Error::Read {
-                what: format!("target {name}"),
-                source: e,
-            });
-        }
-        reader.finish()?;
-        tmp.as_file_mut().flush().map_err(store)?;
-        tmp.as_file().sync_all().map_err(store)?;
-        tmp.persist(&path).map_err(|e| store(e.error))?;
-        datastore::sync_dir(dir)?;
+            reader.finish()?;
+            file.flush().map_err(store)
+        })?;
         Ok(CachedTarget {
             path,
             downloaded: true,

@@ -17,6 +17,20 @@ pub(crate) const ROOT_HISTORY: &str = "root-history";
 
 /// Writes `bytes` to `dir/name` atomically: temp file in `dir`, fsync, rename, fsync `dir`.
 pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Error> {
+    write_atomic_with(dir, name, |file, store| {
+        file.write_all(bytes).map_err(store)
+    })
+}
+
+/// Makes `dir/name` hold what `fill` writes, atomically: temp file in `dir`, `fill`, fsync,
+/// rename, fsync `dir`. `fill` gets the temp file and the mapping of an I/O error to
+/// [`Error::Store`] naming `dir/name`; on any error the temp file is removed and `dir/name` is
+/// untouched.
+pub(crate) fn write_atomic_with<T>(
+    dir: &Path,
+    name: &str,
+    fill: impl FnOnce(&mut File, &dyn Fn(io::Error) -> Error) -> Result<T, Error>,
+) -> Result<T, Error> {
     let path = dir.join(name);
     let store = |source: io::Error| Error::Store {
         path: path.clone(),
@@ -26,10 +40,11 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), E
         .prefix(".tmp-")
         .tempfile_in(dir)
         .map_err(store)?;
-    tmp.write_all(bytes).map_err(store)?;
+    let value = fill(tmp.as_file_mut(), &store)?;
     tmp.as_file().sync_all().map_err(store)?;
     tmp.persist(&path).map_err(|e| store(e.error))?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    Ok(value)
 }
 
 /// fsyncs a directory so a rename or unlink in it is durable.
