@@ -1078,31 +1078,20 @@ impl Loader {
             }
         }
         // 5.5.1: download, up to the length timestamp lists or Y bytes; VERSION.snapshot.json
-        // with consistent snapshots.
-        let cap = listed_cap("snapshot", meta.length, self.limits.max_snapshot_size)?;
-        let name = MetaName {
-            remote: if root.signed.consistent_snapshot {
-                format!("{}.snapshot.json", meta.version)
-            } else {
-                "snapshot.json".to_owned()
-            },
-            offline: "snapshot.json".to_owned(),
-        };
-        let bytes = self.source.fetch_required("snapshot", &name, cap)?;
-        // 5.5.2: hashes (and length) against timestamp's listing.
-        verify::check_meta_file("snapshot", &listed_in, &meta, &bytes)?;
+        // with consistent snapshots. 5.5.2: hashes (and length) against timestamp's listing.
+        let bytes = self.fetch_listed(
+            "snapshot",
+            &meta,
+            &listed_in,
+            root.signed.consistent_snapshot,
+            "snapshot.json",
+            self.limits.max_snapshot_size,
+        )?;
         let (env, new) = parse::<Snapshot>("snapshot", "snapshot", &bytes)?;
         // 5.5.3: signatures.
         check_top_level(&root.signed, "snapshot", new.version, &env)?;
         // 5.5.4: version against timestamp's listing.
-        if new.version != meta.version {
-            return Err(Error::VersionMismatch {
-                role: "snapshot".to_owned(),
-                found: new.version,
-                expected: meta.version,
-                listed_in,
-            });
-        }
+        check_listed_version("snapshot", new.version, &meta, listed_in)?;
         // 5.5.5: no targets role goes backwards or vanishes.
         if let Some(t) = &trusted {
             for (file, old) in &t.signed.meta {
@@ -1181,32 +1170,21 @@ impl Loader {
             }
         }
         // 5.6.1: download, up to the listed length or Z bytes; VERSION.ROLE.json with
-        // consistent snapshots.
-        let cap = listed_cap(role, meta.length, self.limits.max_targets_size)?;
-        let name = MetaName {
-            remote: if consistent_snapshot {
-                format!("{}.{role}.json", meta.version)
-            } else {
-                format!("{role}.json")
-            },
-            offline: local_name.to_owned(),
-        };
-        let bytes = self.source.fetch_required(role, &name, cap)?;
-        // 5.6.2: hashes (and length) against snapshot's listing.
-        verify::check_meta_file(role, &listed_in, meta, &bytes)?;
+        // consistent snapshots. 5.6.2: hashes (and length) against snapshot's listing.
+        let bytes = self.fetch_listed(
+            role,
+            meta,
+            &listed_in,
+            consistent_snapshot,
+            local_name,
+            self.limits.max_targets_size,
+        )?;
         let (env, new) = parse::<Targets>(role, "targets", &bytes)?;
         // 5.6.3: signatures.
         check_signatures(&env, new.version)?;
         drop(env);
         // 5.6.4: version against snapshot's listing.
-        if new.version != meta.version {
-            return Err(Error::VersionMismatch {
-                role: role.to_owned(),
-                found: new.version,
-                expected: meta.version,
-                listed_in,
-            });
-        }
+        check_listed_version(role, new.version, meta, listed_in)?;
         new.check(role)?;
         // 5.6.5: freeze attack check.
         self.check_expiry(role, &new)?;
@@ -1214,6 +1192,50 @@ impl Loader {
         self.persist(local_name, &bytes)?;
         Ok(Trusted { bytes, signed: new })
     }
+
+    /// Downloads `role`'s metadata as listed (`meta`) in `listed_in`: up to the listed length or
+    /// `limit` bytes, as `VERSION.ROLE.json` with consistent snapshots (`ROLE.json` otherwise,
+    /// `offline` in a local directory), then checks its length and hashes against the listing.
+    fn fetch_listed(
+        &self,
+        role: &str,
+        meta: &MetaFile,
+        listed_in: &str,
+        consistent_snapshot: bool,
+        offline: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>, Error> {
+        let cap = listed_cap(role, meta.length, limit)?;
+        let name = MetaName {
+            remote: if consistent_snapshot {
+                format!("{}.{role}.json", meta.version)
+            } else {
+                format!("{role}.json")
+            },
+            offline: offline.to_owned(),
+        };
+        let bytes = self.source.fetch_required(role, &name, cap)?;
+        verify::check_meta_file(role, listed_in, meta, &bytes)?;
+        Ok(bytes)
+    }
+}
+
+/// The version `found` in `role`'s metadata must be the one `listed_in` lists (`meta`).
+fn check_listed_version(
+    role: &str,
+    found: u64,
+    meta: &MetaFile,
+    listed_in: String,
+) -> Result<(), Error> {
+    if found == meta.version {
+        return Ok(());
+    }
+    Err(Error::VersionMismatch {
+        role: role.to_owned(),
+        found,
+        expected: meta.version,
+        listed_in,
+    })
 }
 
 fn with_snapshot_context(e: Error, snapshot_version: u64) -> Error {
