@@ -682,49 +682,43 @@ impl Updater {
     /// Flips the boot flags so the staged set is tried once at the next boot
     /// (signpost's upgrade-to-inactive). Fails when nothing valid is staged.
     pub fn apply(&self, _lock: &UpdateLock) -> Result<SetId, UpdateError> {
-        // The record first: if it cannot be written (a full disk), nothing has changed yet, and
-        // a failure is never reported after the flags already flipped.
-        let record = StagedRecord::read(&self.config.state_file)?;
-        if let Some(record) = &record {
-            let mut applied = record.clone();
-            applied.applied = true;
-            applied.write_atomic(&self.config.state_file)?;
-        }
-        self.with_signpost(|sp| {
+        self.flip_recorded(true, |sp| {
             sp.upgrade_to_inactive()?;
             Ok(sp.inactive())
         })
-        .map_err(|e| {
-            if let Some(record) = &record {
-                // Best effort: the flip did not happen, say so again.
-                let _ = record.write_atomic(&self.config.state_file);
+        .map_err(|e| match e {
+            UpdateError::Signpost(signpost::Error::InactiveNotValid { set, .. }) => {
+                UpdateError::NothingStaged { set }
             }
-            match e {
-                UpdateError::Signpost(signpost::Error::InactiveNotValid { set, .. }) => {
-                    UpdateError::NothingStaged { set }
-                }
-                other => other,
-            }
+            other => other,
         })
     }
 
     /// Undoes [`Updater::apply`]: the running set boots next again (signpost's cancel-upgrade).
     pub fn revert(&self, _lock: &UpdateLock) -> Result<SetId, UpdateError> {
-        // As in `apply`: the record first, so a record that cannot be written (a full disk)
-        // fails the revert before the flags change, never after.
-        let record = StagedRecord::read(&self.config.state_file)?;
-        if let Some(record) = &record {
-            let mut reverted = record.clone();
-            reverted.applied = false;
-            reverted.write_atomic(&self.config.state_file)?;
-        }
-        self.with_signpost(|sp| {
+        self.flip_recorded(false, |sp| {
             sp.cancel_upgrade()?;
             Ok(sp.active())
         })
-        .inspect_err(|_| {
+    }
+
+    /// Changes the boot flags with `flip`, keeping the staged record's `applied` in step. The
+    /// record is written first: if it cannot be written (a full disk), nothing has changed yet,
+    /// and a failure is never reported after the flags already changed. When `flip` fails, the
+    /// record is written back as it was (best effort: the flags did not change).
+    fn flip_recorded(
+        &self,
+        applied: bool,
+        flip: impl FnOnce(&mut signpost::Signpost) -> Result<SetId, signpost::Error>,
+    ) -> Result<SetId, UpdateError> {
+        let record = StagedRecord::read(&self.config.state_file)?;
+        if let Some(record) = &record {
+            let mut changed = record.clone();
+            changed.applied = applied;
+            changed.write_atomic(&self.config.state_file)?;
+        }
+        self.with_signpost(flip).inspect_err(|_| {
             if let Some(record) = &record {
-                // Best effort: the flags did not change, say so again.
                 let _ = record.write_atomic(&self.config.state_file);
             }
         })
