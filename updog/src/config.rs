@@ -84,6 +84,7 @@ pub const DEFAULT_RETRIES: u32 = 5;
 /// | `stall_timeout_secs` | positive integer | `30` |
 /// | `retries` | integer | `5` |
 /// | `metadata_min_bytes_per_sec` | positive integer | `4096` |
+/// | `delta` | bool: build images from chunks when the update offers indexes | `true` |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Base URL of the TUF metadata (`file://` or `http(s)://`).
@@ -129,6 +130,9 @@ pub struct Config {
     /// Each metadata file must arrive within 10 s plus its size cap at this rate (bytes per
     /// second); see [`crate::tuf::Limits::metadata_min_rate`].
     pub metadata_min_rate: u64,
+    /// Delta updates: assemble each image from chunks of the running set and the chunk store
+    /// when the update lists a casync index for it (falls back to the full image by itself).
+    pub delta: bool,
 }
 
 /// A key in the configuration that this version does not know.
@@ -202,6 +206,7 @@ const KNOWN_KEYS: &[&str] = &[
     "stall_timeout_secs",
     "retries",
     "metadata_min_bytes_per_sec",
+    "delta",
 ];
 
 /// The largest configuration file read (a real one is well under 1 KiB).
@@ -235,6 +240,7 @@ impl Config {
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             retries: DEFAULT_RETRIES,
             metadata_min_rate: crate::tuf::DEFAULT_METADATA_MIN_RATE,
+            delta: true,
         }
     }
 
@@ -313,6 +319,9 @@ impl Config {
         }
         if let Some(b) = t.boolean("ignore_waves")? {
             config.ignore_waves = b;
+        }
+        if let Some(b) = t.boolean("delta")? {
+            config.delta = b;
         }
         config.https_proxy = t.string("https_proxy")?.filter(|s| !s.is_empty());
         if let Some(list) = t.list_or_split("no_proxy", ',')? {
