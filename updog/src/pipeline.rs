@@ -61,9 +61,10 @@ use thiserror::Error;
 use xxhash_rust::xxh3::Xxh3;
 use xxhash_rust::xxh32::Xxh32;
 
+use bootpart::io::AlignedBuf;
 pub use lz4frame::FrameError;
 use lz4frame::{BlockRef, FrameHeader, WINDOW};
-pub use sink::{AlignedBuf, BootpartSink, IoMode, ParallelWrite, PartitionFile, ReadBack, Sink};
+pub use sink::{IoMode, ParallelWrite, PartitionSink, ReadBack, Sink};
 
 /// How often blocked stages look at the stop flags.
 const TICK: Duration = Duration::from_millis(20);
@@ -71,6 +72,9 @@ const TICK: Duration = Duration::from_millis(20);
 const JOB_CAP: usize = 4 << 20;
 /// Read-back chunk size.
 const READ_BACK_CHUNK: usize = 4 << 20;
+/// Alignment of the pipeline's buffers: a page, which covers any disk's logical block size
+/// up to 4096 (larger ones get aligned carry buffers).
+const BUF_ALIGN: usize = sink::PAGE as usize;
 
 /// A cancellation handle: clone it, hand one to [`StageOptions`], call [`CancelHandle::cancel`]
 /// from anywhere (a signal handler thread, an agent's shutdown path). Staging checks it between
@@ -322,14 +326,14 @@ impl StageError {
 ///
 /// ```no_run
 /// use bootpart::{Disk, SetId};
-/// use updog::pipeline::{BootpartSink, ExpectedImage, IoMode, StageOptions, stage_image};
+/// use updog::pipeline::{ExpectedImage, IoMode, PartitionSink, StageOptions, stage_image};
 ///
 /// # fn demo(repo: &updog::tuf::Repository) -> Result<(), Box<dyn std::error::Error>> {
 /// let disk = Disk::open("/dev/nvme0n1")?;
 /// let root_b = &disk.layout().set(SetId::B)?.root;
 /// let (target, stream) = repo.fetch_target_unverified("root.ext4.lz4")?;
 /// let expected = ExpectedImage::from_target(&target).ok_or("target has no sha256")?;
-/// let mut sink = BootpartSink::open(&disk, root_b, IoMode::Auto)?;
+/// let mut sink = PartitionSink::open(&disk, root_b, IoMode::Auto)?;
 /// let staged = stage_image(stream, &expected, &mut sink, &StageOptions::default(), &|p| {
 ///     eprintln!("{:?} {}/{}", p.phase, p.done, p.total);
 /// })?;
@@ -601,14 +605,14 @@ fn verify_stage(
         handle
             .sync_data()
             .map_err(|source| StageError::Sync { source })?;
-        let buf = buf.get_or_insert_with(|| AlignedBuf::new(READ_BACK_CHUNK));
+        let buf = buf.get_or_insert_with(|| AlignedBuf::new(READ_BACK_CHUNK, BUF_ALIGN));
         while done < upto {
             if stop() {
                 return Ok((done, digest));
             }
             let len =
                 usize::try_from(upto - done).map_or(READ_BACK_CHUNK, |l| l.min(READ_BACK_CHUNK));
-            let chunk = &mut buf.as_mut_slice()[..len];
+            let chunk = &mut buf[..][..len];
             handle
                 .read_exact_at(chunk, done)
                 .map_err(|source| StageError::ReadBack {
@@ -1069,7 +1073,7 @@ fn parse_frame<'scope, 'env, S: Sink + ?Sized>(
     for id in 0..workers {
         let (ptx, prx) = mpsc::sync_channel::<AlignedBuf>(ctx.buffers_per_decoder);
         for _ in 0..ctx.buffers_per_decoder {
-            let _ = ptx.send(AlignedBuf::new(job_cap));
+            let _ = ptx.send(AlignedBuf::new(job_cap, BUF_ALIGN));
         }
         out_pool_tx.push(ptx);
         let (wtx, wrx) = mpsc::sync_channel::<Work>(1);
@@ -1252,7 +1256,7 @@ fn decode_stage(
         };
         let mut pos = 0usize;
         {
-            let out = out.as_mut_slice();
+            let out = &mut out[..];
             for b in &job.blocks {
                 let data = job.comp.get(b.start..b.start + b.len).unwrap_or(&[]);
                 let end = (pos + block_max).min(out.len());
@@ -1317,7 +1321,7 @@ fn sequence_stage(
         };
         match msg {
             Decoded::Data(buf, len) => {
-                let data = buf.buf.as_slice().get(..len).unwrap_or(&[]);
+                let data = buf.buf[..].get(..len).unwrap_or(&[]);
                 total += len as u64;
                 if let Some(declared) = header.content_size {
                     if total > declared {
@@ -1407,10 +1411,11 @@ impl<S: Sink + ?Sized> Writer<'_, S> {
         }
         while !rest.is_empty() {
             let cap = self.carry_cap;
-            let carry = self.carry.get_or_insert_with(|| AlignedBuf::new(cap));
+            let carry = self
+                .carry
+                .get_or_insert_with(|| AlignedBuf::new(cap, BUF_ALIGN.max(self.align)));
             let take = rest.len().min(cap - self.carry_len);
-            carry.as_mut_slice()[self.carry_len..self.carry_len + take]
-                .copy_from_slice(&rest[..take]);
+            carry[..][self.carry_len..self.carry_len + take].copy_from_slice(&rest[..take]);
             self.carry_len += take;
             rest = &rest[take..];
             if self.carry_len == cap {
@@ -1426,8 +1431,8 @@ impl<S: Sink + ?Sized> Writer<'_, S> {
         }
         let len = self.carry_len;
         self.carry_len = 0;
-        let carry = self.carry.take().unwrap_or_else(|| AlignedBuf::new(0));
-        let r = self.write(carry.as_slice().get(..len).unwrap_or(&[]));
+        let carry = self.carry.take().unwrap_or_else(|| AlignedBuf::new(0, 1));
+        let r = self.write(carry[..].get(..len).unwrap_or(&[]));
         self.carry = Some(carry);
         r
     }
@@ -1481,7 +1486,7 @@ fn write_stage<S: Sink + ?Sized>(
                         let Ok((buf, len, offset)) = job else {
                             return;
                         };
-                        let data = buf.buf.as_slice().get(..len).unwrap_or(&[]);
+                        let data = buf.buf[..].get(..len).unwrap_or(&[]);
                         if let Err(source) = handle.write_all_at(data, offset) {
                             if let Ok(mut slot) = io_error.lock() {
                                 slot.get_or_insert(StageError::Write {
@@ -1519,7 +1524,7 @@ fn write_stage<S: Sink + ?Sized>(
                     logical = needed;
                     let whole = w.carry_len == 0
                         && len % align == 0
-                        && buf.buf.as_slice().as_ptr().align_offset(align) == 0;
+                        && buf.buf[..].as_ptr().align_offset(align) == 0;
                     match &job_tx {
                         Some(tx) if whole && len > 0 => {
                             let offset = w.offset;
@@ -1531,7 +1536,7 @@ fn write_stage<S: Sink + ?Sized>(
                             }
                         }
                         _ => {
-                            w.push(buf.buf.as_slice().get(..len).unwrap_or(&[]))?;
+                            w.push(buf.buf[..].get(..len).unwrap_or(&[]))?;
                             if let Some(pool) = pools.get(buf.owner) {
                                 let _ = pool.try_send(buf.buf);
                             }
@@ -1544,7 +1549,7 @@ fn write_stage<S: Sink + ?Sized>(
                     if let Some(c) = &checkpoints {
                         if c.region > 0
                             && w.offset >= announced.saturating_add(c.region)
-                            && w.offset % sink::DIRECT_ALIGN as u64 == 0
+                            && w.offset % sink::PAGE == 0
                         {
                             announced = w.offset;
                             // The verifier stops listening only when it failed or staging
@@ -1595,14 +1600,14 @@ fn read_back<S: Sink + ?Sized>(
     let (full_tx, full_rx) = mpsc::sync_channel::<(AlignedBuf, usize)>(1);
     let (free_tx, free_rx) = mpsc::sync_channel::<AlignedBuf>(2);
     for _ in 0..2 {
-        let _ = free_tx.send(AlignedBuf::new(READ_BACK_CHUNK));
+        let _ = free_tx.send(AlignedBuf::new(READ_BACK_CHUNK, BUF_ALIGN));
     }
     let digest = thread::scope(|s| -> Result<u128, StageError> {
         let hasher = thread::Builder::new()
             .name("updog-readback-xxh3".into())
             .spawn_scoped(s, move || {
                 while let Ok((buf, len)) = full_rx.recv() {
-                    digest.update(buf.as_slice().get(..len).unwrap_or(&[]));
+                    digest.update(buf[..].get(..len).unwrap_or(&[]));
                     let _ = free_tx.send(buf);
                 }
                 digest.digest128()
@@ -1619,7 +1624,7 @@ fn read_back<S: Sink + ?Sized>(
             };
             let len =
                 usize::try_from(total - offset).map_or(READ_BACK_CHUNK, |l| l.min(READ_BACK_CHUNK));
-            sink.read_exact_at(&mut buf.as_mut_slice()[..len], offset)
+            sink.read_exact_at(&mut buf[..][..len], offset)
                 .map_err(|source| StageError::ReadBack { offset, source })?;
             if full_tx.send((buf, len)).is_err() {
                 return Err(StageError::Internal("read-back digest thread ended".into()));

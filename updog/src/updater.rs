@@ -638,7 +638,7 @@ impl Updater {
         progress: &dyn Fn(&ProgressEvent),
         cancel: &CancelHandle,
     ) -> Result<crate::pipeline::StagedImage, StageOneError> {
-        use crate::pipeline::{ExpectedImage, IoMode, PartitionFile, Phase, StageOptions};
+        use crate::pipeline::{ExpectedImage, IoMode, PartitionSink, Phase, StageOptions};
         let (desc, reader) = repo
             .fetch_target_unverified(target)
             .map_err(StageOneError::Repository)?;
@@ -646,13 +646,8 @@ impl Updater {
             length: desc.length,
             sha256: desc.sha256().ok_or(StageOneError::NoSha256)?,
         };
-        let mut sink = PartitionFile::open(
-            disk_path,
-            partition.byte_offset(),
-            partition.byte_len(),
-            IoMode::Auto,
-        )
-        .map_err(StageOneError::Open)?;
+        let mut sink = PartitionSink::open_path(disk_path, partition, IoMode::Auto)
+            .map_err(|e| StageOneError::Open(std::io::Error::other(e)))?;
         let opts = StageOptions {
             cancel: crate::pipeline::CancelHandle::from_flag(Arc::clone(cancel.flag())),
             ..StageOptions::default()

@@ -11,7 +11,7 @@ use fixtures::disk::DiskImageBuilder;
 use lz4_flex::frame::{BlockSize, FrameEncoder, FrameInfo};
 use sha2::{Digest, Sha256};
 use updog::pipeline::{
-    BootpartSink, ExpectedImage, IoMode, StageError, StageOptions, StagedImage, stage_image,
+    ExpectedImage, IoMode, PartitionSink, StageError, StageOptions, StagedImage, stage_image,
 };
 
 fn image_data(len: usize) -> Vec<u8> {
@@ -53,7 +53,7 @@ fn stage_on(
         length: stream.len() as u64,
         sha256: Sha256::digest(&stream).into(),
     };
-    let mut sink = BootpartSink::open(&disk, &root_b, mode).unwrap();
+    let mut sink = PartitionSink::open(&disk, &root_b, mode).unwrap();
     let r = stage_image(
         Box::new(io::Cursor::new(stream)),
         &expected,

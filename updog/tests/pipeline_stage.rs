@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
 use sha2::{Digest, Sha256};
 use updog::pipeline::{
-    CancelHandle, ExpectedImage, FrameError, IoMode, PartitionFile, Phase, Progress, Sink,
+    CancelHandle, ExpectedImage, FrameError, IoMode, PartitionSink, Phase, Progress, Sink,
     StageError, StageOptions, StagedImage, stage_image,
 };
 
@@ -105,8 +105,20 @@ impl Disk {
         }
     }
 
-    fn partition(&self, mode: IoMode) -> PartitionFile {
-        PartitionFile::open(&self.path, PART_OFFSET, self.part_len, mode).unwrap()
+    fn partition(&self, mode: IoMode) -> PartitionSink {
+        // Partition 1, in 512-byte sectors (the test sizes are multiples of 512).
+        let part = bootpart::Partition {
+            number: 1,
+            type_guid: bootpart::PartitionType::Root.guid(),
+            unique_guid: bootpart::Guid::ZERO,
+            name: "root".into(),
+            first_lba: PART_OFFSET / 512,
+            last_lba: (PART_OFFSET + self.part_len) / 512 - 1,
+            attributes: 0,
+            sector_size: 512,
+            device_node: None,
+        };
+        PartitionSink::open_path(&self.path, &part, mode).unwrap()
     }
 
     fn bytes(&self) -> Vec<u8> {
@@ -592,7 +604,7 @@ fn read_errors_are_reported() {
 /// A disk that loses a write: after the flush, one byte on the medium is not what was
 /// written (a fake of a failing disk, acting on the real file underneath).
 struct FlippingDisk {
-    inner: PartitionFile,
+    inner: PartitionSink,
     path: PathBuf,
     flip_at: u64,
 }
@@ -711,7 +723,7 @@ fn progress_reports_phases_in_order_and_the_final_counts() {
 /// A disk whose writes start failing after `ok_writes` writes, on the serial path and on the
 /// concurrent handle alike (a fake of a disk going bad mid-image).
 struct FailingDisk {
-    inner: PartitionFile,
+    inner: PartitionSink,
     left: std::sync::Arc<AtomicU64>,
 }
 
@@ -822,7 +834,7 @@ impl Log {
 /// handle returns one flipped bit, or fails, at a partition offset (a fake of a disk that
 /// lost a write or cannot read it back).
 struct Recording {
-    inner: PartitionFile,
+    inner: PartitionSink,
     log: std::sync::Arc<Mutex<Log>>,
     flip_at: Option<u64>,
     fail_at: Option<u64>,
