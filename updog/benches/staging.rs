@@ -22,9 +22,7 @@ use std::time::{Duration, Instant};
 
 use bootpart::io::AlignedBuf;
 use sha2::{Digest, Sha256};
-use updog::pipeline::{
-    ExpectedImage, IoMode, PartitionSink, Phase, Sink, StageOptions, stage_image,
-};
+use updog::pipeline::{IoMode, PartitionSink, Phase, Sink, StageOptions, TargetInfo, stage_image};
 use updog::transport::{FileTransport, HttpOptions, HttpTransport, Transport};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -84,7 +82,7 @@ struct Image {
     lz4: PathBuf,
     compressed_len: u64,
     decoded_len: u64,
-    expected: ExpectedImage,
+    expected: TargetInfo,
 }
 
 /// Build (or reuse) an ext4 image of `size_mib` MiB filled to ~85% with copies of real files,
@@ -144,7 +142,7 @@ fn ensure_image(dir: &Path, size_mib: u64) -> Res<Image> {
     let mut sha = Sha256::new();
     let mut f = File::open(&lz4)?;
     let compressed_len = io::copy(&mut f, &mut sha)?;
-    let expected = ExpectedImage {
+    let expected = TargetInfo {
         length: compressed_len,
         sha256: sha.finalize().into(),
     };
@@ -600,7 +598,7 @@ fn child_stage(a: &[String]) -> Res<()> {
     let [lz4, target, length, sha] = a else {
         return Err("usage: --child-stage LZ4 DISK LENGTH SHA256".into());
     };
-    let expected = ExpectedImage::from_hex(length.parse()?, sha).ok_or("bad sha256")?;
+    let expected = TargetInfo::from_hex(length.parse()?, sha).ok_or("bad sha256")?;
     let disk = bootpart::Disk::open(target)?;
     let root_b = &disk.layout().set(bootpart::SetId::B)?.root;
     let mut part = PartitionSink::open(&disk, root_b, IoMode::Auto)?;

@@ -69,6 +69,8 @@ use xxhash_rust::xxh3::Xxh3;
 use control::{Shared, TICK, spawn, spawn_scoped};
 pub use error::StageError;
 pub use lz4frame::FrameError;
+/// What the signed TUF target says about the compressed image: its length and sha256.
+pub use migrations_fetch::TargetInfo;
 use parse::{Input, ParserCtx, parse_stage};
 use read::Chunk;
 pub use sink::{IoMode, ParallelWrite, PartitionSink, ReadBack, Sink};
@@ -103,35 +105,6 @@ impl CancelHandle {
     /// Whether cancellation was requested.
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// What the signed TUF target says about the compressed image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExpectedImage {
-    /// Signed length of the compressed stream in bytes.
-    pub length: u64,
-    /// Signed sha256 of the compressed stream.
-    pub sha256: [u8; 32],
-}
-
-impl ExpectedImage {
-    /// From a length and a hex sha256 (as in TUF `targets.json`); `None` if the hex is not 32
-    /// bytes.
-    pub fn from_hex(length: u64, sha256_hex: &str) -> Option<Self> {
-        let v = hex::decode(sha256_hex).ok()?;
-        let sha256 = <[u8; 32]>::try_from(v.as_slice()).ok()?;
-        Some(Self { length, sha256 })
-    }
-}
-
-impl ExpectedImage {
-    /// From a signed TUF target description; `None` when it lists no (well-formed) sha256.
-    pub fn from_target(target: &crate::tuf::TargetDescription) -> Option<Self> {
-        Some(Self {
-            length: target.length,
-            sha256: target.sha256()?,
-        })
     }
 }
 
@@ -230,13 +203,13 @@ pub struct StagedImage {
 ///
 /// ```no_run
 /// use bootpart::{Disk, SetId};
-/// use updog::pipeline::{ExpectedImage, IoMode, PartitionSink, StageOptions, stage_image};
+/// use updog::pipeline::{IoMode, PartitionSink, StageOptions, stage_image};
 ///
 /// # fn demo(repo: &updog::tuf::Repository) -> Result<(), Box<dyn std::error::Error>> {
 /// let disk = Disk::open("/dev/nvme0n1")?;
 /// let root_b = &disk.layout().set(SetId::B)?.root;
 /// let (target, stream) = repo.fetch_target_unverified("root.ext4.lz4")?;
-/// let expected = ExpectedImage::from_target(&target).ok_or("target has no sha256")?;
+/// let expected = target.info().ok_or("target has no sha256")?;
 /// let mut sink = PartitionSink::open(&disk, root_b, IoMode::Auto)?;
 /// let staged = stage_image(stream, &expected, &mut sink, &StageOptions::default(), &|p| {
 ///     eprintln!("{:?} {}/{}", p.phase, p.done, p.total);
@@ -247,7 +220,7 @@ pub struct StagedImage {
 /// ```
 pub fn stage_image<S: Sink + ?Sized>(
     source: Box<dyn Read + Send>,
-    expected: &ExpectedImage,
+    expected: &TargetInfo,
     sink: &mut S,
     opts: &StageOptions,
     progress: &dyn Fn(Progress),
@@ -373,7 +346,7 @@ enum Event {
 }
 
 fn coordinate(
-    expected: &ExpectedImage,
+    expected: &TargetInfo,
     opts: &StageOptions,
     shared: &Shared,
     events: &Receiver<Event>,

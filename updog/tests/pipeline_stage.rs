@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
 use sha2::{Digest, Sha256};
 use updog::pipeline::{
-    CancelHandle, ExpectedImage, FrameError, IoMode, PartitionSink, Phase, Progress, Sink,
-    StageError, StageOptions, StagedImage, stage_image,
+    CancelHandle, FrameError, IoMode, PartitionSink, Phase, Progress, Sink, StageError,
+    StageOptions, StagedImage, TargetInfo, stage_image,
 };
 
 /// Bytes before the partition in the disk image, and the partition's size by default.
@@ -77,8 +77,8 @@ fn compress(data: &[u8], info: FrameInfo) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
-fn expected_for(stream: &[u8]) -> ExpectedImage {
-    ExpectedImage {
+fn expected_for(stream: &[u8]) -> TargetInfo {
+    TargetInfo {
         length: stream.len() as u64,
         sha256: Sha256::digest(stream).into(),
     }
@@ -146,7 +146,7 @@ impl Disk {
 
 fn stage(
     stream: Vec<u8>,
-    expected: &ExpectedImage,
+    expected: &TargetInfo,
     sink: &mut dyn Sink,
     opts: &StageOptions,
 ) -> Result<StagedImage, StageError> {
@@ -294,7 +294,7 @@ fn frames_from_the_lz4_cli() {
     }
 }
 
-fn expect_err(stream: Vec<u8>, expected: &ExpectedImage, part_len: u64) -> (StageError, Disk) {
+fn expect_err(stream: Vec<u8>, expected: &TargetInfo, part_len: u64) -> (StageError, Disk) {
     let disk = Disk::new(part_len);
     let mut part = disk.partition(IoMode::Auto);
     let err = stage(stream, expected, &mut part, &StageOptions::default()).unwrap_err();
@@ -385,7 +385,7 @@ fn hash_and_length_mismatches_are_refused() {
     let (err, _) = expect_err(tampered, &good, 1 << 20);
     assert!(matches!(err, StageError::HashMismatch { .. }), "{err:?}");
 
-    let longer = ExpectedImage {
+    let longer = TargetInfo {
         length: good.length + 10,
         ..good
     };
@@ -395,7 +395,7 @@ fn hash_and_length_mismatches_are_refused() {
         "{err:?}"
     );
 
-    let shorter = ExpectedImage {
+    let shorter = TargetInfo {
         length: good.length - 10,
         ..good
     };
@@ -583,7 +583,7 @@ fn read_errors_are_reported() {
     }
     let disk = Disk::new(1 << 20);
     let mut part = disk.partition(IoMode::Auto);
-    let expected = ExpectedImage {
+    let expected = TargetInfo {
         length: 10_000,
         sha256: [0; 32],
     };

@@ -8,10 +8,10 @@ use sha2::{Digest, Sha256};
 
 use super::control::{Shared, recv};
 use super::read::Chunk;
-use super::{Event, ExpectedImage, StageError};
+use super::{Event, StageError, TargetInfo};
 
 pub(super) fn hash_stage(
-    expected: &ExpectedImage,
+    expected: &TargetInfo,
     shared: &Shared,
     input: &Receiver<Chunk>,
     out: &SyncSender<Chunk>,
