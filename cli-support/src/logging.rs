@@ -61,7 +61,13 @@ impl LogLevel {
 pub struct LogArgs {
     /// How much to log on stderr: trace, debug, info, warn or error. Default: RUST_LOG if set,
     /// else info when stderr is the systemd journal, warn otherwise.
-    #[arg(long, global = true, value_enum, value_name = "LEVEL")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "LEVEL",
+        hide_possible_values = true
+    )]
     pub log_level: Option<LogLevel>,
 }
 
@@ -343,11 +349,7 @@ mod tests {
 
     #[test]
     fn the_flag_wins_over_rust_log() {
-        let f = Filter::new(
-            Some(LogLevel::Error),
-            Some("trace"),
-            Destination::Journal,
-        );
+        let f = Filter::new(Some(LogLevel::Error), Some("trace"), Destination::Journal);
         assert!(!f.enabled("updog", Level::Warn));
         assert_eq!(f.max_level(), LevelFilter::Error);
     }
@@ -359,7 +361,13 @@ mod tests {
             "<3>a\n<3>b\n"
         );
         assert_eq!(
-            line("updog", Destination::Journal, Level::Trace, "updog::tuf", "x"),
+            line(
+                "updog",
+                Destination::Journal,
+                Level::Trace,
+                "updog::tuf",
+                "x"
+            ),
             "<7>[updog::tuf] x\n"
         );
         assert_eq!(
@@ -367,8 +375,14 @@ mod tests {
             "updog: warning: slow\n"
         );
         assert!(
-            line("signpost", Destination::Terminal, Level::Info, "signpost", "ok")
-                .starts_with("\r\x1b[Ksignpost: info: ok")
+            line(
+                "signpost",
+                Destination::Terminal,
+                Level::Info,
+                "signpost",
+                "ok"
+            )
+            .starts_with("\r\x1b[Ksignpost: info: ok")
         );
     }
 }
