@@ -58,9 +58,15 @@ fn the_journal_gets_priorities_and_info_tells_what_happened() {
             line.starts_with("<6>") || line.starts_with("<4>") || !line.starts_with("updog:"),
             "a warning or error without its priority: {line:?}\n{log}"
         );
-        assert!(!line.starts_with("<3>"), "an error in a successful run: {log}");
+        assert!(
+            !line.starts_with("<3>"),
+            "an error in a successful run: {log}"
+        );
     }
-    assert!(log.lines().filter(|l| l.starts_with("<6>")).count() >= 7, "{log}");
+    assert!(
+        log.lines().filter(|l| l.starts_with("<6>")).count() >= 7,
+        "{log}"
+    );
     let expect = [
         "<6>verified repository metadata from http://127.0.0.1:",
         "root v1, timestamp v",
