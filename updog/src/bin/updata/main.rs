@@ -5,6 +5,7 @@
 //! (`manifest::edit` for the manifest rules, `updog::publish` for keys, roots and repositories).
 
 mod manifest_cmd;
+mod repo_cmd;
 
 use std::process::ExitCode;
 
@@ -27,12 +28,15 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Manifest(manifest_cmd::ManifestCommand),
+    #[command(flatten)]
+    Repo(repo_cmd::RepoCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Manifest(c) => c.run(),
+        Command::Repo(c) => c.run(),
     };
     match result {
         Ok(code) => code,
