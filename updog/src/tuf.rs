@@ -82,6 +82,36 @@ pub struct Limits {
     pub max_root_rotations: u32,
     /// Most roles visited in one target search (step 5.6.7.1).
     pub max_delegations: u32,
+    /// The slowest download rate, in bytes per second, at which a metadata file of the largest
+    /// accepted size still arrives in time: each metadata file must arrive whole within
+    /// [`Limits::metadata_time_limit`] of its size cap (slow-retrieval attack check). Images
+    /// are not limited this way; they only have the transport's stall timeout.
+    pub metadata_min_rate: u64,
+    /// The fixed part of a metadata file's time limit (connecting, TLS, the response head).
+    /// Default 10 s.
+    pub metadata_time_base: std::time::Duration,
+}
+
+/// Default of [`Limits::metadata_min_rate`]: 4 KiB/s (a 16 KiB `timestamp.json` gets 14 s).
+pub const DEFAULT_METADATA_MIN_RATE: u64 = 4096;
+
+impl Limits {
+    /// The time a metadata file capped at `cap` bytes may take to arrive whole:
+    /// [`Limits::metadata_time_base`] plus `cap` at [`Limits::metadata_min_rate`] bytes per
+    /// second.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let limits = updog::tuf::Limits::default();
+    /// // timestamp.json, capped at 16 KiB: 10 s + 16384 B / 4096 B/s.
+    /// assert_eq!(limits.metadata_time_limit(16 * 1024), Duration::from_secs(14));
+    /// ```
+    pub fn metadata_time_limit(&self, cap: u64) -> std::time::Duration {
+        let rate = self.metadata_min_rate.max(1);
+        let secs = cap.div_ceil(rate);
+        self.metadata_time_base
+            .saturating_add(std::time::Duration::from_secs(secs))
+    }
 }
 
 impl Default for Limits {
@@ -93,6 +123,8 @@ impl Default for Limits {
             max_targets_size: 8 * 1024 * 1024,
             max_root_rotations: 256,
             max_delegations: 32,
+            metadata_min_rate: DEFAULT_METADATA_MIN_RATE,
+            metadata_time_base: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -174,15 +206,22 @@ struct MetaName {
 }
 
 impl Source {
-    /// Fetches a metadata file, at most `cap` bytes. `Ok(None)` when it does not exist.
-    fn fetch(&self, role: &str, name: &MetaName, cap: u64) -> Result<Option<Vec<u8>>, Error> {
+    /// Fetches a metadata file, at most `cap` bytes, within the time `limits` allow for that
+    /// cap. `Ok(None)` when it does not exist.
+    fn fetch(
+        &self,
+        role: &str,
+        name: &MetaName,
+        cap: u64,
+        limits: &Limits,
+    ) -> Result<Option<Vec<u8>>, Error> {
         let reader: Box<dyn Read + Send> = match self {
             Self::Remote {
                 transport,
                 metadata_base,
             } => {
                 let url = join_url(metadata_base, &[name.remote.as_str()])?;
-                match transport.fetch(&url) {
+                match transport.fetch_within(&url, limits.metadata_time_limit(cap)) {
                     Ok(r) => r,
                     Err(e) if matches!(e.kind, TransportErrorKind::NotFound) => return Ok(None),
                     Err(source) => {
@@ -221,21 +260,28 @@ impl Source {
         Ok(Some(buf))
     }
 
-    fn fetch_required(&self, role: &str, name: &MetaName, cap: u64) -> Result<Vec<u8>, Error> {
-        self.fetch(role, name, cap)?.ok_or_else(|| match self {
-            Self::Remote { metadata_base, .. } => Error::Transport {
-                what: format!("{role} metadata"),
-                source: Box::new(crate::transport::TransportError {
-                    url: join_url(metadata_base, &[name.remote.as_str()])
-                        .unwrap_or_else(|_| metadata_base.clone()),
-                    kind: TransportErrorKind::NotFound,
-                }),
-            },
-            Self::Offline { dir } => Error::Store {
-                path: dir.join(&name.offline),
-                source: io::Error::from(io::ErrorKind::NotFound),
-            },
-        })
+    fn fetch_required(
+        &self,
+        role: &str,
+        name: &MetaName,
+        cap: u64,
+        limits: &Limits,
+    ) -> Result<Vec<u8>, Error> {
+        self.fetch(role, name, cap, limits)?
+            .ok_or_else(|| match self {
+                Self::Remote { metadata_base, .. } => Error::Transport {
+                    what: format!("{role} metadata"),
+                    source: Box::new(crate::transport::TransportError {
+                        url: join_url(metadata_base, &[name.remote.as_str()])
+                            .unwrap_or_else(|_| metadata_base.clone()),
+                        kind: TransportErrorKind::NotFound,
+                    }),
+                },
+                Self::Offline { dir } => Error::Store {
+                    path: dir.join(&name.offline),
+                    source: io::Error::from(io::ErrorKind::NotFound),
+                },
+            })
     }
 }
 
@@ -1002,9 +1048,9 @@ impl Loader {
                 offline: format!("{next}.root.json"),
             };
             // 5.3.3: try downloading N+1.root.json, up to W bytes; absent: go to 5.3.10.
-            let Some(bytes) = self
-                .source
-                .fetch("root", &name, self.limits.max_root_size)?
+            let Some(bytes) =
+                self.source
+                    .fetch("root", &name, self.limits.max_root_size, &self.limits)?
             else {
                 break;
             };
@@ -1065,9 +1111,12 @@ impl Loader {
             remote: "timestamp.json".to_owned(),
             offline: "timestamp.json".to_owned(),
         };
-        let bytes =
-            self.source
-                .fetch_required("timestamp", &name, self.limits.max_timestamp_size)?;
+        let bytes = self.source.fetch_required(
+            "timestamp",
+            &name,
+            self.limits.max_timestamp_size,
+            &self.limits,
+        )?;
         let (env, new) = parse::<Timestamp>("timestamp", "timestamp", &bytes)?;
         // 5.4.2: signed by a threshold of the timestamp keys of the trusted root.
         check_top_level(&root.signed, "timestamp", new.version, &env)?;
@@ -1269,7 +1318,7 @@ impl Loader {
             },
             offline: offline.to_owned(),
         };
-        let bytes = self.source.fetch_required(role, &name, cap)?;
+        let bytes = self.source.fetch_required(role, &name, cap, &self.limits)?;
         verify::check_meta_file(role, listed_in, meta, &bytes)?;
         Ok(bytes)
     }
