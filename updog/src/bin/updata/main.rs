@@ -5,6 +5,7 @@
 //! (`manifest::edit` for the manifest rules, `updog::publish` for keys, roots and repositories).
 
 mod manifest_cmd;
+mod repo_cmd;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Manifest(manifest_cmd::ManifestCommand),
+    #[command(flatten)]
+    Repo(repo_cmd::RepoCommand),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     cli_support::logging::init("updata", &cli.log);
     let result = match cli.command {
         Command::Manifest(c) => c.run(),
+        Command::Repo(c) => c.run(),
     };
     match result {
         Ok(code) => code,
