@@ -18,12 +18,14 @@
 //! `updog/examples/agent.rs` is a complete agent built on this API.
 
 pub mod config;
+pub mod delta;
 pub mod exit;
 pub mod lock;
 pub mod migrations;
 pub mod os_release;
 pub mod pipeline;
 pub mod progress;
+pub mod publish;
 pub mod reboot;
 pub mod status;
 pub mod transport;
