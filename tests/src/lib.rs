@@ -50,6 +50,8 @@ pub fn bin_dir() -> &'static Path {
             "updog",
             "--bin",
             "updog",
+            "--bin",
+            "updata",
             "--example",
             "agent",
             "-p",
@@ -59,6 +61,22 @@ pub fn bin_dir() -> &'static Path {
         ])
         .env("CARGO_TARGET_DIR", &target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // Cargo sets these for the test process, not for an outer `cargo build`; ring's build
+        // script reruns when they change, which rebuilt the TLS stack on every alternation.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+            {
+                cmd.env_remove(&*name);
+            }
+        }
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -357,6 +375,17 @@ impl Host {
     pub fn with_disk(spec: &RepoSpec, running: &str, builder: DiskImageBuilder) -> Host {
         let dir = tempfile::tempdir().expect("tempdir");
         let repo = publish(spec, &dir.path().join("repo"));
+        Self::serving(dir, repo, running, builder)
+    }
+
+    /// A host running `running` on set A, served `repo` (published by other means, such as
+    /// `updata`); `dir` becomes its scratch space.
+    pub fn serving(
+        dir: tempfile::TempDir,
+        repo: Published,
+        running: &str,
+        builder: DiskImageBuilder,
+    ) -> Host {
         let server = TestServer::serve_dir(&repo.dir).expect("test server");
         // Set A's BOOT partition is number 1.
         let disk = builder

@@ -43,9 +43,7 @@ use crate::status::{RecordError, STATUS_FORMAT_VERSION, StagedImageRecord, Stage
 use crate::transport::Transport;
 
 /// The TUF target that holds the manifest.
-pub const MANIFEST_TARGET: &str = "manifest.json";
-/// The largest manifest read (the signed length bounds it too).
-const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
+pub use manifest::MANIFEST_TARGET;
 
 /// A cancellation handle for [`Updater::stage`]: set it (from a signal handler, another thread,
 /// an agent's shutdown path) and staging stops at the next buffer, leaving the inactive set
@@ -362,8 +360,17 @@ impl Updater {
         );
         opts.trusted_root.clone_from(&self.config.trusted_root);
         opts.limits.metadata_min_rate = self.config.metadata_min_rate;
-        crate::tuf::Repository::load(opts, Arc::clone(&self.transport))
-            .map_err(UpdateError::Repository)
+        let repo = crate::tuf::Repository::load(opts, Arc::clone(&self.transport))
+            .map_err(UpdateError::Repository)?;
+        log::info!(
+            "verified repository metadata from {}: root v{}, timestamp v{}, snapshot v{}, targets v{}",
+            self.config.metadata_base_url,
+            repo.root_version(),
+            repo.timestamp_version(),
+            repo.snapshot_version(),
+            repo.targets_version()
+        );
+        Ok(repo)
     }
 
     fn load_manifest(repo: &crate::tuf::Repository) -> Result<Manifest, UpdateError> {
@@ -379,7 +386,8 @@ impl Updater {
             .map_err(UpdateError::Repository)?;
         let mut bytes = Vec::new();
         (&mut reader)
-            .take(MAX_MANIFEST_BYTES)
+            // One byte past the cap, so that a larger manifest is refused as too large.
+            .take(manifest::MAX_MANIFEST_LEN as u64 + 1)
             .read_to_end(&mut bytes)
             .map_err(UpdateError::ManifestRead)?;
         reader.finish().map_err(UpdateError::Repository)?;
@@ -405,9 +413,24 @@ impl Updater {
         manifest: &Manifest,
         opts: &CheckOptions,
     ) -> Result<CheckOutcome, UpdateError> {
-        match manifest::select::select_update(manifest, &self.request(opts)) {
-            Selection::NoUpdate(reason) => Ok(CheckOutcome::NoUpdate(reason)),
+        let request = self.request(opts);
+        match manifest::select::select_update(manifest, &request) {
+            Selection::NoUpdate(reason) => {
+                log::info!(
+                    "no update for {} {}: {reason}",
+                    request.variant,
+                    request.running_version
+                );
+                Ok(CheckOutcome::NoUpdate(reason))
+            }
             Selection::Update(update) => {
+                log::info!(
+                    "chose {} {} (running {}): {}",
+                    update.variant,
+                    update.version,
+                    request.running_version,
+                    selection_reason(&request)
+                );
                 let migration_plan = migrations_fetch::MigrationPlan::new(
                     manifest,
                     &self.os.version_id,
@@ -541,6 +564,7 @@ impl Updater {
             (ImageKind::Boot, &update.images.boot, &set.boot),
             (ImageKind::Hash, &update.images.hash, &set.hash),
         ];
+        let mut update_total = 0u64;
         for (kind, target, partition) in images {
             let desc = repo
                 .target(target)
@@ -550,6 +574,7 @@ impl Updater {
                     target: target.clone(),
                 })?;
             let capacity = partition.byte_len();
+            update_total = update_total.saturating_add(desc.length);
             if desc.length > max_compressed_len(capacity) {
                 return Err(UpdateError::ImageTooLarge {
                     image: kind,
@@ -566,50 +591,65 @@ impl Updater {
             set: inactive.to_string(),
         });
         self.with_signpost(signpost::Signpost::clear_inactive)?;
+        log::info!("cleared set {inactive} before writing to it");
         // The record described the set we just cleared.
         StagedRecord::remove(&self.config.state_file)?;
 
         let mut records = BTreeMap::new();
+        // Compressed bytes of the images already staged, for the update-wide progress.
+        let mut update_done = 0u64;
         for (kind, target, partition) in images {
             if cancel.is_cancelled() {
                 return Err(UpdateError::Cancelled { set: inactive });
             }
             // Delta first when the update offers it (small, local hook: delta/stage.rs).
+            let image_len = repo.target(target).ok().flatten().map_or(0, |d| d.length);
             if let Some(record) = self.stage_delta(
                 &repo,
                 &manifest,
                 update,
                 &disk,
                 (active, inactive),
-                kind,
-                partition,
+                (kind, partition),
+                (update_done, update_total, image_len),
                 progress,
                 cancel,
             )? {
                 records.insert(kind.name().to_string(), record);
+                update_done = update_done.saturating_add(image_len);
                 continue;
             }
-            let staged =
-                Self::stage_one(&repo, &disk_path, partition, kind, target, progress, cancel)
-                    .map_err(|e| match e {
-                        StageOneError::Cancelled => UpdateError::Cancelled { set: inactive },
-                        StageOneError::Repository(e) => UpdateError::Repository(e),
-                        StageOneError::Open(source) => UpdateError::OpenPartition {
-                            image: kind,
-                            set: inactive,
-                            source,
-                        },
-                        StageOneError::NoSha256 => UpdateError::NoSha256 {
-                            image: kind,
-                            target: target.clone(),
-                        },
-                        StageOneError::Stage(source) => UpdateError::Stage {
-                            image: kind,
-                            target: target.clone(),
-                            set: inactive,
-                            source,
-                        },
-                    })?;
+            let update_bytes = (update_done, update_total);
+            let staged = Self::stage_one(
+                &repo,
+                &disk_path,
+                partition,
+                kind,
+                target,
+                update_bytes,
+                progress,
+                cancel,
+            )
+            .map_err(|e| match e {
+                StageOneError::Cancelled => UpdateError::Cancelled { set: inactive },
+                StageOneError::Repository(e) => UpdateError::Repository(e),
+                StageOneError::Open(source) => UpdateError::OpenPartition {
+                    image: kind,
+                    set: inactive,
+                    source,
+                },
+                StageOneError::NoSha256 => UpdateError::NoSha256 {
+                    image: kind,
+                    target: target.clone(),
+                },
+                StageOneError::Stage(source) => UpdateError::Stage {
+                    image: kind,
+                    target: target.clone(),
+                    set: inactive,
+                    source,
+                },
+            })?;
+            update_done = update_done.saturating_add(staged.compressed_len);
             progress(&ProgressEvent::ImageDone {
                 image: kind,
                 written: staged.decoded_len,
@@ -628,6 +668,10 @@ impl Updater {
         }
 
         self.with_signpost(signpost::Signpost::mark_inactive_valid)?;
+        log::info!(
+            "set {inactive} holds {} and is marked valid",
+            update.version
+        );
         progress(&ProgressEvent::MarkedValid {
             set: inactive.to_string(),
         });
@@ -666,8 +710,8 @@ impl Updater {
         update: &manifest::Update,
         disk: &bootpart::Disk,
         (active, inactive): (SetId, SetId),
-        kind: ImageKind,
-        partition: &bootpart::Partition,
+        (kind, partition): (ImageKind, &bootpart::Partition),
+        (update_done, update_total, image_len): (u64, u64, u64),
         progress: &dyn Fn(&ProgressEvent),
         cancel: &CancelHandle,
     ) -> Result<Option<StagedImageRecord>, UpdateError> {
@@ -708,11 +752,16 @@ impl Updater {
             AssembleProgress::Planned(plan) => {
                 progress(&ProgressEvent::DeltaPlan { image: kind, plan });
             }
+            // Image bytes placed; the update-wide figures count this image at its compressed size
+            // in proportion, so the update's bar moves at the same rate as for full images.
             AssembleProgress::Writing { done, total, .. } => progress(&ProgressEvent::Image {
                 image: kind,
                 target: String::new(),
                 done,
                 total,
+                update_done: update_done
+                    + (u128::from(image_len) * u128::from(done) / u128::from(total.max(1))) as u64,
+                update_total,
             }),
             AssembleProgress::Verifying { .. } if !std::mem::replace(&mut verifying, true) => {
                 progress(&ProgressEvent::Verifying { image: kind });
@@ -762,24 +811,17 @@ impl Updater {
         partition: &bootpart::Partition,
         kind: ImageKind,
         target: &str,
+        (update_done, update_total): (u64, u64),
         progress: &dyn Fn(&ProgressEvent),
         cancel: &CancelHandle,
     ) -> Result<crate::pipeline::StagedImage, StageOneError> {
-        use crate::pipeline::{ExpectedImage, IoMode, PartitionFile, Phase, StageOptions};
+        use crate::pipeline::{IoMode, PartitionSink, Phase, StageOptions};
         let (desc, reader) = repo
             .fetch_target_unverified(target)
             .map_err(StageOneError::Repository)?;
-        let expected = ExpectedImage {
-            length: desc.length,
-            sha256: desc.sha256().ok_or(StageOneError::NoSha256)?,
-        };
-        let mut sink = PartitionFile::open(
-            disk_path,
-            partition.byte_offset(),
-            partition.byte_len(),
-            IoMode::Auto,
-        )
-        .map_err(StageOneError::Open)?;
+        let expected = desc.info().ok_or(StageOneError::NoSha256)?;
+        let mut sink = PartitionSink::open_path(disk_path, partition, IoMode::Auto)
+            .map_err(|e| StageOneError::Open(std::io::Error::other(e)))?;
         let opts = StageOptions {
             cancel: crate::pipeline::CancelHandle::from_flag(Arc::clone(cancel.flag())),
             ..StageOptions::default()
@@ -791,6 +833,8 @@ impl Updater {
                 target: target.to_string(),
                 done: p.done,
                 total: p.total,
+                update_done: update_done.saturating_add(p.done),
+                update_total,
             }),
             Phase::Syncing | Phase::Verifying => {
                 if !verifying.replace(true) {
@@ -798,12 +842,26 @@ impl Updater {
                 }
             }
         };
-        crate::pipeline::stage_image(reader, &expected, &mut sink, &opts, &on_progress).map_err(
-            |e| match e {
-                crate::pipeline::StageError::Cancelled => StageOneError::Cancelled,
-                other => StageOneError::Stage(other),
-            },
-        )
+        let started = std::time::Instant::now();
+        let staged =
+            crate::pipeline::stage_image(reader, &expected, &mut sink, &opts, &on_progress)
+                .map_err(|e| match e {
+                    crate::pipeline::StageError::Cancelled => StageOneError::Cancelled,
+                    other => StageOneError::Stage(other),
+                })?;
+        let secs = started.elapsed().as_secs_f64();
+        log::info!(
+            "{kind}: {target}: {} bytes received and verified, {} bytes written and read back in {secs:.1} s ({:.1} MiB/s received){}",
+            staged.compressed_len,
+            staged.decoded_len,
+            staged.compressed_len as f64 / secs.max(1e-6) / (1024.0 * 1024.0),
+            if staged.direct_io {
+                ""
+            } else {
+                ", through the page cache"
+            }
+        );
+        Ok(staged)
     }
 
     /// Flips the boot flags so the staged set is tried once at the next boot
@@ -812,6 +870,12 @@ impl Updater {
         self.flip_recorded(true, |sp| {
             sp.upgrade_to_inactive()?;
             Ok(sp.inactive())
+        })
+        .inspect(|set| {
+            log::info!(
+                "flipped the boot flags: set {set} boots next, once; set {} stays the fallback until the new boot is marked successful",
+                set.other()
+            );
         })
         .map_err(|e| match e {
             UpdateError::Signpost(signpost::Error::InactiveNotValid { set, .. }) => {
@@ -827,6 +891,7 @@ impl Updater {
             sp.cancel_upgrade()?;
             Ok(sp.active())
         })
+        .inspect(|set| log::info!("reverted the flip: set {set} (running) boots next"))
     }
 
     /// Changes the boot flags with `flip`, keeping the staged record's `applied` in step. The
@@ -877,6 +942,25 @@ impl Updater {
             sets,
         })
     }
+}
+
+/// Why the selection took the update it took, for the log.
+fn selection_reason(request: &SelectionRequest) -> String {
+    if let Some(v) = &request.force_version {
+        return format!("version {v} was asked for (--image)");
+    }
+    if let manifest::select::VersionLock::Exact(v) = &request.version_lock {
+        return format!("version_lock = \"{v}\"");
+    }
+    let waves = if request.ignore_waves {
+        "waves ignored".to_string()
+    } else {
+        format!("its wave is open for seed {}", request.seed)
+    };
+    format!(
+        "the newest update for {}/{} up to its max_version; {waves}",
+        request.variant, request.arch
+    )
 }
 
 /// Why one image could not be staged (mapped to [`UpdateError`] with its context).
