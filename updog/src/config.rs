@@ -110,6 +110,9 @@ pub struct Config {
     pub stall_timeout: Duration,
     /// How many times a dropped download is resumed.
     pub retries: u32,
+    /// Each metadata file must arrive within 10 s plus its size cap at this rate (bytes per
+    /// second); see [`crate::tuf::Limits::metadata_min_rate`].
+    pub metadata_min_rate: u64,
 }
 
 /// A key in the configuration that this version does not know.
@@ -187,6 +190,7 @@ struct Keys {
     os_release: Option<PathBuf>,
     stall_timeout_secs: Option<u64>,
     retries: Option<u32>,
+    metadata_min_bytes_per_sec: Option<u64>,
 }
 
 /// Every key `updog.toml` may hold, in definition order (the fields of the one key table).
@@ -231,6 +235,7 @@ impl Config {
             os_release: PathBuf::from(DEFAULT_OS_RELEASE),
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             retries: DEFAULT_RETRIES,
+            metadata_min_rate: crate::tuf::DEFAULT_METADATA_MIN_RATE,
         }
     }
 
@@ -339,6 +344,12 @@ impl Config {
             }
             c.retries = r;
         }
+        if let Some(r) = k.metadata_min_bytes_per_sec {
+            if !range_of("metadata_min_bytes_per_sec").contains(&r) {
+                return Err(out_of_range("metadata_min_bytes_per_sec", r));
+            }
+            c.metadata_min_rate = r;
+        }
         Ok(c)
     }
 }
@@ -415,10 +426,11 @@ fn located(e: &toml::de::Error, text: &str, path: &Path) -> ConfigError {
 }
 
 /// The integer keys and the ranges they accept.
-const INTEGER_RANGES: [(&str, RangeInclusive<u64>); 3] = [
+const INTEGER_RANGES: [(&str, RangeInclusive<u64>); 4] = [
     ("seed", 0..=(waves::SEED_COUNT as u64 - 1)),
     ("stall_timeout_secs", 1..=86_400),
     ("retries", 0..=1000),
+    ("metadata_min_bytes_per_sec", 1..=1 << 30),
 ];
 
 fn range_of(key: &str) -> RangeInclusive<u64> {
@@ -708,7 +720,7 @@ mod tests {
     #[test]
     fn known_keys_are_the_fields_of_the_key_table() {
         let keys = known_keys();
-        assert_eq!(keys.len(), 21, "{keys:?}");
+        assert_eq!(keys.len(), 22, "{keys:?}");
         for key in [
             "metadata_base_url",
             "seed",
