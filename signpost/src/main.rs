@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use signpost::{DEFAULT_LOCK_FILE, LockFile, SetId, Signpost, Transition};
 
 /// Show and change which partition set (A or B) the bootloader boots next.
@@ -27,6 +27,8 @@ struct Cli {
     /// Seconds to wait for another signpost holding the lock (0: fail at once).
     #[arg(long, global = true, value_name = "SECS", default_value_t = 30)]
     lock_timeout: u64,
+    #[command(flatten)]
+    log: cli_support::logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -133,7 +135,9 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
+    cli_support::docs::generate_if_asked(Cli::command);
     let cli = Cli::parse();
+    cli_support::logging::init("signpost", &cli.log);
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -143,7 +147,7 @@ fn main() -> ExitCode {
             {
                 line.push_str(" (choose explicitly with --disk PATH --active A|B)");
             }
-            eprintln!("signpost: {line}");
+            cli_support::logging::print_error("signpost", &line);
             ExitCode::FAILURE
         }
     }

@@ -8,11 +8,23 @@
 //!
 //! - [`index`]: the `.caibx` format, read (validating every field) and written;
 //! - [`chunker`]: casync's buzhash chunker (same boundaries and ids as `casync make`);
-//! - [`store`]: the chunk store, written by publishers and read, capped and verified, by hosts.
+//! - [`store`]: the chunk store, written by publishers and read, capped and verified, by hosts;
+//! - [`plan`]: where each chunk of the new image comes from (zero, in place, seed, store);
+//! - [`assemble`]: writing the image onto the inactive partition and reading it back;
+//! - [`seed`]: the running partition's index (from the repository, a cache, or chunked here);
+//! - [`region`]: bounded positional I/O on a partition.
 
+pub mod assemble;
 pub mod chunker;
 pub mod index;
+pub mod plan;
+pub mod region;
+pub mod seed;
 pub mod store;
 
+pub use assemble::{AssembleError, AssembleOptions, AssembleProgress, Assembled, assemble};
 pub use chunker::Chunker;
 pub use index::{BlobIndex, Chunk, ChunkId, ChunkSizes, IndexError};
+pub use plan::{Plan, Tally};
+pub use region::Region;
+pub use store::{ChunkFetcher, StoreWriter};

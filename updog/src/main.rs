@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use manifest::select::NoUpdateReason;
 use updog::config::{Config, DEFAULT_CONFIG_PATH};
 use updog::os_release::OsRelease;
@@ -50,6 +50,8 @@ struct GlobalArgs {
     /// Take the updates of this variant instead of os-release's `VARIANT_ID`.
     #[arg(long, global = true, value_name = "NAME")]
     variant: Option<String>,
+    #[command(flatten)]
+    log: cli_support::logging::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -151,11 +153,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    cli_support::docs::generate_if_asked(Args::command);
     let args = Args::parse();
+    cli_support::logging::init("updog", &args.global.log);
     match run(&args) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("updog: {}", f.message);
+            cli_support::logging::print_error("updog", &f.message);
             ExitCode::from(f.code)
         }
     }
@@ -167,7 +171,7 @@ fn load(global: &GlobalArgs) -> Result<Updater, Failure> {
         message: error_chain(&e),
     })?;
     for w in warnings {
-        eprintln!("updog: warning: {w}");
+        log::warn!("{w}");
     }
     if let Some(p) = &global.os_release {
         config.os_release.clone_from(p);
@@ -321,14 +325,14 @@ fn print_check(check: &Check, json: bool) -> u8 {
             } else {
                 println!("{} {}", a.update.variant, a.update.version);
                 for m in &a.migrations {
-                    eprintln!("  migration {m}");
+                    log::info!("{} needs migration {m}", a.update.version);
                 }
             }
             updog::exit::SUCCESS
         }
         CheckOutcome::NoUpdate(reason) => {
             print_no_update(reason, json);
-            eprintln!("updog: No update available: {reason}");
+            cli_support::logging::print_error("updog", &format!("No update available: {reason}"));
             updog::exit::FAILURE
         }
     }

@@ -359,8 +359,17 @@ impl Updater {
         );
         opts.trusted_root.clone_from(&self.config.trusted_root);
         opts.limits.metadata_min_rate = self.config.metadata_min_rate;
-        crate::tuf::Repository::load(opts, Arc::clone(&self.transport))
-            .map_err(UpdateError::Repository)
+        let repo = crate::tuf::Repository::load(opts, Arc::clone(&self.transport))
+            .map_err(UpdateError::Repository)?;
+        log::info!(
+            "verified repository metadata from {}: root v{}, timestamp v{}, snapshot v{}, targets v{}",
+            self.config.metadata_base_url,
+            repo.root_version(),
+            repo.timestamp_version(),
+            repo.snapshot_version(),
+            repo.targets_version()
+        );
+        Ok(repo)
     }
 
     fn load_manifest(repo: &crate::tuf::Repository) -> Result<Manifest, UpdateError> {
@@ -403,9 +412,24 @@ impl Updater {
         manifest: &Manifest,
         opts: &CheckOptions,
     ) -> Result<CheckOutcome, UpdateError> {
-        match manifest::select::select_update(manifest, &self.request(opts)) {
-            Selection::NoUpdate(reason) => Ok(CheckOutcome::NoUpdate(reason)),
+        let request = self.request(opts);
+        match manifest::select::select_update(manifest, &request) {
+            Selection::NoUpdate(reason) => {
+                log::info!(
+                    "no update for {} {}: {reason}",
+                    request.variant,
+                    request.running_version
+                );
+                Ok(CheckOutcome::NoUpdate(reason))
+            }
             Selection::Update(update) => {
+                log::info!(
+                    "chose {} {} (running {}): {}",
+                    update.variant,
+                    update.version,
+                    request.running_version,
+                    selection_reason(&request)
+                );
                 let migration_plan = migrations_fetch::MigrationPlan::new(
                     manifest,
                     &self.os.version_id,
@@ -571,6 +595,7 @@ impl Updater {
             set: inactive.to_string(),
         });
         self.with_signpost(signpost::Signpost::clear_inactive)?;
+        log::info!("cleared set {inactive} before writing to it");
         // The record described the set we just cleared.
         StagedRecord::remove(&self.config.state_file)?;
 
@@ -618,6 +643,10 @@ impl Updater {
         }
 
         self.with_signpost(signpost::Signpost::mark_inactive_valid)?;
+        log::info!(
+            "set {inactive} holds {} and is marked valid",
+            update.version
+        );
         progress(&ProgressEvent::MarkedValid {
             set: inactive.to_string(),
         });
@@ -690,12 +719,26 @@ impl Updater {
                 }
             }
         };
-        crate::pipeline::stage_image(reader, &expected, &mut sink, &opts, &on_progress).map_err(
-            |e| match e {
-                crate::pipeline::StageError::Cancelled => StageOneError::Cancelled,
-                other => StageOneError::Stage(other),
-            },
-        )
+        let started = std::time::Instant::now();
+        let staged =
+            crate::pipeline::stage_image(reader, &expected, &mut sink, &opts, &on_progress)
+                .map_err(|e| match e {
+                    crate::pipeline::StageError::Cancelled => StageOneError::Cancelled,
+                    other => StageOneError::Stage(other),
+                })?;
+        let secs = started.elapsed().as_secs_f64();
+        log::info!(
+            "{kind}: {target}: {} bytes received and verified, {} bytes written and read back in {secs:.1} s ({:.1} MiB/s received){}",
+            staged.compressed_len,
+            staged.decoded_len,
+            staged.compressed_len as f64 / secs.max(1e-6) / (1024.0 * 1024.0),
+            if staged.direct_io {
+                ""
+            } else {
+                ", through the page cache"
+            }
+        );
+        Ok(staged)
     }
 
     /// Flips the boot flags so the staged set is tried once at the next boot
@@ -704,6 +747,12 @@ impl Updater {
         self.flip_recorded(true, |sp| {
             sp.upgrade_to_inactive()?;
             Ok(sp.inactive())
+        })
+        .inspect(|set| {
+            log::info!(
+                "flipped the boot flags: set {set} boots next, once; set {} stays the fallback until the new boot is marked successful",
+                set.other()
+            );
         })
         .map_err(|e| match e {
             UpdateError::Signpost(signpost::Error::InactiveNotValid { set, .. }) => {
@@ -719,6 +768,7 @@ impl Updater {
             sp.cancel_upgrade()?;
             Ok(sp.active())
         })
+        .inspect(|set| log::info!("reverted the flip: set {set} (running) boots next"))
     }
 
     /// Changes the boot flags with `flip`, keeping the staged record's `applied` in step. The
@@ -769,6 +819,25 @@ impl Updater {
             sets,
         })
     }
+}
+
+/// Why the selection took the update it took, for the log.
+fn selection_reason(request: &SelectionRequest) -> String {
+    if let Some(v) = &request.force_version {
+        return format!("version {v} was asked for (--image)");
+    }
+    if let manifest::select::VersionLock::Exact(v) = &request.version_lock {
+        return format!("version_lock = \"{v}\"");
+    }
+    let waves = if request.ignore_waves {
+        "waves ignored".to_string()
+    } else {
+        format!("its wave is open for seed {}", request.seed)
+    };
+    format!(
+        "the newest update for {}/{} up to its max_version; {waves}",
+        request.variant, request.arch
+    )
 }
 
 /// Why one image could not be staged (mapped to [`UpdateError`] with its context).
