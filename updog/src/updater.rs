@@ -570,6 +570,7 @@ impl Updater {
             (ImageKind::Boot, &update.images.boot, &set.boot),
             (ImageKind::Hash, &update.images.hash, &set.hash),
         ];
+        let mut update_total = 0u64;
         for (kind, target, partition) in images {
             let desc = repo
                 .target(target)
@@ -579,6 +580,7 @@ impl Updater {
                     target: target.clone(),
                 })?;
             let capacity = partition.byte_len();
+            update_total = update_total.saturating_add(desc.length);
             if desc.length > max_compressed_len(capacity) {
                 return Err(UpdateError::ImageTooLarge {
                     image: kind,
@@ -600,31 +602,43 @@ impl Updater {
         StagedRecord::remove(&self.config.state_file)?;
 
         let mut records = BTreeMap::new();
+        // Compressed bytes of the images already staged, for the update-wide progress.
+        let mut update_done = 0u64;
         for (kind, target, partition) in images {
             if cancel.is_cancelled() {
                 return Err(UpdateError::Cancelled { set: inactive });
             }
-            let staged =
-                Self::stage_one(&repo, &disk_path, partition, kind, target, progress, cancel)
-                    .map_err(|e| match e {
-                        StageOneError::Cancelled => UpdateError::Cancelled { set: inactive },
-                        StageOneError::Repository(e) => UpdateError::Repository(e),
-                        StageOneError::Open(source) => UpdateError::OpenPartition {
-                            image: kind,
-                            set: inactive,
-                            source,
-                        },
-                        StageOneError::NoSha256 => UpdateError::NoSha256 {
-                            image: kind,
-                            target: target.clone(),
-                        },
-                        StageOneError::Stage(source) => UpdateError::Stage {
-                            image: kind,
-                            target: target.clone(),
-                            set: inactive,
-                            source,
-                        },
-                    })?;
+            let update_bytes = (update_done, update_total);
+            let staged = Self::stage_one(
+                &repo,
+                &disk_path,
+                partition,
+                kind,
+                target,
+                update_bytes,
+                progress,
+                cancel,
+            )
+            .map_err(|e| match e {
+                StageOneError::Cancelled => UpdateError::Cancelled { set: inactive },
+                StageOneError::Repository(e) => UpdateError::Repository(e),
+                StageOneError::Open(source) => UpdateError::OpenPartition {
+                    image: kind,
+                    set: inactive,
+                    source,
+                },
+                StageOneError::NoSha256 => UpdateError::NoSha256 {
+                    image: kind,
+                    target: target.clone(),
+                },
+                StageOneError::Stage(source) => UpdateError::Stage {
+                    image: kind,
+                    target: target.clone(),
+                    set: inactive,
+                    source,
+                },
+            })?;
+            update_done = update_done.saturating_add(staged.compressed_len);
             progress(&ProgressEvent::ImageDone {
                 image: kind,
                 written: staged.decoded_len,
@@ -683,6 +697,7 @@ impl Updater {
         partition: &bootpart::Partition,
         kind: ImageKind,
         target: &str,
+        (update_done, update_total): (u64, u64),
         progress: &dyn Fn(&ProgressEvent),
         cancel: &CancelHandle,
     ) -> Result<crate::pipeline::StagedImage, StageOneError> {
@@ -712,6 +727,8 @@ impl Updater {
                 target: target.to_string(),
                 done: p.done,
                 total: p.total,
+                update_done: update_done.saturating_add(p.done),
+                update_total,
             }),
             Phase::Syncing | Phase::Verifying => {
                 if !verifying.replace(true) {
