@@ -44,13 +44,10 @@ impl TargetLookup for Repository {
         let Some(desc) = self.target(name)? else {
             return Ok(None);
         };
-        let sha256 = desc
-            .sha256()
+        let info = desc
+            .info()
             .ok_or_else(|| format!("target {name:?} lists no sha256 hash"))?;
-        Ok(Some(TargetInfo {
-            length: desc.length,
-            sha256,
-        }))
+        Ok(Some(info))
     }
 }
 

@@ -149,18 +149,18 @@ impl StagedRecord {
     }
 }
 
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync directory).
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync directory; mode 0600;
+/// the directory created when missing), through the workspace's one implementation.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
+    let opts = manifest::fs::AtomicWrite {
+        create_dir: true,
+        ..manifest::fs::AtomicWrite::default()
     };
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    sync_parent(path)
+    opts.write(path, |f| f.write_all(bytes))
+        .map_err(|e| match e {
+            manifest::fs::AtomicWriteError::Io { source, .. }
+            | manifest::fs::AtomicWriteError::Fill(source) => source,
+        })
 }
 
 fn sync_parent(path: &Path) -> std::io::Result<()> {
@@ -168,7 +168,7 @@ fn sync_parent(path: &Path) -> std::io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    std::fs::File::open(dir)?.sync_all()
+    manifest::fs::sync_dir(dir)
 }
 
 #[cfg(test)]
