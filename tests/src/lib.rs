@@ -485,6 +485,19 @@ retries = 3
         Ok(())
     }
 
+    /// The file names in the host's migrations cache.
+    pub fn cached_migrations(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path().join("state/migrations"))
+            .expect("the migrations cache exists")
+            .map(|e| {
+                e.expect("a directory entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()
+    }
+
     /// A `updog` command with `--config` set.
     pub fn updog_cmd(&self) -> Command {
         let mut cmd = Command::new(bin_dir().join("updog"));

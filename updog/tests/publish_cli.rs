@@ -154,6 +154,16 @@ fn publish(d: &Path) {
     ok(d, &args);
 }
 
+/// Replaces the root key: root version 2 lists keys/root-2.pem instead of keys/root.pem and is
+/// signed by both.
+fn rotate_root_key(d: &Path) {
+    let line = |l: &str| ok(d, &l.split_whitespace().collect::<Vec<_>>());
+    line("key generate keys/root-2.pem");
+    line("root add-key root.json --role root keys/root-2.pub.pem");
+    line("root remove-key root.json --role root keys/root.pem");
+    line("rotate-root repo --root root.json -k keys/root.pem -k keys/root-2.pem");
+}
+
 #[test]
 fn keys_are_private_and_never_overwritten() {
     let dir = tempfile::tempdir().unwrap();
@@ -560,42 +570,7 @@ for name in sys.argv[5:]:
     );
     // A root rotation (new root key, signed by the old and the new) and a refresh: ngclient,
     // still bootstrapped with version 1, follows.
-    ok(d, &["key", "generate", "keys/root-2.pem"]);
-    ok(
-        d,
-        &[
-            "root",
-            "add-key",
-            "root.json",
-            "--role",
-            "root",
-            "keys/root-2.pub.pem",
-        ],
-    );
-    ok(
-        d,
-        &[
-            "root",
-            "remove-key",
-            "root.json",
-            "--role",
-            "root",
-            "keys/root.pem",
-        ],
-    );
-    ok(
-        d,
-        &[
-            "rotate-root",
-            "repo",
-            "--root",
-            "root.json",
-            "-k",
-            "keys/root.pem",
-            "-k",
-            "keys/root-2.pem",
-        ],
-    );
+    rotate_root_key(d);
     ok(
         d,
         &["refresh-timestamp", "repo", "-k", "keys/timestamp.pem"],
@@ -618,31 +593,7 @@ fn tough_reads_the_repository_as_the_reference_updater_does() {
     let dir = publisher();
     let d = dir.path();
     publish(d);
-    ok(d, &["key", "generate", "keys/root-2.pem"]);
-    ok(
-        d,
-        &[
-            "root",
-            "add-key",
-            "root.json",
-            "--role",
-            "root",
-            "keys/root-2.pub.pem",
-        ],
-    );
-    ok(
-        d,
-        &[
-            "rotate-root",
-            "repo",
-            "--root",
-            "root.json",
-            "-k",
-            "keys/root.pem",
-            "-k",
-            "keys/root-2.pem",
-        ],
-    );
+    rotate_root_key(d);
     let url = |sub: &str| url::Url::from_directory_path(d.join("repo").join(sub)).unwrap();
     let shipped = std::fs::read(d.join("repo/metadata/1.root.json")).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -668,4 +619,81 @@ fn tough_reads_the_repository_as_the_reference_updater_does() {
         image,
         std::fs::read(d.join("staging/v-x86_64-1.1.0-boot.ext4.lz4")).unwrap()
     );
+}
+
+/// The write order of a publish (targets, then N.targets.json, N.snapshot.json, and the
+/// timestamp last), and what it buys: a publish cut off before its last rename (every new
+/// file written, timestamp.json still the old one) leaves the previous release published and
+/// valid, as a host would read it.
+#[test]
+fn an_interrupted_publish_leaves_the_previous_release_published() {
+    let dir = publisher();
+    let d = dir.path();
+    publish(d);
+    let timestamp = d.join("repo/metadata/timestamp.json");
+    let old_timestamp = std::fs::read(&timestamp).unwrap();
+    for (raw, image) in [
+        ("boot.ext4", "boot.ext4"),
+        ("root.ext4", "root.ext4"),
+        ("root.verity", "root.verity"),
+    ] {
+        ok(
+            d,
+            &[
+                "compress",
+                raw,
+                &format!("staging/v-x86_64-1.2.0-{image}.lz4"),
+            ],
+        );
+    }
+    ok(
+        d,
+        &[
+            "add-update",
+            "manifest.json",
+            "-f",
+            "v",
+            "-a",
+            "x86_64",
+            "-v",
+            "1.2.0",
+        ],
+    );
+    let mut args = vec![
+        "publish",
+        "repo",
+        "--manifest",
+        "manifest.json",
+        "--add-targets",
+        "staging",
+    ];
+    args.extend(SIGN);
+    let out = ok(d, &args);
+    let written: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("wrote "))
+        .collect();
+    let n = written.len();
+    assert!(
+        n == 7,
+        "3 images, the manifest, targets, snapshot, timestamp: {written:?}"
+    );
+    assert!(
+        written[..4].iter().all(|w| w.starts_with("repo/targets/")),
+        "{written:?}"
+    );
+    assert_eq!(
+        written[4..],
+        [
+            "repo/metadata/2.targets.json",
+            "repo/metadata/2.snapshot.json",
+            "repo/metadata/timestamp.json"
+        ]
+    );
+    // Cut off before the timestamp's rename.
+    std::fs::write(&timestamp, old_timestamp).unwrap();
+    let out = ok(d, &["check", "repo", "--root", "root.json"]);
+    assert!(out.contains("timestamp 1, snapshot 1, targets 1"), "{out}");
+    assert!(!out.contains("1.2.0"), "{out}");
+    assert!(out.contains("no problems found"), "{out}");
 }
