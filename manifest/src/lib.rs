@@ -60,6 +60,7 @@
 //!     now: chrono::Utc::now(),
 //!     version_lock: VersionLock::Latest,
 //!     ignore_waves: false,
+//!     wave_timing: waves::WaveTiming::Offset,
 //!     force_version: None,
 //! };
 //! let Selection::Update(update) = select_update(&m, &request) else { panic!() };

@@ -117,6 +117,8 @@ pub struct AvailableUpdate {
 /// What [`Updater::stage`] put on the inactive set.
 #[derive(Debug, Clone)]
 pub struct Staged {
+    /// The manifest's update entry that was staged (the reference's update object).
+    pub update: manifest::Update,
     /// The version staged.
     pub version: Version,
     /// The set it is on.
@@ -179,7 +181,8 @@ pub enum UpdateError {
     /// The manifest is not valid.
     #[error("{MANIFEST_TARGET}: {0}")]
     Manifest(#[source] Box<manifest::Error>),
-    /// Nothing to stage or apply; the reason says why.
+    /// Nothing to stage; the reason says why (`updog update` reports it and exits 0, as the
+    /// reference does; `check-update` exits 1).
     #[error("no update: {0}")]
     NoUpdate(NoUpdateReason),
     /// An image named by the manifest is not a signed target.
@@ -275,9 +278,6 @@ impl UpdateError {
     /// The `updog` exit code for this error (see [`crate::exit`]).
     pub fn exit_code(&self) -> u8 {
         match self {
-            UpdateError::NoUpdate(_) | UpdateError::NothingStaged { .. } => {
-                crate::exit::NOTHING_TO_DO
-            }
             UpdateError::Lock(LockError::Held { .. }) => crate::exit::LOCKED,
             UpdateError::Cancelled { .. } => crate::exit::INTERRUPTED,
             _ => crate::exit::FAILURE,
@@ -290,6 +290,9 @@ pub struct Updater {
     config: Config,
     os: OsRelease,
     transport: Arc<dyn Transport>,
+    /// The query parameters the default transport sends (`target` and `migrations` are added
+    /// once an update is chosen, as the reference does).
+    query: crate::transport::QueryParams,
 }
 
 impl std::fmt::Debug for Updater {
@@ -311,11 +314,17 @@ impl Updater {
 
     /// An updater with an explicit identity (tests, agents that know their version).
     pub fn with_os_release(config: Config, os: OsRelease) -> Result<Updater, UpdateError> {
-        let transport = default_transport(&config, &os).map_err(UpdateError::Transport)?;
+        let query = crate::transport::QueryParams::default();
+        // As the reference does, tell the server which wave and version is asking.
+        query.set("seed", config.seed.get().to_string());
+        query.set("version", os.version_id.to_string());
+        let transport =
+            default_transport(&config, query.clone()).map_err(UpdateError::Transport)?;
         Ok(Updater {
             config,
             os,
             transport,
+            query,
         })
     }
 
@@ -391,6 +400,7 @@ impl Updater {
             now: opts.now.unwrap_or_else(Utc::now),
             version_lock: self.config.version_lock.clone(),
             ignore_waves: opts.ignore_waves || self.config.ignore_waves,
+            wave_timing: self.config.wave_timing,
             force_version: opts.image.clone(),
         }
     }
@@ -449,15 +459,16 @@ impl Updater {
         })
     }
 
-    /// Every update in the manifest for this variant and architecture, newest first (`--all`).
-    pub fn list_updates(&self) -> Result<Vec<manifest::Update>, UpdateError> {
+    /// The updates for this variant and architecture that this host may take now, newest
+    /// first (`whats --all`): those whose wave is open for this host, unless waves are ignored
+    /// (`opts.ignore_waves` or the configuration's `ignore_waves`).
+    pub fn list_updates(&self, opts: &CheckOptions) -> Result<Vec<manifest::Update>, UpdateError> {
         let repo = self.load_repository()?;
         let manifest = Self::load_manifest(&repo)?;
-        let updates =
-            manifest::select::available_updates(&manifest, &self.os.variant_id, &self.os.arch)
-                .into_iter()
-                .cloned()
-                .collect();
+        let updates = manifest::select::ready_updates(&manifest, &self.request(opts))
+            .into_iter()
+            .cloned()
+            .collect();
         Ok(updates)
     }
 
@@ -517,6 +528,9 @@ impl Updater {
             CheckOutcome::Available(a) => a,
         };
         let update = &available.update;
+        // As the reference does: from here on every request names the version being fetched,
+        // and, once the migrations are in, the migrations of the jump.
+        self.query.set("target", update.version.to_string());
 
         let (disk_path, active) = self.disk_and_active()?;
         let disk = bootpart::Disk::open(&disk_path).map_err(UpdateError::Disk)?;
@@ -542,6 +556,9 @@ impl Updater {
             &migrations_fetch::FetchOptions::default(),
         )
         .map_err(UpdateError::MigrationFetch)?;
+        let mut migration_targets = available.migrations.clone();
+        migration_targets.push(MANIFEST_TARGET.to_string());
+        self.query.set("migrations", migration_targets.join(","));
         if cancel.is_cancelled() {
             return Err(UpdateError::Cancelled { set: inactive });
         }
@@ -664,6 +681,7 @@ impl Updater {
             return Err(e.into());
         }
         Ok(Staged {
+            update: update.clone(),
             version: update.version.clone(),
             set: inactive,
             record,
@@ -853,19 +871,14 @@ fn max_compressed_len(capacity: u64) -> u64 {
 
 fn default_transport(
     config: &Config,
-    os: &OsRelease,
+    query: crate::transport::QueryParams,
 ) -> Result<Arc<dyn Transport>, crate::transport::HttpSetupError> {
-    // As the reference does, tell the server which wave and version is asking.
-    let query = vec![
-        ("seed".to_string(), config.seed.get().to_string()),
-        ("version".to_string(), os.version_id.to_string()),
-    ];
     let transport = crate::transport::AnyTransport::new(crate::transport::HttpOptions {
         stall_timeout: config.stall_timeout,
         retries: config.retries,
         https_proxy: config.https_proxy.clone(),
         no_proxy: config.no_proxy.clone(),
-        query,
+        shared_query: query,
         ..crate::transport::HttpOptions::default()
     })?;
     Ok(Arc::new(transport))
