@@ -382,7 +382,14 @@ fn stage_with_signals(
                 bar.event(event);
             }
         }
-        ProgressMode::None => {}
+        // A delta that falls back to the full image is worth a line even without progress.
+        ProgressMode::None => {
+            if let ProgressEvent::DeltaFallback { .. } = event
+                && let Some(text) = updog::progress::describe(event)
+            {
+                eprintln!("{text}");
+            }
+        }
     };
     let opts = CheckOptions {
         ignore_waves: stage.now,
