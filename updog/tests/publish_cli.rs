@@ -817,10 +817,19 @@ fn a_key_source_other_than_a_file_signs_through_the_library() {
         targets: later,
         snapshot: later,
         timestamp: later,
+        warn_within: chrono::Duration::days(60),
     };
-    Repository::new(d.join("repo"))
+    let report = Repository::new(d.join("repo"))
         .publish(&release, &keys, &expires, now)
         .unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("targets version 1 expires")),
+        "{:?}",
+        report.warnings
+    );
     assert_eq!(remote.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     ok(d, &["check", "repo", "--root", "root.json"]);
 }
