@@ -423,6 +423,10 @@ impl Inner {
                     request = request.header(IF_RANGE, v.clone());
                 }
             }
+            match from {
+                Some((from, _)) => log::debug!("GET {url} from byte {from}"),
+                None => log::debug!("GET {url}"),
+            }
             let failure = match request.send() {
                 Ok(response) => {
                     let status = response.status();
@@ -463,6 +467,12 @@ impl Inner {
             if let Some(d) = deadline {
                 wait = wait.min(d.remaining().unwrap_or_default());
             }
+            log::warn!(
+                "{url}: {failure}; retry {} of {} in {:.1} s",
+                attempt + 1,
+                opts.retries,
+                wait.as_secs_f64()
+            );
             std::thread::sleep(wait);
             attempt += 1;
         }
@@ -611,6 +621,11 @@ impl HttpReader {
             return Err(self.dropped(detail));
         }
         self.resumes += 1;
+        log::warn!(
+            "{}: {cause} at byte {}; resuming with a Range request",
+            self.full,
+            self.pos
+        );
         let inner = Arc::clone(&self.inner);
         let deadline = self.deadline;
         let from = Some((self.pos, self.validator.as_ref()));
