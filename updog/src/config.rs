@@ -113,6 +113,9 @@ pub struct Config {
     /// Each metadata file must arrive within 10 s plus its size cap at this rate (bytes per
     /// second); see [`crate::tuf::Limits::metadata_min_rate`].
     pub metadata_min_rate: u64,
+    /// Delta updates: assemble each image from chunks of the running set and the chunk store
+    /// when the update lists a casync index for it (falls back to the full image by itself).
+    pub delta: bool,
 }
 
 /// A key in the configuration that this version does not know.
@@ -191,6 +194,7 @@ struct Keys {
     stall_timeout_secs: Option<u64>,
     retries: Option<u32>,
     metadata_min_bytes_per_sec: Option<u64>,
+    delta: Option<bool>,
 }
 
 /// Every key `updog.toml` may hold, in definition order (the fields of the one key table).
@@ -236,6 +240,7 @@ impl Config {
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             retries: DEFAULT_RETRIES,
             metadata_min_rate: crate::tuf::DEFAULT_METADATA_MIN_RATE,
+            delta: true,
         }
     }
 
@@ -295,6 +300,7 @@ impl Config {
             c.version_lock = lock;
         }
         c.ignore_waves = k.ignore_waves.unwrap_or(c.ignore_waves);
+        c.delta = k.delta.unwrap_or(c.delta);
         c.wave_timing = k.wave_timing.unwrap_or(c.wave_timing);
         c.https_proxy = k.https_proxy.filter(|s| !s.is_empty());
         if let Some(list) = k.no_proxy {
@@ -718,9 +724,19 @@ mod tests {
     }
 
     #[test]
+    fn delta_is_on_by_default_and_can_be_turned_off() {
+        let (c, _) = Config::from_toml_str(MINIMAL).unwrap();
+        assert!(c.delta);
+        let (c, w) = Config::from_toml_str(&format!("{MINIMAL}\ndelta = false\n")).unwrap();
+        assert!(!c.delta);
+        assert!(w.is_empty(), "{w:?}");
+        assert!(Config::from_toml_str(&format!("{MINIMAL}\ndelta = \"no\"\n")).is_err());
+    }
+
+    #[test]
     fn known_keys_are_the_fields_of_the_key_table() {
         let keys = known_keys();
-        assert_eq!(keys.len(), 22, "{keys:?}");
+        assert_eq!(keys.len(), 23, "{keys:?}");
         for key in [
             "metadata_base_url",
             "seed",

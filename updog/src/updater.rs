@@ -235,6 +235,18 @@ pub enum UpdateError {
         #[source]
         source: crate::pipeline::StageError,
     },
+    /// Staging an image from chunks failed in a way the full image would not avoid (writing
+    /// the inactive partition); the inactive set is left cleared.
+    #[error("staging {image} onto set {set} from chunks: {source}")]
+    Delta {
+        /// Which image.
+        image: ImageKind,
+        /// The set.
+        set: SetId,
+        /// What went wrong.
+        #[source]
+        source: crate::delta::stage::DeltaError,
+    },
     /// A partition of the inactive set could not be opened for writing.
     #[error("opening the {image} partition of set {set}: {source}")]
     OpenPartition {
@@ -607,6 +619,23 @@ impl Updater {
             if cancel.is_cancelled() {
                 return Err(UpdateError::Cancelled { set: inactive });
             }
+            // Delta first when the update offers it (small, local hook: delta/stage.rs).
+            let image_len = repo.target(target).ok().flatten().map_or(0, |d| d.length);
+            if let Some(record) = self.stage_delta(
+                &repo,
+                &manifest,
+                update,
+                &disk,
+                (active, inactive),
+                (kind, partition),
+                (update_done, update_total, image_len),
+                progress,
+                cancel,
+            )? {
+                records.insert(kind.name().to_string(), record);
+                update_done = update_done.saturating_add(image_len);
+                continue;
+            }
             let update_bytes = (update_done, update_total);
             let staged = Self::stage_one(
                 &repo,
@@ -686,6 +715,110 @@ impl Updater {
             set: inactive,
             record,
         })
+    }
+
+    /// Stages one image from chunks when the update offers an index for it and `delta` is on.
+    /// `Ok(None)`: not offered, or it failed in a way the full image avoids (reported with a
+    /// [`ProgressEvent::DeltaFallback`]); the caller streams the full image then.
+    #[allow(clippy::too_many_arguments)]
+    fn stage_delta(
+        &self,
+        repo: &crate::tuf::Repository,
+        manifest: &Manifest,
+        update: &manifest::Update,
+        disk: &bootpart::Disk,
+        (active, inactive): (SetId, SetId),
+        (kind, partition): (ImageKind, &bootpart::Partition),
+        (update_done, update_total, image_len): (u64, u64, u64),
+        progress: &dyn Fn(&ProgressEvent),
+        cancel: &CancelHandle,
+    ) -> Result<Option<StagedImageRecord>, UpdateError> {
+        use crate::delta::AssembleProgress;
+        let offered = update
+            .delta
+            .as_ref()
+            .is_some_and(|d| d.indexes.contains_key(kind.name()));
+        if !self.config.delta || !offered {
+            return Ok(None);
+        }
+        let running = disk.set(active).map_err(UpdateError::Disk)?;
+        let seed = match kind {
+            ImageKind::Root => &running.root,
+            ImageKind::Boot => &running.boot,
+            ImageKind::Hash => &running.hash,
+        };
+        let state_dir = self
+            .config
+            .state_file
+            .parent()
+            .unwrap_or(std::path::Path::new("/var/lib/updog"));
+        let (running_set, running_version) = (active.to_string(), self.os.version_id.to_string());
+        let request = crate::delta::stage::DeltaImage {
+            image: kind.name(),
+            update,
+            manifest,
+            running_version: &running_version,
+            running_set: &running_set,
+            disk: disk.path(),
+            target: (partition.byte_offset(), partition.byte_len()),
+            seed: (seed.byte_offset(), seed.byte_len()),
+            targets_base_url: &self.config.targets_base_url,
+            state_dir,
+        };
+        let mut verifying = false;
+        let mut on_progress = |p: &AssembleProgress| match *p {
+            AssembleProgress::Planned(plan) => {
+                progress(&ProgressEvent::DeltaPlan { image: kind, plan });
+            }
+            // Image bytes placed; the update-wide figures count this image at its compressed size
+            // in proportion, so the update's bar moves at the same rate as for full images.
+            AssembleProgress::Writing { done, total, .. } => progress(&ProgressEvent::Image {
+                image: kind,
+                target: String::new(),
+                done,
+                total,
+                update_done: update_done
+                    + (u128::from(image_len) * u128::from(done) / u128::from(total.max(1))) as u64,
+                update_total,
+            }),
+            AssembleProgress::Verifying { .. } if !std::mem::replace(&mut verifying, true) => {
+                progress(&ProgressEvent::Verifying { image: kind });
+            }
+            _ => {}
+        };
+        match request.stage(
+            repo,
+            Arc::clone(&self.transport),
+            cancel.flag(),
+            &mut on_progress,
+        ) {
+            Ok(staged) => {
+                progress(&ProgressEvent::ImageDone {
+                    image: kind,
+                    written: staged.written,
+                });
+                Ok(Some(StagedImageRecord {
+                    target: staged.index_target,
+                    sha256: staged.index_sha256,
+                    written: staged.written,
+                }))
+            }
+            Err(crate::delta::stage::DeltaError::Assemble(
+                crate::delta::AssembleError::Cancelled,
+            )) => Err(UpdateError::Cancelled { set: inactive }),
+            Err(e) if e.should_fall_back() => {
+                progress(&ProgressEvent::DeltaFallback {
+                    image: kind,
+                    reason: e.to_string(),
+                });
+                Ok(None)
+            }
+            Err(source) => Err(UpdateError::Delta {
+                image: kind,
+                set: inactive,
+                source,
+            }),
+        }
     }
 
     /// Streams one image target onto its partition through the staging pipeline.
