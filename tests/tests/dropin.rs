@@ -377,3 +377,155 @@ fn has_boot_ever_succeeded_prints_true_or_nothing() {
     let out = run(&["has-boot-ever-succeeded", "--json"]);
     assert_eq!(stdout(&out).trim(), "true");
 }
+
+/// A first run against a server that cannot be reached says so, names the key and file that
+/// gave the URL, and does not blame `2.root.json` (the first file it happened to try).
+#[test]
+fn an_unreachable_repository_is_named_by_its_key_not_by_2_root_json() {
+    let spec = releases(&["1.0.0", "1.1.0"]);
+    let mut host = Host::new(&spec, "1.0.0");
+    // Nothing listens on port 1 of the loopback interface: connection refused.
+    host.configure("metadata_base_url = \"http://127.0.0.1:1/metadata/\"\nretries = 0");
+    let out = host.updog(&["check-update"]);
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot reach the repository at http://127.0.0.1:1/metadata/")
+            && err.contains(&format!(
+                "metadata_base_url in {}",
+                host.config_path.display()
+            )),
+        "{err}"
+    );
+    assert!(!err.contains("2.root.json"), "{err}");
+}
+
+/// A target that fails to download names the key and file its URL came from.
+#[test]
+fn a_failed_image_download_names_targets_base_url_and_the_file() {
+    let spec = releases(&["1.0.0", "1.1.0"]);
+    let host = Host::new(&spec, "1.0.0");
+    for path in host
+        .repo
+        .target_url_paths(&spec.releases[1].target_name("root"))
+    {
+        host.server.fault(&path, fixtures::http::Fault::Status(500));
+    }
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("HTTP 500")
+            && err.contains(&format!(
+                "(the URL comes from targets_base_url in {})",
+                host.config_path.display()
+            )),
+        "{err}"
+    );
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A));
+}
+
+/// `updog` pointed at a disk image without `active_set` cannot discover the running set; the
+/// message names the keys that fix it.
+#[test]
+fn a_discovery_failure_points_at_disk_and_active_set() {
+    let spec = releases(&["1.0.0", "1.1.0"]);
+    let host = Host::new(&spec, "1.0.0");
+    let text = std::fs::read_to_string(&host.config_path).unwrap();
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("active_set"))
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    std::fs::write(&host.config_path, without).unwrap();
+    let out = host.updog(&["status"]);
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "set `disk` and `active_set` in {}",
+            host.config_path.display()
+        )),
+        "{err}"
+    );
+}
+
+/// As a user without the right to write the lock's directory, the message says root is needed.
+/// (As root the permission check does not apply; the rendering is unit-tested in
+/// `updog::advice`.)
+#[test]
+fn permission_denied_says_root_is_needed() {
+    if fixtures::disk::is_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let spec = releases(&["1.0.0", "1.1.0"]);
+    let mut host = Host::new(&spec, "1.0.0");
+    let locked = host.dir.path().join("root-only");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
+    host.configure(&format!("lock_file = \"{}/updog.lock\"", locked.display()));
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
+    assert!(stderr(&out).contains("needs root"), "{}", describe(&out));
+}
+
+/// A one-shot HTTP server on 127.0.0.1 that answers every request with `head` and `body`.
+fn answer_with(head: &'static str, body: &'static [u8]) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        // Serve a few connections (the client may retry), then stop.
+        for stream in listener.incoming().take(1) {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = write!(
+                stream,
+                "{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(body);
+        }
+    });
+    (url, handle)
+}
+
+fn fetch_error(url: &str) -> String {
+    use updog::transport::{HttpOptions, HttpTransport, Transport};
+    let transport = HttpTransport::new(HttpOptions {
+        retries: 0,
+        proxy_from_env: false,
+        ..HttpOptions::default()
+    })
+    .unwrap();
+    match transport.fetch(&url.parse().unwrap()) {
+        Ok(_) => panic!("fetching {url} succeeded"),
+        Err(e) => updog::advice::error_chain(&e),
+    }
+}
+
+/// `Content-Encoding: gzip` and a redirect to `file://` are named as such, not left to fail a
+/// hash check or as a bare "request failed".
+#[test]
+fn gzip_bodies_and_redirects_to_file_urls_are_named() {
+    let (url, server) = answer_with(
+        "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n",
+        b"\x1f\x8b\x08\x00compressed",
+    );
+    let err = fetch_error(&format!("{url}timestamp.json"));
+    assert!(err.contains("Content-Encoding: gzip"), "{err}");
+    server.join().unwrap();
+
+    let (url, server) = answer_with(
+        "HTTP/1.1 302 Found\r\nLocation: file:///etc/passwd\r\n",
+        b"",
+    );
+    let err = fetch_error(&format!("{url}timestamp.json"));
+    assert!(
+        err.contains("redirected (HTTP 302) to file:///etc/passwd") && err.contains("refused"),
+        "{err}"
+    );
+    server.join().unwrap();
+}
