@@ -125,10 +125,10 @@ fn build_images(dir: &Path) -> Res<Images> {
     if v1.exists() && v2.exists() {
         return Ok(Images { v1, v2 });
     }
-    let budget = IMAGE_MIB * 1024 * 1024 * 70 / 100;
+    let budget = IMAGE_MIB * 1024 * 1024 * 45 / 100;
     let files = real_files(budget, 0);
     // Replacement and added files: real files from further along the same walk.
-    let reserve = real_files(budget / 8, files.len() + 50);
+    let reserve = real_files(budget / 4, files.len() + 50);
     let mut v2_files = files.clone();
     let mut spare = reserve.into_iter();
     let mut replaced = 0;
