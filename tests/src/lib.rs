@@ -404,8 +404,6 @@ migrations_dir = "{d}/state/migrations"
 migrations_metadata_dir = "{d}/state/migrations-metadata"
 disk = "{disk}"
 active_set = "{set}"
-lock_file = "{d}/state/updog.lock"
-signpost_lock_file = "{d}/state/signpost.lock"
 reboot_command = ["{recorder}", "now"]
 os_release = "{os}"
 stall_timeout_secs = 2
@@ -474,15 +472,15 @@ retries = 3
         cmd.arg("--disk")
             .arg(&self.disk_path)
             .arg("--active")
-            .arg(self.active.to_string())
-            .arg("--lock-file")
-            .arg(self.dir.path().join("state/signpost.lock"));
+            .arg(self.active.to_string());
         cmd
     }
 
-    /// The boot flags as the `signpost` library reads them now.
+    /// The boot flags as the `signpost` library reads them now (read-only, without the disk
+    /// lock, so it also works while an update holds it).
     pub fn signpost(&self) -> signpost::Signpost {
-        signpost::Signpost::open(&self.disk_path, Some(self.active)).expect("signpost open")
+        signpost::Signpost::open_read_only(&self.disk_path, Some(self.active))
+            .expect("signpost open")
     }
 
     /// The first `len` bytes of a partition of a set, read from the image file.
@@ -542,7 +540,8 @@ pub struct BootPick {
 /// (highest priority with tries left or successful; ties to the lower partition number) and,
 /// if it has tries left, decrements them and writes the GPT, as the bootloader does.
 pub fn bootloader_pick(disk: &Path) -> Option<BootPick> {
-    let sp = signpost::Signpost::open(disk, Some(SetId::A)).ok()?;
+    let lock = signpost::DiskLock::acquire(disk, signpost::lock::DEFAULT_WAIT).ok()?;
+    let sp = signpost::Signpost::locked(&lock, Some(SetId::A)).ok()?;
     let set = sp.next_boot()?;
     let status = sp.status();
     let boot_number = match set {
@@ -550,11 +549,7 @@ pub fn bootloader_pick(disk: &Path) -> Option<BootPick> {
         SetId::B => status.b?.boot_partition,
     };
     drop(sp);
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(disk)
-        .ok()?;
+    let mut file = lock.try_clone_file().ok()?;
     let mut table = bootpart::gpt::read_gpt(&file).ok()?.table;
     let entry = table.entry_mut(boot_number)?;
     let mut state = signpost::SetState::from_attributes(entry.attributes);
@@ -583,7 +578,13 @@ impl Tmpfs {
             return None;
         }
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
             .arg(dir)
             .status()
             .ok()?;

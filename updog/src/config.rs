@@ -46,10 +46,6 @@ pub const DEFAULT_MIGRATIONS_DIR: &str = "/var/lib/bottlerocket-migrations";
 /// Default for `migrations_metadata_dir`: the reference's cache of the metadata that signs the
 /// migrations, verified offline at boot.
 pub const DEFAULT_MIGRATIONS_METADATA_DIR: &str = "/var/cache/bottlerocket-metadata";
-/// Default for `lock_file`: one update at a time.
-pub const DEFAULT_LOCK_FILE: &str = "/run/lock/updog.lock";
-/// Default for `signpost_lock_file`: the lock `signpost` takes around boot-flag changes.
-pub const DEFAULT_SIGNPOST_LOCK_FILE: &str = "/run/lock/signpost.lock";
 /// Default for `os_release`.
 pub const DEFAULT_OS_RELEASE: &str = "/usr/lib/os-release";
 /// Default for `reboot_command`.
@@ -77,8 +73,6 @@ pub const DEFAULT_RETRIES: u32 = 5;
 /// | `migrations_metadata_dir` | path | `/var/cache/bottlerocket-metadata` |
 /// | `disk` | path | discovered from the device of `/` |
 /// | `active_set` | `"A"` or `"B"` | discovered from the device of `/` |
-/// | `lock_file` | path | `/run/lock/updog.lock` |
-/// | `signpost_lock_file` | path | `/run/lock/signpost.lock` |
 /// | `reboot_command` | list of strings (or one string, split on spaces) | `["systemctl", "reboot"]` |
 /// | `os_release` | path | `/usr/lib/os-release` |
 /// | `stall_timeout_secs` | positive integer | `30` |
@@ -113,10 +107,6 @@ pub struct Config {
     pub disk: Option<PathBuf>,
     /// Which set is running; `None` discovers it. Needed for disk-image files.
     pub active_set: Option<SetId>,
-    /// The lock file that keeps two updates from running at once.
-    pub lock_file: PathBuf,
-    /// The lock shared with the `signpost` CLI, held around each boot-flag change.
-    pub signpost_lock_file: PathBuf,
     /// The command run (after a flush) to reboot into the new set.
     pub reboot_command: Vec<String>,
     /// Where the running OS describes itself.
@@ -191,8 +181,6 @@ const KNOWN_KEYS: &[&str] = &[
     "migrations_metadata_dir",
     "disk",
     "active_set",
-    "lock_file",
-    "signpost_lock_file",
     "reboot_command",
     "os_release",
     "stall_timeout_secs",
@@ -220,8 +208,6 @@ impl Config {
             migrations_metadata_dir: PathBuf::from(DEFAULT_MIGRATIONS_METADATA_DIR),
             disk: None,
             active_set: None,
-            lock_file: PathBuf::from(DEFAULT_LOCK_FILE),
-            signpost_lock_file: PathBuf::from(DEFAULT_SIGNPOST_LOCK_FILE),
             reboot_command: DEFAULT_REBOOT_COMMAND
                 .iter()
                 .map(ToString::to_string)
@@ -333,12 +319,6 @@ impl Config {
                 key: "active_set",
                 reason: format!("{s:?} is not \"A\" or \"B\""),
             })?);
-        }
-        if let Some(p) = t.path("lock_file")? {
-            config.lock_file = p;
-        }
-        if let Some(p) = t.path("signpost_lock_file")? {
-            config.signpost_lock_file = p;
         }
         if let Some(cmd) = t.list_or_split("reboot_command", ' ')? {
             if cmd.is_empty() {
@@ -482,7 +462,6 @@ mod tests {
         assert_eq!(c.version_lock, VersionLock::Latest);
         assert!(!c.ignore_waves);
         assert_eq!(c.trusted_root, Path::new("/usr/share/updog/root.json"));
-        assert_eq!(c.lock_file, Path::new("/run/lock/updog.lock"));
         assert_eq!(c.reboot_command, vec!["systemctl", "reboot"]);
         assert_eq!(c.os_release, Path::new("/usr/lib/os-release"));
         assert_eq!(c.disk, None);
