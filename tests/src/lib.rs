@@ -290,9 +290,15 @@ impl Published {
 /// Signs and writes `spec` under `dir` with the fixture keys, with consistent snapshots as
 /// the reference repositories use them.
 pub fn publish(spec: &RepoSpec, dir: &Path) -> Published {
+    publish_targets(spec.targets(), dir)
+}
+
+/// Like [`publish`], with the targets (the manifest included) given as they are to be signed:
+/// for repositories a [`RepoSpec`] cannot describe (renamed or extra targets).
+pub fn publish_targets(targets: Vec<(String, Vec<u8>)>, dir: &Path) -> Published {
     let mut repo = fixtures::repo::TestRepo::in_dir(dir, fixtures::repo::KeyKind::Ed25519);
     repo.consistent_snapshot = true;
-    for (name, bytes) in spec.targets() {
+    for (name, bytes) in targets {
         repo.add_target(&name, &bytes);
     }
     repo.publish();
@@ -452,6 +458,45 @@ retries = 3
         self.loop_device = Some(dev);
         self.write_config(self.active, &self.extra_config.clone());
         Ok(())
+    }
+
+    /// Spawns `updog ARGS --progress json` (stdout piped) and returns once it reports an event
+    /// whose JSON line contains `until` (for example `"event":"image"`), with the rest of its
+    /// stdout. Panics if it ends first or takes over a minute.
+    // The child is handed to the caller, who waits for it.
+    #[allow(clippy::zombie_processes)]
+    pub fn spawn_updog_until(
+        &self,
+        cmd: Command,
+        until: &str,
+    ) -> (
+        std::process::Child,
+        std::io::BufReader<std::process::ChildStdout>,
+    ) {
+        use std::io::BufRead;
+        let mut cmd = cmd;
+        let mut child = cmd
+            .args(["--progress", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn updog");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = stdout.read_line(&mut line).expect("read progress");
+            assert!(
+                n > 0,
+                "updog ended before {until}: {:?}",
+                child.wait_with_output()
+            );
+            if line.contains(until) {
+                return (child, stdout);
+            }
+            assert!(std::time::Instant::now() < deadline, "no {until} in time");
+        }
     }
 
     /// A `updog` command with `--config` set.
