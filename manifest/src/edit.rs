@@ -1,7 +1,13 @@
-//! Edits a publisher makes to a manifest (the logic behind `updata`).
+//! Edits a publisher makes to a manifest (the logic behind `updata`): adding an update with the
+//! `max_version` rule, removing one, waves, migrations from a `Release.toml` (replace or merge),
+//! `max_version` filters, and the wave report that `updata waves` prints.
 
+use chrono::{DateTime, Utc};
 use semver::Version;
-use waves::WaveSchedule;
+use serde::Serialize;
+use waves::sim::{Fleet, FleetPoint, Formula, simulate, simulate_schedule};
+use waves::time::format_time;
+use waves::{Seed, WaveSchedule};
 
 use crate::{Error, Images, Manifest, Migrations, Update, parse_migration_key};
 
@@ -32,6 +38,57 @@ impl Manifest {
             None => self.updates.push(update),
         }
         Ok(())
+    }
+
+    /// Adds `update` and applies the `max_version` rule of `updata add-update` to every update
+    /// of the same variant and arch: `max_version` becomes `explicit_max` when given, otherwise
+    /// the higher of the current highest `max_version` and the new version (so the new update is
+    /// offered, and a release that was pulled back stays pulled back below a newer bound).
+    ///
+    /// ```
+    /// use manifest::{Manifest, edit::default_image_names};
+    /// let mut m = Manifest::default();
+    /// let v: semver::Version = "1.1.0".parse()?;
+    /// let update = manifest::Update {
+    ///     variant: "aws-dev".into(), arch: "x86_64".into(), version: v.clone(),
+    ///     max_version: v.clone(), waves: Default::default(),
+    ///     images: default_image_names("aws-dev", "x86_64", &v),
+    /// };
+    /// let added = m.add_update_with_max(update, None, false)?;
+    /// assert_eq!(added.max_version, v);
+    /// assert_eq!(added.updates_changed, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn add_update_with_max(
+        &mut self,
+        mut update: Update,
+        explicit_max: Option<Version>,
+        replace: bool,
+    ) -> Result<AddedUpdate, Error> {
+        let max = explicit_max.unwrap_or_else(|| {
+            self.current_max_version(&update.variant, &update.arch)
+                .filter(|cur| **cur > update.version)
+                .cloned()
+                .unwrap_or_else(|| update.version.clone())
+        });
+        update.max_version = max.clone();
+        let (variant, arch) = (update.variant.clone(), update.arch.clone());
+        self.add_update(update, replace)?;
+        let updates_changed = self.set_max_version(Some(&variant), Some(&arch), &max);
+        Ok(AddedUpdate {
+            max_version: max,
+            updates_changed,
+        })
+    }
+
+    /// Sets the migrations read from a `Release.toml`: all of them replaced, or merged in (a
+    /// pair listed in both takes the new list). Returns how many the manifest has afterwards.
+    pub fn set_migrations(&mut self, migrations: Migrations, mode: MigrationsMode) -> usize {
+        match mode {
+            MigrationsMode::Replace => self.migrations = migrations,
+            MigrationsMode::Merge => self.migrations.extend(migrations),
+        }
+        self.migrations.len()
     }
 
     /// Removes the update with this variant, arch and version (every copy, if duplicated) and
@@ -99,6 +156,119 @@ impl Manifest {
             .filter(|u| u.variant == variant && u.arch == arch)
             .map(|u| &u.max_version)
             .max()
+    }
+}
+
+/// What [`Manifest::add_update_with_max`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedUpdate {
+    /// The `max_version` now on every update of the variant and arch.
+    pub max_version: Version,
+    /// How many updates carry it (the new one included).
+    pub updates_changed: usize,
+}
+
+/// How [`Manifest::set_migrations`] combines the new migrations with the manifest's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationsMode {
+    /// The manifest's migrations become exactly the new ones (the reference's behaviour).
+    Replace,
+    /// The new ones are added; a version pair listed in both takes the new list.
+    Merge,
+}
+
+/// One wave of a [`WavesReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WaveEntry {
+    /// The seed bound.
+    pub bound: u32,
+    /// When it opens (RFC 3339).
+    pub start: String,
+}
+
+/// When one host may take the update, in a [`WavesReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SeedReport {
+    /// The host's seed.
+    pub seed: u32,
+    /// When it becomes eligible (RFC 3339), `None` when there are no waves.
+    pub ready_at: Option<String>,
+    /// Whether it is eligible at the report's time.
+    pub ready_now: bool,
+}
+
+/// What to put in a [`WavesReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WavesQuery {
+    /// Also say when a host with this seed may update.
+    pub seed: Option<Seed>,
+    /// Size of the simulated fleet (seeds spread evenly).
+    pub hosts: u64,
+    /// Points in the simulated timeline.
+    pub steps: usize,
+    /// Also simulate the reference system's eligibility formula.
+    pub compare_reference: bool,
+}
+
+/// An update's wave schedule and how a fleet follows it: what `updata waves` shows, and its
+/// `--json` output exactly.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WavesReport {
+    /// Variant.
+    pub variant: String,
+    /// Architecture.
+    pub arch: String,
+    /// Version.
+    pub version: String,
+    /// The waves, by rising bound.
+    pub waves: Vec<WaveEntry>,
+    /// The eligible share of the fleet over time.
+    pub fleet: Vec<FleetPoint>,
+    /// The same under the reference's formula, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_reference: Option<Vec<FleetPoint>>,
+    /// One host's eligibility, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<SeedReport>,
+}
+
+impl WavesReport {
+    /// Simulates `update`'s schedule as `query` asks, at time `now`.
+    pub fn new(update: &Update, query: &WavesQuery, now: DateTime<Utc>) -> Result<Self, Error> {
+        let schedule = &update.waves;
+        let fleet = Fleet::uniform(query.hosts);
+        let points = simulate_schedule(schedule, &fleet, query.steps)?;
+        let fleet_reference = match (query.compare_reference, points.first(), points.last()) {
+            (true, Some(first), Some(last)) if first.at < last.at => Some(simulate(
+                schedule,
+                &fleet,
+                first.at,
+                last.at,
+                query.steps,
+                Formula::Reference,
+            )?),
+            _ => None,
+        };
+        let seed = query.seed.map(|s| SeedReport {
+            seed: s.get(),
+            ready_at: schedule.ready_at(s).map(format_time),
+            ready_now: schedule.is_ready(s, now),
+        });
+        Ok(Self {
+            variant: update.variant.clone(),
+            arch: update.arch.clone(),
+            version: update.version.to_string(),
+            waves: schedule
+                .waves()
+                .map(|w| WaveEntry {
+                    bound: w.bound,
+                    start: format_time(w.start),
+                })
+                .collect(),
+            fleet: points,
+            fleet_reference,
+            seed,
+        })
     }
 }
 

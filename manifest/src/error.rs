@@ -80,6 +80,18 @@ pub enum Error {
     /// The manifest has problems (all of them are listed).
     #[error(transparent)]
     Invalid(#[from] crate::ValidationError),
+    /// Creating a file that already exists.
+    #[error("{path} exists (use --force to overwrite it)")]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// `set-waves` without a source of waves.
+    #[error("no waves given: use --wave-file FILE, --default-waves or --clear")]
+    NoWaveSource,
+    /// `set-migrations` without a manifest.
+    #[error("no manifest given: name it as the argument or with -t/--to")]
+    NoManifestGiven,
     /// Reading or writing a file.
     #[error("{action} {path}: {source}")]
     Io {

@@ -1,5 +1,7 @@
 //! The Bottlerocket-compatible `manifest.json`: schema, update selection, migration-chain search,
-//! validation; and the `updata` publisher CLI.
+//! validation; and the rules behind the `updata` publisher CLI's manifest edits ([`edit`]). The
+//! `updata` binary itself lives in the `updog` crate, next to the TUF client its repository
+//! check uses.
 //!
 //! # The format
 //!
@@ -30,8 +32,8 @@
 //! updata add-update manifest.json --variant aws-dev --arch x86_64 --version 1.1.0 \
 //!     --boot boot.lz4 --root root.lz4 --hash hash.lz4
 //! updata set-waves manifest.json --variant aws-dev --arch x86_64 --version 1.1.0 \
-//!     --default-waves --start-at "in 2 hours"      # or --policy waves.toml
-//! updata set-migrations manifest.json --release Release.toml
+//!     --default-waves --start-at "in 2 hours"      # or --wave-file waves.toml
+//! updata set-migrations manifest.json --from Release.toml
 //! updata validate manifest.json                     # lists every problem, exit 1 if any
 //! updata waves manifest.json --variant aws-dev --arch x86_64 --version 1.1.0 \
 //!     --seed 1234 --svg rollout.svg --compare-reference

@@ -74,6 +74,14 @@ pub enum Problem {
     },
 }
 
+impl Problem {
+    /// Whether this is a normal state worth a note rather than an error: an update above its
+    /// own `max_version` is how a bad release is pulled back.
+    pub fn is_note(&self) -> bool {
+        matches!(self, Problem::VersionAboveMax { .. })
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -92,7 +100,7 @@ impl fmt::Display for Problem {
                 max_version,
             } => write!(
                 f,
-                "update {variant} {arch} {version} is above its max_version {max_version}, so it is never offered"
+                "update {variant} {arch} {version} is above its max_version {max_version}, so it is not offered (pulled back)"
             ),
             Problem::WavesNotRising {
                 variant,
@@ -212,9 +220,14 @@ impl Manifest {
         out
     }
 
-    /// `Ok` when [`Manifest::problems`] finds nothing; otherwise all problems.
+    /// `Ok` when [`Manifest::problems`] finds nothing but notes ([`Problem::is_note`]);
+    /// otherwise all problems that are not notes.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        let problems = self.problems();
+        let problems: Vec<Problem> = self
+            .problems()
+            .into_iter()
+            .filter(|p| !p.is_note())
+            .collect();
         if problems.is_empty() {
             Ok(())
         } else {

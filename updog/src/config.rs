@@ -77,6 +77,7 @@ pub const DEFAULT_RETRIES: u32 = 5;
 /// | `os_release` | path | `/usr/lib/os-release` |
 /// | `stall_timeout_secs` | positive integer | `30` |
 /// | `retries` | integer | `5` |
+/// | `metadata_min_bytes_per_sec` | positive integer | `4096` |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Base URL of the TUF metadata (`file://` or `http(s)://`).
@@ -115,6 +116,9 @@ pub struct Config {
     pub stall_timeout: Duration,
     /// How many times a dropped download is resumed.
     pub retries: u32,
+    /// Each metadata file must arrive within 10 s plus its size cap at this rate (bytes per
+    /// second); see [`crate::tuf::Limits::metadata_min_rate`].
+    pub metadata_min_rate: u64,
 }
 
 /// A key in the configuration that this version does not know.
@@ -185,6 +189,7 @@ const KNOWN_KEYS: &[&str] = &[
     "os_release",
     "stall_timeout_secs",
     "retries",
+    "metadata_min_bytes_per_sec",
 ];
 
 /// The largest configuration file read (a real one is well under 1 KiB).
@@ -215,6 +220,7 @@ impl Config {
             os_release: PathBuf::from(DEFAULT_OS_RELEASE),
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             retries: DEFAULT_RETRIES,
+            metadata_min_rate: crate::tuf::DEFAULT_METADATA_MIN_RATE,
         }
     }
 
@@ -349,6 +355,15 @@ impl Config {
                 .ok_or_else(|| ConfigError::Invalid {
                     key: "retries",
                     reason: format!("{r} is outside 0..=1000"),
+                })?;
+        }
+        if let Some(r) = t.integer("metadata_min_bytes_per_sec")? {
+            config.metadata_min_rate = u64::try_from(r)
+                .ok()
+                .filter(|r| (1..=1 << 30).contains(r))
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "metadata_min_bytes_per_sec",
+                    reason: format!("{r} is outside 1..=1073741824"),
                 })?;
         }
         Ok((config, warnings))

@@ -19,6 +19,7 @@
 //! `updog/examples/agent.rs` is a complete agent built on this API.
 
 pub mod config;
+pub mod delta;
 pub mod exit;
 pub mod lock;
 pub mod migrations;

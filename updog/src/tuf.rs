@@ -10,6 +10,25 @@
 //! workflow": 5.1 fix the start time, 5.2 load the trusted root, 5.3 update the root,
 //! 5.4 timestamp, 5.5 snapshot, 5.6 targets, 5.7 fetch target.
 //!
+//! # Delegated roles are trusted per delegation path
+//!
+//! A delegated role has authority only through the delegation being followed. Each time the
+//! search reaches a role, its metadata is checked against the delegating role of *that* path:
+//! the keys and threshold it names, and its path patterns (the search only enters a delegation
+//! whose patterns match the target). Verdicts are cached per delegation path, never per role
+//! name, and the copy in the trusted-metadata directory is re-verified against the delegation
+//! at hand before it is reused. Of the two behaviours the specification allows for a role that
+//! two delegators delegate to (refuse such a role outright, or judge each lookup on its own
+//! path), this client judges each lookup: when `parent-a` and `parent-b` both delegate
+//! `release` and only `parent-a`'s key signs it, a lookup through `parent-a` succeeds and one
+//! through `parent-b` fails, in either order.
+//!
+//! # Signatures
+//!
+//! A key id may appear only once in a `signatures` array: a repeated one fails the file with
+//! [`Error::DuplicateSignature`] (it is not counted once). Two key ids with the same public key
+//! count as one key towards a threshold.
+//!
 //! `tough` provides the key types; signatures are verified over the canonical JSON (OLPC) of the
 //! `signed` object exactly as received, with our own lenient serde types (see `schema`).
 //!
@@ -63,6 +82,36 @@ pub struct Limits {
     pub max_root_rotations: u32,
     /// Most roles visited in one target search (step 5.6.7.1).
     pub max_delegations: u32,
+    /// The slowest download rate, in bytes per second, at which a metadata file of the largest
+    /// accepted size still arrives in time: each metadata file must arrive whole within
+    /// [`Limits::metadata_time_limit`] of its size cap (slow-retrieval attack check). Images
+    /// are not limited this way; they only have the transport's stall timeout.
+    pub metadata_min_rate: u64,
+    /// The fixed part of a metadata file's time limit (connecting, TLS, the response head).
+    /// Default 10 s.
+    pub metadata_time_base: std::time::Duration,
+}
+
+/// Default of [`Limits::metadata_min_rate`]: 4 KiB/s (a 16 KiB `timestamp.json` gets 14 s).
+pub const DEFAULT_METADATA_MIN_RATE: u64 = 4096;
+
+impl Limits {
+    /// The time a metadata file capped at `cap` bytes may take to arrive whole:
+    /// [`Limits::metadata_time_base`] plus `cap` at [`Limits::metadata_min_rate`] bytes per
+    /// second.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let limits = updog::tuf::Limits::default();
+    /// // timestamp.json, capped at 16 KiB: 10 s + 16384 B / 4096 B/s.
+    /// assert_eq!(limits.metadata_time_limit(16 * 1024), Duration::from_secs(14));
+    /// ```
+    pub fn metadata_time_limit(&self, cap: u64) -> std::time::Duration {
+        let rate = self.metadata_min_rate.max(1);
+        let secs = cap.div_ceil(rate);
+        self.metadata_time_base
+            .saturating_add(std::time::Duration::from_secs(secs))
+    }
 }
 
 impl Default for Limits {
@@ -74,6 +123,8 @@ impl Default for Limits {
             max_targets_size: 8 * 1024 * 1024,
             max_root_rotations: 256,
             max_delegations: 32,
+            metadata_min_rate: DEFAULT_METADATA_MIN_RATE,
+            metadata_time_base: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -110,8 +161,14 @@ impl RepositoryOptions {
     }
 }
 
-/// The delegating role of a role on the search stack: its name, metadata, delegation index.
-type Parent = (String, Arc<Trusted<Targets>>, usize);
+/// The delegation path of a role: the role names from the top-level `targets` down to it
+/// (`["targets", "parent-a", "release"]`). A delegated role's verdict is cached under its path,
+/// never under its name alone, because the same role reached through another delegator must
+/// meet that delegator's keys, threshold and paths.
+type DelegationPath = Vec<String>;
+
+/// The delegating role of a role on the search stack: its metadata and delegation index.
+type Parent = (Arc<Trusted<Targets>>, usize);
 
 /// Root versions and their exact bytes, ascending.
 type RootChain = Vec<(u64, Vec<u8>)>;
@@ -149,15 +206,22 @@ struct MetaName {
 }
 
 impl Source {
-    /// Fetches a metadata file, at most `cap` bytes. `Ok(None)` when it does not exist.
-    fn fetch(&self, role: &str, name: &MetaName, cap: u64) -> Result<Option<Vec<u8>>, Error> {
+    /// Fetches a metadata file, at most `cap` bytes, within the time `limits` allow for that
+    /// cap. `Ok(None)` when it does not exist.
+    fn fetch(
+        &self,
+        role: &str,
+        name: &MetaName,
+        cap: u64,
+        limits: &Limits,
+    ) -> Result<Option<Vec<u8>>, Error> {
         let reader: Box<dyn Read + Send> = match self {
             Self::Remote {
                 transport,
                 metadata_base,
             } => {
                 let url = join_url(metadata_base, &[name.remote.as_str()])?;
-                match transport.fetch(&url) {
+                match transport.fetch_within(&url, limits.metadata_time_limit(cap)) {
                     Ok(r) => r,
                     Err(e) if matches!(e.kind, TransportErrorKind::NotFound) => return Ok(None),
                     Err(source) => {
@@ -196,21 +260,28 @@ impl Source {
         Ok(Some(buf))
     }
 
-    fn fetch_required(&self, role: &str, name: &MetaName, cap: u64) -> Result<Vec<u8>, Error> {
-        self.fetch(role, name, cap)?.ok_or_else(|| match self {
-            Self::Remote { metadata_base, .. } => Error::Transport {
-                what: format!("{role} metadata"),
-                source: Box::new(crate::transport::TransportError {
-                    url: join_url(metadata_base, &[name.remote.as_str()])
-                        .unwrap_or_else(|_| metadata_base.clone()),
-                    kind: TransportErrorKind::NotFound,
-                }),
-            },
-            Self::Offline { dir } => Error::Store {
-                path: dir.join(&name.offline),
-                source: io::Error::from(io::ErrorKind::NotFound),
-            },
-        })
+    fn fetch_required(
+        &self,
+        role: &str,
+        name: &MetaName,
+        cap: u64,
+        limits: &Limits,
+    ) -> Result<Vec<u8>, Error> {
+        self.fetch(role, name, cap, limits)?
+            .ok_or_else(|| match self {
+                Self::Remote { metadata_base, .. } => Error::Transport {
+                    what: format!("{role} metadata"),
+                    source: Box::new(crate::transport::TransportError {
+                        url: join_url(metadata_base, &[name.remote.as_str()])
+                            .unwrap_or_else(|_| metadata_base.clone()),
+                        kind: TransportErrorKind::NotFound,
+                    }),
+                },
+                Self::Offline { dir } => Error::Store {
+                    path: dir.join(&name.offline),
+                    source: io::Error::from(io::ErrorKind::NotFound),
+                },
+            })
     }
 }
 
@@ -256,7 +327,8 @@ pub struct Repository {
     timestamp: Trusted<Timestamp>,
     snapshot: Trusted<Snapshot>,
     targets: Arc<Trusted<Targets>>,
-    delegated: Mutex<BTreeMap<String, Arc<Trusted<Targets>>>>,
+    /// Delegated roles verified so far, by delegation path.
+    delegated: Mutex<BTreeMap<DelegationPath, Arc<Trusted<Targets>>>>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -528,11 +600,16 @@ impl Repository {
             .delegated
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for (role, t) in delegated.iter() {
-            out.push(MetadataFile {
-                name: datastore::role_file_name(role),
-                bytes: t.bytes.clone(),
-            });
+        // A role reached through two delegation paths is one file.
+        let mut seen: HashSet<&str> = HashSet::new();
+        for (path, t) in delegated.iter() {
+            let Some(role) = path.last() else { continue };
+            if seen.insert(role.as_str()) {
+                out.push(MetadataFile {
+                    name: datastore::role_file_name(role),
+                    bytes: t.bytes.clone(),
+                });
+            }
         }
         out
     }
@@ -540,11 +617,25 @@ impl Repository {
     /// Looks a target up: the pre-order depth-first search of step 5.6.7, starting at the
     /// top-level targets role, downloading and verifying delegated roles only as the search
     /// reaches them. `Ok(None)` when no role on the search path describes it.
+    ///
+    /// A delegated role is trusted only through the delegation being followed: each time the
+    /// search reaches it, its metadata must meet the keys and threshold that *this* delegating
+    /// role names for it, and the search only enters it when this delegation's path patterns
+    /// match the target. Verdicts are cached per delegation path (the role names from
+    /// `targets` down to it), never per role name, and a copy in the trusted-metadata directory
+    /// is re-verified against the delegation at hand before it is reused. So when `parent-a`
+    /// and `parent-b` both delegate `release` and `release` is signed only by `parent-a`'s key,
+    /// a lookup through `parent-a` succeeds and a lookup through `parent-b` fails with
+    /// [`Error::Threshold`], in whichever order they run, in one process or across processes.
     pub fn target(&self, name: &str) -> Result<Option<TargetDescription>, Error> {
-        // Stack of (role, delegation info to verify it with); top-level targets first.
-        let mut stack: Vec<(String, Option<Parent>)> = vec![("targets".to_owned(), None)];
+        // Stack of (delegation path, delegation to verify the role with); top-level first.
+        let mut stack: Vec<(DelegationPath, Option<Parent>)> =
+            vec![(vec!["targets".to_owned()], None)];
         let mut visited: HashSet<String> = HashSet::new();
-        while let Some((role, parent)) = stack.pop() {
+        while let Some((path, parent)) = stack.pop() {
+            let Some(role) = path.last().cloned() else {
+                continue;
+            };
             // 5.6.7.1: skip roles visited before (cycles); stop after the maximum number of
             // roles.
             if visited.contains(&role) {
@@ -556,9 +647,7 @@ impl Repository {
             visited.insert(role.clone());
             let md: Arc<Trusted<Targets>> = match parent {
                 None => Arc::clone(&self.targets),
-                Some((parent_name, parent_md, index)) => {
-                    self.delegated_role(&role, &parent_name, &parent_md, index)?
-                }
+                Some((parent_md, index)) => self.delegated_role(&path, &parent_md, index)?,
             };
             // 5.6.7.1: this role has metadata about the target: done.
             if let Some(desc) = md.signed.targets.get(name) {
@@ -577,7 +666,9 @@ impl Repository {
                 ) {
                     continue;
                 }
-                children.push((d.name.clone(), Some((role.clone(), Arc::clone(&md), index))));
+                let mut child = path.clone();
+                child.push(d.name.clone());
+                children.push((child, Some((Arc::clone(&md), index))));
                 if d.terminating {
                     // 5.6.7.2.1: a terminating delegation: nothing else is searched.
                     stack.clear();
@@ -591,21 +682,31 @@ impl Repository {
         Ok(None)
     }
 
-    /// Loads (or returns the already loaded) delegated role `role`, delegated by `parent` in
-    /// its delegation number `index`: steps 5.6.1 to 5.6.6 applied to a delegated role.
+    /// Loads (or returns the one already verified along the same delegation `path`) the
+    /// delegated role at the end of `path`, delegated by `parent` (the role before it on `path`)
+    /// in its delegation number `index`: steps 5.6.1 to 5.6.6 applied to a delegated role,
+    /// with the keys and threshold of that delegation.
     fn delegated_role(
         &self,
-        role: &str,
-        parent_name: &str,
+        path: &[String],
         parent: &Trusted<Targets>,
         index: usize,
     ) -> Result<Arc<Trusted<Targets>>, Error> {
+        let (role, parent_name) = match path {
+            [.., parent_name, role] => (role.as_str(), parent_name.as_str()),
+            _ => {
+                return Err(Error::Invalid {
+                    role: path.join("/"),
+                    reason: "a delegated role needs a delegating role".to_owned(),
+                });
+            }
+        };
         {
             let cache = self
                 .delegated
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if let Some(t) = cache.get(role) {
+            if let Some(t) = cache.get(path) {
                 return Ok(Arc::clone(t));
             }
         }
@@ -669,7 +770,7 @@ impl Repository {
             .delegated
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        cache.insert(role.to_owned(), Arc::clone(&t));
+        cache.insert(path.to_vec(), Arc::clone(&t));
         Ok(t)
     }
 
@@ -956,9 +1057,9 @@ impl Loader {
                 offline: format!("{next}.root.json"),
             };
             // 5.3.3: try downloading N+1.root.json, up to W bytes; absent: go to 5.3.10.
-            let Some(bytes) = self
-                .source
-                .fetch("root", &name, self.limits.max_root_size)?
+            let Some(bytes) =
+                self.source
+                    .fetch("root", &name, self.limits.max_root_size, &self.limits)?
             else {
                 break;
             };
@@ -1019,9 +1120,12 @@ impl Loader {
             remote: "timestamp.json".to_owned(),
             offline: "timestamp.json".to_owned(),
         };
-        let bytes =
-            self.source
-                .fetch_required("timestamp", &name, self.limits.max_timestamp_size)?;
+        let bytes = self.source.fetch_required(
+            "timestamp",
+            &name,
+            self.limits.max_timestamp_size,
+            &self.limits,
+        )?;
         let (env, new) = parse::<Timestamp>("timestamp", "timestamp", &bytes)?;
         // 5.4.2: signed by a threshold of the timestamp keys of the trusted root.
         check_top_level(&root.signed, "timestamp", new.version, &env)?;
@@ -1223,7 +1327,7 @@ impl Loader {
             },
             offline: offline.to_owned(),
         };
-        let bytes = self.source.fetch_required(role, &name, cap)?;
+        let bytes = self.source.fetch_required(role, &name, cap, &self.limits)?;
         verify::check_meta_file(role, listed_in, meta, &bytes)?;
         Ok(bytes)
     }

@@ -487,6 +487,7 @@ impl Updater {
             self.config.metadata_dir.clone(),
         );
         opts.trusted_root.clone_from(&self.config.trusted_root);
+        opts.limits.metadata_min_rate = self.config.metadata_min_rate;
         crate::tuf::Repository::load(opts, Arc::clone(&self.transport))
             .map_err(UpdateError::Repository)
     }

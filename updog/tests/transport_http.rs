@@ -277,6 +277,74 @@ fn slow_but_live_transfer_outlasting_the_stall_timeout_succeeds() {
 }
 
 #[test]
+fn a_dripping_file_fails_at_its_whole_file_limit() {
+    let s = serve(2_000);
+    // One byte every 20 ms: ~40 s for the file, and never a stall.
+    let drip = Fault::Slow {
+        bytes: 1,
+        every: Duration::from_millis(20),
+    };
+    s.server.fault("image.bin", drip);
+    let started = Instant::now();
+    let mut body = Vec::new();
+    let err = transport(options())
+        .fetch_within(&url(&s.server, "image.bin"), Duration::from_millis(700))
+        .unwrap()
+        .read_to_end(&mut body)
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    let te = transport_error(&err);
+    assert!(
+        matches!(te.kind, TransportErrorKind::TooSlow(d) if d == Duration::from_millis(700)),
+        "{te}"
+    );
+    assert!(
+        te.to_string().contains("did not arrive within 700ms"),
+        "{te}"
+    );
+    assert!(elapsed >= Duration::from_millis(650), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+    assert!(!body.is_empty() && body.len() < 100, "{}", body.len());
+}
+
+#[test]
+fn a_silent_server_fails_at_the_whole_file_limit_when_it_is_below_the_stall_timeout() {
+    let s = serve(2_000);
+    s.server.fault("image.bin", Fault::StallBeforeHeaders);
+    let started = Instant::now();
+    let opts = HttpOptions {
+        stall_timeout: Duration::from_secs(20),
+        ..options()
+    };
+    let err = transport(opts)
+        .fetch_within(&url(&s.server, "image.bin"), Duration::from_millis(500))
+        .err()
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(matches!(err.kind, TransportErrorKind::TooSlow(_)), "{err}");
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+}
+
+#[test]
+fn without_a_limit_a_dripping_file_only_has_the_stall_timeout() {
+    let s = serve(60);
+    s.server.fault(
+        "image.bin",
+        Fault::Slow {
+            bytes: 1,
+            every: Duration::from_millis(20),
+        },
+    );
+    let mut body = Vec::new();
+    transport(options())
+        .fetch(&url(&s.server, "image.bin"))
+        .unwrap()
+        .read_to_end(&mut body)
+        .unwrap();
+    assert!(body == s.data);
+}
+
+#[test]
 fn retries_on_503_then_succeeds() {
     let s = serve(5000);
     s.server.fault_times("image.bin", Fault::Status(503), 2);

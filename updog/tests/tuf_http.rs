@@ -41,6 +41,11 @@ impl Setup {
     }
 
     fn load(&self, stall: Duration) -> Result<Repository, Error> {
+        self.load_with(stall, self.options())
+    }
+
+    #[allow(clippy::unused_self)]
+    fn load_with(&self, stall: Duration, opts: RepositoryOptions) -> Result<Repository, Error> {
         let transport = HttpTransport::new(HttpOptions {
             stall_timeout: stall,
             retries: 2,
@@ -52,7 +57,21 @@ impl Setup {
             ..HttpOptions::default()
         })
         .unwrap();
-        Repository::load(self.options(), Arc::new(transport))
+        Repository::load(opts, Arc::new(transport))
+    }
+
+    /// Options whose metadata time limit is 1 s for a full-size timestamp (16 KiB at 16 KiB/s,
+    /// no fixed part), so a test of the limit is quick.
+    fn tight_time_limits(&self) -> RepositoryOptions {
+        let mut opts = self.options();
+        opts.limits.metadata_time_base = Duration::ZERO;
+        opts.limits.metadata_min_rate = 16 * 1024;
+        assert_eq!(
+            opts.limits
+                .metadata_time_limit(opts.limits.max_timestamp_size),
+            Duration::from_secs(1)
+        );
+        opts
     }
 }
 
@@ -211,4 +230,79 @@ fn server_error_on_metadata_is_an_error_not_a_missing_root() {
         matches!(&e, Error::Transport { what, .. } if what == "root metadata"),
         "{e}"
     );
+}
+
+/// A byte every 20 ms: a few hundred bytes of metadata take many seconds, and the stall
+/// timeout never fires.
+fn drip() -> Fault {
+    Fault::Slow {
+        bytes: 1,
+        every: Duration::from_millis(20),
+    }
+}
+
+#[test]
+fn dripping_timestamp_fails_at_its_time_limit() {
+    let s = Setup::new(KeyKind::Ed25519, b"x");
+    let len = s.repo.read_metadata("timestamp.json").len();
+    assert!(len > 200, "the drip must outlast the limit: {len} bytes");
+    s.server.fault("/metadata/timestamp.json", drip());
+    let started = Instant::now();
+    let e = s
+        .load_with(Duration::from_secs(5), s.tight_time_limits())
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    eprintln!("expected error: {e}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("timestamp metadata") && text.contains("did not arrive within 1s"),
+        "{text}"
+    );
+    match &e {
+        Error::Read { source, .. } => assert!(matches!(
+            updog::transport::TransportError::from_io(source).map(|t| &t.kind),
+            Some(TransportErrorKind::TooSlow(_))
+        )),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn dripping_root_fails_at_its_time_limit() {
+    let mut s = Setup::new(KeyKind::Ed25519, b"x");
+    s.repo.root_version = 2;
+    s.repo.publish_root();
+    s.server.fault("/metadata/2.root.json", drip());
+    let mut opts = s.tight_time_limits();
+    opts.limits.max_root_size = 16 * 1024;
+    let started = Instant::now();
+    let e = s.load_with(Duration::from_secs(5), opts).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(e.to_string().contains("root metadata"), "{e}");
+    assert!(e.to_string().contains("did not arrive within"), "{e}");
+}
+
+#[test]
+fn a_slow_image_is_not_held_to_the_metadata_time_limit() {
+    let data = content(1_500);
+    let s = Setup::new(KeyKind::Ed25519, &data);
+    let r = s
+        .load_with(Duration::from_secs(5), s.tight_time_limits())
+        .unwrap();
+    // 15 pieces of 100 bytes, 100 ms apart: ~1.5 s, longer than any metadata limit here.
+    s.server.fault(
+        "/targets/images/root.img",
+        Fault::Slow {
+            bytes: 100,
+            every: Duration::from_millis(100),
+        },
+    );
+    let started = Instant::now();
+    let mut reader = r.read_target("images/root.img").unwrap();
+    let mut got = Vec::new();
+    reader.read_to_end(&mut got).unwrap();
+    reader.finish().unwrap();
+    assert!(started.elapsed() > Duration::from_millis(1_200));
+    assert_eq!(got, data);
 }

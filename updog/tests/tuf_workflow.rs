@@ -412,28 +412,6 @@ fn threshold_not_met_is_refused_for_each_role() {
 }
 
 #[test]
-fn duplicate_signatures_count_once() {
-    for kind in KINDS {
-        let mut repo = TestRepo::new(kind);
-        repo.add_target("file.txt", b"x");
-        let extra = TestKey::get(kind, 3);
-        let setup = repo.role("snapshot");
-        setup.keys.push(extra);
-        setup.threshold = 2;
-        let only = setup.keys[0].clone();
-        setup.signers = Some(vec![only.clone(), only]);
-        repo.publish();
-        let client = Client::new(&repo, 1);
-        let e = load_err(&client, &repo);
-        assert!(
-            matches!(&e, Error::Threshold { role, valid: 1, .. } if role == "snapshot"),
-            "{}: {e}",
-            label(kind)
-        );
-    }
-}
-
-#[test]
 fn signature_by_an_unlisted_key_does_not_count() {
     let mut repo = TestRepo::new(KeyKind::Ed25519);
     repo.add_target("file.txt", b"x");

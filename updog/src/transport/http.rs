@@ -1,6 +1,6 @@
 //! `http://` and `https://` transport over `reqwest`'s blocking client (rustls).
 
-use super::{Transport, TransportError, TransportErrorKind};
+use super::{Deadline, Transport, TransportError, TransportErrorKind};
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{CONTENT_RANGE, ETAG, HeaderValue, IF_RANGE, LAST_MODIFIED, RANGE};
@@ -286,6 +286,26 @@ impl HttpTransport {
 
 impl Transport for HttpTransport {
     fn fetch(&self, url: &Url) -> Result<Box<dyn Read + Send>, TransportError> {
+        self.open(url, None)
+    }
+
+    /// The limit covers connecting, retries, the response head, the body and resumptions: a
+    /// request still waiting when it passes is stopped, and a read after it fails.
+    fn fetch_within(
+        &self,
+        url: &Url,
+        limit: Duration,
+    ) -> Result<Box<dyn Read + Send>, TransportError> {
+        self.open(url, Some(Deadline::after(limit)))
+    }
+}
+
+impl HttpTransport {
+    fn open(
+        &self,
+        url: &Url,
+        deadline: Option<Deadline>,
+    ) -> Result<Box<dyn Read + Send>, TransportError> {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(TransportError::new(
                 url,
@@ -295,7 +315,7 @@ impl Transport for HttpTransport {
         let full = append_query(url, &self.inner.options.query);
         let response = self
             .inner
-            .send(&full, None)
+            .send(&full, None, deadline.as_ref())
             .map_err(|kind| TransportError::new(url, kind))?;
         if response.status() != StatusCode::OK {
             return Err(TransportError::new(
@@ -321,6 +341,7 @@ impl Transport for HttpTransport {
             stuck_drops: 0,
             last_drop_at: None,
             failed: None,
+            deadline,
         }))
     }
 }
@@ -328,15 +349,28 @@ impl Transport for HttpTransport {
 impl Inner {
     /// Sends a GET (from byte `from` with `Range` when given), retrying connection errors and
     /// retryable statuses with backoff. Returns any 2xx response; the caller checks it.
+    ///
+    /// With a `deadline`, no attempt starts after it, and an attempt that would wait past it
+    /// gets a request timeout that ends there (reqwest applies it to the whole response,
+    /// body included).
     fn send(
         &self,
         url: &Url,
         from: Option<(u64, Option<&HeaderValue>)>,
+        deadline: Option<&Deadline>,
     ) -> Result<Response, TransportErrorKind> {
         let opts = &self.options;
         let mut attempt = 0;
         loop {
             let mut request = self.client.get(url.clone());
+            if let Some(deadline) = deadline {
+                let Some(left) = deadline.remaining() else {
+                    return Err(deadline.error(url).kind);
+                };
+                if left < opts.stall_timeout {
+                    request = request.timeout(left);
+                }
+            }
             if let Some((from, validator)) = from {
                 request = request.header(RANGE, format!("bytes={from}-"));
                 if let Some(v) = validator {
@@ -359,7 +393,10 @@ impl Inner {
                 // Connection failures (a connect timeout included) are retried.
                 Err(e) if e.is_connect() => TransportErrorKind::Io(request_error(&e)),
                 Err(e) if e.is_timeout() => {
-                    return Err(TransportErrorKind::Stalled(opts.stall_timeout));
+                    return Err(match deadline {
+                        Some(d) if d.remaining().is_none() => d.error(url).kind,
+                        _ => TransportErrorKind::Stalled(opts.stall_timeout),
+                    });
                 }
                 Err(e) if e.is_builder() || e.is_redirect() => {
                     return Err(TransportErrorKind::Io(request_error(&e)));
@@ -369,7 +406,11 @@ impl Inner {
             if attempt >= opts.retries {
                 return Err(failure);
             }
-            std::thread::sleep(opts.backoff.delay(attempt));
+            let mut wait = opts.backoff.delay(attempt);
+            if let Some(d) = deadline {
+                wait = wait.min(d.remaining().unwrap_or_default());
+            }
+            std::thread::sleep(wait);
             attempt += 1;
         }
     }
@@ -395,6 +436,8 @@ struct HttpReader {
     last_drop_at: Option<u64>,
     /// The error that ended this transfer, repeated by later reads.
     failed: Option<String>,
+    /// The whole-file time limit, if any ([`Transport::fetch_within`]).
+    deadline: Option<Deadline>,
 }
 
 /// A failed request as one line that says why: reqwest's own text only repeats the URL (which
@@ -453,10 +496,12 @@ impl HttpReader {
         }
         self.resumes += 1;
         let inner = Arc::clone(&self.inner);
-        let response = match inner.send(&self.full, Some((self.pos, self.validator.as_ref()))) {
+        let deadline = self.deadline;
+        let from = Some((self.pos, self.validator.as_ref()));
+        let response = match inner.send(&self.full, from, deadline.as_ref()) {
             Ok(r) => r,
-            Err(TransportErrorKind::Stalled(d)) => {
-                return Err(self.fail(TransportErrorKind::Stalled(d)));
+            Err(kind @ (TransportErrorKind::Stalled(_) | TransportErrorKind::TooSlow(_))) => {
+                return Err(self.fail(kind));
             }
             Err(kind) => {
                 let detail = format!("{cause}; resuming failed: {kind}");
@@ -532,6 +577,9 @@ impl Read for HttpReader {
                     .unwrap_or_else(|| format!("transfer of {} already failed", self.url));
                 return Err(io::Error::other(msg));
             };
+            if let Some(d) = self.deadline.filter(|d| d.remaining().is_none()) {
+                return Err(self.fail(d.error(&self.url).kind));
+            }
             let cause = match response.read(buf) {
                 Ok(0) => match self.total {
                     Some(total) if self.pos < total => format!(
@@ -545,8 +593,11 @@ impl Read for HttpReader {
                     return Ok(n);
                 }
                 Err(e) if is_timeout(&e) => {
-                    let stall = self.inner.options.stall_timeout;
-                    return Err(self.fail(TransportErrorKind::Stalled(stall)));
+                    let kind = match self.deadline {
+                        Some(d) if d.remaining().is_none() => d.error(&self.url).kind,
+                        _ => TransportErrorKind::Stalled(self.inner.options.stall_timeout),
+                    };
+                    return Err(self.fail(kind));
                 }
                 Err(e) => e.to_string(),
             };

@@ -24,6 +24,7 @@ pub use file::FileTransport;
 pub use http::{Backoff, HttpOptions, HttpSetupError, HttpTransport, ProxyConfig, append_query};
 
 use std::io::Read;
+use std::time::{Duration, Instant};
 use url::Url;
 
 /// A source of repository files.
@@ -35,17 +36,102 @@ use url::Url;
 pub trait Transport: Send + Sync {
     /// Opens `url` for reading from its first byte.
     fn fetch(&self, url: &Url) -> Result<Box<dyn Read + Send>, TransportError>;
+
+    /// Like [`Transport::fetch`], but the whole file must arrive within `limit` from now
+    /// (connecting, retries and resumptions included); a read after that fails with
+    /// [`TransportErrorKind::TooSlow`]. The TUF client uses it for metadata, whose size is
+    /// capped, so a server that drips bytes cannot hold the client forever; images use
+    /// [`Transport::fetch`] and only the stall timeout.
+    ///
+    /// The provided implementation checks the limit after each read of the stream `fetch`
+    /// returns; [`HttpTransport`] also stops a request that is waiting when the limit passes.
+    fn fetch_within(
+        &self,
+        url: &Url,
+        limit: Duration,
+    ) -> Result<Box<dyn Read + Send>, TransportError> {
+        let deadline = Deadline::after(limit);
+        let inner = self.fetch(url)?;
+        Ok(Box::new(DeadlineReader {
+            url: url.clone(),
+            inner,
+            deadline,
+        }))
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
     fn fetch(&self, url: &Url) -> Result<Box<dyn Read + Send>, TransportError> {
         (**self).fetch(url)
     }
+
+    fn fetch_within(
+        &self,
+        url: &Url,
+        limit: Duration,
+    ) -> Result<Box<dyn Read + Send>, TransportError> {
+        (**self).fetch_within(url, limit)
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
     fn fetch(&self, url: &Url) -> Result<Box<dyn Read + Send>, TransportError> {
         (**self).fetch(url)
+    }
+
+    fn fetch_within(
+        &self,
+        url: &Url,
+        limit: Duration,
+    ) -> Result<Box<dyn Read + Send>, TransportError> {
+        (**self).fetch_within(url, limit)
+    }
+}
+
+/// When a whole-file time limit ends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    at: Instant,
+    limit: Duration,
+}
+
+impl Deadline {
+    pub(crate) fn after(limit: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            at: now
+                .checked_add(limit)
+                .unwrap_or(now + Duration::from_secs(86_400 * 365)),
+            limit,
+        }
+    }
+
+    /// Time left, `None` once it has passed.
+    pub(crate) fn remaining(&self) -> Option<Duration> {
+        self.at
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+
+    /// The error for a transfer of `url` that ran past this deadline.
+    pub(crate) fn error(&self, url: &Url) -> TransportError {
+        TransportError::new(url, TransportErrorKind::TooSlow(self.limit))
+    }
+}
+
+/// A stream that fails once its deadline has passed (the generic [`Transport::fetch_within`]).
+struct DeadlineReader {
+    url: Url,
+    inner: Box<dyn Read + Send>,
+    deadline: Deadline,
+}
+
+impl Read for DeadlineReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.deadline.remaining().is_none() {
+            return Err(self.deadline.error(&self.url).into_io());
+        }
+        self.inner.read(buf)
     }
 }
 
@@ -77,7 +163,9 @@ impl TransportError {
     pub fn into_io(self) -> std::io::Error {
         let kind = match self.kind {
             TransportErrorKind::NotFound => std::io::ErrorKind::NotFound,
-            TransportErrorKind::Stalled(_) => std::io::ErrorKind::TimedOut,
+            TransportErrorKind::Stalled(_) | TransportErrorKind::TooSlow(_) => {
+                std::io::ErrorKind::TimedOut
+            }
             TransportErrorKind::ConnectionDropped { .. } => std::io::ErrorKind::UnexpectedEof,
             _ => std::io::ErrorKind::Other,
         };
@@ -101,6 +189,12 @@ pub enum TransportErrorKind {
     /// No data arrived within the stall timeout.
     #[error("no data for {0:?}, giving up")]
     Stalled(std::time::Duration),
+    /// The whole file did not arrive within the time allowed for it
+    /// ([`Transport::fetch_within`]): data kept coming, but too slowly.
+    #[error(
+        "the whole file did not arrive within {0:?} (the time allowed for a file of its size limit)"
+    )]
+    TooSlow(std::time::Duration),
     /// The connection dropped in the middle of the body and could not be resumed (the server
     /// refused the `Range` request, or the resume attempts ran out). The reader yielded exactly
     /// the first `at` bytes of the file.
@@ -144,15 +238,29 @@ impl AnyTransport {
     }
 }
 
-impl Transport for AnyTransport {
-    fn fetch(&self, url: &Url) -> Result<Box<dyn Read + Send>, TransportError> {
+impl AnyTransport {
+    fn pick(&self, url: &Url) -> Result<&dyn Transport, TransportError> {
         match url.scheme() {
-            "file" => self.file.fetch(url),
-            "http" | "https" => self.http.fetch(url),
+            "file" => Ok(&self.file),
+            "http" | "https" => Ok(&self.http),
             other => Err(TransportError::new(
                 url,
                 TransportErrorKind::UnsupportedScheme(other.to_string()),
             )),
         }
+    }
+}
+
+impl Transport for AnyTransport {
+    fn fetch(&self, url: &Url) -> Result<Box<dyn Read + Send>, TransportError> {
+        self.pick(url)?.fetch(url)
+    }
+
+    fn fetch_within(
+        &self,
+        url: &Url,
+        limit: Duration,
+    ) -> Result<Box<dyn Read + Send>, TransportError> {
+        self.pick(url)?.fetch_within(url, limit)
     }
 }

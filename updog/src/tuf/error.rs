@@ -79,6 +79,18 @@ pub enum Error {
         /// The required threshold.
         threshold: u64,
     },
+    /// Two entries of `signatures` carry the same key id, which the specification forbids.
+    #[error(
+        "{role} version {version}: key id {keyid} appears more than once in its signatures (key ids must be unique)"
+    )]
+    DuplicateSignature {
+        /// The role.
+        role: String,
+        /// Its version.
+        version: u64,
+        /// The repeated key id.
+        keyid: String,
+    },
     /// The metadata expired before the update started (freeze attack check).
     #[error("{role} version {version} expired at {expires} (update started at {started})")]
     Expired {

@@ -91,6 +91,16 @@ impl Envelope {
                 reason: "version must be at least 1".to_owned(),
             });
         }
+        // A key id MUST be unique in `signatures` (specification, "Metadata format"): a
+        // repeated one is refused outright rather than counted once.
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = signatures.iter().find(|s| !seen.insert(s.keyid.as_str())) {
+            return Err(Error::DuplicateSignature {
+                role: role.to_owned(),
+                version: value.version(),
+                keyid: dup.keyid.clone(),
+            });
+        }
         Ok((
             Self {
                 canonical,

@@ -40,8 +40,8 @@ fn verify_with(key: &Value, msg: &[u8], sig: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Checks that `envelope` carries valid signatures from at least `threshold` distinct keys among
-/// `keyids` (looked up in `keys`). A key is counted once however many signatures carry its id,
-/// and two key ids with the same public key material count once.
+/// `keyids` (looked up in `keys`). Repeated key ids in `signatures` were already refused when the
+/// envelope was parsed; two key ids with the same public key material count once.
 pub(crate) fn check_threshold(
     role: &str,
     version: u64,

@@ -317,12 +317,14 @@ fn set_max_version_filters() {
         .map(|u| u.max_version.to_string())
         .collect();
     assert_eq!(maxes, ["1.0.0", "1.0.0", "2.0.0"]);
-    // 1.1.0 is now above its max_version: validate says so.
-    let report = fails(&["validate", r.m()]);
+    // 1.1.0 is now above its max_version: a pulled-back release, which validate notes
+    // (exit 0) rather than refuses.
+    let report = ok(&["validate", r.m()]);
     assert!(
-        report.contains("dev x86_64 1.1.0 is above its max_version 1.0.0"),
+        report.contains("note: update dev x86_64 1.1.0 is above its max_version 1.0.0"),
         "{report}"
     );
+    assert!(report.contains("valid (3 update(s)"), "{report}");
     ok(&["set-max-version", r.m(), "--max-version", "3.0.0"]);
     assert!(ok(&["validate", r.m()]).contains("valid (3 update(s)"));
 }
@@ -343,7 +345,11 @@ fn validate_lists_every_problem_and_names_bad_keys() {
     )
     .unwrap();
     let report = fails(&["validate", p(&path)]);
-    assert!(report.contains("4 problem(s)"), "{report}");
+    assert!(report.contains("3 problem(s)"), "{report}");
+    assert!(
+        report.contains("note: update a x 2.0.0 is above"),
+        "{report}"
+    );
     for needle in [
         "above its max_version",
         "wave 9 starts",
@@ -521,5 +527,98 @@ fn every_subcommand_explains_itself() {
         "--version",
         "1.0",
     ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_reference_flags_work() {
+    let r = Repo::new();
+    // add-update with the reference's short flags; -h is the hash image.
+    ok(&[
+        "add-update",
+        r.m(),
+        "-f",
+        "aws-dev",
+        "-v",
+        "1.1.0",
+        "-a",
+        "x86_64",
+        "-m",
+        "1.2.0",
+        "-r",
+        "r.lz4",
+        "-b",
+        "b.lz4",
+        "-h",
+        "h.lz4",
+    ]);
+    let m = r.load();
+    let u = &m.updates[0];
+    assert_eq!(
+        (u.variant.as_str(), u.arch.as_str(), u.version.to_string()),
+        ("aws-dev", "x86_64", "1.1.0".to_owned())
+    );
+    assert_eq!(u.max_version, v("1.2.0"));
+    assert_eq!(
+        (
+            u.images.boot.as_str(),
+            u.images.root.as_str(),
+            u.images.hash.as_str()
+        ),
+        ("b.lz4", "r.lz4", "h.lz4")
+    );
+    // --help still helps on add-update.
+    assert!(ok(&["add-update", "--help"]).contains("hash (verity) image"));
+    // set-waves -l -v -a -w --start-at.
+    let waves = r.file(
+        "waves.toml",
+        "[[waves]]\nstart_after = \"1 hour\"\nfleet_percentage = 5\n\n\
+         [[waves]]\nstart_after = \"1 day\"\nfleet_percentage = 100\n",
+    );
+    ok(&[
+        "set-waves",
+        r.m(),
+        "-l",
+        "aws-dev",
+        "-v",
+        "1.1.0",
+        "-a",
+        "x86_64",
+        "-w",
+        p(&waves),
+        "--start-at",
+        "2030-01-01T00:00:00Z",
+    ]);
+    let m = r.load();
+    let starts: Vec<String> = m.updates[0]
+        .waves
+        .waves()
+        .map(|w| waves::time::format_time(w.start))
+        .collect();
+    assert_eq!(starts, ["2030-01-01T01:00:00Z", "2030-01-02T00:00:00Z"]);
+    // set-migrations -f RELEASE_TOML -t MANIFEST.
+    let release = r.file(
+        "Release.toml",
+        "version = \"1.1.0\"\n[migrations]\n\"(1.0.0, 1.1.0)\" = [\"migrate_a.lz4\"]\n",
+    );
+    ok(&["set-migrations", "-f", p(&release), "-t", r.m()]);
+    assert_eq!(r.load().migrations.len(), 1);
+    // set-max-version -v.
+    ok(&["set-max-version", r.m(), "-v", "1.0.0"]);
+    assert_eq!(r.load().updates[0].max_version, v("1.0.0"));
+    // remove-update -l -v -a.
+    ok(&[
+        "remove-update",
+        r.m(),
+        "-l",
+        "aws-dev",
+        "-v",
+        "1.1.0",
+        "-a",
+        "x86_64",
+    ]);
+    assert!(r.load().updates.is_empty());
+    // set-migrations needs a manifest one way or the other.
+    let out = updata(&["set-migrations", "-f", p(&release)]);
     assert_eq!(out.status.code(), Some(2));
 }

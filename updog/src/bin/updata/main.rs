@@ -1,0 +1,44 @@
+//! `updata`: the publisher's tool. Edits a Bottlerocket-compatible `manifest.json`, and makes
+//! and maintains the signed TUF repository that hosts update from.
+//!
+//! A thin shell: each group of subcommands lives in its own module and calls the libraries
+//! (`manifest::edit` for the manifest rules, `updog::publish` for keys, roots and repositories).
+
+mod manifest_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Publish updates: edit a manifest.json (updates, rollout waves, migrations) and build the
+/// signed TUF repository that hosts read it from.
+///
+/// Every file is written atomically: an interrupted updata leaves the old file or the new one,
+/// never a half-written one.
+#[derive(Parser)]
+#[command(name = "updata", version, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Every subcommand group, flattened into one list.
+#[derive(Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Manifest(manifest_cmd::ManifestCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Manifest(c) => c.run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("updata: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

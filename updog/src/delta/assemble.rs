@@ -1,0 +1,433 @@
+//! Assembling an image on the inactive partition from verified chunks.
+//!
+//! [`assemble`] takes the signed target index, the inactive partition, optionally the running
+//! set's partition with its index (the seed), and a [`ChunkFetcher`]. It plans, then writes every
+//! chunk at its offset: zeros as zeros; chunks already in place (a resumed run) left alone after
+//! re-hashing; seed chunks read from the running partition and re-hashed (a mismatch means the
+//! chunk is fetched instead); the rest fetched, several at once, each verified against its id
+//! before it is written. Then it flushes, drops the cached pages, reads every chunk back from the
+//! device and re-hashes it; only then does it return [`Assembled`]. Nothing unverified is written.
+//!
+//! Memory: the index and its plan (about 60 bytes a chunk), plus at most `2 * in_flight + 2`
+//! chunk buffers, whatever the image size.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, mpsc};
+use std::time::Duration;
+
+use super::index::{BlobIndex, Chunk, IndexError};
+use super::plan::{Plan, Planned, Source};
+use super::region::Region;
+use super::store::{ChunkError, ChunkFetcher, verify_chunk};
+
+/// How to assemble.
+#[derive(Debug, Clone)]
+pub struct AssembleOptions {
+    /// Chunks fetched at once.
+    pub in_flight: usize,
+    /// Attempts per chunk before giving up (a corrupt or truncated chunk is fetched again).
+    pub attempts: u32,
+    /// Whether the inactive partition may hold chunks from an interrupted run: if so, each
+    /// chunk's place is re-hashed first and kept when it matches.
+    pub resumed: bool,
+}
+
+impl Default for AssembleOptions {
+    fn default() -> Self {
+        AssembleOptions {
+            in_flight: 4,
+            attempts: 3,
+            resumed: false,
+        }
+    }
+}
+
+/// Progress of an assembly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AssembleProgress {
+    /// The plan, once in-place chunks (if any) were found.
+    Planned(Plan),
+    /// Chunks written so far (bytes of the image placed, compressed bytes downloaded).
+    Writing {
+        /// Image bytes in place (written, kept or zero).
+        done: u64,
+        /// Image size.
+        total: u64,
+        /// Compressed bytes downloaded so far.
+        downloaded: u64,
+    },
+    /// Reading back and re-hashing from the device.
+    Verifying {
+        /// Bytes re-hashed so far.
+        done: u64,
+        /// Image size.
+        total: u64,
+    },
+}
+
+/// What an assembly did; the image on the partition was read back and matched the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assembled {
+    /// The plan as carried out (seed chunks that did not match are counted as fetched).
+    pub plan: Plan,
+    /// Chunks downloaded (a refetch after a bad chunk counts again).
+    pub fetched_chunks: usize,
+    /// Compressed bytes downloaded.
+    pub downloaded: u64,
+    /// Seed chunks whose bytes on the running partition did not match the index.
+    pub seed_mismatches: usize,
+    /// Fetched chunks refused (corrupt, truncated, too large) and fetched again.
+    pub refetched: usize,
+}
+
+/// Why an assembly failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AssembleError {
+    /// The index does not fit the partition.
+    #[error("the image's index describes {image} bytes, more than the {partition}-byte partition")]
+    TooLarge {
+        /// Bytes the index describes.
+        image: u64,
+        /// The partition's size.
+        partition: u64,
+    },
+    /// The index itself is unusable.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// Reading or writing a partition failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The disk or image file.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A chunk could not be fetched and verified in the attempts allowed.
+    #[error("chunk {number} (offset {offset}): {source}")]
+    Chunk {
+        /// Its number in the index.
+        number: usize,
+        /// Its offset in the image.
+        offset: u64,
+        /// The last error.
+        #[source]
+        source: ChunkError,
+    },
+    /// A chunk read back from the device does not match (the disk did not keep what was written).
+    #[error("read-back of chunk {number} at offset {offset} of {path} does not match the index")]
+    ReadBack {
+        /// Its number.
+        number: usize,
+        /// Its offset.
+        offset: u64,
+        /// The disk.
+        path: std::path::PathBuf,
+    },
+    /// Cancelled by the caller.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl AssembleError {
+    /// Whether the full image is worth trying instead: a store that is missing, unreachable or
+    /// serving bad chunks. Not for partition I/O errors or cancellation, which it would hit too.
+    pub fn should_fall_back(&self) -> bool {
+        matches!(self, AssembleError::Chunk { .. } | AssembleError::Index(_))
+    }
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    region: &'a Region,
+) -> impl FnOnce(std::io::Error) -> AssembleError + 'a {
+    move |source| AssembleError::Io {
+        what,
+        path: region.path().to_owned(),
+        source,
+    }
+}
+
+/// A chunk's number, how many fetches of it were refused before this result, and its bytes and
+/// compressed size or why it could not be had.
+type Fetched = (usize, usize, Result<(Vec<u8>, u64), ChunkError>);
+
+/// Fetches chunks from `jobs` until it closes or `stop` is set, retrying each up to `attempts`.
+fn fetch_worker(
+    index: &BlobIndex,
+    fetcher: &ChunkFetcher,
+    jobs: &Mutex<mpsc::Receiver<usize>>,
+    results: &mpsc::SyncSender<Fetched>,
+    attempts: u32,
+    stop: &AtomicBool,
+) {
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(number) = job else { return };
+        let Some(chunk) = index.chunk(number) else {
+            return;
+        };
+        let mut buf = Vec::new();
+        let mut refused = 0;
+        let result = loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match fetcher.fetch(&chunk, &mut buf) {
+                Ok(bytes) => break Ok((std::mem::take(&mut buf), bytes)),
+                // A store without the chunk will not grow it by asking again.
+                Err(e) if e.is_not_found() => break Err(e),
+                Err(e) if refused + 1 >= attempts.max(1) as usize => break Err(e),
+                Err(_) => {
+                    refused += 1;
+                    std::thread::sleep(Duration::from_millis(50 * refused as u64));
+                }
+            }
+        };
+        // A chunk that could not be had ends the whole assembly: stop the other workers now
+        // rather than let them download chunks that will not be used.
+        if result.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        if results.send((number, refused, result)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Builds the image `index` describes on `target` (the inactive partition), reusing `seed` (the
+/// running partition and its index) where it can and fetching the rest with `fetcher`.
+pub fn assemble(
+    target: &Region,
+    index: &BlobIndex,
+    seed: Option<(&Region, &BlobIndex)>,
+    fetcher: &ChunkFetcher,
+    options: &AssembleOptions,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(&AssembleProgress),
+) -> Result<Assembled, AssembleError> {
+    if index.total_len() > target.len() {
+        return Err(AssembleError::TooLarge {
+            image: index.total_len(),
+            partition: target.len(),
+        });
+    }
+    let mut planned = Planned::new(index, seed.map(|(_, i)| i));
+    let mut buf = Vec::with_capacity(index.longest_chunk() as usize);
+    if options.resumed {
+        planned
+            .find_in_place(index, target, &mut buf)
+            .map_err(io_err("reading the inactive partition", target))?;
+    }
+    progress(&AssembleProgress::Planned(planned.plan));
+
+    let mut run = Run {
+        target,
+        index,
+        planned: &mut planned,
+        cancel,
+        progress,
+        done: 0,
+        downloaded: 0,
+        fetched_chunks: 0,
+        seed_mismatches: 0,
+        refetched: 0,
+        last_report: 0,
+    };
+    let in_flight = options.in_flight.max(1);
+    let stop = AtomicBool::new(false);
+    let (job_tx, job_rx) = mpsc::channel::<usize>();
+    let job_rx = Mutex::new(job_rx);
+    let (res_tx, res_rx) = mpsc::sync_channel::<Fetched>(in_flight);
+    std::thread::scope(|scope| {
+        for _ in 0..in_flight {
+            let (job_rx, res_tx, stop) = (&job_rx, res_tx.clone(), &stop);
+            scope.spawn(move || {
+                fetch_worker(index, fetcher, job_rx, &res_tx, options.attempts, stop);
+            });
+        }
+        drop(res_tx);
+        let result = run.write_all(seed.map(|(r, _)| r), job_tx, res_rx, &mut buf);
+        // On an error, stop the workers: their channels are gone, the flag ends their retries.
+        stop.store(true, Ordering::Relaxed);
+        result
+    })?;
+    run.verify(&mut buf)?;
+    Ok(Assembled {
+        plan: run.planned.plan,
+        fetched_chunks: run.fetched_chunks,
+        downloaded: run.downloaded,
+        seed_mismatches: run.seed_mismatches,
+        refetched: run.refetched,
+    })
+}
+
+struct Run<'a> {
+    target: &'a Region,
+    index: &'a BlobIndex,
+    planned: &'a mut Planned,
+    cancel: &'a AtomicBool,
+    progress: &'a mut dyn FnMut(&AssembleProgress),
+    done: u64,
+    downloaded: u64,
+    fetched_chunks: usize,
+    seed_mismatches: usize,
+    refetched: usize,
+    last_report: u64,
+}
+
+impl Run<'_> {
+    fn check_cancel(&self) -> Result<(), AssembleError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            Err(AssembleError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn placed(&mut self, chunk: &Chunk) {
+        self.done += u64::from(chunk.len);
+        let total = self.index.total_len();
+        // About a hundred reports over the image, and the last one.
+        if self.done - self.last_report >= total / 100 || self.done == total {
+            self.last_report = self.done;
+            (self.progress)(&AssembleProgress::Writing {
+                done: self.done,
+                total,
+                downloaded: self.downloaded,
+            });
+        }
+    }
+
+    fn write(&mut self, chunk: &Chunk, data: &[u8]) -> Result<(), AssembleError> {
+        self.target
+            .write_at(data, chunk.offset)
+            .map_err(io_err("writing the inactive partition", self.target))?;
+        self.placed(chunk);
+        Ok(())
+    }
+
+    fn take_fetched(&mut self, (number, refused, result): Fetched) -> Result<(), AssembleError> {
+        self.refetched += refused;
+        self.fetched_chunks += refused;
+        let Some(chunk) = self.index.chunk(number) else {
+            return Ok(());
+        };
+        match result {
+            Ok((data, bytes)) => {
+                self.downloaded += bytes;
+                self.fetched_chunks += 1;
+                // The fetcher verified it; verifying again here keeps the rule local and visible.
+                verify_chunk(&chunk, &data).map_err(|source| AssembleError::Chunk {
+                    number,
+                    offset: chunk.offset,
+                    source,
+                })?;
+                self.write(&chunk, &data)
+            }
+            Err(source) => Err(AssembleError::Chunk {
+                number,
+                offset: chunk.offset,
+                source,
+            }),
+        }
+    }
+
+    fn write_all(
+        &mut self,
+        seed: Option<&Region>,
+        jobs: mpsc::Sender<usize>,
+        results: mpsc::Receiver<Fetched>,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), AssembleError> {
+        let mut outstanding = 0usize;
+        for (number, source) in self.planned.sources.iter().enumerate() {
+            if *source == Source::Fetch {
+                // The receiver lives until this function returns.
+                let _ = jobs.send(number);
+                outstanding += 1;
+            }
+        }
+        let zeros = vec![0u8; self.index.longest_chunk() as usize];
+        for number in 0..self.index.len() {
+            self.check_cancel()?;
+            while let Ok(fetched) = results.try_recv() {
+                outstanding -= 1;
+                self.take_fetched(fetched)?;
+            }
+            let Some(chunk) = self.index.chunk(number) else {
+                break;
+            };
+            match self.planned.sources[number] {
+                Source::Zero => self.write(&chunk, &zeros[..chunk.len as usize])?,
+                Source::InPlace => self.placed(&chunk),
+                Source::Seed(offset) => {
+                    buf.resize(chunk.len as usize, 0);
+                    let read = seed.map(|s| s.read_at(buf, offset));
+                    if matches!(read, Some(Ok(()))) && verify_chunk(&chunk, buf).is_ok() {
+                        self.write(&chunk, buf)?;
+                    } else {
+                        self.seed_mismatches += 1;
+                        self.planned.seed_failed(&chunk);
+                        let _ = jobs.send(number);
+                        outstanding += 1;
+                    }
+                }
+                Source::Fetch => {}
+            }
+        }
+        drop(jobs);
+        while outstanding > 0 {
+            self.check_cancel()?;
+            match results.recv_timeout(Duration::from_millis(200)) {
+                Ok(fetched) => {
+                    outstanding -= 1;
+                    self.take_fetched(fetched)?;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Every worker is gone with chunks still owed: only a stop does that.
+                    return Err(AssembleError::Cancelled);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush, drop the cache, read every chunk back from the device and re-hash it.
+    fn verify(&mut self, buf: &mut Vec<u8>) -> Result<(), AssembleError> {
+        self.target
+            .sync_and_drop_cache()
+            .map_err(io_err("flushing the inactive partition", self.target))?;
+        let total = self.index.total_len();
+        let mut done = 0u64;
+        let mut last = 0u64;
+        for chunk in self.index.chunks() {
+            self.check_cancel()?;
+            buf.resize(chunk.len as usize, 0);
+            self.target
+                .read_at(buf, chunk.offset)
+                .map_err(io_err("reading back the inactive partition", self.target))?;
+            if verify_chunk(&chunk, buf).is_err() {
+                return Err(AssembleError::ReadBack {
+                    number: chunk.number,
+                    offset: chunk.offset,
+                    path: self.target.path().to_owned(),
+                });
+            }
+            done += u64::from(chunk.len);
+            if done - last >= total / 100 || done == total {
+                last = done;
+                (self.progress)(&AssembleProgress::Verifying { done, total });
+            }
+        }
+        Ok(())
+    }
+}
