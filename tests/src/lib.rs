@@ -547,9 +547,99 @@ retries = 3
             .unwrap_or_default()
     }
 
+    /// A host running `running` on set A whose set B holds an older OS that booted before
+    /// ([`OLD_B`]), with a stale record claiming B holds 0.9.0, applied: the starting point of
+    /// the crash tests.
+    pub fn with_old_b(spec: &RepoSpec, running: &str) -> Host {
+        // Set B's BOOT partition is number 5.
+        let host = Self::with_disk(
+            spec,
+            running,
+            DiskImageBuilder::new().attributes(5, OLD_B.apply_to(0)),
+        );
+        std::fs::create_dir_all(host.dir.path().join("state")).expect("state dir");
+        let record = serde_json::json!({
+            "format_version": 1, "variant": VARIANT, "arch": std::env::consts::ARCH,
+            "version": "0.9.0", "from_version": "0.8.0", "set": "B",
+            "staged_at": "2026-01-01T00:00:00Z", "images": {}, "applied": true,
+        });
+        std::fs::write(host.state_file(), record.to_string()).expect("stale record");
+        host
+    }
+
+    /// Whether every image of `release` is on set B, byte for byte.
+    pub fn b_holds(&self, release: &Release) -> bool {
+        [PartKind::Boot, PartKind::Root, PartKind::Hash]
+            .into_iter()
+            .all(|kind| {
+                let want = release.image(kind);
+                self.partition_bytes(kind, SetId::B, want.len()) == want
+            })
+    }
+
     /// The staged-state record path.
     pub fn state_file(&self) -> PathBuf {
         self.dir.path().join("state/state.json")
+    }
+}
+
+/// Set B's state in [`Host::with_old_b`]: priority 1, no tries, booted successfully before.
+pub const OLD_B: signpost::SetState = signpost::SetState {
+    priority: 1,
+    tries_left: 0,
+    successful: true,
+};
+
+/// What must hold after an update, apply or revert was stopped at any point (killed, or a
+/// simulated crash in process): set A boots next unless the flip completed; set B is bootable
+/// (staged or applied) only with every image of `new` on it, else cleared or, if stopped before
+/// the clear, as it was (`old_b`); and `updog status` (the library's) says what the GPT says,
+/// showing the record only where the GPT agrees.
+pub fn assert_consistent_after_stop(
+    host: &Host,
+    new: &Release,
+    old_b: signpost::SetState,
+    what: &str,
+) {
+    use updog::updater::InactiveState;
+    let sp = host.signpost();
+    let b = sp.state(SetId::B).expect("set B");
+    let next = sp.next_boot();
+    let (config, _) = updog::config::Config::from_path(&host.config_path).expect("config");
+    let status = updog::updater::Updater::new(config)
+        .expect("updater")
+        .status()
+        .expect("status never fails on a readable GPT");
+    assert_eq!(status.inactive, InactiveState::of(&sp.flags()), "{what}");
+    match status.inactive {
+        InactiveState::Cleared => {}
+        InactiveState::Previous => assert_eq!(b, old_b, "{what}: B changed before its clear"),
+        InactiveState::Staged | InactiveState::Applied => {
+            assert!(host.b_holds(new), "{what}: B is valid without its images");
+        }
+        other => panic!("{what}: B is {other:?} ({b})"),
+    }
+    let want_next = if status.inactive == InactiveState::Applied {
+        SetId::B
+    } else {
+        SetId::A
+    };
+    assert_eq!(next, Some(want_next), "{what}: next boot");
+    assert_eq!(status.next_boot, Some(want_next.to_string()), "{what}");
+    if let Some(staged) = &status.staged {
+        assert!(
+            matches!(
+                status.inactive,
+                InactiveState::Staged | InactiveState::Applied
+            ),
+            "{what}: a record shown for a set that holds nothing: {status:?}"
+        );
+        assert_eq!(staged.version, new.version, "{what}");
+        assert_eq!(
+            staged.applied,
+            status.inactive == InactiveState::Applied,
+            "{what}"
+        );
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bootpart::SetId;
 use e2e_tests::{Host, Release, RepoSpec, describe};
-use fixtures::disk::{DiskImageBuilder, PartKind};
+use fixtures::disk::DiskImageBuilder;
 use fixtures::http::Fault;
 use signpost::SetState;
 
@@ -60,16 +60,6 @@ fn status_json(host: &Host) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("status JSON")
 }
 
-/// Whether every image of `release` is on set B, byte for byte.
-fn b_holds(host: &Host, release: &Release) -> bool {
-    [PartKind::Boot, PartKind::Root, PartKind::Hash]
-        .into_iter()
-        .all(|kind| {
-            let want = release.image(kind);
-            host.partition_bytes(kind, SetId::B, want.len()) == want
-        })
-}
-
 /// Finding 1: the lock is the disk, not a configured path, so an updater with another
 /// configuration (other state directory, an old `lock_file` key) is refused while the first
 /// stages, and set B ends up holding exactly the first one's images.
@@ -112,7 +102,7 @@ fn two_updaters_with_different_configurations_exclude_each_other_on_one_disk() {
 
     let out = first.wait_with_output().unwrap();
     assert_eq!(code(&out), OK, "{}", describe(&out));
-    assert!(b_holds(&host, &spec.releases[1]), "B holds 1.1.0 exactly");
+    assert!(host.b_holds(&spec.releases[1]), "B holds 1.1.0 exactly");
     assert_eq!(host.signpost().next_boot(), Some(SetId::B));
     let status = status_json(&host);
     assert_eq!(status["staged"]["version"], "1.1.0");
@@ -350,61 +340,12 @@ fn an_image_that_decodes_to_zero_bytes_is_refused() {
     assert!(!host.state_file().exists());
 }
 
-/// Set B's state before the update in the crash tests: an older OS that booted before.
 fn old_b() -> SetState {
-    SetState::new(1, 0, true).unwrap()
+    e2e_tests::OLD_B
 }
 
-/// A host whose set B holds an older OS that booted before, with a stale record claiming it
-/// holds 0.9.0, applied.
 fn host_with_old_b(spec: &RepoSpec) -> Host {
-    let host = Host::with_disk(
-        spec,
-        "1.0.0",
-        DiskImageBuilder::new().attributes(5, old_b().apply_to(0)),
-    );
-    std::fs::create_dir_all(host.state_file().parent().unwrap()).unwrap();
-    let record = serde_json::json!({
-        "format_version": 1, "variant": e2e_tests::VARIANT, "arch": std::env::consts::ARCH,
-        "version": "0.9.0", "from_version": "0.8.0", "set": "B",
-        "staged_at": "2026-01-01T00:00:00Z", "images": {}, "applied": true,
-    });
-    std::fs::write(host.state_file(), record.to_string()).unwrap();
-    host
-}
-
-/// What must hold after any kill: A boots next unless the flip completed; B is bootable only
-/// with the new images on it; `status` says what the GPT says.
-fn assert_consistent_after_kill(host: &Host, new: &Release, what: &str) {
-    let sp = host.signpost();
-    let b = sp.state(SetId::B).unwrap();
-    let next = sp.next_boot();
-    let status = status_json(host);
-    let inactive = status["inactive"].as_str().unwrap().to_string();
-    match inactive.as_str() {
-        "cleared" => assert_eq!(b, cleared(), "{what}"),
-        // Killed before the clear: B is as it was.
-        "previous" => assert_eq!(b, old_b(), "{what}"),
-        "staged" | "applied" => assert!(b_holds(host, new), "{what}: B valid without its images"),
-        other => panic!("{what}: B is {other} ({b})"),
-    }
-    if inactive == "applied" {
-        assert_eq!(next, Some(SetId::B), "{what}");
-    } else {
-        assert_eq!(next, Some(SetId::A), "{what}: A boots next");
-    }
-    assert_eq!(status["next_boot"], next.unwrap().to_string(), "{what}");
-    // The record is shown only where the GPT agrees; anything else is a visible problem.
-    match &status["staged"] {
-        serde_json::Value::Null => {}
-        staged => {
-            assert!(
-                inactive == "staged" || inactive == "applied",
-                "{what}: {status}"
-            );
-            assert_eq!(staged["applied"], inactive == "applied", "{what}: {status}");
-        }
-    }
+    Host::with_old_b(spec, "1.0.0")
 }
 
 /// Finding 5 and the crash points: `updog update` killed with SIGKILL at every step boundary
@@ -431,7 +372,7 @@ fn a_sigkill_at_every_step_leaves_a_consistent_disk_and_a_rerun_succeeds() {
             .output()
             .unwrap();
         let killed = out.status.code().is_none();
-        assert_consistent_after_kill(&host, new, point);
+        e2e_tests::assert_consistent_after_stop(&host, new, old_b(), point);
         if killed {
             assert_ne!(point, "gpt-io:19", "killed past the last GPT operation");
         } else {
@@ -445,7 +386,7 @@ fn a_sigkill_at_every_step_leaves_a_consistent_disk_and_a_rerun_succeeds() {
         }
         let out = host.updog(&["update"]);
         assert_eq!(code(&out), OK, "re-run after {point}: {}", describe(&out));
-        assert!(b_holds(&host, new), "{point}");
+        assert!(host.b_holds(new), "{point}");
         assert_eq!(host.signpost().next_boot(), Some(SetId::B), "{point}");
     }
     for point in ["cancel-flip", "record-reverted", "gpt-io:1", "gpt-io:3"] {
@@ -461,7 +402,7 @@ fn a_sigkill_at_every_step_leaves_a_consistent_disk_and_a_rerun_succeeds() {
             "{point}: not killed: {}",
             describe(&out)
         );
-        assert_consistent_after_kill(&host, new, point);
+        e2e_tests::assert_consistent_after_stop(&host, new, old_b(), point);
         let out = host.updog(&["update-revert"]);
         assert_eq!(code(&out), OK, "re-run after {point}: {}", describe(&out));
         assert_eq!(host.signpost().next_boot(), Some(SetId::A), "{point}");

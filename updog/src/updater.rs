@@ -361,7 +361,7 @@ pub enum UpdateError {
         target: String,
         /// Why.
         #[source]
-        source: crate::tuf::Error,
+        source: Box<crate::tuf::Error>,
     },
     /// Staging was cancelled; the inactive set is left cleared.
     #[error("cancelled; set {set} left cleared")]
@@ -627,7 +627,7 @@ impl Updater {
                 source => UpdateError::UnusableTarget {
                     image: kind,
                     target: target.clone(),
-                    source,
+                    source: Box::new(source),
                 },
             })?;
             if desc.sha256().is_none() {
