@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use signpost::{SetId, Signpost, Transition};
 
 /// Show and change which partition set (A or B) the bootloader boots next.
@@ -26,6 +26,8 @@ struct Cli {
     /// device node or image file).
     #[arg(long, global = true, value_name = "SECS", default_value_t = 30)]
     lock_timeout: u64,
+    #[command(flatten)]
+    log: cli_support::logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -116,7 +118,9 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
+    cli_support::docs::generate_if_asked(Cli::command);
     let cli = Cli::parse();
+    cli_support::logging::init("signpost", &cli.log);
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -126,7 +130,7 @@ fn main() -> ExitCode {
             {
                 line.push_str(" (choose explicitly with --disk PATH --active A|B)");
             }
-            eprintln!("signpost: {line}");
+            cli_support::logging::print_error("signpost", &line);
             ExitCode::FAILURE
         }
     }

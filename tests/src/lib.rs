@@ -50,6 +50,8 @@ pub fn bin_dir() -> &'static Path {
             "updog",
             "--bin",
             "updog",
+            "--bin",
+            "updata",
             "--example",
             "agent",
             "-p",
@@ -353,6 +355,17 @@ impl Host {
     pub fn with_disk(spec: &RepoSpec, running: &str, builder: DiskImageBuilder) -> Host {
         let dir = tempfile::tempdir().expect("tempdir");
         let repo = publish(spec, &dir.path().join("repo"));
+        Self::serving(dir, repo, running, builder)
+    }
+
+    /// A host running `running` on set A, served `repo` (published by other means, such as
+    /// `updata`); `dir` becomes its scratch space.
+    pub fn serving(
+        dir: tempfile::TempDir,
+        repo: Published,
+        running: &str,
+        builder: DiskImageBuilder,
+    ) -> Host {
         let server = TestServer::serve_dir(&repo.dir).expect("test server");
         // Set A's BOOT partition is number 1.
         let disk = builder

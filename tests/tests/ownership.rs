@@ -179,9 +179,15 @@ fn no_lock_file_can_be_planted_or_held_by_another_user() {
     };
     // "nobody" holds a lock on the old default-style path for as long as it likes.
     let held = shared.join("updog.lock");
-    let holder = as_nobody(&["flock", held.to_str().unwrap(), "sleep", "60"])
-        .spawn()
-        .expect("setpriv flock");
+    let holder = {
+        use std::os::unix::process::CommandExt;
+        as_nobody(&["flock", held.to_str().unwrap(), "sleep", "60"])
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("setpriv flock")
+    };
     let _holder = KillOnDrop(holder);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !held.exists() {
@@ -221,12 +227,16 @@ fn no_lock_file_can_be_planted_or_held_by_another_user() {
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
 }
 
-/// A child process killed and reaped when the test ends, also when it fails.
+/// A child process leading its own process group; the group (the child and what it started)
+/// is killed and the child reaped when the test ends, also when it fails.
 struct KillOnDrop(std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let group = format!("-{}", self.0.id());
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .status();
         let _ = self.0.wait();
     }
 }

@@ -26,6 +26,7 @@ pub mod migrations;
 pub mod os_release;
 pub mod pipeline;
 pub mod progress;
+pub mod publish;
 pub mod reboot;
 pub mod status;
 pub mod steps;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use updog::config::{Config, DEFAULT_CONFIG_PATH};
 use updog::progress::{ProgressEvent, TerminalBar, json_line};
 use updog::updater::{CancelHandle, Check, CheckOptions, CheckOutcome, UpdateError, Updater};
@@ -28,6 +28,8 @@ struct Args {
     /// os-release file to read the running variant and version from (overrides the config).
     #[arg(long, global = true, hide = true)]
     os_release: Option<PathBuf>,
+    #[command(flatten)]
+    log: cli_support::logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -132,11 +134,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    cli_support::docs::generate_if_asked(Args::command);
     let args = Args::parse();
+    cli_support::logging::init("updog", &args.log);
     match run(args) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("updog: {}", f.message);
+            cli_support::logging::print_error("updog", &f.message);
             ExitCode::from(f.code)
         }
     }
@@ -148,7 +152,7 @@ fn load(args: &Args) -> Result<Updater, Failure> {
         message: error_chain(&e),
     })?;
     for w in warnings {
-        eprintln!("updog: warning: {w}");
+        log::warn!("{w}");
     }
     if let Some(p) = &args.os_release {
         config.os_release.clone_from(p);

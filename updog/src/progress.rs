@@ -11,6 +11,8 @@
 //!     target: "os-root.ext4.lz4".to_string(),
 //!     done: 512,
 //!     total: 1024,
+//!     update_done: 512,
+//!     update_total: 4096,
 //! };
 //! let line = updog::progress::json_line(&event);
 //! assert!(line.starts_with(r#"{"v":1,"event":"image","image":"root""#));
@@ -89,6 +91,11 @@ pub enum ProgressEvent {
         done: u64,
         /// The signed compressed length.
         total: u64,
+        /// Compressed bytes processed across all images of the update (earlier images and this
+        /// one's `done`).
+        update_done: u64,
+        /// The signed compressed length of all images of the update.
+        update_total: u64,
     },
     /// The image was flushed and is being read back for comparison.
     Verifying {
@@ -129,21 +136,41 @@ pub fn json_line(event: &ProgressEvent) -> String {
     .unwrap_or_default()
 }
 
-/// A one-line progress bar for a terminal, redrawn in place at most ten times a second.
+/// A one-line progress bar for a terminal, redrawn in place at most ten times a second:
+/// the image, its bar and percentage, the whole update's percentage, the rate and the time
+/// left. The line is fitted to the terminal's width (the bar shrinks, then the least useful
+/// parts go), so a narrow terminal does not wrap each redraw onto a new line.
 pub struct TerminalBar<W: Write> {
     out: W,
     last_draw: Option<Instant>,
     drawn: bool,
+    width: Option<usize>,
+    rate: Rate,
 }
 
 impl<W: Write> TerminalBar<W> {
-    /// A bar drawing to `out` (normally stderr).
+    /// A bar drawing to `out` (normally stderr), as wide as stderr's terminal (80 columns when
+    /// that is unknown).
     pub fn new(out: W) -> Self {
         TerminalBar {
             out,
             last_draw: None,
             drawn: false,
+            width: None,
+            rate: Rate::default(),
         }
+    }
+
+    /// A bar of a fixed width in columns, whatever the terminal says.
+    pub fn with_width(mut self, columns: usize) -> Self {
+        self.width = Some(columns);
+        self
+    }
+
+    fn columns(&self) -> usize {
+        self.width.unwrap_or_else(|| {
+            terminal_size::terminal_size_of(std::io::stderr()).map_or(80, |(w, _)| usize::from(w.0))
+        })
     }
 
     /// Shows an event: image bytes update the bar, other events print a line.
@@ -155,9 +182,15 @@ impl<W: Write> TerminalBar<W> {
     fn draw(&mut self, event: &ProgressEvent) -> std::io::Result<()> {
         match event {
             ProgressEvent::Image {
-                image, done, total, ..
+                image,
+                done,
+                total,
+                update_done,
+                update_total,
+                ..
             } => {
                 let now = Instant::now();
+                self.rate.sample(now, *update_done);
                 let finished = done >= total;
                 if !finished
                     && self
@@ -167,7 +200,21 @@ impl<W: Write> TerminalBar<W> {
                     return Ok(());
                 }
                 self.last_draw = Some(now);
-                write!(self.out, "\r{}", bar_text(image.name(), *done, *total))?;
+                let line = BarLine {
+                    name: image.name(),
+                    done: *done,
+                    total: *total,
+                    update_done: *update_done,
+                    update_total: *update_total,
+                    rate: self.rate.bytes_per_sec(),
+                };
+                // \r and erase to the end: a shorter line leaves nothing of the last one. The
+                // last column stays free, where some terminals wrap.
+                write!(
+                    self.out,
+                    "\r{}\x1b[K",
+                    line.fit(self.columns().saturating_sub(1))
+                )?;
                 self.drawn = true;
             }
             other => {
@@ -192,23 +239,117 @@ impl<W: Write> TerminalBar<W> {
     }
 }
 
-/// `root [#########...........]  45% 12.0/26.7 MiB`
-fn bar_text(name: &str, done: u64, total: u64) -> String {
-    const WIDTH: u64 = 30;
-    let done = done.min(total);
-    let filled = done
-        .saturating_mul(WIDTH)
-        .checked_div(total)
-        .unwrap_or(WIDTH);
-    let percent = done.saturating_mul(100).checked_div(total).unwrap_or(100);
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    format!(
-        "{name:<4} [{}{}] {percent:>3}% {:.1}/{:.1} MiB",
-        "#".repeat(filled as usize),
-        ".".repeat((WIDTH - filled) as usize),
-        mib(done),
-        mib(total)
-    )
+/// The transfer rate, averaged over the last few seconds so it follows a change of speed
+/// without jumping at every sample.
+#[derive(Default)]
+struct Rate {
+    /// (when, update bytes done), oldest first, at least 200 ms apart.
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl Rate {
+    const WINDOW: Duration = Duration::from_secs(5);
+
+    fn sample(&mut self, now: Instant, done: u64) {
+        if self
+            .samples
+            .back()
+            .is_some_and(|(t, _)| now.duration_since(*t) < Duration::from_millis(200))
+        {
+            return;
+        }
+        self.samples.push_back((now, done));
+        while self.samples.len() > 2
+            && self
+                .samples
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > Self::WINDOW)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    fn bytes_per_sec(&self) -> Option<f64> {
+        let ((t0, d0), (t1, d1)) = (self.samples.front()?, self.samples.back()?);
+        let secs = t1.duration_since(*t0).as_secs_f64();
+        (secs >= 0.2 && d1 >= d0).then(|| (d1 - d0) as f64 / secs)
+    }
+}
+
+/// The text of one redraw.
+struct BarLine<'a> {
+    name: &'a str,
+    done: u64,
+    total: u64,
+    update_done: u64,
+    update_total: u64,
+    rate: Option<f64>,
+}
+
+impl BarLine<'_> {
+    /// `root [########......]  45% 12.0/26.7 MiB | all 38% | 5.2 MiB/s | 0:14 left`, in at
+    /// most `columns` characters: the bar shrinks to 10 cells, then goes; then the rate and
+    /// time left, the update's percentage and the sizes go, in that order.
+    fn fit(&self, columns: usize) -> String {
+        let percent = |d: u64, t: u64| d.min(t).saturating_mul(100).checked_div(t).unwrap_or(100);
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let head = format!("{:<4}", self.name);
+        let pct = format!("{:>3}%", percent(self.done, self.total));
+        let sizes = format!(
+            "{:.1}/{:.1} MiB",
+            mib(self.done.min(self.total)),
+            mib(self.total)
+        );
+        let all = format!("all {}%", percent(self.update_done, self.update_total));
+        let speed = self.rate.filter(|r| *r > 0.0).map(|r| {
+            let left = self.update_total.saturating_sub(self.update_done) as f64 / r;
+            format!("{:.1} MiB/s | {} left", r / (1024.0 * 1024.0), clock(left))
+        });
+        // Optional parts, most useful first.
+        let mut parts: Vec<String> = vec![sizes, all];
+        parts.extend(speed);
+        let tail = |parts: &[String]| {
+            let mut t = pct.clone();
+            for (i, p) in parts.iter().enumerate() {
+                t.push_str(if i == 0 { " " } else { " | " });
+                t.push_str(p);
+            }
+            t
+        };
+        let len = |t: &str| t.chars().count();
+        let full = tail(&parts);
+        // head + " [" + bar + "] " + tail
+        let cells = columns.saturating_sub(len(&head) + 4 + len(&full)).min(30);
+        if cells >= 10 {
+            let filled = percent(self.done, self.total) as usize * cells / 100;
+            return format!(
+                "{head} [{}{}] {full}",
+                "#".repeat(filled),
+                ".".repeat(cells - filled)
+            );
+        }
+        loop {
+            let text = format!("{head} {}", tail(&parts));
+            if len(&text) <= columns || parts.is_empty() {
+                return text.chars().take(columns).collect();
+            }
+            parts.pop();
+        }
+    }
+}
+
+/// Seconds as `m:ss` or `h:mm:ss`.
+fn clock(secs: f64) -> String {
+    let s = if secs.is_finite() {
+        secs.round() as u64
+    } else {
+        0
+    };
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
 }
 
 /// A one-line description of a non-byte event.
@@ -248,30 +389,90 @@ mod tests {
         assert!(!line.contains('\n'));
     }
 
-    #[test]
-    fn bar_fills_with_progress() {
-        assert!(bar_text("root", 0, 100).contains("[..............................]   0%"));
-        assert!(
-            bar_text("root", 50, 100).contains("] 50%")
-                || bar_text("root", 50, 100).contains("  50%")
-        );
-        assert!(bar_text("root", 100, 100).contains(&format!("[{}] 100%", "#".repeat(30))));
-        // Zero-length and overshoot do not panic.
-        assert!(bar_text("hash", 5, 0).contains("100%"));
-        assert!(bar_text("hash", 500, 100).contains("100%"));
+    fn line(done: u64, total: u64, update_done: u64, rate: Option<f64>) -> BarLine<'static> {
+        BarLine {
+            name: "root",
+            done,
+            total,
+            update_done,
+            update_total: 4 * total,
+            rate,
+        }
     }
 
     #[test]
-    fn terminal_bar_ends_its_line_before_messages() {
+    fn bar_fills_with_progress() {
+        let mib = 1024 * 1024;
+        let empty = line(0, 100 * mib, 0, None).fit(79);
+        assert!(
+            empty.starts_with(&format!(
+                "root [{}]   0% 0.0/100.0 MiB | all 0%",
+                ".".repeat(30)
+            )),
+            "{empty}"
+        );
+        let half = line(50 * mib, 100 * mib, 150 * mib, Some(10.0 * mib as f64)).fit(120);
+        assert!(
+            half.contains(&format!("[{}{}]  50%", "#".repeat(15), ".".repeat(15))),
+            "{half}"
+        );
+        // The whole update: 150 of 400 MiB; 250 MiB left at 10 MiB/s.
+        assert!(
+            half.contains("| all 37% | 10.0 MiB/s | 0:25 left"),
+            "{half}"
+        );
+        let full = line(100, 100, 400, None).fit(79);
+        assert!(
+            full.contains(&format!("[{}] 100%", "#".repeat(30))),
+            "{full}"
+        );
+        // Zero-length and overshoot do not panic.
+        assert!(line(5, 0, 5, None).fit(79).contains("100%"));
+        assert!(line(500, 100, 500, None).fit(79).contains("100%"));
+        assert_eq!(clock(3725.0), "1:02:05");
+        assert_eq!(clock(f64::INFINITY), "0:00");
+    }
+
+    #[test]
+    fn a_narrow_terminal_gets_a_line_that_fits() {
+        let mib = 1024 * 1024;
+        let l = line(50 * mib, 100 * mib, 150 * mib, Some(10.0 * mib as f64));
+        let mut last = usize::MAX;
+        for columns in (0..=120).rev() {
+            let text = l.fit(columns);
+            let n = text.chars().count();
+            assert!(n <= columns, "{columns}: {text:?}");
+            assert!(n <= last);
+            last = n;
+            if columns >= 20 {
+                // The image and its percentage survive the squeeze.
+                assert!(
+                    text.starts_with("root") && text.contains("50%"),
+                    "{columns}: {text:?}"
+                );
+            }
+        }
+        // The bar goes before the numbers do.
+        let forty = l.fit(40);
+        assert!(!forty.contains('['), "{forty}");
+        assert!(forty.contains("MiB"), "{forty}");
+    }
+
+    #[test]
+    fn terminal_bar_redraws_in_place_and_ends_its_line_before_messages() {
         let mut out = Vec::new();
         {
-            let mut bar = TerminalBar::new(&mut out);
-            bar.event(&ProgressEvent::Image {
-                image: ImageKind::Boot,
-                target: "b".to_string(),
-                done: 10,
-                total: 10,
-            });
+            let mut bar = TerminalBar::new(&mut out).with_width(30);
+            for done in [5, 10] {
+                bar.event(&ProgressEvent::Image {
+                    image: ImageKind::Boot,
+                    target: "b".to_string(),
+                    done,
+                    total: 10,
+                    update_done: done,
+                    update_total: 10,
+                });
+            }
             bar.event(&ProgressEvent::ImageDone {
                 image: ImageKind::Boot,
                 written: 20,
@@ -279,9 +480,12 @@ mod tests {
         }
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("\rboot"), "{text:?}");
-        assert!(
-            text.ends_with("\nWrote boot: 20 bytes, verified\n"),
-            "{text:?}"
-        );
+        // Each redraw: carriage return, at most 29 columns, erase to the end; no newline.
+        let (redraws, rest) = text.split_once('\n').unwrap();
+        for r in redraws.split('\r').skip(1) {
+            let visible = r.strip_suffix("\x1b[K").expect("erase to end of line");
+            assert!(visible.chars().count() <= 29, "{visible:?}");
+        }
+        assert_eq!(rest, "Wrote boot: 20 bytes, verified\n");
     }
 }

@@ -42,6 +42,7 @@ pub enum RebootError {
 pub fn reboot(command: &[String]) -> Result<(), RebootError> {
     let (program, args) = command.split_first().ok_or(RebootError::NoCommand)?;
     nix::unistd::sync();
+    log::info!("filesystems flushed; rebooting with {}", command.join(" "));
     let status = Command::new(program)
         .args(args)
         .status()

@@ -42,8 +42,8 @@ mod datastore;
 mod error;
 mod pattern;
 mod reader;
-mod schema;
-mod verify;
+pub(crate) mod schema;
+pub(crate) mod verify;
 
 pub use error::Error;
 pub use reader::TargetReader;

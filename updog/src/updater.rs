@@ -488,8 +488,17 @@ impl Updater {
         );
         opts.trusted_root.clone_from(&self.config.trusted_root);
         opts.limits.metadata_min_rate = self.config.metadata_min_rate;
-        crate::tuf::Repository::load(opts, Arc::clone(&self.transport))
-            .map_err(UpdateError::Repository)
+        let repo = crate::tuf::Repository::load(opts, Arc::clone(&self.transport))
+            .map_err(UpdateError::Repository)?;
+        log::info!(
+            "verified repository metadata from {}: root v{}, timestamp v{}, snapshot v{}, targets v{}",
+            self.config.metadata_base_url,
+            repo.root_version(),
+            repo.timestamp_version(),
+            repo.snapshot_version(),
+            repo.targets_version()
+        );
+        Ok(repo)
     }
 
     fn load_manifest(repo: &crate::tuf::Repository) -> Result<Manifest, UpdateError> {
@@ -531,9 +540,24 @@ impl Updater {
         manifest: &Manifest,
         opts: &CheckOptions,
     ) -> Result<CheckOutcome, UpdateError> {
-        match manifest::select::select_update(manifest, &self.request(opts)) {
-            Selection::NoUpdate(reason) => Ok(CheckOutcome::NoUpdate(reason)),
+        let request = self.request(opts);
+        match manifest::select::select_update(manifest, &request) {
+            Selection::NoUpdate(reason) => {
+                log::info!(
+                    "no update for {} {}: {reason}",
+                    request.variant,
+                    request.running_version
+                );
+                Ok(CheckOutcome::NoUpdate(reason))
+            }
             Selection::Update(update) => {
+                log::info!(
+                    "chose {} {} (running {}): {}",
+                    update.variant,
+                    update.version,
+                    request.running_version,
+                    selection_reason(&request)
+                );
                 let migration_plan = migrations_fetch::MigrationPlan::new(
                     manifest,
                     &self.os.version_id,
@@ -613,11 +637,13 @@ impl Updater {
     /// Checks everything that can be checked before the disk changes: every image is a signed
     /// target with a sha256 and a name that can be fetched, is not empty, and can fit its
     /// partition.
+    /// Returns the images' total signed (compressed) length, for the update-wide progress.
     fn preflight(
         repo: &crate::tuf::Repository,
         images: &[(ImageKind, &String, &bootpart::Partition); 3],
         set: SetId,
-    ) -> Result<(), UpdateError> {
+    ) -> Result<u64, UpdateError> {
+        let mut update_total = 0u64;
         for &(kind, target, partition) in images {
             let desc = repo.check_fetchable(target).map_err(|e| match e {
                 crate::tuf::Error::TargetNotFound(_) => UpdateError::MissingTarget {
@@ -643,6 +669,7 @@ impl Updater {
                 });
             }
             let capacity = partition.byte_len();
+            update_total = update_total.saturating_add(desc.length);
             if desc.length > max_compressed_len(capacity) {
                 return Err(UpdateError::ImageTooLarge {
                     image: kind,
@@ -653,7 +680,7 @@ impl Updater {
                 });
             }
         }
-        Ok(())
+        Ok(update_total)
     }
 
     /// Stages the chosen update on the inactive set of the locked disk, in the order the
@@ -694,7 +721,7 @@ impl Updater {
             (ImageKind::Boot, &update.images.boot, &set.boot),
             (ImageKind::Hash, &update.images.hash, &set.hash),
         ];
-        Self::preflight(&repo, &images, inactive)?;
+        let update_total = Self::preflight(&repo, &images, inactive)?;
 
         // Migrations next: a missing link or a fetch failure must stop us before the disk
         // changes.
@@ -721,6 +748,7 @@ impl Updater {
         });
         self.step(Step::Clear);
         sp.clear_inactive().map_err(UpdateError::Signpost)?;
+        log::info!("cleared set {inactive} before writing to it");
         // The record described the set we just cleared.
         self.step(Step::RemoveRecord);
         StagedRecord::remove(&self.config.state_file)?;
@@ -728,17 +756,21 @@ impl Updater {
         // From here on, any failure leaves the set cleared and unrecorded, whatever wrote it.
         let mut images_and_mark = || -> Result<Staged, UpdateError> {
             let mut records = BTreeMap::new();
+            // Compressed bytes of the images already staged, for the update-wide progress.
+            let mut update_done = 0u64;
             for (kind, target, partition) in images {
                 if cancel.is_cancelled() {
                     return Err(UpdateError::Cancelled { set: inactive });
                 }
                 self.step(Step::WriteImage(kind));
+                let update_bytes = (update_done, update_total);
                 let staged = Self::stage_one(
                     &repo,
                     lock.disk(),
                     partition,
                     kind,
                     target,
+                    update_bytes,
                     progress,
                     cancel,
                 )
@@ -761,6 +793,7 @@ impl Updater {
                         source,
                     },
                 })?;
+                update_done = update_done.saturating_add(staged.compressed_len);
                 if staged.decoded_len == 0 {
                     return Err(UpdateError::EmptyImage {
                         image: kind,
@@ -821,6 +854,10 @@ impl Updater {
                 }
                 Err(e) => return Err(UpdateError::Signpost(e)),
             }
+            log::info!(
+                "set {inactive} holds {} and is marked valid",
+                update.version
+            );
             progress(&ProgressEvent::MarkedValid {
                 set: inactive.to_string(),
             });
@@ -856,6 +893,7 @@ impl Updater {
         partition: &bootpart::Partition,
         kind: ImageKind,
         target: &str,
+        (update_done, update_total): (u64, u64),
         progress: &dyn Fn(&ProgressEvent),
         cancel: &CancelHandle,
     ) -> Result<crate::pipeline::StagedImage, StageOneError> {
@@ -885,6 +923,8 @@ impl Updater {
                 target: target.to_string(),
                 done: p.done,
                 total: p.total,
+                update_done: update_done.saturating_add(p.done),
+                update_total,
             }),
             Phase::Syncing | Phase::Verifying => {
                 if !verifying.replace(true) {
@@ -892,12 +932,26 @@ impl Updater {
                 }
             }
         };
-        crate::pipeline::stage_image(reader, &expected, &mut sink, &opts, &on_progress).map_err(
-            |e| match e {
-                crate::pipeline::StageError::Cancelled => StageOneError::Cancelled,
-                other => StageOneError::Stage(other),
-            },
-        )
+        let started = std::time::Instant::now();
+        let staged =
+            crate::pipeline::stage_image(reader, &expected, &mut sink, &opts, &on_progress)
+                .map_err(|e| match e {
+                    crate::pipeline::StageError::Cancelled => StageOneError::Cancelled,
+                    other => StageOneError::Stage(other),
+                })?;
+        let secs = started.elapsed().as_secs_f64();
+        log::info!(
+            "{kind}: {target}: {} bytes received and verified, {} bytes written and read back in {secs:.1} s ({:.1} MiB/s received){}",
+            staged.compressed_len,
+            staged.decoded_len,
+            staged.compressed_len as f64 / secs.max(1e-6) / (1024.0 * 1024.0),
+            if staged.direct_io {
+                ""
+            } else {
+                ", through the page cache"
+            }
+        );
+        Ok(staged)
     }
 
     /// Flips the boot flags so the staged set is tried once at the next boot
@@ -934,6 +988,10 @@ impl Updater {
                     sp.apply_expecting(signpost::Transition::UpgradeToInactive, set, found);
                 self.record_follows_disk(&sp, &r);
                 flipped.map_err(UpdateError::Signpost)?;
+                log::info!(
+                    "flipped the boot flags: set {set} boots next, once; set {} stays the fallback until the new boot is marked successful",
+                    set.other()
+                );
                 Ok(set)
             }
             (InactiveState::Staged, Err(problem)) => Err(UpdateError::NotRecorded { set, problem }),
@@ -955,6 +1013,10 @@ impl Updater {
             }
         }
         cancelled.map_err(UpdateError::Signpost)?;
+        log::info!(
+            "reverted the flip: set {} (running) boots next",
+            sp.active()
+        );
         Ok(sp.active())
     }
 
@@ -1045,6 +1107,25 @@ impl Updater {
             sets,
         })
     }
+}
+
+/// Why the selection took the update it took, for the log.
+fn selection_reason(request: &SelectionRequest) -> String {
+    if let Some(v) = &request.force_version {
+        return format!("version {v} was asked for (--image)");
+    }
+    if let manifest::select::VersionLock::Exact(v) = &request.version_lock {
+        return format!("version_lock = \"{v}\"");
+    }
+    let waves = if request.ignore_waves {
+        "waves ignored".to_string()
+    } else {
+        format!("its wave is open for seed {}", request.seed)
+    };
+    format!(
+        "the newest update for {}/{} up to its max_version; {waves}",
+        request.variant, request.arch
+    )
 }
 
 /// The boot flags of the locked disk.

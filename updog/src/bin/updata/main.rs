@@ -5,10 +5,11 @@
 //! (`manifest::edit` for the manifest rules, `updog::publish` for keys, roots and repositories).
 
 mod manifest_cmd;
+mod repo_cmd;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Publish updates: edit a manifest.json (updates, rollout waves, migrations) and build the
 /// signed TUF repository that hosts read it from.
@@ -18,6 +19,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "updata", version, max_term_width = 100)]
 struct Cli {
+    #[command(flatten)]
+    log: cli_support::logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,17 +30,22 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Manifest(manifest_cmd::ManifestCommand),
+    #[command(flatten)]
+    Repo(repo_cmd::RepoCommand),
 }
 
 fn main() -> ExitCode {
+    cli_support::docs::generate_if_asked(Cli::command);
     let cli = Cli::parse();
+    cli_support::logging::init("updata", &cli.log);
     let result = match cli.command {
         Command::Manifest(c) => c.run(),
+        Command::Repo(c) => c.run(),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("updata: error: {e}");
+            cli_support::logging::print_error("updata", &format!("error: {e}"));
             ExitCode::FAILURE
         }
     }
