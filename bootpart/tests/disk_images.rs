@@ -252,7 +252,7 @@ fn unaligned_partitions_fall_back_to_buffered_or_refuse_direct() {
     assert_ne!(boot_b.byte_offset() % 4096, 0);
     let err = PartitionWriter::open(&disk, &boot_b, IoMode::Direct).unwrap_err();
     assert!(
-        matches!(&err, Error::DirectUnsupported { partition: 5, reason, .. } if reason.contains("not a multiple of 4096")),
+        matches!(&err, Error::DirectUnsupported { partition: 5, reason, .. } if reason.contains("not a multiple of the disk's 4096-byte logical block")),
         "{err}"
     );
     assert!(PartitionReader::open(&disk, &boot_b, IoMode::Direct).is_err());

@@ -49,6 +49,8 @@ fn open_write_read_back_on_a_loop_device() {
     let data = pattern(2 * 1024 * 1024 + 777, 42);
     let mut w = PartitionWriter::open(&disk, &root_b, IoMode::Auto).unwrap();
     assert!(w.is_direct(), "loop devices support O_DIRECT");
+    // The device's logical block size (BLKSSZGET), the one its GPT is laid out in.
+    assert_eq!(w.alignment() as u64, disk.sector_size());
     w.write_all(&data).unwrap();
     w.sync().unwrap();
     // Past the end: refused, nothing written.
@@ -129,6 +131,8 @@ fn four_k_sector_loop_device() {
     assert_eq!(hash_a.byte_offset(), img.partitions[2].first_lba * 4096);
     let data = pattern(hash_a.byte_len() as usize, 9);
     let mut w = PartitionWriter::open(&disk, &hash_a, IoMode::Direct).unwrap();
+    // Asked from the device (BLKSSZGET), not assumed.
+    assert_eq!(w.alignment(), 4096);
     w.write_all_at(&data, 0).unwrap();
     w.sync().unwrap();
     let mut r = PartitionReader::open(&disk, &hash_a, IoMode::Direct).unwrap();

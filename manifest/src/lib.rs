@@ -89,6 +89,9 @@ use waves::WaveSchedule;
 /// allocates.
 pub const MAX_MANIFEST_LEN: usize = 64 * 1024 * 1024;
 
+/// The TUF target name of the manifest in an update repository.
+pub const MANIFEST_TARGET: &str = "manifest.json";
+
 /// A whole `manifest.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {

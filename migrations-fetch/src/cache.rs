@@ -146,8 +146,9 @@ fn validate_plain_name(name: &str, max: usize) -> Result<(), FileNameError> {
 }
 
 /// Writes a file atomically: a temporary file in the same directory, filled by `fill`, flushed
-/// with `fsync`, renamed over `dir/name`, then the directory is `fsync`ed. On any error the
-/// temporary file is removed and `dir/name` is untouched.
+/// with `fsync`, renamed over `dir/name`, then the directory is `fsync`ed (the workspace's one
+/// implementation, [`manifest::fs::AtomicWrite`]). On any error the temporary file is removed
+/// and `dir/name` is untouched.
 pub(crate) fn write_atomic<T, E>(
     dir: &Path,
     name: &str,
@@ -156,37 +157,35 @@ pub(crate) fn write_atomic<T, E>(
 where
     E: From<CacheError>,
 {
-    let path = dir.join(name);
-    let mut temp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempfile_in(dir)
-        .map_err(|source| CacheError::CreateTemp {
-            dir: dir.to_owned(),
-            source,
-        })?;
-    let value = fill(temp.as_file_mut())?;
-    temp.as_file_mut()
-        .sync_all()
-        .map_err(|source| CacheError::Sync {
-            path: path.clone(),
-            source,
-        })?;
-    temp.persist(&path).map_err(|e| CacheError::Rename {
-        path: path.clone(),
-        source: e.error,
-    })?;
-    sync_dir(dir)?;
-    Ok(value)
+    use manifest::fs::{AtomicStep, AtomicWrite, AtomicWriteError};
+    let opts = AtomicWrite {
+        temp_prefix: TEMP_PREFIX,
+        ..AtomicWrite::default()
+    };
+    opts.write(&dir.join(name), fill).map_err(|e| match e {
+        AtomicWriteError::Fill(e) => e,
+        AtomicWriteError::Io { step, path, source } => match step {
+            AtomicStep::CreateTemp => CacheError::CreateTemp {
+                dir: dir.to_owned(),
+                source,
+            },
+            AtomicStep::Rename => CacheError::Rename { path, source },
+            AtomicStep::SyncDir => CacheError::Sync {
+                path: dir.to_owned(),
+                source,
+            },
+            _ => CacheError::Sync { path, source },
+        }
+        .into(),
+    })
 }
 
 /// `fsync` a directory so that renames and removals in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), CacheError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| CacheError::Sync {
-            path: dir.to_owned(),
-            source,
-        })
+    manifest::fs::sync_dir(dir).map_err(|source| CacheError::Sync {
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 /// Writes `bytes` atomically to `dir/name`.

@@ -11,7 +11,7 @@ use crate::source::{TargetInfo, TargetLookup};
 
 /// The TUF target name of the manifest. It is cached with the migrations so that the boot-time
 /// step can find the chain on its own.
-pub const MANIFEST_TARGET: &str = "manifest.json";
+pub use manifest::MANIFEST_TARGET;
 
 /// One target to cache, with what the repository signs about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

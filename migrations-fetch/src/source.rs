@@ -20,6 +20,14 @@ pub struct TargetInfo {
 }
 
 impl TargetInfo {
+    /// From a length and a hex sha256 (as in TUF `targets.json`); `None` if the hex is not 32
+    /// bytes.
+    pub fn from_hex(length: u64, sha256_hex: &str) -> Option<Self> {
+        let mut sha256 = [0u8; 32];
+        hex::decode_to_slice(sha256_hex, &mut sha256).ok()?;
+        Some(Self { length, sha256 })
+    }
+
     /// The digest as lowercase hex, as used in consistent-snapshot file names.
     pub fn sha256_hex(&self) -> String {
         hex::encode(self.sha256)

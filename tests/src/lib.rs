@@ -61,6 +61,22 @@ pub fn bin_dir() -> &'static Path {
         ])
         .env("CARGO_TARGET_DIR", &target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // Cargo sets these for the test process, not for an outer `cargo build`; ring's build
+        // script reruns when they change, which rebuilt the TLS stack on every alternation.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+            {
+                cmd.env_remove(&*name);
+            }
+        }
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -510,6 +526,19 @@ retries = 3
             }
             assert!(std::time::Instant::now() < deadline, "no {until} in time");
         }
+    }
+
+    /// The file names in the host's migrations cache.
+    pub fn cached_migrations(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path().join("state/migrations"))
+            .expect("the migrations cache exists")
+            .map(|e| {
+                e.expect("a directory entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()
     }
 
     /// A `updog` command with `--config` set.

@@ -132,10 +132,7 @@ fn full_update_flips_to_the_new_set_and_hands_off_to_reboot() {
     // The reboot command ran once, after the flip.
     assert_eq!(host.reboot_calls(), ["reboot now"]);
     // The migration was cached under its consistent-snapshot name.
-    let cached: Vec<_> = std::fs::read_dir(host.dir.path().join("state/migrations"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let cached = host.cached_migrations();
     assert!(
         cached
             .iter()

@@ -191,14 +191,11 @@ fn the_readme_publishes_releases_a_host_updates_from() {
     let out = host.updog(&["update"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_set_holds(&host, SetId::A, &r2);
-    let cached: Vec<String> = std::fs::read_dir(host.dir.path().join("state/migrations"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let cached = host.cached_migrations();
     assert!(
         cached
             .iter()
-            .any(|n| n.ends_with("migrate_v1.2.0_demo.lz4")),
+            .any(|n| n.ends_with(".migrate_v1.2.0_demo.lz4")),
         "{cached:?}"
     );
     assert_eq!(host.signpost().next_boot(), Some(SetId::A));

@@ -20,11 +20,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bootpart::io::AlignedBuf;
 use sha2::{Digest, Sha256};
-use updog::pipeline::{
-    AlignedBuf, BootpartSink, ExpectedImage, IoMode, PartitionFile, Phase, Sink, StageOptions,
-    stage_image,
-};
+use updog::pipeline::{IoMode, PartitionSink, Phase, Sink, StageOptions, TargetInfo, stage_image};
 use updog::transport::{FileTransport, HttpOptions, HttpTransport, Transport};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -84,7 +82,7 @@ struct Image {
     lz4: PathBuf,
     compressed_len: u64,
     decoded_len: u64,
-    expected: ExpectedImage,
+    expected: TargetInfo,
 }
 
 /// Build (or reuse) an ext4 image of `size_mib` MiB filled to ~85% with copies of real files,
@@ -144,7 +142,7 @@ fn ensure_image(dir: &Path, size_mib: u64) -> Res<Image> {
     let mut sha = Sha256::new();
     let mut f = File::open(&lz4)?;
     let compressed_len = io::copy(&mut f, &mut sha)?;
-    let expected = ExpectedImage {
+    let expected = TargetInfo {
         length: compressed_len,
         sha256: sha.finalize().into(),
     };
@@ -312,39 +310,19 @@ struct OursResult {
     cpu: f64,
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum SinkKind {
-    /// `BootpartSink`: bootpart's PartitionWriter and PartitionReader (what updog uses).
-    Bootpart,
-    /// `PartitionFile`: the pipeline's own byte-range sink (4 MiB direct reads).
-    File,
-}
-
 fn ours(
     img: &Image,
     source: Box<dyn Read + Send>,
     device: &Path,
     part: &bootpart::Partition,
-    kind: SinkKind,
     opts: &StageOptions,
 ) -> Res<OursResult> {
-    let disk = bootpart::Disk::open(device)?;
-    let mut bsink;
-    let mut fsink;
-    let sink: &mut dyn Sink = match kind {
-        SinkKind::Bootpart => {
-            bsink = BootpartSink::open(&disk, part, IoMode::Auto)?;
-            &mut bsink
-        }
-        SinkKind::File => {
-            fsink = PartitionFile::open(device, part.byte_offset(), part.byte_len(), IoMode::Auto)?;
-            &mut fsink
-        }
-    };
+    // What `Updater::stage_one` opens: the partition found in the GPT, through bootpart.
+    let mut sink = PartitionSink::open_path(device, part, IoMode::Auto)?;
     let marks = Mutex::new(Vec::<(Phase, Instant)>::new());
     let cpu = cpu_secs();
     let start = Instant::now();
-    let staged = stage_image(source, &img.expected, sink, opts, &|p| {
+    let staged = stage_image(source, &img.expected, &mut sink, opts, &|p| {
         let mut m = marks.lock().unwrap();
         if m.last().map(|l| l.0) != Some(p.phase) {
             m.push((p.phase, Instant::now()));
@@ -400,10 +378,10 @@ fn write_limit(
     p: &bootpart::Partition,
     depth: usize,
 ) -> Res<(f64, bool)> {
-    let mut part = PartitionFile::open(device, p.byte_offset(), p.byte_len(), IoMode::Auto)?;
+    let mut part = PartitionSink::open_path(device, p, IoMode::Auto)?;
     let handle = part.parallel_writer();
     let start = Instant::now();
-    let data = decoded.as_slice();
+    let data = &decoded[..];
     let chunks: Vec<(usize, &[u8])> = data
         .chunks(WRITE_CHUNK)
         .enumerate()
@@ -448,10 +426,10 @@ fn write_verify_limit(
     p: &bootpart::Partition,
     region: u64,
 ) -> Res<f64> {
-    let mut part = PartitionFile::open(device, p.byte_offset(), p.byte_len(), IoMode::Auto)?;
+    let mut part = PartitionSink::open_path(device, p, IoMode::Auto)?;
     let writer = part.parallel_writer().ok_or("no parallel writer")?;
     let mut handle = part.read_back_handle().ok_or("no read-back handle")?;
-    let data = decoded.as_slice();
+    let data = &decoded[..];
     let len = data.len() as u64;
     let chunks: Vec<(u64, &[u8])> = data
         .chunks(WRITE_CHUNK)
@@ -485,7 +463,7 @@ fn write_verify_limit(
             .collect();
         let mut digest = xxhash_rust::xxh3::Xxh3::new();
         let mut at = 0u64;
-        let mut buf = AlignedBuf::new(WRITE_CHUNK);
+        let mut buf = AlignedBuf::new(WRITE_CHUNK, 4096);
         if region > 0 {
             // Only whole regions before the last chunk; the rest after the final flush.
             let last = len - len % WRITE_CHUNK as u64;
@@ -500,8 +478,8 @@ fn write_verify_limit(
                 handle.sync_data()?;
                 while at < upto {
                     let n = (upto - at).min(WRITE_CHUNK as u64) as usize;
-                    handle.read_exact_at(&mut buf.as_mut_slice()[..n], at)?;
-                    digest.update(&buf.as_slice()[..n]);
+                    handle.read_exact_at(&mut buf[..][..n], at)?;
+                    digest.update(&buf[..n]);
                     at += n as u64;
                 }
             }
@@ -513,11 +491,11 @@ fn write_verify_limit(
     })?;
     let (mut at, mut digest) = verified;
     part.sync()?;
-    let mut buf = AlignedBuf::new(WRITE_CHUNK);
+    let mut buf = AlignedBuf::new(WRITE_CHUNK, 4096);
     while at < len {
         let n = (len - at).min(WRITE_CHUNK as u64) as usize;
-        part.read_exact_at(&mut buf.as_mut_slice()[..n], at)?;
-        digest.update(&buf.as_slice()[..n]);
+        part.read_exact_at(&mut buf[..][..n], at)?;
+        digest.update(&buf[..n]);
         at += n as u64;
     }
     let secs = start.elapsed().as_secs_f64();
@@ -528,14 +506,14 @@ fn write_verify_limit(
 }
 
 fn read_limit(len: u64, device: &Path, p: &bootpart::Partition) -> Res<f64> {
-    let mut part = PartitionFile::open(device, p.byte_offset(), p.byte_len(), IoMode::Auto)?;
+    let mut part = PartitionSink::open_path(device, p, IoMode::Auto)?;
     part.sync()?;
-    let mut buf = AlignedBuf::new(WRITE_CHUNK);
+    let mut buf = AlignedBuf::new(WRITE_CHUNK, 4096);
     let start = Instant::now();
     let mut off = 0u64;
     while off < len {
         let n = (len - off).min(WRITE_CHUNK as u64) as usize;
-        part.read_exact_at(&mut buf.as_mut_slice()[..n], off)?;
+        part.read_exact_at(&mut buf[..][..n], off)?;
         off += n as u64;
     }
     Ok(start.elapsed().as_secs_f64())
@@ -620,10 +598,10 @@ fn child_stage(a: &[String]) -> Res<()> {
     let [lz4, target, length, sha] = a else {
         return Err("usage: --child-stage LZ4 DISK LENGTH SHA256".into());
     };
-    let expected = ExpectedImage::from_hex(length.parse()?, sha).ok_or("bad sha256")?;
+    let expected = TargetInfo::from_hex(length.parse()?, sha).ok_or("bad sha256")?;
     let disk = bootpart::Disk::open(target)?;
     let root_b = &disk.layout().set(bootpart::SetId::B)?.root;
-    let mut part = BootpartSink::open(&disk, root_b, IoMode::Auto)?;
+    let mut part = PartitionSink::open(&disk, root_b, IoMode::Auto)?;
     let url = url::Url::from_file_path(fs::canonicalize(lz4)?).map_err(|()| "url")?;
     let source = FileTransport.fetch(&url)?;
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
@@ -711,8 +689,8 @@ fn run(args: &Args) -> Res<()> {
 
     // --- limits ---------------------------------------------------------------------------
     eprintln!("bench: limits (median of {REPEATS} runs each)");
-    let mut decoded = AlignedBuf::new(dec as usize);
-    lz4_flex::frame::FrameDecoder::new(&compressed[..]).read_exact(decoded.as_mut_slice())?;
+    let mut decoded = AlignedBuf::new(dec as usize, 4096);
+    lz4_flex::frame::FrameDecoder::new(&compressed[..]).read_exact(&mut decoded[..])?;
     let decode1 = median(repeat(|| {
         let t = Instant::now();
         io::copy(
@@ -748,7 +726,7 @@ fn run(args: &Args) -> Res<()> {
             img.compressed_len as f64 / MIB / sha
         ),
     ));
-    let data = decoded.as_slice();
+    let data = &decoded[..];
     let xxh3 = median(repeat(|| {
         let t = Instant::now();
         std::hint::black_box(xxhash_rust::xxh3::xxh3_128(data));
@@ -930,7 +908,6 @@ fn run(args: &Args) -> Res<()> {
                     FileTransport.fetch(&file_url)?,
                     tpath,
                     part,
-                    SinkKind::Bootpart,
                     &StageOptions::default(),
                 )
             })?,
@@ -950,7 +927,6 @@ fn run(args: &Args) -> Res<()> {
                     http.fetch(&http_url)?,
                     tpath,
                     part,
-                    SinkKind::Bootpart,
                     &StageOptions::default(),
                 )
             })?,
@@ -962,20 +938,6 @@ fn run(args: &Args) -> Res<()> {
             o_http.total,
             phases(&o_http),
         ));
-        let o_pf = median_by(
-            repeat(|| {
-                drop_cache(tpath, part)?;
-                ours(
-                    &img,
-                    FileTransport.fetch(&file_url)?,
-                    tpath,
-                    part,
-                    SinkKind::File,
-                    &StageOptions::default(),
-                )
-            })?,
-            |o| o.total,
-        );
         let o_seq = median_by(
             repeat(|| {
                 drop_cache(tpath, part)?;
@@ -984,7 +946,6 @@ fn run(args: &Args) -> Res<()> {
                     FileTransport.fetch(&file_url)?,
                     tpath,
                     part,
-                    SinkKind::Bootpart,
                     &StageOptions {
                         read_back_region: 0,
                         ..StageOptions::default()
@@ -1001,12 +962,6 @@ fn run(args: &Args) -> Res<()> {
                 "read_back_region 0 (the previous design); {}",
                 phases(&o_seq)
             ),
-        ));
-        rows.push(row(
-            &format!("[{tname}] ours, file://, PartitionFile sink"),
-            dec,
-            o_pf.total,
-            phases(&o_pf),
         ));
         summary.insert(
             tname.clone(),

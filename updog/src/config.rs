@@ -36,7 +36,7 @@ use waves::Seed;
 /// Where `updog` reads its configuration unless told otherwise (`--config`).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/updog.toml";
 /// Default for `trusted_root`: the root metadata shipped in the OS image.
-pub const DEFAULT_TRUSTED_ROOT: &str = "/usr/share/updog/root.json";
+pub use crate::tuf::DEFAULT_TRUSTED_ROOT;
 /// Default for `metadata_dir`: the trusted-metadata directory kept between runs.
 pub const DEFAULT_METADATA_DIR: &str = "/var/lib/updog/metadata";
 /// Default for `state_file`: the record of what is staged, read by `updog status`.

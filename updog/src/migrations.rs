@@ -44,13 +44,10 @@ impl TargetLookup for Repository {
         let Some(desc) = self.target(name)? else {
             return Ok(None);
         };
-        let sha256 = desc
-            .sha256()
+        let info = desc
+            .info()
             .ok_or_else(|| format!("target {name:?} lists no sha256 hash"))?;
-        Ok(Some(TargetInfo {
-            length: desc.length,
-            sha256,
-        }))
+        Ok(Some(info))
     }
 }
 
@@ -60,37 +57,21 @@ impl MigrationSource for Repository {
     }
 
     fn metadata_files(&self) -> Result<Vec<MetadataFile>, BoxError> {
-        let files = self.metadata_bytes();
-        if !self.consistent_snapshot() {
-            return Ok(files
-                .into_iter()
-                .map(|f| MetadataFile {
-                    name: f.name,
-                    bytes: f.bytes,
-                })
-                .collect());
-        }
-        let mut out = Vec::with_capacity(files.len());
-        for f in files {
-            let name = match f.name.as_str() {
-                "timestamp.json" => f.name.clone(),
-                "snapshot.json" => format!("{}.snapshot.json", self.snapshot_version()),
-                "targets.json" => format!("{}.targets.json", self.targets_version()),
-                n if is_root_file(n) => f.name.clone(),
-                // A delegated role: its verified version is the one the snapshot lists.
-                n => format!(
-                    "{}.{n}",
-                    signed_version(&f.bytes).ok_or_else(|| {
-                        format!("cannot read the version of verified metadata file {n:?}")
-                    })?
-                ),
-            };
-            out.push(MetadataFile {
-                name,
+        // With consistent snapshots, the verified versions name the files
+        // (`<v>.snapshot.json`, `<v>.<role>.json`).
+        let consistent = self.consistent_snapshot();
+        Ok(self
+            .metadata_bytes()
+            .into_iter()
+            .map(|f| MetadataFile {
+                name: if consistent {
+                    f.consistent_name()
+                } else {
+                    f.name
+                },
                 bytes: f.bytes,
-            });
-        }
-        Ok(out)
+            })
+            .collect())
     }
 }
 
@@ -98,13 +79,6 @@ impl MigrationSource for Repository {
 fn is_root_file(name: &str) -> bool {
     name.strip_suffix(".root.json")
         .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// `signed.version` of a metadata envelope, read without verifying (used only to choose a file
-/// name; the contents are verified when loaded).
-fn signed_version(bytes: &[u8]) -> Option<u64> {
-    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    v.get("signed")?.get("version")?.as_u64()
 }
 
 /// `signed.meta[file].version` of a timestamp or snapshot envelope (unverified, see above).

@@ -225,23 +225,22 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync directory); the file is
-/// readable by everyone (`updog status` for any user), writable by us.
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync directory; mode 0600;
+/// the directory created when missing), through the workspace's one implementation.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = parent_dir(path);
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    sync_parent(path)
+    let opts = manifest::fs::AtomicWrite {
+        create_dir: true,
+        ..manifest::fs::AtomicWrite::default()
+    };
+    opts.write(path, |f| f.write_all(bytes))
+        .map_err(|e| match e {
+            manifest::fs::AtomicWriteError::Io { source, .. }
+            | manifest::fs::AtomicWriteError::Fill(source) => source,
+        })
 }
 
 fn sync_parent(path: &Path) -> std::io::Result<()> {
-    std::fs::File::open(parent_dir(path))?.sync_all()
+    manifest::fs::sync_dir(parent_dir(path))
 }
 
 #[cfg(test)]

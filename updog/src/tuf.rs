@@ -32,10 +32,10 @@
 //! `tough` provides the key types; signatures are verified over the canonical JSON (OLPC) of the
 //! `signed` object exactly as received, with our own lenient serde types (see `schema`).
 //!
-//! Contract adjustments (vs. `CONTRACTS.md`): [`Repository::target`] returns
-//! `Result<Option<TargetDescription>, Error>` (owned) because the delegation search downloads
-//! metadata lazily; [`Repository::load_offline`] takes the trusted (shipped) root as a second
-//! argument, because verifying a cache against a root stored in that same cache proves nothing.
+//! [`Repository::target`] returns an owned `Result<Option<TargetDescription>, Error>` because
+//! the delegation search downloads metadata lazily; [`Repository::load_offline`] takes the
+//! trusted (shipped) root as a second argument, because verifying a cache against a root stored
+//! in that same cache proves nothing.
 
 mod canonical;
 mod datastore;
@@ -349,8 +349,26 @@ pub struct MetadataFile {
     /// File name: `N.root.json`, `timestamp.json`, `snapshot.json`, `targets.json` or
     /// `<role>.json` (role name percent-encoded).
     pub name: String,
+    /// The verified `signed.version`.
+    pub version: u64,
     /// The exact bytes that were verified.
     pub bytes: Vec<u8>,
+}
+
+impl MetadataFile {
+    /// Its name in a repository with consistent snapshots: `N.root.json` and `timestamp.json`
+    /// as they are, every other role `<version>.<name>`.
+    pub fn consistent_name(&self) -> String {
+        let root = self
+            .name
+            .strip_suffix(".root.json")
+            .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+        if root || self.name == "timestamp.json" {
+            self.name.clone()
+        } else {
+            format!("{}.{}", self.version, self.name)
+        }
+    }
 }
 
 /// Result of [`Repository::cache_target`].
@@ -583,16 +601,30 @@ impl Repository {
             .iter()
             .map(|(v, bytes)| MetadataFile {
                 name: format!("{v}.root.json"),
+                version: *v,
                 bytes: bytes.clone(),
             })
             .collect();
-        for (name, bytes) in [
-            ("timestamp.json", &self.timestamp.bytes),
-            ("snapshot.json", &self.snapshot.bytes),
-            ("targets.json", &self.targets.bytes),
+        for (name, version, bytes) in [
+            (
+                "timestamp.json",
+                self.timestamp.signed.version,
+                &self.timestamp.bytes,
+            ),
+            (
+                "snapshot.json",
+                self.snapshot.signed.version,
+                &self.snapshot.bytes,
+            ),
+            (
+                "targets.json",
+                self.targets.signed.version,
+                &self.targets.bytes,
+            ),
         ] {
             out.push(MetadataFile {
                 name: name.to_owned(),
+                version,
                 bytes: bytes.clone(),
             });
         }
@@ -607,6 +639,7 @@ impl Repository {
             if seen.insert(role.as_str()) {
                 out.push(MetadataFile {
                     name: datastore::role_file_name(role),
+                    version: t.signed.version,
                     bytes: t.bytes.clone(),
                 });
             }

@@ -45,9 +45,7 @@ use crate::steps::{GptIoWrapper, Step, StepObserver};
 use crate::transport::Transport;
 
 /// The TUF target that holds the manifest.
-pub const MANIFEST_TARGET: &str = "manifest.json";
-/// The largest manifest read (the signed length bounds it too).
-const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
+pub use manifest::MANIFEST_TARGET;
 
 /// A cancellation handle for [`Updater::stage`]: set it (from a signal handler, another thread,
 /// an agent's shutdown path) and staging stops at the next buffer, leaving the inactive set
@@ -514,7 +512,8 @@ impl Updater {
             .map_err(UpdateError::Repository)?;
         let mut bytes = Vec::new();
         (&mut reader)
-            .take(MAX_MANIFEST_BYTES)
+            // One byte past the cap, so that a larger manifest is refused as too large.
+            .take(manifest::MAX_MANIFEST_LEN as u64 + 1)
             .read_to_end(&mut bytes)
             .map_err(UpdateError::ManifestRead)?;
         reader.finish().map_err(UpdateError::Repository)?;
@@ -897,21 +896,13 @@ impl Updater {
         progress: &dyn Fn(&ProgressEvent),
         cancel: &CancelHandle,
     ) -> Result<crate::pipeline::StagedImage, StageOneError> {
-        use crate::pipeline::{ExpectedImage, IoMode, PartitionFile, Phase, StageOptions};
+        use crate::pipeline::{IoMode, PartitionSink, Phase, StageOptions};
         let (desc, reader) = repo
             .fetch_target_unverified(target)
             .map_err(StageOneError::Repository)?;
-        let expected = ExpectedImage {
-            length: desc.length,
-            sha256: desc.sha256().ok_or(StageOneError::NoSha256)?,
-        };
-        let mut sink = PartitionFile::open(
-            disk_path,
-            partition.byte_offset(),
-            partition.byte_len(),
-            IoMode::Auto,
-        )
-        .map_err(StageOneError::Open)?;
+        let expected = desc.info().ok_or(StageOneError::NoSha256)?;
+        let mut sink = PartitionSink::open_path(disk_path, partition, IoMode::Auto)
+            .map_err(|e| StageOneError::Open(std::io::Error::other(e)))?;
         let opts = StageOptions {
             cancel: crate::pipeline::CancelHandle::from_flag(Arc::clone(cancel.flag())),
             ..StageOptions::default()

@@ -11,7 +11,7 @@ use fixtures::disk::DiskImageBuilder;
 use lz4_flex::frame::{BlockSize, FrameEncoder, FrameInfo};
 use sha2::{Digest, Sha256};
 use updog::pipeline::{
-    BootpartSink, ExpectedImage, IoMode, StageError, StageOptions, StagedImage, stage_image,
+    IoMode, PartitionSink, StageError, StageOptions, StagedImage, TargetInfo, stage_image,
 };
 
 fn image_data(len: usize) -> Vec<u8> {
@@ -49,11 +49,11 @@ fn stage_on(
 ) -> (Result<StagedImage, StageError>, u64, u64) {
     let disk = Disk::open(disk_path).unwrap();
     let root_b = disk.layout().set(SetId::B).unwrap().root.clone();
-    let expected = ExpectedImage {
+    let expected = TargetInfo {
         length: stream.len() as u64,
         sha256: Sha256::digest(&stream).into(),
     };
-    let mut sink = BootpartSink::open(&disk, &root_b, mode).unwrap();
+    let mut sink = PartitionSink::open(&disk, &root_b, mode).unwrap();
     let r = stage_image(
         Box::new(io::Cursor::new(stream)),
         &expected,

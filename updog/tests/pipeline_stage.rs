@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
 use sha2::{Digest, Sha256};
 use updog::pipeline::{
-    CancelHandle, ExpectedImage, FrameError, IoMode, PartitionFile, Phase, Progress, Sink,
-    StageError, StageOptions, StagedImage, stage_image,
+    CancelHandle, FrameError, IoMode, PartitionSink, Phase, Progress, Sink, StageError,
+    StageOptions, StagedImage, TargetInfo, stage_image,
 };
 
 /// Bytes before the partition in the disk image, and the partition's size by default.
@@ -77,8 +77,8 @@ fn compress(data: &[u8], info: FrameInfo) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
-fn expected_for(stream: &[u8]) -> ExpectedImage {
-    ExpectedImage {
+fn expected_for(stream: &[u8]) -> TargetInfo {
+    TargetInfo {
         length: stream.len() as u64,
         sha256: Sha256::digest(stream).into(),
     }
@@ -105,8 +105,20 @@ impl Disk {
         }
     }
 
-    fn partition(&self, mode: IoMode) -> PartitionFile {
-        PartitionFile::open(&self.path, PART_OFFSET, self.part_len, mode).unwrap()
+    fn partition(&self, mode: IoMode) -> PartitionSink {
+        // Partition 1, in 512-byte sectors (the test sizes are multiples of 512).
+        let part = bootpart::Partition {
+            number: 1,
+            type_guid: bootpart::PartitionType::Root.guid(),
+            unique_guid: bootpart::Guid::ZERO,
+            name: "root".into(),
+            first_lba: PART_OFFSET / 512,
+            last_lba: (PART_OFFSET + self.part_len) / 512 - 1,
+            attributes: 0,
+            sector_size: 512,
+            device_node: None,
+        };
+        PartitionSink::open_path(&self.path, &part, mode).unwrap()
     }
 
     fn bytes(&self) -> Vec<u8> {
@@ -134,7 +146,7 @@ impl Disk {
 
 fn stage(
     stream: Vec<u8>,
-    expected: &ExpectedImage,
+    expected: &TargetInfo,
     sink: &mut dyn Sink,
     opts: &StageOptions,
 ) -> Result<StagedImage, StageError> {
@@ -282,7 +294,7 @@ fn frames_from_the_lz4_cli() {
     }
 }
 
-fn expect_err(stream: Vec<u8>, expected: &ExpectedImage, part_len: u64) -> (StageError, Disk) {
+fn expect_err(stream: Vec<u8>, expected: &TargetInfo, part_len: u64) -> (StageError, Disk) {
     let disk = Disk::new(part_len);
     let mut part = disk.partition(IoMode::Auto);
     let err = stage(stream, expected, &mut part, &StageOptions::default()).unwrap_err();
@@ -373,7 +385,7 @@ fn hash_and_length_mismatches_are_refused() {
     let (err, _) = expect_err(tampered, &good, 1 << 20);
     assert!(matches!(err, StageError::HashMismatch { .. }), "{err:?}");
 
-    let longer = ExpectedImage {
+    let longer = TargetInfo {
         length: good.length + 10,
         ..good
     };
@@ -383,7 +395,7 @@ fn hash_and_length_mismatches_are_refused() {
         "{err:?}"
     );
 
-    let shorter = ExpectedImage {
+    let shorter = TargetInfo {
         length: good.length - 10,
         ..good
     };
@@ -571,7 +583,7 @@ fn read_errors_are_reported() {
     }
     let disk = Disk::new(1 << 20);
     let mut part = disk.partition(IoMode::Auto);
-    let expected = ExpectedImage {
+    let expected = TargetInfo {
         length: 10_000,
         sha256: [0; 32],
     };
@@ -592,7 +604,7 @@ fn read_errors_are_reported() {
 /// A disk that loses a write: after the flush, one byte on the medium is not what was
 /// written (a fake of a failing disk, acting on the real file underneath).
 struct FlippingDisk {
-    inner: PartitionFile,
+    inner: PartitionSink,
     path: PathBuf,
     flip_at: u64,
 }
@@ -711,7 +723,7 @@ fn progress_reports_phases_in_order_and_the_final_counts() {
 /// A disk whose writes start failing after `ok_writes` writes, on the serial path and on the
 /// concurrent handle alike (a fake of a disk going bad mid-image).
 struct FailingDisk {
-    inner: PartitionFile,
+    inner: PartitionSink,
     left: std::sync::Arc<AtomicU64>,
 }
 
@@ -822,7 +834,7 @@ impl Log {
 /// handle returns one flipped bit, or fails, at a partition offset (a fake of a disk that
 /// lost a write or cannot read it back).
 struct Recording {
-    inner: PartitionFile,
+    inner: PartitionSink,
     log: std::sync::Arc<Mutex<Log>>,
     flip_at: Option<u64>,
     fail_at: Option<u64>,

@@ -534,6 +534,64 @@ fn https_proxy_option_routes_requests_through_the_proxy() {
 }
 
 #[test]
+fn http_proxy_routes_plain_http_requests_through_the_proxy() {
+    // The test server answers absolute-form requests from its own directory, as a forward
+    // proxy with a cache would: the origin host does not exist.
+    let s = serve(5_000);
+    let resolved = ProxyConfig::resolve(&options(), |name| {
+        (name == "http_proxy").then(|| s.server.url())
+    });
+    // `options()` reads no environment; resolving it from a real environment does.
+    assert_eq!(resolved.http_proxy, None);
+    let opts = HttpOptions {
+        proxy_from_env: true,
+        ..options()
+    };
+    let resolved =
+        ProxyConfig::resolve(&opts, |name| (name == "http_proxy").then(|| s.server.url()));
+    assert_eq!(
+        resolved.http_proxy.as_deref(),
+        Some(s.server.url().as_str())
+    );
+    assert_eq!(resolved.https_proxy, None);
+    let t = HttpTransport::with_proxy(options(), resolved).unwrap();
+    let target = Url::parse("http://updates.example.invalid/image.bin?x=1").unwrap();
+    let mut body = Vec::new();
+    t.fetch(&target).unwrap().read_to_end(&mut body).unwrap();
+    assert!(body == s.data);
+    let log = s.server.requests();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].method, "GET");
+    assert_eq!(
+        log[0].target,
+        "http://updates.example.invalid/image.bin?x=1"
+    );
+}
+
+#[test]
+fn https_proxy_is_not_used_for_plain_http() {
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let proxy = TestServer::serve_dir(proxy_dir.path()).unwrap();
+    let direct = serve(10);
+    let t = HttpTransport::with_proxy(
+        options(),
+        ProxyConfig {
+            https_proxy: Some(proxy.url()),
+            http_proxy: None,
+            no_proxy: Vec::new(),
+        },
+    )
+    .unwrap();
+    let mut body = Vec::new();
+    t.fetch(&url(&direct.server, "image.bin"))
+        .unwrap()
+        .read_to_end(&mut body)
+        .unwrap();
+    assert!(body == direct.data);
+    assert_eq!(proxy.connection_count(), 0);
+}
+
+#[test]
 fn no_proxy_hosts_bypass_the_proxy() {
     let proxy_dir = tempfile::tempdir().unwrap();
     let proxy = TestServer::serve_dir(proxy_dir.path()).unwrap();
@@ -547,6 +605,7 @@ fn no_proxy_hosts_bypass_the_proxy() {
         opts,
         ProxyConfig {
             https_proxy: Some(proxy.url()),
+            http_proxy: None,
             no_proxy: vec!["127.0.0.1".into()],
         },
     )

@@ -11,7 +11,7 @@
 //! xxh32 of the data; after the end mark an optional xxh32 of the whole content.
 
 use thiserror::Error;
-use xxhash_rust::xxh32::xxh32;
+use xxhash_rust::xxh32::{Xxh32, xxh32};
 
 /// The LZ4 frame magic number.
 pub const MAGIC: u32 = 0x184D_2204;
@@ -197,6 +197,168 @@ impl FrameHeader {
     }
 }
 
+/// Where the frame parser takes its bytes from: the caller's stream, whose own errors (a stop,
+/// a read failure) pass through as `Self::Error`.
+pub trait FrameInput {
+    /// The stream's error; frame errors convert into it.
+    type Error: From<FrameError>;
+    /// Fill `dst`; a [`FrameError::Truncated`] naming `what` if the stream ends first.
+    fn read_exact(&mut self, dst: &mut [u8], what: &'static str) -> Result<(), Self::Error>;
+    /// Bytes consumed so far.
+    fn consumed(&self) -> u64;
+    /// A little-endian `u32`.
+    fn read_u32(&mut self, what: &'static str) -> Result<u32, Self::Error> {
+        let mut b = [0u8; 4];
+        self.read_exact(&mut b, what)?;
+        Ok(u32::from_le_bytes(b))
+    }
+}
+
+/// Read the magic and the frame descriptor.
+pub fn read_header<I: FrameInput>(input: &mut I) -> Result<FrameHeader, I::Error> {
+    let magic = input.read_u32("frame magic")?;
+    if magic != MAGIC {
+        return Err(FrameError::BadMagic { found: magic }.into());
+    }
+    let mut desc = [0u8; 15];
+    input.read_exact(&mut desc[..2], "frame descriptor")?;
+    let rest = FrameHeader::rest_len(desc[0]);
+    input.read_exact(&mut desc[2..2 + rest], "frame descriptor")?;
+    Ok(FrameHeader::parse(&desc[..2 + rest])?)
+}
+
+/// A block header: where its data is and how it is stored.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockHeader {
+    /// Block number in the frame.
+    pub index: u64,
+    /// Length of its data (at most the frame's block max size).
+    pub len: usize,
+    /// Stored without compression.
+    pub uncompressed: bool,
+}
+
+impl FrameHeader {
+    /// Read block `index`'s header; `None` at the end mark.
+    pub fn read_block<I: FrameInput>(
+        &self,
+        input: &mut I,
+        index: u64,
+    ) -> Result<Option<BlockHeader>, I::Error> {
+        let at = input.consumed();
+        let word = input.read_u32("block header")?;
+        if word == 0 {
+            return Ok(None);
+        }
+        let size = word & 0x7FFF_FFFF;
+        let len = size as usize;
+        if len > self.block_max {
+            return Err(FrameError::BlockTooLarge {
+                index,
+                offset: at,
+                size,
+                max: self.block_max,
+            }
+            .into());
+        }
+        Ok(Some(BlockHeader {
+            index,
+            len,
+            uncompressed: word & 0x8000_0000 != 0,
+        }))
+    }
+
+    /// Read the checksum that follows a block's data, when the frame has them.
+    pub fn read_block_checksum<I: FrameInput>(
+        &self,
+        input: &mut I,
+    ) -> Result<Option<u32>, I::Error> {
+        if self.block_checksums {
+            input.read_u32("block checksum").map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Read what follows the end mark.
+    pub fn read_end<I: FrameInput>(&self, input: &mut I) -> Result<FrameEnd, I::Error> {
+        let content_checksum = if self.content_checksum {
+            Some(input.read_u32("content checksum")?)
+        } else {
+            None
+        };
+        Ok(FrameEnd { content_checksum })
+    }
+}
+
+/// What the end of the frame says.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameEnd {
+    /// The stored xxh32 of the content, when the frame has one.
+    pub content_checksum: Option<u32>,
+}
+
+/// Whether the bytes after a frame start like another frame.
+pub fn starts_a_frame(rest: &[u8]) -> bool {
+    rest.get(..4) == Some(&MAGIC.to_le_bytes()[..])
+}
+
+/// The checks on the decoded content, in frame order: the declared content size and the
+/// content checksum.
+pub struct ContentCheck {
+    declared: Option<u64>,
+    checksum: Option<Xxh32>,
+    total: u64,
+}
+
+impl ContentCheck {
+    /// The checks `header` asks for.
+    pub fn new(header: &FrameHeader) -> Self {
+        Self {
+            declared: header.content_size,
+            checksum: header.content_checksum.then(|| Xxh32::new(0)),
+            total: 0,
+        }
+    }
+
+    /// The next decoded bytes; an error as soon as they pass the declared content size.
+    pub fn update(&mut self, data: &[u8]) -> Result<(), FrameError> {
+        self.total += data.len() as u64;
+        if let Some(declared) = self.declared {
+            if self.total > declared {
+                return Err(FrameError::ContentSize {
+                    declared,
+                    actual: self.total,
+                });
+            }
+        }
+        if let Some(h) = self.checksum.as_mut() {
+            h.update(data);
+        }
+        Ok(())
+    }
+
+    /// At the end of the frame: the stored checksum and the declared size must match. Returns
+    /// the decoded length.
+    pub fn finish(&self, end: FrameEnd) -> Result<u64, FrameError> {
+        if let (Some(stored), Some(h)) = (end.content_checksum, self.checksum.as_ref()) {
+            let computed = h.digest();
+            if stored != computed {
+                return Err(FrameError::ContentChecksum { stored, computed });
+            }
+        }
+        if let Some(declared) = self.declared {
+            if self.total != declared {
+                return Err(FrameError::ContentSize {
+                    declared,
+                    actual: self.total,
+                });
+            }
+        }
+        Ok(self.total)
+    }
+}
+
 /// A block inside a decode job's compressed buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockRef {
@@ -245,6 +407,77 @@ pub fn decode_block(
         index: block.index,
         reason: e.to_string(),
     })
+}
+
+/// Decodes runs of consecutive blocks into output buffers; for linked blocks it keeps the last
+/// [`WINDOW`] bytes of content as the next block's dictionary.
+#[derive(Debug, Default)]
+pub struct BlockDecoder {
+    linked: bool,
+    block_max: usize,
+    /// Linked blocks: the last WINDOW bytes of decoded content.
+    window: Vec<u8>,
+    /// Linked blocks: a dictionary spanning the previous window and this run's output.
+    scratch: Vec<u8>,
+}
+
+impl BlockDecoder {
+    /// A decoder for the blocks of a frame with `header`.
+    pub fn new(header: &FrameHeader) -> Self {
+        Self {
+            linked: !header.independent,
+            block_max: header.block_max,
+            window: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Decode `blocks` (whose data is in `comp`) one after the other into `out`, which must
+    /// hold `blocks.len()` times the block max size. Returns the decoded length.
+    pub fn decode(
+        &mut self,
+        blocks: &[BlockRef],
+        comp: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, FrameError> {
+        let mut pos = 0usize;
+        for b in blocks {
+            let data = comp
+                .get(b.start..b.start + b.len)
+                .ok_or_else(|| FrameError::Corrupt {
+                    index: b.index,
+                    reason: "block outside its job buffer".into(),
+                })?;
+            let end = (pos + self.block_max).min(out.len());
+            let n = if !self.linked || (pos == 0 && self.window.is_empty()) {
+                decode_block(b, data, &mut out[pos..end], &[])?
+            } else if pos >= WINDOW {
+                let (before, after) = out.split_at_mut(pos);
+                let dict = &before[pos - WINDOW..];
+                decode_block(b, data, &mut after[..end - pos], dict)?
+            } else {
+                // The dictionary spans the previous runs' window and this run's output.
+                self.scratch.clear();
+                let keep = self.window.len().min(WINDOW - pos);
+                self.scratch
+                    .extend_from_slice(&self.window[self.window.len() - keep..]);
+                self.scratch.extend_from_slice(&out[..pos]);
+                decode_block(b, data, &mut out[pos..end], &self.scratch)?
+            };
+            pos += n;
+        }
+        if self.linked {
+            if pos >= WINDOW {
+                self.window.clear();
+                self.window.extend_from_slice(&out[pos - WINDOW..pos]);
+            } else {
+                self.window.extend_from_slice(&out[..pos]);
+                let excess = self.window.len().saturating_sub(WINDOW);
+                self.window.drain(..excess);
+            }
+        }
+        Ok(pos)
+    }
 }
 
 fn array4(s: &[u8]) -> [u8; 4] {

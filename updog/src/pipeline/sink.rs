@@ -1,20 +1,18 @@
 //! Where staged images go: the [`Sink`] trait (positioned writes, one flush, read-back that
-//! bypasses the page cache) and its two implementations: [`BootpartSink`] (a partition found by
-//! `bootpart`, written through [`bootpart::io::PartitionWriter`]) and [`PartitionFile`] (a byte
-//! range of any file or block device); plus [`AlignedBuf`], a heap buffer aligned for
-//! `O_DIRECT` built without `unsafe`.
+//! bypasses the page cache) and its implementation [`PartitionSink`], an adapter over
+//! `bootpart`'s partition-I/O stack ([`PartitionWriter`], [`DirectWriter`],
+//! [`PartitionReader`]), which does the direct I/O, the bounds and the alignment.
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use bootpart::io::IoMode;
+use bootpart::io::{DirectWriter, PartitionReader, PartitionWriter};
 
-/// The alignment used for direct I/O: buffers, offsets and lengths are multiples of it. 4096
-/// covers both 512-byte and 4K-native logical block sizes.
-pub const DIRECT_ALIGN: usize = 4096;
+/// Page size the overlapped read-back is laid out in: regions start at multiples of it from a
+/// partition start that is one too, so that no later write touches a page already read back.
+pub(crate) const PAGE: u64 = 4096;
 
 /// A destination for a staged image: a fixed-size byte range (a partition) written at positions.
 ///
@@ -67,149 +65,11 @@ pub trait ReadBack: Send {
     fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 }
 
-/// A read-back handle on a byte range of a file or block device: `O_DIRECT` reads when
-/// possible, otherwise buffered reads after dropping the range's (clean, flushed) cached pages.
-#[derive(Debug)]
-struct RegionReader {
-    path: PathBuf,
-    base: u64,
-    len: u64,
-    direct: Option<File>,
-    buffered: File,
-}
-
-impl RegionReader {
-    /// `None` when the partition does not start on a page boundary: the pipeline's region
-    /// boundaries (page multiples from the partition start) would then split pages, which a
-    /// later write could keep in the page cache; such partitions are read back after the end.
-    fn open(path: &Path, base: u64, len: u64, direct: bool) -> Option<Box<dyn ReadBack>> {
-        if base % DIRECT_ALIGN as u64 != 0 {
-            return None;
-        }
-        let buffered = File::open(path).ok()?;
-        // No readahead through this handle: it would pull not yet written ranges into the
-        // page cache for nothing.
-        let _ = nix::fcntl::posix_fadvise(
-            &buffered,
-            0,
-            0,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
-        );
-        let direct = if direct {
-            Some(
-                OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(path)
-                    .ok()?,
-            )
-        } else {
-            None
-        };
-        Some(Box::new(Self {
-            path: path.to_owned(),
-            base,
-            len,
-            direct,
-            buffered,
-        }))
-    }
-}
-
-impl ReadBack for RegionReader {
-    fn sync_data(&mut self) -> io::Result<()> {
-        // fdatasync is per file (or block device), whichever descriptor it is called on.
-        self.buffered.sync_data()
-    }
-
-    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let end = offset.checked_add(buf.len() as u64);
-        if end.is_none_or(|e| e > self.len) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "reading back {} bytes at offset {offset} would pass the end of the \
-                     {}-byte partition at {} in {}",
-                    buf.len(),
-                    self.len,
-                    self.base,
-                    self.path.display()
-                ),
-            ));
-        }
-        let abs = self.base + offset;
-        if let Some(direct) = &self.direct {
-            if PartitionFile::is_aligned(buf, offset) {
-                match direct.read_exact_at(buf, abs) {
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = None,
-                    other => return other,
-                }
-            }
-        }
-        // The range is flushed and no longer written: its cached pages are clean and can be
-        // dropped, so that the read comes from the device.
-        let off = libc::off_t::try_from(abs).map_err(io::Error::other)?;
-        let len = libc::off_t::try_from(buf.len()).map_err(io::Error::other)?;
-        nix::fcntl::posix_fadvise(
-            &self.buffered,
-            off,
-            len,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-        )
-        .map_err(io::Error::from)?;
-        self.buffered.read_exact_at(buf, abs)
-    }
-}
-
 /// Concurrent positioned writes: see [`Sink::parallel_writer`].
 pub trait ParallelWrite: Send + Sync {
     /// Write all of `buf` at `offset` (partition-relative; address, offset and length aligned
-    /// to [`DIRECT_ALIGN`]); refuses (writes nothing) past the partition end.
+    /// to the sink's [`Sink::alignment`]); refuses (writes nothing) past the partition end.
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
-}
-
-/// A second `O_DIRECT` descriptor on a partition, for [`ParallelWrite`].
-#[derive(Debug)]
-struct DirectHandle {
-    file: File,
-    path: PathBuf,
-    base: u64,
-    len: u64,
-}
-
-impl DirectHandle {
-    fn open(path: &Path, base: u64, len: u64) -> Option<Arc<dyn ParallelWrite>> {
-        if base % DIRECT_ALIGN as u64 != 0 {
-            return None;
-        }
-        let file = open_direct(path).ok()?;
-        Some(Arc::new(Self {
-            file,
-            path: path.to_owned(),
-            base,
-            len,
-        }))
-    }
-}
-
-impl ParallelWrite for DirectHandle {
-    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let end = offset.checked_add(buf.len() as u64);
-        if end.is_none_or(|e| e > self.len) || !PartitionFile::is_aligned(buf, offset) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{} bytes at offset {offset} of the {}-byte partition at {} in {}: past its \
-                     end or not {DIRECT_ALIGN}-byte aligned",
-                    buf.len(),
-                    self.len,
-                    self.base,
-                    self.path.display()
-                ),
-            ));
-        }
-        self.file.write_all_at(buf, self.base + offset)
-    }
 }
 
 impl<S: Sink + ?Sized> Sink for &mut S {
@@ -239,184 +99,55 @@ impl<S: Sink + ?Sized> Sink for &mut S {
     }
 }
 
-/// A partition: a byte range `[offset, offset + len)` of a disk-image file or a block device.
-#[derive(Debug)]
-pub struct PartitionFile {
-    path: PathBuf,
-    offset: u64,
-    len: u64,
-    /// Opened with `O_DIRECT` when direct I/O is in use.
-    direct: Option<File>,
-    /// Always open: for buffered mode and for unaligned tails in direct mode.
-    buffered: File,
-}
-
-impl PartitionFile {
-    /// Open the byte range `[offset, offset + len)` of `path` (an existing file or block
-    /// device) for writing and read-back.
-    pub fn open(path: &Path, offset: u64, len: u64, mode: IoMode) -> io::Result<Self> {
-        let buffered = OpenOptions::new().read(true).write(true).open(path)?;
-        let aligned = offset % DIRECT_ALIGN as u64 == 0;
-        let direct = match mode {
-            IoMode::Buffered => None,
-            IoMode::Direct if !aligned => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "partition offset {offset} of {} is not {DIRECT_ALIGN}-byte aligned, \
-                         direct I/O is impossible",
-                        path.display()
-                    ),
-                ));
-            }
-            IoMode::Direct => Some(open_direct(path)?),
-            IoMode::Auto if !aligned => None,
-            IoMode::Auto => open_direct(path).ok(),
-        };
-        Ok(Self {
-            path: path.to_owned(),
-            offset,
-            len,
-            direct,
-            buffered,
-        })
-    }
-
-    /// The file or device this partition lives on.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn check_range(&self, len: usize, offset: u64) -> io::Result<u64> {
-        let end = offset.checked_add(len as u64);
-        match end {
-            Some(end) if end <= self.len => Ok(self.offset + offset),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{len} bytes at offset {offset} would pass the end of the {}-byte partition \
-                     at {} in {}",
-                    self.len,
-                    self.offset,
-                    self.path.display()
-                ),
-            )),
-        }
-    }
-
-    fn is_aligned(buf: &[u8], offset: u64) -> bool {
-        buf.as_ptr().align_offset(DIRECT_ALIGN) == 0
-            && buf.len() % DIRECT_ALIGN == 0
-            && offset % DIRECT_ALIGN as u64 == 0
+impl ParallelWrite for DirectWriter {
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        DirectWriter::write_all_at(self, buf, offset).map_err(io::Error::other)
     }
 }
 
-fn open_direct(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-}
-
-impl Sink for PartitionFile {
-    fn capacity(&self) -> u64 {
-        self.len
-    }
-
-    fn alignment(&self) -> usize {
-        if self.direct.is_some() {
-            DIRECT_ALIGN
-        } else {
-            1
-        }
-    }
-
-    fn is_direct(&self) -> bool {
-        self.direct.is_some()
-    }
-
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let abs = self.check_range(buf.len(), offset)?;
-        if let Some(direct) = &self.direct {
-            if Self::is_aligned(buf, offset) {
-                match direct.write_all_at(buf, abs) {
-                    // Some file systems accept O_DIRECT at open and refuse it at write time:
-                    // fall back to buffered I/O for the rest of the image.
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = None,
-                    other => return other,
-                }
-            }
-        }
-        self.buffered.write_all_at(buf, abs)
-    }
-
-    fn sync(&mut self) -> io::Result<()> {
-        // One fdatasync covers both descriptors: it flushes the file's dirty pages and the
-        // device cache.
-        self.buffered.sync_data()?;
-        // Drop whatever the buffered path left in the page cache so that the read-back comes
-        // from the device.
-        let off = libc::off_t::try_from(self.offset).unwrap_or(0);
-        let len = libc::off_t::try_from(self.len).unwrap_or(0);
-        nix::fcntl::posix_fadvise(
-            &self.buffered,
-            off,
-            len,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-        )
-        .map_err(io::Error::from)
+impl ReadBack for PartitionReader {
+    fn sync_data(&mut self) -> io::Result<()> {
+        PartitionReader::sync_data(self)
     }
 
     fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let abs = self.check_range(buf.len(), offset)?;
-        if let Some(direct) = &self.direct {
-            if Self::is_aligned(buf, offset) {
-                return direct.read_exact_at(buf, abs);
-            }
-        }
-        self.buffered.read_exact_at(buf, abs)
-    }
-
-    fn parallel_writer(&self) -> Option<Arc<dyn ParallelWrite>> {
-        self.direct.as_ref()?;
-        DirectHandle::open(&self.path, self.offset, self.len)
-    }
-
-    fn read_back_handle(&self) -> Option<Box<dyn ReadBack>> {
-        RegionReader::open(&self.path, self.offset, self.len, self.direct.is_some())
+        PartitionReader::read_exact_at(self, buf, offset)
     }
 }
 
-/// A partition of a [`bootpart::Disk`]: writes go through [`PartitionWriter`] (bounded by the
-/// partition, `O_DIRECT` with a buffered fallback); the read-back goes through a
-/// [`PartitionFile`] over the same byte range, opened after the flush (4 MiB `O_DIRECT` reads,
-/// or buffered reads after dropping the cached pages). [`PartitionReader`] would do too, but its
-/// 1 MiB reads made the read-back twice as slow on a loop device (see `BENCHMARKS.md`).
-///
-/// [`PartitionWriter`]: bootpart::io::PartitionWriter
-/// [`PartitionReader`]: bootpart::io::PartitionReader
+/// A partition as a staging [`Sink`]: writes go through bootpart's [`PartitionWriter`]
+/// (bounded by the partition, `O_DIRECT` aligned to the disk's logical block size, with a
+/// buffered fallback), parallel writes through its [`DirectWriter`], and the read-back through a
+/// [`PartitionReader`] opened after the flush (reads straight into the pipeline's 4 MiB
+/// buffers, `O_DIRECT` or buffered after dropping the cached pages).
 #[derive(Debug)]
-pub struct BootpartSink<'a> {
-    disk: &'a bootpart::Disk,
+pub struct PartitionSink {
+    path: PathBuf,
     part: bootpart::Partition,
-    mode: IoMode,
-    writer: bootpart::io::PartitionWriter,
-    reader: Option<PartitionFile>,
+    writer: PartitionWriter,
+    reader: Option<PartitionReader>,
 }
 
-impl<'a> BootpartSink<'a> {
+impl PartitionSink {
     /// Open `part` of `disk` for staging.
     pub fn open(
-        disk: &'a bootpart::Disk,
+        disk: &bootpart::Disk,
         part: &bootpart::Partition,
         mode: IoMode,
     ) -> Result<Self, bootpart::Error> {
-        let writer = bootpart::io::PartitionWriter::open(disk, part, mode)?;
+        Self::open_path(disk.path(), part, mode)
+    }
+
+    /// Open `part` of the disk or disk image at `path` (whose GPT the caller already read).
+    pub fn open_path(
+        path: &Path,
+        part: &bootpart::Partition,
+        mode: IoMode,
+    ) -> Result<Self, bootpart::Error> {
+        let writer = PartitionWriter::open_path(path, part, mode)?;
         Ok(Self {
-            disk,
+            path: path.to_owned(),
             part: part.clone(),
-            mode,
             writer,
             reader: None,
         })
@@ -427,26 +158,18 @@ impl<'a> BootpartSink<'a> {
         &self.part
     }
 
-    fn reader(&mut self) -> io::Result<&mut PartitionFile> {
-        if self.reader.is_none() {
-            let mut r = PartitionFile::open(
-                self.disk.path(),
-                self.part.byte_offset(),
-                self.part.byte_len(),
-                self.mode,
-            )?;
-            // Nothing is dirty through this handle: this only drops the cached pages, so that
-            // buffered reads come from the disk.
-            r.sync()?;
-            self.reader = Some(r);
-        }
-        self.reader
-            .as_mut()
-            .ok_or_else(|| io::Error::other("partition reader not open"))
+    /// A reader on the partition, direct when the writer is.
+    fn open_reader(&self) -> io::Result<PartitionReader> {
+        let mode = if self.writer.is_direct() {
+            IoMode::Auto
+        } else {
+            IoMode::Buffered
+        };
+        PartitionReader::open_path(&self.path, &self.part, mode).map_err(io::Error::other)
     }
 }
 
-impl Sink for BootpartSink<'_> {
+impl Sink for PartitionSink {
     fn capacity(&self) -> u64 {
         self.writer.capacity()
     }
@@ -468,84 +191,33 @@ impl Sink for BootpartSink<'_> {
     fn sync(&mut self) -> io::Result<()> {
         self.writer.sync()?;
         // Opened after the flush, which is when the cached pages can be dropped.
-        self.reader = None;
-        self.reader().map(|_| ())
+        self.reader = Some(self.open_reader()?);
+        Ok(())
     }
 
     fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.reader()?.read_exact_at(buf, offset)
+        if self.reader.is_none() {
+            self.reader = Some(self.open_reader()?);
+        }
+        match &mut self.reader {
+            Some(r) => r.read_exact_at(buf, offset),
+            None => Err(io::Error::other("partition reader not open")),
+        }
     }
 
     fn parallel_writer(&self) -> Option<Arc<dyn ParallelWrite>> {
-        if !self.writer.is_direct() {
+        let handle = self.writer.direct_writer().ok()??;
+        Some(Arc::new(handle))
+    }
+
+    /// `None` when the partition does not start on a page boundary: the pipeline's region
+    /// boundaries (page multiples from the partition start) would then split pages, which a
+    /// later write could keep in the page cache; such partitions are read back after the end.
+    fn read_back_handle(&self) -> Option<Box<dyn ReadBack>> {
+        if self.part.byte_offset() % PAGE != 0 {
             return None;
         }
-        DirectHandle::open(
-            self.disk.path(),
-            self.part.byte_offset(),
-            self.part.byte_len(),
-        )
-    }
-
-    fn read_back_handle(&self) -> Option<Box<dyn ReadBack>> {
-        RegionReader::open(
-            self.disk.path(),
-            self.part.byte_offset(),
-            self.part.byte_len(),
-            self.writer.is_direct(),
-        )
-    }
-}
-
-/// A heap buffer whose start is aligned to [`DIRECT_ALIGN`], for `O_DIRECT` I/O. Built from an
-/// over-allocated `Vec` and a safe `align_offset`, so it needs no `unsafe`.
-pub struct AlignedBuf {
-    storage: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    /// A zeroed buffer of `len` bytes (pages are only touched when written).
-    pub fn new(len: usize) -> Self {
-        let storage = vec![0u8; len + DIRECT_ALIGN];
-        let start = storage.as_ptr().align_offset(DIRECT_ALIGN);
-        // `align_offset` may (in theory) give up and return usize::MAX; fall back to 0 then,
-        // which only costs the direct path.
-        let start = if start < DIRECT_ALIGN { start } else { 0 };
-        Self {
-            storage,
-            start,
-            len,
-        }
-    }
-
-    /// Capacity in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the buffer has no capacity.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The aligned bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        &self.storage[self.start..self.start + self.len]
-    }
-
-    /// The aligned bytes, mutable.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.storage[self.start..self.start + self.len]
-    }
-}
-
-impl std::fmt::Debug for AlignedBuf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AlignedBuf")
-            .field("len", &self.len)
-            .finish_non_exhaustive()
+        Some(Box::new(self.open_reader().ok()?))
     }
 }
 
@@ -553,12 +225,18 @@ impl std::fmt::Debug for AlignedBuf {
 mod tests {
     use super::*;
 
-    #[test]
-    fn aligned_buf_is_aligned() {
-        for len in [0, 1, 4096, 65536, 1 << 20] {
-            let b = AlignedBuf::new(len);
-            assert_eq!(b.as_slice().as_ptr().align_offset(DIRECT_ALIGN), 0);
-            assert_eq!(b.as_slice().len(), len);
+    /// Partition 1 at `offset` (a multiple of 512) of `len` bytes.
+    fn range(offset: u64, len: u64) -> bootpart::Partition {
+        bootpart::Partition {
+            number: 1,
+            type_guid: bootpart::PartitionType::Root.guid(),
+            unique_guid: bootpart::Guid::ZERO,
+            name: String::new(),
+            first_lba: offset / 512,
+            last_lba: (offset + len) / 512 - 1,
+            attributes: 0,
+            sector_size: 512,
+            device_node: None,
         }
     }
 
@@ -567,28 +245,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
         std::fs::write(&path, vec![0u8; 4 * 8192]).unwrap();
-        let aligned = PartitionFile::open(&path, 8192, 8192, IoMode::Buffered).unwrap();
-        assert!(aligned.read_back_handle().is_some());
-        let unaligned = PartitionFile::open(&path, 8192 + 512, 8192, IoMode::Buffered).unwrap();
+        let aligned = PartitionSink::open_path(&path, &range(8192, 8192), IoMode::Buffered);
+        assert!(aligned.unwrap().read_back_handle().is_some());
+        let unaligned =
+            PartitionSink::open_path(&path, &range(8192 + 512, 8192), IoMode::Buffered).unwrap();
         assert!(unaligned.read_back_handle().is_none());
     }
 
     #[test]
-    fn partition_file_refuses_writes_past_its_end() {
+    fn refuses_writes_past_its_end() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
         std::fs::write(&path, vec![0xAAu8; 3 * 8192]).unwrap();
-        let mut p = PartitionFile::open(&path, 8192, 8192, IoMode::Auto).unwrap();
-        let mut buf = AlignedBuf::new(8192 + 4096);
-        buf.as_mut_slice().fill(1);
-        assert!(p.write_all_at(buf.as_slice(), 0).is_err());
-        assert!(p.write_all_at(&buf.as_slice()[..1], 8192).is_err());
-        p.write_all_at(&buf.as_slice()[..8192], 0).unwrap();
-        p.write_all_at(&buf.as_slice()[..3], 100).unwrap();
+        let mut p = PartitionSink::open_path(&path, &range(8192, 8192), IoMode::Auto).unwrap();
+        let mut buf = bootpart::io::AlignedBuf::new(8192 + 4096, 4096);
+        buf.fill(1);
+        assert!(p.write_all_at(&buf, 0).is_err());
+        assert!(p.write_all_at(&buf[..1], 8192).is_err());
+        p.write_all_at(&buf[..8192], 0).unwrap();
+        p.write_all_at(&buf[..3], 100).unwrap();
         p.sync().unwrap();
         let disk = std::fs::read(&path).unwrap();
         assert!(disk[..8192].iter().all(|&b| b == 0xAA));
         assert!(disk[8192..16384].iter().all(|&b| b == 1));
         assert!(disk[16384..].iter().all(|&b| b == 0xAA));
+        let mut back = vec![0u8; 8192];
+        p.read_exact_at(&mut back, 0).unwrap();
+        assert!(back.iter().all(|&b| b == 1));
     }
 }

@@ -61,6 +61,9 @@ pub struct HttpOptions {
     /// Proxy for `https://` URLs (e.g. `http://proxy.example:3128`). `None`: use the
     /// `HTTPS_PROXY` / `https_proxy` environment variables if [`Self::proxy_from_env`].
     pub https_proxy: Option<String>,
+    /// Proxy for plain `http://` URLs. `None`: use the `HTTP_PROXY` / `http_proxy`
+    /// environment variables if [`Self::proxy_from_env`].
+    pub http_proxy: Option<String>,
     /// Hosts, domains (`example.com` matches its sub-domains) and IP ranges (`10.0.0.0/8`) to
     /// reach without the proxy; `*` for all. Empty: use `NO_PROXY` / `no_proxy` from the
     /// environment if [`Self::proxy_from_env`].
@@ -81,6 +84,7 @@ impl Default for HttpOptions {
             max_resumes: 100,
             backoff: Backoff::default(),
             https_proxy: None,
+            http_proxy: None,
             no_proxy: Vec::new(),
             proxy_from_env: true,
             query: Vec::new(),
@@ -93,25 +97,31 @@ impl Default for HttpOptions {
 pub struct ProxyConfig {
     /// The proxy for `https://` URLs, if any.
     pub https_proxy: Option<String>,
-    /// Hosts reached without the proxy.
+    /// The proxy for `http://` URLs, if any.
+    pub http_proxy: Option<String>,
+    /// Hosts reached without a proxy.
     pub no_proxy: Vec<String>,
 }
 
 impl ProxyConfig {
     /// Resolves the settings from `options`, falling back (when `options.proxy_from_env`) to the
-    /// variables `env` returns: `HTTPS_PROXY` then `https_proxy`, `NO_PROXY` then `no_proxy`
-    /// (comma-separated). Empty values count as unset. Options win over the environment.
+    /// variables `env` returns: `HTTPS_PROXY` then `https_proxy`, `HTTP_PROXY` then
+    /// `http_proxy`, `NO_PROXY` then `no_proxy` (comma-separated). Empty values count as unset.
+    /// Options win over the environment. Each scheme uses only its own proxy: an `http://`
+    /// repository never goes through `HTTPS_PROXY`, nor an `https://` one through `HTTP_PROXY`.
     ///
     /// ```
     /// use updog::transport::{HttpOptions, ProxyConfig};
     ///
     /// let env = |name: &str| match name {
     ///     "https_proxy" => Some("http://proxy.internal:3128".to_string()),
+    ///     "HTTP_PROXY" => Some("http://plain-proxy.internal:8080".to_string()),
     ///     "NO_PROXY" => Some("localhost, .corp.example".to_string()),
     ///     _ => None,
     /// };
     /// let config = ProxyConfig::resolve(&HttpOptions::default(), env);
     /// assert_eq!(config.https_proxy.as_deref(), Some("http://proxy.internal:3128"));
+    /// assert_eq!(config.http_proxy.as_deref(), Some("http://plain-proxy.internal:8080"));
     /// assert_eq!(config.no_proxy, ["localhost", ".corp.example"]);
     /// ```
     pub fn resolve(options: &HttpOptions, env: impl Fn(&str) -> Option<String>) -> Self {
@@ -129,6 +139,11 @@ impl ProxyConfig {
             .clone()
             .filter(|p| !p.trim().is_empty())
             .or_else(|| env_var(["HTTPS_PROXY", "https_proxy"]));
+        let http_proxy = options
+            .http_proxy
+            .clone()
+            .filter(|p| !p.trim().is_empty())
+            .or_else(|| env_var(["HTTP_PROXY", "http_proxy"]));
         let no_proxy = if options.no_proxy.is_empty() {
             env_var(["NO_PROXY", "no_proxy"])
                 .map(|v| {
@@ -144,6 +159,7 @@ impl ProxyConfig {
         };
         Self {
             https_proxy,
+            http_proxy,
             no_proxy,
         }
     }
@@ -153,7 +169,7 @@ impl ProxyConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum HttpSetupError {
     /// The proxy setting is not a usable URL.
-    #[error("invalid https proxy {proxy:?}")]
+    #[error("invalid proxy {proxy:?}")]
     InvalidProxy {
         /// The proxy as configured.
         proxy: String,
@@ -253,13 +269,17 @@ impl HttpTransport {
             .user_agent(concat!("updog/", env!("CARGO_PKG_VERSION")))
             // Only our resolved settings, not reqwest's own reading of the environment.
             .no_proxy();
-        if let Some(proxy_url) = &proxy.https_proxy {
+        type ForScheme = fn(&str) -> reqwest::Result<reqwest::Proxy>;
+        let schemes: [(&Option<String>, ForScheme); 2] = [
+            (&proxy.https_proxy, |u| reqwest::Proxy::https(u)),
+            (&proxy.http_proxy, |u| reqwest::Proxy::http(u)),
+        ];
+        for (setting, for_scheme) in schemes {
+            let Some(proxy_url) = setting else { continue };
             let no_proxy = reqwest::NoProxy::from_string(&proxy.no_proxy.join(","));
-            let p = reqwest::Proxy::https(proxy_url.as_str()).map_err(|source| {
-                HttpSetupError::InvalidProxy {
-                    proxy: proxy_url.clone(),
-                    source,
-                }
+            let p = for_scheme(proxy_url).map_err(|source| HttpSetupError::InvalidProxy {
+                proxy: proxy_url.clone(),
+                source,
             })?;
             builder = builder.proxy(p.no_proxy(no_proxy));
         }
@@ -391,7 +411,11 @@ impl Inner {
                     }
                 }
                 // Connection failures (a connect timeout included) are retried.
-                Err(e) if e.is_connect() => TransportErrorKind::Io(request_error(&e)),
+                // A certificate the server presents will not change on a retry.
+                Err(e) if tls_error(&e).is_some() => {
+                    return Err(TransportErrorKind::Io(request_error(&e, url)));
+                }
+                Err(e) if e.is_connect() => TransportErrorKind::Io(request_error(&e, url)),
                 Err(e) if e.is_timeout() => {
                     return Err(match deadline {
                         Some(d) if d.remaining().is_none() => d.error(url).kind,
@@ -399,9 +423,9 @@ impl Inner {
                     });
                 }
                 Err(e) if e.is_builder() || e.is_redirect() => {
-                    return Err(TransportErrorKind::Io(request_error(&e)));
+                    return Err(TransportErrorKind::Io(request_error(&e, url)));
                 }
-                Err(e) => TransportErrorKind::Io(request_error(&e)),
+                Err(e) => TransportErrorKind::Io(request_error(&e, url)),
             };
             if attempt >= opts.retries {
                 return Err(failure);
@@ -442,8 +466,12 @@ struct HttpReader {
 
 /// A failed request as one line that says why: reqwest's own text only repeats the URL (which
 /// [`TransportError`] names already); the innermost cause says what happened ("Connection
-/// refused", a DNS or TLS failure).
-fn request_error(e: &reqwest::Error) -> io::Error {
+/// refused", a DNS failure). A TLS failure says so and names the host.
+fn request_error(e: &reqwest::Error, url: &Url) -> io::Error {
+    if let Some(tls) = tls_error(e) {
+        let host = url.host_str().unwrap_or("the server");
+        return io::Error::other(format!("TLS with {host} failed: {}", tls_reason(tls, host)));
+    }
     let mut cause = None;
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -459,6 +487,45 @@ fn request_error(e: &reqwest::Error) -> io::Error {
         Some(cause) => format!("{what}: {cause}"),
         None => e.to_string(),
     })
+}
+
+/// The rustls error somewhere in `e`'s chain of causes, also inside (nested) I/O errors, whose
+/// `source` skips the error they wrap.
+fn tls_error(e: &reqwest::Error) -> Option<&rustls::Error> {
+    fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
+            if let Some(tls) = find(inner) {
+                return Some(tls);
+            }
+        }
+        e.source().and_then(find)
+    }
+    std::error::Error::source(e).and_then(find)
+}
+
+/// Why a TLS connection to `host` failed, in an operator's words.
+fn tls_reason(e: &rustls::Error, host: &str) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                format!("its certificate is not valid for the name {host}")
+            }
+            C::Expired | C::ExpiredContext { .. } => "its certificate has expired".to_owned(),
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "its certificate is not valid yet (check the clock)".to_owned()
+            }
+            C::UnknownIssuer => "its certificate is not issued by a trusted certificate \
+                                 authority (the system store, or SSL_CERT_FILE / SSL_CERT_DIR)"
+                .to_owned(),
+            C::Revoked => "its certificate is revoked".to_owned(),
+            other => format!("its certificate is not acceptable ({other:?})"),
+        },
+        other => other.to_string(),
+    }
 }
 
 fn is_timeout(e: &io::Error) -> bool {
@@ -649,6 +716,10 @@ mod tests {
         };
         let from_env = ProxyConfig::resolve(&HttpOptions::default(), env);
         assert_eq!(from_env.https_proxy.as_deref(), Some("http://upper:1"));
+        assert_eq!(
+            from_env.http_proxy, None,
+            "HTTPS_PROXY is not used for http://"
+        );
         assert_eq!(from_env.no_proxy, ["a", "b"]);
 
         let opts = HttpOptions {
@@ -668,6 +739,28 @@ mod tests {
             ..HttpOptions::default()
         };
         assert_eq!(ProxyConfig::resolve(&no_env, env), ProxyConfig::default());
+
+        let plain = |name: &str| match name {
+            "HTTP_PROXY" => Some(" ".to_string()),
+            "http_proxy" => Some("http://lower-plain:3".to_string()),
+            _ => None,
+        };
+        let from_env = ProxyConfig::resolve(&HttpOptions::default(), plain);
+        assert_eq!(from_env.http_proxy.as_deref(), Some("http://lower-plain:3"));
+        assert_eq!(
+            from_env.https_proxy, None,
+            "HTTP_PROXY is not used for https://"
+        );
+        let configured = HttpOptions {
+            http_proxy: Some("http://configured-plain:4".into()),
+            ..HttpOptions::default()
+        };
+        assert_eq!(
+            ProxyConfig::resolve(&configured, plain)
+                .http_proxy
+                .as_deref(),
+            Some("http://configured-plain:4")
+        );
 
         let blank = |name: &str| (name == "HTTPS_PROXY").then(|| " ".to_string());
         assert_eq!(

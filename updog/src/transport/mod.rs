@@ -7,7 +7,11 @@
 //! - [`HttpTransport`]: `http://` and `https://` through `reqwest` (rustls), streaming, with a
 //!   stall timeout instead of a whole-request timeout, retries with capped exponential backoff
 //!   and jitter, resumption of dropped connections with `Range`, proxies from options or the
-//!   environment, and query parameters appended to every URL (see [`HttpOptions`]).
+//!   environment (`HTTPS_PROXY` for `https://`, `HTTP_PROXY` for `http://`, `NO_PROXY`), and
+//!   query parameters appended to every URL (see [`HttpOptions`]). Server certificates are
+//!   checked against the host's certificate store (rustls-native-certs: the system CA bundle,
+//!   or `SSL_CERT_FILE` / `SSL_CERT_DIR` when set), not a bundled list; a certificate failure
+//!   is one line naming TLS and the host, and is not retried.
 //! - [`AnyTransport`]: picks one of the two by the URL's scheme.
 //!
 //! # Errors while reading

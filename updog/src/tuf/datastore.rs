@@ -23,9 +23,9 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), E
 }
 
 /// Makes `dir/name` hold what `fill` writes, atomically: temp file in `dir`, `fill`, fsync,
-/// rename, fsync `dir`. `fill` gets the temp file and the mapping of an I/O error to
-/// [`Error::Store`] naming `dir/name`; on any error the temp file is removed and `dir/name` is
-/// untouched.
+/// rename, fsync `dir` (the workspace's one implementation, [`manifest::fs::AtomicWrite`]).
+/// `fill` gets the temp file and the mapping of an I/O error to [`Error::Store`] naming
+/// `dir/name`; on any error the temp file is removed and `dir/name` is untouched.
 pub(crate) fn write_atomic_with<T>(
     dir: &Path,
     name: &str,
@@ -36,25 +36,20 @@ pub(crate) fn write_atomic_with<T>(
         path: path.clone(),
         source,
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(store)?;
-    let value = fill(tmp.as_file_mut(), &store)?;
-    tmp.as_file().sync_all().map_err(store)?;
-    tmp.persist(&path).map_err(|e| store(e.error))?;
-    sync_dir(dir)?;
-    Ok(value)
+    manifest::fs::AtomicWrite::default()
+        .write(&path, |file| fill(file, &store))
+        .map_err(|e| match e {
+            manifest::fs::AtomicWriteError::Io { source, .. } => store(source),
+            manifest::fs::AtomicWriteError::Fill(e) => e,
+        })
 }
 
 /// fsyncs a directory so a rename or unlink in it is durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| Error::Store {
-            path: dir.to_owned(),
-            source,
-        })
+    manifest::fs::sync_dir(dir).map_err(|source| Error::Store {
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 /// Reads `dir/name` up to `limit` bytes; `Ok(None)` when it does not exist.

@@ -233,6 +233,15 @@ impl TargetDescription {
         self.digest("sha256")
     }
 
+    /// The signed length and sha256, as the pipeline and the migrations cache check them;
+    /// `None` when no well-formed sha256 is listed.
+    pub fn info(&self) -> Option<migrations_fetch::TargetInfo> {
+        Some(migrations_fetch::TargetInfo {
+            length: self.length,
+            sha256: self.sha256()?,
+        })
+    }
+
     /// The signed sha512 digest, if listed and well-formed.
     pub fn sha512(&self) -> Option<[u8; 64]> {
         self.digest("sha512")

@@ -32,39 +32,7 @@ pub enum ManifestCommand {
     /// without it, to the higher of the current max_version and the new version, so the new
     /// update is offered.
     #[command(disable_help_flag = true)]
-    AddUpdate {
-        /// The manifest file to edit.
-        manifest: PathBuf,
-        /// The variant, such as aws-k8s-1.31.
-        #[arg(short = 'f', long)]
-        variant: String,
-        /// The update's version.
-        #[arg(short = 'v', long = "version", value_name = "VERSION")]
-        version: Version,
-        /// The architecture, such as x86_64 or aarch64.
-        #[arg(short = 'a', long)]
-        arch: String,
-        /// Hosts above this version are brought back to the highest update below it.
-        #[arg(short = 'm', long, value_name = "VERSION")]
-        max_version: Option<Version>,
-        /// TUF target name of the boot image [default: VARIANT-ARCH-VERSION-boot.ext4.lz4].
-        #[arg(short = 'b', long, value_name = "TARGET")]
-        boot: Option<String>,
-        /// TUF target name of the root image [default: VARIANT-ARCH-VERSION-root.ext4.lz4].
-        #[arg(short = 'r', long, value_name = "TARGET")]
-        root: Option<String>,
-        /// TUF target name of the hash (verity) image [default: VARIANT-ARCH-VERSION-root.verity.lz4].
-        #[arg(short = 'h', long, value_name = "TARGET")]
-        hash: Option<String>,
-        /// Replace an existing update with the same variant, arch and version.
-        #[arg(long)]
-        replace: bool,
-        #[command(flatten)]
-        waves: WaveSource,
-        /// Print help (-h is the hash image here, as in the reference).
-        #[arg(long, action = ArgAction::Help)]
-        help: Option<bool>,
-    },
+    AddUpdate(AddUpdateArgs),
     /// Remove an update.
     RemoveUpdate {
         /// The manifest file to edit.
@@ -148,31 +116,71 @@ pub enum ManifestCommand {
         manifest: PathBuf,
     },
     /// Show an update's wave schedule, a host's eligibility time, and how the fleet follows.
-    Waves {
-        /// The manifest file to read.
-        manifest: PathBuf,
-        #[command(flatten)]
-        id: UpdateId,
-        /// Show when a host with this seed (0..=2047) may take the update.
-        #[arg(long)]
-        seed: Option<u32>,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-        /// Also write an SVG chart of the eligible share of the fleet over time to FILE.
-        #[arg(long, value_name = "FILE")]
-        svg: Option<PathBuf>,
-        /// Fleet size for the simulation (seeds spread evenly).
-        #[arg(long, default_value_t = 10_000)]
-        hosts: u64,
-        /// Points in the simulated timeline (2..=10000).
-        #[arg(long, default_value_t = 25)]
-        steps: usize,
-        /// Also show the reference system's eligibility formula (absolute seed), which makes
-        /// most hosts of every later wave wait for the wave's end.
-        #[arg(long)]
-        compare_reference: bool,
-    },
+    Waves(WavesArgs),
+}
+
+/// `waves`' arguments.
+#[derive(Args)]
+pub struct WavesArgs {
+    /// The manifest file to read.
+    manifest: PathBuf,
+    #[command(flatten)]
+    id: UpdateId,
+    /// Show when a host with this seed (0..=2047) may take the update.
+    #[arg(long)]
+    seed: Option<u32>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Also write an SVG chart of the eligible share of the fleet over time to FILE.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// Fleet size for the simulation (seeds spread evenly).
+    #[arg(long, default_value_t = 10_000)]
+    hosts: u64,
+    /// Points in the simulated timeline (2..=10000).
+    #[arg(long, default_value_t = 25)]
+    steps: usize,
+    /// Also show the reference system's eligibility formula (absolute seed), which makes
+    /// most hosts of every later wave wait for the wave's end.
+    #[arg(long)]
+    compare_reference: bool,
+}
+
+/// `add-update`'s arguments: the reference's short flags, so `-h` is the hash image.
+#[derive(Args)]
+pub struct AddUpdateArgs {
+    /// The manifest file to edit.
+    manifest: PathBuf,
+    /// The variant, such as aws-k8s-1.31.
+    #[arg(short = 'f', long)]
+    variant: String,
+    /// The update's version.
+    #[arg(short = 'v', long = "version", value_name = "VERSION")]
+    version: Version,
+    /// The architecture, such as x86_64 or aarch64.
+    #[arg(short = 'a', long)]
+    arch: String,
+    /// Hosts above this version are brought back to the highest update below it.
+    #[arg(short = 'm', long, value_name = "VERSION")]
+    max_version: Option<Version>,
+    /// TUF target name of the boot image [default: VARIANT-ARCH-VERSION-boot.ext4.lz4].
+    #[arg(short = 'b', long, value_name = "TARGET")]
+    boot: Option<String>,
+    /// TUF target name of the root image [default: VARIANT-ARCH-VERSION-root.ext4.lz4].
+    #[arg(short = 'r', long, value_name = "TARGET")]
+    root: Option<String>,
+    /// TUF target name of the hash (verity) image [default: VARIANT-ARCH-VERSION-root.verity.lz4].
+    #[arg(short = 'h', long, value_name = "TARGET")]
+    hash: Option<String>,
+    /// Replace an existing update with the same variant, arch and version.
+    #[arg(long)]
+    replace: bool,
+    #[command(flatten)]
+    waves: WaveSource,
+    /// Print help (-h is the hash image here, as in the reference).
+    #[arg(long, action = ArgAction::Help)]
+    help: Option<bool>,
 }
 
 /// Which update: the reference's `-l/--variant -a/--arch -v/--version`.
@@ -245,41 +253,7 @@ impl ManifestCommand {
                 manifest::fs::save(&Manifest::default(), &manifest)?;
                 println!("created {}", manifest.display());
             }
-            Self::AddUpdate {
-                manifest: path,
-                variant,
-                version,
-                arch,
-                max_version,
-                boot,
-                root,
-                hash,
-                replace,
-                waves,
-                help: _,
-            } => {
-                let mut m = manifest::fs::load(&path)?;
-                let defaults = manifest::edit::default_image_names(&variant, &arch, &version);
-                let update = Update {
-                    variant,
-                    arch,
-                    version: version.clone(),
-                    max_version: version,
-                    waves: waves.schedule(now)?.unwrap_or_default(),
-                    images: Images {
-                        boot: boot.unwrap_or(defaults.boot),
-                        root: root.unwrap_or(defaults.root),
-                        hash: hash.unwrap_or(defaults.hash),
-                    },
-                };
-                let what = describe(&update.variant, &update.arch, &update.version);
-                let added = m.add_update_with_max(update, max_version, replace)?;
-                manifest::fs::save(&m, &path)?;
-                println!(
-                    "added {what}; max_version {} on {} update(s)",
-                    added.max_version, added.updates_changed
-                );
-            }
+            Self::AddUpdate(args) => args.run(now)?,
             Self::RemoveUpdate { manifest: path, id } => {
                 let mut m = manifest::fs::load(&path)?;
                 m.remove_update(&id.variant, &id.arch, &id.version)?;
@@ -342,45 +316,91 @@ impl ManifestCommand {
                 println!("max_version {max_version} on {n} update(s)");
             }
             Self::Validate { manifest: path } => return Ok(validate(&path)?),
-            Self::Waves {
-                manifest: path,
-                id,
-                seed,
-                json,
-                svg,
-                hosts,
-                steps,
-                compare_reference,
-            } => {
-                let m = manifest::fs::load(&path)?;
-                let update = m
-                    .find_update(&id.variant, &id.arch, &id.version)
-                    .ok_or_else(|| Error::NoSuchUpdate {
-                        variant: id.variant.clone(),
-                        arch: id.arch.clone(),
-                        version: id.version.clone(),
-                    })?;
-                let query = WavesQuery {
-                    seed: seed.map(Seed::new).transpose().map_err(Error::from)?,
-                    hosts,
-                    steps,
-                    compare_reference,
-                };
-                let report = WavesReport::new(update, &query, now)?;
-                if let Some(svg) = &svg {
-                    write_svg(update, &report, svg)?;
-                }
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&report)?);
-                } else {
-                    print_waves(update, &report, hosts, now)?;
-                    if let Some(svg) = &svg {
-                        println!("chart written to {}", svg.display());
-                    }
-                }
-            }
+            Self::Waves(args) => args.run(now)?,
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl AddUpdateArgs {
+    fn run(self, now: DateTime<Utc>) -> Result<(), Error> {
+        let Self {
+            manifest: path,
+            variant,
+            version,
+            arch,
+            max_version,
+            boot,
+            root,
+            hash,
+            replace,
+            waves,
+            help: _,
+        } = self;
+        let mut m = manifest::fs::load(&path)?;
+        let defaults = manifest::edit::default_image_names(&variant, &arch, &version);
+        let update = Update {
+            variant,
+            arch,
+            version: version.clone(),
+            max_version: version,
+            waves: waves.schedule(now)?.unwrap_or_default(),
+            images: Images {
+                boot: boot.unwrap_or(defaults.boot),
+                root: root.unwrap_or(defaults.root),
+                hash: hash.unwrap_or(defaults.hash),
+            },
+        };
+        let what = describe(&update.variant, &update.arch, &update.version);
+        let added = m.add_update_with_max(update, max_version, replace)?;
+        manifest::fs::save(&m, &path)?;
+        println!(
+            "added {what}; max_version {} on {} update(s)",
+            added.max_version, added.updates_changed
+        );
+        Ok(())
+    }
+}
+
+impl WavesArgs {
+    fn run(self, now: DateTime<Utc>) -> Result<(), Box<dyn std::error::Error>> {
+        let Self {
+            manifest: path,
+            id,
+            seed,
+            json,
+            svg,
+            hosts,
+            steps,
+            compare_reference,
+        } = self;
+        let m = manifest::fs::load(&path)?;
+        let update = m
+            .find_update(&id.variant, &id.arch, &id.version)
+            .ok_or_else(|| Error::NoSuchUpdate {
+                variant: id.variant.clone(),
+                arch: id.arch.clone(),
+                version: id.version.clone(),
+            })?;
+        let query = WavesQuery {
+            seed: seed.map(Seed::new).transpose().map_err(Error::from)?,
+            hosts,
+            steps,
+            compare_reference,
+        };
+        let report = WavesReport::new(update, &query, now)?;
+        if let Some(svg) = &svg {
+            write_svg(update, &report, svg)?;
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_waves(update, &report, hosts, now)?;
+            if let Some(svg) = &svg {
+                println!("chart written to {}", svg.display());
+            }
+        }
+        Ok(())
     }
 }
 
