@@ -13,7 +13,6 @@ use signpost::SetState;
 
 const OK: i32 = 0;
 const FAILURE: i32 = 1;
-const NOTHING_TO_DO: i32 = 3;
 const LOCKED: i32 = 4;
 
 /// A repository with these releases and a migration for each step between them.
@@ -147,7 +146,12 @@ fn a_signpost_change_during_an_update_is_refused_and_a_failed_staging_leaves_b_c
     assert_eq!(status["inactive"], "cleared");
     assert!(status["staged"].is_null(), "{status}");
     let out = host.updog(&["update-apply"]);
-    assert_eq!(code(&out), NOTHING_TO_DO, "{}", describe(&out));
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing is staged on set B"),
+        "{}",
+        describe(&out)
+    );
     assert_eq!(host.signpost().next_boot(), Some(SetId::A));
 }
 

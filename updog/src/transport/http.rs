@@ -73,6 +73,9 @@ pub struct HttpOptions {
     /// Query parameters appended to every URL, in order, after any query the URL already has
     /// (updog sends `seed` and `version`, so servers can count hosts per wave and version).
     pub query: Vec<(String, String)>,
+    /// Query parameters that may change while the transport is in use (updog adds `target` and
+    /// `migrations` once an update is chosen), appended after [`Self::query`], sorted by name.
+    pub shared_query: super::QueryParams,
 }
 
 impl Default for HttpOptions {
@@ -88,6 +91,7 @@ impl Default for HttpOptions {
             no_proxy: Vec::new(),
             proxy_from_env: true,
             query: Vec::new(),
+            shared_query: super::QueryParams::default(),
         }
     }
 }
@@ -332,7 +336,9 @@ impl HttpTransport {
                 TransportErrorKind::UnsupportedScheme(url.scheme().to_string()),
             ));
         }
-        let full = append_query(url, &self.inner.options.query);
+        let mut params = self.inner.options.query.clone();
+        params.extend(self.inner.options.shared_query.pairs());
+        let full = append_query(url, &params);
         let response = self
             .inner
             .send(&full, None, deadline.as_ref())

@@ -23,9 +23,11 @@
 
 mod file;
 mod http;
+mod query;
 
 pub use file::FileTransport;
 pub use http::{Backoff, HttpOptions, HttpSetupError, HttpTransport, ProxyConfig, append_query};
+pub use query::QueryParams;
 
 use std::io::Read;
 use std::time::{Duration, Instant};

@@ -211,6 +211,12 @@ pub enum RootCommand {
         /// An RFC 3339 time or "in N days|weeks|...".
         expires: String,
     },
+    /// Raise the version by one (the first step of a rotation that several people sign).
+    /// Drops the root's signatures.
+    BumpVersion {
+        /// The root file.
+        root: PathBuf,
+    },
     /// Add signatures to a root file; several key holders sign the same file in turn.
     ///
     /// Each key must be a root key of this root, or, for a rotation, of the previous root
@@ -443,6 +449,15 @@ impl RootCommand {
                     Ok(())
                 })?;
                 println!("expires {}", t.format("%Y-%m-%dT%H:%M:%SZ"));
+            }
+            Self::BumpVersion { root: path } => {
+                let mut version = 0;
+                edit_root(&path, |r| {
+                    r.version += 1;
+                    version = r.version;
+                    Ok(())
+                })?;
+                println!("{}: version {version}", path.display());
             }
             Self::Sign {
                 root: path,
