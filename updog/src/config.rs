@@ -717,7 +717,7 @@ mod tests {
     #[test]
     fn known_keys_are_the_fields_of_the_key_table() {
         let keys = known_keys();
-        assert_eq!(keys.len(), 23, "{keys:?}");
+        assert_eq!(keys.len(), 21, "{keys:?}");
         for key in [
             "metadata_base_url",
             "seed",
