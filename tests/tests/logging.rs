@@ -6,17 +6,10 @@
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output, Stdio};
 
-use e2e_tests::{Host, Migration, Release, RepoSpec, describe};
+use e2e_tests::{Host, RepoSpec, describe};
 
 fn two_releases() -> RepoSpec {
-    let mut spec = RepoSpec::new(vec![Release::new("1.0.0"), Release::new("1.1.0")]);
-    spec.migrations.push(Migration {
-        from: "1.0.0".parse().unwrap(),
-        to: "1.1.0".parse().unwrap(),
-        name: "migrate_v1.1.0_settings.lz4".to_string(),
-        content: b"migration 1.0.0 -> 1.1.0".to_vec(),
-    });
-    spec
+    RepoSpec::two_releases()
 }
 
 /// Runs `cmd` with stderr going to a file; with `journal`, `JOURNAL_STREAM` names that file
