@@ -71,6 +71,10 @@ fn the_journal_gets_priorities_and_info_tells_what_happened() {
         "bytes written and read back in ",
         "<6>set B holds 1.1.0 and is marked valid",
         "<6>flipped the boot flags: set B boots next",
+        // signpost's library says what each transition left on the disk.
+        "<6>clear-inactive on ",
+        "<6>upgrade-to-inactive on ",
+        "set B priority=2 tries_left=1 successful=false",
     ];
     for e in expect {
         assert!(log.contains(e), "missing {e:?} in:\n{log}");
