@@ -317,7 +317,21 @@ impl<D: BlockIo> Signpost<D> {
     /// what it holds.
     fn write_checked(&mut self, what: &'static str, flags: BootFlags) -> Result<(), Error> {
         match self.write_flags(flags) {
-            Ok(()) => self.refresh(),
+            Ok(()) => {
+                self.refresh()?;
+                let show = |set: SetId| {
+                    self.flags
+                        .state(set)
+                        .map_or_else(|| "absent".to_string(), |s| s.to_string())
+                };
+                log::info!(
+                    "{what} on {}: set A {}, set B {}",
+                    self.disk.display(),
+                    show(SetId::A),
+                    show(SetId::B)
+                );
+                Ok(())
+            }
             Err(Error::Gpt { source, .. }) => {
                 let now = self.refresh().ok().map(|()| self.flags);
                 Err(Error::WriteFailed {

@@ -141,14 +141,7 @@ fn image_flag_and_version_lock_wait_for_the_wave_unless_now() {
 
     // thar-be-updates and periodic units run `update-image`/`update`: nothing to do is exit 0.
     for cmd in ["update-image", "update"] {
-        let out = host.updog(&[cmd, "-i", "1.2.0"]);
-        assert_eq!(code(&out), OK, "{cmd}: {}", describe(&out));
-        assert!(
-            stderr(&out).contains("No update required"),
-            "{cmd}: {}",
-            describe(&out)
-        );
-        assert!(stdout(&out).is_empty(), "{cmd}: {}", describe(&out));
+        assert_no_update_required(&host.updog(&[cmd, "-i", "1.2.0"]));
     }
     assert!(host.disk.bytes().unwrap() == disk_before, "disk changed");
 
@@ -175,6 +168,18 @@ fn image_flag_and_version_lock_wait_for_the_wave_unless_now() {
     assert_eq!(json(&out)["version"], "1.2.0");
 }
 
+/// The reference's answer of `update`/`update-image` with nothing to do: exit 0, "No update
+/// required" on stderr, nothing on stdout.
+fn assert_no_update_required(out: &std::process::Output) {
+    assert_eq!(code(out), OK, "{}", describe(out));
+    assert!(
+        stderr(out).contains("No update required"),
+        "{}",
+        describe(out)
+    );
+    assert!(stdout(out).is_empty(), "{}", describe(out));
+}
+
 fn state(host: &Host, set: SetId) -> SetState {
     host.signpost().state(set).expect("set exists")
 }
@@ -188,14 +193,7 @@ fn nothing_to_do_is_success_for_update_and_failure_for_check_update() {
     let disk_before = host.disk.bytes().unwrap();
 
     for cmd in ["update", "update-image"] {
-        let out = host.updog(&[cmd]);
-        assert_eq!(code(&out), OK, "{cmd}: {}", describe(&out));
-        assert!(
-            stderr(&out).contains("No update required"),
-            "{cmd}: {}",
-            describe(&out)
-        );
-        assert!(stdout(&out).is_empty(), "{cmd}: {}", describe(&out));
+        assert_no_update_required(&host.updog(&[cmd]));
         // `--json` anywhere on the line: the reason for agents, still exit 0.
         let out = host.updog(&[cmd, "--json"]);
         assert_eq!(code(&out), OK, "{cmd}: {}", describe(&out));
@@ -376,4 +374,158 @@ fn has_boot_ever_succeeded_prints_true_or_nothing() {
     assert_eq!(stdout(&out), "true\n");
     let out = run(&["has-boot-ever-succeeded", "--json"]);
     assert_eq!(stdout(&out).trim(), "true");
+}
+
+/// Asserts exit 1 with every one of `parts` on stderr; returns stderr.
+fn fails_saying(out: &std::process::Output, parts: &[&str]) -> String {
+    assert_eq!(code(out), FAILURE, "{}", describe(out));
+    let err = stderr(out);
+    for part in parts {
+        assert!(err.contains(part), "{part:?} missing: {err}");
+    }
+    err
+}
+
+/// A first run against a server that cannot be reached says so, names the key and file that
+/// gave the URL, and does not blame `2.root.json` (the first file it happened to try).
+#[test]
+fn an_unreachable_repository_is_named_by_its_key_not_by_2_root_json() {
+    let spec = releases(&["1.0.0", "1.1.0"]);
+    let mut host = Host::new(&spec, "1.0.0");
+    // Nothing listens on port 1 of the loopback interface: connection refused.
+    host.configure("metadata_base_url = \"http://127.0.0.1:1/metadata/\"\nretries = 0");
+    let err = fails_saying(
+        &host.updog(&["check-update"]),
+        &[
+            "cannot reach the repository at http://127.0.0.1:1/metadata/",
+            &format!("metadata_base_url in {}", host.config_path.display()),
+        ],
+    );
+    assert!(!err.contains("2.root.json"), "{err}");
+}
+
+/// A target that fails to download names the key and file its URL came from.
+#[test]
+fn a_failed_image_download_names_targets_base_url_and_the_file() {
+    let spec = releases(&["1.0.0", "1.1.0"]);
+    let host = Host::new(&spec, "1.0.0");
+    for path in host
+        .repo
+        .target_url_paths(&spec.releases[1].target_name("root"))
+    {
+        host.server.fault(&path, fixtures::http::Fault::Status(500));
+    }
+    fails_saying(
+        &host.updog(&["update"]),
+        &[
+            "HTTP 500",
+            &format!(
+                "(the URL comes from targets_base_url in {})",
+                host.config_path.display()
+            ),
+        ],
+    );
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A));
+}
+
+/// `updog` pointed at a disk image without `active_set` cannot discover the running set; the
+/// message names the keys that fix it.
+#[test]
+fn a_discovery_failure_points_at_disk_and_active_set() {
+    let spec = releases(&["1.0.0", "1.1.0"]);
+    let host = Host::new(&spec, "1.0.0");
+    let text = std::fs::read_to_string(&host.config_path).unwrap();
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("active_set"))
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    std::fs::write(&host.config_path, without).unwrap();
+    fails_saying(
+        &host.updog(&["status"]),
+        &[&format!(
+            "set `disk` and `active_set` in {}",
+            host.config_path.display()
+        )],
+    );
+}
+
+/// As a user without the right to write the lock's directory, the message says root is needed.
+/// (As root the permission check does not apply; the rendering is unit-tested in
+/// `updog::advice`.)
+#[test]
+fn permission_denied_says_root_is_needed() {
+    if fixtures::disk::is_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let spec = releases(&["1.0.0", "1.1.0"]);
+    let mut host = Host::new(&spec, "1.0.0");
+    let locked = host.dir.path().join("root-only");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
+    host.configure(&format!("lock_file = \"{}/updog.lock\"", locked.display()));
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
+    assert!(stderr(&out).contains("needs root"), "{}", describe(&out));
+}
+
+/// A one-shot HTTP server on 127.0.0.1 that answers every request with `head` and `body`.
+fn answer_with(head: &'static str, body: &'static [u8]) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        // Serve a few connections (the client may retry), then stop.
+        for stream in listener.incoming().take(1) {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = write!(
+                stream,
+                "{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(body);
+        }
+    });
+    (url, handle)
+}
+
+fn fetch_error(url: &str) -> String {
+    use updog::transport::{HttpOptions, HttpTransport, Transport};
+    let transport = HttpTransport::new(HttpOptions {
+        retries: 0,
+        proxy_from_env: false,
+        ..HttpOptions::default()
+    })
+    .unwrap();
+    match transport.fetch(&url.parse().unwrap()) {
+        Ok(_) => panic!("fetching {url} succeeded"),
+        Err(e) => updog::advice::error_chain(&e),
+    }
+}
+
+/// `Content-Encoding: gzip` and a redirect to `file://` are named as such, not left to fail a
+/// hash check or as a bare "request failed".
+#[test]
+fn gzip_bodies_and_redirects_to_file_urls_are_named() {
+    let (url, server) = answer_with(
+        "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n",
+        b"\x1f\x8b\x08\x00compressed",
+    );
+    let err = fetch_error(&format!("{url}timestamp.json"));
+    assert!(err.contains("Content-Encoding: gzip"), "{err}");
+    server.join().unwrap();
+
+    let (url, server) = answer_with(
+        "HTTP/1.1 302 Found\r\nLocation: file:///etc/passwd\r\n",
+        b"",
+    );
+    let err = fetch_error(&format!("{url}timestamp.json"));
+    assert!(
+        err.contains("redirected (HTTP 302) to file:///etc/passwd") && err.contains("refused"),
+        "{err}"
+    );
+    server.join().unwrap();
 }

@@ -6,17 +6,10 @@
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output, Stdio};
 
-use e2e_tests::{Host, Migration, Release, RepoSpec, describe};
+use e2e_tests::{Host, RepoSpec, describe};
 
 fn two_releases() -> RepoSpec {
-    let mut spec = RepoSpec::new(vec![Release::new("1.0.0"), Release::new("1.1.0")]);
-    spec.migrations.push(Migration {
-        from: "1.0.0".parse().unwrap(),
-        to: "1.1.0".parse().unwrap(),
-        name: "migrate_v1.1.0_settings.lz4".to_string(),
-        content: b"migration 1.0.0 -> 1.1.0".to_vec(),
-    });
-    spec
+    RepoSpec::two_releases()
 }
 
 /// Runs `cmd` with stderr going to a file; with `journal`, `JOURNAL_STREAM` names that file
@@ -78,6 +71,10 @@ fn the_journal_gets_priorities_and_info_tells_what_happened() {
         "bytes written and read back in ",
         "<6>set B holds 1.1.0 and is marked valid",
         "<6>flipped the boot flags: set B boots next",
+        // signpost's library says what each transition left on the disk.
+        "<6>clear-inactive on ",
+        "<6>upgrade-to-inactive on ",
+        "set B priority=2 tries_left=1 successful=false",
     ];
     for e in expect {
         assert!(log.contains(e), "missing {e:?} in:\n{log}");
@@ -169,4 +166,44 @@ fn an_inherited_journal_stream_that_is_not_stderr_is_ignored() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("updog: info: "), "{log}");
     assert!(!log.contains("<6>"), "{log}");
+}
+
+#[test]
+fn a_recovered_problem_is_a_warning_and_debug_names_each_request() {
+    let spec = two_releases();
+    let host = Host::new(&spec, "1.0.0");
+    let root = spec.releases[1].target_name("root");
+    for path in host.repo.target_url_paths(&root) {
+        host.server
+            .fault_times(&path, fixtures::http::Fault::DropAfter(100_000), 1);
+    }
+    let (out, log) = run_with_stderr_file(
+        updog(
+            &host,
+            &["update", "--progress", "none", "--log-level", "debug"],
+        ),
+        true,
+    );
+    assert!(out.status.success(), "{log}");
+    let resumed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("resuming with a Range request"))
+        .collect();
+    assert_eq!(resumed.len(), 1, "{log}");
+    assert!(resumed[0].starts_with("<4>"), "{log}");
+    assert!(resumed[0].contains("at byte 100000"), "{log}");
+    // Debug lines: priority 7, their module named, one per request (the resume included).
+    let gets: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("] GET http://127.0.0.1:"))
+        .collect();
+    assert!(
+        gets.iter().all(|l| l.starts_with("<7>[updog::transport")),
+        "{log}"
+    );
+    assert!(
+        gets.iter()
+            .any(|l| l.contains(&root) && l.ends_with("from byte 100000")),
+        "{log}"
+    );
 }

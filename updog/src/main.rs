@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use manifest::select::NoUpdateReason;
+use updog::advice::error_chain;
 use updog::config::{Config, DEFAULT_CONFIG_PATH};
 use updog::os_release::OsRelease;
 use updog::progress::{ProgressEvent, TerminalBar, json_line};
@@ -127,6 +128,8 @@ enum ProgressMode {
 struct Failure {
     code: u8,
     message: String,
+    /// The error, to be explained in terms of the configuration once it is known.
+    error: Option<Box<UpdateError>>,
 }
 
 impl From<UpdateError> for Failure {
@@ -134,22 +137,9 @@ impl From<UpdateError> for Failure {
         Failure {
             code: e.exit_code(),
             message: error_chain(&e),
+            error: Some(Box::new(e)),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 fn main() -> ExitCode {
@@ -169,6 +159,7 @@ fn load(global: &GlobalArgs) -> Result<Updater, Failure> {
     let (mut config, warnings) = Config::from_path(&global.config).map_err(|e| Failure {
         code: updog::exit::FAILURE,
         message: error_chain(&e),
+        error: None,
     })?;
     for w in warnings {
         log::warn!("{w}");
@@ -185,6 +176,15 @@ fn load(global: &GlobalArgs) -> Result<Updater, Failure> {
 
 fn run(args: &Args) -> Result<u8, Failure> {
     let updater = load(&args.global)?;
+    execute(&updater, args).map_err(|mut f| {
+        if let Some(e) = &f.error {
+            f.message = updog::advice::explain(e, updater.config(), &args.global.config);
+        }
+        f
+    })
+}
+
+fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
     let json = args.global.json;
     match &args.command {
         Command::CheckUpdate {
@@ -217,7 +217,7 @@ fn run(args: &Args) -> Result<u8, Failure> {
         }
         Command::Update { reboot, stage } => {
             let lock = updater.lock()?;
-            let Some(staged) = stage_with_signals(&updater, &lock, stage, json)? else {
+            let Some(staged) = stage_with_signals(updater, &lock, stage, json)? else {
                 return Ok(updog::exit::SUCCESS);
             };
             // From here on a termination signal only sets the (no longer read) flag: the flip
@@ -237,7 +237,7 @@ fn run(args: &Args) -> Result<u8, Failure> {
         }
         Command::UpdateImage { stage } => {
             let lock = updater.lock()?;
-            if let Some(staged) = stage_with_signals(&updater, &lock, stage, json)? {
+            if let Some(staged) = stage_with_signals(updater, &lock, stage, json)? {
                 print_update(&staged.update, json, stage, "Update staged");
             }
             Ok(updog::exit::SUCCESS)
@@ -374,6 +374,7 @@ fn stage_with_signals(
             Failure {
                 code: updog::exit::FAILURE,
                 message: format!("installing signal handler: {e}"),
+                error: None,
             }
         })?;
     }

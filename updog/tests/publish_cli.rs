@@ -817,10 +817,45 @@ fn a_key_source_other_than_a_file_signs_through_the_library() {
         targets: later,
         snapshot: later,
         timestamp: later,
+        warn_within: chrono::Duration::days(60),
     };
-    Repository::new(d.join("repo"))
+    let report = Repository::new(d.join("repo"))
         .publish(&release, &keys, &expires, now)
         .unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("targets version 1 expires")),
+        "{:?}",
+        report.warnings
+    );
     assert_eq!(remote.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     ok(d, &["check", "repo", "--root", "root.json"]);
+}
+
+/// A `custom` value with no canonical JSON form is refused instead of signed wrongly.
+#[test]
+fn metadata_without_a_canonical_form_is_not_signed() {
+    use updog::publish::keys::{FileKey, KeyType, generate};
+    use updog::publish::metadata::{Envelope, TargetEntry, Targets};
+    let dir = tempfile::tempdir().unwrap();
+    generate(&dir.path().join("t.pem"), KeyType::Ed25519).unwrap();
+    let key = FileKey::load(&dir.path().join("t.pem")).unwrap();
+    let entry = TargetEntry {
+        length: 1,
+        hashes: BTreeMap::new(),
+        custom: serde_json::json!({ "ratio": 1.5 }),
+    };
+    let mut env = Envelope::new(Targets {
+        type_name: "targets".into(),
+        spec_version: "1.0.0".into(),
+        version: 1,
+        expires: chrono::Utc::now(),
+        targets: BTreeMap::from([("a".to_owned(), entry)]),
+        delegations: None,
+    });
+    let err = env.sign(&key).unwrap_err();
+    assert!(err.to_string().contains("canonical"), "{err}");
+    assert!(env.signatures.is_empty());
 }

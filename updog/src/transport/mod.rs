@@ -211,7 +211,8 @@ pub enum TransportErrorKind {
         /// Why it could not be resumed.
         detail: String,
     },
-    /// Any other I/O or network failure, after retries.
+    /// Any other I/O or network failure, after retries. A failure to connect at all (refused,
+    /// unresolvable host, connect timeout) has the io kind [`std::io::ErrorKind::NotConnected`].
     #[error("{0}")]
     Io(#[source] std::io::Error),
 }

@@ -65,6 +65,9 @@ pub enum RepoCommand {
         /// When the timestamp expires (refresh it before: refresh-timestamp).
         #[arg(long, value_name = "TIME", default_value = "in 7 days")]
         timestamp_expires: String,
+        /// Warn when the root or targets expire within this long.
+        #[arg(long, value_name = "DURATION", default_value = "30 days")]
+        warn_within: String,
     },
     /// Sign a new timestamp (and with --snapshot-expires a new snapshot) for a cron job.
     ///
@@ -275,6 +278,7 @@ impl RepoCommand {
                 targets_expires,
                 snapshot_expires,
                 timestamp_expires,
+                warn_within,
             } => {
                 for dir in &add_targets {
                     targets.extend(files_in(dir)?);
@@ -288,6 +292,7 @@ impl RepoCommand {
                     targets: time(&targets_expires, now)?,
                     snapshot: time(&snapshot_expires, now)?,
                     timestamp: time(&timestamp_expires, now)?,
+                    warn_within: duration(&warn_within)?,
                 };
                 let keys = keys.load()?;
                 let report =
