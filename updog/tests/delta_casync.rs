@@ -16,11 +16,7 @@ fn tools_present() -> bool {
     let casync = Command::new("casync").arg("--version").output().is_ok();
     let ok = casync && fixtures::ext4::have_mkfs();
     if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "casync or mkfs.ext4 missing under CI=true: .ci/run installs them"
-        );
-        eprintln!("skipping: casync or mkfs.ext4 not installed");
+        fixtures::gate::skip("casync or mkfs.ext4 is not installed");
     }
     ok
 }
