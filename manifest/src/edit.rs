@@ -52,7 +52,7 @@ impl Manifest {
     /// let update = manifest::Update {
     ///     variant: "aws-dev".into(), arch: "x86_64".into(), version: v.clone(),
     ///     max_version: v.clone(), waves: Default::default(),
-    ///     images: default_image_names("aws-dev", "x86_64", &v),
+    ///     images: default_image_names("aws-dev", "x86_64", &v), delta: None,
     /// };
     /// let added = m.add_update_with_max(update, None, false)?;
     /// assert_eq!(added.max_version, v);

@@ -60,6 +60,7 @@
 //!     now: chrono::Utc::now(),
 //!     version_lock: VersionLock::Latest,
 //!     ignore_waves: false,
+//!     wave_timing: waves::WaveTiming::Offset,
 //!     force_version: None,
 //! };
 //! let Selection::Update(update) = select_update(&m, &request) else { panic!() };
@@ -120,6 +121,27 @@ pub struct Update {
     pub waves: WaveSchedule,
     /// The TUF target names of the partition images.
     pub images: Images,
+    /// Delta-update data: casync indexes of the images and where their chunks are. Ours; the
+    /// reference's parser ignores fields it does not know, and without it hosts use `images`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Delta>,
+}
+
+/// Where a host finds the casync blob index of each image of an update, and the chunk store.
+///
+/// ```json
+/// "delta": {"store": "chunks/", "indexes": {"root": "x86_64-aws-dev-1.1.0-root.caibx"}}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    /// The chunk store (`<store>/<4 hex>/<id>.cacnk`): an absolute URL, or a path relative to
+    /// the repository's targets URL. Chunks are not TUF targets; the signed index authenticates
+    /// each one by its hash.
+    pub store: String,
+    /// TUF target names of the `.caibx` index per image (`boot`, `root`, `hash`); an image
+    /// without one is written from its full lz4 image.
+    #[serde(default)]
+    pub indexes: std::collections::BTreeMap<String, String>,
 }
 
 /// The TUF target names of an update's partition images (lz4 frame files).

@@ -1,11 +1,13 @@
 //! Update selection: which update (if any) a host should take now, and why not when none.
 //!
 //! Candidates are the updates for the host's variant and arch with `version <= max_version`,
-//! and wave-ready for the host's seed at `now` unless waves are ignored.
+//! and wave-ready for the host's seed at `now` (by [`SelectionRequest::wave_timing`]) unless
+//! waves are ignored. These rules are the reference's (`update_required` in Bottlerocket's
+//! updog):
 //!
-//! - A forced version ([`SelectionRequest::force_version`]) picks exactly that version,
-//!   ignoring waves and the version lock (an operator's explicit choice), even if it is the
-//!   running version.
+//! - A forced version ([`SelectionRequest::force_version`], `updog -i`) picks exactly that
+//!   version, overriding the version lock, even if it is the running version; but only once its
+//!   wave has opened for this host, unless waves are ignored (`-n`).
 //! - [`VersionLock::Latest`]: the highest candidate newer than the running version; or, when the
 //!   running version is above a candidate's `max_version`, that candidate even if it is older
 //!   (this is how a bad release is pulled back).
@@ -21,7 +23,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use semver::Version;
-use waves::Seed;
+use waves::{Seed, WaveTiming};
 
 use crate::{Error, Manifest, Update};
 
@@ -103,8 +105,25 @@ pub struct SelectionRequest {
     pub version_lock: VersionLock,
     /// Take updates regardless of their wave schedule.
     pub ignore_waves: bool,
-    /// Take exactly this version, ignoring waves and the lock.
+    /// How eligibility inside a wave is timed (this project's, or the reference's).
+    pub wave_timing: WaveTiming,
+    /// Take exactly this version, overriding the lock (still subject to its wave unless
+    /// `ignore_waves`).
     pub force_version: Option<Version>,
+}
+
+impl SelectionRequest {
+    /// When this host may take `update`: `None` when it may now (its wave is open, the update
+    /// has no waves, or waves are ignored).
+    pub fn waits_until(&self, update: &Update) -> Option<DateTime<Utc>> {
+        if self.ignore_waves {
+            return None;
+        }
+        update
+            .waves
+            .ready_at_timing(self.seed, self.wave_timing)
+            .filter(|&at| at > self.now)
+    }
 }
 
 /// The outcome of [`select_update`].
@@ -202,6 +221,17 @@ pub fn available_updates<'a>(manifest: &'a Manifest, variant: &str, arch: &str) 
     out
 }
 
+/// The updates this host may take now, highest version first: [`available_updates`] whose wave
+/// is open for the request's seed at its `now` (all of them when waves are ignored). This is
+/// the reference's list for `updog whats --all`, which its callers record as available and then
+/// expect `update-image` to stage; the running version and the version lock do not filter it.
+pub fn ready_updates<'a>(manifest: &'a Manifest, req: &SelectionRequest) -> Vec<&'a Update> {
+    available_updates(manifest, &req.variant, &req.arch)
+        .into_iter()
+        .filter(|u| req.waits_until(u).is_none())
+        .collect()
+}
+
 /// Picks the update a host should take now (see the module docs for the rules).
 ///
 /// ```
@@ -212,7 +242,7 @@ pub fn available_updates<'a>(manifest: &'a Manifest, variant: &str, arch: &str) 
 /// let req = SelectionRequest {
 ///     variant: "v".into(), arch: "x86_64".into(), running_version: "1.0.0".parse()?,
 ///     seed: waves::Seed::new(0)?, now: chrono::Utc::now(), version_lock: VersionLock::Latest,
-///     ignore_waves: false, force_version: None,
+///     ignore_waves: false, wave_timing: waves::WaveTiming::Offset, force_version: None,
 /// };
 /// match select_update(&m, &req) {
 ///     Selection::NoUpdate(NoUpdateReason::NotEligibleYet { version, .. }) => {
@@ -230,48 +260,42 @@ pub fn select_update<'a>(manifest: &'a Manifest, req: &SelectionRequest) -> Sele
             arch: req.arch.clone(),
         });
     }
-    let ready_at = |u: &Update| {
-        if req.ignore_waves {
-            None
-        } else {
-            u.waves.ready_at(req.seed).filter(|&at| at > req.now)
-        }
-    };
+    let ready_at = |u: &Update| req.waits_until(u);
 
-    if let Some(forced) = &req.force_version {
-        return match candidates.iter().find(|u| &u.version == forced) {
-            Some(u) => Selection::Update(u),
-            None => Selection::NoUpdate(NoUpdateReason::VersionNotOffered {
+    let wanted: Vec<&Update> = if let Some(forced) = &req.force_version {
+        let Some(u) = candidates.iter().find(|u| &u.version == forced) else {
+            return Selection::NoUpdate(NoUpdateReason::VersionNotOffered {
                 version: forced.clone(),
-            }),
+            });
         };
-    }
-
-    let wanted: Vec<&Update> = match &req.version_lock {
-        VersionLock::Exact(v) if v == &req.running_version => {
-            return Selection::NoUpdate(NoUpdateReason::Locked { version: v.clone() });
-        }
-        VersionLock::Exact(v) => {
-            let Some(u) = candidates.iter().find(|u| &u.version == v) else {
-                return Selection::NoUpdate(NoUpdateReason::VersionNotOffered {
-                    version: v.clone(),
-                });
-            };
-            vec![*u]
-        }
-        VersionLock::Latest => {
-            let running = &req.running_version;
-            let wanted: Vec<&Update> = candidates
-                .iter()
-                .copied()
-                .filter(|u| running < &u.version || running > &u.max_version)
-                .collect();
-            if wanted.is_empty() {
-                return Selection::NoUpdate(NoUpdateReason::NoneNewer {
-                    running: running.clone(),
-                });
+        vec![*u]
+    } else {
+        match &req.version_lock {
+            VersionLock::Exact(v) if v == &req.running_version => {
+                return Selection::NoUpdate(NoUpdateReason::Locked { version: v.clone() });
             }
-            wanted
+            VersionLock::Exact(v) => {
+                let Some(u) = candidates.iter().find(|u| &u.version == v) else {
+                    return Selection::NoUpdate(NoUpdateReason::VersionNotOffered {
+                        version: v.clone(),
+                    });
+                };
+                vec![*u]
+            }
+            VersionLock::Latest => {
+                let running = &req.running_version;
+                let wanted: Vec<&Update> = candidates
+                    .iter()
+                    .copied()
+                    .filter(|u| running < &u.version || running > &u.max_version)
+                    .collect();
+                if wanted.is_empty() {
+                    return Selection::NoUpdate(NoUpdateReason::NoneNewer {
+                        running: running.clone(),
+                    });
+                }
+                wanted
+            }
         }
     };
 

@@ -33,6 +33,7 @@ fn exercise(m: &Manifest, seed: u32, now_secs: i64) {
                 now,
                 version_lock: lock,
                 ignore_waves: seed.get() % 2 == 0,
+                wave_timing: waves::WaveTiming::Offset,
                 force_version: None,
             };
             if let Some(u) = select_update(m, &req).update() {

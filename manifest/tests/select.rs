@@ -51,6 +51,7 @@ fn req(running: &str) -> SelectionRequest {
         now: t0(),
         version_lock: VersionLock::Latest,
         ignore_waves: false,
+        wave_timing: waves::WaveTiming::Offset,
         force_version: None,
     }
 }
@@ -179,12 +180,25 @@ fn version_lock_picks_exactly_that_version() {
 }
 
 #[test]
-fn forced_version_ignores_waves_and_lock() {
+fn forced_version_overrides_the_lock_but_waits_for_its_wave() {
     let m = manifest("1.3.0");
     let mut r = req("1.0.0");
     r.version_lock = VersionLock::Exact(v("1.1.0"));
+    r.force_version = Some(v("1.2.0"));
+    assert_eq!(chosen(&m, &r).as_deref(), Some("1.2.0"));
+    // 1.3.0's wave has not opened for seed 500: not taken (the reference's `update_required`
+    // looks for the forced version among the wave-ready updates only) ...
     r.force_version = Some(v("1.3.0"));
+    assert!(matches!(
+        reason(&m, &r),
+        NoUpdateReason::NotEligibleYet { version, .. } if version == v("1.3.0")
+    ));
+    // ... unless waves are ignored (`-n`).
+    r.ignore_waves = true;
     assert_eq!(chosen(&m, &r).as_deref(), Some("1.3.0"));
+    // A forced version may be the running one, or older.
+    r.force_version = Some(v("1.0.0"));
+    assert_eq!(chosen(&m, &r).as_deref(), Some("1.0.0"));
     r.force_version = Some(v("1.4.0"));
     assert_eq!(
         reason(&m, &r),
@@ -192,6 +206,43 @@ fn forced_version_ignores_waves_and_lock() {
             version: v("1.4.0")
         }
     );
+}
+
+#[test]
+fn ready_updates_lists_only_open_waves_newest_first() {
+    let m = manifest("1.3.0");
+    let listed = |r: &SelectionRequest| -> Vec<String> {
+        manifest::select::ready_updates(&m, r)
+            .iter()
+            .map(|u| u.version.to_string())
+            .collect()
+    };
+    let mut r = req("1.1.0");
+    // 1.3.0 waits for seed 500's wave; 1.4.0 is above max_version; the running version and
+    // older ones are listed (as the reference lists them).
+    assert_eq!(listed(&r), ["1.2.0", "1.1.0", "1.0.0"]);
+    r.ignore_waves = true;
+    assert_eq!(listed(&r), ["1.3.0", "1.2.0", "1.1.0", "1.0.0"]);
+    r.ignore_waves = false;
+    r.now = t0() + TimeDelta::days(3);
+    assert_eq!(listed(&r)[0], "1.3.0");
+    r.variant = "none".into();
+    assert!(listed(&r).is_empty());
+}
+
+#[test]
+fn reference_wave_timing_is_used_when_asked_for() {
+    // Waves 0 at t0+1h and 1000 at t0+2d: seed 0 is in the reference's "initial" wave, ready
+    // at once; with our timing it waits for t0+1h.
+    let m = manifest("1.3.0");
+    let mut r = req("1.2.0");
+    r.seed = Seed::new(0).unwrap();
+    assert!(matches!(
+        reason(&m, &r),
+        NoUpdateReason::NotEligibleYet { .. }
+    ));
+    r.wave_timing = waves::WaveTiming::Reference;
+    assert_eq!(chosen(&m, &r).as_deref(), Some("1.3.0"));
 }
 
 #[test]

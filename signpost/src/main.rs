@@ -53,8 +53,13 @@ enum Command {
     RollbackToInactive,
     /// Mark the running set as successfully booted.
     MarkSuccessfulBoot,
-    /// Print whether any boot has ever succeeded on this disk (true/false).
-    HasBootEverSucceeded,
+    /// Print `true` if any boot has ever succeeded on this disk, nothing otherwise (exit 0
+    /// either way, as the reference: its unit writes this to a file tested for being empty).
+    HasBootEverSucceeded {
+        /// Print `true` or `false` as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rewrite both GPT copies unchanged (repairs a damaged or stale copy).
     RewriteTable,
 }
@@ -68,7 +73,9 @@ impl Command {
             Command::CancelUpgrade => Transition::CancelUpgrade,
             Command::RollbackToInactive => Transition::RollbackToInactive,
             Command::MarkSuccessfulBoot => Transition::MarkSuccessfulBoot,
-            Command::Status { .. } | Command::HasBootEverSucceeded | Command::RewriteTable => {
+            Command::Status { .. }
+            | Command::HasBootEverSucceeded { .. }
+            | Command::RewriteTable => {
                 return None;
             }
         })
@@ -114,7 +121,15 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!("{}", serde_json::to_string_pretty(&sp.status())?);
         }
         Command::Status { json: false } => print!("{}", sp.status()),
-        _ => println!("{}", sp.has_boot_ever_succeeded()?),
+        Command::HasBootEverSucceeded { json } => {
+            let succeeded = sp.has_boot_ever_succeeded()?;
+            if json {
+                println!("{succeeded}");
+            } else if succeeded {
+                println!("true");
+            }
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -171,13 +171,18 @@ fn update_flow_reboot_success_and_rollback() {
     assert_eq!(set_state(&j, "b"), (2, 0, false));
     assert_eq!(j["next_boot"], "A", "an unconfirmed set gets no second try");
 
+    // As the reference: `true` or nothing (its unit tests the output file for being empty).
+    assert_eq!(cli.ok(SetId::B, &["has-boot-ever-succeeded"]), "");
     assert_eq!(
-        cli.ok(SetId::B, &["has-boot-ever-succeeded"]).trim(),
+        cli.ok(SetId::B, &["has-boot-ever-succeeded", "--json"])
+            .trim(),
         "false"
     );
     cli.ok(SetId::B, &["mark-successful-boot"]);
+    assert_eq!(cli.ok(SetId::B, &["has-boot-ever-succeeded"]), "true\n");
     assert_eq!(
-        cli.ok(SetId::B, &["has-boot-ever-succeeded"]).trim(),
+        cli.ok(SetId::B, &["has-boot-ever-succeeded", "--json"])
+            .trim(),
         "true"
     );
     let j = cli.json(SetId::B);

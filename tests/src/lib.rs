@@ -127,6 +127,8 @@ pub struct Release {
     pub hash: Vec<u8>,
     /// Wave bounds and start times (empty: ready now).
     pub waves: BTreeMap<u32, DateTime<Utc>>,
+    /// The update's `delta` field in the manifest, if any.
+    pub delta: Option<serde_json::Value>,
 }
 
 impl Release {
@@ -141,6 +143,7 @@ impl Release {
             root: payload(seed * 3 + 2, 1536 * 1024),
             hash: payload(seed * 3 + 3, 64 * 1024),
             waves: BTreeMap::new(),
+            delta: None,
         }
     }
 
@@ -183,6 +186,8 @@ pub struct RepoSpec {
     pub releases: Vec<Release>,
     /// Migrations.
     pub migrations: Vec<Migration>,
+    /// More targets stored as given (chunk indexes, for example).
+    pub extra_targets: Vec<(String, Vec<u8>)>,
 }
 
 impl RepoSpec {
@@ -191,7 +196,7 @@ impl RepoSpec {
     pub fn new(releases: Vec<Release>) -> RepoSpec {
         let mut spec = RepoSpec {
             releases,
-            migrations: Vec::new(),
+            ..RepoSpec::default()
         };
         if let Some(max) = spec.releases.iter().map(|r| r.version.clone()).max() {
             spec.set_max_version(&max);
@@ -222,7 +227,7 @@ impl RepoSpec {
                         )
                     })
                     .collect();
-                serde_json::json!({
+                let mut update = serde_json::json!({
                     "variant": VARIANT,
                     "arch": std::env::consts::ARCH,
                     "version": r.version.to_string(),
@@ -233,7 +238,11 @@ impl RepoSpec {
                         "root": r.target_name("root"),
                         "hash": r.target_name("hash"),
                     }
-                })
+                });
+                if let Some(delta) = &r.delta {
+                    update["delta"] = delta.clone();
+                }
+                update
             })
             .collect();
         let mut migrations: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -260,6 +269,7 @@ impl RepoSpec {
         for m in &self.migrations {
             out.push((m.name.clone(), lz4(&m.content)));
         }
+        out.extend(self.extra_targets.iter().cloned());
         out
     }
 }

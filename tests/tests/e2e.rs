@@ -15,7 +15,6 @@ use signpost::SetState;
 
 const OK: i32 = 0;
 const FAILURE: i32 = 1;
-const NOTHING_TO_DO: i32 = 3;
 const LOCKED: i32 = 4;
 const INTERRUPTED: i32 = 5;
 
@@ -165,8 +164,9 @@ fn a_host_whose_wave_has_not_opened_is_told_the_version_and_the_time() {
     let host = Host::new(&spec, "1.0.0");
     let disk_before = host.disk.bytes().unwrap();
 
+    // As the reference: no update available is exit 1 for check-update.
     let out = host.updog(&["check-update", "--json"]);
-    assert_eq!(code(&out), NOTHING_TO_DO, "{}", describe(&out));
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["no_update"]["reason"], "not_eligible_yet", "{v}");
     assert_eq!(v["no_update"]["version"], "1.1.0");
@@ -178,16 +178,22 @@ fn a_host_whose_wave_has_not_opened_is_told_the_version_and_the_time() {
     assert_eq!(ready, opens);
 
     let out = host.updog(&["check-update"]);
-    assert_eq!(code(&out), NOTHING_TO_DO);
-    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), FAILURE);
+    let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("1.1.0"), "{text}");
     assert!(
         text.contains(&opens.format("%Y-%m-%d").to_string()),
         "{text}"
     );
 
+    // `update` with nothing to do is not a failure (a periodic unit must not fail hourly).
     let out = host.updog(&["update"]);
-    assert_eq!(code(&out), NOTHING_TO_DO, "{}", describe(&out));
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("No update required"),
+        "{}",
+        describe(&out)
+    );
     assert!(host.disk.bytes().unwrap() == disk_before, "disk changed");
 
     // --now ignores the waves.
@@ -238,9 +244,9 @@ fn a_version_lock_picks_exactly_that_version() {
     // Locked to the running version: nothing to do, and it says so.
     host.set_running("1.1.0", SetId::A);
     let out = host.updog(&["check-update"]);
-    assert_eq!(code(&out), NOTHING_TO_DO, "{}", describe(&out));
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("locked"),
+        String::from_utf8_lossy(&out.stderr).contains("locked"),
         "{}",
         describe(&out)
     );
@@ -601,7 +607,7 @@ fn update_image_stages_without_flipping_and_update_apply_flips_later() {
 
     // Nothing staged yet: nothing to apply.
     let out = host.updog(&["update-apply"]);
-    assert_eq!(code(&out), NOTHING_TO_DO, "{}", describe(&out));
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing is staged"));
 
     let out = host.updog(&["update-image", "--progress", "json"]);
@@ -632,7 +638,7 @@ fn update_image_flag_forces_a_version_down() {
     let spec = two_releases();
     let host = Host::new(&spec, "1.1.0");
     let out = host.updog(&["check-update"]);
-    assert_eq!(code(&out), NOTHING_TO_DO, "{}", describe(&out));
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
     let out = host.updog(&["update", "--image", "1.0.0"]);
     assert_eq!(code(&out), OK, "{}", describe(&out));
     let old = &spec.releases[0];

@@ -93,6 +93,9 @@ fn staging_follows_the_invariant_order() {
             }
             ProgressEvent::MarkedValid { set } => seen.push(format!("valid:{set}")),
             ProgressEvent::Flipped { .. } => seen.push("flipped".into()),
+            ProgressEvent::DeltaPlan { .. } | ProgressEvent::DeltaFallback { .. } => {
+                seen.push("delta".into());
+            }
         }
     };
     let lock = updater.lock().unwrap();

@@ -170,3 +170,43 @@ fn an_inherited_journal_stream_that_is_not_stderr_is_ignored() {
     assert!(log.contains("updog: info: "), "{log}");
     assert!(!log.contains("<6>"), "{log}");
 }
+
+#[test]
+fn a_recovered_problem_is_a_warning_and_debug_names_each_request() {
+    let spec = two_releases();
+    let host = Host::new(&spec, "1.0.0");
+    let root = spec.releases[1].target_name("root");
+    for path in host.repo.target_url_paths(&root) {
+        host.server
+            .fault_times(&path, fixtures::http::Fault::DropAfter(100_000), 1);
+    }
+    let (out, log) = run_with_stderr_file(
+        updog(
+            &host,
+            &["update", "--progress", "none", "--log-level", "debug"],
+        ),
+        true,
+    );
+    assert!(out.status.success(), "{log}");
+    let resumed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("resuming with a Range request"))
+        .collect();
+    assert_eq!(resumed.len(), 1, "{log}");
+    assert!(resumed[0].starts_with("<4>"), "{log}");
+    assert!(resumed[0].contains("at byte 100000"), "{log}");
+    // Debug lines: priority 7, their module named, one per request (the resume included).
+    let gets: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("] GET http://127.0.0.1:"))
+        .collect();
+    assert!(
+        gets.iter().all(|l| l.starts_with("<7>[updog::transport")),
+        "{log}"
+    );
+    assert!(
+        gets.iter()
+            .any(|l| l.contains(&root) && l.ends_with("from byte 100000")),
+        "{log}"
+    );
+}

@@ -121,12 +121,7 @@ fn updog_service_accepts_exactly_the_codes_that_are_not_failures() {
     }
     for code in &codes {
         assert!(
-            [
-                updog::exit::NOTHING_TO_DO,
-                updog::exit::LOCKED,
-                updog::exit::INTERRUPTED
-            ]
-            .contains(code),
+            [updog::exit::LOCKED, updog::exit::INTERRUPTED].contains(code),
             "updog.service accepts exit {code}, which is not a benign updog exit code"
         );
     }
@@ -194,15 +189,46 @@ fn the_health_gate_is_wired_the_systemd_way() {
 }
 
 #[test]
-fn has_boot_ever_succeeded_writes_a_file_others_test_for_emptiness() {
+fn has_boot_ever_succeeded_leaves_the_file_empty_until_a_boot_succeeds() {
     let unit = parse_unit("has-boot-ever-succeeded.service");
-    assert_eq!(
-        values(&unit, "Service", "ExecStart"),
-        ["/usr/bin/signpost has-boot-ever-succeeded"]
-    );
-    assert_eq!(
-        values(&unit, "Service", "StandardOutput"),
-        ["truncate:/etc/has-boot-ever-succeeded"]
-    );
+    let exec = values(&unit, "Service", "ExecStart").join(" ");
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"/usr/bin/signpost"));
+    let output = values(&unit, "Service", "StandardOutput")[0]
+        .strip_prefix("truncate:")
+        .expect("output truncated into a file")
+        .to_string();
+    assert_eq!(output, "/etc/has-boot-ever-succeeded");
+    // Early in boot, before the units that test the file.
     assert_eq!(values(&unit, "Unit", "DefaultDependencies"), ["no"]);
+
+    let disk = fixtures::disk::DiskImageBuilder::new()
+        .build_temp()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let signpost = |args: &[&str], stdout: Option<&Path>| {
+        let mut cmd = Command::new(bin_dir().join("signpost"));
+        cmd.arg("--disk")
+            .arg(&disk.path)
+            .args(["--active", "A", "--lock-file"])
+            .arg(dir.path().join("signpost.lock"))
+            .args(args);
+        if let Some(path) = stdout {
+            // What StandardOutput=truncate:PATH does: a fresh, empty file.
+            cmd.stdout(std::fs::File::create(path).unwrap());
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", describe(&out));
+    };
+    // The unit's own command line, with the disk named (a test has no host disk).
+    let marker = dir.path().join("has-boot-ever-succeeded");
+    signpost(&words[1..], Some(&marker));
+    assert_eq!(
+        std::fs::read(&marker).unwrap(),
+        b"",
+        "ConditionFileNotEmpty=! must hold on a disk that never booted successfully"
+    );
+    signpost(&["mark-successful-boot"], None);
+    signpost(&words[1..], Some(&marker));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "true\n");
 }

@@ -86,6 +86,7 @@ fn request() -> Res<manifest::select::SelectionRequest> {
         now: chrono::Utc::now(),
         version_lock: manifest::select::VersionLock::Latest,
         ignore_waves: false,
+        wave_timing: waves::WaveTiming::Offset,
         force_version: None,
     })
 }

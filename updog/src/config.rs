@@ -4,9 +4,12 @@
 //! `ignore_waves`, `https_proxy`, `no_proxy`) keep their meaning and spelling, so an existing
 //! `/etc/updog.toml` works unchanged. Our keys all have defaults (listed on [`Config`]).
 //!
-//! Unknown keys are not errors (a newer config on an older host must not stop updates); they are
-//! returned as [`ConfigWarning`]s for the caller to print. A missing required key or a value of
-//! the wrong type or range is a [`ConfigError`] naming the key.
+//! The keys are defined once, as the fields of one serde table (`Keys`, private):
+//! [`known_keys`] lists them, unknown keys are not errors (a newer config on an older host must
+//! not stop updates) but are returned as [`ConfigWarning`]s for the caller to print, and the
+//! README's configuration table is checked against [`known_keys`] by a test. A missing required
+//! key, or a value of the wrong type, out of range, or too large for its type, is a
+//! [`ConfigError`] naming the key (and the line).
 //!
 //! ```
 //! let (config, warnings) = updog::config::Config::from_toml_str(
@@ -25,13 +28,14 @@
 //! assert_eq!(warnings.len(), 1); // `colour` is unknown
 //! ```
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bootpart::SetId;
 use manifest::select::VersionLock;
 use url::Url;
-use waves::Seed;
+use waves::{Seed, WaveTiming};
 
 /// Where `updog` reads its configuration unless told otherwise (`--config`).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/updog.toml";
@@ -59,31 +63,8 @@ pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for `retries`.
 pub const DEFAULT_RETRIES: u32 = 5;
 
-/// The whole configuration, with every default filled in.
-///
-/// | key | type | default |
-/// |---|---|---|
-/// | `metadata_base_url` | URL | required |
-/// | `targets_base_url` | URL | required |
-/// | `seed` | integer 0..=2047 | required |
-/// | `version_lock` | `"latest"` or a version | `"latest"` |
-/// | `ignore_waves` | bool | `false` |
-/// | `https_proxy` | string | none |
-/// | `no_proxy` | list of strings (or one comma-separated string) | empty |
-/// | `trusted_root` | path | `/usr/share/updog/root.json` |
-/// | `metadata_dir` | path | `/var/lib/updog/metadata` |
-/// | `state_file` | path | `/var/lib/updog/state.json` |
-/// | `migrations_dir` | path | `/var/lib/bottlerocket-migrations` |
-/// | `migrations_metadata_dir` | path | `/var/cache/bottlerocket-metadata` |
-/// | `disk` | path | discovered from the device of `/` |
-/// | `active_set` | `"A"` or `"B"` | discovered from the device of `/` |
-/// | `lock_file` | path | `/run/lock/updog.lock` |
-/// | `signpost_lock_file` | path | `/run/lock/signpost.lock` |
-/// | `reboot_command` | list of strings (or one string, split on spaces) | `["systemctl", "reboot"]` |
-/// | `os_release` | path | `/usr/lib/os-release` |
-/// | `stall_timeout_secs` | positive integer | `30` |
-/// | `retries` | integer | `5` |
-/// | `metadata_min_bytes_per_sec` | positive integer | `4096` |
+/// The whole configuration, with every default filled in. The keys, their types and defaults
+/// are listed in the README's configuration table (checked against [`known_keys`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Base URL of the TUF metadata (`file://` or `http(s)://`).
@@ -96,6 +77,9 @@ pub struct Config {
     pub version_lock: VersionLock,
     /// Ignore wave schedules (update as soon as a release exists).
     pub ignore_waves: bool,
+    /// How this host's time inside a wave is computed: ours (spread by offset) or the
+    /// reference's, for fleets that mix both updaters.
+    pub wave_timing: WaveTiming,
     /// Proxy for HTTPS requests.
     pub https_proxy: Option<String>,
     /// Hosts that bypass the proxy.
@@ -129,6 +113,9 @@ pub struct Config {
     /// Each metadata file must arrive within 10 s plus its size cap at this rate (bytes per
     /// second); see [`crate::tuf::Limits::metadata_min_rate`].
     pub metadata_min_rate: u64,
+    /// Delta updates: assemble each image from chunks of the running set and the chunk store
+    /// when the update lists a casync index for it (falls back to the full image by itself).
+    pub delta: bool,
 }
 
 /// A key in the configuration that this version does not know.
@@ -170,7 +157,7 @@ pub enum ConfigError {
         /// The key.
         key: &'static str,
     },
-    /// A key has a value of the wrong type or out of range.
+    /// A key has a value of the wrong type, out of range, or too large for its type.
     #[error("configuration key `{key}`: {reason}")]
     Invalid {
         /// The key.
@@ -180,29 +167,46 @@ pub enum ConfigError {
     },
 }
 
-const KNOWN_KEYS: &[&str] = &[
-    "metadata_base_url",
-    "targets_base_url",
-    "seed",
-    "version_lock",
-    "ignore_waves",
-    "https_proxy",
-    "no_proxy",
-    "trusted_root",
-    "metadata_dir",
-    "state_file",
-    "migrations_dir",
-    "migrations_metadata_dir",
-    "disk",
-    "active_set",
-    "lock_file",
-    "signpost_lock_file",
-    "reboot_command",
-    "os_release",
-    "stall_timeout_secs",
-    "retries",
-    "metadata_min_bytes_per_sec",
-];
+/// The keys of `updog.toml`, as written: the one definition of which keys exist and of their
+/// TOML types. Everything is optional here; [`Config::from_keys`] applies the defaults, the
+/// required keys and the range checks.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Keys {
+    metadata_base_url: Option<String>,
+    targets_base_url: Option<String>,
+    seed: Option<u32>,
+    version_lock: Option<VersionLock>,
+    ignore_waves: Option<bool>,
+    wave_timing: Option<WaveTiming>,
+    https_proxy: Option<String>,
+    no_proxy: Option<StringList<','>>,
+    trusted_root: Option<PathBuf>,
+    metadata_dir: Option<PathBuf>,
+    state_file: Option<PathBuf>,
+    migrations_dir: Option<PathBuf>,
+    migrations_metadata_dir: Option<PathBuf>,
+    disk: Option<PathBuf>,
+    active_set: Option<String>,
+    lock_file: Option<PathBuf>,
+    signpost_lock_file: Option<PathBuf>,
+    reboot_command: Option<StringList<' '>>,
+    os_release: Option<PathBuf>,
+    stall_timeout_secs: Option<u64>,
+    retries: Option<u32>,
+    metadata_min_bytes_per_sec: Option<u64>,
+    delta: Option<bool>,
+}
+
+/// Every key `updog.toml` may hold, in definition order (the fields of the one key table).
+///
+/// ```
+/// let keys = updog::config::known_keys();
+/// assert!(keys.contains(&"metadata_base_url") && keys.contains(&"wave_timing"));
+/// ```
+pub fn known_keys() -> &'static [&'static str] {
+    static KEYS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+    KEYS.get_or_init(fields::of::<Keys>)
+}
 
 /// The largest configuration file read (a real one is well under 1 KiB).
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
@@ -216,6 +220,7 @@ impl Config {
             seed,
             version_lock: VersionLock::Latest,
             ignore_waves: false,
+            wave_timing: WaveTiming::Offset,
             https_proxy: None,
             no_proxy: Vec::new(),
             trusted_root: PathBuf::from(DEFAULT_TRUSTED_ROOT),
@@ -235,6 +240,7 @@ impl Config {
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             retries: DEFAULT_RETRIES,
             metadata_min_rate: crate::tuf::DEFAULT_METADATA_MIN_RATE,
+            delta: true,
         }
     }
 
@@ -265,217 +271,291 @@ impl Config {
     }
 
     fn parse(text: &str, path: &Path) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|span| {
-                text.bytes()
-                    .take(span.start)
-                    .filter(|b| *b == b'\n')
-                    .count()
-                    + 1
-            });
-            ConfigError::Syntax {
-                path: path.to_path_buf(),
-                message: match line {
-                    Some(line) => format!("line {line}: {}", e.message()),
-                    None => e.message().to_string(),
-                },
-            }
-        })?;
+        // Syntax first (a duplicate key, an integer too large for TOML), then the types.
+        let table: toml::Table = toml::from_str(text).map_err(|e| located(&e, text, path))?;
         let mut warnings: Vec<ConfigWarning> = table
             .keys()
-            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
+            .filter(|k| !known_keys().contains(&k.as_str()))
             .map(|k| ConfigWarning { key: k.clone() })
             .collect();
         warnings.sort_by(|a, b| a.key.cmp(&b.key));
+        let keys: Keys = toml::from_str(text).map_err(|e| located(&e, text, path))?;
+        Ok((Self::from_keys(keys)?, warnings))
+    }
 
-        let t = Table(&table);
-        let metadata_base_url = t.url("metadata_base_url")?;
-        let targets_base_url = t.url("targets_base_url")?;
-        let seed_raw = t
-            .integer("seed")?
-            .ok_or(ConfigError::Missing { key: "seed" })?;
-        let seed = u32::try_from(seed_raw)
-            .ok()
-            .and_then(|s| Seed::new(s).ok())
-            .ok_or_else(|| ConfigError::Invalid {
-                key: "seed",
-                reason: format!("{seed_raw} is outside 0..=2047"),
-            })?;
-        let mut config = Config::new(metadata_base_url, targets_base_url, seed);
-
-        if let Some(lock) = t.string("version_lock")? {
-            config.version_lock =
-                lock.parse::<VersionLock>()
-                    .map_err(|e| ConfigError::Invalid {
-                        key: "version_lock",
-                        reason: e.to_string(),
-                    })?;
+    /// Applies defaults, required keys and range checks to the keys as written.
+    fn from_keys(k: Keys) -> Result<Config, ConfigError> {
+        let metadata_base_url = url("metadata_base_url", k.metadata_base_url)?;
+        let targets_base_url = url("targets_base_url", k.targets_base_url)?;
+        let seed_raw = k.seed.ok_or(ConfigError::Missing { key: "seed" })?;
+        let seed = Seed::new(seed_raw).map_err(|_| out_of_range("seed", seed_raw.into()))?;
+        let mut c = Config::new(metadata_base_url, targets_base_url, seed);
+        let set = |target: &mut PathBuf, key, value: Option<PathBuf>| {
+            if let Some(p) = path(key, value)? {
+                *target = p;
+            }
+            Ok::<(), ConfigError>(())
+        };
+        if let Some(lock) = k.version_lock {
+            c.version_lock = lock;
         }
-        if let Some(b) = t.boolean("ignore_waves")? {
-            config.ignore_waves = b;
+        c.ignore_waves = k.ignore_waves.unwrap_or(c.ignore_waves);
+        c.delta = k.delta.unwrap_or(c.delta);
+        c.wave_timing = k.wave_timing.unwrap_or(c.wave_timing);
+        c.https_proxy = k.https_proxy.filter(|s| !s.is_empty());
+        if let Some(list) = k.no_proxy {
+            c.no_proxy = list.0;
         }
-        config.https_proxy = t.string("https_proxy")?.filter(|s| !s.is_empty());
-        if let Some(list) = t.list_or_split("no_proxy", ',')? {
-            config.no_proxy = list;
-        }
-        if let Some(p) = t.path("trusted_root")? {
-            config.trusted_root = p;
-        }
-        if let Some(p) = t.path("metadata_dir")? {
-            config.metadata_dir = p;
-        }
-        if let Some(p) = t.path("state_file")? {
-            config.state_file = p;
-        }
-        if let Some(p) = t.path("migrations_dir")? {
-            config.migrations_dir = p;
-        }
-        if let Some(p) = t.path("migrations_metadata_dir")? {
-            config.migrations_metadata_dir = p;
-        }
-        config.disk = t.path("disk")?;
-        if let Some(s) = t.string("active_set")? {
-            config.active_set = Some(s.parse().map_err(|_| ConfigError::Invalid {
+        set(&mut c.trusted_root, "trusted_root", k.trusted_root)?;
+        set(&mut c.metadata_dir, "metadata_dir", k.metadata_dir)?;
+        set(&mut c.state_file, "state_file", k.state_file)?;
+        set(&mut c.migrations_dir, "migrations_dir", k.migrations_dir)?;
+        set(
+            &mut c.migrations_metadata_dir,
+            "migrations_metadata_dir",
+            k.migrations_metadata_dir,
+        )?;
+        c.disk = path("disk", k.disk)?;
+        if let Some(s) = k.active_set {
+            c.active_set = Some(s.parse().map_err(|_| ConfigError::Invalid {
                 key: "active_set",
                 reason: format!("{s:?} is not \"A\" or \"B\""),
             })?);
         }
-        if let Some(p) = t.path("lock_file")? {
-            config.lock_file = p;
-        }
-        if let Some(p) = t.path("signpost_lock_file")? {
-            config.signpost_lock_file = p;
-        }
-        if let Some(cmd) = t.list_or_split("reboot_command", ' ')? {
-            if cmd.is_empty() {
+        set(&mut c.lock_file, "lock_file", k.lock_file)?;
+        set(
+            &mut c.signpost_lock_file,
+            "signpost_lock_file",
+            k.signpost_lock_file,
+        )?;
+        if let Some(cmd) = k.reboot_command {
+            if cmd.0.is_empty() {
                 return Err(ConfigError::Invalid {
                     key: "reboot_command",
                     reason: "is empty".to_string(),
                 });
             }
-            config.reboot_command = cmd;
+            c.reboot_command = cmd.0;
         }
-        if let Some(p) = t.path("os_release")? {
-            config.os_release = p;
+        set(&mut c.os_release, "os_release", k.os_release)?;
+        if let Some(secs) = k.stall_timeout_secs {
+            if !range_of("stall_timeout_secs").contains(&secs) {
+                return Err(out_of_range("stall_timeout_secs", secs));
+            }
+            c.stall_timeout = Duration::from_secs(secs);
         }
-        if let Some(secs) = t.integer("stall_timeout_secs")? {
-            let secs = u64::try_from(secs)
-                .ok()
-                .filter(|s| (1..=86_400).contains(s))
-                .ok_or_else(|| ConfigError::Invalid {
-                    key: "stall_timeout_secs",
-                    reason: format!("{secs} is outside 1..=86400"),
-                })?;
-            config.stall_timeout = Duration::from_secs(secs);
+        if let Some(r) = k.retries {
+            if !range_of("retries").contains(&r.into()) {
+                return Err(out_of_range("retries", r.into()));
+            }
+            c.retries = r;
         }
-        if let Some(r) = t.integer("retries")? {
-            config.retries = u32::try_from(r)
-                .ok()
-                .filter(|r| *r <= 1000)
-                .ok_or_else(|| ConfigError::Invalid {
-                    key: "retries",
-                    reason: format!("{r} is outside 0..=1000"),
-                })?;
+        if let Some(r) = k.metadata_min_bytes_per_sec {
+            if !range_of("metadata_min_bytes_per_sec").contains(&r) {
+                return Err(out_of_range("metadata_min_bytes_per_sec", r));
+            }
+            c.metadata_min_rate = r;
         }
-        if let Some(r) = t.integer("metadata_min_bytes_per_sec")? {
-            config.metadata_min_rate = u64::try_from(r)
-                .ok()
-                .filter(|r| (1..=1 << 30).contains(r))
-                .ok_or_else(|| ConfigError::Invalid {
-                    key: "metadata_min_bytes_per_sec",
-                    reason: format!("{r} is outside 1..=1073741824"),
-                })?;
-        }
-        Ok((config, warnings))
+        Ok(c)
     }
 }
 
-/// Typed access to the keys of the parsed table, with errors naming the key.
-struct Table<'a>(&'a toml::Table);
-
-impl Table<'_> {
-    fn type_error(key: &'static str, want: &str, got: &toml::Value) -> ConfigError {
-        ConfigError::Invalid {
+fn path(key: &'static str, value: Option<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
+    match value {
+        Some(p) if p.as_os_str().is_empty() => Err(ConfigError::Invalid {
             key,
-            reason: format!("expected {want}, found {}", got.type_str()),
-        }
+            reason: "is an empty path".to_string(),
+        }),
+        other => Ok(other),
     }
+}
 
-    fn string(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
-        match self.0.get(key) {
-            None => Ok(None),
-            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-            Some(v) => Err(Self::type_error(key, "a string", v)),
-        }
-    }
-
-    fn integer(&self, key: &'static str) -> Result<Option<i64>, ConfigError> {
-        match self.0.get(key) {
-            None => Ok(None),
-            Some(toml::Value::Integer(i)) => Ok(Some(*i)),
-            Some(v) => Err(Self::type_error(key, "an integer", v)),
-        }
-    }
-
-    fn boolean(&self, key: &'static str) -> Result<Option<bool>, ConfigError> {
-        match self.0.get(key) {
-            None => Ok(None),
-            Some(toml::Value::Boolean(b)) => Ok(Some(*b)),
-            Some(v) => Err(Self::type_error(key, "true or false", v)),
-        }
-    }
-
-    fn path(&self, key: &'static str) -> Result<Option<PathBuf>, ConfigError> {
-        match self.string(key)? {
-            None => Ok(None),
-            Some(s) if s.is_empty() => Err(ConfigError::Invalid {
-                key,
-                reason: "is an empty path".to_string(),
-            }),
-            Some(s) => Ok(Some(PathBuf::from(s))),
-        }
-    }
-
-    fn url(&self, key: &'static str) -> Result<Url, ConfigError> {
-        let s = self.string(key)?.ok_or(ConfigError::Missing { key })?;
-        let url = Url::parse(&s).map_err(|e| ConfigError::Invalid {
+fn url(key: &'static str, value: Option<String>) -> Result<Url, ConfigError> {
+    let s = value.ok_or(ConfigError::Missing { key })?;
+    let url = Url::parse(&s).map_err(|e| ConfigError::Invalid {
+        key,
+        reason: format!("{s:?} is not a URL: {e}"),
+    })?;
+    match url.scheme() {
+        "http" | "https" | "file" => Ok(url),
+        other => Err(ConfigError::Invalid {
             key,
-            reason: format!("{s:?} is not a URL: {e}"),
-        })?;
-        match url.scheme() {
-            "http" | "https" | "file" => Ok(url),
-            other => Err(ConfigError::Invalid {
-                key,
-                reason: format!("scheme {other:?} is not http, https or file"),
-            }),
+            reason: format!("scheme {other:?} is not http, https or file"),
+        }),
+    }
+}
+
+/// A TOML error as a [`ConfigError`]: when it points into the value of a known key (a wrong
+/// type, a number too large for its type or for TOML itself), [`ConfigError::Invalid`] naming
+/// that key; otherwise [`ConfigError::Syntax`] with the line.
+fn located(e: &toml::de::Error, text: &str, path: &Path) -> ConfigError {
+    let message = e.message().trim_end().replace('\n', " ");
+    let Some(span) = e.span() else {
+        return ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message,
+        };
+    };
+    let start = span.start.min(text.len());
+    let (before, after) = (
+        text.get(..start).unwrap_or(text),
+        text.get(start..).unwrap_or(""),
+    );
+    let line = before.matches('\n').count() + 1;
+    // The key whose value holds the span: the nearest `key =` at or above it (values such as
+    // arrays may span lines).
+    let key = before
+        .lines()
+        .chain(after.lines().next())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .find_map(|l| {
+            let (k, _) = l.split_once('=')?;
+            let k = k.trim().trim_matches('"');
+            known_keys().iter().find(|known| **known == k).copied()
+        });
+    match key {
+        // A duplicate key is a syntax problem of the file, not of the value.
+        Some(key) if !message.contains("duplicate key") => ConfigError::Invalid {
+            key,
+            reason: format!(
+                "{} (line {line})",
+                describe_value_error(key, &message, text, span)
+            ),
+        },
+        _ => ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: format!("line {line}: {message}"),
+        },
+    }
+}
+
+/// The integer keys and the ranges they accept.
+const INTEGER_RANGES: [(&str, RangeInclusive<u64>); 4] = [
+    ("seed", 0..=(waves::SEED_COUNT as u64 - 1)),
+    ("stall_timeout_secs", 1..=86_400),
+    ("retries", 0..=1000),
+    ("metadata_min_bytes_per_sec", 1..=1 << 30),
+];
+
+fn range_of(key: &str) -> RangeInclusive<u64> {
+    INTEGER_RANGES
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or(0..=u64::MAX, |(_, r)| r.clone())
+}
+
+fn out_of_range(key: &'static str, value: u64) -> ConfigError {
+    let r = range_of(key);
+    ConfigError::Invalid {
+        key,
+        reason: format!("{value} is outside {}..={}", r.start(), r.end()),
+    }
+}
+
+/// The parser's message, or for an integer that does not fit its key (too large for its type,
+/// or for TOML itself), the range that the key accepts.
+fn describe_value_error(
+    key: &str,
+    message: &str,
+    text: &str,
+    span: std::ops::Range<usize>,
+) -> String {
+    let literal = text.get(span).unwrap_or("").trim();
+    let integer = message.contains("as i128") || message.starts_with("invalid value: integer");
+    if !integer || literal.is_empty() {
+        return message.to_string();
+    }
+    let r = range_of(key);
+    format!("{literal} is outside {}..={}", r.start(), r.end())
+}
+
+/// A list of strings, or one string split on `SEP` (empty parts dropped): how `no_proxy` and
+/// `reboot_command` may be written.
+#[derive(Debug, Default)]
+struct StringList<const SEP: char>(Vec<String>);
+
+impl<'de, const SEP: char> serde::Deserialize<'de> for StringList<SEP> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<const SEP: char>;
+        impl<'de, const SEP: char> serde::de::Visitor<'de> for V<SEP> {
+            type Value = StringList<SEP>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of strings, or one string")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(StringList(
+                    s.split(SEP)
+                        .map(str::trim)
+                        .filter(|p| !p.is_empty())
+                        .map(ToString::to_string)
+                        .collect(),
+                ))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    out.push(item);
+                }
+                Ok(StringList(out))
+            }
+        }
+        d.deserialize_any(V::<SEP>)
+    }
+}
+
+/// The field names of a `#[derive(Deserialize)]` struct, read from what serde's derive passes to
+/// `deserialize_struct` (so the list cannot drift from the struct).
+mod fields {
+    use serde::de::{self, Visitor};
+    use std::cell::Cell;
+
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("field introspection")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl de::Error for Stop {
+        fn custom<T: std::fmt::Display>(_: T) -> Self {
+            Stop
         }
     }
 
-    /// A list of strings, or one string split on `sep` (empty parts dropped).
-    fn list_or_split(
-        &self,
-        key: &'static str,
-        sep: char,
-    ) -> Result<Option<Vec<String>>, ConfigError> {
-        match self.0.get(key) {
-            None => Ok(None),
-            Some(toml::Value::String(s)) => Ok(Some(
-                s.split(sep)
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty())
-                    .map(ToString::to_string)
-                    .collect(),
-            )),
-            Some(toml::Value::Array(items)) => items
-                .iter()
-                .map(|item| match item {
-                    toml::Value::String(s) => Ok(s.clone()),
-                    v => Err(Self::type_error(key, "a list of strings", v)),
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some),
-            Some(v) => Err(Self::type_error(key, "a list of strings", v)),
+    struct Grab<'a>(&'a Cell<&'static [&'static str]>);
+
+    impl<'de> de::Deserializer<'de> for Grab<'_> {
+        type Error = Stop;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
         }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Stop> {
+            self.0.set(fields);
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    /// The fields of `T` (empty if `T` is not a struct).
+    pub(super) fn of<T: de::DeserializeOwned>() -> &'static [&'static str] {
+        let fields = Cell::new(&[][..]);
+        let _ = T::deserialize(Grab(&fields));
+        fields.get()
     }
 }
 
@@ -565,6 +645,7 @@ mod tests {
     fn bad_values_are_named() {
         let cases = [
             ("seed = 2048", "seed"),
+            ("wave_timing = 1", "wave_timing"),
             ("seed = -1", "seed"),
             ("seed = \"7\"", "seed"),
             ("metadata_base_url = \"not a url\"", "metadata_base_url"),
@@ -588,6 +669,109 @@ mod tests {
             let e = err_of(&text);
             assert!(e.contains(&format!("`{key}`")), "{line}: {e}");
         }
+    }
+
+    #[test]
+    fn values_too_large_for_their_type_name_the_key() {
+        let cases = [
+            (
+                "seed = 99999999999999999999999",
+                "seed",
+                "99999999999999999999999",
+            ),
+            ("seed = 5000000000", "seed", "5000000000"),
+            (
+                "stall_timeout_secs = 18446744073709551616",
+                "stall_timeout_secs",
+                "18446744073709551616",
+            ),
+            ("retries = 4294967296", "retries", "4294967296"),
+            ("retries = -1", "retries", "-1"),
+        ];
+        for (line, key, literal) in cases {
+            let key_of_line = line.split(' ').next().unwrap();
+            let text: String = MINIMAL
+                .lines()
+                .filter(|l| !l.trim_start().starts_with(key_of_line))
+                .chain(std::iter::once(line))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let e = err_of(&text);
+            assert!(
+                e.starts_with(&format!("configuration key `{key}`: ")) && e.contains(literal),
+                "{line}: {e}"
+            );
+            assert!(e.contains("line "), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_inside_a_multi_line_list_name_the_key() {
+        let text = format!("{MINIMAL}\nreboot_command = [\n  \"/bin/echo\",\n  7,\n]\n");
+        let e = err_of(&text);
+        assert!(e.contains("`reboot_command`"), "{e}");
+    }
+
+    #[test]
+    fn wave_timing_is_read_and_checked() {
+        let (c, _) = Config::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(c.wave_timing, WaveTiming::Offset);
+        let (c, _) =
+            Config::from_toml_str(&format!("{MINIMAL}\nwave_timing = \"reference\"\n")).unwrap();
+        assert_eq!(c.wave_timing, WaveTiming::Reference);
+        let e = err_of(&format!("{MINIMAL}\nwave_timing = \"absolute\"\n"));
+        assert!(e.contains("`wave_timing`") && e.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn delta_is_on_by_default_and_can_be_turned_off() {
+        let (c, _) = Config::from_toml_str(MINIMAL).unwrap();
+        assert!(c.delta);
+        let (c, w) = Config::from_toml_str(&format!("{MINIMAL}\ndelta = false\n")).unwrap();
+        assert!(!c.delta);
+        assert!(w.is_empty(), "{w:?}");
+        assert!(Config::from_toml_str(&format!("{MINIMAL}\ndelta = \"no\"\n")).is_err());
+    }
+
+    #[test]
+    fn known_keys_are_the_fields_of_the_key_table() {
+        let keys = known_keys();
+        assert_eq!(keys.len(), 23, "{keys:?}");
+        for key in [
+            "metadata_base_url",
+            "seed",
+            "no_proxy",
+            "retries",
+            "wave_timing",
+        ] {
+            assert!(keys.contains(&key), "{key}");
+        }
+        // Every known key is accepted without a warning.
+        let (_, w) = Config::from_toml_str(MINIMAL).unwrap();
+        assert!(w.is_empty());
+    }
+
+    /// The README's configuration table lists exactly the keys of the key table.
+    #[test]
+    fn readme_table_lists_exactly_the_known_keys() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("\n## ")
+            .find(|s| s.starts_with("Configuration"))
+            .expect("README has a Configuration section");
+        let mut documented: Vec<&str> = section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .filter_map(|l| l.split('|').nth(1))
+            .flat_map(|cell| cell.split('`').skip(1).step_by(2))
+            .collect();
+        documented.sort_unstable();
+        let mut known = known_keys().to_vec();
+        known.sort_unstable();
+        assert_eq!(
+            documented, known,
+            "README configuration table vs the key table"
+        );
     }
 
     #[test]

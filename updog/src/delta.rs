@@ -20,6 +20,7 @@ pub mod index;
 pub mod plan;
 pub mod region;
 pub mod seed;
+pub mod stage;
 pub mod store;
 
 pub use assemble::{AssembleError, AssembleOptions, AssembleProgress, Assembled, assemble};

@@ -4,6 +4,7 @@
 //! The library is the product; the `updog` binary is one user of it. An update agent embeds
 //! [`updater::Updater`], which does everything the CLI does through a typed API:
 //!
+//! - [`advice`]: errors explained for people, in terms of `updog.toml`;
 //! - [`config`]: `updog.toml` (the reference keys plus ours, each with a documented default), or a
 //!   [`config::Config`] built in code;
 //! - [`os_release`]: the running variant, version and build;
@@ -17,6 +18,7 @@
 //!
 //! `updog/examples/agent.rs` is a complete agent built on this API.
 
+pub mod advice;
 pub mod config;
 pub mod delta;
 pub mod exit;

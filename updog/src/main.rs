@@ -9,50 +9,73 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use manifest::select::NoUpdateReason;
+use updog::advice::error_chain;
 use updog::config::{Config, DEFAULT_CONFIG_PATH};
+use updog::os_release::OsRelease;
 use updog::progress::{ProgressEvent, TerminalBar, json_line};
-use updog::updater::{CancelHandle, Check, CheckOptions, CheckOutcome, UpdateError, Updater};
+use updog::updater::{
+    CancelHandle, Check, CheckOptions, CheckOutcome, Staged, UpdateError, Updater,
+};
 
 #[derive(Parser)]
 #[command(
     name = "updog",
     version,
     about = "Check for, stage, apply and revert A/B OS image updates from a TUF repository",
-    after_help = "Exit codes: 0 success, 1 failure, 2 usage, 3 nothing to do, \
+    after_help = "Exit codes: 0 success (also `update` with nothing to do, and an empty `whats --all`), \
+                  1 failure (also `check-update` with no update available), 2 usage, \
                   4 another update in progress, 5 interrupted while staging."
 )]
 struct Args {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options accepted anywhere on the command line, before or after the subcommand (as the
+/// reference accepts them).
+#[derive(clap::Args)]
+struct GlobalArgs {
     /// Configuration file.
     #[arg(long, short = 'c', global = true, default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
     /// os-release file to read the running variant and version from (overrides the config).
     #[arg(long, global = true, hide = true)]
     os_release: Option<PathBuf>,
+    /// JSON output: the reference's update object (an array with `whats --all`); the status
+    /// object; `{"no_update": {...}}` when there is nothing to take.
+    #[arg(long, short = 'j', global = true)]
+    json: bool,
+    /// Take the updates of this variant instead of os-release's `VARIANT_ID`.
+    #[arg(long, global = true, value_name = "NAME")]
+    variant: Option<String>,
     #[command(flatten)]
     log: cli_support::logging::LogArgs,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show the update this host would take, or why there is none.
+    /// Show the update this host would take (exit 0), or why there is none (exit 1).
     #[command(visible_alias = "whats")]
     CheckUpdate {
-        /// List every update for this variant and architecture.
+        /// List every update this host may take now (its wave is open), newest first, even
+        /// older ones; an empty list is not an error.
         #[arg(long, short = 'a')]
         all: bool,
-        /// Print JSON (the reference's update object; an array with --all).
-        #[arg(long, short = 'j')]
-        json: bool,
         /// Ignore wave schedules.
-        #[arg(long, visible_alias = "now", short = 'n')]
+        #[arg(long, short = 'n', visible_alias = "now")]
         ignore_waves: bool,
-        /// Choose this version.
+        /// Choose this version (among those whose wave is open, unless -n).
         #[arg(long, short = 'i', value_name = "VERSION")]
         image: Option<semver::Version>,
     },
-    /// Fetch migrations, stage the update on the inactive set, and flip to it.
+    /// Accepted for the reference's callers: refreshes and verifies the repository metadata
+    /// and the manifest; stages nothing (the reference's `prepare` does no more).
+    Prepare,
+    /// Fetch migrations, stage the update on the inactive set, and flip to it. With nothing to
+    /// do, says "No update required" and exits 0.
     Update {
         /// Reboot into the new set afterwards.
         #[arg(long, short = 'r')]
@@ -60,7 +83,8 @@ enum Command {
         #[command(flatten)]
         stage: StageArgs,
     },
-    /// Fetch migrations and stage the update on the inactive set, without flipping.
+    /// Fetch migrations and stage the update on the inactive set, without flipping. With
+    /// nothing to do, says "No update required" and exits 0.
     UpdateImage {
         #[command(flatten)]
         stage: StageArgs,
@@ -74,16 +98,12 @@ enum Command {
     /// Undo update-apply: boot the running set again.
     UpdateRevert,
     /// Show the running version and set, what is staged, and which set boots next.
-    Status {
-        /// Print JSON.
-        #[arg(long, short = 'j')]
-        json: bool,
-    },
+    Status,
 }
 
 #[derive(clap::Args)]
 struct StageArgs {
-    /// Choose this version (up or down).
+    /// Choose this version (up or down; among those whose wave is open, unless -n).
     #[arg(long, short = 'i', value_name = "VERSION")]
     image: Option<semver::Version>,
     /// Ignore wave schedules and update now.
@@ -108,6 +128,8 @@ enum ProgressMode {
 struct Failure {
     code: u8,
     message: String,
+    /// The error, to be explained in terms of the configuration once it is known.
+    error: Option<Box<UpdateError>>,
 }
 
 impl From<UpdateError> for Failure {
@@ -115,29 +137,16 @@ impl From<UpdateError> for Failure {
         Failure {
             code: e.exit_code(),
             message: error_chain(&e),
+            error: Some(Box::new(e)),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 fn main() -> ExitCode {
     cli_support::docs::generate_if_asked(Args::command);
     let args = Args::parse();
-    cli_support::logging::init("updog", &args.log);
-    match run(args) {
+    cli_support::logging::init("updog", &args.global.log);
+    match run(&args) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             cli_support::logging::print_error("updog", &f.message);
@@ -146,31 +155,50 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(args: &Args) -> Result<Updater, Failure> {
-    let (mut config, warnings) = Config::from_path(&args.config).map_err(|e| Failure {
+fn load(global: &GlobalArgs) -> Result<Updater, Failure> {
+    let (mut config, warnings) = Config::from_path(&global.config).map_err(|e| Failure {
         code: updog::exit::FAILURE,
         message: error_chain(&e),
+        error: None,
     })?;
     for w in warnings {
         log::warn!("{w}");
     }
-    if let Some(p) = &args.os_release {
+    if let Some(p) = &global.os_release {
         config.os_release.clone_from(p);
     }
-    Ok(Updater::new(config)?)
+    let mut os = OsRelease::from_path(&config.os_release).map_err(UpdateError::from)?;
+    if let Some(variant) = &global.variant {
+        os.variant_id.clone_from(variant);
+    }
+    Ok(Updater::with_os_release(config, os)?)
 }
 
-fn run(args: Args) -> Result<u8, Failure> {
-    let updater = load(&args)?;
-    match args.command {
+fn run(args: &Args) -> Result<u8, Failure> {
+    let updater = load(&args.global)?;
+    execute(&updater, args).map_err(|mut f| {
+        if let Some(e) = &f.error {
+            f.message = updog::advice::explain(e, updater.config(), &args.global.config);
+        }
+        f
+    })
+}
+
+fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
+    let json = args.global.json;
+    match &args.command {
         Command::CheckUpdate {
             all,
-            json,
             ignore_waves,
             image,
         } => {
-            if all {
-                let updates = updater.list_updates()?;
+            let opts = CheckOptions {
+                ignore_waves: *ignore_waves,
+                image: image.clone(),
+                now: None,
+            };
+            if *all {
+                let updates = updater.list_updates(&opts)?;
                 if json {
                     print_json(&updates);
                 } else {
@@ -178,22 +206,20 @@ fn run(args: Args) -> Result<u8, Failure> {
                         println!("{} {}", u.variant, u.version);
                     }
                 }
-                return Ok(if updates.is_empty() {
-                    updog::exit::NOTHING_TO_DO
-                } else {
-                    updog::exit::SUCCESS
-                });
+                return Ok(updog::exit::SUCCESS);
             }
-            let check = updater.check(&CheckOptions {
-                ignore_waves,
-                image,
-                now: None,
-            })?;
+            let check = updater.check(&opts)?;
             Ok(print_check(&check, json))
+        }
+        Command::Prepare => {
+            updater.list_updates(&CheckOptions::default())?;
+            Ok(updog::exit::SUCCESS)
         }
         Command::Update { reboot, stage } => {
             let lock = updater.lock()?;
-            stage_with_signals(&updater, &lock, &stage)?;
+            let Some(staged) = stage_with_signals(updater, &lock, stage, json)? else {
+                return Ok(updog::exit::SUCCESS);
+            };
             // From here on a termination signal only sets the (no longer read) flag: the flip
             // and the reboot hand-off run to the end.
             let set = updater.apply(&lock)?;
@@ -203,21 +229,24 @@ fn run(args: Args) -> Result<u8, Failure> {
                     set: set.to_string(),
                 },
             );
-            if reboot {
+            print_update(&staged.update, json, stage, "Update applied");
+            if *reboot {
                 updater.reboot()?;
             }
             Ok(updog::exit::SUCCESS)
         }
         Command::UpdateImage { stage } => {
             let lock = updater.lock()?;
-            stage_with_signals(&updater, &lock, &stage)?;
+            if let Some(staged) = stage_with_signals(updater, &lock, stage, json)? {
+                print_update(&staged.update, json, stage, "Update staged");
+            }
             Ok(updog::exit::SUCCESS)
         }
         Command::UpdateApply { reboot } => {
             let lock = updater.lock()?;
             let set = updater.apply(&lock)?;
             eprintln!("Set {set} boots next");
-            if reboot {
+            if *reboot {
                 updater.reboot()?;
             }
             Ok(updog::exit::SUCCESS)
@@ -228,7 +257,7 @@ fn run(args: Args) -> Result<u8, Failure> {
             eprintln!("Set {set} boots next");
             Ok(updog::exit::SUCCESS)
         }
-        Command::Status { json } => {
+        Command::Status => {
             let status = updater.status()?;
             if json {
                 print_json(&status);
@@ -267,6 +296,27 @@ fn print_json<T: serde::Serialize>(value: &T) {
     }
 }
 
+/// After `update` or `update-image`: the reference's update object with `--json`, else one
+/// line naming it; nothing with `--progress json`, whose stdout is the JSON-lines protocol only.
+fn print_update(update: &manifest::Update, json: bool, stage: &StageArgs, what: &str) {
+    if stage.progress == ProgressMode::Json {
+        return;
+    }
+    if json {
+        print_json(update);
+    } else {
+        println!("{what}: {} {}", update.variant, update.version);
+    }
+}
+
+fn print_no_update(reason: &NoUpdateReason, json: bool) {
+    if json {
+        print_json(&serde_json::json!({ "no_update": reason }));
+    }
+}
+
+/// `check-update`: the update on stdout and exit 0, or why there is none and exit 1 (the
+/// reference's "no update available" is a failure, so scripts can test for an update).
 fn print_check(check: &Check, json: bool) -> u8 {
     match &check.outcome {
         CheckOutcome::Available(a) => {
@@ -275,18 +325,15 @@ fn print_check(check: &Check, json: bool) -> u8 {
             } else {
                 println!("{} {}", a.update.variant, a.update.version);
                 for m in &a.migrations {
-                    println!("  migration {m}");
+                    log::info!("{} needs migration {m}", a.update.version);
                 }
             }
             updog::exit::SUCCESS
         }
         CheckOutcome::NoUpdate(reason) => {
-            if json {
-                print_json(&serde_json::json!({ "no_update": reason }));
-            } else {
-                println!("No update: {reason}");
-            }
-            updog::exit::NOTHING_TO_DO
+            print_no_update(reason, json);
+            cli_support::logging::print_error("updog", &format!("No update available: {reason}"));
+            updog::exit::FAILURE
         }
     }
 }
@@ -304,17 +351,22 @@ fn report(mode: ProgressMode, event: &ProgressEvent) {
 }
 
 /// Stages with SIGINT/SIGTERM turned into a clean cancellation.
+///
+/// `None` when there is nothing to do: "No update required" is printed (and with `--json` the
+/// reason object), and the caller exits 0, as the reference does.
 fn stage_with_signals(
     updater: &Updater,
     lock: &updog::lock::UpdateLock,
     stage: &StageArgs,
-) -> Result<(), Failure> {
+    json: bool,
+) -> Result<Option<Staged>, Failure> {
     let cancel = CancelHandle::new();
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, std::sync::Arc::clone(cancel.flag())).map_err(|e| {
             Failure {
                 code: updog::exit::FAILURE,
                 message: format!("installing signal handler: {e}"),
+                error: None,
             }
         })?;
     }
@@ -331,7 +383,14 @@ fn stage_with_signals(
                 bar.event(event);
             }
         }
-        ProgressMode::None => {}
+        // A delta that falls back to the full image is worth a line even without progress.
+        ProgressMode::None => {
+            if let ProgressEvent::DeltaFallback { .. } = event
+                && let Some(text) = updog::progress::describe(event)
+            {
+                eprintln!("{text}");
+            }
+        }
     };
     let opts = CheckOptions {
         ignore_waves: stage.now,
@@ -342,9 +401,18 @@ fn stage_with_signals(
     if let Ok(mut bar) = bar.lock() {
         bar.finish();
     }
-    let staged = staged?;
+    let staged = match staged {
+        Err(UpdateError::NoUpdate(reason)) => {
+            if mode != ProgressMode::Json {
+                print_no_update(&reason, json);
+            }
+            eprintln!("No update required: {reason}");
+            return Ok(None);
+        }
+        other => other?,
+    };
     if mode != ProgressMode::Json {
         eprintln!("Staged {} on set {}", staged.version, staged.set);
     }
-    Ok(())
+    Ok(Some(staged))
 }

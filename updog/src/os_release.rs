@@ -40,6 +40,14 @@ pub enum OsReleaseError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is larger than any real os-release (it is not read in part).
+    #[error("os-release {path} is larger than {limit} bytes; is it the right file?")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The size cap.
+        limit: u64,
+    },
     /// A required field is absent.
     #[error("os-release has no {0}")]
     Missing(&'static str),
@@ -76,9 +84,16 @@ impl OsRelease {
         let mut text = String::new();
         std::fs::File::open(path)
             .map_err(read_err)?
-            .take(MAX_OS_RELEASE_BYTES)
+            .take(MAX_OS_RELEASE_BYTES + 1)
             .read_to_string(&mut text)
             .map_err(read_err)?;
+        // Refuse rather than truncate: a cut-off file could lose VERSION_ID silently.
+        if text.len() as u64 > MAX_OS_RELEASE_BYTES {
+            return Err(OsReleaseError::TooLarge {
+                path: path.to_path_buf(),
+                limit: MAX_OS_RELEASE_BYTES,
+            });
+        }
         Self::parse(&text)
     }
 
@@ -195,5 +210,21 @@ mod tests {
         );
         let e = OsRelease::from_path(&dir.path().join("missing")).unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");
+        // Over the cap: an error naming the file, even though the fields come first.
+        let big = dir.path().join("big-os-release");
+        let mut text = String::from("VARIANT_ID=v\nVERSION_ID=0.1.0\n");
+        while text.len() as u64 <= MAX_OS_RELEASE_BYTES {
+            text.push_str("# padding padding padding padding padding padding padding\n");
+        }
+        std::fs::write(&big, &text).unwrap();
+        let e = OsRelease::from_path(&big).unwrap_err();
+        assert!(
+            matches!(e, OsReleaseError::TooLarge { .. })
+                && e.to_string().contains("big-os-release"),
+            "{e}"
+        );
+        // Exactly at the cap is fine.
+        std::fs::write(&big, &text[..MAX_OS_RELEASE_BYTES as usize]).unwrap();
+        assert!(OsRelease::from_path(&big).is_ok());
     }
 }

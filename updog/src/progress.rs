@@ -87,15 +87,32 @@ pub enum ProgressEvent {
         image: ImageKind,
         /// Its TUF target name.
         target: String,
-        /// Compressed bytes processed.
+        /// Compressed bytes processed (for an image built from chunks, after a `delta_plan`
+        /// event: image bytes placed).
         done: u64,
-        /// The signed compressed length.
+        /// The signed compressed length (from chunks: the image size).
         total: u64,
         /// Compressed bytes processed across all images of the update (earlier images and this
         /// one's `done`).
         update_done: u64,
         /// The signed compressed length of all images of the update.
         update_total: u64,
+    },
+    /// The delta plan of an image: bytes reused (zero, already in place, from the running set)
+    /// and to download (uncompressed), with chunk counts. Its `image` events then count image
+    /// bytes placed against the image size.
+    DeltaPlan {
+        /// Which image.
+        image: ImageKind,
+        /// The plan.
+        plan: crate::delta::Plan,
+    },
+    /// The image could not be built from chunks; the full lz4 image is downloaded instead.
+    DeltaFallback {
+        /// Which image.
+        image: ImageKind,
+        /// Why (no index, store unreachable, chunks that keep failing, ...).
+        reason: String,
     },
     /// The image was flushed and is being read back for comparison.
     Verifying {
@@ -364,6 +381,22 @@ pub fn describe(event: &ProgressEvent) -> Option<String> {
         }
         ProgressEvent::ClearingInactive { set } => format!("Clearing set {set}"),
         ProgressEvent::Image { .. } => return None,
+        ProgressEvent::DeltaPlan { image, plan } => {
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            format!(
+                "Delta {image}: {:.1} MiB reused ({} chunks from the running set, {} in place, {} zero), {:.1} MiB to download ({} chunks) of {:.1} MiB",
+                mib(plan.reused_bytes()),
+                plan.seed.chunks,
+                plan.in_place.chunks,
+                plan.zero.chunks,
+                mib(plan.fetch.bytes),
+                plan.fetch.chunks,
+                mib(plan.image.bytes)
+            )
+        }
+        ProgressEvent::DeltaFallback { image, reason } => {
+            format!("Delta {image} not possible ({reason}); downloading the full image")
+        }
         ProgressEvent::Verifying { image } => format!("Reading back {image}"),
         ProgressEvent::ImageDone { image, written } => {
             format!("Wrote {image}: {written} bytes, verified")

@@ -39,7 +39,9 @@
 //!     targets: vec![],
 //! };
 //! let keys: Vec<&dyn KeySource> = signers[1..].iter().map(|k| k as &dyn KeySource).collect();
-//! let expires = repo::Expiries { targets: year, snapshot: year, timestamp: year };
+//! let expires = repo::Expiries {
+//!     targets: year, snapshot: year, timestamp: year, warn_within: chrono::Duration::days(30),
+//! };
 //! repo::Repository::new(d.join("repo")).publish(&release, &keys, &expires, now)?;
 //! assert!(d.join("repo/metadata/1.root.json").is_file());
 //! assert!(d.join("repo/metadata/timestamp.json").is_file());

@@ -23,6 +23,14 @@
 //! `release` and only `parent-a`'s key signs it, a lookup through `parent-a` succeeds and one
 //! through `parent-b` fails, in either order.
 //!
+//! # The stored root
+//!
+//! The root stored in the trusted-metadata directory is what every later load starts from;
+//! where it came from is recorded beside it (`root-history/origin.txt`) when it is seeded. A
+//! signature check that fails against it carries a [`StoredRootNote`] in
+//! [`Error::Threshold`], naming the file, its version and its origin, and what an operator can
+//! do. Trust is never re-seeded automatically.
+//!
 //! # Signatures
 //!
 //! A key id may appear only once in a `signatures` array: a repeated one fails the file with
@@ -45,7 +53,7 @@ mod reader;
 pub(crate) mod schema;
 pub(crate) mod verify;
 
-pub use error::Error;
+pub use error::{Error, StoredRootNote};
 pub use reader::TargetReader;
 pub use schema::TargetDescription;
 
@@ -385,7 +393,61 @@ pub struct CachedTarget {
 /// when [`Repository::load`] starts from it.
 pub fn init_trusted_root(dir: &Path, bytes: &[u8]) -> Result<(), Error> {
     datastore::ensure_dir(dir)?;
-    datastore::write_atomic(dir, "root.json", bytes)
+    datastore::write_atomic(dir, "root.json", bytes)?;
+    let origin = format!(
+        "seeded through updog::tuf::init_trusted_root at {}",
+        Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    datastore::write_root_origin(dir, &origin)
+}
+
+/// The root stored in the trusted-metadata directory, to name in signature failures.
+struct StoredRoot {
+    path: PathBuf,
+    /// Where it came from, as recorded when it was seeded; `None` for a directory seeded
+    /// before updog kept that record.
+    origin: Option<String>,
+}
+
+impl StoredRoot {
+    /// Names this root in a failure to meet its keys' threshold ("from keys of root version
+    /// N", N being the stored version; not a new root's check against its own keys). Other
+    /// errors pass through.
+    fn explain(&self, e: Error) -> Error {
+        let Error::Threshold {
+            role,
+            version,
+            signer,
+            valid,
+            threshold,
+            stored_root: None,
+        } = e
+        else {
+            return e;
+        };
+        let against = signer
+            .strip_prefix("root version ")
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|n| !(role == "root" && *n == version));
+        let stored_root = against.map(|n| {
+            Box::new(StoredRootNote {
+                path: self.path.clone(),
+                version: n,
+                origin: self
+                    .origin
+                    .clone()
+                    .unwrap_or_else(|| "origin not recorded".to_owned()),
+            })
+        });
+        Error::Threshold {
+            role,
+            version,
+            signer,
+            valid,
+            threshold,
+            stored_root,
+        }
+    }
 }
 
 /// Loads and checks one envelope: `(envelope, decoded)`.
@@ -444,6 +506,14 @@ impl Repository {
         };
         let mut root = verify_trusted_root(root_bytes, &root_path)?;
         let mut persist_root = seeded;
+        let mut origin = seeded.then(|| {
+            format!(
+                "seeded from {} (version {}) at {}",
+                opts.trusted_root.display(),
+                root.signed.version,
+                started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        });
         if !seeded {
             // A shipped root newer than the stored one (the OS image was updated with a newer
             // root) is just as trusted and saves walking the chain; an unreadable or invalid
@@ -453,6 +523,12 @@ impl Repository {
                 .and_then(|bytes| verify_trusted_root(bytes, &opts.trusted_root).ok());
             if let Some(shipped) = shipped {
                 if shipped.signed.version > root.signed.version {
+                    origin = Some(format!(
+                        "replaced by the newer shipped root {} (version {}) at {}",
+                        opts.trusted_root.display(),
+                        shipped.signed.version,
+                        started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ));
                     root = shipped;
                     persist_root = true;
                 }
@@ -461,7 +537,16 @@ impl Repository {
         if persist_root {
             datastore::write_atomic(dir, "root.json", &root.bytes)?;
         }
+        if let Some(origin) = &origin {
+            datastore::write_root_origin(dir, origin)?;
+        }
         remember_root(dir, &root)?;
+        // A signature failure against the stored root says which root that is and where it
+        // came from: a wrong root, once stored, stays until an operator re-seeds trust.
+        let stored = StoredRoot {
+            path: dir.join("root.json"),
+            origin: datastore::read_root_origin(dir),
+        };
 
         let mut loader = Loader {
             source,
@@ -471,7 +556,7 @@ impl Repository {
             ignore_expiry: false,
         };
         let initial_root = root.signed.clone();
-        let (root, mut chain) = loader.update_root(root)?;
+        let (root, mut chain) = loader.update_root(root).map_err(|e| stored.explain(e))?;
 
         // 5.3.11: if the timestamp and/or snapshot keys were rotated, delete the trusted
         // timestamp and snapshot (recovery from fast-forward attacks).
@@ -487,9 +572,10 @@ impl Repository {
         // Hand out the whole chain we know of, for offline verification elsewhere.
         chain = read_root_history(dir, root.signed.version, &opts.limits).unwrap_or(chain);
 
-        let timestamp = loader.update_timestamp(&root)?;
-        let snapshot = loader.update_snapshot(&root, &timestamp)?;
-        let targets = loader.update_targets(&root, &snapshot)?;
+        let explain = |e| stored.explain(e);
+        let timestamp = loader.update_timestamp(&root).map_err(explain)?;
+        let snapshot = loader.update_snapshot(&root, &timestamp).map_err(explain)?;
+        let targets = loader.update_targets(&root, &snapshot).map_err(explain)?;
 
         Ok(Self {
             source: loader.source,

@@ -93,6 +93,8 @@ pub struct AvailableUpdate {
 /// What [`Updater::stage`] put on the inactive set.
 #[derive(Debug, Clone)]
 pub struct Staged {
+    /// The manifest's update entry that was staged (the reference's update object).
+    pub update: manifest::Update,
     /// The version staged.
     pub version: Version,
     /// The set it is on.
@@ -155,7 +157,8 @@ pub enum UpdateError {
     /// The manifest is not valid.
     #[error("{MANIFEST_TARGET}: {0}")]
     Manifest(#[source] Box<manifest::Error>),
-    /// Nothing to stage or apply; the reason says why.
+    /// Nothing to stage; the reason says why (`updog update` reports it and exits 0, as the
+    /// reference does; `check-update` exits 1).
     #[error("no update: {0}")]
     NoUpdate(NoUpdateReason),
     /// An image named by the manifest is not a signed target.
@@ -208,6 +211,18 @@ pub enum UpdateError {
         #[source]
         source: crate::pipeline::StageError,
     },
+    /// Staging an image from chunks failed in a way the full image would not avoid (writing
+    /// the inactive partition); the inactive set is left cleared.
+    #[error("staging {image} onto set {set} from chunks: {source}")]
+    Delta {
+        /// Which image.
+        image: ImageKind,
+        /// The set.
+        set: SetId,
+        /// What went wrong.
+        #[source]
+        source: crate::delta::stage::DeltaError,
+    },
     /// A partition of the inactive set could not be opened for writing.
     #[error("opening the {image} partition of set {set}: {source}")]
     OpenPartition {
@@ -251,9 +266,6 @@ impl UpdateError {
     /// The `updog` exit code for this error (see [`crate::exit`]).
     pub fn exit_code(&self) -> u8 {
         match self {
-            UpdateError::NoUpdate(_) | UpdateError::NothingStaged { .. } => {
-                crate::exit::NOTHING_TO_DO
-            }
             UpdateError::Lock(LockError::Held { .. }) => crate::exit::LOCKED,
             UpdateError::Cancelled { .. } => crate::exit::INTERRUPTED,
             _ => crate::exit::FAILURE,
@@ -266,6 +278,9 @@ pub struct Updater {
     config: Config,
     os: OsRelease,
     transport: Arc<dyn Transport>,
+    /// The query parameters the default transport sends (`target` and `migrations` are added
+    /// once an update is chosen, as the reference does).
+    query: crate::transport::QueryParams,
 }
 
 impl std::fmt::Debug for Updater {
@@ -287,11 +302,17 @@ impl Updater {
 
     /// An updater with an explicit identity (tests, agents that know their version).
     pub fn with_os_release(config: Config, os: OsRelease) -> Result<Updater, UpdateError> {
-        let transport = default_transport(&config, &os).map_err(UpdateError::Transport)?;
+        let query = crate::transport::QueryParams::default();
+        // As the reference does, tell the server which wave and version is asking.
+        query.set("seed", config.seed.get().to_string());
+        query.set("version", os.version_id.to_string());
+        let transport =
+            default_transport(&config, query.clone()).map_err(UpdateError::Transport)?;
         Ok(Updater {
             config,
             os,
             transport,
+            query,
         })
     }
 
@@ -367,6 +388,7 @@ impl Updater {
             now: opts.now.unwrap_or_else(Utc::now),
             version_lock: self.config.version_lock.clone(),
             ignore_waves: opts.ignore_waves || self.config.ignore_waves,
+            wave_timing: self.config.wave_timing,
             force_version: opts.image.clone(),
         }
     }
@@ -425,15 +447,16 @@ impl Updater {
         })
     }
 
-    /// Every update in the manifest for this variant and architecture, newest first (`--all`).
-    pub fn list_updates(&self) -> Result<Vec<manifest::Update>, UpdateError> {
+    /// The updates for this variant and architecture that this host may take now, newest
+    /// first (`whats --all`): those whose wave is open for this host, unless waves are ignored
+    /// (`opts.ignore_waves` or the configuration's `ignore_waves`).
+    pub fn list_updates(&self, opts: &CheckOptions) -> Result<Vec<manifest::Update>, UpdateError> {
         let repo = self.load_repository()?;
         let manifest = Self::load_manifest(&repo)?;
-        let updates =
-            manifest::select::available_updates(&manifest, &self.os.variant_id, &self.os.arch)
-                .into_iter()
-                .cloned()
-                .collect();
+        let updates = manifest::select::ready_updates(&manifest, &self.request(opts))
+            .into_iter()
+            .cloned()
+            .collect();
         Ok(updates)
     }
 
@@ -493,6 +516,9 @@ impl Updater {
             CheckOutcome::Available(a) => a,
         };
         let update = &available.update;
+        // As the reference does: from here on every request names the version being fetched,
+        // and, once the migrations are in, the migrations of the jump.
+        self.query.set("target", update.version.to_string());
 
         let (disk_path, active) = self.disk_and_active()?;
         let disk = bootpart::Disk::open(&disk_path).map_err(UpdateError::Disk)?;
@@ -518,6 +544,9 @@ impl Updater {
             &migrations_fetch::FetchOptions::default(),
         )
         .map_err(UpdateError::MigrationFetch)?;
+        let mut migration_targets = available.migrations.clone();
+        migration_targets.push(MANIFEST_TARGET.to_string());
+        self.query.set("migrations", migration_targets.join(","));
         if cancel.is_cancelled() {
             return Err(UpdateError::Cancelled { set: inactive });
         }
@@ -565,6 +594,23 @@ impl Updater {
         for (kind, target, partition) in images {
             if cancel.is_cancelled() {
                 return Err(UpdateError::Cancelled { set: inactive });
+            }
+            // Delta first when the update offers it (small, local hook: delta/stage.rs).
+            let image_len = repo.target(target).ok().flatten().map_or(0, |d| d.length);
+            if let Some(record) = self.stage_delta(
+                &repo,
+                &manifest,
+                update,
+                &disk,
+                (active, inactive),
+                (kind, partition),
+                (update_done, update_total, image_len),
+                progress,
+                cancel,
+            )? {
+                records.insert(kind.name().to_string(), record);
+                update_done = update_done.saturating_add(image_len);
+                continue;
             }
             let update_bytes = (update_done, update_total);
             let staged = Self::stage_one(
@@ -640,10 +686,115 @@ impl Updater {
             return Err(e.into());
         }
         Ok(Staged {
+            update: update.clone(),
             version: update.version.clone(),
             set: inactive,
             record,
         })
+    }
+
+    /// Stages one image from chunks when the update offers an index for it and `delta` is on.
+    /// `Ok(None)`: not offered, or it failed in a way the full image avoids (reported with a
+    /// [`ProgressEvent::DeltaFallback`]); the caller streams the full image then.
+    #[allow(clippy::too_many_arguments)]
+    fn stage_delta(
+        &self,
+        repo: &crate::tuf::Repository,
+        manifest: &Manifest,
+        update: &manifest::Update,
+        disk: &bootpart::Disk,
+        (active, inactive): (SetId, SetId),
+        (kind, partition): (ImageKind, &bootpart::Partition),
+        (update_done, update_total, image_len): (u64, u64, u64),
+        progress: &dyn Fn(&ProgressEvent),
+        cancel: &CancelHandle,
+    ) -> Result<Option<StagedImageRecord>, UpdateError> {
+        use crate::delta::AssembleProgress;
+        let offered = update
+            .delta
+            .as_ref()
+            .is_some_and(|d| d.indexes.contains_key(kind.name()));
+        if !self.config.delta || !offered {
+            return Ok(None);
+        }
+        let running = disk.set(active).map_err(UpdateError::Disk)?;
+        let seed = match kind {
+            ImageKind::Root => &running.root,
+            ImageKind::Boot => &running.boot,
+            ImageKind::Hash => &running.hash,
+        };
+        let state_dir = self
+            .config
+            .state_file
+            .parent()
+            .unwrap_or(std::path::Path::new("/var/lib/updog"));
+        let (running_set, running_version) = (active.to_string(), self.os.version_id.to_string());
+        let request = crate::delta::stage::DeltaImage {
+            image: kind.name(),
+            update,
+            manifest,
+            running_version: &running_version,
+            running_set: &running_set,
+            disk: disk.path(),
+            target: (partition.byte_offset(), partition.byte_len()),
+            seed: (seed.byte_offset(), seed.byte_len()),
+            targets_base_url: &self.config.targets_base_url,
+            state_dir,
+        };
+        let mut verifying = false;
+        let mut on_progress = |p: &AssembleProgress| match *p {
+            AssembleProgress::Planned(plan) => {
+                progress(&ProgressEvent::DeltaPlan { image: kind, plan });
+            }
+            // Image bytes placed; the update-wide figures count this image at its compressed size
+            // in proportion, so the update's bar moves at the same rate as for full images.
+            AssembleProgress::Writing { done, total, .. } => progress(&ProgressEvent::Image {
+                image: kind,
+                target: String::new(),
+                done,
+                total,
+                update_done: update_done
+                    + (u128::from(image_len) * u128::from(done) / u128::from(total.max(1))) as u64,
+                update_total,
+            }),
+            AssembleProgress::Verifying { .. } if !std::mem::replace(&mut verifying, true) => {
+                progress(&ProgressEvent::Verifying { image: kind });
+            }
+            _ => {}
+        };
+        match request.stage(
+            repo,
+            Arc::clone(&self.transport),
+            cancel.flag(),
+            &mut on_progress,
+        ) {
+            Ok(staged) => {
+                progress(&ProgressEvent::ImageDone {
+                    image: kind,
+                    written: staged.written,
+                });
+                Ok(Some(StagedImageRecord {
+                    target: staged.index_target,
+                    sha256: staged.index_sha256,
+                    written: staged.written,
+                }))
+            }
+            Err(crate::delta::stage::DeltaError::Assemble(
+                crate::delta::AssembleError::Cancelled,
+            )) => Err(UpdateError::Cancelled { set: inactive }),
+            Err(e) if e.should_fall_back() => {
+                progress(&ProgressEvent::DeltaFallback {
+                    image: kind,
+                    reason: e.to_string(),
+                });
+                Ok(None)
+            }
+            Err(source) => Err(UpdateError::Delta {
+                image: kind,
+                set: inactive,
+                source,
+            }),
+        }
     }
 
     /// Streams one image target onto its partition through the staging pipeline.
@@ -829,19 +980,14 @@ fn max_compressed_len(capacity: u64) -> u64 {
 
 fn default_transport(
     config: &Config,
-    os: &OsRelease,
+    query: crate::transport::QueryParams,
 ) -> Result<Arc<dyn Transport>, crate::transport::HttpSetupError> {
-    // As the reference does, tell the server which wave and version is asking.
-    let query = vec![
-        ("seed".to_string(), config.seed.get().to_string()),
-        ("version".to_string(), os.version_id.to_string()),
-    ];
     let transport = crate::transport::AnyTransport::new(crate::transport::HttpOptions {
         stall_timeout: config.stall_timeout,
         retries: config.retries,
         https_proxy: config.https_proxy.clone(),
         no_proxy: config.no_proxy.clone(),
-        query,
+        shared_query: query,
         ..crate::transport::HttpOptions::default()
     })?;
     Ok(Arc::new(transport))

@@ -165,6 +165,39 @@ fn rotate_root_key(d: &Path) {
 }
 
 #[test]
+fn every_publishing_command_explains_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let top = ok(d, &["--help"]);
+    for sub in [
+        "key",
+        "root",
+        "compress",
+        "publish",
+        "refresh-timestamp",
+        "rotate-root",
+        "check",
+    ] {
+        assert!(top.contains(sub), "{sub} missing from --help");
+        assert!(ok(d, &[sub, "--help"]).contains("Usage: updata"), "{sub}");
+    }
+    for sub in [
+        "init",
+        "add-key",
+        "remove-key",
+        "set-threshold",
+        "set-expires",
+        "bump-version",
+        "sign",
+    ] {
+        assert!(
+            ok(d, &["root", sub, "--help"]).contains("Usage: updata root"),
+            "{sub}"
+        );
+    }
+}
+
+#[test]
 fn keys_are_private_and_never_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -689,4 +722,133 @@ fn an_interrupted_publish_leaves_the_previous_release_published() {
     assert!(out.contains("timestamp 1, snapshot 1, targets 1"), "{out}");
     assert!(!out.contains("1.2.0"), "{out}");
     assert!(out.contains("no problems found"), "{out}");
+}
+
+/// A rotation signed by several people: the draft gets version 2 first, each holder signs it in
+/// turn (a key of the old root or the new), and rotate-root, given no key at all, publishes it
+/// once both thresholds are met.
+#[test]
+fn a_rotation_is_signed_in_turn_and_published_when_both_thresholds_are_met() {
+    let dir = publisher();
+    let d = dir.path();
+    publish(d);
+    let line = |l: &str| ok(d, &l.split_whitespace().collect::<Vec<_>>());
+    let refused = |l: &str| fails(d, &l.split_whitespace().collect::<Vec<_>>());
+    line("key generate keys/alice.pem");
+    line("key generate keys/bob.pem");
+    line("root add-key root.json --role root keys/alice.pub.pem keys/bob.pub.pem");
+    line("root remove-key root.json --role root keys/root.pem");
+    line("root set-threshold root.json --role root 2");
+    assert!(line("root bump-version root.json").contains("version 2"));
+    let before = snapshot(&d.join("repo"));
+    // The old root key alone: the new threshold (2 of alice, bob) is not met.
+    line("root sign root.json -k keys/root.pem --previous repo/metadata/1.root.json");
+    let err = refused("rotate-root repo --root root.json");
+    assert!(
+        err.contains("root: 0 valid signature(s) of the 2 that root version 2"),
+        "{err}"
+    );
+    line("root sign root.json -k keys/alice.pem --previous repo/metadata/1.root.json");
+    let err = refused("rotate-root repo --root root.json");
+    assert!(err.contains("1 valid signature(s) of the 2"), "{err}");
+    assert_eq!(
+        snapshot(&d.join("repo")),
+        before,
+        "nothing published before the thresholds"
+    );
+    let out = line("root sign root.json -k keys/bob.pem --previous repo/metadata/1.root.json");
+    assert!(out.contains("every threshold is met"), "{out}");
+    line("rotate-root repo --root root.json");
+    assert!(d.join("repo/metadata/2.root.json").is_file());
+    let out = line("check repo --root repo/metadata/1.root.json");
+    assert!(out.contains("root version 2"), "{out}");
+}
+
+/// The signing trait is the library's extension point: a key held elsewhere (here a wrapper
+/// standing in for a KMS client) signs a release through `updog::publish` like a file key.
+#[test]
+fn a_key_source_other_than_a_file_signs_through_the_library() {
+    use updog::publish::keys::{FileKey, KeySource, PublicKey};
+    use updog::publish::repo::{Expiries, Release, Repository};
+
+    struct Remote {
+        inner: FileKey,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+    impl KeySource for Remote {
+        fn public_key(&self) -> &PublicKey {
+            self.inner.public_key()
+        }
+        fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, updog::publish::Error> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.sign(msg)
+        }
+        fn describe(&self) -> String {
+            "remote:timestamp".to_owned()
+        }
+    }
+    let dir = publisher();
+    let d = dir.path();
+    let load = |n: &str| FileKey::load(&d.join(format!("keys/{n}.pem"))).unwrap();
+    let remote = Remote {
+        inner: load("timestamp"),
+        calls: std::sync::atomic::AtomicUsize::new(0),
+    };
+    let (targets, snap) = (load("targets"), load("snapshot"));
+    let keys: [&dyn KeySource; 3] = [&targets, &snap, &remote];
+    let now = chrono::Utc::now();
+    let later = now + chrono::Duration::days(30);
+    let release = Release {
+        root: Some(d.join("root.json")),
+        manifest: Some(d.join("manifest.json")),
+        targets: std::fs::read_dir(d.join("staging"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect(),
+    };
+    let expires = Expiries {
+        targets: later,
+        snapshot: later,
+        timestamp: later,
+        warn_within: chrono::Duration::days(60),
+    };
+    let report = Repository::new(d.join("repo"))
+        .publish(&release, &keys, &expires, now)
+        .unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("targets version 1 expires")),
+        "{:?}",
+        report.warnings
+    );
+    assert_eq!(remote.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    ok(d, &["check", "repo", "--root", "root.json"]);
+}
+
+/// A `custom` value with no canonical JSON form is refused instead of signed wrongly.
+#[test]
+fn metadata_without_a_canonical_form_is_not_signed() {
+    use updog::publish::keys::{FileKey, KeyType, generate};
+    use updog::publish::metadata::{Envelope, TargetEntry, Targets};
+    let dir = tempfile::tempdir().unwrap();
+    generate(&dir.path().join("t.pem"), KeyType::Ed25519).unwrap();
+    let key = FileKey::load(&dir.path().join("t.pem")).unwrap();
+    let entry = TargetEntry {
+        length: 1,
+        hashes: BTreeMap::new(),
+        custom: serde_json::json!({ "ratio": 1.5 }),
+    };
+    let mut env = Envelope::new(Targets {
+        type_name: "targets".into(),
+        spec_version: "1.0.0".into(),
+        version: 1,
+        expires: chrono::Utc::now(),
+        targets: BTreeMap::from([("a".to_owned(), entry)]),
+        delegations: None,
+    });
+    let err = env.sign(&key).unwrap_err();
+    assert!(err.to_string().contains("canonical"), "{err}");
+    assert!(env.signatures.is_empty());
 }

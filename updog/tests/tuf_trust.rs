@@ -279,3 +279,95 @@ fn repeated_key_id_is_refused_in_a_delegated_role() {
     let repo = served.load().unwrap();
     assert_duplicate(&repo.target("x").unwrap_err(), "A", &key);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A stored root that does not match the repository
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_stored_root_that_does_not_match_the_repository_is_named_with_its_origin() {
+    let mut first = TestRepo::new(KeyKind::Ed25519);
+    first.add_target("file.txt", b"from the first repository");
+    let served = Served::new(first);
+    served.load().unwrap();
+
+    // The server now carries another repository (other keys), and the shipped root is fixed to
+    // match it: the root stored by the first run still decides.
+    let mut other = TestRepo::new(KeyKind::EcdsaP256);
+    other.add_target("file.txt", b"from the other repository");
+    other.publish();
+    served.server.set_root(other.dir());
+    other.write_root(1, &served.shipped_root());
+
+    let e = served.load_err();
+    let stored = served.datastore().join("root.json");
+    match &e {
+        Error::Threshold {
+            role,
+            stored_root: Some(note),
+            ..
+        } if role == "timestamp" => {
+            assert_eq!(note.path, stored);
+            assert_eq!(note.version, 1);
+            assert!(
+                note.origin.starts_with(&format!(
+                    "seeded from {} (version 1) at ",
+                    served.shipped_root().display()
+                )),
+                "{}",
+                note.origin
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let text = e.to_string();
+    for needle in [
+        &stored.display().to_string(),
+        "version 1",
+        "seeded from",
+        "re-seed trust deliberately",
+        "README",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in {text}");
+    }
+    assert_eq!(text.lines().count(), 1, "{text}");
+
+    // A second run refuses the same way: nothing re-seeds by itself.
+    assert!(matches!(
+        served.load_err(),
+        Error::Threshold {
+            stored_root: Some(_),
+            ..
+        }
+    ));
+
+    // The documented re-seed: move the metadata directory aside; the next run seeds from the
+    // (fixed) shipped root and trusts the repository it matches.
+    let aside = served.client.path().join("metadata.old");
+    std::fs::rename(served.datastore(), &aside).unwrap();
+    let repo = served.load().unwrap();
+    assert!(repo.target("file.txt").unwrap().is_some());
+}
+
+#[test]
+fn a_new_root_not_signed_by_the_stored_root_names_it() {
+    let mut repo = TestRepo::new(KeyKind::Ed25519);
+    repo.add_target("file.txt", b"x");
+    let mut served = Served::new(repo);
+    served.load().unwrap();
+    // Root 2 signed only by a key root 1 does not list.
+    let stranger = TestKey::get(KeyKind::EcdsaP256, 4);
+    served.repo.root_version = 2;
+    served.repo.role("root").keys = vec![stranger.clone()];
+    served.repo.role("root").signers = Some(vec![stranger]);
+    served.repo.publish_root();
+    match served.load_err() {
+        Error::Threshold {
+            role,
+            version: 2,
+            stored_root: Some(note),
+            ..
+        } if role == "root" => assert_eq!(note.version, 1),
+        other => panic!("{other:?}"),
+    }
+}

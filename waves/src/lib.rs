@@ -45,9 +45,11 @@
 //! Here, at most the last seed or two of each wave are within a minute of its end; the rest are
 //! spread evenly across the wave.
 //!
-//! [`WaveSchedule::reference_ready_at`] reproduces the reference formula (capped at the wave's
-//! end, which is where the reference's readiness check lets those hosts through) so the two can
-//! be compared, for example with the fleet simulation in [`sim`].
+//! [`WaveSchedule::reference_ready_at`] reproduces the reference's timing rule for rule (capped at
+//! the wave's end, which is where the reference's readiness check lets those hosts through; a
+//! seed at or below the first bound is ready at once), so the two can be compared, for example
+//! with the fleet simulation in [`sim`], and so a fleet that mixes both updaters can keep one
+//! clock: [`WaveTiming`] chooses between them (`wave_timing` in `updog.toml`).
 //!
 //! # Example
 //!
@@ -73,7 +75,7 @@ pub mod time;
 
 pub use error::Error;
 pub use policy::{PolicyWave, StartAfter, WavePolicy};
-pub use schedule::{NotRising, Wave, WaveSchedule};
+pub use schedule::{NotRising, Wave, WaveSchedule, WaveTiming};
 
 use std::fmt;
 

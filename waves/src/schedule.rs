@@ -8,6 +8,31 @@ use serde::ser::SerializeMap;
 use crate::Seed;
 use crate::time::{format_time, parse_time};
 
+/// How a host's eligibility time inside a wave is computed (`wave_timing` in `updog.toml`).
+///
+/// See the crate docs for why the two differ. Parses from and serializes as `"offset"` or
+/// `"reference"`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum WaveTiming {
+    /// Spread by the seed's offset from the wave's lower bound ([`WaveSchedule::ready_at`]).
+    #[default]
+    Offset,
+    /// Bottlerocket's updater's timing ([`WaveSchedule::reference_ready_at`]).
+    Reference,
+}
+
+impl fmt::Display for WaveTiming {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WaveTiming::Offset => "offset",
+            WaveTiming::Reference => "reference",
+        })
+    }
+}
+
 /// One wave of a schedule: hosts with seeds up to `bound` may update from `start` on (see the
 /// crate docs for how seeds between two bounds are spread).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,16 +155,71 @@ impl WaveSchedule {
         self.ready_at(seed).is_none_or(|at| at <= now)
     }
 
-    /// The eligibility time the reference implementation computes: `start + per_seed * seed`
-    /// with the absolute seed, capped at the wave's end. Kept only to compare against (see the
-    /// crate docs); agents should use [`WaveSchedule::ready_at`].
+    /// When a host with this seed may update under `timing`: [`WaveTiming::Offset`] is
+    /// [`WaveSchedule::ready_at`], [`WaveTiming::Reference`] is
+    /// [`WaveSchedule::reference_ready_at`].
+    pub fn ready_at_timing(&self, seed: Seed, timing: WaveTiming) -> Option<DateTime<Utc>> {
+        match timing {
+            WaveTiming::Offset => self.ready_at(seed),
+            WaveTiming::Reference => self.reference_ready_at(seed),
+        }
+    }
+
+    /// The eligibility time Bottlerocket's updater (`update_metadata::Update::update_ready`)
+    /// gives this seed, so a fleet that mixes both updaters can roll out on one clock
+    /// (`wave_timing = "reference"` in `updog.toml`). `None` means "ready now". Its rules:
+    ///
+    /// - no waves, or no wave bound in `seed..=2048` and none below the seed: ready now;
+    /// - no bound below the seed (the "initial" wave, for example seed 0 with a bound 0): ready
+    ///   now, whatever the first wave's time;
+    /// - no bound in `seed..=2048` (the last wave; bounds above 2048 are ignored here): ready
+    ///   when the highest bound below the seed opens;
+    /// - otherwise, between `lower < seed <= upper`: `start + (end - start) / (upper - lower) *
+    ///   seed` with the **absolute** seed, but never before `start` and never after `end`
+    ///   (the reference lets everyone in once the next wave opens).
+    ///
+    /// ```
+    /// use chrono::{TimeDelta, TimeZone, Utc};
+    /// use waves::{Seed, WaveSchedule};
+    ///
+    /// let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    /// let mut s = WaveSchedule::new();
+    /// s.insert(0, t0);
+    /// s.insert(100, t0 + TimeDelta::hours(10));
+    /// s.insert(200, t0 + TimeDelta::hours(20));
+    /// // Seed 0 is in the "initial" wave: ready now, even before t0.
+    /// assert_eq!(s.reference_ready_at(Seed::new(0)?), None);
+    /// // Seed 50, between bounds 0 and 100: 50 steps of 10 h / 100 (as with `ready_at`).
+    /// assert_eq!(s.reference_ready_at(Seed::new(50)?), Some(t0 + TimeDelta::hours(5)));
+    /// // Seed 150, between 100 and 200: 150 steps of 10 h / 100 from 10 h is past the wave's
+    /// // end, so it waits for 20 h, where `ready_at` gives 15 h.
+    /// assert_eq!(s.reference_ready_at(Seed::new(150)?), Some(t0 + TimeDelta::hours(20)));
+    /// assert_eq!(s.ready_at(Seed::new(150)?), Some(t0 + TimeDelta::hours(15)));
+    /// # Ok::<(), waves::Error>(())
+    /// ```
     pub fn reference_ready_at(&self, seed: Seed) -> Option<DateTime<Utc>> {
-        self.ready_at_with(seed, |start, end, _offset, width, seed| {
-            let span = i128::from(end.signed_duration_since(start).num_milliseconds());
-            let per_seed = span / i128::from(width);
-            let at = add_millis(start, per_seed * i128::from(seed)).unwrap_or(end);
-            if end >= start { at.min(end) } else { at }
-        })
+        let s = seed.get();
+        let lower = self.waves.range(..s).next_back();
+        let upper = self.waves.range(s..=crate::SEED_COUNT).next();
+        match (lower, upper) {
+            (None, _) => None,
+            (Some((_, &start)), None) => Some(start),
+            (Some((&lo, &start)), Some((&hi, &end))) => {
+                let span = end
+                    .signed_duration_since(start)
+                    .num_nanoseconds()
+                    .map_or_else(
+                        || {
+                            i128::from(end.signed_duration_since(start).num_milliseconds())
+                                * 1_000_000
+                        },
+                        i128::from,
+                    );
+                let per_seed = span / i128::from(hi - lo);
+                let target = add_nanos(start, per_seed * i128::from(s)).unwrap_or(end);
+                Some(target.max(start).min(end))
+            }
+        }
     }
 
     fn ready_at_with(
@@ -213,6 +293,11 @@ fn interpolate(
     }
     let span = i128::from(end.signed_duration_since(start).num_milliseconds());
     add_millis(start, span * i128::from(offset) / i128::from(width.max(1))).unwrap_or(end)
+}
+
+fn add_nanos(t: DateTime<Utc>, ns: i128) -> Option<DateTime<Utc>> {
+    let ns = i64::try_from(ns).ok()?;
+    t.checked_add_signed(TimeDelta::nanoseconds(ns))
 }
 
 fn add_millis(t: DateTime<Utc>, ms: i128) -> Option<DateTime<Utc>> {

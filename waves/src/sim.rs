@@ -70,15 +70,8 @@ impl Fleet {
     }
 }
 
-/// How a seed's eligibility time is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Formula {
-    /// This crate's spread by offset from the wave's lower bound ([`WaveSchedule::ready_at`]).
-    #[default]
-    Offset,
-    /// The reference's absolute-seed formula ([`WaveSchedule::reference_ready_at`]).
-    Reference,
-}
+/// How a seed's eligibility time is computed (the same choice as `updog.toml`'s `wave_timing`).
+pub use crate::schedule::WaveTiming as Formula;
 
 /// The state of the fleet at one instant.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -146,10 +139,7 @@ pub fn simulate(
     let mut ready: Vec<(Option<DateTime<Utc>>, u64)> = Seed::all()
         .filter(|&s| fleet.count(s) > 0)
         .map(|s| {
-            let at = match formula {
-                Formula::Offset => schedule.ready_at(s),
-                Formula::Reference => schedule.reference_ready_at(s),
-            };
+            let at = schedule.ready_at_timing(s, formula);
             (at, fleet.count(s))
         })
         .collect();

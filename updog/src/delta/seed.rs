@@ -45,16 +45,18 @@ pub fn seed_index(active: &Region, cache: Option<&Path>) -> io::Result<(BlobInde
     let reader = io::BufReader::with_capacity(1 << 20, active.reader());
     let index = Chunker::casync_default().index(reader, |_, _| Ok(()))?;
     if let Some(path) = cache {
-        let _ = write_cache(path, &index);
+        let _ = write_file_atomic(path, &index.to_bytes());
     }
     Ok((index, SeedOrigin::Chunked))
 }
 
-fn write_cache(path: &Path, index: &BlobIndex) -> io::Result<()> {
+/// Writes `bytes` to `path` whole or not at all (temporary file, flushed, renamed), creating
+/// the directory if needed.
+pub(super) fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    io::Write::write_all(&mut tmp, &index.to_bytes())?;
+    io::Write::write_all(&mut tmp, bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())

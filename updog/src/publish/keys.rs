@@ -60,7 +60,8 @@ pub struct PublicKey {
 
 impl PublicKey {
     fn new(tuf: Value) -> Self {
-        let id = hex::encode(Sha256::digest(canonical_json(&tuf)));
+        // A key object we built holds strings only, so it always has a canonical form.
+        let id = hex::encode(Sha256::digest(canonical_json(&tuf).unwrap_or_default()));
         Self { tuf, id }
     }
 

@@ -22,16 +22,14 @@ pub const SPEC_VERSION: &str = "1.0.0";
 /// The four top-level roles, in the order they are shown.
 pub const TOP_LEVEL_ROLES: [&str; 4] = ["root", "targets", "snapshot", "timestamp"];
 
-/// Canonical JSON (OLPC) of a value, as TUF signs it.
-pub fn canonical_json(value: &impl Serialize) -> Vec<u8> {
+/// Canonical JSON (OLPC) of a value, as TUF signs it. Fails on a value without a canonical
+/// form (a number with a fraction or exponent, which only a hand-edited `custom` could hold).
+pub fn canonical_json(value: &impl Serialize) -> Result<Vec<u8>, serde_json::Error> {
     let mut buf = Vec::new();
     let mut ser =
         serde_json::Serializer::with_formatter(&mut buf, olpc_cjson::CanonicalFormatter::new());
-    // Our metadata holds no floats, the only values without a canonical form.
-    if value.serialize(&mut ser).is_err() {
-        buf.clear();
-    }
-    buf
+    value.serialize(&mut ser)?;
+    Ok(buf)
 }
 
 mod tuf_time {
@@ -186,13 +184,17 @@ impl<T: Serialize + for<'de> Deserialize<'de>> Envelope<T> {
     }
 
     /// The bytes signatures are over.
-    pub fn canonical(&self) -> Vec<u8> {
-        canonical_json(&self.signed)
+    pub fn canonical(&self) -> Result<Vec<u8>, Error> {
+        canonical_json(&self.signed).map_err(|e| {
+            Error::State(format!(
+                "metadata without a canonical JSON form (TUF signs that): {e}"
+            ))
+        })
     }
 
     /// Adds `key`'s signature, replacing an earlier one by the same key.
     pub fn sign(&mut self, key: &dyn KeySource) -> Result<(), Error> {
-        let sig = key.sign(&self.canonical())?;
+        let sig = key.sign(&self.canonical()?)?;
         let keyid = key.public_key().id().to_owned();
         self.signatures.retain(|s| s.keyid != keyid);
         self.signatures.push(Signature {
@@ -221,7 +223,7 @@ impl<T: Serialize + for<'de> Deserialize<'de>> Envelope<T> {
             .get(role)
             .ok_or_else(|| Error::NoSuchRole(role.to_owned()))?;
         let envelope = VerifyEnvelope {
-            canonical: self.canonical(),
+            canonical: self.canonical()?,
             signatures: self
                 .signatures
                 .iter()

@@ -41,6 +41,8 @@ pub struct Expiries {
     pub snapshot: DateTime<Utc>,
     /// timestamp.json.
     pub timestamp: DateTime<Utc>,
+    /// Warn when the root or targets expire within this long.
+    pub warn_within: Duration,
 }
 
 /// What a publish adds.
@@ -325,7 +327,7 @@ impl Repository {
             &root.signed,
             Some(&new_targets.signed),
             now,
-            Duration::days(30),
+            expires.warn_within,
         );
         Ok(report)
     }

@@ -73,6 +73,9 @@ pub struct HttpOptions {
     /// Query parameters appended to every URL, in order, after any query the URL already has
     /// (updog sends `seed` and `version`, so servers can count hosts per wave and version).
     pub query: Vec<(String, String)>,
+    /// Query parameters that may change while the transport is in use (updog adds `target` and
+    /// `migrations` once an update is chosen), appended after [`Self::query`], sorted by name.
+    pub shared_query: super::QueryParams,
 }
 
 impl Default for HttpOptions {
@@ -88,6 +91,7 @@ impl Default for HttpOptions {
             no_proxy: Vec::new(),
             proxy_from_env: true,
             query: Vec::new(),
+            shared_query: super::QueryParams::default(),
         }
     }
 }
@@ -332,7 +336,9 @@ impl HttpTransport {
                 TransportErrorKind::UnsupportedScheme(url.scheme().to_string()),
             ));
         }
-        let full = append_query(url, &self.inner.options.query);
+        let mut params = self.inner.options.query.clone();
+        params.extend(self.inner.options.shared_query.pairs());
+        let full = append_query(url, &params);
         let response = self
             .inner
             .send(&full, None, deadline.as_ref())
@@ -341,6 +347,26 @@ impl HttpTransport {
             return Err(TransportError::new(
                 url,
                 TransportErrorKind::HttpStatus(response.status().as_u16()),
+            ));
+        }
+        // Signed lengths and hashes are over the file as published; a compressed body (a CDN
+        // that compresses on the fly, though we never ask for it) would only fail its hash.
+        if let Some(encoding) = response
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .filter(|v| !v.is_empty() && v != "identity")
+        {
+            return Err(TransportError::new(
+                url,
+                TransportErrorKind::Io(io::Error::other(format!(
+                    "the server sent the file with Content-Encoding: {encoding}, which updog does \
+                     not undo (it must be served as published: turn off compression for this path)"
+                ))),
             ));
         }
         let validator = response
@@ -397,6 +423,10 @@ impl Inner {
                     request = request.header(IF_RANGE, v.clone());
                 }
             }
+            match from {
+                Some((from, _)) => log::debug!("GET {url} from byte {from}"),
+                None => log::debug!("GET {url}"),
+            }
             let failure = match request.send() {
                 Ok(response) => {
                     let status = response.status();
@@ -406,6 +436,9 @@ impl Inner {
                     let code = status.as_u16();
                     match code {
                         403 | 404 | 410 => return Err(TransportErrorKind::NotFound),
+                        // reqwest follows HTTP(S) redirects itself; one it hands back points
+                        // elsewhere (`file://`, ...), which a repository may not do.
+                        300..=399 => return Err(redirect_refused(&response)),
                         408 | 429 | 500..=599 => TransportErrorKind::HttpStatus(code),
                         _ => return Err(TransportErrorKind::HttpStatus(code)),
                     }
@@ -434,6 +467,12 @@ impl Inner {
             if let Some(d) = deadline {
                 wait = wait.min(d.remaining().unwrap_or_default());
             }
+            log::warn!(
+                "{url}: {failure}; retry {} of {} in {:.1} s",
+                attempt + 1,
+                opts.retries,
+                wait.as_secs_f64()
+            );
             std::thread::sleep(wait);
             attempt += 1;
         }
@@ -483,10 +522,30 @@ fn request_error(e: &reqwest::Error, url: &Url) -> io::Error {
     } else {
         "request failed"
     };
-    io::Error::other(match cause {
+    let text = match cause {
         Some(cause) => format!("{what}: {cause}"),
         None => e.to_string(),
-    })
+    };
+    // A failure to connect has its own kind, so callers can say "the server is unreachable"
+    // rather than blame the file they asked for.
+    if e.is_connect() {
+        io::Error::new(io::ErrorKind::NotConnected, text)
+    } else {
+        io::Error::other(text)
+    }
+}
+
+/// A redirect that reqwest did not follow, named with its target.
+fn redirect_refused(response: &Response) -> TransportErrorKind {
+    let code = response.status().as_u16();
+    match response.headers().get(reqwest::header::LOCATION) {
+        Some(target) => TransportErrorKind::Io(io::Error::other(format!(
+            "the server redirected (HTTP {code}) to {}; refused: a repository may only redirect \
+             to http:// or https:// URLs",
+            String::from_utf8_lossy(target.as_bytes())
+        ))),
+        None => TransportErrorKind::HttpStatus(code),
+    }
 }
 
 /// The rustls error somewhere in `e`'s chain of causes, also inside (nested) I/O errors, whose
@@ -562,6 +621,11 @@ impl HttpReader {
             return Err(self.dropped(detail));
         }
         self.resumes += 1;
+        log::warn!(
+            "{}: {cause} at byte {}; resuming with a Range request",
+            self.full,
+            self.pos
+        );
         let inner = Arc::clone(&self.inner);
         let deadline = self.deadline;
         let from = Some((self.pos, self.validator.as_ref()));

@@ -23,9 +23,11 @@
 
 mod file;
 mod http;
+mod query;
 
 pub use file::FileTransport;
 pub use http::{Backoff, HttpOptions, HttpSetupError, HttpTransport, ProxyConfig, append_query};
+pub use query::QueryParams;
 
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -209,7 +211,8 @@ pub enum TransportErrorKind {
         /// Why it could not be resumed.
         detail: String,
     },
-    /// Any other I/O or network failure, after retries.
+    /// Any other I/O or network failure, after retries. A failure to connect at all (refused,
+    /// unresolvable host, connect timeout) has the io kind [`std::io::ErrorKind::NotConnected`].
     #[error("{0}")]
     Io(#[source] std::io::Error),
 }

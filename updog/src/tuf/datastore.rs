@@ -128,3 +128,21 @@ pub(crate) fn encode_component(s: &str) -> String {
 pub(crate) fn history_dir(dir: &Path) -> PathBuf {
     dir.join(ROOT_HISTORY)
 }
+
+/// The file in the history directory that says where the stored root came from.
+const ROOT_ORIGIN: &str = "origin.txt";
+
+/// Records (one line) where the root stored in `dir` came from.
+pub(crate) fn write_root_origin(dir: &Path, origin: &str) -> Result<(), Error> {
+    let history = history_dir(dir);
+    ensure_dir(&history)?;
+    write_atomic(&history, ROOT_ORIGIN, format!("{origin}\n").as_bytes())
+}
+
+/// Where the root stored in `dir` came from, if recorded (first line, at most 1 KiB).
+pub(crate) fn read_root_origin(dir: &Path) -> Option<String> {
+    let bytes = read_optional(&history_dir(dir), ROOT_ORIGIN, 1024).ok()??;
+    let text = String::from_utf8_lossy(&bytes);
+    let line = text.lines().next()?.trim();
+    (!line.is_empty()).then(|| line.to_owned())
+}

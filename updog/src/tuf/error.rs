@@ -65,7 +65,8 @@ pub enum Error {
     },
     /// Not enough valid signatures (arbitrary software attack check).
     #[error(
-        "{role} version {version}: {valid} valid signature(s) from keys of {signer}, {threshold} required"
+        "{role} version {version}: {valid} valid signature(s) from keys of {signer}, {threshold} required{}",
+        .stored_root.as_ref().map(ToString::to_string).unwrap_or_default()
     )]
     Threshold {
         /// The role being verified.
@@ -78,6 +79,9 @@ pub enum Error {
         valid: u64,
         /// The required threshold.
         threshold: u64,
+        /// When the keys were those of the root stored in the trusted-metadata directory
+        /// ([`crate::tuf::Repository::load`]): which file that is and where it came from.
+        stored_root: Option<Box<StoredRootNote>>,
     },
     /// Two entries of `signatures` carry the same key id, which the specification forbids.
     #[error(
@@ -210,4 +214,33 @@ pub enum Error {
     /// An offline repository has no transport to download targets with.
     #[error("repository was loaded offline; it cannot download {0:?}")]
     Offline(String),
+}
+
+/// The root stored in the trusted-metadata directory that a signature check used, and where it
+/// came from. Once stored, that root is what every later run trusts, whatever the shipped root
+/// says; only an operator re-seeds trust (see the README, "Re-seeding trust").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRootNote {
+    /// The stored root file (`metadata_dir/root.json`).
+    pub path: PathBuf,
+    /// Its version.
+    pub version: u64,
+    /// Where it came from ("seeded from PATH (version N) at TIME"), or "origin not recorded".
+    pub origin: String,
+}
+
+impl std::fmt::Display for StoredRootNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "; the trusted root is {} (version {}, {}): check that metadata_base_url points at \
+             the repository this host trusts; if that repository's root keys were replaced on \
+             purpose, re-seed trust deliberately (move the metadata directory aside so that the \
+             next run seeds it from trusted_root, see the README); updog never does that by \
+             itself",
+            self.path.display(),
+            self.version,
+            self.origin
+        )
+    }
 }

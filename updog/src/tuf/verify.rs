@@ -80,6 +80,7 @@ pub(crate) fn check_threshold(
             signer: signer.to_owned(),
             valid,
             threshold,
+            stored_root: None,
         })
     }
 }

@@ -350,6 +350,7 @@ impl AddUpdateArgs {
                 root: root.unwrap_or(defaults.root),
                 hash: hash.unwrap_or(defaults.hash),
             },
+            delta: None,
         };
         let what = describe(&update.variant, &update.arch, &update.version);
         let added = m.add_update_with_max(update, max_version, replace)?;

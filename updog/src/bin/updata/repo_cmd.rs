@@ -65,6 +65,9 @@ pub enum RepoCommand {
         /// When the timestamp expires (refresh it before: refresh-timestamp).
         #[arg(long, value_name = "TIME", default_value = "in 7 days")]
         timestamp_expires: String,
+        /// Warn when the root or targets expire within this long.
+        #[arg(long, value_name = "DURATION", default_value = "30 days")]
+        warn_within: String,
     },
     /// Sign a new timestamp (and with --snapshot-expires a new snapshot) for a cron job.
     ///
@@ -211,6 +214,12 @@ pub enum RootCommand {
         /// An RFC 3339 time or "in N days|weeks|...".
         expires: String,
     },
+    /// Raise the version by one (the first step of a rotation that several people sign).
+    /// Drops the root's signatures.
+    BumpVersion {
+        /// The root file.
+        root: PathBuf,
+    },
     /// Add signatures to a root file; several key holders sign the same file in turn.
     ///
     /// Each key must be a root key of this root, or, for a rotation, of the previous root
@@ -269,6 +278,7 @@ impl RepoCommand {
                 targets_expires,
                 snapshot_expires,
                 timestamp_expires,
+                warn_within,
             } => {
                 for dir in &add_targets {
                     targets.extend(files_in(dir)?);
@@ -282,6 +292,7 @@ impl RepoCommand {
                     targets: time(&targets_expires, now)?,
                     snapshot: time(&snapshot_expires, now)?,
                     timestamp: time(&timestamp_expires, now)?,
+                    warn_within: duration(&warn_within)?,
                 };
                 let keys = keys.load()?;
                 let report =
@@ -443,6 +454,15 @@ impl RootCommand {
                     Ok(())
                 })?;
                 println!("expires {}", t.format("%Y-%m-%dT%H:%M:%SZ"));
+            }
+            Self::BumpVersion { root: path } => {
+                let mut version = 0;
+                edit_root(&path, |r| {
+                    r.version += 1;
+                    version = r.version;
+                    Ok(())
+                })?;
+                println!("{}: version {version}", path.display());
             }
             Self::Sign {
                 root: path,

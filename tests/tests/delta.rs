@@ -1,0 +1,262 @@
+//! Delta updates through `updog update`, end to end over HTTP on 127.0.0.1: a signed repository
+//! whose 1.1.0 release lists a casync index for its root image (an ordinary TUF target) and a
+//! chunk store, a host running 1.0.0 (a real ext4 root image on set A), and the binary staging
+//! set B.
+//!
+//! Covered: set B's root equals the raw v2 image byte for byte with only the changed chunks
+//! downloaded and the full root image never requested; the running version's index is used as
+//! the seed when listed, else the running partition is chunked and the index cached; a store
+//! that 404s, a tampered index (TUF refuses it) and `delta = false` each end in the full image,
+//! with a clear line for the fallbacks.
+
+use std::collections::HashSet;
+use std::fs;
+
+use bootpart::SetId;
+use e2e_tests::{Host, Migration, Release, RepoSpec, describe};
+use fixtures::disk::{DiskImageBuilder, PartKind};
+use updog::delta::{Chunker, StoreWriter};
+
+const IMAGE: u64 = 8 << 20;
+
+fn ext4(dir: &std::path::Path, version: u32) -> Vec<u8> {
+    let tree = dir.join(format!("tree{version}"));
+    fixtures::ext4::write_tree(&tree, &fixtures::ext4::release_tree(version, 20)).unwrap();
+    let img = dir.join(format!("v{version}.img"));
+    fixtures::ext4::build_image(&tree, IMAGE, &img).unwrap();
+    fs::read(&img).unwrap()
+}
+
+fn index_name(version: &str) -> String {
+    format!("delta-test-v{version}-root.caibx")
+}
+
+struct Delta {
+    host: Host,
+    v2: Vec<u8>,
+    /// Chunk files of v2 that v1 does not have (what a delta must download).
+    new_chunks: HashSet<String>,
+}
+
+/// Publishes 1.0.0 and 1.1.0 with ext4 roots; `with_v1_index`: the repository also lists the
+/// running version's index.
+fn setup(with_v1_index: bool) -> Option<Delta> {
+    if !fixtures::ext4::have_mkfs() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "mkfs.ext4 missing under CI=true"
+        );
+        return None;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let (v1, v2) = (ext4(scratch.path(), 1), ext4(scratch.path(), 2));
+    let store_dir = scratch.path().join("chunks");
+    let store = StoreWriter::new(&store_dir).unwrap();
+    let index = |data: &[u8]| {
+        Chunker::casync_default()
+            .index(data, |id, c| store.put(id, c).map(|_| ()))
+            .unwrap()
+    };
+    let (i1, i2) = (index(&v1), index(&v2));
+    let old: HashSet<_> = i1.chunks().map(|c| c.id).collect();
+    let new_chunks = i2
+        .chunks()
+        .filter(|c| !old.contains(&c.id))
+        .filter(|c| {
+            v2[c.offset as usize..c.end() as usize]
+                .iter()
+                .any(|&b| b != 0)
+        })
+        .map(|c| format!("/targets/chunks/{}", updog::delta::store::chunk_path(&c.id)))
+        .collect();
+
+    let mut r1 = Release::new("1.0.0");
+    r1.root.clone_from(&v1);
+    let mut r2 = Release::new("1.1.0");
+    r2.root.clone_from(&v2);
+    let delta =
+        |v: &str| serde_json::json!({"store": "chunks/", "indexes": {"root": index_name(v)}});
+    r2.delta = Some(delta("1.1.0"));
+    let mut spec = RepoSpec::new(vec![r1, r2]);
+    spec.migrations.push(Migration {
+        from: "1.0.0".parse().unwrap(),
+        to: "1.1.0".parse().unwrap(),
+        name: "migrate_v1.1.0_delta.lz4".to_string(),
+        content: b"migration 1.0.0 -> 1.1.0".to_vec(),
+    });
+    spec.extra_targets
+        .push((index_name("1.1.0"), i2.to_bytes()));
+    if with_v1_index {
+        spec.releases[0].delta = Some(delta("1.0.0"));
+        spec.extra_targets
+            .push((index_name("1.0.0"), i1.to_bytes()));
+    }
+    let host = Host::with_disk(&spec, "1.0.0", DiskImageBuilder::new().root_size(12 << 20));
+    // The chunk store next to the targets (chunks are not TUF targets).
+    let served = host.repo.dir.join(host.repo.targets_path).join("chunks");
+    fs::rename(&store_dir, &served)
+        .or_else(|_| fixtures_copy(&store_dir, &served))
+        .unwrap();
+    // Set A runs 1.0.0: its root partition holds the v1 image.
+    let part = host.disk.partition(PartKind::Root, 0).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&host.disk_path)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &v1, part.byte_offset(host.disk.sector_size))
+        .unwrap();
+    Some(Delta {
+        host,
+        v2,
+        new_chunks,
+    })
+}
+
+fn fixtures_copy(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            fs::create_dir_all(&dest)?;
+            fixtures_copy(&entry.path(), &dest)?;
+        } else {
+            fs::copy(entry.path(), dest)?;
+        }
+    }
+    Ok(())
+}
+
+impl Delta {
+    fn chunk_requests(&self) -> Vec<String> {
+        self.host
+            .server
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.starts_with("/targets/chunks/"))
+            .map(|r| r.path)
+            .collect()
+    }
+
+    fn full_root_requested(&self) -> bool {
+        let name = Release::new("1.1.0").target_name("root");
+        let paths = self.host.repo.target_url_paths(&name);
+        self.host
+            .server
+            .requests()
+            .iter()
+            .any(|r| paths.contains(&r.path))
+    }
+
+    fn b_root(&self) -> Vec<u8> {
+        self.host
+            .partition_bytes(PartKind::Root, SetId::B, self.v2.len())
+    }
+
+    fn update(&self) -> std::process::Output {
+        let out = self.host.updog(&["update"]);
+        assert!(out.status.success(), "{}", describe(&out));
+        out
+    }
+
+    /// `updog update --progress json`: the events.
+    fn update_json(&self) -> Vec<serde_json::Value> {
+        let out = self.host.updog(&["update", "--progress", "json"]);
+        assert!(out.status.success(), "{}", describe(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+#[test]
+fn root_is_built_from_chunks_with_the_repository_seed() {
+    let Some(d) = setup(true) else { return };
+    let events = d.update_json();
+    assert!(d.b_root() == d.v2, "set B root differs from the v2 image");
+    assert!(
+        !d.full_root_requested(),
+        "the full root image was downloaded"
+    );
+    let fetched: HashSet<String> = d.chunk_requests().into_iter().collect();
+    assert_eq!(
+        fetched, d.new_chunks,
+        "downloaded chunks other than the changed ones"
+    );
+    // The plan, in the progress events: what is reused and what is downloaded.
+    let plan = events
+        .iter()
+        .find(|e| e["event"] == "delta_plan" && e["image"] == "root")
+        .expect("a delta_plan event");
+    assert_eq!(plan["plan"]["fetch"]["chunks"], d.new_chunks.len());
+    assert_eq!(plan["plan"]["image"]["bytes"], IMAGE);
+    assert!(plan["plan"]["seed"]["bytes"].as_u64().unwrap() > 0);
+    // Set B is valid to boot once: the delta path marked it like the full one does.
+    assert_eq!(d.host.signpost().state(SetId::B).unwrap().tries_left, 1);
+}
+
+#[test]
+fn without_the_running_index_the_host_chunks_its_partition_and_caches_it() {
+    let Some(d) = setup(false) else { return };
+    d.update();
+    assert!(d.b_root() == d.v2);
+    assert!(!d.full_root_requested());
+    let cache = d
+        .host
+        .dir
+        .path()
+        .join("state/delta/seed-A-root-1.0.0.caibx");
+    assert!(cache.exists(), "no cached seed index");
+    let fetched: HashSet<String> = d.chunk_requests().into_iter().collect();
+    // The partition is larger than the image: its last chunk differs, everything else is reused.
+    assert!(
+        fetched.len() <= d.new_chunks.len() + 2,
+        "{} vs {}",
+        fetched.len(),
+        d.new_chunks.len()
+    );
+}
+
+#[test]
+fn a_store_that_404s_falls_back_to_the_full_image() {
+    let Some(d) = setup(true) else { return };
+    fs::remove_dir_all(d.host.repo.dir.join("targets/chunks")).unwrap();
+    let out = d.update();
+    assert!(d.b_root() == d.v2);
+    assert!(d.full_root_requested());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("downloading the full image"), "{text}");
+}
+
+#[test]
+fn a_tampered_index_is_refused_by_tuf_and_the_full_image_used() {
+    let Some(d) = setup(true) else { return };
+    for file in d.host.repo.target_files(&index_name("1.1.0")) {
+        let mut bytes = fs::read(&file).unwrap();
+        let at = bytes.len() - 60;
+        bytes[at] ^= 1; // an id byte: still a well-formed index
+        fs::write(&file, bytes).unwrap();
+    }
+    let out = d.update();
+    assert!(d.b_root() == d.v2);
+    assert!(
+        d.chunk_requests().is_empty(),
+        "chunks fetched from a tampered index"
+    );
+    assert!(d.full_root_requested());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("downloading the full image") && text.contains(&index_name("1.1.0")),
+        "{text}"
+    );
+}
+
+#[test]
+fn delta_false_turns_it_off() {
+    let Some(mut d) = setup(true) else { return };
+    d.host.configure("delta = false");
+    d.update();
+    assert!(d.b_root() == d.v2);
+    assert!(d.chunk_requests().is_empty());
+    assert!(d.full_root_requested());
+}

@@ -1,0 +1,195 @@
+//! One-line explanations of [`UpdateError`]s for the person at the terminal: what failed (the
+//! error and its causes), then what to do about it, in terms of `updog.toml`.
+//!
+//! - A download that failed names the key that gave its URL (`metadata_base_url` or
+//!   `targets_base_url`) and the configuration file; when the server cannot be reached at all,
+//!   the message says so and names the base URL, rather than the first file it tried (on a first
+//!   run that is `2.root.json`, which is not what is wrong).
+//! - A disk or running set that could not be discovered points at the `disk` and `active_set`
+//!   keys.
+//! - Permission denied on a device, a lock or a state directory says that root is needed.
+//!
+//! ```
+//! use updog::updater::UpdateError;
+//! let config = updog::config::Config::new(
+//!     "http://127.0.0.1:1/metadata/".parse()?,
+//!     "http://127.0.0.1:1/targets/".parse()?,
+//!     waves::Seed::new(7)?,
+//! );
+//! let err = UpdateError::Disk(bootpart::Error::Running("no device for /".into()));
+//! let text = updog::advice::explain(&err, &config, "/etc/updog.toml".as_ref());
+//! assert!(text.contains("`disk` and `active_set` in /etc/updog.toml"), "{text}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::error::Error;
+use std::io;
+use std::path::Path;
+
+use crate::config::Config;
+use crate::transport::{TransportError, TransportErrorKind};
+use crate::updater::UpdateError;
+
+/// The error and its causes on one line, each cause once.
+pub fn error_chain(e: &dyn Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// `err` as one line, with advice where the configuration or the privileges are the likely
+/// cause. `config_path` is the file `config` was read from.
+pub fn explain(err: &UpdateError, config: &Config, config_path: &Path) -> String {
+    let chain = error_chain(err);
+    let file = config_path.display();
+    if let Some(t) = transport_error(err) {
+        let key = url_key(config, t);
+        if let TransportErrorKind::Io(e) = &t.kind {
+            if e.kind() == io::ErrorKind::NotConnected {
+                let (base, from) = match key {
+                    Some((key, base)) => (base.to_string(), format!(" ({key} in {file})")),
+                    None => (t.url.to_string(), String::new()),
+                };
+                return format!("cannot reach the repository at {base}{from}: {e}");
+            }
+        }
+        if let Some((key, _)) = key {
+            return format!("{chain} (the URL comes from {key} in {file})");
+        }
+        return chain;
+    }
+    if is_discovery_failure(err) {
+        return format!(
+            "{chain} (set `disk` and `active_set` in {file} to name the disk and the running set)"
+        );
+    }
+    if causes(err).any(|e| {
+        e.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::PermissionDenied)
+    }) {
+        return format!(
+            "{chain} (updog needs root: it writes the disk's partitions and boot flags, its lock \
+             and its state directories)"
+        );
+    }
+    chain
+}
+
+/// `e` and its causes, outermost first.
+fn causes<'a>(e: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(e), |e: &&'a (dyn Error + 'static)| (*e).source())
+}
+
+/// The transport error behind `err`, also when it travelled inside an I/O error of a reader.
+fn transport_error(err: &UpdateError) -> Option<&TransportError> {
+    causes(err).find_map(|e| {
+        e.downcast_ref::<TransportError>()
+            .or_else(|| e.downcast_ref::<Box<TransportError>>().map(|b| &**b))
+            .or_else(|| {
+                e.downcast_ref::<io::Error>()
+                    .and_then(TransportError::from_io)
+            })
+    })
+}
+
+/// Which base URL of the configuration the failed URL is under.
+fn url_key<'a>(config: &'a Config, t: &TransportError) -> Option<(&'static str, &'a url::Url)> {
+    [
+        ("metadata_base_url", &config.metadata_base_url),
+        ("targets_base_url", &config.targets_base_url),
+    ]
+    .into_iter()
+    .find(|(_, base)| t.url.as_str().starts_with(base.as_str()))
+}
+
+fn is_discovery_failure(err: &UpdateError) -> bool {
+    causes(err).any(|e| {
+        matches!(
+            e.downcast_ref::<bootpart::Error>(),
+            Some(bootpart::Error::Running(_))
+        ) || matches!(
+            e.downcast_ref::<signpost::Error>(),
+            Some(signpost::Error::Discovery { .. })
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::new(
+            "http://127.0.0.1:1/metadata/".parse().unwrap(),
+            "http://127.0.0.1:1/targets/".parse().unwrap(),
+            waves::Seed::new(7).unwrap(),
+        )
+    }
+
+    fn repo_error(url: &str, kind: TransportErrorKind) -> UpdateError {
+        UpdateError::Repository(crate::tuf::Error::Transport {
+            what: "root metadata".into(),
+            source: Box::new(TransportError::new(&url.parse().unwrap(), kind)),
+        })
+    }
+
+    #[test]
+    fn an_unreachable_server_is_named_by_its_base_url_and_key() {
+        let err = repo_error(
+            "http://127.0.0.1:1/metadata/2.root.json",
+            TransportErrorKind::Io(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "cannot connect: Connection refused",
+            )),
+        );
+        let text = explain(&err, &config(), Path::new("/etc/updog.toml"));
+        assert_eq!(
+            text,
+            "cannot reach the repository at http://127.0.0.1:1/metadata/ \
+             (metadata_base_url in /etc/updog.toml): cannot connect: Connection refused"
+        );
+    }
+
+    #[test]
+    fn other_download_failures_name_the_key_of_their_url() {
+        let err = repo_error(
+            "http://127.0.0.1:1/targets/abc.root.img.lz4",
+            TransportErrorKind::HttpStatus(500),
+        );
+        let text = explain(&err, &config(), Path::new("/etc/updog.toml"));
+        assert!(text.contains("HTTP 500"), "{text}");
+        assert!(
+            text.ends_with("(the URL comes from targets_base_url in /etc/updog.toml)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn permission_denied_says_root_is_needed() {
+        let err = UpdateError::Disk(bootpart::Error::Io {
+            path: "/dev/nvme0n1".into(),
+            what: "opening".into(),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        });
+        let text = explain(&err, &config(), Path::new("/etc/updog.toml"));
+        assert!(
+            text.contains("/dev/nvme0n1") && text.contains("needs root"),
+            "{text}"
+        );
+        // Other I/O errors get no such advice.
+        let err = UpdateError::Disk(bootpart::Error::Io {
+            path: "/dev/nvme0n1".into(),
+            what: "opening".into(),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        });
+        assert!(!explain(&err, &config(), Path::new("/etc/updog.toml")).contains("root"));
+    }
+}

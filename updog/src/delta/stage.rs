@@ -1,0 +1,293 @@
+//! One image of an update staged as a delta: what the updater calls before (and instead of)
+//! streaming the full lz4 image.
+//!
+//! [`DeltaImage::stage`] loads the update's index for the image through TUF (its length and hash
+//! are signed), finds a seed index for the running partition (the running version's index if
+//! the repository still lists it, else a cached or freshly computed one under the state
+//! directory), and assembles the image on the inactive partition. A marker file under the state
+//! directory says a run for this exact index was started, so a run after a crash or kill checks
+//! the chunks already in place first. Any failure that the full image could avoid is reported
+//! with [`DeltaError::should_fall_back`] set; the caller then streams the full image.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use manifest::{Manifest, Update};
+use url::Url;
+
+use super::assemble::{AssembleError, AssembleOptions, AssembleProgress, Assembled, assemble};
+use super::index::{BlobIndex, IndexError};
+use super::plan::{Plan, Planned};
+use super::region::Region;
+use super::seed::{SeedOrigin, cache_path, seed_index, write_file_atomic};
+use super::store::ChunkFetcher;
+use crate::transport::Transport;
+use crate::tuf::Repository;
+
+/// The largest index accepted (a 1 GiB image has about 16,000 chunks: 640 KiB of index).
+pub const MAX_INDEX_BYTES: u64 = 64 << 20;
+
+/// One image to stage as a delta.
+#[derive(Debug, Clone)]
+pub struct DeltaImage<'a> {
+    /// `boot`, `root` or `hash`.
+    pub image: &'a str,
+    /// The update being staged.
+    pub update: &'a Update,
+    /// The verified manifest (to find the running version's index).
+    pub manifest: &'a Manifest,
+    /// The running version.
+    pub running_version: &'a str,
+    /// The running set's name (`A`/`B`), for the seed cache's file name.
+    pub running_set: &'a str,
+    /// The disk holding both sets.
+    pub disk: &'a Path,
+    /// Byte offset and length of the inactive partition for this image.
+    pub target: (u64, u64),
+    /// Byte offset and length of the running partition for this image.
+    pub seed: (u64, u64),
+    /// The repository's targets URL (a relative store path is resolved against it).
+    pub targets_base_url: &'a Url,
+    /// Where the seed cache and the resume marker live.
+    pub state_dir: &'a Path,
+}
+
+/// Why an image could not be staged as a delta.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeltaError {
+    /// The update lists no index for this image.
+    #[error("the update lists no chunk index for this image")]
+    NoIndex,
+    /// The index target could not be loaded or verified.
+    #[error("chunk index {target}: {source}")]
+    Repository {
+        /// Its target name.
+        target: String,
+        /// The TUF error.
+        #[source]
+        source: crate::tuf::Error,
+    },
+    /// The index target is verified but unusable.
+    #[error("chunk index {target}: {source}")]
+    Index {
+        /// Its target name.
+        target: String,
+        /// What is wrong.
+        #[source]
+        source: IndexError,
+    },
+    /// The index is larger than we accept.
+    #[error("chunk index {target} is over {MAX_INDEX_BYTES} bytes")]
+    IndexTooLarge {
+        /// Its target name.
+        target: String,
+    },
+    /// The store URL does not parse.
+    #[error("chunk store {store:?}: {source}")]
+    StoreUrl {
+        /// The manifest's store value.
+        store: String,
+        /// The parse error.
+        #[source]
+        source: url::ParseError,
+    },
+    /// Reading the running partition or the state directory failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Assembling failed.
+    #[error(transparent)]
+    Assemble(#[from] AssembleError),
+}
+
+impl DeltaError {
+    /// Whether the full image should be tried instead (everything but a cancellation and
+    /// failures writing the inactive partition, which the full image would hit too).
+    pub fn should_fall_back(&self) -> bool {
+        match self {
+            DeltaError::Assemble(e) => e.should_fall_back(),
+            _ => true,
+        }
+    }
+}
+
+/// An image staged as a delta and read back.
+#[derive(Debug, Clone)]
+pub struct DeltaStaged {
+    /// The index target it was built from.
+    pub index_target: String,
+    /// The signed sha256 of that index (hex).
+    pub index_sha256: String,
+    /// The image's size.
+    pub written: u64,
+    /// Where the seed index came from.
+    pub seed: Option<SeedOrigin>,
+    /// What the assembly did.
+    pub assembled: Assembled,
+}
+
+fn load_index(repo: &Repository, target: &str) -> Result<(BlobIndex, String), DeltaError> {
+    let repo_err = |source| DeltaError::Repository {
+        target: target.to_owned(),
+        source,
+    };
+    let desc = repo
+        .target(target)
+        .map_err(repo_err)?
+        .ok_or(DeltaError::NoIndex)?;
+    if desc.length > MAX_INDEX_BYTES {
+        return Err(DeltaError::IndexTooLarge {
+            target: target.to_owned(),
+        });
+    }
+    let sha256 = desc.sha256().map(hex::encode).unwrap_or_default();
+    let mut reader = repo.read_target(target).map_err(repo_err)?;
+    let mut bytes = Vec::new();
+    // The reader checks the signed length and hashes and fails at the end if they differ.
+    reader.read_to_end(&mut bytes).map_err(|e| DeltaError::Io {
+        what: format!("reading chunk index {target}"),
+        source: e,
+    })?;
+    let index = BlobIndex::parse(&bytes).map_err(|source| DeltaError::Index {
+        target: target.to_owned(),
+        source,
+    })?;
+    Ok((index, sha256))
+}
+
+/// The resume marker: present while a run for one index on one set is under way.
+struct Marker(PathBuf, String);
+
+impl Marker {
+    fn new(state_dir: &Path, image: &str, sha256: &str, target: (u64, u64)) -> Marker {
+        Marker(
+            state_dir.join("delta").join(format!("in-progress-{image}")),
+            format!("{sha256} {} {}\n", target.0, target.1),
+        )
+    }
+
+    fn resumed(&self) -> bool {
+        std::fs::read_to_string(&self.0).is_ok_and(|s| s == self.1)
+    }
+
+    fn begin(&self) -> std::io::Result<()> {
+        write_file_atomic(&self.0, self.1.as_bytes())
+    }
+
+    fn end(&self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl DeltaImage<'_> {
+    /// The index target of this image in `update`, and the store URL, if the update offers both.
+    fn offered(&self, update: &Update) -> Option<(String, String)> {
+        let delta = update.delta.as_ref()?;
+        Some((delta.indexes.get(self.image)?.clone(), delta.store.clone()))
+    }
+
+    /// The running version's index of this image, if the repository still lists it.
+    fn repository_seed(&self, repo: &Repository) -> Option<BlobIndex> {
+        let running = self.manifest.updates.iter().find(|u| {
+            u.variant == self.update.variant
+                && u.arch == self.update.arch
+                && u.version.to_string() == self.running_version
+        })?;
+        let (target, _) = self.offered(running)?;
+        load_index(repo, &target).ok().map(|(index, _)| index)
+    }
+
+    /// The plan for this image without touching the disk (for `check-update`): the running
+    /// version's index from the repository, or the cached seed index, if either is there.
+    pub fn estimate(&self, repo: &Repository) -> Result<Plan, DeltaError> {
+        let (target, _) = self.offered(self.update).ok_or(DeltaError::NoIndex)?;
+        let (index, _) = load_index(repo, &target)?;
+        let seed = self.repository_seed(repo).or_else(|| {
+            let path = cache_path(
+                self.state_dir,
+                self.running_set,
+                self.image,
+                self.running_version,
+            );
+            BlobIndex::parse(&std::fs::read(path).ok()?).ok()
+        });
+        Ok(Planned::new(&index, seed.as_ref()).plan)
+    }
+
+    /// Stages the image as a delta.
+    pub fn stage(
+        &self,
+        repo: &Repository,
+        transport: Arc<dyn Transport>,
+        cancel: &AtomicBool,
+        progress: &mut dyn FnMut(&AssembleProgress),
+    ) -> Result<DeltaStaged, DeltaError> {
+        let (target, store) = self.offered(self.update).ok_or(DeltaError::NoIndex)?;
+        let (index, sha256) = load_index(repo, &target)?;
+        let store_url =
+            self.targets_base_url
+                .join(&store)
+                .map_err(|source| DeltaError::StoreUrl {
+                    store: store.clone(),
+                    source,
+                })?;
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |source| DeltaError::Io { what, source }
+        };
+        let active = Region::open(self.disk, self.seed.0, self.seed.1, false)
+            .map_err(io("opening the running partition"))?;
+        let inactive = Region::open(self.disk, self.target.0, self.target.1, true)
+            .map_err(io("opening the inactive partition"))?;
+
+        let (seed, origin) = if let Some(index) = self.repository_seed(repo) {
+            (index, None)
+        } else {
+            let cache = cache_path(
+                self.state_dir,
+                self.running_set,
+                self.image,
+                self.running_version,
+            );
+            let (index, origin) =
+                seed_index(&active, Some(&cache)).map_err(io("indexing the running partition"))?;
+            (index, Some(origin))
+        };
+
+        let marker = Marker::new(self.state_dir, self.image, &sha256, self.target);
+        let resumed = marker.resumed();
+        marker
+            .begin()
+            .map_err(io("writing the delta resume marker"))?;
+        let fetcher = ChunkFetcher::new(transport, store_url);
+        let options = AssembleOptions {
+            resumed,
+            ..AssembleOptions::default()
+        };
+        let assembled = assemble(
+            &inactive,
+            &index,
+            Some((&active, &seed)),
+            &fetcher,
+            &options,
+            cancel,
+            progress,
+        )?;
+        marker.end();
+        Ok(DeltaStaged {
+            index_target: target,
+            index_sha256: sha256,
+            written: index.total_len(),
+            seed: origin,
+            assembled,
+        })
+    }
+}
