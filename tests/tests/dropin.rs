@@ -141,14 +141,7 @@ fn image_flag_and_version_lock_wait_for_the_wave_unless_now() {
 
     // thar-be-updates and periodic units run `update-image`/`update`: nothing to do is exit 0.
     for cmd in ["update-image", "update"] {
-        let out = host.updog(&[cmd, "-i", "1.2.0"]);
-        assert_eq!(code(&out), OK, "{cmd}: {}", describe(&out));
-        assert!(
-            stderr(&out).contains("No update required"),
-            "{cmd}: {}",
-            describe(&out)
-        );
-        assert!(stdout(&out).is_empty(), "{cmd}: {}", describe(&out));
+        assert_no_update_required(&host.updog(&[cmd, "-i", "1.2.0"]));
     }
     assert!(host.disk.bytes().unwrap() == disk_before, "disk changed");
 
@@ -175,6 +168,18 @@ fn image_flag_and_version_lock_wait_for_the_wave_unless_now() {
     assert_eq!(json(&out)["version"], "1.2.0");
 }
 
+/// The reference's answer of `update`/`update-image` with nothing to do: exit 0, "No update
+/// required" on stderr, nothing on stdout.
+fn assert_no_update_required(out: &std::process::Output) {
+    assert_eq!(code(out), OK, "{}", describe(out));
+    assert!(
+        stderr(out).contains("No update required"),
+        "{}",
+        describe(out)
+    );
+    assert!(stdout(out).is_empty(), "{}", describe(out));
+}
+
 fn state(host: &Host, set: SetId) -> SetState {
     host.signpost().state(set).expect("set exists")
 }
@@ -188,14 +193,7 @@ fn nothing_to_do_is_success_for_update_and_failure_for_check_update() {
     let disk_before = host.disk.bytes().unwrap();
 
     for cmd in ["update", "update-image"] {
-        let out = host.updog(&[cmd]);
-        assert_eq!(code(&out), OK, "{cmd}: {}", describe(&out));
-        assert!(
-            stderr(&out).contains("No update required"),
-            "{cmd}: {}",
-            describe(&out)
-        );
-        assert!(stdout(&out).is_empty(), "{cmd}: {}", describe(&out));
+        assert_no_update_required(&host.updog(&[cmd]));
         // `--json` anywhere on the line: the reason for agents, still exit 0.
         let out = host.updog(&[cmd, "--json"]);
         assert_eq!(code(&out), OK, "{cmd}: {}", describe(&out));
@@ -378,6 +376,16 @@ fn has_boot_ever_succeeded_prints_true_or_nothing() {
     assert_eq!(stdout(&out).trim(), "true");
 }
 
+/// Asserts exit 1 with every one of `parts` on stderr; returns stderr.
+fn fails_saying(out: &std::process::Output, parts: &[&str]) -> String {
+    assert_eq!(code(out), FAILURE, "{}", describe(out));
+    let err = stderr(out);
+    for part in parts {
+        assert!(err.contains(part), "{part:?} missing: {err}");
+    }
+    err
+}
+
 /// A first run against a server that cannot be reached says so, names the key and file that
 /// gave the URL, and does not blame `2.root.json` (the first file it happened to try).
 #[test]
@@ -386,16 +394,12 @@ fn an_unreachable_repository_is_named_by_its_key_not_by_2_root_json() {
     let mut host = Host::new(&spec, "1.0.0");
     // Nothing listens on port 1 of the loopback interface: connection refused.
     host.configure("metadata_base_url = \"http://127.0.0.1:1/metadata/\"\nretries = 0");
-    let out = host.updog(&["check-update"]);
-    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
-    let err = stderr(&out);
-    assert!(
-        err.contains("cannot reach the repository at http://127.0.0.1:1/metadata/")
-            && err.contains(&format!(
-                "metadata_base_url in {}",
-                host.config_path.display()
-            )),
-        "{err}"
+    let err = fails_saying(
+        &host.updog(&["check-update"]),
+        &[
+            "cannot reach the repository at http://127.0.0.1:1/metadata/",
+            &format!("metadata_base_url in {}", host.config_path.display()),
+        ],
     );
     assert!(!err.contains("2.root.json"), "{err}");
 }
@@ -411,16 +415,15 @@ fn a_failed_image_download_names_targets_base_url_and_the_file() {
     {
         host.server.fault(&path, fixtures::http::Fault::Status(500));
     }
-    let out = host.updog(&["update"]);
-    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
-    let err = stderr(&out);
-    assert!(
-        err.contains("HTTP 500")
-            && err.contains(&format!(
+    fails_saying(
+        &host.updog(&["update"]),
+        &[
+            "HTTP 500",
+            &format!(
                 "(the URL comes from targets_base_url in {})",
                 host.config_path.display()
-            )),
-        "{err}"
+            ),
+        ],
     );
     assert_eq!(host.signpost().next_boot(), Some(SetId::A));
 }
@@ -438,15 +441,12 @@ fn a_discovery_failure_points_at_disk_and_active_set() {
         .flat_map(|l| [l, "\n"])
         .collect();
     std::fs::write(&host.config_path, without).unwrap();
-    let out = host.updog(&["status"]);
-    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
-    let err = stderr(&out);
-    assert!(
-        err.contains(&format!(
+    fails_saying(
+        &host.updog(&["status"]),
+        &[&format!(
             "set `disk` and `active_set` in {}",
             host.config_path.display()
-        )),
-        "{err}"
+        )],
     );
 }
 

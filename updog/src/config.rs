@@ -624,6 +624,17 @@ mod tests {
         assert!(w[0].to_string().contains("alpha"));
     }
 
+    /// `MINIMAL` with `line` in place of the line of the same key.
+    fn minimal_with(line: &str) -> String {
+        let key_of_line = line.split(' ').next().unwrap();
+        MINIMAL
+            .lines()
+            .filter(|l| !l.trim_start().starts_with(key_of_line))
+            .chain(std::iter::once(line))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     fn err_of(text: &str) -> String {
         Config::from_toml_str(text).unwrap_err().to_string()
     }
@@ -659,13 +670,7 @@ mod tests {
             ("disk = \"\"", "disk"),
         ];
         for (line, key) in cases {
-            let key_of_line = line.split(' ').next().unwrap();
-            let text: String = MINIMAL
-                .lines()
-                .filter(|l| !l.trim_start().starts_with(key_of_line))
-                .chain(std::iter::once(line))
-                .collect::<Vec<_>>()
-                .join("\n");
+            let text = minimal_with(line);
             let e = err_of(&text);
             assert!(e.contains(&format!("`{key}`")), "{line}: {e}");
         }
@@ -689,13 +694,7 @@ mod tests {
             ("retries = -1", "retries", "-1"),
         ];
         for (line, key, literal) in cases {
-            let key_of_line = line.split(' ').next().unwrap();
-            let text: String = MINIMAL
-                .lines()
-                .filter(|l| !l.trim_start().starts_with(key_of_line))
-                .chain(std::iter::once(line))
-                .collect::<Vec<_>>()
-                .join("\n");
+            let text = minimal_with(line);
             let e = err_of(&text);
             assert!(
                 e.starts_with(&format!("configuration key `{key}`: ")) && e.contains(literal),

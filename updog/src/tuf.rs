@@ -188,14 +188,43 @@ struct Trusted<T> {
     signed: T,
 }
 
-/// Where metadata comes from.
+/// Where metadata and targets come from, and where what is accepted goes.
+#[derive(Clone)]
 enum Source {
+    /// A repository reached through a transport ([`Repository::load`]): metadata and targets
+    /// are downloaded, what is accepted is persisted in the trusted-metadata directory.
     Remote {
         transport: Arc<dyn Transport>,
         metadata_base: Url,
+        targets_base: Url,
+        datastore: PathBuf,
     },
-    /// An offline cache laid out like [`Repository::metadata_bytes`] names its files.
+    /// An offline cache laid out like [`Repository::metadata_bytes`] names its files
+    /// ([`Repository::load_offline`]): nothing is written, expiry is ignored, targets cannot
+    /// be downloaded.
     Offline { dir: PathBuf },
+}
+
+impl Source {
+    /// The trusted-metadata directory, for a remote repository.
+    fn datastore(&self) -> Option<&Path> {
+        match self {
+            Self::Remote { datastore, .. } => Some(datastore),
+            Self::Offline { .. } => None,
+        }
+    }
+
+    /// The transport and targets base URL, for a remote repository.
+    fn targets(&self, name: &str) -> Result<(&Arc<dyn Transport>, &Url), Error> {
+        match self {
+            Self::Remote {
+                transport,
+                targets_base,
+                ..
+            } => Ok((transport, targets_base)),
+            Self::Offline { .. } => Err(Error::Offline(name.to_owned())),
+        }
+    }
 }
 
 impl std::fmt::Debug for Source {
@@ -227,6 +256,7 @@ impl Source {
             Self::Remote {
                 transport,
                 metadata_base,
+                ..
             } => {
                 let url = join_url(metadata_base, &[name.remote.as_str()])?;
                 match transport.fetch_within(&url, limits.metadata_time_limit(cap)) {
@@ -323,13 +353,8 @@ fn join_url(base: &Url, segments: &[&str]) -> Result<Url, Error> {
 /// # Ok(()) }
 /// ```
 pub struct Repository {
-    source: Source,
-    transport: Option<Arc<dyn Transport>>,
-    targets_base: Option<Url>,
-    datastore: Option<PathBuf>,
-    limits: Limits,
-    started: DateTime<Utc>,
-    ignore_expiry: bool,
+    /// Where files come from and go, the limits and the fixed start time.
+    loader: Loader,
     root: Trusted<Root>,
     root_chain: RootChain,
     timestamp: Trusted<Timestamp>,
@@ -342,7 +367,7 @@ pub struct Repository {
 impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Repository")
-            .field("source", &self.source)
+            .field("source", &self.loader.source)
             .field("root_version", &self.root.signed.version)
             .field("timestamp_version", &self.timestamp.signed.version)
             .field("snapshot_version", &self.snapshot.signed.version)
@@ -485,8 +510,10 @@ impl Repository {
         let started = opts.reference_time.unwrap_or_else(Utc::now);
         datastore::ensure_dir(&opts.datastore)?;
         let source = Source::Remote {
-            transport: Arc::clone(&transport),
+            transport,
             metadata_base: opts.metadata_base_url.clone(),
+            targets_base: opts.targets_base_url.clone(),
+            datastore: opts.datastore.clone(),
         };
 
         // 5.2: load the trusted root: the newest one we persisted, else the shipped one.
@@ -550,10 +577,8 @@ impl Repository {
 
         let mut loader = Loader {
             source,
-            datastore: Some(opts.datastore.clone()),
             limits: opts.limits,
             started,
-            ignore_expiry: false,
         };
         let initial_root = root.signed.clone();
         let (root, mut chain) = loader.update_root(root).map_err(|e| stored.explain(e))?;
@@ -572,21 +597,26 @@ impl Repository {
         // Hand out the whole chain we know of, for offline verification elsewhere.
         chain = read_root_history(dir, root.signed.version, &opts.limits).unwrap_or(chain);
 
-        let explain = |e| stored.explain(e);
-        let timestamp = loader.update_timestamp(&root).map_err(explain)?;
-        let snapshot = loader.update_snapshot(&root, &timestamp).map_err(explain)?;
-        let targets = loader.update_targets(&root, &snapshot).map_err(explain)?;
+        Self::verified(loader, root, chain, |e| stored.explain(e))
+    }
 
+    /// Steps 5.4 to 5.6.6 from the updated root: timestamp, snapshot and top-level targets;
+    /// `explain` adds context to their errors.
+    fn verified(
+        loader: Loader,
+        root: Trusted<Root>,
+        root_chain: RootChain,
+        explain: impl Fn(Error) -> Error,
+    ) -> Result<Self, Error> {
+        let timestamp = loader.update_timestamp(&root).map_err(&explain)?;
+        let snapshot = loader
+            .update_snapshot(&root, &timestamp)
+            .map_err(&explain)?;
+        let targets = loader.update_targets(&root, &snapshot).map_err(&explain)?;
         Ok(Self {
-            source: loader.source,
-            transport: Some(transport),
-            targets_base: Some(opts.targets_base_url),
-            datastore: Some(opts.datastore),
-            limits: opts.limits,
-            started,
-            ignore_expiry: false,
+            loader,
             root,
-            root_chain: chain,
+            root_chain,
             timestamp,
             snapshot,
             targets: Arc::new(targets),
@@ -618,30 +648,11 @@ impl Repository {
             source: Source::Offline {
                 dir: dir.to_owned(),
             },
-            datastore: None,
             limits,
             started,
-            ignore_expiry: true,
         };
         let (root, chain) = loader.update_root(root)?;
-        let timestamp = loader.update_timestamp(&root)?;
-        let snapshot = loader.update_snapshot(&root, &timestamp)?;
-        let targets = loader.update_targets(&root, &snapshot)?;
-        Ok(Self {
-            source: loader.source,
-            transport: None,
-            targets_base: None,
-            datastore: None,
-            limits,
-            started,
-            ignore_expiry: true,
-            root,
-            root_chain: chain,
-            timestamp,
-            snapshot,
-            targets: Arc::new(targets),
-            delegated: Mutex::new(BTreeMap::new()),
-        })
+        Self::verified(loader, root, chain, |e| e)
     }
 
     /// Version of the trusted root.
@@ -760,7 +771,7 @@ impl Repository {
             if visited.contains(&role) {
                 continue;
             }
-            if visited.len() >= self.limits.max_delegations as usize {
+            if visited.len() >= self.loader.limits.max_delegations as usize {
                 break;
             }
             visited.insert(role.clone());
@@ -849,22 +860,7 @@ impl Repository {
             .get(&file)
             .ok_or_else(|| Error::NotInSnapshot { file: file.clone() })?
             .clone();
-        let loader = Loader {
-            source: match &self.source {
-                Source::Remote {
-                    transport,
-                    metadata_base,
-                } => Source::Remote {
-                    transport: Arc::clone(transport),
-                    metadata_base: metadata_base.clone(),
-                },
-                Source::Offline { dir } => Source::Offline { dir: dir.clone() },
-            },
-            datastore: self.datastore.clone(),
-            limits: self.limits,
-            started: self.started,
-            ignore_expiry: self.ignore_expiry,
-        };
+        let loader = &self.loader;
         let signer = format!("role {parent_name}'s delegation");
         let check = |env: &Envelope, version: u64| {
             verify::check_threshold(
@@ -901,10 +897,7 @@ impl Repository {
     /// The URL of a target (step 5.7.3): `dir/HASH.file` with consistent snapshots, where HASH
     /// is the sha256 when listed (else sha512, else the first listed).
     fn target_url(&self, name: &str, desc: &TargetDescription) -> Result<Url, Error> {
-        let base = self
-            .targets_base
-            .as_ref()
-            .ok_or_else(|| Error::Offline(name.to_owned()))?;
+        let (_, base) = self.loader.source.targets(name)?;
         let mut segments: Vec<String> = Vec::new();
         for seg in name.split('/') {
             if seg.is_empty() || seg == "." || seg == ".." {
@@ -934,10 +927,7 @@ impl Repository {
         name: &str,
         desc: &TargetDescription,
     ) -> Result<Box<dyn Read + Send>, Error> {
-        let transport = self
-            .transport
-            .as_ref()
-            .ok_or_else(|| Error::Offline(name.to_owned()))?;
+        let (transport, _) = self.loader.source.targets(name)?;
         let url = self.target_url(name, desc)?;
         transport.fetch(&url).map_err(|source| Error::Transport {
             what: format!("target {name}"),
@@ -1107,7 +1097,7 @@ fn role_key_material(root: &Root, role: &str) -> Option<(u64, Vec<String>)> {
         .map(|id| {
             root.keys
                 .get(id)
-                .map(ToString::to_string)
+                .map(|key| key.json.clone())
                 .unwrap_or_default()
         })
         .collect();
@@ -1118,15 +1108,13 @@ fn role_key_material(root: &Root, role: &str) -> Option<(u64, Vec<String>)> {
 /// The state of one load: where files come from, where they go, and the fixed time.
 struct Loader {
     source: Source,
-    datastore: Option<PathBuf>,
     limits: Limits,
     started: DateTime<Utc>,
-    ignore_expiry: bool,
 }
 
 impl Loader {
     fn persist(&self, name: &str, bytes: &[u8]) -> Result<(), Error> {
-        match &self.datastore {
+        match self.source.datastore() {
             Some(dir) => datastore::write_atomic(dir, name, bytes),
             None => Ok(()),
         }
@@ -1134,12 +1122,14 @@ impl Loader {
 
     /// Reads a previously trusted file from the datastore (never from the network).
     fn local(&self, name: &str, cap: u64) -> Option<Vec<u8>> {
-        let dir = self.datastore.as_ref()?;
+        let dir = self.source.datastore()?;
         datastore::read_optional(dir, name, cap).ok().flatten()
     }
 
     fn check_expiry(&self, role: &str, signed: &impl Common) -> Result<(), Error> {
-        if self.ignore_expiry || signed.expires() > self.started {
+        // An offline cache is verified with expiry ignored (it is checked at boot, later).
+        let ignore_expiry = matches!(self.source, Source::Offline { .. });
+        if ignore_expiry || signed.expires() > self.started {
             return Ok(());
         }
         Err(Error::Expired {
@@ -1204,7 +1194,7 @@ impl Loader {
             // 5.3.7: it becomes the trusted root; 5.3.8: persist it.
             root = Trusted { bytes, signed: new };
             self.persist("root.json", &root.bytes)?;
-            if let Some(dir) = &self.datastore {
+            if let Some(dir) = self.source.datastore() {
                 remember_root(dir, &root)?;
             }
             chain.push((root.signed.version, root.bytes.clone()));
