@@ -227,6 +227,17 @@ impl<D: BlockIo> Signpost<D> {
         flags.apply(transition)?;
         self.write_flags(flags)?;
         self.refresh()?;
+        let show = |set: SetId| {
+            self.flags
+                .state(set)
+                .map_or_else(|| "absent".to_string(), |s| s.to_string())
+        };
+        log::info!(
+            "{transition} on {}: set A {}, set B {}",
+            self.disk.display(),
+            show(SetId::A),
+            show(SetId::B)
+        );
         Ok(())
     }
 

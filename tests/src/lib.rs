@@ -204,6 +204,19 @@ impl RepoSpec {
         spec
     }
 
+    /// The common case of the tests: 1.0.0 and 1.1.0, with the one migration between them
+    /// (`migrate_v1.1.0_settings.lz4`).
+    pub fn two_releases() -> RepoSpec {
+        let mut spec = RepoSpec::new(vec![Release::new("1.0.0"), Release::new("1.1.0")]);
+        spec.migrations.push(Migration {
+            from: "1.0.0".parse().expect("version"),
+            to: "1.1.0".parse().expect("version"),
+            name: "migrate_v1.1.0_settings.lz4".to_string(),
+            content: b"migration 1.0.0 -> 1.1.0".to_vec(),
+        });
+        spec
+    }
+
     /// Sets `max_version` of every release (pulling back releases above it).
     pub fn set_max_version(&mut self, max: &Version) {
         for r in &mut self.releases {

@@ -19,14 +19,7 @@ const LOCKED: i32 = 4;
 const INTERRUPTED: i32 = 5;
 
 fn two_releases() -> RepoSpec {
-    let mut spec = RepoSpec::new(vec![Release::new("1.0.0"), Release::new("1.1.0")]);
-    spec.migrations.push(Migration {
-        from: "1.0.0".parse().unwrap(),
-        to: "1.1.0".parse().unwrap(),
-        name: "migrate_v1.1.0_settings.lz4".to_string(),
-        content: b"migration 1.0.0 -> 1.1.0".to_vec(),
-    });
-    spec
+    RepoSpec::two_releases()
 }
 
 fn state(host: &Host, set: SetId) -> SetState {

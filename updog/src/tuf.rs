@@ -1097,7 +1097,7 @@ fn role_key_material(root: &Root, role: &str) -> Option<(u64, Vec<String>)> {
         .map(|id| {
             root.keys
                 .get(id)
-                .map(ToString::to_string)
+                .map(|key| key.json.clone())
                 .unwrap_or_default()
         })
         .collect();

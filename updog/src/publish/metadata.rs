@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::error::{Error, io};
 use super::keys::KeySource;
 use crate::tuf::schema::{Envelope as VerifyEnvelope, Signature as VerifySignature};
-use crate::tuf::verify::check_threshold;
+use crate::tuf::verify::check_threshold_json;
 
 /// The TUF specification version written in every file.
 pub const SPEC_VERSION: &str = "1.0.0";
@@ -233,7 +233,7 @@ impl<T: Serialize + for<'de> Deserialize<'de>> Envelope<T> {
                 })
                 .collect(),
         };
-        check_threshold(
+        check_threshold_json(
             role,
             0,
             what,

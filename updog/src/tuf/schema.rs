@@ -130,6 +130,61 @@ macro_rules! common {
     };
 }
 
+/// A key as root or a delegation lists it, parsed once when the file is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListedKey {
+    /// The verification algorithm and public key bytes; `None` for a key type or scheme we do
+    /// not support (such a key never verifies a signature).
+    pub verifier: Option<(KeyAlgorithm, Vec<u8>)>,
+    /// The key object as listed, as JSON text (compared to detect key rotations, 5.3.11).
+    pub json: String,
+}
+
+/// The signature schemes we verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyAlgorithm {
+    /// `ecdsa-sha2-nistp256` (ASN.1 DER signatures).
+    EcdsaP256,
+    /// `ed25519`.
+    Ed25519,
+    /// `rsassa-pss-sha256`.
+    RsaPssSha256,
+}
+
+impl<'de> Deserialize<'de> for ListedKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use tough::schema::key::{EcdsaScheme, Ed25519Scheme, Key, RsaScheme};
+        let value = Value::deserialize(d)?;
+        let json = value.to_string();
+        let verifier = match serde_json::from_value::<Key>(value).ok() {
+            Some(
+                Key::Ecdsa {
+                    scheme: EcdsaScheme::EcdsaSha2Nistp256,
+                    keyval,
+                    ..
+                }
+                | Key::EcdsaOld {
+                    scheme: EcdsaScheme::EcdsaSha2Nistp256,
+                    keyval,
+                    ..
+                },
+            ) => Some((KeyAlgorithm::EcdsaP256, keyval.public.to_vec())),
+            Some(Key::Ed25519 {
+                scheme: Ed25519Scheme::Ed25519,
+                keyval,
+                ..
+            }) => Some((KeyAlgorithm::Ed25519, keyval.public.to_vec())),
+            Some(Key::Rsa {
+                scheme: RsaScheme::RsassaPssSha256,
+                keyval,
+                ..
+            }) => Some((KeyAlgorithm::RsaPssSha256, keyval.public.to_vec())),
+            None => None,
+        };
+        Ok(Self { verifier, json })
+    }
+}
+
 /// The keys and threshold of one role.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub(crate) struct RoleKeys {
@@ -144,8 +199,8 @@ pub(crate) struct Root {
     pub consistent_snapshot: bool,
     pub version: u64,
     pub expires: DateTime<Utc>,
-    /// Key id -> key object; parsed lazily so one unknown key type does not fail the file.
-    pub keys: BTreeMap<String, Value>,
+    /// Key id -> key, parsed once here; a key of an unknown type does not fail the file.
+    pub keys: BTreeMap<String, ListedKey>,
     pub roles: BTreeMap<String, RoleKeys>,
 }
 common!(Root);
@@ -272,7 +327,7 @@ pub(crate) struct DelegatedRole {
 /// The `delegations` object of a targets role.
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct Delegations {
-    pub keys: BTreeMap<String, Value>,
+    pub keys: BTreeMap<String, ListedKey>,
     pub roles: Vec<DelegatedRole>,
 }
 

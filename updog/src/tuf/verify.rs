@@ -1,42 +1,44 @@
 //! Signature thresholds and hash checks.
 
 use super::error::Error;
-use super::schema::{Envelope, MetaFile};
+use super::schema::{Envelope, KeyAlgorithm, ListedKey, MetaFile};
 use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use serde_json::Value;
 use sha2::{Digest, Sha256, Sha512};
 use std::collections::{BTreeMap, HashSet};
-use tough::schema::key::{EcdsaScheme, Ed25519Scheme, Key, RsaScheme};
 
-/// Verifies one signature with a TUF key object. Unknown key types or schemes never verify.
-fn verify_with(key: &Value, msg: &[u8], sig: &[u8]) -> Option<Vec<u8>> {
-    let key: Key = serde_json::from_value(key.clone()).ok()?;
-    let (alg, public): (&'static dyn VerificationAlgorithm, Vec<u8>) = match &key {
-        Key::Ecdsa {
-            scheme: EcdsaScheme::EcdsaSha2Nistp256,
-            keyval,
-            ..
-        }
-        | Key::EcdsaOld {
-            scheme: EcdsaScheme::EcdsaSha2Nistp256,
-            keyval,
-            ..
-        } => (&signature::ECDSA_P256_SHA256_ASN1, keyval.public.to_vec()),
-        Key::Ed25519 {
-            scheme: Ed25519Scheme::Ed25519,
-            keyval,
-            ..
-        } => (&signature::ED25519, keyval.public.to_vec()),
-        Key::Rsa {
-            scheme: RsaScheme::RsassaPssSha256,
-            keyval,
-            ..
-        } => (&signature::RSA_PSS_2048_8192_SHA256, keyval.public.to_vec()),
+/// Verifies one signature with a listed key; the public key bytes when it verifies. Keys of
+/// unsupported types never verify.
+fn verify_with<'k>(key: &'k ListedKey, msg: &[u8], sig: &[u8]) -> Option<&'k [u8]> {
+    let (alg, public) = key.verifier.as_ref()?;
+    let alg: &'static dyn VerificationAlgorithm = match alg {
+        KeyAlgorithm::EcdsaP256 => &signature::ECDSA_P256_SHA256_ASN1,
+        KeyAlgorithm::Ed25519 => &signature::ED25519,
+        KeyAlgorithm::RsaPssSha256 => &signature::RSA_PSS_2048_8192_SHA256,
     };
-    UnparsedPublicKey::new(alg, &public)
+    UnparsedPublicKey::new(alg, public)
         .verify(msg, sig)
         .ok()
-        .map(|()| public)
+        .map(|()| public.as_slice())
+}
+
+/// [`check_threshold`] for key objects not parsed yet (the publisher's own root type): each
+/// listed key is parsed once for this check.
+pub(crate) fn check_threshold_json(
+    role: &str,
+    version: u64,
+    signer: &str,
+    envelope: &Envelope,
+    keyids: &[String],
+    threshold: u64,
+    keys: &BTreeMap<String, Value>,
+) -> Result<(), Error> {
+    let parsed: BTreeMap<String, ListedKey> = keys
+        .iter()
+        .filter(|(id, _)| keyids.contains(id))
+        .filter_map(|(id, v)| Some((id.clone(), serde_json::from_value(v.clone()).ok()?)))
+        .collect();
+    check_threshold(role, version, signer, envelope, keyids, threshold, &parsed)
 }
 
 /// Checks that `envelope` carries valid signatures from at least `threshold` distinct keys among
@@ -49,12 +51,12 @@ pub(crate) fn check_threshold(
     envelope: &Envelope,
     keyids: &[String],
     threshold: u64,
-    keys: &BTreeMap<String, Value>,
+    keys: &BTreeMap<String, ListedKey>,
 ) -> Result<(), Error> {
     let msg = envelope.canonical.as_slice();
     let allowed: HashSet<&str> = keyids.iter().map(String::as_str).collect();
     let mut counted_ids: HashSet<&str> = HashSet::new();
-    let mut counted_material: HashSet<Vec<u8>> = HashSet::new();
+    let mut counted_material: HashSet<&[u8]> = HashSet::new();
     for sig in &envelope.signatures {
         if !allowed.contains(sig.keyid.as_str()) || counted_ids.contains(sig.keyid.as_str()) {
             continue;

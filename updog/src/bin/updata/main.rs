@@ -4,6 +4,7 @@
 //! A thin shell: each group of subcommands lives in its own module and calls the libraries
 //! (`manifest::edit` for the manifest rules, `updog::publish` for keys, roots and repositories).
 
+mod delta_cmd;
 mod manifest_cmd;
 mod repo_cmd;
 
@@ -32,6 +33,8 @@ enum Command {
     Manifest(manifest_cmd::ManifestCommand),
     #[command(flatten)]
     Repo(repo_cmd::RepoCommand),
+    #[command(flatten)]
+    Delta(delta_cmd::DeltaCommand),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Manifest(c) => c.run(),
         Command::Repo(c) => c.run(),
+        Command::Delta(c) => c.run(),
     };
     match result {
         Ok(code) => code,

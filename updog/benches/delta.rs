@@ -1,0 +1,434 @@
+//! `cargo bench -p updog --bench delta`: a delta update against the full lz4 image, side by side.
+//!
+//! Two versions of an ext4 root image are built reproducibly (fixed UUID, hash seed, clock and
+//! mtimes): v1 from copies of real files (`/usr/share`, `/usr/lib`), v2 the same with about 5% of
+//! the files replaced by other real files, a few added, and 1 MiB in the middle of the largest
+//! file rewritten. Set A of a GPT disk image holds v1; each run builds v2 on set B's root, in a
+//! child process (so its peak RSS is its own), from a loopback HTTP server:
+//!
+//! - full: the lz4 -9 image through the staging pipeline (download, hash, decode, direct
+//!   writes, read-back), as `updog update` does without an index;
+//! - delta: the v2 index (+ the v1 index as seed, as when the repository still lists the
+//!   running version) and the chunks it lacks, through `updog::delta::assemble` (re-hash of
+//!   every seed chunk, fetches 4 at a time, read-back).
+//!
+//! Each runs unthrottled and throttled to 100 Mbit/s (the test server trickles each response;
+//! for the delta's 4 connections each gets a quarter, so the total never exceeds 100 Mbit/s).
+//! Reported: bytes downloaded, wall time, peak RSS, and the plan's estimate against what was
+//! fetched. The images live under `$CARGO_TARGET_DIR/bench-delta` and are reused.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use fixtures::disk::{DiskImageBuilder, PartKind};
+use fixtures::http::{Fault, TestServer};
+use sha2::{Digest, Sha256};
+use updog::delta::plan::Planned;
+use updog::delta::{
+    AssembleOptions, BlobIndex, ChunkFetcher, Chunker, Region, StoreWriter, assemble,
+};
+use updog::pipeline::{IoMode, PartitionSink, StageOptions, TargetInfo, stage_image};
+use updog::transport::{HttpOptions, HttpTransport, Transport};
+
+mod common;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+const IMAGE_MIB: u64 = 96;
+const MBIT_100: f64 = 100e6 / 8.0;
+const IN_FLIGHT: usize = 4;
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !common::should_run(&args, "delta") {
+        return Ok(());
+    }
+    match args.first().map(String::as_str) {
+        Some("--child-full") => child_full(&args[1..]),
+        Some("--child-delta") => child_delta(&args[1..]),
+        _ => run(),
+    }
+}
+
+fn data_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    target.join("bench-delta")
+}
+
+/// Real files, sorted, up to `budget` bytes: (relative path, bytes).
+fn real_files(budget: u64, skip: usize) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    let mut seen = 0usize;
+    let mut stack: Vec<PathBuf> = ["/usr/share", "/usr/lib"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    stack.reverse();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+        entries.sort_by_key(fs::DirEntry::file_name);
+        let mut subdirs = Vec::new();
+        for e in entries {
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                subdirs.push(e.path());
+            } else if ft.is_file() {
+                let Ok(bytes) = fs::read(e.path()) else {
+                    continue;
+                };
+                if bytes.len() > 4 << 20 || bytes.is_empty() {
+                    continue;
+                }
+                seen += 1;
+                if seen <= skip {
+                    continue;
+                }
+                total += bytes.len() as u64;
+                let rel = e
+                    .path()
+                    .strip_prefix("/")
+                    .unwrap_or(&e.path())
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((rel, bytes));
+                if total >= budget {
+                    return out;
+                }
+            }
+        }
+        subdirs.reverse();
+        stack.extend(subdirs);
+    }
+    out
+}
+
+struct Images {
+    v1: PathBuf,
+    v2: PathBuf,
+}
+
+fn build_images(dir: &Path) -> Res<Images> {
+    let (v1, v2) = (dir.join("v1.img"), dir.join("v2.img"));
+    if v1.exists() && v2.exists() {
+        return Ok(Images { v1, v2 });
+    }
+    let budget = IMAGE_MIB * 1024 * 1024 * 70 / 100;
+    let files = real_files(budget, 0);
+    // Replacement and added files: real files from further along the same walk.
+    let reserve = real_files(budget / 8, files.len() + 50);
+    let mut v2_files = files.clone();
+    let mut spare = reserve.into_iter();
+    let mut replaced = 0;
+    for (i, f) in v2_files.iter_mut().enumerate() {
+        if i % 20 == 7
+            && let Some((_, other)) = spare.next()
+        {
+            f.1 = other;
+            replaced += 1;
+        }
+    }
+    let mut added = 0;
+    for (n, (_, bytes)) in spare.take(files.len() / 100).enumerate() {
+        v2_files.push((format!("usr/share/added/file{n:03}"), bytes));
+        added += 1;
+    }
+    let largest = (0..v2_files.len())
+        .max_by_key(|&i| v2_files[i].1.len())
+        .unwrap_or(0);
+    let big = &mut v2_files[largest].1;
+    let mid = big.len() / 2;
+    let end = (mid + (1 << 20)).min(big.len());
+    for (k, b) in big[mid..end].iter_mut().enumerate() {
+        *b = b.wrapping_add((k % 251) as u8 + 1);
+    }
+    eprintln!(
+        "bench: v1 {} real files; v2 replaces {replaced}, adds {added}, changes {} bytes of {}",
+        files.len(),
+        end - mid,
+        v2_files[largest].0
+    );
+    for (name, set, out) in [("v1", &files, &v1), ("v2", &v2_files, &v2)] {
+        let tree = dir.join(format!("{name}-tree"));
+        fixtures::ext4::write_tree(&tree, set)?;
+        fixtures::ext4::build_image(&tree, IMAGE_MIB << 20, out)?;
+        fs::remove_dir_all(&tree)?;
+    }
+    Ok(Images { v1, v2 })
+}
+
+fn run_cmd(cmd: &mut Command) -> Res<()> {
+    let st = cmd.status()?;
+    if !st.success() {
+        return Err(format!("{cmd:?} failed: {st}").into());
+    }
+    Ok(())
+}
+
+/// What a child reports.
+#[derive(Debug, Default, Clone)]
+struct Measured {
+    secs: f64,
+    downloaded: u64,
+    rss_kib: u64,
+    extra: serde_json::Value,
+}
+
+fn peak_rss_kib() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn report(m: &Measured) {
+    println!(
+        "{}",
+        serde_json::json!({"secs": m.secs, "downloaded": m.downloaded, "rss_kib": peak_rss_kib(), "extra": m.extra})
+    );
+}
+
+fn root_b(disk: &Path) -> Res<bootpart::Partition> {
+    let d = bootpart::Disk::open(disk)?;
+    Ok(d.layout().set(bootpart::SetId::B)?.root.clone())
+}
+
+fn child_full(a: &[String]) -> Res<()> {
+    let [url, length, sha, disk] = a else {
+        return Err("usage: --child-full URL LENGTH SHA256 DISK".into());
+    };
+    let expected = TargetInfo::from_hex(length.parse()?, sha).ok_or("bad sha256")?;
+    let part = root_b(Path::new(disk))?;
+    let mut sink = PartitionSink::open_path(Path::new(disk), &part, IoMode::Auto)?;
+    let transport = HttpTransport::new(HttpOptions::default())?;
+    let t = Instant::now();
+    let source = transport.fetch(&url::Url::parse(url)?)?;
+    stage_image(
+        source,
+        &expected,
+        &mut sink,
+        &StageOptions::default(),
+        &|_| {},
+    )?;
+    report(&Measured {
+        secs: t.elapsed().as_secs_f64(),
+        downloaded: expected.length,
+        ..Measured::default()
+    });
+    Ok(())
+}
+
+fn child_delta(a: &[String]) -> Res<()> {
+    let [index_url, store_url, seed_index, disk] = a else {
+        return Err("usage: --child-delta INDEX_URL STORE_URL SEED_INDEX DISK".into());
+    };
+    let disk = Path::new(disk);
+    let d = bootpart::Disk::open(disk)?;
+    let (a_root, b_root) = (
+        d.layout().set(bootpart::SetId::A)?.root.clone(),
+        d.layout().set(bootpart::SetId::B)?.root.clone(),
+    );
+    let transport: Arc<dyn Transport> = Arc::new(HttpTransport::new(HttpOptions::default())?);
+    let t = Instant::now();
+    let mut index_bytes = Vec::new();
+    transport
+        .fetch(&url::Url::parse(index_url)?)?
+        .read_to_end(&mut index_bytes)?;
+    let index = BlobIndex::parse(&index_bytes)?;
+    let seed = BlobIndex::parse(&fs::read(seed_index)?)?;
+    let estimate = Planned::new(&index, Some(&seed)).plan;
+    let active = Region::open(disk, a_root.byte_offset(), a_root.byte_len(), false)?;
+    let inactive = Region::open(disk, b_root.byte_offset(), b_root.byte_len(), true)?;
+    let fetcher = ChunkFetcher::new(transport, url::Url::parse(store_url)?);
+    let options = AssembleOptions {
+        in_flight: IN_FLIGHT,
+        ..AssembleOptions::default()
+    };
+    let done = assemble(
+        &inactive,
+        &index,
+        Some((&active, &seed)),
+        &fetcher,
+        &options,
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )?;
+    report(&Measured {
+        secs: t.elapsed().as_secs_f64(),
+        downloaded: done.downloaded + index_bytes.len() as u64,
+        extra: serde_json::json!({
+            "plan_estimate": estimate,
+            "plan_done": done.plan,
+            "fetched_chunks": done.fetched_chunks,
+            "compressed_chunk_bytes": done.downloaded,
+            "index_bytes": index_bytes.len(),
+        }),
+        ..Measured::default()
+    });
+    Ok(())
+}
+
+fn child(args: &[String]) -> Res<Measured> {
+    let out = Command::new(std::env::current_exe()?).args(args).output()?;
+    if !out.status.success() {
+        return Err(format!("child {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().ok_or("child printed nothing")?;
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    Ok(Measured {
+        secs: v["secs"].as_f64().unwrap_or(0.0),
+        downloaded: v["downloaded"].as_u64().unwrap_or(0),
+        rss_kib: v["rss_kib"].as_u64().unwrap_or(0),
+        extra: v["extra"].clone(),
+    })
+}
+
+/// A response trickled at `rate` bytes per second.
+fn slow(rate: f64) -> Fault {
+    let bytes = 16 * 1024;
+    Fault::Slow {
+        bytes,
+        every: Duration::from_secs_f64(bytes as f64 / rate),
+    }
+}
+
+fn run() -> Res<()> {
+    for tool in ["mkfs.ext4", "lz4"] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            return Err(format!("{tool} is needed").into());
+        }
+    }
+    let dir = data_dir();
+    fs::create_dir_all(&dir)?;
+    let images = build_images(&dir)?;
+    let (v1, v2) = (fs::read(&images.v1)?, fs::read(&images.v2)?);
+    let serve = dir.join("serve");
+    let _ = fs::remove_dir_all(&serve);
+    fs::create_dir_all(&serve)?;
+    eprintln!("bench: lz4 -9 of v2");
+    let lz4 = serve.join("v2.img.lz4");
+    run_cmd(
+        Command::new("lz4")
+            .args(["-9", "-q", "-f"])
+            .arg(&images.v2)
+            .arg(&lz4),
+    )?;
+    let lz4_bytes = fs::read(&lz4)?;
+    let sha = hex::encode(Sha256::digest(&lz4_bytes));
+    eprintln!("bench: indexes and chunk store");
+    let store = StoreWriter::new(serve.join("chunks"))?;
+    let chunker = Chunker::casync_default();
+    let seed_index = chunker.index(&v1[..], |_, _| Ok(()))?;
+    let v2_index = chunker.index(&v2[..], |id, c| store.put(id, c).map(|_| ()))?;
+    let seed_path = dir.join("v1.caibx");
+    fs::write(&seed_path, seed_index.to_bytes())?;
+    fs::write(serve.join("v2.caibx"), v2_index.to_bytes())?;
+
+    let disk_path = dir.join("disk.img");
+    let disk = DiskImageBuilder::new()
+        .root_size((IMAGE_MIB + 8) << 20)
+        .build(&disk_path)?;
+    let a_root = disk.partition(PartKind::Root, 0).ok_or("no root A")?;
+    let b_root = disk.partition(PartKind::Root, 1).ok_or("no root B")?;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk_path)?;
+    f.write_all_at(&v1, a_root.byte_offset(disk.sector_size))?;
+    let server = TestServer::serve_dir(&serve)?;
+    let disk_arg = disk_path.display().to_string();
+
+    let mut rows = Vec::new();
+    let mut json = serde_json::Map::new();
+    for (label, rate) in [("unthrottled", None), ("100 Mbit/s", Some(MBIT_100))] {
+        let mut pair = Vec::new();
+        for mode in ["full", "delta"] {
+            // Set B starts from stale bytes every time (the other version), and cold caches.
+            f.write_all_at(&v1, b_root.byte_offset(disk.sector_size))?;
+            f.sync_all()?;
+            server.clear_faults();
+            if let Some(rate) = rate {
+                let per_connection = if mode == "delta" {
+                    rate / IN_FLIGHT as f64
+                } else {
+                    rate
+                };
+                server.fault_all(slow(per_connection));
+            }
+            let args: Vec<String> = if mode == "full" {
+                vec![
+                    "--child-full".into(),
+                    server.url_for("/v2.img.lz4"),
+                    lz4_bytes.len().to_string(),
+                    sha.clone(),
+                    disk_arg.clone(),
+                ]
+            } else {
+                vec![
+                    "--child-delta".into(),
+                    server.url_for("/v2.caibx"),
+                    server.url_for("/chunks/"),
+                    seed_path.display().to_string(),
+                    disk_arg.clone(),
+                ]
+            };
+            eprintln!("bench: {mode}, {label}");
+            let m = child(&args)?;
+            // The result must be v2, whatever the path.
+            let mut got = vec![0u8; v2.len()];
+            f.read_exact_at(&mut got, b_root.byte_offset(disk.sector_size))?;
+            if got != v2 {
+                return Err(format!("{mode} {label}: set B root is not v2").into());
+            }
+            pair.push(m);
+        }
+        let (full, delta) = (&pair[0], &pair[1]);
+        rows.push(format!(
+            "| {label} | {:.1} MiB | {:.1} MiB | {:.2}x | {:.2} s | {:.2} s | {:.2}x | {:.1} MiB | {:.1} MiB |",
+            full.downloaded as f64 / 1048576.0,
+            delta.downloaded as f64 / 1048576.0,
+            delta.downloaded as f64 / full.downloaded as f64,
+            full.secs,
+            delta.secs,
+            delta.secs / full.secs,
+            full.rss_kib as f64 / 1024.0,
+            delta.rss_kib as f64 / 1024.0,
+        ));
+        json.insert(
+            label.to_string(),
+            serde_json::json!({
+                "full": {"secs": full.secs, "downloaded": full.downloaded, "rss_kib": full.rss_kib},
+                "delta": {"secs": delta.secs, "downloaded": delta.downloaded, "rss_kib": delta.rss_kib, "detail": delta.extra},
+            }),
+        );
+    }
+    println!(
+        "image: ext4 {IMAGE_MIB} MiB, v2 lz4 -9 {:.1} MiB, index {} chunks",
+        lz4_bytes.len() as f64 / 1048576.0,
+        v2_index.len()
+    );
+    println!(
+        "| link | full bytes | delta bytes | ratio | full time | delta time | ratio | full peak RSS | delta peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
+}
