@@ -145,8 +145,42 @@ fn main() -> ExitCode {
             {
                 line.push_str(" (choose explicitly with --disk PATH --active A|B)");
             }
+            if permission_denied(e.as_ref()) {
+                line.push_str(
+                    " (signpost needs root: it reads and writes the disk's partition table and \
+                     its lock file)",
+                );
+            }
             cli_support::logging::print_error("signpost", &line);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether `e` or one of its causes is an I/O "permission denied".
+fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_denied_is_found_among_the_causes() {
+        let denied = signpost::Error::Discovery {
+            disk: None,
+            source: Box::new(bootpart::Error::Io {
+                path: "/dev/vda".into(),
+                what: "opening".into(),
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            }),
+        };
+        assert!(permission_denied(&denied));
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(!permission_denied(&missing));
     }
 }

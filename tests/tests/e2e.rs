@@ -442,8 +442,7 @@ fn sigint_while_staging_stops_cleanly() {
 
 #[test]
 fn full_update_on_a_loop_device() {
-    if !fixtures::disk::is_root() {
-        eprintln!("notice: not root; skipping the loop-device update");
+    if !fixtures::gate::require_root("the loop-device update") {
         return;
     }
     let spec = two_releases();
@@ -685,7 +684,7 @@ fn a_full_state_file_system_ends_with_a_clear_error_and_the_host_boots_what_it_b
     std::fs::create_dir(&small).unwrap();
     std::fs::create_dir(&records).unwrap();
     let Some(small_fs) = e2e_tests::Tmpfs::mount(&small, "512k") else {
-        eprintln!("notice: cannot mount tmpfs (not root?); skipping the full file system");
+        fixtures::gate::skip("cannot mount a tmpfs (not root?): no full file system");
         return;
     };
     let a_before = state(&host, SetId::A);

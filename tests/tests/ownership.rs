@@ -160,7 +160,7 @@ fn a_signpost_change_during_an_update_is_refused_and_a_failed_staging_leaves_b_c
 /// and an unprivileged user cannot open (so cannot lock) the disk device.
 #[test]
 fn no_lock_file_can_be_planted_or_held_by_another_user() {
-    if !fixtures::disk::require_root("the unprivileged-user lock test") {
+    if !fixtures::gate::require_root("the unprivileged-user lock test") {
         return;
     }
     use std::os::unix::fs::PermissionsExt;

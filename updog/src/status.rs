@@ -271,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_and_replaces_atomically() {
+    fn round_trips_and_removes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/state.json");
         assert_eq!(StagedRecord::read(&path).unwrap(), None);
@@ -336,6 +336,27 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, RecordError::UnsafeDirectory { .. }), "{e}");
         assert!(!shared.join("state.json").exists());
+    }
+
+    #[test]
+    fn a_reader_of_the_old_record_keeps_reading_it_whole() {
+        // Replaced by rename, the file a reader has open is never changed: it reads the whole
+        // old record, while the path gives the whole new one. Rewritten in place (truncate,
+        // write), the open file would change under the reader, and a crash in between would
+        // leave a partial record.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let old = record();
+        let mut new = old.clone();
+        new.applied = false;
+        new.version = Version::new(3, 0, 0);
+        old.write_atomic(&path).unwrap();
+        let mut open = std::fs::File::open(&path).unwrap();
+        new.write_atomic(&path).unwrap();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut open, &mut bytes).unwrap();
+        assert_eq!(serde_json::from_slice::<StagedRecord>(&bytes).unwrap(), old);
+        assert_eq!(StagedRecord::read(&path).unwrap(), Some(new));
     }
 
     #[test]

@@ -25,7 +25,6 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use bootpart::SetId;
 use bootpart::io::BlockIo;
@@ -49,31 +48,8 @@ pub use manifest::MANIFEST_TARGET;
 
 /// A cancellation handle for [`Updater::stage`]: set it (from a signal handler, another thread,
 /// an agent's shutdown path) and staging stops at the next buffer, leaving the inactive set
-/// cleared.
-#[derive(Debug, Clone, Default)]
-pub struct CancelHandle(Arc<AtomicBool>);
-
-impl CancelHandle {
-    /// A handle that is not cancelled.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Asks the operation to stop.
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    /// Whether cancellation was asked for.
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    /// The shared flag, for `signal_hook::flag::register`.
-    pub fn flag(&self) -> &Arc<AtomicBool> {
-        &self.0
-    }
-}
+/// cleared. The pipeline's own handle, so that nothing bridges two of them.
+pub use crate::pipeline::CancelHandle;
 
 /// How to choose an update.
 #[derive(Debug, Clone, Default)]
@@ -1055,7 +1031,7 @@ impl Updater {
         let mut sink = PartitionSink::open_path(disk_path, partition, IoMode::Auto)
             .map_err(|e| StageOneError::Open(std::io::Error::other(e)))?;
         let opts = StageOptions {
-            cancel: crate::pipeline::CancelHandle::from_flag(Arc::clone(cancel.flag())),
+            cancel: cancel.clone(),
             ..StageOptions::default()
         };
         let verifying = std::cell::Cell::new(false);
@@ -1320,14 +1296,5 @@ mod tests {
         let bound = max_compressed_len(cap);
         assert!(bound > cap && bound < cap + cap / 100);
         assert_eq!(max_compressed_len(u64::MAX), u64::MAX);
-    }
-
-    #[test]
-    fn cancel_handle_is_shared() {
-        let a = CancelHandle::new();
-        let b = a.clone();
-        assert!(!b.is_cancelled());
-        a.cancel();
-        assert!(b.is_cancelled());
     }
 }
