@@ -111,19 +111,9 @@ fn crashing_updater(host: &Host, point: Point) -> Updater {
 fn a_crash_at_every_step_and_inside_every_gpt_write_leaves_a_consistent_disk() {
     let spec = spec();
     let new = &spec.releases[1];
-    let update_steps = [
-        Step::Clear,
-        Step::RemoveRecord,
-        Step::WriteImage(ImageKind::Root),
-        Step::WriteImage(ImageKind::Boot),
-        Step::WriteImage(ImageKind::Hash),
-        Step::RecordStaged,
-        Step::MarkValid,
-        Step::RecordApplied,
-        Step::Flip,
-    ];
+    // The steps of stage and apply (revert's two come last in Step::ALL).
+    let update_steps = Step::ALL.into_iter().take(Step::ALL.len() - 2);
     let points = update_steps
-        .into_iter()
         .map(Point::Step)
         .chain((1..=18).map(Point::GptIo));
     for point in points {

@@ -60,31 +60,9 @@ fn assert_failed_cleanly(host: &Host, a_before: SetState) {
 
 /// Spawns `updog ARGS --progress json` and waits until it reports image bytes.
 fn spawn_staging(host: &Host, args: &[&str]) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = host
-        .updog_cmd()
-        .args(args)
-        .args(["--progress", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn updog");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = stdout.read_line(&mut line).expect("read progress");
-        assert!(
-            n > 0,
-            "updog ended before staging: {:?}",
-            child.wait_with_output()
-        );
-        if line.contains(r#""event":"image""#) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no image progress in time");
-    }
-    (child, stdout)
+    let mut cmd = host.updog_cmd();
+    cmd.args(args);
+    host.spawn_updog_until(cmd, r#""event":"image""#)
 }
 
 #[test]
