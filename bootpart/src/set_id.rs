@@ -2,7 +2,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// One of the two partition sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum SetId {
     /// The first BOOT/ROOT/HASH partitions on the disk.
     A,

@@ -27,7 +27,7 @@ fn tool_output(cmd: &str, args: &[&str], path: &Path) -> Option<String> {
             String::from_utf8_lossy(&out.stderr)
         )),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            eprintln!("notice: {cmd} not installed; skipping that check");
+            fixtures::gate::skip(format!("{cmd} is not installed: no {cmd} check"));
             None
         }
         Err(e) => panic!("{cmd}: {e}"),

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bootpart::SetId;
 use bootpart::gpt::{CopyStatus, GptCopy, GptRead, GptTable, read_gpt, write_gpt};
@@ -11,6 +12,7 @@ use bootpart::io::BlockIo;
 use bootpart::{Layout, PartitionSet};
 
 use crate::error::Error;
+use crate::lock::DiskLock;
 use crate::state::{BootFlags, PartitionFlags, SetState, Transition};
 use crate::status::{GptHealth, STATUS_FORMAT_VERSION, SetStatus, Status};
 
@@ -50,6 +52,11 @@ impl Numbers {
 /// Generic over the block device so tests can run it on a fault-injecting disk; the default is a
 /// plain file (block device or disk image).
 ///
+/// A `Signpost` opened read-write owns the disk: [`Signpost::open`] takes the disk's
+/// [`DiskLock`] and holds it until the `Signpost` is dropped, so two changes (from this process,
+/// another signpost, or updog) cannot interleave. A caller that already holds the lock for a
+/// longer operation uses [`Signpost::locked`].
+///
 /// ```no_run
 /// use signpost::{SetId, Signpost};
 ///
@@ -70,36 +77,57 @@ pub struct Signpost<D: BlockIo = File> {
     numbers: Numbers,
     read: GptRead,
     flags: BootFlags,
+    /// The disk lock, when this `Signpost` took it itself.
+    owner: Option<DiskLock>,
 }
 
 impl Signpost<File> {
-    /// Opens a disk (block device or image file) read-write. `active` names the running set;
-    /// `None` finds it from the running root filesystem (which only works for the host's own
-    /// OS disk).
+    /// Opens a disk (block device or image file) read-write, taking its [`DiskLock`] (waiting
+    /// up to [`crate::lock::DEFAULT_WAIT`] for another owner) and holding it until dropped.
+    /// `active` names the running set; `None` finds it from the running root filesystem (which
+    /// only works for the host's own OS disk).
     pub fn open(disk: impl AsRef<Path>, active: Option<SetId>) -> Result<Self, Error> {
-        Self::open_mode(disk.as_ref(), active, true)
+        Self::open_waiting(disk, active, crate::lock::DEFAULT_WAIT)
     }
 
-    /// Like [`Signpost::open`], but read-only: for `status` and `has-boot-ever-succeeded`,
-    /// which need no write access. Changes fail with an I/O error.
+    /// Like [`Signpost::open`], waiting at most `wait` for the disk lock.
+    pub fn open_waiting(
+        disk: impl AsRef<Path>,
+        active: Option<SetId>,
+        wait: Duration,
+    ) -> Result<Self, Error> {
+        let lock = DiskLock::acquire(disk.as_ref(), wait)?;
+        let mut sp = Self::locked(&lock, active)?;
+        sp.owner = Some(lock);
+        Ok(sp)
+    }
+
+    /// Opens the disk of a [`DiskLock`] the caller holds (for an operation longer than one
+    /// change: updog holds the lock from clearing the inactive set to the flip). Reads and
+    /// writes go through the locked handle.
+    pub fn locked(lock: &DiskLock, active: Option<SetId>) -> Result<Self, Error> {
+        let path = lock.path();
+        let active = match active {
+            Some(a) => a,
+            None => running_set(path)?,
+        };
+        let file = lock.try_clone_file().map_err(|source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_io(file, path, active)
+    }
+
+    /// Like [`Signpost::open`], but read-only and without the lock: for `status` and
+    /// `has-boot-ever-succeeded`, which change nothing. Changes fail with an I/O error.
     pub fn open_read_only(disk: impl AsRef<Path>, active: Option<SetId>) -> Result<Self, Error> {
-        Self::open_mode(disk.as_ref(), active, false)
-    }
-
-    fn open_mode(path: &Path, active: Option<SetId>, write: bool) -> Result<Self, Error> {
-        let active = if let Some(a) = active {
-            a
-        } else {
-            let discovery = |source| Error::Discovery {
-                disk: Some(path.to_path_buf()),
-                source: Box::new(source),
-            };
-            let d = bootpart::Disk::open(path).map_err(discovery)?;
-            bootpart::running::find_running_set(&d).map_err(discovery)?
+        let path = disk.as_ref();
+        let active = match active {
+            Some(a) => a,
+            None => running_set(path)?,
         };
         let file = OpenOptions::new()
             .read(true)
-            .write(write)
             .open(path)
             .map_err(|source| Error::Open {
                 path: path.to_path_buf(),
@@ -108,30 +136,47 @@ impl Signpost<File> {
         Self::from_io(file, path, active)
     }
 
-    /// Opens the disk holding the running root filesystem; `active` overrides the running set
-    /// found there.
+    /// Opens the disk holding the running root filesystem read-write (taking its lock, see
+    /// [`Signpost::open`]); `active` overrides the running set found there.
     pub fn open_host(active: Option<SetId>) -> Result<Self, Error> {
-        Self::open_host_mode(active, true)
+        Self::open_host_waiting(active, crate::lock::DEFAULT_WAIT)
     }
 
-    /// Like [`Signpost::open_host`], but read-only.
+    /// Like [`Signpost::open_host`], waiting at most `wait` for the disk lock.
+    pub fn open_host_waiting(active: Option<SetId>, wait: Duration) -> Result<Self, Error> {
+        let (disk, running) = host_disk()?;
+        Self::open_waiting(&disk, Some(active.unwrap_or(running)), wait)
+    }
+
+    /// Like [`Signpost::open_host`], but read-only and without the lock.
     pub fn open_host_read_only(active: Option<SetId>) -> Result<Self, Error> {
-        Self::open_host_mode(active, false)
+        let (disk, running) = host_disk()?;
+        Self::open_read_only(&disk, Some(active.unwrap_or(running)))
     }
+}
 
-    fn open_host_mode(active: Option<SetId>, write: bool) -> Result<Self, Error> {
-        let (disk, running) =
-            bootpart::running::discover_root_disk().map_err(|source| Error::Discovery {
-                disk: None,
-                source: Box::new(source),
-            })?;
-        Self::open_mode(&disk, Some(active.unwrap_or(running)), write)
-    }
+/// The running set on `path`, found from the running root filesystem.
+fn running_set(path: &Path) -> Result<SetId, Error> {
+    let discovery = |source| Error::Discovery {
+        disk: Some(path.to_path_buf()),
+        source: Box::new(source),
+    };
+    let d = bootpart::Disk::open(path).map_err(discovery)?;
+    bootpart::running::find_running_set(&d).map_err(discovery)
+}
+
+/// The disk holding the running root filesystem, and the running set.
+fn host_disk() -> Result<(PathBuf, SetId), Error> {
+    bootpart::running::discover_root_disk().map_err(|source| Error::Discovery {
+        disk: None,
+        source: Box::new(source),
+    })
 }
 
 impl<D: BlockIo> Signpost<D> {
     /// Reads the GPT from `io` and finds the partition sets. `disk` is only used in messages and
-    /// in [`Status::disk`].
+    /// in [`Status::disk`]. Takes no lock: the caller owns `io` (a locked disk, or a private
+    /// one such as a test's fault-injecting disk).
     pub fn from_io(io: D, disk: impl Into<PathBuf>, active: SetId) -> Result<Self, Error> {
         let disk = disk.into();
         let (read, numbers, flags) = load(&io, &disk, active)?;
@@ -142,6 +187,21 @@ impl<D: BlockIo> Signpost<D> {
             numbers,
             read,
             flags,
+            owner: None,
+        })
+    }
+
+    /// The disk's path (as given; used in messages).
+    pub fn disk(&self) -> &Path {
+        &self.disk
+    }
+
+    /// The partitions of `set` (BOOT, ROOT, HASH numbers and byte ranges) as last read, from
+    /// the same GPT read as the flags.
+    pub fn layout(&self) -> Result<Layout, Error> {
+        Layout::from_table(&self.read.table, &|_| None).map_err(|source| Error::Layout {
+            disk: self.disk.clone(),
+            source,
         })
     }
 
@@ -220,14 +280,69 @@ impl<D: BlockIo> Signpost<D> {
 
     /// Applies one transition: re-reads the GPT, checks the transition's preconditions against
     /// what is on disk, and writes both GPT copies crash-safely (primary, flush, backup, flush).
-    /// On error nothing is written. A damaged or stale GPT copy is rewritten as part of it.
+    /// When a precondition fails nothing is written. A damaged or stale GPT copy is rewritten as
+    /// part of it. When a write or flush fails part-way the GPT is read again and
+    /// [`Error::WriteFailed`] says what the disk reads now (the change may be in effect).
     pub fn apply(&mut self, transition: Transition) -> Result<(), Error> {
         self.refresh()?;
         let mut flags = self.flags;
         flags.apply(transition)?;
-        self.write_flags(flags)?;
+        self.write_checked(transition.name(), flags)
+    }
+
+    /// Like [`Signpost::apply`], but first checks on the fresh read that `set` is still in the
+    /// state `expected` (as this operation left it); otherwise nothing is written and the error
+    /// is [`Error::SetChanged`].
+    pub fn apply_expecting(
+        &mut self,
+        transition: Transition,
+        set: SetId,
+        expected: SetState,
+    ) -> Result<(), Error> {
         self.refresh()?;
-        Ok(())
+        if let Some(found) = self.flags.state(set).filter(|found| *found != expected) {
+            return Err(Error::SetChanged {
+                transition,
+                set,
+                expected,
+                found,
+            });
+        }
+        let mut flags = self.flags;
+        flags.apply(transition)?;
+        self.write_checked(transition.name(), flags)
+    }
+
+    /// Writes `flags` and reads them back; on a failed write, reads the disk again and reports
+    /// what it holds.
+    fn write_checked(&mut self, what: &'static str, flags: BootFlags) -> Result<(), Error> {
+        match self.write_flags(flags) {
+            Ok(()) => {
+                self.refresh()?;
+                let show = |set: SetId| {
+                    self.flags
+                        .state(set)
+                        .map_or_else(|| "absent".to_string(), |s| s.to_string())
+                };
+                log::info!(
+                    "{what} on {}: set A {}, set B {}",
+                    self.disk.display(),
+                    show(SetId::A),
+                    show(SetId::B)
+                );
+                Ok(())
+            }
+            Err(Error::Gpt { source, .. }) => {
+                let now = self.refresh().ok().map(|()| self.flags);
+                Err(Error::WriteFailed {
+                    transition: what,
+                    source,
+                    took_effect: now == Some(flags),
+                    now,
+                })
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// Writes the attribute words of `flags` into the last-read table and writes it out.
@@ -281,8 +396,7 @@ impl<D: BlockIo> Signpost<D> {
         self.refresh()?;
         let needed =
             self.read.primary != CopyStatus::Valid || self.read.backup != CopyStatus::Valid;
-        self.write_flags(self.flags)?;
-        self.refresh()?;
+        self.write_checked("rewrite-table", self.flags)?;
         Ok(needed)
     }
 
@@ -298,7 +412,7 @@ impl<D: BlockIo> Signpost<D> {
         let Some(booted) = flags.simulate_boot() else {
             return Ok(None);
         };
-        self.write_flags(flags)?;
+        self.write_checked("boot", flags)?;
         self.active = booted;
         self.refresh()?;
         Ok(Some(booted))

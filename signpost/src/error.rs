@@ -73,21 +73,34 @@ pub enum Error {
         /// The cause.
         source: io::Error,
     },
-    /// The lock file could not be created or locked.
-    #[error("cannot lock {path}: {source}")]
-    Lock {
-        /// The lock file.
-        path: PathBuf,
-        /// The cause.
-        source: io::Error,
+    /// The disk could not be locked (another process owns it, or it cannot be opened).
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+    /// Before a change, the set was not as this operation left it: something that does not
+    /// honour the disk lock changed it. Nothing was written.
+    #[error("set {set} changed under us before {transition}: expected {expected}, found {found}")]
+    SetChanged {
+        /// The transition that was about to run.
+        transition: crate::state::Transition,
+        /// The set checked.
+        set: SetId,
+        /// Its state as this operation left it.
+        expected: SetState,
+        /// Its state on disk now.
+        found: SetState,
     },
-    /// Another signpost held the lock for longer than we were willing to wait.
-    #[error("lock {path} is held by another process (waited {waited_ms} ms)")]
-    LockBusy {
-        /// The lock file.
-        path: PathBuf,
-        /// How long we waited.
-        waited_ms: u128,
+    /// Writing or flushing the GPT failed part-way; `now` is what the disk reads afterwards (re-read
+    /// after the failure), so the caller reports the state the disk is actually in.
+    #[error("{transition} failed: {source}; {}", describe_now(now.as_ref()))]
+    WriteFailed {
+        /// The transition (or `rewrite-table`) that was being written.
+        transition: &'static str,
+        /// What failed.
+        source: Box<bootpart::gpt::GptError>,
+        /// The boot flags read back after the failure; `None` when the disk could not be read.
+        now: Option<crate::state::BootFlags>,
+        /// Whether the re-read shows the change in effect.
+        took_effect: bool,
     },
     /// Reading or writing the GPT failed (nothing was changed when a write was refused).
     #[error("GPT of {disk}: {source}")]
@@ -121,4 +134,24 @@ pub enum Error {
         /// The partition number.
         number: u32,
     },
+}
+
+fn describe_now(now: Option<&crate::state::BootFlags>) -> String {
+    let Some(flags) = now else {
+        return "the GPT cannot be read back; its state is unknown".to_string();
+    };
+    let set = |id: SetId| {
+        flags
+            .state(id)
+            .map(|s| format!("; set {id}: {s}"))
+            .unwrap_or_default()
+    };
+    let next = flags
+        .next_boot()
+        .map_or_else(|| "no bootable set".to_string(), |s| format!("set {s}"));
+    format!(
+        "the disk now reads: next boot {next}{}{}",
+        set(SetId::A),
+        set(SetId::B)
+    )
 }

@@ -7,7 +7,8 @@
 //!   [`bootpart::io::BlockIo`]); each change re-reads the GPT, applies one transition and
 //!   writes both GPT copies crash-safely through [`bootpart::gpt::write_gpt`].
 //! * [`Status`]: what `signpost status [--json]` prints.
-//! * [`LockFile`]: the advisory lock mutating callers take around read-modify-write.
+//! * [`DiskLock`]: one owner per disk, the exclusive `flock` on the disk itself that every
+//!   change holds ([`Signpost::open`] takes it).
 
 pub mod disk;
 pub mod error;
@@ -18,6 +19,6 @@ pub mod status;
 pub use bootpart::SetId;
 pub use disk::Signpost;
 pub use error::Error;
-pub use lock::{DEFAULT_LOCK_FILE, LockFile};
+pub use lock::{DiskLock, LockError};
 pub use state::{BootFlags, PartitionFlags, SetState, Transition};
 pub use status::{SetStatus, Status};

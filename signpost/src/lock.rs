@@ -1,98 +1,242 @@
-//! An advisory lock file (`flock(2)`) so two mutating signpost runs cannot interleave their
-//! read-modify-write of the GPT.
+//! One owner per disk: an exclusive BSD `flock(2)` on the disk itself.
+//!
+//! Whatever changes boot flags or writes an inactive partition (updog's stage, apply and revert,
+//! every changing signpost subcommand) holds a [`DiskLock`] for the whole operation. The lock is
+//! taken on the disk's own device node or image file, not on a configurable path: every process
+//! that opens the same inode shares it, whatever its configuration says, and no lock file exists
+//! that could be removed, replaced by a symlink or created by someone else.
+//!
+//! This is the convention systemd documents for tools that change a disk's partition table
+//! (<https://systemd.io/BLOCK_DEVICE_LOCKING/>): `systemd-udevd` takes a shared `flock` on a
+//! whole-disk device node while it probes the disk, and skips (re-queues) its events while
+//! someone holds an exclusive one. So, as a side effect, udev does not re-probe the disk or its
+//! partitions while an update writes them; the change events of the write run once the lock is
+//! released, and see the finished partitions. Because udev holds its shared lock briefly while
+//! probing, [`DiskLock::acquire`] retries for a while instead of failing at the first refusal.
+//! Tools that follow the same convention (`systemd-repart`, `sfdisk --lock`) exclude us and we
+//! exclude them.
+//!
+//! Only a process that can open the disk can take the lock: on a host the device node is
+//! readable by root (and group `disk`) only, so an unprivileged user can neither hold it nor
+//! redirect it. The lock belongs to the open file description, so the kernel releases it when
+//! the holder exits or is killed: a crashed update never blocks the next one.
+//!
+//! ```
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let disk = dir.path().join("disk.img");
+//! # std::fs::write(&disk, [0u8; 4096]).unwrap();
+//! use std::time::Duration;
+//! use signpost::lock::{DiskLock, LockError};
+//!
+//! let first = DiskLock::acquire(&disk, Duration::ZERO)?;
+//! let second = DiskLock::acquire(&disk, Duration::from_millis(50));
+//! assert!(matches!(second, Err(LockError::Held { holder_pid: Some(pid), .. }) if pid == std::process::id()));
+//! drop(first);
+//! DiskLock::acquire(&disk, Duration::ZERO)?;
+//! # Ok::<(), signpost::lock::LockError>(())
+//! ```
 
 use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::error::Error;
-
-/// The lock file used when none is configured.
-pub const DEFAULT_LOCK_FILE: &str = "/run/lock/signpost.lock";
+/// How long callers that change the disk wait by default for the lock: long enough to ride out
+/// udev's brief shared lock while it probes the disk, short enough to report another update
+/// promptly.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(2);
 
 /// How often a waiting process retries the lock.
 const POLL: Duration = Duration::from_millis(20);
 
-/// An exclusive lock held until dropped (or the process exits, whichever comes first: the
-/// kernel releases `flock` locks with the last file descriptor).
+/// The exclusive lock on one disk, held until dropped (or the process ends: the kernel releases
+/// `flock` locks with the last descriptor of the open file).
 #[derive(Debug)]
-pub struct LockFile {
+pub struct DiskLock {
     path: PathBuf,
-    _lock: Flock<File>,
+    lock: Flock<File>,
 }
 
-impl LockFile {
-    /// Creates `path` if needed and takes an exclusive lock on it, waiting at most `wait`
-    /// (`Duration::ZERO`: fail at once if another process holds it).
-    ///
-    /// ```no_run
-    /// use std::time::Duration;
-    /// let _guard = signpost::LockFile::acquire("/run/lock/signpost.lock", Duration::from_secs(10))?;
-    /// // ... read, change and write the GPT ...
-    /// # Ok::<(), signpost::Error>(())
-    /// ```
-    pub fn acquire(path: impl AsRef<Path>, wait: Duration) -> Result<Self, Error> {
-        let path = path.as_ref().to_path_buf();
+/// Why the disk could not be locked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// Another process holds the disk: another update or boot-flag change is in progress.
+    #[error(
+        "disk {path} is locked by {}: another update or boot-flag change is in progress (waited {waited_ms} ms)",
+        holder_text(*.holder_pid)
+    )]
+    Held {
+        /// The disk.
+        path: PathBuf,
+        /// The holder's pid, from `/proc/locks`, when it can be found.
+        holder_pid: Option<u32>,
+        /// How long we waited.
+        waited_ms: u128,
+    },
+    /// The disk could not be opened or locked.
+    #[error("cannot lock disk {path}: {source}")]
+    Io {
+        /// The disk.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn holder_text(pid: Option<u32>) -> String {
+    pid.map_or_else(|| "another process".to_string(), |p| format!("pid {p}"))
+}
+
+impl DiskLock {
+    /// Opens `disk` (block device or image file, never created) read-write and takes an
+    /// exclusive lock on it, waiting at most `wait` (`Duration::ZERO`: fail at once when another
+    /// process holds it).
+    pub fn acquire(disk: impl AsRef<Path>, wait: Duration) -> Result<DiskLock, LockError> {
+        let path = disk.as_ref().to_path_buf();
+        let io_err = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err)?;
         let start = Instant::now();
-        let mut file = open(&path)?;
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => return Ok(Self { path, _lock: lock }),
+                Ok(lock) => return Ok(DiskLock { path, lock }),
                 Err((f, Errno::EWOULDBLOCK | Errno::EINTR)) => {
                     let waited = start.elapsed();
                     if waited >= wait {
-                        return Err(Error::LockBusy {
+                        let holder_pid = holder_pid(&f);
+                        return Err(LockError::Held {
                             path,
+                            holder_pid,
                             waited_ms: waited.as_millis(),
                         });
                     }
                     std::thread::sleep(POLL.min(wait.saturating_sub(waited)));
                     file = f;
                 }
-                Err((_, errno)) => {
-                    return Err(Error::Lock {
-                        path,
-                        source: errno.into(),
-                    });
-                }
+                Err((_, errno)) => return Err(io_err(errno.into())),
             }
         }
     }
 
-    /// The lock file's path.
+    /// The disk.
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The locked, read-write disk handle.
+    pub fn file(&self) -> &File {
+        &self.lock
+    }
+
+    /// Another handle on the same open file, for I/O under the lock. It does not extend the
+    /// lock: dropping the `DiskLock` releases it.
+    pub fn try_clone_file(&self) -> io::Result<File> {
+        self.lock.try_clone()
+    }
 }
 
-fn open(path: &Path) -> Result<File, Error> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|source| Error::Lock {
-            path: path.to_path_buf(),
-            source,
-        })
+/// The pid holding a `flock` on `file`'s inode, from `/proc/locks` (best effort).
+fn holder_pid(file: &File) -> Option<u32> {
+    let meta = file.metadata().ok()?;
+    let dev = meta.dev();
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev),
+        meta.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; waiters are marked "->".
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            [_, "FLOCK", _, "WRITE", pid, inode, ..] if *inode == id => pid.parse().ok(),
+            _ => None,
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn disk(dir: &Path) -> PathBuf {
+        let path = dir.join("disk.img");
+        std::fs::write(&path, [0u8; 512]).unwrap();
+        path
+    }
+
     #[test]
-    fn second_lock_in_same_process_is_busy_until_first_dropped() {
+    fn second_holder_is_refused_naming_the_first_pid_until_the_first_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("l");
-        let first = LockFile::acquire(&path, Duration::ZERO).unwrap();
-        let err = LockFile::acquire(&path, Duration::from_millis(60)).unwrap_err();
-        assert!(matches!(err, Error::LockBusy { .. }), "{err}");
+        let path = disk(dir.path());
+        let first = DiskLock::acquire(&path, Duration::ZERO).unwrap();
+        assert_eq!(first.path(), path);
+        let err = DiskLock::acquire(&path, Duration::from_millis(60)).unwrap_err();
+        match &err {
+            LockError::Held {
+                holder_pid,
+                waited_ms,
+                ..
+            } => {
+                assert_eq!(*holder_pid, Some(std::process::id()));
+                assert!(*waited_ms >= 60);
+            }
+            other => panic!("expected Held, got {other:?}"),
+        }
+        assert!(err.to_string().contains("disk.img"), "{err}");
         drop(first);
-        LockFile::acquire(&path, Duration::ZERO).unwrap();
+        DiskLock::acquire(&path, Duration::ZERO).unwrap();
+    }
+
+    #[test]
+    fn another_path_to_the_same_inode_is_the_same_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = disk(dir.path());
+        let link = dir.path().join("link.img");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let hard = dir.path().join("hard.img");
+        std::fs::hard_link(&path, &hard).unwrap();
+        let _held = DiskLock::acquire(&link, Duration::ZERO).unwrap();
+        for other in [&path, &hard] {
+            assert!(matches!(
+                DiskLock::acquire(other, Duration::ZERO),
+                Err(LockError::Held { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_missing_disk_is_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.img");
+        let err = DiskLock::acquire(&path, Duration::ZERO).unwrap_err();
+        assert!(matches!(err, LockError::Io { .. }), "{err}");
+        assert!(err.to_string().contains("absent.img"), "{err}");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn dropping_the_lock_releases_it_even_while_a_cloned_handle_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = disk(dir.path());
+        let held = DiskLock::acquire(&path, Duration::ZERO).unwrap();
+        let clone = held.try_clone_file().unwrap();
+        assert!(DiskLock::acquire(&path, Duration::ZERO).is_err());
+        drop(held);
+        DiskLock::acquire(&path, Duration::ZERO).unwrap();
+        drop(clone);
     }
 }

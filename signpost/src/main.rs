@@ -1,14 +1,14 @@
 //! `signpost`: show and change the A/B boot selection bits on the OS disk.
 //!
-//! A thin shell over the `signpost` library: parse arguments, take the lock for changes, call
-//! the library, print.
+//! A thin shell over the `signpost` library: parse arguments, call the library (which takes the
+//! disk lock for changes), print.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use signpost::{DEFAULT_LOCK_FILE, LockFile, SetId, Signpost, Transition};
+use signpost::{SetId, Signpost, Transition};
 
 /// Show and change which partition set (A or B) the bootloader boots next.
 #[derive(Debug, Parser)]
@@ -21,10 +21,9 @@ struct Cli {
     /// The running set. Default: found from the running root filesystem.
     #[arg(long, global = true, value_name = "A|B")]
     active: Option<SetId>,
-    /// Lock file held while changing the disk, so two changes cannot interleave.
-    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_LOCK_FILE)]
-    lock_file: PathBuf,
-    /// Seconds to wait for another signpost holding the lock (0: fail at once).
+    /// Seconds to wait for another process (signpost, updog, a partitioning tool) that holds
+    /// the disk's lock (0: fail at once). Changes lock the disk itself (a BSD flock on its
+    /// device node or image file).
     #[arg(long, global = true, value_name = "SECS", default_value_t = 30)]
     lock_timeout: u64,
     #[command(flatten)]
@@ -83,17 +82,17 @@ impl Command {
 }
 
 fn open(cli: &Cli, write: bool) -> Result<Signpost, signpost::Error> {
+    let wait = Duration::from_secs(cli.lock_timeout);
     match (&cli.disk, write) {
-        (Some(disk), true) => Signpost::open(disk, cli.active),
+        (Some(disk), true) => Signpost::open_waiting(disk, cli.active, wait),
         (Some(disk), false) => Signpost::open_read_only(disk, cli.active),
-        (None, true) => Signpost::open_host(cli.active),
+        (None, true) => Signpost::open_host_waiting(cli.active, wait),
         (None, false) => Signpost::open_host_read_only(cli.active),
     }
 }
 
 fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(t) = cli.command.transition() {
-        let _lock = LockFile::acquire(&cli.lock_file, Duration::from_secs(cli.lock_timeout))?;
         let mut sp = open(cli, true)?;
         sp.apply(t)?;
         match sp.next_boot() {
@@ -103,7 +102,6 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     if let Command::RewriteTable = cli.command {
-        let _lock = LockFile::acquire(&cli.lock_file, Duration::from_secs(cli.lock_timeout))?;
         let repaired = open(cli, true)?.rewrite_table()?;
         println!(
             "rewrite-table: done{}",
@@ -147,8 +145,42 @@ fn main() -> ExitCode {
             {
                 line.push_str(" (choose explicitly with --disk PATH --active A|B)");
             }
+            if permission_denied(e.as_ref()) {
+                line.push_str(
+                    " (signpost needs root: it reads and writes the disk's partition table and \
+                     its lock file)",
+                );
+            }
             cli_support::logging::print_error("signpost", &line);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether `e` or one of its causes is an I/O "permission denied".
+fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_denied_is_found_among_the_causes() {
+        let denied = signpost::Error::Discovery {
+            disk: None,
+            source: Box::new(bootpart::Error::Io {
+                path: "/dev/vda".into(),
+                what: "opening".into(),
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            }),
+        };
+        assert!(permission_denied(&denied));
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(!permission_denied(&missing));
     }
 }

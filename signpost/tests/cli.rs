@@ -5,7 +5,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use fixtures::disk::{DiskImage, DiskImageBuilder, PartKind};
-use signpost::{LockFile, SetId, SetState, Signpost};
+use signpost::{DiskLock, SetId, SetState, Signpost};
 
 const BIN: &str = env!("CARGO_BIN_EXE_signpost");
 
@@ -34,17 +34,12 @@ fn installed() -> DiskImage {
 
 struct Cli {
     disk: PathBuf,
-    lock: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 impl Cli {
     fn new(disk: &Path) -> Self {
-        let dir = tempfile::tempdir().unwrap();
         Cli {
             disk: disk.to_path_buf(),
-            lock: dir.path().join("signpost.lock"),
-            _dir: dir,
         }
     }
 
@@ -54,9 +49,7 @@ impl Cli {
             .arg("--disk")
             .arg(&self.disk)
             .arg("--active")
-            .arg(active.to_string())
-            .arg("--lock-file")
-            .arg(&self.lock);
+            .arg(active.to_string());
         c
     }
 
@@ -137,8 +130,7 @@ fn status_json_and_text_describe_both_sets() {
     let out = Command::new(BIN)
         .args(["--disk"])
         .arg(&img.path)
-        .args(["--active", "a", "--lock-file"])
-        .arg(&cli.lock)
+        .args(["--active", "a", "--lock-timeout", "0"])
         .args(["status", "--json"])
         .output()
         .unwrap();
@@ -350,16 +342,32 @@ fn a_damaged_primary_is_read_from_the_backup_and_rewritten_by_the_next_change() 
 }
 
 #[test]
-fn lock_file_serializes_mutating_commands() {
+fn the_disk_lock_serializes_mutating_commands() {
     let img = installed();
     let cli = Cli::new(&img.path);
     cli.ok(SetId::A, &["mark-inactive-valid"]);
     let before = img.bytes().unwrap();
 
-    // Another process holds the lock: a change that will not wait fails at once, naming it.
-    let held = LockFile::acquire(&cli.lock, Duration::ZERO).unwrap();
+    // Another process holds the disk (through another name for the same inode): a change that
+    // will not wait fails at once, naming the disk and the holder.
+    let dir = tempfile::tempdir().unwrap();
+    let alias = dir.path().join("alias.img");
+    std::os::unix::fs::symlink(&img.path, &alias).unwrap();
+    let held = DiskLock::acquire(&alias, Duration::ZERO).unwrap();
     let err = cli.fails(SetId::A, &["upgrade-to-inactive", "--lock-timeout", "0"]);
-    assert!(err.contains("held by another process"), "{err}");
+    assert!(
+        err.contains("another update or boot-flag change is in progress"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    // The library takes the same lock.
+    assert!(matches!(
+        Signpost::open_waiting(&img.path, Some(SetId::A), Duration::ZERO),
+        Err(signpost::Error::Lock(signpost::LockError::Held { .. }))
+    ));
     // One that waits does nothing until the lock is released, then proceeds.
     let mut child = cli
         .cmd(SetId::A, &["upgrade-to-inactive", "--lock-timeout", "30"])

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use fixtures::disk::{DiskImageBuilder, LoopDevice, PartKind, is_root};
+use fixtures::disk::{DiskImageBuilder, LoopDevice, PartKind};
 use signpost::{SetId, SetState, Signpost};
 
 const BIN: &str = env!("CARGO_BIN_EXE_signpost");
@@ -37,8 +37,7 @@ fn cgpt(disk: &Path, number: u32, flag: &str) -> Option<u64> {
 
 #[test]
 fn update_flow_on_a_loop_device() {
-    if !is_root() {
-        eprintln!("notice: not root; skipping the loop-device test");
+    if !fixtures::gate::require_root("the loop-device test") {
         return;
     }
     let img = DiskImageBuilder::new()

@@ -204,6 +204,19 @@ impl RepoSpec {
         spec
     }
 
+    /// The common case of the tests: 1.0.0 and 1.1.0, with the one migration between them
+    /// (`migrate_v1.1.0_settings.lz4`).
+    pub fn two_releases() -> RepoSpec {
+        let mut spec = RepoSpec::new(vec![Release::new("1.0.0"), Release::new("1.1.0")]);
+        spec.migrations.push(Migration {
+            from: "1.0.0".parse().expect("version"),
+            to: "1.1.0".parse().expect("version"),
+            name: "migrate_v1.1.0_settings.lz4".to_string(),
+            content: b"migration 1.0.0 -> 1.1.0".to_vec(),
+        });
+        spec
+    }
+
     /// Sets `max_version` of every release (pulling back releases above it).
     pub fn set_max_version(&mut self, max: &Version) {
         for r in &mut self.releases {
@@ -318,9 +331,15 @@ impl Published {
 /// Signs and writes `spec` under `dir` with the fixture keys, with consistent snapshots as
 /// the reference repositories use them.
 pub fn publish(spec: &RepoSpec, dir: &Path) -> Published {
+    publish_targets(spec.targets(), dir)
+}
+
+/// Like [`publish`], with the targets (the manifest included) given as they are to be signed:
+/// for repositories a [`RepoSpec`] cannot describe (renamed or extra targets).
+pub fn publish_targets(targets: Vec<(String, Vec<u8>)>, dir: &Path) -> Published {
     let mut repo = fixtures::repo::TestRepo::in_dir(dir, fixtures::repo::KeyKind::Ed25519);
     repo.consistent_snapshot = true;
-    for (name, bytes) in spec.targets() {
+    for (name, bytes) in targets {
         repo.add_target(&name, &bytes);
     }
     repo.publish();
@@ -443,8 +462,6 @@ migrations_dir = "{d}/state/migrations"
 migrations_metadata_dir = "{d}/state/migrations-metadata"
 disk = "{disk}"
 active_set = "{set}"
-lock_file = "{d}/state/updog.lock"
-signpost_lock_file = "{d}/state/signpost.lock"
 reboot_command = ["{recorder}", "now"]
 os_release = "{os}"
 stall_timeout_secs = 2
@@ -495,6 +512,45 @@ retries = 3
         Ok(())
     }
 
+    /// Spawns `updog ARGS --progress json` (stdout piped) and returns once it reports an event
+    /// whose JSON line contains `until` (for example `"event":"image"`), with the rest of its
+    /// stdout. Panics if it ends first or takes over a minute.
+    // The child is handed to the caller, who waits for it.
+    #[allow(clippy::zombie_processes)]
+    pub fn spawn_updog_until(
+        &self,
+        cmd: Command,
+        until: &str,
+    ) -> (
+        std::process::Child,
+        std::io::BufReader<std::process::ChildStdout>,
+    ) {
+        use std::io::BufRead;
+        let mut cmd = cmd;
+        let mut child = cmd
+            .args(["--progress", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn updog");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = stdout.read_line(&mut line).expect("read progress");
+            assert!(
+                n > 0,
+                "updog ended before {until}: {:?}",
+                child.wait_with_output()
+            );
+            if line.contains(until) {
+                return (child, stdout);
+            }
+            assert!(std::time::Instant::now() < deadline, "no {until} in time");
+        }
+    }
+
     /// The file names in the host's migrations cache.
     pub fn cached_migrations(&self) -> Vec<String> {
         std::fs::read_dir(self.dir.path().join("state/migrations"))
@@ -526,15 +582,15 @@ retries = 3
         cmd.arg("--disk")
             .arg(&self.disk_path)
             .arg("--active")
-            .arg(self.active.to_string())
-            .arg("--lock-file")
-            .arg(self.dir.path().join("state/signpost.lock"));
+            .arg(self.active.to_string());
         cmd
     }
 
-    /// The boot flags as the `signpost` library reads them now.
+    /// The boot flags as the `signpost` library reads them now (read-only, without the disk
+    /// lock, so it also works while an update holds it).
     pub fn signpost(&self) -> signpost::Signpost {
-        signpost::Signpost::open(&self.disk_path, Some(self.active)).expect("signpost open")
+        signpost::Signpost::open_read_only(&self.disk_path, Some(self.active))
+            .expect("signpost open")
     }
 
     /// The first `len` bytes of a partition of a set, read from the image file.
@@ -556,9 +612,99 @@ retries = 3
             .unwrap_or_default()
     }
 
+    /// A host running `running` on set A whose set B holds an older OS that booted before
+    /// ([`OLD_B`]), with a stale record claiming B holds 0.9.0, applied: the starting point of
+    /// the crash tests.
+    pub fn with_old_b(spec: &RepoSpec, running: &str) -> Host {
+        // Set B's BOOT partition is number 5.
+        let host = Self::with_disk(
+            spec,
+            running,
+            DiskImageBuilder::new().attributes(5, OLD_B.apply_to(0)),
+        );
+        std::fs::create_dir_all(host.dir.path().join("state")).expect("state dir");
+        let record = serde_json::json!({
+            "format_version": 1, "variant": VARIANT, "arch": std::env::consts::ARCH,
+            "version": "0.9.0", "from_version": "0.8.0", "set": "B",
+            "staged_at": "2026-01-01T00:00:00Z", "images": {}, "applied": true,
+        });
+        std::fs::write(host.state_file(), record.to_string()).expect("stale record");
+        host
+    }
+
+    /// Whether every image of `release` is on set B, byte for byte.
+    pub fn b_holds(&self, release: &Release) -> bool {
+        [PartKind::Boot, PartKind::Root, PartKind::Hash]
+            .into_iter()
+            .all(|kind| {
+                let want = release.image(kind);
+                self.partition_bytes(kind, SetId::B, want.len()) == want
+            })
+    }
+
     /// The staged-state record path.
     pub fn state_file(&self) -> PathBuf {
         self.dir.path().join("state/state.json")
+    }
+}
+
+/// Set B's state in [`Host::with_old_b`]: priority 1, no tries, booted successfully before.
+pub const OLD_B: signpost::SetState = signpost::SetState {
+    priority: 1,
+    tries_left: 0,
+    successful: true,
+};
+
+/// What must hold after an update, apply or revert was stopped at any point (killed, or a
+/// simulated crash in process): set A boots next unless the flip completed; set B is bootable
+/// (staged or applied) only with every image of `new` on it, else cleared or, if stopped before
+/// the clear, as it was (`old_b`); and `updog status` (the library's) says what the GPT says,
+/// showing the record only where the GPT agrees.
+pub fn assert_consistent_after_stop(
+    host: &Host,
+    new: &Release,
+    old_b: signpost::SetState,
+    what: &str,
+) {
+    use updog::updater::InactiveState;
+    let sp = host.signpost();
+    let b = sp.state(SetId::B).expect("set B");
+    let next = sp.next_boot();
+    let (config, _) = updog::config::Config::from_path(&host.config_path).expect("config");
+    let status = updog::updater::Updater::new(config)
+        .expect("updater")
+        .status()
+        .expect("status never fails on a readable GPT");
+    assert_eq!(status.inactive, InactiveState::of(&sp.flags()), "{what}");
+    match status.inactive {
+        InactiveState::Cleared => {}
+        InactiveState::Previous => assert_eq!(b, old_b, "{what}: B changed before its clear"),
+        InactiveState::Staged | InactiveState::Applied => {
+            assert!(host.b_holds(new), "{what}: B is valid without its images");
+        }
+        other => panic!("{what}: B is {other:?} ({b})"),
+    }
+    let want_next = if status.inactive == InactiveState::Applied {
+        SetId::B
+    } else {
+        SetId::A
+    };
+    assert_eq!(next, Some(want_next), "{what}: next boot");
+    assert_eq!(status.next_boot, Some(want_next.to_string()), "{what}");
+    if let Some(staged) = &status.staged {
+        assert!(
+            matches!(
+                status.inactive,
+                InactiveState::Staged | InactiveState::Applied
+            ),
+            "{what}: a record shown for a set that holds nothing: {status:?}"
+        );
+        assert_eq!(staged.version, new.version, "{what}");
+        assert_eq!(
+            staged.applied,
+            status.inactive == InactiveState::Applied,
+            "{what}"
+        );
     }
 }
 
@@ -594,7 +740,8 @@ pub struct BootPick {
 /// (highest priority with tries left or successful; ties to the lower partition number) and,
 /// if it has tries left, decrements them and writes the GPT, as the bootloader does.
 pub fn bootloader_pick(disk: &Path) -> Option<BootPick> {
-    let sp = signpost::Signpost::open(disk, Some(SetId::A)).ok()?;
+    let lock = signpost::DiskLock::acquire(disk, signpost::lock::DEFAULT_WAIT).ok()?;
+    let sp = signpost::Signpost::locked(&lock, Some(SetId::A)).ok()?;
     let set = sp.next_boot()?;
     let status = sp.status();
     let boot_number = match set {
@@ -602,11 +749,7 @@ pub fn bootloader_pick(disk: &Path) -> Option<BootPick> {
         SetId::B => status.b?.boot_partition,
     };
     drop(sp);
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(disk)
-        .ok()?;
+    let mut file = lock.try_clone_file().ok()?;
     let mut table = bootpart::gpt::read_gpt(&file).ok()?.table;
     let entry = table.entry_mut(boot_number)?;
     let mut state = signpost::SetState::from_attributes(entry.attributes);
@@ -635,7 +778,13 @@ impl Tmpfs {
             return None;
         }
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
             .arg(dir)
             .status()
             .ok()?;

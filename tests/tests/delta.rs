@@ -42,10 +42,7 @@ struct Delta {
 /// running version's index.
 fn setup(with_v1_index: bool) -> Option<Delta> {
     if !fixtures::ext4::have_mkfs() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "mkfs.ext4 missing under CI=true"
-        );
+        fixtures::gate::skip("mkfs.ext4 is not installed");
         return None;
     }
     let scratch = tempfile::tempdir().unwrap();

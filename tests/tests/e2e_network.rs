@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Output;
 
 use bootpart::SetId;
-use e2e_tests::{Host, Migration, Release, RepoSpec, describe};
+use e2e_tests::{Host, RepoSpec, describe};
 use fixtures::disk::PartKind;
 use fixtures::http::TestServer;
 use fixtures::tls::{TestCa, Validity};
@@ -16,14 +16,7 @@ const OK: i32 = 0;
 const FAILURE: i32 = 1;
 
 fn two_releases() -> RepoSpec {
-    let mut spec = RepoSpec::new(vec![Release::new("1.0.0"), Release::new("1.1.0")]);
-    spec.migrations.push(Migration {
-        from: "1.0.0".parse().unwrap(),
-        to: "1.1.0".parse().unwrap(),
-        name: "migrate_v1.1.0_settings.lz4".to_string(),
-        content: b"migration 1.0.0 -> 1.1.0".to_vec(),
-    });
-    spec
+    RepoSpec::two_releases()
 }
 
 fn code(out: &Output) -> i32 {

@@ -96,7 +96,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.state_file = args.state_dir.join("state.json");
     config.migrations_dir = args.state_dir.join("migrations");
     config.migrations_metadata_dir = args.state_dir.join("migrations-metadata");
-    config.lock_file = args.state_dir.join("updog.lock");
     let updater = Updater::new(config)?;
 
     // 2. Check, with the reason when there is nothing to do.

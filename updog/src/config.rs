@@ -50,10 +50,6 @@ pub const DEFAULT_MIGRATIONS_DIR: &str = "/var/lib/bottlerocket-migrations";
 /// Default for `migrations_metadata_dir`: the reference's cache of the metadata that signs the
 /// migrations, verified offline at boot.
 pub const DEFAULT_MIGRATIONS_METADATA_DIR: &str = "/var/cache/bottlerocket-metadata";
-/// Default for `lock_file`: one update at a time.
-pub const DEFAULT_LOCK_FILE: &str = "/run/lock/updog.lock";
-/// Default for `signpost_lock_file`: the lock `signpost` takes around boot-flag changes.
-pub const DEFAULT_SIGNPOST_LOCK_FILE: &str = "/run/lock/signpost.lock";
 /// Default for `os_release`.
 pub const DEFAULT_OS_RELEASE: &str = "/usr/lib/os-release";
 /// Default for `reboot_command`.
@@ -98,10 +94,6 @@ pub struct Config {
     pub disk: Option<PathBuf>,
     /// Which set is running; `None` discovers it. Needed for disk-image files.
     pub active_set: Option<SetId>,
-    /// The lock file that keeps two updates from running at once.
-    pub lock_file: PathBuf,
-    /// The lock shared with the `signpost` CLI, held around each boot-flag change.
-    pub signpost_lock_file: PathBuf,
     /// The command run (after a flush) to reboot into the new set.
     pub reboot_command: Vec<String>,
     /// Where the running OS describes itself.
@@ -187,8 +179,6 @@ struct Keys {
     migrations_metadata_dir: Option<PathBuf>,
     disk: Option<PathBuf>,
     active_set: Option<String>,
-    lock_file: Option<PathBuf>,
-    signpost_lock_file: Option<PathBuf>,
     reboot_command: Option<StringList<' '>>,
     os_release: Option<PathBuf>,
     stall_timeout_secs: Option<u64>,
@@ -230,8 +220,6 @@ impl Config {
             migrations_metadata_dir: PathBuf::from(DEFAULT_MIGRATIONS_METADATA_DIR),
             disk: None,
             active_set: None,
-            lock_file: PathBuf::from(DEFAULT_LOCK_FILE),
-            signpost_lock_file: PathBuf::from(DEFAULT_SIGNPOST_LOCK_FILE),
             reboot_command: DEFAULT_REBOOT_COMMAND
                 .iter()
                 .map(ToString::to_string)
@@ -322,12 +310,6 @@ impl Config {
                 reason: format!("{s:?} is not \"A\" or \"B\""),
             })?);
         }
-        set(&mut c.lock_file, "lock_file", k.lock_file)?;
-        set(
-            &mut c.signpost_lock_file,
-            "signpost_lock_file",
-            k.signpost_lock_file,
-        )?;
         if let Some(cmd) = k.reboot_command {
             if cmd.0.is_empty() {
                 return Err(ConfigError::Invalid {
@@ -577,7 +559,6 @@ mod tests {
         assert_eq!(c.version_lock, VersionLock::Latest);
         assert!(!c.ignore_waves);
         assert_eq!(c.trusted_root, Path::new("/usr/share/updog/root.json"));
-        assert_eq!(c.lock_file, Path::new("/run/lock/updog.lock"));
         assert_eq!(c.reboot_command, vec!["systemctl", "reboot"]);
         assert_eq!(c.os_release, Path::new("/usr/lib/os-release"));
         assert_eq!(c.disk, None);
@@ -735,7 +716,7 @@ mod tests {
     #[test]
     fn known_keys_are_the_fields_of_the_key_table() {
         let keys = known_keys();
-        assert_eq!(keys.len(), 23, "{keys:?}");
+        assert_eq!(keys.len(), 21, "{keys:?}");
         for key in [
             "metadata_base_url",
             "seed",

@@ -11,8 +11,9 @@
 //! - [`updater`]: `check` (with the reason when there is nothing to do), `stage` (with a progress
 //!   callback and a [`updater::CancelHandle`]), `apply`, `revert`, `status`, `reboot`;
 //! - [`progress`]: the events `stage` reports, and their JSON-lines and terminal renderings;
-//! - [`lock`]: one update at a time; [`status`]: the staged-state record; [`reboot`]: the
-//!   reboot hand-off; [`exit`]: the CLI's exit codes;
+//! - [`lock`]: one owner per disk; [`status`]: the staged-state record; [`steps`]: the named
+//!   steps of stage, apply and revert; [`reboot`]: the reboot hand-off; [`exit`]: the CLI's
+//!   exit codes;
 //! - underneath: [`tuf`] (the TUF client), [`transport`] (HTTP and file), [`pipeline`] (the
 //!   streaming image writer) and [`migrations`] (the TUF client as the migrations source).
 //!
@@ -30,6 +31,7 @@ pub mod progress;
 pub mod publish;
 pub mod reboot;
 pub mod status;
+pub mod steps;
 pub mod transport;
 pub mod tuf;
 pub mod updater;

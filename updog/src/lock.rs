@@ -1,136 +1,73 @@
-//! One update at a time: an exclusive `flock` on the configured lock file.
+//! One owner per disk: the update lock is signpost's [`DiskLock`], an exclusive `flock` on the
+//! OS disk itself (see [`signpost::lock`] for the choice and its effect on udev).
 //!
-//! The lock is advisory and tied to the open file, so it is released by the kernel when the
-//! holder exits or crashes: a stale lock file never blocks the next run.
+//! [`crate::updater::Updater::lock`] resolves the host disk and the running set once, takes the
+//! lock, and hands back an [`UpdateLock`]: stage, apply and revert take it as proof and work on
+//! that disk only, for the whole operation (clearing the inactive set, writing it, marking it
+//! valid and, for `update`, the flip). Two updaters with different configuration files, and a
+//! `signpost` run, exclude each other because they lock the same inode. There is no lock file
+//! that could be removed, redirected through a symlink, or held by an unprivileged user.
 //!
 //! ```
-//! let dir = tempfile::tempdir().unwrap();
-//! let path = dir.path().join("updog.lock");
-//! let first = updog::lock::UpdateLock::acquire(&path).unwrap();
-//! let second = updog::lock::UpdateLock::acquire(&path);
-//! assert!(matches!(second, Err(updog::lock::LockError::Held { .. })));
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let disk = dir.path().join("disk.img");
+//! # std::fs::write(&disk, [0u8; 4096]).unwrap();
+//! use updog::lock::{LockError, UpdateLock};
+//!
+//! let first = UpdateLock::acquire(&disk, bootpart::SetId::A)?;
+//! assert!(matches!(
+//!     UpdateLock::acquire_waiting(&disk, bootpart::SetId::A, std::time::Duration::ZERO),
+//!     Err(LockError::Held { .. })
+//! ));
 //! drop(first);
-//! updog::lock::UpdateLock::acquire(&path).unwrap();
+//! # Ok::<(), LockError>(())
 //! ```
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use bootpart::SetId;
+pub use signpost::lock::{DEFAULT_WAIT, DiskLock, LockError};
 
-/// A held update lock; dropping it releases the lock.
+/// The held lock on the OS disk, with the disk and the running set it was resolved to;
+/// dropping it releases the lock.
 #[derive(Debug)]
 pub struct UpdateLock {
-    _lock: Flock<File>,
-    path: PathBuf,
-}
-
-/// Why the lock could not be taken.
-#[derive(Debug, thiserror::Error)]
-pub enum LockError {
-    /// Another process holds the lock: another update is in progress.
-    #[error("another update is in progress (lock {path} held{})", holder_text(*.holder_pid))]
-    Held {
-        /// The lock file.
-        path: PathBuf,
-        /// The pid the holder wrote into the lock file, if readable.
-        holder_pid: Option<u32>,
-    },
-    /// The lock file could not be opened or locked.
-    #[error("lock file {path}: {source}")]
-    Io {
-        /// The lock file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn holder_text(pid: Option<u32>) -> String {
-    pid.map(|p| format!(" by pid {p}")).unwrap_or_default()
+    disk: DiskLock,
+    active: SetId,
 }
 
 impl UpdateLock {
-    /// Takes the lock without waiting; fails with [`LockError::Held`] when another process has
-    /// it. Creates the lock file (and its directory) when missing, and records our pid in it.
-    pub fn acquire(path: &Path) -> Result<UpdateLock, LockError> {
-        let io_err = |source| LockError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io_err)?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io_err)?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((mut file, Errno::EWOULDBLOCK)) => {
-                let mut text = String::new();
-                let holder_pid = (&mut file)
-                    .take(32)
-                    .read_to_string(&mut text)
-                    .ok()
-                    .and_then(|_| text.trim().parse().ok());
-                return Err(LockError::Held {
-                    path: path.to_path_buf(),
-                    holder_pid,
-                });
-            }
-            Err((_, errno)) => return Err(io_err(errno.into())),
-        };
-        // Record the holder for the "held by" message; failure here does not matter.
-        let _ = lock
-            .set_len(0)
-            .and_then(|()| lock.seek(SeekFrom::Start(0)))
-            .and_then(|_| writeln!(&mut *lock, "{}", std::process::id()));
+    /// Locks `disk`, whose running set is `active`, waiting up to [`DEFAULT_WAIT`] (udev's
+    /// probes hold a shared lock briefly); [`LockError::Held`] when another process owns it.
+    pub fn acquire(disk: &Path, active: SetId) -> Result<UpdateLock, LockError> {
+        Self::acquire_waiting(disk, active, DEFAULT_WAIT)
+    }
+
+    /// Like [`UpdateLock::acquire`], waiting at most `wait`.
+    pub fn acquire_waiting(
+        disk: &Path,
+        active: SetId,
+        wait: Duration,
+    ) -> Result<UpdateLock, LockError> {
         Ok(UpdateLock {
-            _lock: lock,
-            path: path.to_path_buf(),
+            disk: DiskLock::acquire(disk, wait)?,
+            active,
         })
     }
 
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn second_holder_is_refused_with_the_first_pid() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/updog.lock");
-        let held = UpdateLock::acquire(&path).unwrap();
-        assert_eq!(held.path(), path);
-        match UpdateLock::acquire(&path) {
-            Err(LockError::Held { holder_pid, .. }) => {
-                assert_eq!(holder_pid, Some(std::process::id()));
-            }
-            other => panic!("expected Held, got {other:?}"),
-        }
-        drop(held);
-        UpdateLock::acquire(&path).unwrap();
+    /// The locked disk.
+    pub fn disk(&self) -> &Path {
+        self.disk.path()
     }
 
-    #[test]
-    fn unopenable_lock_file_is_an_io_error_naming_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("plain");
-        std::fs::write(&file, b"").unwrap();
-        let e = UpdateLock::acquire(&file.join("lock")).unwrap_err();
-        assert!(matches!(e, LockError::Io { .. }));
-        assert!(e.to_string().contains("plain"), "{e}");
+    /// The running set.
+    pub fn active(&self) -> SetId {
+        self.active
+    }
+
+    /// The disk lock itself (for [`signpost::Signpost::locked`]).
+    pub fn disk_lock(&self) -> &DiskLock {
+        &self.disk
     }
 }

@@ -269,6 +269,7 @@ fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
                     status.running.arch,
                     status.running.set
                 );
+                // Staged and applied come from the GPT; the record adds the version.
                 match &status.staged {
                     Some(s) => println!(
                         "staged:  {} on set {} at {}{}",
@@ -277,7 +278,14 @@ fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
                         s.staged_at.to_rfc3339(),
                         if s.applied { " (applied)" } else { "" }
                     ),
-                    None => println!("staged:  nothing"),
+                    None => println!(
+                        "staged:  nothing (set {}: {})",
+                        status.sets.active.other(),
+                        status.inactive.describe()
+                    ),
+                }
+                if let Some(problem) = &status.record_problem {
+                    println!("warning: {problem}");
                 }
                 println!(
                     "next boot: {}",

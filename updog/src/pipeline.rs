@@ -106,6 +106,11 @@ impl CancelHandle {
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
+
+    /// The shared flag, for `signal_hook::flag::register`.
+    pub fn flag(&self) -> &Arc<AtomicBool> {
+        &self.0
+    }
 }
 
 /// Tuning and control for [`stage_image`]. The defaults suit images from the `lz4` CLI.

@@ -3,7 +3,13 @@
 //!
 //! The record lives next to the metadata directory (`state_file`, default
 //! `/var/lib/updog/state.json`) and is written atomically (temporary file, fsync, rename, fsync
-//! of the directory), so a power cut leaves the old record or the new one.
+//! of the directory), so a power cut leaves the old record or the new one. It is never
+//! truncated in place, never read through a symlink (`O_NOFOLLOW`), and only written into a
+//! directory that no other user can write to.
+//!
+//! The record is an annotation: the GPT bits are the truth. [`crate::updater::Updater::status`]
+//! derives what is staged and applied from the bits and shows the record only where it agrees;
+//! a record that cannot be read never blocks `status` or `update-revert`.
 //!
 //! ```
 //! use updog::status::StagedRecord;
@@ -15,7 +21,7 @@
 //!     arch: "x86_64".into(),
 //!     version: semver::Version::new(1, 1, 0),
 //!     from_version: semver::Version::new(1, 0, 0),
-//!     set: "B".into(),
+//!     set: bootpart::SetId::B,
 //!     staged_at: chrono::Utc::now(),
 //!     images: Default::default(),
 //!     applied: false,
@@ -28,6 +34,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use bootpart::SetId;
 use chrono::{DateTime, Utc};
 use semver::Version;
 use serde::{Deserialize, Serialize};
@@ -48,8 +55,8 @@ pub struct StagedRecord {
     pub version: Version,
     /// The version that was running when it was staged.
     pub from_version: Version,
-    /// The set it was written to (`A` or `B`).
-    pub set: String,
+    /// The set it was written to (`A` or `B`; anything else is refused when read).
+    pub set: SetId,
     /// When staging finished.
     pub staged_at: DateTime<Utc>,
     /// Each image's TUF target name and sha256 (hex), keyed by `root`, `boot`, `hash`.
@@ -90,20 +97,45 @@ pub enum RecordError {
         #[source]
         source: serde_json::Error,
     },
+    /// The record has a format version this updog does not know.
+    #[error(
+        "staged-state record {path} has format_version {found}; this updog reads version {STATUS_FORMAT_VERSION}"
+    )]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        found: u64,
+    },
+    /// The record's directory can be written by another user (or is not a directory we own), so
+    /// someone else could plant or replace the record.
+    #[error(
+        "staged-state directory {dir} is writable by other users or not owned by us; refusing to use it"
+    )]
+    UnsafeDirectory {
+        /// The directory.
+        dir: PathBuf,
+    },
 }
 
 /// The largest record read.
 const MAX_RECORD_BYTES: u64 = 1024 * 1024;
 
 impl StagedRecord {
-    /// Reads the record; `Ok(None)` when there is none.
+    /// Reads the record; `Ok(None)` when there is none. A symlink in its place, an unknown
+    /// `format_version` or a set other than `A`/`B` is an error naming the file.
     pub fn read(path: &Path) -> Result<Option<StagedRecord>, RecordError> {
         use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
         let io_err = |source| RecordError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let file = match std::fs::File::open(path) {
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(e)),
@@ -112,21 +144,34 @@ impl StagedRecord {
         file.take(MAX_RECORD_BYTES)
             .read_to_end(&mut bytes)
             .map_err(io_err)?;
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| RecordError::Parse {
+        let parse_err = |source| RecordError::Parse {
+            path: path.to_path_buf(),
+            source,
+        };
+        // The version first: a future shape must be refused as such, not as a parse error.
+        #[derive(Deserialize)]
+        struct Versioned {
+            format_version: u64,
+        }
+        let versioned: Versioned = serde_json::from_slice(&bytes).map_err(parse_err)?;
+        if versioned.format_version != u64::from(STATUS_FORMAT_VERSION) {
+            return Err(RecordError::UnknownFormat {
                 path: path.to_path_buf(),
-                source,
-            })
+                found: versioned.format_version,
+            });
+        }
+        serde_json::from_slice(&bytes).map(Some).map_err(parse_err)
     }
 
     /// Writes the record atomically: temporary file in the same directory, fsync, rename,
-    /// fsync of the directory.
+    /// fsync of the directory. The directory is created (mode 0755) when missing and must not be
+    /// writable by other users.
     pub fn write_atomic(&self, path: &Path) -> Result<(), RecordError> {
         let bytes = serde_json::to_vec_pretty(self).map_err(|source| RecordError::Parse {
             path: path.to_path_buf(),
             source,
         })?;
+        check_private_dir(path)?;
         write_atomic(path, &bytes).map_err(|source| RecordError::Io {
             path: path.to_path_buf(),
             source,
@@ -149,6 +194,37 @@ impl StagedRecord {
     }
 }
 
+/// Creates the record's directory when missing (0755) and refuses one that another user owns
+/// or can write to (they could replace the record or plant a symlink).
+fn check_private_dir(path: &Path) -> Result<(), RecordError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = parent_dir(path);
+    let io_err = |source| RecordError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(io_err)?;
+    let meta = std::fs::symlink_metadata(dir).map_err(io_err)?;
+    let ours = meta.uid() == nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() || !ours || meta.mode() & 0o022 != 0 {
+        return Err(RecordError::UnsafeDirectory {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync directory; mode 0600;
 /// the directory created when missing), through the workspace's one implementation.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -164,11 +240,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn sync_parent(path: &Path) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    manifest::fs::sync_dir(dir)
+    manifest::fs::sync_dir(parent_dir(path))
 }
 
 #[cfg(test)]
@@ -191,7 +263,7 @@ mod tests {
             arch: "x86_64".into(),
             version: Version::new(2, 0, 0),
             from_version: Version::new(1, 0, 0),
-            set: "A".into(),
+            set: SetId::A,
             staged_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
             images,
             applied: true,
@@ -199,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_and_replaces_atomically() {
+    fn round_trips_and_removes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/state.json");
         assert_eq!(StagedRecord::read(&path).unwrap(), None);
@@ -216,6 +288,75 @@ mod tests {
         StagedRecord::remove(&path).unwrap();
         StagedRecord::remove(&path).unwrap();
         assert_eq!(StagedRecord::read(&path).unwrap(), None);
+    }
+
+    #[test]
+    fn unknown_versions_sets_and_symlinks_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let good = serde_json::to_value(record()).unwrap();
+        let mut future = good.clone();
+        future["format_version"] = 99.into();
+        std::fs::write(&path, future.to_string()).unwrap();
+        let e = StagedRecord::read(&path).unwrap_err();
+        assert!(
+            matches!(e, RecordError::UnknownFormat { found: 99, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("state.json"), "{e}");
+        let mut set_c = good.clone();
+        set_c["set"] = "C".into();
+        std::fs::write(&path, set_c.to_string()).unwrap();
+        let e = StagedRecord::read(&path).unwrap_err();
+        assert!(matches!(e, RecordError::Parse { .. }), "{e}");
+        assert!(e.to_string().contains("state.json"), "{e}");
+        // A symlink planted at the record's path is not followed.
+        let target = dir.path().join("elsewhere.json");
+        std::fs::write(&target, good.to_string()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let e = StagedRecord::read(&path).unwrap_err();
+        assert!(matches!(e, RecordError::Io { .. }), "{e}");
+        // Writing replaces the link itself and leaves its target alone.
+        let before = std::fs::read(&target).unwrap();
+        record().write_atomic(&path).unwrap();
+        assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
+        assert_eq!(std::fs::read(&target).unwrap(), before);
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let e = record()
+            .write_atomic(&shared.join("state.json"))
+            .unwrap_err();
+        assert!(matches!(e, RecordError::UnsafeDirectory { .. }), "{e}");
+        assert!(!shared.join("state.json").exists());
+    }
+
+    #[test]
+    fn a_reader_of_the_old_record_keeps_reading_it_whole() {
+        // Replaced by rename, the file a reader has open is never changed: it reads the whole
+        // old record, while the path gives the whole new one. Rewritten in place (truncate,
+        // write), the open file would change under the reader, and a crash in between would
+        // leave a partial record.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let old = record();
+        let mut new = old.clone();
+        new.applied = false;
+        new.version = Version::new(3, 0, 0);
+        old.write_atomic(&path).unwrap();
+        let mut open = std::fs::File::open(&path).unwrap();
+        new.write_atomic(&path).unwrap();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut open, &mut bytes).unwrap();
+        assert_eq!(serde_json::from_slice::<StagedRecord>(&bytes).unwrap(), old);
+        assert_eq!(StagedRecord::read(&path).unwrap(), Some(new));
     }
 
     #[test]

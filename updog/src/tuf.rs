@@ -889,6 +889,15 @@ impl Repository {
         Ok(t)
     }
 
+    /// Checks, without downloading anything, that target `name` can be fetched: a signed role
+    /// describes it and its name maps to a safe URL. Returns the signed description (the
+    /// updater's preflight, before the disk is touched).
+    pub fn check_fetchable(&self, name: &str) -> Result<TargetDescription, Error> {
+        let desc = self.describe(name)?;
+        self.target_url(name, &desc)?;
+        Ok(desc)
+    }
+
     fn describe(&self, name: &str) -> Result<TargetDescription, Error> {
         self.target(name)?
             .ok_or_else(|| Error::TargetNotFound(name.to_owned()))

@@ -25,9 +25,9 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use bootpart::SetId;
+use bootpart::io::BlockIo;
 use chrono::{DateTime, Utc};
 use manifest::Manifest;
 use manifest::select::{NoUpdateReason, Selection, SelectionRequest};
@@ -40,6 +40,7 @@ use crate::os_release::{OsRelease, OsReleaseError};
 use crate::progress::{ImageKind, ProgressEvent};
 use crate::reboot::RebootError;
 use crate::status::{RecordError, STATUS_FORMAT_VERSION, StagedImageRecord, StagedRecord};
+use crate::steps::{GptIoWrapper, Step, StepObserver};
 use crate::transport::Transport;
 
 /// The TUF target that holds the manifest.
@@ -47,31 +48,8 @@ pub use manifest::MANIFEST_TARGET;
 
 /// A cancellation handle for [`Updater::stage`]: set it (from a signal handler, another thread,
 /// an agent's shutdown path) and staging stops at the next buffer, leaving the inactive set
-/// cleared.
-#[derive(Debug, Clone, Default)]
-pub struct CancelHandle(Arc<AtomicBool>);
-
-impl CancelHandle {
-    /// A handle that is not cancelled.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Asks the operation to stop.
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    /// Whether cancellation was asked for.
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-
-    /// The shared flag, for `signal_hook::flag::register`.
-    pub fn flag(&self) -> &Arc<AtomicBool> {
-        &self.0
-    }
-}
+/// cleared. The pipeline's own handle, so that nothing bridges two of them.
+pub use crate::pipeline::CancelHandle;
 
 /// How to choose an update.
 #[derive(Debug, Clone, Default)]
@@ -127,19 +105,77 @@ pub struct Staged {
     pub record: StagedRecord,
 }
 
-/// The view of this host an agent needs.
+/// The view of this host an agent needs. Everything about the sets comes from the GPT bits;
+/// the staged record is shown only where it agrees with them.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     /// The version of this object's shape.
     pub format_version: u32,
     /// What is running.
     pub running: RunningStatus,
-    /// What is staged on the other set, if anything was recorded.
+    /// What the GPT bits say the inactive set holds.
+    pub inactive: InactiveState,
+    /// The record of what is staged on the inactive set, when the GPT agrees that something
+    /// is staged or applied there (`applied` as the GPT says).
     pub staged: Option<StagedRecord>,
+    /// Where the record and the GPT disagree, or why the record cannot be read, and what to do.
+    pub record_problem: Option<String>,
     /// The set the bootloader picks next (`None`: no set is bootable).
     pub next_boot: Option<String>,
     /// The boot flags of both sets, as signpost reports them.
     pub sets: signpost::Status,
+}
+
+/// What the inactive set holds, from its GPT bits alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum InactiveState {
+    /// Cleared (priority 0, no tries, not successful): nothing staged, or staging did not finish.
+    Cleared,
+    /// Holds a verified image, not applied (priority 0, tries left, not successful).
+    Staged,
+    /// Applied: the bootloader tries it next.
+    Applied,
+    /// Holds a set that booted before; `signpost rollback-to-inactive` can go back to it.
+    Previous,
+    /// None of the above (for example tried and failed): it will not boot.
+    NotBootable,
+    /// The disk has a single set.
+    Missing,
+}
+
+impl InactiveState {
+    /// Classifies the inactive set's bits.
+    pub fn of(flags: &signpost::BootFlags) -> InactiveState {
+        let inactive = flags.inactive();
+        let Some(state) = flags.state(inactive) else {
+            return InactiveState::Missing;
+        };
+        if state == signpost::SetState::default() {
+            InactiveState::Cleared
+        } else if state.priority == 0 && state.tries_left > 0 && !state.successful {
+            InactiveState::Staged
+        } else if !state.successful && state.tries_left > 0 && flags.next_boot() == Some(inactive) {
+            InactiveState::Applied
+        } else if state.can_roll_back_to() {
+            InactiveState::Previous
+        } else {
+            InactiveState::NotBootable
+        }
+    }
+
+    /// A few words for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            InactiveState::Cleared => "cleared, nothing staged",
+            InactiveState::Staged => "holds a verified image, not applied",
+            InactiveState::Applied => "applied, boots next",
+            InactiveState::Previous => "holds a set that booted before",
+            InactiveState::NotBootable => "not bootable",
+            InactiveState::Missing => "no such set on this disk",
+        }
+    }
 }
 
 /// The running OS.
@@ -159,6 +195,7 @@ pub struct RunningStatus {
 
 /// Why an update operation failed. [`UpdateError::exit_code`] maps each to the CLI's code.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum UpdateError {
     /// os-release could not be read.
     #[error(transparent)]
@@ -166,7 +203,7 @@ pub enum UpdateError {
     /// The HTTP client could not be set up (bad proxy setting, TLS backend).
     #[error("setting up the transport: {0}")]
     Transport(#[source] crate::transport::HttpSetupError),
-    /// Another update holds the lock.
+    /// Another process owns the disk (or it cannot be locked).
     #[error(transparent)]
     Lock(#[from] LockError),
     /// The repository could not be loaded or verified.
@@ -272,6 +309,49 @@ pub enum UpdateError {
         /// The inactive set.
         set: SetId,
     },
+    /// `apply` found a set the staged record does not describe (no record, an unreadable one,
+    /// or one naming another set): it flips only what was staged and recorded.
+    #[error(
+        "set {set} holds a verified image, but {problem}; refusing to boot it: run `updog update-image` again"
+    )]
+    NotRecorded {
+        /// The inactive set.
+        set: SetId,
+        /// What is wrong with the record.
+        problem: String,
+    },
+    /// Before marking the set valid, the GPT showed it changed under us (something that does
+    /// not honour the disk lock wrote it); the set was cleared again.
+    #[error(
+        "set {set} changed while it was being staged (expected {expected}, found {found}); it was cleared again and nothing is staged"
+    )]
+    SetChanged {
+        /// The inactive set.
+        set: SetId,
+        /// What this run left.
+        expected: signpost::SetState,
+        /// What the disk held.
+        found: signpost::SetState,
+    },
+    /// A signed image decoded to nothing.
+    #[error("{image} image {target:?} decodes to 0 bytes; refusing an empty image")]
+    EmptyImage {
+        /// Which image.
+        image: ImageKind,
+        /// The target name.
+        target: String,
+    },
+    /// An image cannot be fetched as named (checked before the disk is touched).
+    #[error("{image} image {target:?} cannot be used: {source}")]
+    UnusableTarget {
+        /// Which image.
+        image: ImageKind,
+        /// The target name.
+        target: String,
+        /// Why.
+        #[source]
+        source: Box<crate::tuf::Error>,
+    },
     /// Staging was cancelled; the inactive set is left cleared.
     #[error("cancelled; set {set} left cleared")]
     Cancelled {
@@ -290,7 +370,10 @@ impl UpdateError {
     /// The `updog` exit code for this error (see [`crate::exit`]).
     pub fn exit_code(&self) -> u8 {
         match self {
-            UpdateError::Lock(LockError::Held { .. }) => crate::exit::LOCKED,
+            UpdateError::Lock(LockError::Held { .. })
+            | UpdateError::Signpost(signpost::Error::Lock(LockError::Held { .. })) => {
+                crate::exit::LOCKED
+            }
             UpdateError::Cancelled { .. } => crate::exit::INTERRUPTED,
             _ => crate::exit::FAILURE,
         }
@@ -302,6 +385,8 @@ pub struct Updater {
     config: Config,
     os: OsRelease,
     transport: Arc<dyn Transport>,
+    on_step: Option<StepObserver>,
+    gpt_io: Option<GptIoWrapper>,
     /// The query parameters the default transport sends (`target` and `migrations` are added
     /// once an update is chosen, as the reference does).
     query: crate::transport::QueryParams,
@@ -332,12 +417,38 @@ impl Updater {
         query.set("version", os.version_id.to_string());
         let transport =
             default_transport(&config, query.clone()).map_err(UpdateError::Transport)?;
+        let (on_step, gpt_io) = crate::steps::crash_hooks_from_env();
         Ok(Updater {
             config,
             os,
             transport,
+            on_step,
+            gpt_io,
             query,
         })
+    }
+
+    /// Calls `observer` right before each [`Step`] of stage, apply and revert (logging, or a
+    /// test that stops the operation at every step boundary).
+    pub fn on_step(mut self, observer: impl Fn(Step) + Send + Sync + 'static) -> Updater {
+        self.on_step = Some(Arc::new(observer));
+        self
+    }
+
+    /// Wraps the (locked) disk handle the boot flags are read and written through: fault
+    /// injection in tests (a failing flush, a kill between two GPT writes), or I/O accounting.
+    pub fn with_gpt_io(
+        mut self,
+        wrap: impl Fn(std::fs::File) -> Box<dyn BlockIo + Send> + Send + Sync + 'static,
+    ) -> Updater {
+        self.gpt_io = Some(Arc::new(wrap));
+        self
+    }
+
+    fn step(&self, step: Step) {
+        if let Some(observer) = &self.on_step {
+            observer(step);
+        }
     }
 
     /// Replaces the transport (for example with one that counts or throttles requests).
@@ -356,9 +467,12 @@ impl Updater {
         &self.os
     }
 
-    /// Takes the update lock without waiting. Mutating operations take it as proof.
+    /// Resolves the OS disk and the running set (once per operation) and takes the disk's
+    /// exclusive lock (see [`crate::lock`]). Stage, apply and revert take it as proof and work
+    /// on that disk.
     pub fn lock(&self) -> Result<UpdateLock, UpdateError> {
-        Ok(UpdateLock::acquire(&self.config.lock_file)?)
+        let (disk, active) = self.disk_and_active()?;
+        Ok(UpdateLock::acquire(&disk, active)?)
     }
 
     fn load_repository(&self) -> Result<crate::tuf::Repository, UpdateError> {
@@ -503,31 +617,80 @@ impl Updater {
         }
     }
 
-    /// Runs one boot-flag operation on a fresh read of the GPT, holding signpost's lock so the
-    /// `signpost` CLI cannot interleave a change.
-    fn with_signpost<T>(
-        &self,
-        op: impl FnOnce(&mut signpost::Signpost) -> Result<T, signpost::Error>,
-    ) -> Result<T, UpdateError> {
-        let (disk, active) = self.disk_and_active()?;
-        let _lock = signpost::LockFile::acquire(
-            &self.config.signpost_lock_file,
-            std::time::Duration::from_secs(30),
-        )
-        .map_err(UpdateError::Signpost)?;
-        let mut sp =
-            signpost::Signpost::open(&disk, Some(active)).map_err(UpdateError::Signpost)?;
-        op(&mut sp).map_err(UpdateError::Signpost)
+    /// The boot flags of the locked disk, read and written through the lock's handle.
+    fn signpost(&self, lock: &UpdateLock) -> Result<Gpt, UpdateError> {
+        let file = lock.disk_lock().try_clone_file().map_err(|source| {
+            UpdateError::Signpost(signpost::Error::Open {
+                path: lock.disk().to_path_buf(),
+                source,
+            })
+        })?;
+        let io: Box<dyn BlockIo + Send> = match &self.gpt_io {
+            Some(wrap) => wrap(file),
+            None => Box::new(file),
+        };
+        signpost::Signpost::from_io(io, lock.disk(), lock.active()).map_err(UpdateError::Signpost)
     }
 
-    /// Stages the chosen update on the inactive set, in the order the invariants require:
-    /// verify metadata; select; fetch migrations; check each image against its partition; clear
-    /// the inactive set (flushed); stream root, boot, hash onto it, each verified, flushed and
-    /// read back; then mark the set valid and record what was staged. Any failure or a
-    /// cancellation leaves the inactive set cleared and the active set untouched.
+    /// Checks everything that can be checked before the disk changes: every image is a signed
+    /// target with a sha256 and a name that can be fetched, is not empty, and can fit its
+    /// partition.
+    /// Returns the images' total signed (compressed) length, for the update-wide progress.
+    fn preflight(
+        repo: &crate::tuf::Repository,
+        images: &[(ImageKind, &String, &bootpart::Partition); 3],
+        set: SetId,
+    ) -> Result<u64, UpdateError> {
+        let mut update_total = 0u64;
+        for &(kind, target, partition) in images {
+            let desc = repo.check_fetchable(target).map_err(|e| match e {
+                crate::tuf::Error::TargetNotFound(_) => UpdateError::MissingTarget {
+                    image: kind,
+                    target: target.clone(),
+                },
+                source => UpdateError::UnusableTarget {
+                    image: kind,
+                    target: target.clone(),
+                    source: Box::new(source),
+                },
+            })?;
+            if desc.sha256().is_none() {
+                return Err(UpdateError::NoSha256 {
+                    image: kind,
+                    target: target.clone(),
+                });
+            }
+            if desc.length == 0 {
+                return Err(UpdateError::EmptyImage {
+                    image: kind,
+                    target: target.clone(),
+                });
+            }
+            let capacity = partition.byte_len();
+            update_total = update_total.saturating_add(desc.length);
+            if desc.length > max_compressed_len(capacity) {
+                return Err(UpdateError::ImageTooLarge {
+                    image: kind,
+                    target: target.clone(),
+                    length: desc.length,
+                    capacity,
+                    set,
+                });
+            }
+        }
+        Ok(update_total)
+    }
+
+    /// Stages the chosen update on the inactive set of the locked disk, in the order the
+    /// invariants require: verify metadata; select; preflight every image (signed, fetchable,
+    /// not empty, fits); fetch migrations; clear the inactive set (flushed); stream root, boot,
+    /// hash onto it, each verified, flushed and read back; record what was staged; re-read the
+    /// GPT and, if the set is still as this run cleared it, mark it valid. Any failure or a
+    /// cancellation leaves the inactive set cleared and the active set untouched. The lock is
+    /// held throughout (the caller holds it).
     pub fn stage(
         &self,
-        _lock: &UpdateLock,
+        lock: &UpdateLock,
         opts: &CheckOptions,
         progress: &dyn Fn(&ProgressEvent),
         cancel: &CancelHandle,
@@ -544,16 +707,24 @@ impl Updater {
         // and, once the migrations are in, the migrations of the jump.
         self.query.set("target", update.version.to_string());
 
-        let (disk_path, active) = self.disk_and_active()?;
-        let disk = bootpart::Disk::open(&disk_path).map_err(UpdateError::Disk)?;
-        let inactive = active.other();
-        let set = disk.set(inactive).map_err(UpdateError::Disk)?.clone();
+        // One read of the GPT gives the partitions and the flags.
+        let mut sp = self.signpost(lock)?;
+        let inactive = sp.inactive();
+        let layout = sp.layout().map_err(UpdateError::Signpost)?;
+        let set = layout.set(inactive).map_err(UpdateError::Disk)?.clone();
         progress(&ProgressEvent::Selected {
             version: update.version.to_string(),
             set: inactive.to_string(),
         });
 
-        // Migrations first: a missing link or a fetch failure must stop us before the disk
+        let images = [
+            (ImageKind::Root, &update.images.root, &set.root),
+            (ImageKind::Boot, &update.images.boot, &set.boot),
+            (ImageKind::Hash, &update.images.hash, &set.hash),
+        ];
+        let update_total = Self::preflight(&repo, &images, inactive)?;
+
+        // Migrations next: a missing link or a fetch failure must stop us before the disk
         // changes.
         progress(&ProgressEvent::FetchingMigrations {
             count: available.migration_plan.migrations.len(),
@@ -575,146 +746,165 @@ impl Updater {
             return Err(UpdateError::Cancelled { set: inactive });
         }
 
-        // Preflight: every image is a signed target and can fit its partition.
-        let images = [
-            (ImageKind::Root, &update.images.root, &set.root),
-            (ImageKind::Boot, &update.images.boot, &set.boot),
-            (ImageKind::Hash, &update.images.hash, &set.hash),
-        ];
-        let mut update_total = 0u64;
-        for (kind, target, partition) in images {
-            let desc = repo
-                .target(target)
-                .map_err(UpdateError::Repository)?
-                .ok_or_else(|| UpdateError::MissingTarget {
-                    image: kind,
-                    target: target.clone(),
-                })?;
-            let capacity = partition.byte_len();
-            update_total = update_total.saturating_add(desc.length);
-            if desc.length > max_compressed_len(capacity) {
-                return Err(UpdateError::ImageTooLarge {
-                    image: kind,
-                    target: target.clone(),
-                    length: desc.length,
-                    capacity,
-                    set: inactive,
-                });
-            }
-        }
-
         // Clear the inactive set and flush, before its first byte changes.
         progress(&ProgressEvent::ClearingInactive {
             set: inactive.to_string(),
         });
-        self.with_signpost(signpost::Signpost::clear_inactive)?;
+        self.step(Step::Clear);
+        sp.clear_inactive().map_err(UpdateError::Signpost)?;
         log::info!("cleared set {inactive} before writing to it");
         // The record described the set we just cleared.
+        self.step(Step::RemoveRecord);
         StagedRecord::remove(&self.config.state_file)?;
 
-        let mut records = BTreeMap::new();
-        // Compressed bytes of the images already staged, for the update-wide progress.
-        let mut update_done = 0u64;
-        for (kind, target, partition) in images {
+        // From here on, any failure leaves the set cleared and unrecorded, whatever wrote it.
+        let mut images_and_mark = || -> Result<Staged, UpdateError> {
+            let mut records = BTreeMap::new();
+            // Compressed bytes of the images already staged, for the update-wide progress.
+            let mut update_done = 0u64;
+            for (kind, target, partition) in images {
+                if cancel.is_cancelled() {
+                    return Err(UpdateError::Cancelled { set: inactive });
+                }
+                self.step(Step::WriteImage(kind));
+                // Delta first when the update offers it (small, local hook: delta/stage.rs).
+                let image_len = repo.target(target).ok().flatten().map_or(0, |d| d.length);
+                if let Some(record) = self.stage_delta(
+                    &repo,
+                    &manifest,
+                    update,
+                    (lock.disk(), &layout),
+                    (lock.active(), inactive),
+                    (kind, partition),
+                    (update_done, update_total, image_len),
+                    progress,
+                    cancel,
+                )? {
+                    records.insert(kind.name().to_string(), record);
+                    update_done = update_done.saturating_add(image_len);
+                    continue;
+                }
+                let update_bytes = (update_done, update_total);
+                let staged = Self::stage_one(
+                    &repo,
+                    lock.disk(),
+                    partition,
+                    kind,
+                    target,
+                    update_bytes,
+                    progress,
+                    cancel,
+                )
+                .map_err(|e| match e {
+                    StageOneError::Cancelled => UpdateError::Cancelled { set: inactive },
+                    StageOneError::Repository(e) => UpdateError::Repository(e),
+                    StageOneError::Open(source) => UpdateError::OpenPartition {
+                        image: kind,
+                        set: inactive,
+                        source,
+                    },
+                    StageOneError::NoSha256 => UpdateError::NoSha256 {
+                        image: kind,
+                        target: target.clone(),
+                    },
+                    StageOneError::Stage(source) => UpdateError::Stage {
+                        image: kind,
+                        target: target.clone(),
+                        set: inactive,
+                        source,
+                    },
+                })?;
+                update_done = update_done.saturating_add(staged.compressed_len);
+                if staged.decoded_len == 0 {
+                    return Err(UpdateError::EmptyImage {
+                        image: kind,
+                        target: target.clone(),
+                    });
+                }
+                progress(&ProgressEvent::ImageDone {
+                    image: kind,
+                    written: staged.decoded_len,
+                });
+                records.insert(
+                    kind.name().to_string(),
+                    StagedImageRecord {
+                        target: target.clone(),
+                        sha256: hex::encode(staged.sha256),
+                        written: staged.decoded_len,
+                    },
+                );
+            }
             if cancel.is_cancelled() {
                 return Err(UpdateError::Cancelled { set: inactive });
             }
-            // Delta first when the update offers it (small, local hook: delta/stage.rs).
-            let image_len = repo.target(target).ok().flatten().map_or(0, |d| d.length);
-            if let Some(record) = self.stage_delta(
-                &repo,
-                &manifest,
-                update,
-                &disk,
-                (active, inactive),
-                (kind, partition),
-                (update_done, update_total, image_len),
-                progress,
-                cancel,
-            )? {
-                records.insert(kind.name().to_string(), record);
-                update_done = update_done.saturating_add(image_len);
-                continue;
-            }
-            let update_bytes = (update_done, update_total);
-            let staged = Self::stage_one(
-                &repo,
-                &disk_path,
-                partition,
-                kind,
-                target,
-                update_bytes,
-                progress,
-                cancel,
-            )
-            .map_err(|e| match e {
-                StageOneError::Cancelled => UpdateError::Cancelled { set: inactive },
-                StageOneError::Repository(e) => UpdateError::Repository(e),
-                StageOneError::Open(source) => UpdateError::OpenPartition {
-                    image: kind,
-                    set: inactive,
-                    source,
-                },
-                StageOneError::NoSha256 => UpdateError::NoSha256 {
-                    image: kind,
-                    target: target.clone(),
-                },
-                StageOneError::Stage(source) => UpdateError::Stage {
-                    image: kind,
-                    target: target.clone(),
-                    set: inactive,
-                    source,
-                },
-            })?;
-            update_done = update_done.saturating_add(staged.compressed_len);
-            progress(&ProgressEvent::ImageDone {
-                image: kind,
-                written: staged.decoded_len,
-            });
-            records.insert(
-                kind.name().to_string(),
-                StagedImageRecord {
-                    target: target.clone(),
-                    sha256: hex::encode(staged.sha256),
-                    written: staged.decoded_len,
-                },
-            );
-        }
-        if cancel.is_cancelled() {
-            return Err(UpdateError::Cancelled { set: inactive });
-        }
 
-        self.with_signpost(signpost::Signpost::mark_inactive_valid)?;
-        log::info!(
-            "set {inactive} holds {} and is marked valid",
-            update.version
-        );
-        progress(&ProgressEvent::MarkedValid {
-            set: inactive.to_string(),
-        });
-        let record = StagedRecord {
-            format_version: STATUS_FORMAT_VERSION,
-            variant: update.variant.clone(),
-            arch: update.arch.clone(),
-            version: update.version.clone(),
-            from_version: self.os.version_id.clone(),
-            set: inactive.to_string(),
-            staged_at: Utc::now(),
-            images: records,
-            applied: false,
+            // The record first: a set marked valid always has one (a full state file system fails
+            // here, with the set still cleared).
+            let record = StagedRecord {
+                format_version: STATUS_FORMAT_VERSION,
+                variant: update.variant.clone(),
+                arch: update.arch.clone(),
+                version: update.version.clone(),
+                from_version: self.os.version_id.clone(),
+                set: inactive,
+                staged_at: Utc::now(),
+                images: records,
+                applied: false,
+            };
+            self.step(Step::RecordStaged);
+            record.write_atomic(&self.config.state_file)?;
+
+            // Re-read the GPT: the set must still be as this run cleared it.
+            self.step(Step::MarkValid);
+            let marked = sp.apply_expecting(
+                signpost::Transition::MarkInactiveValid,
+                inactive,
+                signpost::SetState::default(),
+            );
+            match marked {
+                Ok(()) => {}
+                Err(signpost::Error::SetChanged {
+                    expected, found, ..
+                }) => {
+                    // Whatever marked it did not write these images: it is cleared again.
+                    return Err(UpdateError::SetChanged {
+                        set: inactive,
+                        expected,
+                        found,
+                    });
+                }
+                Err(e) => return Err(UpdateError::Signpost(e)),
+            }
+            log::info!(
+                "set {inactive} holds {} and is marked valid",
+                update.version
+            );
+            progress(&ProgressEvent::MarkedValid {
+                set: inactive.to_string(),
+            });
+            Ok(Staged {
+                update: update.clone(),
+                version: update.version.clone(),
+                set: inactive,
+                record,
+            })
         };
-        if let Err(e) = record.write_atomic(&self.config.state_file) {
-            // A full or failing state file system: do not leave a bootable set that nothing
-            // records. Clear it again (best effort; the record error is the one to report).
-            let _ = self.with_signpost(signpost::Signpost::clear_inactive);
-            return Err(e.into());
+        let result = images_and_mark();
+        if result.is_err() {
+            self.leave_cleared(&mut sp);
         }
-        Ok(Staged {
-            update: update.clone(),
-            version: update.version.clone(),
-            set: inactive,
-            record,
-        })
+        result
+    }
+
+    /// After a failed staging: the inactive set ends cleared and no record describes it (best
+    /// effort; the error being reported is the one that matters).
+    fn leave_cleared(&self, sp: &mut Gpt) {
+        let cleared = sp.refresh().is_ok()
+            && sp.state(sp.inactive()).unwrap_or_default() == signpost::SetState::default();
+        if !cleared {
+            let _ = sp.clear_inactive();
+        }
+        let _ = StagedRecord::remove(&self.config.state_file);
     }
 
     /// Stages one image from chunks when the update offers an index for it and `delta` is on.
@@ -726,7 +916,7 @@ impl Updater {
         repo: &crate::tuf::Repository,
         manifest: &Manifest,
         update: &manifest::Update,
-        disk: &bootpart::Disk,
+        (disk, layout): (&std::path::Path, &bootpart::Layout),
         (active, inactive): (SetId, SetId),
         (kind, partition): (ImageKind, &bootpart::Partition),
         (update_done, update_total, image_len): (u64, u64, u64),
@@ -741,7 +931,7 @@ impl Updater {
         if !self.config.delta || !offered {
             return Ok(None);
         }
-        let running = disk.set(active).map_err(UpdateError::Disk)?;
+        let running = layout.set(active).map_err(UpdateError::Disk)?;
         let seed = match kind {
             ImageKind::Root => &running.root,
             ImageKind::Boot => &running.boot,
@@ -759,7 +949,7 @@ impl Updater {
             manifest,
             running_version: &running_version,
             running_set: &running_set,
-            disk: disk.path(),
+            disk,
             target: (partition.byte_offset(), partition.byte_len()),
             seed: (seed.byte_offset(), seed.byte_len()),
             targets_base_url: &self.config.targets_base_url,
@@ -841,7 +1031,7 @@ impl Updater {
         let mut sink = PartitionSink::open_path(disk_path, partition, IoMode::Auto)
             .map_err(|e| StageOneError::Open(std::io::Error::other(e)))?;
         let opts = StageOptions {
-            cancel: crate::pipeline::CancelHandle::from_flag(Arc::clone(cancel.flag())),
+            cancel: cancel.clone(),
             ..StageOptions::default()
         };
         let verifying = std::cell::Cell::new(false);
@@ -883,55 +1073,80 @@ impl Updater {
     }
 
     /// Flips the boot flags so the staged set is tried once at the next boot
-    /// (signpost's upgrade-to-inactive). Fails when nothing valid is staged.
-    pub fn apply(&self, _lock: &UpdateLock) -> Result<SetId, UpdateError> {
-        self.flip_recorded(true, |sp| {
-            sp.upgrade_to_inactive()?;
-            Ok(sp.inactive())
-        })
-        .inspect(|set| {
-            log::info!(
-                "flipped the boot flags: set {set} boots next, once; set {} stays the fallback until the new boot is marked successful",
-                set.other()
-            );
-        })
-        .map_err(|e| match e {
-            UpdateError::Signpost(signpost::Error::InactiveNotValid { set, .. }) => {
-                UpdateError::NothingStaged { set }
+    /// (signpost's upgrade-to-inactive). Flips only a set the GPT shows valid and not yet tried
+    /// and the staged record names; otherwise it refuses and says why. Applying an update that
+    /// is already applied (record and GPT agree) succeeds without writing.
+    pub fn apply(&self, lock: &UpdateLock) -> Result<SetId, UpdateError> {
+        let mut sp = self.signpost(lock)?;
+        let set = sp.inactive();
+        let found = sp.state(set).unwrap_or_default();
+        let state = InactiveState::of(&sp.flags());
+        let record = StagedRecord::read(&self.config.state_file);
+        let recorded = match &record {
+            Ok(Some(r)) if r.set == set => Ok(r.clone()),
+            Ok(Some(r)) => Err(format!(
+                "the staged record {} describes set {}",
+                self.config.state_file.display(),
+                r.set
+            )),
+            Ok(None) => Err(format!(
+                "no staged record describes it ({} is missing)",
+                self.config.state_file.display()
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        match (state, recorded) {
+            (InactiveState::Applied, Ok(r)) if r.applied => Ok(set),
+            (InactiveState::Staged, Ok(mut r)) => {
+                self.step(Step::RecordApplied);
+                r.applied = true;
+                r.write_atomic(&self.config.state_file)?;
+                self.step(Step::Flip);
+                let flipped =
+                    sp.apply_expecting(signpost::Transition::UpgradeToInactive, set, found);
+                self.record_follows_disk(&sp, &r);
+                flipped.map_err(UpdateError::Signpost)?;
+                log::info!(
+                    "flipped the boot flags: set {set} boots next, once; set {} stays the fallback until the new boot is marked successful",
+                    set.other()
+                );
+                Ok(set)
             }
-            other => other,
-        })
+            (InactiveState::Staged, Err(problem)) => Err(UpdateError::NotRecorded { set, problem }),
+            _ => Err(UpdateError::NothingStaged { set }),
+        }
     }
 
     /// Undoes [`Updater::apply`]: the running set boots next again (signpost's cancel-upgrade).
-    pub fn revert(&self, _lock: &UpdateLock) -> Result<SetId, UpdateError> {
-        self.flip_recorded(false, |sp| {
-            sp.cancel_upgrade()?;
-            Ok(sp.active())
-        })
-        .inspect(|set| log::info!("reverted the flip: set {set} (running) boots next"))
+    /// Works from the GPT alone: the record is brought in line afterwards when it can be, and a
+    /// missing, corrupt or unwritable record never blocks it.
+    pub fn revert(&self, lock: &UpdateLock) -> Result<SetId, UpdateError> {
+        let mut sp = self.signpost(lock)?;
+        self.step(Step::CancelFlip);
+        let cancelled = sp.cancel_upgrade();
+        if let Ok(Some(r)) = StagedRecord::read(&self.config.state_file) {
+            if r.set == sp.inactive() {
+                self.step(Step::RecordReverted);
+                self.record_follows_disk(&sp, &r);
+            }
+        }
+        cancelled.map_err(UpdateError::Signpost)?;
+        log::info!(
+            "reverted the flip: set {} (running) boots next",
+            sp.active()
+        );
+        Ok(sp.active())
     }
 
-    /// Changes the boot flags with `flip`, keeping the staged record's `applied` in step. The
-    /// record is written first: if it cannot be written (a full disk), nothing has changed yet,
-    /// and a failure is never reported after the flags already changed. When `flip` fails, the
-    /// record is written back as it was (best effort: the flags did not change).
-    fn flip_recorded(
-        &self,
-        applied: bool,
-        flip: impl FnOnce(&mut signpost::Signpost) -> Result<SetId, signpost::Error>,
-    ) -> Result<SetId, UpdateError> {
-        let record = StagedRecord::read(&self.config.state_file)?;
-        if let Some(record) = &record {
-            let mut changed = record.clone();
-            changed.applied = applied;
-            changed.write_atomic(&self.config.state_file)?;
+    /// Makes the record's `applied` say what the GPT (as last read) says; best effort: the
+    /// GPT is the truth and `status` shows any disagreement that remains.
+    fn record_follows_disk(&self, sp: &Gpt, record: &StagedRecord) {
+        let mut wanted = record.clone();
+        wanted.applied = InactiveState::of(&sp.flags()) == InactiveState::Applied;
+        let on_disk = StagedRecord::read(&self.config.state_file).ok().flatten();
+        if on_disk.as_ref() != Some(&wanted) {
+            let _ = wanted.write_atomic(&self.config.state_file);
         }
-        self.with_signpost(flip).inspect_err(|_| {
-            if let Some(record) = &record {
-                let _ = record.write_atomic(&self.config.state_file);
-            }
-        })
     }
 
     /// Flushes filesystems and runs the configured reboot command.
@@ -939,13 +1154,61 @@ impl Updater {
         Ok(crate::reboot::reboot(&self.config.reboot_command)?)
     }
 
-    /// The running version and set, what is staged, and which set boots next.
+    /// The running version and set, what the inactive set holds and which set boots next, all
+    /// from the GPT bits; the staged record where it agrees with them, and any disagreement (or
+    /// a record that cannot be read) as such. Needs no lock and changes nothing.
     pub fn status(&self) -> Result<Status, UpdateError> {
         let (disk, active) = self.disk_and_active()?;
-        let sp = signpost::Signpost::open(&disk, Some(active)).map_err(UpdateError::Signpost)?;
+        let sp = signpost::Signpost::open_read_only(&disk, Some(active))
+            .map_err(UpdateError::Signpost)?;
         let sets = sp.status();
-        let staged = StagedRecord::read(&self.config.state_file)?
-            .filter(|r| r.set == sp.inactive().to_string());
+        let flags = sp.flags();
+        let inactive = InactiveState::of(&flags);
+        let set = sp.inactive();
+        let path = self.config.state_file.display();
+        let (staged, record_problem) = match StagedRecord::read(&self.config.state_file) {
+            Err(e) => (
+                None,
+                Some(format!(
+                    "{e}; it is ignored (`updog update-image` replaces it)"
+                )),
+            ),
+            // A record of the running set is history (the update booted).
+            Ok(Some(r)) if r.set != set => (None, None),
+            Ok(None) => match inactive {
+                InactiveState::Staged | InactiveState::Applied => (
+                    None,
+                    Some(format!(
+                        "set {set} is {} but no staged record describes it ({path} is missing); `updog update-apply` will not boot it: run `updog update-image` again",
+                        inactive.describe()
+                    )),
+                ),
+                _ => (None, None),
+            },
+            Ok(Some(mut r)) => match inactive {
+                InactiveState::Staged | InactiveState::Applied => {
+                    let applied = inactive == InactiveState::Applied;
+                    let problem = (r.applied != applied).then(|| {
+                        format!(
+                            "the record {path} says {} is {}applied, but the GPT says set {set} {}",
+                            r.version,
+                            if r.applied { "" } else { "not " },
+                            inactive.describe()
+                        )
+                    });
+                    r.applied = applied;
+                    (Some(r), problem)
+                }
+                other => (
+                    None,
+                    Some(format!(
+                        "the record {path} says {} was staged on set {set}, but set {set} is {} (staging did not finish, or the set changed since): run `updog update-image` again",
+                        r.version,
+                        other.describe()
+                    )),
+                ),
+            },
+        };
         Ok(Status {
             format_version: STATUS_FORMAT_VERSION,
             running: RunningStatus {
@@ -955,7 +1218,9 @@ impl Updater {
                 build_id: self.os.build_id.clone(),
                 set: sets.active.to_string(),
             },
+            inactive,
             staged,
+            record_problem,
             next_boot: sp.next_boot().map(|s| s.to_string()),
             sets,
         })
@@ -980,6 +1245,9 @@ fn selection_reason(request: &SelectionRequest) -> String {
         request.variant, request.arch
     )
 }
+
+/// The boot flags of the locked disk.
+type Gpt = signpost::Signpost<Box<dyn BlockIo + Send>>;
 
 /// Why one image could not be staged (mapped to [`UpdateError`] with its context).
 enum StageOneError {
@@ -1028,14 +1296,5 @@ mod tests {
         let bound = max_compressed_len(cap);
         assert!(bound > cap && bound < cap + cap / 100);
         assert_eq!(max_compressed_len(u64::MAX), u64::MAX);
-    }
-
-    #[test]
-    fn cancel_handle_is_shared() {
-        let a = CancelHandle::new();
-        let b = a.clone();
-        assert!(!b.is_cancelled());
-        a.cancel();
-        assert!(b.is_cancelled());
     }
 }

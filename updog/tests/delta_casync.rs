@@ -16,11 +16,7 @@ fn tools_present() -> bool {
     let casync = Command::new("casync").arg("--version").output().is_ok();
     let ok = casync && fixtures::ext4::have_mkfs();
     if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "casync or mkfs.ext4 missing under CI=true: .ci/run installs them"
-        );
-        eprintln!("skipping: casync or mkfs.ext4 not installed");
+        fixtures::gate::skip("casync or mkfs.ext4 is not installed");
     }
     ok
 }
@@ -120,10 +116,7 @@ fn chunker_matches_casync_make_on_odd_blobs() {
 #[test]
 fn ext4_images_are_reproducible() {
     if !fixtures::ext4::have_mkfs() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "mkfs.ext4 missing under CI=true"
-        );
+        fixtures::gate::skip("mkfs.ext4 is not installed");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -125,7 +125,7 @@ impl Loop {
             .output()
             .ok()?;
         if !out.status.success() {
-            eprintln!("SKIP: losetup: {}", String::from_utf8_lossy(&out.stderr));
+            fixtures::gate::skip(format!("losetup: {}", String::from_utf8_lossy(&out.stderr)));
             return None;
         }
         Some(Self(PathBuf::from(
@@ -140,15 +140,9 @@ impl Drop for Loop {
     }
 }
 
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
 #[test]
 fn image_lands_on_a_loop_device_partition_as_root() {
-    if !is_root() {
-        eprintln!("SKIP: needs root for a loop device");
+    if !fixtures::gate::require_root("a loop device") {
         return;
     }
     let image = DiskImageBuilder::new()

@@ -271,7 +271,7 @@ fn lz4_cli_compress(lz4: &Path, data: &[u8], args: &[&str]) -> Vec<u8> {
 #[test]
 fn frames_from_the_lz4_cli() {
     let Some(lz4) = lz4_cli() else {
-        eprintln!("SKIP: the lz4 CLI is not installed");
+        fixtures::gate::skip("the lz4 CLI is not installed");
         return;
     };
     let data = image_data(5 << 20, 4);

@@ -227,10 +227,7 @@ fn keys_are_private_and_never_overwritten() {
 
 #[test]
 fn images_have_the_frame_parameters_of_lz4_dash_9_and_lz4_decodes_them() {
-    let lz4_tool = Command::new("lz4").arg("--version").output();
-    if lz4_tool.is_err() {
-        assert!(std::env::var("CI").is_err(), "lz4 is missing in CI");
-        eprintln!("lz4 not installed: skipped");
+    if !fixtures::gate::require_tool("lz4", "--version") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -551,11 +548,7 @@ fn python_tuf_ngclient_accepts_the_repository() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_tuf {
-        assert!(
-            std::env::var("CI").is_err(),
-            "python-tuf is missing in CI (.ci/run installs it)"
-        );
-        eprintln!("python-tuf not installed: skipped (pip install tuf)");
+        fixtures::gate::skip("python-tuf is not installed (pip install tuf)");
         return;
     }
     let dir = publisher();

@@ -76,6 +76,24 @@ impl<T: BlockIo + ?Sized> BlockIo for &mut T {
     }
 }
 
+impl<T: BlockIo + ?Sized> BlockIo for Box<T> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_exact_at(buf, offset)
+    }
+
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_all_at(buf, offset)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        (**self).sync_data()
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        (**self).len()
+    }
+}
+
 /// A fixed-size disk in memory. Writes past its end fail and change nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemDisk {
