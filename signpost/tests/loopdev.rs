@@ -10,13 +10,12 @@ use signpost::{SetId, SetState, Signpost};
 
 const BIN: &str = env!("CARGO_BIN_EXE_signpost");
 
-fn signpost(disk: &Path, lock: &Path, active: SetId, args: &[&str]) -> std::process::Output {
+fn signpost(disk: &Path, active: SetId, args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .args(args)
         .arg("--disk")
         .arg(disk)
-        .args(["--active", &active.to_string(), "--lock-file"])
-        .arg(lock)
+        .args(["--active", &active.to_string()])
         .output()
         .unwrap()
 }
@@ -44,8 +43,6 @@ fn update_flow_on_a_loop_device() {
         .attributes(1, SetState::new(1, 0, true).unwrap().apply_to(0))
         .build_temp()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let lock = dir.path().join("lock");
     let boot_b = img.partition(PartKind::Boot, 1).unwrap().number;
     {
         let dev = LoopDevice::attach(&img.path).unwrap();
@@ -55,14 +52,14 @@ fn update_flow_on_a_loop_device() {
             "mark-inactive-valid",
             "upgrade-to-inactive",
         ] {
-            let out = signpost(node, &lock, SetId::A, &[step]);
+            let out = signpost(node, SetId::A, &[step]);
             assert!(
                 out.status.success(),
                 "{step}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let out = signpost(node, &lock, SetId::A, &["status", "--json"]);
+        let out = signpost(node, SetId::A, &["status", "--json"]);
         let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(j["next_boot"], "B");
         assert_eq!(j["disk"], node.to_str().unwrap());
@@ -81,7 +78,7 @@ fn update_flow_on_a_loop_device() {
         assert!(sp.has_boot_ever_succeeded().unwrap());
         drop(sp);
         // A refused change on the device writes nothing and says why in one line.
-        let out = signpost(node, &lock, SetId::B, &["upgrade-to-inactive"]);
+        let out = signpost(node, SetId::B, &["upgrade-to-inactive"]);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");

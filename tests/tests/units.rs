@@ -210,8 +210,7 @@ fn has_boot_ever_succeeded_leaves_the_file_empty_until_a_boot_succeeds() {
         let mut cmd = Command::new(bin_dir().join("signpost"));
         cmd.arg("--disk")
             .arg(&disk.path)
-            .args(["--active", "A", "--lock-file"])
-            .arg(dir.path().join("signpost.lock"))
+            .args(["--active", "A"])
             .args(args);
         if let Some(path) = stdout {
             // What StandardOutput=truncate:PATH does: a fresh, empty file.
