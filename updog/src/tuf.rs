@@ -50,11 +50,13 @@ mod datastore;
 mod error;
 mod pattern;
 mod reader;
+mod role;
 pub(crate) mod schema;
 pub(crate) mod verify;
 
 pub use error::{Error, StoredRootNote};
 pub use reader::TargetReader;
+pub use role::{KeyId, Role, Signer};
 pub use schema::TargetDescription;
 
 use crate::transport::{Transport, TransportErrorKind};
@@ -67,9 +69,6 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use url::Url;
-
-/// Names of the top-level roles; delegated roles may not reuse them.
-pub(crate) const TOP_LEVEL_ROLES: [&str; 4] = ["root", "timestamp", "snapshot", "targets"];
 
 /// Where the shipped root lives on a host, used to seed an empty trusted-metadata directory.
 pub const DEFAULT_TRUSTED_ROOT: &str = "/usr/share/updog/root.json";
@@ -247,7 +246,7 @@ impl Source {
     /// cap. `Ok(None)` when it does not exist.
     fn fetch(
         &self,
-        role: &str,
+        role: &Role,
         name: &MetaName,
         cap: u64,
         limits: &Limits,
@@ -291,7 +290,7 @@ impl Source {
             })?;
         if buf.len() as u64 > cap {
             return Err(Error::TooLarge {
-                role: role.to_owned(),
+                role: role.clone(),
                 limit: cap,
             });
         }
@@ -300,7 +299,7 @@ impl Source {
 
     fn fetch_required(
         &self,
-        role: &str,
+        role: &Role,
         name: &MetaName,
         cap: u64,
         limits: &Limits,
@@ -450,10 +449,10 @@ impl StoredRoot {
         else {
             return e;
         };
-        let against = signer
-            .strip_prefix("root version ")
-            .and_then(|n| n.parse::<u64>().ok())
-            .filter(|n| !(role == "root" && *n == version));
+        let against = match signer {
+            Signer::Root { version: n } if !(role == Role::Root && n == version) => Some(n),
+            _ => None,
+        };
         let stored_root = against.map(|n| {
             Box::new(StoredRootNote {
                 path: self.path.clone(),
@@ -477,23 +476,24 @@ impl StoredRoot {
 
 /// Loads and checks one envelope: `(envelope, decoded)`.
 fn parse<T: for<'de> serde::Deserialize<'de> + Common>(
-    role: &str,
-    expected_type: &str,
+    role: &Role,
     bytes: &[u8],
 ) -> Result<(Envelope, T), Error> {
-    Envelope::parse(role, expected_type, bytes)
+    Envelope::parse(role, bytes)
 }
 
 /// Verifies `env` against a root's keys for a top-level role.
-fn check_top_level(root: &Root, role: &str, version: u64, env: &Envelope) -> Result<(), Error> {
+fn check_top_level(root: &Root, role: &Role, version: u64, env: &Envelope) -> Result<(), Error> {
     let keys = root.role(role).ok_or_else(|| Error::Invalid {
-        role: "root".to_owned(),
+        role: Role::Root,
         reason: format!("version {} does not define the {role} role", root.version),
     })?;
     verify::check_threshold(
         role,
         version,
-        &format!("root version {}", root.version),
+        Signer::Root {
+            version: root.version,
+        },
         env,
         &keys.keyids,
         keys.threshold,
@@ -585,10 +585,10 @@ impl Repository {
 
         // 5.3.11: if the timestamp and/or snapshot keys were rotated, delete the trusted
         // timestamp and snapshot (recovery from fast-forward attacks).
-        let rotated = |role: &str| {
+        let rotated = |role: &Role| {
             role_key_material(&initial_root, role) != role_key_material(&root.signed, role)
         };
-        if rotated("timestamp") || rotated("snapshot") {
+        if rotated(&Role::Timestamp) || rotated(&Role::Snapshot) {
             datastore::remove(dir, "timestamp.json")?;
             datastore::remove(dir, "snapshot.json")?;
         }
@@ -822,11 +822,13 @@ impl Repository {
         parent: &Trusted<Targets>,
         index: usize,
     ) -> Result<Arc<Trusted<Targets>>, Error> {
-        let (role, parent_name) = match path {
-            [.., parent_name, role] => (role.as_str(), parent_name.as_str()),
+        let (role, delegator) = match path {
+            [.., parent_name, role] => {
+                (Role::Delegated(role.clone()), Role::from_name(parent_name))
+            }
             _ => {
                 return Err(Error::Invalid {
-                    role: path.join("/"),
+                    role: Role::Delegated(path.join("/")),
                     reason: "a delegated role needs a delegating role".to_owned(),
                 });
             }
@@ -845,11 +847,11 @@ impl Repository {
             .delegations
             .as_ref()
             .ok_or_else(|| Error::Invalid {
-                role: role.to_owned(),
+                role: role.clone(),
                 reason: "delegating role has no delegations".to_owned(),
             })?;
         let entry = delegations.roles.get(index).ok_or_else(|| Error::Invalid {
-            role: role.to_owned(),
+            role: role.clone(),
             reason: "delegation index out of range".to_owned(),
         })?;
         let file = format!("{role}.json");
@@ -861,12 +863,13 @@ impl Repository {
             .ok_or_else(|| Error::NotInSnapshot { file: file.clone() })?
             .clone();
         let loader = &self.loader;
-        let signer = format!("role {parent_name}'s delegation");
         let check = |env: &Envelope, version: u64| {
             verify::check_threshold(
-                role,
+                &role,
                 version,
-                &signer,
+                Signer::Delegation {
+                    delegator: delegator.clone(),
+                },
                 env,
                 &entry.keyids,
                 entry.threshold,
@@ -874,10 +877,10 @@ impl Repository {
             )
         };
         let t = loader.load_targets_role(
-            role,
+            &role,
             &meta,
             self.root.signed.consistent_snapshot,
-            &datastore::role_file_name(role),
+            &datastore::role_file_name(role.as_str()),
             &check,
         )?;
         let t = Arc::new(t);
@@ -1050,9 +1053,9 @@ fn verify_trusted_root(bytes: Vec<u8>, path: &Path) -> Result<Trusted<Root>, Err
 }
 
 fn trusted_root_envelope(bytes: Vec<u8>) -> Result<Trusted<Root>, Error> {
-    let (env, root) = parse::<Root>("root", "root", &bytes)?;
+    let (env, root) = parse::<Root>(&Role::Root, &bytes)?;
     root.check()?;
-    check_top_level(&root, "root", root.version, &env)?;
+    check_top_level(&root, &Role::Root, root.version, &env)?;
     Ok(Trusted {
         bytes,
         signed: root,
@@ -1098,7 +1101,7 @@ fn read_root_history(dir: &Path, current: u64, limits: &Limits) -> Option<RootCh
 }
 
 /// The public key material and threshold of a role, to detect key rotations (5.3.11).
-fn role_key_material(root: &Root, role: &str) -> Option<(u64, Vec<String>)> {
+fn role_key_material(root: &Root, role: &Role) -> Option<(u64, Vec<String>)> {
     let keys = root.role(role)?;
     let mut material: Vec<String> = keys
         .keyids
@@ -1135,14 +1138,14 @@ impl Loader {
         datastore::read_optional(dir, name, cap).ok().flatten()
     }
 
-    fn check_expiry(&self, role: &str, signed: &impl Common) -> Result<(), Error> {
+    fn check_expiry(&self, role: &Role, signed: &impl Common) -> Result<(), Error> {
         // An offline cache is verified with expiry ignored (it is checked at boot, later).
         let ignore_expiry = matches!(self.source, Source::Offline { .. });
         if ignore_expiry || signed.expires() > self.started {
             return Ok(());
         }
         Err(Error::Expired {
-            role: role.to_owned(),
+            role: role.clone(),
             version: signed.version(),
             expires: signed.expires(),
             started: self.started,
@@ -1168,20 +1171,20 @@ impl Loader {
             // 5.3.3: try downloading N+1.root.json, up to W bytes; absent: go to 5.3.10.
             let Some(bytes) =
                 self.source
-                    .fetch("root", &name, self.limits.max_root_size, &self.limits)?
+                    .fetch(&Role::Root, &name, self.limits.max_root_size, &self.limits)?
             else {
                 break;
             };
-            let (env, new) = parse::<Root>("root", "root", &bytes)?;
+            let (env, new) = parse::<Root>(&Role::Root, &bytes)?;
             new.check()?;
             // 5.3.4: signed by a threshold of the trusted root's root keys and by a threshold
             // of the new root's own root keys.
-            check_top_level(&root.signed, "root", new.version, &env)?;
-            check_top_level(&new, "root", new.version, &env)?;
+            check_top_level(&root.signed, &Role::Root, new.version, &env)?;
+            check_top_level(&new, &Role::Root, new.version, &env)?;
             // 5.3.5: rollback check: the new version must be exactly N+1.
             if new.version < n {
                 return Err(Error::Rollback {
-                    role: "root".to_owned(),
+                    role: Role::Root,
                     trusted: n,
                     new: new.version,
                     check: "5.3.5",
@@ -1193,7 +1196,7 @@ impl Loader {
             }
             if new.version != next {
                 return Err(Error::VersionMismatch {
-                    role: "root".to_owned(),
+                    role: Role::Root,
                     found: new.version,
                     expected: next,
                     listed_in: format!("the file name {next}.root.json"),
@@ -1210,7 +1213,7 @@ impl Loader {
             // 5.3.9: repeat.
         }
         // 5.3.10: freeze attack check on the final root.
-        self.check_expiry("root", &root.signed)?;
+        self.check_expiry(&Role::Root, &root.signed)?;
         Ok((root, chain))
     }
 
@@ -1220,8 +1223,8 @@ impl Loader {
         let trusted: Option<Trusted<Timestamp>> = self
             .local("timestamp.json", self.limits.max_timestamp_size)
             .and_then(|bytes| {
-                let (env, ts) = parse::<Timestamp>("timestamp", "timestamp", &bytes).ok()?;
-                check_top_level(&root.signed, "timestamp", ts.version, &env).ok()?;
+                let (env, ts) = parse::<Timestamp>(&Role::Timestamp, &bytes).ok()?;
+                check_top_level(&root.signed, &Role::Timestamp, ts.version, &env).ok()?;
                 Some(Trusted { bytes, signed: ts })
             });
         // 5.4.1: download timestamp.json, up to X bytes.
@@ -1230,20 +1233,20 @@ impl Loader {
             offline: "timestamp.json".to_owned(),
         };
         let bytes = self.source.fetch_required(
-            "timestamp",
+            &Role::Timestamp,
             &name,
             self.limits.max_timestamp_size,
             &self.limits,
         )?;
-        let (env, new) = parse::<Timestamp>("timestamp", "timestamp", &bytes)?;
+        let (env, new) = parse::<Timestamp>(&Role::Timestamp, &bytes)?;
         // 5.4.2: signed by a threshold of the timestamp keys of the trusted root.
-        check_top_level(&root.signed, "timestamp", new.version, &env)?;
+        check_top_level(&root.signed, &Role::Timestamp, new.version, &env)?;
         let new_meta = new.snapshot_meta()?.clone();
         if let Some(trusted) = trusted {
             // 5.4.3.1: the new version must not be lower than the trusted one.
             if new.version < trusted.signed.version {
                 return Err(Error::Rollback {
-                    role: "timestamp".to_owned(),
+                    role: Role::Timestamp,
                     trusted: trusted.signed.version,
                     new: new.version,
                     check: "5.4.3.1",
@@ -1252,14 +1255,14 @@ impl Loader {
             if new.version == trusted.signed.version {
                 // Equal: discard the new file (even if its content differs) and keep the
                 // trusted one, which must still be fresh.
-                self.check_expiry("timestamp", &trusted.signed)?;
+                self.check_expiry(&Role::Timestamp, &trusted.signed)?;
                 return Ok(trusted);
             }
             // 5.4.3.2: the snapshot version it lists must not go backwards.
             let trusted_snap = trusted.signed.snapshot_meta()?.version;
             if new_meta.version < trusted_snap {
                 return Err(Error::Rollback {
-                    role: "snapshot".to_owned(),
+                    role: Role::Snapshot,
                     trusted: trusted_snap,
                     new: new_meta.version,
                     check: "5.4.3.2 (snapshot version listed in timestamp)",
@@ -1267,7 +1270,7 @@ impl Loader {
             }
         }
         // 5.4.4: freeze attack check.
-        self.check_expiry("timestamp", &new)?;
+        self.check_expiry(&Role::Timestamp, &new)?;
         // 5.4.5: persist.
         self.persist("timestamp.json", &bytes)?;
         Ok(Trusted { bytes, signed: new })
@@ -1285,8 +1288,8 @@ impl Loader {
         let trusted: Option<Trusted<Snapshot>> = self
             .local("snapshot.json", self.limits.max_snapshot_size)
             .and_then(|bytes| {
-                let (env, s) = parse::<Snapshot>("snapshot", "snapshot", &bytes).ok()?;
-                check_top_level(&root.signed, "snapshot", s.version, &env).ok()?;
+                let (env, s) = parse::<Snapshot>(&Role::Snapshot, &bytes).ok()?;
+                check_top_level(&root.signed, &Role::Snapshot, s.version, &env).ok()?;
                 Some(Trusted { bytes, signed: s })
             });
         // Nothing changed since the last update: the trusted snapshot is the one timestamp
@@ -1294,7 +1297,7 @@ impl Loader {
         if let Some(t) = &trusted {
             if t.signed.version == meta.version
                 && verify::check_meta_file("snapshot", &listed_in, &meta, &t.bytes).is_ok()
-                && self.check_expiry("snapshot", &t.signed).is_ok()
+                && self.check_expiry(&Role::Snapshot, &t.signed).is_ok()
             {
                 return Ok(t.clone());
             }
@@ -1302,18 +1305,18 @@ impl Loader {
         // 5.5.1: download, up to the length timestamp lists or Y bytes; VERSION.snapshot.json
         // with consistent snapshots. 5.5.2: hashes (and length) against timestamp's listing.
         let bytes = self.fetch_listed(
-            "snapshot",
+            &Role::Snapshot,
             &meta,
             &listed_in,
             root.signed.consistent_snapshot,
             "snapshot.json",
             self.limits.max_snapshot_size,
         )?;
-        let (env, new) = parse::<Snapshot>("snapshot", "snapshot", &bytes)?;
+        let (env, new) = parse::<Snapshot>(&Role::Snapshot, &bytes)?;
         // 5.5.3: signatures.
-        check_top_level(&root.signed, "snapshot", new.version, &env)?;
+        check_top_level(&root.signed, &Role::Snapshot, new.version, &env)?;
         // 5.5.4: version against timestamp's listing.
-        check_listed_version("snapshot", new.version, &meta, listed_in)?;
+        check_listed_version(&Role::Snapshot, new.version, &meta, listed_in)?;
         // 5.5.5: no targets role goes backwards or vanishes.
         if let Some(t) = &trusted {
             for (file, old) in &t.signed.meta {
@@ -1325,7 +1328,7 @@ impl Loader {
                 };
                 if now.version < old.version {
                     return Err(Error::Rollback {
-                        role: file.trim_end_matches(".json").to_owned(),
+                        role: Role::from_name(file.trim_end_matches(".json")),
                         trusted: old.version,
                         new: now.version,
                         check: "5.5.5 (version listed in snapshot)",
@@ -1334,7 +1337,7 @@ impl Loader {
             }
         }
         // 5.5.6: freeze attack check.
-        self.check_expiry("snapshot", &new)?;
+        self.check_expiry(&Role::Snapshot, &new)?;
         // 5.5.7: persist.
         self.persist("snapshot.json", &bytes)?;
         Ok(Trusted { bytes, signed: new })
@@ -1354,10 +1357,11 @@ impl Loader {
                 file: "targets.json".to_owned(),
             })?
             .clone();
-        let check =
-            |env: &Envelope, version: u64| check_top_level(&root.signed, "targets", version, env);
+        let check = |env: &Envelope, version: u64| {
+            check_top_level(&root.signed, &Role::Targets, version, env)
+        };
         self.load_targets_role(
-            "targets",
+            &Role::Targets,
             &meta,
             root.signed.consistent_snapshot,
             "targets.json",
@@ -1369,7 +1373,7 @@ impl Loader {
     /// Steps 5.6.1 to 5.6.6 for `role` (top-level or delegated), listed in snapshot as `meta`.
     fn load_targets_role(
         &self,
-        role: &str,
+        role: &Role,
         meta: &MetaFile,
         consistent_snapshot: bool,
         local_name: &str,
@@ -1378,15 +1382,13 @@ impl Loader {
         let listed_in = "snapshot".to_owned();
         // Already trusted and unchanged: no download.
         if let Some(bytes) = self.local(local_name, self.limits.max_targets_size) {
-            let reuse = parse::<Targets>(role, "targets", &bytes)
-                .ok()
-                .filter(|(env, t)| {
-                    t.version == meta.version
-                        && verify::check_meta_file(role, &listed_in, meta, &bytes).is_ok()
-                        && check_signatures(env, t.version).is_ok()
-                        && t.check(role).is_ok()
-                        && self.check_expiry(role, t).is_ok()
-                });
+            let reuse = parse::<Targets>(role, &bytes).ok().filter(|(env, t)| {
+                t.version == meta.version
+                    && verify::check_meta_file(role.as_str(), &listed_in, meta, &bytes).is_ok()
+                    && check_signatures(env, t.version).is_ok()
+                    && t.check(role).is_ok()
+                    && self.check_expiry(role, t).is_ok()
+            });
             if let Some((_, signed)) = reuse {
                 return Ok(Trusted { bytes, signed });
             }
@@ -1401,7 +1403,7 @@ impl Loader {
             local_name,
             self.limits.max_targets_size,
         )?;
-        let (env, new) = parse::<Targets>(role, "targets", &bytes)?;
+        let (env, new) = parse::<Targets>(role, &bytes)?;
         // 5.6.3: signatures.
         check_signatures(&env, new.version)?;
         drop(env);
@@ -1420,7 +1422,7 @@ impl Loader {
     /// `offline` in a local directory), then checks its length and hashes against the listing.
     fn fetch_listed(
         &self,
-        role: &str,
+        role: &Role,
         meta: &MetaFile,
         listed_in: &str,
         consistent_snapshot: bool,
@@ -1437,14 +1439,14 @@ impl Loader {
             offline: offline.to_owned(),
         };
         let bytes = self.source.fetch_required(role, &name, cap, &self.limits)?;
-        verify::check_meta_file(role, listed_in, meta, &bytes)?;
+        verify::check_meta_file(role.as_str(), listed_in, meta, &bytes)?;
         Ok(bytes)
     }
 }
 
 /// The version `found` in `role`'s metadata must be the one `listed_in` lists (`meta`).
 fn check_listed_version(
-    role: &str,
+    role: &Role,
     found: u64,
     meta: &MetaFile,
     listed_in: String,
@@ -1453,7 +1455,7 @@ fn check_listed_version(
         return Ok(());
     }
     Err(Error::VersionMismatch {
-        role: role.to_owned(),
+        role: role.clone(),
         found,
         expected: meta.version,
         listed_in,
@@ -1481,12 +1483,12 @@ fn with_snapshot_context(e: Error, snapshot_version: u64) -> Error {
             algorithm,
         },
         Error::LengthMismatch {
-            role,
+            what,
             expected,
             actual,
             ..
         } => Error::LengthMismatch {
-            role,
+            what,
             listed_in: format!("snapshot version {snapshot_version}"),
             expected,
             actual,
@@ -1497,10 +1499,10 @@ fn with_snapshot_context(e: Error, snapshot_version: u64) -> Error {
 
 /// The download cap for a file whose length may be listed: the listed length, refused when
 /// above our limit.
-fn listed_cap(role: &str, listed: Option<u64>, limit: u64) -> Result<u64, Error> {
+fn listed_cap(role: &Role, listed: Option<u64>, limit: u64) -> Result<u64, Error> {
     match listed {
         Some(len) if len > limit => Err(Error::TooLarge {
-            role: role.to_owned(),
+            role: role.clone(),
             limit,
         }),
         Some(len) => Ok(len),

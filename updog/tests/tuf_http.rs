@@ -7,7 +7,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use updog::transport::{Backoff, HttpOptions, HttpTransport, TransportErrorKind};
-use updog::tuf::{Error, Repository, RepositoryOptions};
+use updog::tuf::{Error, Repository, RepositoryOptions, Role};
 
 struct Setup {
     repo: TestRepo,
@@ -111,7 +111,13 @@ fn endless_timestamp_is_cut_at_the_size_limit() {
     let started = Instant::now();
     let e = s.load(Duration::from_secs(5)).unwrap_err();
     assert!(
-        matches!(&e, Error::TooLarge { role, limit: 16384 } if role == "timestamp"),
+        matches!(
+            &e,
+            Error::TooLarge {
+                role: Role::Timestamp,
+                limit: 16384
+            }
+        ),
         "{e}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -123,7 +129,13 @@ fn endless_root_is_cut_at_the_size_limit() {
     s.server.fault("/metadata/2.root.json", Fault::Endless);
     let e = s.load(Duration::from_secs(5)).unwrap_err();
     assert!(
-        matches!(&e, Error::TooLarge { role, .. } if role == "root"),
+        matches!(
+            &e,
+            Error::TooLarge {
+                role: Role::Root,
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -134,7 +146,13 @@ fn endless_snapshot_is_cut_at_the_listed_length() {
     s.server.fault("/metadata/snapshot.json", Fault::Endless);
     let e = s.load(Duration::from_secs(5)).unwrap_err();
     assert!(
-        matches!(&e, Error::TooLarge { role, .. } if role == "snapshot"),
+        matches!(
+            &e,
+            Error::TooLarge {
+                role: Role::Snapshot,
+                ..
+            }
+        ),
         "{e}"
     );
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use updog::transport::{Backoff, HttpOptions, HttpTransport};
-use updog::tuf::{Error, Repository, RepositoryOptions};
+use updog::tuf::{Error, Repository, RepositoryOptions, Role, Signer};
 
 /// A repository served over HTTP and a client directory (trusted metadata, shipped root).
 struct Served {
@@ -117,11 +117,11 @@ fn diamond() -> Served {
 fn assert_refused_through_parent_b(result: Result<Option<updog::tuf::TargetDescription>, Error>) {
     match result {
         Err(Error::Threshold {
-            role,
-            signer,
+            role: Role::Delegated(role),
+            signer: Signer::Delegation { delegator },
             valid: 0,
             ..
-        }) if role == "release" && signer.contains("parent-b") => {}
+        }) if role == "release" && delegator == Role::Delegated("parent-b".into()) => {}
         other => panic!("expected release refused on parent-b's keys, got {other:?}"),
     }
 }
@@ -213,7 +213,7 @@ fn diamond_signed_by_both_keys_is_trusted_through_both() {
 
 fn assert_duplicate(e: &Error, role: &str, key: &TestKey) {
     assert!(
-        matches!(e, Error::DuplicateSignature { role: r, keyid, .. } if r == role && keyid == key.keyid()),
+        matches!(e, Error::DuplicateSignature { role: r, keyid, .. } if *r == Role::from_name(role) && keyid == key.keyid()),
         "{role}: {e:?}"
     );
     let text = e.to_string();
@@ -303,10 +303,10 @@ fn a_stored_root_that_does_not_match_the_repository_is_named_with_its_origin() {
     let stored = served.datastore().join("root.json");
     match &e {
         Error::Threshold {
-            role,
+            role: Role::Timestamp,
             stored_root: Some(note),
             ..
-        } if role == "timestamp" => {
+        } => {
             assert_eq!(note.path, stored);
             assert_eq!(note.version, 1);
             assert!(
@@ -363,11 +363,11 @@ fn a_new_root_not_signed_by_the_stored_root_names_it() {
     served.repo.publish_root();
     match served.load_err() {
         Error::Threshold {
-            role,
+            role: Role::Root,
             version: 2,
             stored_root: Some(note),
             ..
-        } if role == "root" => assert_eq!(note.version, 1),
+        } => assert_eq!(note.version, 1),
         other => panic!("{other:?}"),
     }
 }

@@ -9,7 +9,7 @@ use fixtures::repo::{
 };
 use std::sync::Arc;
 use tuf_support::{Client, KINDS, label, load_err, read_all, simple_repo, trusted_files};
-use updog::tuf::{Error, Repository};
+use updog::tuf::{Error, Repository, Role, Signer};
 
 // ---------------------------------------------------------------------------------------------
 // Basics
@@ -112,7 +112,15 @@ fn timestamp_rollback_is_refused() {
         repo.publish();
         let e = load_err(&client, &repo);
         assert!(
-            matches!(&e, Error::Rollback { role, trusted: 2, new: 1, .. } if role == "timestamp"),
+            matches!(
+                &e,
+                Error::Rollback {
+                    role: Role::Timestamp,
+                    trusted: 2,
+                    new: 1,
+                    ..
+                }
+            ),
             "{}: {e}",
             label(kind)
         );
@@ -133,7 +141,15 @@ fn snapshot_version_rollback_in_timestamp_is_refused() {
     repo.publish();
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::Rollback { role, trusted: 2, new: 1, .. } if role == "snapshot"),
+        matches!(
+            &e,
+            Error::Rollback {
+                role: Role::Snapshot,
+                trusted: 2,
+                new: 1,
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -151,7 +167,15 @@ fn targets_rollback_in_snapshot_is_refused() {
     repo.publish();
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::Rollback { role, trusted: 2, new: 1, .. } if role == "targets"),
+        matches!(
+            &e,
+            Error::Rollback {
+                role: Role::Targets,
+                trusted: 2,
+                new: 1,
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -193,7 +217,15 @@ fn root_rollback_is_refused() {
     repo.write_metadata("3.root.json", &sign_envelope(&old, &keys));
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::Rollback { role, trusted: 2, new: 1, .. } if role == "root"),
+        matches!(
+            &e,
+            Error::Rollback {
+                role: Role::Root,
+                trusted: 2,
+                new: 1,
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -209,7 +241,15 @@ fn root_file_with_a_skipped_version_is_refused() {
     repo.root_version = 1;
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::VersionMismatch { role, found: 3, expected: 2, .. } if role == "root"),
+        matches!(
+            &e,
+            Error::VersionMismatch {
+                role: Role::Root,
+                found: 3,
+                expected: 2,
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -233,7 +273,7 @@ fn expired_roles_are_refused() {
         let client = Client::new(&repo, 1);
         let e = load_err(&client, &repo);
         assert!(
-            matches!(&e, Error::Expired { role: r, .. } if r == role),
+            matches!(&e, Error::Expired { role: r, .. } if *r == Role::from_name(role)),
             "{role}: {e}"
         );
         if role != "root" {
@@ -289,7 +329,13 @@ fn an_expired_local_snapshot_is_downloaded_again() {
     // Same timestamp version, still expired snapshot on the server: must fail (freeze).
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::Expired { role, .. } if role == "snapshot"),
+        matches!(
+            &e,
+            Error::Expired {
+                role: Role::Snapshot,
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -306,7 +352,13 @@ fn same_version_timestamp_when_trusted_one_expired_is_a_freeze() {
     Repository::load(opts, client.transport.clone()).unwrap();
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::Expired { role, .. } if role == "timestamp"),
+        matches!(
+            &e,
+            Error::Expired {
+                role: Role::Timestamp,
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -326,7 +378,7 @@ fn snapshot_hash_mismatch_against_timestamp_is_refused() {
     repo.write_metadata("timestamp.json", &listed);
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::HashMismatch { what, .. } | Error::LengthMismatch { role: what, .. } if what == "snapshot"),
+        matches!(&e, Error::HashMismatch { what, .. } | Error::LengthMismatch { what, .. } if what == "snapshot"),
         "{e}"
     );
 }
@@ -343,7 +395,15 @@ fn snapshot_version_mismatch_against_timestamp_is_refused() {
     repo.write_metadata("snapshot.json", &old_snapshot);
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::VersionMismatch { role, found: 1, expected: 2, .. } if role == "snapshot"),
+        matches!(
+            &e,
+            Error::VersionMismatch {
+                role: Role::Snapshot,
+                found: 1,
+                expected: 2,
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -358,7 +418,15 @@ fn targets_version_mismatch_against_snapshot_is_refused() {
     repo.write_metadata("targets.json", &old_targets);
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::VersionMismatch { role, found: 1, expected: 2, .. } if role == "targets"),
+        matches!(
+            &e,
+            Error::VersionMismatch {
+                role: Role::Targets,
+                found: 1,
+                expected: 2,
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -379,7 +447,7 @@ fn targets_hash_mismatch_against_snapshot_is_refused() {
     let client = Client::new(&repo, 1);
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::HashMismatch { what, .. } | Error::LengthMismatch { role: what, .. } if what == "targets"),
+        matches!(&e, Error::HashMismatch { what, .. } | Error::LengthMismatch { what, .. } if what == "targets"),
         "{e}"
     );
 }
@@ -403,7 +471,7 @@ fn threshold_not_met_is_refused_for_each_role() {
             let client = Client::new(&repo, 1);
             let e = load_err(&client, &repo);
             assert!(
-                matches!(&e, Error::Threshold { role: r, valid: 1, threshold: 2, .. } if r == role),
+                matches!(&e, Error::Threshold { role: r, valid: 1, threshold: 2, .. } if *r == Role::from_name(role)),
                 "{} {role}: {e}",
                 label(kind)
             );
@@ -420,7 +488,14 @@ fn signature_by_an_unlisted_key_does_not_count() {
     let client = Client::new(&repo, 1);
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::Threshold { role, valid: 0, .. } if role == "targets"),
+        matches!(
+            &e,
+            Error::Threshold {
+                role: Role::Targets,
+                valid: 0,
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -435,7 +510,13 @@ fn modified_signed_content_breaks_the_signature() {
     repo.write_metadata("timestamp.json", tampered.as_bytes());
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::Threshold { role, .. } if role == "timestamp"),
+        matches!(
+            &e,
+            Error::Threshold {
+                role: Role::Timestamp,
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -483,7 +564,15 @@ fn root_rotation_missing_old_signatures_is_refused() {
     let client = Client::new(&repo, 1);
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::Threshold { role, version: 2, signer, .. } if role == "root" && signer == "root version 1"),
+        matches!(
+            &e,
+            Error::Threshold {
+                role: Role::Root,
+                version: 2,
+                signer: Signer::Root { version: 1 },
+                ..
+            }
+        ),
         "{e}"
     );
     assert_eq!(client.trusted_version("root.json"), Some(1));
@@ -507,7 +596,16 @@ fn root_rotation_missing_new_signatures_is_refused() {
     let client = Client::new(&repo, 1);
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::Threshold { role, signer, valid: 1, threshold: 2, .. } if role == "root" && signer == "root version 2"),
+        matches!(
+            &e,
+            Error::Threshold {
+                role: Role::Root,
+                signer: Signer::Root { version: 2 },
+                valid: 1,
+                threshold: 2,
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -551,7 +649,14 @@ fn intermediate_expired_root_is_fine_but_final_expired_root_is_not() {
     let client = Client::new(&repo, 1);
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::Expired { role, version: 2, .. } if role == "root"),
+        matches!(
+            &e,
+            Error::Expired {
+                role: Role::Root,
+                version: 2,
+                ..
+            }
+        ),
         "{e}"
     );
     // The new root was still persisted (5.3.8 comes before 5.3.10).
@@ -816,7 +921,7 @@ fn delegated_role_signed_by_the_wrong_key_is_refused() {
     let r = client.load(&repo).unwrap();
     let e = r.target("x").unwrap_err();
     assert!(
-        matches!(&e, Error::Threshold { role, .. } if role == "A"),
+        matches!(&e, Error::Threshold { role: Role::Delegated(name), .. } if name == "A"),
         "{e}"
     );
 }
@@ -837,7 +942,7 @@ fn delegated_role_rollback_is_refused() {
     repo.publish();
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::Rollback { role, trusted: 2, new: 1, .. } if role == "A"),
+        matches!(&e, Error::Rollback { role: Role::Delegated(name), trusted: 2, new: 1, .. } if name == "A"),
         "{e}"
     );
 }
@@ -1045,7 +1150,13 @@ fn oversized_metadata_is_refused() {
     opts.limits.max_timestamp_size = 100;
     let e = Repository::load(opts, client.transport.clone()).unwrap_err();
     assert!(
-        matches!(&e, Error::TooLarge { role, limit: 100 } if role == "timestamp"),
+        matches!(
+            &e,
+            Error::TooLarge {
+                role: Role::Timestamp,
+                limit: 100
+            }
+        ),
         "{e}"
     );
 
@@ -1061,7 +1172,13 @@ fn oversized_metadata_is_refused() {
     let client = Client::new(&repo, 1);
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::TooLarge { role, .. } if role == "root"),
+        matches!(
+            &e,
+            Error::TooLarge {
+                role: Role::Root,
+                ..
+            }
+        ),
         "{e}"
     );
 }
@@ -1157,7 +1274,7 @@ fn shipped_root_must_be_self_signed() {
     assert!(
         matches!(&e, Error::BadTrustedRoot { path, source }
             if *path == shipped
-                && matches!(&**source, Error::Threshold { role, version: 1, .. } if role == "root")),
+                && matches!(&**source, Error::Threshold { role: Role::Root, version: 1, .. })),
         "{e}"
     );
     let _ = Arc::new(());
@@ -1171,7 +1288,7 @@ fn a_trusted_root_that_does_not_parse_is_named() {
     let named = |e: &Error, file: &std::path::Path| {
         assert!(
             matches!(e, Error::BadTrustedRoot { path, source }
-                if path == file && matches!(&**source, Error::Parse { role, .. } if role == "root")),
+                if path == file && matches!(&**source, Error::Parse { role: Role::Root, .. })),
             "{e:?}"
         );
         assert!(e.to_string().contains(&file.display().to_string()), "{e}");
@@ -1292,7 +1409,15 @@ fn one_key_listed_under_two_key_ids_counts_once() {
     let client = Client::new(&repo, 1);
     let e = load_err(&client, &repo);
     assert!(
-        matches!(&e, Error::Threshold { role, valid: 1, threshold: 2, .. } if role == "snapshot"),
+        matches!(
+            &e,
+            Error::Threshold {
+                role: Role::Snapshot,
+                valid: 1,
+                threshold: 2,
+                ..
+            }
+        ),
         "{e}"
     );
 }

@@ -228,15 +228,17 @@ impl<T: Serialize + for<'de> Deserialize<'de>> Envelope<T> {
                 .signatures
                 .iter()
                 .map(|s| VerifySignature {
-                    keyid: s.keyid.clone(),
+                    keyid: s.keyid.as_str().into(),
                     sig: s.sig.clone(),
                 })
                 .collect(),
         };
         check_threshold_json(
-            role,
+            &crate::tuf::Role::from_name(role),
             0,
-            what,
+            crate::tuf::Signer::Root {
+                version: root.version,
+            },
             &envelope,
             &keys.keyids,
             keys.threshold,

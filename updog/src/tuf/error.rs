@@ -1,6 +1,7 @@
 //! Errors of the TUF client. Each names the role (or target), the version where known, and the
 //! check that failed.
 
+use super::role::{KeyId, Role, Signer};
 use crate::transport::TransportError;
 use chrono::{DateTime, Utc};
 use std::path::PathBuf;
@@ -32,7 +33,7 @@ pub enum Error {
     #[error("{role} metadata is larger than {limit} bytes (its listed length or size limit)")]
     TooLarge {
         /// The role.
-        role: String,
+        role: Role,
         /// The limit in bytes.
         limit: u64,
     },
@@ -40,7 +41,7 @@ pub enum Error {
     #[error("{role} metadata does not parse: {source}")]
     Parse {
         /// The role.
-        role: String,
+        role: Role,
         /// The parser's error.
         #[source]
         source: serde_json::Error,
@@ -49,7 +50,7 @@ pub enum Error {
     #[error("{role} metadata has _type {found:?}, expected {expected:?}")]
     WrongType {
         /// The role.
-        role: String,
+        role: Role,
         /// The expected `_type`.
         expected: String,
         /// The `_type` found.
@@ -59,7 +60,7 @@ pub enum Error {
     #[error("{role} metadata is invalid: {reason}")]
     Invalid {
         /// The role.
-        role: String,
+        role: Role,
         /// What is wrong.
         reason: String,
     },
@@ -70,11 +71,11 @@ pub enum Error {
     )]
     Threshold {
         /// The role being verified.
-        role: String,
+        role: Role,
         /// Its version.
         version: u64,
-        /// Whose keys were checked (e.g. "root version 3", "delegating role targets").
-        signer: String,
+        /// Whose keys were checked (root version 3, role A's delegation).
+        signer: Signer,
         /// Distinct keys with a valid signature.
         valid: u64,
         /// The required threshold.
@@ -89,17 +90,17 @@ pub enum Error {
     )]
     DuplicateSignature {
         /// The role.
-        role: String,
+        role: Role,
         /// Its version.
         version: u64,
         /// The repeated key id.
-        keyid: String,
+        keyid: KeyId,
     },
     /// The metadata expired before the update started (freeze attack check).
     #[error("{role} version {version} expired at {expires} (update started at {started})")]
     Expired {
         /// The role.
-        role: String,
+        role: Role,
         /// Its version.
         version: u64,
         /// Its expiry.
@@ -111,7 +112,7 @@ pub enum Error {
     #[error("{role}: version {new} is lower than the trusted version {trusted} ({check})")]
     Rollback {
         /// The role (or, for versions listed in snapshot, the listed role).
-        role: String,
+        role: Role,
         /// The trusted version.
         trusted: u64,
         /// The new version.
@@ -132,7 +133,7 @@ pub enum Error {
     #[error("{role}: version {found} does not match version {expected} listed in {listed_in}")]
     VersionMismatch {
         /// The role.
-        role: String,
+        role: Role,
         /// The version found in the file.
         found: u64,
         /// The version expected.
@@ -151,10 +152,10 @@ pub enum Error {
         algorithm: String,
     },
     /// The length does not match the length another role lists for it.
-    #[error("{role}: length {actual} does not match length {expected} listed in {listed_in}")]
+    #[error("{what}: length {actual} does not match length {expected} listed in {listed_in}")]
     LengthMismatch {
         /// The role or target.
-        role: String,
+        what: String,
         /// Where the expectation comes from.
         listed_in: String,
         /// The listed length.

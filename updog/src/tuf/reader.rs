@@ -118,7 +118,7 @@ impl TargetReader {
             State::Verified => Ok(()),
             State::Failed(_) if self.inner.read == self.inner.length => Err(self.first_mismatch()),
             _ => Err(Error::LengthMismatch {
-                role: format!("target {}", self.name),
+                what: format!("target {}", self.name),
                 listed_in: "its targets metadata".to_owned(),
                 expected: self.description.length,
                 actual: self.inner.read,

@@ -9,6 +9,7 @@
 
 use super::canonical::{Canon, CanonSeed};
 use super::error::Error;
+use super::role::{KeyId, Role};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
@@ -17,7 +18,7 @@ use std::collections::BTreeMap;
 /// A signature entry of a metadata envelope.
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct Signature {
-    pub keyid: String,
+    pub keyid: KeyId,
     pub sig: String,
 }
 
@@ -58,26 +59,26 @@ impl Envelope {
     /// memory of a refresh). Decoding from the bytes is at least as strict as decoding a tree
     /// (a repeated field is refused instead of the last one winning).
     pub(crate) fn parse<T: for<'de> Deserialize<'de> + Common>(
-        role: &str,
-        expected_type: &str,
+        role: &Role,
         bytes: &[u8],
     ) -> Result<(Self, T), Error> {
+        let expected_type = role.metadata_type();
         let parse_err = |source| Error::Parse {
-            role: role.to_owned(),
+            role: role.clone(),
             source,
         };
         let raw: RawEnvelope = serde_json::from_slice(bytes).map_err(parse_err)?;
         let found = raw.signed.type_name.as_deref().unwrap_or("");
         if found != expected_type {
             return Err(Error::WrongType {
-                role: role.to_owned(),
+                role: role.clone(),
                 expected: expected_type.to_owned(),
                 found: found.to_owned(),
             });
         }
         if let Some(e) = raw.signed.unrepresentable {
             return Err(Error::Invalid {
-                role: role.to_owned(),
+                role: role.clone(),
                 reason: format!("cannot produce canonical JSON: {e}"),
             });
         }
@@ -87,16 +88,16 @@ impl Envelope {
         let value = typed.signed;
         if value.version() == 0 {
             return Err(Error::Invalid {
-                role: role.to_owned(),
+                role: role.clone(),
                 reason: "version must be at least 1".to_owned(),
             });
         }
         // A key id MUST be unique in `signatures` (specification, "Metadata format"): a
         // repeated one is refused outright rather than counted once.
         let mut seen = std::collections::HashSet::new();
-        if let Some(dup) = signatures.iter().find(|s| !seen.insert(s.keyid.as_str())) {
+        if let Some(dup) = signatures.iter().find(|s| !seen.insert(&s.keyid)) {
             return Err(Error::DuplicateSignature {
-                role: role.to_owned(),
+                role: role.clone(),
                 version: value.version(),
                 keyid: dup.keyid.clone(),
             });
@@ -188,7 +189,7 @@ impl<'de> Deserialize<'de> for ListedKey {
 /// The keys and threshold of one role.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub(crate) struct RoleKeys {
-    pub keyids: Vec<String>,
+    pub keyids: Vec<KeyId>,
     pub threshold: u64,
 }
 
@@ -200,7 +201,7 @@ pub(crate) struct Root {
     pub version: u64,
     pub expires: DateTime<Utc>,
     /// Key id -> key, parsed once here; a key of an unknown type does not fail the file.
-    pub keys: BTreeMap<String, ListedKey>,
+    pub keys: BTreeMap<KeyId, ListedKey>,
     pub roles: BTreeMap<String, RoleKeys>,
 }
 common!(Root);
@@ -208,16 +209,16 @@ common!(Root);
 impl Root {
     /// Checks the structural rules a root must satisfy to be usable.
     pub(crate) fn check(&self) -> Result<(), Error> {
-        for top in ["root", "timestamp", "snapshot", "targets"] {
-            let Some(keys) = self.roles.get(top) else {
+        for top in &Role::TOP_LEVEL {
+            let Some(keys) = self.role(top) else {
                 return Err(Error::Invalid {
-                    role: "root".to_owned(),
+                    role: Role::Root,
                     reason: format!("version {} does not define the {top} role", self.version),
                 });
             };
             if keys.threshold == 0 {
                 return Err(Error::Invalid {
-                    role: "root".to_owned(),
+                    role: Role::Root,
                     reason: format!("version {}: {top} threshold is 0", self.version),
                 });
             }
@@ -226,8 +227,8 @@ impl Root {
     }
 
     /// The keys and threshold of a top-level role (checked to exist by [`Root::check`]).
-    pub(crate) fn role(&self, name: &str) -> Option<&RoleKeys> {
-        self.roles.get(name)
+    pub(crate) fn role(&self, role: &Role) -> Option<&RoleKeys> {
+        self.roles.get(role.as_str())
     }
 }
 
@@ -255,7 +256,7 @@ impl Timestamp {
         self.meta
             .get("snapshot.json")
             .ok_or_else(|| Error::Invalid {
-                role: "timestamp".to_owned(),
+                role: Role::Timestamp,
                 reason: format!("version {} does not list snapshot.json", self.version),
             })
     }
@@ -314,7 +315,7 @@ impl TargetDescription {
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct DelegatedRole {
     pub name: String,
-    pub keyids: Vec<String>,
+    pub keyids: Vec<KeyId>,
     pub threshold: u64,
     #[serde(default)]
     pub terminating: bool,
@@ -327,7 +328,7 @@ pub(crate) struct DelegatedRole {
 /// The `delegations` object of a targets role.
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct Delegations {
-    pub keys: BTreeMap<String, ListedKey>,
+    pub keys: BTreeMap<KeyId, ListedKey>,
     pub roles: Vec<DelegatedRole>,
 }
 
@@ -344,7 +345,7 @@ common!(Targets);
 
 impl Targets {
     /// Structural checks on delegations.
-    pub(crate) fn check(&self, role: &str) -> Result<(), Error> {
+    pub(crate) fn check(&self, role: &Role) -> Result<(), Error> {
         let Some(delegations) = &self.delegations else {
             return Ok(());
         };
@@ -356,7 +357,7 @@ impl Targets {
                     "delegation to {:?} sets both paths and path_hash_prefixes",
                     d.name
                 ))
-            } else if super::TOP_LEVEL_ROLES.contains(&d.name.as_str()) {
+            } else if Role::from_name(&d.name).is_top_level() {
                 Some(format!(
                     "delegation to {:?} reuses a top-level role name",
                     d.name
@@ -368,7 +369,7 @@ impl Targets {
             };
             if let Some(reason) = reason {
                 return Err(Error::Invalid {
-                    role: role.to_owned(),
+                    role: role.clone(),
                     reason: format!("version {}: {reason}", self.version),
                 });
             }

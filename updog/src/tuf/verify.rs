@@ -1,6 +1,7 @@
 //! Signature thresholds and hash checks.
 
 use super::error::Error;
+use super::role::{KeyId, Role, Signer};
 use super::schema::{Envelope, KeyAlgorithm, ListedKey, MetaFile};
 use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use serde_json::Value;
@@ -25,40 +26,46 @@ fn verify_with<'k>(key: &'k ListedKey, msg: &[u8], sig: &[u8]) -> Option<&'k [u8
 /// [`check_threshold`] for key objects not parsed yet (the publisher's own root type): each
 /// listed key is parsed once for this check.
 pub(crate) fn check_threshold_json(
-    role: &str,
+    role: &Role,
     version: u64,
-    signer: &str,
+    signer: Signer,
     envelope: &Envelope,
     keyids: &[String],
     threshold: u64,
     keys: &BTreeMap<String, Value>,
 ) -> Result<(), Error> {
-    let parsed: BTreeMap<String, ListedKey> = keys
+    let parsed: BTreeMap<KeyId, ListedKey> = keys
         .iter()
         .filter(|(id, _)| keyids.contains(id))
-        .filter_map(|(id, v)| Some((id.clone(), serde_json::from_value(v.clone()).ok()?)))
+        .filter_map(|(id, v)| {
+            Some((
+                KeyId::from(id.as_str()),
+                serde_json::from_value(v.clone()).ok()?,
+            ))
+        })
         .collect();
-    check_threshold(role, version, signer, envelope, keyids, threshold, &parsed)
+    let keyids: Vec<KeyId> = keyids.iter().map(|id| KeyId::from(id.as_str())).collect();
+    check_threshold(role, version, signer, envelope, &keyids, threshold, &parsed)
 }
 
 /// Checks that `envelope` carries valid signatures from at least `threshold` distinct keys among
 /// `keyids` (looked up in `keys`). Repeated key ids in `signatures` were already refused when the
 /// envelope was parsed; two key ids with the same public key material count once.
 pub(crate) fn check_threshold(
-    role: &str,
+    role: &Role,
     version: u64,
-    signer: &str,
+    signer: Signer,
     envelope: &Envelope,
-    keyids: &[String],
+    keyids: &[KeyId],
     threshold: u64,
-    keys: &BTreeMap<String, ListedKey>,
+    keys: &BTreeMap<KeyId, ListedKey>,
 ) -> Result<(), Error> {
     let msg = envelope.canonical.as_slice();
-    let allowed: HashSet<&str> = keyids.iter().map(String::as_str).collect();
-    let mut counted_ids: HashSet<&str> = HashSet::new();
+    let allowed: HashSet<&KeyId> = keyids.iter().collect();
+    let mut counted_ids: HashSet<&KeyId> = HashSet::new();
     let mut counted_material: HashSet<&[u8]> = HashSet::new();
     for sig in &envelope.signatures {
-        if !allowed.contains(sig.keyid.as_str()) || counted_ids.contains(sig.keyid.as_str()) {
+        if !allowed.contains(&sig.keyid) || counted_ids.contains(&sig.keyid) {
             continue;
         }
         let Some(key) = keys.get(&sig.keyid) else {
@@ -68,7 +75,7 @@ pub(crate) fn check_threshold(
             continue;
         };
         if let Some(material) = verify_with(key, msg, &sig_bytes) {
-            counted_ids.insert(sig.keyid.as_str());
+            counted_ids.insert(&sig.keyid);
             counted_material.insert(material);
         }
     }
@@ -77,9 +84,9 @@ pub(crate) fn check_threshold(
         Ok(())
     } else {
         Err(Error::Threshold {
-            role: role.to_owned(),
+            role: role.clone(),
             version,
-            signer: signer.to_owned(),
+            signer,
             valid,
             threshold,
             stored_root: None,
@@ -97,7 +104,7 @@ pub(crate) fn check_meta_file(
     if let Some(length) = meta.length {
         if bytes.len() as u64 != length {
             return Err(Error::LengthMismatch {
-                role: role.to_owned(),
+                what: role.to_owned(),
                 listed_in: listed_in.to_owned(),
                 expected: length,
                 actual: bytes.len() as u64,
