@@ -440,3 +440,31 @@ fn staging_is_refused_while_the_running_set_has_not_been_marked_successful() {
         .unwrap();
     assert!(host.b_holds(&spec().releases[1]));
 }
+
+/// A plan made while set A ran is for set B; if the host runs set B by the time it is staged
+/// (it rebooted into it), the plan is refused naming both sets, before the disk is touched.
+#[test]
+fn a_plan_is_refused_when_the_host_runs_the_other_set_since_the_check() {
+    let mut host = host();
+    let plan = checked_plan(&updater(&host), &CheckOptions::default());
+    assert_eq!(plan.target_set(), Some(SetId::B));
+    host.active = SetId::B;
+    host.set_running("1.0.0", SetId::B);
+    let before = host.disk.bytes().unwrap();
+    let updater = updater(&host);
+    let lock = updater.lock().unwrap();
+    let err = updater
+        .stage_plan(&lock, plan, &|_| {}, &CancelHandle::new())
+        .unwrap_err();
+    let UpdateError::PlanChanged { change, .. } = &err else {
+        panic!("expected PlanChanged, got {err}");
+    };
+    assert_eq!(
+        **change,
+        PlanChange::TargetSet {
+            planned: SetId::B,
+            now: SetId::A
+        }
+    );
+    assert!(host.disk.bytes().unwrap() == before, "the disk changed");
+}
