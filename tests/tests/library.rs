@@ -290,6 +290,28 @@ fn a_plan_from_check_holds_the_signed_images_and_is_staged_exactly() {
     }
 }
 
+/// Stages `plan`, which must be refused as changed with the disk left exactly as it was:
+/// the change and the error's message.
+fn refused_plan(host: &Host, updater: &Updater, plan: UpdatePlan) -> (PlanChange, String) {
+    let before = host.disk.bytes().unwrap();
+    let lock = updater.lock().unwrap();
+    let err = updater
+        .stage_plan(&lock, plan, &|_| {}, &CancelHandle::new())
+        .unwrap_err();
+    assert_eq!(err.exit_code(), updog::exit::FAILURE);
+    assert!(host.disk.bytes().unwrap() == before, "the disk changed");
+    assert_eq!(
+        cached_migrations(host),
+        0,
+        "migrations fetched for a refused plan"
+    );
+    let text = err.to_string();
+    match err {
+        UpdateError::PlanChanged { change, .. } => (*change, text),
+        other => panic!("expected PlanChanged, got {other}"),
+    }
+}
+
 /// Checked 1.1.0; then 1.2.0 is published and 1.1.0's root image re-signed with other bytes.
 /// Staging the old plan refuses, naming the version, and the disk is as it was.
 #[test]
@@ -301,34 +323,23 @@ fn a_plan_is_refused_when_the_repository_offers_another_version_since_the_check(
     spec.releases[1].root = e2e_tests::payload(99, 1536 * 1024);
     e2e_tests::republish(&spec, &host.repo.dir, 2);
 
-    let before = host.disk.bytes().unwrap();
-    let lock = updater.lock().unwrap();
-    let err = updater
-        .stage_plan(&lock, plan, &|_| {}, &CancelHandle::new())
-        .unwrap_err();
-    let UpdateError::PlanChanged { version, change } = &err else {
-        panic!("expected PlanChanged, got {err}");
-    };
-    assert_eq!(version.to_string(), "1.1.0");
+    let (change, text) = refused_plan(&host, &updater, plan);
     assert_eq!(
-        **change,
+        change,
         PlanChange::Version {
             planned: "1.1.0".parse().unwrap(),
             now: "1.2.0".parse().unwrap()
         }
     );
-    assert_eq!(err.exit_code(), updog::exit::FAILURE);
-    assert!(err.to_string().contains("now offers 1.2.0"), "{err}");
-    assert!(host.disk.bytes().unwrap() == before, "the disk changed");
-    assert_eq!(
-        cached_migrations(&host),
-        0,
-        "migrations fetched for a refused plan"
+    assert!(
+        text.contains("update to 1.1.0") && text.contains("now offers 1.2.0"),
+        "{text}"
     );
 
     // A new check plans 1.2.0, and that plan stages.
     let plan = checked_plan(&updater, &CheckOptions::default());
     assert_eq!(plan.version().to_string(), "1.2.0");
+    let lock = updater.lock().unwrap();
     updater
         .stage_plan(&lock, plan, &|_| {}, &CancelHandle::new())
         .unwrap();
@@ -346,20 +357,12 @@ fn a_plan_is_refused_when_an_image_it_names_was_re_signed_since_the_check() {
     let mut spec = spec();
     spec.releases[1].root = e2e_tests::payload(99, 1536 * 1024);
     e2e_tests::republish(&spec, &host.repo.dir, 2);
-
-    let before = host.disk.bytes().unwrap();
-    let lock = updater.lock().unwrap();
-    let err = updater
-        .stage_plan(&lock, plan, &|_| {}, &CancelHandle::new())
-        .unwrap_err();
-    let UpdateError::PlanChanged { change, .. } = &err else {
-        panic!("expected PlanChanged, got {err}");
-    };
+    let (change, text) = refused_plan(&host, &updater, plan);
     let PlanChange::Image {
         image,
         planned,
         now,
-    } = &**change
+    } = &change
     else {
         panic!("expected the root image to have changed, got {change}");
     };
@@ -369,10 +372,9 @@ fn a_plan_is_refused_when_an_image_it_names_was_re_signed_since_the_check() {
     assert_eq!(now.sha256, signed_sha256(&spec.releases[1], PartKind::Root));
     assert_ne!(now.sha256, planned.sha256);
     assert!(
-        err.to_string().contains(&hex::encode(now.sha256)),
-        "the message names the new hash: {err}"
+        text.contains(&hex::encode(now.sha256)) && text.contains(&hex::encode(planned.sha256)),
+        "the message names both hashes: {text}"
     );
-    assert!(host.disk.bytes().unwrap() == before, "the disk changed");
     assert_eq!(b_state(&host).tries_left, 3, "set B was not cleared");
 }
 
@@ -454,4 +456,23 @@ fn staging_is_refused_while_the_running_set_has_not_been_marked_successful() {
         .stage_plan(&lock, plan, &|_| {}, &CancelHandle::new())
         .unwrap();
     assert!(host.b_holds(&spec().releases[1]));
+}
+
+/// A plan made while set A ran is for set B; if the host runs set B by the time it is staged
+/// (it rebooted into it), the plan is refused naming both sets, before the disk is touched.
+#[test]
+fn a_plan_is_refused_when_the_host_runs_the_other_set_since_the_check() {
+    let mut host = host();
+    let plan = checked_plan(&updater(&host), &CheckOptions::default());
+    assert_eq!(plan.target_set(), Some(SetId::B));
+    host.active = SetId::B;
+    host.set_running("1.0.0", SetId::B);
+    let (change, _) = refused_plan(&host, &updater(&host), plan);
+    assert_eq!(
+        change,
+        PlanChange::TargetSet {
+            planned: SetId::B,
+            now: SetId::A
+        }
+    );
 }
