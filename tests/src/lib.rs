@@ -25,12 +25,13 @@ pub const VARIANT: &str = "demo-variant";
 /// Attribute bits of a set that booted successfully: priority 1, tries 0, successful.
 pub const BOOTED_OK: u64 = (1 << 48) | (1 << 56);
 
-/// Directory holding the freshly built `updog` and `signpost` binaries (and the `agent`
-/// example under `examples/`).
+/// Directory holding the freshly built `updog`, `updata` and `signpost` binaries (and the
+/// `agent` example under `examples/`).
 ///
 /// Builds them once per process with the `cargo` that runs us (a nested build is fine: cargo
 /// does not hold the build lock while tests or `cargo run` programs execute), so a test never
-/// runs a stale binary.
+/// runs a stale binary. They are built with updog's `test-hooks` feature (`UPDOG_CRASH_AT`),
+/// which a release or package build does not have.
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -58,6 +59,9 @@ pub fn bin_dir() -> &'static Path {
             "signpost",
             "--bin",
             "signpost",
+            // The UPDOG_CRASH_AT hook that the crash tests kill the binary with.
+            "--features",
+            "updog/test-hooks",
         ])
         .env("CARGO_TARGET_DIR", &target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
@@ -337,8 +341,22 @@ pub fn publish(spec: &RepoSpec, dir: &Path) -> Published {
 /// Like [`publish`], with the targets (the manifest included) given as they are to be signed:
 /// for repositories a [`RepoSpec`] cannot describe (renamed or extra targets).
 pub fn publish_targets(targets: Vec<(String, Vec<u8>)>, dir: &Path) -> Published {
+    publish_version(targets, dir, 1)
+}
+
+/// Publishes `spec` again into `dir`, over an earlier [`publish`], as the repository's next
+/// release: timestamp, snapshot and targets at `version` (2 for the first republish, then 3,
+/// ...), so that a host that loaded the earlier metadata takes the new one.
+pub fn republish(spec: &RepoSpec, dir: &Path, version: u64) -> Published {
+    publish_version(spec.targets(), dir, version)
+}
+
+fn publish_version(targets: Vec<(String, Vec<u8>)>, dir: &Path, version: u64) -> Published {
     let mut repo = fixtures::repo::TestRepo::in_dir(dir, fixtures::repo::KeyKind::Ed25519);
     repo.consistent_snapshot = true;
+    for _ in 1..version {
+        repo.bump();
+    }
     for (name, bytes) in targets {
         repo.add_target(&name, &bytes);
     }
@@ -690,7 +708,7 @@ pub fn assert_consistent_after_stop(
         SetId::A
     };
     assert_eq!(next, Some(want_next), "{what}: next boot");
-    assert_eq!(status.next_boot, Some(want_next.to_string()), "{what}");
+    assert_eq!(status.next_boot, Some(want_next), "{what}");
     if let Some(staged) = &status.staged {
         assert!(
             matches!(

@@ -533,6 +533,19 @@ fn the_agent_example_updates_a_host_through_the_library() {
     assert!(text.contains("agent: root 100%"), "{text}");
     assert!(text.contains("set B boots next"), "{text}");
     assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+    // The update state in Bottlerocket's terms: Available after the check, Ready after the
+    // flip, in that order; the status object printed last says Ready too.
+    let states: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("agent: update state "))
+        .collect();
+    assert_eq!(states, ["Available", "Ready"], "{text}");
+    let status: serde_json::Value =
+        serde_json::from_str(&text[text.find("\n{").expect("status JSON")..])
+            .unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(status["update_state"], "Ready", "{status}");
+    assert_eq!(status["next_boot"], "B", "{status}");
+    assert_eq!(status["running"]["set"], "A", "{status}");
 }
 
 #[test]
@@ -592,7 +605,17 @@ fn update_image_stages_without_flipping_and_update_apply_flips_later() {
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
     assert!(events.iter().all(|e| e["v"] == 1));
-    assert_eq!(events.last().unwrap()["event"], "marked_valid");
+    // The run ends with `done` naming what is staged where, right after the set is marked valid.
+    let [.., valid, done] = &events[..] else {
+        panic!("too few events: {events:?}");
+    };
+    assert_eq!(valid["event"], "marked_valid");
+    assert_eq!(done["event"], "done", "{done}");
+    assert_eq!(
+        (&done["version"], &done["set"], &done["applied"]),
+        (&"1.1.0".into(), &"B".into(), &false.into()),
+        "{done}"
+    );
     assert_eq!(state(&host, SetId::B), SetState::new(0, 1, false).unwrap());
     assert_eq!(
         host.signpost().next_boot(),
@@ -821,4 +844,60 @@ fn failures_are_one_line_on_stderr_naming_the_problem() {
         &host.updog(&["check-update"]),
         &["`version_lock`", "banana"],
     );
+}
+
+/// Right after a reboot into an update, before `mark-successful-boot.service` marked the boot
+/// good, the set that booted before is the only fallback: `updog update` refuses to clear it,
+/// says why and what to run, and changes nothing on the disk. Once the boot is marked
+/// successful the update goes through.
+#[test]
+fn an_update_is_refused_until_the_running_boot_is_marked_successful() {
+    let mut spec = two_releases();
+    let mut host = Host::new(&spec, "1.0.0");
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    // The bootloader tries B (its one try used up); the host now runs 1.1.0 from B, not yet
+    // marked successful.
+    let pick = e2e_tests::bootloader_pick(&host.disk_path).expect("a set boots");
+    assert_eq!((pick.set, pick.tries_after), (SetId::B, 0));
+    host.active = SetId::B;
+    host.set_running("1.1.0", SetId::B);
+    assert!(!state(&host, SetId::B).successful);
+
+    spec.releases.push(Release::new("1.2.0"));
+    spec.set_max_version(&"1.2.0".parse().unwrap());
+    spec.migrations.push(Migration {
+        from: "1.1.0".parse().unwrap(),
+        to: "1.2.0".parse().unwrap(),
+        name: "migrate_v1.2.0_more.lz4".to_string(),
+        content: b"1.1 -> 1.2".to_vec(),
+    });
+    e2e_tests::republish(&spec, &host.repo.dir, 2);
+    let before = host.disk.bytes().unwrap();
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "running set B has not been marked successful",
+        "set A, the only fallback",
+        "signpost mark-successful-boot",
+        "mark-successful-boot.service",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+    }
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(host.disk.bytes().unwrap() == before, "the disk changed");
+    assert_eq!(state(&host, SetId::A), SetState::new(1, 0, true).unwrap());
+
+    let out = host
+        .signpost_cmd()
+        .arg("mark-successful-boot")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let new = &spec.releases[2];
+    assert!(host.partition_bytes(PartKind::Root, SetId::A, new.root.len()) == new.root);
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A));
 }
