@@ -51,7 +51,7 @@ mod error;
 mod pattern;
 mod reader;
 mod role;
-pub(crate) mod schema;
+pub mod schema;
 pub(crate) mod verify;
 
 pub use error::{Error, StoredRootNote};
@@ -62,7 +62,7 @@ pub use schema::TargetDescription;
 use crate::transport::{Transport, TransportErrorKind};
 use chrono::{DateTime, Utc};
 use reader::CappedReader;
-use schema::{Common, Envelope, MetaFile, Root, Snapshot, Targets, Timestamp};
+use schema::{CanonicalEnvelope, Common, MetaFile, Root, Snapshot, Targets, Timestamp};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -367,10 +367,10 @@ impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Repository")
             .field("source", &self.loader.source)
-            .field("root_version", &self.root.signed.version)
-            .field("timestamp_version", &self.timestamp.signed.version)
-            .field("snapshot_version", &self.snapshot.signed.version)
-            .field("targets_version", &self.targets.signed.version)
+            .field("root_version", &self.root.signed.version())
+            .field("timestamp_version", &self.timestamp.signed.version())
+            .field("snapshot_version", &self.snapshot.signed.version())
+            .field("targets_version", &self.targets.signed.version())
             .finish_non_exhaustive()
     }
 }
@@ -478,21 +478,26 @@ impl StoredRoot {
 fn parse<T: for<'de> serde::Deserialize<'de> + Common>(
     role: &Role,
     bytes: &[u8],
-) -> Result<(Envelope, T), Error> {
-    Envelope::parse(role, bytes)
+) -> Result<(CanonicalEnvelope, T), Error> {
+    CanonicalEnvelope::parse(role, bytes)
 }
 
 /// Verifies `env` against a root's keys for a top-level role.
-fn check_top_level(root: &Root, role: &Role, version: u64, env: &Envelope) -> Result<(), Error> {
+fn check_top_level(
+    root: &Root,
+    role: &Role,
+    version: u64,
+    env: &CanonicalEnvelope,
+) -> Result<(), Error> {
     let keys = root.role(role).ok_or_else(|| Error::Invalid {
         role: Role::Root,
-        reason: format!("version {} does not define the {role} role", root.version),
+        reason: format!("version {} does not define the {role} role", root.version()),
     })?;
     verify::check_threshold(
         role,
         version,
         Signer::Root {
-            version: root.version,
+            version: root.version(),
         },
         env,
         &keys.keyids,
@@ -537,7 +542,7 @@ impl Repository {
             format!(
                 "seeded from {} (version {}) at {}",
                 opts.trusted_root.display(),
-                root.signed.version,
+                root.signed.version(),
                 started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             )
         });
@@ -549,11 +554,11 @@ impl Repository {
                 .ok()
                 .and_then(|bytes| verify_trusted_root(bytes, &opts.trusted_root).ok());
             if let Some(shipped) = shipped {
-                if shipped.signed.version > root.signed.version {
+                if shipped.signed.version() > root.signed.version() {
                     origin = Some(format!(
                         "replaced by the newer shipped root {} (version {}) at {}",
                         opts.trusted_root.display(),
-                        shipped.signed.version,
+                        shipped.signed.version(),
                         started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                     ));
                     root = shipped;
@@ -595,7 +600,7 @@ impl Repository {
         // 5.3.12: whether consistent snapshots are used is read from root.signed on each use.
 
         // Hand out the whole chain we know of, for offline verification elsewhere.
-        chain = read_root_history(dir, root.signed.version, &opts.limits).unwrap_or(chain);
+        chain = read_root_history(dir, root.signed.version(), &opts.limits).unwrap_or(chain);
 
         Self::verified(loader, root, chain, |e| stored.explain(e))
     }
@@ -657,22 +662,22 @@ impl Repository {
 
     /// Version of the trusted root.
     pub fn root_version(&self) -> u64 {
-        self.root.signed.version
+        self.root.signed.version()
     }
 
     /// Version of the trusted timestamp.
     pub fn timestamp_version(&self) -> u64 {
-        self.timestamp.signed.version
+        self.timestamp.signed.version()
     }
 
     /// Version of the trusted snapshot.
     pub fn snapshot_version(&self) -> u64 {
-        self.snapshot.signed.version
+        self.snapshot.signed.version()
     }
 
     /// Version of the trusted top-level targets.
     pub fn targets_version(&self) -> u64 {
-        self.targets.signed.version
+        self.targets.signed.version()
     }
 
     /// Whether the trusted root asks for consistent snapshots.
@@ -705,17 +710,17 @@ impl Repository {
         for (name, version, bytes) in [
             (
                 "timestamp.json",
-                self.timestamp.signed.version,
+                self.timestamp.signed.version(),
                 &self.timestamp.bytes,
             ),
             (
                 "snapshot.json",
-                self.snapshot.signed.version,
+                self.snapshot.signed.version(),
                 &self.snapshot.bytes,
             ),
             (
                 "targets.json",
-                self.targets.signed.version,
+                self.targets.signed.version(),
                 &self.targets.bytes,
             ),
         ] {
@@ -736,7 +741,7 @@ impl Repository {
             if seen.insert(role.as_str()) {
                 out.push(MetadataFile {
                     name: datastore::role_file_name(role),
-                    version: t.signed.version,
+                    version: t.signed.version(),
                     bytes: t.bytes.clone(),
                 });
             }
@@ -863,7 +868,7 @@ impl Repository {
             .ok_or_else(|| Error::NotInSnapshot { file: file.clone() })?
             .clone();
         let loader = &self.loader;
-        let check = |env: &Envelope, version: u64| {
+        let check = |env: &CanonicalEnvelope, version: u64| {
             verify::check_threshold(
                 &role,
                 version,
@@ -1055,7 +1060,7 @@ fn verify_trusted_root(bytes: Vec<u8>, path: &Path) -> Result<Trusted<Root>, Err
 fn trusted_root_envelope(bytes: Vec<u8>) -> Result<Trusted<Root>, Error> {
     let (env, root) = parse::<Root>(&Role::Root, &bytes)?;
     root.check()?;
-    check_top_level(&root, &Role::Root, root.version, &env)?;
+    check_top_level(&root, &Role::Root, root.version(), &env)?;
     Ok(Trusted {
         bytes,
         signed: root,
@@ -1066,7 +1071,7 @@ fn trusted_root_envelope(bytes: Vec<u8>) -> Result<Trusted<Root>, Error> {
 fn remember_root(dir: &Path, root: &Trusted<Root>) -> Result<(), Error> {
     let history = datastore::history_dir(dir);
     datastore::ensure_dir(&history)?;
-    let name = format!("{}.root.json", root.signed.version);
+    let name = format!("{}.root.json", root.signed.version());
     if !history.join(&name).exists() {
         datastore::write_atomic(&history, &name, &root.bytes)?;
     }
@@ -1109,7 +1114,7 @@ fn role_key_material(root: &Root, role: &Role) -> Option<(u64, Vec<String>)> {
         .map(|id| {
             root.keys
                 .get(id)
-                .map(|key| key.json.clone())
+                .map(|key| key.value().to_string())
                 .unwrap_or_default()
         })
         .collect();
@@ -1158,11 +1163,11 @@ impl Loader {
         &mut self,
         mut root: Trusted<Root>,
     ) -> Result<(Trusted<Root>, RootChain), Error> {
-        let mut chain = vec![(root.signed.version, root.bytes.clone())];
+        let mut chain = vec![(root.signed.version(), root.bytes.clone())];
         // 5.3.3: at most Y root files per update cycle.
         for _ in 0..self.limits.max_root_rotations {
             // 5.3.2: N is the trusted version.
-            let n = root.signed.version;
+            let n = root.signed.version();
             let Some(next) = n.checked_add(1) else { break };
             let name = MetaName {
                 remote: format!("{next}.root.json"),
@@ -1179,25 +1184,25 @@ impl Loader {
             new.check()?;
             // 5.3.4: signed by a threshold of the trusted root's root keys and by a threshold
             // of the new root's own root keys.
-            check_top_level(&root.signed, &Role::Root, new.version, &env)?;
-            check_top_level(&new, &Role::Root, new.version, &env)?;
+            check_top_level(&root.signed, &Role::Root, new.version(), &env)?;
+            check_top_level(&new, &Role::Root, new.version(), &env)?;
             // 5.3.5: rollback check: the new version must be exactly N+1.
-            if new.version < n {
+            if new.version() < n {
                 return Err(Error::Rollback {
                     role: Role::Root,
                     trusted: n,
-                    new: new.version,
+                    new: new.version(),
                     check: "5.3.5",
                 });
             }
-            if new.version == n {
+            if new.version() == n {
                 // Equal: discard it and go on with the trusted root.
                 break;
             }
-            if new.version != next {
+            if new.version() != next {
                 return Err(Error::VersionMismatch {
                     role: Role::Root,
-                    found: new.version,
+                    found: new.version(),
                     expected: next,
                     listed_in: format!("the file name {next}.root.json"),
                 });
@@ -1209,7 +1214,7 @@ impl Loader {
             if let Some(dir) = self.source.datastore() {
                 remember_root(dir, &root)?;
             }
-            chain.push((root.signed.version, root.bytes.clone()));
+            chain.push((root.signed.version(), root.bytes.clone()));
             // 5.3.9: repeat.
         }
         // 5.3.10: freeze attack check on the final root.
@@ -1224,7 +1229,7 @@ impl Loader {
             .local("timestamp.json", self.limits.max_timestamp_size)
             .and_then(|bytes| {
                 let (env, ts) = parse::<Timestamp>(&Role::Timestamp, &bytes).ok()?;
-                check_top_level(&root.signed, &Role::Timestamp, ts.version, &env).ok()?;
+                check_top_level(&root.signed, &Role::Timestamp, ts.version(), &env).ok()?;
                 Some(Trusted { bytes, signed: ts })
             });
         // 5.4.1: download timestamp.json, up to X bytes.
@@ -1240,19 +1245,19 @@ impl Loader {
         )?;
         let (env, new) = parse::<Timestamp>(&Role::Timestamp, &bytes)?;
         // 5.4.2: signed by a threshold of the timestamp keys of the trusted root.
-        check_top_level(&root.signed, &Role::Timestamp, new.version, &env)?;
+        check_top_level(&root.signed, &Role::Timestamp, new.version(), &env)?;
         let new_meta = new.snapshot_meta()?.clone();
         if let Some(trusted) = trusted {
             // 5.4.3.1: the new version must not be lower than the trusted one.
-            if new.version < trusted.signed.version {
+            if new.version() < trusted.signed.version() {
                 return Err(Error::Rollback {
                     role: Role::Timestamp,
-                    trusted: trusted.signed.version,
-                    new: new.version,
+                    trusted: trusted.signed.version(),
+                    new: new.version(),
                     check: "5.4.3.1",
                 });
             }
-            if new.version == trusted.signed.version {
+            if new.version() == trusted.signed.version() {
                 // Equal: discard the new file (even if its content differs) and keep the
                 // trusted one, which must still be fresh.
                 self.check_expiry(&Role::Timestamp, &trusted.signed)?;
@@ -1283,19 +1288,19 @@ impl Loader {
         timestamp: &Trusted<Timestamp>,
     ) -> Result<Trusted<Snapshot>, Error> {
         let meta = timestamp.signed.snapshot_meta()?.clone();
-        let listed_in = format!("timestamp version {}", timestamp.signed.version);
+        let listed_in = format!("timestamp version {}", timestamp.signed.version());
         // The trusted snapshot: verified with the current root's keys, expired or not.
         let trusted: Option<Trusted<Snapshot>> = self
             .local("snapshot.json", self.limits.max_snapshot_size)
             .and_then(|bytes| {
                 let (env, s) = parse::<Snapshot>(&Role::Snapshot, &bytes).ok()?;
-                check_top_level(&root.signed, &Role::Snapshot, s.version, &env).ok()?;
+                check_top_level(&root.signed, &Role::Snapshot, s.version(), &env).ok()?;
                 Some(Trusted { bytes, signed: s })
             });
         // Nothing changed since the last update: the trusted snapshot is the one timestamp
         // lists (same version, hashes and length) and is still fresh: no download.
         if let Some(t) = &trusted {
-            if t.signed.version == meta.version
+            if t.signed.version() == meta.version
                 && verify::check_meta_file("snapshot", &listed_in, &meta, &t.bytes).is_ok()
                 && self.check_expiry(&Role::Snapshot, &t.signed).is_ok()
             {
@@ -1314,15 +1319,15 @@ impl Loader {
         )?;
         let (env, new) = parse::<Snapshot>(&Role::Snapshot, &bytes)?;
         // 5.5.3: signatures.
-        check_top_level(&root.signed, &Role::Snapshot, new.version, &env)?;
+        check_top_level(&root.signed, &Role::Snapshot, new.version(), &env)?;
         // 5.5.4: version against timestamp's listing.
-        check_listed_version(&Role::Snapshot, new.version, &meta, listed_in)?;
+        check_listed_version(&Role::Snapshot, new.version(), &meta, listed_in)?;
         // 5.5.5: no targets role goes backwards or vanishes.
         if let Some(t) = &trusted {
             for (file, old) in &t.signed.meta {
                 let Some(now) = new.meta.get(file) else {
                     return Err(Error::RoleVanished {
-                        version: new.version,
+                        version: new.version(),
                         file: file.clone(),
                     });
                 };
@@ -1357,7 +1362,7 @@ impl Loader {
                 file: "targets.json".to_owned(),
             })?
             .clone();
-        let check = |env: &Envelope, version: u64| {
+        let check = |env: &CanonicalEnvelope, version: u64| {
             check_top_level(&root.signed, &Role::Targets, version, env)
         };
         self.load_targets_role(
@@ -1367,7 +1372,7 @@ impl Loader {
             "targets.json",
             &check,
         )
-        .map_err(|e| with_snapshot_context(e, snapshot.signed.version))
+        .map_err(|e| with_snapshot_context(e, snapshot.signed.version()))
     }
 
     /// Steps 5.6.1 to 5.6.6 for `role` (top-level or delegated), listed in snapshot as `meta`.
@@ -1377,15 +1382,15 @@ impl Loader {
         meta: &MetaFile,
         consistent_snapshot: bool,
         local_name: &str,
-        check_signatures: &dyn Fn(&Envelope, u64) -> Result<(), Error>,
+        check_signatures: &dyn Fn(&CanonicalEnvelope, u64) -> Result<(), Error>,
     ) -> Result<Trusted<Targets>, Error> {
         let listed_in = "snapshot".to_owned();
         // Already trusted and unchanged: no download.
         if let Some(bytes) = self.local(local_name, self.limits.max_targets_size) {
             let reuse = parse::<Targets>(role, &bytes).ok().filter(|(env, t)| {
-                t.version == meta.version
+                t.version() == meta.version
                     && verify::check_meta_file(role.as_str(), &listed_in, meta, &bytes).is_ok()
-                    && check_signatures(env, t.version).is_ok()
+                    && check_signatures(env, t.version()).is_ok()
                     && t.check(role).is_ok()
                     && self.check_expiry(role, t).is_ok()
             });
@@ -1405,10 +1410,10 @@ impl Loader {
         )?;
         let (env, new) = parse::<Targets>(role, &bytes)?;
         // 5.6.3: signatures.
-        check_signatures(&env, new.version)?;
+        check_signatures(&env, new.version())?;
         drop(env);
         // 5.6.4: version against snapshot's listing.
-        check_listed_version(role, new.version, meta, listed_in)?;
+        check_listed_version(role, new.version(), meta, listed_in)?;
         new.check(role)?;
         // 5.6.5: freeze attack check.
         self.check_expiry(role, &new)?;
