@@ -9,7 +9,7 @@ use waves::sim::{Fleet, FleetPoint, Formula, simulate, simulate_schedule};
 use waves::time::format_time;
 use waves::{Seed, WaveSchedule};
 
-use crate::{Error, Images, Manifest, Migrations, Update, parse_migration_key};
+use crate::{Error, Images, Manifest, Migrations, Update, UpdateId, parse_migration_key};
 
 /// The image target names `updata add-update` uses when none are given:
 /// `{variant}-{arch}-{version}-boot.ext4.lz4`, `...-root.ext4.lz4`, `...-root.verity.lz4`.
@@ -30,9 +30,7 @@ impl Manifest {
             Some(existing) if replace => *existing = update,
             Some(_) => {
                 return Err(Error::DuplicateUpdate {
-                    variant: update.variant,
-                    arch: update.arch,
-                    version: update.version,
+                    update: update.id(),
                 });
             }
             None => self.updates.push(update),
@@ -102,9 +100,7 @@ impl Manifest {
         let matches = |u: &Update| u.variant == variant && u.arch == arch && &u.version == version;
         let Some(pos) = self.updates.iter().position(matches) else {
             return Err(Error::NoSuchUpdate {
-                variant: variant.to_owned(),
-                arch: arch.to_owned(),
-                version: version.clone(),
+                update: UpdateId::new(variant, arch, version),
             });
         };
         let removed = self.updates.remove(pos);
@@ -123,9 +119,7 @@ impl Manifest {
         let update = self
             .find_update_mut(variant, arch, version)
             .ok_or_else(|| Error::NoSuchUpdate {
-                variant: variant.to_owned(),
-                arch: arch.to_owned(),
-                version: version.clone(),
+                update: UpdateId::new(variant, arch, version),
             })?;
         update.waves = waves;
         Ok(())

@@ -40,24 +40,16 @@ pub enum Error {
         value: String,
     },
     /// Adding an update that already exists.
-    #[error("the manifest already has an update for {variant} {arch} {version}")]
+    #[error("the manifest already has an update for {update}")]
     DuplicateUpdate {
-        /// Variant.
-        variant: String,
-        /// Architecture.
-        arch: String,
-        /// Version.
-        version: Version,
+        /// The update.
+        update: crate::UpdateId,
     },
     /// Editing an update that does not exist.
-    #[error("the manifest has no update for {variant} {arch} {version}")]
+    #[error("the manifest has no update for {update}")]
     NoSuchUpdate {
-        /// Variant.
-        variant: String,
-        /// Architecture.
-        arch: String,
-        /// Version.
-        version: Version,
+        /// The update.
+        update: crate::UpdateId,
     },
     /// A `Release.toml` that is not valid or has a bad `[migrations]` table.
     #[error("Release.toml: {reason}")]

@@ -144,6 +144,42 @@ pub struct Delta {
     pub indexes: std::collections::BTreeMap<String, String>,
 }
 
+/// Which update: the variant, architecture and version that identify one in a manifest
+/// (shown as `aws-dev x86_64 1.1.0`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpdateId {
+    /// The OS variant.
+    pub variant: String,
+    /// The architecture.
+    pub arch: String,
+    /// The version.
+    pub version: Version,
+}
+
+impl UpdateId {
+    /// The identity of the update with this variant, arch and version.
+    pub fn new(variant: &str, arch: &str, version: &Version) -> Self {
+        Self {
+            variant: variant.to_owned(),
+            arch: arch.to_owned(),
+            version: version.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for UpdateId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {}", self.variant, self.arch, self.version)
+    }
+}
+
+impl Update {
+    /// This update's variant, arch and version.
+    pub fn id(&self) -> UpdateId {
+        UpdateId::new(&self.variant, &self.arch, &self.version)
+    }
+}
+
 /// The TUF target names of an update's partition images (lz4 frame files).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Images {

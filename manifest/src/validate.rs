@@ -3,7 +3,7 @@ use std::fmt;
 
 use semver::Version;
 
-use crate::Manifest;
+use crate::{Manifest, UpdateId};
 
 /// One problem found by [`Manifest::problems`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,43 +11,27 @@ use crate::Manifest;
 pub enum Problem {
     /// Two updates share variant, arch and version.
     DuplicateUpdate {
-        /// Variant.
-        variant: String,
-        /// Architecture.
-        arch: String,
-        /// Version.
-        version: Version,
+        /// The update.
+        update: UpdateId,
     },
     /// An update above its own `max_version` (never offered).
     VersionAboveMax {
-        /// Variant.
-        variant: String,
-        /// Architecture.
-        arch: String,
-        /// Version.
-        version: Version,
+        /// The update.
+        update: UpdateId,
         /// Its `max_version`.
         max_version: Version,
     },
     /// Wave start times that do not rise with their bounds.
     WavesNotRising {
-        /// Variant.
-        variant: String,
-        /// Architecture.
-        arch: String,
-        /// Version.
-        version: Version,
+        /// The update.
+        update: UpdateId,
         /// The offending pair of waves.
         detail: waves::NotRising,
     },
     /// An empty image target name.
     EmptyImageName {
-        /// Variant.
-        variant: String,
-        /// Architecture.
-        arch: String,
-        /// Version.
-        version: Version,
+        /// The update.
+        update: UpdateId,
         /// `boot`, `root` or `hash`.
         image: &'static str,
     },
@@ -85,38 +69,20 @@ impl Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Problem::DuplicateUpdate {
-                variant,
-                arch,
-                version,
-            } => write!(
-                f,
-                "update {variant} {arch} {version} appears more than once"
-            ),
+            Problem::DuplicateUpdate { update } => {
+                write!(f, "update {update} appears more than once")
+            }
             Problem::VersionAboveMax {
-                variant,
-                arch,
-                version,
+                update,
                 max_version,
             } => write!(
                 f,
-                "update {variant} {arch} {version} is above its max_version {max_version}, so it is not offered (pulled back)"
+                "update {update} is above its max_version {max_version}, so it is not offered (pulled back)"
             ),
-            Problem::WavesNotRising {
-                variant,
-                arch,
-                version,
-                detail,
-            } => write!(f, "update {variant} {arch} {version}: {detail}"),
-            Problem::EmptyImageName {
-                variant,
-                arch,
-                version,
-                image,
-            } => write!(
-                f,
-                "update {variant} {arch} {version}: the {image} image name is empty"
-            ),
+            Problem::WavesNotRising { update, detail } => write!(f, "update {update}: {detail}"),
+            Problem::EmptyImageName { update, image } => {
+                write!(f, "update {update}: the {image} image name is empty")
+            }
             Problem::EmptyField { index, field } => {
                 write!(f, "update #{} has an empty {field}", index + 1)
             }
@@ -159,45 +125,30 @@ impl Manifest {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         for (index, u) in self.updates.iter().enumerate() {
-            let id = || (u.variant.clone(), u.arch.clone(), u.version.clone());
             for (field, value) in [("variant", &u.variant), ("arch", &u.arch)] {
                 if value.is_empty() {
                     out.push(Problem::EmptyField { index, field });
                 }
             }
             if !seen.insert((&u.variant, &u.arch, &u.version)) {
-                let (variant, arch, version) = id();
-                out.push(Problem::DuplicateUpdate {
-                    variant,
-                    arch,
-                    version,
-                });
+                out.push(Problem::DuplicateUpdate { update: u.id() });
             }
             if u.version > u.max_version {
-                let (variant, arch, version) = id();
                 out.push(Problem::VersionAboveMax {
-                    variant,
-                    arch,
-                    version,
+                    update: u.id(),
                     max_version: u.max_version.clone(),
                 });
             }
             for detail in u.waves.problems() {
-                let (variant, arch, version) = id();
                 out.push(Problem::WavesNotRising {
-                    variant,
-                    arch,
-                    version,
+                    update: u.id(),
                     detail,
                 });
             }
             for (image, name) in u.images.named() {
                 if name.trim().is_empty() {
-                    let (variant, arch, version) = id();
                     out.push(Problem::EmptyImageName {
-                        variant,
-                        arch,
-                        version,
+                        update: u.id(),
                         image,
                     });
                 }

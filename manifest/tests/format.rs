@@ -211,7 +211,9 @@ fn validation_reports_every_problem() {
     // The pulled-back update is a note: validate reports everything else.
     assert_eq!(err.problems.len(), p.len() - 1);
     assert!(p[0].is_note() && p[1..].iter().all(|x| !x.is_note()));
-    assert!(matches!(&p[0], Problem::VersionAboveMax { version, .. } if *version == v("1.1.0")));
+    assert!(
+        matches!(&p[0], Problem::VersionAboveMax { update, .. } if update.version == v("1.1.0"))
+    );
     assert!(matches!(&p[1], Problem::WavesNotRising { detail, .. } if detail.bound == 100));
     assert!(matches!(
         &p[2],

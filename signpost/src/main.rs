@@ -1,14 +1,14 @@
 //! `signpost`: show and change the A/B boot selection bits on the OS disk.
 //!
-//! A thin shell over the `signpost` library: parse arguments, call the library (which takes the
-//! disk lock for changes), print.
+//! A thin shell over the `signpost` library: parse arguments, call the library ([`Target`]: it
+//! takes the disk lock for changes), print.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use signpost::{SetId, Signpost, Transition};
+use signpost::{SetId, Target, Transition};
 
 /// Show and change which partition set (A or B) the bootloader boots next.
 #[derive(Debug, Parser)]
@@ -40,18 +40,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Clear the inactive set (priority 0, tries 0, not successful) before writing images to it.
-    ClearInactive,
-    /// Mark the inactive set as holding a complete image (tries 1).
-    MarkInactiveValid,
-    /// Boot the inactive set next, once, falling back to the running set.
-    UpgradeToInactive,
-    /// Undo upgrade-to-inactive.
-    CancelUpgrade,
-    /// Boot the inactive (previous) set next.
-    RollbackToInactive,
-    /// Mark the running set as successfully booted.
-    MarkSuccessfulBoot,
+    #[command(flatten)]
+    Change(Change),
     /// Print `true` if any boot has ever succeeded on this disk, nothing otherwise (exit 0
     /// either way, as the reference: its unit writes this to a file tested for being empty).
     HasBootEverSucceeded {
@@ -63,71 +53,80 @@ enum Command {
     RewriteTable,
 }
 
-impl Command {
-    fn transition(&self) -> Option<Transition> {
-        Some(match self {
-            Command::ClearInactive => Transition::ClearInactive,
-            Command::MarkInactiveValid => Transition::MarkInactiveValid,
-            Command::UpgradeToInactive => Transition::UpgradeToInactive,
-            Command::CancelUpgrade => Transition::CancelUpgrade,
-            Command::RollbackToInactive => Transition::RollbackToInactive,
-            Command::MarkSuccessfulBoot => Transition::MarkSuccessfulBoot,
-            Command::Status { .. }
-            | Command::HasBootEverSucceeded { .. }
-            | Command::RewriteTable => {
-                return None;
-            }
-        })
+/// The subcommands that apply one [`Transition`]: one per entry of [`Transition::ALL`], named
+/// and described by the library, so the CLI cannot drift from the state machine.
+#[derive(Debug, Clone, Copy)]
+struct Change(Transition);
+
+impl clap::FromArgMatches for Change {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        matches
+            .subcommand_name()
+            .and_then(Transition::from_name)
+            .map(Change)
+            .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
     }
 }
 
-fn open(cli: &Cli, write: bool) -> Result<Signpost, signpost::Error> {
-    let wait = Duration::from_secs(cli.lock_timeout);
-    match (&cli.disk, write) {
-        (Some(disk), true) => Signpost::open_waiting(disk, cli.active, wait),
-        (Some(disk), false) => Signpost::open_read_only(disk, cli.active),
-        (None, true) => Signpost::open_host_waiting(cli.active, wait),
-        (None, false) => Signpost::open_host_read_only(cli.active),
+impl Subcommand for Change {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        Transition::ALL.into_iter().fold(cmd, |cmd, t| {
+            cmd.subcommand(clap::Command::new(t.name()).about(t.summary()))
+        })
+    }
+
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_subcommands(cmd)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        Transition::from_name(name).is_some()
     }
 }
 
 fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
-    if let Some(t) = cli.command.transition() {
-        let mut sp = open(cli, true)?;
-        sp.apply(t)?;
-        match sp.next_boot() {
+    let target = Target {
+        disk: cli.disk.clone(),
+        active: cli.active,
+    };
+    let wait = Duration::from_secs(cli.lock_timeout);
+    match cli.command {
+        Command::Change(Change(t)) => match target.apply(t, wait)? {
             Some(next) => println!("{t}: done; next boot: set {next}"),
             None => println!("{t}: done; next boot: none"),
+        },
+        Command::RewriteTable => {
+            let repaired = target.rewrite_table(wait)?;
+            println!(
+                "rewrite-table: done{}",
+                if repaired {
+                    "; a damaged or stale GPT copy was repaired"
+                } else {
+                    ""
+                }
+            );
         }
-        return Ok(());
-    }
-    if let Command::RewriteTable = cli.command {
-        let repaired = open(cli, true)?.rewrite_table()?;
-        println!(
-            "rewrite-table: done{}",
-            if repaired {
-                "; a damaged or stale GPT copy was repaired"
+        Command::Status { json } => {
+            let status = target.open_read_only()?.status();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                ""
+                print!("{status}");
             }
-        );
-        return Ok(());
-    }
-    let sp = open(cli, false)?;
-    match cli.command {
-        Command::Status { json: true } => {
-            println!("{}", serde_json::to_string_pretty(&sp.status())?);
         }
-        Command::Status { json: false } => print!("{}", sp.status()),
         Command::HasBootEverSucceeded { json } => {
-            let succeeded = sp.has_boot_ever_succeeded()?;
+            let succeeded = target.open_read_only()?.has_boot_ever_succeeded()?;
             if json {
                 println!("{succeeded}");
             } else if succeeded {
                 println!("true");
             }
         }
-        _ => {}
     }
     Ok(())
 }

@@ -183,6 +183,35 @@ impl Transition {
             Transition::MarkSuccessfulBoot => "mark-successful-boot",
         }
     }
+    /// The transition whose CLI subcommand name is `name`.
+    ///
+    /// ```
+    /// use signpost::Transition;
+    /// assert_eq!(Transition::from_name("cancel-upgrade"), Some(Transition::CancelUpgrade));
+    /// assert_eq!(Transition::from_name("status"), None);
+    /// ```
+    pub fn from_name(name: &str) -> Option<Transition> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// What the transition does, in one line for a user (the CLI's `--help`).
+    pub fn summary(self) -> &'static str {
+        match self {
+            Transition::ClearInactive => {
+                "Clear the inactive set (priority 0, tries 0, not successful) before writing \
+                 images to it"
+            }
+            Transition::MarkInactiveValid => {
+                "Mark the inactive set as holding a complete image (tries 1)"
+            }
+            Transition::UpgradeToInactive => {
+                "Boot the inactive set next, once, falling back to the running set"
+            }
+            Transition::CancelUpgrade => "Undo upgrade-to-inactive",
+            Transition::RollbackToInactive => "Boot the inactive (previous) set next",
+            Transition::MarkSuccessfulBoot => "Mark the running set as successfully booted",
+        }
+    }
 }
 
 impl fmt::Display for Transition {
@@ -409,6 +438,18 @@ impl BootFlags {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_transition_is_found_by_its_cli_name_and_names_are_distinct() {
+        for t in Transition::ALL {
+            assert_eq!(Transition::from_name(t.name()), Some(t));
+            assert!(!t.summary().is_empty());
+        }
+        let mut names: Vec<_> = Transition::ALL.iter().map(|t| t.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Transition::ALL.len());
+    }
 
     /// Every (priority, tries, successful) combination.
     fn all_states() -> impl Iterator<Item = SetState> {

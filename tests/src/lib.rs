@@ -25,12 +25,13 @@ pub const VARIANT: &str = "demo-variant";
 /// Attribute bits of a set that booted successfully: priority 1, tries 0, successful.
 pub const BOOTED_OK: u64 = (1 << 48) | (1 << 56);
 
-/// Directory holding the freshly built `updog` and `signpost` binaries (and the `agent`
-/// example under `examples/`).
+/// Directory holding the freshly built `updog`, `updata` and `signpost` binaries (and the
+/// `agent` example under `examples/`).
 ///
 /// Builds them once per process with the `cargo` that runs us (a nested build is fine: cargo
 /// does not hold the build lock while tests or `cargo run` programs execute), so a test never
-/// runs a stale binary.
+/// runs a stale binary. They are built with updog's `test-hooks` feature (`UPDOG_CRASH_AT`),
+/// which a release or package build does not have.
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -58,6 +59,9 @@ pub fn bin_dir() -> &'static Path {
             "signpost",
             "--bin",
             "signpost",
+            // The UPDOG_CRASH_AT hook that the crash tests kill the binary with.
+            "--features",
+            "updog/test-hooks",
         ])
         .env("CARGO_TARGET_DIR", &target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));

@@ -12,8 +12,9 @@
 //!   running version) and the chunks it lacks, through `updog::delta::assemble` (re-hash of
 //!   every seed chunk, fetches 4 at a time, read-back).
 //!
-//! Each runs unthrottled and throttled to 100 Mbit/s (the test server trickles each response;
-//! for the delta's 4 connections each gets a quarter, so the total never exceeds 100 Mbit/s).
+//! Each runs unthrottled and throttled to 100 Mbit/s: one token bucket in the test server paces
+//! the bodies of all connections together, so the delta's several requests in flight share the
+//! same link as the full image's one. Connections are kept alive between requests.
 //! Reported: bytes downloaded, wall time, peak RSS, and the plan's estimate against what was
 //! fetched. The images live under `$CARGO_TARGET_DIR/bench-delta` and are reused.
 
@@ -24,10 +25,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use fixtures::disk::{DiskImageBuilder, PartKind};
-use fixtures::http::{Fault, TestServer};
+use fixtures::http::TestServer;
 use sha2::{Digest, Sha256};
 use updog::delta::plan::Planned;
 use updog::delta::{
@@ -298,15 +299,6 @@ fn child(args: &[String]) -> Res<Measured> {
     })
 }
 
-/// A response trickled at `rate` bytes per second.
-fn slow(rate: f64) -> Fault {
-    let bytes = 16 * 1024;
-    Fault::Slow {
-        bytes,
-        every: Duration::from_secs_f64(bytes as f64 / rate),
-    }
-}
-
 fn run() -> Res<()> {
     for tool in ["mkfs.ext4", "lz4"] {
         if Command::new(tool).arg("-V").output().is_err() {
@@ -351,6 +343,7 @@ fn run() -> Res<()> {
         .open(&disk_path)?;
     f.write_all_at(&v1, a_root.byte_offset(disk.sector_size))?;
     let server = TestServer::serve_dir(&serve)?;
+    server.set_keep_alive(true);
     let disk_arg = disk_path.display().to_string();
 
     let mut rows = Vec::new();
@@ -361,15 +354,7 @@ fn run() -> Res<()> {
             // Set B starts from stale bytes every time (the other version), and cold caches.
             f.write_all_at(&v1, b_root.byte_offset(disk.sector_size))?;
             f.sync_all()?;
-            server.clear_faults();
-            if let Some(rate) = rate {
-                let per_connection = if mode == "delta" {
-                    rate / IN_FLIGHT as f64
-                } else {
-                    rate
-                };
-                server.fault_all(slow(per_connection));
-            }
+            server.set_rate_limit(rate);
             let args: Vec<String> = if mode == "full" {
                 vec![
                     "--child-full".into(),

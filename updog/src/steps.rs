@@ -6,10 +6,12 @@
 //! [`crate::updater::Updater::with_gpt_io`]) can stop it between any two writes or flushes of a
 //! GPT update. The crash-point tests use both, in process and against the real binary.
 //!
-//! For the binary, `UPDOG_CRASH_AT` is a test hook: `UPDOG_CRASH_AT=<step>` (a [`Step::name`],
-//! for example `mark-valid`) makes the process kill itself with `SIGKILL` when it reaches that
-//! step, and `UPDOG_CRASH_AT=gpt-io:N` before its N-th GPT write or flush (counting from 1). A
-//! real kill: no destructor and no error path runs.
+//! For the binary, `UPDOG_CRASH_AT` is a test hook, compiled in only with the `test-hooks`
+//! cargo feature (the end-to-end tests build their binaries with it; a release or package build
+//! does not, and ignores the variable): `UPDOG_CRASH_AT=<step>` (a [`Step::name`], for example
+//! `mark-valid`) makes the process kill itself with `SIGKILL` when it reaches that step, and
+//! `UPDOG_CRASH_AT=gpt-io:N` before its N-th GPT write or flush (counting from 1). A real kill:
+//! no destructor and no error path runs.
 
 use std::fs::File;
 use std::io;
@@ -134,7 +136,14 @@ impl<F: Fn(usize) + Send> BlockIo for CountingIo<F> {
     }
 }
 
+/// Without the `test-hooks` feature there are no crash hooks: the environment is not read.
+#[cfg(not(feature = "test-hooks"))]
+pub(crate) fn crash_hooks_from_env() -> (Option<StepObserver>, Option<GptIoWrapper>) {
+    (None, None)
+}
+
 /// The hooks `UPDOG_CRASH_AT` asks for, if it is set.
+#[cfg(feature = "test-hooks")]
 pub(crate) fn crash_hooks_from_env() -> (Option<StepObserver>, Option<GptIoWrapper>) {
     let Ok(spec) = std::env::var("UPDOG_CRASH_AT") else {
         return (None, None);
@@ -161,6 +170,7 @@ pub(crate) fn crash_hooks_from_env() -> (Option<StepObserver>, Option<GptIoWrapp
     (Some(observer), None)
 }
 
+#[cfg(feature = "test-hooks")]
 fn kill_self() {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
     // SIGKILL cannot be caught; should delivery be delayed, do not run on.

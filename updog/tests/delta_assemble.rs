@@ -475,3 +475,56 @@ fn killed_runs_resume_and_fetch_only_what_is_missing() {
     assert_eq!(done.plan.fetch.chunks, missing.len());
     assert!(done.plan.in_place.chunks > 0);
 }
+
+#[test]
+fn a_chunk_at_several_places_is_downloaded_once() {
+    // An image that repeats itself (like identical files): content-defined chunks of the copies
+    // are identical once the chunker has resynchronised, so the index names them several times.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut block = vec![0u8; 1 << 20];
+    rng.fill(&mut block);
+    let image: Vec<u8> = block.repeat(3);
+    let writer = StoreWriter::new(dir.path().join("repo/chunks")).unwrap();
+    let index = Chunker::casync_default()
+        .index(&image[..], |id, c| writer.put(id, c).map(|_| ()))
+        .unwrap();
+    let disk = dir.path().join("disk.img");
+    fs::write(&disk, vec![0xa5u8; image.len()]).unwrap();
+    let server = TestServer::serve_dir(dir.path().join("repo")).unwrap();
+    server.set_keep_alive(true);
+    let transport = HttpTransport::new(HttpOptions::default()).unwrap();
+    let url = url::Url::parse(&server.url_for("/chunks/")).unwrap();
+    let fetcher = ChunkFetcher::new(Arc::new(transport), url);
+    let target = Region::open(&disk, 0, image.len() as u64, true).unwrap();
+    let done = assemble(
+        &target,
+        &index,
+        None,
+        &fetcher,
+        &AssembleOptions::default(),
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(fs::read(&disk).unwrap() == image, "the image differs");
+    let p = done.plan;
+    assert_eq!(p.fetch.chunks, index.len());
+    let distinct: HashSet<_> = index.chunks().map(|c| c.id).collect();
+    assert!(
+        distinct.len() < index.len() * 2 / 3,
+        "{} of {}",
+        distinct.len(),
+        index.len()
+    );
+    assert_eq!(p.download.chunks, distinct.len());
+    let requests: Vec<_> = server.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(requests.len(), distinct.len(), "{requests:?}");
+    assert_eq!(
+        requests.iter().collect::<HashSet<_>>().len(),
+        requests.len()
+    );
+    assert_eq!(done.fetched_chunks, distinct.len());
+    // Several chunks in flight over a few kept-alive connections, not one connection a chunk.
+    assert!(server.connection_count() <= AssembleOptions::default().in_flight);
+}

@@ -452,29 +452,20 @@ mod tests {
     fn bad_requests_are_errors() {
         let s = WavePolicy::default_policy().to_schedule(start()).unwrap();
         let f = Fleet::uniform(10);
+        let over_a_day = |steps| {
+            simulate(
+                &s,
+                &f,
+                start(),
+                start() + TimeDelta::days(1),
+                steps,
+                Formula::Offset,
+            )
+        };
         assert!(simulate(&s, &f, start(), start(), 10, Formula::Offset).is_err());
-        assert!(
-            simulate(
-                &s,
-                &f,
-                start(),
-                start() + TimeDelta::days(1),
-                1,
-                Formula::Offset
-            )
-            .is_err()
-        );
-        assert!(
-            simulate(
-                &s,
-                &f,
-                start(),
-                start() + TimeDelta::days(1),
-                MAX_STEPS + 1,
-                Formula::Offset
-            )
-            .is_err()
-        );
+        assert!(over_a_day(1).is_err());
+        assert!(over_a_day(MAX_STEPS + 1).is_err());
+        assert!(over_a_day(MAX_STEPS).is_ok());
         // Extreme windows do not panic.
         let p = simulate(
             &s,

@@ -58,41 +58,30 @@ impl BlockIo for File {
     }
 }
 
-impl<T: BlockIo + ?Sized> BlockIo for &mut T {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        (**self).read_exact_at(buf, offset)
-    }
+/// Implements [`BlockIo`] for pointer types by forwarding every call to the device pointed at.
+macro_rules! forward_block_io {
+    ($($pointer:ty),+) => {$(
+        impl<T: BlockIo + ?Sized> BlockIo for $pointer {
+            fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+                (**self).read_exact_at(buf, offset)
+            }
 
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        (**self).write_all_at(buf, offset)
-    }
+            fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+                (**self).write_all_at(buf, offset)
+            }
 
-    fn sync_data(&mut self) -> io::Result<()> {
-        (**self).sync_data()
-    }
+            fn sync_data(&mut self) -> io::Result<()> {
+                (**self).sync_data()
+            }
 
-    fn len(&self) -> io::Result<u64> {
-        (**self).len()
-    }
+            fn len(&self) -> io::Result<u64> {
+                (**self).len()
+            }
+        }
+    )+};
 }
 
-impl<T: BlockIo + ?Sized> BlockIo for Box<T> {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        (**self).read_exact_at(buf, offset)
-    }
-
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        (**self).write_all_at(buf, offset)
-    }
-
-    fn sync_data(&mut self) -> io::Result<()> {
-        (**self).sync_data()
-    }
-
-    fn len(&self) -> io::Result<u64> {
-        (**self).len()
-    }
-}
+forward_block_io!(&mut T, Box<T>);
 
 /// A fixed-size disk in memory. Writes past its end fail and change nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,17 +5,19 @@
 //! chunk at its offset: zeros as zeros; chunks already in place (a resumed run) left alone after
 //! re-hashing; seed chunks read from the running partition and re-hashed (a mismatch means the
 //! chunk is fetched instead); the rest fetched, several at once, each verified against its id
-//! before it is written. Then it flushes, drops the cached pages, reads every chunk back from the
+//! before it is written (a chunk the image holds at several places is fetched once and written
+//! to each). Then it flushes, drops the cached pages, reads every chunk back from the
 //! device and re-hashes it; only then does it return [`Assembled`]. Nothing unverified is written.
 //!
 //! Memory: the index and its plan (about 60 bytes a chunk), plus at most `2 * in_flight + 2`
 //! chunk buffers, whatever the image size.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, mpsc};
 use std::time::Duration;
 
-use super::index::{BlobIndex, Chunk, IndexError};
+use super::index::{BlobIndex, Chunk, ChunkId, IndexError};
 use super::plan::{Plan, Planned, Source};
 use super::region::Region;
 use super::store::{ChunkError, ChunkFetcher, verify_chunk};
@@ -314,30 +316,36 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn take_fetched(&mut self, (number, refused, result): Fetched) -> Result<(), AssembleError> {
+    /// Writes a fetched chunk to every place in `waiting` for its id.
+    fn take_fetched(
+        &mut self,
+        (number, refused, result): Fetched,
+        waiting: &mut HashMap<ChunkId, Vec<usize>>,
+    ) -> Result<(), AssembleError> {
         self.refetched += refused;
         self.fetched_chunks += refused;
         let Some(chunk) = self.index.chunk(number) else {
             return Ok(());
         };
-        match result {
-            Ok((data, bytes)) => {
-                self.downloaded += bytes;
-                self.fetched_chunks += 1;
-                // The fetcher verified it; verifying again here keeps the rule local and visible.
-                verify_chunk(&chunk, &data).map_err(|source| AssembleError::Chunk {
-                    number,
-                    offset: chunk.offset,
-                    source,
-                })?;
-                self.write(&chunk, &data)
+        let (data, bytes) = result.map_err(|source| AssembleError::Chunk {
+            number,
+            offset: chunk.offset,
+            source,
+        })?;
+        self.downloaded += bytes;
+        self.fetched_chunks += 1;
+        // The fetcher verified it; verifying again here keeps the rule local and visible.
+        verify_chunk(&chunk, &data).map_err(|source| AssembleError::Chunk {
+            number,
+            offset: chunk.offset,
+            source,
+        })?;
+        for place in waiting.remove(&chunk.id).unwrap_or_default() {
+            if let Some(at) = self.index.chunk(place) {
+                self.write(&at, &data)?;
             }
-            Err(source) => Err(AssembleError::Chunk {
-                number,
-                offset: chunk.offset,
-                source,
-            }),
         }
+        Ok(())
     }
 
     fn write_all(
@@ -347,20 +355,26 @@ impl Run<'_> {
         results: mpsc::Receiver<Fetched>,
         buf: &mut Vec<u8>,
     ) -> Result<(), AssembleError> {
-        let mut outstanding = 0usize;
-        for (number, source) in self.planned.sources.iter().enumerate() {
-            if *source == Source::Fetch {
-                // The receiver lives until this function returns.
+        // Each distinct chunk is fetched once, by its first place; the others wait for it.
+        let mut waiting: HashMap<ChunkId, Vec<usize>> = HashMap::new();
+        // The receiver lives until this function returns.
+        let want = |number: usize, id: ChunkId, waiting: &mut HashMap<ChunkId, Vec<usize>>| {
+            let places = waiting.entry(id).or_default();
+            if places.is_empty() {
                 let _ = jobs.send(number);
-                outstanding += 1;
+            }
+            places.push(number);
+        };
+        for chunk in self.index.chunks() {
+            if self.planned.sources[chunk.number] == Source::Fetch {
+                want(chunk.number, chunk.id, &mut waiting);
             }
         }
         let zeros = vec![0u8; self.index.longest_chunk() as usize];
         for number in 0..self.index.len() {
             self.check_cancel()?;
             while let Ok(fetched) = results.try_recv() {
-                outstanding -= 1;
-                self.take_fetched(fetched)?;
+                self.take_fetched(fetched, &mut waiting)?;
             }
             let Some(chunk) = self.index.chunk(number) else {
                 break;
@@ -376,21 +390,17 @@ impl Run<'_> {
                     } else {
                         self.seed_mismatches += 1;
                         self.planned.seed_failed(&chunk);
-                        let _ = jobs.send(number);
-                        outstanding += 1;
+                        want(number, chunk.id, &mut waiting);
                     }
                 }
                 Source::Fetch => {}
             }
         }
         drop(jobs);
-        while outstanding > 0 {
+        while !waiting.is_empty() {
             self.check_cancel()?;
             match results.recv_timeout(Duration::from_millis(200)) {
-                Ok(fetched) => {
-                    outstanding -= 1;
-                    self.take_fetched(fetched)?;
-                }
+                Ok(fetched) => self.take_fetched(fetched, &mut waiting)?,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // Every worker is gone with chunks still owed: only a stop does that.

@@ -58,8 +58,11 @@ pub struct Plan {
     pub in_place: Tally,
     /// Chunks reused from the running set.
     pub seed: Tally,
-    /// Chunks to download.
+    /// Chunks not found anywhere on the host (each of its places in the image).
     pub fetch: Tally,
+    /// What is downloaded for them: each distinct chunk once (a chunk the image holds at
+    /// several places is fetched once and written to each).
+    pub download: Tally,
 }
 
 impl Plan {
@@ -85,6 +88,8 @@ pub struct Planned {
     pub plan: Plan,
     /// One source per chunk of the target index.
     pub sources: Vec<Source>,
+    /// How many places in the image each chunk to fetch has.
+    fetch_places: HashMap<ChunkId, usize>,
 }
 
 impl Planned {
@@ -96,6 +101,7 @@ impl Planned {
             .map(|s| s.chunks().map(|c| (c.id, (c.offset, c.len))).collect())
             .unwrap_or_default();
         let mut plan = Plan::default();
+        let mut fetch_places = HashMap::new();
         let sources = target
             .chunks()
             .map(|c| {
@@ -109,10 +115,17 @@ impl Planned {
                 };
                 plan.image.add(c.len);
                 plan.tally(source).add(c.len);
+                if source == Source::Fetch {
+                    add_place(&mut fetch_places, &mut plan, &c);
+                }
                 source
             })
             .collect();
-        Planned { plan, sources }
+        Planned {
+            plan,
+            sources,
+            fetch_places,
+        }
     }
 
     /// Marks as [`Source::InPlace`] every non-zero chunk that `target` already holds at its
@@ -131,6 +144,9 @@ impl Planned {
             buf.resize(chunk.len as usize, 0);
             target.read_at(buf, chunk.offset)?;
             if verify_chunk(&chunk, buf).is_ok() {
+                if *source == Source::Fetch {
+                    remove_place(&mut self.fetch_places, &mut self.plan, &chunk);
+                }
                 self.plan.tally(*source).remove(chunk.len);
                 self.plan.in_place.add(chunk.len);
                 *source = Source::InPlace;
@@ -145,6 +161,27 @@ impl Planned {
             *source = Source::Fetch;
             self.plan.seed.remove(chunk.len);
             self.plan.fetch.add(chunk.len);
+            add_place(&mut self.fetch_places, &mut self.plan, chunk);
+        }
+    }
+}
+
+/// Counts one more place of a chunk to fetch; its first place adds a download.
+fn add_place(places: &mut HashMap<ChunkId, usize>, plan: &mut Plan, chunk: &Chunk) {
+    let n = places.entry(chunk.id).or_default();
+    *n += 1;
+    if *n == 1 {
+        plan.download.add(chunk.len);
+    }
+}
+
+/// Counts one place less; its last place removes the download.
+fn remove_place(places: &mut HashMap<ChunkId, usize>, plan: &mut Plan, chunk: &Chunk) {
+    if let Some(n) = places.get_mut(&chunk.id) {
+        *n -= 1;
+        if *n == 0 {
+            places.remove(&chunk.id);
+            plan.download.remove(chunk.len);
         }
     }
 }

@@ -379,9 +379,7 @@ impl WavesArgs {
         let update = m
             .find_update(&id.variant, &id.arch, &id.version)
             .ok_or_else(|| Error::NoSuchUpdate {
-                variant: id.variant.clone(),
-                arch: id.arch.clone(),
-                version: id.version.clone(),
+                update: manifest::UpdateId::new(&id.variant, &id.arch, &id.version),
             })?;
         let query = WavesQuery {
             seed: seed.map(Seed::new).transpose().map_err(Error::from)?,
