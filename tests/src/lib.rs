@@ -341,8 +341,22 @@ pub fn publish(spec: &RepoSpec, dir: &Path) -> Published {
 /// Like [`publish`], with the targets (the manifest included) given as they are to be signed:
 /// for repositories a [`RepoSpec`] cannot describe (renamed or extra targets).
 pub fn publish_targets(targets: Vec<(String, Vec<u8>)>, dir: &Path) -> Published {
+    publish_version(targets, dir, 1)
+}
+
+/// Publishes `spec` again into `dir`, over an earlier [`publish`], as the repository's next
+/// release: timestamp, snapshot and targets at `version` (2 for the first republish, then 3,
+/// ...), so that a host that loaded the earlier metadata takes the new one.
+pub fn republish(spec: &RepoSpec, dir: &Path, version: u64) -> Published {
+    publish_version(spec.targets(), dir, version)
+}
+
+fn publish_version(targets: Vec<(String, Vec<u8>)>, dir: &Path, version: u64) -> Published {
     let mut repo = fixtures::repo::TestRepo::in_dir(dir, fixtures::repo::KeyKind::Ed25519);
     repo.consistent_snapshot = true;
+    for _ in 1..version {
+        repo.bump();
+    }
     for (name, bytes) in targets {
         repo.add_target(&name, &bytes);
     }

@@ -822,3 +822,59 @@ fn failures_are_one_line_on_stderr_naming_the_problem() {
         &["`version_lock`", "banana"],
     );
 }
+
+/// Right after a reboot into an update, before `mark-successful-boot.service` marked the boot
+/// good, the set that booted before is the only fallback: `updog update` refuses to clear it,
+/// says why and what to run, and changes nothing on the disk. Once the boot is marked
+/// successful the update goes through.
+#[test]
+fn an_update_is_refused_until_the_running_boot_is_marked_successful() {
+    let mut spec = two_releases();
+    let mut host = Host::new(&spec, "1.0.0");
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    // The bootloader tries B (its one try used up); the host now runs 1.1.0 from B, not yet
+    // marked successful.
+    let pick = e2e_tests::bootloader_pick(&host.disk_path).expect("a set boots");
+    assert_eq!((pick.set, pick.tries_after), (SetId::B, 0));
+    host.active = SetId::B;
+    host.set_running("1.1.0", SetId::B);
+    assert!(!state(&host, SetId::B).successful);
+
+    spec.releases.push(Release::new("1.2.0"));
+    spec.set_max_version(&"1.2.0".parse().unwrap());
+    spec.migrations.push(Migration {
+        from: "1.1.0".parse().unwrap(),
+        to: "1.2.0".parse().unwrap(),
+        name: "migrate_v1.2.0_more.lz4".to_string(),
+        content: b"1.1 -> 1.2".to_vec(),
+    });
+    e2e_tests::republish(&spec, &host.repo.dir, 2);
+    let before = host.disk.bytes().unwrap();
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), FAILURE, "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "running set B has not been marked successful",
+        "set A, the only fallback",
+        "signpost mark-successful-boot",
+        "mark-successful-boot.service",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+    }
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(host.disk.bytes().unwrap() == before, "the disk changed");
+    assert_eq!(state(&host, SetId::A), SetState::new(1, 0, true).unwrap());
+
+    let out = host
+        .signpost_cmd()
+        .arg("mark-successful-boot")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = host.updog(&["update"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let new = &spec.releases[2];
+    assert!(host.partition_bytes(PartKind::Root, SetId::A, new.root.len()) == new.root);
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A));
+}

@@ -1,16 +1,19 @@
 //! The typed library API an embedding agent uses (`updog::updater::Updater`), in process,
 //! against a real repository over HTTP and a real disk image: the staging order invariants,
-//! observed from the progress callback while staging runs.
+//! observed from the progress callback while staging runs; plans from `check` staged exactly,
+//! or refused when the repository changed since.
 
 use std::sync::Mutex;
 
 use bootpart::SetId;
 use e2e_tests::{Host, Migration, Release, RepoSpec};
-use fixtures::disk::DiskImageBuilder;
+use fixtures::disk::{DiskImageBuilder, PartKind};
 use signpost::SetState;
 use updog::config::Config;
 use updog::progress::{ImageKind, ProgressEvent};
-use updog::updater::{CancelHandle, CheckOptions, CheckOutcome, UpdateError, Updater};
+use updog::updater::{
+    CancelHandle, CheckOptions, CheckOutcome, PlanChange, UpdateError, UpdatePlan, Updater,
+};
 
 fn spec() -> RepoSpec {
     let mut spec = RepoSpec::new(vec![Release::new("1.0.0"), Release::new("1.1.0")]);
@@ -199,4 +202,262 @@ fn the_lock_is_exclusive_between_updaters() {
     assert_eq!(err.exit_code(), updog::exit::LOCKED, "{err}");
     drop(held);
     second.lock().unwrap();
+}
+
+/// The plan `check` returns for `opts`.
+fn checked_plan(updater: &Updater, opts: &CheckOptions) -> UpdatePlan {
+    match updater.check(opts).unwrap().outcome {
+        CheckOutcome::Available(update) => update.plan,
+        CheckOutcome::NoUpdate(reason) => panic!("expected an update, got none: {reason}"),
+    }
+}
+
+/// What the repository signs for one image of `release`: the sha256 of its lz4 file.
+fn signed_sha256(release: &Release, kind: PartKind) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(e2e_tests::lz4(release.image(kind))).into()
+}
+
+/// `spec()` with 1.2.0 added (and its migration), as published after a check.
+fn with_1_2_0(mut spec: RepoSpec) -> RepoSpec {
+    spec.releases.push(Release::new("1.2.0"));
+    spec.set_max_version(&"1.2.0".parse().unwrap());
+    spec.migrations.push(Migration {
+        from: "1.1.0".parse().unwrap(),
+        to: "1.2.0".parse().unwrap(),
+        name: "migrate_v1.2.0_lib.lz4".to_string(),
+        content: b"1.1 -> 1.2".to_vec(),
+    });
+    spec
+}
+
+#[test]
+fn a_plan_from_check_holds_the_signed_images_and_is_staged_exactly() {
+    let host = host();
+    let updater = updater(&host);
+    let plan = checked_plan(&updater, &CheckOptions::default());
+    let release = &spec().releases[1];
+    assert_eq!(plan.version(), &release.version);
+    assert_eq!(plan.target_set(), Some(SetId::B));
+    assert_eq!(
+        plan.migration_plan().migration_names(),
+        ["migrate_v1.1.0_lib.lz4"]
+    );
+    for (image, kind) in plan
+        .images()
+        .iter()
+        .zip([PartKind::Root, PartKind::Boot, PartKind::Hash])
+    {
+        assert_eq!(image.target.name, release.target_name(image.kind.name()));
+        assert_eq!(
+            image.target.length,
+            e2e_tests::lz4(release.image(kind)).len() as u64
+        );
+        assert_eq!(image.target.sha256, signed_sha256(release, kind));
+        assert_eq!(image.delta_index, None);
+    }
+
+    let lock = updater.lock().unwrap();
+    let staged = updater
+        .stage_plan(&lock, plan.clone(), &|_| {}, &CancelHandle::new())
+        .unwrap();
+    assert_eq!(
+        (staged.version.clone(), staged.set),
+        (release.version.clone(), SetId::B)
+    );
+    assert!(host.b_holds(release), "set B holds the planned images");
+    assert_eq!(b_state(&host), SetState::new(0, 1, false).unwrap());
+    for image in plan.images() {
+        assert_eq!(
+            staged.record.images[image.kind.name()].sha256,
+            hex::encode(image.target.sha256)
+        );
+    }
+}
+
+/// Stages `plan`, which must be refused as changed with the disk left exactly as it was:
+/// the change and the error's message.
+fn refused_plan(host: &Host, updater: &Updater, plan: UpdatePlan) -> (PlanChange, String) {
+    let before = host.disk.bytes().unwrap();
+    let lock = updater.lock().unwrap();
+    let err = updater
+        .stage_plan(&lock, plan, &|_| {}, &CancelHandle::new())
+        .unwrap_err();
+    assert_eq!(err.exit_code(), updog::exit::FAILURE);
+    assert!(host.disk.bytes().unwrap() == before, "the disk changed");
+    assert_eq!(
+        cached_migrations(host),
+        0,
+        "migrations fetched for a refused plan"
+    );
+    let text = err.to_string();
+    match err {
+        UpdateError::PlanChanged { change, .. } => (*change, text),
+        other => panic!("expected PlanChanged, got {other}"),
+    }
+}
+
+/// Checked 1.1.0; then 1.2.0 is published and 1.1.0's root image re-signed with other bytes.
+/// Staging the old plan refuses, naming the version, and the disk is as it was.
+#[test]
+fn a_plan_is_refused_when_the_repository_offers_another_version_since_the_check() {
+    let host = host();
+    let updater = updater(&host);
+    let plan = checked_plan(&updater, &CheckOptions::default());
+    let mut spec = with_1_2_0(spec());
+    spec.releases[1].root = e2e_tests::payload(99, 1536 * 1024);
+    e2e_tests::republish(&spec, &host.repo.dir, 2);
+
+    let (change, text) = refused_plan(&host, &updater, plan);
+    assert_eq!(
+        change,
+        PlanChange::Version {
+            planned: "1.1.0".parse().unwrap(),
+            now: "1.2.0".parse().unwrap()
+        }
+    );
+    assert!(
+        text.contains("update to 1.1.0") && text.contains("now offers 1.2.0"),
+        "{text}"
+    );
+
+    // A new check plans 1.2.0, and that plan stages.
+    let plan = checked_plan(&updater, &CheckOptions::default());
+    assert_eq!(plan.version().to_string(), "1.2.0");
+    let lock = updater.lock().unwrap();
+    updater
+        .stage_plan(&lock, plan, &|_| {}, &CancelHandle::new())
+        .unwrap();
+    assert!(host.b_holds(&spec.releases[2]));
+}
+
+/// The same version, but its root image re-signed with other bytes after the check: the plan
+/// is refused naming the image and both signed descriptions; set B keeps what it held.
+#[test]
+fn a_plan_is_refused_when_an_image_it_names_was_re_signed_since_the_check() {
+    let host = host();
+    let updater = updater(&host);
+    let plan = checked_plan(&updater, &CheckOptions::default());
+    let planned_root = plan.images()[0].target.clone();
+    let mut spec = spec();
+    spec.releases[1].root = e2e_tests::payload(99, 1536 * 1024);
+    e2e_tests::republish(&spec, &host.repo.dir, 2);
+    let (change, text) = refused_plan(&host, &updater, plan);
+    let PlanChange::Image {
+        image,
+        planned,
+        now,
+    } = &change
+    else {
+        panic!("expected the root image to have changed, got {change}");
+    };
+    assert_eq!(*image, ImageKind::Root);
+    assert_eq!(*planned, planned_root);
+    assert_eq!(now.name, planned_root.name);
+    assert_eq!(now.sha256, signed_sha256(&spec.releases[1], PartKind::Root));
+    assert_ne!(now.sha256, planned.sha256);
+    assert!(
+        text.contains(&hex::encode(now.sha256)) && text.contains(&hex::encode(planned.sha256)),
+        "the message names both hashes: {text}"
+    );
+    assert_eq!(b_state(&host).tries_left, 3, "set B was not cleared");
+}
+
+/// A plan chosen with an explicit version is chosen again with it: a newer release published
+/// since does not change it.
+#[test]
+fn a_plan_for_an_explicit_version_stays_valid_when_a_newer_release_appears() {
+    let host = host();
+    let updater = updater(&host);
+    let opts = CheckOptions {
+        image: Some("1.1.0".parse().unwrap()),
+        ..CheckOptions::default()
+    };
+    let plan = checked_plan(&updater, &opts);
+    let spec = with_1_2_0(spec());
+    e2e_tests::republish(&spec, &host.repo.dir, 2);
+    assert_eq!(
+        checked_plan(&updater, &CheckOptions::default())
+            .version()
+            .to_string(),
+        "1.2.0"
+    );
+    let lock = updater.lock().unwrap();
+    let staged = updater
+        .stage_plan(&lock, plan, &|_| {}, &CancelHandle::new())
+        .unwrap();
+    assert_eq!(staged.version.to_string(), "1.1.0");
+    assert!(host.b_holds(&spec.releases[1]));
+}
+
+/// Sets the boot flags of the set whose BOOT partition is `number`, as a bootloader would.
+fn set_boot_flags(host: &Host, number: u32, state: SetState) {
+    let lock = signpost::DiskLock::acquire(&host.disk_path, signpost::lock::DEFAULT_WAIT).unwrap();
+    let mut file = lock.try_clone_file().unwrap();
+    let mut table = bootpart::gpt::read_gpt(&file).unwrap().table;
+    let entry = table.entry_mut(number).unwrap();
+    entry.attributes = state.apply_to(entry.attributes);
+    bootpart::gpt::write_gpt(&mut file, &table).unwrap();
+}
+
+/// While the running set has not been marked successful (just booted into it: priority 2, no
+/// tries left), set B is the only fallback: staging refuses before fetching anything or
+/// touching the disk, and says what to run. Once marked, staging goes through.
+#[test]
+fn staging_is_refused_while_the_running_set_has_not_been_marked_successful() {
+    let host = host();
+    let unconfirmed = SetState::new(2, 0, false).unwrap();
+    set_boot_flags(&host, 1, unconfirmed);
+    let before = host.disk.bytes().unwrap();
+    let updater = updater(&host);
+    let lock = updater.lock().unwrap();
+    let err = updater
+        .stage(
+            &lock,
+            &CheckOptions::default(),
+            &|_| {},
+            &CancelHandle::new(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, UpdateError::BootNotConfirmed { set: SetId::A, state } if state == unconfirmed),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), updog::exit::FAILURE);
+    let text = err.to_string();
+    assert!(
+        text.contains("signpost mark-successful-boot") && text.contains("set B, the only fallback"),
+        "{text}"
+    );
+    assert!(host.disk.bytes().unwrap() == before, "the disk changed");
+    assert_eq!(cached_migrations(&host), 0);
+
+    signpost::Signpost::locked(lock.disk_lock(), Some(SetId::A))
+        .unwrap()
+        .mark_successful_boot()
+        .unwrap();
+    let plan = checked_plan(&updater, &CheckOptions::default());
+    updater
+        .stage_plan(&lock, plan, &|_| {}, &CancelHandle::new())
+        .unwrap();
+    assert!(host.b_holds(&spec().releases[1]));
+}
+
+/// A plan made while set A ran is for set B; if the host runs set B by the time it is staged
+/// (it rebooted into it), the plan is refused naming both sets, before the disk is touched.
+#[test]
+fn a_plan_is_refused_when_the_host_runs_the_other_set_since_the_check() {
+    let mut host = host();
+    let plan = checked_plan(&updater(&host), &CheckOptions::default());
+    assert_eq!(plan.target_set(), Some(SetId::B));
+    host.active = SetId::B;
+    host.set_running("1.0.0", SetId::B);
+    let (change, _) = refused_plan(&host, &updater(&host), plan);
+    assert_eq!(
+        change,
+        PlanChange::TargetSet {
+            planned: SetId::B,
+            now: SetId::A
+        }
+    );
 }

@@ -317,7 +317,7 @@ fn ours(
     part: &bootpart::Partition,
     opts: &StageOptions,
 ) -> Res<OursResult> {
-    // What `Updater::stage_one` opens: the partition found in the GPT, through bootpart.
+    // What `Updater::stage_full` opens: the partition found in the GPT, through bootpart.
     let mut sink = PartitionSink::open_path(device, part, IoMode::Auto)?;
     let marks = Mutex::new(Vec::<(Phase, Instant)>::new());
     let cpu = cpu_secs();

@@ -8,8 +8,10 @@
 //! - [`config`]: `updog.toml` (the reference keys plus ours, each with a documented default), or a
 //!   [`config::Config`] built in code;
 //! - [`os_release`]: the running variant, version and build;
-//! - [`updater`]: `check` (with the reason when there is nothing to do), `stage` (with a progress
-//!   callback and a [`updater::CancelHandle`]), `apply`, `revert`, `status`, `reboot`;
+//! - [`updater`]: `check` (a [`plan::UpdatePlan`], or the reason when there is nothing to do),
+//!   `stage_plan` (exactly that plan, with a progress callback and a
+//!   [`updater::CancelHandle`]), `stage` (check and stage at once), `apply`, `revert`,
+//!   `status`, `reboot`;
 //! - [`progress`]: the events `stage` reports, and their JSON-lines and terminal renderings;
 //! - [`lock`]: one owner per disk; [`status`]: the staged-state record; [`steps`]: the named
 //!   steps of stage, apply and revert; [`reboot`]: the reboot hand-off; [`exit`]: the CLI's
@@ -27,6 +29,7 @@ pub mod lock;
 pub mod migrations;
 pub mod os_release;
 pub mod pipeline;
+pub mod plan;
 pub mod progress;
 pub mod publish;
 pub mod reboot;
@@ -35,6 +38,8 @@ pub mod steps;
 pub mod transport;
 pub mod tuf;
 pub mod updater;
+
+mod staging;
 
 // The README's Rust snippets, compiled by `cargo test --doc` so they keep matching the API.
 #[cfg(doctest)]

@@ -10,18 +10,17 @@
 //!     CheckOutcome::Available(update) => {
 //!         let lock = updater.lock()?;
 //!         let cancel = CancelHandle::new();
-//!         let staged = updater.stage(&lock, &CheckOptions::default(), &|event| {
+//!         // Exactly the update checked, or UpdateError::PlanChanged.
+//!         let staged = updater.stage_plan(&lock, update.plan, &|event| {
 //!             println!("{}", updog::progress::json_line(event));
 //!         }, &cancel)?;
 //!         updater.apply(&lock)?;
 //!         println!("{} staged on set {}, reboot to use it", staged.version, staged.set);
-//!         # let _ = update;
 //!     }
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,14 +38,17 @@ use crate::lock::{LockError, UpdateLock};
 use crate::os_release::{OsRelease, OsReleaseError};
 use crate::progress::{ImageKind, ProgressEvent};
 use crate::reboot::RebootError;
-use crate::status::{RecordError, STATUS_FORMAT_VERSION, StagedImageRecord, StagedRecord};
+use crate::staging::{ClearedSet, Gpt, VerifiedImage};
+use crate::status::{RecordError, STATUS_FORMAT_VERSION, StagedRecord};
 use crate::steps::{GptIoWrapper, Step, StepObserver};
 use crate::transport::Transport;
+
+pub use crate::plan::{PlanChange, PlannedImage, SignedTarget, UpdatePlan};
 
 /// The TUF target that holds the manifest.
 pub use manifest::MANIFEST_TARGET;
 
-/// A cancellation handle for [`Updater::stage`]: set it (from a signal handler, another thread,
+/// A cancellation handle for [`Updater::stage_plan`] and [`Updater::stage`]: set it (from a signal handler, another thread,
 /// an agent's shutdown path) and staging stops at the next buffer, leaving the inactive set
 /// cleared. The pipeline's own handle, so that nothing bridges two of them.
 pub use crate::pipeline::CancelHandle;
@@ -90,9 +92,13 @@ pub struct AvailableUpdate {
     pub migrations: Vec<String>,
     /// The full plan: hops, each target's signed length and sha256, total bytes.
     pub migration_plan: migrations_fetch::MigrationPlan,
+    /// Exactly what [`Updater::stage_plan`] stages: the image targets with their signed
+    /// lengths and sha256, chunk indexes, migrations and the target set.
+    #[serde(skip)]
+    pub plan: UpdatePlan,
 }
 
-/// What [`Updater::stage`] put on the inactive set.
+/// What [`Updater::stage_plan`] (or [`Updater::stage`]) put on the inactive set.
 #[derive(Debug, Clone)]
 pub struct Staged {
     /// The manifest's update entry that was staged (the reference's update object).
@@ -352,6 +358,39 @@ pub enum UpdateError {
         #[source]
         source: Box<crate::tuf::Error>,
     },
+    /// The plan being staged is no longer what the repository offers (checked on fresh
+    /// metadata before the disk is touched); nothing was written.
+    #[error(
+        "the update to {version} checked earlier changed: {change}; nothing was staged: check for updates again"
+    )]
+    PlanChanged {
+        /// The version of the plan.
+        version: Version,
+        /// What changed.
+        change: Box<PlanChange>,
+    },
+    /// The running set has not been marked successful: clearing the other set, which holds
+    /// the last set known to boot, would leave no fallback should this boot fail.
+    #[error(
+        "the running set {set} has not been marked successful ({state}); staging would clear set {}, the only fallback if this boot fails. Mark this boot good with `signpost mark-successful-boot` (mark-successful-boot.service runs it after boot-complete.target), then update again",
+        .set.other()
+    )]
+    BootNotConfirmed {
+        /// The running set.
+        set: SetId,
+        /// Its boot flags.
+        state: signpost::SetState,
+    },
+    /// An image was not verified on the set being marked valid in this run (a bug, refused).
+    #[error(
+        "the {image} image was not verified on set {set} in this run; refusing to mark it valid"
+    )]
+    UnverifiedImage {
+        /// Which image.
+        image: ImageKind,
+        /// The set.
+        set: SetId,
+    },
     /// Staging was cancelled; the inactive set is left cleared.
     #[error("cancelled; set {set} left cleared")]
     Cancelled {
@@ -555,33 +594,38 @@ impl Updater {
                     request.running_version,
                     selection_reason(&request)
                 );
-                let migration_plan = migrations_fetch::MigrationPlan::new(
-                    manifest,
-                    &self.os.version_id,
-                    &update.version,
-                    repo,
-                )
-                .map_err(UpdateError::MigrationPlan)?;
+                let plan = self.plan(repo, manifest, update, opts)?;
                 Ok(CheckOutcome::Available(Box::new(AvailableUpdate {
                     update: update.clone(),
-                    migrations: migration_plan
+                    migrations: plan
+                        .migration_plan
                         .migration_names()
                         .into_iter()
                         .map(ToString::to_string)
                         .collect(),
-                    migration_plan,
+                    migration_plan: plan.migration_plan.clone(),
+                    plan,
                 })))
             }
         }
     }
 
     /// Refreshes the metadata and says whether this host has an update to take, or why not.
+    /// An available update comes with its [`UpdatePlan`], for [`Updater::stage_plan`]: every
+    /// image is a signed target with a sha256 (checked here), and the plan names the set it
+    /// goes to when the running set can be found (without the lock; read-only).
     pub fn check(&self, opts: &CheckOptions) -> Result<Check, UpdateError> {
         let repo = self.load_repository()?;
         let manifest = Self::load_manifest(&repo)?;
+        let mut outcome = self.select(&repo, &manifest, opts)?;
+        if let CheckOutcome::Available(update) = &mut outcome {
+            // A check needs no disk (it runs where the disk cannot be found or read); staging
+            // checks the set against the lock's.
+            update.plan.target_set = self.disk_and_active().ok().map(|(_, a)| a.other());
+        }
         Ok(Check {
             running: self.os.clone(),
-            outcome: self.select(&repo, &manifest, opts)?,
+            outcome,
         })
     }
 
@@ -632,47 +676,34 @@ impl Updater {
         signpost::Signpost::from_io(io, lock.disk(), lock.active()).map_err(UpdateError::Signpost)
     }
 
-    /// Checks everything that can be checked before the disk changes: every image is a signed
-    /// target with a sha256 and a name that can be fetched, is not empty, and can fit its
-    /// partition.
+    /// Checks what can be checked before the disk changes and was not settled when the plan
+    /// was made: no image is empty, and each can fit its partition of the target set.
     /// Returns the images' total signed (compressed) length, for the update-wide progress.
     fn preflight(
-        repo: &crate::tuf::Repository,
-        images: &[(ImageKind, &String, &bootpart::Partition); 3],
+        plan: &UpdatePlan,
+        partitions: &bootpart::PartitionSet,
         set: SetId,
     ) -> Result<u64, UpdateError> {
         let mut update_total = 0u64;
-        for &(kind, target, partition) in images {
-            let desc = repo.check_fetchable(target).map_err(|e| match e {
-                crate::tuf::Error::TargetNotFound(_) => UpdateError::MissingTarget {
-                    image: kind,
-                    target: target.clone(),
-                },
-                source => UpdateError::UnusableTarget {
-                    image: kind,
-                    target: target.clone(),
-                    source: Box::new(source),
-                },
-            })?;
-            if desc.sha256().is_none() {
-                return Err(UpdateError::NoSha256 {
-                    image: kind,
-                    target: target.clone(),
-                });
-            }
-            if desc.length == 0 {
+        for image in plan.images() {
+            let (kind, target) = (image.kind, &image.target);
+            if target.length == 0 {
                 return Err(UpdateError::EmptyImage {
                     image: kind,
-                    target: target.clone(),
+                    target: target.name.clone(),
                 });
             }
-            let capacity = partition.byte_len();
-            update_total = update_total.saturating_add(desc.length);
-            if desc.length > max_compressed_len(capacity) {
+            let capacity = match kind {
+                ImageKind::Root => partitions.root.byte_len(),
+                ImageKind::Boot => partitions.boot.byte_len(),
+                ImageKind::Hash => partitions.hash.byte_len(),
+            };
+            update_total = update_total.saturating_add(target.length);
+            if target.length > max_compressed_len(capacity) {
                 return Err(UpdateError::ImageTooLarge {
                     image: kind,
-                    target: target.clone(),
-                    length: desc.length,
+                    target: target.name.clone(),
+                    length: target.length,
                     capacity,
                     set,
                 });
@@ -681,13 +712,78 @@ impl Updater {
         Ok(update_total)
     }
 
-    /// Stages the chosen update on the inactive set of the locked disk, in the order the
-    /// invariants require: verify metadata; select; preflight every image (signed, fetchable,
-    /// not empty, fits); fetch migrations; clear the inactive set (flushed); stream root, boot,
-    /// hash onto it, each verified, flushed and read back; record what was staged; re-read the
-    /// GPT and, if the set is still as this run cleared it, mark it valid. Any failure or a
-    /// cancellation leaves the inactive set cleared and the active set untouched. The lock is
-    /// held throughout (the caller holds it).
+    /// The plan for `update`: each image's signed target (a signed target with a sha256 and a
+    /// name that can be fetched), its chunk index if the update lists one, the migrations.
+    fn plan(
+        &self,
+        repo: &crate::tuf::Repository,
+        manifest: &Manifest,
+        update: &manifest::Update,
+        opts: &CheckOptions,
+    ) -> Result<UpdatePlan, UpdateError> {
+        let signed = |kind: ImageKind, name: &String| -> Result<SignedTarget, UpdateError> {
+            let desc = repo.check_fetchable(name).map_err(|e| match e {
+                crate::tuf::Error::TargetNotFound(_) => UpdateError::MissingTarget {
+                    image: kind,
+                    target: name.clone(),
+                },
+                source => UpdateError::UnusableTarget {
+                    image: kind,
+                    target: name.clone(),
+                    source: Box::new(source),
+                },
+            })?;
+            let sha256 = desc.sha256().ok_or_else(|| UpdateError::NoSha256 {
+                image: kind,
+                target: name.clone(),
+            })?;
+            Ok(SignedTarget {
+                name: name.clone(),
+                length: desc.length,
+                sha256,
+            })
+        };
+        // An index that is not a signed target with a sha256 is no delta (the full image is
+        // staged); the plan records that as none.
+        let index = |kind: ImageKind| {
+            let name = update.delta.as_ref()?.indexes.get(kind.name())?;
+            let desc = repo.target(name).ok().flatten()?;
+            Some(SignedTarget {
+                name: name.clone(),
+                length: desc.length,
+                sha256: desc.sha256()?,
+            })
+        };
+        let image = |kind: ImageKind, name: &String| -> Result<PlannedImage, UpdateError> {
+            Ok(PlannedImage {
+                kind,
+                target: signed(kind, name)?,
+                delta_index: index(kind),
+            })
+        };
+        let migration_plan = migrations_fetch::MigrationPlan::new(
+            manifest,
+            &self.os.version_id,
+            &update.version,
+            repo,
+        )
+        .map_err(UpdateError::MigrationPlan)?;
+        Ok(UpdatePlan {
+            update: update.clone(),
+            images: [
+                image(ImageKind::Root, &update.images.root)?,
+                image(ImageKind::Boot, &update.images.boot)?,
+                image(ImageKind::Hash, &update.images.hash)?,
+            ],
+            migration_plan,
+            target_set: None,
+            options: opts.clone(),
+        })
+    }
+
+    /// Chooses an update on verified metadata and stages it on the inactive set of the locked
+    /// disk: [`Updater::check`] then [`Updater::stage_plan`] on one load of the metadata (what
+    /// `updog update` does). [`UpdateError::NoUpdate`] when there is nothing to take.
     pub fn stage(
         &self,
         lock: &UpdateLock,
@@ -698,50 +794,91 @@ impl Updater {
         progress(&ProgressEvent::LoadingMetadata);
         let repo = self.load_repository()?;
         let manifest = Self::load_manifest(&repo)?;
-        let available = match self.select(&repo, &manifest, opts)? {
+        let plan = match self.select(&repo, &manifest, opts)? {
             CheckOutcome::NoUpdate(reason) => return Err(UpdateError::NoUpdate(reason)),
-            CheckOutcome::Available(a) => a,
+            CheckOutcome::Available(a) => a.plan,
         };
-        let update = &available.update;
+        self.stage_chosen(lock, &repo, &manifest, plan, progress, cancel)
+    }
+
+    /// Stages exactly the update of `plan` (from [`Updater::check`]) on the inactive set of the
+    /// locked disk. Loads fresh metadata and chooses again with the plan's options first: if
+    /// the choice differs in anything the plan holds (version, an image's or chunk index's
+    /// signed length or sha256, the migrations, the target set), it refuses with
+    /// [`UpdateError::PlanChanged`] naming the difference, before the disk is touched.
+    ///
+    /// Then, in the order the invariants require: refuse if the running set has not been
+    /// marked successful; preflight (no image empty, each fits); fetch migrations; clear the
+    /// inactive set (flushed); stream root, boot, hash onto it, each verified, flushed and
+    /// read back; record what was staged; re-read the GPT and, if the set is still as this run
+    /// cleared it, mark it valid. Any failure or a cancellation after the clear leaves the
+    /// inactive set cleared and the active set untouched. The caller holds the lock
+    /// throughout.
+    pub fn stage_plan(
+        &self,
+        lock: &UpdateLock,
+        plan: UpdatePlan,
+        progress: &dyn Fn(&ProgressEvent),
+        cancel: &CancelHandle,
+    ) -> Result<Staged, UpdateError> {
+        progress(&ProgressEvent::LoadingMetadata);
+        let repo = self.load_repository()?;
+        let manifest = Self::load_manifest(&repo)?;
+        let changed = |change| UpdateError::PlanChanged {
+            version: plan.version().clone(),
+            change: Box::new(change),
+        };
+        let mut fresh = match self.select(&repo, &manifest, plan.options())? {
+            CheckOutcome::NoUpdate(reason) => return Err(changed(PlanChange::Withdrawn(reason))),
+            CheckOutcome::Available(a) => a.plan,
+        };
+        fresh.target_set = Some(lock.active().other());
+        if let Some(change) = plan.changes_in(&fresh) {
+            return Err(changed(change));
+        }
+        // The fresh plan: equal in all the plan promised, with the manifest signed now (cached
+        // with the migrations).
+        self.stage_chosen(lock, &repo, &manifest, fresh, progress, cancel)
+    }
+
+    /// Refuses to stage while the running set has not been marked successful: clearing the
+    /// other set would destroy the only set known to boot, should this one fail.
+    fn refuse_unconfirmed_boot(sp: &Gpt) -> Result<(), UpdateError> {
+        let set = sp.active();
+        let state = sp.state(set).unwrap_or_default();
+        if state.successful {
+            Ok(())
+        } else {
+            Err(UpdateError::BootNotConfirmed { set, state })
+        }
+    }
+
+    /// Stages a plan chosen on `repo`'s metadata (see [`Updater::stage_plan`] for the order).
+    fn stage_chosen(
+        &self,
+        lock: &UpdateLock,
+        repo: &crate::tuf::Repository,
+        manifest: &Manifest,
+        plan: UpdatePlan,
+        progress: &dyn Fn(&ProgressEvent),
+        cancel: &CancelHandle,
+    ) -> Result<Staged, UpdateError> {
         // As the reference does: from here on every request names the version being fetched,
         // and, once the migrations are in, the migrations of the jump.
-        self.query.set("target", update.version.to_string());
+        self.query.set("target", plan.version().to_string());
 
         // One read of the GPT gives the partitions and the flags.
-        let mut sp = self.signpost(lock)?;
+        let sp = self.signpost(lock)?;
         let inactive = sp.inactive();
+        Self::refuse_unconfirmed_boot(&sp)?;
         let layout = sp.layout().map_err(UpdateError::Signpost)?;
-        let set = layout.set(inactive).map_err(UpdateError::Disk)?.clone();
+        let partitions = layout.set(inactive).map_err(UpdateError::Disk)?;
         progress(&ProgressEvent::Selected {
-            version: update.version.to_string(),
+            version: plan.version().to_string(),
             set: inactive.to_string(),
         });
-
-        let images = [
-            (ImageKind::Root, &update.images.root, &set.root),
-            (ImageKind::Boot, &update.images.boot, &set.boot),
-            (ImageKind::Hash, &update.images.hash, &set.hash),
-        ];
-        let update_total = Self::preflight(&repo, &images, inactive)?;
-
-        // Migrations next: a missing link or a fetch failure must stop us before the disk
-        // changes.
-        progress(&ProgressEvent::FetchingMigrations {
-            count: available.migration_plan.migrations.len(),
-        });
-        migrations_fetch::fetch(
-            &available.migration_plan,
-            &repo,
-            &migrations_fetch::CacheDirs::new(
-                &self.config.migrations_dir,
-                &self.config.migrations_metadata_dir,
-            ),
-            &migrations_fetch::FetchOptions::default(),
-        )
-        .map_err(UpdateError::MigrationFetch)?;
-        let mut migration_targets = available.migrations.clone();
-        migration_targets.push(MANIFEST_TARGET.to_string());
-        self.query.set("migrations", migration_targets.join(","));
+        let update_total = Self::preflight(&plan, partitions, inactive)?;
+        self.fetch_migrations(repo, &plan, progress)?;
         if cancel.is_cancelled() {
             return Err(UpdateError::Cancelled { set: inactive });
         }
@@ -751,160 +888,143 @@ impl Updater {
             set: inactive.to_string(),
         });
         self.step(Step::Clear);
-        sp.clear_inactive().map_err(UpdateError::Signpost)?;
+        let cleared = ClearedSet::clear(sp, layout)?;
         log::info!("cleared set {inactive} before writing to it");
+        // From here on, any failure leaves the set cleared and unrecorded, whatever wrote it.
+        let staged = self.stage_onto(
+            &cleared,
+            repo,
+            manifest,
+            &plan,
+            update_total,
+            progress,
+            cancel,
+        );
+        let staged = match staged {
+            Ok(images) => self.mark_valid(cleared, images, &plan, progress),
+            Err(e) => Err(cleared.abandon(e)),
+        };
+        if staged.is_err() {
+            let _ = StagedRecord::remove(&self.config.state_file);
+        }
+        staged
+    }
+
+    /// Fetches the migrations of the plan into the cache: a missing link or a fetch failure
+    /// stops the update before the disk changes.
+    fn fetch_migrations(
+        &self,
+        repo: &crate::tuf::Repository,
+        plan: &UpdatePlan,
+        progress: &dyn Fn(&ProgressEvent),
+    ) -> Result<(), UpdateError> {
+        progress(&ProgressEvent::FetchingMigrations {
+            count: plan.migration_plan.migrations.len(),
+        });
+        migrations_fetch::fetch(
+            &plan.migration_plan,
+            repo,
+            &migrations_fetch::CacheDirs::new(
+                &self.config.migrations_dir,
+                &self.config.migrations_metadata_dir,
+            ),
+            &migrations_fetch::FetchOptions::default(),
+        )
+        .map_err(UpdateError::MigrationFetch)?;
+        let mut migration_targets: Vec<String> = plan
+            .migration_plan
+            .migration_names()
+            .into_iter()
+            .map(ToString::to_string)
+            .collect();
+        migration_targets.push(MANIFEST_TARGET.to_string());
+        self.query.set("migrations", migration_targets.join(","));
+        Ok(())
+    }
+
+    /// Removes the record of the set just cleared, then stages root, boot and hash onto it.
+    #[allow(clippy::too_many_arguments)]
+    fn stage_onto(
+        &self,
+        cleared: &ClearedSet,
+        repo: &crate::tuf::Repository,
+        manifest: &Manifest,
+        plan: &UpdatePlan,
+        update_total: u64,
+        progress: &dyn Fn(&ProgressEvent),
+        cancel: &CancelHandle,
+    ) -> Result<[VerifiedImage; 3], UpdateError> {
         // The record described the set we just cleared.
         self.step(Step::RemoveRecord);
         StagedRecord::remove(&self.config.state_file)?;
-
-        // From here on, any failure leaves the set cleared and unrecorded, whatever wrote it.
-        let mut images_and_mark = || -> Result<Staged, UpdateError> {
-            let mut records = BTreeMap::new();
-            // Compressed bytes of the images already staged, for the update-wide progress.
-            let mut update_done = 0u64;
-            for (kind, target, partition) in images {
-                if cancel.is_cancelled() {
-                    return Err(UpdateError::Cancelled { set: inactive });
-                }
-                self.step(Step::WriteImage(kind));
-                // Delta first when the update offers it (small, local hook: delta/stage.rs).
-                let image_len = repo.target(target).ok().flatten().map_or(0, |d| d.length);
-                if let Some(record) = self.stage_delta(
-                    &repo,
-                    &manifest,
-                    update,
-                    (lock.disk(), &layout),
-                    (lock.active(), inactive),
-                    (kind, partition),
-                    (update_done, update_total, image_len),
-                    progress,
-                    cancel,
-                )? {
-                    records.insert(kind.name().to_string(), record);
-                    update_done = update_done.saturating_add(image_len);
-                    continue;
-                }
-                let update_bytes = (update_done, update_total);
-                let staged = Self::stage_one(
-                    &repo,
-                    lock.disk(),
-                    partition,
-                    kind,
-                    target,
-                    update_bytes,
-                    progress,
-                    cancel,
-                )
-                .map_err(|e| match e {
-                    StageOneError::Cancelled => UpdateError::Cancelled { set: inactive },
-                    StageOneError::Repository(e) => UpdateError::Repository(e),
-                    StageOneError::Open(source) => UpdateError::OpenPartition {
-                        image: kind,
-                        set: inactive,
-                        source,
-                    },
-                    StageOneError::NoSha256 => UpdateError::NoSha256 {
-                        image: kind,
-                        target: target.clone(),
-                    },
-                    StageOneError::Stage(source) => UpdateError::Stage {
-                        image: kind,
-                        target: target.clone(),
-                        set: inactive,
-                        source,
-                    },
-                })?;
-                update_done = update_done.saturating_add(staged.compressed_len);
-                if staged.decoded_len == 0 {
-                    return Err(UpdateError::EmptyImage {
-                        image: kind,
-                        target: target.clone(),
-                    });
-                }
-                progress(&ProgressEvent::ImageDone {
-                    image: kind,
-                    written: staged.decoded_len,
-                });
-                records.insert(
-                    kind.name().to_string(),
-                    StagedImageRecord {
-                        target: target.clone(),
-                        sha256: hex::encode(staged.sha256),
-                        written: staged.decoded_len,
-                    },
-                );
-            }
+        // Compressed bytes of the images already staged, for the update-wide progress.
+        let mut update_done = 0u64;
+        let mut stage = |image: &PlannedImage| -> Result<VerifiedImage, UpdateError> {
             if cancel.is_cancelled() {
-                return Err(UpdateError::Cancelled { set: inactive });
+                return Err(UpdateError::Cancelled { set: cleared.set() });
             }
+            self.step(Step::WriteImage(image.kind));
+            let bytes = (update_done, update_total);
+            update_done = update_done.saturating_add(image.target.length);
+            // Delta first when the update offers it (small, local hook: delta/stage.rs).
+            if let Some(verified) = self.stage_delta(
+                repo, manifest, plan, cleared, image, bytes, progress, cancel,
+            )? {
+                return Ok(verified);
+            }
+            Self::stage_full(repo, cleared, image, bytes, progress, cancel)
+        };
+        let [root, boot, hash] = plan.images();
+        let images = [stage(root)?, stage(boot)?, stage(hash)?];
+        if cancel.is_cancelled() {
+            return Err(UpdateError::Cancelled { set: cleared.set() });
+        }
+        Ok(images)
+    }
 
-            // The record first: a set marked valid always has one (a full state file system fails
-            // here, with the set still cleared).
+    /// Records what was staged (a set marked valid always has a record: a full state file
+    /// system fails here, with the set still cleared), then marks the set valid.
+    fn mark_valid(
+        &self,
+        cleared: ClearedSet,
+        images: [VerifiedImage; 3],
+        plan: &UpdatePlan,
+        progress: &dyn Fn(&ProgressEvent),
+    ) -> Result<Staged, UpdateError> {
+        let update = plan.update();
+        let write_record = |set: SetId, images: &[VerifiedImage; 3]| {
             let record = StagedRecord {
                 format_version: STATUS_FORMAT_VERSION,
                 variant: update.variant.clone(),
                 arch: update.arch.clone(),
                 version: update.version.clone(),
                 from_version: self.os.version_id.clone(),
-                set: inactive,
+                set,
                 staged_at: Utc::now(),
-                images: records,
+                images: images
+                    .iter()
+                    .map(|i| (i.kind().name().to_string(), i.record().clone()))
+                    .collect(),
                 applied: false,
             };
             self.step(Step::RecordStaged);
             record.write_atomic(&self.config.state_file)?;
-
-            // Re-read the GPT: the set must still be as this run cleared it.
-            self.step(Step::MarkValid);
-            let marked = sp.apply_expecting(
-                signpost::Transition::MarkInactiveValid,
-                inactive,
-                signpost::SetState::default(),
-            );
-            match marked {
-                Ok(()) => {}
-                Err(signpost::Error::SetChanged {
-                    expected, found, ..
-                }) => {
-                    // Whatever marked it did not write these images: it is cleared again.
-                    return Err(UpdateError::SetChanged {
-                        set: inactive,
-                        expected,
-                        found,
-                    });
-                }
-                Err(e) => return Err(UpdateError::Signpost(e)),
-            }
-            log::info!(
-                "set {inactive} holds {} and is marked valid",
-                update.version
-            );
-            progress(&ProgressEvent::MarkedValid {
-                set: inactive.to_string(),
-            });
-            Ok(Staged {
-                update: update.clone(),
-                version: update.version.clone(),
-                set: inactive,
-                record,
-            })
+            Ok(record)
         };
-        let result = images_and_mark();
-        if result.is_err() {
-            self.leave_cleared(&mut sp);
-        }
-        result
-    }
-
-    /// After a failed staging: the inactive set ends cleared and no record describes it (best
-    /// effort; the error being reported is the one that matters).
-    fn leave_cleared(&self, sp: &mut Gpt) {
-        let cleared = sp.refresh().is_ok()
-            && sp.state(sp.inactive()).unwrap_or_default() == signpost::SetState::default();
-        if !cleared {
-            let _ = sp.clear_inactive();
-        }
-        let _ = StagedRecord::remove(&self.config.state_file);
+        // The GPT is re-read right before the mark: the set must still be as this run
+        // cleared it.
+        let set = cleared.set();
+        let record = cleared.mark_valid(images, write_record, || self.step(Step::MarkValid))?;
+        log::info!("set {set} holds {} and is marked valid", update.version);
+        progress(&ProgressEvent::MarkedValid {
+            set: set.to_string(),
+        });
+        Ok(Staged {
+            update: update.clone(),
+            version: update.version.clone(),
+            set,
+            record,
+        })
     }
 
     /// Stages one image from chunks when the update offers an index for it and `delta` is on.
@@ -915,15 +1035,15 @@ impl Updater {
         &self,
         repo: &crate::tuf::Repository,
         manifest: &Manifest,
-        update: &manifest::Update,
-        (disk, layout): (&std::path::Path, &bootpart::Layout),
-        (active, inactive): (SetId, SetId),
-        (kind, partition): (ImageKind, &bootpart::Partition),
-        (update_done, update_total, image_len): (u64, u64, u64),
+        plan: &UpdatePlan,
+        cleared: &ClearedSet,
+        image: &PlannedImage,
+        (update_done, update_total): (u64, u64),
         progress: &dyn Fn(&ProgressEvent),
         cancel: &CancelHandle,
-    ) -> Result<Option<StagedImageRecord>, UpdateError> {
+    ) -> Result<Option<VerifiedImage>, UpdateError> {
         use crate::delta::AssembleProgress;
+        let (kind, image_len, update) = (image.kind, image.target.length, plan.update());
         let offered = update
             .delta
             .as_ref()
@@ -931,7 +1051,9 @@ impl Updater {
         if !self.config.delta || !offered {
             return Ok(None);
         }
-        let running = layout.set(active).map_err(UpdateError::Disk)?;
+        let (inactive, partition, disk) = (cleared.set(), cleared.partition(kind), cleared.disk());
+        let active = inactive.other();
+        let running = cleared.layout().set(active).map_err(UpdateError::Disk)?;
         let seed = match kind {
             ImageKind::Root => &running.root,
             ImageKind::Boot => &running.boot,
@@ -987,11 +1109,7 @@ impl Updater {
                     image: kind,
                     written: staged.written,
                 });
-                Ok(Some(StagedImageRecord {
-                    target: staged.index_target,
-                    sha256: staged.index_sha256,
-                    written: staged.written,
-                }))
+                Ok(Some(cleared.verified_delta(kind, staged)))
             }
             Err(crate::delta::stage::DeltaError::Assemble(
                 crate::delta::AssembleError::Cancelled,
@@ -1011,25 +1129,29 @@ impl Updater {
         }
     }
 
-    /// Streams one image target onto its partition through the staging pipeline.
-    #[allow(clippy::too_many_arguments)]
-    fn stage_one(
+    /// Streams one image target onto its partition of the cleared set through the staging
+    /// pipeline, which returns once the image was received whole, matched the plan's signed
+    /// length and sha256, was flushed and read back.
+    fn stage_full(
         repo: &crate::tuf::Repository,
-        disk_path: &std::path::Path,
-        partition: &bootpart::Partition,
-        kind: ImageKind,
-        target: &str,
+        cleared: &ClearedSet,
+        image: &PlannedImage,
         (update_done, update_total): (u64, u64),
         progress: &dyn Fn(&ProgressEvent),
         cancel: &CancelHandle,
-    ) -> Result<crate::pipeline::StagedImage, StageOneError> {
-        use crate::pipeline::{IoMode, PartitionSink, Phase, StageOptions};
-        let (desc, reader) = repo
+    ) -> Result<VerifiedImage, UpdateError> {
+        use crate::pipeline::{IoMode, PartitionSink, Phase, StageError, StageOptions};
+        let (kind, target, set) = (image.kind, &image.target.name, cleared.set());
+        let (_, reader) = repo
             .fetch_target_unverified(target)
-            .map_err(StageOneError::Repository)?;
-        let expected = desc.info().ok_or(StageOneError::NoSha256)?;
-        let mut sink = PartitionSink::open_path(disk_path, partition, IoMode::Auto)
-            .map_err(|e| StageOneError::Open(std::io::Error::other(e)))?;
+            .map_err(UpdateError::Repository)?;
+        let mut sink =
+            PartitionSink::open_path(cleared.disk(), cleared.partition(kind), IoMode::Auto)
+                .map_err(|e| UpdateError::OpenPartition {
+                    image: kind,
+                    set,
+                    source: std::io::Error::other(e),
+                })?;
         let opts = StageOptions {
             cancel: cancel.clone(),
             ..StageOptions::default()
@@ -1038,7 +1160,7 @@ impl Updater {
         let on_progress = |p: crate::pipeline::Progress| match p.phase {
             Phase::Writing => progress(&ProgressEvent::Image {
                 image: kind,
-                target: target.to_string(),
+                target: target.clone(),
                 done: p.done,
                 total: p.total,
                 update_done: update_done.saturating_add(p.done),
@@ -1051,11 +1173,17 @@ impl Updater {
             }
         };
         let started = std::time::Instant::now();
+        let expected = image.target.info();
         let staged =
             crate::pipeline::stage_image(reader, &expected, &mut sink, &opts, &on_progress)
                 .map_err(|e| match e {
-                    crate::pipeline::StageError::Cancelled => StageOneError::Cancelled,
-                    other => StageOneError::Stage(other),
+                    StageError::Cancelled => UpdateError::Cancelled { set },
+                    source => UpdateError::Stage {
+                        image: kind,
+                        target: target.clone(),
+                        set,
+                        source,
+                    },
                 })?;
         let secs = started.elapsed().as_secs_f64();
         log::info!(
@@ -1069,7 +1197,17 @@ impl Updater {
                 ", through the page cache"
             }
         );
-        Ok(staged)
+        if staged.decoded_len == 0 {
+            return Err(UpdateError::EmptyImage {
+                image: kind,
+                target: target.clone(),
+            });
+        }
+        progress(&ProgressEvent::ImageDone {
+            image: kind,
+            written: staged.decoded_len,
+        });
+        Ok(cleared.verified_full(kind, target, &staged))
     }
 
     /// Flips the boot flags so the staged set is tried once at the next boot
@@ -1244,18 +1382,6 @@ fn selection_reason(request: &SelectionRequest) -> String {
         "the newest update for {}/{} up to its max_version; {waves}",
         request.variant, request.arch
     )
-}
-
-/// The boot flags of the locked disk.
-type Gpt = signpost::Signpost<Box<dyn BlockIo + Send>>;
-
-/// Why one image could not be staged (mapped to [`UpdateError`] with its context).
-enum StageOneError {
-    Cancelled,
-    Repository(crate::tuf::Error),
-    Open(std::io::Error),
-    NoSha256,
-    Stage(crate::pipeline::StageError),
 }
 
 /// The largest compressed image that can possibly decode into `capacity` bytes: lz4 never
