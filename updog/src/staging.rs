@@ -208,3 +208,152 @@ impl VerifiedImage {
         self.kind
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use fixtures::disk::{DiskImage, DiskImageBuilder};
+    use signpost::SetState;
+
+    use super::*;
+    use crate::status::StagedRecord;
+
+    /// A disk running set A (booted fine) whose set B held an OS that booted before.
+    fn disk() -> DiskImage {
+        let booted = SetState::new(1, 0, true).unwrap().apply_to(0);
+        DiskImageBuilder::new()
+            .attributes(1, booted)
+            .attributes(5, booted)
+            .build_temp()
+            .unwrap()
+    }
+
+    fn cleared(disk: &DiskImage) -> ClearedSet {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk.path)
+            .unwrap();
+        let io: Box<dyn bootpart::io::BlockIo + Send> = Box::new(file);
+        let gpt = signpost::Signpost::from_io(io, &disk.path, SetId::A).unwrap();
+        let layout = gpt.layout().unwrap();
+        ClearedSet::clear(gpt, layout).unwrap()
+    }
+
+    fn b_state(disk: &DiskImage) -> SetState {
+        signpost::Signpost::open_read_only(&disk.path, Some(SetId::A))
+            .unwrap()
+            .state(SetId::B)
+            .unwrap()
+    }
+
+    /// What the pipeline returns for one image (its fields are the pipeline's to fill).
+    fn staged() -> crate::pipeline::StagedImage {
+        crate::pipeline::StagedImage {
+            compressed_len: 1,
+            decoded_len: 1,
+            sha256: [7; 32],
+            digest: 0,
+            direct_io: false,
+        }
+    }
+
+    fn images(on: &ClearedSet, kinds: [ImageKind; 3]) -> [VerifiedImage; 3] {
+        kinds.map(|kind| on.verified_full(kind, kind.name(), &staged()))
+    }
+
+    fn record(set: SetId, images: &[VerifiedImage; 3]) -> StagedRecord {
+        StagedRecord {
+            format_version: crate::status::STATUS_FORMAT_VERSION,
+            variant: "v".into(),
+            arch: "a".into(),
+            version: "1.1.0".parse().unwrap(),
+            from_version: "1.0.0".parse().unwrap(),
+            set,
+            staged_at: chrono::Utc::now(),
+            images: images
+                .iter()
+                .map(|i| (i.kind().name().to_string(), i.record().clone()))
+                .collect(),
+            applied: false,
+        }
+    }
+
+    #[test]
+    fn three_images_verified_on_the_cleared_set_mark_it_valid() {
+        let disk = disk();
+        let set = cleared(&disk);
+        assert_eq!(b_state(&disk), SetState::default(), "cleared and written");
+        let images = images(&set, ImageKind::ALL);
+        let marked = set
+            .mark_valid(images, |set, images| Ok(record(set, images)), || {})
+            .unwrap();
+        assert_eq!(marked.images.len(), 3);
+        assert_eq!(b_state(&disk), SetState::new(0, 1, false).unwrap());
+    }
+
+    #[test]
+    fn images_verified_on_another_clearing_are_refused_and_the_set_stays_cleared() {
+        let disk = disk();
+        let earlier = cleared(&disk);
+        let stray = images(&earlier, ImageKind::ALL);
+        let set = cleared(&disk);
+        let err = set
+            .mark_valid(
+                stray,
+                |_, _| panic!("no record for stray images"),
+                || panic!("no mark for stray images"),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                crate::updater::UpdateError::UnverifiedImage {
+                    image: ImageKind::Root,
+                    set: SetId::B
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(b_state(&disk), SetState::default());
+    }
+
+    #[test]
+    fn images_out_of_order_are_refused() {
+        let disk = disk();
+        let set = cleared(&disk);
+        let swapped = images(&set, [ImageKind::Boot, ImageKind::Root, ImageKind::Hash]);
+        let err = set
+            .mark_valid(swapped, |set, images| Ok(record(set, images)), || {})
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                crate::updater::UpdateError::UnverifiedImage {
+                    image: ImageKind::Root,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(b_state(&disk), SetState::default());
+    }
+
+    #[test]
+    fn a_failed_record_leaves_the_set_cleared_and_unmarked() {
+        let disk = disk();
+        let set = cleared(&disk);
+        let images = images(&set, ImageKind::ALL);
+        let err = set
+            .mark_valid(
+                images,
+                |set, _| Err(crate::updater::UpdateError::NothingStaged { set }),
+                || panic!("marked after a failed record"),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, crate::updater::UpdateError::NothingStaged { .. }),
+            "{err}"
+        );
+        assert_eq!(b_state(&disk), SetState::default());
+    }
+}
