@@ -8,6 +8,8 @@
 //!   writes) and [`io::PartitionReader`], bounded, direct I/O aligned to the disk's logical
 //!   block size (asked from the kernel), used by updog's staging as well as by tests.
 //! - [`Disk`]: a block device or image file with its [`Layout`] of partition sets A and B.
+//! - [`SetId`] and [`ImageKind`]: which set, and which of its three images (`root`, `boot`,
+//!   `hash`), the one type for each across the workspace.
 //! - [`running`]: which set the running system booted from (mountinfo, sysfs, dm slaves).
 //! - [`sys`]: device numbers and sysfs lookups (injectable roots).
 //! - [`guid`]: GUIDs in GPT byte order and the partition type GUIDs of the reference layout.
@@ -26,11 +28,13 @@ pub mod sys;
 
 mod disk;
 mod error;
+mod image_kind;
 mod layout;
 mod set_id;
 
 pub use disk::Disk;
 pub use error::{Error, LayoutError, Result};
 pub use guid::{Guid, PartitionType};
+pub use image_kind::{ImageKind, ParseImageKindError};
 pub use layout::{Layout, Partition, PartitionSet};
 pub use set_id::{ParseSetIdError, SetId};

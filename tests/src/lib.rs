@@ -708,7 +708,7 @@ pub fn assert_consistent_after_stop(
         SetId::A
     };
     assert_eq!(next, Some(want_next), "{what}: next boot");
-    assert_eq!(status.next_boot, Some(want_next.to_string()), "{what}");
+    assert_eq!(status.next_boot, Some(want_next), "{what}");
     if let Some(staged) = &status.staged {
         assert!(
             matches!(

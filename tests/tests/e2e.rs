@@ -533,6 +533,19 @@ fn the_agent_example_updates_a_host_through_the_library() {
     assert!(text.contains("agent: root 100%"), "{text}");
     assert!(text.contains("set B boots next"), "{text}");
     assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+    // The update state in Bottlerocket's terms: Available after the check, Ready after the
+    // flip, in that order; the status object printed last says Ready too.
+    let states: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("agent: update state "))
+        .collect();
+    assert_eq!(states, ["Available", "Ready"], "{text}");
+    let status: serde_json::Value =
+        serde_json::from_str(&text[text.find("\n{").expect("status JSON")..])
+            .unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(status["update_state"], "Ready", "{status}");
+    assert_eq!(status["next_boot"], "B", "{status}");
+    assert_eq!(status["running"]["set"], "A", "{status}");
 }
 
 #[test]
@@ -592,7 +605,17 @@ fn update_image_stages_without_flipping_and_update_apply_flips_later() {
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
     assert!(events.iter().all(|e| e["v"] == 1));
-    assert_eq!(events.last().unwrap()["event"], "marked_valid");
+    // The run ends with `done` naming what is staged where, right after the set is marked valid.
+    let [.., valid, done] = &events[..] else {
+        panic!("too few events: {events:?}");
+    };
+    assert_eq!(valid["event"], "marked_valid");
+    assert_eq!(done["event"], "done", "{done}");
+    assert_eq!(
+        (&done["version"], &done["set"], &done["applied"]),
+        (&"1.1.0".into(), &"B".into(), &false.into()),
+        "{done}"
+    );
     assert_eq!(state(&host, SetId::B), SetState::new(0, 1, false).unwrap());
     assert_eq!(
         host.signpost().next_boot(),

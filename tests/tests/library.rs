@@ -99,6 +99,20 @@ fn staging_follows_the_invariant_order() {
             ProgressEvent::DeltaPlan { .. } | ProgressEvent::DeltaFallback { .. } => {
                 seen.push("delta".into());
             }
+            ProgressEvent::Done {
+                version,
+                set,
+                applied,
+                no_update,
+            } => {
+                // Reported once the set is marked valid: the final state is on disk.
+                assert_eq!(b_state(&host), SetState::new(0, 1, false).unwrap());
+                assert_eq!(no_update, &None);
+                let (version, set) = (version.as_ref().expect("a version"), set.expect("a set"));
+                seen.push(format!("done:{version}@{set},applied={applied}"));
+            }
+            ProgressEvent::Error { message, .. } => seen.push(format!("error:{message}")),
+            other => panic!("an event this test does not know: {other:?}"),
         }
     };
     let lock = updater.lock().unwrap();
@@ -123,6 +137,7 @@ fn staging_follows_the_invariant_order() {
         expected.push(format!("done:{image}"));
     }
     expected.push("valid:B".into());
+    expected.push("done:1.1.0@B,applied=false".into());
     assert_eq!(*seen.lock().unwrap(), expected);
 
     // Marked valid (one try), not yet next to boot; the record says what is staged.
@@ -269,7 +284,7 @@ fn a_plan_from_check_holds_the_signed_images_and_is_staged_exactly() {
     assert_eq!(b_state(&host), SetState::new(0, 1, false).unwrap());
     for image in plan.images() {
         assert_eq!(
-            staged.record.images[image.kind.name()].sha256,
+            staged.record.images[&image.kind].sha256,
             hex::encode(image.target.sha256)
         );
     }

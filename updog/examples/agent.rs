@@ -1,4 +1,4 @@
-//! A minimal update agent that embeds `updog` instead of running the CLI: what a Kubernetes
+//! An async update agent that embeds `updog` instead of running the CLI: what a Kubernetes
 //! operator or an ECS agent would do on each host.
 //!
 //! ```text
@@ -8,17 +8,35 @@
 //!     --os-release /path/to/os-release --state-dir /tmp/agent [--seed N] [--now]
 //! ```
 //!
-//! It builds the configuration in code (no `/etc/updog.toml`), checks for an update and prints
-//! why there is none, stages it with a progress callback and a cancellation handle wired to
-//! Ctrl-C / SIGTERM, flips the boot flags, and prints the status an operator dashboard would show.
-//! It never reboots: a real agent drains the node first, then calls `updater.reboot()`.
+//! The agent runs on tokio; the updater's API is blocking and `Send + Sync`, so it is shared
+//! through an `Arc` and each call runs on the blocking pool (`spawn_blocking`) while the runtime
+//! stays free for the agent's own work: here, printing progress that arrives over a channel and
+//! watching for Ctrl-C / SIGTERM, which set the updater's cancellation handle. It builds the
+//! configuration in code (no `/etc/updog.toml`), checks for an update (the update state becomes
+//! `Available`), stages it (`Staged`), flips the boot flags (`Ready`) and prints the status an
+//! operator dashboard would show. It never reboots: a real agent drains the node first, then
+//! calls `updater.reboot()`; after the reboot it calls `updater.mark_successful_boot(&lock)`
+//! once the node is healthy, or `updater.rollback_to_inactive(&lock)` if it is not.
+//!
+//! Exit codes follow `updog`'s: 0 done or nothing to do, 1 failure, 4 another update in
+//! progress, 5 cancelled (nothing applied).
+
+// The closures handed to `spawn_blocking` return the library's own `Result<_, UpdateError>`.
+#![allow(clippy::result_large_err)]
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::ExitCode;
+use std::sync::Arc;
 
 use updog::config::Config;
 use updog::progress::ProgressEvent;
-use updog::updater::{CancelHandle, CheckOptions, CheckOutcome, Updater};
+use updog::updater::{CancelHandle, CheckOptions, CheckOutcome, UpdateError, Updater};
+
+// What lets the agent share one updater between tasks and threads.
+const _: () = {
+    const fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Updater>();
+};
 
 struct Args {
     metadata_url: url::Url,
@@ -78,16 +96,49 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = parse_args()?;
+/// Why the agent stopped.
+enum Failure {
+    Update(UpdateError),
+    Other(String),
+}
 
-    // 1. Configuration built in code (no updog.toml); everything stateful goes under one
-    //    directory.
-    let mut config = Config::new(
-        args.metadata_url,
-        args.targets_url,
-        waves::Seed::new(args.seed)?,
-    );
+impl From<UpdateError> for Failure {
+    fn from(e: UpdateError) -> Self {
+        Failure::Update(e)
+    }
+}
+
+/// Runs one blocking updater call on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, UpdateError> + Send + 'static,
+) -> Result<T, Failure> {
+    match tokio::task::spawn_blocking(call).await {
+        Ok(result) => Ok(result?),
+        Err(e) => Err(Failure::Other(format!("updater task failed: {e}"))),
+    }
+}
+
+/// Sets `cancel` at the first Ctrl-C or SIGTERM: the call in progress stops cleanly (a check
+/// fetches nothing more; staging leaves the inactive set cleared; an apply does not flip).
+fn cancel_on_signals(cancel: CancelHandle) -> Result<(), Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Failure::Other(format!("watching SIGTERM: {e}")))?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        println!("agent: stopping at the next safe point");
+        cancel.cancel();
+    });
+    Ok(())
+}
+
+/// Configuration built in code (no updog.toml); everything stateful goes under one directory.
+fn updater(args: Args) -> Result<(Updater, bool), Failure> {
+    let seed = waves::Seed::new(args.seed).map_err(|e| Failure::Other(e.to_string()))?;
+    let mut config = Config::new(args.metadata_url, args.targets_url, seed);
     config.trusted_root = args.root;
     config.disk = Some(args.disk);
     config.active_set = args.active;
@@ -96,15 +147,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.state_file = args.state_dir.join("state.json");
     config.migrations_dir = args.state_dir.join("migrations");
     config.migrations_metadata_dir = args.state_dir.join("migrations-metadata");
-    let updater = Updater::new(config)?;
+    Ok((Updater::new(config)?, args.now))
+}
 
-    // 2. Check, with the reason when there is nothing to do.
+async fn run(updater: Arc<Updater>, now: bool) -> Result<(), Failure> {
+    let cancel = CancelHandle::new();
+    cancel_on_signals(cancel.clone())?;
+
+    // 2. Check, with the reason when there is nothing to do; cancellable while it fetches.
     let opts = CheckOptions {
-        ignore_waves: args.now,
+        ignore_waves: now,
         ..CheckOptions::default()
     };
-    let check = updater.check(&opts)?;
-    let update = match check.outcome {
+    let check = blocking({
+        let (updater, opts, cancel) = (Arc::clone(&updater), opts.clone(), cancel.clone());
+        move || updater.check_cancellable(&opts, &cancel)
+    })
+    .await?;
+    let status = blocking({
+        let updater = Arc::clone(&updater);
+        move || updater.status()
+    })
+    .await?
+    .with_check(&check);
+    println!("agent: update state {}", status.update_state);
+    let update = match &check.outcome {
         CheckOutcome::NoUpdate(reason) => {
             println!(
                 "agent: running {}, nothing to do: {reason}",
@@ -121,41 +188,105 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         update.migrations.len()
     );
 
-    // 3. Stage with a progress callback and a cancellation handle. SIGINT/SIGTERM cancel
-    //    cleanly: the inactive set is left cleared and the running set untouched.
-    let lock = updater.lock()?;
-    let cancel = CancelHandle::new();
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, std::sync::Arc::clone(cancel.flag()))?;
+    // 3. Stage, holding the disk lock until the flip. Progress events cross a channel to this
+    //    task, which reports every 25% of each image, as an agent would update a status field.
+    let lock = Arc::new(
+        blocking({
+            let updater = Arc::clone(&updater);
+            move || updater.lock()
+        })
+        .await?,
+    );
+    let (events, mut received) = tokio::sync::mpsc::unbounded_channel::<ProgressEvent>();
+    let staging = tokio::task::spawn_blocking({
+        let (updater, lock, cancel) = (Arc::clone(&updater), Arc::clone(&lock), cancel.clone());
+        move || {
+            let progress = move |event: &ProgressEvent| {
+                // The receiver lives until staging ends.
+                let _ = events.send(event.clone());
+            };
+            updater.stage(&lock, &opts, &progress, &cancel)
+        }
+    });
+    let mut last_quarter = std::collections::BTreeMap::new();
+    while let Some(event) = received.recv().await {
+        match &event {
+            ProgressEvent::Image {
+                image, done, total, ..
+            } => {
+                let percent = done.saturating_mul(100).checked_div(*total).unwrap_or(100);
+                if last_quarter.insert(*image, percent / 25) != Some(percent / 25) {
+                    println!("agent: {image} {percent}%");
+                }
+            }
+            other => {
+                if let Some(text) = updog::progress::describe(other) {
+                    println!("agent: {text}");
+                }
+            }
+        }
     }
-    let last_percent = AtomicU64::new(u64::MAX);
-    let progress = |event: &ProgressEvent| match event {
-        ProgressEvent::Image {
-            image, done, total, ..
-        } => {
-            let percent = done.saturating_mul(100).checked_div(*total).unwrap_or(100);
-            // Report every 25%, as an agent would update a status field.
-            if percent / 25 != last_percent.swap(percent, Ordering::Relaxed) / 25 {
-                println!("agent: {image} {percent}%");
-            }
-        }
-        other => {
-            if let Some(text) = updog::progress::describe(other) {
-                println!("agent: {text}");
-            }
-        }
-    };
-    let staged = updater.stage(&lock, &opts, &progress, &cancel)?;
+    let staged = staging
+        .await
+        .map_err(|e| Failure::Other(format!("staging task failed: {e}")))??;
 
-    // 4. Flip the boot flags. From here a real agent drains the node and calls
-    //    `updater.reboot()`; `updater.revert(&lock)` undoes the flip instead.
-    let next = updater.apply(&lock)?;
+    // 4. Flip the boot flags (not if a signal came first). From here a real agent drains the
+    //    node and calls `updater.reboot()`; `updater.revert(&lock)` undoes the flip instead.
+    let next = blocking({
+        let (updater, lock, cancel) = (Arc::clone(&updater), Arc::clone(&lock), cancel.clone());
+        move || updater.apply_cancellable(&lock, &cancel)
+    })
+    .await?;
     println!(
         "agent: {} staged on set {}; set {next} boots next",
         staged.version, staged.set
     );
 
-    // 5. The status an operator dashboard shows.
-    println!("{}", serde_json::to_string_pretty(&updater.status()?)?);
+    // 5. The status an operator dashboard shows: `Ready` now, until the reboot.
+    let status = blocking({
+        let updater = Arc::clone(&updater);
+        move || updater.status()
+    })
+    .await?;
+    println!("agent: update state {}", status.update_state);
+    match serde_json::to_string_pretty(&status) {
+        Ok(text) => println!("{text}"),
+        Err(e) => return Err(Failure::Other(format!("status as JSON: {e}"))),
+    }
     Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("agent: {e}");
+            return ExitCode::from(updog::exit::USAGE);
+        }
+    };
+    // The updater is created and dropped outside the runtime: its HTTP client runs a runtime
+    // of its own, which must not be shut down from async code. In between, async tasks hold
+    // clones of the `Arc` and only ever call it through `spawn_blocking`.
+    let result = updater(args).and_then(|(updater, now)| {
+        let updater = Arc::new(updater);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::Other(format!("starting the runtime: {e}")))?;
+        let result = runtime.block_on(run(Arc::clone(&updater), now));
+        drop(runtime);
+        drop(updater);
+        result
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Update(e)) => {
+            eprintln!("agent: {}", updog::advice::error_chain(&e));
+            ExitCode::from(e.exit_code())
+        }
+        Err(Failure::Other(message)) => {
+            eprintln!("agent: {message}");
+            ExitCode::from(updog::exit::FAILURE)
+        }
+    }
 }

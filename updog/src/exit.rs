@@ -9,7 +9,7 @@
 //! | 1 | failure (one line on stderr says what); also `check-update` when no update is available, and `update-apply` with nothing staged |
 //! | 2 | bad command line |
 //! | 4 | another update is in progress (the lock is held) |
-//! | 5 | interrupted by SIGINT/SIGTERM while staging; the inactive set was left cleared |
+//! | 5 | interrupted by SIGINT/SIGTERM: while staging (the inactive set was left cleared), before the flip of `update`/`update-apply` (the set stays staged), or during `check-update` (nothing changed) |
 //!
 //! Code 3 ("nothing to do") was retired to match the reference; it is not used.
 
@@ -21,5 +21,6 @@ pub const FAILURE: u8 = 1;
 pub const USAGE: u8 = 2;
 /// Another update is in progress (the update lock is held).
 pub const LOCKED: u8 = 4;
-/// Staging was interrupted by a signal and stopped cleanly.
+/// The operation was interrupted by a signal (or cancelled through the library) and stopped
+/// cleanly.
 pub const INTERRUPTED: u8 = 5;

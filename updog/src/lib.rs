@@ -10,8 +10,10 @@
 //! - [`os_release`]: the running variant, version and build;
 //! - [`updater`]: `check` (a [`plan::UpdatePlan`], or the reason when there is nothing to do),
 //!   `stage_plan` (exactly that plan, with a progress callback and a
-//!   [`updater::CancelHandle`]), `stage` (check and stage at once), `apply`, `revert`,
-//!   `status`, `reboot`;
+//!   [`updater::CancelHandle`], also honoured by `check_cancellable` and `apply_cancellable`),
+//!   `stage` (check and stage at once), `apply`, `revert`, `status` (with the
+//!   [`updater::UpdateState`] in Bottlerocket's terms), `reboot`; after the reboot
+//!   `mark_successful_boot`, `rollback_to_inactive`, `has_boot_ever_succeeded`;
 //! - [`progress`]: the events `stage` reports, and their JSON-lines and terminal renderings;
 //! - [`lock`]: one owner per disk; [`status`]: the staged-state record; [`steps`]: the named
 //!   steps of stage, apply and revert; [`reboot`]: the reboot hand-off; [`exit`]: the CLI's

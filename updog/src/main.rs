@@ -25,7 +25,7 @@ use updog::updater::{
     about = "Check for, stage, apply and revert A/B OS image updates from a TUF repository",
     after_help = "Exit codes: 0 success (also `update` with nothing to do, and an empty `whats --all`), \
                   1 failure (also `check-update` with no update available), 2 usage, \
-                  4 another update in progress, 5 interrupted while staging."
+                  4 another update in progress, 5 interrupted (SIGINT/SIGTERM) before anything changed or while staging."
 )]
 struct Args {
     #[command(flatten)]
@@ -99,6 +99,16 @@ enum Command {
     UpdateRevert,
     /// Show the running version and set, what is staged, and which set boots next.
     Status,
+}
+
+impl Command {
+    /// The progress mode of a staging command (`update`, `update-image`).
+    fn progress(&self) -> Option<ProgressMode> {
+        match self {
+            Command::Update { stage, .. } | Command::UpdateImage { stage } => Some(stage.progress),
+            _ => None,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -175,13 +185,26 @@ fn load(global: &GlobalArgs) -> Result<Updater, Failure> {
 }
 
 fn run(args: &Args) -> Result<u8, Failure> {
-    let updater = load(&args.global)?;
-    execute(&updater, args).map_err(|mut f| {
-        if let Some(e) = &f.error {
-            f.message = updog::advice::explain(e, updater.config(), &args.global.config);
-        }
-        f
-    })
+    let result = load(&args.global).and_then(|updater| {
+        execute(&updater, args).map_err(|mut f| {
+            if let Some(e) = &f.error {
+                f.message = updog::advice::explain(e, updater.config(), &args.global.config);
+            }
+            f
+        })
+    });
+    // With `--progress json` a staging command's last line is `done` (printed where it
+    // succeeded) or this `error`, whatever failed.
+    if let (Err(f), Some(ProgressMode::Json)) = (&result, args.command.progress()) {
+        report_final(
+            ProgressMode::Json,
+            &ProgressEvent::Error {
+                message: f.message.clone(),
+                cancelled: f.code == updog::exit::INTERRUPTED,
+            },
+        );
+    }
+    result
 }
 
 fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
@@ -208,7 +231,7 @@ fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
                 }
                 return Ok(updog::exit::SUCCESS);
             }
-            let check = updater.check(&opts)?;
+            let check = updater.check_cancellable(&opts, &cancel_on_signals()?)?;
             Ok(print_check(&check, json))
         }
         Command::Prepare => {
@@ -216,19 +239,16 @@ fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
             Ok(updog::exit::SUCCESS)
         }
         Command::Update { reboot, stage } => {
+            let cancel = cancel_on_signals()?;
             let lock = updater.lock()?;
-            let Some(staged) = stage_with_signals(updater, &lock, stage, json)? else {
+            let Some(staged) = stage_with_signals(updater, &lock, stage, json, &cancel)? else {
                 return Ok(updog::exit::SUCCESS);
             };
-            // From here on a termination signal only sets the (no longer read) flag: the flip
-            // and the reboot hand-off run to the end.
-            let set = updater.apply(&lock)?;
-            report(
-                stage.progress,
-                &ProgressEvent::Flipped {
-                    set: set.to_string(),
-                },
-            );
+            // A termination signal before the flip stops it (the set stays staged); after it,
+            // the reboot hand-off runs to the end.
+            let set = updater.apply_cancellable(&lock, &cancel)?;
+            report(stage.progress, &ProgressEvent::Flipped { set });
+            report_final(stage.progress, &ProgressEvent::done(&staged, true));
             print_update(&staged.update, json, stage, "Update applied");
             if *reboot {
                 updater.reboot()?;
@@ -236,15 +256,18 @@ fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
             Ok(updog::exit::SUCCESS)
         }
         Command::UpdateImage { stage } => {
+            let cancel = cancel_on_signals()?;
             let lock = updater.lock()?;
-            if let Some(staged) = stage_with_signals(updater, &lock, stage, json)? {
+            if let Some(staged) = stage_with_signals(updater, &lock, stage, json, &cancel)? {
+                report_final(stage.progress, &ProgressEvent::done(&staged, false));
                 print_update(&staged.update, json, stage, "Update staged");
             }
             Ok(updog::exit::SUCCESS)
         }
         Command::UpdateApply { reboot } => {
+            let cancel = cancel_on_signals()?;
             let lock = updater.lock()?;
-            let set = updater.apply(&lock)?;
+            let set = updater.apply_cancellable(&lock, &cancel)?;
             eprintln!("Set {set} boots next");
             if *reboot {
                 updater.reboot()?;
@@ -289,8 +312,11 @@ fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
                 }
                 println!(
                     "next boot: {}",
-                    status.next_boot.as_deref().unwrap_or("no bootable set")
+                    status
+                        .next_boot
+                        .map_or_else(|| "no bootable set".to_string(), |s| s.to_string())
                 );
+                println!("state:   {}", status.update_state);
             }
             Ok(updog::exit::SUCCESS)
         }
@@ -358,16 +384,17 @@ fn report(mode: ProgressMode, event: &ProgressEvent) {
     }
 }
 
-/// Stages with SIGINT/SIGTERM turned into a clean cancellation.
-///
-/// `None` when there is nothing to do: "No update required" is printed (and with `--json` the
-/// reason object), and the caller exits 0, as the reference does.
-fn stage_with_signals(
-    updater: &Updater,
-    lock: &updog::lock::UpdateLock,
-    stage: &StageArgs,
-    json: bool,
-) -> Result<Option<Staged>, Failure> {
+/// The `done` or `error` line that ends a staging command's `--progress json` output (people
+/// read the command's own last line instead).
+fn report_final(mode: ProgressMode, event: &ProgressEvent) {
+    if mode == ProgressMode::Json {
+        report(mode, event);
+    }
+}
+
+/// A handle that SIGINT and SIGTERM set: the operation stops cleanly (exit 5) instead of the
+/// process dying mid-way.
+fn cancel_on_signals() -> Result<CancelHandle, Failure> {
     let cancel = CancelHandle::new();
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, std::sync::Arc::clone(cancel.flag())).map_err(|e| {
@@ -378,6 +405,22 @@ fn stage_with_signals(
             }
         })?;
     }
+    Ok(cancel)
+}
+
+/// Stages, stopping cleanly when `cancel` is set (by SIGINT/SIGTERM).
+///
+/// `None` when there is nothing to do: "No update required" is printed (and with `--json` the
+/// reason object; with `--progress json` the `done` line), and the caller exits 0, as the
+/// reference does. The library's own final event is not printed: the command prints one when
+/// it has finished (after the flip, for `update`), or `run` prints the `error`.
+fn stage_with_signals(
+    updater: &Updater,
+    lock: &updog::lock::UpdateLock,
+    stage: &StageArgs,
+    json: bool,
+    cancel: &CancelHandle,
+) -> Result<Option<Staged>, Failure> {
     let bar = Mutex::new(TerminalBar::new(std::io::stderr()));
     let mode = match stage.progress {
         ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Auto,
@@ -385,6 +428,7 @@ fn stage_with_signals(
         other => other,
     };
     let progress = |event: &ProgressEvent| match mode {
+        _ if event.is_final() => {}
         ProgressMode::Json => println!("{}", json_line(event)),
         ProgressMode::Auto => {
             if let Ok(mut bar) = bar.lock() {
@@ -405,13 +449,15 @@ fn stage_with_signals(
         image: stage.image.clone(),
         now: None,
     };
-    let staged = updater.stage(lock, &opts, &progress, &cancel);
+    let staged = updater.stage(lock, &opts, &progress, cancel);
     if let Ok(mut bar) = bar.lock() {
         bar.finish();
     }
     let staged = match staged {
         Err(UpdateError::NoUpdate(reason)) => {
-            if mode != ProgressMode::Json {
+            if mode == ProgressMode::Json {
+                report_final(mode, &ProgressEvent::nothing_to_stage(&reason));
+            } else {
                 print_no_update(&reason, json);
             }
             eprintln!("No update required: {reason}");

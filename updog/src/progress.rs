@@ -21,46 +21,24 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use bootpart::SetId;
+use manifest::select::NoUpdateReason;
+use semver::Version;
 use serde::Serialize;
+
+use crate::updater::{Staged, UpdateError};
 
 /// The version of the JSON-lines progress protocol.
 pub const PROGRESS_PROTOCOL_VERSION: u32 = 1;
 
-/// Which of the three images of a partition set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ImageKind {
-    /// The root filesystem.
-    Root,
-    /// The boot partition (kernel, initrd).
-    Boot,
-    /// The dm-verity hash tree of the root filesystem.
-    Hash,
-}
+/// Which of the three images of a partition set (its one home is [`bootpart::ImageKind`]).
+pub use bootpart::ImageKind;
 
-impl ImageKind {
-    /// The order images are staged in.
-    pub const ALL: [ImageKind; 3] = [ImageKind::Root, ImageKind::Boot, ImageKind::Hash];
-
-    /// The lowercase name (`root`, `boot`, `hash`).
-    pub fn name(self) -> &'static str {
-        match self {
-            ImageKind::Root => "root",
-            ImageKind::Boot => "boot",
-            ImageKind::Hash => "hash",
-        }
-    }
-}
-
-impl std::fmt::Display for ImageKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// One step of an update, reported as it happens.
+/// One step of an update, reported as it happens. A staging run ends with exactly one
+/// [`ProgressEvent::Done`] or [`ProgressEvent::Error`]; nothing follows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ProgressEvent {
     /// Refreshing and verifying the TUF metadata and the manifest.
     LoadingMetadata,
@@ -69,7 +47,7 @@ pub enum ProgressEvent {
         /// The version being staged.
         version: String,
         /// The inactive set it goes to.
-        set: String,
+        set: SetId,
     },
     /// Fetching the migrations the version jump needs.
     FetchingMigrations {
@@ -79,7 +57,7 @@ pub enum ProgressEvent {
     /// The inactive set is being cleared (and the GPT flushed) before the first write.
     ClearingInactive {
         /// The inactive set.
-        set: String,
+        set: SetId,
     },
     /// Bytes of an image received, verified and written so far.
     Image {
@@ -129,13 +107,84 @@ pub enum ProgressEvent {
     /// Every image is in place; the inactive set is marked valid.
     MarkedValid {
         /// The inactive set.
-        set: String,
+        set: SetId,
     },
     /// The boot flags now point at the new set.
     Flipped {
         /// The set that boots next.
-        set: String,
+        set: SetId,
     },
+    /// The run finished: what is staged where (and, after `updog update`, flipped to), or
+    /// that there was nothing to stage. The last event of a run that succeeded.
+    Done {
+        /// The version staged; `None` when there was nothing to stage (`no_update` says why).
+        version: Option<Version>,
+        /// The set it is on; `None` when there was nothing to stage.
+        set: Option<SetId>,
+        /// Whether the boot flags point at it now (`updog update` flips after staging;
+        /// [`crate::updater::Updater::stage`] alone never does).
+        applied: bool,
+        /// Why there was nothing to stage, when there was not.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        no_update: Option<NoUpdateReason>,
+    },
+    /// The run failed (or was cancelled); the message says what happened and what the disk
+    /// holds. The last event of a run that failed.
+    Error {
+        /// The error and its causes, for people.
+        message: String,
+        /// Whether it was a cancellation (the `updog` exit code is then 5).
+        cancelled: bool,
+    },
+}
+
+impl ProgressEvent {
+    /// Whether this event ends a run ([`ProgressEvent::Done`] or [`ProgressEvent::Error`]).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            ProgressEvent::Done { .. } | ProgressEvent::Error { .. }
+        )
+    }
+
+    /// The event that ends a staging run with `result`: `done` with what was staged (or, for
+    /// [`UpdateError::NoUpdate`], why nothing was), else `error` with the error's causes.
+    /// `applied` says whether the boot flags were flipped to it afterwards.
+    pub fn finished(result: &Result<Staged, UpdateError>, applied: bool) -> ProgressEvent {
+        match result {
+            Ok(staged) => ProgressEvent::done(staged, applied),
+            Err(UpdateError::NoUpdate(reason)) => ProgressEvent::nothing_to_stage(reason),
+            Err(e) => ProgressEvent::failed(e, crate::advice::error_chain(e)),
+        }
+    }
+
+    /// The `done` event for `staged` (`applied`: flipped to it afterwards).
+    pub fn done(staged: &Staged, applied: bool) -> ProgressEvent {
+        ProgressEvent::Done {
+            version: Some(staged.version.clone()),
+            set: Some(staged.set),
+            applied,
+            no_update: None,
+        }
+    }
+
+    /// The `done` event of a run that found nothing to stage.
+    pub fn nothing_to_stage(reason: &NoUpdateReason) -> ProgressEvent {
+        ProgressEvent::Done {
+            version: None,
+            set: None,
+            applied: false,
+            no_update: Some(reason.clone()),
+        }
+    }
+
+    /// The `error` event for `error`, with `message` as people should read it.
+    pub fn failed(error: &UpdateError, message: String) -> ProgressEvent {
+        ProgressEvent::Error {
+            message,
+            cancelled: error.is_cancelled(),
+        }
+    }
 }
 
 /// The JSON line (without the trailing newline) for an event.
@@ -403,6 +452,24 @@ pub fn describe(event: &ProgressEvent) -> Option<String> {
         }
         ProgressEvent::MarkedValid { set } => format!("Set {set} marked valid"),
         ProgressEvent::Flipped { set } => format!("Set {set} boots next"),
+        ProgressEvent::Done {
+            version: Some(version),
+            set: Some(set),
+            applied,
+            ..
+        } => format!(
+            "Done: {version} on set {set}{}",
+            if *applied {
+                ", boots next"
+            } else {
+                ", staged (not applied)"
+            }
+        ),
+        ProgressEvent::Done { no_update, .. } => match no_update {
+            Some(reason) => format!("Done: nothing to stage ({reason})"),
+            None => "Done: nothing to stage".to_string(),
+        },
+        ProgressEvent::Error { message, .. } => format!("Failed: {message}"),
     })
 }
 
@@ -412,14 +479,77 @@ mod tests {
 
     #[test]
     fn json_lines_are_versioned_and_tagged() {
-        let line = json_line(&ProgressEvent::ClearingInactive {
-            set: "B".to_string(),
-        });
+        let line = json_line(&ProgressEvent::ClearingInactive { set: SetId::B });
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["v"], 1);
         assert_eq!(v["event"], "clearing_inactive");
         assert_eq!(v["set"], "B");
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn typed_sets_and_images_serialize_as_the_strings_they_replaced() {
+        // The lines of protocol version 1 as they were when these fields were strings, and
+        // the two final events.
+        let cases = [
+            (
+                ProgressEvent::Selected {
+                    version: "1.1.0".to_string(),
+                    set: SetId::B,
+                },
+                r#"{"v":1,"event":"selected","version":"1.1.0","set":"B"}"#,
+            ),
+            (
+                ProgressEvent::ClearingInactive { set: SetId::A },
+                r#"{"v":1,"event":"clearing_inactive","set":"A"}"#,
+            ),
+            (
+                ProgressEvent::Verifying {
+                    image: ImageKind::Hash,
+                },
+                r#"{"v":1,"event":"verifying","image":"hash"}"#,
+            ),
+            (
+                ProgressEvent::ImageDone {
+                    image: ImageKind::Boot,
+                    written: 7,
+                },
+                r#"{"v":1,"event":"image_done","image":"boot","written":7}"#,
+            ),
+            (
+                ProgressEvent::MarkedValid { set: SetId::B },
+                r#"{"v":1,"event":"marked_valid","set":"B"}"#,
+            ),
+            (
+                ProgressEvent::Flipped { set: SetId::B },
+                r#"{"v":1,"event":"flipped","set":"B"}"#,
+            ),
+            (
+                ProgressEvent::Done {
+                    version: Some(Version::new(1, 1, 0)),
+                    set: Some(SetId::B),
+                    applied: true,
+                    no_update: None,
+                },
+                r#"{"v":1,"event":"done","version":"1.1.0","set":"B","applied":true}"#,
+            ),
+            (
+                ProgressEvent::nothing_to_stage(&NoUpdateReason::NoneNewer {
+                    running: Version::new(1, 1, 0),
+                }),
+                r#"{"v":1,"event":"done","version":null,"set":null,"applied":false,"no_update":{"reason":"none_newer","running":"1.1.0"}}"#,
+            ),
+            (
+                ProgressEvent::Error {
+                    message: "disk: gone".to_string(),
+                    cancelled: false,
+                },
+                r#"{"v":1,"event":"error","message":"disk: gone","cancelled":false}"#,
+            ),
+        ];
+        for (event, want) in cases {
+            assert_eq!(json_line(&event), want);
+        }
     }
 
     fn line(done: u64, total: u64, update_done: u64, rate: Option<f64>) -> BarLine<'static> {

@@ -34,10 +34,12 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use bootpart::SetId;
+use bootpart::{ImageKind, SetId};
 use chrono::{DateTime, Utc};
 use semver::Version;
 use serde::{Deserialize, Serialize};
+
+use crate::updater::{Check, CheckOutcome, InactiveState, Status};
 
 /// The version of the status and staged-record JSON shapes.
 pub const STATUS_FORMAT_VERSION: u32 = 1;
@@ -59,8 +61,9 @@ pub struct StagedRecord {
     pub set: SetId,
     /// When staging finished.
     pub staged_at: DateTime<Utc>,
-    /// Each image's TUF target name and sha256 (hex), keyed by `root`, `boot`, `hash`.
-    pub images: BTreeMap<String, StagedImageRecord>,
+    /// Each image's TUF target name and sha256 (hex), keyed by `root`, `boot`, `hash` (any
+    /// other key is refused when read).
+    pub images: BTreeMap<ImageKind, StagedImageRecord>,
     /// Whether the boot flags were flipped to it (`update-apply`).
     pub applied: bool,
 }
@@ -116,6 +119,96 @@ pub enum RecordError {
         /// The directory.
         dir: PathBuf,
     },
+}
+
+/// The update state in Bottlerocket's terms: the states of thar-be-updates' `UpdateState`
+/// (what `apiclient update check|apply` report), serialized as it spells them (`"Idle"`, ...).
+///
+/// | state | meaning |
+/// |---|---|
+/// | `Idle` | nothing staged, and no check given (or it found no update) |
+/// | `Available` | nothing staged, and the check given found an update |
+/// | `Staged` | the inactive set holds a verified update, recorded, not applied |
+/// | `Ready` | the boot flags point at the inactive set: reboot to run the update |
+///
+/// The GPT bits decide: `Ready` whenever the bootloader tries the inactive set next (record or
+/// not: that is what the next boot does), `Staged` only when the record describes the staged
+/// set too (without it `update-apply` refuses the set), otherwise `Idle` or `Available`.
+/// [`crate::updater::Updater::status`] reads no repository, so it reports `Available` only
+/// through [`crate::updater::Status::with_check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum UpdateState {
+    /// Nothing to do that is known.
+    Idle,
+    /// A check found an update; nothing is staged.
+    Available,
+    /// An update is staged on the inactive set and can be applied.
+    Staged,
+    /// An update is applied: the next boot tries it.
+    Ready,
+}
+
+impl UpdateState {
+    /// The state the disk shows: the inactive set's GPT state and the staged record that
+    /// [`crate::updater::Updater::status`] found to agree with it.
+    pub fn from_disk(inactive: InactiveState, staged: Option<&StagedRecord>) -> UpdateState {
+        match inactive {
+            InactiveState::Applied => UpdateState::Ready,
+            InactiveState::Staged if staged.is_some() => UpdateState::Staged,
+            _ => UpdateState::Idle,
+        }
+    }
+
+    /// This state once `check` is known: `Idle` becomes `Available` when the check found an
+    /// update; a staged or applied update stays what it is (as thar-be-updates keeps its state
+    /// on a refresh past `Available`).
+    pub fn with_check(self, check: &Check) -> UpdateState {
+        match (self, &check.outcome) {
+            (UpdateState::Idle | UpdateState::Available, CheckOutcome::Available(_)) => {
+                UpdateState::Available
+            }
+            (UpdateState::Available, CheckOutcome::NoUpdate(_)) => UpdateState::Idle,
+            (state, _) => state,
+        }
+    }
+
+    /// The reference's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpdateState::Idle => "Idle",
+            UpdateState::Available => "Available",
+            UpdateState::Staged => "Staged",
+            UpdateState::Ready => "Ready",
+        }
+    }
+}
+
+impl std::fmt::Display for UpdateState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Status {
+    /// This status with what `check` found: the [`UpdateState`] becomes `Available` when
+    /// nothing is staged and the check found an update, and `available` names it.
+    ///
+    /// ```no_run
+    /// # let updater: updog::updater::Updater = unimplemented!();
+    /// let check = updater.check(&Default::default())?;
+    /// let status = updater.status()?.with_check(&check);
+    /// println!("{}", status.update_state); // Idle, Available, Staged or Ready
+    /// # Ok::<(), updog::updater::UpdateError>(())
+    /// ```
+    pub fn with_check(mut self, check: &Check) -> Status {
+        self.update_state = self.update_state.with_check(check);
+        self.available = match &check.outcome {
+            CheckOutcome::Available(a) => Some(a.update.clone()),
+            CheckOutcome::NoUpdate(_) => None,
+        };
+        self
+    }
 }
 
 /// The largest record read.
@@ -250,7 +343,7 @@ mod tests {
     fn record() -> StagedRecord {
         let mut images = BTreeMap::new();
         images.insert(
-            "root".to_string(),
+            ImageKind::Root,
             StagedImageRecord {
                 target: "root.lz4".into(),
                 sha256: "ab".repeat(32),
@@ -268,6 +361,74 @@ mod tests {
             images,
             applied: true,
         }
+    }
+
+    /// A record as the string-keyed code wrote it (`set` and image keys as strings).
+    const RECORD_BEFORE_TYPED_KEYS: &str = r#"{
+  "format_version": 1,
+  "variant": "v",
+  "arch": "x86_64",
+  "version": "2.0.0",
+  "from_version": "1.0.0",
+  "set": "B",
+  "staged_at": "2023-11-14T22:13:20Z",
+  "images": {
+    "boot": {
+      "target": "boot.lz4",
+      "sha256": "01",
+      "written": 1
+    },
+    "hash": {
+      "target": "hash.lz4",
+      "sha256": "02",
+      "written": 2
+    },
+    "root": {
+      "target": "root.lz4",
+      "sha256": "03",
+      "written": 3
+    }
+  },
+  "applied": false
+}"#;
+
+    #[test]
+    fn typed_keys_read_and_write_the_record_as_before() {
+        let mut r = record();
+        r.set = SetId::B;
+        r.applied = false;
+        r.images = ImageKind::ALL
+            .into_iter()
+            .map(|kind| {
+                let n = match kind {
+                    ImageKind::Boot => 1,
+                    ImageKind::Hash => 2,
+                    ImageKind::Root => 3,
+                };
+                let image = StagedImageRecord {
+                    target: format!("{kind}.lz4"),
+                    sha256: format!("0{n}"),
+                    written: n,
+                };
+                (kind, image)
+            })
+            .collect();
+        assert_eq!(
+            serde_json::to_string_pretty(&r).unwrap(),
+            RECORD_BEFORE_TYPED_KEYS
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, RECORD_BEFORE_TYPED_KEYS).unwrap();
+        assert_eq!(StagedRecord::read(&path).unwrap(), Some(r));
+        // An image key that is none of the three is refused, naming the file.
+        std::fs::write(
+            &path,
+            RECORD_BEFORE_TYPED_KEYS.replace("\"hash\"", "\"data\""),
+        )
+        .unwrap();
+        let e = StagedRecord::read(&path).unwrap_err();
+        assert!(matches!(e, RecordError::Parse { .. }), "{e}");
     }
 
     #[test]

@@ -44,6 +44,10 @@ use crate::steps::{GptIoWrapper, Step, StepObserver};
 use crate::transport::Transport;
 
 pub use crate::plan::{PlanChange, PlannedImage, SignedTarget, UpdatePlan};
+pub use crate::status::UpdateState;
+
+mod cancel;
+mod postboot;
 
 /// The TUF target that holds the manifest.
 pub use manifest::MANIFEST_TARGET;
@@ -127,9 +131,17 @@ pub struct Status {
     /// Where the record and the GPT disagree, or why the record cannot be read, and what to do.
     pub record_problem: Option<String>,
     /// The set the bootloader picks next (`None`: no set is bootable).
-    pub next_boot: Option<String>,
+    pub next_boot: Option<SetId>,
     /// The boot flags of both sets, as signpost reports them.
     pub sets: signpost::Status,
+    /// The update state in Bottlerocket's terms (`Idle`, `Available`, `Staged`, `Ready`; see
+    /// [`UpdateState`]). [`Updater::status`] reads no repository, so it says `Available` only
+    /// after [`Status::with_check`] was given a check that found an update.
+    pub update_state: UpdateState,
+    /// The update a check found ([`Status::with_check`]); absent when no check was given or it
+    /// found none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available: Option<manifest::Update>,
 }
 
 /// What the inactive set holds, from its GPT bits alone.
@@ -196,7 +208,7 @@ pub struct RunningStatus {
     /// Build id, when known.
     pub build_id: Option<String>,
     /// The running set.
-    pub set: String,
+    pub set: SetId,
 }
 
 /// Why an update operation failed. [`UpdateError::exit_code`] maps each to the CLI's code.
@@ -397,6 +409,15 @@ pub enum UpdateError {
         /// The inactive set.
         set: SetId,
     },
+    /// A check was cancelled while it fetched the metadata; nothing changed.
+    #[error("cancelled while checking for updates; nothing changed")]
+    CheckCancelled,
+    /// An apply was cancelled before the flip; the set stays staged, nothing changed.
+    #[error("cancelled before the flip; set {set} stays staged and the running set boots next")]
+    ApplyCancelled {
+        /// The inactive set.
+        set: SetId,
+    },
     /// The staged-state record could not be read or written.
     #[error(transparent)]
     Record(#[from] RecordError),
@@ -413,13 +434,29 @@ impl UpdateError {
             | UpdateError::Signpost(signpost::Error::Lock(LockError::Held { .. })) => {
                 crate::exit::LOCKED
             }
-            UpdateError::Cancelled { .. } => crate::exit::INTERRUPTED,
+            _ if self.is_cancelled() => crate::exit::INTERRUPTED,
             _ => crate::exit::FAILURE,
         }
+    }
+
+    /// Whether the operation stopped because it was cancelled ([`UpdateError::Cancelled`],
+    /// [`UpdateError::CheckCancelled`], [`UpdateError::ApplyCancelled`]).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(
+            self,
+            UpdateError::Cancelled { .. }
+                | UpdateError::CheckCancelled
+                | UpdateError::ApplyCancelled { .. }
+        )
     }
 }
 
 /// The updater: configuration, identity and transport, with the operations of `updog`.
+///
+/// Blocking, `Send` and `Sync`: an async agent shares it in an `Arc` and calls it through
+/// `spawn_blocking` (see `updog/examples/agent.rs`). Create and drop it outside the async
+/// runtime (before `block_on`, or on a blocking thread): its HTTP client runs a runtime thread
+/// of its own, which cannot be shut down from async code.
 pub struct Updater {
     config: Config,
     os: OsRelease,
@@ -430,6 +467,12 @@ pub struct Updater {
     /// once an update is chosen, as the reference does).
     query: crate::transport::QueryParams,
 }
+
+// Agents share one updater between threads and async tasks (`Arc<Updater>`, `spawn_blocking`).
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<Updater>();
+};
 
 impl std::fmt::Debug for Updater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -515,6 +558,15 @@ impl Updater {
     }
 
     fn load_repository(&self) -> Result<crate::tuf::Repository, UpdateError> {
+        self.load_repository_over(Arc::clone(&self.transport))
+    }
+
+    /// Loads and verifies the repository through `transport` (the updater's own, or one that
+    /// stops at a cancellation).
+    fn load_repository_over(
+        &self,
+        transport: Arc<dyn Transport>,
+    ) -> Result<crate::tuf::Repository, UpdateError> {
         let mut opts = crate::tuf::RepositoryOptions::new(
             self.config.metadata_base_url.clone(),
             self.config.targets_base_url.clone(),
@@ -522,8 +574,8 @@ impl Updater {
         );
         opts.trusted_root.clone_from(&self.config.trusted_root);
         opts.limits.metadata_min_rate = self.config.metadata_min_rate;
-        let repo = crate::tuf::Repository::load(opts, Arc::clone(&self.transport))
-            .map_err(UpdateError::Repository)?;
+        let repo =
+            crate::tuf::Repository::load(opts, transport).map_err(UpdateError::Repository)?;
         log::info!(
             "verified repository metadata from {}: root v{}, timestamp v{}, snapshot v{}, targets v{}",
             self.config.metadata_base_url,
@@ -615,17 +667,30 @@ impl Updater {
     /// image is a signed target with a sha256 (checked here), and the plan names the set it
     /// goes to when the running set can be found (without the lock; read-only).
     pub fn check(&self, opts: &CheckOptions) -> Result<Check, UpdateError> {
-        let repo = self.load_repository()?;
-        let manifest = Self::load_manifest(&repo)?;
-        let mut outcome = self.select(&repo, &manifest, opts)?;
-        if let CheckOutcome::Available(update) = &mut outcome {
-            // A check needs no disk (it runs where the disk cannot be found or read); staging
-            // checks the set against the lock's.
-            update.plan.target_set = self.disk_and_active().ok().map(|(_, a)| a.other());
-        }
-        Ok(Check {
-            running: self.os.clone(),
-            outcome,
+        self.check_cancellable(opts, &CancelHandle::new())
+    }
+
+    /// Like [`Updater::check`], stopping with [`UpdateError::CheckCancelled`] (exit code 5)
+    /// when `cancel` is set before or while the metadata and the manifest are fetched. A
+    /// cancelled check changes no disk and stages nothing.
+    pub fn check_cancellable(
+        &self,
+        opts: &CheckOptions,
+        cancel: &CancelHandle,
+    ) -> Result<Check, UpdateError> {
+        cancel::stop_if_cancelled(cancel, || {
+            let repo = self.load_repository_over(cancel::transport(&self.transport, cancel))?;
+            let manifest = Self::load_manifest(&repo)?;
+            let mut outcome = self.select(&repo, &manifest, opts)?;
+            if let CheckOutcome::Available(update) = &mut outcome {
+                // A check needs no disk (it runs where the disk cannot be found or read);
+                // staging checks the set against the lock's.
+                update.plan.target_set = self.disk_and_active().ok().map(|(_, a)| a.other());
+            }
+            Ok(Check {
+                running: self.os.clone(),
+                outcome,
+            })
         })
     }
 
@@ -784,7 +849,22 @@ impl Updater {
     /// Chooses an update on verified metadata and stages it on the inactive set of the locked
     /// disk: [`Updater::check`] then [`Updater::stage_plan`] on one load of the metadata (what
     /// `updog update` does). [`UpdateError::NoUpdate`] when there is nothing to take.
+    ///
+    /// The last event `progress` receives is [`ProgressEvent::Done`] (also when there was
+    /// nothing to take) or [`ProgressEvent::Error`].
     pub fn stage(
+        &self,
+        lock: &UpdateLock,
+        opts: &CheckOptions,
+        progress: &dyn Fn(&ProgressEvent),
+        cancel: &CancelHandle,
+    ) -> Result<Staged, UpdateError> {
+        let result = self.stage_run(lock, opts, progress, cancel);
+        progress(&ProgressEvent::finished(&result, false));
+        result
+    }
+
+    fn stage_run(
         &self,
         lock: &UpdateLock,
         opts: &CheckOptions,
@@ -814,7 +894,22 @@ impl Updater {
     /// cleared it, mark it valid. Any failure or a cancellation after the clear leaves the
     /// inactive set cleared and the active set untouched. The caller holds the lock
     /// throughout.
+    ///
+    /// The last event `progress` receives is [`ProgressEvent::Done`] or
+    /// [`ProgressEvent::Error`].
     pub fn stage_plan(
+        &self,
+        lock: &UpdateLock,
+        plan: UpdatePlan,
+        progress: &dyn Fn(&ProgressEvent),
+        cancel: &CancelHandle,
+    ) -> Result<Staged, UpdateError> {
+        let result = self.stage_plan_run(lock, plan, progress, cancel);
+        progress(&ProgressEvent::finished(&result, false));
+        result
+    }
+
+    fn stage_plan_run(
         &self,
         lock: &UpdateLock,
         plan: UpdatePlan,
@@ -875,7 +970,7 @@ impl Updater {
         let partitions = layout.set(inactive).map_err(UpdateError::Disk)?;
         progress(&ProgressEvent::Selected {
             version: plan.version().to_string(),
-            set: inactive.to_string(),
+            set: inactive,
         });
         let update_total = Self::preflight(&plan, partitions, inactive)?;
         self.fetch_migrations(repo, &plan, progress)?;
@@ -884,9 +979,7 @@ impl Updater {
         }
 
         // Clear the inactive set and flush, before its first byte changes.
-        progress(&ProgressEvent::ClearingInactive {
-            set: inactive.to_string(),
-        });
+        progress(&ProgressEvent::ClearingInactive { set: inactive });
         self.step(Step::Clear);
         let cleared = ClearedSet::clear(sp, layout)?;
         log::info!("cleared set {inactive} before writing to it");
@@ -1003,7 +1096,7 @@ impl Updater {
                 staged_at: Utc::now(),
                 images: images
                     .iter()
-                    .map(|i| (i.kind().name().to_string(), i.record().clone()))
+                    .map(|i| (i.kind(), i.record().clone()))
                     .collect(),
                 applied: false,
             };
@@ -1016,9 +1109,7 @@ impl Updater {
         let set = cleared.set();
         let record = cleared.mark_valid(images, write_record, || self.step(Step::MarkValid))?;
         log::info!("set {set} holds {} and is marked valid", update.version);
-        progress(&ProgressEvent::MarkedValid {
-            set: set.to_string(),
-        });
+        progress(&ProgressEvent::MarkedValid { set });
         Ok(Staged {
             update: update.clone(),
             version: update.version.clone(),
@@ -1215,6 +1306,16 @@ impl Updater {
     /// and the staged record names; otherwise it refuses and says why. Applying an update that
     /// is already applied (record and GPT agree) succeeds without writing.
     pub fn apply(&self, lock: &UpdateLock) -> Result<SetId, UpdateError> {
+        self.apply_cancellable(lock, &CancelHandle::new())
+    }
+
+    /// Like [`Updater::apply`], but when `cancel` is set before the flip it stops with
+    /// [`UpdateError::ApplyCancelled`] (exit code 5) and writes nothing: the set stays staged.
+    pub fn apply_cancellable(
+        &self,
+        lock: &UpdateLock,
+        cancel: &CancelHandle,
+    ) -> Result<SetId, UpdateError> {
         let mut sp = self.signpost(lock)?;
         let set = sp.inactive();
         let found = sp.state(set).unwrap_or_default();
@@ -1235,6 +1336,9 @@ impl Updater {
         };
         match (state, recorded) {
             (InactiveState::Applied, Ok(r)) if r.applied => Ok(set),
+            (InactiveState::Staged, Ok(_)) if cancel.is_cancelled() => {
+                Err(UpdateError::ApplyCancelled { set })
+            }
             (InactiveState::Staged, Ok(mut r)) => {
                 self.step(Step::RecordApplied);
                 r.applied = true;
@@ -1347,6 +1451,7 @@ impl Updater {
                 ),
             },
         };
+        let update_state = UpdateState::from_disk(inactive, staged.as_ref());
         Ok(Status {
             format_version: STATUS_FORMAT_VERSION,
             running: RunningStatus {
@@ -1354,13 +1459,15 @@ impl Updater {
                 arch: self.os.arch.clone(),
                 version: self.os.version_id.clone(),
                 build_id: self.os.build_id.clone(),
-                set: sets.active.to_string(),
+                set: sets.active,
             },
             inactive,
             staged,
             record_problem,
-            next_boot: sp.next_boot().map(|s| s.to_string()),
+            next_boot: sp.next_boot(),
             sets,
+            update_state,
+            available: None,
         })
     }
 }

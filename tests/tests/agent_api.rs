@@ -1,0 +1,494 @@
+//! The agent's API (`updog::updater::Updater`, issue 12 item 10), against a real repository
+//! served over HTTP and real GPT disk images: the post-reboot operations, checked byte for byte
+//! against what the `signpost` binary writes; the update state in Bottlerocket's terms through
+//! a whole update; cancellation of check and apply; and the final `done`/`error` progress
+//! event, in process and through the `updog` binary's `--progress json`.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bootpart::SetId;
+use e2e_tests::{Host, RepoSpec, describe};
+use fixtures::disk::{DiskImageBuilder, PartKind};
+use fixtures::http::Fault;
+use signpost::SetState;
+use updog::config::Config;
+use updog::progress::ProgressEvent;
+use updog::updater::{CancelHandle, CheckOptions, UpdateError, UpdateState, Updater};
+
+fn updater(host: &Host) -> Updater {
+    let (config, warnings) = Config::from_path(&host.config_path).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    Updater::new(config).unwrap()
+}
+
+fn code(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+/// Stages and applies 1.1.0 on set B through the library, then plays the bootloader and makes
+/// the host run 1.1.0 on B: the state right after the reboot into an update.
+fn host_rebooted_into_the_update() -> Host {
+    let mut host = Host::new(&RepoSpec::two_releases(), "1.0.0");
+    let u = updater(&host);
+    let lock = u.lock().unwrap();
+    u.stage(
+        &lock,
+        &CheckOptions::default(),
+        &|_| {},
+        &CancelHandle::new(),
+    )
+    .unwrap();
+    assert_eq!(u.apply(&lock).unwrap(), SetId::B);
+    drop(lock);
+    let pick = e2e_tests::bootloader_pick(&host.disk_path).expect("a bootable set");
+    assert_eq!((pick.set, pick.tries_after), (SetId::B, 0));
+    host.active = SetId::B;
+    host.set_running("1.1.0", SetId::B);
+    host
+}
+
+/// A copy of the host's disk image, for the `signpost` binary to work on.
+fn copy_of_disk(host: &Host) -> std::path::PathBuf {
+    let copy = host.dir.path().join("signpost-copy.img");
+    std::fs::copy(&host.disk_path, &copy).unwrap();
+    copy
+}
+
+fn signpost_on(disk: &Path, active: SetId, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(e2e_tests::bin_dir().join("signpost"))
+        .arg("--disk")
+        .arg(disk)
+        .args(["--active", &active.to_string()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn same_disk(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
+}
+
+#[test]
+fn post_boot_operations_write_exactly_what_signpost_writes() {
+    let host = host_rebooted_into_the_update();
+    let copy = copy_of_disk(&host);
+    let u = updater(&host);
+    let has_succeeded_per_signpost = |disk: &Path| {
+        let out = signpost_on(disk, SetId::B, &["has-boot-ever-succeeded", "--json"]);
+        assert_eq!(code(&out), 0, "{}", describe(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<bool>()
+            .unwrap()
+    };
+    assert_eq!(
+        u.has_boot_ever_succeeded().unwrap(),
+        has_succeeded_per_signpost(&host.disk_path)
+    );
+
+    // The new set proved itself: mark it, as `signpost mark-successful-boot` does.
+    let lock = u.lock().unwrap();
+    u.mark_successful_boot(&lock).unwrap();
+    let out = signpost_on(&copy, SetId::B, &["mark-successful-boot"]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert!(same_disk(&host.disk_path, &copy), "mark-successful-boot");
+    assert_eq!(
+        host.signpost().state(SetId::B),
+        Some(SetState::new(2, 0, true).unwrap())
+    );
+    assert!(u.has_boot_ever_succeeded().unwrap());
+    assert!(has_succeeded_per_signpost(&host.disk_path));
+
+    // Back to the set that ran before (it booted successfully): rollback-to-inactive.
+    assert_eq!(u.rollback_to_inactive(&lock).unwrap(), SetId::A);
+    let out = signpost_on(&copy, SetId::B, &["rollback-to-inactive"]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert!(same_disk(&host.disk_path, &copy), "rollback-to-inactive");
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A));
+}
+
+#[test]
+fn post_boot_operations_refuse_what_signpost_refuses_and_write_nothing() {
+    // Set B was never written (cleared): there is nothing to roll back to.
+    let host = Host::new(&RepoSpec::two_releases(), "1.0.0");
+    let copy = copy_of_disk(&host);
+    let before = std::fs::read(&host.disk_path).unwrap();
+    let u = updater(&host);
+    let lock = u.lock().unwrap();
+    let err = u.rollback_to_inactive(&lock).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UpdateError::Signpost(signpost::Error::InactiveNotBootable { set: SetId::B, .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), updog::exit::FAILURE);
+    let out = signpost_on(&copy, SetId::A, &["rollback-to-inactive"]);
+    assert_eq!(code(&out), 1, "{}", describe(&out));
+    assert!(std::fs::read(&host.disk_path).unwrap() == before);
+    assert!(same_disk(&host.disk_path, &copy));
+
+    // Without a PRIVATE partition there is no "ever succeeded" bit to read or set.
+    let host = Host::with_disk(
+        &RepoSpec::two_releases(),
+        "1.0.0",
+        DiskImageBuilder::new().omit(PartKind::Private, None),
+    );
+    let before = std::fs::read(&host.disk_path).unwrap();
+    let u = updater(&host);
+    let err = u.has_boot_ever_succeeded().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UpdateError::Signpost(signpost::Error::NoPrivatePartition { .. })
+        ),
+        "{err}"
+    );
+    let lock = u.lock().unwrap();
+    let err = u.mark_successful_boot(&lock).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UpdateError::Signpost(signpost::Error::NoPrivatePartition { .. })
+        ),
+        "{err}"
+    );
+    drop(lock);
+    assert!(std::fs::read(&host.disk_path).unwrap() == before);
+    let out = signpost_on(&host.disk_path, SetId::A, &["mark-successful-boot"]);
+    assert_eq!(code(&out), 1, "{}", describe(&out));
+}
+
+#[test]
+fn the_update_state_follows_an_update_in_bottlerocket_terms() {
+    let mut host = Host::new(&RepoSpec::two_releases(), "1.0.0");
+    let u = updater(&host);
+    let state = || u.status().unwrap().update_state;
+    assert_eq!(
+        state(),
+        UpdateState::Idle,
+        "nothing checked, nothing staged"
+    );
+
+    let check = u.check(&CheckOptions::default()).unwrap();
+    let status = u.status().unwrap().with_check(&check);
+    assert_eq!(status.update_state, UpdateState::Available);
+    assert_eq!(
+        status.available.as_ref().map(|a| a.version.to_string()),
+        Some("1.1.0".to_string())
+    );
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["update_state"], "Available", "{json}");
+    assert_eq!(json["available"]["version"], "1.1.0", "{json}");
+    // The fields that were strings are still the same strings.
+    assert_eq!(json["running"]["set"], "A", "{json}");
+    assert_eq!(json["next_boot"], "A", "{json}");
+
+    let lock = u.lock().unwrap();
+    u.stage(
+        &lock,
+        &CheckOptions::default(),
+        &|_| {},
+        &CancelHandle::new(),
+    )
+    .unwrap();
+    assert_eq!(state(), UpdateState::Staged);
+    // A check that finds the same update does not take a staged update back to Available.
+    let status = u.status().unwrap().with_check(&check);
+    assert_eq!(status.update_state, UpdateState::Staged);
+
+    u.apply(&lock).unwrap();
+    assert_eq!(state(), UpdateState::Ready);
+    u.revert(&lock).unwrap();
+    assert_eq!(state(), UpdateState::Staged, "revert goes back to Staged");
+    u.apply(&lock).unwrap();
+    drop(lock);
+
+    // The CLI shows the same state.
+    let out = host.updog(&["status", "--json"]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["update_state"], "Ready", "{json}");
+    assert_eq!(json["next_boot"], "B", "{json}");
+    let out = host.updog(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("state:   Ready"),
+        "{}",
+        describe(&out)
+    );
+
+    // Rebooted into it: the record is history, nothing is staged, and 1.1.0 is the newest.
+    e2e_tests::bootloader_pick(&host.disk_path).expect("a bootable set");
+    host.active = SetId::B;
+    host.set_running("1.1.0", SetId::B);
+    let u = updater(&host);
+    let check = u.check(&CheckOptions::default()).unwrap();
+    let status = u.status().unwrap().with_check(&check);
+    assert_eq!(status.update_state, UpdateState::Idle);
+    assert!(status.available.is_none());
+}
+
+#[test]
+fn a_staged_set_without_its_record_is_not_staged() {
+    let host = Host::new(&RepoSpec::two_releases(), "1.0.0");
+    let u = updater(&host);
+    let lock = u.lock().unwrap();
+    u.stage(
+        &lock,
+        &CheckOptions::default(),
+        &|_| {},
+        &CancelHandle::new(),
+    )
+    .unwrap();
+    std::fs::remove_file(host.state_file()).unwrap();
+    // `update-apply` would refuse the set, so it is not an update an agent can apply.
+    let status = u.status().unwrap();
+    assert_eq!(status.update_state, UpdateState::Idle);
+    assert!(status.record_problem.is_some());
+    assert!(matches!(
+        u.apply(&lock).unwrap_err(),
+        UpdateError::NotRecorded { .. }
+    ));
+}
+
+#[test]
+fn a_cancelled_check_stops_fetching_and_changes_nothing() {
+    let host = Host::new(&RepoSpec::two_releases(), "1.0.0");
+    let disk_before = std::fs::read(&host.disk_path).unwrap();
+    let metadata_dir = host.dir.path().join("state/metadata");
+    let u = updater(&host);
+
+    // Cancelled before it starts: not one request.
+    let cancel = CancelHandle::new();
+    cancel.cancel();
+    let err = u
+        .check_cancellable(&CheckOptions::default(), &cancel)
+        .unwrap_err();
+    assert!(matches!(err, UpdateError::CheckCancelled), "{err}");
+    assert_eq!(err.exit_code(), updog::exit::INTERRUPTED);
+    assert_eq!(host.server.request_count(), 0);
+    assert!(!metadata_dir.exists());
+
+    // Cancelled while the metadata trickles in: the check stops there, and never asks for
+    // the manifest.
+    host.server.fault_all(Fault::Slow {
+        bytes: 16,
+        every: Duration::from_millis(20),
+    });
+    let cancel = CancelHandle::new();
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            while host.server.request_count() == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            cancel.cancel();
+        });
+        u.check_cancellable(&CheckOptions::default(), &cancel).err()
+    });
+    let err = result.expect("the check was cancelled");
+    assert!(matches!(err, UpdateError::CheckCancelled), "{err}");
+    let asked: Vec<String> = host.server.requests().into_iter().map(|r| r.path).collect();
+    assert!(
+        !asked.iter().any(|p| p.contains("manifest.json")),
+        "{asked:?}"
+    );
+    assert!(std::fs::read(&host.disk_path).unwrap() == disk_before);
+
+    // The same updater checks normally with a fresh handle.
+    host.server.clear_faults();
+    u.check_cancellable(&CheckOptions::default(), &CancelHandle::new())
+        .unwrap();
+}
+
+#[test]
+fn a_cancelled_apply_does_not_flip_and_leaves_the_update_staged() {
+    let host = Host::new(&RepoSpec::two_releases(), "1.0.0");
+    let u = updater(&host);
+    let lock = u.lock().unwrap();
+    u.stage(
+        &lock,
+        &CheckOptions::default(),
+        &|_| {},
+        &CancelHandle::new(),
+    )
+    .unwrap();
+    let before = std::fs::read(&host.disk_path).unwrap();
+    let record_before = std::fs::read(host.state_file()).unwrap();
+    let cancel = CancelHandle::new();
+    cancel.cancel();
+    let err = u.apply_cancellable(&lock, &cancel).unwrap_err();
+    assert!(
+        matches!(err, UpdateError::ApplyCancelled { set: SetId::B }),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), updog::exit::INTERRUPTED);
+    assert!(std::fs::read(&host.disk_path).unwrap() == before);
+    assert_eq!(std::fs::read(host.state_file()).unwrap(), record_before);
+    assert_eq!(u.status().unwrap().update_state, UpdateState::Staged);
+    assert_eq!(
+        u.apply_cancellable(&lock, &CancelHandle::new()).unwrap(),
+        SetId::B
+    );
+}
+
+#[test]
+fn a_failed_stage_ends_with_one_error_event_on_the_callback() {
+    let spec = RepoSpec::two_releases();
+    let host = Host::new(&spec, "1.0.0");
+    for file in host
+        .repo
+        .target_files(&spec.releases[1].target_name("boot"))
+    {
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(&file, bytes).unwrap();
+    }
+    let u = updater(&host);
+    let lock = u.lock().unwrap();
+    let events = Mutex::new(Vec::new());
+    let err = u
+        .stage(
+            &lock,
+            &CheckOptions::default(),
+            &|e| events.lock().unwrap().push(e.clone()),
+            &CancelHandle::new(),
+        )
+        .unwrap_err();
+    let events = events.into_inner().unwrap();
+    assert_eq!(events.iter().filter(|e| e.is_final()).count(), 1);
+    match events.last().unwrap() {
+        ProgressEvent::Error { message, cancelled } => {
+            assert!(!cancelled);
+            assert!(message.starts_with(&err.to_string()), "{message} / {err}");
+            assert!(message.contains("boot"), "{message}");
+        }
+        other => panic!("the last event is {other:?}"),
+    }
+}
+
+/// The JSON lines of an `updog` run.
+fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The one final event, which must be the last line.
+fn final_event(out: &std::process::Output) -> serde_json::Value {
+    let lines = json_lines(out);
+    let finals: Vec<_> = lines
+        .iter()
+        .filter(|e| e["event"] == "done" || e["event"] == "error")
+        .collect();
+    assert_eq!(finals.len(), 1, "{}", describe(out));
+    assert_eq!(lines.last(), Some(finals[0]), "{}", describe(out));
+    finals[0].clone()
+}
+
+#[test]
+fn every_progress_json_run_of_the_binary_ends_with_done_or_error() {
+    let spec = RepoSpec::two_releases();
+    let host = Host::new(&spec, "1.0.0");
+
+    // Another updater holds the disk: `error`, exit 4, before anything is staged.
+    let u = updater(&host);
+    let held = u.lock().unwrap();
+    let out = host.updog(&["update", "--progress", "json"]);
+    assert_eq!(
+        code(&out),
+        i32::from(updog::exit::LOCKED),
+        "{}",
+        describe(&out)
+    );
+    let error = final_event(&out);
+    assert_eq!(error["event"], "error");
+    assert_eq!(error["cancelled"], false);
+    assert!(
+        error["message"].as_str().unwrap().contains("in progress")
+            || error["message"].as_str().unwrap().contains("lock"),
+        "{error}"
+    );
+    drop(held);
+
+    // A broken image: `error` naming it, after the image events.
+    let root = spec.releases[1].target_name("root");
+    let files = host.repo.target_files(&root);
+    let good = std::fs::read(&files[0]).unwrap();
+    for file in &files {
+        let mut bytes = good.clone();
+        bytes[200] ^= 1;
+        std::fs::write(file, bytes).unwrap();
+    }
+    let out = host.updog(&["update", "--progress", "json"]);
+    assert_eq!(code(&out), 1, "{}", describe(&out));
+    let error = final_event(&out);
+    assert!(
+        error["message"].as_str().unwrap().contains(&root),
+        "{error}"
+    );
+    for file in &files {
+        std::fs::write(file, &good).unwrap();
+    }
+
+    // Staged and flipped: `done` after `flipped`, applied.
+    let out = host.updog(&["update", "--progress", "json"]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let done = final_event(&out);
+    assert_eq!(
+        (&done["version"], &done["set"], &done["applied"]),
+        (&"1.1.0".into(), &"B".into(), &true.into()),
+        "{done}"
+    );
+    let lines = json_lines(&out);
+    assert_eq!(lines[lines.len() - 2]["event"], "flipped");
+
+    // Nothing newer: `done` with the reason, exit 0.
+    host.set_running("1.1.0", SetId::A);
+    let out = host.updog(&["update-image", "--progress", "json"]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let done = final_event(&out);
+    assert_eq!(done["version"], serde_json::Value::Null, "{done}");
+    assert_eq!(done["no_update"]["reason"], "none_newer", "{done}");
+}
+
+#[test]
+fn sigterm_during_check_update_stops_it_with_exit_5() {
+    let host = Host::new(&RepoSpec::two_releases(), "1.0.0");
+    host.server.fault_all(Fault::Slow {
+        bytes: 16,
+        every: Duration::from_millis(50),
+    });
+    let child = host
+        .updog_cmd()
+        .arg("check-update")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while host.server.request_count() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no request");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        code(&out),
+        i32::from(updog::exit::INTERRUPTED),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cancelled while checking"),
+        "{}",
+        describe(&out)
+    );
+}
