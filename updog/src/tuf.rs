@@ -528,12 +528,7 @@ impl Repository {
         let (root_bytes, root_path) = if let Some(bytes) = stored {
             (bytes, dir.join("root.json"))
         } else {
-            let bytes = read_file_capped(&opts.trusted_root, opts.limits.max_root_size).map_err(
-                |source| Error::NoTrustedRoot {
-                    path: opts.trusted_root.clone(),
-                    source,
-                },
-            )?;
+            let bytes = read_shipped_root(&opts.trusted_root, &opts.limits)?;
             (bytes, opts.trusted_root.clone())
         };
         let mut root = verify_trusted_root(root_bytes, &root_path)?;
@@ -550,7 +545,7 @@ impl Repository {
             // A shipped root newer than the stored one (the OS image was updated with a newer
             // root) is just as trusted and saves walking the chain; an unreadable or invalid
             // shipped root is ignored here, since the stored root is enough.
-            let shipped = read_file_capped(&opts.trusted_root, opts.limits.max_root_size)
+            let shipped = read_shipped_root(&opts.trusted_root, &opts.limits)
                 .ok()
                 .and_then(|bytes| verify_trusted_root(bytes, &opts.trusted_root).ok());
             if let Some(shipped) = shipped {
@@ -641,13 +636,7 @@ impl Repository {
         let dir = dir.as_ref();
         let limits = Limits::default();
         let started = Utc::now();
-        let root_bytes =
-            read_file_capped(trusted_root.as_ref(), limits.max_root_size).map_err(|source| {
-                Error::NoTrustedRoot {
-                    path: trusted_root.as_ref().to_owned(),
-                    source,
-                }
-            })?;
+        let root_bytes = read_shipped_root(trusted_root.as_ref(), &limits)?;
         let root = verify_trusted_root(root_bytes, trusted_root.as_ref())?;
         let mut loader = Loader {
             source: Source::Offline {
@@ -1034,6 +1023,14 @@ fn verify_file(name: &str, desc: &TargetDescription, path: &Path) -> Result<(), 
     reader.finish()
 }
 
+/// The bytes of the root shipped at `path` (trusted out of band), at most the root size limit.
+fn read_shipped_root(path: &Path, limits: &Limits) -> Result<Vec<u8>, Error> {
+    read_file_capped(path, limits.max_root_size).map_err(|source| Error::NoTrustedRoot {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 fn read_file_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     File::open(path)?
@@ -1143,6 +1140,35 @@ impl Loader {
         datastore::read_optional(dir, name, cap).ok().flatten()
     }
 
+    /// The trusted copy of a top-level role's file in the datastore, if there is one and it
+    /// still meets the current root's keys and threshold (expired or not).
+    fn trusted_top_level<T: for<'de> serde::Deserialize<'de> + Common>(
+        &self,
+        root: &Trusted<Root>,
+        role: &Role,
+        name: &str,
+        cap: u64,
+    ) -> Option<Trusted<T>> {
+        let bytes = self.local(name, cap)?;
+        let (env, signed) = parse::<T>(role, &bytes).ok()?;
+        check_top_level(&root.signed, role, signed.version(), &env).ok()?;
+        Some(Trusted { bytes, signed })
+    }
+
+    /// The last two steps for a new file that passed every other check: the freeze attack
+    /// check, then persisting it as `name`.
+    fn accept<T: Common>(
+        &self,
+        role: &Role,
+        name: &str,
+        bytes: Vec<u8>,
+        signed: T,
+    ) -> Result<Trusted<T>, Error> {
+        self.check_expiry(role, &signed)?;
+        self.persist(name, &bytes)?;
+        Ok(Trusted { bytes, signed })
+    }
+
     fn check_expiry(&self, role: &Role, signed: &impl Common) -> Result<(), Error> {
         // An offline cache is verified with expiry ignored (it is checked at boot, later).
         let ignore_expiry = matches!(self.source, Source::Offline { .. });
@@ -1187,14 +1213,7 @@ impl Loader {
             check_top_level(&root.signed, &Role::Root, new.version(), &env)?;
             check_top_level(&new, &Role::Root, new.version(), &env)?;
             // 5.3.5: rollback check: the new version must be exactly N+1.
-            if new.version() < n {
-                return Err(Error::Rollback {
-                    role: Role::Root,
-                    trusted: n,
-                    new: new.version(),
-                    check: "5.3.5",
-                });
-            }
+            check_not_lower(&Role::Root, n, new.version(), "5.3.5")?;
             if new.version() == n {
                 // Equal: discard it and go on with the trusted root.
                 break;
@@ -1225,13 +1244,12 @@ impl Loader {
     /// Step 5.4.
     fn update_timestamp(&self, root: &Trusted<Root>) -> Result<Trusted<Timestamp>, Error> {
         // The trusted timestamp, if any and still verifiable with the current root.
-        let trusted: Option<Trusted<Timestamp>> = self
-            .local("timestamp.json", self.limits.max_timestamp_size)
-            .and_then(|bytes| {
-                let (env, ts) = parse::<Timestamp>(&Role::Timestamp, &bytes).ok()?;
-                check_top_level(&root.signed, &Role::Timestamp, ts.version(), &env).ok()?;
-                Some(Trusted { bytes, signed: ts })
-            });
+        let trusted: Option<Trusted<Timestamp>> = self.trusted_top_level(
+            root,
+            &Role::Timestamp,
+            "timestamp.json",
+            self.limits.max_timestamp_size,
+        );
         // 5.4.1: download timestamp.json, up to X bytes.
         let name = MetaName {
             remote: "timestamp.json".to_owned(),
@@ -1249,14 +1267,12 @@ impl Loader {
         let new_meta = new.snapshot_meta()?.clone();
         if let Some(trusted) = trusted {
             // 5.4.3.1: the new version must not be lower than the trusted one.
-            if new.version() < trusted.signed.version() {
-                return Err(Error::Rollback {
-                    role: Role::Timestamp,
-                    trusted: trusted.signed.version(),
-                    new: new.version(),
-                    check: "5.4.3.1",
-                });
-            }
+            check_not_lower(
+                &Role::Timestamp,
+                trusted.signed.version(),
+                new.version(),
+                "5.4.3.1",
+            )?;
             if new.version() == trusted.signed.version() {
                 // Equal: discard the new file (even if its content differs) and keep the
                 // trusted one, which must still be fresh.
@@ -1264,21 +1280,15 @@ impl Loader {
                 return Ok(trusted);
             }
             // 5.4.3.2: the snapshot version it lists must not go backwards.
-            let trusted_snap = trusted.signed.snapshot_meta()?.version;
-            if new_meta.version < trusted_snap {
-                return Err(Error::Rollback {
-                    role: Role::Snapshot,
-                    trusted: trusted_snap,
-                    new: new_meta.version,
-                    check: "5.4.3.2 (snapshot version listed in timestamp)",
-                });
-            }
+            check_not_lower(
+                &Role::Snapshot,
+                trusted.signed.snapshot_meta()?.version,
+                new_meta.version,
+                "5.4.3.2 (snapshot version listed in timestamp)",
+            )?;
         }
-        // 5.4.4: freeze attack check.
-        self.check_expiry(&Role::Timestamp, &new)?;
-        // 5.4.5: persist.
-        self.persist("timestamp.json", &bytes)?;
-        Ok(Trusted { bytes, signed: new })
+        // 5.4.4: freeze attack check; 5.4.5: persist.
+        self.accept(&Role::Timestamp, "timestamp.json", bytes, new)
     }
 
     /// Step 5.5.
@@ -1290,13 +1300,12 @@ impl Loader {
         let meta = timestamp.signed.snapshot_meta()?.clone();
         let listed_in = format!("timestamp version {}", timestamp.signed.version());
         // The trusted snapshot: verified with the current root's keys, expired or not.
-        let trusted: Option<Trusted<Snapshot>> = self
-            .local("snapshot.json", self.limits.max_snapshot_size)
-            .and_then(|bytes| {
-                let (env, s) = parse::<Snapshot>(&Role::Snapshot, &bytes).ok()?;
-                check_top_level(&root.signed, &Role::Snapshot, s.version(), &env).ok()?;
-                Some(Trusted { bytes, signed: s })
-            });
+        let trusted: Option<Trusted<Snapshot>> = self.trusted_top_level(
+            root,
+            &Role::Snapshot,
+            "snapshot.json",
+            self.limits.max_snapshot_size,
+        );
         // Nothing changed since the last update: the trusted snapshot is the one timestamp
         // lists (same version, hashes and length) and is still fresh: no download.
         if let Some(t) = &trusted {
@@ -1331,21 +1340,16 @@ impl Loader {
                         file: file.clone(),
                     });
                 };
-                if now.version < old.version {
-                    return Err(Error::Rollback {
-                        role: Role::from_name(file.trim_end_matches(".json")),
-                        trusted: old.version,
-                        new: now.version,
-                        check: "5.5.5 (version listed in snapshot)",
-                    });
-                }
+                check_not_lower(
+                    &Role::from_name(file.trim_end_matches(".json")),
+                    old.version,
+                    now.version,
+                    "5.5.5 (version listed in snapshot)",
+                )?;
             }
         }
-        // 5.5.6: freeze attack check.
-        self.check_expiry(&Role::Snapshot, &new)?;
-        // 5.5.7: persist.
-        self.persist("snapshot.json", &bytes)?;
-        Ok(Trusted { bytes, signed: new })
+        // 5.5.6: freeze attack check; 5.5.7: persist.
+        self.accept(&Role::Snapshot, "snapshot.json", bytes, new)
     }
 
     /// Step 5.6 (5.6.1 to 5.6.6) for the top-level targets role.
@@ -1415,11 +1419,8 @@ impl Loader {
         // 5.6.4: version against snapshot's listing.
         check_listed_version(role, new.version(), meta, listed_in)?;
         new.check(role)?;
-        // 5.6.5: freeze attack check.
-        self.check_expiry(role, &new)?;
-        // 5.6.6: persist.
-        self.persist(local_name, &bytes)?;
-        Ok(Trusted { bytes, signed: new })
+        // 5.6.5: freeze attack check; 5.6.6: persist.
+        self.accept(role, local_name, bytes, new)
     }
 
     /// Downloads `role`'s metadata as listed (`meta`) in `listed_in`: up to the listed length or
@@ -1447,6 +1448,20 @@ impl Loader {
         verify::check_meta_file(role.as_str(), listed_in, meta, &bytes)?;
         Ok(bytes)
     }
+}
+
+/// Rollback attack check: `role`'s `new` version must not be lower than the `trusted` one
+/// (`check` names the specification step).
+fn check_not_lower(role: &Role, trusted: u64, new: u64, check: &'static str) -> Result<(), Error> {
+    if new >= trusted {
+        return Ok(());
+    }
+    Err(Error::Rollback {
+        role: role.clone(),
+        trusted,
+        new,
+        check,
+    })
 }
 
 /// The version `found` in `role`'s metadata must be the one `listed_in` lists (`meta`).
