@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use migrations_fetch::{
-    BoxError, CacheDirs, FetchError, FetchOptions, FixedSpace, MetadataFile, MigrationPlan,
-    MigrationSource, OfflineLoader, PlanError, ProblemKind, Space, TargetInfo, TargetLookup,
-    VerifyError, fetch, verify_offline,
+    BoxError, CacheDirs, FetchError, FetchOptions, FetchReport, FixedSpace, MetadataFile,
+    MigrationPlan, MigrationSource, OfflineLoader, PlanError, ProblemKind, Space, TargetInfo,
+    TargetLookup, VerifiedCache, VerifyError, fetch, verify_offline,
 };
 use semver::Version;
 use sha2::{Digest, Sha256};
@@ -270,11 +270,63 @@ fn cached_name(repo: &Published, name: &str) -> String {
     format!("{}.{name}", repo.signed[name].sha256_hex())
 }
 
+impl Published {
+    /// The plan from `from` to `to` over this repository.
+    fn plan(&self, from: &str, to: &str) -> MigrationPlan {
+        MigrationPlan::new(&self.manifest(), &v(from), &v(to), &self.source()).unwrap()
+    }
+}
+
+/// An empty cache in a fresh temporary directory (kept as long as the returned guard).
+fn new_cache() -> (tempfile::TempDir, CacheDirs) {
+    let cache = tempfile::tempdir().unwrap();
+    let dirs = CacheDirs::under(cache.path());
+    (cache, dirs)
+}
+
+/// Fetches `plan` from `source` with the default options.
+fn fetch_from(
+    plan: &MigrationPlan,
+    source: &dyn MigrationSource,
+    dirs: &CacheDirs,
+) -> Result<FetchReport, FetchError> {
+    fetch(plan, source, dirs, &FetchOptions::default())
+}
+
+/// Fetches `plan` from a healthy source of `repo` with the default options.
+fn fetch_all(plan: &MigrationPlan, repo: &Published, dirs: &CacheDirs) -> FetchReport {
+    fetch_from(plan, &repo.source(), dirs).unwrap()
+}
+
+/// Verifies the cache offline for the jump `from` -> `to`.
+fn verify(dirs: &CacheDirs, from: &str, to: &str) -> Result<VerifiedCache, VerifyError> {
+    verify_offline(dirs, &TestLoader, &v(from), &v(to))
+}
+
+/// The names of the verified migrations, in order.
+fn names(verified: &VerifiedCache) -> Vec<&str> {
+    verified
+        .migrations
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect()
+}
+
+/// Default options, with a filesystem of `available` free bytes in 4 KiB blocks.
+fn with_space(available: u64) -> FetchOptions {
+    FetchOptions {
+        space_probe: Box::new(FixedSpace(Space {
+            available,
+            block_size: 4096,
+        })),
+        prune: true,
+    }
+}
+
 #[test]
 fn forward_chain_with_shortcut_is_fetched_in_the_reference_layout() {
     let repo = standard_repo(7);
-    let plan =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.3.0"), &repo.source()).unwrap();
+    let plan = repo.plan("1.0.0", "1.3.0");
     assert_eq!(
         plan.migration_names(),
         [
@@ -289,10 +341,9 @@ fn forward_chain_with_shortcut_is_fetched_in_the_reference_layout() {
         3000 + 70_000 + 100 + repo.signed["manifest.json"].length
     );
 
-    let cache = tempfile::tempdir().unwrap();
-    let dirs = CacheDirs::under(cache.path());
+    let (_cache, dirs) = new_cache();
     let source = repo.source();
-    let report = fetch(&plan, &source, &dirs, &FetchOptions::default()).unwrap();
+    let report = fetch_from(&plan, &source, &dirs).unwrap();
     assert_eq!(
         report.fetched,
         [
@@ -340,13 +391,8 @@ fn forward_chain_with_shortcut_is_fetched_in_the_reference_layout() {
         "root chain first, timestamp last"
     );
 
-    let verified = verify_offline(&dirs, &TestLoader, &v("1.0.0"), &v("1.3.0")).unwrap();
-    let names: Vec<&str> = verified
-        .migrations
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect();
-    assert_eq!(names, plan.migration_names());
+    let verified = verify(&dirs, "1.0.0", "1.3.0").unwrap();
+    assert_eq!(names(&verified), plan.migration_names());
     assert_eq!(
         verified.migrations[1].read_verified().unwrap(),
         fs::read(repo.targets_dir.join("migrate_v1.3.0_c.lz4")).unwrap()
@@ -356,10 +402,8 @@ fn forward_chain_with_shortcut_is_fetched_in_the_reference_layout() {
 #[test]
 fn backward_chain_needs_the_same_migrations() {
     let repo = standard_repo(7);
-    let forward =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.3.0"), &repo.source()).unwrap();
-    let backward =
-        MigrationPlan::new(&repo.manifest(), &v("1.3.0"), &v("1.0.0"), &repo.source()).unwrap();
+    let forward = repo.plan("1.0.0", "1.3.0");
+    let backward = repo.plan("1.3.0", "1.0.0");
     let mut f = forward.migration_names();
     let mut b = backward.migration_names();
     f.sort_unstable();
@@ -368,23 +412,16 @@ fn backward_chain_needs_the_same_migrations() {
     assert_eq!(backward.from, v("1.3.0"));
     assert_eq!(backward.to, v("1.0.0"));
 
-    let cache = tempfile::tempdir().unwrap();
-    let dirs = CacheDirs::under(cache.path());
-    fetch(&backward, &repo.source(), &dirs, &FetchOptions::default()).unwrap();
-    let verified = verify_offline(&dirs, &TestLoader, &v("1.3.0"), &v("1.0.0")).unwrap();
-    let names: Vec<&str> = verified
-        .migrations
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect();
-    assert_eq!(names, backward.migration_names());
+    let (_cache, dirs) = new_cache();
+    fetch_all(&backward, &repo, &dirs);
+    let verified = verify(&dirs, "1.3.0", "1.0.0").unwrap();
+    assert_eq!(names(&verified), backward.migration_names());
 }
 
 #[test]
 fn missing_link_stops_before_anything_is_written() {
     let repo = standard_repo(7);
-    let cache = tempfile::tempdir().unwrap();
-    let dirs = CacheDirs::under(cache.path());
+    let (_cache, dirs) = new_cache();
     let err =
         MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.5.0"), &repo.source()).unwrap_err();
     assert!(matches!(err, PlanError::Chain { .. }), "{err}");
@@ -411,28 +448,24 @@ fn unsigned_migration_is_refused_at_plan_time() {
 #[test]
 fn no_migrations_still_caches_the_manifest() {
     let repo = standard_repo(7);
-    let plan =
-        MigrationPlan::new(&repo.manifest(), &v("1.4.0"), &v("1.4.0"), &repo.source()).unwrap();
+    let plan = repo.plan("1.4.0", "1.4.0");
     assert!(plan.has_no_migrations());
-    let cache = tempfile::tempdir().unwrap();
-    let dirs = CacheDirs::under(cache.path());
-    let report = fetch(&plan, &repo.source(), &dirs, &FetchOptions::default()).unwrap();
+    let (_cache, dirs) = new_cache();
+    let report = fetch_all(&plan, &repo, &dirs);
     assert_eq!(report.fetched, ["manifest.json"]);
-    let verified = verify_offline(&dirs, &TestLoader, &v("1.4.0"), &v("1.4.0")).unwrap();
+    let verified = verify(&dirs, "1.4.0", "1.4.0").unwrap();
     assert!(verified.migrations.is_empty());
 }
 
 #[test]
 fn rerun_after_interrupted_fetch_fetches_only_what_is_missing() {
     let repo = standard_repo(7);
-    let plan =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.3.0"), &repo.source()).unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let dirs = CacheDirs::under(cache.path());
+    let plan = repo.plan("1.0.0", "1.3.0");
+    let (_cache, dirs) = new_cache();
 
     let mut broken = repo.source();
     broken.fail = Some(("migrate_v1.3.0_c.lz4".to_owned(), 40_000));
-    let err = fetch(&plan, &broken, &dirs, &FetchOptions::default()).unwrap_err();
+    let err = fetch_from(&plan, &broken, &dirs).unwrap_err();
     match &err {
         FetchError::Read { name, received, .. } => {
             assert_eq!(name, "migrate_v1.3.0_c.lz4");
@@ -451,7 +484,7 @@ fn rerun_after_interrupted_fetch_fetches_only_what_is_missing() {
     );
 
     let healthy = repo.source();
-    let report = fetch(&plan, &healthy, &dirs, &FetchOptions::default()).unwrap();
+    let report = fetch_from(&plan, &healthy, &dirs).unwrap();
     assert_eq!(report.reused, ["migrate_v1.1.0_a.lz4"]);
     assert_eq!(
         report.fetched,
@@ -470,11 +503,11 @@ fn rerun_after_interrupted_fetch_fetches_only_what_is_missing() {
         ],
         "the file already cached is not opened again"
     );
-    verify_offline(&dirs, &TestLoader, &v("1.0.0"), &v("1.3.0")).unwrap();
+    verify(&dirs, "1.0.0", "1.3.0").unwrap();
 
     // A third run downloads nothing.
     let idle = repo.source();
-    let report = fetch(&plan, &idle, &dirs, &FetchOptions::default()).unwrap();
+    let report = fetch_from(&plan, &idle, &dirs).unwrap();
     assert!(report.fetched.is_empty());
     assert!(idle.opened().is_empty());
 }
@@ -482,11 +515,9 @@ fn rerun_after_interrupted_fetch_fetches_only_what_is_missing() {
 #[test]
 fn a_corrupt_cached_file_is_downloaded_again() {
     let repo = standard_repo(7);
-    let plan =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.1.0"), &repo.source()).unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let dirs = CacheDirs::under(cache.path());
-    fetch(&plan, &repo.source(), &dirs, &FetchOptions::default()).unwrap();
+    let plan = repo.plan("1.0.0", "1.1.0");
+    let (_cache, dirs) = new_cache();
+    fetch_all(&plan, &repo, &dirs);
     let path = dirs
         .targets
         .join(cached_name(&repo, "migrate_v1.1.0_a.lz4"));
@@ -494,7 +525,7 @@ fn a_corrupt_cached_file_is_downloaded_again() {
     data[10] ^= 0x01;
     fs::write(&path, &data).unwrap();
     let source = repo.source();
-    let report = fetch(&plan, &source, &dirs, &FetchOptions::default()).unwrap();
+    let report = fetch_from(&plan, &source, &dirs).unwrap();
     assert_eq!(report.fetched, ["migrate_v1.1.0_a.lz4"]);
     assert_eq!(
         fs::read(&path).unwrap(),
@@ -505,11 +536,9 @@ fn a_corrupt_cached_file_is_downloaded_again() {
 #[test]
 fn tampered_and_missing_cached_files_are_reported_by_name() {
     let repo = standard_repo(7);
-    let plan =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.3.0"), &repo.source()).unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let dirs = CacheDirs::under(cache.path());
-    fetch(&plan, &repo.source(), &dirs, &FetchOptions::default()).unwrap();
+    let plan = repo.plan("1.0.0", "1.3.0");
+    let (_cache, dirs) = new_cache();
+    fetch_all(&plan, &repo, &dirs);
 
     let tampered = cached_name(&repo, "migrate_v1.3.0_c.lz4");
     let mut data = fs::read(dirs.targets.join(&tampered)).unwrap();
@@ -518,7 +547,7 @@ fn tampered_and_missing_cached_files_are_reported_by_name() {
     let removed = cached_name(&repo, "migrate_v1.1.0_a.lz4");
     fs::remove_file(dirs.targets.join(&removed)).unwrap();
 
-    let err = verify_offline(&dirs, &TestLoader, &v("1.0.0"), &v("1.3.0")).unwrap_err();
+    let err = verify(&dirs, "1.0.0", "1.3.0").unwrap_err();
     let VerifyError::Files(problems) = &err else {
         panic!("{err}")
     };
@@ -538,15 +567,13 @@ fn tampered_and_missing_cached_files_are_reported_by_name() {
 #[test]
 fn a_truncated_cached_file_is_reported_with_its_lengths() {
     let repo = standard_repo(7);
-    let plan =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.1.0"), &repo.source()).unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let dirs = CacheDirs::under(cache.path());
-    fetch(&plan, &repo.source(), &dirs, &FetchOptions::default()).unwrap();
+    let plan = repo.plan("1.0.0", "1.1.0");
+    let (_cache, dirs) = new_cache();
+    fetch_all(&plan, &repo, &dirs);
     let name = cached_name(&repo, "migrate_v1.1.0_a.lz4");
     let data = fs::read(dirs.targets.join(&name)).unwrap();
     fs::write(dirs.targets.join(&name), &data[..2999]).unwrap();
-    let err = verify_offline(&dirs, &TestLoader, &v("1.0.0"), &v("1.1.0")).unwrap_err();
+    let err = verify(&dirs, "1.0.0", "1.1.0").unwrap_err();
     let VerifyError::Files(problems) = &err else {
         panic!("{err}")
     };
@@ -562,30 +589,26 @@ fn a_truncated_cached_file_is_reported_with_its_lengths() {
 #[test]
 fn a_tampered_manifest_is_reported_and_not_parsed() {
     let repo = standard_repo(7);
-    let plan =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.1.0"), &repo.source()).unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let dirs = CacheDirs::under(cache.path());
-    fetch(&plan, &repo.source(), &dirs, &FetchOptions::default()).unwrap();
+    let plan = repo.plan("1.0.0", "1.1.0");
+    let (_cache, dirs) = new_cache();
+    fetch_all(&plan, &repo, &dirs);
     let name = cached_name(&repo, "manifest.json");
     let text = fs::read_to_string(dirs.targets.join(&name)).unwrap();
     // Same length, the shortcut now points elsewhere: must not be trusted.
     let changed = text.replacen("1.0.0", "1.0.1", 1);
     assert_eq!(changed.len(), text.len());
     fs::write(dirs.targets.join(&name), changed).unwrap();
-    let err = verify_offline(&dirs, &TestLoader, &v("1.0.0"), &v("1.1.0")).unwrap_err();
+    let err = verify(&dirs, "1.0.0", "1.1.0").unwrap_err();
     assert!(err.to_string().contains(&name), "{err}");
 }
 
 #[test]
 fn changed_file_after_verification_is_not_returned() {
     let repo = standard_repo(7);
-    let plan =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.1.0"), &repo.source()).unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let dirs = CacheDirs::under(cache.path());
-    fetch(&plan, &repo.source(), &dirs, &FetchOptions::default()).unwrap();
-    let verified = verify_offline(&dirs, &TestLoader, &v("1.0.0"), &v("1.1.0")).unwrap();
+    let plan = repo.plan("1.0.0", "1.1.0");
+    let (_cache, dirs) = new_cache();
+    fetch_all(&plan, &repo, &dirs);
+    let verified = verify(&dirs, "1.0.0", "1.1.0").unwrap();
     let m = &verified.migrations[0];
     let mut data = fs::read(&m.path).unwrap();
     data[0] ^= 1;
@@ -596,13 +619,11 @@ fn changed_file_after_verification_is_not_returned() {
 #[test]
 fn metadata_that_does_not_load_is_an_error_naming_the_directory() {
     let repo = standard_repo(7);
-    let plan =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.1.0"), &repo.source()).unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let dirs = CacheDirs::under(cache.path());
-    fetch(&plan, &repo.source(), &dirs, &FetchOptions::default()).unwrap();
+    let plan = repo.plan("1.0.0", "1.1.0");
+    let (_cache, dirs) = new_cache();
+    fetch_all(&plan, &repo, &dirs);
     fs::write(dirs.metadata.join("7.targets.json"), b"{not json").unwrap();
-    let err = verify_offline(&dirs, &TestLoader, &v("1.0.0"), &v("1.1.0")).unwrap_err();
+    let err = verify(&dirs, "1.0.0", "1.1.0").unwrap_err();
     assert!(matches!(err, VerifyError::Metadata { .. }), "{err}");
     assert!(
         err.to_string()
@@ -613,11 +634,9 @@ fn metadata_that_does_not_load_is_an_error_naming_the_directory() {
 #[test]
 fn stale_files_are_pruned_after_a_successful_fetch() {
     let old = standard_repo(7);
-    let cache = tempfile::tempdir().unwrap();
-    let dirs = CacheDirs::under(cache.path());
-    let plan =
-        MigrationPlan::new(&old.manifest(), &v("1.0.0"), &v("1.3.0"), &old.source()).unwrap();
-    fetch(&plan, &old.source(), &dirs, &FetchOptions::default()).unwrap();
+    let (_cache, dirs) = new_cache();
+    let plan = old.plan("1.0.0", "1.3.0");
+    fetch_all(&plan, &old, &dirs);
 
     // Files that are not ours stay; left-over temporary files go.
     fs::write(dirs.targets.join("README"), b"operator notes").unwrap();
@@ -631,9 +650,8 @@ fn stale_files_are_pruned_after_a_successful_fetch() {
 
     // The host is now on 1.3.0; a newer repository (metadata version 8) and the next jump.
     let new = standard_repo(8);
-    let plan =
-        MigrationPlan::new(&new.manifest(), &v("1.3.0"), &v("1.4.0"), &new.source()).unwrap();
-    let report = fetch(&plan, &new.source(), &dirs, &FetchOptions::default()).unwrap();
+    let plan = new.plan("1.3.0", "1.4.0");
+    let report = fetch_all(&plan, &new, &dirs);
     assert_eq!(report.reused, ["manifest.json"]);
     let mut expected = vec![
         cached_name(&new, "migrate_v1.4.0_e.lz4"),
@@ -655,19 +673,16 @@ fn stale_files_are_pruned_after_a_successful_fetch() {
         ]
     );
     assert_eq!(report.pruned.len(), 3 + 1 + 2, "{:?}", report.pruned);
-    verify_offline(&dirs, &TestLoader, &v("1.3.0"), &v("1.4.0")).unwrap();
+    verify(&dirs, "1.3.0", "1.4.0").unwrap();
 }
 
 #[test]
 fn pruning_can_be_turned_off() {
     let repo = standard_repo(7);
-    let cache = tempfile::tempdir().unwrap();
-    let dirs = CacheDirs::under(cache.path());
-    let first =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.1.0"), &repo.source()).unwrap();
-    fetch(&first, &repo.source(), &dirs, &FetchOptions::default()).unwrap();
-    let second =
-        MigrationPlan::new(&repo.manifest(), &v("1.3.0"), &v("1.4.0"), &repo.source()).unwrap();
+    let (_cache, dirs) = new_cache();
+    let first = repo.plan("1.0.0", "1.1.0");
+    fetch_all(&first, &repo, &dirs);
+    let second = repo.plan("1.3.0", "1.4.0");
     let opts = FetchOptions {
         prune: false,
         ..FetchOptions::default()
@@ -684,17 +699,9 @@ fn pruning_can_be_turned_off() {
 #[test]
 fn not_enough_space_stops_before_the_first_write() {
     let repo = standard_repo(7);
-    let plan =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.3.0"), &repo.source()).unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let dirs = CacheDirs::under(cache.path());
-    let opts = FetchOptions {
-        space_probe: Box::new(FixedSpace(Space {
-            available: 64 * 1024,
-            block_size: 4096,
-        })),
-        prune: true,
-    };
+    let plan = repo.plan("1.0.0", "1.3.0");
+    let (_cache, dirs) = new_cache();
+    let opts = with_space(64 * 1024);
     let source = repo.source();
     let err = fetch(&plan, &source, &dirs, &opts).unwrap_err();
     match &err {
@@ -717,37 +724,26 @@ fn not_enough_space_stops_before_the_first_write() {
 #[test]
 fn space_check_counts_only_the_files_still_missing() {
     let repo = standard_repo(7);
-    let plan =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.3.0"), &repo.source()).unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let dirs = CacheDirs::under(cache.path());
+    let plan = repo.plan("1.0.0", "1.3.0");
+    let (_cache, dirs) = new_cache();
     let mut broken = repo.source();
     broken.fail = Some(("migrate_v1.3.0_d.lz4".to_owned(), 10));
-    fetch(&plan, &broken, &dirs, &FetchOptions::default()).unwrap_err();
+    fetch_from(&plan, &broken, &dirs).unwrap_err();
     // a and c are cached; d (1 block), the manifest and 5 metadata files remain.
     let manifest_blocks = repo.signed["manifest.json"].length.div_ceil(4096);
     let exactly = (1 + manifest_blocks + 5) * 4096;
-    let probe = |available| FetchOptions {
-        space_probe: Box::new(FixedSpace(Space {
-            available,
-            block_size: 4096,
-        })),
-        prune: true,
-    };
     assert!(matches!(
-        fetch(&plan, &repo.source(), &dirs, &probe(exactly - 1)),
+        fetch(&plan, &repo.source(), &dirs, &with_space(exactly - 1)),
         Err(FetchError::NotEnoughSpace { .. })
     ));
-    fetch(&plan, &repo.source(), &dirs, &probe(exactly)).unwrap();
+    fetch(&plan, &repo.source(), &dirs, &with_space(exactly)).unwrap();
 }
 
 #[test]
 fn a_source_serving_wrong_bytes_leaves_nothing_in_place() {
     let repo = standard_repo(7);
-    let plan =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.1.0"), &repo.source()).unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let dirs = CacheDirs::under(cache.path());
+    let plan = repo.plan("1.0.0", "1.1.0");
+    let (_cache, dirs) = new_cache();
     let name = "migrate_v1.1.0_a.lz4";
     let good = fs::read(repo.targets_dir.join(name)).unwrap();
 
@@ -778,7 +774,7 @@ fn a_source_serving_wrong_bytes_leaves_nothing_in_place() {
     for (served, expect) in cases {
         let mut liar = repo.source();
         liar.lie = Some((name.to_owned(), served));
-        let err = fetch(&plan, &liar, &dirs, &FetchOptions::default()).unwrap_err();
+        let err = fetch_from(&plan, &liar, &dirs).unwrap_err();
         assert!(expect(&err), "{err}");
         assert!(err.to_string().contains(name), "{err}");
         assert!(
@@ -792,8 +788,7 @@ fn a_source_serving_wrong_bytes_leaves_nothing_in_place() {
 #[test]
 fn a_plan_made_with_other_metadata_is_refused() {
     let repo = standard_repo(7);
-    let plan =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.1.0"), &repo.source()).unwrap();
+    let plan = repo.plan("1.0.0", "1.1.0");
     let mut other = standard_repo(7);
     other.signed.get_mut("migrate_v1.1.0_a.lz4").unwrap().length += 1;
     let cache = tempfile::tempdir().unwrap();
@@ -829,8 +824,7 @@ impl MigrationSource for BadMetadata<'_> {
 #[test]
 fn metadata_names_that_escape_the_directory_are_refused_before_any_write() {
     let repo = standard_repo(7);
-    let plan =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.1.0"), &repo.source()).unwrap();
+    let plan = repo.plan("1.0.0", "1.1.0");
     for bad in ["../evil.json", "timestamp.json", "x.txt"] {
         let cache = tempfile::tempdir().unwrap();
         let dirs = CacheDirs::under(cache.path());
@@ -850,8 +844,7 @@ fn metadata_names_that_escape_the_directory_are_refused_before_any_write() {
 #[test]
 fn plan_serializes_for_check_update_json() {
     let repo = standard_repo(7);
-    let plan =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.3.0"), &repo.source()).unwrap();
+    let plan = repo.plan("1.0.0", "1.3.0");
     let json = serde_json::to_value(&plan).unwrap();
     assert_eq!(json["from"], "1.0.0");
     assert_eq!(json["to"], "1.3.0");
@@ -881,11 +874,9 @@ fn a_failed_lookup_is_not_mistaken_for_an_unsigned_target() {
 #[test]
 fn a_symbolic_link_in_the_cache_is_never_trusted() {
     let repo = standard_repo(7);
-    let plan =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.1.0"), &repo.source()).unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let dirs = CacheDirs::under(cache.path());
-    fetch(&plan, &repo.source(), &dirs, &FetchOptions::default()).unwrap();
+    let plan = repo.plan("1.0.0", "1.1.0");
+    let (cache, dirs) = new_cache();
+    fetch_all(&plan, &repo, &dirs);
     // Replace the cached file by a link to a file with the very same bytes elsewhere.
     let name = cached_name(&repo, "migrate_v1.1.0_a.lz4");
     let cached = dirs.targets.join(&name);
@@ -893,7 +884,7 @@ fn a_symbolic_link_in_the_cache_is_never_trusted() {
     fs::rename(&cached, &elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, &cached).unwrap();
 
-    let err = verify_offline(&dirs, &TestLoader, &v("1.0.0"), &v("1.1.0")).unwrap_err();
+    let err = verify(&dirs, "1.0.0", "1.1.0").unwrap_err();
     let VerifyError::Files(problems) = &err else {
         panic!("{err}")
     };
@@ -903,18 +894,17 @@ fn a_symbolic_link_in_the_cache_is_never_trusted() {
 
     // A fetch replaces the link by a regular file.
     let source = repo.source();
-    let report = fetch(&plan, &source, &dirs, &FetchOptions::default()).unwrap();
+    let report = fetch_from(&plan, &source, &dirs).unwrap();
     assert_eq!(report.fetched, ["migrate_v1.1.0_a.lz4"]);
     assert!(fs::symlink_metadata(&cached).unwrap().file_type().is_file());
     assert!(elsewhere.exists(), "the link's target is not touched");
-    verify_offline(&dirs, &TestLoader, &v("1.0.0"), &v("1.1.0")).unwrap();
+    verify(&dirs, "1.0.0", "1.1.0").unwrap();
 }
 
 #[test]
 fn plan_renders_as_one_line_for_check_update() {
     let repo = standard_repo(7);
-    let plan =
-        MigrationPlan::new(&repo.manifest(), &v("1.0.0"), &v("1.3.0"), &repo.source()).unwrap();
+    let plan = repo.plan("1.0.0", "1.3.0");
     assert_eq!(
         plan.to_string(),
         format!(
@@ -923,7 +913,6 @@ fn plan_renders_as_one_line_for_check_update() {
             plan.total_bytes
         )
     );
-    let none =
-        MigrationPlan::new(&repo.manifest(), &v("1.4.0"), &v("1.4.0"), &repo.source()).unwrap();
+    let none = repo.plan("1.4.0", "1.4.0");
     assert_eq!(none.to_string(), "no migrations from 1.4.0 to 1.4.0");
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use fixtures::http::{Fault, TestServer};
 use fixtures::repo::{Delegation, KeyKind, TargetsRole, TestKey, TestRepo, far_future, long_ago};
 use migrations_fetch::{
-    CacheDirs, FetchError, FetchOptions, MigrationPlan, PlanError, ProblemKind, StatvfsProbe,
-    TargetLookup, VerifyError, Version, fetch, verify_offline,
+    CacheDirs, FetchError, FetchOptions, FetchReport, MigrationPlan, PlanError, ProblemKind,
+    StatvfsProbe, TargetLookup, VerifiedCache, VerifyError, Version, fetch, verify_offline,
 };
 use sha2::{Digest, Sha256};
 use updog::migrations::TufOfflineLoader;
@@ -78,6 +78,7 @@ struct Env {
 }
 
 impl Env {
+    /// The first release (A to D and its manifest), consistent snapshots.
     fn new() -> Self {
         let mut repo = TestRepo::new(KeyKind::Ed25519);
         repo.consistent_snapshot = true;
@@ -86,6 +87,11 @@ impl Env {
         repo.add_target(C, &payload(3, 200_000));
         repo.add_target(D, &payload(4, 100));
         repo.add_target("manifest.json", &release_one());
+        Self::serve(repo)
+    }
+
+    /// Publishes `repo` (root version 1 shipped as the trusted root) and serves it.
+    fn serve(mut repo: TestRepo) -> Self {
         repo.publish_root();
         repo.publish();
         let server = TestServer::serve_dir(repo.dir()).unwrap();
@@ -118,14 +124,19 @@ impl Env {
         .unwrap()
     }
 
-    fn load_with(&self, retries: u32) -> Repository {
+    /// Client options for the served repository, trusting the shipped root.
+    fn options(&self) -> RepositoryOptions {
         let mut opts = RepositoryOptions::new(
             self.server.url_for("metadata/").parse().unwrap(),
             self.server.url_for("targets/").parse().unwrap(),
             self.work.path().join("datastore"),
         );
         opts.trusted_root.clone_from(&self.trusted_root);
-        Repository::load(opts, Arc::new(Self::http(retries))).unwrap()
+        opts
+    }
+
+    fn load_with(&self, retries: u32) -> Repository {
+        Repository::load(self.options(), Arc::new(Self::http(retries))).unwrap()
     }
 
     fn load(&self) -> Repository {
@@ -156,6 +167,25 @@ impl Env {
     fn loader(&self) -> TufOfflineLoader {
         TufOfflineLoader::new(&self.trusted_root)
     }
+
+    /// Fetches `plan` from `repo` into the cache with the default options.
+    fn fetch(&self, plan: &MigrationPlan, repo: &Repository) -> Result<FetchReport, FetchError> {
+        fetch(plan, repo, &self.dirs, &FetchOptions::default())
+    }
+
+    /// Verifies the cache offline for the jump `from` -> `to`.
+    fn verify(&self, from: &str, to: &str) -> Result<VerifiedCache, VerifyError> {
+        verify_offline(&self.dirs, &self.loader(), &v(from), &v(to))
+    }
+}
+
+/// The names of the verified migrations, in order.
+fn names(verified: &VerifiedCache) -> Vec<&str> {
+    verified
+        .migrations
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect()
 }
 
 fn files(dir: &Path) -> Vec<String> {
@@ -185,7 +215,7 @@ fn forward_chain_with_a_shortcut_is_cached_in_the_reference_layout_and_verifies_
         "1.2.0's migration is skipped by the shortcut"
     );
 
-    let report = fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap();
+    let report = env.fetch(&plan, &repo).unwrap();
     assert_eq!(report.fetched, [A, C, D, "manifest.json"]);
     assert_eq!(
         files(&env.dirs.targets),
@@ -217,13 +247,8 @@ fn forward_chain_with_a_shortcut_is_cached_in_the_reference_layout_and_verifies_
         "metadata is cached byte for byte as verified"
     );
 
-    let verified = verify_offline(&env.dirs, &env.loader(), &v("1.0.0"), &v("1.3.0")).unwrap();
-    let names: Vec<&str> = verified
-        .migrations
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect();
-    assert_eq!(names, [A, C, D]);
+    let verified = env.verify("1.0.0", "1.3.0").unwrap();
+    assert_eq!(names(&verified), [A, C, D]);
     assert_eq!(
         verified.migrations[0].read_verified().unwrap(),
         payload(1, 3_000)
@@ -235,17 +260,12 @@ fn backward_chain_caches_the_same_migrations() {
     let env = Env::new();
     let repo = env.load();
     let plan = Env::plan(&repo, "1.3.0", "1.0.0").unwrap();
-    let mut names = plan.migration_names();
-    names.sort_unstable();
-    assert_eq!(names, [A, C, D]);
-    fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap();
-    let verified = verify_offline(&env.dirs, &env.loader(), &v("1.3.0"), &v("1.0.0")).unwrap();
-    let got: Vec<&str> = verified
-        .migrations
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect();
-    assert_eq!(got, plan.migration_names());
+    let mut needed = plan.migration_names();
+    needed.sort_unstable();
+    assert_eq!(needed, [A, C, D]);
+    env.fetch(&plan, &repo).unwrap();
+    let verified = env.verify("1.3.0", "1.0.0").unwrap();
+    assert_eq!(names(&verified), plan.migration_names());
 }
 
 #[test]
@@ -274,14 +294,14 @@ fn rerun_after_an_interrupted_fetch_downloads_only_the_missing_files() {
     let plan = Env::plan(&repo, "1.0.0", "1.3.0").unwrap();
     let c_path = Env::target_path(&repo, C);
     env.server.fault(&c_path, Fault::DropAfter(120_000));
-    let err = fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap_err();
+    let err = env.fetch(&plan, &repo).unwrap_err();
     assert!(err.to_string().contains(C), "{err}");
     assert_eq!(files(&env.dirs.targets), [Env::cached(&repo, A)]);
     assert!(files(&env.dirs.metadata).is_empty());
 
     env.server.clear_faults();
     env.server.clear_log();
-    let report = fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap();
+    let report = env.fetch(&plan, &repo).unwrap();
     assert_eq!(report.reused, [A]);
     assert_eq!(report.fetched, [C, D, "manifest.json"]);
     assert!(
@@ -290,7 +310,7 @@ fn rerun_after_an_interrupted_fetch_downloads_only_the_missing_files() {
             .is_empty()
     );
     assert_eq!(env.server.requests_for(&c_path).len(), 1);
-    verify_offline(&env.dirs, &env.loader(), &v("1.0.0"), &v("1.3.0")).unwrap();
+    env.verify("1.0.0", "1.3.0").unwrap();
 }
 
 #[test]
@@ -298,14 +318,14 @@ fn a_changed_byte_in_a_cached_migration_is_reported_by_file_name() {
     let env = Env::new();
     let repo = env.load();
     let plan = Env::plan(&repo, "1.0.0", "1.3.0").unwrap();
-    fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap();
+    env.fetch(&plan, &repo).unwrap();
     let name = Env::cached(&repo, C);
     let path = env.dirs.targets.join(&name);
     let mut bytes = fs::read(&path).unwrap();
     bytes[123_456] ^= 0x10;
     fs::write(&path, &bytes).unwrap();
 
-    let err = verify_offline(&env.dirs, &env.loader(), &v("1.0.0"), &v("1.3.0")).unwrap_err();
+    let err = env.verify("1.0.0", "1.3.0").unwrap_err();
     let VerifyError::Files(problems) = &err else {
         panic!("{err}")
     };
@@ -320,7 +340,7 @@ fn a_changed_byte_in_cached_metadata_is_reported_by_file_name() {
     let env = Env::new();
     let repo = env.load();
     let plan = Env::plan(&repo, "1.0.0", "1.3.0").unwrap();
-    fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap();
+    env.fetch(&plan, &repo).unwrap();
     let path = env.dirs.metadata.join("1.targets.json");
     let text = fs::read_to_string(&path).unwrap();
     // Same length: the declared length of a migration changes by one digit.
@@ -330,7 +350,7 @@ fn a_changed_byte_in_cached_metadata_is_reported_by_file_name() {
         "the fixture's JSON layout changed; adjust the edit"
     );
     fs::write(&path, changed).unwrap();
-    let err = verify_offline(&env.dirs, &env.loader(), &v("1.0.0"), &v("1.3.0")).unwrap_err();
+    let err = env.verify("1.0.0", "1.3.0").unwrap_err();
     assert!(matches!(err, VerifyError::Metadata { .. }), "{err}");
     assert!(err.to_string().contains("1.targets.json"), "{err}");
 }
@@ -342,18 +362,13 @@ fn expired_metadata_still_verifies_offline() {
     env.repo.bump();
     env.repo.publish();
     // The online client runs at a time before the expiry.
-    let mut opts = RepositoryOptions::new(
-        env.server.url_for("metadata/").parse().unwrap(),
-        env.server.url_for("targets/").parse().unwrap(),
-        env.work.path().join("datastore"),
-    );
-    opts.trusted_root.clone_from(&env.trusted_root);
+    let mut opts = env.options();
     // A time as far before the expiry as the far future is after it.
     opts.reference_time = Some(long_ago() - (far_future() - long_ago()));
     let repo = Repository::load(opts, Arc::new(Env::http(1))).unwrap();
     let plan = Env::plan(&repo, "1.0.0", "1.1.0").unwrap();
-    fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap();
-    let verified = verify_offline(&env.dirs, &env.loader(), &v("1.0.0"), &v("1.1.0")).unwrap();
+    env.fetch(&plan, &repo).unwrap();
+    let verified = env.verify("1.0.0", "1.1.0").unwrap();
     assert_eq!(verified.migrations.len(), 1);
 }
 
@@ -362,7 +377,7 @@ fn stale_files_are_pruned_after_the_next_successful_fetch() {
     let mut env = Env::new();
     let repo = env.load();
     let plan = Env::plan(&repo, "1.0.0", "1.3.0").unwrap();
-    fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap();
+    env.fetch(&plan, &repo).unwrap();
     let old_a = Env::cached(&repo, A);
     let old_manifest = Env::cached(&repo, "manifest.json");
 
@@ -373,7 +388,7 @@ fn stale_files_are_pruned_after_the_next_successful_fetch() {
     env.repo.publish();
     let repo = env.load();
     let plan = Env::plan(&repo, "1.3.0", "1.4.0").unwrap();
-    let report = fetch(&plan, &repo, &env.dirs, &FetchOptions::default()).unwrap();
+    let report = env.fetch(&plan, &repo).unwrap();
     assert_eq!(report.fetched, [E, "manifest.json"]);
     assert_eq!(
         files(&env.dirs.targets),
@@ -393,7 +408,7 @@ fn stale_files_are_pruned_after_the_next_successful_fetch() {
             "timestamp.json"
         ]
     );
-    verify_offline(&env.dirs, &env.loader(), &v("1.3.0"), &v("1.4.0")).unwrap();
+    env.verify("1.3.0", "1.4.0").unwrap();
 }
 
 /// A tmpfs of a given size, unmounted on drop (also when the test fails).
@@ -492,7 +507,7 @@ fn without_pruning_offline_verification_uses_the_metadata_versions_the_timestamp
             "timestamp.json"
         ]
     );
-    let verified = verify_offline(&env.dirs, &env.loader(), &v("1.0.0"), &v("1.4.0")).unwrap();
+    let verified = env.verify("1.0.0", "1.4.0").unwrap();
     assert_eq!(verified.migrations.len(), 4);
     assert_eq!(
         verified.migrations[0].read_verified().unwrap(),
@@ -507,29 +522,12 @@ fn a_repository_without_consistent_snapshots_is_cached_with_plain_metadata_names
     let mut repo = TestRepo::new(KeyKind::EcdsaP256);
     repo.add_target(A, &payload(1, 3_000));
     repo.add_target("manifest.json", &release_one());
-    repo.publish_root();
-    repo.publish();
-    let server = TestServer::serve_dir(repo.dir()).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let trusted_root = work.path().join("root.json");
-    repo.write_root(1, &trusted_root);
-    let mut opts = RepositoryOptions::new(
-        server.url_for("metadata/").parse().unwrap(),
-        server.url_for("targets/").parse().unwrap(),
-        work.path().join("datastore"),
-    );
-    opts.trusted_root = trusted_root.clone();
-    let client = HttpTransport::new(HttpOptions {
-        proxy_from_env: false,
-        ..HttpOptions::default()
-    })
-    .unwrap();
-    let tuf = Repository::load(opts, Arc::new(client)).unwrap();
-    let plan = MigrationPlan::new(&Env::manifest(&tuf), &v("1.0.0"), &v("1.1.0"), &tuf).unwrap();
-    let dirs = CacheDirs::under(work.path().join("cache"));
-    fetch(&plan, &tuf, &dirs, &FetchOptions::default()).unwrap();
+    let env = Env::serve(repo);
+    let tuf = env.load();
+    let plan = Env::plan(&tuf, "1.0.0", "1.1.0").unwrap();
+    env.fetch(&plan, &tuf).unwrap();
     assert_eq!(
-        files(&dirs.metadata),
+        files(&env.dirs.metadata),
         [
             "1.root.json",
             "snapshot.json",
@@ -537,13 +535,7 @@ fn a_repository_without_consistent_snapshots_is_cached_with_plain_metadata_names
             "timestamp.json"
         ]
     );
-    let verified = verify_offline(
-        &dirs,
-        &TufOfflineLoader::new(&trusted_root),
-        &v("1.0.0"),
-        &v("1.1.0"),
-    )
-    .unwrap();
+    let verified = env.verify("1.0.0", "1.1.0").unwrap();
     assert_eq!(verified.migrations[0].name, A);
 }
 
@@ -568,25 +560,13 @@ fn migrations_signed_by_a_delegated_role_are_cached_with_that_role_and_verify_of
         role.targets.insert(name.to_owned(), content);
     }
     repo.delegated.insert("migrations".to_owned(), role);
-    repo.publish_root();
-    repo.publish();
-    let server = TestServer::serve_dir(repo.dir()).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let trusted_root = work.path().join("root.json");
-    repo.write_root(1, &trusted_root);
-    let mut opts = RepositoryOptions::new(
-        server.url_for("metadata/").parse().unwrap(),
-        server.url_for("targets/").parse().unwrap(),
-        work.path().join("datastore"),
-    );
-    opts.trusted_root.clone_from(&trusted_root);
-    let tuf = Repository::load(opts, Arc::new(Env::http(1))).unwrap();
+    let env = Env::serve(repo);
+    let tuf = env.load_with(1);
     let plan = Env::plan(&tuf, "1.0.0", "1.3.0").unwrap();
     assert_eq!(plan.migration_names(), [A, C, D]);
-    let dirs = CacheDirs::under(work.path().join("cache"));
-    fetch(&plan, &tuf, &dirs, &FetchOptions::default()).unwrap();
+    env.fetch(&plan, &tuf).unwrap();
     assert_eq!(
-        files(&dirs.metadata),
+        files(&env.dirs.metadata),
         [
             "1.root.json",
             "1.snapshot.json",
@@ -595,12 +575,11 @@ fn migrations_signed_by_a_delegated_role_are_cached_with_that_role_and_verify_of
             "timestamp.json"
         ]
     );
-    let loader = TufOfflineLoader::new(&trusted_root);
-    let verified = verify_offline(&dirs, &loader, &v("1.0.0"), &v("1.3.0")).unwrap();
+    let verified = env.verify("1.0.0", "1.3.0").unwrap();
     assert_eq!(verified.migrations.len(), 3);
 
     // A changed byte in the delegated role's signed part is caught and the file is named.
-    let path = dirs.metadata.join("3.migrations.json");
+    let path = env.dirs.metadata.join("3.migrations.json");
     let text = fs::read_to_string(&path).unwrap();
     let changed = text.replacen("\"length\": 9000", "\"length\": 9001", 1);
     assert_ne!(
@@ -608,6 +587,6 @@ fn migrations_signed_by_a_delegated_role_are_cached_with_that_role_and_verify_of
         "the fixture's JSON layout changed; adjust the edit"
     );
     fs::write(&path, changed).unwrap();
-    let err = verify_offline(&dirs, &loader, &v("1.0.0"), &v("1.3.0")).unwrap_err();
+    let err = env.verify("1.0.0", "1.3.0").unwrap_err();
     assert!(err.to_string().contains("3.migrations.json"), "{err}");
 }

@@ -272,7 +272,7 @@ mod tests {
             staged_at: chrono::Utc::now(),
             images: images
                 .iter()
-                .map(|i| (i.kind().name().to_string(), i.record().clone()))
+                .map(|i| (i.kind(), i.record().clone()))
                 .collect(),
             applied: false,
         }

@@ -47,6 +47,16 @@ fn fails(dir: &Path, args: &[&str]) -> String {
     text(&out)
 }
 
+/// `ok` for a command line without quoted words ("root sign root.json -k keys/root.pem").
+fn line(dir: &Path, line: &str) -> String {
+    ok(dir, &line.split_whitespace().collect::<Vec<_>>())
+}
+
+/// `fails` for a command line without quoted words.
+fn refused(dir: &Path, line: &str) -> String {
+    fails(dir, &line.split_whitespace().collect::<Vec<_>>())
+}
+
 /// Every file under `dir` with its bytes, to show that a refused command changed nothing.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
@@ -111,19 +121,7 @@ fn publisher() -> tempfile::TempDir {
     }
     ok(d, &["root", "sign", "root.json", "-k", "keys/root.pem"]);
     ok(d, &["init", "manifest.json"]);
-    ok(
-        d,
-        &[
-            "add-update",
-            "manifest.json",
-            "-f",
-            "v",
-            "-a",
-            "x86_64",
-            "-v",
-            "1.1.0",
-        ],
-    );
+    add_update(d, "1.1.0");
     std::fs::create_dir(d.join("staging")).unwrap();
     for (raw, name, len) in [
         ("boot.ext4", "v-x86_64-1.1.0-boot.ext4.lz4", 300_000),
@@ -139,7 +137,9 @@ fn publisher() -> tempfile::TempDir {
     dir
 }
 
-fn publish(d: &Path) {
+/// `updata publish` of the root, the manifest and the staged images, signed with the three
+/// keys of `publisher`.
+fn publish_args() -> Vec<&'static str> {
     let mut args = vec![
         "publish",
         "repo",
@@ -151,17 +151,31 @@ fn publish(d: &Path) {
         "staging",
     ];
     args.extend(SIGN);
-    ok(d, &args);
+    args
+}
+
+fn publish(d: &Path) {
+    ok(d, &publish_args());
+}
+
+/// Adds update `version` of variant `v`, x86_64, with the default image names.
+fn add_update(d: &Path, version: &str) {
+    line(
+        d,
+        &format!("add-update manifest.json -f v -a x86_64 -v {version}"),
+    );
 }
 
 /// Replaces the root key: root version 2 lists keys/root-2.pem instead of keys/root.pem and is
 /// signed by both.
 fn rotate_root_key(d: &Path) {
-    let line = |l: &str| ok(d, &l.split_whitespace().collect::<Vec<_>>());
-    line("key generate keys/root-2.pem");
-    line("root add-key root.json --role root keys/root-2.pub.pem");
-    line("root remove-key root.json --role root keys/root.pem");
-    line("rotate-root repo --root root.json -k keys/root.pem -k keys/root-2.pem");
+    line(d, "key generate keys/root-2.pem");
+    line(d, "root add-key root.json --role root keys/root-2.pub.pem");
+    line(d, "root remove-key root.json --role root keys/root.pem");
+    line(
+        d,
+        "rotate-root repo --root root.json -k keys/root.pem -k keys/root-2.pem",
+    );
 }
 
 #[test]
@@ -259,39 +273,18 @@ fn several_people_sign_one_root_in_turn() {
     let d = dir.path();
     ok(d, &["key", "generate", "keys/alice.pem"]);
     ok(d, &["key", "generate", "keys/bob.pem"]);
-    ok(
+    line(
         d,
-        &[
-            "root",
-            "add-key",
-            "root.json",
-            "--role",
-            "root",
-            "keys/alice.pub.pem",
-            "keys/bob.pub.pem",
-        ],
+        "root add-key root.json --role root keys/alice.pub.pem keys/bob.pub.pem",
     );
-    ok(
-        d,
-        &["root", "set-threshold", "root.json", "--role", "root", "2"],
-    );
+    line(d, "root set-threshold root.json --role root 2");
     let out = ok(d, &["root", "sign", "root.json", "-k", "keys/alice.pem"]);
     assert!(
         out.contains("not complete yet") && out.contains("1 valid signature(s) of the 2"),
         "{out}"
     );
     // Not enough yet: publish refuses and writes nothing.
-    let mut args = vec![
-        "publish",
-        "repo",
-        "--root",
-        "root.json",
-        "--manifest",
-        "manifest.json",
-        "--add-targets",
-        "staging",
-    ];
-    args.extend(SIGN);
+    let args = publish_args();
     let err = fails(d, &args);
     assert!(err.contains("root: 1 valid signature(s) of the 2"), "{err}");
     assert!(!d.join("repo").exists());
@@ -346,19 +339,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     let dir = publisher();
     let d = dir.path();
     publish(d);
-    ok(
-        d,
-        &[
-            "add-update",
-            "manifest.json",
-            "-f",
-            "v",
-            "-a",
-            "x86_64",
-            "-v",
-            "1.2.0",
-        ],
-    );
+    add_update(d, "1.2.0");
     let before = snapshot(&d.join("repo"));
     let base = ["publish", "repo", "--manifest", "manifest.json"];
     let run = |extra: &[&str]| {
@@ -378,19 +359,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         err.contains("names target(s) that no file provides: v-x86_64-1.2.0-boot.ext4.lz4"),
         "{err}"
     );
-    ok(
-        d,
-        &[
-            "remove-update",
-            "manifest.json",
-            "-l",
-            "v",
-            "-a",
-            "x86_64",
-            "-v",
-            "1.2.0",
-        ],
-    );
+    line(d, "remove-update manifest.json -l v -a x86_64 -v 1.2.0");
     // A missing key file.
     let err = run(&[
         "-k",
@@ -438,18 +407,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         &["root", "set-expires", "root.json", "2001-01-01T00:00:00Z"],
     );
     ok(f, &["root", "sign", "root.json", "-k", "keys/root.pem"]);
-    let mut args = vec![
-        "publish",
-        "repo",
-        "--root",
-        "root.json",
-        "--manifest",
-        "manifest.json",
-        "--add-targets",
-        "staging",
-    ];
-    args.extend(SIGN);
-    let err = fails(f, &args);
+    let err = fails(f, &publish_args());
     assert!(
         err.contains("root version 1 expired at 2001-01-01"),
         "{err}"
@@ -494,39 +452,15 @@ fn refresh_and_rotation_keep_the_repository_valid_and_warn_of_expiry() {
     );
     // Rotate the timestamp key: root 2 is signed by the root key (old and new root share it).
     ok(d, &["key", "generate", "keys/timestamp-2.pem"]);
-    ok(
+    line(
         d,
-        &[
-            "root",
-            "add-key",
-            "root.json",
-            "--role",
-            "timestamp",
-            "keys/timestamp-2.pub.pem",
-        ],
+        "root add-key root.json --role timestamp keys/timestamp-2.pub.pem",
     );
-    ok(
+    line(
         d,
-        &[
-            "root",
-            "remove-key",
-            "root.json",
-            "--role",
-            "timestamp",
-            "keys/timestamp.pem",
-        ],
+        "root remove-key root.json --role timestamp keys/timestamp.pem",
     );
-    let out = ok(
-        d,
-        &[
-            "rotate-root",
-            "repo",
-            "--root",
-            "root.json",
-            "-k",
-            "keys/root.pem",
-        ],
-    );
+    let out = line(d, "rotate-root repo --root root.json -k keys/root.pem");
     assert!(out.contains("the timestamp keys changed"), "{out}");
     // The old timestamp is signed by a key root 2 dropped: check says so, a refresh fixes it.
     let out = fails(d, &["check", "repo", "--root", "repo/metadata/1.root.json"]);
@@ -672,19 +606,7 @@ fn an_interrupted_publish_leaves_the_previous_release_published() {
             ],
         );
     }
-    ok(
-        d,
-        &[
-            "add-update",
-            "manifest.json",
-            "-f",
-            "v",
-            "-a",
-            "x86_64",
-            "-v",
-            "1.2.0",
-        ],
-    );
+    add_update(d, "1.2.0");
     let mut args = vec![
         "publish",
         "repo",
@@ -732,8 +654,8 @@ fn a_rotation_is_signed_in_turn_and_published_when_both_thresholds_are_met() {
     let dir = publisher();
     let d = dir.path();
     publish(d);
-    let line = |l: &str| ok(d, &l.split_whitespace().collect::<Vec<_>>());
-    let refused = |l: &str| fails(d, &l.split_whitespace().collect::<Vec<_>>());
+    let line = |l: &str| line(d, l);
+    let refused = |l: &str| refused(d, l);
     line("key generate keys/alice.pem");
     line("key generate keys/bob.pem");
     line("root add-key root.json --role root keys/alice.pub.pem keys/bob.pub.pem");

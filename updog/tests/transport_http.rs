@@ -61,6 +61,35 @@ fn serve(len: usize) -> Served {
     }
 }
 
+impl Served {
+    /// The URL of `image.bin`.
+    fn image(&self) -> Url {
+        url(&self.server, "image.bin")
+    }
+}
+
+/// Fetches `url` and reads the whole body.
+fn fetch_ok(t: &HttpTransport, url: &Url) -> Vec<u8> {
+    let mut body = Vec::new();
+    t.fetch(url).unwrap().read_to_end(&mut body).unwrap();
+    body
+}
+
+/// Fetches `url` (the answer starts) and reads until the read fails: the bytes read before,
+/// and the error.
+fn fetch_broken(t: &HttpTransport, url: &Url) -> (Vec<u8>, std::io::Error) {
+    let mut body = Vec::new();
+    let err = t.fetch(url).unwrap().read_to_end(&mut body).unwrap_err();
+    (body, err)
+}
+
+/// A server with nothing to serve, standing in for a proxy (it refuses CONNECT and logs it).
+fn proxy() -> (tempfile::TempDir, TestServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::serve_dir(dir.path()).unwrap();
+    (dir, server)
+}
+
 fn url(server: &TestServer, path: &str) -> Url {
     Url::parse(&server.url_for(path)).unwrap()
 }
@@ -72,12 +101,7 @@ fn transport_error(err: &std::io::Error) -> &TransportError {
 #[test]
 fn full_body_is_exact() {
     let s = serve(3 * 1024 * 1024 + 17);
-    let mut body = Vec::new();
-    transport(options())
-        .fetch(&url(&s.server, "image.bin"))
-        .unwrap()
-        .read_to_end(&mut body)
-        .unwrap();
+    let body = fetch_ok(&transport(options()), &s.image());
     assert!(body == s.data, "body differs");
     let log = s.server.requests();
     assert_eq!(log.len(), 1);
@@ -103,7 +127,7 @@ fn forbidden_and_gone_are_not_found_other_statuses_are_http_status() {
     let t = transport(options());
     for code in [403, 410] {
         s.server.fault_times("image.bin", Fault::Status(code), 1);
-        let err = t.fetch(&url(&s.server, "image.bin")).err().unwrap();
+        let err = t.fetch(&s.image()).err().unwrap();
         assert!(
             matches!(err.kind, TransportErrorKind::NotFound),
             "{code}: {err}"
@@ -111,7 +135,7 @@ fn forbidden_and_gone_are_not_found_other_statuses_are_http_status() {
     }
     s.server.clear_log();
     s.server.fault_times("image.bin", Fault::Status(400), 1);
-    let err = t.fetch(&url(&s.server, "image.bin")).err().unwrap();
+    let err = t.fetch(&s.image()).err().unwrap();
     assert!(
         matches!(err.kind, TransportErrorKind::HttpStatus(400)),
         "{err}"
@@ -124,12 +148,7 @@ fn dropped_connection_resumes_with_range() {
     let s = serve(1024 * 1024);
     s.server
         .fault_times("image.bin", Fault::DropAfter(100_000), 1);
-    let mut body = Vec::new();
-    transport(options())
-        .fetch(&url(&s.server, "image.bin"))
-        .unwrap()
-        .read_to_end(&mut body)
-        .unwrap();
+    let body = fetch_ok(&transport(options()), &s.image());
     assert_eq!(body.len(), s.data.len());
     assert!(body == s.data, "resumed body differs");
     let ranges: Vec<_> = s.server.requests().into_iter().map(|r| r.range).collect();
@@ -140,12 +159,7 @@ fn dropped_connection_resumes_with_range() {
 fn drops_every_time_still_complete_by_resuming() {
     let s = serve(1_000_000);
     s.server.fault("image.bin", Fault::DropAfter(200_000));
-    let mut body = Vec::new();
-    transport(options())
-        .fetch(&url(&s.server, "image.bin"))
-        .unwrap()
-        .read_to_end(&mut body)
-        .unwrap();
+    let body = fetch_ok(&transport(options()), &s.image());
     assert!(body == s.data, "resumed body differs");
     let ranges: Vec<_> = s.server.requests().into_iter().map(|r| r.range).collect();
     assert_eq!(
@@ -166,12 +180,7 @@ fn resume_refused_by_server_names_the_byte() {
     s.server.set_range_support(false);
     s.server
         .fault_times("image.bin", Fault::DropAfter(100_000), 1);
-    let mut body = Vec::new();
-    let err = transport(options())
-        .fetch(&url(&s.server, "image.bin"))
-        .unwrap()
-        .read_to_end(&mut body)
-        .unwrap_err();
+    let (body, err) = fetch_broken(&transport(options()), &s.image());
     let te = transport_error(&err);
     match &te.kind {
         TransportErrorKind::ConnectionDropped { at, detail } => {
@@ -192,16 +201,11 @@ fn resume_that_never_progresses_gives_up() {
     let s = serve(100_000);
     // Every answer drops after the headers: no progress is ever made.
     s.server.fault("image.bin", Fault::DropAfter(0));
-    let mut body = Vec::new();
     let opts = HttpOptions {
         retries: 2,
         ..options()
     };
-    let err = transport(opts)
-        .fetch(&url(&s.server, "image.bin"))
-        .unwrap()
-        .read_to_end(&mut body)
-        .unwrap_err();
+    let (body, err) = fetch_broken(&transport(opts), &s.image());
     let te = transport_error(&err);
     assert!(
         matches!(te.kind, TransportErrorKind::ConnectionDropped { at: 0, .. }),
@@ -216,12 +220,7 @@ fn stall_mid_body_is_reported_promptly() {
     let s = serve(500_000);
     s.server.fault("image.bin", Fault::Stall { after: 50_000 });
     let started = Instant::now();
-    let mut body = Vec::new();
-    let err = transport(options())
-        .fetch(&url(&s.server, "image.bin"))
-        .unwrap()
-        .read_to_end(&mut body)
-        .unwrap_err();
+    let (body, err) = fetch_broken(&transport(options()), &s.image());
     let elapsed = started.elapsed();
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
     let te = transport_error(&err);
@@ -241,10 +240,7 @@ fn stall_before_headers_is_reported_promptly() {
     let s = serve(1000);
     s.server.fault("image.bin", Fault::StallBeforeHeaders);
     let started = Instant::now();
-    let err = transport(options())
-        .fetch(&url(&s.server, "image.bin"))
-        .err()
-        .unwrap();
+    let err = transport(options()).fetch(&s.image()).err().unwrap();
     let elapsed = started.elapsed();
     assert!(matches!(err.kind, TransportErrorKind::Stalled(_)), "{err}");
     assert!(elapsed < Duration::from_millis(2500), "{elapsed:?}");
@@ -266,12 +262,7 @@ fn slow_but_live_transfer_outlasting_the_stall_timeout_succeeds() {
         ..options()
     };
     let started = Instant::now();
-    let mut body = Vec::new();
-    transport(opts)
-        .fetch(&url(&s.server, "image.bin"))
-        .unwrap()
-        .read_to_end(&mut body)
-        .unwrap();
+    let body = fetch_ok(&transport(opts), &s.image());
     assert!(started.elapsed() > Duration::from_millis(800));
     assert!(body == s.data);
 }
@@ -288,7 +279,7 @@ fn a_dripping_file_fails_at_its_whole_file_limit() {
     let started = Instant::now();
     let mut body = Vec::new();
     let err = transport(options())
-        .fetch_within(&url(&s.server, "image.bin"), Duration::from_millis(700))
+        .fetch_within(&s.image(), Duration::from_millis(700))
         .unwrap()
         .read_to_end(&mut body)
         .unwrap_err();
@@ -317,7 +308,7 @@ fn a_silent_server_fails_at_the_whole_file_limit_when_it_is_below_the_stall_time
         ..options()
     };
     let err = transport(opts)
-        .fetch_within(&url(&s.server, "image.bin"), Duration::from_millis(500))
+        .fetch_within(&s.image(), Duration::from_millis(500))
         .err()
         .unwrap();
     let elapsed = started.elapsed();
@@ -335,12 +326,7 @@ fn without_a_limit_a_dripping_file_only_has_the_stall_timeout() {
             every: Duration::from_millis(20),
         },
     );
-    let mut body = Vec::new();
-    transport(options())
-        .fetch(&url(&s.server, "image.bin"))
-        .unwrap()
-        .read_to_end(&mut body)
-        .unwrap();
+    let body = fetch_ok(&transport(options()), &s.image());
     assert!(body == s.data);
 }
 
@@ -348,12 +334,7 @@ fn without_a_limit_a_dripping_file_only_has_the_stall_timeout() {
 fn retries_on_503_then_succeeds() {
     let s = serve(5000);
     s.server.fault_times("image.bin", Fault::Status(503), 2);
-    let mut body = Vec::new();
-    transport(options())
-        .fetch(&url(&s.server, "image.bin"))
-        .unwrap()
-        .read_to_end(&mut body)
-        .unwrap();
+    let body = fetch_ok(&transport(options()), &s.image());
     assert!(body == s.data);
     assert_eq!(s.server.request_count(), 3);
 }
@@ -366,10 +347,7 @@ fn retries_run_out_with_the_last_status() {
         retries: 2,
         ..options()
     };
-    let err = transport(opts)
-        .fetch(&url(&s.server, "image.bin"))
-        .err()
-        .unwrap();
+    let err = transport(opts).fetch(&s.image()).err().unwrap();
     assert!(
         matches!(err.kind, TransportErrorKind::HttpStatus(503)),
         "{err}"
@@ -435,9 +413,7 @@ fn endless_body_streams_without_buffering() {
     s.server.fault("image.bin", Fault::Endless);
     let rss_before = rss_kib();
     // `fetch` returning at all proves the body is not read to its end first: it has none.
-    let mut reader = transport(options())
-        .fetch(&url(&s.server, "image.bin"))
-        .unwrap();
+    let mut reader = transport(options()).fetch(&s.image()).unwrap();
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0;
     let mut z_count = 0;
@@ -475,13 +451,9 @@ fn query_parameters_are_appended_to_every_request() {
         ..options()
     };
     let t = transport(opts);
-    let mut with_query = url(&s.server, "image.bin");
+    let mut with_query = s.image();
     with_query.set_query(Some("token=a%2Fb"));
-    let mut body = Vec::new();
-    t.fetch(&with_query)
-        .unwrap()
-        .read_to_end(&mut body)
-        .unwrap();
+    let body = fetch_ok(&t, &with_query);
     assert!(body == s.data);
     let _ = t.fetch(&url(&s.server, "missing.json")).err().unwrap();
     let queries: Vec<_> = s
@@ -514,8 +486,7 @@ fn query_parameters_are_appended_to_every_request() {
 
 #[test]
 fn https_proxy_option_routes_requests_through_the_proxy() {
-    let proxy_dir = tempfile::tempdir().unwrap();
-    let proxy = TestServer::serve_dir(proxy_dir.path()).unwrap();
+    let (_proxy_dir, proxy) = proxy();
     let opts = HttpOptions {
         https_proxy: Some(proxy.url()),
         retries: 0,
@@ -556,8 +527,7 @@ fn http_proxy_routes_plain_http_requests_through_the_proxy() {
     assert_eq!(resolved.https_proxy, None);
     let t = HttpTransport::with_proxy(options(), resolved).unwrap();
     let target = Url::parse("http://updates.example.invalid/image.bin?x=1").unwrap();
-    let mut body = Vec::new();
-    t.fetch(&target).unwrap().read_to_end(&mut body).unwrap();
+    let body = fetch_ok(&t, &target);
     assert!(body == s.data);
     let log = s.server.requests();
     assert_eq!(log.len(), 1, "{log:?}");
@@ -570,8 +540,7 @@ fn http_proxy_routes_plain_http_requests_through_the_proxy() {
 
 #[test]
 fn https_proxy_is_not_used_for_plain_http() {
-    let proxy_dir = tempfile::tempdir().unwrap();
-    let proxy = TestServer::serve_dir(proxy_dir.path()).unwrap();
+    let (_proxy_dir, proxy) = proxy();
     let direct = serve(10);
     let t = HttpTransport::with_proxy(
         options(),
@@ -582,19 +551,14 @@ fn https_proxy_is_not_used_for_plain_http() {
         },
     )
     .unwrap();
-    let mut body = Vec::new();
-    t.fetch(&url(&direct.server, "image.bin"))
-        .unwrap()
-        .read_to_end(&mut body)
-        .unwrap();
+    let body = fetch_ok(&t, &direct.image());
     assert!(body == direct.data);
     assert_eq!(proxy.connection_count(), 0);
 }
 
 #[test]
 fn no_proxy_hosts_bypass_the_proxy() {
-    let proxy_dir = tempfile::tempdir().unwrap();
-    let proxy = TestServer::serve_dir(proxy_dir.path()).unwrap();
+    let (_proxy_dir, proxy) = proxy();
     let direct = serve(10);
     let opts = HttpOptions {
         retries: 0,
@@ -627,11 +591,7 @@ fn served_directory_can_change_between_requests() {
     let other = tempfile::tempdir().unwrap();
     std::fs::write(other.path().join("image.bin"), b"replaced").unwrap();
     s.server.set_root(other.path());
-    let mut body = Vec::new();
-    t.fetch(&url(&s.server, "image.bin"))
-        .unwrap()
-        .read_to_end(&mut body)
-        .unwrap();
+    let body = fetch_ok(&t, &s.image());
     assert_eq!(body, b"replaced");
 }
 
@@ -650,12 +610,7 @@ fn a_slow_answer_within_the_stall_timeout_is_fine() {
     s.server
         .fault_times("image.bin", Fault::Delay(Duration::from_millis(300)), 1);
     let started = Instant::now();
-    let mut body = Vec::new();
-    transport(options())
-        .fetch(&url(&s.server, "image.bin"))
-        .unwrap()
-        .read_to_end(&mut body)
-        .unwrap();
+    let body = fetch_ok(&transport(options()), &s.image());
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert!(body == s.data);
     assert_eq!(s.server.request_count(), 1);
@@ -666,9 +621,7 @@ fn reads_after_a_failure_keep_failing() {
     let s = serve(100_000);
     s.server.set_range_support(false);
     s.server.fault_times("image.bin", Fault::DropAfter(10), 1);
-    let mut reader = transport(options())
-        .fetch(&url(&s.server, "image.bin"))
-        .unwrap();
+    let mut reader = transport(options()).fetch(&s.image()).unwrap();
     let mut body = Vec::new();
     reader.read_to_end(&mut body).unwrap_err();
     let mut more = [0u8; 16];

@@ -62,9 +62,10 @@ impl Repo {
         std::fs::write(&path, text).unwrap();
         path
     }
-    fn add(&self, version: &str, extra: &[&str]) {
+    /// `SUBCOMMAND MANIFEST --variant dev --arch x86_64 --version VERSION EXTRA...`.
+    fn on<'a>(&'a self, sub: &'a str, version: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         let mut args = vec![
-            "add-update",
+            sub,
             self.m(),
             "--variant",
             "dev",
@@ -74,7 +75,10 @@ impl Repo {
             version,
         ];
         args.extend_from_slice(extra);
-        ok(&args);
+        args
+    }
+    fn add(&self, version: &str, extra: &[&str]) {
+        ok(&self.on("add-update", version, extra));
     }
     /// Only the manifest (and files the test made) in the directory: no temp files left.
     fn assert_no_leftovers(&self) {
@@ -126,16 +130,7 @@ fn add_update_sets_images_and_max_version() {
 
     // A duplicate is refused and leaves the file untouched; --replace replaces it.
     let before = r.bytes();
-    let err = fails(&[
-        "add-update",
-        r.m(),
-        "--variant",
-        "dev",
-        "--arch",
-        "x86_64",
-        "--version",
-        "1.1.0",
-    ]);
+    let err = fails(&r.on("add-update", "1.1.0", &[]));
     assert!(
         err.contains("already has an update for dev x86_64 1.1.0"),
         "{err}"
@@ -157,16 +152,7 @@ fn remove_update_removes_only_that_one() {
     let r = Repo::new();
     r.add("1.0.0", &[]);
     r.add("1.1.0", &[]);
-    ok(&[
-        "remove-update",
-        r.m(),
-        "--variant",
-        "dev",
-        "--arch",
-        "x86_64",
-        "--version",
-        "1.0.0",
-    ]);
+    ok(&r.on("remove-update", "1.0.0", &[]));
     let versions: Vec<String> = r
         .load()
         .updates
@@ -174,16 +160,7 @@ fn remove_update_removes_only_that_one() {
         .map(|u| u.version.to_string())
         .collect();
     assert_eq!(versions, ["1.1.0"]);
-    let err = fails(&[
-        "remove-update",
-        r.m(),
-        "--variant",
-        "dev",
-        "--arch",
-        "x86_64",
-        "--version",
-        "1.0.0",
-    ]);
+    let err = fails(&r.on("remove-update", "1.0.0", &[]));
     assert!(err.contains("no update for dev x86_64 1.0.0"), "{err}");
 }
 
@@ -191,16 +168,16 @@ fn remove_update_removes_only_that_one() {
 fn set_waves_from_policy_file_default_and_clear() {
     let r = Repo::new();
     r.add("1.0.0", &[]);
-    let id = ["--variant", "dev", "--arch", "x86_64", "--version", "1.0.0"];
     let policy = r.file(
         "waves.toml",
         "[[waves]]\nstart_after = \"in 2 hours\"\nfleet_percentage = 25\n\n\
          [[waves]]\nstart_after = \"2026-12-03T00:00:00Z\"\nfleet_percentage = 100\n",
     );
-    let mut args = vec!["set-waves", r.m()];
-    args.extend_from_slice(&id);
-    args.extend_from_slice(&["--policy", p(&policy), "--start-at", "2026-12-01T00:00:00Z"]);
-    ok(&args);
+    ok(&r.on(
+        "set-waves",
+        "1.0.0",
+        &["--policy", p(&policy), "--start-at", "2026-12-01T00:00:00Z"],
+    ));
     let w = &r.load().updates[0].waves;
     let got: Vec<(u32, String)> = w
         .waves()
@@ -221,31 +198,24 @@ fn set_waves_from_policy_file_default_and_clear() {
          [[waves]]\nstart_after = \"2 hours\"\nfleet_percentage = 40\n",
     );
     let before = r.bytes();
-    let mut args = vec!["set-waves", r.m()];
-    args.extend_from_slice(&id);
-    args.extend_from_slice(&["--policy", p(&bad)]);
-    let err = fails(&args);
+    let err = fails(&r.on("set-waves", "1.0.0", &["--policy", p(&bad)]));
     assert!(err.contains("wave 2: fleet_percentage 40"), "{err}");
     assert!(err.contains("bad.toml"), "{err}");
     assert_eq!(r.bytes(), before);
 
-    let mut args = vec!["set-waves", r.m()];
-    args.extend_from_slice(&id);
-    args.extend_from_slice(&["--default-waves", "--start-at", "2026-12-01T00:00:00Z"]);
-    ok(&args);
+    ok(&r.on(
+        "set-waves",
+        "1.0.0",
+        &["--default-waves", "--start-at", "2026-12-01T00:00:00Z"],
+    ));
     let bounds: Vec<u32> = r.load().updates[0].waves.waves().map(|w| w.bound).collect();
     assert_eq!(bounds, [0, 20, 102, 307, 819, 1228, 1843]);
 
-    let mut args = vec!["set-waves", r.m()];
-    args.extend_from_slice(&id);
-    args.push("--clear");
-    ok(&args);
+    ok(&r.on("set-waves", "1.0.0", &["--clear"]));
     assert!(r.load().updates[0].waves.is_empty());
 
     // Neither a policy nor --clear: an error, not a silent no-op.
-    let mut args = vec!["set-waves", r.m()];
-    args.extend_from_slice(&id);
-    assert!(fails(&args).contains("--default-waves"));
+    assert!(fails(&r.on("set-waves", "1.0.0", &[])).contains("--default-waves"));
     r.assert_no_leftovers();
 }
 
@@ -378,11 +348,7 @@ fn waves_shows_schedule_seed_json_and_svg() {
         "1.0.0",
         &["--default-waves", "--start-at", "2026-12-01T00:00:00Z"],
     );
-    let id = ["--variant", "dev", "--arch", "x86_64", "--version", "1.0.0"];
-    let mut args = vec!["waves", r.m()];
-    args.extend_from_slice(&id);
-    args.extend_from_slice(&["--seed", "61"]);
-    let text = ok(&args);
+    let text = ok(&r.on("waves", "1.0.0", &["--seed", "61"]));
     assert!(text.contains("7 wave(s)"), "{text}");
     // Seed 61 is 41 of the 82 seeds into the 4 h .. 1 d wave: 10 hours in.
     assert!(
@@ -392,19 +358,21 @@ fn waves_shows_schedule_seed_json_and_svg() {
     assert!(text.contains("fleet of 10000 host(s)"), "{text}");
 
     let svg = r.dir.path().join("chart.svg");
-    let mut args = vec!["waves", r.m()];
-    args.extend_from_slice(&id);
-    args.extend_from_slice(&[
-        "--seed",
-        "2047",
-        "--json",
-        "--svg",
-        p(&svg),
-        "--hosts",
-        "100",
-        "--steps",
-        "10",
-    ]);
+    let args = r.on(
+        "waves",
+        "1.0.0",
+        &[
+            "--seed",
+            "2047",
+            "--json",
+            "--svg",
+            p(&svg),
+            "--hosts",
+            "100",
+            "--steps",
+            "10",
+        ],
+    );
     let json: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
     assert_eq!(json["seed"]["ready_at"], "2026-12-07T00:00:00Z");
     assert_eq!(json["waves"].as_array().unwrap().len(), 7);
@@ -419,16 +387,18 @@ fn waves_shows_schedule_seed_json_and_svg() {
 
     // Side by side with the reference formula: one day into the rollout, the reference has
     // let nobody from the 4 h .. 1 d wave in before 4 h + 5 h, so it trails.
-    let mut args = vec!["waves", r.m()];
-    args.extend_from_slice(&id);
-    args.extend_from_slice(&[
-        "--compare-reference",
-        "--json",
-        "--hosts",
-        "2048",
-        "--steps",
-        "200",
-    ]);
+    let args = r.on(
+        "waves",
+        "1.0.0",
+        &[
+            "--compare-reference",
+            "--json",
+            "--hosts",
+            "2048",
+            "--steps",
+            "200",
+        ],
+    );
     let json: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
     let ours = json["fleet"].as_array().unwrap();
     let theirs = json["fleet_reference"].as_array().unwrap();
@@ -445,18 +415,13 @@ fn waves_shows_schedule_seed_json_and_svg() {
             .zip(theirs)
             .any(|(a, b)| a["eligible"].as_u64() > b["eligible"].as_u64())
     );
-    let mut args = vec!["waves", r.m()];
-    args.extend_from_slice(&id);
-    args.extend_from_slice(&["--compare-reference", "--steps", "5"]);
+    let args = r.on("waves", "1.0.0", &["--compare-reference", "--steps", "5"]);
     assert!(ok(&args).contains("this crate   reference"));
 
-    let mut args = vec!["waves", r.m()];
-    args.extend_from_slice(&id);
-    args.extend_from_slice(&["--seed", "2048"]);
-    assert!(fails(&args).contains("seed 2048 is out of range"));
-    let mut args = vec!["waves", r.m()];
-    args.extend_from_slice(&["--variant", "dev", "--arch", "x86_64", "--version", "9.9.9"]);
-    assert!(fails(&args).contains("no update for dev x86_64 9.9.9"));
+    assert!(
+        fails(&r.on("waves", "1.0.0", &["--seed", "2048"])).contains("seed 2048 is out of range")
+    );
+    assert!(fails(&r.on("waves", "9.9.9", &[])).contains("no update for dev x86_64 9.9.9"));
 }
 
 #[test]
