@@ -733,6 +733,15 @@ fn set_executable(path: &Path) {
     std::fs::set_permissions(path, perms).expect("chmod");
 }
 
+/// Sends `signal` (`TERM`, `INT`, ...) to a child process with `kill`.
+pub fn send_signal(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{signal} failed");
+}
+
 /// Text of an output's stdout and stderr, for assertion messages.
 pub fn describe(out: &Output) -> String {
     format!(

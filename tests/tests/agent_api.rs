@@ -14,6 +14,7 @@ use fixtures::disk::{DiskImageBuilder, PartKind};
 use fixtures::http::Fault;
 use signpost::SetState;
 use updog::config::Config;
+use updog::lock::UpdateLock;
 use updog::progress::ProgressEvent;
 use updog::updater::{CancelHandle, CheckOptions, UpdateError, UpdateState, Updater};
 
@@ -21,6 +22,17 @@ fn updater(host: &Host) -> Updater {
     let (config, warnings) = Config::from_path(&host.config_path).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
     Updater::new(config).unwrap()
+}
+
+/// Stages what the host's repository offers, without progress or cancellation.
+fn stage(u: &Updater, lock: &UpdateLock) {
+    u.stage(
+        lock,
+        &CheckOptions::default(),
+        &|_| {},
+        &CancelHandle::new(),
+    )
+    .unwrap();
 }
 
 fn code(out: &std::process::Output) -> i32 {
@@ -33,13 +45,7 @@ fn host_rebooted_into_the_update() -> Host {
     let mut host = Host::new(&RepoSpec::two_releases(), "1.0.0");
     let u = updater(&host);
     let lock = u.lock().unwrap();
-    u.stage(
-        &lock,
-        &CheckOptions::default(),
-        &|_| {},
-        &CancelHandle::new(),
-    )
-    .unwrap();
+    stage(&u, &lock);
     assert_eq!(u.apply(&lock).unwrap(), SetId::B);
     drop(lock);
     let pick = e2e_tests::bootloader_pick(&host.disk_path).expect("a bootable set");
@@ -188,13 +194,7 @@ fn the_update_state_follows_an_update_in_bottlerocket_terms() {
     assert_eq!(json["next_boot"], "A", "{json}");
 
     let lock = u.lock().unwrap();
-    u.stage(
-        &lock,
-        &CheckOptions::default(),
-        &|_| {},
-        &CancelHandle::new(),
-    )
-    .unwrap();
+    stage(&u, &lock);
     assert_eq!(state(), UpdateState::Staged);
     // A check that finds the same update does not take a staged update back to Available.
     let status = u.status().unwrap().with_check(&check);
@@ -236,13 +236,7 @@ fn a_staged_set_without_its_record_is_not_staged() {
     let host = Host::new(&RepoSpec::two_releases(), "1.0.0");
     let u = updater(&host);
     let lock = u.lock().unwrap();
-    u.stage(
-        &lock,
-        &CheckOptions::default(),
-        &|_| {},
-        &CancelHandle::new(),
-    )
-    .unwrap();
+    stage(&u, &lock);
     std::fs::remove_file(host.state_file()).unwrap();
     // `update-apply` would refuse the set, so it is not an update an agent can apply.
     let status = u.status().unwrap();
@@ -308,13 +302,7 @@ fn a_cancelled_apply_does_not_flip_and_leaves_the_update_staged() {
     let host = Host::new(&RepoSpec::two_releases(), "1.0.0");
     let u = updater(&host);
     let lock = u.lock().unwrap();
-    u.stage(
-        &lock,
-        &CheckOptions::default(),
-        &|_| {},
-        &CancelHandle::new(),
-    )
-    .unwrap();
+    stage(&u, &lock);
     let before = std::fs::read(&host.disk_path).unwrap();
     let record_before = std::fs::read(host.state_file()).unwrap();
     let cancel = CancelHandle::new();
@@ -474,11 +462,7 @@ fn sigterm_during_check_update_stops_it_with_exit_5() {
         assert!(std::time::Instant::now() < deadline, "no request");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    e2e_tests::send_signal(&child, "TERM");
     let out = child.wait_with_output().unwrap();
     assert_eq!(
         code(&out),

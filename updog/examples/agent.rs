@@ -171,7 +171,7 @@ async fn run(updater: Arc<Updater>, now: bool) -> Result<(), Failure> {
     .await?
     .with_check(&check);
     println!("agent: update state {}", status.update_state);
-    let update = match &check.outcome {
+    let update = match check.outcome {
         CheckOutcome::NoUpdate(reason) => {
             println!(
                 "agent: running {}, nothing to do: {reason}",
@@ -188,8 +188,10 @@ async fn run(updater: Arc<Updater>, now: bool) -> Result<(), Failure> {
         update.migrations.len()
     );
 
-    // 3. Stage, holding the disk lock until the flip. Progress events cross a channel to this
-    //    task, which reports every 25% of each image, as an agent would update a status field.
+    // 3. Stage exactly the plan the check returned (refused with PlanChanged if the repository
+    //    now offers something else), holding the disk lock until the flip. Progress events
+    //    cross a channel to this task, which reports every 25% of each image, as an agent
+    //    would update a status field; the last one is `done` or `error`.
     let lock = Arc::new(
         blocking({
             let updater = Arc::clone(&updater);
@@ -205,7 +207,7 @@ async fn run(updater: Arc<Updater>, now: bool) -> Result<(), Failure> {
                 // The receiver lives until staging ends.
                 let _ = events.send(event.clone());
             };
-            updater.stage(&lock, &opts, &progress, &cancel)
+            updater.stage_plan(&lock, update.plan, &progress, &cancel)
         }
     });
     let mut last_quarter = std::collections::BTreeMap::new();
