@@ -69,11 +69,7 @@ impl ClearedSet {
 
     /// The cleared set's partition for `kind`.
     pub(crate) fn partition(&self, kind: ImageKind) -> &Partition {
-        match kind {
-            ImageKind::Root => &self.partitions.root,
-            ImageKind::Boot => &self.partitions.boot,
-            ImageKind::Hash => &self.partitions.hash,
-        }
+        partition_of(&self.partitions, kind)
     }
 
     /// An image the full-image pipeline wrote onto this set: it returns only after the data
@@ -184,6 +180,15 @@ impl ClearedSet {
             let _ = self.gpt.clear_inactive();
         }
         error
+    }
+}
+
+/// The partition of `set` that holds `kind`.
+pub(crate) fn partition_of(set: &PartitionSet, kind: ImageKind) -> &Partition {
+    match kind {
+        ImageKind::Root => &set.root,
+        ImageKind::Boot => &set.boot,
+        ImageKind::Hash => &set.hash,
     }
 }
 

@@ -758,11 +758,7 @@ impl Updater {
                     target: target.name.clone(),
                 });
             }
-            let capacity = match kind {
-                ImageKind::Root => partitions.root.byte_len(),
-                ImageKind::Boot => partitions.boot.byte_len(),
-                ImageKind::Hash => partitions.hash.byte_len(),
-            };
+            let capacity = crate::staging::partition_of(partitions, kind).byte_len();
             update_total = update_total.saturating_add(target.length);
             if target.length > max_compressed_len(capacity) {
                 return Err(UpdateError::ImageTooLarge {
@@ -1145,11 +1141,7 @@ impl Updater {
         let (inactive, partition, disk) = (cleared.set(), cleared.partition(kind), cleared.disk());
         let active = inactive.other();
         let running = cleared.layout().set(active).map_err(UpdateError::Disk)?;
-        let seed = match kind {
-            ImageKind::Root => &running.root,
-            ImageKind::Boot => &running.boot,
-            ImageKind::Hash => &running.hash,
-        };
+        let seed = crate::staging::partition_of(running, kind);
         let state_dir = self
             .config
             .state_file
