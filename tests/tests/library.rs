@@ -476,3 +476,43 @@ fn a_plan_is_refused_when_the_host_runs_the_other_set_since_the_check() {
         }
     );
 }
+
+/// A release that offers a chunk index for its root image: the plan holds the index as signed,
+/// and an index re-signed after the check refuses the plan, naming the image.
+#[test]
+fn a_plan_holds_the_chunk_index_and_is_refused_when_it_was_re_signed() {
+    let index_of = |bytes: &[u8]| {
+        let mut spec = spec();
+        spec.releases[1].delta = Some(serde_json::json!({
+            "store": "chunks/", "indexes": {"root": "root-1.1.0.caibx"}
+        }));
+        spec.extra_targets
+            .push(("root-1.1.0.caibx".to_string(), bytes.to_vec()));
+        spec
+    };
+    let host = Host::with_disk(&index_of(b"first index"), "1.0.0", DiskImageBuilder::new());
+    let updater = updater(&host);
+    let plan = checked_plan(&updater, &CheckOptions::default());
+    let index = plan
+        .image(ImageKind::Root)
+        .delta_index
+        .clone()
+        .expect("root index planned");
+    assert_eq!(index.name, "root-1.1.0.caibx");
+    assert_eq!(index.length, b"first index".len() as u64);
+    assert_eq!(plan.image(ImageKind::Boot).delta_index, None);
+
+    e2e_tests::republish(&index_of(b"second index!"), &host.repo.dir, 2);
+    let (change, _) = refused_plan(&host, &updater, plan);
+    let PlanChange::DeltaIndex {
+        image,
+        planned,
+        now,
+    } = change
+    else {
+        panic!("expected the root index to have changed, got {change}");
+    };
+    assert_eq!(image, ImageKind::Root);
+    assert_eq!(planned, Some(index));
+    assert_eq!(now.map(|t| t.length), Some(b"second index!".len() as u64));
+}
