@@ -442,8 +442,8 @@ pub fn describe(event: &ProgressEvent) -> Option<String> {
                 plan.seed.chunks,
                 plan.in_place.chunks,
                 plan.zero.chunks,
-                mib(plan.fetch.bytes),
-                plan.fetch.chunks,
+                mib(plan.download.bytes),
+                plan.download.chunks,
                 mib(plan.image.bytes)
             )
         }
