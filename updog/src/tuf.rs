@@ -51,7 +51,7 @@ mod error;
 mod pattern;
 mod reader;
 mod role;
-pub(crate) mod schema;
+pub mod schema;
 pub(crate) mod verify;
 
 pub use error::{Error, StoredRootNote};
@@ -62,7 +62,7 @@ pub use schema::TargetDescription;
 use crate::transport::{Transport, TransportErrorKind};
 use chrono::{DateTime, Utc};
 use reader::CappedReader;
-use schema::{Common, Envelope, MetaFile, Root, Snapshot, Targets, Timestamp};
+use schema::{CanonicalEnvelope, Common, MetaFile, Root, Snapshot, Targets, Timestamp};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -367,10 +367,10 @@ impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Repository")
             .field("source", &self.loader.source)
-            .field("root_version", &self.root.signed.version)
-            .field("timestamp_version", &self.timestamp.signed.version)
-            .field("snapshot_version", &self.snapshot.signed.version)
-            .field("targets_version", &self.targets.signed.version)
+            .field("root_version", &self.root.signed.version())
+            .field("timestamp_version", &self.timestamp.signed.version())
+            .field("snapshot_version", &self.snapshot.signed.version())
+            .field("targets_version", &self.targets.signed.version())
             .finish_non_exhaustive()
     }
 }
@@ -478,21 +478,26 @@ impl StoredRoot {
 fn parse<T: for<'de> serde::Deserialize<'de> + Common>(
     role: &Role,
     bytes: &[u8],
-) -> Result<(Envelope, T), Error> {
-    Envelope::parse(role, bytes)
+) -> Result<(CanonicalEnvelope, T), Error> {
+    CanonicalEnvelope::parse(role, bytes)
 }
 
 /// Verifies `env` against a root's keys for a top-level role.
-fn check_top_level(root: &Root, role: &Role, version: u64, env: &Envelope) -> Result<(), Error> {
+fn check_top_level(
+    root: &Root,
+    role: &Role,
+    version: u64,
+    env: &CanonicalEnvelope,
+) -> Result<(), Error> {
     let keys = root.role(role).ok_or_else(|| Error::Invalid {
         role: Role::Root,
-        reason: format!("version {} does not define the {role} role", root.version),
+        reason: format!("version {} does not define the {role} role", root.version()),
     })?;
     verify::check_threshold(
         role,
         version,
         Signer::Root {
-            version: root.version,
+            version: root.version(),
         },
         env,
         &keys.keyids,
@@ -523,12 +528,7 @@ impl Repository {
         let (root_bytes, root_path) = if let Some(bytes) = stored {
             (bytes, dir.join("root.json"))
         } else {
-            let bytes = read_file_capped(&opts.trusted_root, opts.limits.max_root_size).map_err(
-                |source| Error::NoTrustedRoot {
-                    path: opts.trusted_root.clone(),
-                    source,
-                },
-            )?;
+            let bytes = read_shipped_root(&opts.trusted_root, &opts.limits)?;
             (bytes, opts.trusted_root.clone())
         };
         let mut root = verify_trusted_root(root_bytes, &root_path)?;
@@ -537,7 +537,7 @@ impl Repository {
             format!(
                 "seeded from {} (version {}) at {}",
                 opts.trusted_root.display(),
-                root.signed.version,
+                root.signed.version(),
                 started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             )
         });
@@ -545,15 +545,15 @@ impl Repository {
             // A shipped root newer than the stored one (the OS image was updated with a newer
             // root) is just as trusted and saves walking the chain; an unreadable or invalid
             // shipped root is ignored here, since the stored root is enough.
-            let shipped = read_file_capped(&opts.trusted_root, opts.limits.max_root_size)
+            let shipped = read_shipped_root(&opts.trusted_root, &opts.limits)
                 .ok()
                 .and_then(|bytes| verify_trusted_root(bytes, &opts.trusted_root).ok());
             if let Some(shipped) = shipped {
-                if shipped.signed.version > root.signed.version {
+                if shipped.signed.version() > root.signed.version() {
                     origin = Some(format!(
                         "replaced by the newer shipped root {} (version {}) at {}",
                         opts.trusted_root.display(),
-                        shipped.signed.version,
+                        shipped.signed.version(),
                         started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                     ));
                     root = shipped;
@@ -595,7 +595,7 @@ impl Repository {
         // 5.3.12: whether consistent snapshots are used is read from root.signed on each use.
 
         // Hand out the whole chain we know of, for offline verification elsewhere.
-        chain = read_root_history(dir, root.signed.version, &opts.limits).unwrap_or(chain);
+        chain = read_root_history(dir, root.signed.version(), &opts.limits).unwrap_or(chain);
 
         Self::verified(loader, root, chain, |e| stored.explain(e))
     }
@@ -636,13 +636,7 @@ impl Repository {
         let dir = dir.as_ref();
         let limits = Limits::default();
         let started = Utc::now();
-        let root_bytes =
-            read_file_capped(trusted_root.as_ref(), limits.max_root_size).map_err(|source| {
-                Error::NoTrustedRoot {
-                    path: trusted_root.as_ref().to_owned(),
-                    source,
-                }
-            })?;
+        let root_bytes = read_shipped_root(trusted_root.as_ref(), &limits)?;
         let root = verify_trusted_root(root_bytes, trusted_root.as_ref())?;
         let mut loader = Loader {
             source: Source::Offline {
@@ -657,22 +651,22 @@ impl Repository {
 
     /// Version of the trusted root.
     pub fn root_version(&self) -> u64 {
-        self.root.signed.version
+        self.root.signed.version()
     }
 
     /// Version of the trusted timestamp.
     pub fn timestamp_version(&self) -> u64 {
-        self.timestamp.signed.version
+        self.timestamp.signed.version()
     }
 
     /// Version of the trusted snapshot.
     pub fn snapshot_version(&self) -> u64 {
-        self.snapshot.signed.version
+        self.snapshot.signed.version()
     }
 
     /// Version of the trusted top-level targets.
     pub fn targets_version(&self) -> u64 {
-        self.targets.signed.version
+        self.targets.signed.version()
     }
 
     /// Whether the trusted root asks for consistent snapshots.
@@ -705,17 +699,17 @@ impl Repository {
         for (name, version, bytes) in [
             (
                 "timestamp.json",
-                self.timestamp.signed.version,
+                self.timestamp.signed.version(),
                 &self.timestamp.bytes,
             ),
             (
                 "snapshot.json",
-                self.snapshot.signed.version,
+                self.snapshot.signed.version(),
                 &self.snapshot.bytes,
             ),
             (
                 "targets.json",
-                self.targets.signed.version,
+                self.targets.signed.version(),
                 &self.targets.bytes,
             ),
         ] {
@@ -736,7 +730,7 @@ impl Repository {
             if seen.insert(role.as_str()) {
                 out.push(MetadataFile {
                     name: datastore::role_file_name(role),
-                    version: t.signed.version,
+                    version: t.signed.version(),
                     bytes: t.bytes.clone(),
                 });
             }
@@ -863,7 +857,7 @@ impl Repository {
             .ok_or_else(|| Error::NotInSnapshot { file: file.clone() })?
             .clone();
         let loader = &self.loader;
-        let check = |env: &Envelope, version: u64| {
+        let check = |env: &CanonicalEnvelope, version: u64| {
             verify::check_threshold(
                 &role,
                 version,
@@ -1029,6 +1023,14 @@ fn verify_file(name: &str, desc: &TargetDescription, path: &Path) -> Result<(), 
     reader.finish()
 }
 
+/// The bytes of the root shipped at `path` (trusted out of band), at most the root size limit.
+fn read_shipped_root(path: &Path, limits: &Limits) -> Result<Vec<u8>, Error> {
+    read_file_capped(path, limits.max_root_size).map_err(|source| Error::NoTrustedRoot {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 fn read_file_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     File::open(path)?
@@ -1055,7 +1057,7 @@ fn verify_trusted_root(bytes: Vec<u8>, path: &Path) -> Result<Trusted<Root>, Err
 fn trusted_root_envelope(bytes: Vec<u8>) -> Result<Trusted<Root>, Error> {
     let (env, root) = parse::<Root>(&Role::Root, &bytes)?;
     root.check()?;
-    check_top_level(&root, &Role::Root, root.version, &env)?;
+    check_top_level(&root, &Role::Root, root.version(), &env)?;
     Ok(Trusted {
         bytes,
         signed: root,
@@ -1066,7 +1068,7 @@ fn trusted_root_envelope(bytes: Vec<u8>) -> Result<Trusted<Root>, Error> {
 fn remember_root(dir: &Path, root: &Trusted<Root>) -> Result<(), Error> {
     let history = datastore::history_dir(dir);
     datastore::ensure_dir(&history)?;
-    let name = format!("{}.root.json", root.signed.version);
+    let name = format!("{}.root.json", root.signed.version());
     if !history.join(&name).exists() {
         datastore::write_atomic(&history, &name, &root.bytes)?;
     }
@@ -1109,7 +1111,7 @@ fn role_key_material(root: &Root, role: &Role) -> Option<(u64, Vec<String>)> {
         .map(|id| {
             root.keys
                 .get(id)
-                .map(|key| key.json.clone())
+                .map(|key| key.value().to_string())
                 .unwrap_or_default()
         })
         .collect();
@@ -1138,6 +1140,35 @@ impl Loader {
         datastore::read_optional(dir, name, cap).ok().flatten()
     }
 
+    /// The trusted copy of a top-level role's file in the datastore, if there is one and it
+    /// still meets the current root's keys and threshold (expired or not).
+    fn trusted_top_level<T: for<'de> serde::Deserialize<'de> + Common>(
+        &self,
+        root: &Trusted<Root>,
+        role: &Role,
+        name: &str,
+        cap: u64,
+    ) -> Option<Trusted<T>> {
+        let bytes = self.local(name, cap)?;
+        let (env, signed) = parse::<T>(role, &bytes).ok()?;
+        check_top_level(&root.signed, role, signed.version(), &env).ok()?;
+        Some(Trusted { bytes, signed })
+    }
+
+    /// The last two steps for a new file that passed every other check: the freeze attack
+    /// check, then persisting it as `name`.
+    fn accept<T: Common>(
+        &self,
+        role: &Role,
+        name: &str,
+        bytes: Vec<u8>,
+        signed: T,
+    ) -> Result<Trusted<T>, Error> {
+        self.check_expiry(role, &signed)?;
+        self.persist(name, &bytes)?;
+        Ok(Trusted { bytes, signed })
+    }
+
     fn check_expiry(&self, role: &Role, signed: &impl Common) -> Result<(), Error> {
         // An offline cache is verified with expiry ignored (it is checked at boot, later).
         let ignore_expiry = matches!(self.source, Source::Offline { .. });
@@ -1158,11 +1189,11 @@ impl Loader {
         &mut self,
         mut root: Trusted<Root>,
     ) -> Result<(Trusted<Root>, RootChain), Error> {
-        let mut chain = vec![(root.signed.version, root.bytes.clone())];
+        let mut chain = vec![(root.signed.version(), root.bytes.clone())];
         // 5.3.3: at most Y root files per update cycle.
         for _ in 0..self.limits.max_root_rotations {
             // 5.3.2: N is the trusted version.
-            let n = root.signed.version;
+            let n = root.signed.version();
             let Some(next) = n.checked_add(1) else { break };
             let name = MetaName {
                 remote: format!("{next}.root.json"),
@@ -1179,25 +1210,18 @@ impl Loader {
             new.check()?;
             // 5.3.4: signed by a threshold of the trusted root's root keys and by a threshold
             // of the new root's own root keys.
-            check_top_level(&root.signed, &Role::Root, new.version, &env)?;
-            check_top_level(&new, &Role::Root, new.version, &env)?;
+            check_top_level(&root.signed, &Role::Root, new.version(), &env)?;
+            check_top_level(&new, &Role::Root, new.version(), &env)?;
             // 5.3.5: rollback check: the new version must be exactly N+1.
-            if new.version < n {
-                return Err(Error::Rollback {
-                    role: Role::Root,
-                    trusted: n,
-                    new: new.version,
-                    check: "5.3.5",
-                });
-            }
-            if new.version == n {
+            check_not_lower(&Role::Root, n, new.version(), "5.3.5")?;
+            if new.version() == n {
                 // Equal: discard it and go on with the trusted root.
                 break;
             }
-            if new.version != next {
+            if new.version() != next {
                 return Err(Error::VersionMismatch {
                     role: Role::Root,
-                    found: new.version,
+                    found: new.version(),
                     expected: next,
                     listed_in: format!("the file name {next}.root.json"),
                 });
@@ -1209,7 +1233,7 @@ impl Loader {
             if let Some(dir) = self.source.datastore() {
                 remember_root(dir, &root)?;
             }
-            chain.push((root.signed.version, root.bytes.clone()));
+            chain.push((root.signed.version(), root.bytes.clone()));
             // 5.3.9: repeat.
         }
         // 5.3.10: freeze attack check on the final root.
@@ -1220,13 +1244,12 @@ impl Loader {
     /// Step 5.4.
     fn update_timestamp(&self, root: &Trusted<Root>) -> Result<Trusted<Timestamp>, Error> {
         // The trusted timestamp, if any and still verifiable with the current root.
-        let trusted: Option<Trusted<Timestamp>> = self
-            .local("timestamp.json", self.limits.max_timestamp_size)
-            .and_then(|bytes| {
-                let (env, ts) = parse::<Timestamp>(&Role::Timestamp, &bytes).ok()?;
-                check_top_level(&root.signed, &Role::Timestamp, ts.version, &env).ok()?;
-                Some(Trusted { bytes, signed: ts })
-            });
+        let trusted: Option<Trusted<Timestamp>> = self.trusted_top_level(
+            root,
+            &Role::Timestamp,
+            "timestamp.json",
+            self.limits.max_timestamp_size,
+        );
         // 5.4.1: download timestamp.json, up to X bytes.
         let name = MetaName {
             remote: "timestamp.json".to_owned(),
@@ -1240,40 +1263,32 @@ impl Loader {
         )?;
         let (env, new) = parse::<Timestamp>(&Role::Timestamp, &bytes)?;
         // 5.4.2: signed by a threshold of the timestamp keys of the trusted root.
-        check_top_level(&root.signed, &Role::Timestamp, new.version, &env)?;
+        check_top_level(&root.signed, &Role::Timestamp, new.version(), &env)?;
         let new_meta = new.snapshot_meta()?.clone();
         if let Some(trusted) = trusted {
             // 5.4.3.1: the new version must not be lower than the trusted one.
-            if new.version < trusted.signed.version {
-                return Err(Error::Rollback {
-                    role: Role::Timestamp,
-                    trusted: trusted.signed.version,
-                    new: new.version,
-                    check: "5.4.3.1",
-                });
-            }
-            if new.version == trusted.signed.version {
+            check_not_lower(
+                &Role::Timestamp,
+                trusted.signed.version(),
+                new.version(),
+                "5.4.3.1",
+            )?;
+            if new.version() == trusted.signed.version() {
                 // Equal: discard the new file (even if its content differs) and keep the
                 // trusted one, which must still be fresh.
                 self.check_expiry(&Role::Timestamp, &trusted.signed)?;
                 return Ok(trusted);
             }
             // 5.4.3.2: the snapshot version it lists must not go backwards.
-            let trusted_snap = trusted.signed.snapshot_meta()?.version;
-            if new_meta.version < trusted_snap {
-                return Err(Error::Rollback {
-                    role: Role::Snapshot,
-                    trusted: trusted_snap,
-                    new: new_meta.version,
-                    check: "5.4.3.2 (snapshot version listed in timestamp)",
-                });
-            }
+            check_not_lower(
+                &Role::Snapshot,
+                trusted.signed.snapshot_meta()?.version,
+                new_meta.version,
+                "5.4.3.2 (snapshot version listed in timestamp)",
+            )?;
         }
-        // 5.4.4: freeze attack check.
-        self.check_expiry(&Role::Timestamp, &new)?;
-        // 5.4.5: persist.
-        self.persist("timestamp.json", &bytes)?;
-        Ok(Trusted { bytes, signed: new })
+        // 5.4.4: freeze attack check; 5.4.5: persist.
+        self.accept(&Role::Timestamp, "timestamp.json", bytes, new)
     }
 
     /// Step 5.5.
@@ -1283,19 +1298,18 @@ impl Loader {
         timestamp: &Trusted<Timestamp>,
     ) -> Result<Trusted<Snapshot>, Error> {
         let meta = timestamp.signed.snapshot_meta()?.clone();
-        let listed_in = format!("timestamp version {}", timestamp.signed.version);
+        let listed_in = format!("timestamp version {}", timestamp.signed.version());
         // The trusted snapshot: verified with the current root's keys, expired or not.
-        let trusted: Option<Trusted<Snapshot>> = self
-            .local("snapshot.json", self.limits.max_snapshot_size)
-            .and_then(|bytes| {
-                let (env, s) = parse::<Snapshot>(&Role::Snapshot, &bytes).ok()?;
-                check_top_level(&root.signed, &Role::Snapshot, s.version, &env).ok()?;
-                Some(Trusted { bytes, signed: s })
-            });
+        let trusted: Option<Trusted<Snapshot>> = self.trusted_top_level(
+            root,
+            &Role::Snapshot,
+            "snapshot.json",
+            self.limits.max_snapshot_size,
+        );
         // Nothing changed since the last update: the trusted snapshot is the one timestamp
         // lists (same version, hashes and length) and is still fresh: no download.
         if let Some(t) = &trusted {
-            if t.signed.version == meta.version
+            if t.signed.version() == meta.version
                 && verify::check_meta_file("snapshot", &listed_in, &meta, &t.bytes).is_ok()
                 && self.check_expiry(&Role::Snapshot, &t.signed).is_ok()
             {
@@ -1314,33 +1328,28 @@ impl Loader {
         )?;
         let (env, new) = parse::<Snapshot>(&Role::Snapshot, &bytes)?;
         // 5.5.3: signatures.
-        check_top_level(&root.signed, &Role::Snapshot, new.version, &env)?;
+        check_top_level(&root.signed, &Role::Snapshot, new.version(), &env)?;
         // 5.5.4: version against timestamp's listing.
-        check_listed_version(&Role::Snapshot, new.version, &meta, listed_in)?;
+        check_listed_version(&Role::Snapshot, new.version(), &meta, listed_in)?;
         // 5.5.5: no targets role goes backwards or vanishes.
         if let Some(t) = &trusted {
             for (file, old) in &t.signed.meta {
                 let Some(now) = new.meta.get(file) else {
                     return Err(Error::RoleVanished {
-                        version: new.version,
+                        version: new.version(),
                         file: file.clone(),
                     });
                 };
-                if now.version < old.version {
-                    return Err(Error::Rollback {
-                        role: Role::from_name(file.trim_end_matches(".json")),
-                        trusted: old.version,
-                        new: now.version,
-                        check: "5.5.5 (version listed in snapshot)",
-                    });
-                }
+                check_not_lower(
+                    &Role::from_name(file.trim_end_matches(".json")),
+                    old.version,
+                    now.version,
+                    "5.5.5 (version listed in snapshot)",
+                )?;
             }
         }
-        // 5.5.6: freeze attack check.
-        self.check_expiry(&Role::Snapshot, &new)?;
-        // 5.5.7: persist.
-        self.persist("snapshot.json", &bytes)?;
-        Ok(Trusted { bytes, signed: new })
+        // 5.5.6: freeze attack check; 5.5.7: persist.
+        self.accept(&Role::Snapshot, "snapshot.json", bytes, new)
     }
 
     /// Step 5.6 (5.6.1 to 5.6.6) for the top-level targets role.
@@ -1357,7 +1366,7 @@ impl Loader {
                 file: "targets.json".to_owned(),
             })?
             .clone();
-        let check = |env: &Envelope, version: u64| {
+        let check = |env: &CanonicalEnvelope, version: u64| {
             check_top_level(&root.signed, &Role::Targets, version, env)
         };
         self.load_targets_role(
@@ -1367,7 +1376,7 @@ impl Loader {
             "targets.json",
             &check,
         )
-        .map_err(|e| with_snapshot_context(e, snapshot.signed.version))
+        .map_err(|e| with_snapshot_context(e, snapshot.signed.version()))
     }
 
     /// Steps 5.6.1 to 5.6.6 for `role` (top-level or delegated), listed in snapshot as `meta`.
@@ -1377,15 +1386,15 @@ impl Loader {
         meta: &MetaFile,
         consistent_snapshot: bool,
         local_name: &str,
-        check_signatures: &dyn Fn(&Envelope, u64) -> Result<(), Error>,
+        check_signatures: &dyn Fn(&CanonicalEnvelope, u64) -> Result<(), Error>,
     ) -> Result<Trusted<Targets>, Error> {
         let listed_in = "snapshot".to_owned();
         // Already trusted and unchanged: no download.
         if let Some(bytes) = self.local(local_name, self.limits.max_targets_size) {
             let reuse = parse::<Targets>(role, &bytes).ok().filter(|(env, t)| {
-                t.version == meta.version
+                t.version() == meta.version
                     && verify::check_meta_file(role.as_str(), &listed_in, meta, &bytes).is_ok()
-                    && check_signatures(env, t.version).is_ok()
+                    && check_signatures(env, t.version()).is_ok()
                     && t.check(role).is_ok()
                     && self.check_expiry(role, t).is_ok()
             });
@@ -1405,16 +1414,13 @@ impl Loader {
         )?;
         let (env, new) = parse::<Targets>(role, &bytes)?;
         // 5.6.3: signatures.
-        check_signatures(&env, new.version)?;
+        check_signatures(&env, new.version())?;
         drop(env);
         // 5.6.4: version against snapshot's listing.
-        check_listed_version(role, new.version, meta, listed_in)?;
+        check_listed_version(role, new.version(), meta, listed_in)?;
         new.check(role)?;
-        // 5.6.5: freeze attack check.
-        self.check_expiry(role, &new)?;
-        // 5.6.6: persist.
-        self.persist(local_name, &bytes)?;
-        Ok(Trusted { bytes, signed: new })
+        // 5.6.5: freeze attack check; 5.6.6: persist.
+        self.accept(role, local_name, bytes, new)
     }
 
     /// Downloads `role`'s metadata as listed (`meta`) in `listed_in`: up to the listed length or
@@ -1442,6 +1448,20 @@ impl Loader {
         verify::check_meta_file(role.as_str(), listed_in, meta, &bytes)?;
         Ok(bytes)
     }
+}
+
+/// Rollback attack check: `role`'s `new` version must not be lower than the `trusted` one
+/// (`check` names the specification step).
+fn check_not_lower(role: &Role, trusted: u64, new: u64, check: &'static str) -> Result<(), Error> {
+    if new >= trusted {
+        return Ok(());
+    }
+    Err(Error::Rollback {
+        role: role.clone(),
+        trusted,
+        new,
+        check,
+    })
 }
 
 /// The version `found` in `role`'s metadata must be the one `listed_in` lists (`meta`).

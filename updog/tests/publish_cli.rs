@@ -753,20 +753,17 @@ fn a_key_source_other_than_a_file_signs_through_the_library() {
 #[test]
 fn metadata_without_a_canonical_form_is_not_signed() {
     use updog::publish::keys::{FileKey, KeyType, generate};
-    use updog::publish::metadata::{Envelope, TargetEntry, Targets};
+    use updog::publish::metadata::{Envelope, Header, TargetDescription, Targets};
     let dir = tempfile::tempdir().unwrap();
     generate(&dir.path().join("t.pem"), KeyType::Ed25519).unwrap();
     let key = FileKey::load(&dir.path().join("t.pem")).unwrap();
-    let entry = TargetEntry {
+    let entry = TargetDescription {
         length: 1,
         hashes: BTreeMap::new(),
         custom: serde_json::json!({ "ratio": 1.5 }),
     };
     let mut env = Envelope::new(Targets {
-        type_name: "targets".into(),
-        spec_version: "1.0.0".into(),
-        version: 1,
-        expires: chrono::Utc::now(),
+        header: Header::new(&updog::tuf::Role::Targets, 1, chrono::Utc::now()),
         targets: BTreeMap::from([("a".to_owned(), entry)]),
         delegations: None,
     });

@@ -11,6 +11,31 @@ use std::sync::Arc;
 use tuf_support::{Client, KINDS, label, load_err, read_all, simple_repo, trusted_files};
 use updog::tuf::{Error, Repository, Role, Signer};
 
+/// Loads `repo` with `client` and asserts that the load fails with an error matching the
+/// pattern (printed otherwise); evaluates to the error.
+macro_rules! assert_refused {
+    ($client:expr, $repo:expr, $($pattern:tt)+) => {{
+        let e = load_err($client, $repo);
+        assert!(matches!(&e, $($pattern)+), "{e}");
+        e
+    }};
+}
+
+/// A client shipped with root version 1 that loaded `repo`.
+fn loaded(repo: &TestRepo) -> (Client, Repository) {
+    let client = Client::new(repo, 1);
+    let r = client.load(repo).unwrap();
+    (client, r)
+}
+
+/// An ed25519 repository, and the key its delegated roles are signed with.
+fn delegating_repo() -> (TestRepo, TestKey) {
+    (
+        TestRepo::new(KeyKind::Ed25519),
+        TestKey::get(KeyKind::Ed25519, 4),
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // Basics
 // ---------------------------------------------------------------------------------------------
@@ -42,8 +67,7 @@ fn loads_and_reads_a_target_with_each_key_type() {
 
 #[test]
 fn trusted_directory_holds_only_the_metadata_files() {
-    let mut repo = TestRepo::new(KeyKind::Ed25519);
-    let k = TestKey::get(KeyKind::Ed25519, 4);
+    let (mut repo, k) = delegating_repo();
     repo.targets
         .delegations
         .push(Delegation::new("a/role", &k, &["*"]));
@@ -51,8 +75,7 @@ fn trusted_directory_holds_only_the_metadata_files() {
     role.targets.insert("d.txt".into(), b"delegated".to_vec());
     repo.delegated.insert("a/role".into(), role);
     repo.publish();
-    let client = Client::new(&repo, 1);
-    let r = client.load(&repo).unwrap();
+    let (client, r) = loaded(&repo);
     assert_eq!(read_all(&r, "d.txt").unwrap(), b"delegated");
     assert_eq!(
         trusted_files(&client),
@@ -139,18 +162,15 @@ fn snapshot_version_rollback_in_timestamp_is_refused() {
     repo.timestamp_version = 3;
     repo.snapshot_version = 1;
     repo.publish();
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(
-            &e,
-            Error::Rollback {
-                role: Role::Snapshot,
-                trusted: 2,
-                new: 1,
-                ..
-            }
-        ),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::Rollback {
+            role: Role::Snapshot,
+            trusted: 2,
+            new: 1,
+            ..
+        }
     );
 }
 
@@ -165,25 +185,21 @@ fn targets_rollback_in_snapshot_is_refused() {
     repo.snapshot_version = 3;
     repo.targets.version = 1;
     repo.publish();
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(
-            &e,
-            Error::Rollback {
-                role: Role::Targets,
-                trusted: 2,
-                new: 1,
-                ..
-            }
-        ),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::Rollback {
+            role: Role::Targets,
+            trusted: 2,
+            new: 1,
+            ..
+        }
     );
 }
 
 #[test]
 fn role_vanishing_from_snapshot_is_refused() {
-    let mut repo = TestRepo::new(KeyKind::Ed25519);
-    let k = TestKey::get(KeyKind::Ed25519, 4);
+    let (mut repo, k) = delegating_repo();
     repo.targets
         .delegations
         .push(Delegation::new("role1", &k, &["*"]));
@@ -196,10 +212,10 @@ fn role_vanishing_from_snapshot_is_refused() {
     repo.targets.delegations.clear();
     repo.delegated.clear();
     repo.publish();
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(&e, Error::RoleVanished { file, version: 2 } if file == "role1.json"),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::RoleVanished { file, version: 2 } if file == "role1.json"
     );
 }
 
@@ -215,18 +231,15 @@ fn root_rollback_is_refused() {
     old["version"] = 1.into();
     let keys = repo.roles["root"].keys.clone();
     repo.write_metadata("3.root.json", &sign_envelope(&old, &keys));
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(
-            &e,
-            Error::Rollback {
-                role: Role::Root,
-                trusted: 2,
-                new: 1,
-                ..
-            }
-        ),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::Rollback {
+            role: Role::Root,
+            trusted: 2,
+            new: 1,
+            ..
+        }
     );
 }
 
@@ -239,18 +252,15 @@ fn root_file_with_a_skipped_version_is_refused() {
     let keys = repo.roles["root"].keys.clone();
     repo.write_metadata("2.root.json", &sign_envelope(&next, &keys));
     repo.root_version = 1;
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(
-            &e,
-            Error::VersionMismatch {
-                role: Role::Root,
-                found: 3,
-                expected: 2,
-                ..
-            }
-        ),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::VersionMismatch {
+            role: Role::Root,
+            found: 3,
+            expected: 2,
+            ..
+        }
     );
 }
 
@@ -258,18 +268,35 @@ fn root_file_with_a_skipped_version_is_refused() {
 // Freeze attacks
 // ---------------------------------------------------------------------------------------------
 
+/// A published repository with one target whose `role` ("root", "timestamp", "snapshot" or
+/// "targets") expired long ago.
+fn repo_with_expired(role: &str) -> TestRepo {
+    let mut repo = TestRepo::new(KeyKind::Ed25519);
+    repo.add_target("file.txt", b"x");
+    match role {
+        "root" => repo.root_expires = long_ago(),
+        "timestamp" => repo.timestamp_expires = long_ago(),
+        "snapshot" => repo.snapshot_expires = long_ago(),
+        _ => repo.targets.expires = long_ago(),
+    }
+    repo.publish();
+    repo
+}
+
+/// A client that loaded `repo` as of a day before `long_ago()`, when nothing had expired: its
+/// trusted directory holds what was accepted back then.
+fn client_trusting_before_expiry(repo: &TestRepo) -> Client {
+    let client = Client::new(repo, 1);
+    let mut opts = client.options(repo);
+    opts.reference_time = Some(long_ago() - chrono::Duration::days(1));
+    Repository::load(opts, client.transport.clone()).unwrap();
+    client
+}
+
 #[test]
 fn expired_roles_are_refused() {
     for role in ["root", "timestamp", "snapshot", "targets"] {
-        let mut repo = TestRepo::new(KeyKind::Ed25519);
-        repo.add_target("file.txt", b"x");
-        match role {
-            "root" => repo.root_expires = long_ago(),
-            "timestamp" => repo.timestamp_expires = long_ago(),
-            "snapshot" => repo.snapshot_expires = long_ago(),
-            _ => repo.targets.expires = long_ago(),
-        }
-        repo.publish();
+        let repo = repo_with_expired(role);
         let client = Client::new(&repo, 1);
         let e = load_err(&client, &repo);
         assert!(
@@ -298,15 +325,9 @@ fn expiry_is_checked_against_the_fixed_start_time() {
 
 #[test]
 fn an_expired_local_timestamp_does_not_block_an_update() {
-    let mut repo = TestRepo::new(KeyKind::Ed25519);
-    repo.add_target("file.txt", b"x");
-    repo.timestamp_expires = long_ago();
-    repo.publish();
-    let client = Client::new(&repo, 1);
+    let mut repo = repo_with_expired("timestamp");
     // Seed the trusted directory with the expired timestamp as if accepted back then.
-    let mut opts = client.options(&repo);
-    opts.reference_time = Some(long_ago() - chrono::Duration::days(1));
-    Repository::load(opts, client.transport.clone()).unwrap();
+    let client = client_trusting_before_expiry(&repo);
     assert_eq!(client.trusted_version("timestamp.json"), Some(1));
     // Now the repository publishes a fresh timestamp: the update works.
     repo.timestamp_expires = far_future();
@@ -318,48 +339,30 @@ fn an_expired_local_timestamp_does_not_block_an_update() {
 
 #[test]
 fn an_expired_local_snapshot_is_downloaded_again() {
-    let mut repo = TestRepo::new(KeyKind::Ed25519);
-    repo.add_target("file.txt", b"x");
-    repo.snapshot_expires = long_ago();
-    repo.publish();
-    let client = Client::new(&repo, 1);
-    let mut opts = client.options(&repo);
-    opts.reference_time = Some(long_ago() - chrono::Duration::days(1));
-    Repository::load(opts, client.transport.clone()).unwrap();
+    let repo = repo_with_expired("snapshot");
+    let client = client_trusting_before_expiry(&repo);
     // Same timestamp version, still expired snapshot on the server: must fail (freeze).
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(
-            &e,
-            Error::Expired {
-                role: Role::Snapshot,
-                ..
-            }
-        ),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::Expired {
+            role: Role::Snapshot,
+            ..
+        }
     );
 }
 
 #[test]
 fn same_version_timestamp_when_trusted_one_expired_is_a_freeze() {
-    let mut repo = TestRepo::new(KeyKind::Ed25519);
-    repo.add_target("file.txt", b"x");
-    repo.timestamp_expires = long_ago();
-    repo.publish();
-    let client = Client::new(&repo, 1);
-    let mut opts = client.options(&repo);
-    opts.reference_time = Some(long_ago() - chrono::Duration::days(1));
-    Repository::load(opts, client.transport.clone()).unwrap();
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(
-            &e,
-            Error::Expired {
-                role: Role::Timestamp,
-                ..
-            }
-        ),
-        "{e}"
+    let repo = repo_with_expired("timestamp");
+    let client = client_trusting_before_expiry(&repo);
+    assert_refused!(
+        &client,
+        &repo,
+        Error::Expired {
+            role: Role::Timestamp,
+            ..
+        }
     );
 }
 
@@ -376,10 +379,10 @@ fn snapshot_hash_mismatch_against_timestamp_is_refused() {
     repo.snapshot_expires = far_future() - chrono::Duration::days(1);
     repo.publish();
     repo.write_metadata("timestamp.json", &listed);
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(&e, Error::HashMismatch { what, .. } | Error::LengthMismatch { what, .. } if what == "snapshot"),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::HashMismatch { what, .. } | Error::LengthMismatch { what, .. } if what == "snapshot"
     );
 }
 
@@ -393,18 +396,15 @@ fn snapshot_version_mismatch_against_timestamp_is_refused() {
     repo.bump();
     repo.publish();
     repo.write_metadata("snapshot.json", &old_snapshot);
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(
-            &e,
-            Error::VersionMismatch {
-                role: Role::Snapshot,
-                found: 1,
-                expected: 2,
-                ..
-            }
-        ),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::VersionMismatch {
+            role: Role::Snapshot,
+            found: 1,
+            expected: 2,
+            ..
+        }
     );
 }
 
@@ -416,18 +416,15 @@ fn targets_version_mismatch_against_snapshot_is_refused() {
     repo.bump();
     repo.publish();
     repo.write_metadata("targets.json", &old_targets);
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(
-            &e,
-            Error::VersionMismatch {
-                role: Role::Targets,
-                found: 1,
-                expected: 2,
-                ..
-            }
-        ),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::VersionMismatch {
+            role: Role::Targets,
+            found: 1,
+            expected: 2,
+            ..
+        }
     );
 }
 
@@ -445,10 +442,10 @@ fn targets_hash_mismatch_against_snapshot_is_refused() {
     repo.write_metadata("snapshot.json", &listed_snapshot);
     repo.write_metadata("timestamp.json", &listed_timestamp);
     let client = Client::new(&repo, 1);
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(&e, Error::HashMismatch { what, .. } | Error::LengthMismatch { what, .. } if what == "targets"),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::HashMismatch { what, .. } | Error::LengthMismatch { what, .. } if what == "targets"
     );
 }
 
@@ -486,17 +483,14 @@ fn signature_by_an_unlisted_key_does_not_count() {
     repo.role("targets").signers = Some(vec![TestKey::get(KeyKind::EcdsaP256, 0)]);
     repo.publish();
     let client = Client::new(&repo, 1);
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(
-            &e,
-            Error::Threshold {
-                role: Role::Targets,
-                valid: 0,
-                ..
-            }
-        ),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::Threshold {
+            role: Role::Targets,
+            valid: 0,
+            ..
+        }
     );
 }
 
@@ -508,16 +502,13 @@ fn modified_signed_content_breaks_the_signature() {
     let tampered = ts.replace("\"version\": 1", "\"version\": 7");
     assert_ne!(ts, tampered);
     repo.write_metadata("timestamp.json", tampered.as_bytes());
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(
-            &e,
-            Error::Threshold {
-                role: Role::Timestamp,
-                ..
-            }
-        ),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::Threshold {
+            role: Role::Timestamp,
+            ..
+        }
     );
 }
 
@@ -562,18 +553,15 @@ fn root_rotation_missing_old_signatures_is_refused() {
     repo.root_version = 2;
     repo.publish_root();
     let client = Client::new(&repo, 1);
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(
-            &e,
-            Error::Threshold {
-                role: Role::Root,
-                version: 2,
-                signer: Signer::Root { version: 1 },
-                ..
-            }
-        ),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::Threshold {
+            role: Role::Root,
+            version: 2,
+            signer: Signer::Root { version: 1 },
+            ..
+        }
     );
     assert_eq!(client.trusted_version("root.json"), Some(1));
 }
@@ -594,19 +582,16 @@ fn root_rotation_missing_new_signatures_is_refused() {
     repo.root_version = 2;
     repo.publish_root();
     let client = Client::new(&repo, 1);
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(
-            &e,
-            Error::Threshold {
-                role: Role::Root,
-                signer: Signer::Root { version: 2 },
-                valid: 1,
-                threshold: 2,
-                ..
-            }
-        ),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::Threshold {
+            role: Role::Root,
+            signer: Signer::Root { version: 2 },
+            valid: 1,
+            threshold: 2,
+            ..
+        }
     );
 }
 
@@ -647,17 +632,14 @@ fn intermediate_expired_root_is_fine_but_final_expired_root_is_not() {
     repo.root_version = 2;
     repo.publish_root();
     let client = Client::new(&repo, 1);
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(
-            &e,
-            Error::Expired {
-                role: Role::Root,
-                version: 2,
-                ..
-            }
-        ),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::Expired {
+            role: Role::Root,
+            version: 2,
+            ..
+        }
     );
     // The new root was still persisted (5.3.8 comes before 5.3.10).
     assert_eq!(client.trusted_version("root.json"), Some(2));
@@ -739,8 +721,7 @@ fn delegated(targets: &[(&str, &[u8])], delegations: Vec<Delegation>) -> Targets
 
 /// targets -> A (-> C), B; `t.txt` is in C and in B, `b.txt` only in B.
 fn delegation_tree(c_terminating: bool) -> TestRepo {
-    let mut repo = TestRepo::new(KeyKind::Ed25519);
-    let k = TestKey::get(KeyKind::Ed25519, 4);
+    let (mut repo, k) = delegating_repo();
     repo.targets.delegations = vec![
         Delegation::new("A", &k, &["*.txt"]),
         Delegation::new("B", &k, &["*.txt"]),
@@ -761,8 +742,7 @@ fn delegation_tree(c_terminating: bool) -> TestRepo {
 #[test]
 fn delegations_are_searched_depth_first_in_order_lazily() {
     let repo = delegation_tree(false);
-    let client = Client::new(&repo, 1);
-    let r = client.load(&repo).unwrap();
+    let (client, r) = loaded(&repo);
     client.transport.clear();
     assert_eq!(read_all(&r, "t.txt").unwrap(), b"from C");
     assert_eq!(client.transport.requests(), ["A.json", "C.json", "t.txt"]);
@@ -776,8 +756,7 @@ fn terminating_delegation_stops_the_whole_search() {
     // C (under A) is terminating: once the search enters C, B (a sibling of A, still pending)
     // must not be searched.
     let repo = delegation_tree(true);
-    let client = Client::new(&repo, 1);
-    let r = client.load(&repo).unwrap();
+    let (client, r) = loaded(&repo);
     client.transport.clear();
     assert!(r.target("b.txt").unwrap().is_none());
     assert_eq!(client.transport.requests(), ["A.json", "C.json"]);
@@ -789,8 +768,7 @@ fn terminating_delegation_stops_the_whole_search() {
 
 #[test]
 fn terminating_delegation_skips_later_siblings() {
-    let mut repo = TestRepo::new(KeyKind::Ed25519);
-    let k = TestKey::get(KeyKind::Ed25519, 4);
+    let (mut repo, k) = delegating_repo();
     repo.targets.delegations = vec![
         Delegation::new("first", &k, &["*"]).terminating(),
         Delegation::new("second", &k, &["*"]),
@@ -800,8 +778,7 @@ fn terminating_delegation_skips_later_siblings() {
     repo.delegated
         .insert("second".into(), delegated(&[("x", b"x")], vec![]));
     repo.publish();
-    let client = Client::new(&repo, 1);
-    let r = client.load(&repo).unwrap();
+    let (client, r) = loaded(&repo);
     assert!(r.target("x").unwrap().is_none());
     assert!(
         !client
@@ -813,8 +790,7 @@ fn terminating_delegation_skips_later_siblings() {
 
 #[test]
 fn delegation_cycles_are_cut() {
-    let mut repo = TestRepo::new(KeyKind::Ed25519);
-    let k = TestKey::get(KeyKind::Ed25519, 4);
+    let (mut repo, k) = delegating_repo();
     repo.targets.delegations = vec![Delegation::new("A", &k, &["*"])];
     repo.delegated.insert(
         "A".into(),
@@ -825,15 +801,13 @@ fn delegation_cycles_are_cut() {
         delegated(&[], vec![Delegation::new("A", &k, &["*"])]),
     );
     repo.publish();
-    let client = Client::new(&repo, 1);
-    let r = client.load(&repo).unwrap();
+    let (_client, r) = loaded(&repo);
     assert!(r.target("missing").unwrap().is_none());
 }
 
 #[test]
 fn delegation_search_is_capped() {
-    let mut repo = TestRepo::new(KeyKind::Ed25519);
-    let k = TestKey::get(KeyKind::Ed25519, 4);
+    let (mut repo, k) = delegating_repo();
     repo.targets.delegations = vec![Delegation::new("r0", &k, &["*"])];
     for i in 0..5 {
         let next = format!("r{}", i + 1);
@@ -876,8 +850,7 @@ fn path_patterns_star_does_not_cross_slash() {
         ),
     );
     repo.publish();
-    let client = Client::new(&repo, 1);
-    let r = client.load(&repo).unwrap();
+    let (_client, r) = loaded(&repo);
     assert_eq!(read_all(&r, "images/root.img").unwrap(), b"right");
     assert_eq!(read_all(&r, "top").unwrap(), b"t");
     assert!(r.target("images/a/b.img").unwrap().is_none());
@@ -903,22 +876,19 @@ fn path_hash_prefixes_select_roles() {
     repo.delegated
         .insert("right".into(), delegated(&[(name, b"right")], vec![]));
     repo.publish();
-    let client = Client::new(&repo, 1);
-    let r = client.load(&repo).unwrap();
+    let (_client, r) = loaded(&repo);
     assert_eq!(read_all(&r, name).unwrap(), b"right");
 }
 
 #[test]
 fn delegated_role_signed_by_the_wrong_key_is_refused() {
-    let mut repo = TestRepo::new(KeyKind::Ed25519);
-    let k = TestKey::get(KeyKind::Ed25519, 4);
+    let (mut repo, k) = delegating_repo();
     repo.targets.delegations = vec![Delegation::new("A", &k, &["*"])];
     let mut a = delegated(&[("x", b"x")], vec![]);
     a.signers = Some(vec![TestKey::get(KeyKind::Ed25519, 0)]);
     repo.delegated.insert("A".into(), a);
     repo.publish();
-    let client = Client::new(&repo, 1);
-    let r = client.load(&repo).unwrap();
+    let (_client, r) = loaded(&repo);
     let e = r.target("x").unwrap_err();
     assert!(
         matches!(&e, Error::Threshold { role: Role::Delegated(name), .. } if name == "A"),
@@ -928,8 +898,7 @@ fn delegated_role_signed_by_the_wrong_key_is_refused() {
 
 #[test]
 fn delegated_role_rollback_is_refused() {
-    let mut repo = TestRepo::new(KeyKind::Ed25519);
-    let k = TestKey::get(KeyKind::Ed25519, 4);
+    let (mut repo, k) = delegating_repo();
     repo.targets.delegations = vec![Delegation::new("A", &k, &["*"])];
     let mut a = delegated(&[("x", b"x")], vec![]);
     a.version = 2;
@@ -940,10 +909,10 @@ fn delegated_role_rollback_is_refused() {
     repo.bump();
     repo.delegated.get_mut("A").unwrap().version = 1;
     repo.publish();
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(&e, Error::Rollback { role: Role::Delegated(name), trusted: 2, new: 1, .. } if name == "A"),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::Rollback { role: Role::Delegated(name), trusted: 2, new: 1, .. } if name == "A"
     );
 }
 
@@ -960,8 +929,7 @@ fn consistent_snapshot_uses_versioned_metadata_and_hash_prefixed_targets_in_subd
         repo.publish();
         // Only the hash-prefixed copy may be used.
         std::fs::remove_file(repo.targets_dir().join("images/v1/root.img")).unwrap();
-        let client = Client::new(&repo, 1);
-        let r = client.load(&repo).unwrap();
+        let (client, r) = loaded(&repo);
         assert_eq!(
             client.transport.requests(),
             [
@@ -990,8 +958,7 @@ fn sha512_only_targets_are_verified() {
     repo.target_hashes = vec!["sha512"];
     repo.add_target("file.txt", b"sha512 only");
     repo.publish();
-    let client = Client::new(&repo, 1);
-    let r = client.load(&repo).unwrap();
+    let (_client, r) = loaded(&repo);
     assert!(r.target("file.txt").unwrap().unwrap().sha256().is_none());
     assert_eq!(read_all(&r, "file.txt").unwrap(), b"sha512 only");
     // Same length, other content: the sha512 check catches it.
@@ -1007,8 +974,7 @@ fn sha512_only_targets_are_verified() {
 fn target_with_wrong_content_fails_verification() {
     for kind in KINDS {
         let repo = simple_repo(kind);
-        let client = Client::new(&repo, 1);
-        let r = client.load(&repo).unwrap();
+        let (_client, r) = loaded(&repo);
         std::fs::write(repo.targets_dir().join("file.txt"), b"HELLO, world\n").unwrap();
         let mut reader = r.read_target("file.txt").unwrap();
         let mut sink = Vec::new();
@@ -1029,8 +995,7 @@ fn target_with_wrong_content_fails_verification() {
 #[test]
 fn target_reader_enforces_the_signed_length() {
     let repo = simple_repo(KeyKind::Ed25519);
-    let client = Client::new(&repo, 1);
-    let r = client.load(&repo).unwrap();
+    let (_client, r) = loaded(&repo);
     // Longer on the server: the reader stops at the signed length, which verifies.
     std::fs::write(repo.targets_dir().join("file.txt"), b"hello, world\nEXTRA").unwrap();
     assert_eq!(read_all(&r, "file.txt").unwrap(), b"hello, world\n");
@@ -1057,8 +1022,7 @@ fn target_reader_enforces_the_signed_length() {
 #[test]
 fn finish_tells_verified_from_stopped() {
     let repo = simple_repo(KeyKind::Ed25519);
-    let client = Client::new(&repo, 1);
-    let r = client.load(&repo).unwrap();
+    let (_client, r) = loaded(&repo);
     let mut reader = r.read_target("file.txt").unwrap();
     let mut buf = [0u8; 4];
     std::io::Read::read_exact(&mut reader, &mut buf).unwrap();
@@ -1071,8 +1035,7 @@ fn finish_tells_verified_from_stopped() {
 #[test]
 fn fetch_target_unverified_is_capped_at_the_signed_length() {
     let repo = simple_repo(KeyKind::Ed25519);
-    let client = Client::new(&repo, 1);
-    let r = client.load(&repo).unwrap();
+    let (_client, r) = loaded(&repo);
     std::fs::write(
         repo.targets_dir().join("file.txt"),
         b"hello, world\nEXTRA BYTES",
@@ -1097,8 +1060,7 @@ fn target_cache_skips_a_download_when_hashes_match() {
     repo.add_target("dir/file two.txt", b"second");
     repo.bump();
     repo.publish();
-    let client = Client::new(&repo, 1);
-    let r = client.load(&repo).unwrap();
+    let (client, r) = loaded(&repo);
     let tdir = tempfile::tempdir().unwrap();
     let first = r.cache_target("dir/file two.txt", tdir.path()).unwrap();
     assert!(first.downloaded);
@@ -1130,8 +1092,7 @@ fn unsafe_target_names_are_refused() {
     let mut repo = TestRepo::new(KeyKind::Ed25519);
     repo.add_target("../escape", b"x");
     repo.publish();
-    let client = Client::new(&repo, 1);
-    let r = client.load(&repo).unwrap();
+    let (_client, r) = loaded(&repo);
     assert!(matches!(
         r.read_target("../escape"),
         Err(Error::BadTargetName(_))
@@ -1170,16 +1131,13 @@ fn oversized_metadata_is_refused() {
     repo.root_version = 2;
     repo.publish_root();
     let client = Client::new(&repo, 1);
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(
-            &e,
-            Error::TooLarge {
-                role: Role::Root,
-                ..
-            }
-        ),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::TooLarge {
+            role: Role::Root,
+            ..
+        }
     );
 }
 
@@ -1196,8 +1154,7 @@ fn unknown_fields_and_key_types_are_tolerated() {
         }
     }));
     repo.publish();
-    let client = Client::new(&repo, 1);
-    let r = client.load(&repo).unwrap();
+    let (_client, r) = loaded(&repo);
     assert_eq!(read_all(&r, "file.txt").unwrap(), b"x");
 }
 
@@ -1207,8 +1164,7 @@ fn unknown_fields_and_key_types_are_tolerated() {
 
 #[test]
 fn offline_cache_verifies_with_expiry_ignored() {
-    let mut repo = TestRepo::new(KeyKind::Ed25519);
-    let k = TestKey::get(KeyKind::Ed25519, 4);
+    let (mut repo, k) = delegating_repo();
     repo.add_target("file.txt", b"x");
     repo.targets.delegations = vec![Delegation::new("A", &k, &["a/*"])];
     repo.delegated
@@ -1217,8 +1173,7 @@ fn offline_cache_verifies_with_expiry_ignored() {
     repo.publish();
     repo.root_version = 2;
     repo.publish_root();
-    let client = Client::new(&repo, 1);
-    let r = client.load(&repo).unwrap();
+    let (client, r) = loaded(&repo);
     r.target("a/m.lz4").unwrap().unwrap();
     let files = r.metadata_bytes();
     let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
@@ -1335,8 +1290,7 @@ fn reads_a_repository_written_by_tough_editor() {
     let mut repo = TestRepo::new(KeyKind::Rsa);
     repo.publish_root();
     fixtures::repo::publish_with_tough_editor(&repo, &[("os.img.lz4", b"image bytes")]);
-    let client = Client::new(&repo, 1);
-    let r = client.load(&repo).unwrap();
+    let (client, r) = loaded(&repo);
     assert_eq!(read_all(&r, "os.img.lz4").unwrap(), b"image bytes");
     assert_eq!(
         client.trusted("targets.json").unwrap(),
@@ -1407,18 +1361,15 @@ fn one_key_listed_under_two_key_ids_counts_once() {
     snap["signatures"].as_array_mut().unwrap().push(alias_sig);
     repo.write_metadata("snapshot.json", &serde_json::to_vec(&snap).unwrap());
     let client = Client::new(&repo, 1);
-    let e = load_err(&client, &repo);
-    assert!(
-        matches!(
-            &e,
-            Error::Threshold {
-                role: Role::Snapshot,
-                valid: 1,
-                threshold: 2,
-                ..
-            }
-        ),
-        "{e}"
+    assert_refused!(
+        &client,
+        &repo,
+        Error::Threshold {
+            role: Role::Snapshot,
+            valid: 1,
+            threshold: 2,
+            ..
+        }
     );
 }
 

@@ -1,23 +1,27 @@
-//! The metadata files `updata` writes, as typed serde structs, and their signing.
+//! Writing and signing the metadata files `updata` publishes.
 //!
-//! A file is an [`Envelope`]: the `signed` object and its signatures. Signatures are over the
-//! canonical JSON (OLPC) of `signed`. Files are written pretty-printed with a final newline;
-//! expiry times have whole seconds (`2030-01-01T00:00:00Z`), which every TUF client parses.
+//! The types are the client's own ([`crate::tuf::schema`], re-exported here), so what the
+//! publisher writes and what the client reads cannot disagree on a field. A file is an
+//! [`Envelope`]: the `signed` object and its signatures. Signatures are over the canonical JSON
+//! (OLPC) of `signed` as these types serialise it. Files are written pretty-printed with a
+//! final newline; expiry times have whole seconds (`2030-01-01T00:00:00Z`), which every TUF
+//! client parses.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::error::{Error, io};
 use super::keys::KeySource;
-use crate::tuf::schema::{Envelope as VerifyEnvelope, Signature as VerifySignature};
-use crate::tuf::verify::check_threshold_json;
+use crate::tuf::schema::CanonicalEnvelope;
+use crate::tuf::verify::check_threshold;
+use crate::tuf::{Role, Signer};
 
-/// The TUF specification version written in every file.
-pub const SPEC_VERSION: &str = "1.0.0";
+pub use crate::tuf::schema::{
+    Common, DelegatedRole, Delegations, Envelope, Header, Key, MetaFile, MetaList, RoleKeys, Root,
+    SPEC_VERSION, Signature, TargetDescription, Targets,
+};
 
 /// The four top-level roles, in the order they are shown.
 pub const TOP_LEVEL_ROLES: [&str; 4] = ["root", "targets", "snapshot", "timestamp"];
@@ -32,132 +36,9 @@ pub fn canonical_json(value: &impl Serialize) -> Result<Vec<u8>, serde_json::Err
     Ok(buf)
 }
 
-mod tuf_time {
-    use chrono::{DateTime, Utc};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-        DateTime::<Utc>::deserialize(d)
-    }
-}
-
 /// An expiry as written: whole seconds.
 pub fn expiry(t: DateTime<Utc>) -> DateTime<Utc> {
     t.trunc_subsecs(0)
-}
-
-/// Keys and threshold of a role.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoleKeys {
-    /// Key ids that may sign.
-    pub keyids: Vec<String>,
-    /// How many distinct keys must.
-    pub threshold: u64,
-}
-
-/// root.json's `signed`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Root {
-    /// `"root"`.
-    #[serde(rename = "_type")]
-    pub type_name: String,
-    /// Specification version.
-    pub spec_version: String,
-    /// Always `true` for repositories `updata` writes.
-    pub consistent_snapshot: bool,
-    /// Version.
-    pub version: u64,
-    /// Expiry.
-    #[serde(with = "tuf_time")]
-    pub expires: DateTime<Utc>,
-    /// Key id -> key object.
-    pub keys: BTreeMap<String, Value>,
-    /// Role -> keys and threshold.
-    pub roles: BTreeMap<String, RoleKeys>,
-}
-
-/// An entry of snapshot's or timestamp's `meta`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MetaEntry {
-    /// The listed file's version.
-    pub version: u64,
-    /// Its length.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub length: Option<u64>,
-    /// Its hashes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hashes: Option<BTreeMap<String, String>>,
-}
-
-/// snapshot.json's or timestamp.json's `signed`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetaList {
-    /// `"snapshot"` or `"timestamp"`.
-    #[serde(rename = "_type")]
-    pub type_name: String,
-    /// Specification version.
-    pub spec_version: String,
-    /// Version.
-    pub version: u64,
-    /// Expiry.
-    #[serde(with = "tuf_time")]
-    pub expires: DateTime<Utc>,
-    /// File name -> version, length, hashes.
-    pub meta: BTreeMap<String, MetaEntry>,
-}
-
-/// A target's entry in targets.json.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TargetEntry {
-    /// Length in bytes.
-    pub length: u64,
-    /// Algorithm -> hex digest.
-    pub hashes: BTreeMap<String, String>,
-    /// Opaque data; `updata` records `decompressed_length` of lz4 images here.
-    #[serde(default, skip_serializing_if = "Value::is_null")]
-    pub custom: Value,
-}
-
-/// targets.json's `signed`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Targets {
-    /// `"targets"`.
-    #[serde(rename = "_type")]
-    pub type_name: String,
-    /// Specification version.
-    pub spec_version: String,
-    /// Version.
-    pub version: u64,
-    /// Expiry.
-    #[serde(with = "tuf_time")]
-    pub expires: DateTime<Utc>,
-    /// Target name -> entry.
-    pub targets: BTreeMap<String, TargetEntry>,
-    /// Delegations, kept as they are.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delegations: Option<Value>,
-}
-
-/// One signature.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Signature {
-    /// Key id.
-    pub keyid: String,
-    /// Hex signature.
-    pub sig: String,
-}
-
-/// A metadata file: `signed` and its signatures.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Envelope<T> {
-    /// The signed object.
-    pub signed: T,
-    /// Signatures over its canonical JSON.
-    pub signatures: Vec<Signature>,
 }
 
 impl<T: Serialize + for<'de> Deserialize<'de>> Envelope<T> {
@@ -195,7 +76,7 @@ impl<T: Serialize + for<'de> Deserialize<'de>> Envelope<T> {
     /// Adds `key`'s signature, replacing an earlier one by the same key.
     pub fn sign(&mut self, key: &dyn KeySource) -> Result<(), Error> {
         let sig = key.sign(&self.canonical()?)?;
-        let keyid = key.public_key().id().to_owned();
+        let keyid = crate::tuf::KeyId::from(key.public_key().id());
         self.signatures.retain(|s| s.keyid != keyid);
         self.signatures.push(Signature {
             keyid,
@@ -222,22 +103,15 @@ impl<T: Serialize + for<'de> Deserialize<'de>> Envelope<T> {
             .roles
             .get(role)
             .ok_or_else(|| Error::NoSuchRole(role.to_owned()))?;
-        let envelope = VerifyEnvelope {
+        let envelope = CanonicalEnvelope {
             canonical: self.canonical()?,
-            signatures: self
-                .signatures
-                .iter()
-                .map(|s| VerifySignature {
-                    keyid: s.keyid.as_str().into(),
-                    sig: s.sig.clone(),
-                })
-                .collect(),
+            signatures: self.signatures.clone(),
         };
-        check_threshold_json(
-            &crate::tuf::Role::from_name(role),
+        check_threshold(
+            &Role::from_name(role),
             0,
-            crate::tuf::Signer::Root {
-                version: root.version,
+            Signer::Root {
+                version: root.header.version,
             },
             &envelope,
             &keys.keyids,

@@ -25,9 +25,10 @@ use sha2::{Digest, Sha256};
 use super::error::{Error, io};
 use super::keys::KeySource;
 use super::metadata::{
-    Envelope, MetaEntry, MetaList, Root, SPEC_VERSION, TargetEntry, Targets, expiry,
+    Envelope, Header, MetaFile, MetaList, Root, TargetDescription, Targets, expiry,
 };
 use super::root::{self, SignedRoot};
+use crate::tuf::Role;
 
 /// The manifest's target name.
 pub const MANIFEST_TARGET: &str = "manifest.json";
@@ -208,7 +209,7 @@ impl Repository {
         let signers = Signers::pick(&root.signed, keys, &["targets", "snapshot", "timestamp"])?;
 
         // The new target list: the current one, plus the new files.
-        let mut targets: BTreeMap<String, TargetEntry> = state
+        let mut targets: BTreeMap<String, TargetDescription> = state
             .as_ref()
             .and_then(|s| s.targets.as_ref())
             .map(|t| t.signed.targets.clone())
@@ -268,10 +269,11 @@ impl Repository {
 
         let versions = |f: fn(&State) -> Option<u64>| state.as_ref().and_then(f).unwrap_or(0) + 1;
         let mut new_targets = Envelope::new(Targets {
-            type_name: "targets".to_owned(),
-            spec_version: SPEC_VERSION.to_owned(),
-            version: versions(|s| s.targets.as_ref().map(|t| t.signed.version)),
-            expires: expiry(expires.targets),
+            header: Header::new(
+                &Role::Targets,
+                versions(|s| s.targets.as_ref().map(|t| t.signed.header.version)),
+                expires.targets,
+            ),
             targets,
             delegations: state
                 .as_ref()
@@ -281,19 +283,20 @@ impl Repository {
         signers.sign(&mut new_targets, &root.signed, "targets")?;
         let targets_bytes = new_targets.to_bytes();
         let mut snapshot = Envelope::new(MetaList {
-            type_name: "snapshot".to_owned(),
-            spec_version: SPEC_VERSION.to_owned(),
-            version: versions(|s| s.snapshot.as_ref().map(|t| t.signed.version)),
-            expires: expiry(expires.snapshot),
+            header: Header::new(
+                &Role::Snapshot,
+                versions(|s| s.snapshot.as_ref().map(|t| t.signed.header.version)),
+                expires.snapshot,
+            ),
             meta: BTreeMap::from([(
                 "targets.json".to_owned(),
-                meta_entry(new_targets.signed.version, &targets_bytes),
+                meta_entry(new_targets.signed.header.version, &targets_bytes),
             )]),
         });
         signers.sign(&mut snapshot, &root.signed, "snapshot")?;
         let timestamp = Self::timestamp_for(
             &snapshot,
-            versions(|s| s.timestamp.as_ref().map(|t| t.signed.version)) - 1,
+            versions(|s| s.timestamp.as_ref().map(|t| t.signed.header.version)) - 1,
             expires.timestamp,
             &signers,
             &root,
@@ -306,7 +309,7 @@ impl Repository {
             std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
         }
         if let Some(r) = new_root {
-            let path = md.join(format!("{}.root.json", r.signed.version));
+            let path = md.join(format!("{}.root.json", r.signed.header.version));
             super::metadata::write_atomic(&path, &r.to_bytes())?;
             report.written.push(path);
         }
@@ -317,7 +320,10 @@ impl Repository {
                 report.written.push(dest);
             }
         }
-        let path = md.join(format!("{}.targets.json", new_targets.signed.version));
+        let path = md.join(format!(
+            "{}.targets.json",
+            new_targets.signed.header.version
+        ));
         super::metadata::write_atomic(&path, &targets_bytes)?;
         report.written.push(path);
         report
@@ -341,13 +347,10 @@ impl Repository {
     ) -> Result<Envelope<MetaList>, Error> {
         let snapshot_bytes = snapshot.to_bytes();
         let mut timestamp = Envelope::new(MetaList {
-            type_name: "timestamp".to_owned(),
-            spec_version: SPEC_VERSION.to_owned(),
-            version: previous_version + 1,
-            expires: expiry(expires),
+            header: Header::new(&Role::Timestamp, previous_version + 1, expires),
             meta: BTreeMap::from([(
                 "snapshot.json".to_owned(),
-                meta_entry(snapshot.signed.version, &snapshot_bytes),
+                meta_entry(snapshot.signed.header.version, &snapshot_bytes),
             )]),
         });
         signers.sign(&mut timestamp, &root.signed, "timestamp")?;
@@ -361,7 +364,7 @@ impl Repository {
     ) -> Result<Vec<PathBuf>, Error> {
         let md = self.metadata_dir();
         let mut written = Vec::new();
-        let snap_path = md.join(format!("{}.snapshot.json", snapshot.signed.version));
+        let snap_path = md.join(format!("{}.snapshot.json", snapshot.signed.header.version));
         if !snap_path.exists() {
             snapshot.save(&snap_path)?;
             written.push(snap_path);
@@ -403,12 +406,15 @@ impl Repository {
             return Err(Error::State("no snapshot".to_owned()));
         };
         if let Some(e) = snapshot_expires {
-            snapshot.signed.version += 1;
-            snapshot.signed.expires = expiry(e);
+            snapshot.signed.header.version += 1;
+            snapshot.signed.header.expires = expiry(e);
             snapshot.signatures.clear();
             signers.sign(&mut snapshot, &state.root.signed, "snapshot")?;
         }
-        let previous = state.timestamp.as_ref().map_or(0, |t| t.signed.version);
+        let previous = state
+            .timestamp
+            .as_ref()
+            .map_or(0, |t| t.signed.header.version);
         let timestamp = Self::timestamp_for(
             &snapshot,
             previous,
@@ -448,24 +454,24 @@ impl Repository {
         })?;
         let current = &state.root.signed;
         let mut draft = Envelope::<Root>::load(draft_path)?;
-        let next = current.version + 1;
-        if draft.signed.version > next {
+        let next = current.header.version + 1;
+        if draft.signed.header.version > next {
             return Err(Error::State(format!(
                 "{} is version {}, but the repository's root is version {}: the next one is {next}",
                 draft_path.display(),
-                draft.signed.version,
-                current.version
+                draft.signed.header.version,
+                current.header.version
             )));
         }
         root::edit(&mut draft, |r| {
-            r.version = next;
+            r.header.version = next;
             Ok(())
         })?;
         let what = root::describe(&draft.signed, draft_path);
-        if draft.signed.expires <= now {
+        if draft.signed.header.expires <= now {
             return Err(Error::RootExpired {
-                version: draft.signed.version,
-                expires: draft.signed.expires.to_rfc3339(),
+                version: draft.signed.header.version,
+                expires: draft.signed.header.expires.to_rfc3339(),
             });
         }
         for key in keys {
@@ -491,10 +497,10 @@ impl Repository {
 }
 
 fn check_root_alive(root: &Root, now: DateTime<Utc>) -> Result<(), Error> {
-    if root.expires <= now {
+    if root.header.expires <= now {
         return Err(Error::RootExpired {
-            version: root.version,
-            expires: root.expires.to_rfc3339(),
+            version: root.header.version,
+            expires: root.header.expires.to_rfc3339(),
         });
     }
     Ok(())
@@ -517,9 +523,15 @@ pub fn expiry_warnings(
             ));
         }
     };
-    warn(format!("root version {}", root.version), root.expires);
+    warn(
+        format!("root version {}", root.header.version),
+        root.header.expires,
+    );
     if let Some(t) = targets {
-        warn(format!("targets version {}", t.version), t.expires);
+        warn(
+            format!("targets version {}", t.header.version),
+            t.header.expires,
+        );
     }
     out
 }
@@ -537,7 +549,7 @@ impl<'a> Signers<'a> {
         keys: &[&'a dyn KeySource],
         roles: &[&'static str],
     ) -> Result<Self, Error> {
-        let what = format!("root version {}", root.version);
+        let what = format!("root version {}", root.header.version);
         for key in keys {
             let id = key.public_key().id();
             if !roles.iter().any(|r| {
@@ -587,12 +599,12 @@ impl<'a> Signers<'a> {
             env.sign(*key)?;
         }
         // A key source that signs wrongly is caught here, before anything is written.
-        env.check_signed_by(root, role, &format!("root version {}", root.version))
+        env.check_signed_by(root, role, &format!("root version {}", root.header.version))
     }
 }
 
-fn meta_entry(version: u64, bytes: &[u8]) -> MetaEntry {
-    MetaEntry {
+fn meta_entry(version: u64, bytes: &[u8]) -> MetaFile {
+    MetaFile {
         version,
         length: Some(bytes.len() as u64),
         hashes: Some(BTreeMap::from([(
@@ -620,7 +632,7 @@ fn target_name(path: &Path) -> Result<String, Error> {
 }
 
 /// Length and sha256 of a file.
-fn describe_file(path: &Path) -> Result<(TargetEntry, String), Error> {
+fn describe_file(path: &Path) -> Result<(TargetDescription, String), Error> {
     let mut file = File::open(path).map_err(io("opening the target", path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -635,7 +647,7 @@ fn describe_file(path: &Path) -> Result<(TargetEntry, String), Error> {
     }
     let sha = hex::encode(hasher.finalize());
     Ok((
-        TargetEntry {
+        TargetDescription {
             length,
             hashes: BTreeMap::from([("sha256".to_owned(), sha.clone())]),
             custom: serde_json::Value::Null,
@@ -647,7 +659,7 @@ fn describe_file(path: &Path) -> Result<(TargetEntry, String), Error> {
 /// Every image and migration the manifest names must be a target.
 fn check_manifest_targets(
     m: &manifest::Manifest,
-    targets: &BTreeMap<String, TargetEntry>,
+    targets: &BTreeMap<String, TargetDescription>,
 ) -> Result<(), Error> {
     let missing: BTreeSet<String> = manifest_target_names(m)
         .into_iter()

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 
 use super::error::Error;
 use super::keys::{KeySource, PublicKey};
-use super::metadata::{Envelope, RoleKeys, Root, SPEC_VERSION, TOP_LEVEL_ROLES, expiry};
+use super::metadata::{Envelope, Header, Key, RoleKeys, Root, TOP_LEVEL_ROLES};
+use crate::tuf::{KeyId, Role};
 
 /// A root file and where it is.
 pub type SignedRoot = Envelope<Root>;
@@ -19,11 +20,8 @@ pub type SignedRoot = Envelope<Root>;
 /// threshold 1, expiring at `expires`.
 pub fn new_root(expires: DateTime<Utc>) -> SignedRoot {
     Envelope::new(Root {
-        type_name: "root".to_owned(),
-        spec_version: SPEC_VERSION.to_owned(),
+        header: Header::new(&Role::Root, 1, expires),
         consistent_snapshot: true,
-        version: 1,
-        expires: expiry(expires),
         keys: std::collections::BTreeMap::new(),
         roles: TOP_LEVEL_ROLES
             .iter()
@@ -69,10 +67,11 @@ pub fn edit(
 /// Lists `key` for `role`.
 pub fn add_key(root: &mut Root, role: &str, key: &PublicKey) -> Result<(), Error> {
     let r = role_mut(root, role)?;
-    if !r.keyids.iter().any(|k| k == key.id()) {
-        r.keyids.push(key.id().to_owned());
+    let id = KeyId::from(key.id());
+    if !r.keyids.contains(&id) {
+        r.keyids.push(id.clone());
     }
-    root.keys.insert(key.id().to_owned(), key.to_tuf().clone());
+    root.keys.insert(id, Key::from_value(key.to_tuf().clone()));
     Ok(())
 }
 
@@ -84,7 +83,7 @@ pub fn remove_key(root: &mut Root, role: &str, keyid: &str) -> Result<(), Error>
     if r.keyids.len() == before {
         return Err(Error::State(format!(
             "key {keyid} is not a {role} key of root version {}",
-            root.version
+            root.header.version
         )));
     }
     if !root
@@ -108,7 +107,7 @@ pub fn set_threshold(root: &mut Root, role: &str, threshold: u64) -> Result<(), 
 
 /// Describes a root for messages: `root version N (FILE)`.
 pub fn describe(root: &Root, path: &Path) -> String {
-    format!("root version {} ({})", root.version, path.display())
+    format!("root version {} ({})", root.header.version, path.display())
 }
 
 /// Signs `root` with `key`, which must be a root key of `root` itself or of `previous` (the
@@ -127,7 +126,7 @@ pub fn sign(
     };
     if !listed(&root.signed) && !previous.is_some_and(listed) {
         let what = match previous {
-            Some(p) => format!("{what} nor of root version {}", p.version),
+            Some(p) => format!("{what} nor of root version {}", p.header.version),
             None => what.to_owned(),
         };
         return Err(Error::KeyNotInRoot {
@@ -160,7 +159,11 @@ pub fn check_complete(root: &SignedRoot, what: &str, previous: Option<&Root>) ->
     }
     root.check_signed_by(&root.signed, "root", what)?;
     if let Some(prev) = previous {
-        root.check_signed_by(prev, "root", &format!("root version {}", prev.version))?;
+        root.check_signed_by(
+            prev,
+            "root",
+            &format!("root version {}", prev.header.version),
+        )?;
     }
     Ok(())
 }

@@ -66,33 +66,27 @@ pub trait Transport: Send + Sync {
     }
 }
 
-impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
-    fn fetch(&self, url: &Url) -> Result<Box<dyn Read + Send>, TransportError> {
-        (**self).fetch(url)
-    }
+/// A shared or boxed transport is a transport: both methods are forwarded, so a
+/// transport's own [`Transport::fetch_within`] is kept behind the pointer.
+macro_rules! forward_transport {
+    ($($pointer:ty),+) => {$(
+        impl<T: Transport + ?Sized> Transport for $pointer {
+            fn fetch(&self, url: &Url) -> Result<Box<dyn Read + Send>, TransportError> {
+                (**self).fetch(url)
+            }
 
-    fn fetch_within(
-        &self,
-        url: &Url,
-        limit: Duration,
-    ) -> Result<Box<dyn Read + Send>, TransportError> {
-        (**self).fetch_within(url, limit)
-    }
+            fn fetch_within(
+                &self,
+                url: &Url,
+                limit: Duration,
+            ) -> Result<Box<dyn Read + Send>, TransportError> {
+                (**self).fetch_within(url, limit)
+            }
+        }
+    )+};
 }
 
-impl<T: Transport + ?Sized> Transport for Box<T> {
-    fn fetch(&self, url: &Url) -> Result<Box<dyn Read + Send>, TransportError> {
-        (**self).fetch(url)
-    }
-
-    fn fetch_within(
-        &self,
-        url: &Url,
-        limit: Duration,
-    ) -> Result<Box<dyn Read + Send>, TransportError> {
-        (**self).fetch_within(url, limit)
-    }
-}
+forward_transport!(std::sync::Arc<T>, Box<T>);
 
 /// When a whole-file time limit ends.
 #[derive(Debug, Clone, Copy)]

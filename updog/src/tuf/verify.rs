@@ -2,16 +2,15 @@
 
 use super::error::Error;
 use super::role::{KeyId, Role, Signer};
-use super::schema::{Envelope, KeyAlgorithm, ListedKey, MetaFile};
+use super::schema::{CanonicalEnvelope, Key, KeyAlgorithm, MetaFile};
 use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
-use serde_json::Value;
 use sha2::{Digest, Sha256, Sha512};
 use std::collections::{BTreeMap, HashSet};
 
 /// Verifies one signature with a listed key; the public key bytes when it verifies. Keys of
 /// unsupported types never verify.
-fn verify_with<'k>(key: &'k ListedKey, msg: &[u8], sig: &[u8]) -> Option<&'k [u8]> {
-    let (alg, public) = key.verifier.as_ref()?;
+fn verify_with<'k>(key: &'k Key, msg: &[u8], sig: &[u8]) -> Option<&'k [u8]> {
+    let (alg, public) = key.verifier()?;
     let alg: &'static dyn VerificationAlgorithm = match alg {
         KeyAlgorithm::EcdsaP256 => &signature::ECDSA_P256_SHA256_ASN1,
         KeyAlgorithm::Ed25519 => &signature::ED25519,
@@ -23,31 +22,6 @@ fn verify_with<'k>(key: &'k ListedKey, msg: &[u8], sig: &[u8]) -> Option<&'k [u8
         .map(|()| public.as_slice())
 }
 
-/// [`check_threshold`] for key objects not parsed yet (the publisher's own root type): each
-/// listed key is parsed once for this check.
-pub(crate) fn check_threshold_json(
-    role: &Role,
-    version: u64,
-    signer: Signer,
-    envelope: &Envelope,
-    keyids: &[String],
-    threshold: u64,
-    keys: &BTreeMap<String, Value>,
-) -> Result<(), Error> {
-    let parsed: BTreeMap<KeyId, ListedKey> = keys
-        .iter()
-        .filter(|(id, _)| keyids.contains(id))
-        .filter_map(|(id, v)| {
-            Some((
-                KeyId::from(id.as_str()),
-                serde_json::from_value(v.clone()).ok()?,
-            ))
-        })
-        .collect();
-    let keyids: Vec<KeyId> = keyids.iter().map(|id| KeyId::from(id.as_str())).collect();
-    check_threshold(role, version, signer, envelope, &keyids, threshold, &parsed)
-}
-
 /// Checks that `envelope` carries valid signatures from at least `threshold` distinct keys among
 /// `keyids` (looked up in `keys`). Repeated key ids in `signatures` were already refused when the
 /// envelope was parsed; two key ids with the same public key material count once.
@@ -55,10 +29,10 @@ pub(crate) fn check_threshold(
     role: &Role,
     version: u64,
     signer: Signer,
-    envelope: &Envelope,
+    envelope: &CanonicalEnvelope,
     keyids: &[KeyId],
     threshold: u64,
-    keys: &BTreeMap<KeyId, ListedKey>,
+    keys: &BTreeMap<KeyId, Key>,
 ) -> Result<(), Error> {
     let msg = envelope.canonical.as_slice();
     let allowed: HashSet<&KeyId> = keyids.iter().collect();

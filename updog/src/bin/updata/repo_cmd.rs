@@ -450,7 +450,7 @@ impl RootCommand {
             } => {
                 let t = time(&expires, now)?;
                 edit_root(&path, |r| {
-                    r.expires = updog::publish::metadata::expiry(t);
+                    r.header.expires = updog::publish::metadata::expiry(t);
                     Ok(())
                 })?;
                 println!("expires {}", t.format("%Y-%m-%dT%H:%M:%SZ"));
@@ -458,8 +458,8 @@ impl RootCommand {
             Self::BumpVersion { root: path } => {
                 let mut version = 0;
                 edit_root(&path, |r| {
-                    r.version += 1;
-                    version = r.version;
+                    r.header.version += 1;
+                    version = r.header.version;
                     Ok(())
                 })?;
                 println!("{}: version {version}", path.display());
