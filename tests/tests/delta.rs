@@ -7,7 +7,10 @@
 //! downloaded and the full root image never requested; the running version's index is used as
 //! the seed when listed, else the running partition is chunked and the index cached; a store
 //! that 404s, a tampered index (TUF refuses it) and `delta = false` each end in the full image,
-//! with a clear line for the fallbacks.
+//! with a clear line for the fallbacks; `check-update` shows the plan (JSON field `delta_plan`,
+//! a text line on stderr) and `update` then downloads exactly that; `updog update` killed with
+//! SIGKILL at two points among the chunk downloads leaves set B cleared, and each later run
+//! downloads only chunks not yet in place (the server's request log against set B's bytes).
 
 use std::collections::HashSet;
 use std::fs;
@@ -15,7 +18,7 @@ use std::fs;
 use bootpart::SetId;
 use e2e_tests::{Host, Migration, Release, RepoSpec, describe};
 use fixtures::disk::{DiskImageBuilder, PartKind};
-use updog::delta::{Chunker, StoreWriter};
+use updog::delta::{BlobIndex, Chunk, Chunker, StoreWriter};
 
 const IMAGE: u64 = 8 << 20;
 
@@ -34,6 +37,8 @@ fn index_name(version: &str) -> String {
 struct Delta {
     host: Host,
     v2: Vec<u8>,
+    /// v2's index.
+    index: BlobIndex,
     /// Chunk files of v2 that v1 does not have (what a delta must download).
     new_chunks: HashSet<String>,
 }
@@ -64,7 +69,7 @@ fn setup(with_v1_index: bool) -> Option<Delta> {
                 .iter()
                 .any(|&b| b != 0)
         })
-        .map(|c| format!("/targets/chunks/{}", updog::delta::store::chunk_path(&c.id)))
+        .map(|c| chunk_url_path(&c))
         .collect();
 
     let mut r1 = Release::new("1.0.0");
@@ -105,8 +110,16 @@ fn setup(with_v1_index: bool) -> Option<Delta> {
     Some(Delta {
         host,
         v2,
+        index: i2,
         new_chunks,
     })
+}
+
+fn chunk_url_path(chunk: &Chunk) -> String {
+    format!(
+        "/targets/chunks/{}",
+        updog::delta::store::chunk_path(&chunk.id)
+    )
 }
 
 fn fixtures_copy(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
@@ -153,6 +166,29 @@ impl Delta {
         let out = self.host.updog(&["update"]);
         assert!(out.status.success(), "{}", describe(&out));
         out
+    }
+
+    /// The chunk files that set B's root still lacks somewhere (a new chunk not yet at one of
+    /// its places): what a resumed run must download, no more.
+    fn missing_chunks(&self) -> HashSet<String> {
+        let b = self.b_root();
+        self.index
+            .chunks()
+            .map(|c| (chunk_url_path(&c), c))
+            .filter(|(path, _)| self.new_chunks.contains(path))
+            .filter(|(_, c)| {
+                let range = c.offset as usize..c.end() as usize;
+                b[range.clone()] != self.v2[range]
+            })
+            .map(|(path, _)| path)
+            .collect()
+    }
+
+    /// `updog check-update --json`.
+    fn check_json(&self) -> serde_json::Value {
+        let out = self.host.updog(&["check-update", "--json"]);
+        assert!(out.status.success(), "{}", describe(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     /// `updog update --progress json`: the events.
@@ -234,6 +270,16 @@ fn a_tampered_index_is_refused_by_tuf_and_the_full_image_used() {
         bytes[at] ^= 1; // an id byte: still a well-formed index
         fs::write(&file, bytes).unwrap();
     }
+    let json = d.check_json();
+    let unusable = &json["delta_plan"]["unusable"][0];
+    assert_eq!(unusable["image"], "root", "{json}");
+    assert!(
+        unusable["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&index_name("1.1.0")),
+        "{json}"
+    );
     let out = d.update();
     assert!(d.b_root() == d.v2);
     assert!(
@@ -256,4 +302,135 @@ fn delta_false_turns_it_off() {
     assert!(d.b_root() == d.v2);
     assert!(d.chunk_requests().is_empty());
     assert!(d.full_root_requested());
+}
+
+#[test]
+fn check_update_shows_the_plan_that_update_then_carries_out() {
+    let Some(mut d) = setup(true) else { return };
+    let json = d.check_json();
+    let plan = &json["delta_plan"];
+    let root = &plan["images"][0];
+    assert_eq!(root["image"], "root", "{plan}");
+    assert_eq!(root["index"], index_name("1.1.0"));
+    assert_eq!(root["seed"], "running_index");
+    assert_eq!(root["image_bytes"], IMAGE);
+    assert_eq!(root["download_chunks"], d.new_chunks.len(), "{plan}");
+    let (reused, download) = (
+        root["reused_bytes"].as_u64().unwrap(),
+        root["download_bytes"].as_u64().unwrap(),
+    );
+    assert!(reused > download && download > 0, "{plan}");
+    assert_eq!(plan["total"]["download_chunks"], d.new_chunks.len());
+    assert_eq!(plan["total"]["image_bytes"], IMAGE);
+
+    // In text, the plan goes to stderr; stdout keeps the reference's one line.
+    let out = d.host.updog(&["check-update"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{} 1.1.0", e2e_tests::VARIANT)
+    );
+    let text = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "Delta root: {:.1} MiB to download ({} chunks",
+        download as f64 / 1048576.0,
+        d.new_chunks.len()
+    );
+    assert!(text.contains(&want), "{text}");
+
+    // Staging downloads exactly what the plan said.
+    d.update();
+    assert!(d.b_root() == d.v2);
+    let fetched = d.chunk_requests();
+    assert_eq!(fetched.len(), d.new_chunks.len(), "{fetched:?}");
+
+    // The reference's fields are untouched: without delta the same object, minus the plan.
+    d.host.configure("delta = false");
+    let plain = d.check_json();
+    assert!(plain.get("delta_plan").is_none(), "{plain}");
+    let mut with = json.clone();
+    with.as_object_mut().unwrap().remove("delta_plan");
+    assert_eq!(with, plain);
+}
+
+#[test]
+fn killed_delta_staging_resumes_and_fetches_only_what_was_missing() {
+    let Some(d) = setup(true) else { return };
+    let release = Release::new("1.1.0");
+    let old_b = d.host.signpost().state(SetId::B).unwrap();
+    // A slow link (shared by all connections), so the kills land among the chunk downloads.
+    d.host.server.set_rate_limit(Some(96.0 * 1024.0));
+    let total = d.new_chunks.len();
+    assert!(
+        total >= 3,
+        "too few changed chunks to kill in between: {total}"
+    );
+    let mut in_place_before = 0;
+    for (round, placed) in [(0, 1), (1, total / 2 + 1)] {
+        let missing_before = d.missing_chunks();
+        d.host.server.clear_log();
+        let mut cmd = d.host.updog_cmd();
+        cmd.arg("update");
+        let (mut child, _stdout) = d.host.spawn_updog_until(cmd, "\"event\":\"delta_plan\"");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // Kill (SIGKILL) once `placed` changed chunks are on set B.
+        while total - d.missing_chunks().len() < placed {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "round {round}: updog finished first"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: too slow"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        e2e_tests::assert_consistent_after_stop(&d.host, &release, old_b, &format!("kill {round}"));
+        // A resumed run downloads none of what an earlier run left in place.
+        let fetched: HashSet<String> = d.chunk_requests().into_iter().collect();
+        assert!(
+            fetched.is_subset(&missing_before),
+            "round {round}: fetched {fetched:?}, missing {missing_before:?}"
+        );
+        let in_place = total - d.missing_chunks().len();
+        assert!(
+            in_place >= placed && in_place >= in_place_before,
+            "round {round}"
+        );
+        in_place_before = in_place;
+    }
+    let missing = d.missing_chunks();
+    assert!(
+        !missing.is_empty() && missing.len() < total,
+        "{} of {total}",
+        missing.len()
+    );
+    d.host.server.set_rate_limit(None);
+    d.host.server.clear_log();
+    let events = d.update_json();
+    assert!(d.b_root() == d.v2, "set B root differs from the v2 image");
+    assert!(!d.full_root_requested());
+    let fetched = d.chunk_requests();
+    assert_eq!(
+        fetched.iter().cloned().collect::<HashSet<_>>(),
+        missing,
+        "the last run fetched other chunks than the missing ones"
+    );
+    assert_eq!(
+        fetched.len(),
+        missing.len(),
+        "a chunk fetched twice: {fetched:?}"
+    );
+    let plan = events
+        .iter()
+        .find(|e| e["event"] == "delta_plan")
+        .expect("a delta_plan event");
+    assert_eq!(plan["plan"]["download"]["chunks"], missing.len(), "{plan}");
+    assert!(
+        plan["plan"]["in_place"]["chunks"].as_u64().unwrap() > 0,
+        "{plan}"
+    );
+    assert_eq!(d.host.signpost().state(SetId::B).unwrap().tries_left, 1);
 }

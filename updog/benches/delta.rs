@@ -30,9 +30,10 @@ use std::time::Instant;
 use fixtures::disk::{DiskImageBuilder, PartKind};
 use fixtures::http::TestServer;
 use sha2::{Digest, Sha256};
-use updog::delta::plan::Planned;
+use updog::delta::plan::{Planned, Source};
+use updog::delta::store::chunk_path;
 use updog::delta::{
-    AssembleOptions, BlobIndex, ChunkFetcher, Chunker, Region, StoreWriter, assemble,
+    AssembleOptions, BlobIndex, ChunkFetcher, Chunker, Plan, Region, StoreWriter, assemble,
 };
 use updog::pipeline::{IoMode, PartitionSink, StageOptions, TargetInfo, stage_image};
 use updog::transport::{HttpOptions, HttpTransport, Transport};
@@ -119,55 +120,162 @@ fn real_files(budget: u64, skip: usize) -> Vec<(String, Vec<u8>)> {
 struct Images {
     v1: PathBuf,
     v2: PathBuf,
+    /// Other versions of v2, for the plan-only comparison: (what they change, image).
+    variants: Vec<(&'static str, PathBuf)>,
 }
 
-fn build_images(dir: &Path) -> Res<Images> {
-    let (v1, v2) = (dir.join("v1.img"), dir.join("v2.img"));
-    if v1.exists() && v2.exists() {
-        return Ok(Images { v1, v2 });
-    }
-    let budget = IMAGE_MIB * 1024 * 1024 * 45 / 100;
-    let files = real_files(budget, 0);
-    // Replacement and added files: real files from further along the same walk.
-    let reserve = real_files(budget / 4, files.len() + 50);
-    let mut v2_files = files.clone();
-    let mut spare = reserve.into_iter();
-    let mut replaced = 0;
-    for (i, f) in v2_files.iter_mut().enumerate() {
-        if i % 20 == 7
-            && let Some((_, other)) = spare.next()
-        {
-            f.1 = other;
-            replaced += 1;
+type Tree = Vec<(String, Vec<u8>)>;
+
+/// How v2 differs from v1.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Package by package: every file of a few directories spread over the tree (about 5% of
+    /// the files) replaced, 1% of the count added inside those directories.
+    Packages,
+    /// The same, without the added files (so no later inode is renumbered).
+    PackagesNothingAdded,
+    /// One file in twenty replaced wherever it is, 1% added in one new directory (the first
+    /// version of this bench).
+    Scattered,
+}
+
+/// The directories of `files` in walk order, each with the indexes of its files.
+fn directories(files: &Tree) -> Vec<(String, Vec<usize>)> {
+    let mut dirs: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, (path, _)) in files.iter().enumerate() {
+        let dir = path.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+        match dirs.last_mut() {
+            Some((d, members)) if *d == dir => members.push(i),
+            _ => dirs.push((dir, vec![i])),
         }
     }
-    let mut added = 0;
-    for (n, (_, bytes)) in spare.take(files.len() / 100).enumerate() {
-        v2_files.push((format!("usr/share/added/file{n:03}"), bytes));
-        added += 1;
+    dirs
+}
+
+/// Evenly spread directories ("packages") holding together at least `want` files, none of
+/// them more than a third of it.
+fn pick_packages(dirs: &[(String, Vec<usize>)], want: usize) -> Vec<usize> {
+    let eligible: Vec<usize> = (0..dirs.len())
+        .filter(|&d| dirs[d].1.len() <= want / 3)
+        .collect();
+    for picks in 1..=eligible.len() {
+        let chosen: Vec<usize> = (0..picks)
+            .map(|k| eligible[(2 * k + 1) * eligible.len() / (2 * picks)])
+            .collect();
+        if chosen.iter().map(|&d| dirs[d].1.len()).sum::<usize>() >= want {
+            return chosen;
+        }
     }
-    let largest = (0..v2_files.len())
-        .max_by_key(|&i| v2_files[i].1.len())
+    eligible
+}
+
+/// v2's files: v1 with `change`, and 1 MiB in the middle of the largest file rewritten.
+fn version_2(files: &Tree, reserve: &Tree, change: Change) -> (Tree, String) {
+    let mut v2 = files.clone();
+    let mut spare = reserve.iter().map(|(_, bytes)| bytes.clone());
+    let added = files.len() / 100;
+    let mut replaced = 0;
+    let mut new_files = Vec::new();
+    if change == Change::Scattered {
+        for (i, f) in v2.iter_mut().enumerate() {
+            if i % 20 == 7
+                && let Some(other) = spare.next()
+            {
+                f.1 = other;
+                replaced += 1;
+            }
+        }
+        for n in 0..added {
+            if let Some(bytes) = spare.next() {
+                new_files.push((format!("usr/share/added/file{n:03}"), bytes));
+            }
+        }
+    } else {
+        let dirs = directories(files);
+        let chosen = pick_packages(&dirs, files.len() / 20);
+        for &d in &chosen {
+            for &i in &dirs[d].1 {
+                if let Some(other) = spare.next() {
+                    v2[i].1 = other;
+                    replaced += 1;
+                }
+            }
+        }
+        if change == Change::Packages {
+            for n in 0..added {
+                let dir = &dirs[chosen[n % chosen.len()]].0;
+                if let Some(bytes) = spare.next() {
+                    new_files.push((format!("{dir}/added-{n:03}.dat"), bytes));
+                }
+            }
+        }
+    }
+    let added = new_files.len();
+    v2.extend(new_files);
+    let largest = (0..files.len())
+        .max_by_key(|&i| files[i].1.len())
         .unwrap_or(0);
-    let big = &mut v2_files[largest].1;
+    let big = &mut v2[largest].1;
     let mid = big.len() / 2;
     let end = (mid + (1 << 20)).min(big.len());
     for (k, b) in big[mid..end].iter_mut().enumerate() {
         *b = b.wrapping_add((k % 251) as u8 + 1);
     }
-    eprintln!(
-        "bench: v1 {} real files; v2 replaces {replaced}, adds {added}, changes {} bytes of {}",
-        files.len(),
+    let summary = format!(
+        "replaces {replaced} files, adds {added}, changes {} bytes of {}",
         end - mid,
-        v2_files[largest].0
+        v2[largest].0
     );
-    for (name, set, out) in [("v1", &files, &v1), ("v2", &v2_files, &v2)] {
-        let tree = dir.join(format!("{name}-tree"));
-        fixtures::ext4::write_tree(&tree, set)?;
+    (v2, summary)
+}
+
+fn build_images(dir: &Path) -> Res<Images> {
+    fs::create_dir_all(dir)?;
+    let (v1, v2) = (dir.join("v1.img"), dir.join("v2.img"));
+    let variants = vec![
+        (
+            "the same packages replaced, nothing added",
+            dir.join("v2-nothing-added.img"),
+        ),
+        (
+            "one file in 20 replaced across the tree, 1% added in a new directory",
+            dir.join("v2-scattered.img"),
+        ),
+    ];
+    let images = Images { v1, v2, variants };
+    if std::iter::once(&images.v1)
+        .chain(std::iter::once(&images.v2))
+        .chain(images.variants.iter().map(|(_, p)| p))
+        .all(|p| p.exists())
+    {
+        return Ok(images);
+    }
+    let budget = IMAGE_MIB * 1024 * 1024 * 45 / 100;
+    let files = real_files(budget, 0);
+    // Replacement and added files: real files from further along the same walk.
+    let reserve = real_files(budget / 4, files.len() + 50);
+    eprintln!("bench: v1 {} real files", files.len());
+    let builds = [
+        (&images.v1, None),
+        (&images.v2, Some(Change::Packages)),
+        (&images.variants[0].1, Some(Change::PackagesNothingAdded)),
+        (&images.variants[1].1, Some(Change::Scattered)),
+    ];
+    for (out, change) in builds {
+        let set = match change {
+            None => files.clone(),
+            Some(change) => {
+                let (set, summary) = version_2(&files, &reserve, change);
+                eprintln!("bench: {}: {summary}", out.display());
+                set
+            }
+        };
+        let tree = dir.join("tree");
+        fixtures::ext4::write_tree(&tree, &set)?;
         fixtures::ext4::build_image(&tree, IMAGE_MIB << 20, out)?;
         fs::remove_dir_all(&tree)?;
     }
-    Ok(Images { v1, v2 })
+    Ok(images)
 }
 
 fn run_cmd(cmd: &mut Command) -> Res<()> {
@@ -299,6 +407,37 @@ fn child(args: &[String]) -> Res<Measured> {
     })
 }
 
+/// lz4 -9 of `image` into `out`; its length.
+fn lz4(image: &Path, out: &Path) -> Res<u64> {
+    run_cmd(
+        Command::new("lz4")
+            .args(["-9", "-q", "-f"])
+            .arg(image)
+            .arg(out),
+    )?;
+    Ok(fs::metadata(out)?.len())
+}
+
+/// For a variant of v2, without staging it: the full lz4 image's bytes, the plan from the v1
+/// index, and the compressed bytes of the chunks it would download (each distinct chunk once).
+fn plan_only(image: &Path, seed: &BlobIndex, scratch: &Path) -> Res<(u64, Plan, u64)> {
+    let _ = fs::remove_dir_all(scratch);
+    let store = StoreWriter::new(scratch.join("chunks"))?;
+    let data = fs::read(image)?;
+    let index = Chunker::casync_default().index(&data[..], |id, c| store.put(id, c).map(|_| ()))?;
+    let full = lz4(image, &scratch.join("image.lz4"))?;
+    let planned = Planned::new(&index, Some(seed));
+    let mut ids = std::collections::HashSet::new();
+    let mut bytes = 0;
+    for chunk in index.chunks() {
+        if planned.sources[chunk.number] == Source::Fetch && ids.insert(chunk.id) {
+            bytes += fs::metadata(store.root().join(chunk_path(&chunk.id)))?.len();
+        }
+    }
+    fs::remove_dir_all(scratch)?;
+    Ok((full, planned.plan, bytes))
+}
+
 fn run() -> Res<()> {
     for tool in ["mkfs.ext4", "lz4"] {
         if Command::new(tool).arg("-V").output().is_err() {
@@ -307,20 +446,16 @@ fn run() -> Res<()> {
     }
     let dir = data_dir();
     fs::create_dir_all(&dir)?;
-    let images = build_images(&dir)?;
+    // The images of this version of the builder (an older builder's images are not reused).
+    let images = build_images(&dir.join("images-2"))?;
     let (v1, v2) = (fs::read(&images.v1)?, fs::read(&images.v2)?);
     let serve = dir.join("serve");
     let _ = fs::remove_dir_all(&serve);
     fs::create_dir_all(&serve)?;
     eprintln!("bench: lz4 -9 of v2");
-    let lz4 = serve.join("v2.img.lz4");
-    run_cmd(
-        Command::new("lz4")
-            .args(["-9", "-q", "-f"])
-            .arg(&images.v2)
-            .arg(&lz4),
-    )?;
-    let lz4_bytes = fs::read(&lz4)?;
+    let lz4_path = serve.join("v2.img.lz4");
+    lz4(&images.v2, &lz4_path)?;
+    let lz4_bytes = fs::read(&lz4_path)?;
     let sha = hex::encode(Sha256::digest(&lz4_bytes));
     eprintln!("bench: indexes and chunk store");
     let store = StoreWriter::new(serve.join("chunks"))?;
@@ -412,6 +547,31 @@ fn run() -> Res<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
+        println!("{r}");
+    }
+    // What the same bench gives for other kinds of change, from the plan alone (the rows above
+    // show that the plan is what gets fetched).
+    let mut other = Vec::new();
+    for (what, image) in &images.variants {
+        eprintln!("bench: plan only, v2 with {what}");
+        let (full, plan, bytes) = plan_only(image, &seed_index, &dir.join("scratch"))?;
+        other.push(format!(
+            "| {what} | {:.1} MiB | {:.1} MiB | {:.2}x | {} of {} |",
+            full as f64 / 1048576.0,
+            bytes as f64 / 1048576.0,
+            bytes as f64 / full as f64,
+            plan.download.chunks,
+            plan.image.chunks,
+        ));
+        json.insert(
+            format!("plan only: {what}"),
+            serde_json::json!({"full": full, "delta": bytes, "plan": plan}),
+        );
+    }
+    println!();
+    println!("| v2 instead with | full bytes | delta bytes (plan) | ratio | chunks to download |");
+    println!("|---|---|---|---|---|");
+    for r in other {
         println!("{r}");
     }
     println!("{}", serde_json::to_string_pretty(&json)?);

@@ -361,6 +361,12 @@ fn print_check(check: &Check, json: bool) -> u8 {
                 for m in &a.migrations {
                     log::info!("{} needs migration {m}", a.update.version);
                 }
+                // On stderr: stdout keeps the reference's one line for scripts.
+                if let Some(plan) = &a.delta_plan {
+                    for line in updog::delta::stage::describe_estimate(plan) {
+                        eprintln!("{line}");
+                    }
+                }
             }
             updog::exit::SUCCESS
         }

@@ -100,6 +100,11 @@ pub struct AvailableUpdate {
     /// lengths and sha256, chunk indexes, migrations and the target set.
     #[serde(skip)]
     pub plan: UpdatePlan,
+    /// What a delta update would reuse and download, per image and in total, when the update
+    /// offers chunk indexes and `delta` is on (filled in by [`Updater::check`]). Ours; the
+    /// reference's fields are unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_plan: Option<crate::delta::stage::UpdateEstimate>,
 }
 
 /// What [`Updater::stage_plan`] (or [`Updater::stage`]) put on the inactive set.
@@ -657,6 +662,7 @@ impl Updater {
                         .collect(),
                     migration_plan: plan.migration_plan.clone(),
                     plan,
+                    delta_plan: None,
                 })))
             }
         }
@@ -686,6 +692,7 @@ impl Updater {
                 // A check needs no disk (it runs where the disk cannot be found or read);
                 // staging checks the set against the lock's.
                 update.plan.target_set = self.disk_and_active().ok().map(|(_, a)| a.other());
+                update.delta_plan = self.delta_estimate(&repo, &manifest, &update.update);
             }
             Ok(Check {
                 running: self.os.clone(),
@@ -1114,6 +1121,41 @@ impl Updater {
         })
     }
 
+    /// Where the delta seed cache and resume markers live: beside the staged record.
+    fn delta_state_dir(&self) -> &std::path::Path {
+        self.config
+            .state_file
+            .parent()
+            .unwrap_or(std::path::Path::new("/var/lib/updog"))
+    }
+
+    /// The delta plan of `update` for `check`, from the indexes and the seed cache (no disk
+    /// reads beyond finding the running set, which is optional).
+    fn delta_estimate(
+        &self,
+        repo: &crate::tuf::Repository,
+        manifest: &Manifest,
+        update: &manifest::Update,
+    ) -> Option<crate::delta::stage::UpdateEstimate> {
+        if !self.config.delta || update.delta.is_none() {
+            return None;
+        }
+        let running_set = self
+            .config
+            .active_set
+            .or_else(|| self.disk_and_active().ok().map(|(_, a)| a))
+            .map(|s| s.to_string());
+        let running_version = self.os.version_id.to_string();
+        let request = crate::delta::stage::EstimateRequest {
+            manifest,
+            update,
+            running_version: &running_version,
+            running_set: running_set.as_deref(),
+            state_dir: self.delta_state_dir(),
+        };
+        crate::delta::stage::estimate_update(repo, &request)
+    }
+
     /// Stages one image from chunks when the update offers an index for it and `delta` is on.
     /// `Ok(None)`: not offered, or it failed in a way the full image avoids (reported with a
     /// [`ProgressEvent::DeltaFallback`]); the caller streams the full image then.
@@ -1142,11 +1184,7 @@ impl Updater {
         let active = inactive.other();
         let running = cleared.layout().set(active).map_err(UpdateError::Disk)?;
         let seed = crate::staging::partition_of(running, kind);
-        let state_dir = self
-            .config
-            .state_file
-            .parent()
-            .unwrap_or(std::path::Path::new("/var/lib/updog"));
+        let state_dir = self.delta_state_dir();
         let (running_set, running_version) = (active.to_string(), self.os.version_id.to_string());
         let request = crate::delta::stage::DeltaImage {
             image: kind.name(),

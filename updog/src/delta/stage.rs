@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use manifest::{Manifest, Update};
+use serde::Serialize;
 use url::Url;
 
 use super::assemble::{AssembleError, AssembleOptions, AssembleProgress, Assembled, assemble};
@@ -196,13 +197,13 @@ impl DeltaImage<'_> {
 
     /// The running version's index of this image, if the repository still lists it.
     fn repository_seed(&self, repo: &Repository) -> Option<BlobIndex> {
-        let running = self.manifest.updates.iter().find(|u| {
-            u.variant == self.update.variant
-                && u.arch == self.update.arch
-                && u.version.to_string() == self.running_version
-        })?;
-        let (target, _) = self.offered(running)?;
-        load_index(repo, &target).ok().map(|(index, _)| index)
+        running_index(
+            repo,
+            self.manifest,
+            self.update,
+            self.image,
+            self.running_version,
+        )
     }
 
     /// The plan for this image without touching the disk (for `check-update`): the running
@@ -210,16 +211,18 @@ impl DeltaImage<'_> {
     pub fn estimate(&self, repo: &Repository) -> Result<Plan, DeltaError> {
         let (target, _) = self.offered(self.update).ok_or(DeltaError::NoIndex)?;
         let (index, _) = load_index(repo, &target)?;
-        let seed = self.repository_seed(repo).or_else(|| {
-            let path = cache_path(
-                self.state_dir,
-                self.running_set,
-                self.image,
-                self.running_version,
-            );
-            BlobIndex::parse(&std::fs::read(path).ok()?).ok()
-        });
+        let (seed, _) = plan_seed(repo, &self.estimate_request(), self.image);
         Ok(Planned::new(&index, seed.as_ref()).plan)
+    }
+
+    fn estimate_request(&self) -> EstimateRequest<'_> {
+        EstimateRequest {
+            manifest: self.manifest,
+            update: self.update,
+            running_version: self.running_version,
+            running_set: Some(self.running_set),
+            state_dir: self.state_dir,
+        }
     }
 
     /// Stages the image as a delta.
@@ -290,4 +293,229 @@ impl DeltaImage<'_> {
             assembled,
         })
     }
+}
+
+/// The running version's index of `image`, if the repository still lists it.
+fn running_index(
+    repo: &Repository,
+    manifest: &Manifest,
+    update: &Update,
+    image: &str,
+    running_version: &str,
+) -> Option<BlobIndex> {
+    let running = manifest.updates.iter().find(|u| {
+        u.variant == update.variant
+            && u.arch == update.arch
+            && u.version.to_string() == running_version
+    })?;
+    let target = running.delta.as_ref()?.indexes.get(image)?;
+    load_index(repo, target).ok().map(|(index, _)| index)
+}
+
+/// The seed index a plan can use without reading the disk, and where it came from.
+fn plan_seed(
+    repo: &Repository,
+    request: &EstimateRequest<'_>,
+    image: &str,
+) -> (Option<BlobIndex>, PlanSeed) {
+    if let Some(index) = running_index(
+        repo,
+        request.manifest,
+        request.update,
+        image,
+        request.running_version,
+    ) {
+        return (Some(index), PlanSeed::RunningIndex);
+    }
+    let cached = request.running_set.and_then(|set| {
+        let path = cache_path(request.state_dir, set, image, request.running_version);
+        BlobIndex::parse(&std::fs::read(path).ok()?).ok()
+    });
+    match cached {
+        Some(index) => (Some(index), PlanSeed::CachedIndex),
+        None => (None, PlanSeed::None),
+    }
+}
+
+/// What [`estimate_update`] needs to know about the host and the update.
+#[derive(Debug, Clone, Copy)]
+pub struct EstimateRequest<'a> {
+    /// The verified manifest (to find the running version's indexes).
+    pub manifest: &'a Manifest,
+    /// The update chosen.
+    pub update: &'a Update,
+    /// The running version.
+    pub running_version: &'a str,
+    /// The running set's name (`A`/`B`), for the seed cache's file name, when known.
+    pub running_set: Option<&'a str>,
+    /// Where the seed cache lives.
+    pub state_dir: &'a Path,
+}
+
+/// Where a plan found the chunks of the running set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanSeed {
+    /// The running version's index, which the repository still lists.
+    RunningIndex,
+    /// The index of the running partition that an earlier update kept on this host.
+    CachedIndex,
+    /// Neither: the plan counts every non-zero chunk as a download, and staging will chunk the
+    /// running partition first (one read), so it will download less than this plan says.
+    None,
+}
+
+/// A plan's totals in the form an operator reads them: bytes and chunks of the image, reused
+/// (zero, already in place, from the running set) and to download (each distinct chunk once,
+/// uncompressed; the store sends them zstd-compressed, so fewer bytes cross the network).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PlanTotals {
+    /// Bytes of the image.
+    pub image_bytes: u64,
+    /// Chunks of the image.
+    pub image_chunks: usize,
+    /// Bytes not downloaded.
+    pub reused_bytes: u64,
+    /// Chunks not downloaded.
+    pub reused_chunks: usize,
+    /// Uncompressed bytes to download.
+    pub download_bytes: u64,
+    /// Chunks to download.
+    pub download_chunks: usize,
+}
+
+impl PlanTotals {
+    /// The totals of `plan`.
+    pub fn of(plan: &Plan) -> PlanTotals {
+        PlanTotals {
+            image_bytes: plan.image.bytes,
+            image_chunks: plan.image.chunks,
+            reused_bytes: plan.reused_bytes(),
+            reused_chunks: plan.zero.chunks + plan.in_place.chunks + plan.seed.chunks,
+            download_bytes: plan.download.bytes,
+            download_chunks: plan.download.chunks,
+        }
+    }
+
+    fn add(&mut self, other: &PlanTotals) {
+        self.image_bytes += other.image_bytes;
+        self.image_chunks += other.image_chunks;
+        self.reused_bytes += other.reused_bytes;
+        self.reused_chunks += other.reused_chunks;
+        self.download_bytes += other.download_bytes;
+        self.download_chunks += other.download_chunks;
+    }
+}
+
+/// The delta plan of one image of an update.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageEstimate {
+    /// `root`, `boot` or `hash`.
+    pub image: String,
+    /// The index target.
+    pub index: String,
+    /// Where the running set's chunks were found.
+    pub seed: PlanSeed,
+    /// The totals.
+    #[serde(flatten)]
+    pub totals: PlanTotals,
+    /// Every count of the plan.
+    pub plan: Plan,
+}
+
+/// An image whose index cannot be used.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnusableIndex {
+    /// `root`, `boot` or `hash`.
+    pub image: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The delta plan of an update, per image and in total, as `check-update` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpdateEstimate {
+    /// Images the update offers an index for, planned.
+    pub images: Vec<ImageEstimate>,
+    /// Images offered as a delta whose index cannot be used (they would be downloaded whole).
+    pub unusable: Vec<UnusableIndex>,
+    /// The sum over `images`.
+    pub total: PlanTotals,
+}
+
+/// Plans every image `request.update` offers an index for, reading indexes through TUF and the
+/// seed cache only (not the disk). `None` when the update offers no delta.
+pub fn estimate_update(repo: &Repository, request: &EstimateRequest<'_>) -> Option<UpdateEstimate> {
+    let delta = request.update.delta.as_ref()?;
+    let mut out = UpdateEstimate {
+        images: Vec::new(),
+        unusable: Vec::new(),
+        total: PlanTotals::default(),
+    };
+    // Staging order (root, boot, hash), then any other name the manifest lists.
+    let mut names: Vec<&String> = delta.indexes.keys().collect();
+    let order = |n: &str| ["root", "boot", "hash"].iter().position(|k| *k == n);
+    names.sort_by_key(|n| (order(n).unwrap_or(usize::MAX), n.as_str()));
+    for image in names {
+        let target = &delta.indexes[image];
+        match load_index(repo, target) {
+            Ok((index, _)) => {
+                let (seed, origin) = plan_seed(repo, request, image);
+                let plan = Planned::new(&index, seed.as_ref()).plan;
+                let totals = PlanTotals::of(&plan);
+                out.total.add(&totals);
+                out.images.push(ImageEstimate {
+                    image: image.clone(),
+                    index: target.clone(),
+                    seed: origin,
+                    totals,
+                    plan,
+                });
+            }
+            Err(e) => out.unusable.push(UnusableIndex {
+                image: image.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+    Some(out)
+}
+
+/// `estimate` as lines for people: one per image and the total.
+pub fn describe_estimate(estimate: &UpdateEstimate) -> Vec<String> {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let line = |what: &str, t: &PlanTotals| {
+        format!(
+            "{what}: {:.1} MiB to download ({} chunks, before compression), {:.1} MiB reused ({} chunks) of {:.1} MiB",
+            mib(t.download_bytes),
+            t.download_chunks,
+            mib(t.reused_bytes),
+            t.reused_chunks,
+            mib(t.image_bytes)
+        )
+    };
+    let mut out: Vec<String> = estimate
+        .images
+        .iter()
+        .map(|i| {
+            let seed = match i.seed {
+                PlanSeed::RunningIndex => "",
+                PlanSeed::CachedIndex => " (seed: cached index of the running partition)",
+                PlanSeed::None => {
+                    " (no index of the running set yet: staging chunks it first and downloads less)"
+                }
+            };
+            format!("{}{seed}", line(&format!("Delta {}", i.image), &i.totals))
+        })
+        .collect();
+    for u in &estimate.unusable {
+        out.push(format!(
+            "Delta {}: not possible ({}); the full image would be downloaded",
+            u.image, u.reason
+        ));
+    }
+    if estimate.images.len() > 1 {
+        out.push(line("Delta total", &estimate.total));
+    }
+    out
 }
