@@ -303,7 +303,6 @@ fn verify(dirs: &CacheDirs, from: &str, to: &str) -> Result<VerifiedCache, Verif
     verify_offline(dirs, &TestLoader, &v(from), &v(to))
 }
 
-
 /// Default options, with a filesystem of `available` free bytes in 4 KiB blocks.
 fn with_space(available: u64) -> FetchOptions {
     FetchOptions {

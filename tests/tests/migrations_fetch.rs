@@ -179,7 +179,6 @@ impl Env {
     }
 }
 
-
 fn files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = match fs::read_dir(dir) {
         Ok(rd) => rd
