@@ -135,6 +135,9 @@ pub struct Status {
     pub staged: Option<StagedRecord>,
     /// Where the record and the GPT disagree, or why the record cannot be read, and what to do.
     pub record_problem: Option<String>,
+    /// The record exists but this process may not read it (it is root's, mode 0600): `staged`
+    /// is then unknown rather than absent, and no problem is reported. Run as root to see it.
+    pub record_needs_root: bool,
     /// The set the bootloader picks next (`None`: no set is bootable).
     pub next_boot: Option<SetId>,
     /// The boot flags of both sets, as signpost reports them.
@@ -1457,7 +1460,10 @@ impl Updater {
         let inactive = InactiveState::of(&flags);
         let set = sp.inactive();
         let path = self.config.state_file.display();
-        let (staged, record_problem) = match StagedRecord::read(&self.config.state_file) {
+        let record = StagedRecord::read(&self.config.state_file);
+        let record_needs_root = matches!(&record, Err(e) if e.needs_root());
+        let (staged, record_problem) = match record {
+            Err(_) if record_needs_root => (None, None),
             Err(e) => (
                 None,
                 Some(format!(
@@ -1513,6 +1519,7 @@ impl Updater {
             inactive,
             staged,
             record_problem,
+            record_needs_root,
             next_boot: sp.next_boot(),
             sets,
             update_state,
