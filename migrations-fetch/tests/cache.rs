@@ -303,15 +303,6 @@ fn verify(dirs: &CacheDirs, from: &str, to: &str) -> Result<VerifiedCache, Verif
     verify_offline(dirs, &TestLoader, &v(from), &v(to))
 }
 
-/// The names of the verified migrations, in order.
-fn names(verified: &VerifiedCache) -> Vec<&str> {
-    verified
-        .migrations
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect()
-}
-
 /// Default options, with a filesystem of `available` free bytes in 4 KiB blocks.
 fn with_space(available: u64) -> FetchOptions {
     FetchOptions {
@@ -392,7 +383,7 @@ fn forward_chain_with_shortcut_is_fetched_in_the_reference_layout() {
     );
 
     let verified = verify(&dirs, "1.0.0", "1.3.0").unwrap();
-    assert_eq!(names(&verified), plan.migration_names());
+    assert_eq!(verified.migration_names(), plan.migration_names());
     assert_eq!(
         verified.migrations[1].read_verified().unwrap(),
         fs::read(repo.targets_dir.join("migrate_v1.3.0_c.lz4")).unwrap()
@@ -415,7 +406,7 @@ fn backward_chain_needs_the_same_migrations() {
     let (_cache, dirs) = new_cache();
     fetch_all(&backward, &repo, &dirs);
     let verified = verify(&dirs, "1.3.0", "1.0.0").unwrap();
-    assert_eq!(names(&verified), backward.migration_names());
+    assert_eq!(verified.migration_names(), backward.migration_names());
 }
 
 #[test]

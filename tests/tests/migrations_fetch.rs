@@ -179,15 +179,6 @@ impl Env {
     }
 }
 
-/// The names of the verified migrations, in order.
-fn names(verified: &VerifiedCache) -> Vec<&str> {
-    verified
-        .migrations
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect()
-}
-
 fn files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = match fs::read_dir(dir) {
         Ok(rd) => rd
@@ -248,7 +239,7 @@ fn forward_chain_with_a_shortcut_is_cached_in_the_reference_layout_and_verifies_
     );
 
     let verified = env.verify("1.0.0", "1.3.0").unwrap();
-    assert_eq!(names(&verified), [A, C, D]);
+    assert_eq!(verified.migration_names(), [A, C, D]);
     assert_eq!(
         verified.migrations[0].read_verified().unwrap(),
         payload(1, 3_000)
@@ -265,7 +256,7 @@ fn backward_chain_caches_the_same_migrations() {
     assert_eq!(needed, [A, C, D]);
     env.fetch(&plan, &repo).unwrap();
     let verified = env.verify("1.3.0", "1.0.0").unwrap();
-    assert_eq!(names(&verified), plan.migration_names());
+    assert_eq!(verified.migration_names(), plan.migration_names());
 }
 
 #[test]
