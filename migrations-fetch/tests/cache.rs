@@ -9,6 +9,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use fixtures::fs::file_names;
 use migrations_fetch::{
     BoxError, CacheDirs, FetchError, FetchOptions, FetchReport, FixedSpace, MetadataFile,
     MigrationPlan, MigrationSource, OfflineLoader, PlanError, ProblemKind, Space, TargetInfo,
@@ -255,17 +256,6 @@ fn standard_repo(version: u64) -> Published {
     )
 }
 
-fn cache_files(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    names.sort();
-    names
-}
-
 fn cached_name(repo: &Published, name: &str) -> String {
     format!("{}.{name}", repo.signed[name].sha256_hex())
 }
@@ -353,7 +343,7 @@ fn forward_chain_with_shortcut_is_fetched_in_the_reference_layout() {
         .map(|n| cached_name(&repo, n))
         .collect();
     expected.sort();
-    assert_eq!(cache_files(&dirs.targets), expected);
+    assert_eq!(file_names(&dirs.targets), expected);
     for name in ["migrate_v1.1.0_a.lz4", "migrate_v1.3.0_c.lz4"] {
         assert_eq!(
             fs::read(dirs.targets.join(cached_name(&repo, name))).unwrap(),
@@ -361,7 +351,7 @@ fn forward_chain_with_shortcut_is_fetched_in_the_reference_layout() {
         );
     }
     assert_eq!(
-        cache_files(&dirs.metadata),
+        file_names(&dirs.metadata),
         [
             "1.root.json",
             "2.root.json",
@@ -466,13 +456,10 @@ fn rerun_after_interrupted_fetch_fetches_only_what_is_missing() {
     }
     // Only the complete, verified file is in place; no partial or temporary file.
     assert_eq!(
-        cache_files(&dirs.targets),
+        file_names(&dirs.targets),
         [cached_name(&repo, "migrate_v1.1.0_a.lz4")]
     );
-    assert!(
-        cache_files(&dirs.metadata).is_empty(),
-        "metadata comes last"
-    );
+    assert!(file_names(&dirs.metadata).is_empty(), "metadata comes last");
 
     let healthy = repo.source();
     let report = fetch_from(&plan, &healthy, &dirs).unwrap();
@@ -651,9 +638,9 @@ fn stale_files_are_pruned_after_a_successful_fetch() {
         "subdir".to_owned(),
     ];
     expected.sort();
-    assert_eq!(cache_files(&dirs.targets), expected);
+    assert_eq!(file_names(&dirs.targets), expected);
     assert_eq!(
-        cache_files(&dirs.metadata),
+        file_names(&dirs.metadata),
         [
             "1.root.json",
             "2.root.json",
@@ -708,8 +695,8 @@ fn not_enough_space_stops_before_the_first_write() {
     }
     assert!(err.to_string().contains("not enough free space"), "{err}");
     assert!(source.opened().is_empty());
-    assert!(cache_files(&dirs.targets).is_empty());
-    assert!(cache_files(&dirs.metadata).is_empty());
+    assert!(file_names(&dirs.targets).is_empty());
+    assert!(file_names(&dirs.metadata).is_empty());
 }
 
 #[test]
@@ -769,9 +756,9 @@ fn a_source_serving_wrong_bytes_leaves_nothing_in_place() {
         assert!(expect(&err), "{err}");
         assert!(err.to_string().contains(name), "{err}");
         assert!(
-            cache_files(&dirs.targets).is_empty(),
+            file_names(&dirs.targets).is_empty(),
             "{:?}",
-            cache_files(&dirs.targets)
+            file_names(&dirs.targets)
         );
     }
 }
@@ -827,7 +814,7 @@ fn metadata_names_that_escape_the_directory_are_refused_before_any_write() {
         )
         .unwrap_err();
         assert!(err.to_string().contains(bad), "{err}");
-        assert!(cache_files(&dirs.targets).is_empty());
+        assert!(file_names(&dirs.targets).is_empty());
         assert!(!cache.path().join("evil.json").exists());
     }
 }
