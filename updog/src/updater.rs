@@ -135,8 +135,9 @@ pub struct Status {
     pub staged: Option<StagedRecord>,
     /// Where the record and the GPT disagree, or why the record cannot be read, and what to do.
     pub record_problem: Option<String>,
-    /// The record exists but this process may not read it (it is root's, mode 0600): `staged`
-    /// is then unknown rather than absent, and no problem is reported. Run as root to see it.
+    /// The GPT says the inactive set is staged or applied, and the record that describes it
+    /// exists but this process may not read it (it is root's, mode 0600): `staged` is then
+    /// unknown rather than absent, and no problem is reported. Run as root to see it.
     pub record_needs_root: bool,
     /// The set the bootloader picks next (`None`: no set is bootable).
     pub next_boot: Option<SetId>,
@@ -1461,9 +1462,12 @@ impl Updater {
         let set = sp.inactive();
         let path = self.config.state_file.display();
         let record = StagedRecord::read(&self.config.state_file);
-        let record_needs_root = matches!(&record, Err(e) if e.needs_root());
+        let unreadable = matches!(&record, Err(e) if e.needs_root());
+        // It matters only while the GPT says something is staged or applied there.
+        let record_needs_root =
+            unreadable && matches!(inactive, InactiveState::Staged | InactiveState::Applied);
         let (staged, record_problem) = match record {
-            Err(_) if record_needs_root => (None, None),
+            Err(_) if unreadable => (None, None),
             Err(e) => (
                 None,
                 Some(format!(
