@@ -171,18 +171,14 @@ fn check_space(
     metadata: &[MetadataFile],
     probe: &dyn SpaceProbe,
 ) -> Result<(), FetchError> {
-    let targets_space = probe
-        .probe(&dirs.targets)
-        .map_err(|source| FetchError::SpaceProbe {
-            dir: dirs.targets.clone(),
+    let space = |dir: &Path| {
+        probe.probe(dir).map_err(|source| FetchError::SpaceProbe {
+            dir: dir.to_path_buf(),
             source,
-        })?;
-    let metadata_space = probe
-        .probe(&dirs.metadata)
-        .map_err(|source| FetchError::SpaceProbe {
-            dir: dirs.metadata.clone(),
-            source,
-        })?;
+        })
+    };
+    let targets_space = space(&dirs.targets)?;
+    let metadata_space = space(&dirs.metadata)?;
     let target_bytes = missing.iter().fold(0u64, |acc, t| {
         acc.saturating_add(on_disk(t.length, targets_space.block_size))
     });

@@ -73,6 +73,14 @@ pub struct VerifiedCache {
     pub extraneous: Vec<String>,
 }
 
+impl VerifiedCache {
+    /// The verified migrations' target names, in run order (as
+    /// [`crate::MigrationPlan::migration_names`] lists them before the fetch).
+    pub fn migration_names(&self) -> Vec<&str> {
+        self.migrations.iter().map(|m| m.name.as_str()).collect()
+    }
+}
+
 /// Verifies the cache with metadata loaded through `loader` (expiry ignored), then resolves
 /// the migrations from `from` (the data store's version) to `to` (the version being booted).
 ///

@@ -9,6 +9,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use fixtures::fs::file_names;
 use migrations_fetch::{
     BoxError, CacheDirs, FetchError, FetchOptions, FetchReport, FixedSpace, MetadataFile,
     MigrationPlan, MigrationSource, OfflineLoader, PlanError, ProblemKind, Space, TargetInfo,
@@ -255,17 +256,6 @@ fn standard_repo(version: u64) -> Published {
     )
 }
 
-fn cache_files(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    names.sort();
-    names
-}
-
 fn cached_name(repo: &Published, name: &str) -> String {
     format!("{}.{name}", repo.signed[name].sha256_hex())
 }
@@ -301,15 +291,6 @@ fn fetch_all(plan: &MigrationPlan, repo: &Published, dirs: &CacheDirs) -> FetchR
 /// Verifies the cache offline for the jump `from` -> `to`.
 fn verify(dirs: &CacheDirs, from: &str, to: &str) -> Result<VerifiedCache, VerifyError> {
     verify_offline(dirs, &TestLoader, &v(from), &v(to))
-}
-
-/// The names of the verified migrations, in order.
-fn names(verified: &VerifiedCache) -> Vec<&str> {
-    verified
-        .migrations
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect()
 }
 
 /// Default options, with a filesystem of `available` free bytes in 4 KiB blocks.
@@ -362,7 +343,7 @@ fn forward_chain_with_shortcut_is_fetched_in_the_reference_layout() {
         .map(|n| cached_name(&repo, n))
         .collect();
     expected.sort();
-    assert_eq!(cache_files(&dirs.targets), expected);
+    assert_eq!(file_names(&dirs.targets), expected);
     for name in ["migrate_v1.1.0_a.lz4", "migrate_v1.3.0_c.lz4"] {
         assert_eq!(
             fs::read(dirs.targets.join(cached_name(&repo, name))).unwrap(),
@@ -370,7 +351,7 @@ fn forward_chain_with_shortcut_is_fetched_in_the_reference_layout() {
         );
     }
     assert_eq!(
-        cache_files(&dirs.metadata),
+        file_names(&dirs.metadata),
         [
             "1.root.json",
             "2.root.json",
@@ -392,7 +373,7 @@ fn forward_chain_with_shortcut_is_fetched_in_the_reference_layout() {
     );
 
     let verified = verify(&dirs, "1.0.0", "1.3.0").unwrap();
-    assert_eq!(names(&verified), plan.migration_names());
+    assert_eq!(verified.migration_names(), plan.migration_names());
     assert_eq!(
         verified.migrations[1].read_verified().unwrap(),
         fs::read(repo.targets_dir.join("migrate_v1.3.0_c.lz4")).unwrap()
@@ -415,7 +396,7 @@ fn backward_chain_needs_the_same_migrations() {
     let (_cache, dirs) = new_cache();
     fetch_all(&backward, &repo, &dirs);
     let verified = verify(&dirs, "1.3.0", "1.0.0").unwrap();
-    assert_eq!(names(&verified), backward.migration_names());
+    assert_eq!(verified.migration_names(), backward.migration_names());
 }
 
 #[test]
@@ -475,13 +456,10 @@ fn rerun_after_interrupted_fetch_fetches_only_what_is_missing() {
     }
     // Only the complete, verified file is in place; no partial or temporary file.
     assert_eq!(
-        cache_files(&dirs.targets),
+        file_names(&dirs.targets),
         [cached_name(&repo, "migrate_v1.1.0_a.lz4")]
     );
-    assert!(
-        cache_files(&dirs.metadata).is_empty(),
-        "metadata comes last"
-    );
+    assert!(file_names(&dirs.metadata).is_empty(), "metadata comes last");
 
     let healthy = repo.source();
     let report = fetch_from(&plan, &healthy, &dirs).unwrap();
@@ -660,9 +638,9 @@ fn stale_files_are_pruned_after_a_successful_fetch() {
         "subdir".to_owned(),
     ];
     expected.sort();
-    assert_eq!(cache_files(&dirs.targets), expected);
+    assert_eq!(file_names(&dirs.targets), expected);
     assert_eq!(
-        cache_files(&dirs.metadata),
+        file_names(&dirs.metadata),
         [
             "1.root.json",
             "2.root.json",
@@ -717,8 +695,8 @@ fn not_enough_space_stops_before_the_first_write() {
     }
     assert!(err.to_string().contains("not enough free space"), "{err}");
     assert!(source.opened().is_empty());
-    assert!(cache_files(&dirs.targets).is_empty());
-    assert!(cache_files(&dirs.metadata).is_empty());
+    assert!(file_names(&dirs.targets).is_empty());
+    assert!(file_names(&dirs.metadata).is_empty());
 }
 
 #[test]
@@ -778,9 +756,9 @@ fn a_source_serving_wrong_bytes_leaves_nothing_in_place() {
         assert!(expect(&err), "{err}");
         assert!(err.to_string().contains(name), "{err}");
         assert!(
-            cache_files(&dirs.targets).is_empty(),
+            file_names(&dirs.targets).is_empty(),
             "{:?}",
-            cache_files(&dirs.targets)
+            file_names(&dirs.targets)
         );
     }
 }
@@ -836,7 +814,7 @@ fn metadata_names_that_escape_the_directory_are_refused_before_any_write() {
         )
         .unwrap_err();
         assert!(err.to_string().contains(bad), "{err}");
-        assert!(cache_files(&dirs.targets).is_empty());
+        assert!(file_names(&dirs.targets).is_empty());
         assert!(!cache.path().join("evil.json").exists());
     }
 }

@@ -50,6 +50,15 @@ use nix::fcntl::{Flock, FlockArg};
 /// promptly.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(2);
 
+/// How long the `signpost` CLI waits by default. Its changes are one-shot and mostly run
+/// unattended (`mark-successful-boot` and `rollback-to-inactive` from boot-time units, where a
+/// spurious failure is worse than a delay): they ride out another brief owner (udev probing,
+/// a partitioning tool, another signpost) instead of failing after [`DEFAULT_WAIT`]. An update
+/// holds the lock for minutes; a change that meets one still fails, naming its pid. updog
+/// keeps the short wait: a second update reports the running one promptly (exit 4) rather
+/// than queueing behind a download.
+pub const ONE_SHOT_WAIT: Duration = Duration::from_secs(30);
+
 /// How often a waiting process retries the lock.
 const POLL: Duration = Duration::from_millis(20);
 

@@ -23,8 +23,9 @@ struct Cli {
     active: Option<SetId>,
     /// Seconds to wait for another process (signpost, updog, a partitioning tool) that holds
     /// the disk's lock (0: fail at once). Changes lock the disk itself (a BSD flock on its
-    /// device node or image file).
-    #[arg(long, global = true, value_name = "SECS", default_value_t = 30)]
+    /// device node or image file). Longer than updog's 2 s: signpost's changes are one-shot,
+    /// mostly from boot-time units, and should outlast a brief owner rather than fail.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = signpost::lock::ONE_SHOT_WAIT.as_secs())]
     lock_timeout: u64,
     #[command(flatten)]
     log: cli_support::logging::LogArgs,

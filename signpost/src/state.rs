@@ -337,7 +337,7 @@ impl BootFlags {
     /// Errors: [`Error::InactiveAlreadyMarked`] when the inactive set has a priority or is
     /// marked successful; [`Error::InactiveNotValid`] when it has no tries left.
     pub fn upgrade_to_inactive(&mut self) -> Result<(), Error> {
-        let (mut inactive, mut active) = self.inactive_state(Transition::UpgradeToInactive)?;
+        let (mut inactive, active) = self.inactive_state(Transition::UpgradeToInactive)?;
         let set = self.inactive();
         if inactive.priority != 0 || inactive.successful {
             return Err(Error::InactiveAlreadyMarked {
@@ -351,11 +351,8 @@ impl BootFlags {
                 state: inactive,
             });
         }
-        inactive.priority = PRIORITY_PREFERRED;
         inactive.successful = false;
-        active.priority = PRIORITY_FALLBACK;
-        self.set_state(set, inactive);
-        self.set_state(self.active, active);
+        self.prefer_inactive(inactive, active);
         Ok(())
     }
 
@@ -365,8 +362,7 @@ impl BootFlags {
         let (mut inactive, mut active) = self.inactive_state(Transition::CancelUpgrade)?;
         inactive.priority = 0;
         active.priority = PRIORITY_PREFERRED;
-        self.set_state(self.inactive(), inactive);
-        self.set_state(self.active, active);
+        self.set_both(inactive, active);
         Ok(())
     }
 
@@ -375,18 +371,14 @@ impl BootFlags {
     /// Errors: [`Error::InactiveNotBootable`] unless the inactive set booted successfully
     /// before, or has both a priority and tries left.
     pub fn rollback_to_inactive(&mut self) -> Result<(), Error> {
-        let (mut inactive, mut active) = self.inactive_state(Transition::RollbackToInactive)?;
-        let set = self.inactive();
+        let (inactive, active) = self.inactive_state(Transition::RollbackToInactive)?;
         if !inactive.can_roll_back_to() {
             return Err(Error::InactiveNotBootable {
-                set,
+                set: self.inactive(),
                 state: inactive,
             });
         }
-        inactive.priority = PRIORITY_PREFERRED;
-        active.priority = PRIORITY_FALLBACK;
-        self.set_state(set, inactive);
-        self.set_state(self.active, active);
+        self.prefer_inactive(inactive, active);
         Ok(())
     }
 
@@ -412,6 +404,20 @@ impl BootFlags {
         self.boot_ever_succeeded().ok_or(Error::NoPrivatePartition {
             operation: "has-boot-ever-succeeded",
         })
+    }
+
+    /// The inactive set boots next and the running one is the fallback (priorities 2 and 1):
+    /// the rule `upgrade-to-inactive` and `rollback-to-inactive` share.
+    fn prefer_inactive(&mut self, mut inactive: SetState, mut active: SetState) {
+        inactive.priority = PRIORITY_PREFERRED;
+        active.priority = PRIORITY_FALLBACK;
+        self.set_both(inactive, active);
+    }
+
+    /// Sets the states of the inactive and the running set.
+    fn set_both(&mut self, inactive: SetState, active: SetState) {
+        self.set_state(self.inactive(), inactive);
+        self.set_state(self.active, active);
     }
 
     /// The (inactive, active) states, or an error naming the operation in single-set mode.

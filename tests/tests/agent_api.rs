@@ -476,3 +476,49 @@ fn sigterm_during_check_update_stops_it_with_exit_5() {
         describe(&out)
     );
 }
+
+#[test]
+fn sigterm_while_staging_ends_the_json_progress_with_a_cancelled_error() {
+    let spec = RepoSpec::two_releases();
+    let host = Host::new(&spec, "1.0.0");
+    for path in host
+        .repo
+        .target_url_paths(&spec.releases[1].target_name("root"))
+    {
+        host.server.fault(
+            &path,
+            Fault::Slow {
+                bytes: 32 * 1024,
+                every: Duration::from_millis(100),
+            },
+        );
+    }
+    let mut cmd = host.updog_cmd();
+    cmd.arg("update");
+    let (child, mut rest) = host.spawn_updog_until(cmd, r#""event":"image""#);
+    e2e_tests::send_signal(&child, "TERM");
+    let mut tail = String::new();
+    std::io::Read::read_to_string(&mut rest, &mut tail).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        code(&out),
+        i32::from(updog::exit::INTERRUPTED),
+        "{}",
+        describe(&out)
+    );
+    let last: serde_json::Value = serde_json::from_str(tail.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "error", "{tail}");
+    assert_eq!(last["cancelled"], true, "{tail}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("set B left cleared"),
+        "{last}"
+    );
+    let finals = tail
+        .lines()
+        .filter(|l| l.contains(r#""event":"done""#) || l.contains(r#""event":"error""#))
+        .count();
+    assert_eq!(finals, 1, "{tail}");
+}

@@ -53,6 +53,25 @@ fn cached_migrations(host: &Host) -> usize {
     })
 }
 
+/// Stages with the default options, which must fail with the disk left exactly as it was.
+fn refused_before_the_disk(host: &Host, updater: &Updater) -> UpdateError {
+    let before = host.disk.bytes().unwrap();
+    let lock = updater.lock().unwrap();
+    let err = updater
+        .stage(
+            &lock,
+            &CheckOptions::default(),
+            &|_| {},
+            &CancelHandle::new(),
+        )
+        .unwrap_err();
+    assert!(
+        host.disk.bytes().unwrap() == before,
+        "the disk changed: {err}"
+    );
+    err
+}
+
 #[test]
 fn staging_follows_the_invariant_order() {
     let host = host();
@@ -165,20 +184,9 @@ fn a_migration_that_does_not_verify_stops_the_update_before_the_disk_is_touched(
         bytes[last] ^= 0x40;
         std::fs::write(&file, bytes).unwrap();
     }
-    let before = host.disk.bytes().unwrap();
-    let updater = updater(&host);
-    let lock = updater.lock().unwrap();
-    let err = updater
-        .stage(
-            &lock,
-            &CheckOptions::default(),
-            &|_| {},
-            &CancelHandle::new(),
-        )
-        .unwrap_err();
+    let err = refused_before_the_disk(&host, &updater(&host));
     assert!(matches!(err, UpdateError::MigrationFetch(_)), "{err}");
     assert_eq!(err.exit_code(), updog::exit::FAILURE);
-    assert!(host.disk.bytes().unwrap() == before, "the disk changed");
 }
 
 #[test]
@@ -423,17 +431,8 @@ fn staging_is_refused_while_the_running_set_has_not_been_marked_successful() {
     let host = host();
     let unconfirmed = SetState::new(2, 0, false).unwrap();
     set_boot_flags(&host, 1, unconfirmed);
-    let before = host.disk.bytes().unwrap();
     let updater = updater(&host);
-    let lock = updater.lock().unwrap();
-    let err = updater
-        .stage(
-            &lock,
-            &CheckOptions::default(),
-            &|_| {},
-            &CancelHandle::new(),
-        )
-        .unwrap_err();
+    let err = refused_before_the_disk(&host, &updater);
     assert!(
         matches!(err, UpdateError::BootNotConfirmed { set: SetId::A, state } if state == unconfirmed),
         "{err}"
@@ -444,9 +443,9 @@ fn staging_is_refused_while_the_running_set_has_not_been_marked_successful() {
         text.contains("signpost mark-successful-boot") && text.contains("set B, the only fallback"),
         "{text}"
     );
-    assert!(host.disk.bytes().unwrap() == before, "the disk changed");
     assert_eq!(cached_migrations(&host), 0);
 
+    let lock = updater.lock().unwrap();
     signpost::Signpost::locked(lock.disk_lock(), Some(SetId::A))
         .unwrap()
         .mark_successful_boot()

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fixtures::fs::file_names;
 use fixtures::http::{Fault, TestServer};
 use fixtures::repo::{Delegation, KeyKind, TargetsRole, TestKey, TestRepo, far_future, long_ago};
 use migrations_fetch::{
@@ -179,26 +180,6 @@ impl Env {
     }
 }
 
-/// The names of the verified migrations, in order.
-fn names(verified: &VerifiedCache) -> Vec<&str> {
-    verified
-        .migrations
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect()
-}
-
-fn files(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    names.sort();
-    names
-}
-
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
@@ -218,7 +199,7 @@ fn forward_chain_with_a_shortcut_is_cached_in_the_reference_layout_and_verifies_
     let report = env.fetch(&plan, &repo).unwrap();
     assert_eq!(report.fetched, [A, C, D, "manifest.json"]);
     assert_eq!(
-        files(&env.dirs.targets),
+        file_names(&env.dirs.targets),
         sorted(vec![
             Env::cached(&repo, A),
             Env::cached(&repo, C),
@@ -233,7 +214,7 @@ fn forward_chain_with_a_shortcut_is_cached_in_the_reference_layout_and_verifies_
     );
     // The layout the reference migrator reads with consistent snapshots.
     assert_eq!(
-        files(&env.dirs.metadata),
+        file_names(&env.dirs.metadata),
         [
             "1.root.json",
             "1.snapshot.json",
@@ -248,7 +229,7 @@ fn forward_chain_with_a_shortcut_is_cached_in_the_reference_layout_and_verifies_
     );
 
     let verified = env.verify("1.0.0", "1.3.0").unwrap();
-    assert_eq!(names(&verified), [A, C, D]);
+    assert_eq!(verified.migration_names(), [A, C, D]);
     assert_eq!(
         verified.migrations[0].read_verified().unwrap(),
         payload(1, 3_000)
@@ -265,7 +246,7 @@ fn backward_chain_caches_the_same_migrations() {
     assert_eq!(needed, [A, C, D]);
     env.fetch(&plan, &repo).unwrap();
     let verified = env.verify("1.3.0", "1.0.0").unwrap();
-    assert_eq!(names(&verified), plan.migration_names());
+    assert_eq!(verified.migration_names(), plan.migration_names());
 }
 
 #[test]
@@ -296,8 +277,8 @@ fn rerun_after_an_interrupted_fetch_downloads_only_the_missing_files() {
     env.server.fault(&c_path, Fault::DropAfter(120_000));
     let err = env.fetch(&plan, &repo).unwrap_err();
     assert!(err.to_string().contains(C), "{err}");
-    assert_eq!(files(&env.dirs.targets), [Env::cached(&repo, A)]);
-    assert!(files(&env.dirs.metadata).is_empty());
+    assert_eq!(file_names(&env.dirs.targets), [Env::cached(&repo, A)]);
+    assert!(file_names(&env.dirs.metadata).is_empty());
 
     env.server.clear_faults();
     env.server.clear_log();
@@ -391,7 +372,7 @@ fn stale_files_are_pruned_after_the_next_successful_fetch() {
     let report = env.fetch(&plan, &repo).unwrap();
     assert_eq!(report.fetched, [E, "manifest.json"]);
     assert_eq!(
-        files(&env.dirs.targets),
+        file_names(&env.dirs.targets),
         sorted(vec![
             Env::cached(&repo, E),
             Env::cached(&repo, "manifest.json")
@@ -400,7 +381,7 @@ fn stale_files_are_pruned_after_the_next_successful_fetch() {
     assert!(report.pruned.iter().any(|p| p.ends_with(&old_a)));
     assert!(report.pruned.iter().any(|p| p.ends_with(&old_manifest)));
     assert_eq!(
-        files(&env.dirs.metadata),
+        file_names(&env.dirs.metadata),
         [
             "1.root.json",
             "2.snapshot.json",
@@ -461,7 +442,7 @@ fn not_enough_space_on_a_small_file_system_stops_before_writing() {
     };
     assert!(*needed > 1_500_000 && *available <= 1024 * 1024, "{err}");
     assert!(err.to_string().contains("not enough free space"), "{err}");
-    assert!(files(&dirs.targets).is_empty() && files(&dirs.metadata).is_empty());
+    assert!(file_names(&dirs.targets).is_empty() && file_names(&dirs.metadata).is_empty());
     assert!(
         env.server
             .requests_for(&Env::target_path(&repo, B))
@@ -497,7 +478,7 @@ fn without_pruning_offline_verification_uses_the_metadata_versions_the_timestamp
     assert_eq!(report.fetched, [A, E, "manifest.json"]);
     assert_eq!(report.reused, [C, D]);
     assert_eq!(
-        files(&env.dirs.metadata),
+        file_names(&env.dirs.metadata),
         [
             "1.root.json",
             "1.snapshot.json",
@@ -527,7 +508,7 @@ fn a_repository_without_consistent_snapshots_is_cached_with_plain_metadata_names
     let plan = Env::plan(&tuf, "1.0.0", "1.1.0").unwrap();
     env.fetch(&plan, &tuf).unwrap();
     assert_eq!(
-        files(&env.dirs.metadata),
+        file_names(&env.dirs.metadata),
         [
             "1.root.json",
             "snapshot.json",
@@ -566,7 +547,7 @@ fn migrations_signed_by_a_delegated_role_are_cached_with_that_role_and_verify_of
     assert_eq!(plan.migration_names(), [A, C, D]);
     env.fetch(&plan, &tuf).unwrap();
     assert_eq!(
-        files(&env.dirs.metadata),
+        file_names(&env.dirs.metadata),
         [
             "1.root.json",
             "1.snapshot.json",

@@ -426,3 +426,53 @@ fn a_sigkill_at_every_step_leaves_a_consistent_disk_and_a_rerun_succeeds() {
         );
     }
 }
+
+/// The staged record is root's (mode 0600). `updog status` run by another user who can read the
+/// disk image says that what is staged is unknown to it and that root can see it; it reports no
+/// problem with the record (nothing is wrong with it) and does not claim nothing is staged.
+#[test]
+fn status_by_another_user_says_the_record_is_roots_instead_of_a_problem() {
+    if !fixtures::gate::require_root("the unprivileged-user status test") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let spec = releases(&["1.0.0", "1.1.0"]);
+    let host = Host::new(&spec, "1.0.0");
+    let out = host.updog(&["update-image"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let mode = std::fs::metadata(host.state_file())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the record is root's");
+    // The scratch directory, the disk image and the configuration are readable by "nobody".
+    std::fs::set_permissions(host.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&host.disk_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(e2e_tests::bin_dir().join("updog"))
+            .arg("--config")
+            .arg(&host.config_path)
+            .args(args)
+            .output()
+            .expect("setpriv updog")
+    };
+    let out = as_nobody(&["status"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("staged:  unknown to this user") && text.contains("readable by root only"),
+        "{text}"
+    );
+    assert!(!text.contains("warning"), "{text}");
+    let out = as_nobody(&["status", "--json"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["record_needs_root"], true, "{json}");
+    assert_eq!(json["record_problem"], serde_json::Value::Null, "{json}");
+    // Root reads it.
+    let json = status_json(&host);
+    assert_eq!(json["record_needs_root"], false, "{json}");
+    assert_eq!(json["staged"]["version"], "1.1.0", "{json}");
+}

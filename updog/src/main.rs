@@ -301,6 +301,12 @@ fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
                         s.staged_at.to_rfc3339(),
                         if s.applied { " (applied)" } else { "" }
                     ),
+                    None if status.record_needs_root => println!(
+                        "staged:  unknown to this user (set {}: {}); the staged record is \
+                         readable by root only: run `updog status` as root to see it",
+                        status.sets.active.other(),
+                        status.inactive.describe()
+                    ),
                     None => println!(
                         "staged:  nothing (set {}: {})",
                         status.sets.active.other(),

@@ -3,6 +3,10 @@
 //!
 //! Every JSON line carries `"v": 1`, the version of this protocol; fields may be added within a
 //! version, never removed or renamed.
+//! Events may be added too (the enum is `#[non_exhaustive]`). A staging run ends with exactly
+//! one `done` (what is staged where, or why nothing was) or `error` (the message): on the
+//! callback of [`crate::updater::Updater::stage`] and `stage_plan`, and as the last line of
+//! `updog update`/`update-image --progress json`.
 //!
 //! ```
 //! use updog::progress::{ImageKind, ProgressEvent};

@@ -121,6 +121,15 @@ pub enum RecordError {
     },
 }
 
+impl RecordError {
+    /// Whether the record exists but this process may not read it: it is root's (mode 0600),
+    /// so what is staged is unknown to this user rather than absent or damaged.
+    pub fn needs_root(&self) -> bool {
+        matches!(self, RecordError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied)
+    }
+}
+
 /// The update state in Bottlerocket's terms: the states of thar-be-updates' `UpdateState`
 /// (what `apiclient update check|apply` report), serialized as it spells them (`"Idle"`, ...).
 ///

@@ -135,6 +135,10 @@ pub struct Status {
     pub staged: Option<StagedRecord>,
     /// Where the record and the GPT disagree, or why the record cannot be read, and what to do.
     pub record_problem: Option<String>,
+    /// The GPT says the inactive set is staged or applied, and the record that describes it
+    /// exists but this process may not read it (it is root's, mode 0600): `staged` is then
+    /// unknown rather than absent, and no problem is reported. Run as root to see it.
+    pub record_needs_root: bool,
     /// The set the bootloader picks next (`None`: no set is bootable).
     pub next_boot: Option<SetId>,
     /// The boot flags of both sets, as signpost reports them.
@@ -471,6 +475,8 @@ pub struct Updater {
     /// The query parameters the default transport sends (`target` and `migrations` are added
     /// once an update is chosen, as the reference does).
     query: crate::transport::QueryParams,
+    /// The host disk and the running set, once resolved (see `disk_and_active`).
+    host_disk: std::sync::OnceLock<(PathBuf, SetId)>,
 }
 
 // Agents share one updater between threads and async tasks (`Arc<Updater>`, `spawn_blocking`).
@@ -512,6 +518,7 @@ impl Updater {
             on_step,
             gpt_io,
             query,
+            host_disk: std::sync::OnceLock::new(),
         })
     }
 
@@ -554,9 +561,9 @@ impl Updater {
         &self.os
     }
 
-    /// Resolves the OS disk and the running set (once per operation) and takes the disk's
-    /// exclusive lock (see [`crate::lock`]). Stage, apply and revert take it as proof and work
-    /// on that disk.
+    /// Resolves the OS disk and the running set (discovered once per updater) and takes the
+    /// disk's exclusive lock (see [`crate::lock`]). Stage, apply and revert take it as proof
+    /// and work on that disk.
     pub fn lock(&self) -> Result<UpdateLock, UpdateError> {
         let (disk, active) = self.disk_and_active()?;
         Ok(UpdateLock::acquire(&disk, active)?)
@@ -716,7 +723,18 @@ impl Updater {
 
     /// The disk holding the partition sets and the running set: from the configuration, or
     /// discovered from the device of `/` (through device-mapper to the partition and its disk).
+    ///
+    /// Discovered once per updater: the running set cannot change without a reboot, which
+    /// ends the process. A failure is not remembered (the next operation tries again).
     fn disk_and_active(&self) -> Result<(PathBuf, SetId), UpdateError> {
+        if let Some(found) = self.host_disk.get() {
+            return Ok(found.clone());
+        }
+        let found = self.find_disk_and_active()?;
+        Ok(self.host_disk.get_or_init(|| found).clone())
+    }
+
+    fn find_disk_and_active(&self) -> Result<(PathBuf, SetId), UpdateError> {
         match (&self.config.disk, self.config.active_set) {
             (Some(disk), Some(active)) => Ok((disk.clone(), active)),
             (Some(disk), None) => {
@@ -731,6 +749,13 @@ impl Updater {
                 Ok((disk, explicit.unwrap_or(found)))
             }
         }
+    }
+
+    /// The boot flags of the host disk read without the lock (for operations that change
+    /// nothing: an update in progress must not make them fail); one resolution of the disk.
+    fn read_only_gpt(&self) -> Result<signpost::Signpost, UpdateError> {
+        let (disk, active) = self.disk_and_active()?;
+        signpost::Signpost::open_read_only(&disk, Some(active)).map_err(UpdateError::Signpost)
     }
 
     /// The boot flags of the locked disk, read and written through the lock's handle.
@@ -1430,15 +1455,19 @@ impl Updater {
     /// from the GPT bits; the staged record where it agrees with them, and any disagreement (or
     /// a record that cannot be read) as such. Needs no lock and changes nothing.
     pub fn status(&self) -> Result<Status, UpdateError> {
-        let (disk, active) = self.disk_and_active()?;
-        let sp = signpost::Signpost::open_read_only(&disk, Some(active))
-            .map_err(UpdateError::Signpost)?;
+        let sp = self.read_only_gpt()?;
         let sets = sp.status();
         let flags = sp.flags();
         let inactive = InactiveState::of(&flags);
         let set = sp.inactive();
         let path = self.config.state_file.display();
-        let (staged, record_problem) = match StagedRecord::read(&self.config.state_file) {
+        let record = StagedRecord::read(&self.config.state_file);
+        let unreadable = matches!(&record, Err(e) if e.needs_root());
+        // It matters only while the GPT says something is staged or applied there.
+        let record_needs_root =
+            unreadable && matches!(inactive, InactiveState::Staged | InactiveState::Applied);
+        let (staged, record_problem) = match record {
+            Err(_) if unreadable => (None, None),
             Err(e) => (
                 None,
                 Some(format!(
@@ -1494,6 +1523,7 @@ impl Updater {
             inactive,
             staged,
             record_problem,
+            record_needs_root,
             next_boot: sp.next_boot(),
             sets,
             update_state,

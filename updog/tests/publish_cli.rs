@@ -305,6 +305,15 @@ fn check_finds_a_tampered_image_and_a_missing_target() {
         out.contains("decodes to its declared 5000000 bytes"),
         "{out}"
     );
+    // Each verified file's expiry, read from its signed header.
+    for file in [
+        "1.root.json",
+        "timestamp.json",
+        "snapshot.json",
+        "targets.json",
+    ] {
+        assert!(out.contains(&format!("{file} expires at ")), "{out}");
+    }
     // Over HTTP too.
     let server = TestServer::serve_dir(d.join("repo")).unwrap();
     let out = ok(d, &["check", &server.url(), "--root", "root.json"]);

@@ -11,6 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use url::Url;
 
 use crate::transport::{FileTransport, HttpOptions, HttpTransport, Transport};
+use crate::tuf::schema::{Envelope, Header};
 use crate::tuf::{Repository, RepositoryOptions};
 
 use super::repo::{MANIFEST_TARGET, manifest_target_names};
@@ -87,11 +88,10 @@ fn run(
         repo.targets_version()
     ));
     for file in repo.metadata_bytes() {
-        let expires = serde_json::from_slice::<serde_json::Value>(&file.bytes)
+        // Verified bytes, read with the client's own schema: only the header is decoded.
+        let expires = serde_json::from_slice::<Envelope<Header>>(&file.bytes)
             .ok()
-            .and_then(|v| v["signed"]["expires"].as_str().map(str::to_owned))
-            .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-            .map(|t| t.with_timezone(&Utc));
+            .map(|e| e.signed.expires);
         if let Some(t) = expires {
             let line = format!(
                 "{} expires at {} (in {} day(s))",

@@ -59,7 +59,7 @@ pub enum Error {
         /// The key source.
         key: String,
         /// Its key id.
-        keyid: String,
+        keyid: crate::tuf::KeyId,
         /// The role it was to sign.
         role: String,
         /// The root (version and file) it was looked up in.
@@ -71,7 +71,7 @@ pub enum Error {
     )]
     ThresholdNotMet {
         /// The role.
-        role: String,
+        role: crate::tuf::Role,
         /// Valid signatures counted.
         valid: u64,
         /// Threshold required.

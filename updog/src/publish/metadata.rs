@@ -24,7 +24,7 @@ pub use crate::tuf::schema::{
 };
 
 /// The four top-level roles, in the order they are shown.
-pub const TOP_LEVEL_ROLES: [&str; 4] = ["root", "targets", "snapshot", "timestamp"];
+pub const TOP_LEVEL_ROLES: [Role; 4] = [Role::Root, Role::Targets, Role::Snapshot, Role::Timestamp];
 
 /// Canonical JSON (OLPC) of a value, as TUF signs it. Fails on a value without a canonical
 /// form (a number with a fraction or exponent, which only a hand-edited `custom` could hold).
@@ -98,17 +98,16 @@ impl<T: Serialize + for<'de> Deserialize<'de>> Envelope<T> {
     }
 
     /// Checks that `role` as `root` defines it has signed this file with its threshold.
-    pub fn check_signed_by(&self, root: &Root, role: &str, what: &str) -> Result<(), Error> {
+    pub fn check_signed_by(&self, root: &Root, role: &Role, what: &str) -> Result<(), Error> {
         let keys = root
-            .roles
-            .get(role)
-            .ok_or_else(|| Error::NoSuchRole(role.to_owned()))?;
+            .role(role)
+            .ok_or_else(|| Error::NoSuchRole(role.to_string()))?;
         let envelope = CanonicalEnvelope {
             canonical: self.canonical()?,
             signatures: self.signatures.clone(),
         };
         check_threshold(
-            &Role::from_name(role),
+            role,
             0,
             Signer::Root {
                 version: root.header.version,
@@ -122,7 +121,7 @@ impl<T: Serialize + for<'de> Deserialize<'de>> Envelope<T> {
             crate::tuf::Error::Threshold {
                 valid, threshold, ..
             } => Error::ThresholdNotMet {
-                role: role.to_owned(),
+                role: role.clone(),
                 valid,
                 threshold,
                 what: what.to_owned(),

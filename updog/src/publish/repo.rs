@@ -28,7 +28,7 @@ use super::metadata::{
     Envelope, Header, MetaFile, MetaList, Root, TargetDescription, Targets, expiry,
 };
 use super::root::{self, SignedRoot};
-use crate::tuf::Role;
+use crate::tuf::{KeyId, Role};
 
 /// The manifest's target name.
 pub const MANIFEST_TARGET: &str = "manifest.json";
@@ -206,7 +206,11 @@ impl Repository {
             }
         };
         check_root_alive(&root.signed, now)?;
-        let signers = Signers::pick(&root.signed, keys, &["targets", "snapshot", "timestamp"])?;
+        let signers = Signers::pick(
+            &root.signed,
+            keys,
+            &[Role::Targets, Role::Snapshot, Role::Timestamp],
+        )?;
 
         // The new target list: the current one, plus the new files.
         let mut targets: BTreeMap<String, TargetDescription> = state
@@ -280,7 +284,7 @@ impl Repository {
                 .and_then(|s| s.targets.as_ref())
                 .and_then(|t| t.signed.delegations.clone()),
         });
-        signers.sign(&mut new_targets, &root.signed, "targets")?;
+        signers.sign(&mut new_targets, &root.signed, &Role::Targets)?;
         let targets_bytes = new_targets.to_bytes();
         let mut snapshot = Envelope::new(MetaList {
             header: Header::new(
@@ -293,7 +297,7 @@ impl Repository {
                 meta_entry(new_targets.signed.header.version, &targets_bytes),
             )]),
         });
-        signers.sign(&mut snapshot, &root.signed, "snapshot")?;
+        signers.sign(&mut snapshot, &root.signed, &Role::Snapshot)?;
         let timestamp = Self::timestamp_for(
             &snapshot,
             versions(|s| s.timestamp.as_ref().map(|t| t.signed.header.version)) - 1,
@@ -353,7 +357,7 @@ impl Repository {
                 meta_entry(snapshot.signed.header.version, &snapshot_bytes),
             )]),
         });
-        signers.sign(&mut timestamp, &root.signed, "timestamp")?;
+        signers.sign(&mut timestamp, &root.signed, &Role::Timestamp)?;
         Ok(timestamp)
     }
 
@@ -396,10 +400,10 @@ impl Repository {
                 ))
             })?;
         check_root_alive(&state.root.signed, now)?;
-        let roles: &[&str] = if snapshot_expires.is_some() {
-            &["snapshot", "timestamp"]
+        let roles: &[Role] = if snapshot_expires.is_some() {
+            &[Role::Snapshot, Role::Timestamp]
         } else {
-            &["timestamp"]
+            &[Role::Timestamp]
         };
         let signers = Signers::pick(&state.root.signed, keys, roles)?;
         let Some(mut snapshot) = state.snapshot.clone() else {
@@ -409,7 +413,7 @@ impl Repository {
             snapshot.signed.header.version += 1;
             snapshot.signed.header.expires = expiry(e);
             snapshot.signatures.clear();
-            signers.sign(&mut snapshot, &state.root.signed, "snapshot")?;
+            signers.sign(&mut snapshot, &state.root.signed, &Role::Snapshot)?;
         }
         let previous = state
             .timestamp
@@ -482,8 +486,8 @@ impl Repository {
         super::metadata::write_atomic(&path, &draft.to_bytes())?;
         draft.save(draft_path)?;
         let mut warnings = Vec::new();
-        for role in ["targets", "snapshot", "timestamp"] {
-            if draft.signed.roles.get(role) != current.roles.get(role) {
+        for role in [Role::Targets, Role::Snapshot, Role::Timestamp] {
+            if draft.signed.role(&role) != current.role(&role) {
                 warnings.push(format!(
                     "the {role} keys changed: run `updata publish` to re-sign with the new ones"
                 ));
@@ -538,29 +542,28 @@ pub fn expiry_warnings(
 
 /// The keys that sign each role in one operation.
 struct Signers<'a> {
-    by_role: BTreeMap<&'static str, Vec<&'a dyn KeySource>>,
+    by_role: BTreeMap<Role, Vec<&'a dyn KeySource>>,
 }
 
 impl<'a> Signers<'a> {
     /// Picks, for each of `roles`, the given keys that `root` lists for it; every threshold
     /// must be met and every key must serve at least one of the roles.
-    fn pick(
-        root: &Root,
-        keys: &[&'a dyn KeySource],
-        roles: &[&'static str],
-    ) -> Result<Self, Error> {
+    fn pick(root: &Root, keys: &[&'a dyn KeySource], roles: &[Role]) -> Result<Self, Error> {
         let what = format!("root version {}", root.header.version);
         for key in keys {
             let id = key.public_key().id();
             if !roles.iter().any(|r| {
-                root.roles
-                    .get(*r)
+                root.role(r)
                     .is_some_and(|k| k.keyids.iter().any(|x| x == id))
             }) {
                 return Err(Error::KeyNotInRoot {
                     key: key.describe(),
-                    keyid: id.to_owned(),
-                    role: roles.join(" or "),
+                    keyid: KeyId::from(id),
+                    role: roles
+                        .iter()
+                        .map(Role::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" or "),
                     what: what.clone(),
                 });
             }
@@ -568,9 +571,8 @@ impl<'a> Signers<'a> {
         let mut by_role = BTreeMap::new();
         for role in roles {
             let listed = root
-                .roles
-                .get(*role)
-                .ok_or_else(|| Error::NoSuchRole((*role).to_owned()))?;
+                .role(role)
+                .ok_or_else(|| Error::NoSuchRole(role.to_string()))?;
             let mine: Vec<&dyn KeySource> = keys
                 .iter()
                 .copied()
@@ -579,19 +581,19 @@ impl<'a> Signers<'a> {
             let distinct: BTreeSet<&str> = mine.iter().map(|k| k.public_key().id()).collect();
             if (distinct.len() as u64) < listed.threshold {
                 return Err(Error::ThresholdNotMet {
-                    role: (*role).to_owned(),
+                    role: role.clone(),
                     valid: distinct.len() as u64,
                     threshold: listed.threshold,
                     what: what.clone(),
                     keyids: listed.keyids.join(", "),
                 });
             }
-            by_role.insert(*role, mine);
+            by_role.insert(role.clone(), mine);
         }
         Ok(Self { by_role })
     }
 
-    fn sign<T>(&self, env: &mut Envelope<T>, root: &Root, role: &str) -> Result<(), Error>
+    fn sign<T>(&self, env: &mut Envelope<T>, root: &Root, role: &Role) -> Result<(), Error>
     where
         T: serde::Serialize + for<'de> serde::Deserialize<'de>,
     {

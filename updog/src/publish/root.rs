@@ -27,7 +27,7 @@ pub fn new_root(expires: DateTime<Utc>) -> SignedRoot {
             .iter()
             .map(|r| {
                 (
-                    (*r).to_owned(),
+                    r.to_string(),
                     RoleKeys {
                         keyids: Vec::new(),
                         threshold: 1,
@@ -38,11 +38,18 @@ pub fn new_root(expires: DateTime<Utc>) -> SignedRoot {
     })
 }
 
-fn role_mut<'a>(root: &'a mut Root, role: &str) -> Result<&'a mut RoleKeys, Error> {
-    if !TOP_LEVEL_ROLES.contains(&role) {
-        return Err(Error::NoSuchRole(role.to_owned()));
+/// The top-level role `name` names ([`Error::NoSuchRole`] for any other name).
+pub fn top_level_role(name: &str) -> Result<Role, Error> {
+    let role = Role::from_name(name);
+    if !role.is_top_level() {
+        return Err(Error::NoSuchRole(name.to_owned()));
     }
-    Ok(root.roles.entry(role.to_owned()).or_insert(RoleKeys {
+    Ok(role)
+}
+
+fn role_mut<'a>(root: &'a mut Root, role: &str) -> Result<&'a mut RoleKeys, Error> {
+    let role = top_level_role(role)?;
+    Ok(root.roles.entry(role.to_string()).or_insert(RoleKeys {
         keyids: Vec::new(),
         threshold: 1,
     }))
@@ -120,8 +127,7 @@ pub fn sign(
 ) -> Result<(), Error> {
     let id = key.public_key().id();
     let listed = |r: &Root| {
-        r.roles
-            .get("root")
+        r.role(&Role::Root)
             .is_some_and(|k| k.keyids.iter().any(|x| x == id))
     };
     if !listed(&root.signed) && !previous.is_some_and(listed) {
@@ -131,8 +137,8 @@ pub fn sign(
         };
         return Err(Error::KeyNotInRoot {
             key: key.describe(),
-            keyid: id.to_owned(),
-            role: "root".to_owned(),
+            keyid: KeyId::from(id),
+            role: Role::Root.to_string(),
             what,
         });
     }
@@ -146,8 +152,7 @@ pub fn check_complete(root: &SignedRoot, what: &str, previous: Option<&Root>) ->
     for role in TOP_LEVEL_ROLES {
         let keys = root
             .signed
-            .roles
-            .get(role)
+            .role(&role)
             .ok_or_else(|| Error::State(format!("{what} does not define the {role} role")))?;
         if (keys.keyids.len() as u64) < keys.threshold {
             return Err(Error::State(format!(
@@ -157,11 +162,11 @@ pub fn check_complete(root: &SignedRoot, what: &str, previous: Option<&Root>) ->
             )));
         }
     }
-    root.check_signed_by(&root.signed, "root", what)?;
+    root.check_signed_by(&root.signed, &Role::Root, what)?;
     if let Some(prev) = previous {
         root.check_signed_by(
             prev,
-            "root",
+            &Role::Root,
             &format!("root version {}", prev.header.version),
         )?;
     }

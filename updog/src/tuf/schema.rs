@@ -41,14 +41,23 @@ fn spec_version() -> String {
     SPEC_VERSION.to_owned()
 }
 
+/// A field the client reads but never judges: any JSON value, a string as it is.
+fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => s,
+        other => other.to_string(),
+    })
+}
+
 /// The fields every role's `signed` object starts with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
     /// `root`, `timestamp`, `snapshot` or `targets` (delegated roles too).
     #[serde(rename = "_type")]
     pub type_name: String,
-    /// The specification version the file follows.
-    #[serde(default = "spec_version")]
+    /// The specification version the file follows. The client does not check it: a missing
+    /// one reads as [`SPEC_VERSION`], one that is not a string as its JSON text.
+    #[serde(default = "spec_version", deserialize_with = "lenient_string")]
     pub spec_version: String,
     /// The file's version, at least 1.
     pub version: u64,
@@ -522,6 +531,20 @@ mod tests {
         assert_eq!(root.version(), 1);
         assert!(root.consistent_snapshot);
         assert_eq!(root.expires().to_rfc3339(), "2030-01-01T00:00:00+00:00");
+    }
+
+    #[test]
+    fn spec_version_is_not_judged() {
+        // The client never checked spec_version; the shared header must not start to.
+        for (from, to) in [
+            (r#""spec_version":"1.0.0","#, ""),
+            (r#""spec_version":"1.0.0","#, r#""spec_version":2,"#),
+        ] {
+            let signed = ROOT.replace(from, to);
+            let (_, root) =
+                CanonicalEnvelope::parse::<Root>(&Role::Root, &root_file(&signed)).unwrap();
+            assert!(!root.header.spec_version.is_empty());
+        }
     }
 
     #[test]

@@ -56,9 +56,8 @@ impl Updater {
     /// Reads the GPT without the lock, as `signpost` and [`Updater::status`] do: it changes
     /// nothing, and an update in progress must not make it fail.
     pub fn has_boot_ever_succeeded(&self) -> Result<bool, UpdateError> {
-        let (disk, active) = self.disk_and_active()?;
-        signpost::Signpost::open_read_only(&disk, Some(active))
-            .and_then(|sp| sp.has_boot_ever_succeeded())
+        self.read_only_gpt()?
+            .has_boot_ever_succeeded()
             .map_err(UpdateError::Signpost)
     }
 }
