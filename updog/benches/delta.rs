@@ -15,8 +15,10 @@
 //! Each runs unthrottled and throttled to 100 Mbit/s: one token bucket in the test server paces
 //! the bodies of all connections together, so the delta's several requests in flight share the
 //! same link as the full image's one. Connections are kept alive between requests.
-//! Reported: bytes downloaded, wall time, peak RSS, and the plan's estimate against what was
-//! fetched. The images live under `$CARGO_TARGET_DIR/bench-delta` and are reused.
+//! Reported: bytes downloaded, wall time (median of 3 runs, full and delta taking turns), peak
+//! RSS (the highest of the runs), and the plan's estimate against what was fetched; then, from
+//! the plan alone, what two other kinds of change would cost. The images live under
+//! `$CARGO_TARGET_DIR/bench-delta/images-2` and are reused.
 
 use std::fs;
 use std::io::Read;
@@ -45,6 +47,8 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 const IMAGE_MIB: u64 = 96;
 const MBIT_100: f64 = 100e6 / 8.0;
 const IN_FLIGHT: usize = 4;
+/// Runs of each path per link (the median is reported).
+const RUNS: usize = 3;
 
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -391,6 +395,15 @@ fn child_delta(a: &[String]) -> Res<()> {
     Ok(())
 }
 
+/// The run with the median wall time, with the highest peak RSS of all the runs.
+fn median(mut runs: Vec<Measured>) -> Measured {
+    runs.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+    let rss = runs.iter().map(|m| m.rss_kib).max().unwrap_or(0);
+    let mut m = runs.swap_remove(runs.len() / 2);
+    m.rss_kib = rss;
+    m
+}
+
 fn child(args: &[String]) -> Res<Measured> {
     let out = Command::new(std::env::current_exe()?).args(args).output()?;
     if !out.status.success() {
@@ -484,8 +497,11 @@ fn run() -> Res<()> {
     let mut rows = Vec::new();
     let mut json = serde_json::Map::new();
     for (label, rate) in [("unthrottled", None), ("100 Mbit/s", Some(MBIT_100))] {
-        let mut pair = Vec::new();
-        for mode in ["full", "delta"] {
+        // Full and delta take turns, RUNS times each, so a change in the machine's load hits
+        // both; each reports its median run.
+        let mut runs: [Vec<Measured>; 2] = [Vec::new(), Vec::new()];
+        for (turn, mode) in ["full", "delta"].iter().cycle().take(2 * RUNS).enumerate() {
+            let mode = *mode;
             // Set B starts from stale bytes every time (the other version), and cold caches.
             f.write_all_at(&v1, b_root.byte_offset(disk.sector_size))?;
             f.sync_all()?;
@@ -507,7 +523,7 @@ fn run() -> Res<()> {
                     disk_arg.clone(),
                 ]
             };
-            eprintln!("bench: {mode}, {label}");
+            eprintln!("bench: {mode}, {label}, run {}", turn / 2 + 1);
             let m = child(&args)?;
             // The result must be v2, whatever the path.
             let mut got = vec![0u8; v2.len()];
@@ -515,8 +531,9 @@ fn run() -> Res<()> {
             if got != v2 {
                 return Err(format!("{mode} {label}: set B root is not v2").into());
             }
-            pair.push(m);
+            runs[turn % 2].push(m);
         }
+        let pair = runs.map(median);
         let (full, delta) = (&pair[0], &pair[1]);
         rows.push(format!(
             "| {label} | {:.1} MiB | {:.1} MiB | {:.2}x | {:.2} s | {:.2} s | {:.2}x | {:.1} MiB | {:.1} MiB |",
