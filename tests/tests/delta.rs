@@ -18,7 +18,7 @@ use std::fs;
 use bootpart::SetId;
 use e2e_tests::{Host, Migration, Release, RepoSpec, describe};
 use fixtures::disk::{DiskImageBuilder, PartKind};
-use updog::delta::{BlobIndex, Chunk, Chunker, StoreWriter};
+use updog::delta::{BlobIndex, Chunk, ChunkSizes, Chunker, StoreWriter};
 
 const IMAGE: u64 = 8 << 20;
 
@@ -43,9 +43,16 @@ struct Delta {
     new_chunks: HashSet<String>,
 }
 
-/// Publishes 1.0.0 and 1.1.0 with ext4 roots; `with_v1_index`: the repository also lists the
-/// running version's index.
+/// Publishes 1.0.0 and 1.1.0 with ext4 roots, indexed with casync's default sizes;
+/// `with_v1_index`: the repository also lists the running version's index.
 fn setup(with_v1_index: bool) -> Option<Delta> {
+    let sizes = ChunkSizes::CASYNC_DEFAULT;
+    setup_sized(with_v1_index.then_some(sizes), sizes)
+}
+
+/// [`setup`] with 1.1.0's index cut with `v2_sizes`, and 1.0.0's listed (cut with `v1_sizes`)
+/// when given. `new_chunks` is what a seed cut with `v2_sizes` leaves to download.
+fn setup_sized(v1_sizes: Option<ChunkSizes>, v2_sizes: ChunkSizes) -> Option<Delta> {
     if !fixtures::ext4::have_mkfs() {
         fixtures::gate::skip("mkfs.ext4 is not installed");
         return None;
@@ -54,12 +61,13 @@ fn setup(with_v1_index: bool) -> Option<Delta> {
     let (v1, v2) = (ext4(scratch.path(), 1), ext4(scratch.path(), 2));
     let store_dir = scratch.path().join("chunks");
     let store = StoreWriter::new(&store_dir).unwrap();
-    let index = |data: &[u8]| {
-        Chunker::casync_default()
+    let index = |data: &[u8], sizes| {
+        Chunker::new(sizes)
+            .unwrap()
             .index(data, |id, c| store.put(id, c).map(|_| ()))
             .unwrap()
     };
-    let (i1, i2) = (index(&v1), index(&v2));
+    let (i1, i2) = (index(&v1, v2_sizes), index(&v2, v2_sizes));
     let old: HashSet<_> = i1.chunks().map(|c| c.id).collect();
     let new_chunks = i2
         .chunks()
@@ -88,10 +96,18 @@ fn setup(with_v1_index: bool) -> Option<Delta> {
     });
     spec.extra_targets
         .push((index_name("1.1.0"), i2.to_bytes()));
-    if with_v1_index {
+    if let Some(sizes) = v1_sizes {
+        let listed = if sizes == v2_sizes {
+            i1
+        } else {
+            Chunker::new(sizes)
+                .unwrap()
+                .index(&v1[..], |_, _| Ok(()))
+                .unwrap()
+        };
         spec.releases[0].delta = Some(delta("1.0.0"));
         spec.extra_targets
-            .push((index_name("1.0.0"), i1.to_bytes()));
+            .push((index_name("1.0.0"), listed.to_bytes()));
     }
     let host = Host::with_disk(&spec, "1.0.0", DiskImageBuilder::new().root_size(12 << 20));
     // The chunk store next to the targets (chunks are not TUF targets).
@@ -238,7 +254,7 @@ fn without_the_running_index_the_host_chunks_its_partition_and_caches_it() {
         .host
         .dir
         .path()
-        .join("state/delta/seed-A-root-1.0.0.caibx");
+        .join("state/delta/seed-A-root-1.0.0-16384-65536-262144.caibx");
     assert!(cache.exists(), "no cached seed index");
     let fetched: HashSet<String> = d.chunk_requests().into_iter().collect();
     // The partition is larger than the image: its last chunk differs, everything else is reused.
@@ -248,6 +264,51 @@ fn without_the_running_index_the_host_chunks_its_partition_and_caches_it() {
         fetched.len(),
         d.new_chunks.len()
     );
+}
+
+#[test]
+fn a_release_with_small_chunks_is_seeded_with_its_own_sizes() {
+    // 1.1.0 is indexed with 4K:16K:64K; the repository's index of the running 1.0.0 has the
+    // default 16K:64K:256K, whose boundaries the new index does not share: the host chunks its
+    // partition with the release's sizes instead, and caches that under those sizes.
+    let small: ChunkSizes = "4K:16K:64K".parse().unwrap();
+    let Some(d) = setup_sized(Some(ChunkSizes::CASYNC_DEFAULT), small) else {
+        return;
+    };
+    assert_eq!(d.index.sizes(), small);
+    let check = d.check_json();
+    d.update();
+    assert!(d.b_root() == d.v2, "set B root differs from the v2 image");
+    assert!(!d.full_root_requested());
+    let state = d.host.dir.path().join("state/delta");
+    assert!(
+        state
+            .join("seed-A-root-1.0.0-4096-16384-65536.caibx")
+            .exists(),
+        "no seed cached under the release's sizes"
+    );
+    assert!(
+        !state
+            .join("seed-A-root-1.0.0-16384-65536-262144.caibx")
+            .exists()
+    );
+    let fetched: HashSet<String> = d.chunk_requests().into_iter().collect();
+    // The partition is larger than the image: its last chunk differs, everything else is reused.
+    assert!(
+        fetched.len() <= d.new_chunks.len() + 2,
+        "{} fetched, {} new",
+        fetched.len(),
+        d.new_chunks.len()
+    );
+    assert!(
+        fetched.len() * 4 < d.index.len(),
+        "{} of {} chunks fetched: the seed was not reused",
+        fetched.len(),
+        d.index.len()
+    );
+    // The plan before staging knew no usable seed (the listed one has other sizes), so it did not
+    // count the default-size index as one.
+    assert_eq!(check["delta_plan"]["images"][0]["seed"], "none", "{check}");
 }
 
 #[test]

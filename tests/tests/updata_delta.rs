@@ -83,6 +83,67 @@ fn make_check_and_register_an_index() {
         );
     }
 
+    // --chunk-size: the index records the sizes, is cut finer, and equals casync's with the same
+    // --chunk-size (casync's spelling works for both).
+    let (small, small_store) = (d.join("small.caibx"), d.join("small-chunks"));
+    let out = updata(&[
+        os("make-index"),
+        image.as_os_str(),
+        os("--index"),
+        small.as_os_str(),
+        os("--store"),
+        small_store.as_os_str(),
+        os("--chunk-size"),
+        os("4K:16K:64K"),
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let default_index = updog::delta::BlobIndex::parse(&fs::read(&index).unwrap()).unwrap();
+    let small_index = updog::delta::BlobIndex::parse(&fs::read(&small).unwrap()).unwrap();
+    assert_eq!(small_index.sizes().to_string(), "4K:16K:64K");
+    assert_eq!(default_index.sizes().to_string(), "16K:64K:256K");
+    assert!(small_index.len() > default_index.len() * 2);
+    let out = updata(&[
+        os("check-index"),
+        small.as_os_str(),
+        os("--image"),
+        image.as_os_str(),
+        os("--store"),
+        small_store.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    if Command::new("casync").arg("--version").output().is_ok() {
+        let theirs = d.join("casync-small.caibx");
+        let st = Command::new("casync")
+            .arg("make")
+            .arg("--chunk-size=4K:16K:64K")
+            .arg(format!("--store={}", d.join("casync-store").display()))
+            .arg(&theirs)
+            .arg(&image)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(fs::read(&theirs).unwrap() == fs::read(&small).unwrap());
+    }
+    // Sizes the chunker cannot cut with, or a typo, are refused with the rule named.
+    for (bad, says) in [
+        ("64K:16K:256K", "min <= avg <= max"),
+        ("4K:16K", "expected MIN:AVG:MAX"),
+    ] {
+        let out = updata(&[
+            os("make-index"),
+            image.as_os_str(),
+            os("--index"),
+            d.join("refused.caibx").as_os_str(),
+            os("--store"),
+            small_store.as_os_str(),
+            os("--chunk-size"),
+            os(bad),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        assert!(describe(&out).contains(says), "{}", describe(&out));
+        assert!(!d.join("refused.caibx").exists());
+    }
+
     // A damaged index: the magic value is named.
     let mut bytes = fs::read(&index).unwrap();
     bytes[8] ^= 1;

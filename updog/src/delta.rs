@@ -24,7 +24,7 @@ pub mod stage;
 pub mod store;
 
 pub use assemble::{AssembleError, AssembleOptions, AssembleProgress, Assembled, assemble};
-pub use chunker::Chunker;
+pub use chunker::{ChunkSizesError, Chunker};
 pub use index::{BlobIndex, Chunk, ChunkId, ChunkSizes, IndexError};
 pub use plan::{Plan, Tally};
 pub use region::Region;

@@ -192,7 +192,7 @@ fn seed_chunked_on_the_host_gives_the_same_result() {
     }
     let s = setup();
     let active = s.active();
-    let (seed_index, origin) = seed::seed_index(&active, None).unwrap();
+    let (seed_index, origin) = seed::seed_index(&active, s.v2_index.sizes(), None).unwrap();
     assert_eq!(origin, seed::SeedOrigin::Chunked);
     let inactive = s.inactive();
     let done = assemble(

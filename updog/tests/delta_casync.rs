@@ -1,6 +1,7 @@
 //! Our casync pieces against Debian's `casync` on real ext4 images: the same chunk boundaries and
-//! ids (our index is byte-identical to `casync make`'s), `casync extract` rebuilds the image from
-//! our index and store, and we read and verify every chunk of casync's store.
+//! ids (our index is byte-identical to `casync make`'s, with the default sizes and with
+//! `--chunk-size=4K:16K:64K`), `casync extract` rebuilds the image from our index and store, and
+//! we read and verify every chunk of casync's store.
 //!
 //! Needs `casync` and `mkfs.ext4`; without them the test is skipped, except under `CI=true`
 //! where it fails (CI installs both).
@@ -10,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use updog::delta::store::{StoreWriter, chunk_path, decode_chunk};
-use updog::delta::{BlobIndex, Chunker};
+use updog::delta::{BlobIndex, ChunkSizes, Chunker};
 
 fn tools_present() -> bool {
     let casync = Command::new("casync").arg("--version").output().is_ok();
@@ -30,10 +31,12 @@ fn run(cmd: &mut Command) {
     );
 }
 
-/// Indexes `image` with our chunker into `ours` (+ store) and with casync, and compares.
-fn compare(dir: &Path, image: &Path) {
+/// Indexes `image` with our chunker into `ours` (+ store) and with casync, both with `sizes`
+/// (given to casync as `--chunk-size`), and compares.
+fn compare(dir: &Path, image: &Path, sizes: ChunkSizes) {
     let store = StoreWriter::new(dir.join("our-store")).unwrap();
-    let ours = Chunker::casync_default()
+    let ours = Chunker::new(sizes)
+        .unwrap()
         .index(fs::File::open(image).unwrap(), |id, chunk| {
             store.put(id, chunk).map(|_| ())
         })
@@ -44,12 +47,18 @@ fn compare(dir: &Path, image: &Path) {
     let casync_index = dir.join("casync.caibx");
     run(Command::new("casync")
         .arg("make")
+        .arg(format!("--chunk-size={sizes}"))
         .arg(format!("--store={}", dir.join("casync-store").display()))
         .arg(&casync_index)
         .arg(image));
     let theirs_bytes = fs::read(&casync_index).unwrap();
     let theirs = BlobIndex::parse(&theirs_bytes).expect("casync's index parses");
     assert_eq!(theirs.total_len(), fs::metadata(image).unwrap().len());
+    assert_eq!(
+        theirs.sizes(),
+        sizes,
+        "casync's index records the sizes asked for"
+    );
     assert!(
         ours.len() > 10,
         "a real image has many chunks ({})",
@@ -91,9 +100,12 @@ fn chunker_matches_casync_make_on_ext4_images() {
         fixtures::ext4::write_tree(&tree, &fixtures::ext4::release_tree(version, 30)).unwrap();
         let image = dir.path().join(format!("v{version}.img"));
         fixtures::ext4::build_image(&tree, 12 << 20, &image).unwrap();
-        let sub = dir.path().join(format!("cmp{version}"));
-        fs::create_dir_all(&sub).unwrap();
-        compare(&sub, &image);
+        let small = "4K:16K:64K".parse().unwrap();
+        for (name, sizes) in [("default", ChunkSizes::CASYNC_DEFAULT), ("small", small)] {
+            let sub = dir.path().join(format!("cmp{version}-{name}"));
+            fs::create_dir_all(&sub).unwrap();
+            compare(&sub, &image, sizes);
+        }
     }
 }
 
@@ -110,7 +122,7 @@ fn chunker_matches_casync_make_on_odd_blobs() {
     blob.extend((0..300_123).map(|_| rng.u8(..)));
     let image = dir.path().join("odd.img");
     fs::write(&image, &blob).unwrap();
-    compare(dir.path(), &image);
+    compare(dir.path(), &image, ChunkSizes::CASYNC_DEFAULT);
 }
 
 #[test]

@@ -74,6 +74,80 @@ static BUZHASH: [u32; 256] = [
 )]
 pub struct BadChunkSizes(pub ChunkSizes);
 
+/// Why a `MIN:AVG:MAX` chunk size argument was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChunkSizesError {
+    /// Not `AVG` or `MIN:AVG:MAX` of sizes such as `16384`, `16K`, `1M`.
+    #[error(
+        "{0:?}: expected MIN:AVG:MAX (or AVG) in bytes, with an optional K, M or G suffix, e.g. 4K:16K:64K"
+    )]
+    Syntax(String),
+    /// Well formed, but not sizes the chunker can cut with.
+    #[error(transparent)]
+    Bad(#[from] BadChunkSizes),
+}
+
+/// One size: bytes, or a number with a binary `K`/`M`/`G` suffix (casync's spelling; `KiB`,
+/// `MiB`, `GiB` and a trailing `B` are accepted too).
+fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, unit) = match t.char_indices().last()? {
+        (i, 'K' | 'k') => (&t[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&t[..i], 1 << 20),
+        (i, 'G' | 'g') => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(unit)
+}
+
+impl std::str::FromStr for ChunkSizes {
+    type Err = ChunkSizesError;
+
+    /// `MIN:AVG:MAX`, or `AVG` alone (then min is avg/4 and max avg*4, as `casync make
+    /// --chunk-size=AVG` does); each a byte count with an optional `K`/`M`/`G` suffix. Sizes the
+    /// chunker cannot cut with are refused.
+    fn from_str(text: &str) -> Result<ChunkSizes, ChunkSizesError> {
+        let syntax = || ChunkSizesError::Syntax(text.to_owned());
+        let parts: Vec<u64> = text
+            .split(':')
+            .map(parse_size)
+            .collect::<Option<_>>()
+            .ok_or_else(syntax)?;
+        let sizes = match parts[..] {
+            [avg] => ChunkSizes {
+                min: avg / 4,
+                avg,
+                max: avg.saturating_mul(4),
+            },
+            [min, avg, max] => ChunkSizes { min, avg, max },
+            _ => return Err(syntax()),
+        };
+        Chunker::new(sizes)?;
+        Ok(sizes)
+    }
+}
+
+impl std::fmt::Display for ChunkSizes {
+    /// `MIN:AVG:MAX` in casync's spelling (`16K:64K:256K`), bytes where a size is not a whole
+    /// number of KiB.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let one = |n: u64| match n {
+            n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}M", n >> 20),
+            n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}K", n >> 10),
+            n => n.to_string(),
+        };
+        write!(f, "{}:{}:{}", one(self.min), one(self.avg), one(self.max))
+    }
+}
+
 /// Finds chunk boundaries.
 #[derive(Debug, Clone)]
 pub struct Chunker {
@@ -304,6 +378,42 @@ mod tests {
         assert!(lens.iter().all(|&n| n == lens[0]), "{lens:?}");
         assert_eq!(lengths(&chunker, b"tiny", 10), vec![4]);
         assert_eq!(lengths(&chunker, b"", 10), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn chunk_sizes_parse_in_casyncs_spelling() {
+        let small = ChunkSizes {
+            min: 4096,
+            avg: 16384,
+            max: 65536,
+        };
+        for text in ["4K:16K:64K", "4096:16384:65536", "4k:16KiB:64KB", "16K"] {
+            assert_eq!(text.parse::<ChunkSizes>(), Ok(small), "{text}");
+        }
+        assert_eq!("16K:64K:256K".parse(), Ok(ChunkSizes::CASYNC_DEFAULT));
+        assert_eq!(ChunkSizes::CASYNC_DEFAULT.to_string(), "16K:64K:256K");
+        assert_eq!(small.to_string().parse(), Ok(small));
+        for bad in [
+            "",
+            "4K:16K",
+            "4K:16K:64K:1M",
+            "a:b:c",
+            "4X:16K:64K",
+            "-4K:16K:64K",
+            "K",
+            "99999999999G",
+        ] {
+            assert!(
+                matches!(bad.parse::<ChunkSizes>(), Err(ChunkSizesError::Syntax(_))),
+                "{bad}"
+            );
+        }
+        // Well formed but out of order, too small or too large: the bounds are named.
+        for bad in ["64K:16K:256K", "16:64:256", "1M:8M:32M"] {
+            let err = bad.parse::<ChunkSizes>().unwrap_err();
+            assert!(matches!(err, ChunkSizesError::Bad(_)), "{bad}: {err}");
+            assert!(err.to_string().contains("min <= avg <= max"), "{err}");
+        }
     }
 
     #[test]

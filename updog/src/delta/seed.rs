@@ -6,13 +6,17 @@
 //! cache file for the next update. Neither source is trusted for content: every seed chunk is
 //! re-hashed against the *target* index when it is read, so a stale or wrong seed index only
 //! costs downloads.
+//!
+//! A seed is only useful when it was cut with the target index's chunk sizes (content-defined
+//! boundaries depend on them: a 64 KiB-average seed shares almost no chunk with a 16 KiB-average
+//! target). So the partition is chunked with the target's sizes, and the cache is keyed by them.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use super::chunker::Chunker;
-use super::index::BlobIndex;
+use super::index::{BlobIndex, ChunkSizes};
 use super::region::Region;
 
 /// Where a seed index came from.
@@ -24,26 +28,44 @@ pub enum SeedOrigin {
     Chunked,
 }
 
-/// The cache file for the index of `image` (e.g. "root") of running `version` on `set`.
-pub fn cache_path(state_dir: &Path, set: &str, image: &str, version: &str) -> PathBuf {
-    state_dir
-        .join("delta")
-        .join(format!("seed-{set}-{image}-{version}.caibx"))
+/// The cache file for the index of `image` (e.g. "root") of running `version` on `set`, chunked
+/// with `sizes` (min-avg-max in bytes in the name, so each size has its own file).
+pub fn cache_path(
+    state_dir: &Path,
+    set: &str,
+    image: &str,
+    version: &str,
+    sizes: ChunkSizes,
+) -> PathBuf {
+    let ChunkSizes { min, avg, max } = sizes;
+    state_dir.join("delta").join(format!(
+        "seed-{set}-{image}-{version}-{min}-{avg}-{max}.caibx"
+    ))
 }
 
-/// The index of the running partition `active`: the cache file at `cache` if it parses and
-/// covers the partition, else the partition chunked in one read (then written to `cache`,
-/// atomically; a failure to write it is not an error, the next update just chunks again).
-pub fn seed_index(active: &Region, cache: Option<&Path>) -> io::Result<(BlobIndex, SeedOrigin)> {
-    if let Some(path) = cache
-        && let Ok(bytes) = fs::read(path)
-        && let Ok(index) = BlobIndex::parse(&bytes)
-        && index.total_len() == active.len()
-    {
+/// The cache file at `path` if it parses, was cut with `sizes` and covers `len` bytes.
+pub fn read_cache(path: &Path, sizes: ChunkSizes, len: u64) -> Option<BlobIndex> {
+    let index = BlobIndex::parse(&fs::read(path).ok()?).ok()?;
+    (index.sizes() == sizes && index.total_len() == len).then_some(index)
+}
+
+/// The index of the running partition `active` cut with `sizes` (the target index's): the cache
+/// file at `cache` if it parses, has those sizes and covers the partition, else the partition
+/// chunked in one read (then written to `cache`, atomically; a failure to write it is not an
+/// error, the next update just chunks again). Sizes our chunker cannot cut with are an
+/// `InvalidInput` error.
+pub fn seed_index(
+    active: &Region,
+    sizes: ChunkSizes,
+    cache: Option<&Path>,
+) -> io::Result<(BlobIndex, SeedOrigin)> {
+    if let Some(index) = cache.and_then(|path| read_cache(path, sizes, active.len())) {
         return Ok((index, SeedOrigin::Cached));
     }
+    let chunker =
+        Chunker::new(sizes).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let reader = io::BufReader::with_capacity(1 << 20, active.reader());
-    let index = Chunker::casync_default().index(reader, |_, _| Ok(()))?;
+    let index = chunker.index(reader, |_, _| Ok(()))?;
     if let Some(path) = cache {
         let _ = write_file_atomic(path, &index.to_bytes());
     }
@@ -74,26 +96,76 @@ mod tests {
         let data: Vec<u8> = (0..700_000).map(|_| rng.u8(..)).collect();
         fs::write(&disk, &data).unwrap();
         let active = Region::open(&disk, 4096, 600_000, false).unwrap();
-        let cache = cache_path(dir.path(), "A", "root", "1.0.0");
-        let (first, origin) = seed_index(&active, Some(&cache)).unwrap();
+        let sizes = ChunkSizes::CASYNC_DEFAULT;
+        let cache = cache_path(dir.path(), "A", "root", "1.0.0", sizes);
+        let (first, origin) = seed_index(&active, sizes, Some(&cache)).unwrap();
         assert_eq!(origin, SeedOrigin::Chunked);
         assert_eq!(first.total_len(), 600_000);
         let expected = Chunker::casync_default()
             .index(&data[4096..604_096], |_, _| Ok(()))
             .unwrap();
         assert_eq!(first, expected);
-        let (second, origin) = seed_index(&active, Some(&cache)).unwrap();
+        let (second, origin) = seed_index(&active, sizes, Some(&cache)).unwrap();
         assert_eq!((second, origin), (first.clone(), SeedOrigin::Cached));
         // A cache that does not cover the partition (another size) is not used.
         let other = Region::open(&disk, 0, 500_000, false).unwrap();
-        let (third, origin) = seed_index(&other, Some(&cache)).unwrap();
+        let (third, origin) = seed_index(&other, sizes, Some(&cache)).unwrap();
         assert_eq!(origin, SeedOrigin::Chunked);
         assert_eq!(third.total_len(), 500_000);
         // A corrupt cache is chunked over.
         fs::write(&cache, b"garbage").unwrap();
         assert_eq!(
-            seed_index(&active, Some(&cache)).unwrap().1,
+            seed_index(&active, sizes, Some(&cache)).unwrap().1,
             SeedOrigin::Chunked
+        );
+    }
+
+    #[test]
+    fn a_cached_seed_is_not_used_for_other_chunk_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk");
+        let mut rng = fastrand::Rng::with_seed(10);
+        let data: Vec<u8> = (0..900_000).map(|_| rng.u8(..)).collect();
+        fs::write(&disk, &data).unwrap();
+        let active = Region::open(&disk, 0, 900_000, false).unwrap();
+        let default = ChunkSizes::CASYNC_DEFAULT;
+        let small = ChunkSizes {
+            min: 4096,
+            avg: 16 * 1024,
+            max: 64 * 1024,
+        };
+        let default_cache = cache_path(dir.path(), "A", "root", "1.0.0", default);
+        let small_cache = cache_path(dir.path(), "A", "root", "1.0.0", small);
+        assert_ne!(default_cache, small_cache, "the cache is keyed by sizes");
+        let (big, origin) = seed_index(&active, default, Some(&default_cache)).unwrap();
+        assert_eq!(origin, SeedOrigin::Chunked);
+        // A 16 KiB target gets a seed cut with 16 KiB chunks, not the cached 64 KiB one.
+        let (fine, origin) = seed_index(&active, small, Some(&small_cache)).unwrap();
+        assert_eq!(origin, SeedOrigin::Chunked);
+        assert_eq!(fine.sizes(), small);
+        let expected = Chunker::new(small)
+            .unwrap()
+            .index(&data[..], |_, _| Ok(()))
+            .unwrap();
+        assert_eq!(fine, expected);
+        assert!(
+            fine.len() > big.len() * 2,
+            "{} vs {}",
+            fine.len(),
+            big.len()
+        );
+        // Even a 64 KiB seed found under the 16 KiB name (an older file, a rename) is refused.
+        fs::copy(&default_cache, &small_cache).unwrap();
+        let (again, origin) = seed_index(&active, small, Some(&small_cache)).unwrap();
+        assert_eq!((again.sizes(), origin), (small, SeedOrigin::Chunked));
+        // And each size's own cache is then used.
+        assert_eq!(
+            seed_index(&active, small, Some(&small_cache)).unwrap(),
+            (fine, SeedOrigin::Cached)
+        );
+        assert_eq!(
+            seed_index(&active, default, Some(&default_cache)).unwrap(),
+            (big, SeedOrigin::Cached)
         );
     }
 }

@@ -19,7 +19,7 @@ use serde::Serialize;
 use url::Url;
 
 use super::assemble::{AssembleError, AssembleOptions, AssembleProgress, Assembled, assemble};
-use super::index::{BlobIndex, IndexError};
+use super::index::{BlobIndex, ChunkSizes, IndexError};
 use super::plan::{Plan, Planned};
 use super::region::Region;
 use super::seed::{SeedOrigin, cache_path, seed_index, write_file_atomic};
@@ -195,14 +195,16 @@ impl DeltaImage<'_> {
         Some((delta.indexes.get(self.image)?.clone(), delta.store.clone()))
     }
 
-    /// The running version's index of this image, if the repository still lists it.
-    fn repository_seed(&self, repo: &Repository) -> Option<BlobIndex> {
+    /// The running version's index of this image, if the repository still lists it and it was
+    /// cut with `sizes` (the target's).
+    fn repository_seed(&self, repo: &Repository, sizes: ChunkSizes) -> Option<BlobIndex> {
         running_index(
             repo,
             self.manifest,
             self.update,
             self.image,
             self.running_version,
+            sizes,
         )
     }
 
@@ -211,7 +213,7 @@ impl DeltaImage<'_> {
     pub fn estimate(&self, repo: &Repository) -> Result<Plan, DeltaError> {
         let (target, _) = self.offered(self.update).ok_or(DeltaError::NoIndex)?;
         let (index, _) = load_index(repo, &target)?;
-        let (seed, _) = plan_seed(repo, &self.estimate_request(), self.image);
+        let (seed, _) = plan_seed(repo, &self.estimate_request(), self.image, &index);
         Ok(Planned::new(&index, seed.as_ref()).plan)
     }
 
@@ -251,7 +253,9 @@ impl DeltaImage<'_> {
         let inactive = Region::open(self.disk, self.target.0, self.target.1, true)
             .map_err(io("opening the inactive partition"))?;
 
-        let (seed, origin) = if let Some(index) = self.repository_seed(repo) {
+        // The seed must be cut with the target's chunk sizes, or its chunks would not match.
+        let sizes = index.sizes();
+        let (seed, origin) = if let Some(index) = self.repository_seed(repo, sizes) {
             (index, None)
         } else {
             let cache = cache_path(
@@ -259,9 +263,10 @@ impl DeltaImage<'_> {
                 self.running_set,
                 self.image,
                 self.running_version,
+                sizes,
             );
-            let (index, origin) =
-                seed_index(&active, Some(&cache)).map_err(io("indexing the running partition"))?;
+            let (index, origin) = seed_index(&active, sizes, Some(&cache))
+                .map_err(io("indexing the running partition"))?;
             (index, Some(origin))
         };
 
@@ -295,13 +300,16 @@ impl DeltaImage<'_> {
     }
 }
 
-/// The running version's index of `image`, if the repository still lists it.
+/// The running version's index of `image`, if the repository still lists it and it was cut with
+/// `sizes` (an index with other sizes describes the same bytes but shares few chunk boundaries
+/// with the target: the partition is chunked with the target's sizes instead).
 fn running_index(
     repo: &Repository,
     manifest: &Manifest,
     update: &Update,
     image: &str,
     running_version: &str,
+    sizes: ChunkSizes,
 ) -> Option<BlobIndex> {
     let running = manifest.updates.iter().find(|u| {
         u.variant == update.variant
@@ -309,27 +317,42 @@ fn running_index(
             && u.version.to_string() == running_version
     })?;
     let target = running.delta.as_ref()?.indexes.get(image)?;
-    load_index(repo, target).ok().map(|(index, _)| index)
+    load_index(repo, target)
+        .ok()
+        .map(|(index, _)| index)
+        .filter(|index| index.sizes() == sizes)
 }
 
-/// The seed index a plan can use without reading the disk, and where it came from.
+/// The seed index a plan for `target` (the update's index of `image`) can use without reading
+/// the disk, and where it came from: only one cut with the target's chunk sizes.
 fn plan_seed(
     repo: &Repository,
     request: &EstimateRequest<'_>,
     image: &str,
+    target: &BlobIndex,
 ) -> (Option<BlobIndex>, PlanSeed) {
+    let sizes = target.sizes();
     if let Some(index) = running_index(
         repo,
         request.manifest,
         request.update,
         image,
         request.running_version,
+        sizes,
     ) {
         return (Some(index), PlanSeed::RunningIndex);
     }
+    // The partition's length is not known here (no disk access); the cache was written for it.
     let cached = request.running_set.and_then(|set| {
-        let path = cache_path(request.state_dir, set, image, request.running_version);
-        BlobIndex::parse(&std::fs::read(path).ok()?).ok()
+        let path = cache_path(
+            request.state_dir,
+            set,
+            image,
+            request.running_version,
+            sizes,
+        );
+        let index = BlobIndex::parse(&std::fs::read(path).ok()?).ok()?;
+        (index.sizes() == sizes).then_some(index)
     });
     match cached {
         Some(index) => (Some(index), PlanSeed::CachedIndex),
@@ -460,7 +483,7 @@ pub fn estimate_update(repo: &Repository, request: &EstimateRequest<'_>) -> Opti
         let target = &delta.indexes[image];
         match load_index(repo, target) {
             Ok((index, _)) => {
-                let (seed, origin) = plan_seed(repo, request, image);
+                let (seed, origin) = plan_seed(repo, request, image, &index);
                 let plan = Planned::new(&index, seed.as_ref()).plan;
                 let totals = PlanTotals::of(&plan);
                 out.total.add(&totals);

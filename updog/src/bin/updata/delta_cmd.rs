@@ -9,14 +9,15 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use semver::Version;
 use updog::delta::store::{Put, chunk_path, decode_chunk};
-use updog::delta::{BlobIndex, Chunker, StoreWriter};
+use updog::delta::{BlobIndex, ChunkSizes, Chunker, StoreWriter};
 
 /// Delta-update subcommands.
 #[derive(Subcommand)]
 pub enum DeltaCommand {
     /// Chunks a raw (uncompressed) partition image the way `casync make` does (buzhash,
-    /// 16/64/256 KiB, SHA-512/256 ids): writes its index and adds the chunks the store lacks.
-    /// Publish the index as a TUF target and the store next to the targets.
+    /// 16/64/256 KiB unless --chunk-size says otherwise, SHA-512/256 ids): writes its index and
+    /// adds the chunks the store lacks. Publish the index as a TUF target and the store next to
+    /// the targets.
     MakeIndex {
         /// The raw image (not the lz4 file).
         image: PathBuf,
@@ -26,6 +27,10 @@ pub enum DeltaCommand {
         /// The chunk store directory (shared by every release).
         #[arg(long)]
         store: PathBuf,
+        /// Chunk sizes MIN:AVG:MAX (or AVG; bytes or K/M suffix, as casync's --chunk-size).
+        /// Smaller chunks: fewer bytes downloaded per change, but a larger index and more requests.
+        #[arg(long, value_name = "MIN:AVG:MAX", default_value = "16K:64K:256K")]
+        chunk_size: ChunkSizes,
     },
     /// Checks an index (ours, casync's or desync's): magic values, the SHA-512/256 flag,
     /// offsets, chunk sizes; with --image that it describes exactly that image, chunk by chunk;
@@ -73,23 +78,25 @@ impl DeltaCommand {
                 image,
                 index,
                 store,
+                chunk_size,
             } => {
+                // The parser already refused sizes the chunker cannot cut with.
+                let chunker = Chunker::new(chunk_size)?;
                 let store = StoreWriter::new(&store)?;
                 let (mut new, mut stored) = (0usize, 0u64);
                 let file = fs::File::open(&image)
                     .map_err(|e| format!("opening {}: {e}", image.display()))?;
-                let made =
-                    Chunker::casync_default().index(std::io::BufReader::new(file), |id, c| {
-                        if let Put::Written(n) = store.put(id, c)? {
-                            new += 1;
-                            stored += n;
-                        }
-                        Ok(())
-                    })?;
+                let made = chunker.index(std::io::BufReader::new(file), |id, c| {
+                    if let Put::Written(n) = store.put(id, c)? {
+                        new += 1;
+                        stored += n;
+                    }
+                    Ok(())
+                })?;
                 fs::write(&index, made.to_bytes())
                     .map_err(|e| format!("writing {}: {e}", index.display()))?;
                 println!(
-                    "{}: {} chunks, {} bytes; {new} new chunk(s) ({stored} compressed bytes) in {}",
+                    "{}: {} chunks of {chunk_size}, {} bytes; {new} new chunk(s) ({stored} compressed bytes) in {}",
                     index.display(),
                     made.len(),
                     made.total_len(),
