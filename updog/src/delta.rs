@@ -10,7 +10,7 @@
 //! - [`chunker`]: casync's buzhash chunker (same boundaries and ids as `casync make`);
 //! - [`store`]: the chunk store, written by publishers and read, capped and verified, by hosts;
 //! - [`plan`]: where each chunk of the new image comes from (zero, in place, seed, store);
-//! - [`assemble`]: writing the image onto the inactive partition and reading it back;
+//! - [`assemble`](mod@assemble): writing the image onto the inactive partition and reading it back;
 //! - [`seed`]: the running partition's index (from the repository, a cache, or chunked here);
 //! - [`region`]: bounded positional I/O on a partition.
 

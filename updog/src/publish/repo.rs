@@ -30,8 +30,8 @@ use super::metadata::{
 use super::root::{self, SignedRoot};
 use crate::tuf::{KeyId, Role};
 
-/// The manifest's target name.
-pub const MANIFEST_TARGET: &str = "manifest.json";
+/// The manifest's target name (the one the client reads).
+pub use manifest::MANIFEST_TARGET;
 
 /// Expiry of each role a publish signs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 //! ignored rather than failing the whole file, `spec_version` may be missing), and strict where
 //! it matters (versions of at least 1, thresholds of at least 1, at most one of `paths` /
 //! `path_hash_prefixes`, a repeated field is refused). The client checks signatures over the
-//! canonical JSON of the `signed` object as received ([`CanonicalEnvelope`]), never over a
+//! canonical JSON of the `signed` object as received (`CanonicalEnvelope`), never over a
 //! re-serialisation of these types, so fields we do not model still count. The publisher
 //! signs the canonical JSON of these types as it serialises them (see
 //! [`crate::publish::metadata`]).
