@@ -111,6 +111,11 @@ fn make_check_and_register_an_index() {
         small_store.as_os_str(),
     ]);
     assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("chunks of 4K:16K:64K"),
+        "{}",
+        describe(&out)
+    );
     if Command::new("casync").arg("--version").output().is_ok() {
         let theirs = d.join("casync-small.caibx");
         let st = Command::new("casync")

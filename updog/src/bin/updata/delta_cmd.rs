@@ -185,9 +185,10 @@ fn check_index(index: &PathBuf, image: Option<&PathBuf>, store: Option<&PathBuf>
     }
     if problems.is_empty() {
         println!(
-            "{}: valid casync blob index, {} chunks, {} bytes",
+            "{}: valid casync blob index, {} chunks of {}, {} bytes",
             index.display(),
             parsed.len(),
+            parsed.sizes(),
             parsed.total_len()
         );
         Ok(ExitCode::SUCCESS)
