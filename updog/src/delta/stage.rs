@@ -2,9 +2,9 @@
 //! streaming the full lz4 image.
 //!
 //! [`DeltaImage::stage`] loads the update's index for the image through TUF (its length and hash
-//! are signed), finds a seed index for the running partition (the running version's index if
-//! the repository still lists it, else a cached or freshly computed one under the state
-//! directory), and assembles the image on the inactive partition. A marker file under the state
+//! are signed), finds a seed index for the running partition cut with the target index's chunk
+//! sizes (the running version's index if the repository still lists it with those sizes, else a
+//! cached or freshly computed one under the state directory), and assembles the image on the inactive partition. A marker file under the state
 //! directory says a run for this exact index was started, so a run after a crash or kill checks
 //! the chunks already in place first. Any failure that the full image could avoid is reported
 //! with [`DeltaError::should_fall_back`] set; the caller then streams the full image.
