@@ -266,9 +266,8 @@ fn main() -> ExitCode {
             return ExitCode::from(updog::exit::USAGE);
         }
     };
-    // The updater is created and dropped outside the runtime: its HTTP client runs a runtime
-    // of its own, which must not be shut down from async code. In between, async tasks hold
-    // clones of the `Arc` and only ever call it through `spawn_blocking`.
+    // Async tasks hold clones of the `Arc` and only ever call the updater through
+    // `spawn_blocking`: its calls block.
     let result = updater(args).and_then(|(updater, now)| {
         let updater = Arc::new(updater);
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -463,9 +463,9 @@ impl UpdateError {
 /// The updater: configuration, identity and transport, with the operations of `updog`.
 ///
 /// Blocking, `Send` and `Sync`: an async agent shares it in an `Arc` and calls it through
-/// `spawn_blocking` (see `updog/examples/agent.rs`). Create and drop it outside the async
-/// runtime (before `block_on`, or on a blocking thread): its HTTP client runs a runtime thread
-/// of its own, which cannot be shut down from async code.
+/// `spawn_blocking` (see `updog/examples/agent.rs`). It may be created and dropped on a runtime
+/// thread too (its HTTP client, which runs a runtime of its own, is built on a plain thread);
+/// only its blocking calls belong in `spawn_blocking`.
 pub struct Updater {
     config: Config,
     os: OsRelease,

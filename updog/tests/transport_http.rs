@@ -629,3 +629,35 @@ fn reads_after_a_failure_keep_failing() {
     assert!(again.to_string().contains("dropped at byte 10"), "{again}");
     assert_eq!(body.len(), 10);
 }
+
+/// An async agent holds the blocking transport inside its runtime (through an `Updater` in an
+/// `Arc`) and may build or drop it on a runtime thread: neither may panic. A fetch from inside
+/// the runtime still belongs in `spawn_blocking`, which is what this checks too.
+#[test]
+fn the_transport_is_built_and_dropped_inside_an_async_runtime_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello"), b"hello").unwrap();
+    let server = TestServer::serve_dir(dir.path()).unwrap();
+    let url = Url::parse(&server.url_for("hello")).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let body = runtime.block_on(async move {
+        let transport = std::sync::Arc::new(HttpTransport::new(options()).unwrap());
+        let fetching = std::sync::Arc::clone(&transport);
+        let body = tokio::task::spawn_blocking(move || {
+            let mut body = Vec::new();
+            fetching
+                .fetch(&url)
+                .unwrap()
+                .read_to_end(&mut body)
+                .unwrap();
+            body
+        })
+        .await
+        .unwrap();
+        drop(transport);
+        body
+    });
+    assert_eq!(body, b"hello");
+}

@@ -254,6 +254,19 @@ struct Inner {
     proxy: ProxyConfig,
 }
 
+/// Builds the client on a plain thread. reqwest's blocking client runs its own tokio runtime on
+/// a thread of its own, and building it on a thread that is inside a tokio runtime panics
+/// ("Cannot drop a runtime in a context where blocking is not allowed"): an async agent that
+/// creates an `Updater` in its runtime would hit that. Dropping it there is fine (tested).
+fn build_off_runtime(builder: reqwest::blocking::ClientBuilder) -> reqwest::Result<Client> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || builder.build())
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 impl HttpTransport {
     /// Creates the transport, resolving proxies from `options` and the process environment.
     pub fn new(options: HttpOptions) -> Result<Self, HttpSetupError> {
@@ -287,7 +300,7 @@ impl HttpTransport {
             })?;
             builder = builder.proxy(p.no_proxy(no_proxy));
         }
-        let client = builder.build().map_err(HttpSetupError::Client)?;
+        let client = build_off_runtime(builder).map_err(HttpSetupError::Client)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
