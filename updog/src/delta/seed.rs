@@ -72,16 +72,45 @@ pub fn seed_index(
     Ok((index, SeedOrigin::Chunked))
 }
 
-/// Writes `bytes` to `path` whole or not at all (temporary file, flushed, renamed), creating
-/// the directory if needed.
+/// Writes `bytes` to `path` whole or not at all, creating the directory if needed (the
+/// workspace's one atomic write; mode 0600, as all of updog's state).
 pub(super) fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    io::Write::write_all(&mut tmp, bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::status::write_atomic(path, bytes)
+}
+
+/// Removes the cache files of `image` on `set` for any version other than `keep_version`
+/// (and files in an older naming), so the state directory holds at most one running version's
+/// seeds per set, not one per update ever taken. A set that was restaged holds another
+/// version, so its older seeds can never be used again. Best effort: what cannot be listed or
+/// removed stays.
+pub fn prune_stale_caches(state_dir: &Path, set: &str, image: &str, keep_version: &str) {
+    let dir = state_dir.join("delta");
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return;
+    };
+    let prefix = format!("seed-{set}-{image}-");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|n| n.strip_suffix(".caibx"))
+        else {
+            continue;
+        };
+        // `<version>-<min>-<avg>-<max>`: the version is what precedes the three sizes.
+        let mut parts = rest.rsplitn(4, '-');
+        let sizes_ok = parts
+            .by_ref()
+            .take(3)
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .count()
+            == 3;
+        if sizes_ok && parts.next() == Some(keep_version) {
+            continue;
+        }
+        let _ = fs::remove_file(entry.path());
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +147,41 @@ mod tests {
             seed_index(&active, sizes, Some(&cache)).unwrap().1,
             SeedOrigin::Chunked
         );
+    }
+
+    #[test]
+    fn stale_caches_of_other_versions_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = ChunkSizes {
+            min: 4096,
+            avg: 16 * 1024,
+            max: 64 * 1024,
+        };
+        let keep = [
+            cache_path(dir.path(), "A", "root", "1.2.0", ChunkSizes::CASYNC_DEFAULT),
+            cache_path(dir.path(), "A", "root", "1.2.0", small),
+            // Another image, another set: not this call's to prune.
+            cache_path(dir.path(), "A", "boot", "1.0.0", small),
+            cache_path(dir.path(), "B", "root", "1.0.0", small),
+            dir.path().join("delta/in-progress-root"),
+        ];
+        let stale = [
+            cache_path(dir.path(), "A", "root", "1.0.0", ChunkSizes::CASYNC_DEFAULT),
+            cache_path(dir.path(), "A", "root", "1.2.0-rc1", small),
+            dir.path().join("delta/seed-A-root-1.1.0.caibx"),
+        ];
+        for path in keep.iter().chain(&stale) {
+            write_file_atomic(path, b"x").unwrap();
+        }
+        prune_stale_caches(dir.path(), "A", "root", "1.2.0");
+        for path in &keep {
+            assert!(path.exists(), "{} was removed", path.display());
+        }
+        for path in &stale {
+            assert!(!path.exists(), "{} was kept", path.display());
+        }
+        // No state directory yet: nothing to do, no error.
+        prune_stale_caches(&dir.path().join("none"), "A", "root", "1.2.0");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::assemble::{AssembleError, AssembleOptions, AssembleProgress, Assemble
 use super::index::{BlobIndex, ChunkSizes, IndexError};
 use super::plan::{Plan, Planned};
 use super::region::Region;
-use super::seed::{SeedOrigin, cache_path, seed_index, write_file_atomic};
+use super::seed::{SeedOrigin, cache_path, prune_stale_caches, seed_index, write_file_atomic};
 use super::store::ChunkFetcher;
 use crate::transport::Transport;
 use crate::tuf::Repository;
@@ -267,6 +267,14 @@ impl DeltaImage<'_> {
             );
             let (index, origin) = seed_index(&active, sizes, Some(&cache))
                 .map_err(io("indexing the running partition"))?;
+            if origin == SeedOrigin::Chunked {
+                prune_stale_caches(
+                    self.state_dir,
+                    self.running_set,
+                    self.image,
+                    self.running_version,
+                );
+            }
             (index, Some(origin))
         };
 
