@@ -522,3 +522,26 @@ fn sigterm_while_staging_ends_the_json_progress_with_a_cancelled_error() {
         .count();
     assert_eq!(finals, 1, "{tail}");
 }
+
+#[test]
+fn a_failed_reboot_after_the_flip_ends_the_json_progress_with_one_error() {
+    let host = Host::new(&RepoSpec::two_releases(), "1.0.0");
+    // The reboot command fails (no systemctl in a container, say), after the flip was written.
+    let recorder = host.dir.path().join("reboot-recorder.sh");
+    std::fs::write(&recorder, "#!/bin/sh\necho 'reboot refused' >&2\nexit 1\n").unwrap();
+    let out = host.updog(&["update", "--reboot", "--progress", "json"]);
+    assert_eq!(code(&out), 1, "{}", describe(&out));
+    let error = final_event(&out);
+    assert_eq!(error["event"], "error", "{error}");
+    assert_eq!(error["cancelled"], false, "{error}");
+    // The flip happened and says so before the error: B boots next.
+    let lines = json_lines(&out);
+    let flipped = lines
+        .iter()
+        .find(|e| e["event"] == "flipped")
+        .unwrap_or_else(|| panic!("no flipped event: {}", describe(&out)));
+    assert_eq!(flipped["set"], "B", "{flipped}");
+    let status = host.updog(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["next_boot"], "B", "{status}");
+}

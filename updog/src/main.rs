@@ -248,11 +248,13 @@ fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
             // the reboot hand-off runs to the end.
             let set = updater.apply_cancellable(&lock, &cancel)?;
             report(stage.progress, &ProgressEvent::Flipped { set });
-            report_final(stage.progress, &ProgressEvent::done(&staged, true));
             print_update(&staged.update, json, stage, "Update applied");
             if *reboot {
                 updater.reboot()?;
             }
+            // After the reboot hand-off: a failed one ends the output with `error` alone (the
+            // `flipped` line before it says the set boots next).
+            report_final(stage.progress, &ProgressEvent::done(&staged, true));
             Ok(updog::exit::SUCCESS)
         }
         Command::UpdateImage { stage } => {
