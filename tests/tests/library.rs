@@ -515,3 +515,34 @@ fn a_plan_holds_the_chunk_index_and_is_refused_when_it_was_re_signed() {
     assert_eq!(planned, Some(index));
     assert_eq!(now.map(|t| t.length), Some(b"second index!".len() as u64));
 }
+
+#[test]
+fn with_delta_updates_off_a_re_signed_chunk_index_does_not_refuse_the_plan() {
+    let index_of = |bytes: &[u8]| {
+        let mut spec = spec();
+        spec.releases[1].delta = Some(serde_json::json!({
+            "store": "chunks/", "indexes": {"root": "root-1.1.0.caibx"}
+        }));
+        spec.extra_targets
+            .push(("root-1.1.0.caibx".to_string(), bytes.to_vec()));
+        spec
+    };
+    let mut host = Host::with_disk(&index_of(b"first index"), "1.0.0", DiskImageBuilder::new());
+    host.configure("delta = false");
+    let updater = updater(&host);
+    let plan = checked_plan(&updater, &CheckOptions::default());
+    assert_eq!(
+        plan.image(ImageKind::Root).delta_index,
+        None,
+        "an index this host never uses is not part of its plan"
+    );
+    // The index changes; the image does not: the full image this plan promised is staged.
+    e2e_tests::republish(&index_of(b"second index!"), &host.repo.dir, 2);
+    let lock = updater.lock().unwrap();
+    let staged = updater
+        .stage_plan(&lock, plan, &|_| {}, &CancelHandle::new())
+        .unwrap();
+    assert_eq!(staged.version.to_string(), "1.1.0");
+    assert_eq!(b_state(&host).priority, 0);
+    assert!(b_state(&host).tries_left > 0 || b_state(&host).successful);
+}

@@ -837,10 +837,24 @@ impl Updater {
             })
         };
         // An index that is not a signed target with a sha256 is no delta (the full image is
-        // staged); the plan records that as none.
+        // staged); the plan records that as none, as it does every index when delta updates
+        // are off (so turning them off between check and stage changes nothing the plan
+        // holds). A lookup that fails is logged with its cause: the plan then says none, and
+        // a plan that said otherwise is refused as changed.
         let index = |kind: ImageKind| {
+            if !self.config.delta {
+                return None;
+            }
             let name = update.delta.as_ref()?.indexes.get(kind.name())?;
-            let desc = repo.target(name).ok().flatten()?;
+            let desc = match repo.target(name) {
+                Ok(found) => found?,
+                Err(e) => {
+                    log::warn!(
+                        "chunk index {name:?} of the {kind} image cannot be looked up: {e}; the full image will be used"
+                    );
+                    return None;
+                }
+            };
             Some(SignedTarget {
                 name: name.clone(),
                 length: desc.length,
