@@ -457,6 +457,22 @@ fn staging_is_refused_while_the_running_set_has_not_been_marked_successful() {
     assert!(host.b_holds(&spec().releases[1]));
 }
 
+/// With the other set no fallback (cleared: nothing a rollback could boot), an unconfirmed
+/// running set does not stop staging: there is nothing to lose.
+#[test]
+fn an_unconfirmed_boot_does_not_stop_staging_over_a_set_that_is_no_fallback() {
+    let host = host();
+    set_boot_flags(&host, 1, SetState::new(2, 0, false).unwrap());
+    set_boot_flags(&host, 5, SetState::default());
+    let updater = updater(&host);
+    let lock = updater.lock().unwrap();
+    let plan = checked_plan(&updater, &CheckOptions::default());
+    updater
+        .stage_plan(&lock, plan, &|_| {}, &CancelHandle::new())
+        .unwrap();
+    assert!(host.b_holds(&spec().releases[1]));
+}
+
 /// A plan made while set A ran is for set B; if the host runs set B by the time it is staged
 /// (it rebooted into it), the plan is refused naming both sets, before the disk is touched.
 #[test]

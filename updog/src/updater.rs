@@ -978,12 +978,15 @@ impl Updater {
         self.stage_chosen(lock, &repo, &manifest, fresh, progress, cancel)
     }
 
-    /// Refuses to stage while the running set has not been marked successful: clearing the
-    /// other set would destroy the only set known to boot, should this one fail.
+    /// Refuses to stage while the running set has not been marked successful and the other
+    /// set is one a rollback could go to: clearing it would destroy the only fallback, should
+    /// this boot fail. An other set that is no fallback (cleared, or staged and never booted)
+    /// loses nothing by being staged over.
     fn refuse_unconfirmed_boot(sp: &Gpt) -> Result<(), UpdateError> {
         let set = sp.active();
         let state = sp.state(set).unwrap_or_default();
-        if state.successful {
+        let fallback = sp.state(set.other()).unwrap_or_default();
+        if state.successful || !fallback.can_roll_back_to() {
             Ok(())
         } else {
             Err(UpdateError::BootNotConfirmed { set, state })
