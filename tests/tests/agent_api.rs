@@ -545,3 +545,48 @@ fn a_failed_reboot_after_the_flip_ends_the_json_progress_with_one_error() {
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["next_boot"], "B", "{status}");
 }
+
+/// The first SIGTERM asks for a clean stop, which a read blocked on a silent server only sees
+/// at the stall timeout; a second one stops the process at once (exit 5), as an impatient
+/// operator's second Ctrl-C expects.
+#[test]
+fn a_second_sigterm_stops_a_check_blocked_on_a_silent_server_at_once() {
+    let mut host = Host::new(&RepoSpec::two_releases(), "1.0.0");
+    host.configure("stall_timeout_secs = 120");
+    host.server.fault_all(Fault::StallBeforeHeaders);
+    let mut child = host
+        .updog_cmd()
+        .arg("check-update")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while host.server.request_count() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no request");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    e2e_tests::send_signal(&child, "TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal is a request to stop cleanly, not a kill"
+    );
+    e2e_tests::send_signal(&child, "TERM");
+    // Far below the 120 s stall timeout the clean stop would wait for.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after the second signal"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        code(&out),
+        i32::from(updog::exit::INTERRUPTED),
+        "{}",
+        describe(&out)
+    );
+}

@@ -407,17 +407,26 @@ fn report_final(mode: ProgressMode, event: &ProgressEvent) {
 }
 
 /// A handle that SIGINT and SIGTERM set: the operation stops cleanly (exit 5) instead of the
-/// process dying mid-way.
+/// process dying mid-way. A second signal exits at once (exit 5), for a read blocked on a
+/// silent server that would otherwise only see the first at the stall timeout; that is as safe
+/// as a kill, which every step survives (the set is cleared before its first byte changes).
 fn cancel_on_signals() -> Result<CancelHandle, Failure> {
     let cancel = CancelHandle::new();
+    let installing = |e: std::io::Error| Failure {
+        code: updog::exit::FAILURE,
+        message: format!("installing signal handler: {e}"),
+        error: None,
+    };
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, std::sync::Arc::clone(cancel.flag())).map_err(|e| {
-            Failure {
-                code: updog::exit::FAILURE,
-                message: format!("installing signal handler: {e}"),
-                error: None,
-            }
-        })?;
+        // Registered first, so it sees the flag as the previous signal left it.
+        signal_hook::flag::register_conditional_shutdown(
+            signal,
+            i32::from(updog::exit::INTERRUPTED),
+            std::sync::Arc::clone(cancel.flag()),
+        )
+        .map_err(installing)?;
+        signal_hook::flag::register(signal, std::sync::Arc::clone(cancel.flag()))
+            .map_err(installing)?;
     }
     Ok(cancel)
 }
