@@ -443,13 +443,8 @@ fn every_progress_json_run_of_the_binary_ends_with_done_or_error() {
     assert_eq!(done["no_update"]["reason"], "none_newer", "{done}");
 }
 
-#[test]
-fn sigterm_during_check_update_stops_it_with_exit_5() {
-    let host = Host::new(&RepoSpec::two_releases(), "1.0.0");
-    host.server.fault_all(Fault::Slow {
-        bytes: 16,
-        every: Duration::from_millis(50),
-    });
+/// `updog check-update` started, once its first request has reached the server.
+fn check_update_fetching(host: &Host) -> std::process::Child {
     let child = host
         .updog_cmd()
         .arg("check-update")
@@ -462,6 +457,17 @@ fn sigterm_during_check_update_stops_it_with_exit_5() {
         assert!(std::time::Instant::now() < deadline, "no request");
         std::thread::sleep(Duration::from_millis(5));
     }
+    child
+}
+
+#[test]
+fn sigterm_during_check_update_stops_it_with_exit_5() {
+    let host = Host::new(&RepoSpec::two_releases(), "1.0.0");
+    host.server.fault_all(Fault::Slow {
+        bytes: 16,
+        every: Duration::from_millis(50),
+    });
+    let child = check_update_fetching(&host);
     e2e_tests::send_signal(&child, "TERM");
     let out = child.wait_with_output().unwrap();
     assert_eq!(
@@ -554,18 +560,7 @@ fn a_second_sigterm_stops_a_check_blocked_on_a_silent_server_at_once() {
     let mut host = Host::new(&RepoSpec::two_releases(), "1.0.0");
     host.configure("stall_timeout_secs = 120");
     host.server.fault_all(Fault::StallBeforeHeaders);
-    let mut child = host
-        .updog_cmd()
-        .arg("check-update")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while host.server.request_count() == 0 {
-        assert!(std::time::Instant::now() < deadline, "no request");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut child = check_update_fetching(&host);
     e2e_tests::send_signal(&child, "TERM");
     std::thread::sleep(Duration::from_millis(300));
     assert!(

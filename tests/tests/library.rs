@@ -423,6 +423,15 @@ fn set_boot_flags(host: &Host, number: u32, state: SetState) {
     bootpart::gpt::write_gpt(&mut file, &table).unwrap();
 }
 
+/// Checks, stages the plan under `lock`, and asserts set B holds release 1.1.0.
+fn stage_checked_release(host: &Host, updater: &Updater, lock: &updog::lock::UpdateLock) {
+    let plan = checked_plan(updater, &CheckOptions::default());
+    updater
+        .stage_plan(lock, plan, &|_| {}, &CancelHandle::new())
+        .unwrap();
+    assert!(host.b_holds(&spec().releases[1]));
+}
+
 /// While the running set has not been marked successful (just booted into it: priority 2, no
 /// tries left), set B is the only fallback: staging refuses before fetching anything or
 /// touching the disk, and says what to run. Once marked, staging goes through.
@@ -450,11 +459,7 @@ fn staging_is_refused_while_the_running_set_has_not_been_marked_successful() {
         .unwrap()
         .mark_successful_boot()
         .unwrap();
-    let plan = checked_plan(&updater, &CheckOptions::default());
-    updater
-        .stage_plan(&lock, plan, &|_| {}, &CancelHandle::new())
-        .unwrap();
-    assert!(host.b_holds(&spec().releases[1]));
+    stage_checked_release(&host, &updater, &lock);
 }
 
 /// With the other set no fallback (cleared: nothing a rollback could boot), an unconfirmed
@@ -466,11 +471,7 @@ fn an_unconfirmed_boot_does_not_stop_staging_over_a_set_that_is_no_fallback() {
     set_boot_flags(&host, 5, SetState::default());
     let updater = updater(&host);
     let lock = updater.lock().unwrap();
-    let plan = checked_plan(&updater, &CheckOptions::default());
-    updater
-        .stage_plan(&lock, plan, &|_| {}, &CancelHandle::new())
-        .unwrap();
-    assert!(host.b_holds(&spec().releases[1]));
+    stage_checked_release(&host, &updater, &lock);
 }
 
 /// A plan made while set A ran is for set B; if the host runs set B by the time it is staged
