@@ -358,6 +358,17 @@ fn publish_version(targets: Vec<(String, Vec<u8>)>, dir: &Path, version: u64) ->
         repo.bump();
     }
     for (name, bytes) in targets {
+        // As `updata publish` does: an lz4 target signs its decoded size.
+        if let Some(len) = name
+            .ends_with(".lz4")
+            .then(|| decoded_len(&bytes))
+            .flatten()
+        {
+            repo.target_custom.insert(
+                name.clone(),
+                serde_json::json!({ "decompressed_length": len }),
+            );
+        }
         repo.add_target(&name, &bytes);
     }
     repo.publish();
@@ -369,6 +380,12 @@ fn publish_version(targets: Vec<(String, Vec<u8>)>, dir: &Path, version: u64) ->
         targets_path: "targets/",
         root_json,
     }
+}
+
+/// The decoded size of an lz4 frame file, `None` when it does not decode (a test's broken frame).
+fn decoded_len(bytes: &[u8]) -> Option<u64> {
+    let mut decoder = lz4_flex::frame::FrameDecoder::new(bytes);
+    std::io::copy(&mut decoder, &mut std::io::sink()).ok()
 }
 
 /// A simulated host: a disk image, a served repository, configuration, os-release and a

@@ -53,6 +53,16 @@ fn setup(with_v1_index: bool) -> Option<Delta> {
 /// [`setup`] with 1.1.0's index cut with `v2_sizes`, and 1.0.0's listed (cut with `v1_sizes`)
 /// when given. `new_chunks` is what a seed cut with `v2_sizes` leaves to download.
 fn setup_sized(v1_sizes: Option<ChunkSizes>, v2_sizes: ChunkSizes) -> Option<Delta> {
+    setup_signing(v1_sizes, v2_sizes, BlobIndex::to_bytes)
+}
+
+/// [`setup_sized`], signing `signed(v2's index)` as 1.1.0's index target (the chunk store
+/// holds v2's chunks whatever it says).
+fn setup_signing(
+    v1_sizes: Option<ChunkSizes>,
+    v2_sizes: ChunkSizes,
+    signed: impl Fn(&BlobIndex) -> Vec<u8>,
+) -> Option<Delta> {
     if !fixtures::ext4::have_mkfs() {
         fixtures::gate::skip("mkfs.ext4 is not installed");
         return None;
@@ -94,8 +104,7 @@ fn setup_sized(v1_sizes: Option<ChunkSizes>, v2_sizes: ChunkSizes) -> Option<Del
         name: "migrate_v1.1.0_delta.lz4".to_string(),
         content: b"migration 1.0.0 -> 1.1.0".to_vec(),
     });
-    spec.extra_targets
-        .push((index_name("1.1.0"), i2.to_bytes()));
+    spec.extra_targets.push((index_name("1.1.0"), signed(&i2)));
     if let Some(sizes) = v1_sizes {
         let listed = if sizes == v2_sizes {
             i1
@@ -494,4 +503,67 @@ fn killed_delta_staging_resumes_and_fetches_only_what_was_missing() {
         "{plan}"
     );
     assert_eq!(d.host.signpost().state(SetId::B).unwrap().tries_left, 1);
+}
+
+/// v2's index cut to its first `keep` chunks, then `extra` made-up chunks of 256 KiB appended.
+fn reindexed(index: &BlobIndex, keep: usize, extra: usize) -> Vec<u8> {
+    let mut out = BlobIndex::new(index.sizes());
+    for c in index.chunks().take(keep) {
+        out.push(u64::from(c.len), c.id);
+    }
+    for n in 0..extra {
+        out.push(256 << 10, updog::delta::ChunkId::of(&n.to_le_bytes()));
+    }
+    out.to_bytes()
+}
+
+/// Issue 24, findings 1 and 6: a signed index that covers nothing, half the image, or more
+/// than the partition does not decide what is written: the image's signed decompressed_length
+/// does. Each falls back to the full image, and set B holds v2 exactly (never the running
+/// version's bytes under a valid mark).
+#[test]
+fn an_index_of_another_length_than_the_signed_image_falls_back_to_the_full_image() {
+    type Cut = fn(&BlobIndex) -> Vec<u8>;
+    let cases: [(&str, Cut); 3] = [
+        ("empty", |i| reindexed(i, 0, 0)),
+        ("half", |i| reindexed(i, i.len() / 2, 0)),
+        // 8 MiB of the image and 8 MiB more: past the 12 MiB partition.
+        ("past the partition", |i| reindexed(i, i.len(), 32)),
+    ];
+    for (what, cut) in cases {
+        let Some(d) = setup_signing(
+            Some(ChunkSizes::CASYNC_DEFAULT),
+            ChunkSizes::CASYNC_DEFAULT,
+            cut,
+        ) else {
+            return;
+        };
+        let out = d.host.updog(&["update", "--progress", "json"]);
+        assert!(out.status.success(), "{what}: {}", describe(&out));
+        assert!(d.b_root() == d.v2, "{what}: set B root is not the v2 image");
+        assert!(
+            d.full_root_requested(),
+            "{what}: the full image was not used"
+        );
+        let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let fallback = events
+            .iter()
+            .find(|e| e["event"] == "delta_fallback")
+            .unwrap_or_else(|| panic!("{what}: no delta_fallback event: {events:?}"));
+        assert!(
+            fallback["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("decompressed_length")),
+            "{what}: {fallback}"
+        );
+        let done = events
+            .iter()
+            .find(|e| e["event"] == "image_done" && e["image"] == "root")
+            .expect("image_done");
+        assert_eq!(done["written"], IMAGE, "{what}: {done}");
+        assert_eq!(d.host.signpost().state(SetId::B).unwrap().tries_left, 1);
+    }
 }

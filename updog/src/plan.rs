@@ -43,6 +43,11 @@ pub struct SignedTarget {
     /// The signed sha256.
     #[serde(serialize_with = "hex_sha256")]
     pub sha256: [u8; 32],
+    /// The signed decoded size of an image (`custom.decompressed_length`, which `updata
+    /// publish` records), when the target lists one: what every path that stages the image
+    /// must end up having written and read back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decompressed_length: Option<u64>,
 }
 
 fn hex_sha256<S: serde::Serializer>(sha256: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {

@@ -368,6 +368,23 @@ pub enum UpdateError {
         /// The target name.
         target: String,
     },
+    /// A signed image decoded to another size than its target's signed
+    /// `custom.decompressed_length`; the set stays cleared.
+    #[error(
+        "{image} image {target:?} decoded to {decoded} bytes, but its target signs decompressed_length {signed}; set {set} is left cleared"
+    )]
+    DecodedLength {
+        /// Which image.
+        image: ImageKind,
+        /// The target name.
+        target: String,
+        /// Bytes it decoded to (written and read back).
+        decoded: u64,
+        /// The signed size.
+        signed: u64,
+        /// The set it was written to.
+        set: SetId,
+    },
     /// An image cannot be fetched as named (checked before the disk is touched).
     #[error("{image} image {target:?} cannot be used: {source}")]
     UnusableTarget {
@@ -834,6 +851,7 @@ impl Updater {
                 name: name.clone(),
                 length: desc.length,
                 sha256,
+                decompressed_length: desc.decompressed_length(),
             })
         };
         // An index that is not a signed target with a sha256 is no delta (the full image is
@@ -859,6 +877,7 @@ impl Updater {
                 name: name.clone(),
                 length: desc.length,
                 sha256: desc.sha256()?,
+                decompressed_length: None,
             })
         };
         let image = |kind: ImageKind, name: &String| -> Result<PlannedImage, UpdateError> {
@@ -1235,6 +1254,7 @@ impl Updater {
             running_version: &running_version,
             running_set: &running_set,
             disk,
+            image_len: image.target.decompressed_length,
             target: (partition.byte_offset(), partition.byte_len()),
             seed: (seed.byte_offset(), seed.byte_len()),
             targets_base_url: &self.config.targets_base_url,
@@ -1364,6 +1384,19 @@ impl Updater {
             return Err(UpdateError::EmptyImage {
                 image: kind,
                 target: target.clone(),
+            });
+        }
+        if let Some(signed) = image
+            .target
+            .decompressed_length
+            .filter(|signed| *signed != staged.decoded_len)
+        {
+            return Err(UpdateError::DecodedLength {
+                image: kind,
+                target: target.clone(),
+                decoded: staged.decoded_len,
+                signed,
+                set,
             });
         }
         progress(&ProgressEvent::ImageDone {

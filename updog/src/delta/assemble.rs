@@ -141,10 +141,15 @@ pub enum AssembleError {
 }
 
 impl AssembleError {
-    /// Whether the full image is worth trying instead: a store that is missing, unreachable or
-    /// serving bad chunks. Not for partition I/O errors or cancellation, which it would hit too.
+    /// Whether the full image is worth trying instead: a store that is missing, unreachable,
+    /// too slow or serving bad chunks, or an index that does not fit the partition (the full
+    /// image is checked against it on its own). Not for partition I/O errors or cancellation,
+    /// which it would hit too.
     pub fn should_fall_back(&self) -> bool {
-        matches!(self, AssembleError::Chunk { .. } | AssembleError::Index(_))
+        matches!(
+            self,
+            AssembleError::Chunk { .. } | AssembleError::Index(_) | AssembleError::TooLarge { .. }
+        )
     }
 }
 

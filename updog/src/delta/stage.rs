@@ -45,6 +45,10 @@ pub struct DeltaImage<'a> {
     pub running_set: &'a str,
     /// The disk holding both sets.
     pub disk: &'a Path,
+    /// The image's signed decoded size (the full image target's `custom.decompressed_length`):
+    /// the index must describe exactly this many bytes, or the full image is staged instead.
+    /// `None` (the target signs no size) is no delta.
+    pub image_len: Option<u64>,
     /// Byte offset and length of the inactive partition for this image.
     pub target: (u64, u64),
     /// Byte offset and length of the running partition for this image.
@@ -79,6 +83,26 @@ pub enum DeltaError {
         /// What is wrong.
         #[source]
         source: IndexError,
+    },
+    /// The full image target signs no decoded size to hold the index to.
+    #[error(
+        "the image target signs no decompressed_length, so the length the chunk index {target} describes cannot be checked"
+    )]
+    NoSignedLength {
+        /// The index target.
+        target: String,
+    },
+    /// The index describes another length than the image's signed decoded size.
+    #[error(
+        "chunk index {target} describes {index_len} bytes, but the image's signed decompressed_length is {signed}"
+    )]
+    LengthMismatch {
+        /// The index target.
+        target: String,
+        /// Bytes the index describes.
+        index_len: u64,
+        /// The signed decoded size.
+        signed: u64,
     },
     /// The index is larger than we accept.
     #[error("chunk index {target} is over {MAX_INDEX_BYTES} bytes")]
@@ -237,6 +261,18 @@ impl DeltaImage<'_> {
     ) -> Result<DeltaStaged, DeltaError> {
         let (target, store) = self.offered(self.update).ok_or(DeltaError::NoIndex)?;
         let (index, sha256) = load_index(repo, &target)?;
+        // Whatever the index says, the image written must be exactly the signed decoded size:
+        // an index that covers less (or more) would leave other bytes on the partition.
+        let signed = self.image_len.ok_or_else(|| DeltaError::NoSignedLength {
+            target: target.clone(),
+        })?;
+        if index.total_len() != signed {
+            return Err(DeltaError::LengthMismatch {
+                target,
+                index_len: index.total_len(),
+                signed,
+            });
+        }
         let store_url =
             self.targets_base_url
                 .join(&store)
@@ -298,6 +334,13 @@ impl DeltaImage<'_> {
             progress,
         )?;
         marker.end();
+        if assembled.plan.image.bytes != signed {
+            return Err(DeltaError::LengthMismatch {
+                target,
+                index_len: assembled.plan.image.bytes,
+                signed,
+            });
+        }
         Ok(DeltaStaged {
             index_target: target,
             index_sha256: sha256,

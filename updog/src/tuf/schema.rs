@@ -407,6 +407,12 @@ pub struct TargetDescription {
 }
 
 impl TargetDescription {
+    /// The decoded size `custom.decompressed_length` signs (as `updata publish` records it for
+    /// lz4 images), if listed as an unsigned integer.
+    pub fn decompressed_length(&self) -> Option<u64> {
+        self.custom.get("decompressed_length")?.as_u64()
+    }
+
     /// The signed sha256 digest, if listed and well-formed.
     pub fn sha256(&self) -> Option<[u8; 32]> {
         self.digest("sha256")
