@@ -567,3 +567,47 @@ fn an_index_of_another_length_than_the_signed_image_falls_back_to_the_full_image
         assert_eq!(d.host.signpost().state(SetId::B).unwrap().tries_left, 1);
     }
 }
+
+/// Issue 24, finding 6: a chunk store that trickles (64 bytes a second: never silent for the
+/// stall timeout) meets the per-chunk time limit (stall timeout plus the chunk's size at
+/// `metadata_min_bytes_per_sec`), and the update falls back to the full image instead of
+/// holding the delta for as long as the store likes.
+#[test]
+fn a_chunk_store_that_trickles_falls_back_to_the_full_image() {
+    let Some(mut d) = setup(true) else { return };
+    for path in &d.new_chunks {
+        d.host.server.fault(
+            path,
+            fixtures::http::Fault::Slow {
+                bytes: 64,
+                every: std::time::Duration::from_secs(1),
+            },
+        );
+    }
+    d.host
+        .configure("stall_timeout_secs = 2\nmetadata_min_bytes_per_sec = 1048576");
+    let started = std::time::Instant::now();
+    let mut cmd = d.host.updog_cmd();
+    cmd.arg("update")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // Today's limit is about 3 s a chunk, 4 at a time; without one, this takes many minutes.
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("updog still waits on the trickling store after 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(d.b_root() == d.v2, "set B root is not the v2 image");
+    assert!(d.full_root_requested(), "no fallback to the full image");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("downloading the full image") && text.contains("did not arrive within"),
+        "{text}"
+    );
+}

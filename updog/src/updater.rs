@@ -1259,6 +1259,12 @@ impl Updater {
             seed: (seed.byte_offset(), seed.byte_len()),
             targets_base_url: &self.config.targets_base_url,
             state_dir,
+            // A chunk must arrive within the stall timeout plus its size at the slowest rate
+            // accepted for metadata: a store that trickles ends in the full image.
+            chunk_time_limit: Some(crate::delta::store::ChunkTimeLimit {
+                base: self.config.stall_timeout,
+                min_rate: self.config.metadata_min_rate,
+            }),
         };
         let mut verifying = false;
         let mut on_progress = |p: &AssembleProgress| match *p {

@@ -194,8 +194,9 @@ fn fetch_worker(
             }
             match fetcher.fetch(&chunk, &mut buf) {
                 Ok(bytes) => break Ok((std::mem::take(&mut buf), bytes)),
-                // A store without the chunk will not grow it by asking again.
-                Err(e) if e.is_not_found() => break Err(e),
+                // A store without the chunk will not grow it by asking again, and one that
+                // trickles will take as long again.
+                Err(e) if e.is_not_found() || e.is_too_slow() => break Err(e),
                 Err(e) if refused + 1 >= attempts.max(1) as usize => break Err(e),
                 Err(_) => {
                     refused += 1;

@@ -23,7 +23,7 @@ use super::index::{BlobIndex, ChunkSizes, IndexError};
 use super::plan::{Plan, Planned};
 use super::region::Region;
 use super::seed::{SeedOrigin, cache_path, prune_stale_caches, seed_index, write_file_atomic};
-use super::store::ChunkFetcher;
+use super::store::{ChunkFetcher, ChunkTimeLimit};
 use crate::transport::Transport;
 use crate::tuf::Repository;
 
@@ -57,6 +57,9 @@ pub struct DeltaImage<'a> {
     pub targets_base_url: &'a Url,
     /// Where the seed cache and the resume marker live.
     pub state_dir: &'a Path,
+    /// How long each chunk may take to arrive whole (`None`: only the transport's stall
+    /// timeout); a chunk over it ends the delta, and the full image is staged instead.
+    pub chunk_time_limit: Option<ChunkTimeLimit>,
 }
 
 /// Why an image could not be staged as a delta.
@@ -319,7 +322,10 @@ impl DeltaImage<'_> {
         marker
             .begin()
             .map_err(io("writing the delta resume marker"))?;
-        let fetcher = ChunkFetcher::new(transport, store_url);
+        let mut fetcher = ChunkFetcher::new(transport, store_url);
+        if let Some(limit) = self.chunk_time_limit {
+            fetcher = fetcher.with_time_limit(limit);
+        }
         let options = AssembleOptions {
             resumed,
             ..AssembleOptions::default()

@@ -12,6 +12,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use url::Url;
 
@@ -149,6 +150,20 @@ pub enum ChunkError {
 }
 
 impl ChunkError {
+    /// Whether the chunk did not arrive whole within its [`ChunkTimeLimit`] (a store that
+    /// trickles: asking again would only wait as long again).
+    pub fn is_too_slow(&self) -> bool {
+        let too_slow =
+            |e: &TransportError| matches!(e.kind, crate::transport::TransportErrorKind::TooSlow(_));
+        match self {
+            ChunkError::Transport { source, .. } => too_slow(source),
+            ChunkError::Read { source, .. } => {
+                TransportError::from_io(source).is_some_and(too_slow)
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the store does not have the chunk (HTTP 404 or no such file).
     pub fn is_not_found(&self) -> bool {
         matches!(
@@ -210,6 +225,34 @@ pub fn decode_chunk(chunk: &Chunk, compressed: &[u8], out: &mut Vec<u8>) -> Resu
 pub struct ChunkFetcher {
     transport: Arc<dyn Transport>,
     base: Url,
+    time_limit: Option<ChunkTimeLimit>,
+}
+
+/// How long one chunk may take to arrive whole: `base` plus its largest accepted compressed
+/// size at `min_rate` bytes per second. A store that trickles bytes (never silent long enough
+/// for the transport's stall timeout) then fails the chunk instead of holding the update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkTimeLimit {
+    /// The fixed part (connecting, the response head).
+    pub base: Duration,
+    /// The slowest rate accepted, in bytes per second.
+    pub min_rate: u64,
+}
+
+impl ChunkTimeLimit {
+    /// The time a chunk of `len` (uncompressed) bytes may take.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use updog::delta::store::{ChunkTimeLimit, compressed_cap};
+    /// let limit = ChunkTimeLimit { base: Duration::from_secs(30), min_rate: 4096 };
+    /// let cap = compressed_cap(65536);
+    /// assert_eq!(limit.for_chunk(65536), Duration::from_secs(30 + cap.div_ceil(4096)));
+    /// ```
+    pub fn for_chunk(&self, len: u32) -> Duration {
+        let secs = compressed_cap(len).div_ceil(self.min_rate.max(1));
+        self.base.saturating_add(Duration::from_secs(secs))
+    }
 }
 
 impl std::fmt::Debug for ChunkFetcher {
@@ -227,7 +270,18 @@ impl ChunkFetcher {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        ChunkFetcher { transport, base }
+        ChunkFetcher {
+            transport,
+            base,
+            time_limit: None,
+        }
+    }
+
+    /// This fetcher with a time limit for each chunk (none by default: only the transport's
+    /// stall timeout).
+    pub fn with_time_limit(mut self, limit: ChunkTimeLimit) -> ChunkFetcher {
+        self.time_limit = Some(limit);
+        self
     }
 
     /// The store's URL.
@@ -248,13 +302,16 @@ impl ChunkFetcher {
     pub fn fetch(&self, chunk: &Chunk, out: &mut Vec<u8>) -> Result<u64, ChunkError> {
         let id = chunk.id;
         let url = self.url(&id);
-        let body = self
-            .transport
-            .fetch(&url)
-            .map_err(|source| ChunkError::Transport {
-                id,
-                source: Box::new(source),
-            })?;
+        let body = match self.time_limit {
+            Some(limit) => self
+                .transport
+                .fetch_within(&url, limit.for_chunk(chunk.len)),
+            None => self.transport.fetch(&url),
+        }
+        .map_err(|source| ChunkError::Transport {
+            id,
+            source: Box::new(source),
+        })?;
         let cap = compressed_cap(chunk.len);
         let mut compressed = Vec::new();
         body.take(cap + 1)
