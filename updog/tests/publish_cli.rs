@@ -780,3 +780,49 @@ fn metadata_without_a_canonical_form_is_not_signed() {
     assert!(err.to_string().contains("canonical"), "{err}");
     assert!(env.signatures.is_empty());
 }
+
+/// Issue 24, finding 5: metadata whose expiry is already past is not signed (every host would
+/// fail with "expired"): `refresh-timestamp --expires` and `--snapshot-expires` and `publish
+/// --timestamp-expires` in the past are one line each, and the repository is unchanged.
+#[test]
+fn metadata_that_would_already_be_expired_is_not_signed() {
+    let dir = publisher();
+    let d = dir.path();
+    // A first publish with a timestamp already expired writes nothing.
+    let mut args = publish_args();
+    args.extend(["--timestamp-expires", "2000-01-01T00:00:00Z"]);
+    let err = fails(d, &args);
+    assert!(
+        err.contains("refusing to sign timestamp metadata that expires at 2000-01-01T00:00:00Z"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!d.join("repo").exists());
+
+    publish(d);
+    let before = snapshot(&d.join("repo"));
+    for (args, role) in [
+        (vec!["--expires", "2000-01-01T00:00:00Z"], "timestamp"),
+        (
+            vec![
+                "-k",
+                "keys/snapshot.pem",
+                "--snapshot-expires",
+                "2000-01-01T00:00:00Z",
+            ],
+            "snapshot",
+        ),
+    ] {
+        let mut line = vec!["refresh-timestamp", "repo", "-k", "keys/timestamp.pem"];
+        line.extend(args);
+        let err = fails(d, &line);
+        assert!(
+            err.contains(&format!(
+                "refusing to sign {role} metadata that expires at 2000-01-01"
+            )),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert_eq!(snapshot(&d.join("repo")), before, "{role}");
+    }
+}

@@ -81,6 +81,18 @@ pub enum Error {
         /// The key ids that may sign.
         keyids: String,
     },
+    /// An expiry given for new metadata is not in the future: every client would refuse it.
+    #[error(
+        "refusing to sign {role} metadata that expires at {expires}, which is not after now ({now}): give an expiry in the future"
+    )]
+    ExpiresInThePast {
+        /// The role (`targets`, `snapshot`, `timestamp`).
+        role: &'static str,
+        /// The expiry given.
+        expires: String,
+        /// Now.
+        now: String,
+    },
     /// The root has expired or would expire before the metadata it governs.
     #[error(
         "root version {version} expired at {expires}: rotate it (updata root set-expires, then rotate-root)"

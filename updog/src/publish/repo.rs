@@ -178,6 +178,9 @@ impl Repository {
         expires: &Expiries,
         now: DateTime<Utc>,
     ) -> Result<Report, Error> {
+        check_future("targets", expires.targets, now)?;
+        check_future("snapshot", expires.snapshot, now)?;
+        check_future("timestamp", expires.timestamp, now)?;
         let mut report = Report::default();
         let state = self.state()?;
         let (root, new_root) = match (&state, &release.root) {
@@ -390,6 +393,10 @@ impl Repository {
         warn_within: Duration,
         now: DateTime<Utc>,
     ) -> Result<Report, Error> {
+        check_future("timestamp", timestamp_expires, now)?;
+        if let Some(e) = snapshot_expires {
+            check_future("snapshot", e, now)?;
+        }
         let state = self
             .state()?
             .filter(|s| s.timestamp.is_some())
@@ -505,6 +512,23 @@ fn check_root_alive(root: &Root, now: DateTime<Utc>) -> Result<(), Error> {
         return Err(Error::RootExpired {
             version: root.header.version,
             expires: root.header.expires.to_rfc3339(),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses to sign `role` metadata whose expiry `expires` is not after `now`: published, it
+/// would make every host fail with "expired".
+fn check_future(
+    role: &'static str,
+    expires: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    if expires <= now {
+        return Err(Error::ExpiresInThePast {
+            role,
+            expires: expires.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            now: now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
         });
     }
     Ok(())
