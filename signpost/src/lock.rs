@@ -74,16 +74,17 @@ pub struct DiskLock {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LockError {
-    /// Another process holds the disk: another update or boot-flag change is in progress.
-    #[error(
-        "disk {path} is locked by {}: another update or boot-flag change is in progress (waited {waited_ms} ms)",
-        holder_text(*.holder_pid)
-    )]
+    /// Another process holds the disk: another update or boot-flag change is in progress, or
+    /// (a shared lock) a process reads the disk.
+    #[error("disk {path} is locked by {}", held_text(.holder_pid, .holder, *.waited_ms))]
     Held {
         /// The disk.
         path: PathBuf,
         /// The holder's pid, from `/proc/locks`, when it can be found.
         holder_pid: Option<u32>,
+        /// What else is known of the holder (its lock's mode, its user, whether the disk is an
+        /// image file other users can read), when it can be found.
+        holder: Option<Holder>,
         /// How long we waited.
         waited_ms: u128,
     },
@@ -98,8 +99,42 @@ pub enum LockError {
     },
 }
 
-fn holder_text(pid: Option<u32>) -> String {
-    pid.map_or_else(|| "another process".to_string(), |p| format!("pid {p}"))
+/// A process holding a lock on the disk, as `/proc/locks` and `/proc/PID` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    /// Its pid.
+    pub pid: u32,
+    /// Whether its lock is shared (`flock -s`: a reader, such as udev probing the disk) rather
+    /// than exclusive (another update or boot-flag change).
+    pub shared: bool,
+    /// Its user id, when `/proc/PID` could be read.
+    pub uid: Option<u32>,
+    /// The disk is a regular file that users other than its owner may read: any of them can
+    /// hold a shared lock on it.
+    pub readable_by_others: bool,
+}
+
+fn held_text(pid: &Option<u32>, holder: &Option<Holder>, waited_ms: u128) -> String {
+    let who = pid.map_or_else(|| "another process".to_string(), |p| format!("pid {p}"));
+    let Some(h) = holder else {
+        return format!(
+            "{who}: another update or boot-flag change is in progress (waited {waited_ms} ms)"
+        );
+    };
+    let uid = h.uid.map(|u| format!(" (uid {u})")).unwrap_or_default();
+    if !h.shared {
+        return format!(
+            "{who}{uid}: another update or boot-flag change is in progress (waited {waited_ms} ms)"
+        );
+    }
+    let hint = if h.readable_by_others && h.uid != Some(0) {
+        "; any user who can read a disk image file can hold it so: make the file mode 0600"
+    } else {
+        ""
+    };
+    format!(
+        "{who}{uid} with a shared lock: a process reading the disk holds it (waited {waited_ms} ms){hint}"
+    )
 }
 
 impl DiskLock {
@@ -115,7 +150,7 @@ impl DiskLock {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
-            .open(&path)
+            .open(lock_node(&path))
             .map_err(io_err)?;
         let start = Instant::now();
         loop {
@@ -124,10 +159,11 @@ impl DiskLock {
                 Err((f, Errno::EWOULDBLOCK | Errno::EINTR)) => {
                     let waited = start.elapsed();
                     if waited >= wait {
-                        let holder_pid = holder_pid(&f);
+                        let holder = holder(&f);
                         return Err(LockError::Held {
                             path,
-                            holder_pid,
+                            holder_pid: holder.map(|h| h.pid),
+                            holder,
                             waited_ms: waited.as_millis(),
                         });
                     }
@@ -156,9 +192,41 @@ impl DiskLock {
     }
 }
 
-/// The pid holding a `flock` on `file`'s inode, from `/proc/locks` (best effort).
-fn holder_pid(file: &File) -> Option<u32> {
+/// The node that stands for `path` in the lock. A disk image file is its own inode. A block
+/// device is known by its device number, but `flock` locks an inode, and any number of nodes
+/// (`mknod`, a copy of `/dev` in a container) can name one device: every such node is locked
+/// through the one the kernel names the device by (`/dev/` + `DEVNAME` of
+/// `/sys/dev/block/MAJ:MIN/uevent`, the node udev and `systemd-repart` lock), so two processes
+/// that reach one disk through different nodes still exclude each other. When that node cannot
+/// be found or is not that device, `path` itself.
+pub fn lock_node(path: &Path) -> PathBuf {
+    use std::os::unix::fs::FileTypeExt;
+    let canonical = || -> Option<PathBuf> {
+        let meta = std::fs::metadata(path).ok()?;
+        if !meta.file_type().is_block_device() {
+            return None;
+        }
+        let rdev = meta.rdev();
+        let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+        let uevent =
+            std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent")).ok()?;
+        let name = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME="))?;
+        // A kernel name is a relative path under /dev without "..".
+        if name.is_empty() || name.starts_with('/') || name.split('/').any(|c| c == "..") {
+            return None;
+        }
+        let node = Path::new("/dev").join(name);
+        let found = std::fs::metadata(&node).ok()?;
+        (found.file_type().is_block_device() && found.rdev() == rdev).then_some(node)
+    };
+    canonical().unwrap_or_else(|| path.to_path_buf())
+}
+
+/// Who holds a `flock` on `file`'s inode, from `/proc/locks` (best effort): an exclusive holder
+/// first, else a shared one.
+fn holder(file: &File) -> Option<Holder> {
     let meta = file.metadata().ok()?;
+    let readable_by_others = meta.file_type().is_file() && meta.mode() & 0o044 != 0;
     let dev = meta.dev();
     let id = format!(
         "{:02x}:{:02x}:{}",
@@ -167,13 +235,33 @@ fn holder_pid(file: &File) -> Option<u32> {
         meta.ino()
     );
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
-    locks.lines().find_map(|line| {
-        // "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; waiters are marked "->".
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        match fields.as_slice() {
-            [_, "FLOCK", _, "WRITE", pid, inode, ..] if *inode == id => pid.parse().ok(),
-            _ => None,
-        }
+    let held: Vec<(bool, u32)> = locks
+        .lines()
+        .filter_map(|line| {
+            // "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; waiters are marked "->" and
+            // hold nothing.
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [_, "FLOCK", _, mode @ ("WRITE" | "READ"), pid, inode, ..] if *inode == id => {
+                    Some((*mode == "READ", pid.parse().ok()?))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    let (shared, pid) = held
+        .iter()
+        .find(|(shared, _)| !shared)
+        .or_else(|| held.first())
+        .copied()?;
+    let uid = std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid());
+    Some(Holder {
+        pid,
+        shared,
+        uid,
+        readable_by_others,
     })
 }
 

@@ -476,3 +476,115 @@ fn status_by_another_user_says_the_record_is_roots_instead_of_a_problem() {
     assert_eq!(json["record_needs_root"], false, "{json}");
     assert_eq!(json["staged"]["version"], "1.1.0", "{json}");
 }
+
+/// Issue 24, finding 3 (root): a second device node for the same disk (`mknod` with the loop
+/// device's major:minor, another inode) is the same lock: `updog` pointed at either node is
+/// refused (exit 4, naming the holder) while the other one is held, and set B is untouched.
+#[test]
+fn a_second_device_node_for_the_disk_is_the_same_lock() {
+    if !fixtures::gate::require_root("the second-device-node lock test") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let spec = releases(&["1.0.0", "1.1.0"]);
+    let mut host = Host::new(&spec, "1.0.0");
+    host.attach_loop().expect("loop device");
+    let canonical = host.disk_path.clone();
+    let rdev = std::fs::metadata(&canonical).unwrap().rdev();
+    let node = host.dir.path().join("second-node");
+    let out = std::process::Command::new("mknod")
+        .arg(&node)
+        .arg("b")
+        // Linux's encoding of a device number (glibc's gnu_dev_major / gnu_dev_minor).
+        .arg((((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff)).to_string())
+        .arg(((rdev & 0xff) | ((rdev >> 12) & !0xff)).to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mknod: {}", describe(&out));
+    let before = state(&host, SetId::B);
+    for (held, used) in [(&node, &canonical), (&canonical, &node)] {
+        let lock = signpost::DiskLock::acquire(held, Duration::ZERO).unwrap();
+        host.disk_path = used.clone();
+        host.configure("");
+        let out = host.updog(&["update-image"]);
+        assert_eq!(
+            code(&out),
+            LOCKED,
+            "held {held:?}, used {used:?}: {}",
+            describe(&out)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        drop(lock);
+        assert_eq!(state(&host, SetId::B), before, "set B was changed");
+    }
+    // With nobody holding either node, the update goes through the second node.
+    let out = host.updog(&["update-image"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+    assert!(host.b_holds(&spec.releases[1]));
+    std::fs::remove_file(&node).unwrap();
+}
+
+/// Issue 24, finding 4 (root): what a disk image file's lock withstands. Any user who can read
+/// the file can hold a shared `flock` on it; `updog` then exits 4 naming that process, its
+/// user, its shared lock and the remedy (mode 0600). With the file mode 0600 (the guarantee a
+/// disk image gets: the same as a device node's) that user cannot open it, so cannot lock it.
+#[test]
+fn a_reader_holding_a_disk_image_file_is_named_and_mode_0600_keeps_other_users_out() {
+    if !fixtures::gate::require_root("the unprivileged-reader lock test") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let spec = releases(&["1.0.0", "1.1.0"]);
+    let host = Host::new(&spec, "1.0.0");
+    std::fs::set_permissions(host.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let disk = host.disk_path.clone();
+    std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(args);
+        c
+    };
+    let holder = {
+        use std::os::unix::process::CommandExt;
+        as_nobody(&["flock", "-s", disk.to_str().unwrap(), "sleep", "60"])
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("setpriv flock")
+    };
+    let holder_pid = holder.id();
+    let holder = KillOnDrop(holder);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while signpost::DiskLock::acquire(&disk, Duration::ZERO).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "holder did not lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = host.updog(&["update-image"]);
+    assert_eq!(code(&out), LOCKED, "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        format!("pid {holder_pid} (uid 65534) with a shared lock"),
+        "mode 0600".to_string(),
+    ] {
+        assert!(err.contains(&want), "{want:?} in {err}");
+    }
+    drop(holder);
+    std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = as_nobody(&["flock", "--nonblock", "-s"])
+        .arg(&disk)
+        .arg("true")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "nobody locked a mode 0600 disk image"
+    );
+    let out = host.updog(&["update-image"]);
+    assert_eq!(code(&out), OK, "{}", describe(&out));
+}
