@@ -348,7 +348,9 @@ fn a_failed_stage_ends_with_one_error_event_on_the_callback() {
     let events = events.into_inner().unwrap();
     assert_eq!(events.iter().filter(|e| e.is_final()).count(), 1);
     match events.last().unwrap() {
-        ProgressEvent::Error { message, cancelled } => {
+        ProgressEvent::Error {
+            message, cancelled, ..
+        } => {
             assert!(!cancelled);
             assert!(message.starts_with(&err.to_string()), "{message} / {err}");
             assert!(message.contains("boot"), "{message}");
@@ -584,4 +586,36 @@ fn a_second_sigterm_stops_a_check_blocked_on_a_silent_server_at_once() {
         "{}",
         describe(&out)
     );
+}
+
+/// Issue 24, finding 7: `updog update --progress json` whose flip fails on a flush (the
+/// `UPDOG_FAIL_AT` test hook: EIO from the primary or the backup copy's flush) ends with one
+/// `error` line that says what the disk reads now: `disk_now.next_boot`, the set the
+/// bootloader picks next, as the GPT shows it afterwards.
+#[test]
+fn a_failed_flip_flush_ends_the_json_stream_with_the_set_that_boots_next() {
+    let spec = RepoSpec::two_releases();
+    // The flip is the third GPT write of `update` (clear, mark valid, flip), six operations
+    // each: entries, header, flush for the primary copy, then for the backup.
+    for (copy, op) in [("primary", 15), ("backup", 18)] {
+        let host = Host::new(&spec, "1.0.0");
+        let out = host
+            .updog_cmd()
+            .args(["update", "--progress", "json"])
+            .env("UPDOG_FAIL_AT", format!("gpt-io:{op}"))
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 1, "{copy}: {}", describe(&out));
+        let error = final_event(&out);
+        assert_eq!(error["event"], "error", "{copy}: {error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("flushing the {copy} copy"))),
+            "{copy}: {error}"
+        );
+        let next = host.signpost().next_boot().map(|s| s.to_string());
+        assert_eq!(next.as_deref(), Some("B"), "{copy}: the flip took effect");
+        assert_eq!(error["disk_now"]["next_boot"], "B", "{copy}: {error}");
+    }
 }

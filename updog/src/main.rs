@@ -201,6 +201,10 @@ fn run(args: &Args) -> Result<u8, Failure> {
             &ProgressEvent::Error {
                 message: f.message.clone(),
                 cancelled: f.code == updog::exit::INTERRUPTED,
+                disk_now: f
+                    .error
+                    .as_deref()
+                    .and_then(|e| updog::progress::DiskNow::of(e)),
             },
         );
     }

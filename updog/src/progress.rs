@@ -139,7 +139,38 @@ pub enum ProgressEvent {
         message: String,
         /// Whether it was a cancellation (the `updog` exit code is then 5).
         cancelled: bool,
+        /// When a boot-flag write failed part-way: what the disk reads now (re-read after the
+        /// failure), so an agent reading the stream learns which set boots next.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        disk_now: Option<DiskNow>,
     },
+}
+
+/// What the disk reads after a boot-flag write that failed part-way (a flush that returned an
+/// error may still have taken effect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DiskNow {
+    /// The set the bootloader picks next; `None` when no set is bootable.
+    pub next_boot: Option<SetId>,
+}
+
+impl DiskNow {
+    /// What `error` (or any error in its chain of causes) says the disk reads after a failed
+    /// boot-flag write; `None` when it reports no such re-read.
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> Option<DiskNow> {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = next {
+            if let Some(signpost::Error::WriteFailed { now: Some(now), .. }) =
+                e.downcast_ref::<signpost::Error>()
+            {
+                return Some(DiskNow {
+                    next_boot: now.next_boot(),
+                });
+            }
+            next = e.source();
+        }
+        None
+    }
 }
 
 impl ProgressEvent {
@@ -187,6 +218,7 @@ impl ProgressEvent {
         ProgressEvent::Error {
             message,
             cancelled: error.is_cancelled(),
+            disk_now: DiskNow::of(error),
         }
     }
 }
@@ -549,6 +581,16 @@ mod tests {
                     cancelled: false,
                 },
                 r#"{"v":1,"event":"error","message":"disk: gone","cancelled":false}"#,
+            ),
+            (
+                ProgressEvent::Error {
+                    message: "flip failed".to_string(),
+                    cancelled: false,
+                    disk_now: Some(DiskNow {
+                        next_boot: Some(SetId::B),
+                    }),
+                },
+                r#"{"v":1,"event":"error","message":"flip failed","cancelled":false,"disk_now":{"next_boot":"B"}}"#,
             ),
         ];
         for (event, want) in cases {

@@ -11,7 +11,8 @@
 //! does not, and ignores the variable): `UPDOG_CRASH_AT=<step>` (a [`Step::name`], for example
 //! `mark-valid`) makes the process kill itself with `SIGKILL` when it reaches that step, and
 //! `UPDOG_CRASH_AT=gpt-io:N` before its N-th GPT write or flush (counting from 1). A real kill:
-//! no destructor and no error path runs.
+//! no destructor and no error path runs. `UPDOG_FAIL_AT=gpt-io:N` instead makes that write or
+//! flush fail with EIO (a disk that refuses a flush), and the process carries on.
 
 use std::fs::File;
 use std::io;
@@ -142,9 +143,23 @@ pub(crate) fn crash_hooks_from_env() -> (Option<StepObserver>, Option<GptIoWrapp
     (None, None)
 }
 
-/// The hooks `UPDOG_CRASH_AT` asks for, if it is set.
+/// The hooks `UPDOG_CRASH_AT` (or `UPDOG_FAIL_AT`) asks for, if it is set.
 #[cfg(feature = "test-hooks")]
 pub(crate) fn crash_hooks_from_env() -> (Option<StepObserver>, Option<GptIoWrapper>) {
+    if let Some(at) = std::env::var("UPDOG_FAIL_AT")
+        .ok()
+        .and_then(|spec| spec.strip_prefix("gpt-io:")?.parse::<usize>().ok())
+    {
+        let count = Arc::new(AtomicUsize::new(0));
+        let wrap: GptIoWrapper = Arc::new(move |file| {
+            Box::new(FailingIo {
+                inner: file,
+                count: Arc::clone(&count),
+                at,
+            })
+        });
+        return (None, Some(wrap));
+    }
     let Ok(spec) = std::env::var("UPDOG_CRASH_AT") else {
         return (None, None);
     };
@@ -168,6 +183,47 @@ pub(crate) fn crash_hooks_from_env() -> (Option<StepObserver>, Option<GptIoWrapp
         }
     });
     (Some(observer), None)
+}
+
+/// `UPDOG_FAIL_AT=gpt-io:N`: the N-th GPT write or flush fails with EIO without being done (a
+/// disk that refuses a flush); every other one goes through.
+#[cfg(feature = "test-hooks")]
+struct FailingIo {
+    inner: File,
+    count: Arc<AtomicUsize>,
+    at: usize,
+}
+
+#[cfg(feature = "test-hooks")]
+impl FailingIo {
+    fn fails(&self) -> bool {
+        self.count.fetch_add(1, Ordering::SeqCst) + 1 == self.at
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+impl BlockIo for FailingIo {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        BlockIo::read_exact_at(&self.inner, buf, offset)
+    }
+
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.fails() {
+            return Err(io::Error::from_raw_os_error(nix::libc::EIO));
+        }
+        BlockIo::write_all_at(&mut self.inner, buf, offset)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        if self.fails() {
+            return Err(io::Error::from_raw_os_error(nix::libc::EIO));
+        }
+        BlockIo::sync_data(&mut self.inner)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        BlockIo::len(&self.inner)
+    }
 }
 
 #[cfg(feature = "test-hooks")]
