@@ -241,7 +241,12 @@ fn a_staged_set_without_its_record_is_not_staged() {
     // `update-apply` would refuse the set, so it is not an update an agent can apply.
     let status = u.status().unwrap();
     assert_eq!(status.update_state, UpdateState::Idle);
-    assert!(status.record_problem.is_some());
+    // Issue 24, finding 8: the problem reads as a sentence ("set B holds ...", not "is holds").
+    let problem = status.record_problem.clone().expect("a record problem");
+    assert!(
+        problem.starts_with("set B holds a verified image, not applied, but no staged record"),
+        "{problem}"
+    );
     assert!(matches!(
         u.apply(&lock).unwrap_err(),
         UpdateError::NotRecorded { .. }

@@ -7,7 +7,8 @@
 //!   run that is `2.root.json`, which is not what is wrong).
 //! - A disk or running set that could not be discovered points at the `disk` and `active_set`
 //!   keys.
-//! - Permission denied on a device, a lock or a state directory says that root is needed.
+//! - Permission denied on a device, a lock or a state directory says that root is needed (or,
+//!   when updog runs as root, that the file may be immutable).
 //!
 //! ```
 //! use updog::updater::UpdateError;
@@ -48,6 +49,12 @@ pub fn error_chain(e: &dyn Error) -> String {
 /// `err` as one line, with advice where the configuration or the privileges are the likely
 /// cause. `config_path` is the file `config` was read from.
 pub fn explain(err: &UpdateError, config: &Config, config_path: &Path) -> String {
+    explain_as(err, config, config_path, nix::unistd::geteuid().is_root())
+}
+
+/// [`explain`] for a process that runs as root (`as_root`) or not: root is told what else
+/// refuses it (an immutable file, a read-only mount), not that it needs root.
+fn explain_as(err: &UpdateError, config: &Config, config_path: &Path, as_root: bool) -> String {
     let chain = error_chain(err);
     let file = config_path.display();
     if let Some(t) = transport_error(err) {
@@ -75,6 +82,12 @@ pub fn explain(err: &UpdateError, config: &Config, config_path: &Path) -> String
         e.downcast_ref::<io::Error>()
             .is_some_and(|io| io.kind() == io::ErrorKind::PermissionDenied)
     }) {
+        if as_root {
+            return format!(
+                "{chain} (refused although updog runs as root: the file may be immutable \
+                 (`lsattr`, `chattr -i`), or a security module denies it)"
+            );
+        }
         return format!(
             "{chain} (updog needs root: it writes the disk's partitions and boot flags, its lock \
              and its state directories)"
@@ -179,9 +192,17 @@ mod tests {
             what: "opening".into(),
             source: io::Error::from(io::ErrorKind::PermissionDenied),
         });
-        let text = explain(&err, &config(), Path::new("/etc/updog.toml"));
+        let text = explain_as(&err, &config(), Path::new("/etc/updog.toml"), false);
         assert!(
             text.contains("/dev/nvme0n1") && text.contains("needs root"),
+            "{text}"
+        );
+        // Issue 24, finding 8: root refused (`chattr +i` on the disk) is not told it needs root.
+        let text = explain_as(&err, &config(), Path::new("/etc/updog.toml"), true);
+        assert!(
+            text.contains("/dev/nvme0n1")
+                && !text.contains("needs root")
+                && text.contains("immutable"),
             "{text}"
         );
         // Other I/O errors get no such advice.

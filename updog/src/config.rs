@@ -379,24 +379,30 @@ fn located(e: &toml::de::Error, text: &str, path: &Path) -> ConfigError {
         };
     };
     let start = span.start.min(text.len());
-    let (before, after) = (
-        text.get(..start).unwrap_or(text),
-        text.get(start..).unwrap_or(""),
-    );
+    let before = text.get(..start).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     // The key whose value holds the span: the nearest `key =` at or above it (values such as
     // arrays may span lines).
-    let key = before
-        .lines()
-        .chain(after.lines().next())
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .find_map(|l| {
-            let (k, _) = l.split_once('=')?;
-            let k = k.trim().trim_matches('"');
-            known_keys().iter().find(|known| **known == k).copied()
-        });
+    // A key on an earlier line counts only when its value is an array left open there: a stray
+    // line (a binary byte, a word without `=`) after `retries = 3` is the file's syntax, not
+    // the value of `retries`.
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let (above, here) = (
+        text.get(..line_start).unwrap_or(""),
+        text.get(line_start..).unwrap_or(""),
+    );
+    let lines: Vec<&str> = above.lines().chain(here.lines().next()).collect();
+    let last = lines.len().saturating_sub(1);
+    let key = lines.iter().enumerate().rev().find_map(|(n, l)| {
+        let (k, value) = l.split_once('=')?;
+        let k = k.trim().trim_matches('"');
+        let open_array = value.matches('[').count() > value.matches(']').count();
+        if n != last && !open_array {
+            return Some(None);
+        }
+        Some(known_keys().iter().find(|known| **known == k).copied())
+    });
+    let key = key.flatten();
     match key {
         // A duplicate key is a syntax problem of the file, not of the value.
         Some(key) if !message.contains("duplicate key") => ConfigError::Invalid {
@@ -690,6 +696,21 @@ mod tests {
         let text = format!("{MINIMAL}\nreboot_command = [\n  \"/bin/echo\",\n  7,\n]\n");
         let e = err_of(&text);
         assert!(e.contains("`reboot_command`"), "{e}");
+    }
+
+    /// Issue 24, finding 8: a binary byte on a line of its own is the file's syntax (with its
+    /// line), not a bad value of the key on the line above it.
+    #[test]
+    fn a_stray_byte_after_a_key_is_a_syntax_error_not_that_keys_value() {
+        let text = format!("{MINIMAL}\nretries = 3\n\u{1}\n");
+        let line = text.lines().count();
+        let e = Config::from_toml_str(&text).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { .. }), "{e}");
+        let e = e.to_string();
+        assert!(
+            !e.contains("retries") && e.contains(&format!("line {line}")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -579,6 +579,7 @@ mod tests {
                 ProgressEvent::Error {
                     message: "disk: gone".to_string(),
                     cancelled: false,
+                    disk_now: None,
                 },
                 r#"{"v":1,"event":"error","message":"disk: gone","cancelled":false}"#,
             ),

@@ -192,6 +192,19 @@ impl InactiveState {
         }
     }
 
+    /// What the set is, as the predicate of a sentence about it ("set B holds a verified
+    /// image, not applied").
+    pub fn predicate(self) -> &'static str {
+        match self {
+            InactiveState::Cleared => "is cleared, nothing staged",
+            InactiveState::Staged => "holds a verified image, not applied",
+            InactiveState::Applied => "is applied and boots next",
+            InactiveState::Previous => "holds a set that booted before",
+            InactiveState::NotBootable => "is not bootable",
+            InactiveState::Missing => "does not exist on this disk",
+        }
+    }
+
     /// A few words for people.
     pub fn describe(self) -> &'static str {
         match self {
@@ -1536,8 +1549,8 @@ impl Updater {
                 InactiveState::Staged | InactiveState::Applied => (
                     None,
                     Some(format!(
-                        "set {set} is {} but no staged record describes it ({path} is missing); `updog update-apply` will not boot it: run `updog update-image` again",
-                        inactive.describe()
+                        "set {set} {}, but no staged record describes it ({path} is missing); `updog update-apply` will not boot it: run `updog update-image` again",
+                        inactive.predicate()
                     )),
                 ),
                 _ => (None, None),
@@ -1559,9 +1572,9 @@ impl Updater {
                 other => (
                     None,
                     Some(format!(
-                        "the record {path} says {} was staged on set {set}, but set {set} is {} (staging did not finish, or the set changed since): run `updog update-image` again",
+                        "the record {path} says {} was staged on set {set}, but set {set} {} (staging did not finish, or the set changed since): run `updog update-image` again",
                         r.version,
-                        other.describe()
+                        other.predicate()
                     )),
                 ),
             },
