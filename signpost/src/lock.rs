@@ -76,7 +76,7 @@ pub struct DiskLock {
 pub enum LockError {
     /// Another process holds the disk: another update or boot-flag change is in progress, or
     /// (a shared lock) a process reads the disk.
-    #[error("disk {path} is locked by {}", held_text(.holder_pid, .holder, *.waited_ms))]
+    #[error("disk {path} is locked by {}", held_text(*.holder_pid, *.holder, *.waited_ms))]
     Held {
         /// The disk.
         path: PathBuf,
@@ -114,7 +114,7 @@ pub struct Holder {
     pub readable_by_others: bool,
 }
 
-fn held_text(pid: &Option<u32>, holder: &Option<Holder>, waited_ms: u128) -> String {
+fn held_text(pid: Option<u32>, holder: Option<Holder>, waited_ms: u128) -> String {
     let who = pid.map_or_else(|| "another process".to_string(), |p| format!("pid {p}"));
     let Some(h) = holder else {
         return format!(

@@ -359,11 +359,10 @@ fn publish_version(targets: Vec<(String, Vec<u8>)>, dir: &Path, version: u64) ->
     }
     for (name, bytes) in targets {
         // As `updata publish` does: an lz4 target signs its decoded size.
-        if let Some(len) = name
-            .ends_with(".lz4")
-            .then(|| decoded_len(&bytes))
-            .flatten()
-        {
+        let lz4_name = std::path::Path::new(&name)
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("lz4"));
+        if let Some(len) = lz4_name.then(|| decoded_len(&bytes)).flatten() {
             repo.target_custom.insert(
                 name.clone(),
                 serde_json::json!({ "decompressed_length": len }),
