@@ -444,7 +444,7 @@ pub fn debugfs_dump(image: &Path, name: &str, to: &Path) -> Result<()> {
         .arg("-R")
         .arg(format!("dump /{name} {}", to.display()))
         .arg(image))?;
-    if std::fs::metadata(to).map(|m| m.len()).unwrap_or(0) == 0 {
+    if std::fs::metadata(to).map_or(0, |m| m.len()) == 0 {
         return Err(format!("{name} is not in {}", image.display()));
     }
     Ok(())

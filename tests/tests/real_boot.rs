@@ -23,7 +23,7 @@ fn image_requests(host: &Host) -> Vec<String> {
         .into_iter()
         .map(|r| r.path)
         .filter(|p| p.contains("root") || p.contains("boot") || p.contains("hash"))
-        .filter(|p| !p.ends_with(".json"))
+        .filter(|p| !p.to_ascii_lowercase().ends_with(".json"))
         .collect()
 }
 

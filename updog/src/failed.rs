@@ -209,7 +209,7 @@ mod tests {
             from_version: Version::new(1, 0, 0),
             set: SetId::B,
             staged_at: Utc::now(),
-            images: Default::default(),
+            images: std::collections::BTreeMap::default(),
             applied,
         }
     }

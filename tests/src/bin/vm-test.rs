@@ -258,21 +258,20 @@ fn main() {
 
 fn run_all() -> Result<Run> {
     let (deb, cuts_wanted, seed, out) = parse_args()?;
-    let deb = match deb {
-        Some(d) => d,
-        None => {
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/deb");
-            std::fs::read_dir(&dir)
-                .map_err(|e| {
-                    format!(
-                        "{}: {e} (build it with packaging/build-deb, or pass --deb)",
-                        dir.display()
-                    )
-                })?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .find(|p| p.extension().is_some_and(|x| x == "deb"))
-                .ok_or_else(|| format!("no .deb in {} (packaging/build-deb)", dir.display()))?
-        }
+    let deb = if let Some(d) = deb {
+        d
+    } else {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/deb");
+        std::fs::read_dir(&dir)
+            .map_err(|e| {
+                format!(
+                    "{}: {e} (build it with packaging/build-deb, or pass --deb)",
+                    dir.display()
+                )
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .ok_or_else(|| format!("no .deb in {} (packaging/build-deb)", dir.display()))?
     };
     println!(
         "vm-test: package {}, seed {seed}, {cuts_wanted} power cuts",
@@ -357,7 +356,7 @@ fn run_all() -> Result<Run> {
         boot.time_of("Starting updog.service"),
         boot.time_of("reboot: Restarting"),
     ) {
-        (Some(s), Some(e)) if e > s => e - s,
+        (Some(start), Some(end)) if end > start => end - start,
         _ => 60.0,
     };
     println!(
