@@ -222,6 +222,143 @@ pub fn known_keys() -> &'static [&'static str] {
     KEYS.get_or_init(fields::of::<Keys>)
 }
 
+/// Every key of `updog.toml` with its default and meaning, in the order of [`known_keys`] (a
+/// test holds them equal): the source of the `updog.toml(5)` man page, and what the README's
+/// configuration table lists.
+pub const KEY_DOCS: &[KeyDoc] = &[
+    doc(
+        "metadata_base_url",
+        "required",
+        "Base URL of the TUF metadata (https://, http:// or file://), ending in /.",
+    ),
+    doc(
+        "targets_base_url",
+        "required",
+        "Base URL of the TUF targets (images, migrations, the manifest).",
+    ),
+    doc(
+        "seed",
+        "required",
+        "This host's place in the rollout waves, 0..=2047; hosts with low seeds update first. Give every host its own, spread evenly.",
+    ),
+    doc(
+        "version_lock",
+        "\"latest\"",
+        "\"latest\", or a version (\"1.20.3\", \"v1.20.3\") to go to and stay on, up or down.",
+    ),
+    doc(
+        "ignore_waves",
+        "false",
+        "Take a release as soon as it is published, whatever its wave schedule says.",
+    ),
+    doc(
+        "wave_timing",
+        "\"offset\"",
+        "How a host's time inside a wave is computed: \"offset\" (spread by the seed's offset in the wave) or \"reference\" (Bottlerocket's timing, for fleets that mix both updaters).",
+    ),
+    doc(
+        "https_proxy",
+        "none",
+        "Proxy for https:// repositories; otherwise HTTPS_PROXY/https_proxy from the environment.",
+    ),
+    doc(
+        "no_proxy",
+        "none",
+        "Hosts that bypass the proxy: a list, or one comma-separated string; otherwise NO_PROXY/no_proxy.",
+    ),
+    doc(
+        "trusted_root",
+        DEFAULT_TRUSTED_ROOT,
+        "The root metadata shipped in the OS image; it seeds metadata_dir on the first run (later runs start from the stored root).",
+    ),
+    doc(
+        "metadata_dir",
+        DEFAULT_METADATA_DIR,
+        "Trusted metadata kept between runs (root.json and the roles).",
+    ),
+    doc(
+        "state_file",
+        DEFAULT_STATE_FILE,
+        "The record of what is staged, read by updog status.",
+    ),
+    doc(
+        "migrations_dir",
+        DEFAULT_MIGRATIONS_DIR,
+        "Where the migrations a version jump needs are cached for the migrator at boot.",
+    ),
+    doc(
+        "migrations_metadata_dir",
+        DEFAULT_MIGRATIONS_METADATA_DIR,
+        "The metadata that signs the cached migrations, for offline verification at boot.",
+    ),
+    doc(
+        "disk",
+        "discovered from the device of /",
+        "The OS disk: a block device or a disk-image file with the A/B GPT layout. Set active_set with it for a disk-image file.",
+    ),
+    doc(
+        "active_set",
+        "discovered",
+        "The running partition set, \"A\" or \"B\".",
+    ),
+    doc(
+        "reboot_command",
+        "[\"systemctl\", \"reboot\"]",
+        "What update --reboot and update-apply --reboot run after the flip: a list, or one string split on spaces.",
+    ),
+    doc(
+        "os_release",
+        DEFAULT_OS_RELEASE,
+        "Where the running OS names its variant and version (VARIANT_ID, VERSION_ID, BUILD_ID).",
+    ),
+    doc(
+        "stall_timeout_secs",
+        "30",
+        "A download fails after this many seconds without a byte (1..=86400).",
+    ),
+    doc(
+        "retries",
+        "5",
+        "How many times a dropped download is resumed with a Range request (0..=1000).",
+    ),
+    doc(
+        "metadata_min_bytes_per_sec",
+        "4096",
+        "Each metadata file must arrive whole within 10 s plus its size cap at this rate.",
+    ),
+    doc(
+        "delta",
+        "true",
+        "Build images from chunks of the running set and the chunk store when the update offers casync indexes; false: always the full image.",
+    ),
+];
+
+pub use cli_support::docs::KeyDoc;
+
+const fn doc(key: &'static str, default: &'static str, meaning: &'static str) -> KeyDoc {
+    KeyDoc {
+        key,
+        default,
+        meaning,
+    }
+}
+
+/// Writes the `updog.toml(5)` man page from [`KEY_DOCS`] into `DIR/man/` (for
+/// `updog __generate-docs DIR`, which `packaging/build-deb` runs).
+pub fn write_man_page(out_dir: &Path) -> std::io::Result<PathBuf> {
+    cli_support::docs::write_config_page(
+        out_dir,
+        "updog.toml",
+        "updog",
+        "updog reads /etc/updog.toml (or the file given with --config). The reference keys \
+         (metadata_base_url, targets_base_url, seed, version_lock, ignore_waves, https_proxy, \
+         no_proxy) keep Bottlerocket's names and meaning; the others have defaults. Unknown keys \
+         are warnings (naming the known key a misspelt one probably is); a missing required key \
+         or a bad value is an error naming the key.",
+        KEY_DOCS,
+    )
+}
+
 /// The largest configuration file read (a real one is well under 1 KiB).
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
@@ -819,6 +956,18 @@ mod tests {
         // Every known key is accepted without a warning.
         let (_, w) = Config::from_toml_str(MINIMAL).unwrap();
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn key_docs_cover_the_key_table_in_order_and_make_the_man_page() {
+        let documented: Vec<&str> = KEY_DOCS.iter().map(|k| k.key).collect();
+        assert_eq!(documented, known_keys(), "KEY_DOCS vs the key table");
+        let dir = tempfile::tempdir().unwrap();
+        let page = std::fs::read_to_string(write_man_page(dir.path()).unwrap()).unwrap();
+        for key in known_keys() {
+            let roff = format!("\\fB{}\\fR", key.replace('-', "\\-"));
+            assert!(page.contains(&roff), "{key} not in the man page");
+        }
     }
 
     /// The README's configuration table lists exactly the keys of the key table.

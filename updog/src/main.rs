@@ -153,7 +153,9 @@ impl From<UpdateError> for Failure {
 }
 
 fn main() -> ExitCode {
-    cli_support::docs::generate_if_asked(Args::command);
+    cli_support::docs::generate_if_asked_with(Args::command, |dir| {
+        Ok(vec![updog::config::write_man_page(dir)?])
+    });
     let args = Args::parse();
     cli_support::logging::init("updog", &args.global.log);
     match run(&args) {
