@@ -62,6 +62,7 @@
 //!     ignore_waves: false,
 //!     wave_timing: waves::WaveTiming::Offset,
 //!     force_version: None,
+//!     failed_versions: vec![],
 //! };
 //! let Selection::Update(update) = select_update(&m, &request) else { panic!() };
 //! let chain = m.migration_chain(&request.running_version, &update.version)?;

@@ -110,6 +110,10 @@ pub struct SelectionRequest {
     /// Take exactly this version, overriding the lock (still subject to its wave unless
     /// `ignore_waves`).
     pub force_version: Option<Version>,
+    /// Versions that were tried on this host and failed to boot: never chosen by `latest` or
+    /// the version lock (an older release that is still newer than the running one may be
+    /// chosen instead); only [`SelectionRequest::force_version`] takes one again.
+    pub failed_versions: Vec<Version>,
 }
 
 impl SelectionRequest {
@@ -183,6 +187,12 @@ pub enum NoUpdateReason {
         /// When this host may take it.
         ready_at: DateTime<Utc>,
     },
+    /// The update this host would take was tried here before and failed to boot: it is not
+    /// taken again unless asked for by version.
+    FailedToBoot {
+        /// The version that failed (the newest such, when several would be taken).
+        version: Version,
+    },
 }
 
 impl fmt::Display for NoUpdateReason {
@@ -216,6 +226,12 @@ impl fmt::Display for NoUpdateReason {
                 f,
                 "update {version} is available but this host's wave opens at {}",
                 waves::time::format_time(*ready_at)
+            ),
+            NoUpdateReason::FailedToBoot { version } => write!(
+                f,
+                "update {version} failed to boot on this host before and is not taken again \
+                 automatically (`updog update -i {version}` takes it anyway; a newer release \
+                 is taken as usual)"
             ),
         }
     }
@@ -275,6 +291,7 @@ pub fn ready_updates<'a>(manifest: &'a Manifest, req: &SelectionRequest) -> Vec<
 ///     variant: "v".into(), arch: "x86_64".into(), running_version: "1.0.0".parse()?,
 ///     seed: waves::Seed::new(0)?, now: chrono::Utc::now(), version_lock: VersionLock::Latest,
 ///     ignore_waves: false, wave_timing: waves::WaveTiming::Offset, force_version: None,
+///     failed_versions: vec![],
 /// };
 /// match select_update(&m, &req) {
 ///     Selection::NoUpdate(NoUpdateReason::NotEligibleYet { version, .. }) => {
@@ -313,6 +330,9 @@ pub fn select_update<'a>(manifest: &'a Manifest, req: &SelectionRequest) -> Sele
                         version: v.clone(),
                     });
                 };
+                if req.failed_versions.contains(v) {
+                    return Selection::NoUpdate(NoUpdateReason::FailedToBoot { version: v.clone() });
+                }
                 vec![*u]
             }
             VersionLock::Latest => {
@@ -327,7 +347,18 @@ pub fn select_update<'a>(manifest: &'a Manifest, req: &SelectionRequest) -> Sele
                         running: running.clone(),
                     });
                 }
-                wanted
+                let (failed, untried): (Vec<&Update>, Vec<&Update>) = wanted
+                    .into_iter()
+                    .partition(|u| req.failed_versions.contains(&u.version));
+                match failed.first() {
+                    // Only releases that failed here are left: say so (they are newest first).
+                    Some(newest) if untried.is_empty() => {
+                        return Selection::NoUpdate(NoUpdateReason::FailedToBoot {
+                            version: newest.version.clone(),
+                        });
+                    }
+                    _ => untried,
+                }
             }
         }
     };

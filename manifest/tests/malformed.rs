@@ -35,6 +35,7 @@ fn exercise(m: &Manifest, seed: u32, now_secs: i64) {
                 ignore_waves: seed.get() % 2 == 0,
                 wave_timing: waves::WaveTiming::Offset,
                 force_version: None,
+                failed_versions: vec![],
             };
             if let Some(u) = select_update(m, &req).update() {
                 let _ = m.migration_chain(&req.running_version, &u.version);

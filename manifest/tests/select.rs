@@ -53,6 +53,7 @@ fn req(running: &str) -> SelectionRequest {
         ignore_waves: false,
         wave_timing: waves::WaveTiming::Offset,
         force_version: None,
+        failed_versions: vec![],
     }
 }
 
@@ -282,4 +283,39 @@ fn version_lock_parsing() {
         serde_json::to_string(&VersionLock::Latest).unwrap(),
         "\"latest\""
     );
+}
+
+#[test]
+fn a_version_that_failed_to_boot_is_skipped_unless_forced() {
+    let m = manifest("1.3.0");
+    // 1.2.0 is what latest takes; once it failed here, the next newer one down (1.1.0) is.
+    let mut r = req("1.0.0");
+    r.failed_versions = vec![v("1.2.0")];
+    assert_eq!(chosen(&m, &r).as_deref(), Some("1.1.0"));
+    // From 1.1.0 only the failed 1.2.0 is newer and ready (1.3.0 waits for its wave): the
+    // reason is the wave; with 1.3.0 pulled, it names the failed release.
+    let mut r = req("1.1.0");
+    r.failed_versions = vec![v("1.2.0")];
+    assert!(matches!(reason(&m, &r), NoUpdateReason::NotEligibleYet { .. }));
+    let pulled = manifest("1.2.0");
+    assert_eq!(
+        reason(&pulled, &r),
+        NoUpdateReason::FailedToBoot {
+            version: v("1.2.0")
+        }
+    );
+    assert!(reason(&pulled, &r).to_string().contains("updog update -i 1.2.0"));
+    // A newer release than the failed one is taken as usual.
+    r.ignore_waves = true;
+    assert_eq!(chosen(&m, &r).as_deref(), Some("1.3.0"));
+    // A version lock on it does not take it again; an explicit version does.
+    let mut r = req("1.1.0");
+    r.failed_versions = vec![v("1.2.0")];
+    r.version_lock = VersionLock::Exact(v("1.2.0"));
+    assert!(matches!(
+        reason(&pulled, &r),
+        NoUpdateReason::FailedToBoot { .. }
+    ));
+    r.force_version = Some(v("1.2.0"));
+    assert_eq!(chosen(&pulled, &r).as_deref(), Some("1.2.0"));
 }

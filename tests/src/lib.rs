@@ -726,7 +726,8 @@ pub fn assert_consistent_after_stop(
     }
 }
 
-fn set_executable(path: &Path) {
+/// Makes `path` executable (mode 0755).
+pub fn set_executable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let mut perms = std::fs::metadata(path).expect("stat").permissions();
     perms.set_mode(0o755);

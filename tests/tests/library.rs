@@ -443,7 +443,7 @@ fn staging_is_refused_while_the_running_set_has_not_been_marked_successful() {
     let updater = updater(&host);
     let err = refused_before_the_disk(&host, &updater);
     assert!(
-        matches!(err, UpdateError::BootNotConfirmed { set: SetId::A, state } if state == unconfirmed),
+        matches!(err, UpdateError::BootNotConfirmed { set: SetId::A, state, fallback: true } if state == unconfirmed),
         "{err}"
     );
     assert_eq!(err.exit_code(), updog::exit::FAILURE);
@@ -463,15 +463,34 @@ fn staging_is_refused_while_the_running_set_has_not_been_marked_successful() {
 }
 
 /// With the other set no fallback (cleared: nothing a rollback could boot), an unconfirmed
-/// running set does not stop staging: there is nothing to lose.
+/// running set (priority 1, no tries left, never marked: a first boot that was never marked)
+/// still stops staging: after the flip the update would be the only set that could boot, for
+/// one try, and a failed try would leave no bootable set. Asked for explicitly, it stages.
 #[test]
-fn an_unconfirmed_boot_does_not_stop_staging_over_a_set_that_is_no_fallback() {
+fn an_unconfirmed_boot_stops_staging_over_a_set_that_is_no_fallback_unless_allowed() {
     let host = host();
-    set_boot_flags(&host, 1, SetState::new(2, 0, false).unwrap());
+    set_boot_flags(&host, 1, SetState::new(1, 0, false).unwrap());
     set_boot_flags(&host, 5, SetState::default());
     let updater = updater(&host);
+    let err = refused_before_the_disk(&host, &updater);
+    assert!(
+        matches!(err, UpdateError::BootNotConfirmed { set: SetId::A, fallback: false, .. }),
+        "{err}"
+    );
+    let text = err.to_string();
+    for needle in ["no set would boot", "signpost mark-successful-boot", "--allow-unconfirmed-boot"] {
+        assert!(text.contains(needle), "{needle:?} not in {text}");
+    }
+    let opts = CheckOptions {
+        allow_unconfirmed_boot: true,
+        ..CheckOptions::default()
+    };
     let lock = updater.lock().unwrap();
-    stage_checked_release(&host, &updater, &lock);
+    let plan = checked_plan(&updater, &opts);
+    updater
+        .stage_plan(&lock, plan, &|_| {}, &CancelHandle::new())
+        .unwrap();
+    assert!(host.b_holds(&spec().releases[1]));
 }
 
 /// A plan made while set A ran is for set B; if the host runs set B by the time it is staged

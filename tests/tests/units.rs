@@ -198,7 +198,7 @@ fn has_boot_ever_succeeded_leaves_the_file_empty_until_a_boot_succeeds() {
         .strip_prefix("truncate:")
         .expect("output truncated into a file")
         .to_string();
-    assert_eq!(output, "/etc/has-boot-ever-succeeded");
+    assert_eq!(output, "/run/has-boot-ever-succeeded");
     // Early in boot, before the units that test the file.
     assert_eq!(values(&unit, "Unit", "DefaultDependencies"), ["no"]);
 

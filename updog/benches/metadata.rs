@@ -88,6 +88,7 @@ fn request() -> Res<manifest::select::SelectionRequest> {
         ignore_waves: false,
         wave_timing: waves::WaveTiming::Offset,
         force_version: None,
+        failed_versions: vec![],
     })
 }
 

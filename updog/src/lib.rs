@@ -27,6 +27,7 @@ pub mod advice;
 pub mod config;
 pub mod delta;
 pub mod exit;
+pub mod failed;
 pub mod lock;
 pub mod migrations;
 pub mod os_release;

@@ -122,6 +122,11 @@ struct StageArgs {
     /// Progress output: a bar on a terminal (auto), JSON lines on stdout, or none.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
+    /// Stage although the running set was never marked successful, when the other set is no
+    /// fallback either (if the update then fails its one try, no set boots). Never clears a
+    /// fallback.
+    #[arg(long)]
+    allow_unconfirmed_boot: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -220,7 +225,7 @@ fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
             let opts = CheckOptions {
                 ignore_waves: *ignore_waves,
                 image: image.clone(),
-                now: None,
+                ..CheckOptions::default()
             };
             if *all {
                 let updates = updater.list_updates(&opts)?;
@@ -328,6 +333,16 @@ fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
                 if let Some(problem) = &status.record_problem {
                     println!("warning: {problem}");
                 }
+                for f in &status.failed_boots {
+                    println!(
+                        "failed:  {} did not boot on set {} (tried from {}, seen {}); not taken again unless asked for with -i {}",
+                        f.version,
+                        f.set,
+                        f.from_version,
+                        f.detected_at.to_rfc3339(),
+                        f.version
+                    );
+                }
                 println!(
                     "next boot: {}",
                     status
@@ -390,6 +405,17 @@ fn print_check(check: &Check, json: bool, explain: &dyn Fn(&NoUpdateReason) -> S
                     log::info!("{} needs migration {m}", a.update.version);
                 }
                 // On stderr: stdout keeps the reference's one line for scripts.
+                match a.state {
+                    updog::updater::UpdateState::Staged => eprintln!(
+                        "{} is staged on the inactive set already (`updog update-apply` flips to it)",
+                        a.update.version
+                    ),
+                    updog::updater::UpdateState::Ready => eprintln!(
+                        "{} is applied already: it boots at the next reboot",
+                        a.update.version
+                    ),
+                    _ => {}
+                }
                 if let Some(plan) = &a.delta_plan {
                     for line in updog::delta::stage::describe_estimate(plan) {
                         eprintln!("{line}");
@@ -493,6 +519,7 @@ fn stage_with_signals(
     let opts = CheckOptions {
         ignore_waves: stage.now,
         image: stage.image.clone(),
+        allow_unconfirmed_boot: stage.allow_unconfirmed_boot,
         now: None,
     };
     let staged = updater.stage(lock, &opts, &progress, cancel);
@@ -517,7 +544,20 @@ fn stage_with_signals(
         other => other?,
     };
     if mode != ProgressMode::Json {
-        eprintln!("Staged {} on set {}", staged.version, staged.set);
+        if staged.already_staged {
+            eprintln!(
+                "{} is already {} on set {}: nothing was downloaded or written",
+                staged.version,
+                if staged.record.applied {
+                    "applied (it boots at the next reboot)"
+                } else {
+                    "staged"
+                },
+                staged.set
+            );
+        } else {
+            eprintln!("Staged {} on set {}", staged.version, staged.set);
+        }
     }
     Ok(Some(staged))
 }

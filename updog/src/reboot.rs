@@ -2,7 +2,14 @@
 //!
 //! The command is configurable (`reboot_command`, default `systemctl reboot`) so tests and
 //! demos point it at a script that records the call instead of rebooting.
+//!
+//! Under a service manager the reboot the command starts stops the caller's own service, and
+//! with it the command: systemd sends SIGTERM to every process of `updog.service` as the
+//! shutdown begins, often before `systemctl reboot` has returned. A command ended by SIGTERM
+//! therefore counts as a reboot under way, not as a failure (the reference's updog ignores
+//! SIGTERM once it has asked for the reboot, for the same reason).
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -33,11 +40,14 @@ pub enum RebootError {
 
 /// Flushes all filesystems (`sync`), then runs `command` (program and arguments) and waits for
 /// it. Returns once the command exits successfully (a real `systemctl reboot` returns while the
-/// system shuts down).
+/// system shuts down), or when SIGTERM ended it: the shutdown it started stops the service the
+/// caller runs in.
 ///
 /// ```
 /// updog::reboot::reboot(&["true".to_string()]).unwrap();
 /// assert!(updog::reboot::reboot(&["false".to_string()]).is_err());
+/// // What a shutdown does to the command when the caller runs under systemd.
+/// updog::reboot::reboot(&["sh".into(), "-c".into(), "kill -TERM $$".into()]).unwrap();
 /// ```
 pub fn reboot(command: &[String]) -> Result<(), RebootError> {
     let (program, args) = command.split_first().ok_or(RebootError::NoCommand)?;
@@ -51,6 +61,11 @@ pub fn reboot(command: &[String]) -> Result<(), RebootError> {
             source,
         })?;
     if status.success() {
+        Ok(())
+    } else if status.signal() == Some(libc::SIGTERM) {
+        log::info!(
+            "the reboot command was stopped by SIGTERM: the shutdown it started is stopping this service"
+        );
         Ok(())
     } else {
         Err(RebootError::Failed {
@@ -89,5 +104,8 @@ mod tests {
         assert!(e.to_string().contains("/nonexistent/reboot"), "{e}");
         let e = reboot(&["false".to_string()]).unwrap_err();
         assert!(matches!(e, RebootError::Failed { .. }), "{e}");
+        // Another signal is no shutdown of ours.
+        let e = reboot(&["sh".into(), "-c".into(), "kill -KILL $$".into()]).unwrap_err();
+        assert!(e.to_string().contains("signal: 9"), "{e}");
     }
 }

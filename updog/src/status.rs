@@ -182,6 +182,11 @@ impl UpdateState {
         }
     }
 
+    /// Whether this is [`UpdateState::Available`].
+    pub fn is_available(&self) -> bool {
+        *self == UpdateState::Available
+    }
+
     /// The reference's spelling.
     pub fn name(self) -> &'static str {
         match self {

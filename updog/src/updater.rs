@@ -34,6 +34,7 @@ use semver::Version;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::failed::{FailedBoot, FailedBoots};
 use crate::lock::{LockError, UpdateLock};
 use crate::os_release::{OsRelease, OsReleaseError};
 use crate::progress::{ImageKind, ProgressEvent};
@@ -69,6 +70,10 @@ pub struct CheckOptions {
     pub image: Option<Version>,
     /// The time to judge wave eligibility at; `None` is now.
     pub now: Option<DateTime<Utc>>,
+    /// Stage even though the running set has not been marked successful, when the other set
+    /// is no fallback anyway (`--allow-unconfirmed-boot`): if the update then fails its one
+    /// try, no set boots. Never overrides the refusal to clear the only fallback.
+    pub allow_unconfirmed_boot: bool,
 }
 
 /// The result of [`Updater::check`].
@@ -103,6 +108,11 @@ pub struct AvailableUpdate {
     /// lengths and sha256, chunk indexes, migrations and the target set.
     #[serde(skip)]
     pub plan: UpdatePlan,
+    /// `Available`, or `Staged`/`Ready` when this very update (version and signed images) is on
+    /// the inactive set already, staged or applied: staging it again downloads nothing. Ours,
+    /// shown only when not `Available`.
+    #[serde(rename = "update_state", skip_serializing_if = "UpdateState::is_available")]
+    pub state: UpdateState,
     /// What a delta update would reuse and download, per image and in total, when the update
     /// offers chunk indexes and `delta` is on (filled in by [`Updater::check`]). Ours; the
     /// reference's fields are unchanged.
@@ -119,8 +129,11 @@ pub struct Staged {
     pub version: Version,
     /// The set it is on.
     pub set: SetId,
-    /// The record written for `status`.
+    /// The record written for `status` (or, when [`Staged::already_staged`], the one found).
     pub record: StagedRecord,
+    /// The update was on the set already (staged, or applied and waiting for the reboot), as
+    /// the staged record and the GPT agree: nothing was downloaded or written this time.
+    pub already_staged: bool,
 }
 
 /// The view of this host an agent needs. Everything about the sets comes from the GPT bits;
@@ -150,6 +163,9 @@ pub struct Status {
     /// [`UpdateState`]). [`Updater::status`] reads no repository, so it says `Available` only
     /// after [`Status::with_check`] was given a check that found an update.
     pub update_state: UpdateState,
+    /// Releases that were flipped to and failed to boot on this host, oldest first: not taken
+    /// again automatically (see [`crate::failed`]).
+    pub failed_boots: Vec<FailedBoot>,
     /// The update a check found ([`Status::with_check`]); absent when no check was given or it
     /// found none.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -399,16 +415,25 @@ pub enum UpdateError {
         change: Box<PlanChange>,
     },
     /// The running set has not been marked successful: clearing the other set, which holds
-    /// the last set known to boot, would leave no fallback should this boot fail.
+    /// the last set known to boot, would leave no fallback should this boot fail; or, when the
+    /// other set is no fallback, the staged update would be the only set that could boot,
+    /// for one try.
     #[error(
-        "the running set {set} has not been marked successful ({state}); staging would clear set {}, the only fallback if this boot fails. Mark this boot good with `signpost mark-successful-boot` (mark-successful-boot.service runs it after boot-complete.target), then update again",
-        .set.other()
+        "the running set {set} has not been marked successful ({state}); {}. Mark this boot good with `signpost mark-successful-boot` (mark-successful-boot.service runs it after boot-complete.target, once the health checks pass), or reboot to try it again, then update again",
+        if *.fallback {
+            format!("staging would clear set {}, the only fallback if this boot fails", .set.other())
+        } else {
+            format!("neither set has booted successfully, so if the update staged on set {} failed its one try, no set would boot (--allow-unconfirmed-boot stages anyway)", .set.other())
+        }
     )]
     BootNotConfirmed {
         /// The running set.
         set: SetId,
         /// Its boot flags.
         state: signpost::SetState,
+        /// Whether the other set is a fallback that staging would clear (then nothing
+        /// overrides the refusal).
+        fallback: bool,
     },
     /// An image was not verified on the set being marked valid in this run (a bug, refused).
     #[error(
@@ -629,6 +654,7 @@ impl Updater {
     }
 
     fn request(&self, opts: &CheckOptions) -> SelectionRequest {
+        let failed_versions = self.failed_boots().versions();
         SelectionRequest {
             variant: self.os.variant_id.clone(),
             arch: self.os.arch.clone(),
@@ -639,7 +665,47 @@ impl Updater {
             ignore_waves: opts.ignore_waves || self.config.ignore_waves,
             wave_timing: self.config.wave_timing,
             force_version: opts.image.clone(),
+            failed_versions,
         }
+    }
+
+    /// The releases that failed to boot on this host: the remembered list, plus a failure the
+    /// disk shows now (remembered from here on, so that it survives the next staging). A
+    /// listed version that is running and marked successful is forgotten. Best effort: a
+    /// disk or file that cannot be read or written leaves the list as it is.
+    pub fn failed_boots(&self) -> FailedBoots {
+        let path = FailedBoots::path_for(&self.config.state_file);
+        let Ok(sp) = self.read_only_gpt() else {
+            return FailedBoots::read(&path);
+        };
+        let flags = sp.flags();
+        if let Ok(Some(record)) = StagedRecord::read(&self.config.state_file)
+            && let Some(failed) = FailedBoot::detect(&record, &flags)
+            && !FailedBoots::read(&path).contains(&failed.version)
+        {
+            log::warn!(
+                "{} was flipped to on set {} and failed to boot (the set was tried and never marked successful); it is not taken again automatically",
+                failed.version,
+                failed.set
+            );
+            if let Err(e) = FailedBoots::remember(&path, &failed) {
+                log::debug!("{e}");
+                let mut list = FailedBoots::read(&path);
+                list.failed.push(failed);
+                return list;
+            }
+        }
+        let running_ok = flags.state(flags.active).is_some_and(|s| s.successful);
+        if running_ok && FailedBoots::read(&path).contains(&self.os.version_id) {
+            log::info!(
+                "{} failed to boot here before but is running and marked successful now; it is no longer skipped",
+                self.os.version_id
+            );
+            if let Err(e) = FailedBoots::forget(&path, &self.os.version_id) {
+                log::debug!("{e}");
+            }
+        }
+        FailedBoots::read(&path)
     }
 
     fn select(
@@ -677,6 +743,7 @@ impl Updater {
                         .collect(),
                     migration_plan: plan.migration_plan.clone(),
                     plan,
+                    state: UpdateState::Available,
                     delta_plan: None,
                 })))
             }
@@ -707,7 +774,18 @@ impl Updater {
                 // A check needs no disk (it runs where the disk cannot be found or read);
                 // staging checks the set against the lock's.
                 update.plan.target_set = self.disk_and_active().ok().map(|(_, a)| a.other());
-                update.delta_plan = self.delta_estimate(&repo, &manifest, &update.update);
+                let staged = self
+                    .read_only_gpt()
+                    .ok()
+                    .and_then(|sp| self.already_staged(&sp.flags(), &update.plan));
+                update.state = match staged {
+                    Some(s) if s.record.applied => UpdateState::Ready,
+                    Some(_) => UpdateState::Staged,
+                    None => UpdateState::Available,
+                };
+                if update.state == UpdateState::Available {
+                    update.delta_plan = self.delta_estimate(&repo, &manifest, &update.update);
+                }
             }
             Ok(Check {
                 running: self.os.clone(),
@@ -986,18 +1064,27 @@ impl Updater {
         self.stage_chosen(lock, &repo, &manifest, fresh, progress, cancel)
     }
 
-    /// Refuses to stage while the running set has not been marked successful and the other
-    /// set is one a rollback could go to: clearing it would destroy the only fallback, should
-    /// this boot fail. An other set that is no fallback (cleared, or staged and never booted)
-    /// loses nothing by being staged over.
-    fn refuse_unconfirmed_boot(sp: &Gpt) -> Result<(), UpdateError> {
+    /// Refuses to stage while the running set has not been marked successful. If the other
+    /// set is one a rollback could go to, clearing it would destroy the only fallback should
+    /// this boot fail: always refused. If it is no fallback (cleared, or staged and never
+    /// booted), the staged update would be the disk's only bootable set after the flip, for
+    /// one try (a disk whose first boot was never marked ends with no bootable set if that try
+    /// fails): refused unless `allow` (`--allow-unconfirmed-boot`).
+    fn refuse_unconfirmed_boot(sp: &Gpt, allow: bool) -> Result<(), UpdateError> {
         let set = sp.active();
         let state = sp.state(set).unwrap_or_default();
-        let fallback = sp.state(set.other()).unwrap_or_default();
-        if state.successful || !fallback.can_roll_back_to() {
+        let fallback = sp
+            .state(set.other())
+            .unwrap_or_default()
+            .can_roll_back_to();
+        if state.successful || (allow && !fallback) {
             Ok(())
         } else {
-            Err(UpdateError::BootNotConfirmed { set, state })
+            Err(UpdateError::BootNotConfirmed {
+                set,
+                state,
+                fallback,
+            })
         }
     }
 
@@ -1018,7 +1105,15 @@ impl Updater {
         // One read of the GPT gives the partitions and the flags.
         let sp = self.signpost(lock)?;
         let inactive = sp.inactive();
-        Self::refuse_unconfirmed_boot(&sp)?;
+        Self::refuse_unconfirmed_boot(&sp, plan.options().allow_unconfirmed_boot)?;
+        if let Some(staged) = self.already_staged(&sp.flags(), &plan) {
+            log::info!(
+                "{} is already {} on set {inactive} (verified when it was staged): nothing to download or write",
+                staged.version,
+                if staged.record.applied { "applied" } else { "staged" },
+            );
+            return Ok(staged);
+        }
         let layout = sp.layout().map_err(UpdateError::Signpost)?;
         let partitions = layout.set(inactive).map_err(UpdateError::Disk)?;
         progress(&ProgressEvent::Selected {
@@ -1054,6 +1149,38 @@ impl Updater {
             let _ = StagedRecord::remove(&self.config.state_file);
         }
         staged
+    }
+
+    /// The plan's update, when it is on the inactive set already: the staged record names that
+    /// set, the plan's version and every image's signed target name and sha256, and the GPT
+    /// shows the set staged or applied (so nothing changed it since it was verified).
+    fn already_staged(&self, flags: &signpost::BootFlags, plan: &UpdatePlan) -> Option<Staged> {
+        let set = flags.inactive();
+        let state = InactiveState::of(flags);
+        if !matches!(state, InactiveState::Staged | InactiveState::Applied) {
+            return None;
+        }
+        let mut record = StagedRecord::read(&self.config.state_file).ok()??;
+        let same_images = plan.images().iter().all(|image| {
+            // A delta stage records the chunk index it assembled from, a full one the image.
+            let matches = |r: &crate::status::StagedImageRecord, t: &SignedTarget| {
+                r.target == t.name && r.sha256 == hex::encode(t.sha256)
+            };
+            record.images.get(&image.kind).is_some_and(|r| {
+                matches(r, &image.target) || image.delta_index.as_ref().is_some_and(|i| matches(r, i))
+            })
+        });
+        if record.set != set || &record.version != plan.version() || !same_images {
+            return None;
+        }
+        record.applied = state == InactiveState::Applied;
+        Some(Staged {
+            update: plan.update.clone(),
+            version: record.version.clone(),
+            set,
+            record,
+            already_staged: true,
+        })
     }
 
     /// Fetches the migrations of the plan into the cache: a missing link or a fetch failure
@@ -1168,6 +1295,7 @@ impl Updater {
             version: update.version.clone(),
             set,
             record,
+            already_staged: false,
         })
     }
 
@@ -1536,6 +1664,7 @@ impl Updater {
             },
         };
         let update_state = UpdateState::from_disk(inactive, staged.as_ref());
+        let failed_boots = self.failed_boots().failed;
         Ok(Status {
             format_version: STATUS_FORMAT_VERSION,
             running: RunningStatus {
@@ -1552,6 +1681,7 @@ impl Updater {
             next_boot: sp.next_boot(),
             sets,
             update_state,
+            failed_boots,
             available: None,
             busy: None,
         })
