@@ -28,6 +28,8 @@
 
 use std::path::{Path, PathBuf};
 
+use std::fmt::Write as _;
+
 use clap_complete::Shell;
 
 /// The first argument that asks a binary for its documentation.
@@ -126,14 +128,15 @@ pub fn write_config_page(
         roff(about)
     );
     for k in keys {
-        page.push_str(&format!(
+        let _ = write!(
+            page,
             ".TP\n\\fB{}\\fR (default: {})\n{}\n",
             roff(k.key),
             roff(k.default),
             roff(k.meaning)
-        ));
+        );
     }
-    page.push_str(&format!(".SH SEE ALSO\n\\fB{}\\fR(1)\n", roff(program)));
+    let _ = write!(page, ".SH SEE ALSO\n\\fB{}\\fR(1)\n", roff(program));
     let path = man.join(format!("{file}.5"));
     std::fs::write(&path, page)?;
     Ok(path)

@@ -331,7 +331,9 @@ pub fn select_update<'a>(manifest: &'a Manifest, req: &SelectionRequest) -> Sele
                     });
                 };
                 if req.failed_versions.contains(v) {
-                    return Selection::NoUpdate(NoUpdateReason::FailedToBoot { version: v.clone() });
+                    return Selection::NoUpdate(NoUpdateReason::FailedToBoot {
+                        version: v.clone(),
+                    });
                 }
                 vec![*u]
             }

@@ -296,7 +296,10 @@ fn a_version_that_failed_to_boot_is_skipped_unless_forced() {
     // reason is the wave; with 1.3.0 pulled, it names the failed release.
     let mut r = req("1.1.0");
     r.failed_versions = vec![v("1.2.0")];
-    assert!(matches!(reason(&m, &r), NoUpdateReason::NotEligibleYet { .. }));
+    assert!(matches!(
+        reason(&m, &r),
+        NoUpdateReason::NotEligibleYet { .. }
+    ));
     let pulled = manifest("1.2.0");
     assert_eq!(
         reason(&pulled, &r),
@@ -304,7 +307,11 @@ fn a_version_that_failed_to_boot_is_skipped_unless_forced() {
             version: v("1.2.0")
         }
     );
-    assert!(reason(&pulled, &r).to_string().contains("updog update -i 1.2.0"));
+    assert!(
+        reason(&pulled, &r)
+            .to_string()
+            .contains("updog update -i 1.2.0")
+    );
     // A newer release than the failed one is taken as usual.
     r.ignore_waves = true;
     assert_eq!(chosen(&m, &r).as_deref(), Some("1.3.0"));

@@ -474,11 +474,22 @@ fn an_unconfirmed_boot_stops_staging_over_a_set_that_is_no_fallback_unless_allow
     let updater = updater(&host);
     let err = refused_before_the_disk(&host, &updater);
     assert!(
-        matches!(err, UpdateError::BootNotConfirmed { set: SetId::A, fallback: false, .. }),
+        matches!(
+            err,
+            UpdateError::BootNotConfirmed {
+                set: SetId::A,
+                fallback: false,
+                ..
+            }
+        ),
         "{err}"
     );
     let text = err.to_string();
-    for needle in ["no set would boot", "signpost mark-successful-boot", "--allow-unconfirmed-boot"] {
+    for needle in [
+        "no set would boot",
+        "signpost mark-successful-boot",
+        "--allow-unconfirmed-boot",
+    ] {
         assert!(text.contains(needle), "{needle:?} not in {text}");
     }
     let opts = CheckOptions {

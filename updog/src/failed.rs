@@ -115,13 +115,19 @@ impl FailedBoots {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return FailedBoots::default(),
             Err(e) => {
-                log::warn!("cannot read {}: {e}; no failed release is skipped", path.display());
+                log::warn!(
+                    "cannot read {}: {e}; no failed release is skipped",
+                    path.display()
+                );
                 return FailedBoots::default();
             }
         };
         let mut bytes = Vec::new();
         if let Err(e) = file.take(MAX_FILE_BYTES).read_to_end(&mut bytes) {
-            log::warn!("cannot read {}: {e}; no failed release is skipped", path.display());
+            log::warn!(
+                "cannot read {}: {e}; no failed release is skipped",
+                path.display()
+            );
             return FailedBoots::default();
         }
         serde_json::from_slice(&bytes).unwrap_or_else(|e| {
@@ -203,7 +209,7 @@ mod tests {
             from_version: Version::new(1, 0, 0),
             set: SetId::B,
             staged_at: Utc::now(),
-            images: Default::default(),
+            images: std::collections::BTreeMap::default(),
             applied,
         }
     }
@@ -215,7 +221,9 @@ mod tests {
         // Tried once, never marked, running the other set: failed.
         assert!(FailedBoot::detect(&record(true), &flags(a, st(2, 0, false))).is_some());
         // Rolled back from it (its priority lowered, still unmarked): failed.
-        assert!(FailedBoot::detect(&record(true), &flags(st(2, 0, true), st(1, 0, false))).is_some());
+        assert!(
+            FailedBoot::detect(&record(true), &flags(st(2, 0, true), st(1, 0, false))).is_some()
+        );
         // Applied, not tried yet; staged only; cleared since; marked; not flipped to.
         for (rec, b) in [
             (record(true), st(2, 1, false)),

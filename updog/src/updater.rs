@@ -111,7 +111,10 @@ pub struct AvailableUpdate {
     /// `Available`, or `Staged`/`Ready` when this very update (version and signed images) is on
     /// the inactive set already, staged or applied: staging it again downloads nothing. Ours,
     /// shown only when not `Available`.
-    #[serde(rename = "update_state", skip_serializing_if = "UpdateState::is_available")]
+    #[serde(
+        rename = "update_state",
+        skip_serializing_if = "UpdateState::is_available"
+    )]
     pub state: UpdateState,
     /// What a delta update would reuse and download, per image and in total, when the update
     /// offers chunk indexes and `delta` is on (filled in by [`Updater::check`]). Ours; the
@@ -1073,10 +1076,7 @@ impl Updater {
     fn refuse_unconfirmed_boot(sp: &Gpt, allow: bool) -> Result<(), UpdateError> {
         let set = sp.active();
         let state = sp.state(set).unwrap_or_default();
-        let fallback = sp
-            .state(set.other())
-            .unwrap_or_default()
-            .can_roll_back_to();
+        let fallback = sp.state(set.other()).unwrap_or_default().can_roll_back_to();
         if state.successful || (allow && !fallback) {
             Ok(())
         } else {
@@ -1110,7 +1110,11 @@ impl Updater {
             log::info!(
                 "{} is already {} on set {inactive} (verified when it was staged): nothing to download or write",
                 staged.version,
-                if staged.record.applied { "applied" } else { "staged" },
+                if staged.record.applied {
+                    "applied"
+                } else {
+                    "staged"
+                },
             );
             return Ok(staged);
         }
@@ -1167,7 +1171,8 @@ impl Updater {
                 r.target == t.name && r.sha256 == hex::encode(t.sha256)
             };
             record.images.get(&image.kind).is_some_and(|r| {
-                matches(r, &image.target) || image.delta_index.as_ref().is_some_and(|i| matches(r, i))
+                matches(r, &image.target)
+                    || image.delta_index.as_ref().is_some_and(|i| matches(r, i))
             })
         });
         if record.set != set || &record.version != plan.version() || !same_images {
