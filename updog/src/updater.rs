@@ -49,9 +49,11 @@ pub use crate::status::UpdateState;
 
 mod busy;
 mod cancel;
+mod kind;
 mod postboot;
 
 pub use busy::Holder;
+pub use kind::ErrorKind;
 
 /// The TUF target that holds the manifest.
 pub use manifest::MANIFEST_TARGET;
