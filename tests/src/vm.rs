@@ -60,9 +60,7 @@ impl std::fmt::Display for Bits {
 }
 
 fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("running {cmd:?}: {e}"))?;
+    let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "{cmd:?} failed ({}): {}",
@@ -319,26 +317,35 @@ pub fn boot(
 ) -> Result<Boot> {
     let accel = std::env::var("VM_ACCEL").unwrap_or_else(|_| "tcg,thread=multi".to_string());
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-machine", "q35", "-accel", &accel, "-cpu", "max", "-smp", "2", "-m", "1024"])
-        .args(["-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot"])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", cmdline])
-        .arg("-drive")
-        .arg(format!(
-            "file={},format=raw,if=virtio,cache=writeback",
-            disk.display()
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "file={},format=raw,if=virtio,readonly=on",
-            repo.display()
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-machine", "q35", "-accel", &accel, "-cpu", "max", "-smp", "2", "-m", "1024",
+    ])
+    .args([
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+    ])
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(initrd)
+    .args(["-append", cmdline])
+    .arg("-drive")
+    .arg(format!(
+        "file={},format=raw,if=virtio,cache=writeback",
+        disk.display()
+    ))
+    .arg("-drive")
+    .arg(format!(
+        "file={},format=raw,if=virtio,readonly=on",
+        repo.display()
+    ))
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("starting qemu: {e}"))?;
     let stdout = child.stdout.take().ok_or("no qemu stdout")?;
     let stderr = child.stderr.take().ok_or("no qemu stderr")?;
@@ -384,7 +391,8 @@ pub fn boot(
             ));
         }
         let wait = cut_at.map_or(Duration::from_millis(200), |at| {
-            at.saturating_duration_since(now).min(Duration::from_millis(200))
+            at.saturating_duration_since(now)
+                .min(Duration::from_millis(200))
         });
         match rx.recv_timeout(wait) {
             Ok(line) => {
@@ -436,7 +444,7 @@ pub fn debugfs_dump(image: &Path, name: &str, to: &Path) -> Result<()> {
         .arg("-R")
         .arg(format!("dump /{name} {}", to.display()))
         .arg(image))?;
-    if std::fs::metadata(to).map(|m| m.len()).unwrap_or(0) == 0 {
+    if std::fs::metadata(to).map_or(0, |m| m.len()) == 0 {
         return Err(format!("{name} is not in {}", image.display()));
     }
     Ok(())

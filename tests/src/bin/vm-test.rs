@@ -186,7 +186,9 @@ impl Run {
             "has-boot-ever-succeeded.service: Failed",
             "Failed to set up standard output",
         ] {
-            ensure(!boot.printed(bad), || format!("boot {n}: {bad:?} on the console ({})", log.display()))?;
+            ensure(!boot.printed(bad), || {
+                format!("boot {n}: {bad:?} on the console ({})", log.display())
+            })?;
         }
         self.check_bootable_sets_hold_releases()?;
         Ok((set, version, boot))
@@ -198,10 +200,12 @@ fn updog_result(boot: &Boot) -> Option<&str> {
 }
 
 fn expect_updog_success(n: u32, boot: &Boot) -> Result<()> {
-    let line = updog_result(boot).ok_or_else(|| format!("boot {n}: updog.service never finished"))?;
-    ensure(line.contains("result=success") && line.contains("status=0"), || {
-        format!("boot {n}: updog.service did not end successfully: {line}")
-    })
+    let line =
+        updog_result(boot).ok_or_else(|| format!("boot {n}: updog.service never finished"))?;
+    ensure(
+        line.contains("result=success") && line.contains("status=0"),
+        || format!("boot {n}: updog.service did not end successfully: {line}"),
+    )
 }
 
 fn parse_args() -> Result<(Option<PathBuf>, u32, u64, PathBuf)> {
@@ -243,26 +247,40 @@ fn main() {
             started.elapsed().as_secs_f64()
         ),
         Err(e) => {
-            eprintln!("vm-test: FAILED after {:.0}s: {e}", started.elapsed().as_secs_f64());
+            eprintln!(
+                "vm-test: FAILED after {:.0}s: {e}",
+                started.elapsed().as_secs_f64()
+            );
             std::process::exit(1);
         }
     }
 }
 
+// n, a and b are the boot number and the two sets' bits in every check message.
+#[allow(clippy::many_single_char_names)]
 fn run_all() -> Result<Run> {
     let (deb, cuts_wanted, seed, out) = parse_args()?;
-    let deb = match deb {
-        Some(d) => d,
-        None => {
+    let deb = if let Some(d) = deb {
+        d
+    } else {
+        {
             let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/deb");
             std::fs::read_dir(&dir)
-                .map_err(|e| format!("{}: {e} (build it with packaging/build-deb, or pass --deb)", dir.display()))?
+                .map_err(|e| {
+                    format!(
+                        "{}: {e} (build it with packaging/build-deb, or pass --deb)",
+                        dir.display()
+                    )
+                })?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .find(|p| p.extension().is_some_and(|x| x == "deb"))
                 .ok_or_else(|| format!("no .deb in {} (packaging/build-deb)", dir.display()))?
         }
     };
-    println!("vm-test: package {}, seed {seed}, {cuts_wanted} power cuts", deb.display());
+    println!(
+        "vm-test: package {}, seed {seed}, {cuts_wanted} power cuts",
+        deb.display()
+    );
     let build = vm::build_images(&deb, &out)?;
     let work = out.join("run");
     let _ = std::fs::remove_dir_all(&work);
@@ -278,7 +296,9 @@ fn run_all() -> Result<Run> {
             (PartKind::Hash, "root.verity"),
         ] {
             let path = dir.join(file);
-            let len = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+            let len = std::fs::metadata(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .len();
             let hash = vm::hash_reader(std::fs::File::open(&path).map_err(|e| e.to_string())?)?;
             images.push((kind, len, hash));
         }
@@ -300,28 +320,52 @@ fn run_all() -> Result<Run> {
         boots: 0,
         cuts: 0,
         boot_timeout: Duration::from_secs(
-            std::env::var("VM_BOOT_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(600),
+            std::env::var("VM_BOOT_TIMEOUT")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(600),
         ),
     };
     let mut rng = fastrand::Rng::with_seed(seed);
     let poweroff = "vmtest.after=poweroff";
 
     // (a) First boot: marked after boot-complete.target; updog.service stages, flips, reboots.
-    let (set, _, boot) = run.boot(&Ask { repo: "repo-1.1.img", extra: poweroff, cut: None })?;
+    let (set, _, boot) = run.boot(&Ask {
+        repo: "repo-1.1.img",
+        extra: poweroff,
+        cut: None,
+    })?;
     let n = run.boots;
-    ensure(set == SetId::A, || format!("boot {n}: the factory disk booted set {set}"))?;
+    ensure(set == SetId::A, || {
+        format!("boot {n}: the factory disk booted set {set}")
+    })?;
     expect_updog_success(n, &boot)?;
-    ensure(boot.ended == Ended::Reboot, || format!("boot {n}: no reboot after the update"))?;
+    ensure(boot.ended == Ended::Reboot, || {
+        format!("boot {n}: no reboot after the update")
+    })?;
     let (a, b) = run.bits()?;
-    ensure(a == Bits::new(1, 0, true), || format!("boot {n}: set A {a} was not marked successful"))?;
-    ensure(run.disk.boot_ever_succeeded()?, || format!("boot {n}: PRIVATE bit 57 not set"))?;
-    ensure(b == Bits::new(2, 1, false), || format!("boot {n}: set B {b} is not flipped to"))?;
-    ensure(run.content(SetId::B)?.as_deref() == Some("1.1.0"), || format!("boot {n}: B does not hold 1.1.0"))?;
-    let staging_secs = match (boot.time_of("Starting updog.service"), boot.time_of("reboot: Restarting")) {
+    ensure(a == Bits::new(1, 0, true), || {
+        format!("boot {n}: set A {a} was not marked successful")
+    })?;
+    ensure(run.disk.boot_ever_succeeded()?, || {
+        format!("boot {n}: PRIVATE bit 57 not set")
+    })?;
+    ensure(b == Bits::new(2, 1, false), || {
+        format!("boot {n}: set B {b} is not flipped to")
+    })?;
+    ensure(run.content(SetId::B)?.as_deref() == Some("1.1.0"), || {
+        format!("boot {n}: B does not hold 1.1.0")
+    })?;
+    let staging_secs = match (
+        boot.time_of("Starting updog.service"),
+        boot.time_of("reboot: Restarting"),
+    ) {
         (Some(s), Some(e)) if e > s => e - s,
         _ => 60.0,
     };
-    println!("  (a) ok: first boot marked, 1.1.0 staged and flipped in {staging_secs:.0}s, updog.service succeeded");
+    println!(
+        "  (a) ok: first boot marked, 1.1.0 staged and flipped in {staging_secs:.0}s, updog.service succeeded"
+    );
 
     // (b) The new set boots and is marked; (d) signpost rollback-to-inactive goes back to A.
     let (set, version, boot) = run.boot(&Ask {
@@ -330,18 +374,32 @@ fn run_all() -> Result<Run> {
         cut: None,
     })?;
     let n = run.boots;
-    ensure(set == SetId::B && version == "1.1.0", || format!("boot {n}: expected B 1.1.0, got {set} {version}"))?;
-    ensure(boot.printed("VMTEST action rollback status=0"), || format!("boot {n}: rollback-to-inactive failed"))?;
+    ensure(set == SetId::B && version == "1.1.0", || {
+        format!("boot {n}: expected B 1.1.0, got {set} {version}")
+    })?;
+    ensure(boot.printed("VMTEST action rollback status=0"), || {
+        format!("boot {n}: rollback-to-inactive failed")
+    })?;
     let (a, b) = run.bits()?;
-    ensure(b == Bits::new(1, 0, true), || format!("boot {n}: set B {b} not marked, or not rolled back from"))?;
-    ensure(a == Bits::new(2, 0, true), || format!("boot {n}: set A {a} is not the rollback target"))?;
-    println!("  (b) ok: set B booted 1.1.0 and was marked; (d) rollback-to-inactive asked for set A");
+    ensure(b == Bits::new(1, 0, true), || {
+        format!("boot {n}: set B {b} not marked, or not rolled back from")
+    })?;
+    ensure(a == Bits::new(2, 0, true), || {
+        format!("boot {n}: set A {a} is not the rollback target")
+    })?;
+    println!(
+        "  (b) ok: set B booted 1.1.0 and was marked; (d) rollback-to-inactive asked for set A"
+    );
 
     // (e) Power cuts while set A stages 1.1.0 again over B, and around the flip.
     let mut updates_completed = 0;
     while run.cuts < cuts_wanted {
         let (a, b) = run.bits()?;
-        let next = if a.bootable() && (!b.bootable() || a.priority >= b.priority) { SetId::A } else { SetId::B };
+        let next = if a.bootable() && (!b.bootable() || a.priority >= b.priority) {
+            SetId::A
+        } else {
+            SetId::B
+        };
         if next == SetId::B {
             // The flip completed: B boots 1.1.0; roll back to A for the next cut.
             let (set, version, boot) = run.boot(&Ask {
@@ -350,8 +408,12 @@ fn run_all() -> Result<Run> {
                 cut: None,
             })?;
             let n = run.boots;
-            ensure(set == SetId::B && version == "1.1.0", || format!("boot {n}: expected B 1.1.0"))?;
-            ensure(boot.printed("VMTEST action rollback status=0"), || format!("boot {n}: rollback failed"))?;
+            ensure(set == SetId::B && version == "1.1.0", || {
+                format!("boot {n}: expected B 1.1.0")
+            })?;
+            ensure(boot.printed("VMTEST action rollback status=0"), || {
+                format!("boot {n}: rollback failed")
+            })?;
             continue;
         }
         let cut = if run.cuts % 2 == 0 {
@@ -366,22 +428,36 @@ fn run_all() -> Result<Run> {
             }
         };
         let cuts_before = run.cuts;
-        let (set, version, boot) = run.boot(&Ask { repo: "repo-1.1.img", extra: poweroff, cut: Some(cut) })?;
+        let (set, version, boot) = run.boot(&Ask {
+            repo: "repo-1.1.img",
+            extra: poweroff,
+            cut: Some(cut),
+        })?;
         let n = run.boots;
-        ensure(set == SetId::A && version == "1.0.0", || format!("boot {n}: expected A 1.0.0, got {set} {version}"))?;
+        ensure(set == SetId::A && version == "1.0.0", || {
+            format!("boot {n}: expected A 1.0.0, got {set} {version}")
+        })?;
         if run.cuts == cuts_before {
             // The update finished before the cut: it must have succeeded.
             expect_updog_success(n, &boot)?;
             updates_completed += 1;
         }
         let (a, b) = run.bits()?;
-        ensure(a.bootable() && a.successful, || format!("boot {n}: set A {a} lost its boot"))?;
+        ensure(a.bootable() && a.successful, || {
+            format!("boot {n}: set A {a} lost its boot")
+        })?;
         ensure(
-            b == Bits::new(0, 0, false) || b == Bits::new(1, 0, true) || b == Bits::new(0, 1, false) || b == Bits::new(2, 1, false),
+            b == Bits::new(0, 0, false)
+                || b == Bits::new(1, 0, true)
+                || b == Bits::new(0, 1, false)
+                || b == Bits::new(2, 1, false),
             || format!("boot {n}: set B {b} is in a state no step of an update leaves it in"),
         )?;
     }
-    println!("  (e) ok: {} power cuts (seed {seed}); {updates_completed} updates finished before their cut; every boot was the old set unless the flip completed", run.cuts);
+    println!(
+        "  (e) ok: {} power cuts (seed {seed}); {updates_completed} updates finished before their cut; every boot was the old set unless the flip completed",
+        run.cuts
+    );
 
     // A re-run of the update succeeds, then (c) a release whose health check fails.
     loop {
@@ -389,56 +465,111 @@ fn run_all() -> Result<Run> {
         if b == Bits::new(2, 1, false) {
             break;
         }
-        let (set, _, boot) = run.boot(&Ask { repo: "repo-1.1.img", extra: poweroff, cut: None })?;
+        let (set, _, boot) = run.boot(&Ask {
+            repo: "repo-1.1.img",
+            extra: poweroff,
+            cut: None,
+        })?;
         let n = run.boots;
         ensure(set == SetId::A, || format!("boot {n}: expected set A"))?;
         expect_updog_success(n, &boot)?;
-        ensure(boot.ended == Ended::Reboot, || format!("boot {n}: the re-run did not flip and reboot"))?;
+        ensure(boot.ended == Ended::Reboot, || {
+            format!("boot {n}: the re-run did not flip and reboot")
+        })?;
     }
     // B boots 1.1.0, is marked, and takes 1.2.0 onto A.
-    let (set, version, boot) = run.boot(&Ask { repo: "repo-1.2.img", extra: poweroff, cut: None })?;
+    let (set, version, boot) = run.boot(&Ask {
+        repo: "repo-1.2.img",
+        extra: poweroff,
+        cut: None,
+    })?;
     let n = run.boots;
-    ensure(set == SetId::B && version == "1.1.0", || format!("boot {n}: expected B 1.1.0"))?;
+    ensure(set == SetId::B && version == "1.1.0", || {
+        format!("boot {n}: expected B 1.1.0")
+    })?;
     expect_updog_success(n, &boot)?;
-    ensure(run.disk.bits(SetId::B)?.successful, || format!("boot {n}: B not marked"))?;
-    ensure(run.content(SetId::A)?.as_deref() == Some("1.2.0"), || format!("boot {n}: A does not hold 1.2.0"))?;
+    ensure(run.disk.bits(SetId::B)?.successful, || {
+        format!("boot {n}: B not marked")
+    })?;
+    ensure(run.content(SetId::A)?.as_deref() == Some("1.2.0"), || {
+        format!("boot {n}: A does not hold 1.2.0")
+    })?;
     println!("  re-run after the cuts ok; 1.2.0 staged from B");
 
-    for (failing, repo, rollback) in [("1.2.0", "repo-1.2.img", false), ("1.3.0", "repo-1.3.img", true)] {
+    for (failing, repo, rollback) in [
+        ("1.2.0", "repo-1.2.img", false),
+        ("1.3.0", "repo-1.3.img", true),
+    ] {
         if failing == "1.3.0" {
             // A newer release than the failed one is taken as usual.
-            let (set, _, boot) = run.boot(&Ask { repo, extra: poweroff, cut: None })?;
+            let (set, _, boot) = run.boot(&Ask {
+                repo,
+                extra: poweroff,
+                cut: None,
+            })?;
             let n = run.boots;
             ensure(set == SetId::B, || format!("boot {n}: expected B"))?;
             expect_updog_success(n, &boot)?;
-            ensure(run.content(SetId::A)?.as_deref() == Some("1.3.0"), || format!("boot {n}: A does not hold 1.3.0"))?;
+            ensure(run.content(SetId::A)?.as_deref() == Some("1.3.0"), || {
+                format!("boot {n}: A does not hold 1.3.0")
+            })?;
         }
         // The failing release boots once, its check fails, it is never marked.
-        let (set, version, boot) = run.boot(&Ask { repo, extra: poweroff, cut: None })?;
+        let (set, version, boot) = run.boot(&Ask {
+            repo,
+            extra: poweroff,
+            cut: None,
+        })?;
         let n = run.boots;
-        ensure(set == SetId::A && version == failing, || format!("boot {n}: expected A {failing}, got {set} {version}"))?;
-        ensure(boot.printed("VMTEST health check failing on purpose"), || format!("boot {n}: the health check did not run"))?;
+        ensure(set == SetId::A && version == failing, || {
+            format!("boot {n}: expected A {failing}, got {set} {version}")
+        })?;
+        ensure(
+            boot.printed("VMTEST health check failing on purpose"),
+            || format!("boot {n}: the health check did not run"),
+        )?;
         let a = run.disk.bits(SetId::A)?;
-        ensure(!a.successful, || format!("boot {n}: the failed release was marked successful"))?;
+        ensure(!a.successful, || {
+            format!("boot {n}: the failed release was marked successful")
+        })?;
         if rollback {
-            ensure(boot.ended == Ended::Reboot, || format!("boot {n}: the rollback drop-in did not reboot"))?;
-            ensure(run.disk.bits(SetId::B)?.priority == 2, || format!("boot {n}: no rollback to B"))?;
+            ensure(boot.ended == Ended::Reboot, || {
+                format!("boot {n}: the rollback drop-in did not reboot")
+            })?;
+            ensure(run.disk.bits(SetId::B)?.priority == 2, || {
+                format!("boot {n}: no rollback to B")
+            })?;
         }
         // The next boot is the old set, and updog does not take the failed release again.
         let before = run.bits()?;
-        let (set, version, boot) = run.boot(&Ask { repo, extra: poweroff, cut: None })?;
-        let n = run.boots;
-        ensure(set == SetId::B && version == "1.1.0", || format!("boot {n}: expected the fallback B 1.1.0, got {set} {version}"))?;
-        expect_updog_success(n, &boot)?;
-        ensure(boot.printed(&format!("{failing} failed to boot on this host")), || {
-            format!("boot {n}: updog did not say that {failing} failed to boot")
+        let (set, version, boot) = run.boot(&Ask {
+            repo,
+            extra: poweroff,
+            cut: None,
         })?;
-        ensure(boot.ended == Ended::PowerOff, || format!("boot {n}: rebooted into the failed release"))?;
+        let n = run.boots;
+        ensure(set == SetId::B && version == "1.1.0", || {
+            format!("boot {n}: expected the fallback B 1.1.0, got {set} {version}")
+        })?;
+        expect_updog_success(n, &boot)?;
+        ensure(
+            boot.printed(&format!("{failing} failed to boot on this host")),
+            || format!("boot {n}: updog did not say that {failing} failed to boot"),
+        )?;
+        ensure(boot.ended == Ended::PowerOff, || {
+            format!("boot {n}: rebooted into the failed release")
+        })?;
         let after = run.bits()?;
-        ensure(after.0 == before.0, || format!("boot {n}: set A changed: {} -> {}", before.0, after.0))?;
+        ensure(after.0 == before.0, || {
+            format!("boot {n}: set A changed: {} -> {}", before.0, after.0)
+        })?;
         println!(
             "  (c) ok: {failing} failed its health check{}, was never marked, the old set booted, and it was not taken again",
-            if rollback { " (rollback drop-in: rolled back at once)" } else { "" }
+            if rollback {
+                " (rollback drop-in: rolled back at once)"
+            } else {
+                ""
+            }
         );
     }
     Ok(run)
