@@ -156,6 +156,38 @@ impl DiskLock {
     }
 }
 
+/// Another process holding a disk's exclusive lock, as [`probe`] found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Holder {
+    /// Its pid, from `/proc/locks`, when it can be found.
+    pub holder_pid: Option<u32>,
+}
+
+/// Whether another process holds `disk`'s exclusive lock right now (an update or a boot-flag
+/// change is in progress), without taking it and without waiting: the disk is opened read-only
+/// (so closing it does not make udev re-probe it) and a shared lock is tried, which only an
+/// exclusive holder refuses. For status displays; the answer may be stale a moment later.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let disk = dir.path().join("disk.img");
+/// # std::fs::write(&disk, [0u8; 4096]).unwrap();
+/// use signpost::lock::probe;
+/// assert_eq!(probe(&disk)?, None);
+/// // flock locks belong to open files: a holder elsewhere (another process) is seen.
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn probe(disk: impl AsRef<Path>) -> io::Result<Option<Holder>> {
+    let file = File::open(disk.as_ref())?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_shared) => Ok(None),
+        Err((f, Errno::EWOULDBLOCK)) => Ok(Some(Holder {
+            holder_pid: holder_pid(&f),
+        })),
+        Err((_, errno)) => Err(errno.into()),
+    }
+}
+
 /// The pid holding a `flock` on `file`'s inode, from `/proc/locks` (best effort).
 fn holder_pid(file: &File) -> Option<u32> {
     let meta = file.metadata().ok()?;
@@ -225,6 +257,28 @@ mod tests {
                 Err(LockError::Held { .. })
             ));
         }
+    }
+
+    #[test]
+    fn probe_sees_an_exclusive_holder_and_not_a_shared_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = disk(dir.path());
+        assert_eq!(probe(&path).unwrap(), None);
+        let held = DiskLock::acquire(&path, Duration::ZERO).unwrap();
+        assert_eq!(
+            probe(&path).unwrap(),
+            Some(Holder {
+                holder_pid: Some(std::process::id())
+            })
+        );
+        drop(held);
+        // A shared holder (udev probing) is no update in progress.
+        let shared = Flock::lock(File::open(&path).unwrap(), FlockArg::LockSharedNonblock)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        assert_eq!(probe(&path).unwrap(), None);
+        drop(shared);
+        assert!(probe(dir.path().join("absent.img")).is_err());
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub fn bin_dir() -> &'static Path {
             "updata",
             "--example",
             "agent",
+            "--example",
+            "embed",
             "-p",
             "signpost",
             "--bin",
