@@ -159,6 +159,10 @@ pub enum NoUpdateReason {
         variant: String,
         /// The arch asked for.
         arch: String,
+        /// What the manifest does offer: `VARIANT (ARCH)` for each variant and arch with a
+        /// usable update, sorted (empty: nothing at all).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        offered: Vec<String>,
     },
     /// Nothing newer than the running version is on offer.
     NoneNewer {
@@ -194,8 +198,17 @@ pub enum NoUpdateReason {
 impl fmt::Display for NoUpdateReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            NoUpdateReason::NoUpdatesForVariant { variant, arch } => {
-                write!(f, "no updates are offered for variant {variant} on {arch}")
+            NoUpdateReason::NoUpdatesForVariant {
+                variant,
+                arch,
+                offered,
+            } => {
+                write!(f, "no updates are offered for variant {variant} on {arch}")?;
+                if offered.is_empty() {
+                    write!(f, "; the repository offers no updates at all")
+                } else {
+                    write!(f, "; the repository offers {}", offered.join(", "))
+                }
             }
             NoUpdateReason::NoneNewer { running } => {
                 write!(f, "no update newer than the running version {running}")
@@ -237,6 +250,25 @@ pub fn available_updates<'a>(manifest: &'a Manifest, variant: &str, arch: &str) 
     out
 }
 
+/// Each variant and arch the manifest has a usable update for, as `VARIANT (ARCH)`, sorted.
+///
+/// ```
+/// let m = manifest::Manifest::from_slice(br#"{"updates":[{"variant":"v","arch":"x86_64",
+///   "version":"1.1.0","max_version":"1.1.0","waves":{},
+///   "images":{"boot":"b","root":"r","hash":"h"}}]}"#)?;
+/// assert_eq!(manifest::select::offered(&m), ["v (x86_64)"]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn offered(manifest: &Manifest) -> Vec<String> {
+    let set: std::collections::BTreeSet<String> = manifest
+        .updates
+        .iter()
+        .filter(|u| u.version <= u.max_version)
+        .map(|u| format!("{} ({})", u.variant, u.arch))
+        .collect();
+    set.into_iter().collect()
+}
+
 /// The updates this host may take now, highest version first: [`available_updates`] whose wave
 /// is open for the request's seed at its `now` (all of them when waves are ignored). This is
 /// the reference's list for `updog whats --all`, which its callers record as available and then
@@ -275,6 +307,7 @@ pub fn select_update<'a>(manifest: &'a Manifest, req: &SelectionRequest) -> Sele
         return Selection::NoUpdate(NoUpdateReason::NoUpdatesForVariant {
             variant: req.variant.clone(),
             arch: req.arch.clone(),
+            offered: offered(manifest),
         });
     }
     let ready_at = |u: &Update| req.waits_until(u);

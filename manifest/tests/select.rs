@@ -124,10 +124,20 @@ fn none_newer_and_unknown_variant() {
     );
     let mut r = req("1.0.0");
     r.variant = "nope".into();
-    assert!(matches!(
-        reason(&m, &r),
-        NoUpdateReason::NoUpdatesForVariant { .. }
-    ));
+    let why = reason(&m, &r);
+    assert!(
+        matches!(&why, NoUpdateReason::NoUpdatesForVariant { offered, .. } if !offered.is_empty()),
+        "{why:?}"
+    );
+    // What the repository does offer is named, so a wrong variant is told apart from an
+    // empty repository.
+    let text = why.to_string();
+    assert!(
+        text.starts_with(
+            "no updates are offered for variant nope on x86_64; the repository offers "
+        ) && text.contains("dev (x86_64)"),
+        "{text}"
+    );
 }
 
 #[test]

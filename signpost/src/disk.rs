@@ -126,13 +126,15 @@ impl Signpost<File> {
             Some(a) => a,
             None => running_set(path)?,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .open(path)
-            .map_err(|source| Error::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let open_err = |source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = OpenOptions::new().read(true).open(path).map_err(open_err)?;
+        // A directory opens read-only, and would fail later as a read "at LBA 1".
+        if file.metadata().map_err(open_err)?.is_dir() {
+            return Err(open_err(nix::errno::Errno::EISDIR.into()));
+        }
         Self::from_io(file, path, active)
     }
 

@@ -84,7 +84,7 @@ pub enum LockError {
         holder_pid: Option<u32>,
         /// What else is known of the holder (its lock's mode, its user, whether the disk is an
         /// image file other users can read), when it can be found.
-        holder: Option<Holder>,
+        holder: Option<LockHolder>,
         /// How long we waited.
         waited_ms: u128,
     },
@@ -101,7 +101,7 @@ pub enum LockError {
 
 /// A process holding a lock on the disk, as `/proc/locks` and `/proc/PID` show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Holder {
+pub struct LockHolder {
     /// Its pid.
     pub pid: u32,
     /// Whether its lock is shared (`flock -s`: a reader, such as udev probing the disk) rather
@@ -114,7 +114,7 @@ pub struct Holder {
     pub readable_by_others: bool,
 }
 
-fn held_text(pid: Option<u32>, holder: Option<Holder>, waited_ms: u128) -> String {
+fn held_text(pid: Option<u32>, holder: Option<LockHolder>, waited_ms: u128) -> String {
     let who = pid.map_or_else(|| "another process".to_string(), |p| format!("pid {p}"));
     let Some(h) = holder else {
         return format!(
@@ -192,6 +192,38 @@ impl DiskLock {
     }
 }
 
+/// Another process holding a disk's exclusive lock, as [`probe`] found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Holder {
+    /// Its pid, from `/proc/locks`, when it can be found.
+    pub holder_pid: Option<u32>,
+}
+
+/// Whether another process holds `disk`'s exclusive lock right now (an update or a boot-flag
+/// change is in progress), without taking it and without waiting: the disk is opened read-only
+/// (so closing it does not make udev re-probe it) and a shared lock is tried, which only an
+/// exclusive holder refuses. For status displays; the answer may be stale a moment later.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let disk = dir.path().join("disk.img");
+/// # std::fs::write(&disk, [0u8; 4096]).unwrap();
+/// use signpost::lock::probe;
+/// assert_eq!(probe(&disk)?, None);
+/// // flock locks belong to open files: a holder elsewhere (another process) is seen.
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn probe(disk: impl AsRef<Path>) -> io::Result<Option<Holder>> {
+    let file = File::open(lock_node(disk.as_ref()))?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_shared) => Ok(None),
+        Err((f, Errno::EWOULDBLOCK)) => Ok(Some(Holder {
+            holder_pid: holder(&f).map(|h| h.pid),
+        })),
+        Err((_, errno)) => Err(errno.into()),
+    }
+}
+
 /// The node that stands for `path` in the lock. A disk image file is its own inode. A block
 /// device is known by its device number, but `flock` locks an inode, and any number of nodes
 /// (`mknod`, a copy of `/dev` in a container) can name one device: every such node is locked
@@ -224,7 +256,7 @@ pub fn lock_node(path: &Path) -> PathBuf {
 
 /// Who holds a `flock` on `file`'s inode, from `/proc/locks` (best effort): an exclusive holder
 /// first, else a shared one.
-fn holder(file: &File) -> Option<Holder> {
+fn holder(file: &File) -> Option<LockHolder> {
     let meta = file.metadata().ok()?;
     let readable_by_others = meta.file_type().is_file() && meta.mode() & 0o044 != 0;
     let dev = meta.dev();
@@ -257,7 +289,7 @@ fn holder(file: &File) -> Option<Holder> {
     let uid = std::fs::metadata(format!("/proc/{pid}"))
         .ok()
         .map(|m| m.uid());
-    Some(Holder {
+    Some(LockHolder {
         pid,
         shared,
         uid,
@@ -313,6 +345,28 @@ mod tests {
                 Err(LockError::Held { .. })
             ));
         }
+    }
+
+    #[test]
+    fn probe_sees_an_exclusive_holder_and_not_a_shared_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = disk(dir.path());
+        assert_eq!(probe(&path).unwrap(), None);
+        let held = DiskLock::acquire(&path, Duration::ZERO).unwrap();
+        assert_eq!(
+            probe(&path).unwrap(),
+            Some(Holder {
+                holder_pid: Some(std::process::id())
+            })
+        );
+        drop(held);
+        // A shared holder (udev probing) is no update in progress.
+        let shared = Flock::lock(File::open(&path).unwrap(), FlockArg::LockSharedNonblock)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        assert_eq!(probe(&path).unwrap(), None);
+        drop(shared);
+        assert!(probe(dir.path().join("absent.img")).is_err());
     }
 
     #[test]

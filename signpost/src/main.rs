@@ -147,8 +147,8 @@ fn main() -> ExitCode {
             }
             if permission_denied(e.as_ref()) {
                 line.push_str(
-                    " (signpost needs root: it reads and writes the disk's partition table and \
-                     its lock file)",
+                    " (signpost needs root: it reads and writes the disk's partition table, and \
+                     changes lock the disk itself)",
                 );
             }
             cli_support::logging::print_error("signpost", &line);

@@ -122,8 +122,16 @@ impl fmt::Display for Status {
             Some(next) => writeln!(f, "Next:    Set {next}")?,
             None => writeln!(f, "Next:    None (no set would boot)")?,
         }
-        if let Some(ok) = self.boot_has_ever_succeeded {
-            writeln!(f, "Boot has ever succeeded: {ok}")?;
+        match self.boot_has_ever_succeeded {
+            // A set built as successful (as OS images are) next to a disk that never marked a
+            // boot: the disk's bit (PRIVATE bit 57) is set by the first mark-successful-boot.
+            Some(false) => writeln!(
+                f,
+                "Boot has ever succeeded: false (this disk has not yet run \
+                 `signpost mark-successful-boot`; sets may be built as successful)"
+            )?,
+            Some(true) => writeln!(f, "Boot has ever succeeded: true")?,
+            None => {}
         }
         if !(self.gpt.primary_valid && self.gpt.backup_valid) {
             writeln!(

@@ -7,6 +7,8 @@
 //! repository on 127.0.0.1, writes an `updog.toml` and an os-release for a simulated host, and
 //! runs the real `updog` and `signpost` binaries against them.
 
+pub mod vm;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -55,6 +57,8 @@ pub fn bin_dir() -> &'static Path {
             "updata",
             "--example",
             "agent",
+            "--example",
+            "embed",
             "-p",
             "signpost",
             "--bin",

@@ -69,6 +69,29 @@ fn man_pages_and_completions_cover_every_subcommand_in_help() {
             let text = std::fs::read_to_string(dir.path().join(&f)).unwrap();
             assert!(text.contains(subcommands[0].as_str()), "{f}");
         }
+        // Completions offer what --help shows: not updog's hidden --os-release (a test hook),
+        // while they do offer its visible global options.
+        for f in [
+            format!("completions/{name}.bash"),
+            format!("completions/_{name}"),
+            format!("completions/{name}.fish"),
+        ] {
+            let text = std::fs::read_to_string(dir.path().join(&f)).unwrap();
+            assert!(!text.contains("os-release="), "{f} offers --os-release");
+            assert!(!text.contains("--os-release "), "{f} offers --os-release");
+            assert!(!text.contains("-l os-release"), "{f} offers --os-release");
+            assert!(text.contains("log-level"), "{f} lacks --log-level");
+        }
+        // updog writes the updog.toml(5) page too, listing every key.
+        if name == "updog" {
+            let page = std::fs::read_to_string(dir.path().join("man/updog.toml.5")).unwrap();
+            for key in updog::config::known_keys() {
+                assert!(
+                    page.contains(&format!("\\fB{}\\fR", key.replace('-', "\\-"))),
+                    "updog.toml.5 lacks {key}"
+                );
+            }
+        }
         // The hidden argument is in no help text and no page.
         let help = Command::new(&binary).arg("--help").output().unwrap();
         assert!(!String::from_utf8_lossy(&help.stdout).contains("__generate-docs"));

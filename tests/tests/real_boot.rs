@@ -23,11 +23,7 @@ fn image_requests(host: &Host) -> Vec<String> {
         .into_iter()
         .map(|r| r.path)
         .filter(|p| p.contains("root") || p.contains("boot") || p.contains("hash"))
-        .filter(|p| {
-            !std::path::Path::new(p)
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-        })
+        .filter(|p| !p.to_ascii_lowercase().ends_with(".json"))
         .collect()
 }
 

@@ -27,6 +27,8 @@ use std::error::Error;
 use std::io;
 use std::path::Path;
 
+use manifest::select::NoUpdateReason;
+
 use crate::config::Config;
 use crate::transport::{TransportError, TransportErrorKind};
 use crate::updater::UpdateError;
@@ -55,6 +57,12 @@ pub fn explain(err: &UpdateError, config: &Config, config_path: &Path) -> String
 /// [`explain`] for a process that runs as root (`as_root`) or not: root is told what else
 /// refuses it (an immutable file, a read-only mount), not that it needs root.
 fn explain_as(err: &UpdateError, config: &Config, config_path: &Path, as_root: bool) -> String {
+    if let UpdateError::NoUpdate(reason) = err {
+        return format!(
+            "no update: {}",
+            explain_no_update(reason, config, config_path)
+        );
+    }
     let chain = error_chain(err);
     let file = config_path.display();
     if let Some(t) = transport_error(err) {
@@ -93,7 +101,107 @@ fn explain_as(err: &UpdateError, config: &Config, config_path: &Path, as_root: b
              and its state directories)"
         );
     }
+    if let Some(path) = missing_trusted_root(err) {
+        return format!(
+            "{chain} (`trusted_root` in {file} names {}: install the repository's root.json \
+             there, verified out of band, or point `trusted_root` at it)",
+            path.display()
+        );
+    }
+    if let Some(disk) = unusable_configured_disk(err, config) {
+        return format!(
+            "{chain} (`disk` in {file} names {}: point it at the OS disk, a block device or a \
+             disk-image file with the A/B GPT layout, and set `active_set` to its running set)",
+            disk.display()
+        );
+    }
+    if let Some(hint) = cancelled_hint(err) {
+        return format!("{chain}; {hint}");
+    }
     chain
+}
+
+/// What to add to a "no update" reason for the person at the terminal: for a variant the
+/// repository does not offer, where the variant and the repository come from.
+///
+/// ```
+/// use manifest::select::NoUpdateReason;
+/// let config = updog::config::Config::new(
+///     "https://updates.example.com/metadata/".parse()?,
+///     "https://updates.example.com/targets/".parse()?,
+///     waves::Seed::new(7)?,
+/// );
+/// let reason = NoUpdateReason::NoUpdatesForVariant {
+///     variant: "aws-k8s-1.31".into(),
+///     arch: "x86_64".into(),
+///     offered: vec!["aws-k8s-1.30 (x86_64)".into()],
+/// };
+/// let text = updog::advice::explain_no_update(&reason, &config, "/etc/updog.toml".as_ref());
+/// assert!(text.contains("the repository offers aws-k8s-1.30 (x86_64)"), "{text}");
+/// assert!(text.contains("`metadata_base_url` in /etc/updog.toml"), "{text}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn explain_no_update(reason: &NoUpdateReason, config: &Config, config_path: &Path) -> String {
+    match reason {
+        NoUpdateReason::NoUpdatesForVariant { .. } => format!(
+            "{reason} (the variant is VARIANT_ID in {}, or --variant; check it, and that \
+             `metadata_base_url` in {} is this variant's repository: {})",
+            config.os_release.display(),
+            config_path.display(),
+            config.metadata_base_url
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Whether a "no update" reason is a mistake to report (exit 1) rather than nothing to do: a
+/// variant the repository does not offer at all is a misconfigured host, and a periodic
+/// `updog update` that exited 0 would never tell anyone.
+pub fn is_misconfiguration(reason: &NoUpdateReason) -> bool {
+    matches!(reason, NoUpdateReason::NoUpdatesForVariant { .. })
+}
+
+/// The trusted root file that does not exist or cannot be read.
+fn missing_trusted_root(err: &UpdateError) -> Option<&Path> {
+    causes(err).find_map(|e| match e.downcast_ref::<crate::tuf::Error>() {
+        Some(crate::tuf::Error::NoTrustedRoot { path, .. }) => Some(path.as_path()),
+        _ => None,
+    })
+}
+
+/// The configured disk, when the error is about it (it cannot be opened, locked or read as an
+/// A/B GPT disk).
+fn unusable_configured_disk<'a>(err: &UpdateError, config: &'a Config) -> Option<&'a Path> {
+    let disk = config.disk.as_deref()?;
+    let about_disk = causes(err).any(|e| {
+        e.downcast_ref::<bootpart::Error>().is_some()
+            || e.downcast_ref::<bootpart::gpt::GptError>().is_some()
+            || matches!(
+                e.downcast_ref::<crate::lock::LockError>(),
+                Some(crate::lock::LockError::Io { .. })
+            )
+            || matches!(
+                e.downcast_ref::<signpost::Error>(),
+                Some(e) if !matches!(e, signpost::Error::Lock(crate::lock::LockError::Held { .. }))
+            )
+    });
+    (about_disk && error_chain(err).contains(&disk.display().to_string())).then_some(disk)
+}
+
+/// For a cancelled operation: what was left, and that running it again is safe.
+fn cancelled_hint(err: &UpdateError) -> Option<String> {
+    match err {
+        UpdateError::Cancelled { set } => Some(format!(
+            "set {} boots next as before and nothing else changed: running `updog update` \
+             again is safe (it starts over)",
+            set.other()
+        )),
+        UpdateError::CheckCancelled => Some("running it again is safe".to_string()),
+        UpdateError::ApplyCancelled { set } => Some(format!(
+            "running `updog update-apply` again is safe (it flips to set {set})"
+        )),
+        _ => None,
+    }
 }
 
 /// `e` and its causes, outermost first.

@@ -115,11 +115,27 @@ pub struct Config {
 pub struct ConfigWarning {
     /// The unknown key.
     pub key: String,
+    /// The file it is in (`<string>` for [`Config::from_toml_str`]).
+    pub path: PathBuf,
+    /// The known key it is probably a typo of.
+    pub did_you_mean: Option<&'static str>,
 }
 
 impl std::fmt::Display for ConfigWarning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "unknown configuration key {:?} ignored", self.key)
+        write!(
+            f,
+            "unknown configuration key {:?} in {} ignored",
+            self.key,
+            self.path.display()
+        )?;
+        match self.did_you_mean {
+            Some(known) => write!(
+                f,
+                ": did you mean `{known}`? (rename it, or it has no effect)"
+            ),
+            None => write!(f, " (`man 5 updog.toml` lists every key)"),
+        }
     }
 }
 
@@ -144,10 +160,18 @@ pub enum ConfigError {
         message: String,
     },
     /// A required key is absent.
-    #[error("configuration key `{key}` is required but missing")]
+    #[error(
+        "configuration key `{key}` is required but missing from {}{}",
+        .path.display(),
+        missing_hint(key, .typo.as_deref())
+    )]
     Missing {
         /// The key.
         key: &'static str,
+        /// The file (`<string>` for [`Config::from_toml_str`]).
+        path: PathBuf,
+        /// An unknown key in the file that is probably this one misspelt.
+        typo: Option<String>,
     },
     /// A key has a value of the wrong type, out of range, or too large for its type.
     #[error("configuration key `{key}`: {reason}")]
@@ -196,6 +220,143 @@ struct Keys {
 pub fn known_keys() -> &'static [&'static str] {
     static KEYS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
     KEYS.get_or_init(fields::of::<Keys>)
+}
+
+/// Every key of `updog.toml` with its default and meaning, in the order of [`known_keys`] (a
+/// test holds them equal): the source of the `updog.toml(5)` man page, and what the README's
+/// configuration table lists.
+pub const KEY_DOCS: &[KeyDoc] = &[
+    doc(
+        "metadata_base_url",
+        "required",
+        "Base URL of the TUF metadata (https://, http:// or file://), ending in /.",
+    ),
+    doc(
+        "targets_base_url",
+        "required",
+        "Base URL of the TUF targets (images, migrations, the manifest).",
+    ),
+    doc(
+        "seed",
+        "required",
+        "This host's place in the rollout waves, 0..=2047; hosts with low seeds update first. Give every host its own, spread evenly.",
+    ),
+    doc(
+        "version_lock",
+        "\"latest\"",
+        "\"latest\", or a version (\"1.20.3\", \"v1.20.3\") to go to and stay on, up or down.",
+    ),
+    doc(
+        "ignore_waves",
+        "false",
+        "Take a release as soon as it is published, whatever its wave schedule says.",
+    ),
+    doc(
+        "wave_timing",
+        "\"offset\"",
+        "How a host's time inside a wave is computed: \"offset\" (spread by the seed's offset in the wave) or \"reference\" (Bottlerocket's timing, for fleets that mix both updaters).",
+    ),
+    doc(
+        "https_proxy",
+        "none",
+        "Proxy for https:// repositories; otherwise HTTPS_PROXY/https_proxy from the environment.",
+    ),
+    doc(
+        "no_proxy",
+        "none",
+        "Hosts that bypass the proxy: a list, or one comma-separated string; otherwise NO_PROXY/no_proxy.",
+    ),
+    doc(
+        "trusted_root",
+        DEFAULT_TRUSTED_ROOT,
+        "The root metadata shipped in the OS image; it seeds metadata_dir on the first run (later runs start from the stored root).",
+    ),
+    doc(
+        "metadata_dir",
+        DEFAULT_METADATA_DIR,
+        "Trusted metadata kept between runs (root.json and the roles).",
+    ),
+    doc(
+        "state_file",
+        DEFAULT_STATE_FILE,
+        "The record of what is staged, read by updog status.",
+    ),
+    doc(
+        "migrations_dir",
+        DEFAULT_MIGRATIONS_DIR,
+        "Where the migrations a version jump needs are cached for the migrator at boot.",
+    ),
+    doc(
+        "migrations_metadata_dir",
+        DEFAULT_MIGRATIONS_METADATA_DIR,
+        "The metadata that signs the cached migrations, for offline verification at boot.",
+    ),
+    doc(
+        "disk",
+        "discovered from the device of /",
+        "The OS disk: a block device or a disk-image file with the A/B GPT layout. Set active_set with it for a disk-image file.",
+    ),
+    doc(
+        "active_set",
+        "discovered",
+        "The running partition set, \"A\" or \"B\".",
+    ),
+    doc(
+        "reboot_command",
+        "[\"systemctl\", \"reboot\"]",
+        "What update --reboot and update-apply --reboot run after the flip: a list, or one string split on spaces.",
+    ),
+    doc(
+        "os_release",
+        DEFAULT_OS_RELEASE,
+        "Where the running OS names its variant and version (VARIANT_ID, VERSION_ID, BUILD_ID).",
+    ),
+    doc(
+        "stall_timeout_secs",
+        "30",
+        "A download fails after this many seconds without a byte (1..=86400).",
+    ),
+    doc(
+        "retries",
+        "5",
+        "How many times a dropped download is resumed with a Range request (0..=1000).",
+    ),
+    doc(
+        "metadata_min_bytes_per_sec",
+        "4096",
+        "Each metadata file must arrive whole within 10 s plus its size cap at this rate.",
+    ),
+    doc(
+        "delta",
+        "true",
+        "Build images from chunks of the running set and the chunk store when the update offers casync indexes; false: always the full image.",
+    ),
+];
+
+pub use cli_support::docs::KeyDoc;
+
+const fn doc(key: &'static str, default: &'static str, meaning: &'static str) -> KeyDoc {
+    KeyDoc {
+        key,
+        default,
+        meaning,
+    }
+}
+
+/// Writes the `updog.toml(5)` man page from [`KEY_DOCS`] into `DIR/man/` (for
+/// `updog __generate-docs DIR`, which `packaging/build-deb` runs).
+pub fn write_man_page(out_dir: &Path) -> std::io::Result<PathBuf> {
+    cli_support::docs::write_config_page(
+        out_dir,
+        "updog.toml",
+        "updog",
+        "updog reads /etc/updog.toml (or the file given with --config). The reference keys \
+         (metadata_base_url, targets_base_url, seed, version_lock, ignore_waves, https_proxy, \
+         no_proxy) keep Bottlerocket's names and meaning; the others have defaults. Unknown keys \
+         are warnings (naming the known key a misspelt one probably is); a missing required key \
+         or a bad value is an error naming the key.",
+        KEY_DOCS,
+    )
 }
 
 /// The largest configuration file read (a real one is well under 1 KiB).
@@ -264,18 +425,34 @@ impl Config {
         let mut warnings: Vec<ConfigWarning> = table
             .keys()
             .filter(|k| !known_keys().contains(&k.as_str()))
-            .map(|k| ConfigWarning { key: k.clone() })
+            .map(|k| ConfigWarning {
+                key: k.clone(),
+                path: path.to_path_buf(),
+                did_you_mean: did_you_mean(k),
+            })
             .collect();
         warnings.sort_by(|a, b| a.key.cmp(&b.key));
         let keys: Keys = toml::from_str(text).map_err(|e| located(&e, text, path))?;
-        Ok((Self::from_keys(keys)?, warnings))
+        let config = Self::from_keys(keys).map_err(|e| match e {
+            // Name the file, and the unknown key that is probably the missing one misspelt.
+            ConfigError::Missing { key, .. } => ConfigError::Missing {
+                key,
+                path: path.to_path_buf(),
+                typo: warnings
+                    .iter()
+                    .find(|w| w.did_you_mean == Some(key))
+                    .map(|w| w.key.clone()),
+            },
+            other => other,
+        })?;
+        Ok((config, warnings))
     }
 
     /// Applies defaults, required keys and range checks to the keys as written.
     fn from_keys(k: Keys) -> Result<Config, ConfigError> {
         let metadata_base_url = url("metadata_base_url", k.metadata_base_url)?;
         let targets_base_url = url("targets_base_url", k.targets_base_url)?;
-        let seed_raw = k.seed.ok_or(ConfigError::Missing { key: "seed" })?;
+        let seed_raw = k.seed.ok_or(missing("seed"))?;
         let seed = Seed::new(seed_raw).map_err(|_| out_of_range("seed", seed_raw.into()))?;
         let mut c = Config::new(metadata_base_url, targets_base_url, seed);
         let set = |target: &mut PathBuf, key, value: Option<PathBuf>| {
@@ -342,6 +519,56 @@ impl Config {
     }
 }
 
+/// [`ConfigError::Missing`] before [`Config::parse`] names the file.
+fn missing(key: &'static str) -> ConfigError {
+    ConfigError::Missing {
+        key,
+        path: PathBuf::new(),
+        typo: None,
+    }
+}
+
+/// What to do about a missing required key.
+fn missing_hint(key: &str, typo: Option<&str>) -> String {
+    match typo {
+        Some(typo) => format!(": `{typo}` is not a key, did you mean `{key}`? Rename it"),
+        None => format!(": add `{key} = ...` (`man 5 updog.toml` lists every key)"),
+    }
+}
+
+/// The known key that `unknown` is most likely a misspelling of: the closest by edit distance,
+/// when it is close enough (about one edit in four characters, at most three) to be a typo
+/// rather than another key.
+pub fn did_you_mean(unknown: &str) -> Option<&'static str> {
+    let unknown = unknown.to_ascii_lowercase().replace('-', "_");
+    known_keys()
+        .iter()
+        .map(|k| (edit_distance(&unknown, k), *k))
+        .filter(|(d, k)| *d <= (k.len() / 4).clamp(1, 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance, counting an adjacent swap as one edit (a common typo).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    // Three rows: two back (for swaps), one back, current.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                cur[j] = cur[j].min(before[j - 2] + 1);
+            }
+        }
+        before = std::mem::replace(&mut prev, cur);
+    }
+    prev[b.len()]
+}
+
 fn path(key: &'static str, value: Option<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
     match value {
         Some(p) if p.as_os_str().is_empty() => Err(ConfigError::Invalid {
@@ -353,7 +580,7 @@ fn path(key: &'static str, value: Option<PathBuf>) -> Result<Option<PathBuf>, Co
 }
 
 fn url(key: &'static str, value: Option<String>) -> Result<Url, ConfigError> {
-    let s = value.ok_or(ConfigError::Missing { key })?;
+    let s = value.ok_or(missing(key))?;
     let url = Url::parse(&s).map_err(|e| ConfigError::Invalid {
         key,
         reason: format!("{s:?} is not a URL: {e}"),
@@ -752,6 +979,18 @@ mod tests {
         assert!(w.is_empty());
     }
 
+    #[test]
+    fn key_docs_cover_the_key_table_in_order_and_make_the_man_page() {
+        let documented: Vec<&str> = KEY_DOCS.iter().map(|k| k.key).collect();
+        assert_eq!(documented, known_keys(), "KEY_DOCS vs the key table");
+        let dir = tempfile::tempdir().unwrap();
+        let page = std::fs::read_to_string(write_man_page(dir.path()).unwrap()).unwrap();
+        for key in known_keys() {
+            let roff = format!("\\fB{}\\fR", key.replace('-', "\\-"));
+            assert!(page.contains(&roff), "{key} not in the man page");
+        }
+    }
+
     /// The README's configuration table lists exactly the keys of the key table.
     #[test]
     fn readme_table_lists_exactly_the_known_keys() {
@@ -772,6 +1011,58 @@ mod tests {
         assert_eq!(
             documented, known,
             "README configuration table vs the key table"
+        );
+    }
+
+    #[test]
+    fn typos_of_known_keys_are_suggested() {
+        for (typo, key) in [
+            ("metdata_base_url", Some("metadata_base_url")),
+            ("ignore_wave", Some("ignore_waves")),
+            ("IGNORE-WAVES", Some("ignore_waves")),
+            ("sede", Some("seed")),
+            ("retires", Some("retries")),
+            ("colour", None),
+            ("lock_file", None),
+        ] {
+            assert_eq!(did_you_mean(typo), key, "{typo}");
+        }
+        assert_eq!(edit_distance("abc", "abc"), 0);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+
+    #[test]
+    fn a_misspelt_required_key_is_named_with_the_file_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("updog.toml");
+        std::fs::write(
+            &path,
+            MINIMAL.replace("metadata_base_url", "metdata_base_url"),
+        )
+        .unwrap();
+        let e = Config::from_path(&path).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "configuration key `metadata_base_url` is required but missing from {}: \
+                 `metdata_base_url` is not a key, did you mean `metadata_base_url`? Rename it",
+                path.display()
+            )
+        );
+        std::fs::write(&path, "seed = 1\ntargets_base_url = \"file:///t/\"\n").unwrap();
+        let e = Config::from_path(&path).unwrap_err().to_string();
+        assert!(e.ends_with("add `metadata_base_url = ...` (`man 5 updog.toml` lists every key)"));
+        // An unknown optional key is a warning that names the file and the likely key.
+        std::fs::write(&path, format!("{MINIMAL}\nignore_wave = true\n")).unwrap();
+        let (_, w) = Config::from_path(&path).unwrap();
+        assert_eq!(
+            w[0].to_string(),
+            format!(
+                "unknown configuration key \"ignore_wave\" in {} ignored: did you mean \
+                 `ignore_waves`? (rename it, or it has no effect)",
+                path.display()
+            )
         );
     }
 

@@ -44,6 +44,14 @@ pub mod updater;
 
 mod staging;
 
+// What building a [`config::Config`] and reading a [`updater::Status`] or an
+// [`plan::UpdatePlan`] take, so an embedder needs no other crate (nor pins its version to ours).
+pub use bootpart::{ImageKind, SetId};
+pub use manifest::select::{NoUpdateReason, VersionLock};
+pub use semver::Version;
+pub use url::Url;
+pub use waves::{Seed, WaveTiming};
+
 // The README's Rust snippets, compiled by `cargo test --doc` so they keep matching the API.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

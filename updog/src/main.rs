@@ -158,7 +158,9 @@ impl From<UpdateError> for Failure {
 }
 
 fn main() -> ExitCode {
-    cli_support::docs::generate_if_asked(Args::command);
+    cli_support::docs::generate_if_asked_with(Args::command, |dir| {
+        Ok(vec![updog::config::write_man_page(dir)?])
+    });
     let args = Args::parse();
     cli_support::logging::init("updog", &args.global.log);
     match run(&args) {
@@ -241,7 +243,10 @@ fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
                 return Ok(updog::exit::SUCCESS);
             }
             let check = updater.check_cancellable(&opts, &cancel_on_signals()?)?;
-            Ok(print_check(&check, json))
+            let explain = |reason: &NoUpdateReason| {
+                updog::advice::explain_no_update(reason, updater.config(), &args.global.config)
+            };
+            Ok(print_check(&check, json, &explain))
         }
         Command::Prepare => {
             updater.list_updates(&CheckOptions::default())?;
@@ -292,7 +297,12 @@ fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
             Ok(updog::exit::SUCCESS)
         }
         Command::Status => {
-            let status = updater.status()?;
+            let mut status = updater.status()?;
+            // Best effort: who cannot open the disk cannot tell (and cannot be updating it).
+            status.busy = updater.busy().unwrap_or_else(|e| {
+                log::debug!("cannot tell whether the disk is locked: {e}");
+                None
+            });
             if json {
                 print_json(&status);
             } else {
@@ -343,7 +353,17 @@ fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
                         .next_boot
                         .map_or_else(|| "no bootable set".to_string(), |s| s.to_string())
                 );
-                println!("state:   {}", status.update_state);
+                match status.busy {
+                    Some(holder) => println!(
+                        "state:   busy: an update or boot-flag change is in progress ({} holds \
+                         the disk lock; the sets above are about to change): run `updog status` \
+                         again when it ends",
+                        holder
+                            .holder_pid
+                            .map_or_else(|| "another process".to_string(), |p| format!("pid {p}"))
+                    ),
+                    None => println!("state:   {}", status.update_state),
+                }
             }
             Ok(updog::exit::SUCCESS)
         }
@@ -378,7 +398,7 @@ fn print_no_update(reason: &NoUpdateReason, json: bool) {
 
 /// `check-update`: the update on stdout and exit 0, or why there is none and exit 1 (the
 /// reference's "no update available" is a failure, so scripts can test for an update).
-fn print_check(check: &Check, json: bool) -> u8 {
+fn print_check(check: &Check, json: bool, explain: &dyn Fn(&NoUpdateReason) -> String) -> u8 {
     match &check.outcome {
         CheckOutcome::Available(a) => {
             if json {
@@ -410,7 +430,10 @@ fn print_check(check: &Check, json: bool) -> u8 {
         }
         CheckOutcome::NoUpdate(reason) => {
             print_no_update(reason, json);
-            cli_support::logging::print_error("updog", &format!("No update available: {reason}"));
+            cli_support::logging::print_error(
+                "updog",
+                &format!("No update available: {}", explain(reason)),
+            );
             updog::exit::FAILURE
         }
     }
@@ -508,6 +531,11 @@ fn stage_with_signals(
         bar.finish();
     }
     let staged = match staged {
+        // A variant the repository does not offer is a mistake to report, not nothing to do.
+        // (`run` explains it in terms of the configuration.)
+        Err(UpdateError::NoUpdate(reason)) if updog::advice::is_misconfiguration(&reason) => {
+            return Err(UpdateError::NoUpdate(reason).into());
+        }
         Err(UpdateError::NoUpdate(reason)) => {
             if mode == ProgressMode::Json {
                 report_final(mode, &ProgressEvent::nothing_to_stage(&reason));

@@ -47,8 +47,13 @@ use crate::transport::Transport;
 pub use crate::plan::{PlanChange, PlannedImage, SignedTarget, UpdatePlan};
 pub use crate::status::UpdateState;
 
+mod busy;
 mod cancel;
+mod kind;
 mod postboot;
+
+pub use busy::Holder;
+pub use kind::ErrorKind;
 
 /// The TUF target that holds the manifest.
 pub use manifest::MANIFEST_TARGET;
@@ -170,6 +175,11 @@ pub struct Status {
     /// found none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub available: Option<manifest::Update>,
+    /// Another process holds the disk lock: an update or a boot-flag change is in progress,
+    /// and what this describes is about to change. [`Updater::status`] leaves it `None`
+    /// (it reads the disk only); [`Updater::busy`] finds it, and `updog status` shows both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busy: Option<Holder>,
 }
 
 /// What the inactive set holds, from its GPT bits alone.
@@ -1732,6 +1742,7 @@ impl Updater {
             update_state,
             failed_boots,
             available: None,
+            busy: None,
         })
     }
 }

@@ -41,7 +41,9 @@ fn main() -> ExitCode {
 }
 
 fn demo() -> Result<(), String> {
-    step("Building updog and signpost");
+    step(
+        "Building updog and signpost (the first run also builds their dependencies: a few minutes)",
+    );
     let bins = bin_dir();
     println!("binaries in {}", bins.display());
 
@@ -73,7 +75,11 @@ fn demo() -> Result<(), String> {
         host.config_path.display()
     );
 
-    step("The boot flags before the update: set A is running and boots next");
+    step(
+        "The boot flags before the update: set A is running and boots next (successful because \
+         OS images are built that way; the disk's \"boot has ever succeeded\" bit waits for its \
+         first `signpost mark-successful-boot`)",
+    );
     must("signpost status", host.signpost_cmd_with(&["status"]))?;
 
     step("Asking the repository what this host should take (verifying all TUF metadata first)");

@@ -498,7 +498,10 @@ fn edit_root(
     r.save(path)?;
     if dropped > 0 {
         eprintln!(
-            "updata: note: the change dropped {dropped} signature(s) of {}: sign it again",
+            "updata: note: the change dropped {dropped} signature(s) of {}: sign it again \
+             (`updata root sign {0} -k KEY`), or, for a root that is already published, \
+             publish it as the next version with `updata rotate-root REPO --root {0} -k OLD_KEY \
+             -k NEW_KEY`, which signs it",
             path.display()
         );
     }
