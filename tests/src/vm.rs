@@ -131,6 +131,17 @@ impl OsDisk {
             .map_err(|e| format!("writing {kind:?} of set {set}: {e}"))
     }
 
+    /// Formats the DATA partition as ext4 with `label` (made in `scratch`, then written in).
+    pub fn format_data(&self, scratch: &Path, label: &str) -> Result<()> {
+        let (_, len) = self.range(PartKind::Data, SetId::A)?;
+        let _ = std::fs::remove_file(scratch);
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", label])
+            .arg(scratch)
+            .arg(format!("{}K", len / 1024)))?;
+        self.write(PartKind::Data, SetId::A, scratch)
+    }
+
     /// sha256 of the first `len` bytes of a partition, read from the image file.
     pub fn hash(&self, kind: PartKind, set: SetId, len: u64) -> Result<String> {
         let (offset, part_len) = self.range(kind, set)?;

@@ -126,6 +126,19 @@ impl Run {
             .cloned()
             .flatten()
             .ok_or_else(|| format!("set {set} was picked but holds no release"))?;
+        let boot = self.launch(set, &version, ask)?;
+        let n = self.boots;
+        // The release that booted is the one the set holds ("Welcome to PRETTY_NAME!").
+        let welcome = format!("updog VM test OS {version}");
+        ensure(boot.printed(&welcome) || boot.ended == Ended::Cut, || {
+            format!("boot {n}: set {set} holds {version} but the console never said {welcome:?}")
+        })?;
+        self.check_bootable_sets_hold_releases()?;
+        Ok((set, version, boot))
+    }
+
+    /// Boots `set` (already picked by the bootloader) from its BOOT partition.
+    fn launch(&mut self, set: SetId, version: &str, ask: &Ask) -> Result<Boot> {
         self.boots += 1;
         let n = self.boots;
         let boot_img = self.work.join("boot.img");
@@ -143,9 +156,13 @@ impl Run {
         }
         let template = std::fs::read_to_string(&cmdline_file).map_err(|e| e.to_string())?;
         let root = self.disk.partuuid(PartKind::Root, set)?;
+        let hash = self.disk.partuuid(PartKind::Hash, set)?;
         let cmdline = format!(
             "{} {}",
-            template.trim().replace("${root_partuuid}", &root),
+            template
+                .trim()
+                .replace("${root_partuuid}", &root)
+                .replace("${hash_partuuid}", &hash),
             ask.extra
         );
         let log = self.work.join(format!("boot-{n:02}.log"));
@@ -176,11 +193,6 @@ impl Run {
             )),
             log.display()
         );
-        // The release that booted is the one the set holds ("Welcome to PRETTY_NAME!").
-        let welcome = format!("updog VM test OS {version}");
-        ensure(boot.printed(&welcome) || boot.ended == Ended::Cut, || {
-            format!("boot {n}: set {set} holds {version} but the console never said {welcome:?}")
-        })?;
         for bad in [
             "Failed to start has-boot-ever-succeeded",
             "has-boot-ever-succeeded.service: Failed",
@@ -190,8 +202,7 @@ impl Run {
                 format!("boot {n}: {bad:?} on the console ({})", log.display())
             })?;
         }
-        self.check_bootable_sets_hold_releases()?;
-        Ok((set, version, boot))
+        Ok(boot)
     }
 }
 
@@ -283,7 +294,14 @@ fn run_all() -> Result<Run> {
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
 
     let mut releases = BTreeMap::new();
-    for version in ["1.0.0", "1.1.0", "1.2.0", "1.3.0"] {
+    for version in [
+        "1.0.0",
+        "1.1.0",
+        "1.2.0",
+        "1.3.0",
+        "verity-1.0.0",
+        "verity-1.1.0",
+    ] {
         let dir = build.join(format!("os-{version}"));
         let mut images = Vec::new();
         for (kind, file) in [
@@ -324,6 +342,12 @@ fn run_all() -> Result<Run> {
     };
     let mut rng = fastrand::Rng::with_seed(seed);
     let poweroff = "vmtest.after=poweroff";
+
+    if std::env::var_os("VM_ONLY_VERITY").is_some() {
+        // For working on (f) alone.
+        verity(&mut run, poweroff)?;
+        return Ok(run);
+    }
 
     // (a) First boot: marked after boot-complete.target; updog.service stages, flips, reboots.
     let (set, _, boot) = run.boot(&Ask {
@@ -568,5 +592,122 @@ fn run_all() -> Result<Run> {
             }
         );
     }
+    verity(&mut run, poweroff)?;
     Ok(run)
+}
+
+/// (f) A Bottlerocket-like host: the root opened through dm-verity over the set's ROOT and
+/// HASH partitions by the initramfs (the root hash on the BOOT partition's command line), read
+/// only for good, `/var/lib/updog` on the DATA partition. The update boots through verity; a
+/// set whose HASH partition is wrong does not boot, and the host falls back and does not take
+/// that release again.
+fn verity(run: &mut Run, poweroff: &str) -> Result<()> {
+    let disk = OsDisk::create(&run.work.join("verity-disk.img"), Bits::new(1, 0, true))?;
+    let factory = run.build.join("os-verity-1.0.0");
+    disk.write(PartKind::Boot, SetId::A, &factory.join("boot.ext4"))?;
+    disk.write(PartKind::Root, SetId::A, &factory.join("root.ext4"))?;
+    disk.write(PartKind::Hash, SetId::A, &factory.join("root.verity"))?;
+    disk.format_data(&run.work.join("data.ext4"), "updog-data")?;
+    run.disk = disk;
+    let ask = Ask {
+        repo: "repo-verity.img",
+        extra: poweroff,
+        cut: None,
+    };
+    let (set, version, boot) = run.boot(&ask)?;
+    let n = run.boots;
+    ensure(set == SetId::A && version == "verity-1.0.0", || {
+        format!("boot {n}: expected A verity-1.0.0, got {set} {version}")
+    })?;
+    ensure(
+        boot.printed("VMTEST verity root opened") && boot.printed("root=ro dev=/dev/mapper/root"),
+        || format!("boot {n}: the root was not mounted read-only through dm-verity"),
+    )?;
+    expect_updog_success(n, &boot)?;
+    ensure(boot.ended == Ended::Reboot, || {
+        format!("boot {n}: no reboot after the update")
+    })?;
+    ensure(
+        run.content(SetId::B)?.as_deref() == Some("verity-1.1.0"),
+        || format!("boot {n}: B does not hold verity-1.1.0"),
+    )?;
+
+    // The new set boots through verity and is marked.
+    let (set, version, boot) = run.boot(&Ask {
+        repo: "repo-verity.img",
+        extra: "vmtest.updog=off vmtest.action=rollback",
+        cut: None,
+    })?;
+    let n = run.boots;
+    ensure(set == SetId::B && version == "verity-1.1.0", || {
+        format!("boot {n}: expected B verity-1.1.0, got {set} {version}")
+    })?;
+    ensure(boot.printed("root=ro dev=/dev/mapper/root"), || {
+        format!("boot {n}: B's root is not the verity device")
+    })?;
+    ensure(run.disk.bits(SetId::B)?.successful, || {
+        format!("boot {n}: B was not marked")
+    })?;
+    // (rolled back to A, which is marked and preferred again)
+
+    // A wrong HASH image on set B: it holds 1.1.0's ROOT and BOOT but the older tree.
+    let (_, b) = run.bits()?;
+    let wrong = run.build.join("os-verity-1.0.0/root.verity");
+    run.disk.write(PartKind::Hash, SetId::B, &wrong)?;
+    // Flip to B again as an update would (priority 2, one try, not successful), with cgpt.
+    let b_number = run.disk.number(PartKind::Boot, SetId::B)?;
+    let a_number = run.disk.number(PartKind::Boot, SetId::A)?;
+    for (number, args) in [
+        (b_number, ["-P", "2", "-T", "1", "-S", "0"]),
+        (a_number, ["-P", "1", "-T", "0", "-S", "1"]),
+    ] {
+        let out = std::process::Command::new("cgpt")
+            .args(["add", "-i", &number.to_string()])
+            .args(args)
+            .arg(&run.disk.image.path)
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure(out.status.success(), || "cgpt add failed".to_string())?;
+    }
+    let picked = run.disk.bootloader_pick()?;
+    ensure(picked == Some(SetId::B), || {
+        format!("expected set B to be tried, got {picked:?} (B was {b})")
+    })?;
+    let boot = run.launch(SetId::B, "verity-1.1.0 with a wrong HASH", &ask)?;
+    let n = run.boots;
+    ensure(!boot.printed("updog VM test OS"), || {
+        format!("boot {n}: a set with a wrong HASH partition booted its OS")
+    })?;
+    // The kernel's dm-verity refuses the blocks (the open itself only reads the superblock of
+    // the hash tree), so the root cannot be mounted and the initramfs reboots (panic=-1).
+    ensure(
+        boot.printed("device-mapper: verity") && boot.printed("is corrupted"),
+        || format!("boot {n}: dm-verity did not refuse the wrong HASH partition"),
+    )?;
+    ensure(boot.ended == Ended::Reboot, || {
+        format!("boot {n}: the failed boot did not reboot")
+    })?;
+    let b_after = run.disk.bits(SetId::B)?;
+    ensure(b_after == Bits::new(2, 0, false), || {
+        format!("boot {n}: set B {b_after} after a failed boot")
+    })?;
+
+    // The next boot is A, which does not take the release again (the record of the flip is on
+    // DATA, shared by both sets).
+    let (set, version, boot) = run.boot(&ask)?;
+    let n = run.boots;
+    ensure(set == SetId::A && version == "verity-1.0.0", || {
+        format!("boot {n}: expected the fallback A verity-1.0.0, got {set} {version}")
+    })?;
+    expect_updog_success(n, &boot)?;
+    ensure(boot.printed("1.1.0 failed to boot on this host"), || {
+        format!("boot {n}: updog did not say that 1.1.0 failed to boot")
+    })?;
+    ensure(boot.ended == Ended::PowerOff, || {
+        format!("boot {n}: rebooted into the failed release")
+    })?;
+    println!(
+        "  (f) ok: verity roots booted read-only through dm-verity; the update was staged and marked; a wrong HASH partition failed the boot and the host fell back to A"
+    );
+    Ok(())
 }
