@@ -56,6 +56,15 @@ struct Ask<'a> {
     cut: Option<Cut>,
 }
 
+/// A boot without a power cut.
+fn ask<'a>(repo: &'a str, extra: &'a str) -> Ask<'a> {
+    Ask {
+        repo,
+        extra,
+        cut: None,
+    }
+}
+
 fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<()> {
     if cond { Ok(()) } else { Err(what()) }
 }
@@ -135,6 +144,25 @@ impl Run {
         })?;
         self.check_bootable_sets_hold_releases()?;
         Ok((set, version, boot))
+    }
+
+    /// [`Run::boot`], failing unless the bootloader picked `set` holding `version` (when
+    /// given). Returns the boot's number and what it printed.
+    fn boot_expecting(
+        &mut self,
+        ask: &Ask,
+        set: SetId,
+        version: Option<&str>,
+    ) -> Result<(u32, Boot)> {
+        let (booted, held, boot) = self.boot(ask)?;
+        let n = self.boots;
+        ensure(booted == set && version.is_none_or(|v| v == held), || {
+            format!(
+                "boot {n}: expected set {set}{}, got set {booted} holding {held}",
+                version.map_or(String::new(), |v| format!(" holding {v}"))
+            )
+        })?;
+        Ok((n, boot))
     }
 
     /// Boots `set` (already picked by the bootloader) from its BOOT partition.
@@ -350,15 +378,7 @@ fn run_all() -> Result<Run> {
     }
 
     // (a) First boot: marked after boot-complete.target; updog.service stages, flips, reboots.
-    let (set, _, boot) = run.boot(&Ask {
-        repo: "repo-1.1.img",
-        extra: poweroff,
-        cut: None,
-    })?;
-    let n = run.boots;
-    ensure(set == SetId::A, || {
-        format!("boot {n}: the factory disk booted set {set}")
-    })?;
+    let (n, boot) = run.boot_expecting(&ask("repo-1.1.img", poweroff), SetId::A, None)?;
     expect_updog_success(n, &boot)?;
     ensure(boot.ended == Ended::Reboot, || {
         format!("boot {n}: no reboot after the update")
@@ -388,15 +408,11 @@ fn run_all() -> Result<Run> {
     );
 
     // (b) The new set boots and is marked; (d) signpost rollback-to-inactive goes back to A.
-    let (set, version, boot) = run.boot(&Ask {
-        repo: "repo-1.1.img",
-        extra: "vmtest.updog=off vmtest.action=rollback",
-        cut: None,
-    })?;
-    let n = run.boots;
-    ensure(set == SetId::B && version == "1.1.0", || {
-        format!("boot {n}: expected B 1.1.0, got {set} {version}")
-    })?;
+    let (n, boot) = run.boot_expecting(
+        &ask("repo-1.1.img", "vmtest.updog=off vmtest.action=rollback"),
+        SetId::B,
+        Some("1.1.0"),
+    )?;
     ensure(boot.printed("VMTEST action rollback status=0"), || {
         format!("boot {n}: rollback-to-inactive failed")
     })?;
@@ -422,15 +438,11 @@ fn run_all() -> Result<Run> {
         };
         if next == SetId::B {
             // The flip completed: B boots 1.1.0; roll back to A for the next cut.
-            let (set, version, boot) = run.boot(&Ask {
-                repo: "repo-1.1.img",
-                extra: "vmtest.updog=off vmtest.action=rollback",
-                cut: None,
-            })?;
-            let n = run.boots;
-            ensure(set == SetId::B && version == "1.1.0", || {
-                format!("boot {n}: expected B 1.1.0")
-            })?;
+            let (n, boot) = run.boot_expecting(
+                &ask("repo-1.1.img", "vmtest.updog=off vmtest.action=rollback"),
+                SetId::B,
+                Some("1.1.0"),
+            )?;
             ensure(boot.printed("VMTEST action rollback status=0"), || {
                 format!("boot {n}: rollback failed")
             })?;
@@ -448,15 +460,15 @@ fn run_all() -> Result<Run> {
             }
         };
         let cuts_before = run.cuts;
-        let (set, version, boot) = run.boot(&Ask {
-            repo: "repo-1.1.img",
-            extra: poweroff,
-            cut: Some(cut),
-        })?;
-        let n = run.boots;
-        ensure(set == SetId::A && version == "1.0.0", || {
-            format!("boot {n}: expected A 1.0.0, got {set} {version}")
-        })?;
+        let (n, boot) = run.boot_expecting(
+            &Ask {
+                repo: "repo-1.1.img",
+                extra: poweroff,
+                cut: Some(cut),
+            },
+            SetId::A,
+            Some("1.0.0"),
+        )?;
         if run.cuts == cuts_before {
             // The update finished before the cut: it must have succeeded.
             expect_updog_success(n, &boot)?;
@@ -485,28 +497,14 @@ fn run_all() -> Result<Run> {
         if b == Bits::new(2, 1, false) {
             break;
         }
-        let (set, _, boot) = run.boot(&Ask {
-            repo: "repo-1.1.img",
-            extra: poweroff,
-            cut: None,
-        })?;
-        let n = run.boots;
-        ensure(set == SetId::A, || format!("boot {n}: expected set A"))?;
+        let (n, boot) = run.boot_expecting(&ask("repo-1.1.img", poweroff), SetId::A, None)?;
         expect_updog_success(n, &boot)?;
         ensure(boot.ended == Ended::Reboot, || {
             format!("boot {n}: the re-run did not flip and reboot")
         })?;
     }
     // B boots 1.1.0, is marked, and takes 1.2.0 onto A.
-    let (set, version, boot) = run.boot(&Ask {
-        repo: "repo-1.2.img",
-        extra: poweroff,
-        cut: None,
-    })?;
-    let n = run.boots;
-    ensure(set == SetId::B && version == "1.1.0", || {
-        format!("boot {n}: expected B 1.1.0")
-    })?;
+    let (n, boot) = run.boot_expecting(&ask("repo-1.2.img", poweroff), SetId::B, Some("1.1.0"))?;
     expect_updog_success(n, &boot)?;
     ensure(run.disk.bits(SetId::B)?.successful, || {
         format!("boot {n}: B not marked")
@@ -522,28 +520,30 @@ fn run_all() -> Result<Run> {
     ] {
         if failing == "1.3.0" {
             // A newer release than the failed one is taken as usual.
-            let (set, _, boot) = run.boot(&Ask {
-                repo,
-                extra: poweroff,
-                cut: None,
-            })?;
-            let n = run.boots;
-            ensure(set == SetId::B, || format!("boot {n}: expected B"))?;
+            let (n, boot) = run.boot_expecting(
+                &Ask {
+                    repo,
+                    extra: poweroff,
+                    cut: None,
+                },
+                SetId::B,
+                None,
+            )?;
             expect_updog_success(n, &boot)?;
             ensure(run.content(SetId::A)?.as_deref() == Some("1.3.0"), || {
                 format!("boot {n}: A does not hold 1.3.0")
             })?;
         }
         // The failing release boots once, its check fails, it is never marked.
-        let (set, version, boot) = run.boot(&Ask {
-            repo,
-            extra: poweroff,
-            cut: None,
-        })?;
-        let n = run.boots;
-        ensure(set == SetId::A && version == failing, || {
-            format!("boot {n}: expected A {failing}, got {set} {version}")
-        })?;
+        let (n, boot) = run.boot_expecting(
+            &Ask {
+                repo,
+                extra: poweroff,
+                cut: None,
+            },
+            SetId::A,
+            Some(failing),
+        )?;
         ensure(
             boot.printed("VMTEST health check failing on purpose"),
             || format!("boot {n}: the health check did not run"),
@@ -562,15 +562,15 @@ fn run_all() -> Result<Run> {
         }
         // The next boot is the old set, and updog does not take the failed release again.
         let before = run.bits()?;
-        let (set, version, boot) = run.boot(&Ask {
-            repo,
-            extra: poweroff,
-            cut: None,
-        })?;
-        let n = run.boots;
-        ensure(set == SetId::B && version == "1.1.0", || {
-            format!("boot {n}: expected the fallback B 1.1.0, got {set} {version}")
-        })?;
+        let (n, boot) = run.boot_expecting(
+            &Ask {
+                repo,
+                extra: poweroff,
+                cut: None,
+            },
+            SetId::B,
+            Some("1.1.0"),
+        )?;
         expect_updog_success(n, &boot)?;
         ensure(
             boot.printed(&format!("{failing} failed to boot on this host")),
@@ -609,16 +609,8 @@ fn verity(run: &mut Run, poweroff: &str) -> Result<()> {
     disk.write(PartKind::Hash, SetId::A, &factory.join("root.verity"))?;
     disk.format_data(&run.work.join("data.ext4"), "updog-data")?;
     run.disk = disk;
-    let ask = Ask {
-        repo: "repo-verity.img",
-        extra: poweroff,
-        cut: None,
-    };
-    let (set, version, boot) = run.boot(&ask)?;
-    let n = run.boots;
-    ensure(set == SetId::A && version == "verity-1.0.0", || {
-        format!("boot {n}: expected A verity-1.0.0, got {set} {version}")
-    })?;
+    let plain = ask("repo-verity.img", poweroff);
+    let (n, boot) = run.boot_expecting(&plain, SetId::A, Some("verity-1.0.0"))?;
     ensure(
         boot.printed("VMTEST verity root opened") && boot.printed("root=ro dev=/dev/mapper/root"),
         || format!("boot {n}: the root was not mounted read-only through dm-verity"),
@@ -633,15 +625,11 @@ fn verity(run: &mut Run, poweroff: &str) -> Result<()> {
     )?;
 
     // The new set boots through verity and is marked.
-    let (set, version, boot) = run.boot(&Ask {
-        repo: "repo-verity.img",
-        extra: "vmtest.updog=off vmtest.action=rollback",
-        cut: None,
-    })?;
-    let n = run.boots;
-    ensure(set == SetId::B && version == "verity-1.1.0", || {
-        format!("boot {n}: expected B verity-1.1.0, got {set} {version}")
-    })?;
+    let (n, boot) = run.boot_expecting(
+        &ask("repo-verity.img", "vmtest.updog=off vmtest.action=rollback"),
+        SetId::B,
+        Some("verity-1.1.0"),
+    )?;
     ensure(boot.printed("root=ro dev=/dev/mapper/root"), || {
         format!("boot {n}: B's root is not the verity device")
     })?;
@@ -673,7 +661,7 @@ fn verity(run: &mut Run, poweroff: &str) -> Result<()> {
     ensure(picked == Some(SetId::B), || {
         format!("expected set B to be tried, got {picked:?} (B was {b})")
     })?;
-    let boot = run.launch(SetId::B, "verity-1.1.0 with a wrong HASH", &ask)?;
+    let boot = run.launch(SetId::B, "verity-1.1.0 with a wrong HASH", &plain)?;
     let n = run.boots;
     ensure(!boot.printed("updog VM test OS"), || {
         format!("boot {n}: a set with a wrong HASH partition booted its OS")
@@ -694,11 +682,7 @@ fn verity(run: &mut Run, poweroff: &str) -> Result<()> {
 
     // The next boot is A, which does not take the release again (the record of the flip is on
     // DATA, shared by both sets).
-    let (set, version, boot) = run.boot(&ask)?;
-    let n = run.boots;
-    ensure(set == SetId::A && version == "verity-1.0.0", || {
-        format!("boot {n}: expected the fallback A verity-1.0.0, got {set} {version}")
-    })?;
+    let (n, boot) = run.boot_expecting(&plain, SetId::A, Some("verity-1.0.0"))?;
     expect_updog_success(n, &boot)?;
     ensure(boot.printed("1.1.0 failed to boot on this host"), || {
         format!("boot {n}: updog did not say that 1.1.0 failed to boot")
