@@ -487,6 +487,10 @@ fn run_all() -> Result<Run> {
         )?;
     }
     println!(
+        "  (e): {} of the cuts left one GPT copy invalid (cut between the two writes of the flip); the bootloader repaired it from the other, as GRUB's gptprio does",
+        run.disk.repairs.get()
+    );
+    println!(
         "  (e) ok: {} power cuts (seed {seed}); {updates_completed} updates finished before their cut; every boot was the old set unless the flip completed",
         run.cuts
     );
