@@ -506,6 +506,69 @@ fn check_top_level(
     )
 }
 
+/// Parses one top-level metadata file of `role` received from a repository and makes the
+/// checks the client makes on every such file before it compares versions, hashes and expiry:
+/// the envelope and `_type`, the canonical JSON of `signed` (what signatures are over), repeated
+/// signatures, `version >= 1`, the role's structural rules (root's key and role listing,
+/// targets' delegations, whose path patterns are also matched against the file's own target
+/// names), and the signature threshold: for `root`, its own; for the other roles, that of
+/// `root`'s keys for the role (each signature's hex and each key's encoding are decoded there).
+/// Returns the file's version.
+///
+/// This is a standalone entry point into the parsing [`Repository::load`] does (the fuzz
+/// targets in `fuzz/` call it); it does not make a repository trusted. A delegated role is
+/// refused (`root` does not list its keys).
+pub fn check_metadata(role: &Role, bytes: &[u8], root: &Root) -> Result<u64, Error> {
+    match role {
+        Role::Root => {
+            let (env, new) = parse::<Root>(role, bytes)?;
+            new.check()?;
+            check_top_level(&new, role, new.version(), &env)?;
+            Ok(new.version())
+        }
+        Role::Timestamp => {
+            let (env, new) = parse::<Timestamp>(role, bytes)?;
+            check_top_level(root, role, new.version(), &env)?;
+            Ok(new.version())
+        }
+        Role::Snapshot => {
+            let (env, new) = parse::<Snapshot>(role, bytes)?;
+            check_top_level(root, role, new.version(), &env)?;
+            Ok(new.version())
+        }
+        Role::Targets | Role::Delegated(_) => {
+            let (env, new) = parse::<Targets>(role, bytes)?;
+            new.check(role)?;
+            if let Some(delegations) = &new.delegations {
+                for d in &delegations.roles {
+                    for name in new.targets.keys() {
+                        pattern::delegation_matches(
+                            d.paths.as_deref(),
+                            d.path_hash_prefixes.as_deref(),
+                            name,
+                        );
+                    }
+                }
+            }
+            check_top_level(root, role, new.version(), &env)?;
+            Ok(new.version())
+        }
+    }
+}
+
+/// The canonical JSON (OLPC, byte for byte what `olpc_cjson` writes for the document read into
+/// a `serde_json::Value`) of one JSON document, made the way the client makes it for the
+/// `signed` object of every metadata file (while parsing, without a `Value` tree). `Ok(None)`
+/// when the document has no canonical form (it holds a float). An entry point for the fuzz
+/// targets in `fuzz/`, which compare it with `olpc_cjson`.
+pub fn canonical_json(bytes: &[u8]) -> Result<Option<Vec<u8>>, serde_json::Error> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let canon = canonical::CanonSeed::new().deserialize(&mut de)?;
+    de.end()?;
+    Ok(canon.unrepresentable.is_none().then_some(canon.bytes))
+}
+
 impl Repository {
     /// Runs the client workflow (steps 5.1 to 5.6.6) against `transport`, starting from the
     /// trusted-metadata directory `opts.datastore`, and persists what it accepts there.
