@@ -34,15 +34,17 @@ pub mod os_release;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
-pub mod publish;
 pub mod reboot;
 pub mod status;
 pub mod steps;
-pub mod transport;
-pub mod tuf;
 pub mod updater;
 
 mod staging;
+
+// The TUF client and its transports are the `tuf` crate; re-exported so that an agent can name
+// what `Updater` takes and returns (`updog::tuf::Repository`, `updog::transport::HttpOptions`)
+// without depending on it separately.
+pub use tuf::{self, transport};
 
 // What building a [`config::Config`] and reading a [`updater::Status`] or an
 // [`plan::UpdatePlan`] take, so an embedder needs no other crate (nor pins its version to ours).

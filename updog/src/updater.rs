@@ -995,7 +995,7 @@ impl Updater {
             manifest,
             &self.os.version_id,
             &update.version,
-            repo,
+            &crate::migrations::TufSource(repo),
         )
         .map_err(UpdateError::MigrationPlan)?;
         Ok(UpdatePlan {
@@ -1235,7 +1235,7 @@ impl Updater {
         });
         migrations_fetch::fetch(
             &plan.migration_plan,
-            repo,
+            &crate::migrations::TufSource(repo),
             &migrations_fetch::CacheDirs::new(
                 &self.config.migrations_dir,
                 &self.config.migrations_metadata_dir,
