@@ -141,6 +141,7 @@ impl std::fmt::Display for ConfigWarning {
 
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("reading configuration {path}: {source}")]

@@ -171,6 +171,7 @@ impl ProxyConfig {
 
 /// Why an [`HttpTransport`] could not be set up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HttpSetupError {
     /// The proxy setting is not a usable URL.
     #[error("invalid proxy {proxy:?}")]

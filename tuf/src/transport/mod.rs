@@ -175,6 +175,7 @@ impl TransportError {
 
 /// The kinds of transport failure a caller must tell apart.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportErrorKind {
     /// The file does not exist (HTTP 404/403/410, or no such file). The TUF client treats a
     /// missing `N+1.root.json` as "no newer root", so this kind must not be used for anything else.
