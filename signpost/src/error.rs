@@ -37,6 +37,24 @@ pub enum Error {
         /// Its state.
         state: SetState,
     },
+    /// The transition would leave the disk with no set the bootloader could boot, or take away
+    /// the last set that booted successfully and that the bootloader would fall back to.
+    #[error(
+        "{operation} refused: afterwards (set A {a}; set B {b}) {}; nothing was changed. Mark the running set {active} good first (signpost mark-successful-boot, run by mark-successful-boot.service once the health checks pass)",
+        if *.no_set_boots { "no set would boot" } else { "no set that booted successfully would be left to fall back to if the next boot fails" }
+    )]
+    WouldLeaveNoFallback {
+        /// The CLI name of the transition.
+        operation: &'static str,
+        /// The running set.
+        active: SetId,
+        /// Set A as the transition would leave it.
+        a: SetState,
+        /// Set B as the transition would leave it.
+        b: SetState,
+        /// Whether no set at all would boot (else: only unconfirmed ones would).
+        no_set_boots: bool,
+    },
     /// An operation on the inactive set of a disk that has only one set.
     #[error("{operation} needs set {inactive}, but the disk has a single partition set")]
     SingleSet {

@@ -304,27 +304,101 @@ impl BootFlags {
         Some(set)
     }
 
-    /// Applies one transition (see the methods of the same name).
+    /// Applies one transition (see the methods of the same name), unless it would take away
+    /// the disk's fallback: a transition is refused with [`Error::WouldLeaveNoFallback`] when
+    /// before it the bootloader could boot a set and afterwards it could boot none, or when
+    /// before it a set that booted successfully was reachable (see
+    /// [`BootFlags::reaches_a_confirmed_set`]) and afterwards none is. Marking a boot
+    /// successful only adds a confirmed set and is never refused for this. On any error the
+    /// flags are unchanged.
     pub fn apply(&mut self, transition: Transition) -> Result<(), Error> {
+        let mut after = *self;
+        after.apply_unchecked(transition)?;
+        let lost_boot = self.next_boot().is_some() && after.next_boot().is_none();
+        let lost_fallback = self.reaches_a_confirmed_set() && !after.reaches_a_confirmed_set();
+        if transition != Transition::MarkSuccessfulBoot && (lost_boot || lost_fallback) {
+            let state = |f: &BootFlags, set| f.state(set).unwrap_or_default();
+            return Err(Error::WouldLeaveNoFallback {
+                operation: transition.name(),
+                active: self.active,
+                a: state(&after, SetId::A),
+                b: state(&after, SetId::B),
+                no_set_boots: lost_boot,
+            });
+        }
+        *self = after;
+        Ok(())
+    }
+
+    /// The transition as the reference defines it, without the fallback rule.
+    fn apply_unchecked(&mut self, transition: Transition) -> Result<(), Error> {
         match transition {
-            Transition::ClearInactive => self.clear_inactive(),
-            Transition::MarkInactiveValid => self.mark_inactive_valid(),
-            Transition::UpgradeToInactive => self.upgrade_to_inactive(),
-            Transition::CancelUpgrade => self.cancel_upgrade(),
-            Transition::RollbackToInactive => self.rollback_to_inactive(),
-            Transition::MarkSuccessfulBoot => self.mark_successful_boot(),
+            Transition::ClearInactive => self.raw_clear_inactive(),
+            Transition::MarkInactiveValid => self.raw_mark_inactive_valid(),
+            Transition::UpgradeToInactive => self.raw_upgrade_to_inactive(),
+            Transition::CancelUpgrade => self.raw_cancel_upgrade(),
+            Transition::RollbackToInactive => self.raw_rollback_to_inactive(),
+            Transition::MarkSuccessfulBoot => self.raw_mark_successful_boot(),
         }
     }
 
-    /// Inactive set: priority 0, tries 0, not successful. Run before writing images to it.
+    /// Whether the bootloader reaches a set that booted successfully before, even if every boot
+    /// of a set not yet confirmed fails: boots are simulated (the chosen set loses a try) until
+    /// a successful set is chosen, or none is bootable.
+    pub fn reaches_a_confirmed_set(&self) -> bool {
+        let mut flags = *self;
+        // Each simulated boot of an unconfirmed set uses up one of at most 15 tries per set.
+        for _ in 0..=2 * usize::from(FIELD_MAX) + 1 {
+            let Some(set) = flags.next_boot() else {
+                return false;
+            };
+            if flags.state(set).is_some_and(|s| s.successful) {
+                return true;
+            }
+            flags.simulate_boot();
+        }
+        false
+    }
+
+    /// `clear-inactive` (see [`BootFlags::apply`] for the fallback rule).
     pub fn clear_inactive(&mut self) -> Result<(), Error> {
+        self.apply(Transition::ClearInactive)
+    }
+
+    /// `mark-inactive-valid` (see [`BootFlags::apply`]).
+    pub fn mark_inactive_valid(&mut self) -> Result<(), Error> {
+        self.apply(Transition::MarkInactiveValid)
+    }
+
+    /// `upgrade-to-inactive` (see [`BootFlags::apply`]).
+    pub fn upgrade_to_inactive(&mut self) -> Result<(), Error> {
+        self.apply(Transition::UpgradeToInactive)
+    }
+
+    /// `cancel-upgrade` (see [`BootFlags::apply`]).
+    pub fn cancel_upgrade(&mut self) -> Result<(), Error> {
+        self.apply(Transition::CancelUpgrade)
+    }
+
+    /// `rollback-to-inactive` (see [`BootFlags::apply`]).
+    pub fn rollback_to_inactive(&mut self) -> Result<(), Error> {
+        self.apply(Transition::RollbackToInactive)
+    }
+
+    /// `mark-successful-boot` (see [`BootFlags::apply`]).
+    pub fn mark_successful_boot(&mut self) -> Result<(), Error> {
+        self.apply(Transition::MarkSuccessfulBoot)
+    }
+
+    /// Inactive set: priority 0, tries 0, not successful. Run before writing images to it.
+    fn raw_clear_inactive(&mut self) -> Result<(), Error> {
         self.inactive_state(Transition::ClearInactive)?;
         self.set_state(self.inactive(), SetState::default());
         Ok(())
     }
 
     /// Inactive set: tries left 1, priority unchanged (it holds a complete, verified image).
-    pub fn mark_inactive_valid(&mut self) -> Result<(), Error> {
+    fn raw_mark_inactive_valid(&mut self) -> Result<(), Error> {
         let (mut inactive, _) = self.inactive_state(Transition::MarkInactiveValid)?;
         inactive.tries_left = 1;
         self.set_state(self.inactive(), inactive);
@@ -336,7 +410,7 @@ impl BootFlags {
     ///
     /// Errors: [`Error::InactiveAlreadyMarked`] when the inactive set has a priority or is
     /// marked successful; [`Error::InactiveNotValid`] when it has no tries left.
-    pub fn upgrade_to_inactive(&mut self) -> Result<(), Error> {
+    fn raw_upgrade_to_inactive(&mut self) -> Result<(), Error> {
         let (mut inactive, active) = self.inactive_state(Transition::UpgradeToInactive)?;
         let set = self.inactive();
         if inactive.priority != 0 || inactive.successful {
@@ -358,7 +432,7 @@ impl BootFlags {
 
     /// Undoes [`BootFlags::upgrade_to_inactive`]: inactive priority 0, active priority 2; tries
     /// and successful bits are kept.
-    pub fn cancel_upgrade(&mut self) -> Result<(), Error> {
+    fn raw_cancel_upgrade(&mut self) -> Result<(), Error> {
         let (mut inactive, mut active) = self.inactive_state(Transition::CancelUpgrade)?;
         inactive.priority = 0;
         active.priority = PRIORITY_PREFERRED;
@@ -370,7 +444,7 @@ impl BootFlags {
     ///
     /// Errors: [`Error::InactiveNotBootable`] unless the inactive set booted successfully
     /// before, or has both a priority and tries left.
-    pub fn rollback_to_inactive(&mut self) -> Result<(), Error> {
+    fn raw_rollback_to_inactive(&mut self) -> Result<(), Error> {
         let (inactive, active) = self.inactive_state(Transition::RollbackToInactive)?;
         if !inactive.can_roll_back_to() {
             return Err(Error::InactiveNotBootable {
@@ -385,7 +459,7 @@ impl BootFlags {
     /// Active set successful, and PRIVATE bit 57 ("a boot has ever succeeded") set.
     ///
     /// Errors: [`Error::NoPrivatePartition`] without a PRIVATE partition (nothing changes).
-    pub fn mark_successful_boot(&mut self) -> Result<(), Error> {
+    fn raw_mark_successful_boot(&mut self) -> Result<(), Error> {
         let mut active = self.active_state()?;
         let Some(mut private) = self.private else {
             return Err(Error::NoPrivatePartition {
@@ -603,7 +677,13 @@ mod tests {
     /// Checks one transition from one starting point against the reference semantics.
     fn check(before: BootFlags, t: Transition) {
         let mut after = before;
-        let result = after.apply(t);
+        let result = after.apply_unchecked(t);
+        // The fallback rule depends on which priority is highest, not on its value: priorities
+        // up to 3 cover every ordering (and keep this exhaustive test fast); tries cover 0-15.
+        let low = |set| before.state(set).is_some_and(|s| s.priority <= 3);
+        if low(SetId::A) && low(SetId::B) {
+            check_fallback_rule(before, t, &result, after);
+        }
         let act = before.active;
         let ina = before.inactive();
         let (a0, i0) = (before.state(act).unwrap(), before.state(ina).unwrap());
@@ -702,6 +782,135 @@ mod tests {
         if t != Transition::MarkSuccessfulBoot {
             assert_eq!(x, y, "{t} touched PRIVATE");
         }
+    }
+
+    /// GRUB's loop, written out independently: the highest priority among bootable sets, in
+    /// table order, keeping only a strictly higher one.
+    fn literal_pick(f: &BootFlags) -> Option<SetId> {
+        let mut found: Option<(SetId, u8)> = None;
+        for set in [SetId::A, SetId::B] {
+            let Some(s) = f.state(set) else { continue };
+            if (s.tries_left > 0 || s.successful) && s.priority > found.map_or(0, |(_, p)| p) {
+                found = Some((set, s.priority));
+            }
+        }
+        found.map(|(set, _)| set)
+    }
+
+    /// Worst case: every boot of an unconfirmed set fails. Does the bootloader still come to
+    /// a set that booted successfully?
+    fn worst_case_reaches_confirmed(mut f: BootFlags) -> bool {
+        while let Some(set) = literal_pick(&f) {
+            let mut s = f.state(set).unwrap();
+            if s.successful {
+                return true;
+            }
+            s.tries_left -= 1;
+            f.set_state(set, s);
+        }
+        false
+    }
+
+    /// The fallback rule of `apply`: it refuses exactly the reference transitions that lose the
+    /// last bootable set or the last reachable confirmed one, and changes nothing when it does.
+    fn check_fallback_rule(
+        before: BootFlags,
+        t: Transition,
+        reference: &Result<(), Error>,
+        reference_after: BootFlags,
+    ) {
+        let mut checked = before;
+        let guarded = checked.apply(t);
+        let loses = t != Transition::MarkSuccessfulBoot
+            && ((literal_pick(&before).is_some() && literal_pick(&reference_after).is_none())
+                || (worst_case_reaches_confirmed(before)
+                    && !worst_case_reaches_confirmed(reference_after)));
+        match (reference, guarded) {
+            (Err(_), Err(_)) => assert_eq!(checked, before),
+            (Ok(()), Ok(())) => {
+                assert!(!loses, "{t} from {before:?} lost the fallback");
+                assert_eq!(checked, reference_after);
+            }
+            (Ok(()), Err(Error::WouldLeaveNoFallback { .. })) => {
+                assert!(loses, "{t} from {before:?} refused without cause");
+                assert_eq!(checked, before);
+            }
+            (r, g) => panic!("{t} from {before:?}: reference {r:?}, guarded {g:?}"),
+        }
+    }
+
+    /// Issue 24's cases: reverting (cancel-upgrade) while the running set was never confirmed
+    /// and the other set is the confirmed one, and clearing that set, are refused; so is a
+    /// revert that leaves no set bootable at all.
+    #[test]
+    fn operations_that_would_take_away_the_last_fallback_are_refused() {
+        let st = |p, t, s| SetState::new(p, t, s).unwrap();
+        // Running A, never confirmed; B booted before and is preferred.
+        let f = flags(SetId::A, st(1, 0, false), st(2, 0, true), 0);
+        for t in [Transition::CancelUpgrade, Transition::ClearInactive] {
+            let mut g = f;
+            let err = g.apply(t).unwrap_err();
+            assert!(
+                matches!(err, Error::WouldLeaveNoFallback { .. }),
+                "{t}: {err}"
+            );
+            assert_eq!(g, f);
+            assert!(err.to_string().contains("mark-successful-boot"), "{err}");
+        }
+        // Running A unconfirmed, B applied and untried: reverting would leave nothing bootable.
+        let f = flags(SetId::A, st(1, 0, false), st(2, 1, false), 0);
+        let err = f.clone().apply(Transition::CancelUpgrade).unwrap_err();
+        assert!(err.to_string().contains("no set would boot"), "{err}");
+        // Once A is marked, both go through.
+        let mut g = f;
+        g.mark_successful_boot().unwrap();
+        g.cancel_upgrade().unwrap();
+        g.clear_inactive().unwrap();
+    }
+
+    /// From a factory disk (set A confirmed), every sequence of transitions, boots that are
+    /// marked and boots that fail, explored breadth first, never reaches a disk where no set
+    /// boots or no confirmed set is reachable.
+    #[test]
+    fn no_reachable_state_loses_the_fallback() {
+        use std::collections::{HashSet, VecDeque};
+        let factory = flags(
+            SetId::A,
+            SetState::new(1, 0, true).unwrap(),
+            SetState::default(),
+            0,
+        );
+        let mut seen = HashSet::from([factory]);
+        let mut queue = VecDeque::from([factory]);
+        while let Some(f) = queue.pop_front() {
+            assert!(literal_pick(&f).is_some(), "nothing boots: {f:?}");
+            assert!(
+                worst_case_reaches_confirmed(f),
+                "no confirmed fallback: {f:?}"
+            );
+            let mut next = Vec::new();
+            for t in Transition::ALL {
+                let mut g = f;
+                if g.apply(t).is_ok() {
+                    next.push(g);
+                }
+            }
+            // A reboot: the bootloader picks a set (one try used); it runs it, and the boot is
+            // either marked or not.
+            let mut booted = f;
+            if let Some(set) = booted.simulate_boot() {
+                booted.active = set;
+                next.push(booted);
+                booted.mark_successful_boot().unwrap();
+                next.push(booted);
+            }
+            for g in next {
+                if seen.insert(g) {
+                    queue.push_back(g);
+                }
+            }
+        }
+        assert!(seen.len() > 20, "explored only {} states", seen.len());
     }
 
     #[test]

@@ -250,3 +250,51 @@ fn no_early_unit_writes_where_a_read_only_root_forbids_it() {
     }
     assert!(early > 0, "no early unit found in {}", dir.display());
 }
+
+/// Reverting a flip (`updog update-revert`, `signpost cancel-upgrade`) or clearing the other
+/// set while the running set was never confirmed and the other set is the one that booted
+/// before would leave the disk with no confirmed set to fall back to (issue 24, finding 2:
+/// A = (2, 0, 0), B = (0, 0, 1) after the revert, nothing bootable if A fails). Both binaries
+/// refuse, name the way out, and leave the disk as it was.
+#[test]
+fn no_command_takes_away_the_last_confirmed_fallback() {
+    let spec = RepoSpec::two_releases();
+    // Running A, never marked (its try used up); B booted before and is preferred (a rollback
+    // to B was asked for from this boot).
+    let a = SetState::new(1, 0, false).unwrap();
+    let b = SetState::new(2, 0, true).unwrap();
+    let host = Host::with_disk(
+        &spec,
+        "1.0.0",
+        fixtures::disk::DiskImageBuilder::new().attributes(5, b.apply_to(0)),
+    );
+    if !fixtures::gate::require_tool("cgpt", "--help") {
+        return;
+    }
+    // Set A's BOOT partition is number 1; cgpt writes its bits (Host marks it booted OK).
+    let out = std::process::Command::new("cgpt")
+        .args(["add", "-i", "1", "-P", "1", "-T", "0", "-S", "0"])
+        .arg(&host.disk_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(state(&host, SetId::A), a);
+    let before = host.disk.bytes().unwrap();
+    let out = host.updog(&["update-revert"]);
+    assert_eq!(code(&out), 1, "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cancel-upgrade refused") && err.contains("mark-successful-boot"),
+        "{err}"
+    );
+    for args in [["cancel-upgrade"], ["clear-inactive"]] {
+        let out = host.signpost_cmd().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("refused"),
+            "{}",
+            describe(&out)
+        );
+    }
+    assert!(host.disk.bytes().unwrap() == before, "the disk changed");
+}

@@ -149,30 +149,45 @@ impl FailedBoots {
         self.failed.iter().any(|f| &f.version == version)
     }
 
-    /// Adds `failed` to the list at `path` (unless its version is there already) and writes it
-    /// atomically, keeping the newest [`MAX_REMEMBERED`].
+    /// Adds `failed` (unless its version is listed already), keeping the newest
+    /// [`MAX_REMEMBERED`]. Whether the list changed.
+    pub fn add(&mut self, failed: FailedBoot) -> bool {
+        if self.contains(&failed.version) {
+            return false;
+        }
+        self.failed.push(failed);
+        let excess = self.failed.len().saturating_sub(MAX_REMEMBERED);
+        self.failed.drain(..excess);
+        true
+    }
+
+    /// Removes `version`. Whether the list changed.
+    pub fn remove(&mut self, version: &Version) -> bool {
+        let before = self.failed.len();
+        self.failed.retain(|f| &f.version != version);
+        self.failed.len() != before
+    }
+
+    /// Adds `failed` to the list at `path` and writes it, unless it was listed already.
     pub fn remember(path: &Path, failed: &FailedBoot) -> Result<(), RememberError> {
         let mut list = Self::read(path);
-        if list.contains(&failed.version) {
-            return Ok(());
+        if list.add(failed.clone()) {
+            list.write(path)?;
         }
-        list.failed.push(failed.clone());
-        let excess = list.failed.len().saturating_sub(MAX_REMEMBERED);
-        list.failed.drain(..excess);
-        list.write(path)
+        Ok(())
     }
 
     /// Removes `version` from the list at `path`, if it is there.
     pub fn forget(path: &Path, version: &Version) -> Result<(), RememberError> {
         let mut list = Self::read(path);
-        if !list.contains(version) {
-            return Ok(());
+        if list.remove(version) {
+            list.write(path)?;
         }
-        list.failed.retain(|f| &f.version != version);
-        list.write(path)
+        Ok(())
     }
 
-    fn write(&self, path: &Path) -> Result<(), RememberError> {
+    /// Writes the list atomically to `path`.
+    pub fn write(&self, path: &Path) -> Result<(), RememberError> {
         let err = |source| RememberError {
             path: path.to_path_buf(),
             source,

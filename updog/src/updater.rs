@@ -710,8 +710,7 @@ impl Updater {
         Manifest::from_slice(&bytes).map_err(|e| UpdateError::Manifest(Box::new(e)))
     }
 
-    fn request(&self, opts: &CheckOptions) -> SelectionRequest {
-        let failed_versions = self.failed_boots().versions();
+    fn request(&self, opts: &CheckOptions, failed_versions: Vec<Version>) -> SelectionRequest {
         SelectionRequest {
             variant: self.os.variant_id.clone(),
             arch: self.os.arch.clone(),
@@ -732,37 +731,36 @@ impl Updater {
     /// disk or file that cannot be read or written leaves the list as it is.
     pub fn failed_boots(&self) -> FailedBoots {
         let path = FailedBoots::path_for(&self.config.state_file);
+        let mut list = FailedBoots::read(&path);
         let Ok(sp) = self.read_only_gpt() else {
-            return FailedBoots::read(&path);
+            return list;
         };
         let flags = sp.flags();
+        let mut changed = false;
         if let Ok(Some(record)) = StagedRecord::read(&self.config.state_file)
             && let Some(failed) = FailedBoot::detect(&record, &flags)
-            && !FailedBoots::read(&path).contains(&failed.version)
+            && list.add(failed.clone())
         {
             log::warn!(
                 "{} was flipped to on set {} and failed to boot (the set was tried and never marked successful); it is not taken again automatically",
                 failed.version,
                 failed.set
             );
-            if let Err(e) = FailedBoots::remember(&path, &failed) {
-                log::debug!("{e}");
-                let mut list = FailedBoots::read(&path);
-                list.failed.push(failed);
-                return list;
-            }
+            changed = true;
         }
         let running_ok = flags.state(flags.active).is_some_and(|s| s.successful);
-        if running_ok && FailedBoots::read(&path).contains(&self.os.version_id) {
+        if running_ok && list.remove(&self.os.version_id) {
             log::info!(
                 "{} failed to boot here before but is running and marked successful now; it is no longer skipped",
                 self.os.version_id
             );
-            if let Err(e) = FailedBoots::forget(&path, &self.os.version_id) {
-                log::debug!("{e}");
-            }
+            changed = true;
         }
-        FailedBoots::read(&path)
+        // Best effort: a list that cannot be written still holds for this run.
+        if changed && let Err(e) = list.write(&path) {
+            log::debug!("{e}");
+        }
+        list
     }
 
     fn select(
@@ -771,7 +769,7 @@ impl Updater {
         manifest: &Manifest,
         opts: &CheckOptions,
     ) -> Result<CheckOutcome, UpdateError> {
-        let request = self.request(opts);
+        let request = self.request(opts, self.failed_boots().versions());
         match manifest::select::select_update(manifest, &request) {
             Selection::NoUpdate(reason) => {
                 log::info!(
@@ -857,7 +855,7 @@ impl Updater {
     pub fn list_updates(&self, opts: &CheckOptions) -> Result<Vec<manifest::Update>, UpdateError> {
         let repo = self.load_repository()?;
         let manifest = Self::load_manifest(&repo)?;
-        let updates = manifest::select::ready_updates(&manifest, &self.request(opts))
+        let updates = manifest::select::ready_updates(&manifest, &self.request(opts, Vec::new()))
             .into_iter()
             .cloned()
             .collect();
