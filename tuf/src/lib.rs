@@ -1,5 +1,11 @@
 //! The TUF client: the specification's detailed client workflow (section 5), step by step.
 //!
+//! A crate of its own, usable without the rest of the workspace: [`Repository`] (load, look up
+//! and read verified targets), [`schema`] (the metadata types, shared with the publisher, which
+//! signs [`canonical_json`] and checks its files with [`check_signed_by_root`]), and
+//! [`transport`] (HTTP with resume, stall limits and proxies; local files). The conformance
+//! suite's client is `examples/tuf-conformance-client.rs`.
+//!
 //! [`Repository::load`] runs steps 5.1 to 5.6.6 against a [`Transport`], starting from the
 //! trusted-metadata directory (seeded once from the shipped root) and persisting every file it
 //! accepts there, atomically, as the exact bytes received. Targets are then looked up lazily

@@ -1,5 +1,7 @@
 //! Publishing: everything between an empty directory and a signed TUF repository that hosts
-//! update from, as `updata` does it.
+//! update from, as `updata` does it. The library and the `updata` binary (`src/bin/updata/`, a
+//! thin shell of subcommands over it); the metadata types and the repository check are the
+//! `tuf` crate's, the chunk indexes and stores the `casync` crate's.
 //!
 //! - [`keys`]: ed25519 and ECDSA P-256 keys as PEM files, and the [`keys::KeySource`] trait
 //!   every signature goes through (a KMS or PKCS#11 source is one more implementation);
