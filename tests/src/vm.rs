@@ -75,6 +75,8 @@ fn run(cmd: &mut Command) -> Result<String> {
 pub struct OsDisk {
     /// The image.
     pub image: DiskImage,
+    /// How many times the bootloader found one GPT copy invalid and repaired it.
+    pub repairs: std::cell::Cell<u32>,
 }
 
 impl OsDisk {
@@ -95,7 +97,10 @@ impl OsDisk {
             .attributes(1, a_bits)
             .build(path)
             .map_err(|e| format!("building {}: {e}", path.display()))?;
-        Ok(OsDisk { image })
+        Ok(OsDisk {
+            image,
+            repairs: std::cell::Cell::new(0),
+        })
     }
 
     /// The partition number of `kind` in `set`.
@@ -129,6 +134,17 @@ impl OsDisk {
             .map_err(|e| e.to_string())?;
         disk.write_all_at(&bytes, offset)
             .map_err(|e| format!("writing {kind:?} of set {set}: {e}"))
+    }
+
+    /// Formats the DATA partition as ext4 with `label` (made in `scratch`, then written in).
+    pub fn format_data(&self, scratch: &Path, label: &str) -> Result<()> {
+        let (_, len) = self.range(PartKind::Data, SetId::A)?;
+        let _ = std::fs::remove_file(scratch);
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", label])
+            .arg(scratch)
+            .arg(format!("{}K", len / 1024)))?;
+        self.write(PartKind::Data, SetId::A, scratch)
     }
 
     /// sha256 of the first `len` bytes of a partition, read from the image file.
@@ -212,9 +228,24 @@ impl OsDisk {
         };
         if bits.tries > 0 {
             let n = self.number(PartKind::Boot, set)?.to_string();
-            run(Command::new("cgpt")
-                .args(["add", "-i", &n, "-T", &(bits.tries - 1).to_string()])
-                .arg(&self.image.path))?;
+            let tries = (bits.tries - 1).to_string();
+            let decrement = || {
+                run(Command::new("cgpt")
+                    .args(["add", "-i", &n, "-T", &tries])
+                    .arg(&self.image.path))
+            };
+            if let Err(e) = decrement() {
+                // A power cut between the writes of the two GPT copies leaves one of them
+                // stale or torn; `cgpt add` then refuses. GRUB's gptprio repairs the table from
+                // the valid copy before it writes, and so does this bootloader.
+                if !e.contains("invalid") {
+                    return Err(e);
+                }
+                run(Command::new("cgpt").arg("repair").arg(&self.image.path))?;
+                self.repairs.set(self.repairs.get() + 1);
+                println!("  bootloader: one GPT copy was invalid ({e}); repaired from the other");
+                decrement()?;
+            }
         }
         Ok(Some(set))
     }

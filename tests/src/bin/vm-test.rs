@@ -56,6 +56,15 @@ struct Ask<'a> {
     cut: Option<Cut>,
 }
 
+/// A boot without a power cut.
+fn ask<'a>(repo: &'a str, extra: &'a str) -> Ask<'a> {
+    Ask {
+        repo,
+        extra,
+        cut: None,
+    }
+}
+
 fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<()> {
     if cond { Ok(()) } else { Err(what()) }
 }
@@ -126,6 +135,38 @@ impl Run {
             .cloned()
             .flatten()
             .ok_or_else(|| format!("set {set} was picked but holds no release"))?;
+        let boot = self.launch(set, &version, ask)?;
+        let n = self.boots;
+        // The release that booted is the one the set holds ("Welcome to PRETTY_NAME!").
+        let welcome = format!("updog VM test OS {version}");
+        ensure(boot.printed(&welcome) || boot.ended == Ended::Cut, || {
+            format!("boot {n}: set {set} holds {version} but the console never said {welcome:?}")
+        })?;
+        self.check_bootable_sets_hold_releases()?;
+        Ok((set, version, boot))
+    }
+
+    /// [`Run::boot`], failing unless the bootloader picked `set` holding `version` (when
+    /// given). Returns the boot's number and what it printed.
+    fn boot_expecting(
+        &mut self,
+        ask: &Ask,
+        set: SetId,
+        version: Option<&str>,
+    ) -> Result<(u32, Boot)> {
+        let (booted, held, boot) = self.boot(ask)?;
+        let n = self.boots;
+        ensure(booted == set && version.is_none_or(|v| v == held), || {
+            format!(
+                "boot {n}: expected set {set}{}, got set {booted} holding {held}",
+                version.map_or(String::new(), |v| format!(" holding {v}"))
+            )
+        })?;
+        Ok((n, boot))
+    }
+
+    /// Boots `set` (already picked by the bootloader) from its BOOT partition.
+    fn launch(&mut self, set: SetId, version: &str, ask: &Ask) -> Result<Boot> {
         self.boots += 1;
         let n = self.boots;
         let boot_img = self.work.join("boot.img");
@@ -143,9 +184,13 @@ impl Run {
         }
         let template = std::fs::read_to_string(&cmdline_file).map_err(|e| e.to_string())?;
         let root = self.disk.partuuid(PartKind::Root, set)?;
+        let hash = self.disk.partuuid(PartKind::Hash, set)?;
         let cmdline = format!(
             "{} {}",
-            template.trim().replace("${root_partuuid}", &root),
+            template
+                .trim()
+                .replace("${root_partuuid}", &root)
+                .replace("${hash_partuuid}", &hash),
             ask.extra
         );
         let log = self.work.join(format!("boot-{n:02}.log"));
@@ -176,11 +221,6 @@ impl Run {
             )),
             log.display()
         );
-        // The release that booted is the one the set holds ("Welcome to PRETTY_NAME!").
-        let welcome = format!("updog VM test OS {version}");
-        ensure(boot.printed(&welcome) || boot.ended == Ended::Cut, || {
-            format!("boot {n}: set {set} holds {version} but the console never said {welcome:?}")
-        })?;
         for bad in [
             "Failed to start has-boot-ever-succeeded",
             "has-boot-ever-succeeded.service: Failed",
@@ -190,8 +230,7 @@ impl Run {
                 format!("boot {n}: {bad:?} on the console ({})", log.display())
             })?;
         }
-        self.check_bootable_sets_hold_releases()?;
-        Ok((set, version, boot))
+        Ok(boot)
     }
 }
 
@@ -283,7 +322,14 @@ fn run_all() -> Result<Run> {
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
 
     let mut releases = BTreeMap::new();
-    for version in ["1.0.0", "1.1.0", "1.2.0", "1.3.0"] {
+    for version in [
+        "1.0.0",
+        "1.1.0",
+        "1.2.0",
+        "1.3.0",
+        "verity-1.0.0",
+        "verity-1.1.0",
+    ] {
         let dir = build.join(format!("os-{version}"));
         let mut images = Vec::new();
         for (kind, file) in [
@@ -325,16 +371,14 @@ fn run_all() -> Result<Run> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let poweroff = "vmtest.after=poweroff";
 
+    if std::env::var_os("VM_ONLY_VERITY").is_some() {
+        // For working on (f) alone.
+        verity(&mut run, poweroff)?;
+        return Ok(run);
+    }
+
     // (a) First boot: marked after boot-complete.target; updog.service stages, flips, reboots.
-    let (set, _, boot) = run.boot(&Ask {
-        repo: "repo-1.1.img",
-        extra: poweroff,
-        cut: None,
-    })?;
-    let n = run.boots;
-    ensure(set == SetId::A, || {
-        format!("boot {n}: the factory disk booted set {set}")
-    })?;
+    let (n, boot) = run.boot_expecting(&ask("repo-1.1.img", poweroff), SetId::A, None)?;
     expect_updog_success(n, &boot)?;
     ensure(boot.ended == Ended::Reboot, || {
         format!("boot {n}: no reboot after the update")
@@ -364,15 +408,11 @@ fn run_all() -> Result<Run> {
     );
 
     // (b) The new set boots and is marked; (d) signpost rollback-to-inactive goes back to A.
-    let (set, version, boot) = run.boot(&Ask {
-        repo: "repo-1.1.img",
-        extra: "vmtest.updog=off vmtest.action=rollback",
-        cut: None,
-    })?;
-    let n = run.boots;
-    ensure(set == SetId::B && version == "1.1.0", || {
-        format!("boot {n}: expected B 1.1.0, got {set} {version}")
-    })?;
+    let (n, boot) = run.boot_expecting(
+        &ask("repo-1.1.img", "vmtest.updog=off vmtest.action=rollback"),
+        SetId::B,
+        Some("1.1.0"),
+    )?;
     ensure(boot.printed("VMTEST action rollback status=0"), || {
         format!("boot {n}: rollback-to-inactive failed")
     })?;
@@ -398,15 +438,11 @@ fn run_all() -> Result<Run> {
         };
         if next == SetId::B {
             // The flip completed: B boots 1.1.0; roll back to A for the next cut.
-            let (set, version, boot) = run.boot(&Ask {
-                repo: "repo-1.1.img",
-                extra: "vmtest.updog=off vmtest.action=rollback",
-                cut: None,
-            })?;
-            let n = run.boots;
-            ensure(set == SetId::B && version == "1.1.0", || {
-                format!("boot {n}: expected B 1.1.0")
-            })?;
+            let (n, boot) = run.boot_expecting(
+                &ask("repo-1.1.img", "vmtest.updog=off vmtest.action=rollback"),
+                SetId::B,
+                Some("1.1.0"),
+            )?;
             ensure(boot.printed("VMTEST action rollback status=0"), || {
                 format!("boot {n}: rollback failed")
             })?;
@@ -424,15 +460,15 @@ fn run_all() -> Result<Run> {
             }
         };
         let cuts_before = run.cuts;
-        let (set, version, boot) = run.boot(&Ask {
-            repo: "repo-1.1.img",
-            extra: poweroff,
-            cut: Some(cut),
-        })?;
-        let n = run.boots;
-        ensure(set == SetId::A && version == "1.0.0", || {
-            format!("boot {n}: expected A 1.0.0, got {set} {version}")
-        })?;
+        let (n, boot) = run.boot_expecting(
+            &Ask {
+                repo: "repo-1.1.img",
+                extra: poweroff,
+                cut: Some(cut),
+            },
+            SetId::A,
+            Some("1.0.0"),
+        )?;
         if run.cuts == cuts_before {
             // The update finished before the cut: it must have succeeded.
             expect_updog_success(n, &boot)?;
@@ -451,6 +487,10 @@ fn run_all() -> Result<Run> {
         )?;
     }
     println!(
+        "  (e): {} of the cuts left one GPT copy invalid (cut between the two writes of the flip); the bootloader repaired it from the other, as GRUB's gptprio does",
+        run.disk.repairs.get()
+    );
+    println!(
         "  (e) ok: {} power cuts (seed {seed}); {updates_completed} updates finished before their cut; every boot was the old set unless the flip completed",
         run.cuts
     );
@@ -461,28 +501,14 @@ fn run_all() -> Result<Run> {
         if b == Bits::new(2, 1, false) {
             break;
         }
-        let (set, _, boot) = run.boot(&Ask {
-            repo: "repo-1.1.img",
-            extra: poweroff,
-            cut: None,
-        })?;
-        let n = run.boots;
-        ensure(set == SetId::A, || format!("boot {n}: expected set A"))?;
+        let (n, boot) = run.boot_expecting(&ask("repo-1.1.img", poweroff), SetId::A, None)?;
         expect_updog_success(n, &boot)?;
         ensure(boot.ended == Ended::Reboot, || {
             format!("boot {n}: the re-run did not flip and reboot")
         })?;
     }
     // B boots 1.1.0, is marked, and takes 1.2.0 onto A.
-    let (set, version, boot) = run.boot(&Ask {
-        repo: "repo-1.2.img",
-        extra: poweroff,
-        cut: None,
-    })?;
-    let n = run.boots;
-    ensure(set == SetId::B && version == "1.1.0", || {
-        format!("boot {n}: expected B 1.1.0")
-    })?;
+    let (n, boot) = run.boot_expecting(&ask("repo-1.2.img", poweroff), SetId::B, Some("1.1.0"))?;
     expect_updog_success(n, &boot)?;
     ensure(run.disk.bits(SetId::B)?.successful, || {
         format!("boot {n}: B not marked")
@@ -498,28 +524,30 @@ fn run_all() -> Result<Run> {
     ] {
         if failing == "1.3.0" {
             // A newer release than the failed one is taken as usual.
-            let (set, _, boot) = run.boot(&Ask {
-                repo,
-                extra: poweroff,
-                cut: None,
-            })?;
-            let n = run.boots;
-            ensure(set == SetId::B, || format!("boot {n}: expected B"))?;
+            let (n, boot) = run.boot_expecting(
+                &Ask {
+                    repo,
+                    extra: poweroff,
+                    cut: None,
+                },
+                SetId::B,
+                None,
+            )?;
             expect_updog_success(n, &boot)?;
             ensure(run.content(SetId::A)?.as_deref() == Some("1.3.0"), || {
                 format!("boot {n}: A does not hold 1.3.0")
             })?;
         }
         // The failing release boots once, its check fails, it is never marked.
-        let (set, version, boot) = run.boot(&Ask {
-            repo,
-            extra: poweroff,
-            cut: None,
-        })?;
-        let n = run.boots;
-        ensure(set == SetId::A && version == failing, || {
-            format!("boot {n}: expected A {failing}, got {set} {version}")
-        })?;
+        let (n, boot) = run.boot_expecting(
+            &Ask {
+                repo,
+                extra: poweroff,
+                cut: None,
+            },
+            SetId::A,
+            Some(failing),
+        )?;
         ensure(
             boot.printed("VMTEST health check failing on purpose"),
             || format!("boot {n}: the health check did not run"),
@@ -538,15 +566,15 @@ fn run_all() -> Result<Run> {
         }
         // The next boot is the old set, and updog does not take the failed release again.
         let before = run.bits()?;
-        let (set, version, boot) = run.boot(&Ask {
-            repo,
-            extra: poweroff,
-            cut: None,
-        })?;
-        let n = run.boots;
-        ensure(set == SetId::B && version == "1.1.0", || {
-            format!("boot {n}: expected the fallback B 1.1.0, got {set} {version}")
-        })?;
+        let (n, boot) = run.boot_expecting(
+            &Ask {
+                repo,
+                extra: poweroff,
+                cut: None,
+            },
+            SetId::B,
+            Some("1.1.0"),
+        )?;
         expect_updog_success(n, &boot)?;
         ensure(
             boot.printed(&format!("{failing} failed to boot on this host")),
@@ -568,5 +596,106 @@ fn run_all() -> Result<Run> {
             }
         );
     }
+    verity(&mut run, poweroff)?;
     Ok(run)
+}
+
+/// (f) A Bottlerocket-like host: the root opened through dm-verity over the set's ROOT and
+/// HASH partitions by the initramfs (the root hash on the BOOT partition's command line), read
+/// only for good, `/var/lib/updog` on the DATA partition. The update boots through verity; a
+/// set whose HASH partition is wrong does not boot, and the host falls back and does not take
+/// that release again.
+fn verity(run: &mut Run, poweroff: &str) -> Result<()> {
+    let disk = OsDisk::create(&run.work.join("verity-disk.img"), Bits::new(1, 0, true))?;
+    let factory = run.build.join("os-verity-1.0.0");
+    disk.write(PartKind::Boot, SetId::A, &factory.join("boot.ext4"))?;
+    disk.write(PartKind::Root, SetId::A, &factory.join("root.ext4"))?;
+    disk.write(PartKind::Hash, SetId::A, &factory.join("root.verity"))?;
+    disk.format_data(&run.work.join("data.ext4"), "updog-data")?;
+    run.disk = disk;
+    let plain = ask("repo-verity.img", poweroff);
+    let (n, boot) = run.boot_expecting(&plain, SetId::A, Some("verity-1.0.0"))?;
+    ensure(
+        boot.printed("VMTEST verity root opened") && boot.printed("root=ro dev=/dev/mapper/root"),
+        || format!("boot {n}: the root was not mounted read-only through dm-verity"),
+    )?;
+    expect_updog_success(n, &boot)?;
+    ensure(boot.ended == Ended::Reboot, || {
+        format!("boot {n}: no reboot after the update")
+    })?;
+    ensure(
+        run.content(SetId::B)?.as_deref() == Some("verity-1.1.0"),
+        || format!("boot {n}: B does not hold verity-1.1.0"),
+    )?;
+
+    // The new set boots through verity and is marked.
+    let (n, boot) = run.boot_expecting(
+        &ask("repo-verity.img", "vmtest.updog=off vmtest.action=rollback"),
+        SetId::B,
+        Some("verity-1.1.0"),
+    )?;
+    ensure(boot.printed("root=ro dev=/dev/mapper/root"), || {
+        format!("boot {n}: B's root is not the verity device")
+    })?;
+    ensure(run.disk.bits(SetId::B)?.successful, || {
+        format!("boot {n}: B was not marked")
+    })?;
+    // (rolled back to A, which is marked and preferred again)
+
+    // A wrong HASH image on set B: it holds 1.1.0's ROOT and BOOT but the older tree.
+    let (_, b) = run.bits()?;
+    let wrong = run.build.join("os-verity-1.0.0/root.verity");
+    run.disk.write(PartKind::Hash, SetId::B, &wrong)?;
+    // Flip to B again as an update would (priority 2, one try, not successful), with cgpt.
+    let b_number = run.disk.number(PartKind::Boot, SetId::B)?;
+    let a_number = run.disk.number(PartKind::Boot, SetId::A)?;
+    for (number, args) in [
+        (b_number, ["-P", "2", "-T", "1", "-S", "0"]),
+        (a_number, ["-P", "1", "-T", "0", "-S", "1"]),
+    ] {
+        let out = std::process::Command::new("cgpt")
+            .args(["add", "-i", &number.to_string()])
+            .args(args)
+            .arg(&run.disk.image.path)
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure(out.status.success(), || "cgpt add failed".to_string())?;
+    }
+    let picked = run.disk.bootloader_pick()?;
+    ensure(picked == Some(SetId::B), || {
+        format!("expected set B to be tried, got {picked:?} (B was {b})")
+    })?;
+    let boot = run.launch(SetId::B, "verity-1.1.0 with a wrong HASH", &plain)?;
+    let n = run.boots;
+    ensure(!boot.printed("updog VM test OS"), || {
+        format!("boot {n}: a set with a wrong HASH partition booted its OS")
+    })?;
+    // The kernel's dm-verity refuses the blocks (the open itself only reads the superblock of
+    // the hash tree), so the root cannot be mounted and the initramfs reboots (panic=-1).
+    ensure(
+        boot.printed("device-mapper: verity") && boot.printed("is corrupted"),
+        || format!("boot {n}: dm-verity did not refuse the wrong HASH partition"),
+    )?;
+    ensure(boot.ended == Ended::Reboot, || {
+        format!("boot {n}: the failed boot did not reboot")
+    })?;
+    let b_after = run.disk.bits(SetId::B)?;
+    ensure(b_after == Bits::new(2, 0, false), || {
+        format!("boot {n}: set B {b_after} after a failed boot")
+    })?;
+
+    // The next boot is A, which does not take the release again (the record of the flip is on
+    // DATA, shared by both sets).
+    let (n, boot) = run.boot_expecting(&plain, SetId::A, Some("verity-1.0.0"))?;
+    expect_updog_success(n, &boot)?;
+    ensure(boot.printed("1.1.0 failed to boot on this host"), || {
+        format!("boot {n}: updog did not say that 1.1.0 failed to boot")
+    })?;
+    ensure(boot.ended == Ended::PowerOff, || {
+        format!("boot {n}: rebooted into the failed release")
+    })?;
+    println!(
+        "  (f) ok: verity roots booted read-only through dm-verity; the update was staged and marked; a wrong HASH partition failed the boot and the host fell back to A"
+    );
+    Ok(())
 }
