@@ -9,6 +9,7 @@ use crate::guid::PartitionType;
 
 /// Errors from opening disks, finding partition sets, partition I/O and running-set discovery.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The disk (or image) could not be opened or inspected.
     #[error("{path}: {what}: {source}")]
@@ -92,6 +93,7 @@ pub enum Error {
 
 /// What is wrong with the partition layout.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LayoutError {
     /// A partition that the set needs is absent.
     #[error("set {set} has no {kind} partition")]

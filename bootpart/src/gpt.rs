@@ -487,6 +487,7 @@ impl GptRead {
 
 /// Errors from reading or writing a GPT.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GptError {
     /// Neither copy is usable.
     #[error("no valid GPT: primary copy: {primary}; backup copy: {backup}")]

@@ -2,7 +2,7 @@
 //! written to stderr, one line each.
 //!
 //! The level comes from `--log-level` ([`LogArgs`]), else from `RUST_LOG` (`info`, or
-//! directives like `warn,updog=debug,updog::tuf=trace`), else the default: `info` when stderr
+//! directives like `warn,updog=debug,tuf=trace`), else the default: `info` when stderr
 //! is the systemd journal, `warn` otherwise (a person at a terminal sees progress already).
 //!
 //! When stderr is the journal (systemd sets `JOURNAL_STREAM` to the device and inode of the

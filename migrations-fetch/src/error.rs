@@ -9,6 +9,7 @@ use crate::source::BoxError;
 
 /// A target or metadata name that cannot be stored as a plain file name in the cache.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FileNameError {
     /// Not usable as a file name.
     #[error("name {name:?} cannot be used as a cache file name: {reason}")]
@@ -34,6 +35,7 @@ pub enum FileNameError {
 
 /// A file-system operation on the cache failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CacheError {
     /// Creating a cache directory failed.
     #[error("cannot create cache directory {}: {source}", path.display())]
@@ -103,6 +105,7 @@ pub enum CacheError {
 
 /// Building a [`crate::MigrationPlan`] failed. Nothing has been written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlanError {
     /// The manifest has no chain of migrations from the running version to the target; the
     /// source error names where the chain stops.
@@ -149,6 +152,7 @@ pub enum PlanError {
 /// Fetching the planned migrations into the cache failed. Files already in place stay there (each
 /// was verified before it was renamed into place), so a re-run fetches only what is missing.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FetchError {
     /// A cache file-system operation failed.
     #[error(transparent)]
@@ -256,6 +260,7 @@ pub enum FetchError {
 
 /// Why one cached file failed offline verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProblemKind {
     /// The file the plan needs is not in the cache.
     Missing,
@@ -321,6 +326,7 @@ impl std::fmt::Display for FileProblem {
 
 /// Offline verification of the cache failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VerifyError {
     /// The cached metadata did not verify (a changed byte in a metadata file lands here; the
     /// loader's error names the file or role).

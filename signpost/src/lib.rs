@@ -1,5 +1,6 @@
-//! The boot-selection state machine on GPT attribute bits, with crash-safe GPT writes; library
-//! and the `signpost` CLI.
+//! The boot-selection state machine on GPT attribute bits, with crash-safe GPT writes, and the
+//! disk lock. A library: the `signpost` binary is a thin shell over it in the `updog-cli`
+//! package (`cli/`), so that embedders do not compile clap.
 //!
 //! * [`state`]: the pure state machine ([`SetState`], [`BootFlags`], [`Transition`],
 //!   [`BootFlags::next_boot`]), no I/O.

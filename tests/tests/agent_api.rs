@@ -126,8 +126,9 @@ fn post_boot_operations_refuse_what_signpost_refuses_and_write_nothing() {
     let err = u.rollback_to_inactive(&lock).unwrap_err();
     assert!(
         matches!(
-            err,
-            UpdateError::Signpost(signpost::Error::InactiveNotBootable { set: SetId::B, .. })
+            &err,
+            UpdateError::Signpost(e)
+                if matches!(**e, signpost::Error::InactiveNotBootable { set: SetId::B, .. })
         ),
         "{err}"
     );
@@ -148,8 +149,8 @@ fn post_boot_operations_refuse_what_signpost_refuses_and_write_nothing() {
     let err = u.has_boot_ever_succeeded().unwrap_err();
     assert!(
         matches!(
-            err,
-            UpdateError::Signpost(signpost::Error::NoPrivatePartition { .. })
+            &err,
+            UpdateError::Signpost(e) if matches!(**e, signpost::Error::NoPrivatePartition { .. })
         ),
         "{err}"
     );
@@ -157,8 +158,8 @@ fn post_boot_operations_refuse_what_signpost_refuses_and_write_nothing() {
     let err = u.mark_successful_boot(&lock).unwrap_err();
     assert!(
         matches!(
-            err,
-            UpdateError::Signpost(signpost::Error::NoPrivatePartition { .. })
+            &err,
+            UpdateError::Signpost(e) if matches!(**e, signpost::Error::NoPrivatePartition { .. })
         ),
         "{err}"
     );

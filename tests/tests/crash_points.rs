@@ -223,8 +223,8 @@ fn a_failed_flush_during_the_flip_reports_the_state_the_disk_is_in() {
         );
         assert!(text.contains("next boot set B"), "{copy}: {text}");
         assert!(matches!(
-            err,
-            UpdateError::Signpost(signpost::Error::WriteFailed {
+            &err,
+            UpdateError::Signpost(e) if matches!(**e, signpost::Error::WriteFailed {
                 took_effect: true,
                 ..
             })

@@ -198,7 +198,7 @@ fn a_recovered_problem_is_a_warning_and_debug_names_each_request() {
         .filter(|l| l.contains("] GET http://127.0.0.1:"))
         .collect();
     assert!(
-        gets.iter().all(|l| l.starts_with("<7>[updog::transport")),
+        gets.iter().all(|l| l.starts_with("<7>[tuf::transport")),
         "{log}"
     );
     assert!(

@@ -15,7 +15,7 @@ use migrations_fetch::{
     StatvfsProbe, TargetLookup, VerifiedCache, VerifyError, Version, fetch, verify_offline,
 };
 use sha2::{Digest, Sha256};
-use updog::migrations::TufOfflineLoader;
+use updog::migrations::{TufOfflineLoader, TufSource};
 use updog::transport::{Backoff, HttpOptions, HttpTransport};
 use updog::tuf::{Repository, RepositoryOptions};
 
@@ -153,11 +153,11 @@ impl Env {
     }
 
     fn plan(repo: &Repository, from: &str, to: &str) -> Result<MigrationPlan, PlanError> {
-        MigrationPlan::new(&Self::manifest(repo), &v(from), &v(to), repo)
+        MigrationPlan::new(&Self::manifest(repo), &v(from), &v(to), &TufSource(repo))
     }
 
     fn cached(repo: &Repository, name: &str) -> String {
-        let info = repo.target_info(name).unwrap().unwrap();
+        let info = TufSource(repo).target_info(name).unwrap().unwrap();
         format!("{}.{name}", info.sha256_hex())
     }
 
@@ -171,7 +171,7 @@ impl Env {
 
     /// Fetches `plan` from `repo` into the cache with the default options.
     fn fetch(&self, plan: &MigrationPlan, repo: &Repository) -> Result<FetchReport, FetchError> {
-        fetch(plan, repo, &self.dirs, &FetchOptions::default())
+        fetch(plan, &TufSource(repo), &self.dirs, &FetchOptions::default())
     }
 
     /// Verifies the cache offline for the jump `from` -> `to`.
@@ -433,7 +433,7 @@ fn not_enough_space_on_a_small_file_system_stops_before_writing() {
         space_probe: Box::new(StatvfsProbe),
         prune: true,
     };
-    let err = fetch(&plan, &repo, &dirs, &opts).unwrap_err();
+    let err = fetch(&plan, &TufSource(&repo), &dirs, &opts).unwrap_err();
     let FetchError::NotEnoughSpace {
         needed, available, ..
     } = &err
@@ -451,7 +451,7 @@ fn not_enough_space_on_a_small_file_system_stops_before_writing() {
 
     // The small migration of another jump fits.
     let plan = Env::plan(&repo, "1.0.0", "1.1.0").unwrap();
-    fetch(&plan, &repo, &dirs, &opts).unwrap();
+    fetch(&plan, &TufSource(&repo), &dirs, &opts).unwrap();
     verify_offline(&dirs, &env.loader(), &v("1.0.0"), &v("1.1.0")).unwrap();
 }
 
@@ -464,7 +464,7 @@ fn without_pruning_offline_verification_uses_the_metadata_versions_the_timestamp
     };
     let repo = env.load();
     let plan = Env::plan(&repo, "1.0.0", "1.3.0").unwrap();
-    fetch(&plan, &repo, &env.dirs, &keep).unwrap();
+    fetch(&plan, &TufSource(&repo), &env.dirs, &keep).unwrap();
 
     // Release two replaces migration A's content: the old cached copy is no longer signed.
     env.repo.add_target(A, &payload(11, 3_500));
@@ -474,7 +474,7 @@ fn without_pruning_offline_verification_uses_the_metadata_versions_the_timestamp
     env.repo.publish();
     let repo = env.load();
     let plan = Env::plan(&repo, "1.0.0", "1.4.0").unwrap();
-    let report = fetch(&plan, &repo, &env.dirs, &keep).unwrap();
+    let report = fetch(&plan, &TufSource(&repo), &env.dirs, &keep).unwrap();
     assert_eq!(report.fetched, [A, E, "manifest.json"]);
     assert_eq!(report.reused, [C, D]);
     assert_eq!(

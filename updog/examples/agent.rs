@@ -21,9 +21,6 @@
 //! Exit codes follow `updog`'s: 0 done or nothing to do, 1 failure, 4 another update in
 //! progress, 5 cancelled (nothing applied).
 
-// The closures handed to `spawn_blocking` return the library's own `Result<_, UpdateError>`.
-#![allow(clippy::result_large_err)]
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -17,7 +17,7 @@
 //!     "http://127.0.0.1:1/targets/".parse()?,
 //!     waves::Seed::new(7)?,
 //! );
-//! let err = UpdateError::Disk(bootpart::Error::Running("no device for /".into()));
+//! let err = UpdateError::Disk(Box::new(bootpart::Error::Running("no device for /".into())));
 //! let text = updog::advice::explain(&err, &config, "/etc/updog.toml".as_ref());
 //! assert!(text.contains("`disk` and `active_set` in /etc/updog.toml"), "{text}");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -205,8 +205,38 @@ fn cancelled_hint(err: &UpdateError) -> Option<String> {
 }
 
 /// `e` and its causes, outermost first.
-fn causes<'a>(e: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
-    std::iter::successors(Some(e), |e: &&'a (dyn Error + 'static)| (*e).source())
+/// `e` and its chain of causes, each a concrete error type that `downcast_ref` finds: a source
+/// that [`UpdateError`] keeps boxed (to stay small) is given as the error in the box, not as
+/// the `Box` (whose `source` is the boxed error's own).
+pub fn causes<'a>(e: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(unbox(e)), |e: &&'a (dyn Error + 'static)| {
+        (*e).source().map(unbox)
+    })
+}
+
+/// The error inside `e` when `e` is one of the boxes [`UpdateError`] holds its large sources in.
+fn unbox<'a>(e: &'a (dyn Error + 'static)) -> &'a (dyn Error + 'static) {
+    macro_rules! inside {
+        ($($t:ty),*) => {
+            $(
+                if let Some(b) = e.downcast_ref::<Box<$t>>() {
+                    return &**b;
+                }
+            )*
+        };
+    }
+    inside!(
+        crate::lock::LockError,
+        crate::tuf::Error,
+        bootpart::Error,
+        signpost::Error,
+        migrations_fetch::PlanError,
+        migrations_fetch::FetchError,
+        crate::pipeline::StageError,
+        crate::delta::stage::DeltaError,
+        manifest::Error
+    );
+    e
 }
 
 /// The transport error behind `err`, also when it travelled inside an I/O error of a reader.
@@ -256,10 +286,10 @@ mod tests {
     }
 
     fn repo_error(url: &str, kind: TransportErrorKind) -> UpdateError {
-        UpdateError::Repository(crate::tuf::Error::Transport {
+        UpdateError::Repository(Box::new(crate::tuf::Error::Transport {
             what: "root metadata".into(),
             source: Box::new(TransportError::new(&url.parse().unwrap(), kind)),
-        })
+        }))
     }
 
     #[test]
@@ -295,11 +325,11 @@ mod tests {
 
     #[test]
     fn permission_denied_says_root_is_needed() {
-        let err = UpdateError::Disk(bootpart::Error::Io {
+        let err = UpdateError::Disk(Box::new(bootpart::Error::Io {
             path: "/dev/nvme0n1".into(),
             what: "opening".into(),
             source: io::Error::from(io::ErrorKind::PermissionDenied),
-        });
+        }));
         let text = explain_as(&err, &config(), Path::new("/etc/updog.toml"), false);
         assert!(
             text.contains("/dev/nvme0n1") && text.contains("needs root"),
@@ -314,11 +344,11 @@ mod tests {
             "{text}"
         );
         // Other I/O errors get no such advice.
-        let err = UpdateError::Disk(bootpart::Error::Io {
+        let err = UpdateError::Disk(Box::new(bootpart::Error::Io {
             path: "/dev/nvme0n1".into(),
             what: "opening".into(),
             source: io::Error::from(io::ErrorKind::NotFound),
-        });
+        }));
         assert!(!explain(&err, &config(), Path::new("/etc/updog.toml")).contains("root"));
     }
 }

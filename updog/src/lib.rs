@@ -1,7 +1,9 @@
-//! The updater library: TUF client, transports, update selection glue, the streaming image
-//! writer, the update/apply/revert flow; and the thin `updog` CLI.
+//! The updater library: check, plan, stage, apply, revert and status of A/B image updates, over
+//! the workspace's other crates: [`tuf`] (the TUF client and its transports, re-exported here),
+//! `casync` (the chunk format), `manifest`, `migrations_fetch`, `signpost` and `bootpart`.
 //!
-//! The library is the product; the `updog` binary is one user of it. An update agent embeds
+//! The library is the product; the `updog` binary (in the `updog-cli` package, so that this
+//! crate does not depend on clap) is one user of it. An update agent embeds
 //! [`updater::Updater`], which does everything the CLI does through a typed API:
 //!
 //! - [`advice`]: errors explained for people, in terms of `updog.toml`;
@@ -18,8 +20,11 @@
 //! - [`lock`]: one owner per disk; [`status`]: the staged-state record; [`steps`]: the named
 //!   steps of stage, apply and revert; [`reboot`]: the reboot hand-off; [`exit`]: the CLI's
 //!   exit codes;
-//! - underneath: [`tuf`] (the TUF client), [`transport`] (HTTP and file), [`pipeline`] (the
-//!   streaming image writer) and [`migrations`] (the TUF client as the migrations source).
+//! - [`plan`]: the signed plan `check` returns; [`failed`]: releases that failed to boot here;
+//! - underneath: [`tuf`] (the TUF client) and [`transport`] (HTTP and file), both the `tuf`
+//!   crate's; [`pipeline`] (the streaming image writer); [`delta`] (images built from chunks of
+//!   the running set and the chunk store, in the `casync` crate's format); [`migrations`] (the
+//!   TUF client as the migrations source).
 //!
 //! `updog/examples/agent.rs` is a complete agent built on this API.
 
@@ -34,15 +39,17 @@ pub mod os_release;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
-pub mod publish;
 pub mod reboot;
 pub mod status;
 pub mod steps;
-pub mod transport;
-pub mod tuf;
 pub mod updater;
 
 mod staging;
+
+// The TUF client and its transports are the `tuf` crate; re-exported so that an agent can name
+// what `Updater` takes and returns (`updog::tuf::Repository`, `updog::transport::HttpOptions`)
+// without depending on it separately.
+pub use tuf::{self, transport};
 
 // What building a [`config::Config`] and reading a [`updater::Status`] or an
 // [`plan::UpdatePlan`] take, so an embedder needs no other crate (nor pins its version to ours).

@@ -1,7 +1,7 @@
 //! The `migrations_fetch` traits over the TUF client, so that `updog update` can cache the
 //! migrations a version jump needs and a boot-time step can verify them offline.
 //!
-//! - [`Repository`] implements [`MigrationSource`]: signed target descriptions, verifying target
+//! - [`TufSource`] (a [`Repository`]) implements [`MigrationSource`]: signed target descriptions, verifying target
 //!   readers, and the verified metadata renamed into the reference migrator's layout (with
 //!   consistent snapshots: `N.root.json`, `timestamp.json`, `<v>.snapshot.json`,
 //!   `<v>.targets.json`, `<v>.<role>.json`).
@@ -11,11 +11,12 @@
 //!
 //! ```no_run
 //! use migrations_fetch::{CacheDirs, FetchOptions, MigrationPlan, fetch, verify_offline};
-//! use updog::migrations::TufOfflineLoader;
+//! use updog::migrations::{TufOfflineLoader, TufSource};
 //! # fn demo(repo: &updog::tuf::Repository, manifest: &manifest::Manifest)
 //! # -> Result<(), Box<dyn std::error::Error>> {
 //! let (from, to) = ("1.0.0".parse()?, "1.2.0".parse()?);
 //! // Before the inactive partition set is touched:
+//! let repo = &TufSource(repo);
 //! let plan = MigrationPlan::new(manifest, &from, &to, repo)?;
 //! let dirs = CacheDirs::reference();
 //! fetch(&plan, repo, &dirs, &FetchOptions::default())?;
@@ -37,11 +38,31 @@ use migrations_fetch::{
     BoxError, MetadataFile, MigrationSource, OfflineLoader, TargetInfo, TargetLookup,
 };
 
-use crate::tuf::Repository;
+use crate::tuf::{Repository, TargetDescription};
 
-impl TargetLookup for Repository {
+/// What the pipeline and the migrations cache check of a signed target: its length and sha256.
+pub trait SignedInfo {
+    /// The signed length and sha256; `None` when no well-formed sha256 is listed.
+    fn info(&self) -> Option<TargetInfo>;
+}
+
+impl SignedInfo for TargetDescription {
+    fn info(&self) -> Option<TargetInfo> {
+        Some(TargetInfo {
+            length: self.length,
+            sha256: self.sha256()?,
+        })
+    }
+}
+
+/// A verified [`Repository`] as the migrations source: the `migrations_fetch` traits over the
+/// TUF client (a wrapper because both the traits and the client are other crates').
+#[derive(Debug, Clone, Copy)]
+pub struct TufSource<'a>(pub &'a Repository);
+
+impl TargetLookup for TufSource<'_> {
     fn target_info(&self, name: &str) -> Result<Option<TargetInfo>, BoxError> {
-        let Some(desc) = self.target(name)? else {
+        let Some(desc) = self.0.target(name)? else {
             return Ok(None);
         };
         let info = desc
@@ -51,16 +72,17 @@ impl TargetLookup for Repository {
     }
 }
 
-impl MigrationSource for Repository {
+impl MigrationSource for TufSource<'_> {
     fn open_target(&self, name: &str) -> Result<Box<dyn Read + Send>, BoxError> {
-        Ok(Box::new(self.read_target(name)?))
+        Ok(Box::new(self.0.read_target(name)?))
     }
 
     fn metadata_files(&self) -> Result<Vec<MetadataFile>, BoxError> {
         // With consistent snapshots, the verified versions name the files
         // (`<v>.snapshot.json`, `<v>.<role>.json`).
-        let consistent = self.consistent_snapshot();
+        let consistent = self.0.consistent_snapshot();
         Ok(self
+            .0
             .metadata_bytes()
             .into_iter()
             .map(|f| MetadataFile {
@@ -121,7 +143,7 @@ struct OfflineRepo {
 impl TargetLookup for OfflineRepo {
     fn target_info(&self, name: &str) -> Result<Option<TargetInfo>, BoxError> {
         // Delegated roles are verified on demand: name the cached files in their errors too.
-        self.repo
+        TufSource(&self.repo)
             .target_info(name)
             .map_err(|e| with_names(&e, &self.names).into())
     }

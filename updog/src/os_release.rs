@@ -30,6 +30,7 @@ pub struct OsRelease {
 
 /// Why os-release could not be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OsReleaseError {
     /// The file could not be read.
     #[error("reading os-release {path}: {source}")]

@@ -208,6 +208,7 @@ pub struct StagedImage {
 ///
 /// ```no_run
 /// use bootpart::{Disk, SetId};
+/// use updog::migrations::SignedInfo;
 /// use updog::pipeline::{IoMode, PartitionSink, StageOptions, stage_image};
 ///
 /// # fn demo(repo: &updog::tuf::Repository) -> Result<(), Box<dyn std::error::Error>> {

@@ -158,18 +158,12 @@ impl DiskNow {
     /// What `error` (or any error in its chain of causes) says the disk reads after a failed
     /// boot-flag write; `None` when it reports no such re-read.
     pub fn of(error: &(dyn std::error::Error + 'static)) -> Option<DiskNow> {
-        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
-        while let Some(e) = next {
-            if let Some(signpost::Error::WriteFailed { now: Some(now), .. }) =
-                e.downcast_ref::<signpost::Error>()
-            {
-                return Some(DiskNow {
-                    next_boot: now.next_boot(),
-                });
-            }
-            next = e.source();
-        }
-        None
+        crate::advice::causes(error).find_map(|e| match e.downcast_ref::<signpost::Error>() {
+            Some(signpost::Error::WriteFailed { now: Some(now), .. }) => Some(DiskNow {
+                next_boot: now.next_boot(),
+            }),
+            _ => None,
+        })
     }
 }
 

@@ -15,6 +15,7 @@ use std::process::Command;
 
 /// Why the reboot command did not run or did not succeed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RebootError {
     /// The command list is empty.
     #[error("no reboot command configured")]

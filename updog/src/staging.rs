@@ -39,10 +39,10 @@ impl ClearedSet {
         let set = gpt.inactive();
         let partitions = layout
             .set(set)
-            .map_err(crate::updater::UpdateError::Disk)?
+            .map_err(|e| crate::updater::UpdateError::Disk(Box::new(e)))?
             .clone();
         gpt.clear_inactive()
-            .map_err(crate::updater::UpdateError::Signpost)?;
+            .map_err(|e| crate::updater::UpdateError::Signpost(Box::new(e)))?;
         Ok(ClearedSet {
             gpt,
             layout,
@@ -164,7 +164,7 @@ impl ClearedSet {
                     found,
                 }))
             }
-            Err(e) => Err(self.abandon(crate::updater::UpdateError::Signpost(e))),
+            Err(e) => Err(self.abandon(crate::updater::UpdateError::Signpost(Box::new(e)))),
         }
     }
 

@@ -81,6 +81,7 @@ pub struct StagedImageRecord {
 
 /// Why the staged record could not be read or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecordError {
     /// Reading or writing the file failed.
     #[error("staged-state record {path}: {source}")]

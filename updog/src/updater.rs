@@ -274,10 +274,10 @@ pub enum UpdateError {
     Transport(#[source] crate::transport::HttpSetupError),
     /// Another process owns the disk (or it cannot be locked).
     #[error(transparent)]
-    Lock(#[from] LockError),
+    Lock(Box<LockError>),
     /// The repository could not be loaded or verified.
     #[error("repository: {0}")]
-    Repository(#[source] crate::tuf::Error),
+    Repository(#[source] Box<crate::tuf::Error>),
     /// The repository has no manifest target.
     #[error("the repository has no {MANIFEST_TARGET} target")]
     NoManifest,
@@ -290,7 +290,7 @@ pub enum UpdateError {
     /// Nothing to stage; the reason says why (`updog update` reports it and exits 0, as the
     /// reference does; `check-update` exits 1).
     #[error("no update: {0}")]
-    NoUpdate(NoUpdateReason),
+    NoUpdate(Box<NoUpdateReason>),
     /// An image named by the manifest is not a signed target.
     #[error("{image} image {target:?} is not a target in the signed repository")]
     MissingTarget {
@@ -318,16 +318,16 @@ pub enum UpdateError {
     /// The migrations the version jump needs cannot be planned (missing link, unsigned
     /// target); nothing was written.
     #[error("migrations: {0}")]
-    MigrationPlan(#[source] migrations_fetch::PlanError),
+    MigrationPlan(#[source] Box<migrations_fetch::PlanError>),
     /// Fetching the migrations failed (before the disk was touched).
     #[error("fetching migrations: {0}")]
-    MigrationFetch(#[source] migrations_fetch::FetchError),
+    MigrationFetch(#[source] Box<migrations_fetch::FetchError>),
     /// The disk or its partition layout could not be used.
     #[error("disk: {0}")]
-    Disk(#[source] bootpart::Error),
+    Disk(#[source] Box<bootpart::Error>),
     /// A boot-flag transition failed.
     #[error("boot flags: {0}")]
-    Signpost(#[source] signpost::Error),
+    Signpost(#[source] Box<signpost::Error>),
     /// Staging an image failed; the inactive set is left cleared.
     #[error("staging {image} image {target:?} onto set {set}: {source}")]
     Stage {
@@ -339,7 +339,7 @@ pub enum UpdateError {
         set: SetId,
         /// What went wrong.
         #[source]
-        source: crate::pipeline::StageError,
+        source: Box<crate::pipeline::StageError>,
     },
     /// Staging an image from chunks failed in a way the full image would not avoid (writing
     /// the inactive partition); the inactive set is left cleared.
@@ -351,7 +351,7 @@ pub enum UpdateError {
         set: SetId,
         /// What went wrong.
         #[source]
-        source: crate::delta::stage::DeltaError,
+        source: Box<crate::delta::stage::DeltaError>,
     },
     /// A partition of the inactive set could not be opened for writing.
     #[error("opening the {image} partition of set {set}: {source}")]
@@ -503,16 +503,36 @@ pub enum UpdateError {
     Reboot(#[from] RebootError),
 }
 
+impl From<LockError> for UpdateError {
+    fn from(e: LockError) -> Self {
+        UpdateError::Lock(Box::new(e))
+    }
+}
+
+// Every `Result<_, UpdateError>` of an embedder's stays small (clippy's `result_large_err`
+// fires above 128 bytes; the large sources are boxed).
+const _: () = assert!(std::mem::size_of::<UpdateError>() <= 64);
+
 impl UpdateError {
     /// The `updog` exit code for this error (see [`crate::exit`]).
     pub fn exit_code(&self) -> u8 {
+        if self.is_lock_held() {
+            crate::exit::LOCKED
+        } else if self.is_cancelled() {
+            crate::exit::INTERRUPTED
+        } else {
+            crate::exit::FAILURE
+        }
+    }
+
+    /// Whether another process holds the disk lock (updog's own or signpost's).
+    pub(crate) fn is_lock_held(&self) -> bool {
         match self {
-            UpdateError::Lock(LockError::Held { .. })
-            | UpdateError::Signpost(signpost::Error::Lock(LockError::Held { .. })) => {
-                crate::exit::LOCKED
+            UpdateError::Lock(e) => matches!(**e, LockError::Held { .. }),
+            UpdateError::Signpost(e) => {
+                matches!(**e, signpost::Error::Lock(LockError::Held { .. }))
             }
-            _ if self.is_cancelled() => crate::exit::INTERRUPTED,
-            _ => crate::exit::FAILURE,
+            _ => false,
         }
     }
 
@@ -654,8 +674,8 @@ impl Updater {
         );
         opts.trusted_root.clone_from(&self.config.trusted_root);
         opts.limits.metadata_min_rate = self.config.metadata_min_rate;
-        let repo =
-            crate::tuf::Repository::load(opts, transport).map_err(UpdateError::Repository)?;
+        let repo = crate::tuf::Repository::load(opts, transport)
+            .map_err(|e| UpdateError::Repository(Box::new(e)))?;
         log::info!(
             "verified repository metadata from {}: root v{}, timestamp v{}, snapshot v{}, targets v{}",
             self.config.metadata_base_url,
@@ -670,21 +690,23 @@ impl Updater {
     fn load_manifest(repo: &crate::tuf::Repository) -> Result<Manifest, UpdateError> {
         if repo
             .target(MANIFEST_TARGET)
-            .map_err(UpdateError::Repository)?
+            .map_err(|e| UpdateError::Repository(Box::new(e)))?
             .is_none()
         {
             return Err(UpdateError::NoManifest);
         }
         let mut reader = repo
             .read_target(MANIFEST_TARGET)
-            .map_err(UpdateError::Repository)?;
+            .map_err(|e| UpdateError::Repository(Box::new(e)))?;
         let mut bytes = Vec::new();
         (&mut reader)
             // One byte past the cap, so that a larger manifest is refused as too large.
             .take(manifest::MAX_MANIFEST_LEN as u64 + 1)
             .read_to_end(&mut bytes)
             .map_err(UpdateError::ManifestRead)?;
-        reader.finish().map_err(UpdateError::Repository)?;
+        reader
+            .finish()
+            .map_err(|e| UpdateError::Repository(Box::new(e)))?;
         Manifest::from_slice(&bytes).map_err(|e| UpdateError::Manifest(Box::new(e)))
     }
 
@@ -857,14 +879,15 @@ impl Updater {
         match (&self.config.disk, self.config.active_set) {
             (Some(disk), Some(active)) => Ok((disk.clone(), active)),
             (Some(disk), None) => {
-                let opened = bootpart::Disk::open(disk).map_err(UpdateError::Disk)?;
-                let active =
-                    bootpart::running::find_running_set(&opened).map_err(UpdateError::Disk)?;
+                let opened =
+                    bootpart::Disk::open(disk).map_err(|e| UpdateError::Disk(Box::new(e)))?;
+                let active = bootpart::running::find_running_set(&opened)
+                    .map_err(|e| UpdateError::Disk(Box::new(e)))?;
                 Ok((disk.clone(), active))
             }
             (None, explicit) => {
-                let (disk, found) =
-                    bootpart::running::discover_root_disk().map_err(UpdateError::Disk)?;
+                let (disk, found) = bootpart::running::discover_root_disk()
+                    .map_err(|e| UpdateError::Disk(Box::new(e)))?;
                 Ok((disk, explicit.unwrap_or(found)))
             }
         }
@@ -874,22 +897,24 @@ impl Updater {
     /// nothing: an update in progress must not make them fail); one resolution of the disk.
     fn read_only_gpt(&self) -> Result<signpost::Signpost, UpdateError> {
         let (disk, active) = self.disk_and_active()?;
-        signpost::Signpost::open_read_only(&disk, Some(active)).map_err(UpdateError::Signpost)
+        signpost::Signpost::open_read_only(&disk, Some(active))
+            .map_err(|e| UpdateError::Signpost(Box::new(e)))
     }
 
     /// The boot flags of the locked disk, read and written through the lock's handle.
     fn signpost(&self, lock: &UpdateLock) -> Result<Gpt, UpdateError> {
         let file = lock.disk_lock().try_clone_file().map_err(|source| {
-            UpdateError::Signpost(signpost::Error::Open {
+            UpdateError::Signpost(Box::new(signpost::Error::Open {
                 path: lock.disk().to_path_buf(),
                 source,
-            })
+            }))
         })?;
         let io: Box<dyn BlockIo + Send> = match &self.gpt_io {
             Some(wrap) => wrap(file),
             None => Box::new(file),
         };
-        signpost::Signpost::from_io(io, lock.disk(), lock.active()).map_err(UpdateError::Signpost)
+        signpost::Signpost::from_io(io, lock.disk(), lock.active())
+            .map_err(|e| UpdateError::Signpost(Box::new(e)))
     }
 
     /// Checks what can be checked before the disk changes and was not settled when the plan
@@ -993,9 +1018,9 @@ impl Updater {
             manifest,
             &self.os.version_id,
             &update.version,
-            repo,
+            &crate::migrations::TufSource(repo),
         )
-        .map_err(UpdateError::MigrationPlan)?;
+        .map_err(|e| UpdateError::MigrationPlan(Box::new(e)))?;
         Ok(UpdatePlan {
             update: update.clone(),
             images: [
@@ -1038,7 +1063,7 @@ impl Updater {
         let repo = self.load_repository()?;
         let manifest = Self::load_manifest(&repo)?;
         let plan = match self.select(&repo, &manifest, opts)? {
-            CheckOutcome::NoUpdate(reason) => return Err(UpdateError::NoUpdate(reason)),
+            CheckOutcome::NoUpdate(reason) => return Err(UpdateError::NoUpdate(Box::new(reason))),
             CheckOutcome::Available(a) => a.plan,
         };
         self.stage_chosen(lock, &repo, &manifest, plan, progress, cancel)
@@ -1150,8 +1175,12 @@ impl Updater {
             );
             return Ok(staged);
         }
-        let layout = sp.layout().map_err(UpdateError::Signpost)?;
-        let partitions = layout.set(inactive).map_err(UpdateError::Disk)?;
+        let layout = sp
+            .layout()
+            .map_err(|e| UpdateError::Signpost(Box::new(e)))?;
+        let partitions = layout
+            .set(inactive)
+            .map_err(|e| UpdateError::Disk(Box::new(e)))?;
         progress(&ProgressEvent::Selected {
             version: plan.version().to_string(),
             set: inactive,
@@ -1233,14 +1262,14 @@ impl Updater {
         });
         migrations_fetch::fetch(
             &plan.migration_plan,
-            repo,
+            &crate::migrations::TufSource(repo),
             &migrations_fetch::CacheDirs::new(
                 &self.config.migrations_dir,
                 &self.config.migrations_metadata_dir,
             ),
             &migrations_fetch::FetchOptions::default(),
         )
-        .map_err(UpdateError::MigrationFetch)?;
+        .map_err(|e| UpdateError::MigrationFetch(Box::new(e)))?;
         let mut migration_targets: Vec<String> = plan
             .migration_plan
             .migration_names()
@@ -1397,7 +1426,10 @@ impl Updater {
         }
         let (inactive, partition, disk) = (cleared.set(), cleared.partition(kind), cleared.disk());
         let active = inactive.other();
-        let running = cleared.layout().set(active).map_err(UpdateError::Disk)?;
+        let running = cleared
+            .layout()
+            .set(active)
+            .map_err(|e| UpdateError::Disk(Box::new(e)))?;
         let seed = crate::staging::partition_of(running, kind);
         let state_dir = self.delta_state_dir();
         let (running_set, running_version) = (active.to_string(), self.os.version_id.to_string());
@@ -1467,7 +1499,7 @@ impl Updater {
             Err(source) => Err(UpdateError::Delta {
                 image: kind,
                 set: inactive,
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -1487,7 +1519,7 @@ impl Updater {
         let (kind, target, set) = (image.kind, &image.target.name, cleared.set());
         let (_, reader) = repo
             .fetch_target_unverified(target)
-            .map_err(UpdateError::Repository)?;
+            .map_err(|e| UpdateError::Repository(Box::new(e)))?;
         let mut sink =
             PartitionSink::open_path(cleared.disk(), cleared.partition(kind), IoMode::Auto)
                 .map_err(|e| UpdateError::OpenPartition {
@@ -1525,7 +1557,7 @@ impl Updater {
                         image: kind,
                         target: target.clone(),
                         set,
-                        source,
+                        source: Box::new(source),
                     },
                 })?;
         let secs = started.elapsed().as_secs_f64();
@@ -1612,7 +1644,7 @@ impl Updater {
                 let flipped =
                     sp.apply_expecting(signpost::Transition::UpgradeToInactive, set, found);
                 self.record_follows_disk(&sp, &r);
-                flipped.map_err(UpdateError::Signpost)?;
+                flipped.map_err(|e| UpdateError::Signpost(Box::new(e)))?;
                 log::info!(
                     "flipped the boot flags: set {set} boots next, once; set {} stays the fallback until the new boot is marked successful",
                     set.other()
@@ -1637,7 +1669,7 @@ impl Updater {
                 self.record_follows_disk(&sp, &r);
             }
         }
-        cancelled.map_err(UpdateError::Signpost)?;
+        cancelled.map_err(|e| UpdateError::Signpost(Box::new(e)))?;
         log::info!(
             "reverted the flip: set {} (running) boots next",
             sp.active()

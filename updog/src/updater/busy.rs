@@ -14,10 +14,10 @@ impl Updater {
         let (disk, active) = self.disk_and_active()?;
         signpost::lock::probe(&disk)
             .map_err(|source| {
-                UpdateError::Lock(crate::lock::LockError::Io {
+                UpdateError::Lock(Box::new(crate::lock::LockError::Io {
                     path: disk.clone(),
                     source,
-                })
+                }))
             })
             .inspect(|holder| {
                 if let Some(h) = holder {

@@ -1,7 +1,6 @@
 //! [`UpdateError::kind`]: the few cases an update agent acts on, in one match.
 
 use super::UpdateError;
-use crate::lock::LockError;
 use crate::transport::{TransportError, TransportErrorKind};
 
 /// What kind of failure an [`UpdateError`] is, for an agent deciding what to do next.
@@ -49,10 +48,7 @@ impl UpdateError {
         match self {
             UpdateError::NoUpdate(_) => return ErrorKind::NoUpdate,
             UpdateError::BootNotConfirmed { .. } => return ErrorKind::BootNotConfirmed,
-            UpdateError::Lock(LockError::Held { .. })
-            | UpdateError::Signpost(signpost::Error::Lock(LockError::Held { .. })) => {
-                return ErrorKind::Busy;
-            }
+            _ if self.is_lock_held() => return ErrorKind::Busy,
             _ => {}
         }
         if let Some(t) = transport_error(self) {
@@ -85,11 +81,7 @@ impl UpdateError {
 
 /// The transport error behind `err`, also when it travelled inside an I/O error of a reader.
 pub(crate) fn transport_error(err: &UpdateError) -> Option<&TransportError> {
-    std::iter::successors(
-        Some(err as &(dyn std::error::Error + 'static)),
-        |e: &&(dyn std::error::Error + 'static)| (*e).source(),
-    )
-    .find_map(|e| {
+    crate::advice::causes(err).find_map(|e| {
         e.downcast_ref::<TransportError>()
             .or_else(|| e.downcast_ref::<Box<TransportError>>().map(|b| &**b))
             .or_else(|| {
@@ -102,10 +94,11 @@ pub(crate) fn transport_error(err: &UpdateError) -> Option<&TransportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lock::LockError;
     use crate::updater::UpdateError;
 
     fn transport(kind: TransportErrorKind) -> UpdateError {
-        UpdateError::Repository(crate::tuf::Error::Transport {
+        UpdateError::Repository(Box::new(crate::tuf::Error::Transport {
             what: "timestamp".into(),
             source: Box::new(TransportError::new(
                 &"http://127.0.0.1:1/metadata/timestamp.json"
@@ -113,7 +106,7 @@ mod tests {
                     .unwrap(),
                 kind,
             )),
-        })
+        }))
     }
 
     #[test]
@@ -134,17 +127,17 @@ mod tests {
         assert_eq!(UpdateError::NoManifest.kind(), ErrorKind::Untrusted);
         assert_eq!(UpdateError::CheckCancelled.kind(), ErrorKind::Cancelled);
         assert_eq!(
-            UpdateError::Lock(LockError::Held {
+            UpdateError::Lock(Box::new(LockError::Held {
                 path: "/dev/vdz".into(),
                 holder_pid: None,
                 holder: None,
                 waited_ms: 0
-            })
+            }))
             .kind(),
             ErrorKind::Busy
         );
         assert_eq!(
-            UpdateError::Disk(bootpart::Error::Running("none".into())).kind(),
+            UpdateError::Disk(Box::new(bootpart::Error::Running("none".into()))).kind(),
             ErrorKind::Disk
         );
     }

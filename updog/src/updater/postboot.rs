@@ -18,7 +18,8 @@ impl Updater {
     /// A disk without a PRIVATE partition is refused, and nothing changes.
     pub fn mark_successful_boot(&self, lock: &UpdateLock) -> Result<(), UpdateError> {
         let mut sp = self.signpost(lock)?;
-        sp.mark_successful_boot().map_err(UpdateError::Signpost)?;
+        sp.mark_successful_boot()
+            .map_err(|e| UpdateError::Signpost(Box::new(e)))?;
         log::info!(
             "marked set {} (running) as booted successfully",
             sp.active()
@@ -40,7 +41,7 @@ impl Updater {
                 self.record_follows_disk(&sp, &r);
             }
         }
-        rolled.map_err(UpdateError::Signpost)?;
+        rolled.map_err(|e| UpdateError::Signpost(Box::new(e)))?;
         let next = sp.inactive();
         log::info!(
             "rolled back: set {next} boots next ({}), set {} stays the fallback",
@@ -58,6 +59,6 @@ impl Updater {
     pub fn has_boot_ever_succeeded(&self) -> Result<bool, UpdateError> {
         self.read_only_gpt()?
             .has_boot_ever_succeeded()
-            .map_err(UpdateError::Signpost)
+            .map_err(|e| UpdateError::Signpost(Box::new(e)))
     }
 }

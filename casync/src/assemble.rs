@@ -1,0 +1,652 @@
+//! Assembling an image on the inactive partition from verified chunks.
+//!
+//! [`assemble`] takes the signed target index, the inactive partition, optionally the running
+//! set's partition with its index (the seed), and a [`ChunkFetcher`]. It plans, then writes every
+//! chunk at its offset: zeros as zeros; chunks already in place (a resumed run) left alone after
+//! re-hashing; seed chunks read from the running partition and re-hashed (a mismatch means the
+//! chunk is fetched instead); the rest fetched, several at once, each verified against its id
+//! before it is written (a chunk the image holds at several places is fetched once and written
+//! to each). Then it flushes, drops the cached pages, reads every chunk back from the
+//! device and checks it (on two threads): a chunk this run wrote against the xxh3-128 of the
+//! verified bytes it wrote, like the full image's read-back; a zero chunk as zeros; a chunk kept
+//! in place against its id. Only then does it return [`Assembled`]. Nothing unverified is
+//! written.
+//!
+//! Memory: the index and its plan (about 80 bytes a chunk), plus at most `2 * in_flight + 3`
+//! chunk buffers, whatever the image size.
+
+use std::collections::HashMap;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, mpsc};
+use std::time::Duration;
+use xxhash_rust::xxh3::xxh3_128;
+
+use super::index::{BlobIndex, Chunk, ChunkId, IndexError};
+use super::plan::{Plan, Planned, Source};
+use super::region::Region;
+use super::store::{ChunkError, ChunkFetcher, verify_chunk};
+
+/// How to assemble.
+#[derive(Debug, Clone)]
+pub struct AssembleOptions {
+    /// Chunks fetched at once.
+    pub in_flight: usize,
+    /// Attempts per chunk before giving up (a corrupt or truncated chunk is fetched again).
+    pub attempts: u32,
+    /// Whether the inactive partition may hold chunks from an interrupted run: if so, each
+    /// chunk's place is re-hashed first and kept when it matches.
+    pub resumed: bool,
+}
+
+impl Default for AssembleOptions {
+    fn default() -> Self {
+        AssembleOptions {
+            in_flight: 4,
+            attempts: 3,
+            resumed: false,
+        }
+    }
+}
+
+/// Progress of an assembly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AssembleProgress {
+    /// The plan, once in-place chunks (if any) were found.
+    Planned(Plan),
+    /// Chunks written so far (bytes of the image placed, compressed bytes downloaded).
+    Writing {
+        /// Image bytes in place (written, kept or zero).
+        done: u64,
+        /// Image size.
+        total: u64,
+        /// Compressed bytes downloaded so far.
+        downloaded: u64,
+    },
+    /// Reading back and re-hashing from the device.
+    Verifying {
+        /// Bytes re-hashed so far.
+        done: u64,
+        /// Image size.
+        total: u64,
+    },
+}
+
+/// What an assembly did; the image on the partition was read back and matched the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assembled {
+    /// The plan as carried out (seed chunks that did not match are counted as fetched).
+    pub plan: Plan,
+    /// Chunks downloaded (a refetch after a bad chunk counts again).
+    pub fetched_chunks: usize,
+    /// Compressed bytes downloaded.
+    pub downloaded: u64,
+    /// Seed chunks whose bytes on the running partition did not match the index.
+    pub seed_mismatches: usize,
+    /// Fetched chunks refused (corrupt, truncated, too large) and fetched again.
+    pub refetched: usize,
+}
+
+/// Why an assembly failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AssembleError {
+    /// The index does not fit the partition.
+    #[error("the image's index describes {image} bytes, more than the {partition}-byte partition")]
+    TooLarge {
+        /// Bytes the index describes.
+        image: u64,
+        /// The partition's size.
+        partition: u64,
+    },
+    /// The index itself is unusable.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// Reading or writing a partition failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The disk or image file.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A chunk could not be fetched and verified in the attempts allowed.
+    #[error("chunk {number} (offset {offset}): {source}")]
+    Chunk {
+        /// Its number in the index.
+        number: usize,
+        /// Its offset in the image.
+        offset: u64,
+        /// The last error.
+        #[source]
+        source: ChunkError,
+    },
+    /// A chunk read back from the device does not match (the disk did not keep what was written).
+    #[error("read-back of chunk {number} at offset {offset} of {path} does not match the index")]
+    ReadBack {
+        /// Its number.
+        number: usize,
+        /// Its offset.
+        offset: u64,
+        /// The disk.
+        path: std::path::PathBuf,
+    },
+    /// Cancelled by the caller.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl AssembleError {
+    /// Whether the full image is worth trying instead: a store that is missing, unreachable,
+    /// too slow or serving bad chunks, or an index that does not fit the partition (the full
+    /// image is checked against it on its own). Not for partition I/O errors or cancellation,
+    /// which it would hit too.
+    pub fn should_fall_back(&self) -> bool {
+        matches!(
+            self,
+            AssembleError::Chunk { .. } | AssembleError::Index(_) | AssembleError::TooLarge { .. }
+        )
+    }
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    region: &'a Region,
+) -> impl FnOnce(std::io::Error) -> AssembleError + 'a {
+    move |source| AssembleError::Io {
+        what,
+        path: region.path().to_owned(),
+        source,
+    }
+}
+
+/// A chunk's number, how many fetches of it were refused before this result, and its bytes and
+/// compressed size or why it could not be had.
+type Fetched = (usize, usize, Result<(Vec<u8>, u64), ChunkError>);
+
+/// Fetches chunks from `jobs` until it closes or `stop` is set, retrying each up to `attempts`.
+fn fetch_worker(
+    index: &BlobIndex,
+    fetcher: &ChunkFetcher,
+    jobs: &Mutex<mpsc::Receiver<usize>>,
+    results: &mpsc::SyncSender<Fetched>,
+    attempts: u32,
+    stop: &AtomicBool,
+) {
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(number) = job else { return };
+        let Some(chunk) = index.chunk(number) else {
+            return;
+        };
+        let mut buf = Vec::new();
+        let mut refused = 0;
+        let result = loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match fetcher.fetch(&chunk, &mut buf) {
+                Ok(bytes) => break Ok((std::mem::take(&mut buf), bytes)),
+                // A store without the chunk will not grow it by asking again, and one that
+                // trickles will take as long again.
+                Err(e) if e.is_not_found() || e.is_too_slow() => break Err(e),
+                Err(e) if refused + 1 >= attempts.max(1) as usize => break Err(e),
+                Err(_) => {
+                    refused += 1;
+                    std::thread::sleep(Duration::from_millis(50 * refused as u64));
+                }
+            }
+        };
+        // A chunk that could not be had ends the whole assembly: stop the other workers now
+        // rather than let them download chunks that will not be used.
+        if result.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        if results.send((number, refused, result)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Builds the image `index` describes on `target` (the inactive partition), reusing `seed` (the
+/// running partition and its index) where it can and fetching the rest with `fetcher`.
+pub fn assemble(
+    target: &Region,
+    index: &BlobIndex,
+    seed: Option<(&Region, &BlobIndex)>,
+    fetcher: &ChunkFetcher,
+    options: &AssembleOptions,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(&AssembleProgress),
+) -> Result<Assembled, AssembleError> {
+    if index.total_len() > target.len() {
+        return Err(AssembleError::TooLarge {
+            image: index.total_len(),
+            partition: target.len(),
+        });
+    }
+    let mut planned = Planned::new(index, seed.map(|(_, i)| i));
+    let mut buf = Vec::with_capacity(index.longest_chunk() as usize);
+    if options.resumed {
+        planned
+            .find_in_place(index, target, &mut buf)
+            .map_err(io_err("reading the inactive partition", target))?;
+    }
+    progress(&AssembleProgress::Planned(planned.plan));
+
+    let mut run = Run {
+        target,
+        index,
+        planned: &mut planned,
+        cancel,
+        progress,
+        done: 0,
+        downloaded: 0,
+        fetched_chunks: 0,
+        seed_mismatches: 0,
+        refetched: 0,
+        last_report: 0,
+        written: vec![None; index.len()],
+    };
+    let in_flight = options.in_flight.max(1);
+    let stop = AtomicBool::new(false);
+    let (job_tx, job_rx) = mpsc::channel::<usize>();
+    let job_rx = Mutex::new(job_rx);
+    let (res_tx, res_rx) = mpsc::sync_channel::<Fetched>(in_flight);
+    std::thread::scope(|scope| {
+        for _ in 0..in_flight {
+            let (job_rx, res_tx, stop) = (&job_rx, res_tx.clone(), &stop);
+            scope.spawn(move || {
+                fetch_worker(index, fetcher, job_rx, &res_tx, options.attempts, stop);
+            });
+        }
+        drop(res_tx);
+        let result = run.write_all(seed.map(|(r, _)| r), job_tx, res_rx, &mut buf);
+        // On an error, stop the workers: their channels are gone, the flag ends their retries.
+        stop.store(true, Ordering::Relaxed);
+        result
+    })?;
+    let checks = ReadBackChecks {
+        sources: &run.planned.sources,
+        written: &run.written,
+    };
+    read_back(target, index, &checks, cancel, run.progress, &mut buf)?;
+    Ok(Assembled {
+        plan: run.planned.plan,
+        fetched_chunks: run.fetched_chunks,
+        downloaded: run.downloaded,
+        seed_mismatches: run.seed_mismatches,
+        refetched: run.refetched,
+    })
+}
+
+struct Run<'a> {
+    target: &'a Region,
+    index: &'a BlobIndex,
+    planned: &'a mut Planned,
+    cancel: &'a AtomicBool,
+    progress: &'a mut dyn FnMut(&AssembleProgress),
+    done: u64,
+    downloaded: u64,
+    fetched_chunks: usize,
+    seed_mismatches: usize,
+    refetched: usize,
+    last_report: u64,
+    /// xxh3-128 of the verified bytes written for each chunk (`None`: not written by this run),
+    /// which the read-back compares against.
+    written: Vec<Option<u128>>,
+}
+
+impl Run<'_> {
+    fn check_cancel(&self) -> Result<(), AssembleError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            Err(AssembleError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn placed(&mut self, chunk: &Chunk) {
+        self.done += u64::from(chunk.len);
+        let total = self.index.total_len();
+        // About a hundred reports over the image, and the last one.
+        if self.done - self.last_report >= total / 100 || self.done == total {
+            self.last_report = self.done;
+            (self.progress)(&AssembleProgress::Writing {
+                done: self.done,
+                total,
+                downloaded: self.downloaded,
+            });
+        }
+    }
+
+    fn write(&mut self, chunk: &Chunk, data: &[u8]) -> Result<(), AssembleError> {
+        self.target
+            .write_at(data, chunk.offset)
+            .map_err(io_err("writing the inactive partition", self.target))?;
+        if let Some(slot) = self.written.get_mut(chunk.number) {
+            *slot = Some(xxh3_128(data));
+        }
+        self.placed(chunk);
+        Ok(())
+    }
+
+    /// Writes a fetched chunk to every place in `waiting` for its id.
+    fn take_fetched(
+        &mut self,
+        (number, refused, result): Fetched,
+        waiting: &mut HashMap<ChunkId, Vec<usize>>,
+    ) -> Result<(), AssembleError> {
+        self.refetched += refused;
+        self.fetched_chunks += refused;
+        let Some(chunk) = self.index.chunk(number) else {
+            return Ok(());
+        };
+        let (data, bytes) = result.map_err(|source| AssembleError::Chunk {
+            number,
+            offset: chunk.offset,
+            source,
+        })?;
+        self.downloaded += bytes;
+        self.fetched_chunks += 1;
+        // `ChunkFetcher::fetch` returns only bytes of the chunk's signed length that hash to its
+        // id (hashing them again here would cost a third of the CPU of a fetched chunk).
+        for place in waiting.remove(&chunk.id).unwrap_or_default() {
+            if let Some(at) = self.index.chunk(place) {
+                self.write(&at, &data)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_all(
+        &mut self,
+        seed: Option<&Region>,
+        jobs: mpsc::Sender<usize>,
+        results: mpsc::Receiver<Fetched>,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), AssembleError> {
+        // Each distinct chunk is fetched once, by its first place; the others wait for it.
+        let mut waiting: HashMap<ChunkId, Vec<usize>> = HashMap::new();
+        // The receiver lives until this function returns.
+        let want = |number: usize, id: ChunkId, waiting: &mut HashMap<ChunkId, Vec<usize>>| {
+            let places = waiting.entry(id).or_default();
+            if places.is_empty() {
+                let _ = jobs.send(number);
+            }
+            places.push(number);
+        };
+        for chunk in self.index.chunks() {
+            if self.planned.sources[chunk.number] == Source::Fetch {
+                want(chunk.number, chunk.id, &mut waiting);
+            }
+        }
+        let zeros = vec![0u8; self.index.longest_chunk() as usize];
+        for number in 0..self.index.len() {
+            self.check_cancel()?;
+            while let Ok(fetched) = results.try_recv() {
+                self.take_fetched(fetched, &mut waiting)?;
+            }
+            let Some(chunk) = self.index.chunk(number) else {
+                break;
+            };
+            match self.planned.sources[number] {
+                Source::Zero => self.write(&chunk, &zeros[..chunk.len as usize])?,
+                Source::InPlace => self.placed(&chunk),
+                Source::Seed(offset) => {
+                    buf.resize(chunk.len as usize, 0);
+                    let read = seed.map(|s| s.read_at(buf, offset));
+                    if matches!(read, Some(Ok(()))) && verify_chunk(&chunk, buf).is_ok() {
+                        self.write(&chunk, buf)?;
+                    } else {
+                        self.seed_mismatches += 1;
+                        self.planned.seed_failed(&chunk);
+                        want(number, chunk.id, &mut waiting);
+                    }
+                }
+                Source::Fetch => {}
+            }
+        }
+        drop(jobs);
+        while !waiting.is_empty() {
+            self.check_cancel()?;
+            match results.recv_timeout(Duration::from_millis(200)) {
+                Ok(fetched) => self.take_fetched(fetched, &mut waiting)?,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Every worker is gone with chunks still owed: only a stop does that.
+                    return Err(AssembleError::Cancelled);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the read-back compares each chunk with.
+struct ReadBackChecks<'a> {
+    /// Each chunk's source: a zero chunk must read back as zeros, which is what its id says
+    /// (the plan named it zero because its id is the hash of that many zeros).
+    sources: &'a [Source],
+    /// The xxh3-128 of the bytes this run wrote for a chunk, after they had been verified
+    /// against its id: the device must give back exactly those bytes. xxh3-128, as on the full
+    /// image path, because the read-back guards against a disk that does not keep what it was
+    /// given, and re-running SHA-512/256 over every byte a second time would double the CPU of
+    /// a delta. A chunk this run did not write (in place from an earlier run) is re-hashed
+    /// against its id.
+    written: &'a [Option<u128>],
+}
+
+/// The read-back of an assembled image (see [`assemble`]): flush `target`, drop its cached
+/// pages, read every chunk of `index` back from the device and check it (see
+/// [`ReadBackChecks`]). Two threads, each taking the next stretch of chunks, so hashing does not
+/// wait on one core.
+fn read_back(
+    target: &Region,
+    index: &BlobIndex,
+    checks: &ReadBackChecks<'_>,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(&AssembleProgress),
+    buf: &mut Vec<u8>,
+) -> Result<(), AssembleError> {
+    target
+        .sync_and_drop_cache()
+        .map_err(io_err("flushing the inactive partition", target))?;
+    let total = index.total_len();
+    // Stretches of about 4 MiB of consecutive chunks.
+    let mut stretches = vec![0usize];
+    let mut since = 0u64;
+    for chunk in index.chunks() {
+        since += u64::from(chunk.len);
+        if since >= 4 << 20 {
+            stretches.push(chunk.number + 1);
+            since = 0;
+        }
+    }
+    if stretches.last() != Some(&index.len()) {
+        stretches.push(index.len());
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let check = |buf: &mut Vec<u8>| -> Result<bool, AssembleError> {
+        let s = next.fetch_add(1, Ordering::Relaxed);
+        let (Some(&from), Some(&to)) = (stretches.get(s), stretches.get(s + 1)) else {
+            return Ok(false);
+        };
+        let chunks = checks.sources.iter().zip(checks.written);
+        for (number, (source, written)) in chunks.enumerate().take(to).skip(from) {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            let Some(chunk) = index.chunk(number) else {
+                break;
+            };
+            buf.resize(chunk.len as usize, 0);
+            target
+                .read_at(buf, chunk.offset)
+                .map_err(io_err("reading back the inactive partition", target))?;
+            let good = match (source, written) {
+                (Source::Zero, _) => buf.iter().all(|&b| b == 0),
+                (_, Some(digest)) => xxh3_128(buf) == *digest,
+                (_, None) => verify_chunk(&chunk, buf).is_ok(),
+            };
+            if !good {
+                return Err(AssembleError::ReadBack {
+                    number,
+                    offset: chunk.offset,
+                    path: target.path().to_owned(),
+                });
+            }
+            done.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
+        }
+        Ok(true)
+    };
+    let mut last = 0u64;
+    std::thread::scope(|scope| {
+        let helper = scope.spawn(|| {
+            let mut buf = Vec::with_capacity(index.longest_chunk() as usize);
+            let result = loop {
+                match check(&mut buf) {
+                    Ok(true) => {}
+                    other => break other.map(|_| ()),
+                }
+            };
+            if result.is_err() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            result
+        });
+        let mine = loop {
+            if cancel.load(Ordering::Relaxed) {
+                break Err(AssembleError::Cancelled);
+            }
+            let more = match check(buf) {
+                Ok(more) => more,
+                Err(e) => break Err(e),
+            };
+            let now = done.load(Ordering::Relaxed);
+            if now - last >= total / 100 || !more {
+                last = now;
+                progress(&AssembleProgress::Verifying { done: now, total });
+            }
+            if !more {
+                break Ok(());
+            }
+        };
+        if mine.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        let theirs = helper.join().unwrap_or(Err(AssembleError::Cancelled));
+        mine.and(theirs)
+    })?;
+    // Both threads stopped only at the end: every chunk was read back and matched.
+    let now = done.load(Ordering::Relaxed);
+    if now != total {
+        return Err(AssembleError::Cancelled);
+    }
+    if last != now {
+        progress(&AssembleProgress::Verifying { done: now, total });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Chunker;
+    use crate::plan::Planned;
+
+    /// An image of random data with a run of zeros, written whole to a file, its plan, and the
+    /// xxh3-128 of each chunk as written.
+    fn written() -> (
+        tempfile::TempDir,
+        Region,
+        BlobIndex,
+        Vec<Source>,
+        Vec<Option<u128>>,
+    ) {
+        let mut rng = fastrand::Rng::with_seed(4);
+        let mut image = vec![0u8; 3 << 20];
+        rng.fill(&mut image[..2 << 20]);
+        let index = Chunker::casync_default()
+            .index(&image[..], |_, _| Ok(()))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part");
+        std::fs::write(&path, &image).unwrap();
+        let region = Region::open(&path, 0, image.len() as u64, true).unwrap();
+        let sources = Planned::new(&index, None).sources;
+        let digests = index
+            .chunks()
+            .map(|c| Some(xxh3_128(&image[c.offset as usize..c.end() as usize])))
+            .collect();
+        (dir, region, index, sources, digests)
+    }
+
+    fn check(
+        region: &Region,
+        index: &BlobIndex,
+        sources: &[Source],
+        written: &[Option<u128>],
+    ) -> Result<u64, AssembleError> {
+        let mut seen = 0;
+        let mut buf = Vec::new();
+        read_back(
+            region,
+            index,
+            &ReadBackChecks { sources, written },
+            &AtomicBool::new(false),
+            &mut |p| {
+                if let AssembleProgress::Verifying { done, .. } = *p {
+                    seen = done;
+                }
+            },
+            &mut buf,
+        )?;
+        Ok(seen)
+    }
+
+    #[test]
+    fn read_back_accepts_what_was_written_and_names_a_changed_chunk() {
+        let (_dir, region, index, sources, digests) = written();
+        assert!(sources.contains(&Source::Zero) && sources.contains(&Source::Fetch));
+        let unwritten = vec![None; index.len()];
+        // Against the digests of what was written, and (chunks found in place) against the ids.
+        for written in [&digests, &unwritten] {
+            assert_eq!(
+                check(&region, &index, &sources, written).unwrap(),
+                index.total_len()
+            );
+        }
+        // One flipped byte in a data chunk, then in a zero chunk: each is named, both ways.
+        for (kind, by_digest) in [
+            (Source::Fetch, true),
+            (Source::Fetch, false),
+            (Source::Zero, true),
+        ] {
+            let (_dir, region, index, sources, digests) = written();
+            let number = sources.iter().rposition(|s| *s == kind).unwrap();
+            let chunk = index.chunk(number).unwrap();
+            let mut byte = [0u8];
+            region.read_at(&mut byte, chunk.offset + 7).unwrap();
+            region.write_at(&[byte[0] ^ 1], chunk.offset + 7).unwrap();
+            let written = if by_digest {
+                digests
+            } else {
+                unwritten.clone()
+            };
+            match check(&region, &index, &sources, &written) {
+                Err(AssembleError::ReadBack { number: n, .. }) => assert_eq!(n, number),
+                other => panic!("{kind:?} {by_digest}: {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! `updata`: the publisher's tool. Edits a Bottlerocket-compatible `manifest.json`, and makes
+//! and maintains the signed TUF repository that hosts update from.
+//!
+//! A thin shell: each group of subcommands lives in its own module and calls the libraries
+//! (`manifest::edit` for the manifest rules, `updata` for keys, roots and repositories).
+
+mod delta_cmd;
+mod manifest_cmd;
+mod repo_cmd;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// Publish updates: edit a manifest.json (updates, rollout waves, migrations) and build the
+/// signed TUF repository that hosts read it from.
+///
+/// Every file is written atomically: an interrupted updata leaves the old file or the new one,
+/// never a half-written one.
+#[derive(Parser)]
+#[command(name = "updata", version, max_term_width = 100)]
+struct Cli {
+    #[command(flatten)]
+    log: cli_support::logging::LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Every subcommand group, flattened into one list.
+#[derive(Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Manifest(manifest_cmd::ManifestCommand),
+    #[command(flatten)]
+    Repo(repo_cmd::RepoCommand),
+    #[command(flatten)]
+    Delta(delta_cmd::DeltaCommand),
+}
+
+fn main() -> ExitCode {
+    cli_support::docs::generate_if_asked(Cli::command);
+    let cli = Cli::parse();
+    cli_support::logging::init("updata", &cli.log);
+    let result = match cli.command {
+        Command::Manifest(c) => c.run(),
+        Command::Repo(c) => c.run(),
+        Command::Delta(c) => c.run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            cli_support::logging::print_error("updata", &format!("error: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! The repository subcommands: `key`, `root`, `compress`, `publish`, `refresh-timestamp`,
+//! `rotate-root`, `check`. The work is in `updata`; this file parses, calls and prints.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use updata::metadata::SignedFile;
+
+use chrono::{DateTime, Duration, Utc};
+use clap::{Args, Subcommand};
+use updata::keys::{self, FileKey, KeySource, KeyType, PublicKey};
+use updata::metadata::Envelope;
+use updata::repo::{Expiries, Release, Report, Repository};
+use updata::{Error, check, image, root};
+use waves::time::{parse_relative, parse_time_or_relative};
+
+type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
+#[derive(Subcommand)]
+pub enum RepoCommand {
+    /// Signing keys: generate one, or show a key's id.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Make or change a root.json: roles, keys, thresholds, expiry, signatures.
+    #[command(subcommand)]
+    Root(RootCommand),
+    /// Compress a raw partition image into an lz4 frame as the reference builds them.
+    ///
+    /// The frame has lz4 -9's parameters (4 MiB independent blocks, content checksum), so
+    /// `lz4 -d` and every updater read it.
+    Compress {
+        /// The raw image (boot.ext4, root.ext4, root.verity, ...).
+        image: PathBuf,
+        /// The lz4 file to write, named as the manifest names the target.
+        output: PathBuf,
+    },
+    /// Publish a release: add targets and the manifest, sign targets, snapshot and timestamp.
+    ///
+    /// Checks everything before writing: the root, the keys (each must be a targets, snapshot
+    /// or timestamp key of the root; every threshold met), the manifest (valid; every image and
+    /// migration it names must be a target). Then writes the target files, N.targets.json,
+    /// N.snapshot.json and timestamp.json last, each atomically, so an interrupted publish
+    /// leaves the previous release in place.
+    Publish {
+        /// The repository directory (metadata/ and targets/ are created in it).
+        repo: PathBuf,
+        /// The root to start a new repository from (written as metadata/N.root.json).
+        #[arg(long, value_name = "ROOT_JSON")]
+        root: Option<PathBuf>,
+        /// The manifest to publish as target manifest.json [default: keep the current one].
+        #[arg(short = 'm', long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+        /// A file to add as a target, named by its file name (repeat for more).
+        #[arg(short = 't', long = "target", value_name = "FILE")]
+        targets: Vec<PathBuf>,
+        /// Add every file in this directory as a target.
+        #[arg(long, value_name = "DIR")]
+        add_targets: Vec<PathBuf>,
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// When targets.json expires.
+        #[arg(long, value_name = "TIME", default_value = "in 13 weeks")]
+        targets_expires: String,
+        /// When the snapshot expires.
+        #[arg(long, value_name = "TIME", default_value = "in 13 weeks")]
+        snapshot_expires: String,
+        /// When the timestamp expires (refresh it before: refresh-timestamp).
+        #[arg(long, value_name = "TIME", default_value = "in 7 days")]
+        timestamp_expires: String,
+        /// Warn when the root or targets expire within this long.
+        #[arg(long, value_name = "DURATION", default_value = "30 days")]
+        warn_within: String,
+    },
+    /// Sign a new timestamp (and with --snapshot-expires a new snapshot) for a cron job.
+    ///
+    /// Warns on stderr when the root or targets expire within --warn-within.
+    RefreshTimestamp {
+        /// The repository directory.
+        repo: PathBuf,
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// When the new timestamp expires: the horizon hosts can go without a refresh.
+        #[arg(long, value_name = "TIME", default_value = "in 7 days")]
+        expires: String,
+        /// Also sign a new snapshot version, expiring then.
+        #[arg(long, value_name = "TIME")]
+        snapshot_expires: Option<String>,
+        /// Warn when the root or targets expire within this long.
+        #[arg(long, value_name = "DURATION", default_value = "30 days")]
+        warn_within: String,
+    },
+    /// Publish root version N+1 from an edited root.json, signed by the old root and the new.
+    ///
+    /// The file gets version N+1, is signed with the given keys (root keys of version N or of
+    /// the new root; others may have signed it already with `root sign --previous`), must carry
+    /// both thresholds, and is written as metadata/(N+1).root.json. Hosts follow the chain.
+    RotateRoot {
+        /// The repository directory.
+        repo: PathBuf,
+        /// The edited root file.
+        #[arg(long, value_name = "ROOT_JSON")]
+        root: PathBuf,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Verify a repository as a host would, before uploading it (exit 1 on any problem).
+    ///
+    /// Refreshes the metadata with updog's TUF client from the given root, then fetches every
+    /// target the manifest names, checks its signed length and hashes, and decodes every image
+    /// to its declared size. Reports when each role expires.
+    Check {
+        /// The repository: a directory, or a file://, http:// or https:// URL of the folder
+        /// holding metadata/ and targets/.
+        repo: String,
+        /// The root hosts ship with (their trusted root).
+        #[arg(long, value_name = "ROOT_JSON")]
+        root: PathBuf,
+        /// Warn when a role expires within this long.
+        #[arg(long, value_name = "DURATION", default_value = "30 days")]
+        warn_within: String,
+    },
+}
+
+#[derive(Args)]
+pub struct KeyArgs {
+    /// A private key file to sign with (repeat for more; each role takes the keys the root
+    /// lists for it).
+    #[arg(short = 'k', long = "key", value_name = "KEY_FILE")]
+    keys: Vec<PathBuf>,
+}
+
+impl KeyArgs {
+    fn load(&self) -> Result<Vec<Box<dyn KeySource>>, Error> {
+        self.keys.iter().map(|p| key_source(p)).collect()
+    }
+}
+
+/// The key source a `--key` argument names. Only files today; a `kms:` or `pkcs11:` scheme
+/// would be decoded here into another `KeySource`.
+fn key_source(arg: &Path) -> Result<Box<dyn KeySource>, Error> {
+    Ok(Box::new(FileKey::load(arg)?))
+}
+
+fn refs(keys: &[Box<dyn KeySource>]) -> Vec<&dyn KeySource> {
+    keys.iter().map(AsRef::as_ref).collect()
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// Generate a signing key: FILE (private, mode 0600) and FILE's .pub.pem (public).
+    ///
+    /// Never overwrites a file. Give the public file to whoever edits the root.
+    Generate {
+        /// The private key file to create, such as keys/root.pem.
+        file: PathBuf,
+        /// ed25519 or ecdsa-p256.
+        #[arg(long = "type", default_value = "ed25519")]
+        kind: KeyType,
+    },
+    /// Print a key file's TUF key id (private or public key file).
+    Id {
+        /// The key file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RootCommand {
+    /// Create a root.json: version 1, consistent snapshots, the four top-level roles with no
+    /// keys yet and threshold 1.
+    Init {
+        /// The root file to create.
+        root: PathBuf,
+        /// When it expires.
+        #[arg(long, value_name = "TIME", default_value = "in 52 weeks")]
+        expires: String,
+        /// Overwrite the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List keys (private or public key files) for a role. Drops the root's signatures.
+    AddKey {
+        /// The root file.
+        root: PathBuf,
+        /// root, targets, snapshot or timestamp.
+        #[arg(long)]
+        role: String,
+        /// The key files.
+        #[arg(required = true)]
+        keys: Vec<PathBuf>,
+    },
+    /// Remove a key (a key file or a key id) from a role. Drops the root's signatures.
+    RemoveKey {
+        /// The root file.
+        root: PathBuf,
+        /// root, targets, snapshot or timestamp.
+        #[arg(long)]
+        role: String,
+        /// A key file or a key id.
+        key: String,
+    },
+    /// Set how many keys must sign a role. Drops the root's signatures.
+    SetThreshold {
+        /// The root file.
+        root: PathBuf,
+        /// root, targets, snapshot or timestamp.
+        #[arg(long)]
+        role: String,
+        /// The threshold (at least 1).
+        threshold: u64,
+    },
+    /// Set when the root expires. Drops the root's signatures.
+    SetExpires {
+        /// The root file.
+        root: PathBuf,
+        /// An RFC 3339 time or "in N days|weeks|...".
+        expires: String,
+    },
+    /// Raise the version by one (the first step of a rotation that several people sign).
+    /// Drops the root's signatures.
+    BumpVersion {
+        /// The root file.
+        root: PathBuf,
+    },
+    /// Add signatures to a root file; several key holders sign the same file in turn.
+    ///
+    /// Each key must be a root key of this root, or, for a rotation, of the previous root
+    /// given with --previous. Prints how many signatures each threshold still needs.
+    Sign {
+        /// The root file.
+        root: PathBuf,
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// The root version before this one (its keys sign a rotation too).
+        #[arg(long, value_name = "ROOT_JSON")]
+        previous: Option<PathBuf>,
+    },
+}
+
+fn time(value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Error> {
+    Ok(parse_time_or_relative(value, now)?)
+}
+
+fn duration(value: &str) -> Result<Duration, Error> {
+    Ok(parse_relative(value)?)
+}
+
+fn print_report(report: &Report) {
+    for path in &report.written {
+        println!("wrote {}", path.display());
+    }
+    for w in &report.warnings {
+        eprintln!("updata: warning: {w}");
+    }
+}
+
+impl RepoCommand {
+    pub fn run(self) -> CliResult {
+        let now = Utc::now();
+        match self {
+            Self::Key(c) => c.run(),
+            Self::Root(c) => c.run(now),
+            Self::Compress { image, output } => {
+                let c = image::compress(&image, &output)?;
+                println!(
+                    "{}: {} bytes -> {} bytes",
+                    output.display(),
+                    c.decompressed_length,
+                    c.length
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Self::Publish {
+                repo,
+                root,
+                manifest,
+                mut targets,
+                add_targets,
+                keys,
+                targets_expires,
+                snapshot_expires,
+                timestamp_expires,
+                warn_within,
+            } => {
+                for dir in &add_targets {
+                    targets.extend(files_in(dir)?);
+                }
+                let release = Release {
+                    root,
+                    manifest,
+                    targets,
+                };
+                let expires = Expiries {
+                    targets: time(&targets_expires, now)?,
+                    snapshot: time(&snapshot_expires, now)?,
+                    timestamp: time(&timestamp_expires, now)?,
+                    warn_within: duration(&warn_within)?,
+                };
+                let keys = keys.load()?;
+                let report =
+                    Repository::new(repo).publish(&release, &refs(&keys), &expires, now)?;
+                print_report(&report);
+                Ok(ExitCode::SUCCESS)
+            }
+            Self::RefreshTimestamp {
+                repo,
+                keys,
+                expires,
+                snapshot_expires,
+                warn_within,
+            } => {
+                let keys = keys.load()?;
+                let snapshot = snapshot_expires.map(|s| time(&s, now)).transpose()?;
+                let report = Repository::new(repo).refresh(
+                    &refs(&keys),
+                    time(&expires, now)?,
+                    snapshot,
+                    duration(&warn_within)?,
+                    now,
+                )?;
+                print_report(&report);
+                Ok(ExitCode::SUCCESS)
+            }
+            Self::RotateRoot { repo, root, keys } => {
+                let keys = keys.load()?;
+                let report = Repository::new(repo).rotate_root(&root, &refs(&keys), now)?;
+                print_report(&report);
+                Ok(ExitCode::SUCCESS)
+            }
+            Self::Check {
+                repo,
+                root,
+                warn_within,
+            } => {
+                let report = check::check(&repo, &root, duration(&warn_within)?, now);
+                for n in &report.notes {
+                    println!("ok: {n}");
+                }
+                for w in &report.warnings {
+                    println!("warning: {w}");
+                }
+                if report.problems.is_empty() {
+                    println!("{repo}: no problems found");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                for p in &report.problems {
+                    println!("problem: {p}");
+                }
+                println!("{repo}: {} problem(s)", report.problems.len());
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+/// Regular files directly in `dir`, sorted, skipping hidden ones.
+fn files_in(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let io = |source| Error::Io {
+        action: "reading the directory",
+        path: dir.to_owned(),
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if !hidden && entry.file_type().map_err(io)?.is_file() {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl KeyCommand {
+    fn run(self) -> CliResult {
+        match self {
+            Self::Generate { file, kind } => {
+                let public = keys::generate(&file, kind)?;
+                println!(
+                    "{}: key id {} (public key in {})",
+                    file.display(),
+                    public.id(),
+                    keys::public_key_path(&file).display()
+                );
+            }
+            Self::Id { file } => println!("{}", PublicKey::from_file(&file)?.id()),
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl RootCommand {
+    fn run(self, now: DateTime<Utc>) -> CliResult {
+        match self {
+            Self::Init {
+                root: path,
+                expires,
+                force,
+            } => {
+                if path.exists() && !force {
+                    return Err(Box::new(Error::State(format!(
+                        "{} exists (use --force to overwrite it)",
+                        path.display()
+                    ))));
+                }
+                let r = root::new_root(time(&expires, now)?);
+                r.save(&path)?;
+                println!("created {} (version 1)", path.display());
+            }
+            Self::AddKey {
+                root: path,
+                role,
+                keys,
+            } => {
+                let publics: Vec<PublicKey> = keys
+                    .iter()
+                    .map(|k| PublicKey::from_file(k))
+                    .collect::<Result<_, _>>()?;
+                edit_root(&path, |r| {
+                    for k in &publics {
+                        root::add_key(r, &role, k)?;
+                        println!("{role}: key {}", k.id());
+                    }
+                    Ok(())
+                })?;
+            }
+            Self::RemoveKey {
+                root: path,
+                role,
+                key,
+            } => {
+                let keyid = if Path::new(&key).is_file() {
+                    PublicKey::from_file(Path::new(&key))?.id().to_owned()
+                } else {
+                    key
+                };
+                edit_root(&path, |r| root::remove_key(r, &role, &keyid))?;
+                println!("{role}: removed key {keyid}");
+            }
+            Self::SetThreshold {
+                root: path,
+                role,
+                threshold,
+            } => {
+                edit_root(&path, |r| root::set_threshold(r, &role, threshold))?;
+                println!("{role}: threshold {threshold}");
+            }
+            Self::SetExpires {
+                root: path,
+                expires,
+            } => {
+                let t = time(&expires, now)?;
+                edit_root(&path, |r| {
+                    r.header.expires = updata::metadata::expiry(t);
+                    Ok(())
+                })?;
+                println!("expires {}", t.format("%Y-%m-%dT%H:%M:%SZ"));
+            }
+            Self::BumpVersion { root: path } => {
+                let mut version = 0;
+                edit_root(&path, |r| {
+                    r.header.version += 1;
+                    version = r.header.version;
+                    Ok(())
+                })?;
+                println!("{}: version {version}", path.display());
+            }
+            Self::Sign {
+                root: path,
+                keys,
+                previous,
+            } => {
+                let mut r = Envelope::load(&path)?;
+                let previous = previous.map(|p| Envelope::load(&p)).transpose()?;
+                let what = root::describe(&r.signed, &path);
+                let prev_signed = previous.as_ref().map(|p| &p.signed);
+                for key in keys.load()? {
+                    root::sign(&mut r, key.as_ref(), &what, prev_signed)?;
+                    println!("signed with {} ({})", key.describe(), key.public_key().id());
+                }
+                r.save(&path)?;
+                match root::check_complete(&r, &what, prev_signed) {
+                    Ok(()) => println!("{what}: every threshold is met"),
+                    Err(e) => println!("{what}: not complete yet: {e}"),
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Loads a root file, applies `change`, saves it; says when signatures were dropped.
+fn edit_root(
+    path: &Path,
+    change: impl FnOnce(&mut updata::metadata::Root) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut r = Envelope::load(path)?;
+    let dropped = root::edit(&mut r, change)?;
+    r.save(path)?;
+    if dropped > 0 {
+        eprintln!(
+            "updata: note: the change dropped {dropped} signature(s) of {}: sign it again \
+             (`updata root sign {0} -k KEY`), or, for a root that is already published, \
+             publish it as the next version with `updata rotate-root REPO --root {0} -k OLD_KEY \
+             -k NEW_KEY`, which signs it",
+            path.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! The check before upload: the repository read exactly as a host reads it, with our own TUF
+//! client ([`tuf::Repository`]) from a given trusted root, then every target the
+//! manifest names fetched and verified, and every image decoded.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use url::Url;
+
+use tuf::schema::{Envelope, Header};
+use tuf::transport::{FileTransport, HttpOptions, HttpTransport, Transport};
+use tuf::{Repository, RepositoryOptions};
+
+use super::repo::{MANIFEST_TARGET, manifest_target_names};
+
+/// What the check found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Everything that would stop a host from updating (empty: the repository is good).
+    pub problems: Vec<String>,
+    /// What was verified, and when each role expires.
+    pub notes: Vec<String>,
+    /// The root or targets expires within the horizon.
+    pub warnings: Vec<String>,
+}
+
+/// The base URL of a repository given as a directory or a URL.
+pub fn repository_url(location: &str) -> Result<Url, String> {
+    if location.contains("://") {
+        let mut url = Url::parse(location).map_err(|e| format!("{location}: not a URL: {e}"))?;
+        if !url.path().ends_with('/') {
+            url.set_path(&format!("{}/", url.path()));
+        }
+        return Ok(url);
+    }
+    let dir = std::fs::canonicalize(location).map_err(|e| format!("{location}: {e}"))?;
+    Url::from_directory_path(&dir).map_err(|()| format!("{}: not a directory path", dir.display()))
+}
+
+/// Checks the repository at `location` (a directory, `file://`, `http://` or `https://` URL
+/// of the folder holding `metadata/` and `targets/`) starting from `trusted_root`, at `now`.
+pub fn check(
+    location: &str,
+    trusted_root: &Path,
+    warn_within: Duration,
+    now: DateTime<Utc>,
+) -> CheckReport {
+    let mut report = CheckReport::default();
+    if let Err(p) = run(location, trusted_root, warn_within, now, &mut report) {
+        report.problems.push(p);
+    }
+    report
+}
+
+fn run(
+    location: &str,
+    trusted_root: &Path,
+    warn_within: Duration,
+    now: DateTime<Utc>,
+    report: &mut CheckReport,
+) -> Result<(), String> {
+    let base = repository_url(location)?;
+    let join = |p: &str| base.join(p).map_err(|e| format!("{base}: {e}"));
+    let transport: Arc<dyn Transport> = if base.scheme() == "file" {
+        Arc::new(FileTransport)
+    } else {
+        Arc::new(HttpTransport::new(HttpOptions::default()).map_err(|e| e.to_string())?)
+    };
+    let datastore =
+        tempfile::tempdir().map_err(|e| format!("creating a temporary directory: {e}"))?;
+    let mut opts = RepositoryOptions::new(
+        join("metadata/")?,
+        join("targets/")?,
+        datastore.path().join("metadata"),
+    );
+    trusted_root.clone_into(&mut opts.trusted_root);
+    opts.reference_time = Some(now);
+    let repo = Repository::load(opts, transport).map_err(|e| format!("metadata: {e}"))?;
+    report.notes.push(format!(
+        "metadata verified from {}: root version {}, timestamp {}, snapshot {}, targets {}",
+        trusted_root.display(),
+        repo.root_version(),
+        repo.timestamp_version(),
+        repo.snapshot_version(),
+        repo.targets_version()
+    ));
+    for file in repo.metadata_bytes() {
+        // Verified bytes, read with the client's own schema: only the header is decoded.
+        let expires = serde_json::from_slice::<Envelope<Header>>(&file.bytes)
+            .ok()
+            .map(|e| e.signed.expires);
+        if let Some(t) = expires {
+            let line = format!(
+                "{} expires at {} (in {} day(s))",
+                file.name,
+                t.format("%Y-%m-%dT%H:%M:%SZ"),
+                (t - now).num_days()
+            );
+            // The short-lived roles are refreshed by a cron job; the long-lived ones need a person.
+            let long_lived = file.name.ends_with("root.json") || file.name == "targets.json";
+            if long_lived && t <= now + warn_within {
+                report.warnings.push(line);
+            } else {
+                report.notes.push(line);
+            }
+        }
+    }
+    let manifest = read_manifest(&repo)?;
+    for p in manifest.problems().iter().filter(|p| !p.is_note()) {
+        report.problems.push(format!("manifest.json: {p}"));
+    }
+    let images: BTreeSet<&str> = manifest
+        .updates
+        .iter()
+        .flat_map(|u| u.images.named().map(|(_, n)| n))
+        .collect();
+    for name in manifest_target_names(&manifest) {
+        match check_target(&repo, &name, images.contains(name.as_str())) {
+            Ok(line) => report.notes.push(line),
+            Err(p) => report.problems.push(p),
+        }
+    }
+    Ok(())
+}
+
+fn read_manifest(repo: &Repository) -> Result<manifest::Manifest, String> {
+    let mut reader = repo
+        .read_target(MANIFEST_TARGET)
+        .map_err(|e| format!("{MANIFEST_TARGET}: {e}"))?;
+    let mut bytes = Vec::new();
+    (&mut reader)
+        .take(manifest::MAX_MANIFEST_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{MANIFEST_TARGET}: {e}"))?;
+    reader
+        .finish()
+        .map_err(|e| format!("{MANIFEST_TARGET}: {e}"))?;
+    manifest::Manifest::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+/// Fetches and verifies one target; an image is decoded as well.
+fn check_target(repo: &Repository, name: &str, image: bool) -> Result<String, String> {
+    let desc = repo
+        .target(name)
+        .map_err(|e| format!("{name}: {e}"))?
+        .ok_or_else(|| format!("{name}: named by the manifest but not a signed target"))?;
+    let mut reader = repo.read_target(name).map_err(|e| format!("{name}: {e}"))?;
+    if !image {
+        std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| format!("{name}: {e}"))?;
+        reader.finish().map_err(|e| format!("{name}: {e}"))?;
+        return Ok(format!("{name}: {} bytes, hashes match", desc.length));
+    }
+    let decoded = super::image::decoded_length(&mut reader)
+        .map_err(|e| format!("{name}: does not decode as an lz4 frame: {e}"))?;
+    // Whatever the decoder left unread still counts towards the signed length and hashes.
+    std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| format!("{name}: {e}"))?;
+    reader.finish().map_err(|e| format!("{name}: {e}"))?;
+    match desc
+        .custom
+        .get("decompressed_length")
+        .and_then(serde_json::Value::as_u64)
+    {
+        Some(declared) if declared != decoded => Err(format!(
+            "{name}: decodes to {decoded} bytes, but its target declares {declared}"
+        )),
+        Some(_) => Ok(format!(
+            "{name}: {} bytes, hashes match, decodes to its declared {decoded} bytes",
+            desc.length
+        )),
+        None => Ok(format!(
+            "{name}: {} bytes, hashes match, decodes to {decoded} bytes (no declared size)",
+            desc.length
+        )),
+    }
+}
