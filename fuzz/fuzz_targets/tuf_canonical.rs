@@ -1,4 +1,4 @@
-//! Canonical JSON: what the client signs over (`updog::tuf::canonical_json`, made while
+//! Canonical JSON: what the client signs over (`updog::tuf::canonical_json_of`, made while
 //! parsing, without a `serde_json::Value` tree) must be byte for byte what `olpc_cjson` writes
 //! for the same document read into a `Value`, and both must accept and refuse the same inputs.
 //! Property: no panic, no hang, bounded memory, and the two agree.
@@ -10,7 +10,7 @@ use serde::Serialize;
 updog_fuzz::capped_allocator!();
 
 fuzz_target!(|data: &[u8]| {
-    let ours = updog::tuf::canonical_json(data);
+    let ours = updog::tuf::canonical_json_of(data);
     let reference = serde_json::from_slice::<serde_json::Value>(data).map(|value| {
         let mut out = Vec::new();
         let mut ser =

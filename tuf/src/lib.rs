@@ -581,7 +581,7 @@ pub fn check_metadata(role: &Role, bytes: &[u8], root: &Root) -> Result<u64, Err
 /// `signed` object of every metadata file (while parsing, without a `Value` tree). `Ok(None)`
 /// when the document has no canonical form (it holds a float). An entry point for the fuzz
 /// targets in `fuzz/`, which compare it with `olpc_cjson`.
-pub fn canonical_json(bytes: &[u8]) -> Result<Option<Vec<u8>>, serde_json::Error> {
+pub fn canonical_json_of(bytes: &[u8]) -> Result<Option<Vec<u8>>, serde_json::Error> {
     use serde::de::DeserializeSeed;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let canon = canonical::CanonSeed::new().deserialize(&mut de)?;
