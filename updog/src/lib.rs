@@ -17,6 +17,7 @@
 //!   [`updater::UpdateState`] in Bottlerocket's terms), `reboot`; after the reboot
 //!   `mark_successful_boot`, `rollback_to_inactive`, `has_boot_ever_succeeded`;
 //! - [`progress`]: the events `stage` reports, and their JSON-lines and terminal renderings;
+//! - [`staging`]: the staging order as types that only the right sequence makes;
 //! - [`lock`]: one owner per disk; [`status`]: the staged-state record; [`steps`]: the named
 //!   steps of stage, apply and revert; [`reboot`]: the reboot hand-off; [`exit`]: the CLI's
 //!   exit codes;
@@ -40,11 +41,11 @@ pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod reboot;
+pub mod staging;
 pub mod status;
 pub mod steps;
 pub mod updater;
 
-mod staging;
 
 // The TUF client and its transports are the `tuf` crate; re-exported so that an agent can name
 // what `Updater` takes and returns (`updog::tuf::Repository`, `updog::transport::HttpOptions`)

@@ -8,19 +8,23 @@
 //! `signpost` run, exclude each other because they lock the same inode. There is no lock file
 //! that could be removed, redirected through a symlink, or held by an unprivileged user.
 //!
-//! ```
-//! # let dir = tempfile::tempdir().unwrap();
-//! # let disk = dir.path().join("disk.img");
-//! # std::fs::write(&disk, [0u8; 4096]).unwrap();
-//! use updog::lock::{LockError, UpdateLock};
+//! The running set the lock carries decides which set staging clears, so only the updater's
+//! own resolution of the disk makes one: [`UpdateLock`] has no public constructor.
 //!
-//! let first = UpdateLock::acquire(&disk, bootpart::SetId::A)?;
-//! assert!(matches!(
-//!     UpdateLock::acquire_waiting(&disk, bootpart::SetId::A, std::time::Duration::ZERO),
-//!     Err(LockError::Held { .. })
-//! ));
-//! drop(first);
-//! # Ok::<(), LockError>(())
+//! ```compile_fail,E0624
+//! # let disk = std::path::Path::new("/dev/vda");
+//! let lock = updog::lock::UpdateLock::acquire(disk, updog::SetId::A);
+//! ```
+//!
+//! ```no_run
+//! use updog::updater::Updater;
+//!
+//! let (config, _) = updog::config::Config::from_path("/etc/updog.toml".as_ref())?;
+//! let updater = Updater::new(config)?;
+//! let lock = updater.lock()?; // the disk and running set of the configuration or of `/`
+//! assert!(matches!(updater.lock(), Err(e) if e.exit_code() == updog::exit::LOCKED));
+//! drop(lock);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::path::Path;
@@ -40,12 +44,12 @@ pub struct UpdateLock {
 impl UpdateLock {
     /// Locks `disk`, whose running set is `active`, waiting up to [`DEFAULT_WAIT`] (udev's
     /// probes hold a shared lock briefly); [`LockError::Held`] when another process owns it.
-    pub fn acquire(disk: &Path, active: SetId) -> Result<UpdateLock, LockError> {
+    pub(crate) fn acquire(disk: &Path, active: SetId) -> Result<UpdateLock, LockError> {
         Self::acquire_waiting(disk, active, DEFAULT_WAIT)
     }
 
     /// Like [`UpdateLock::acquire`], waiting at most `wait`.
-    pub fn acquire_waiting(
+    pub(crate) fn acquire_waiting(
         disk: &Path,
         active: SetId,
         wait: Duration,

@@ -39,7 +39,7 @@ use crate::lock::{LockError, UpdateLock};
 use crate::os_release::{OsRelease, OsReleaseError};
 use crate::progress::{ImageKind, ProgressEvent};
 use crate::reboot::RebootError;
-use crate::staging::{ClearedSet, Gpt, VerifiedImage};
+use crate::staging::{ClearedSet, Confirmed, DeltaSource, Gpt};
 use crate::status::{RecordError, STATUS_FORMAT_VERSION, StagedRecord};
 use crate::steps::{GptIoWrapper, Step, StepObserver};
 use crate::transport::Transport;
@@ -260,6 +260,17 @@ pub struct RunningStatus {
     pub build_id: Option<String>,
     /// The running set.
     pub set: SetId,
+}
+
+/// Where one image's compressed bytes fall in the update-wide progress.
+#[derive(Debug, Clone, Copy)]
+struct ImageBytes {
+    /// Compressed bytes of the images staged before it.
+    done: u64,
+    /// Compressed bytes of all three images.
+    total: u64,
+    /// Its own compressed length.
+    image: u64,
 }
 
 /// Why an update operation failed. [`UpdateError::exit_code`] maps each to the CLI's code.
@@ -917,38 +928,6 @@ impl Updater {
             .map_err(|e| UpdateError::Signpost(Box::new(e)))
     }
 
-    /// Checks what can be checked before the disk changes and was not settled when the plan
-    /// was made: no image is empty, and each can fit its partition of the target set.
-    /// Returns the images' total signed (compressed) length, for the update-wide progress.
-    fn preflight(
-        plan: &UpdatePlan,
-        partitions: &bootpart::PartitionSet,
-        set: SetId,
-    ) -> Result<u64, UpdateError> {
-        let mut update_total = 0u64;
-        for image in plan.images() {
-            let (kind, target) = (image.kind, &image.target);
-            if target.length == 0 {
-                return Err(UpdateError::EmptyImage {
-                    image: kind,
-                    target: target.name.clone(),
-                });
-            }
-            let capacity = crate::staging::partition_of(partitions, kind).byte_len();
-            update_total = update_total.saturating_add(target.length);
-            if target.length > max_compressed_len(capacity) {
-                return Err(UpdateError::ImageTooLarge {
-                    image: kind,
-                    target: target.name.clone(),
-                    length: target.length,
-                    capacity,
-                    set,
-                });
-            }
-        }
-        Ok(update_total)
-    }
-
     /// The plan for `update`: each image's signed target (a signed target with a sha256 and a
     /// name that can be fetched), its chunk index if the update lists one, the migrations.
     fn plan(
@@ -1124,28 +1103,8 @@ impl Updater {
         self.stage_chosen(lock, &repo, &manifest, fresh, progress, cancel)
     }
 
-    /// Refuses to stage while the running set has not been marked successful. If the other
-    /// set is one a rollback could go to, clearing it would destroy the only fallback should
-    /// this boot fail: always refused. If it is no fallback (cleared, or staged and never
-    /// booted), the staged update would be the disk's only bootable set after the flip, for
-    /// one try (a disk whose first boot was never marked ends with no bootable set if that try
-    /// fails): refused unless `allow` (`--allow-unconfirmed-boot`).
-    fn refuse_unconfirmed_boot(sp: &Gpt, allow: bool) -> Result<(), UpdateError> {
-        let set = sp.active();
-        let state = sp.state(set).unwrap_or_default();
-        let fallback = sp.state(set.other()).unwrap_or_default().can_roll_back_to();
-        if state.successful || (allow && !fallback) {
-            Ok(())
-        } else {
-            Err(UpdateError::BootNotConfirmed {
-                set,
-                state,
-                fallback,
-            })
-        }
-    }
-
-    /// Stages a plan chosen on `repo`'s metadata (see [`Updater::stage_plan`] for the order).
+    /// Stages a plan chosen on `repo`'s metadata (see [`Updater::stage_plan`] for the order,
+    /// which the types of [`crate::staging`] hold).
     fn stage_chosen(
         &self,
         lock: &UpdateLock,
@@ -1160,10 +1119,12 @@ impl Updater {
         self.query.set("target", plan.version().to_string());
 
         // One read of the GPT gives the partitions and the flags.
-        let sp = self.signpost(lock)?;
-        let inactive = sp.inactive();
-        Self::refuse_unconfirmed_boot(&sp, plan.options().allow_unconfirmed_boot)?;
-        if let Some(staged) = self.already_staged(&sp.flags(), &plan) {
+        let confirmed = Confirmed::check(
+            self.signpost(lock)?,
+            plan.options().allow_unconfirmed_boot,
+        )?;
+        let inactive = confirmed.inactive();
+        if let Some(staged) = self.already_staged(&confirmed.flags(), &plan) {
             log::info!(
                 "{} is already {} on set {inactive} (verified when it was staged): nothing to download or write",
                 staged.version,
@@ -1175,41 +1136,41 @@ impl Updater {
             );
             return Ok(staged);
         }
-        let layout = sp
-            .layout()
-            .map_err(|e| UpdateError::Signpost(Box::new(e)))?;
-        let partitions = layout
-            .set(inactive)
-            .map_err(|e| UpdateError::Disk(Box::new(e)))?;
         progress(&ProgressEvent::Selected {
             version: plan.version().to_string(),
             set: inactive,
         });
-        let update_total = Self::preflight(&plan, partitions, inactive)?;
-        self.fetch_migrations(repo, &plan, progress)?;
+        let preflight = confirmed.preflight(plan, self.os.version_id.clone())?;
+        progress(&ProgressEvent::FetchingMigrations {
+            count: preflight.plan().migration_plan.migrations.len(),
+        });
+        let migrations_query = Self::migrations_query(preflight.plan());
+        let fetched = preflight.fetch_migrations(
+            repo,
+            &migrations_fetch::CacheDirs::new(
+                &self.config.migrations_dir,
+                &self.config.migrations_metadata_dir,
+            ),
+        )?;
+        self.query.set("migrations", migrations_query);
         if cancel.is_cancelled() {
-            return Err(UpdateError::Cancelled { set: inactive });
+            return Err(UpdateError::Cancelled { set: fetched.set() });
         }
 
-        // Clear the inactive set and flush, before its first byte changes.
+        // Clear the inactive set and flush, before its first byte changes; then remove the
+        // record, which described the set just cleared.
         progress(&ProgressEvent::ClearingInactive { set: inactive });
-        self.step(Step::Clear);
-        let cleared = ClearedSet::clear(sp, layout)?;
-        log::info!("cleared set {inactive} before writing to it");
-        // From here on, any failure leaves the set cleared and unrecorded, whatever wrote it.
-        let staged = self.stage_onto(
-            &cleared,
-            repo,
-            manifest,
-            &plan,
-            update_total,
-            progress,
-            cancel,
-        );
-        let staged = match staged {
-            Ok(images) => self.mark_valid(cleared, images, &plan, progress),
-            Err(e) => Err(cleared.abandon(e)),
-        };
+        let step = |step| self.step(step);
+        let staged = fetched
+            .clear(&self.config.state_file, &step)
+            .and_then(|mut cleared| {
+                // From here on, any failure leaves the set cleared and unrecorded, whatever
+                // wrote it.
+                match self.stage_onto(&mut cleared, repo, manifest, progress, cancel) {
+                    Ok(()) => self.mark_valid(cleared, progress),
+                    Err(e) => Err(cleared.abandon(e)),
+                }
+            });
         if staged.is_err() {
             let _ = StagedRecord::remove(&self.config.state_file);
         }
@@ -1249,27 +1210,9 @@ impl Updater {
         })
     }
 
-    /// Fetches the migrations of the plan into the cache: a missing link or a fetch failure
-    /// stops the update before the disk changes.
-    fn fetch_migrations(
-        &self,
-        repo: &crate::tuf::Repository,
-        plan: &UpdatePlan,
-        progress: &dyn Fn(&ProgressEvent),
-    ) -> Result<(), UpdateError> {
-        progress(&ProgressEvent::FetchingMigrations {
-            count: plan.migration_plan.migrations.len(),
-        });
-        migrations_fetch::fetch(
-            &plan.migration_plan,
-            &crate::migrations::TufSource(repo),
-            &migrations_fetch::CacheDirs::new(
-                &self.config.migrations_dir,
-                &self.config.migrations_metadata_dir,
-            ),
-            &migrations_fetch::FetchOptions::default(),
-        )
-        .map_err(|e| UpdateError::MigrationFetch(Box::new(e)))?;
+    /// The `migrations` query value of a plan (as the reference sends it once the migrations
+    /// are in): the migrations' target names and the manifest's.
+    fn migrations_query(plan: &UpdatePlan) -> String {
         let mut migration_targets: Vec<String> = plan
             .migration_plan
             .migration_names()
@@ -1277,88 +1220,74 @@ impl Updater {
             .map(ToString::to_string)
             .collect();
         migration_targets.push(MANIFEST_TARGET.to_string());
-        self.query.set("migrations", migration_targets.join(","));
-        Ok(())
+        migration_targets.join(",")
     }
 
-    /// Removes the record of the set just cleared, then stages root, boot and hash onto it.
-    #[allow(clippy::too_many_arguments)]
+    /// Stages root, boot and hash onto the cleared set, each from chunks when the plan has an
+    /// index for it, else (or when that fails in a way the full image avoids) in full.
     fn stage_onto(
         &self,
-        cleared: &ClearedSet,
+        cleared: &mut ClearedSet,
         repo: &crate::tuf::Repository,
         manifest: &Manifest,
-        plan: &UpdatePlan,
-        update_total: u64,
         progress: &dyn Fn(&ProgressEvent),
         cancel: &CancelHandle,
-    ) -> Result<[VerifiedImage; 3], UpdateError> {
-        // The record described the set we just cleared.
-        self.step(Step::RemoveRecord);
-        StagedRecord::remove(&self.config.state_file)?;
+    ) -> Result<(), UpdateError> {
+        let source = DeltaSource {
+            repo,
+            manifest,
+            store: crate::delta::stage::DeltaStore {
+                transport: Arc::clone(&self.transport),
+                targets_base_url: self.config.targets_base_url.clone(),
+                // A chunk must arrive within the stall timeout plus its size at the slowest
+                // rate accepted for metadata: a store that trickles ends in the full image.
+                chunk_time_limit: Some(crate::delta::store::ChunkTimeLimit {
+                    base: self.config.stall_timeout,
+                    min_rate: self.config.metadata_min_rate,
+                }),
+            },
+            state_dir: self.delta_state_dir(),
+        };
         // Compressed bytes of the images already staged, for the update-wide progress.
         let mut update_done = 0u64;
-        let mut stage = |image: &PlannedImage| -> Result<VerifiedImage, UpdateError> {
+        let update_total = cleared.update_total();
+        for kind in ImageKind::ALL {
             if cancel.is_cancelled() {
                 return Err(UpdateError::Cancelled { set: cleared.set() });
             }
-            self.step(Step::WriteImage(image.kind));
-            let bytes = (update_done, update_total);
-            update_done = update_done.saturating_add(image.target.length);
+            self.step(Step::WriteImage(kind));
+            let image_len = cleared.plan().image(kind).target.length;
+            let bytes = ImageBytes {
+                done: update_done,
+                total: update_total,
+                image: image_len,
+            };
+            update_done = update_done.saturating_add(image_len);
             // Delta first when the update offers it (small, local hook: delta/stage.rs).
-            if let Some(verified) = self.stage_delta(
-                repo, manifest, plan, cleared, image, bytes, progress, cancel,
-            )? {
-                return Ok(verified);
+            if !self.stage_delta(cleared, kind, &source, bytes, progress, cancel)? {
+                Self::stage_full(repo, cleared, kind, bytes, progress, cancel)?;
             }
-            Self::stage_full(repo, cleared, image, bytes, progress, cancel)
-        };
-        let [root, boot, hash] = plan.images();
-        let images = [stage(root)?, stage(boot)?, stage(hash)?];
+        }
         if cancel.is_cancelled() {
             return Err(UpdateError::Cancelled { set: cleared.set() });
         }
-        Ok(images)
+        Ok(())
     }
 
-    /// Records what was staged (a set marked valid always has a record: a full state file
-    /// system fails here, with the set still cleared), then marks the set valid.
+    /// Records what was staged and marks the set valid (see [`ClearedSet::mark_valid`]).
     fn mark_valid(
         &self,
         cleared: ClearedSet,
-        images: [VerifiedImage; 3],
-        plan: &UpdatePlan,
         progress: &dyn Fn(&ProgressEvent),
     ) -> Result<Staged, UpdateError> {
-        let update = plan.update();
-        let write_record = |set: SetId, images: &[VerifiedImage; 3]| {
-            let record = StagedRecord {
-                format_version: STATUS_FORMAT_VERSION,
-                variant: update.variant.clone(),
-                arch: update.arch.clone(),
-                version: update.version.clone(),
-                from_version: self.os.version_id.clone(),
-                set,
-                staged_at: Utc::now(),
-                images: images
-                    .iter()
-                    .map(|i| (i.kind(), i.record().clone()))
-                    .collect(),
-                applied: false,
-            };
-            self.step(Step::RecordStaged);
-            record.write_atomic(&self.config.state_file)?;
-            Ok(record)
-        };
-        // The GPT is re-read right before the mark: the set must still be as this run
-        // cleared it.
-        let set = cleared.set();
-        let record = cleared.mark_valid(images, write_record, || self.step(Step::MarkValid))?;
+        let (set, update) = (cleared.set(), cleared.plan().update().clone());
+        let step = |step| self.step(step);
+        let record = cleared.mark_valid(&self.config.state_file, &step)?;
         log::info!("set {set} holds {} and is marked valid", update.version);
         progress(&ProgressEvent::MarkedValid { set });
         Ok(Staged {
-            update: update.clone(),
             version: update.version.clone(),
+            update,
             set,
             record,
             already_staged: false,
@@ -1401,57 +1330,28 @@ impl Updater {
     }
 
     /// Stages one image from chunks when the update offers an index for it and `delta` is on.
-    /// `Ok(None)`: not offered, or it failed in a way the full image avoids (reported with a
+    /// `Ok(false)`: not offered, or it failed in a way the full image avoids (reported with a
     /// [`ProgressEvent::DeltaFallback`]); the caller streams the full image then.
-    #[allow(clippy::too_many_arguments)]
     fn stage_delta(
         &self,
-        repo: &crate::tuf::Repository,
-        manifest: &Manifest,
-        plan: &UpdatePlan,
-        cleared: &ClearedSet,
-        image: &PlannedImage,
-        (update_done, update_total): (u64, u64),
+        cleared: &mut ClearedSet,
+        kind: ImageKind,
+        source: &DeltaSource<'_>,
+        bytes: ImageBytes,
         progress: &dyn Fn(&ProgressEvent),
         cancel: &CancelHandle,
-    ) -> Result<Option<VerifiedImage>, UpdateError> {
+    ) -> Result<bool, UpdateError> {
         use crate::delta::AssembleProgress;
-        let (kind, image_len, update) = (image.kind, image.target.length, plan.update());
-        let offered = update
+        let offered = cleared
+            .plan()
+            .update()
             .delta
             .as_ref()
             .is_some_and(|d| d.indexes.contains_key(kind.name()));
         if !self.config.delta || !offered {
-            return Ok(None);
+            return Ok(false);
         }
-        let (inactive, partition, disk) = (cleared.set(), cleared.partition(kind), cleared.disk());
-        let active = inactive.other();
-        let running = cleared
-            .layout()
-            .set(active)
-            .map_err(|e| UpdateError::Disk(Box::new(e)))?;
-        let seed = crate::staging::partition_of(running, kind);
-        let state_dir = self.delta_state_dir();
-        let (running_set, running_version) = (active.to_string(), self.os.version_id.to_string());
-        let request = crate::delta::stage::DeltaImage {
-            image: kind.name(),
-            update,
-            manifest,
-            running_version: &running_version,
-            running_set: &running_set,
-            disk,
-            image_len: image.target.decompressed_length,
-            target: (partition.byte_offset(), partition.byte_len()),
-            seed: (seed.byte_offset(), seed.byte_len()),
-            targets_base_url: &self.config.targets_base_url,
-            state_dir,
-            // A chunk must arrive within the stall timeout plus its size at the slowest rate
-            // accepted for metadata: a store that trickles ends in the full image.
-            chunk_time_limit: Some(crate::delta::store::ChunkTimeLimit {
-                base: self.config.stall_timeout,
-                min_rate: self.config.metadata_min_rate,
-            }),
-        };
+        let inactive = cleared.set();
         let mut verifying = false;
         let mut on_progress = |p: &AssembleProgress| match *p {
             AssembleProgress::Planned(plan) => {
@@ -1464,27 +1364,23 @@ impl Updater {
                 target: String::new(),
                 done,
                 total,
-                update_done: update_done
-                    + (u128::from(image_len) * u128::from(done) / u128::from(total.max(1))) as u64,
-                update_total,
+                update_done: bytes.done
+                    + (u128::from(bytes.image) * u128::from(done) / u128::from(total.max(1)))
+                        as u64,
+                update_total: bytes.total,
             }),
             AssembleProgress::Verifying { .. } if !std::mem::replace(&mut verifying, true) => {
                 progress(&ProgressEvent::Verifying { image: kind });
             }
             _ => {}
         };
-        match request.stage(
-            repo,
-            Arc::clone(&self.transport),
-            cancel.flag(),
-            &mut on_progress,
-        ) {
+        match cleared.stage_delta(kind, source, cancel.flag(), &mut on_progress) {
             Ok(staged) => {
                 progress(&ProgressEvent::ImageDone {
                     image: kind,
                     written: staged.written,
                 });
-                Ok(Some(cleared.verified_delta(kind, staged)))
+                Ok(true)
             }
             Err(crate::delta::stage::DeltaError::Assemble(
                 crate::delta::AssembleError::Cancelled,
@@ -1494,7 +1390,7 @@ impl Updater {
                     image: kind,
                     reason: e.to_string(),
                 });
-                Ok(None)
+                Ok(false)
             }
             Err(source) => Err(UpdateError::Delta {
                 image: kind,
@@ -1505,28 +1401,17 @@ impl Updater {
     }
 
     /// Streams one image target onto its partition of the cleared set through the staging
-    /// pipeline, which returns once the image was received whole, matched the plan's signed
-    /// length and sha256, was flushed and read back.
+    /// pipeline (see [`ClearedSet::stage_full`]), reporting progress.
     fn stage_full(
         repo: &crate::tuf::Repository,
-        cleared: &ClearedSet,
-        image: &PlannedImage,
-        (update_done, update_total): (u64, u64),
+        cleared: &mut ClearedSet,
+        kind: ImageKind,
+        bytes: ImageBytes,
         progress: &dyn Fn(&ProgressEvent),
         cancel: &CancelHandle,
-    ) -> Result<VerifiedImage, UpdateError> {
-        use crate::pipeline::{IoMode, PartitionSink, Phase, StageError, StageOptions};
-        let (kind, target, set) = (image.kind, &image.target.name, cleared.set());
-        let (_, reader) = repo
-            .fetch_target_unverified(target)
-            .map_err(|e| UpdateError::Repository(Box::new(e)))?;
-        let mut sink =
-            PartitionSink::open_path(cleared.disk(), cleared.partition(kind), IoMode::Auto)
-                .map_err(|e| UpdateError::OpenPartition {
-                    image: kind,
-                    set,
-                    source: std::io::Error::other(e),
-                })?;
+    ) -> Result<(), UpdateError> {
+        use crate::pipeline::{Phase, StageOptions};
+        let target = cleared.plan().image(kind).target.name.clone();
         let opts = StageOptions {
             cancel: cancel.clone(),
             ..StageOptions::default()
@@ -1538,8 +1423,8 @@ impl Updater {
                 target: target.clone(),
                 done: p.done,
                 total: p.total,
-                update_done: update_done.saturating_add(p.done),
-                update_total,
+                update_done: bytes.done.saturating_add(p.done),
+                update_total: bytes.total,
             }),
             Phase::Syncing | Phase::Verifying => {
                 if !verifying.replace(true) {
@@ -1547,55 +1432,12 @@ impl Updater {
                 }
             }
         };
-        let started = std::time::Instant::now();
-        let expected = image.target.info();
-        let staged =
-            crate::pipeline::stage_image(reader, &expected, &mut sink, &opts, &on_progress)
-                .map_err(|e| match e {
-                    StageError::Cancelled => UpdateError::Cancelled { set },
-                    source => UpdateError::Stage {
-                        image: kind,
-                        target: target.clone(),
-                        set,
-                        source: Box::new(source),
-                    },
-                })?;
-        let secs = started.elapsed().as_secs_f64();
-        log::info!(
-            "{kind}: {target}: {} bytes received and verified, {} bytes written and read back in {secs:.1} s ({:.1} MiB/s received){}",
-            staged.compressed_len,
-            staged.decoded_len,
-            staged.compressed_len as f64 / secs.max(1e-6) / (1024.0 * 1024.0),
-            if staged.direct_io {
-                ""
-            } else {
-                ", through the page cache"
-            }
-        );
-        if staged.decoded_len == 0 {
-            return Err(UpdateError::EmptyImage {
-                image: kind,
-                target: target.clone(),
-            });
-        }
-        if let Some(signed) = image
-            .target
-            .decompressed_length
-            .filter(|signed| *signed != staged.decoded_len)
-        {
-            return Err(UpdateError::DecodedLength {
-                image: kind,
-                target: target.clone(),
-                decoded: staged.decoded_len,
-                signed,
-                set,
-            });
-        }
+        let written = cleared.stage_full(kind, repo, &opts, &on_progress)?;
         progress(&ProgressEvent::ImageDone {
             image: kind,
-            written: staged.decoded_len,
+            written,
         });
-        Ok(cleared.verified_full(kind, target, &staged))
+        Ok(())
     }
 
     /// Flips the boot flags so the staged set is tried once at the next boot
@@ -1796,18 +1638,6 @@ fn selection_reason(request: &SelectionRequest) -> String {
     )
 }
 
-/// The largest compressed image that can possibly decode into `capacity` bytes: lz4 never
-/// expands data by more than 1/255 plus small per-block and per-frame overheads.
-fn max_compressed_len(capacity: u64) -> u64 {
-    const FRAME_OVERHEAD: u64 = 64;
-    const PER_BLOCK: u64 = 8;
-    const MIN_BLOCK: u64 = 64 * 1024;
-    capacity
-        .saturating_add(capacity / 255)
-        .saturating_add((capacity / MIN_BLOCK + 1).saturating_mul(PER_BLOCK))
-        .saturating_add(FRAME_OVERHEAD)
-}
-
 fn default_transport(
     config: &Config,
     query: crate::transport::QueryParams,
@@ -1821,18 +1651,4 @@ fn default_transport(
         ..crate::transport::HttpOptions::default()
     })?;
     Ok(Arc::new(transport))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compressed_bound_is_above_capacity_but_not_by_much() {
-        assert!(max_compressed_len(0) >= 64);
-        let cap = 100 * 1024 * 1024;
-        let bound = max_compressed_len(cap);
-        assert!(bound > cap && bound < cap + cap / 100);
-        assert_eq!(max_compressed_len(u64::MAX), u64::MAX);
-    }
 }

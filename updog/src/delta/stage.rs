@@ -1,8 +1,8 @@
 //! One image of an update staged as a delta: what the updater calls before (and instead of)
 //! streaming the full lz4 image.
 //!
-//! [`DeltaImage::stage`] loads the update's index for the image through TUF (its length and hash
-//! are signed), finds a seed index for the running partition cut with the target index's chunk
+//! `DeltaImage::stage` (called by the cleared set of [`crate::staging`]) loads the plan's signed
+//! index for the image through TUF (its length and hash are signed), finds a seed index for the running partition cut with the target index's chunk
 //! sizes (the running version's index if the repository still lists it with those sizes, else a
 //! cached or freshly computed one under the state directory), and assembles the image on the inactive partition. A marker file under the state
 //! directory says a run for this exact index was started, so a run after a crash or kill checks
@@ -14,8 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use bootpart::{ImageKind, Partition, SetId};
 use manifest::{Manifest, Update};
+use semver::Version;
 use serde::Serialize;
+use sha2::Digest;
 use url::Url;
 
 use super::assemble::{AssembleError, AssembleOptions, AssembleProgress, Assembled, assemble};
@@ -24,42 +27,64 @@ use super::plan::{Plan, Planned};
 use super::region::Region;
 use super::seed::{SeedOrigin, cache_path, prune_stale_caches, seed_index, write_file_atomic};
 use super::store::{ChunkFetcher, ChunkTimeLimit};
+use crate::plan::SignedTarget;
 use crate::transport::Transport;
 use crate::tuf::Repository;
 
 /// The largest index accepted (a 1 GiB image has about 16,000 chunks: 640 KiB of index).
 pub const MAX_INDEX_BYTES: u64 = 64 << 20;
 
-/// One image to stage as a delta.
+/// One image to stage as a delta: the image of a plan and the partitions it goes to and is
+/// seeded from, all from one read of the GPT (see `ClearedSet::stage_delta`, its only
+/// caller).
 #[derive(Debug, Clone)]
-pub struct DeltaImage<'a> {
-    /// `boot`, `root` or `hash`.
-    pub image: &'a str,
-    /// The update being staged.
-    pub update: &'a Update,
+pub(crate) struct DeltaImage<'a> {
+    /// Which image.
+    pub(crate) image: ImageKind,
+    /// The plan's signed chunk index for it.
+    pub(crate) index: &'a SignedTarget,
+    /// The update being staged (its chunk store, and its variant and arch to find the running
+    /// version's index).
+    pub(crate) update: &'a Update,
     /// The verified manifest (to find the running version's index).
-    pub manifest: &'a Manifest,
+    pub(crate) manifest: &'a Manifest,
     /// The running version.
-    pub running_version: &'a str,
-    /// The running set's name (`A`/`B`), for the seed cache's file name.
-    pub running_set: &'a str,
+    pub(crate) running_version: &'a Version,
+    /// The running set, for the seed cache's file name.
+    pub(crate) running_set: SetId,
     /// The disk holding both sets.
-    pub disk: &'a Path,
+    pub(crate) disk: &'a Path,
     /// The image's signed decoded size (the full image target's `custom.decompressed_length`):
     /// the index must describe exactly this many bytes, or the full image is staged instead.
     /// `None` (the target signs no size) is no delta.
-    pub image_len: Option<u64>,
-    /// Byte offset and length of the inactive partition for this image.
-    pub target: (u64, u64),
-    /// Byte offset and length of the running partition for this image.
-    pub seed: (u64, u64),
-    /// The repository's targets URL (a relative store path is resolved against it).
-    pub targets_base_url: &'a Url,
+    pub(crate) image_len: Option<u64>,
+    /// The inactive set's partition for this image (written).
+    pub(crate) target: &'a Partition,
+    /// The running set's partition for this image (read).
+    pub(crate) seed: &'a Partition,
     /// Where the seed cache and the resume marker live.
-    pub state_dir: &'a Path,
+    pub(crate) state_dir: &'a Path,
+}
+
+/// Where the chunks come from.
+#[derive(Clone)]
+pub struct DeltaStore {
+    /// The transport chunks are fetched through.
+    pub transport: Arc<dyn Transport>,
+    /// The repository's targets URL (a relative store path is resolved against it).
+    pub targets_base_url: Url,
     /// How long each chunk may take to arrive whole (`None`: only the transport's stall
     /// timeout); a chunk over it ends the delta, and the full image is staged instead.
     pub chunk_time_limit: Option<ChunkTimeLimit>,
+}
+
+impl std::fmt::Debug for DeltaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeltaStore")
+            .field("targets_base_url", &self.targets_base_url.as_str())
+            .field("chunk_time_limit", &self.chunk_time_limit)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why an image could not be staged as a delta.
@@ -69,6 +94,16 @@ pub enum DeltaError {
     /// The update lists no index for this image.
     #[error("the update lists no chunk index for this image")]
     NoIndex,
+    /// The update lists an index for this image, but the plan holds none: it is no signed
+    /// target with a sha256 (or delta updates were off when the plan was made).
+    #[error("the chunk index listed for this image is not a signed target with a sha256")]
+    NotPlanned,
+    /// The index read is not the one the plan signed.
+    #[error("chunk index {target} read differs from the one the plan signed")]
+    PlanMismatch {
+        /// Its target name.
+        target: String,
+    },
     /// The index target could not be loaded or verified.
     #[error("chunk index {target}: {source}")]
     Repository {
@@ -215,55 +250,56 @@ impl Marker {
     }
 }
 
+/// Reads and parses the plan's signed chunk index `index` through `repo` (whose reader checks
+/// the signed length and hashes and fails at the end if they differ).
+fn load_planned_index(repo: &Repository, index: &SignedTarget) -> Result<BlobIndex, DeltaError> {
+    let target = &index.name;
+    if index.length > MAX_INDEX_BYTES {
+        return Err(DeltaError::IndexTooLarge {
+            target: target.clone(),
+        });
+    }
+    let mut reader = repo
+        .read_target(target)
+        .map_err(|source| DeltaError::Repository {
+            target: target.clone(),
+            source,
+        })?;
+    let mut bytes = Vec::new();
+    (&mut reader)
+        .take(MAX_INDEX_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| DeltaError::Io {
+            what: format!("reading chunk index {target}"),
+            source: e,
+        })?;
+    // The repository read is the one the plan was made on; its signed hash must be the plan's.
+    let read: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+    if read != index.sha256 || bytes.len() as u64 != index.length {
+        return Err(DeltaError::PlanMismatch {
+            target: target.clone(),
+        });
+    }
+    BlobIndex::parse(&bytes).map_err(|source| DeltaError::Index {
+        target: target.clone(),
+        source,
+    })
+}
+
 impl DeltaImage<'_> {
-    /// The index target of this image in `update`, and the store URL, if the update offers both.
-    fn offered(&self, update: &Update) -> Option<(String, String)> {
-        let delta = update.delta.as_ref()?;
-        Some((delta.indexes.get(self.image)?.clone(), delta.store.clone()))
-    }
-
-    /// The running version's index of this image, if the repository still lists it and it was
-    /// cut with `sizes` (the target's).
-    fn repository_seed(&self, repo: &Repository, sizes: ChunkSizes) -> Option<BlobIndex> {
-        running_index(
-            repo,
-            self.manifest,
-            self.update,
-            self.image,
-            self.running_version,
-            sizes,
-        )
-    }
-
-    /// The plan for this image without touching the disk (for `check-update`): the running
-    /// version's index from the repository, or the cached seed index, if either is there.
-    pub fn estimate(&self, repo: &Repository) -> Result<Plan, DeltaError> {
-        let (target, _) = self.offered(self.update).ok_or(DeltaError::NoIndex)?;
-        let (index, _) = load_index(repo, &target)?;
-        let (seed, _) = plan_seed(repo, &self.estimate_request(), self.image, &index);
-        Ok(Planned::new(&index, seed.as_ref()).plan)
-    }
-
-    fn estimate_request(&self) -> EstimateRequest<'_> {
-        EstimateRequest {
-            manifest: self.manifest,
-            update: self.update,
-            running_version: self.running_version,
-            running_set: Some(self.running_set),
-            state_dir: self.state_dir,
-        }
-    }
-
     /// Stages the image as a delta.
-    pub fn stage(
+    pub(crate) fn stage(
         &self,
         repo: &Repository,
-        transport: Arc<dyn Transport>,
+        store: &DeltaStore,
         cancel: &AtomicBool,
         progress: &mut dyn FnMut(&AssembleProgress),
     ) -> Result<DeltaStaged, DeltaError> {
-        let (target, store) = self.offered(self.update).ok_or(DeltaError::NoIndex)?;
-        let (index, sha256) = load_index(repo, &target)?;
+        let image = self.image.name();
+        let store_path = &self.update.delta.as_ref().ok_or(DeltaError::NoIndex)?.store;
+        let target = self.index.name.clone();
+        let sha256 = hex::encode(self.index.sha256);
+        let index = load_planned_index(repo, self.index)?;
         // Whatever the index says, the image written must be exactly the signed decoded size:
         // an index that covers less (or more) would leave other bytes on the partition.
         let signed = self.image_len.ok_or_else(|| DeltaError::NoSignedLength {
@@ -277,53 +313,59 @@ impl DeltaImage<'_> {
             });
         }
         let store_url =
-            self.targets_base_url
-                .join(&store)
+            store
+                .targets_base_url
+                .join(store_path)
                 .map_err(|source| DeltaError::StoreUrl {
-                    store: store.clone(),
+                    store: store_path.clone(),
                     source,
                 })?;
         let io = |what: &str| {
             let what = what.to_owned();
             move |source| DeltaError::Io { what, source }
         };
-        let active = Region::open(self.disk, self.seed.0, self.seed.1, false)
-            .map_err(io("opening the running partition"))?;
-        let inactive = Region::open(self.disk, self.target.0, self.target.1, true)
-            .map_err(io("opening the inactive partition"))?;
+        let region = |part: &Partition, write: bool| {
+            Region::open(self.disk, part.byte_offset(), part.byte_len(), write)
+        };
+        let active = region(self.seed, false).map_err(io("opening the running partition"))?;
+        let inactive = region(self.target, true).map_err(io("opening the inactive partition"))?;
 
         // The seed must be cut with the target's chunk sizes, or its chunks would not match.
         let sizes = index.sizes();
-        let (seed, origin) = if let Some(index) = self.repository_seed(repo, sizes) {
+        let (running_set, running_version) =
+            (self.running_set.to_string(), self.running_version.to_string());
+        let running = running_index(
+            repo,
+            self.manifest,
+            self.update,
+            image,
+            &running_version,
+            sizes,
+        );
+        let (seed, origin) = if let Some(index) = running {
             (index, None)
         } else {
-            let cache = cache_path(
-                self.state_dir,
-                self.running_set,
-                self.image,
-                self.running_version,
-                sizes,
-            );
+            let cache = cache_path(self.state_dir, &running_set, image, &running_version, sizes);
             let (index, origin) = seed_index(&active, sizes, Some(&cache))
                 .map_err(io("indexing the running partition"))?;
             if origin == SeedOrigin::Chunked {
-                prune_stale_caches(
-                    self.state_dir,
-                    self.running_set,
-                    self.image,
-                    self.running_version,
-                );
+                prune_stale_caches(self.state_dir, &running_set, image, &running_version);
             }
             (index, Some(origin))
         };
 
-        let marker = Marker::new(self.state_dir, self.image, &sha256, self.target);
+        let marker = Marker::new(
+            self.state_dir,
+            image,
+            &sha256,
+            (self.target.byte_offset(), self.target.byte_len()),
+        );
         let resumed = marker.resumed();
         marker
             .begin()
             .map_err(io("writing the delta resume marker"))?;
-        let mut fetcher = ChunkFetcher::new(transport, store_url);
-        if let Some(limit) = self.chunk_time_limit {
+        let mut fetcher = ChunkFetcher::new(Arc::clone(&store.transport), store_url);
+        if let Some(limit) = store.chunk_time_limit {
             fetcher = fetcher.with_time_limit(limit);
         }
         let options = AssembleOptions {
