@@ -593,3 +593,78 @@ fn with_delta_updates_off_a_re_signed_chunk_index_does_not_refuse_the_plan() {
     assert_eq!(b_state(&host).priority, 0);
     assert!(b_state(&host).tries_left > 0 || b_state(&host).successful);
 }
+
+/// The `target` and `migrations` query values belong to the staging operation that chose the
+/// update: a check that runs on the same (shared) updater while staging is under way, or after
+/// it, sends only `seed` and `version`, while the staging operation's own requests carry its
+/// values.
+#[test]
+fn query_values_belong_to_their_operation_and_never_leak_into_a_concurrent_check() {
+    let host = host();
+    let updater = updater(&host);
+    let plain = format!("seed={}&version=1.0.0", e2e_tests::HOST_SEED);
+    let check_queries = |during: &str| {
+        host.server.clear_log();
+        let check = updater.check(&CheckOptions::default()).unwrap();
+        assert!(matches!(check.outcome, CheckOutcome::Available(_)));
+        let log = host.server.requests();
+        assert!(!log.is_empty(), "{during}: the check sent no request");
+        for r in &log {
+            assert_eq!(
+                r.query.as_deref(),
+                Some(plain.as_str()),
+                "{during}: {}",
+                r.target
+            );
+        }
+    };
+    check_queries("before staging");
+
+    // Checks on other threads while the staging operation is between two images (its target
+    // and migrations values set), each on the same updater.
+    let checked = Mutex::new(0);
+    let lock = updater.lock().unwrap();
+    let staged = std::thread::scope(|s| {
+        let progress = |event: &ProgressEvent| {
+            if let ProgressEvent::ImageDone {
+                image: ImageKind::Root,
+                ..
+            } = event
+            {
+                s.spawn(|| check_queries("while staging"))
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                *checked.lock().unwrap() += 1;
+                // The staging operation's next requests still carry its own values.
+                host.server.clear_log();
+            }
+        };
+        updater.stage(
+            &lock,
+            &CheckOptions::default(),
+            &progress,
+            &CancelHandle::new(),
+        )
+    })
+    .unwrap();
+    assert_eq!(staged.version.to_string(), "1.1.0");
+    assert_eq!(*checked.lock().unwrap(), 1);
+    let staging = format!(
+        "migrations=migrate_v1.1.0_lib.lz4%2Cmanifest.json&seed={}&target=1.1.0&version=1.0.0",
+        e2e_tests::HOST_SEED
+    );
+    let after_root = host.server.requests();
+    assert!(!after_root.is_empty(), "boot and hash were fetched");
+    for r in &after_root {
+        assert_eq!(
+            r.query.as_deref(),
+            Some(staging.as_str()),
+            "staging: {}",
+            r.target
+        );
+    }
+    drop(lock);
+
+    // And after it: nothing of the staging operation is left behind.
+    check_queries("after staging");
+}

@@ -590,6 +590,17 @@ pub fn canonical_json_of(bytes: &[u8]) -> Result<Option<Vec<u8>>, serde_json::Er
 }
 
 impl Repository {
+    /// Fetches what is still to fetch (targets, delegated metadata) through `transport` from
+    /// now on: for a caller whose requests carry values that become known after the metadata
+    /// was loaded (updog's `target` query parameter, once an update is chosen). What was
+    /// verified is kept; the transport is no more trusted than the first one. No effect on an
+    /// offline repository.
+    pub fn set_transport(&mut self, transport: Arc<dyn Transport>) {
+        if let Source::Remote { transport: t, .. } = &mut self.loader.source {
+            *t = transport;
+        }
+    }
+
     /// Runs the client workflow (steps 5.1 to 5.6.6) against `transport`, starting from the
     /// trusted-metadata directory `opts.datastore`, and persists what it accepts there.
     pub fn load(opts: RepositoryOptions, transport: Arc<dyn Transport>) -> Result<Self, Error> {

@@ -49,11 +49,11 @@
 //! ```
 //!
 //! Each rule is that sequence with one change, which does not compile (the error code is the
-//! one rustdoc checks on a nightly toolchain).
+//! one rustdoc checks on a nightly toolchain; building a struct with private fields has none).
 //!
 //! A cleared set (or any other step) cannot be built by hand:
 //!
-//! ```compile_fail,E0451
+//! ```compile_fail
 //! fn forge(set: updog::SetId) -> updog::staging::ClearedSet {
 //!     updog::staging::ClearedSet { set }
 //! }
@@ -61,9 +61,18 @@
 //!
 //! Nor a preflight without the confirmation of the running set:
 //!
-//! ```compile_fail,E0451
+//! ```compile_fail
 //! fn forge(plan: updog::plan::UpdatePlan) -> updog::staging::Preflight {
 //!     updog::staging::Preflight { plan }
+//! }
+//! ```
+//!
+//! What a cleared set holds (its partitions, its plan, the images written) cannot be changed
+//! from outside:
+//!
+//! ```compile_fail,E0616
+//! fn tamper(mut set: updog::staging::ClearedSet) {
+//!     set.written = Default::default();
 //! }
 //! ```
 //!
@@ -178,7 +187,10 @@ impl Confirmed {
     pub(crate) fn check(gpt: Gpt, allow: bool) -> Result<Confirmed, UpdateError> {
         let set = gpt.active();
         let state = gpt.state(set).unwrap_or_default();
-        let fallback = gpt.state(set.other()).unwrap_or_default().can_roll_back_to();
+        let fallback = gpt
+            .state(set.other())
+            .unwrap_or_default()
+            .can_roll_back_to();
         if state.successful || (allow && !fallback) {
             Ok(Confirmed { gpt })
         } else {
@@ -203,11 +215,7 @@ impl Confirmed {
     /// Checks what can be checked before the disk changes and was not settled when the plan
     /// was made: no image is empty, and each can fit its partition of the inactive set.
     /// `running` is the version the staged record will say the update came from.
-    pub fn preflight(
-        self,
-        plan: UpdatePlan,
-        running: Version,
-    ) -> Result<Preflight, UpdateError> {
+    pub fn preflight(self, plan: UpdatePlan, running: Version) -> Result<Preflight, UpdateError> {
         let layout = self
             .gpt
             .layout()
@@ -322,11 +330,7 @@ impl MigrationsFetched {
     /// Clears the inactive set (signpost's clear-inactive: GPT written and flushed, both
     /// copies), then removes the staged record at `state_file`, which described the set just
     /// cleared. `step` is called right before each.
-    pub fn clear(
-        self,
-        state_file: &Path,
-        step: &dyn Fn(Step),
-    ) -> Result<ClearedSet, UpdateError> {
+    pub fn clear(self, state_file: &Path, step: &dyn Fn(Step)) -> Result<ClearedSet, UpdateError> {
         let Preflight {
             mut gpt,
             layout,
@@ -449,22 +453,17 @@ impl ClearedSet {
             source: std::io::Error::other(e),
         })?;
         let started = std::time::Instant::now();
-        let staged = crate::pipeline::stage_image(
-            reader,
-            &image.target.info(),
-            &mut sink,
-            opts,
-            progress,
-        )
-        .map_err(|e| match e {
-            StageError::Cancelled => UpdateError::Cancelled { set },
-            source => UpdateError::Stage {
-                image: kind,
-                target: target.clone(),
-                set,
-                source: Box::new(source),
-            },
-        })?;
+        let staged =
+            crate::pipeline::stage_image(reader, &image.target.info(), &mut sink, opts, progress)
+                .map_err(|e| match e {
+                StageError::Cancelled => UpdateError::Cancelled { set },
+                source => UpdateError::Stage {
+                    image: kind,
+                    target: target.clone(),
+                    set,
+                    source: Box::new(source),
+                },
+            })?;
         let secs = started.elapsed().as_secs_f64();
         log::info!(
             "{kind}: {target}: {} bytes received and verified, {} bytes written and read back in {secs:.1} s ({:.1} MiB/s received){}",
@@ -518,13 +517,10 @@ impl ClearedSet {
         let image = self.plan.image(kind);
         let index = image.delta_index.as_ref().ok_or(DeltaError::NotPlanned)?;
         let running_set = self.set.other();
-        let seed = self
-            .layout
-            .set(running_set)
-            .map_err(|e| DeltaError::Io {
-                what: format!("finding the {kind} partition of the running set {running_set}"),
-                source: std::io::Error::other(e),
-            })?;
+        let seed = self.layout.set(running_set).map_err(|e| DeltaError::Io {
+            what: format!("finding the {kind} partition of the running set {running_set}"),
+            source: std::io::Error::other(e),
+        })?;
         self.written[slot(kind)] = None;
         let request = DeltaImage {
             image: kind,
@@ -795,7 +791,10 @@ mod tests {
             .unwrap();
         let set = MigrationsFetched { preflight }
             .clear(&state, &|step| {
-                steps.lock().unwrap().push((step, b_state(&disk), state.exists()));
+                steps
+                    .lock()
+                    .unwrap()
+                    .push((step, b_state(&disk), state.exists()));
             })
             .unwrap();
         assert_eq!(set.set(), SetId::B);

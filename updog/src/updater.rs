@@ -568,14 +568,20 @@ impl UpdateError {
 pub struct Updater {
     config: Config,
     os: OsRelease,
-    transport: Arc<dyn Transport>,
+    transport: Transports,
     on_step: Option<StepObserver>,
     gpt_io: Option<GptIoWrapper>,
-    /// The query parameters the default transport sends (`target` and `migrations` are added
-    /// once an update is chosen, as the reference does).
-    query: crate::transport::QueryParams,
     /// The host disk and the running set, once resolved (see `disk_and_active`).
     host_disk: std::sync::OnceLock<(PathBuf, SetId)>,
+}
+
+/// How the requests of an operation reach the repository.
+enum Transports {
+    /// The default transport: each operation fetches through a view of it that carries the
+    /// query values of that operation only (see [`Updater::transport_with`]).
+    Default(crate::transport::AnyTransport),
+    /// A transport the embedder supplied, used as it is.
+    Custom(Arc<dyn Transport>),
 }
 
 // Agents share one updater between threads and async tasks (`Arc<Updater>`, `spawn_blocking`).
@@ -603,20 +609,14 @@ impl Updater {
 
     /// An updater with an explicit identity (tests, agents that know their version).
     pub fn with_os_release(config: Config, os: OsRelease) -> Result<Updater, UpdateError> {
-        let query = crate::transport::QueryParams::default();
-        // As the reference does, tell the server which wave and version is asking.
-        query.set("seed", config.seed.get().to_string());
-        query.set("version", os.version_id.to_string());
-        let transport =
-            default_transport(&config, query.clone()).map_err(UpdateError::Transport)?;
+        let transport = default_transport(&config).map_err(UpdateError::Transport)?;
         let (on_step, gpt_io) = crate::steps::crash_hooks_from_env();
         Ok(Updater {
             config,
             os,
-            transport,
+            transport: Transports::Default(transport),
             on_step,
             gpt_io,
-            query,
             host_disk: std::sync::OnceLock::new(),
         })
     }
@@ -645,9 +645,35 @@ impl Updater {
     }
 
     /// Replaces the transport (for example with one that counts or throttles requests).
+    /// It is used as it is: the query parameters the default transport sends (`seed`,
+    /// `version`, `target`, `migrations`) are not added to its URLs.
     pub fn with_transport(mut self, transport: Arc<dyn Transport>) -> Updater {
-        self.transport = transport;
+        self.transport = Transports::Custom(transport);
         self
+    }
+
+    /// The transport of one operation. Through the default transport, every request says, as
+    /// the reference's do, which wave and version is asking (`seed`, `version`), plus `extra`:
+    /// the values that operation has chosen (`target` once it chose an update, `migrations`
+    /// once they are fetched); sorted by name. A view made for the operation, so a concurrent
+    /// operation on the same updater never sends them.
+    fn transport_with(&self, extra: &[(&str, &str)]) -> Arc<dyn Transport> {
+        match &self.transport {
+            Transports::Custom(transport) => Arc::clone(transport),
+            Transports::Default(transport) => {
+                let mut query = vec![
+                    ("seed".to_string(), self.config.seed.get().to_string()),
+                    ("version".to_string(), self.os.version_id.to_string()),
+                ];
+                query.extend(
+                    extra
+                        .iter()
+                        .map(|(name, value)| ((*name).to_string(), (*value).to_string())),
+                );
+                query.sort_by(|a, b| a.0.cmp(&b.0));
+                Arc::new(transport.with_query(query))
+            }
+        }
     }
 
     /// The configuration in use.
@@ -669,7 +695,7 @@ impl Updater {
     }
 
     fn load_repository(&self) -> Result<crate::tuf::Repository, UpdateError> {
-        self.load_repository_over(Arc::clone(&self.transport))
+        self.load_repository_over(self.transport_with(&[]))
     }
 
     /// Loads and verifies the repository through `transport` (the updater's own, or one that
@@ -833,7 +859,8 @@ impl Updater {
         cancel: &CancelHandle,
     ) -> Result<Check, UpdateError> {
         cancel::stop_if_cancelled(cancel, || {
-            let repo = self.load_repository_over(cancel::transport(&self.transport, cancel))?;
+            let repo =
+                self.load_repository_over(cancel::transport(&self.transport_with(&[]), cancel))?;
             let manifest = Self::load_manifest(&repo)?;
             let mut outcome = self.select(&repo, &manifest, opts)?;
             if let CheckOutcome::Available(update) = &mut outcome {
@@ -1039,13 +1066,13 @@ impl Updater {
         cancel: &CancelHandle,
     ) -> Result<Staged, UpdateError> {
         progress(&ProgressEvent::LoadingMetadata);
-        let repo = self.load_repository()?;
+        let mut repo = self.load_repository()?;
         let manifest = Self::load_manifest(&repo)?;
         let plan = match self.select(&repo, &manifest, opts)? {
             CheckOutcome::NoUpdate(reason) => return Err(UpdateError::NoUpdate(Box::new(reason))),
             CheckOutcome::Available(a) => a.plan,
         };
-        self.stage_chosen(lock, &repo, &manifest, plan, progress, cancel)
+        self.stage_chosen(lock, &mut repo, &manifest, plan, progress, cancel)
     }
 
     /// Stages exactly the update of `plan` (from [`Updater::check`]) on the inactive set of the
@@ -1084,7 +1111,7 @@ impl Updater {
         cancel: &CancelHandle,
     ) -> Result<Staged, UpdateError> {
         progress(&ProgressEvent::LoadingMetadata);
-        let repo = self.load_repository()?;
+        let mut repo = self.load_repository()?;
         let manifest = Self::load_manifest(&repo)?;
         let changed = |change| UpdateError::PlanChanged {
             version: plan.version().clone(),
@@ -1100,7 +1127,7 @@ impl Updater {
         }
         // The fresh plan: equal in all the plan promised, with the manifest signed now (cached
         // with the migrations).
-        self.stage_chosen(lock, &repo, &manifest, fresh, progress, cancel)
+        self.stage_chosen(lock, &mut repo, &manifest, fresh, progress, cancel)
     }
 
     /// Stages a plan chosen on `repo`'s metadata (see [`Updater::stage_plan`] for the order,
@@ -1108,21 +1135,20 @@ impl Updater {
     fn stage_chosen(
         &self,
         lock: &UpdateLock,
-        repo: &crate::tuf::Repository,
+        repo: &mut crate::tuf::Repository,
         manifest: &Manifest,
         plan: UpdatePlan,
         progress: &dyn Fn(&ProgressEvent),
         cancel: &CancelHandle,
     ) -> Result<Staged, UpdateError> {
-        // As the reference does: from here on every request names the version being fetched,
-        // and, once the migrations are in, the migrations of the jump.
-        self.query.set("target", plan.version().to_string());
+        // As the reference does: from here on every request of this operation names the
+        // version being fetched, and, once the migrations are in, the migrations of the jump.
+        let target = plan.version().to_string();
+        repo.set_transport(self.transport_with(&[("target", &target)]));
 
         // One read of the GPT gives the partitions and the flags.
-        let confirmed = Confirmed::check(
-            self.signpost(lock)?,
-            plan.options().allow_unconfirmed_boot,
-        )?;
+        let confirmed =
+            Confirmed::check(self.signpost(lock)?, plan.options().allow_unconfirmed_boot)?;
         let inactive = confirmed.inactive();
         if let Some(staged) = self.already_staged(&confirmed.flags(), &plan) {
             log::info!(
@@ -1152,7 +1178,10 @@ impl Updater {
                 &self.config.migrations_metadata_dir,
             ),
         )?;
-        self.query.set("migrations", migrations_query);
+        let transport =
+            self.transport_with(&[("target", &target), ("migrations", &migrations_query)]);
+        repo.set_transport(Arc::clone(&transport));
+        let repo = &*repo;
         if cancel.is_cancelled() {
             return Err(UpdateError::Cancelled { set: fetched.set() });
         }
@@ -1166,7 +1195,7 @@ impl Updater {
             .and_then(|mut cleared| {
                 // From here on, any failure leaves the set cleared and unrecorded, whatever
                 // wrote it.
-                match self.stage_onto(&mut cleared, repo, manifest, progress, cancel) {
+                match self.stage_onto(&mut cleared, repo, manifest, transport, progress, cancel) {
                     Ok(()) => self.mark_valid(cleared, progress),
                     Err(e) => Err(cleared.abandon(e)),
                 }
@@ -1230,6 +1259,7 @@ impl Updater {
         cleared: &mut ClearedSet,
         repo: &crate::tuf::Repository,
         manifest: &Manifest,
+        transport: Arc<dyn Transport>,
         progress: &dyn Fn(&ProgressEvent),
         cancel: &CancelHandle,
     ) -> Result<(), UpdateError> {
@@ -1237,7 +1267,7 @@ impl Updater {
             repo,
             manifest,
             store: crate::delta::stage::DeltaStore {
-                transport: Arc::clone(&self.transport),
+                transport,
                 targets_base_url: self.config.targets_base_url.clone(),
                 // A chunk must arrive within the stall timeout plus its size at the slowest
                 // rate accepted for metadata: a store that trickles ends in the full image.
@@ -1640,15 +1670,13 @@ fn selection_reason(request: &SelectionRequest) -> String {
 
 fn default_transport(
     config: &Config,
-    query: crate::transport::QueryParams,
-) -> Result<Arc<dyn Transport>, crate::transport::HttpSetupError> {
+) -> Result<crate::transport::AnyTransport, crate::transport::HttpSetupError> {
     let transport = crate::transport::AnyTransport::new(crate::transport::HttpOptions {
         stall_timeout: config.stall_timeout,
         retries: config.retries,
         https_proxy: config.https_proxy.clone(),
         no_proxy: config.no_proxy.clone(),
-        shared_query: query,
         ..crate::transport::HttpOptions::default()
     })?;
-    Ok(Arc::new(transport))
+    Ok(transport)
 }

@@ -72,10 +72,10 @@ pub struct HttpOptions {
     pub proxy_from_env: bool,
     /// Query parameters appended to every URL, in order, after any query the URL already has
     /// (updog sends `seed` and `version`, so servers can count hosts per wave and version).
+    /// Parameters that belong to one operation (updog's `target` and `migrations`, once an
+    /// update is chosen) go to a view of the transport made for that operation
+    /// ([`HttpTransport::with_query`]), never into state shared with other operations.
     pub query: Vec<(String, String)>,
-    /// Query parameters that may change while the transport is in use (updog adds `target` and
-    /// `migrations` once an update is chosen), appended after [`Self::query`], sorted by name.
-    pub shared_query: super::QueryParams,
 }
 
 impl Default for HttpOptions {
@@ -91,7 +91,6 @@ impl Default for HttpOptions {
             no_proxy: Vec::new(),
             proxy_from_env: true,
             query: Vec::new(),
-            shared_query: super::QueryParams::default(),
         }
     }
 }
@@ -246,6 +245,9 @@ pub fn append_query(url: &Url, params: &[(String, String)]) -> Url {
 #[derive(Debug, Clone)]
 pub struct HttpTransport {
     inner: Arc<Inner>,
+    /// What this view appends to every URL ([`HttpOptions::query`] unless
+    /// [`HttpTransport::with_query`] replaced it).
+    query: Arc<[(String, String)]>,
 }
 
 #[derive(Debug)]
@@ -303,12 +305,46 @@ impl HttpTransport {
         }
         let client = build_off_runtime(builder).map_err(HttpSetupError::Client)?;
         Ok(Self {
+            query: options.query.clone().into(),
             inner: Arc::new(Inner {
                 client,
                 options,
                 proxy,
             }),
         })
+    }
+
+    /// A view of this transport for one operation: the same client, connections, proxies,
+    /// timeouts and retries, appending `query` (in order) to every URL instead of
+    /// [`HttpOptions::query`]. Nothing is shared but the client: an operation's values never
+    /// reach the requests of another that runs at the same time, and are gone with the view.
+    ///
+    /// ```
+    /// use tuf::transport::{HttpOptions, HttpTransport};
+    ///
+    /// let all = HttpTransport::new(HttpOptions {
+    ///     query: vec![("seed".into(), "7".into())],
+    ///     ..HttpOptions::default()
+    /// })?;
+    /// let staging = all.with_query(vec![
+    ///     ("seed".into(), "7".into()),
+    ///     ("target".into(), "1.3.0".into()),
+    /// ]);
+    /// assert_eq!(all.query(), [("seed".to_string(), "7".to_string())]);
+    /// assert_eq!(staging.query().len(), 2);
+    /// # Ok::<(), tuf::transport::HttpSetupError>(())
+    /// ```
+    #[must_use]
+    pub fn with_query(&self, query: Vec<(String, String)>) -> HttpTransport {
+        HttpTransport {
+            inner: Arc::clone(&self.inner),
+            query: query.into(),
+        }
+    }
+
+    /// The query parameters this view appends to every URL.
+    pub fn query(&self) -> &[(String, String)] {
+        &self.query
     }
 
     /// The options this transport was built with.
@@ -350,9 +386,7 @@ impl HttpTransport {
                 TransportErrorKind::UnsupportedScheme(url.scheme().to_string()),
             ));
         }
-        let mut params = self.inner.options.query.clone();
-        params.extend(self.inner.options.shared_query.pairs());
-        let full = append_query(url, &params);
+        let full = append_query(url, &self.query);
         let response = self
             .inner
             .send(&full, None, deadline.as_ref())

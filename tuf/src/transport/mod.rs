@@ -23,11 +23,9 @@
 
 mod file;
 mod http;
-mod query;
 
 pub use file::FileTransport;
 pub use http::{Backoff, HttpOptions, HttpSetupError, HttpTransport, ProxyConfig, append_query};
-pub use query::QueryParams;
 
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -237,6 +235,17 @@ impl AnyTransport {
             file: FileTransport,
             http: HttpTransport::new(options)?,
         })
+    }
+
+    /// The same transport (the HTTP client and its connections are shared) sending `query`
+    /// with every `http(s)://` request instead of [`HttpOptions::query`]: see
+    /// [`HttpTransport::with_query`].
+    #[must_use]
+    pub fn with_query(&self, query: Vec<(String, String)>) -> AnyTransport {
+        AnyTransport {
+            file: self.file,
+            http: self.http.with_query(query),
+        }
     }
 }
 

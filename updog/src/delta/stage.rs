@@ -332,8 +332,10 @@ impl DeltaImage<'_> {
 
         // The seed must be cut with the target's chunk sizes, or its chunks would not match.
         let sizes = index.sizes();
-        let (running_set, running_version) =
-            (self.running_set.to_string(), self.running_version.to_string());
+        let (running_set, running_version) = (
+            self.running_set.to_string(),
+            self.running_version.to_string(),
+        );
         let running = running_index(
             repo,
             self.manifest,
