@@ -24,7 +24,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use super::index::{BlobIndex, Chunk, ChunkId, IndexError};
 use super::plan::{Plan, Planned, Source};
-use super::region::Region;
+use super::region::Device;
 use super::store::{ChunkError, ChunkFetcher, verify_chunk};
 
 /// How to assemble.
@@ -155,7 +155,7 @@ impl AssembleError {
 
 fn io_err<'a>(
     what: &'static str,
-    region: &'a Region,
+    region: &'a dyn Device,
 ) -> impl FnOnce(std::io::Error) -> AssembleError + 'a {
     move |source| AssembleError::Io {
         what,
@@ -218,9 +218,9 @@ fn fetch_worker(
 /// Builds the image `index` describes on `target` (the inactive partition), reusing `seed` (the
 /// running partition and its index) where it can and fetching the rest with `fetcher`.
 pub fn assemble(
-    target: &Region,
+    target: &dyn Device,
     index: &BlobIndex,
-    seed: Option<(&Region, &BlobIndex)>,
+    seed: Option<(&dyn Device, &BlobIndex)>,
     fetcher: &ChunkFetcher,
     options: &AssembleOptions,
     cancel: &AtomicBool,
@@ -288,7 +288,7 @@ pub fn assemble(
 }
 
 struct Run<'a> {
-    target: &'a Region,
+    target: &'a dyn Device,
     index: &'a BlobIndex,
     planned: &'a mut Planned,
     cancel: &'a AtomicBool,
@@ -368,7 +368,7 @@ impl Run<'_> {
 
     fn write_all(
         &mut self,
-        seed: Option<&Region>,
+        seed: Option<&dyn Device>,
         jobs: mpsc::Sender<usize>,
         results: mpsc::Receiver<Fetched>,
         buf: &mut Vec<u8>,
@@ -449,7 +449,7 @@ struct ReadBackChecks<'a> {
 /// [`ReadBackChecks`]). Two threads, each taking the next stretch of chunks, so hashing does not
 /// wait on one core.
 fn read_back(
-    target: &Region,
+    target: &dyn Device,
     index: &BlobIndex,
     checks: &ReadBackChecks<'_>,
     cancel: &AtomicBool,
@@ -561,8 +561,8 @@ fn read_back(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Chunker;
     use crate::plan::Planned;
+    use crate::{Chunker, Region};
 
     /// An image of random data with a run of zeros, written whole to a file, its plan, and the
     /// xxh3-128 of each chunk as written.

@@ -13,7 +13,8 @@
 //! - [`store`]: the chunk store, written by publishers and read, capped and verified, by hosts;
 //! - [`plan`]: where each chunk of the new image comes from (zero, in place, seed, store);
 //! - [`assemble`](mod@assemble): writing the image onto a partition and reading it back;
-//! - [`region`]: bounded positional I/O on a partition.
+//! - [`region`]: bounded positional I/O on a partition: the [`Device`] trait assembly goes
+//!   through, and [`Region`], a plain implementation.
 
 pub mod assemble;
 pub mod chunker;
@@ -26,5 +27,5 @@ pub use assemble::{AssembleError, AssembleOptions, AssembleProgress, Assembled, 
 pub use chunker::{ChunkSizesError, Chunker};
 pub use index::{BlobIndex, Chunk, ChunkId, ChunkSizes, IndexError};
 pub use plan::{Plan, Tally};
-pub use region::Region;
+pub use region::{Device, DeviceReader, Region};
 pub use store::{ChunkFetcher, StoreWriter};

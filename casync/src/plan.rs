@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::index::{BlobIndex, Chunk, ChunkId};
-use super::region::Region;
+use super::region::Device;
 use super::store::verify_chunk;
 
 /// Where one chunk comes from.
@@ -133,7 +133,7 @@ impl Planned {
     pub fn find_in_place(
         &mut self,
         index: &BlobIndex,
-        target: &Region,
+        target: &dyn Device,
         buf: &mut Vec<u8>,
     ) -> std::io::Result<()> {
         for chunk in index.chunks() {

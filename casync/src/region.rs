@@ -1,5 +1,9 @@
 //! A byte range of a disk (a partition of a block device or of a disk-image file) read and
 //! written at positions, never outside its bounds.
+//!
+//! [`assemble`](crate::assemble()) and [`plan`](crate::plan) read and write through the
+//! [`Device`] trait, so that a caller brings its own partition-I/O stack (an updater, its
+//! bounded partition readers and writers); [`Region`] is the plain one, for tools and tests.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -21,6 +25,87 @@ fn out_of_bounds(at: u64, len: usize, region: u64) -> io::Error {
         io::ErrorKind::InvalidInput,
         format!("{len} bytes at {at} do not fit in a region of {region} bytes"),
     )
+}
+
+/// A bounded byte range of a disk that an image is assembled on, or seed chunks are read from.
+pub trait Device: Sync {
+    /// The disk or image file (for error messages).
+    fn path(&self) -> &Path;
+
+    /// Its length in bytes.
+    fn len(&self) -> u64;
+
+    /// Whether it is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills `buf` from position `at`; an error if that passes the end.
+    fn read_at(&self, buf: &mut [u8], at: u64) -> io::Result<()>;
+
+    /// Writes `buf` at position `at`; an error (and nothing written) if that passes the end.
+    fn write_at(&self, buf: &[u8], at: u64) -> io::Result<()>;
+
+    /// Flushes what was written to the device (`fdatasync`), and makes the next reads come
+    /// from the device rather than from memory.
+    fn sync_and_drop_cache(&self) -> io::Result<()>;
+}
+
+impl Device for Region {
+    fn path(&self) -> &Path {
+        Region::path(self)
+    }
+
+    fn len(&self) -> u64 {
+        Region::len(self)
+    }
+
+    fn read_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        Region::read_at(self, buf, at)
+    }
+
+    fn write_at(&self, buf: &[u8], at: u64) -> io::Result<()> {
+        Region::write_at(self, buf, at)
+    }
+
+    fn sync_and_drop_cache(&self) -> io::Result<()> {
+        Region::sync_and_drop_cache(self)
+    }
+}
+
+/// Reads a [`Device`] from its start to its end, in reads of at most `buf.len()` bytes.
+pub struct DeviceReader<'a> {
+    device: &'a dyn Device,
+    pos: u64,
+}
+
+impl<'a> DeviceReader<'a> {
+    /// A reader at the start of `device`.
+    pub fn new(device: &'a dyn Device) -> DeviceReader<'a> {
+        DeviceReader { device, pos: 0 }
+    }
+}
+
+impl std::fmt::Debug for DeviceReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceReader")
+            .field("path", &self.device.path())
+            .field("pos", &self.pos)
+            .finish()
+    }
+}
+
+impl Read for DeviceReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.device.len().saturating_sub(self.pos);
+        let n = (buf.len() as u64).min(left) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.device.read_at(&mut buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 impl Region {

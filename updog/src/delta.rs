@@ -7,14 +7,17 @@
 //! before it is written, wherever it came from. What is the updater's own lives here:
 //!
 //! - [`seed`]: the running partition's index (from the repository, a cache, or chunked here);
-//! - [`stage`]: staging one image from chunks, with the fallback to the full image.
+//! - [`stage`]: staging one image from chunks, with the fallback to the full image, reading and
+//!   writing the partitions through `bootpart::io` (the workspace's one partition-I/O stack).
 
 pub use casync::{assemble, chunker, index, plan, region, store};
 
+mod partition;
 pub mod seed;
 pub mod stage;
 
 pub use casync::{
     AssembleError, AssembleOptions, AssembleProgress, Assembled, BlobIndex, Chunk, ChunkFetcher,
-    ChunkId, ChunkSizes, ChunkSizesError, Chunker, IndexError, Plan, Region, StoreWriter, Tally,
+    ChunkId, ChunkSizes, ChunkSizesError, Chunker, Device, IndexError, Plan, Region, StoreWriter,
+    Tally,
 };

@@ -1346,14 +1346,12 @@ impl Updater {
         let running_set = self
             .config
             .active_set
-            .or_else(|| self.disk_and_active().ok().map(|(_, a)| a))
-            .map(|s| s.to_string());
-        let running_version = self.os.version_id.to_string();
+            .or_else(|| self.disk_and_active().ok().map(|(_, a)| a));
         let request = crate::delta::stage::EstimateRequest {
             manifest,
             update,
-            running_version: &running_version,
-            running_set: running_set.as_deref(),
+            running_version: &self.os.version_id,
+            running_set,
             state_dir: self.delta_state_dir(),
         };
         crate::delta::stage::estimate_update(repo, &request)

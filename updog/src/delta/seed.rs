@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use super::chunker::Chunker;
 use super::index::{BlobIndex, ChunkSizes};
-use super::region::Region;
+use super::region::{Device, DeviceReader};
 
 /// Where a seed index came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub fn read_cache(path: &Path, sizes: ChunkSizes, len: u64) -> Option<BlobIndex>
 /// error, the next update just chunks again). Sizes our chunker cannot cut with are an
 /// `InvalidInput` error.
 pub fn seed_index(
-    active: &Region,
+    active: &dyn Device,
     sizes: ChunkSizes,
     cache: Option<&Path>,
 ) -> io::Result<(BlobIndex, SeedOrigin)> {
@@ -64,7 +64,7 @@ pub fn seed_index(
     }
     let chunker =
         Chunker::new(sizes).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let reader = io::BufReader::with_capacity(1 << 20, active.reader());
+    let reader = io::BufReader::with_capacity(1 << 20, DeviceReader::new(active));
     let index = chunker.index(reader, |_, _| Ok(()))?;
     if let Some(path) = cache {
         let _ = write_file_atomic(path, &index.to_bytes());
@@ -116,6 +116,7 @@ pub fn prune_stale_caches(state_dir: &Path, set: &str, image: &str, keep_version
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delta::Region;
 
     #[test]
     fn chunks_once_then_uses_the_cache() {

@@ -23,8 +23,8 @@ use url::Url;
 
 use super::assemble::{AssembleError, AssembleOptions, AssembleProgress, Assembled, assemble};
 use super::index::{BlobIndex, ChunkSizes, IndexError};
+use super::partition::PartitionDevice;
 use super::plan::{Plan, Planned};
-use super::region::Region;
 use super::seed::{SeedOrigin, cache_path, prune_stale_caches, seed_index, write_file_atomic};
 use super::store::{ChunkFetcher, ChunkTimeLimit};
 use crate::plan::SignedTarget;
@@ -324,11 +324,14 @@ impl DeltaImage<'_> {
             let what = what.to_owned();
             move |source| DeltaError::Io { what, source }
         };
-        let region = |part: &Partition, write: bool| {
-            Region::open(self.disk, part.byte_offset(), part.byte_len(), write)
+        let open = |part: &Partition, write: bool, what: &str| {
+            PartitionDevice::open(self.disk, part, write).map_err(|e| DeltaError::Io {
+                what: what.to_owned(),
+                source: std::io::Error::other(e),
+            })
         };
-        let active = region(self.seed, false).map_err(io("opening the running partition"))?;
-        let inactive = region(self.target, true).map_err(io("opening the inactive partition"))?;
+        let active = open(self.seed, false, "opening the running partition")?;
+        let inactive = open(self.target, true, "opening the inactive partition")?;
 
         // The seed must be cut with the target's chunk sizes, or its chunks would not match.
         let sizes = index.sizes();
@@ -341,7 +344,7 @@ impl DeltaImage<'_> {
             self.manifest,
             self.update,
             image,
-            &running_version,
+            self.running_version,
             sizes,
         );
         let (seed, origin) = if let Some(index) = running {
@@ -409,13 +412,11 @@ fn running_index(
     manifest: &Manifest,
     update: &Update,
     image: &str,
-    running_version: &str,
+    running_version: &Version,
     sizes: ChunkSizes,
 ) -> Option<BlobIndex> {
     let running = manifest.updates.iter().find(|u| {
-        u.variant == update.variant
-            && u.arch == update.arch
-            && u.version.to_string() == running_version
+        u.variant == update.variant && u.arch == update.arch && &u.version == running_version
     })?;
     let target = running.delta.as_ref()?.indexes.get(image)?;
     load_index(repo, target)
@@ -447,9 +448,9 @@ fn plan_seed(
     let cached = request.running_set.and_then(|set| {
         let path = cache_path(
             request.state_dir,
-            set,
+            &set.to_string(),
             image,
-            request.running_version,
+            &request.running_version.to_string(),
             sizes,
         );
         let index = BlobIndex::parse(&std::fs::read(path).ok()?).ok()?;
@@ -469,9 +470,9 @@ pub struct EstimateRequest<'a> {
     /// The update chosen.
     pub update: &'a Update,
     /// The running version.
-    pub running_version: &'a str,
-    /// The running set's name (`A`/`B`), for the seed cache's file name, when known.
-    pub running_set: Option<&'a str>,
+    pub running_version: &'a Version,
+    /// The running set, for the seed cache's file name, when known.
+    pub running_set: Option<SetId>,
     /// Where the seed cache lives.
     pub state_dir: &'a Path,
 }
