@@ -9,7 +9,7 @@
 //! refused without growing memory.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,13 +72,15 @@ impl StoreWriter {
         if path.exists() {
             return Ok(Put::Present);
         }
-        let dir = path.parent().unwrap_or(&self.root);
-        fs::create_dir_all(dir)?;
         let compressed = zstd::bulk::compress(data, LEVEL)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        tmp.write_all(&compressed)?;
-        tmp.as_file().sync_data()?;
-        tmp.persist(&path).map_err(|e| e.error)?;
+        let opts = atomic_write::AtomicWrite {
+            create_dir: true,
+            ..atomic_write::AtomicWrite::for_published_file()
+        };
+        atomic_write::write_bytes(&opts, &path, &compressed).map_err(|e| match e {
+            atomic_write::AtomicWriteError::Io { source, .. }
+            | atomic_write::AtomicWriteError::Fill(source) => source,
+        })?;
         Ok(Put::Written(compressed.len() as u64))
     }
 }

@@ -23,7 +23,7 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), E
 }
 
 /// Makes `dir/name` hold what `fill` writes, atomically: temp file in `dir`, `fill`, fsync,
-/// rename, fsync `dir` (the workspace's one implementation, [`manifest::fs::AtomicWrite`]).
+/// rename, fsync `dir` (the workspace's one implementation, [`atomic_write::AtomicWrite`]).
 /// `fill` gets the temp file and the mapping of an I/O error to [`Error::Store`] naming
 /// `dir/name`; on any error the temp file is removed and `dir/name` is untouched.
 pub(crate) fn write_atomic_with<T>(
@@ -36,17 +36,17 @@ pub(crate) fn write_atomic_with<T>(
         path: path.clone(),
         source,
     };
-    manifest::fs::AtomicWrite::default()
+    atomic_write::AtomicWrite::default()
         .write(&path, |file| fill(file, &store))
         .map_err(|e| match e {
-            manifest::fs::AtomicWriteError::Io { source, .. } => store(source),
-            manifest::fs::AtomicWriteError::Fill(e) => e,
+            atomic_write::AtomicWriteError::Io { source, .. } => store(source),
+            atomic_write::AtomicWriteError::Fill(e) => e,
         })
 }
 
 /// fsyncs a directory so a rename or unlink in it is durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
-    manifest::fs::sync_dir(dir).map_err(|source| Error::Store {
+    atomic_write::sync_dir(dir).map_err(|source| Error::Store {
         path: dir.to_owned(),
         source,
     })

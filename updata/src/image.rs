@@ -51,32 +51,19 @@ pub struct Compressed {
 pub fn compress(src: &Path, dest: &Path) -> Result<Compressed, Error> {
     let input = File::open(src).map_err(io("opening the image", src))?;
     let decompressed_length = input.metadata().map_err(io("reading", src))?.len();
-    let dir = match dest.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".updata-")
-        .tempfile_in(dir)
-        .map_err(io("creating a temporary file next to", dest))?;
-    let mut enc = FrameEncoder::with_frame_info(frame_info(), BufWriter::new(tmp.as_file()));
-    io::copy(&mut BufReader::with_capacity(1 << 20, input), &mut enc)
-        .map_err(io("compressing", src))?;
-    let mut out = enc.finish().map_err(|e| Error::Io {
-        action: "compressing",
-        path: src.to_owned(),
-        source: io::Error::other(e),
+    let length = super::metadata::write_published(dest, |file| {
+        let mut enc = FrameEncoder::with_frame_info(frame_info(), BufWriter::new(&*file));
+        io::copy(&mut BufReader::with_capacity(1 << 20, input), &mut enc)
+            .map_err(io("compressing", src))?;
+        let mut out = enc.finish().map_err(|e| Error::Io {
+            action: "compressing",
+            path: src.to_owned(),
+            source: io::Error::other(e),
+        })?;
+        out.flush().map_err(io("writing", dest))?;
+        drop(out);
+        Ok(file.metadata().map_err(io("writing", dest))?.len())
     })?;
-    out.flush().map_err(io("writing", dest))?;
-    drop(out);
-    tmp.as_file().sync_all().map_err(io("writing", dest))?;
-    let length = tmp.as_file().metadata().map_err(io("writing", dest))?.len();
-    tmp.persist(dest).map_err(|e| Error::Io {
-        action: "renaming into place",
-        path: dest.to_owned(),
-        source: e.error,
-    })?;
-    super::sync_dir(dir)?;
     Ok(Compressed {
         length,
         decompressed_length,

@@ -60,12 +60,3 @@ pub mod repo;
 pub mod root;
 
 pub use error::Error;
-
-use std::path::Path;
-
-/// fsyncs a directory so a rename in it is durable.
-fn sync_dir(dir: &Path) -> Result<(), Error> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(error::io("syncing", dir))
-}

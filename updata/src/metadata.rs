@@ -128,6 +128,24 @@ impl<T: Serialize + for<'de> Deserialize<'de>> SignedFile for Envelope<T> {
     }
 }
 
+/// Makes `dest` hold what `fill` writes, atomically, with the options of a published file (see
+/// [`atomic_write::AtomicWrite::for_published_file`]): the workspace's one atomic write.
+pub(crate) fn write_published<T>(
+    dest: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> Result<T, Error>,
+) -> Result<T, Error> {
+    atomic_write::AtomicWrite::for_published_file()
+        .write(dest, fill)
+        .map_err(|e| match e {
+            atomic_write::AtomicWriteError::Io { step, path, source } => Error::Io {
+                action: step.describe(),
+                path,
+                source,
+            },
+            atomic_write::AtomicWriteError::Fill(e) => e,
+        })
+}
+
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     manifest::fs::write_atomic(path, bytes).map_err(|e| match e {

@@ -717,18 +717,9 @@ pub fn manifest_target_names(m: &manifest::Manifest) -> BTreeSet<String> {
 
 /// Copies `src` to `dest` atomically.
 fn copy_atomic(src: &Path, dest: &Path) -> Result<(), Error> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".updata-")
-        .tempfile_in(dir)
-        .map_err(io("creating a temporary file next to", dest))?;
     let mut input = File::open(src).map_err(io("opening", src))?;
-    io::copy(&mut input, tmp.as_file_mut()).map_err(io("copying", src))?;
-    tmp.as_file().sync_all().map_err(io("writing", dest))?;
-    tmp.persist(dest).map_err(|e| Error::Io {
-        action: "renaming into place",
-        path: dest.to_owned(),
-        source: e.error,
-    })?;
-    super::sync_dir(dir)
+    super::metadata::write_published(dest, |file| {
+        io::copy(&mut input, file).map_err(io("copying", src))?;
+        Ok(())
+    })
 }

@@ -31,7 +31,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bootpart::{ImageKind, SetId};
@@ -336,19 +335,18 @@ fn parent_dir(path: &Path) -> &Path {
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync directory; mode 0600;
 /// the directory created when missing), through the workspace's one implementation.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let opts = manifest::fs::AtomicWrite {
+    let opts = atomic_write::AtomicWrite {
         create_dir: true,
-        ..manifest::fs::AtomicWrite::default()
+        ..atomic_write::AtomicWrite::default()
     };
-    opts.write(path, |f| f.write_all(bytes))
-        .map_err(|e| match e {
-            manifest::fs::AtomicWriteError::Io { source, .. }
-            | manifest::fs::AtomicWriteError::Fill(source) => source,
-        })
+    atomic_write::write_bytes(&opts, path, bytes).map_err(|e| match e {
+        atomic_write::AtomicWriteError::Io { source, .. }
+        | atomic_write::AtomicWriteError::Fill(source) => source,
+    })
 }
 
 fn sync_parent(path: &Path) -> std::io::Result<()> {
-    manifest::fs::sync_dir(parent_dir(path))
+    atomic_write::sync_dir(parent_dir(path))
 }
 
 #[cfg(test)]

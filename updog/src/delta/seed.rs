@@ -75,7 +75,14 @@ pub fn seed_index(
 /// Writes `bytes` to `path` whole or not at all, creating the directory if needed (the
 /// workspace's one atomic write; mode 0600, as all of updog's state).
 pub(super) fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    crate::status::write_atomic(path, bytes)
+    let opts = atomic_write::AtomicWrite {
+        create_dir: true,
+        ..atomic_write::AtomicWrite::default()
+    };
+    atomic_write::write_bytes(&opts, path, bytes).map_err(|e| match e {
+        atomic_write::AtomicWriteError::Io { source, .. }
+        | atomic_write::AtomicWriteError::Fill(source) => source,
+    })
 }
 
 /// Removes the cache files of `image` on `set` for any version other than `keep_version`
