@@ -240,12 +240,13 @@ impl Manifest {
             listed.sort();
             listed.dedup();
             for (i, from) in listed.iter().enumerate() {
-                let gap = listed[i + 1..].iter().find_map(|to| {
-                    match self.migration_chain(from, to) {
-                        Err(crate::Error::MissingMigration(gap)) => Some((*to, gap.stuck_at)),
-                        _ => None,
-                    }
-                });
+                let gap =
+                    listed[i + 1..]
+                        .iter()
+                        .find_map(|to| match self.migration_chain(from, to) {
+                            Err(crate::Error::MissingMigration(gap)) => Some((*to, gap.stuck_at)),
+                            _ => None,
+                        });
                 if let Some((to, stuck_at)) = gap {
                     let next = listed
                         .iter()

@@ -645,11 +645,18 @@ fn the_blocking_api_works_when_called_from_async_code() {
             let check = u
                 .check(&CheckOptions::default())
                 .expect("check from async code");
-            assert!(
-                matches!(check.outcome, updog::updater::CheckOutcome::Available(_)),
+            assert_eq!(
+                check.available().map(|a| a.version().to_string()),
+                Some("1.1.0".to_string()),
                 "{:?}",
                 check.outcome
             );
+            // One name for the running version in a check and a status.
+            assert_eq!(
+                check.running_version(),
+                &u.status().unwrap().running.version
+            );
+            assert_eq!(check.running_version(), check.running.version());
             let lock = u.lock().unwrap();
             stage(&u, &lock);
             let set = u.apply(&lock).unwrap();

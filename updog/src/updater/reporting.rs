@@ -93,3 +93,37 @@ impl Updater {
         })
     }
 }
+
+/// Short names for what an agent reads most: `available.version()` rather than
+/// `available.update.version`, and one word, `version`, for the running version in a check and
+/// in a status alike.
+impl super::AvailableUpdate {
+    /// The version on offer.
+    pub fn version(&self) -> &semver::Version {
+        &self.update.version
+    }
+}
+
+impl super::Check {
+    /// The running version (`VERSION_ID` of os-release), as [`super::Status`] names it
+    /// `running.version`.
+    pub fn running_version(&self) -> &semver::Version {
+        &self.running.version_id
+    }
+
+    /// The update on offer, if there is one.
+    pub fn available(&self) -> Option<&super::AvailableUpdate> {
+        match &self.outcome {
+            super::CheckOutcome::Available(update) => Some(update),
+            super::CheckOutcome::NoUpdate(_) => None,
+        }
+    }
+}
+
+impl crate::os_release::OsRelease {
+    /// The running version (`VERSION_ID`): the same value as `version_id`, under the name the
+    /// status uses.
+    pub fn version(&self) -> &semver::Version {
+        &self.version_id
+    }
+}
