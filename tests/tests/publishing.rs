@@ -11,8 +11,8 @@ use bootpart::SetId;
 use e2e_tests::{Host, Published, Release, bin_dir, describe, lz4};
 use fixtures::disk::{DiskImageBuilder, PartKind};
 
-/// The ```sh blocks of the README's "Publishing a release" section.
-fn readme_blocks() -> Vec<String> {
+/// The README's "Publishing a release" section.
+fn readme_section() -> String {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
             .expect("README.md");
@@ -20,7 +20,12 @@ fn readme_blocks() -> Vec<String> {
         .find("\n## Publishing a release\n")
         .expect("README has a section \"Publishing a release\"");
     let rest = &readme[start + 1..];
-    let section = &rest[..rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3)];
+    rest[..rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3)].to_string()
+}
+
+/// The ```sh blocks of the README's "Publishing a release" section.
+fn readme_blocks() -> Vec<String> {
+    let section = readme_section();
     let mut blocks = Vec::new();
     let mut lines = section.lines();
     while let Some(line) = lines.next() {
@@ -34,13 +39,7 @@ fn readme_blocks() -> Vec<String> {
 
 /// The ```toml block of the same section: the `Release.toml` it shows for 1.2.0.
 fn readme_release_toml() -> String {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-            .expect("README.md");
-    let start = readme
-        .find("\n## Publishing a release\n")
-        .expect("README has a section \"Publishing a release\"");
-    let rest = &readme[start..];
+    let rest = readme_section();
     let toml = rest
         .find("\n```toml\n")
         .expect("the section shows a Release.toml");

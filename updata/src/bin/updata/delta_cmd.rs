@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use casync::store::{Put, chunk_path, decode_chunk};
 use casync::{BlobIndex, ChunkSizes, Chunker, StoreWriter};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use semver::Version;
 
 /// Delta-update subcommands.
@@ -49,17 +49,8 @@ pub enum DeltaCommand {
     /// Names the indexes of an update's images and the chunk store in the manifest (the
     /// optional `delta` field; hosts without an index for an image use its full lz4 image).
     SetDelta {
-        /// The manifest.json to edit.
-        manifest: PathBuf,
-        /// The variant.
-        #[arg(short = 'l', long)]
-        variant: String,
-        /// The architecture.
-        #[arg(short = 'a', long)]
-        arch: String,
-        /// The update's version.
-        #[arg(short = 'v', long = "version")]
-        version: Version,
+        #[command(flatten)]
+        update: UpdateSelector,
         /// The chunk store: a URL, or a path relative to the targets URL (such as `chunks/`).
         #[arg(long)]
         store: String,
@@ -96,17 +87,8 @@ pub enum DeltaCommand {
     /// --from fetch it for that image instead of the chunks it produces. Replaces an earlier
     /// patch for the same --from and --image.
     AddPatch {
-        /// The manifest.json to edit.
-        manifest: PathBuf,
-        /// The variant.
-        #[arg(short = 'l', long)]
-        variant: String,
-        /// The architecture.
-        #[arg(short = 'a', long)]
-        arch: String,
-        /// The update's version.
-        #[arg(short = 'v', long = "version")]
-        version: Version,
+        #[command(flatten)]
+        update: UpdateSelector,
         /// The release the patch is made against.
         #[arg(long)]
         from: Version,
@@ -120,6 +102,45 @@ pub enum DeltaCommand {
         #[arg(long = "patch-data", value_name = "TARGET")]
         data: String,
     },
+}
+
+/// The manifest to edit and the update in it (the reference's short flags).
+#[derive(Args)]
+pub struct UpdateSelector {
+    /// The manifest.json to edit.
+    manifest: PathBuf,
+    /// The variant.
+    #[arg(short = 'l', long)]
+    variant: String,
+    /// The architecture.
+    #[arg(short = 'a', long)]
+    arch: String,
+    /// The update's version.
+    #[arg(short = 'v', long = "version")]
+    version: Version,
+}
+
+impl UpdateSelector {
+    /// Loads the manifest, lets `change` edit the selected update, saves it.
+    fn edit(&self, change: impl FnOnce(&mut manifest::Update) -> Res<()>) -> Res<()> {
+        let mut m = manifest::fs::load(&self.manifest)?;
+        let update = m
+            .updates
+            .iter_mut()
+            .find(|u| u.variant == self.variant && u.arch == self.arch && u.version == self.version)
+            .ok_or_else(|| {
+                format!(
+                    "no update {} {} {} in {}",
+                    self.variant,
+                    self.arch,
+                    self.version,
+                    self.manifest.display()
+                )
+            })?;
+        change(update)?;
+        manifest::fs::save(&m, &self.manifest)?;
+        Ok(())
+    }
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -164,10 +185,7 @@ impl DeltaCommand {
                 store,
             } => check_index(&index, image.as_ref(), store.as_ref()),
             Self::SetDelta {
-                manifest: path,
-                variant,
-                arch,
-                version,
+                update: selector,
                 store,
                 indexes,
             } => {
@@ -183,23 +201,17 @@ impl DeltaCommand {
                     }
                     named.insert(image.to_string(), target.to_string());
                 }
-                let mut m = manifest::fs::load(&path)?;
-                let update = m
-                    .updates
-                    .iter_mut()
-                    .find(|u| u.variant == variant && u.arch == arch && u.version == version)
-                    .ok_or_else(|| {
-                        format!("no update {variant} {arch} {version} in {}", path.display())
-                    })?;
-                // Patches named earlier stay (set-delta may be run again for a new store).
-                let patches = update.delta.take().map(|d| d.patches).unwrap_or_default();
-                update.delta = Some(manifest::Delta {
-                    store,
-                    indexes: named,
-                    patches,
-                });
-                manifest::fs::save(&m, &path)?;
-                println!("set delta indexes of {variant} {arch} {version}");
+                selector.edit(|update| {
+                    // Patches named earlier stay (set-delta may be run again for a new store).
+                    let patches = update.delta.take().map(|d| d.patches).unwrap_or_default();
+                    update.delta = Some(manifest::Delta {
+                        store,
+                        indexes: named,
+                        patches,
+                    });
+                    Ok(())
+                })?;
+                println!("set delta indexes of {}", describe(&selector));
                 Ok(ExitCode::SUCCESS)
             }
             Self::MakePatch {
@@ -211,58 +223,51 @@ impl DeltaCommand {
                 patch_index,
             } => make_patch(&from_image, &from_index, &image, &index, &out, &patch_index),
             Self::AddPatch {
-                manifest: path,
-                variant,
-                arch,
-                version,
+                update: selector,
                 from,
                 image,
                 index,
                 data,
             } => {
+                let which = describe(&selector);
                 if !["boot", "root", "hash"].contains(&image.as_str()) {
                     return Err(format!("--image {image:?}: must be boot, root or hash").into());
                 }
-                if from >= version {
+                if from >= selector.version {
                     return Err(format!(
-                        "--from {from}: a patch is made against an earlier release than {version}"
+                        "--from {from}: a patch is made against an earlier release than {}",
+                        selector.version
                     )
                     .into());
                 }
-                let mut m = manifest::fs::load(&path)?;
-                let update = m
-                    .updates
-                    .iter_mut()
-                    .find(|u| u.variant == variant && u.arch == arch && u.version == version)
-                    .ok_or_else(|| {
-                        format!("no update {variant} {arch} {version} in {}", path.display())
+                selector.edit(|update| {
+                    let delta = update.delta.as_mut().ok_or_else(|| {
+                        format!(
+                            "update {which} has no delta data: run set-delta first (a patch only \
+                             produces chunks of the image's index)"
+                        )
                     })?;
-                let delta = update.delta.as_mut().ok_or_else(|| {
-                    format!(
-                        "update {variant} {arch} {version} has no delta data: run set-delta first \
-                         (a patch only produces chunks of the image's index)"
-                    )
+                    if !delta.indexes.contains_key(&image) {
+                        return Err(format!(
+                            "update {which} names no index for {image}: add it with set-delta"
+                        )
+                        .into());
+                    }
+                    delta
+                        .patches
+                        .retain(|p| !(p.from == from && p.image == image));
+                    delta.patches.push(manifest::Patch {
+                        from: from.clone(),
+                        image: image.clone(),
+                        index,
+                        data,
+                    });
+                    delta
+                        .patches
+                        .sort_by(|a, b| (&b.from, &a.image).cmp(&(&a.from, &b.image)));
+                    Ok(())
                 })?;
-                if !delta.indexes.contains_key(&image) {
-                    return Err(format!(
-                        "update {variant} {arch} {version} names no index for {image}: add it with set-delta"
-                    )
-                    .into());
-                }
-                delta
-                    .patches
-                    .retain(|p| !(p.from == from && p.image == image));
-                delta.patches.push(manifest::Patch {
-                    from: from.clone(),
-                    image: image.clone(),
-                    index,
-                    data,
-                });
-                delta
-                    .patches
-                    .sort_by(|a, b| (&b.from, &a.image).cmp(&(&a.from, &b.image)));
-                manifest::fs::save(&m, &path)?;
-                println!("added the {image} patch from {from} to {variant} {arch} {version}");
+                println!("added the {image} patch from {from} to {which}");
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -409,4 +414,11 @@ fn make_patch(
         patch_index.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn describe(selector: &UpdateSelector) -> String {
+    format!(
+        "{} {} {}",
+        selector.variant, selector.arch, selector.version
+    )
 }
