@@ -19,7 +19,7 @@
 //! zstd's decoder state, whatever the image size.
 
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
@@ -281,6 +281,13 @@ impl PatchIndex {
                     ));
                 }
             }
+            if e.len > max_frame_len() {
+                return bad(format!(
+                    "entry {i}: a frame of {} bytes (limit {})",
+                    e.len,
+                    max_frame_len()
+                ));
+            }
             next_chunk = e.chunks.end;
             next_offset = match e.offset.checked_add(e.len) {
                 Some(end) if e.len > 0 => end,
@@ -380,6 +387,96 @@ pub fn apply_entry(
         }
     }
     Ok(out)
+}
+
+/// The longest frame an entry may have: zstd's bound for [`MAX_OUTPUT`] bytes.
+pub fn max_frame_len() -> u64 {
+    zstd_safe::compress_bound(to_usize(MAX_OUTPUT)) as u64
+}
+
+/// What [`apply_stream`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Chunk ranges of the new index written (each chunk verified against its id).
+    pub written: Vec<Range<u64>>,
+    /// Entries that could not be used, with why (their chunks are left for the chunk store).
+    pub failed: Vec<(Range<u64>, String)>,
+    /// Patch data bytes read.
+    pub data_read: u64,
+}
+
+impl Applied {
+    /// Chunks written.
+    pub fn chunks(&self) -> u64 {
+        self.written.iter().map(|r| r.end - r.start).sum()
+    }
+}
+
+/// Applies a whole patch from its data stream (read once, in order, as it arrives): for each
+/// entry, the reference window is read from the running image and verified, the frame decoded,
+/// every chunk verified against the new index, and the entry's bytes written where they go in
+/// the new image through `write_new`. An entry whose window or frame is bad is skipped and
+/// listed in [`Applied::failed`]; a failure to read the stream or to write ends the pass with
+/// the error (what was written stays written and verified).
+///
+/// Memory: one frame, one window and one entry's output at a time, each bounded by the format.
+pub fn apply_stream(
+    patch: &PatchIndex,
+    old: &BlobIndex,
+    new: &BlobIndex,
+    data: &mut impl io::Read,
+    mut read_old: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+    mut write_new: impl FnMut(u64, &[u8]) -> io::Result<()>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Applied, PatchError> {
+    let mut applied = Applied::default();
+    let mut frame = Vec::new();
+    for entry in &patch.entries {
+        if cancelled() {
+            return Err(PatchError::Io {
+                what: "applying the patch".into(),
+                source: io::Error::new(io::ErrorKind::Interrupted, "cancelled"),
+            });
+        }
+        // Entries are contiguous in the data (checked by `PatchIndex::parse`).
+        frame.clear();
+        let got = (&mut *data)
+            .take(entry.len)
+            .read_to_end(&mut frame)
+            .map_err(|source| PatchError::Io {
+                what: "reading the patch data".into(),
+                source,
+            })?;
+        applied.data_read += got as u64;
+        if (got as u64) < entry.len {
+            return Err(PatchError::Io {
+                what: "reading the patch data".into(),
+                source: io::Error::new(io::ErrorKind::UnexpectedEof, "it ends early"),
+            });
+        }
+        let out = match reference_window(entry, old, &mut read_old)
+            .and_then(|window| apply_entry(entry, &frame, &window, new))
+        {
+            Ok(out) => out,
+            Err(e @ PatchError::Io { .. }) => return Err(e),
+            Err(e) => {
+                applied.failed.push((entry.chunks.clone(), e.to_string()));
+                continue;
+            }
+        };
+        let at = new
+            .chunk(to_usize(entry.chunks.start))
+            .map_or(0, |c| c.offset);
+        write_new(at, &out).map_err(|source| PatchError::Io {
+            what: format!(
+                "writing patched chunks {}..{} to the new image",
+                entry.chunks.start, entry.chunks.end
+            ),
+            source,
+        })?;
+        applied.written.push(entry.chunks.clone());
+    }
+    Ok(applied)
 }
 
 /// Runs of new chunks the old index lacks, split so none produces more than [`MAX_OUTPUT`].

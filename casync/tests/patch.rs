@@ -263,3 +263,72 @@ fn a_patch_index_that_breaks_the_format_is_refused() {
         Err(PatchError::Malformed(_))
     ));
 }
+
+#[test]
+fn a_patch_streamed_in_once_writes_verified_chunks_and_skips_an_entry_it_cannot_use() {
+    let m = make(12 << 20);
+    assert!(m.patch.entries.len() >= 2, "{:?}", m.patch.entries);
+    // The running image with the first entry's reference damaged: that entry is skipped.
+    let mut running = m.old.clone();
+    let victim = m
+        .old_index
+        .chunk(m.patch.entries[0].reference.start as usize)
+        .unwrap();
+    running[victim.offset as usize] ^= 1;
+    let target = std::cell::RefCell::new(vec![0u8; m.new.len()]);
+    let applied = patch::apply_stream(
+        &m.patch,
+        &m.old_index,
+        &m.new_index,
+        &mut m.data.as_slice(),
+        reader(&running),
+        |offset, bytes| {
+            target.borrow_mut()[offset as usize..offset as usize + bytes.len()]
+                .copy_from_slice(bytes);
+            Ok(())
+        },
+        &|| false,
+    )
+    .unwrap();
+    assert_eq!(applied.data_read, m.patch.data_len);
+    assert_eq!(applied.failed.len(), 1, "{:?}", applied.failed);
+    assert_eq!(applied.failed[0].0, m.patch.entries[0].chunks);
+    assert!(
+        applied.failed[0].1.contains("reference chunk"),
+        "{:?}",
+        applied.failed
+    );
+    assert_eq!(applied.written.len(), m.patch.entries.len() - 1);
+    let target = target.into_inner();
+    for range in &applied.written {
+        for n in range.clone() {
+            let c = m.new_index.chunk(n as usize).unwrap();
+            let at = c.offset as usize..c.end() as usize;
+            assert!(target[at.clone()] == m.new[at], "chunk {n}");
+        }
+    }
+    // The skipped entry's chunks were not written.
+    let c = m
+        .new_index
+        .chunk(m.patch.entries[0].chunks.start as usize)
+        .unwrap();
+    assert!(
+        target[c.offset as usize..c.end() as usize]
+            .iter()
+            .all(|&b| b == 0)
+    );
+
+    // A stream that ends early is an error, not a short patch.
+    let short = &m.data[..m.data.len() - 1];
+    let err = patch::apply_stream(
+        &m.patch,
+        &m.old_index,
+        &m.new_index,
+        &mut &short[..],
+        reader(&m.old),
+        |_, _| Ok(()),
+        &|| false,
+    )
+    .unwrap_err();
+    assert!(matches!(err, PatchError::Io { .. }), "{err:?}");
+}
