@@ -140,11 +140,29 @@ fn publisher() -> tempfile::TempDir {
 /// `updata publish` of the root, the manifest and the staged images, signed with the three
 /// keys of `publisher`.
 fn publish_args() -> Vec<&'static str> {
+    let mut args = republish_args();
+    args.splice(2..2, ["--root", "root.json"]);
+    args
+}
+
+fn publish(d: &Path) {
+    ok(d, &publish_args());
+}
+
+/// Compresses the raw images into `staging/` as release `version`'s and adds its update.
+fn stage_release(d: &Path, version: &str) {
+    for image in ["boot.ext4", "root.ext4", "root.verity"] {
+        let staged = format!("staging/v-x86_64-{version}-{image}.lz4");
+        ok(d, &["compress", image, &staged]);
+    }
+    add_update(d, version);
+}
+
+/// `updata publish` of the manifest and whatever is staged, to a repository that has a root.
+fn republish_args() -> Vec<&'static str> {
     let mut args = vec![
         "publish",
         "repo",
-        "--root",
-        "root.json",
         "--manifest",
         "manifest.json",
         "--add-targets",
@@ -152,10 +170,6 @@ fn publish_args() -> Vec<&'static str> {
     ];
     args.extend(SIGN);
     args
-}
-
-fn publish(d: &Path) {
-    ok(d, &publish_args());
 }
 
 /// Adds update `version` of variant `v`, x86_64, with the default image names.
@@ -601,30 +615,8 @@ fn an_interrupted_publish_leaves_the_previous_release_published() {
     publish(d);
     let timestamp = d.join("repo/metadata/timestamp.json");
     let old_timestamp = std::fs::read(&timestamp).unwrap();
-    for (raw, image) in [
-        ("boot.ext4", "boot.ext4"),
-        ("root.ext4", "root.ext4"),
-        ("root.verity", "root.verity"),
-    ] {
-        ok(
-            d,
-            &[
-                "compress",
-                raw,
-                &format!("staging/v-x86_64-1.2.0-{image}.lz4"),
-            ],
-        );
-    }
-    add_update(d, "1.2.0");
-    let mut args = vec![
-        "publish",
-        "repo",
-        "--manifest",
-        "manifest.json",
-        "--add-targets",
-        "staging",
-    ];
-    args.extend(SIGN);
+    stage_release(d, "1.2.0");
+    let args = republish_args();
     let out = ok(d, &args);
     let written: Vec<&str> = out
         .lines()
@@ -825,4 +817,29 @@ fn metadata_that_would_already_be_expired_is_not_signed() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert_eq!(snapshot(&d.join("repo")), before, "{role}");
     }
+}
+
+/// Issue 25: a release published without the `"(FROM, TO)" = []` migration step passed
+/// `updata check`, yet every host running FROM refuses it ("no migration path"). The check now
+/// fails and names the key to add; once it is set and published, the check passes.
+#[test]
+fn check_finds_a_release_hosts_would_refuse_for_want_of_a_migration_step() {
+    let dir = publisher();
+    let d = dir.path();
+    publish(d);
+    stage_release(d, "1.2.0");
+    let args = republish_args();
+    ok(d, &args);
+    let out = fails(d, &["check", "repo", "--root", "root.json"]);
+    assert!(
+        out.contains("hosts running 1.1.0 refuse update v x86_64 1.2.0")
+            && out.contains("\"(1.1.0, 1.2.0)\" = []"),
+        "{out}"
+    );
+    let release = d.join("Release.toml");
+    std::fs::write(&release, "[migrations]\n\"(1.1.0, 1.2.0)\" = []\n").unwrap();
+    line(d, "set-migrations manifest.json --release Release.toml");
+    ok(d, &args);
+    let out = ok(d, &["check", "repo", "--root", "root.json"]);
+    assert!(out.contains("no problems found"), "{out}");
 }

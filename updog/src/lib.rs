@@ -46,6 +46,8 @@ pub mod status;
 pub mod steps;
 pub mod updater;
 
+mod off_runtime;
+
 // The TUF client and its transports are the `tuf` crate; re-exported so that an agent can name
 // what `Updater` takes and returns (`updog::tuf::Repository`, `updog::transport::HttpOptions`)
 // without depending on it separately.
