@@ -41,6 +41,8 @@ struct Delta {
     index: BlobIndex,
     /// Chunk files of v2 that v1 does not have (what a delta must download).
     new_chunks: HashSet<String>,
+    /// The patch of v2's root against v1's, when the repository lists one.
+    patch: Option<updog::delta::patch::PatchIndex>,
 }
 
 /// Publishes 1.0.0 and 1.1.0 with ext4 roots, indexed with casync's default sizes;
@@ -62,6 +64,17 @@ fn setup_signing(
     v1_sizes: Option<ChunkSizes>,
     v2_sizes: ChunkSizes,
     signed: impl Fn(&BlobIndex) -> Vec<u8>,
+) -> Option<Delta> {
+    setup_all(v1_sizes, v2_sizes, signed, false)
+}
+
+/// [`setup_signing`]; `with_patch`: 1.1.0 also lists a patch of its root against 1.0.0's
+/// (made with the library, as `updata make-patch` makes it), as two targets.
+fn setup_all(
+    v1_sizes: Option<ChunkSizes>,
+    v2_sizes: ChunkSizes,
+    signed: impl Fn(&BlobIndex) -> Vec<u8>,
+    with_patch: bool,
 ) -> Option<Delta> {
     if !fixtures::ext4::have_mkfs() {
         fixtures::gate::skip("mkfs.ext4 is not installed");
@@ -97,6 +110,27 @@ fn setup_signing(
     let delta =
         |v: &str| serde_json::json!({"store": "chunks/", "indexes": {"root": index_name(v)}});
     r2.delta = Some(delta("1.1.0"));
+    let mut patch = None;
+    if with_patch {
+        let read = |data: &[u8]| {
+            let data = data.to_vec();
+            move |offset: u64, buf: &mut [u8]| {
+                let at = offset as usize;
+                buf.copy_from_slice(&data[at..at + buf.len()]);
+                Ok(())
+            }
+        };
+        let mut bytes = Vec::new();
+        let (made, _) =
+            updog::delta::patch::make_patch(&i1, read(&v1), &i2, read(&v2), &mut bytes).unwrap();
+        assert!(!made.entries.is_empty(), "the releases differ");
+        r2.delta.as_mut().unwrap()["patches"] = serde_json::json!([{
+            "from": "1.0.0", "image": "root",
+            "index": PATCH_INDEX, "data": PATCH_DATA,
+        }]);
+        let spec_targets = serde_json::to_vec(&made).unwrap();
+        patch = Some((made, spec_targets, bytes));
+    }
     let mut spec = RepoSpec::new(vec![r1, r2]);
     spec.migrations.push(Migration {
         from: "1.0.0".parse().unwrap(),
@@ -105,6 +139,12 @@ fn setup_signing(
         content: b"migration 1.0.0 -> 1.1.0".to_vec(),
     });
     spec.extra_targets.push((index_name("1.1.0"), signed(&i2)));
+    let patch = patch.map(|(made, index_bytes, data)| {
+        spec.extra_targets
+            .push((PATCH_INDEX.to_string(), index_bytes));
+        spec.extra_targets.push((PATCH_DATA.to_string(), data));
+        made
+    });
     if let Some(sizes) = v1_sizes {
         let listed = if sizes == v2_sizes {
             i1
@@ -137,8 +177,12 @@ fn setup_signing(
         v2,
         index: i2,
         new_chunks,
+        patch,
     })
 }
+
+const PATCH_INDEX: &str = "delta-test-v1.1.0-root.from-1.0.0.patch.json";
+const PATCH_DATA: &str = "delta-test-v1.1.0-root.from-1.0.0.patch";
 
 fn chunk_url_path(chunk: &Chunk) -> String {
     format!(
@@ -609,5 +653,101 @@ fn a_chunk_store_that_trickles_falls_back_to_the_full_image() {
     assert!(
         text.contains("downloading the full image") && text.contains("did not arrive within"),
         "{text}"
+    );
+}
+
+/// The chunk files a patch produces.
+fn patched_chunks(d: &Delta) -> HashSet<String> {
+    let patch = d.patch.as_ref().expect("a patch");
+    patch
+        .entries
+        .iter()
+        .flat_map(|e| e.chunks.clone())
+        .map(|n| chunk_url_path(&d.index.chunk(n as usize).unwrap()))
+        .collect()
+}
+
+/// Issue 22: with a patch against the running release, the chunks it produces are not fetched
+/// from the store; the partition is the new image byte for byte.
+#[test]
+fn a_patch_against_the_running_release_replaces_chunk_downloads() {
+    let sizes = ChunkSizes::CASYNC_DEFAULT;
+    let Some(d) = setup_all(Some(sizes), sizes, BlobIndex::to_bytes, true) else {
+        return;
+    };
+    let patched = patched_chunks(&d);
+    assert!(!patched.is_empty());
+    let out = d.update();
+    assert!(d.b_root() == d.v2, "set B root differs from the v2 image");
+    assert!(
+        !d.full_root_requested(),
+        "the full root image was downloaded"
+    );
+    let fetched: HashSet<String> = d.chunk_requests().into_iter().collect();
+    assert!(
+        fetched.is_disjoint(&patched),
+        "chunks the patch produces were fetched: {:?}",
+        fetched.intersection(&patched).collect::<Vec<_>>()
+    );
+    let expected: HashSet<String> = d.new_chunks.difference(&patched).cloned().collect();
+    assert_eq!(fetched, expected, "{}", describe(&out));
+    let data_paths = d.host.repo.target_url_paths(PATCH_DATA);
+    assert!(
+        d.host
+            .server
+            .requests()
+            .iter()
+            .any(|r| data_paths.contains(&r.path)),
+        "the patch data was not fetched"
+    );
+    assert_eq!(d.host.signpost().state(SetId::B).unwrap().tries_left, 1);
+}
+
+/// A running partition whose bytes under a patch window are not the running release's: that
+/// entry is skipped (its chunks come from the store), the rest of the patch is used, and the
+/// update ends with the new image.
+#[test]
+fn a_patch_window_that_does_not_verify_falls_back_to_the_store_for_its_chunks() {
+    let sizes = ChunkSizes::CASYNC_DEFAULT;
+    let Some(d) = setup_all(Some(sizes), sizes, BlobIndex::to_bytes, true) else {
+        return;
+    };
+    let patch = d.patch.as_ref().unwrap();
+    let entry = &patch.entries[0];
+    // Damage one byte of the entry's first reference chunk on set A's root.
+    let i1_bytes = fs::read(d.host.repo.target_files(&index_name("1.0.0"))[0].clone()).unwrap();
+    let i1 = BlobIndex::parse(&i1_bytes).unwrap();
+    let victim = i1.chunk(entry.reference.start as usize).unwrap();
+    let part = d.host.disk.partition(PartKind::Root, 0).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&d.host.disk_path)
+        .unwrap();
+    let at = part.byte_offset(d.host.disk.sector_size) + victim.offset;
+    let mut byte = [0u8];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut byte, at).unwrap();
+    byte[0] ^= 0xff;
+    std::os::unix::fs::FileExt::write_all_at(&f, &byte, at).unwrap();
+    drop(f);
+
+    let out = d.update();
+    assert!(d.b_root() == d.v2, "set B root differs from the v2 image");
+    let text = describe(&out);
+    assert!(
+        text.contains("not patched") && text.contains("reference chunk"),
+        "{text}"
+    );
+    let fetched: HashSet<String> = d.chunk_requests().into_iter().collect();
+    let skipped: HashSet<String> = entry
+        .chunks
+        .clone()
+        .map(|n| chunk_url_path(&d.index.chunk(n as usize).unwrap()))
+        .filter(|p| d.new_chunks.contains(p))
+        .collect();
+    assert!(!skipped.is_empty());
+    assert!(
+        skipped.is_subset(&fetched),
+        "the skipped entry's chunks were not fetched"
     );
 }

@@ -1,6 +1,6 @@
 //! Delta updates: build an image on the inactive partition from verified chunks, in the casync
 //! format of the [`casync`] crate (re-exported here as this module's `index`, `chunker`,
-//! `store`, `plan`, `assemble` and `region`).
+//! `store`, `plan`, `assemble`, `region` and `patch`).
 //!
 //! The chain of trust runs timestamp -> snapshot -> targets -> index -> chunk ids -> chunk bytes:
 //! the index is a TUF target (its length and hash signed), and every chunk is hashed against it
@@ -10,7 +10,7 @@
 //! - [`stage`]: staging one image from chunks, with the fallback to the full image, reading and
 //!   writing the partitions through `bootpart::io` (the workspace's one partition-I/O stack).
 
-pub use casync::{assemble, chunker, index, plan, region, store};
+pub use casync::{assemble, chunker, index, patch, plan, region, store};
 
 mod partition;
 pub mod seed;

@@ -24,6 +24,7 @@ use url::Url;
 use super::assemble::{AssembleError, AssembleOptions, AssembleProgress, Assembled, assemble};
 use super::index::{BlobIndex, ChunkSizes, IndexError};
 use super::partition::PartitionDevice;
+use super::patch::PatchIndex;
 use super::plan::{Plan, Planned};
 use super::seed::{SeedOrigin, cache_path, prune_stale_caches, seed_index, write_file_atomic};
 use super::store::{ChunkFetcher, ChunkTimeLimit};
@@ -195,7 +196,26 @@ pub struct DeltaStaged {
     pub seed: Option<SeedOrigin>,
     /// What the assembly did.
     pub assembled: Assembled,
+    /// The patch against the running release that was applied first, if one was.
+    pub patch: Option<PatchUse>,
 }
+
+/// What a patch against the running release contributed to an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatchUse {
+    /// The patch data target.
+    pub target: String,
+    /// Chunks it wrote (each verified against the new index).
+    pub chunks: u64,
+    /// Patch data bytes downloaded.
+    pub downloaded: u64,
+    /// Entries that could not be used, with why (their chunks came from the store).
+    pub skipped: Vec<String>,
+}
+
+/// The largest patch index read (a patch of an 8 GiB image at 64 KiB chunks has far fewer
+/// entries than this allows).
+const MAX_PATCH_INDEX_BYTES: u64 = 16 << 20;
 
 fn load_index(repo: &Repository, target: &str) -> Result<(BlobIndex, String), DeltaError> {
     let repo_err = |source| DeltaError::Repository {
@@ -359,6 +379,15 @@ impl DeltaImage<'_> {
             (index, Some(origin))
         };
 
+        // A patch against the running release, when the update has one and the running
+        // version's index is the repository's (signed): the patch's windows are verified against
+        // it chunk by chunk. What it writes is then found in place by the assembly.
+        let patch = if origin.is_none() {
+            self.find_patch(repo, &seed, &index)
+        } else {
+            None
+        };
+
         let marker = Marker::new(
             self.state_dir,
             image,
@@ -373,8 +402,20 @@ impl DeltaImage<'_> {
         if let Some(limit) = store.chunk_time_limit {
             fetcher = fetcher.with_time_limit(limit);
         }
+        let patched = patch.and_then(|(patch, data)| {
+            let job = PatchJob {
+                patch: &patch,
+                data: &data,
+                old: &seed,
+                new: &index,
+                active: &active,
+                inactive: &inactive,
+            };
+            job.apply(repo, cancel)
+        });
         let options = AssembleOptions {
-            resumed,
+            // Chunks the patch wrote are found in place (re-hashed) and not fetched.
+            resumed: resumed || patched.is_some(),
             ..AssembleOptions::default()
         };
         let assembled = assemble(
@@ -400,7 +441,129 @@ impl DeltaImage<'_> {
             written: index.total_len(),
             seed: origin,
             assembled,
+            patch: patched,
         })
+    }
+
+    /// The update's patch of this image against the running version, read and checked against
+    /// both indexes; `None` (with the reason logged) when there is none or it cannot be used.
+    fn find_patch(
+        &self,
+        repo: &Repository,
+        old: &BlobIndex,
+        new: &BlobIndex,
+    ) -> Option<(PatchIndex, String)> {
+        let image = self.image.name();
+        let listed = self
+            .update
+            .delta
+            .as_ref()?
+            .patches
+            .iter()
+            .find(|p| &p.from == self.running_version && p.image == image)?;
+        let read = || -> Result<PatchIndex, String> {
+            let mut reader = repo.read_target(&listed.index).map_err(|e| e.to_string())?;
+            let mut bytes = Vec::new();
+            (&mut reader)
+                .take(MAX_PATCH_INDEX_BYTES + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| e.to_string())?;
+            if bytes.len() as u64 > MAX_PATCH_INDEX_BYTES {
+                return Err(format!("larger than {MAX_PATCH_INDEX_BYTES} bytes"));
+            }
+            reader.finish().map_err(|e| e.to_string())?;
+            PatchIndex::parse(&bytes, old, new).map_err(|e| e.to_string())
+        };
+        match read() {
+            Ok(patch) => Some((patch, listed.data.clone())),
+            Err(reason) => {
+                log::warn!(
+                    "patch {} of {image} from {} not used ({reason}); its chunks come from the chunk store",
+                    listed.index,
+                    listed.from
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A patch to apply: its index and data target, the two indexes, the two partitions.
+struct PatchJob<'a> {
+    patch: &'a PatchIndex,
+    data: &'a str,
+    old: &'a BlobIndex,
+    new: &'a BlobIndex,
+    active: &'a dyn casync::Device,
+    inactive: &'a dyn casync::Device,
+}
+
+impl PatchJob<'_> {
+    /// Streams the patch data target through `casync::patch::apply_stream`: windows read from
+    /// the running partition, chunks written to the inactive one. Any failure keeps what was
+    /// written (each chunk verified) and says so; the rest comes from the store. `None` when
+    /// nothing could be tried.
+    fn apply(&self, repo: &Repository, cancel: &AtomicBool) -> Option<PatchUse> {
+        let data = self.data;
+        let mut reader = match repo.read_target(data) {
+            Ok(reader) => reader,
+            Err(e) => {
+                log::warn!("patch {data} not used ({e}); its chunks come from the chunk store");
+                return None;
+            }
+        };
+        let applied = casync::patch::apply_stream(
+            self.patch,
+            self.old,
+            self.new,
+            &mut reader,
+            |offset, buf| self.active.read_at(buf, offset),
+            |offset, bytes| self.inactive.write_at(bytes, offset),
+            &|| cancel.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        match applied {
+            Ok(applied) => {
+                // Each chunk was verified on its own; a data file that fails its signed hash at the
+                // end is still worth saying.
+                if let Err(e) = reader.finish() {
+                    log::warn!("patch {data}: {e}");
+                }
+                for (chunks, why) in &applied.failed {
+                    log::warn!(
+                        "patch {data}: chunks {}..{} not patched ({why}); they come from the chunk store",
+                        chunks.start,
+                        chunks.end
+                    );
+                }
+                log::info!(
+                    "patch {data}: {} chunk(s) from {} byte(s) of patch data",
+                    applied.chunks(),
+                    applied.data_read
+                );
+                Some(PatchUse {
+                    target: data.to_owned(),
+                    chunks: applied.chunks(),
+                    downloaded: applied.data_read,
+                    skipped: applied
+                        .failed
+                        .iter()
+                        .map(|(c, why)| format!("chunks {}..{}: {why}", c.start, c.end))
+                        .collect(),
+                })
+            }
+            Err(e) => {
+                log::warn!(
+                    "patch {data} stopped ({e}); the chunks it did not write come from the chunk store"
+                );
+                // What it wrote before stopping is verified and found in place by the assembly.
+                Some(PatchUse {
+                    target: data.to_owned(),
+                    chunks: 0,
+                    downloaded: 0,
+                    skipped: vec![e.to_string()],
+                })
+            }
+        }
     }
 }
 
