@@ -677,6 +677,18 @@ fn a_patch_against_the_running_release_replaces_chunk_downloads() {
     };
     let patched = patched_chunks(&d);
     assert!(!patched.is_empty());
+    // check-update shows what the patch saves before anything is written.
+    let check = d.check_json();
+    let plan = &check["delta_plan"]["images"][0];
+    let patch = d.patch.as_ref().unwrap();
+    assert_eq!(plan["patch"]["download_bytes"], patch.data_len, "{check}");
+    let entry_chunks: u64 = patch
+        .entries
+        .iter()
+        .map(|e| e.chunks.end - e.chunks.start)
+        .sum();
+    assert_eq!(plan["patch"]["chunks"], entry_chunks, "{check}");
+    assert_eq!(plan["patch"]["from"], "1.0.0");
     let out = d.update();
     assert!(d.b_root() == d.v2, "set B root differs from the v2 image");
     assert!(

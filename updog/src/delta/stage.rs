@@ -454,38 +454,56 @@ impl DeltaImage<'_> {
         new: &BlobIndex,
     ) -> Option<(PatchIndex, String)> {
         let image = self.image.name();
-        let listed = self
-            .update
-            .delta
-            .as_ref()?
-            .patches
-            .iter()
-            .find(|p| &p.from == self.running_version && p.image == image)?;
-        let read = || -> Result<PatchIndex, String> {
-            let mut reader = repo.read_target(&listed.index).map_err(|e| e.to_string())?;
-            let mut bytes = Vec::new();
-            (&mut reader)
-                .take(MAX_PATCH_INDEX_BYTES + 1)
-                .read_to_end(&mut bytes)
-                .map_err(|e| e.to_string())?;
-            if bytes.len() as u64 > MAX_PATCH_INDEX_BYTES {
-                return Err(format!("larger than {MAX_PATCH_INDEX_BYTES} bytes"));
-            }
-            reader.finish().map_err(|e| e.to_string())?;
-            PatchIndex::parse(&bytes, old, new).map_err(|e| e.to_string())
-        };
-        match read() {
-            Ok(patch) => Some((patch, listed.data.clone())),
+        match read_patch(repo, self.update, self.running_version, image, old, new)? {
+            Ok(found) => Some(found),
             Err(reason) => {
-                log::warn!(
-                    "patch {} of {image} from {} not used ({reason}); its chunks come from the chunk store",
-                    listed.index,
-                    listed.from
-                );
+                log::warn!("{reason}; its chunks come from the chunk store");
                 None
             }
         }
     }
+}
+
+/// The update's patch of `image` against `running_version`, read through TUF and checked against
+/// both indexes: `None` when the update lists none, `Err` (a sentence naming the patch) when
+/// it cannot be used.
+fn read_patch(
+    repo: &Repository,
+    update: &Update,
+    running_version: &Version,
+    image: &str,
+    old: &BlobIndex,
+    new: &BlobIndex,
+) -> Option<Result<(PatchIndex, String), String>> {
+    let listed = update
+        .delta
+        .as_ref()?
+        .patches
+        .iter()
+        .find(|p| &p.from == running_version && p.image == image)?;
+    let read = || -> Result<PatchIndex, String> {
+        let mut reader = repo.read_target(&listed.index).map_err(|e| e.to_string())?;
+        let mut bytes = Vec::new();
+        (&mut reader)
+            .take(MAX_PATCH_INDEX_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| e.to_string())?;
+        if bytes.len() as u64 > MAX_PATCH_INDEX_BYTES {
+            return Err(format!("larger than {MAX_PATCH_INDEX_BYTES} bytes"));
+        }
+        reader.finish().map_err(|e| e.to_string())?;
+        PatchIndex::parse(&bytes, old, new).map_err(|e| e.to_string())
+    };
+    Some(
+        read()
+            .map(|patch| (patch, listed.data.clone()))
+            .map_err(|reason| {
+                format!(
+                    "patch {} of {image} from {} not used ({reason})",
+                    listed.index, listed.from
+                )
+            }),
+    )
 }
 
 /// A patch to apply: its index and data target, the two indexes, the two partitions.
@@ -709,6 +727,25 @@ pub struct ImageEstimate {
     pub totals: PlanTotals,
     /// Every count of the plan.
     pub plan: Plan,
+    /// The patch against the running release the update lists for this image, when it can be
+    /// used: what it produces and what it downloads instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<PatchEstimate>,
+}
+
+/// What a patch against the running release would save.
+#[derive(Debug, Clone, Serialize)]
+pub struct PatchEstimate {
+    /// The patch data target.
+    pub target: String,
+    /// The release it is made against.
+    pub from: String,
+    /// Chunks it produces (not fetched from the store).
+    pub chunks: u64,
+    /// Their uncompressed bytes.
+    pub bytes: u64,
+    /// Patch data downloaded for them.
+    pub download_bytes: u64,
 }
 
 /// An image whose index cannot be used.
@@ -752,12 +789,37 @@ pub fn estimate_update(repo: &Repository, request: &EstimateRequest<'_>) -> Opti
                 let plan = Planned::new(&index, seed.as_ref()).plan;
                 let totals = PlanTotals::of(&plan);
                 out.total.add(&totals);
+                // Only the repository's (signed) running index can verify a patch's windows.
+                let patch = seed
+                    .as_ref()
+                    .filter(|_| origin == PlanSeed::RunningIndex)
+                    .and_then(|old| {
+                        read_patch(
+                            repo,
+                            request.update,
+                            request.running_version,
+                            image,
+                            old,
+                            &index,
+                        )
+                    })
+                    .and_then(|found| match found {
+                        Ok((patch, data)) => Some(estimate_patch(&patch, &index, data, request)),
+                        Err(reason) => {
+                            out.unusable.push(UnusableIndex {
+                                image: image.clone(),
+                                reason,
+                            });
+                            None
+                        }
+                    });
                 out.images.push(ImageEstimate {
                     image: image.clone(),
                     index: target.clone(),
                     seed: origin,
                     totals,
                     plan,
+                    patch,
                 });
             }
             Err(e) => out.unusable.push(UnusableIndex {
@@ -767,6 +829,33 @@ pub fn estimate_update(repo: &Repository, request: &EstimateRequest<'_>) -> Opti
         }
     }
     Some(out)
+}
+
+fn estimate_patch(
+    patch: &PatchIndex,
+    index: &BlobIndex,
+    target: String,
+    request: &EstimateRequest<'_>,
+) -> PatchEstimate {
+    let chunks = patch
+        .entries
+        .iter()
+        .map(|e| e.chunks.end - e.chunks.start)
+        .sum();
+    let bytes = patch
+        .entries
+        .iter()
+        .flat_map(|e| e.chunks.clone())
+        .filter_map(|n| index.chunk(usize::try_from(n).ok()?))
+        .map(|c| u64::from(c.len))
+        .sum();
+    PatchEstimate {
+        target,
+        from: request.running_version.to_string(),
+        chunks,
+        bytes,
+        download_bytes: patch.data_len,
+    }
 }
 
 /// `estimate` as lines for people: one per image and the total.
@@ -793,7 +882,19 @@ pub fn describe_estimate(estimate: &UpdateEstimate) -> Vec<String> {
                     " (no index of the running set yet: staging chunks it first and downloads less)"
                 }
             };
-            format!("{}{seed}", line(&format!("Delta {}", i.image), &i.totals))
+            let patch = i.patch.as_ref().map_or(String::new(), |p| {
+                format!(
+                    "; a patch from {} makes {:.1} MiB of it ({} chunks) from {:.1} MiB",
+                    p.from,
+                    mib(p.bytes),
+                    p.chunks,
+                    mib(p.download_bytes)
+                )
+            });
+            format!(
+                "{}{seed}{patch}",
+                line(&format!("Delta {}", i.image), &i.totals)
+            )
         })
         .collect();
     for u in &estimate.unusable {
