@@ -402,7 +402,20 @@ fn killed_runs_resume_and_fetch_only_what_is_missing() {
     // Slow enough that a kill lands in the middle of the downloads.
     s.server.fault_all(Fault::Delay(Duration::from_millis(40)));
 
+    // Chunks to fetch that are already intact at their place on the inactive partition: the
+    // kills wait for written chunks, not for requests (under load a child can be killed after
+    // its requests and before any write, which leaves nothing to resume).
+    let fetched_on_disk = || {
+        let on_disk = s.inactive_bytes();
+        let planned = casync::plan::Planned::new(&s.v2_index, Some(&s.v1_index));
+        s.v2_index
+            .chunks()
+            .filter(|c| planned.sources[c.number] == casync::plan::Source::Fetch)
+            .filter(|c| casync::ChunkId::of(&on_disk[c.offset as usize..c.end() as usize]) == c.id)
+            .count()
+    };
     let mut requested_before = 0;
+    let mut written_before = fetched_on_disk();
     for (round, kill_after) in [(0, 2), (1, full_plan.fetch.chunks / 3)] {
         let spec = format!(
             "{}|{}|{}|{}|{}",
@@ -420,7 +433,9 @@ fn killed_runs_resume_and_fetch_only_what_is_missing() {
             .spawn()
             .unwrap();
         let start = Instant::now();
-        while s.chunk_requests().len() < requested_before + kill_after {
+        while s.chunk_requests().len() < requested_before + kill_after
+            || fetched_on_disk() <= written_before
+        {
             assert!(
                 child.try_wait().unwrap().is_none(),
                 "child finished before the kill"
@@ -434,6 +449,7 @@ fn killed_runs_resume_and_fetch_only_what_is_missing() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         requested_before = s.chunk_requests().len();
+        written_before = fetched_on_disk();
     }
     s.server.clear_faults();
 
