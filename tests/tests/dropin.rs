@@ -450,24 +450,35 @@ fn a_discovery_failure_points_at_disk_and_active_set() {
     );
 }
 
-/// As a user without the right to write the lock's directory, the message says root is needed.
-/// (As root the permission check does not apply; the rendering is unit-tested in
-/// `updog::advice`.)
+/// As a user who may read the host's files but write none of them (not the disk, not the
+/// state directories), the message says root is needed. Runs in CI too, which runs as root: the
+/// binary is then started as `nobody` (root's own refusals, an immutable file, get another
+/// message; that rendering is unit-tested in `updog::advice`).
 #[test]
 fn permission_denied_says_root_is_needed() {
-    if fixtures::disk::is_root() {
-        return;
-    }
     use std::os::unix::fs::PermissionsExt;
     let spec = releases(&["1.0.0", "1.1.0"]);
-    let mut host = Host::new(&spec, "1.0.0");
-    let locked = host.dir.path().join("root-only");
-    std::fs::create_dir(&locked).unwrap();
-    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
-    host.configure(&format!("lock_file = \"{}/updog.lock\"", locked.display()));
-    let out = host.updog(&["update"]);
+    let host = Host::new(&spec, "1.0.0");
+    let mut cmd = host.updog_cmd();
+    cmd.arg("update");
+    if fixtures::disk::is_root() {
+        use std::os::unix::process::CommandExt;
+        // Readable by the unprivileged user (files are created 0644, directories 0755, the
+        // temporary directory itself 0700).
+        std::fs::set_permissions(host.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        cmd.uid(65534).gid(65534);
+    } else {
+        // The disk image is ours: make it read-only.
+        std::fs::set_permissions(&host.disk_path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    }
+    let out = cmd.output().expect("running updog");
     assert_eq!(code(&out), FAILURE, "{}", describe(&out));
     assert!(stderr(&out).contains("needs root"), "{}", describe(&out));
+    assert!(
+        !stderr(&out).contains("runs as root"),
+        "told it runs as root: {}",
+        describe(&out)
+    );
 }
 
 /// A one-shot HTTP server on 127.0.0.1 that answers every request with `head` and `body`.

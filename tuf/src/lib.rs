@@ -589,6 +589,15 @@ pub fn canonical_json_of(bytes: &[u8]) -> Result<Option<Vec<u8>>, serde_json::Er
     Ok(canon.unrepresentable.is_none().then_some(canon.bytes))
 }
 
+// A verified repository is shared between threads (an agent's `Arc<Updater>`, the staging
+// pipeline's reader thread), and a target's reader moves to the thread that consumes it.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    const fn sent<T: Send>() {}
+    shared::<Repository>();
+    sent::<TargetReader>();
+};
+
 impl Repository {
     /// Fetches what is still to fetch (targets, delegated metadata) through `transport` from
     /// now on: for a caller whose requests carry values that become known after the metadata

@@ -1328,14 +1328,6 @@ fn truncated_or_garbled_metadata_is_an_error_not_a_panic() {
 }
 
 #[test]
-fn repository_is_send_and_sync() {
-    fn check<T: Send + Sync>() {}
-    fn check_send<T: Send>() {}
-    check::<Repository>();
-    check_send::<tuf::TargetReader>();
-}
-
-#[test]
 fn one_key_listed_under_two_key_ids_counts_once() {
     let mut repo = TestRepo::new(KeyKind::EcdsaP256);
     repo.add_target("file.txt", b"x");

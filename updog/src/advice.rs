@@ -30,8 +30,8 @@ use std::path::Path;
 use manifest::select::NoUpdateReason;
 
 use crate::config::Config;
+use crate::error::UpdateError;
 use crate::transport::{TransportError, TransportErrorKind};
-use crate::updater::UpdateError;
 
 /// The error and its causes on one line, each cause once.
 pub fn error_chain(e: &dyn Error) -> String {

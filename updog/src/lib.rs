@@ -16,6 +16,7 @@
 //!   `stage` (check and stage at once), `apply`, `revert`, `status` (with the
 //!   [`updater::UpdateState`] in Bottlerocket's terms), `reboot`; after the reboot
 //!   `mark_successful_boot`, `rollback_to_inactive`, `has_boot_ever_succeeded`;
+//! - [`error`]: [`error::UpdateError`], why an operation failed (also `updater::UpdateError`);
 //! - [`progress`]: the events `stage` reports, and their JSON-lines and terminal renderings;
 //! - [`staging`]: the staging order as types that only the right sequence makes;
 //! - [`lock`]: one owner per disk; [`status`]: the staged-state record; [`steps`]: the named
@@ -32,6 +33,7 @@
 pub mod advice;
 pub mod config;
 pub mod delta;
+pub mod error;
 pub mod exit;
 pub mod failed;
 pub mod lock;

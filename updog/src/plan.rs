@@ -31,7 +31,73 @@ use manifest::select::NoUpdateReason;
 use semver::Version;
 use serde::Serialize;
 
-use crate::progress::ImageKind;
+use bootpart::ImageKind;
+use chrono::{DateTime, Utc};
+
+use crate::os_release::OsRelease;
+use crate::status::UpdateState;
+
+/// How to choose an update.
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    /// Ignore wave schedules (`--now`); the configuration's `ignore_waves` also does.
+    pub ignore_waves: bool,
+    /// Choose exactly this version (`--image V`), up or down, overriding the version lock.
+    pub image: Option<Version>,
+    /// The time to judge wave eligibility at; `None` is now.
+    pub now: Option<DateTime<Utc>>,
+    /// Stage even though the running set has not been marked successful, when the other set
+    /// is no fallback anyway (`--allow-unconfirmed-boot`): if the update then fails its one
+    /// try, no set boots. Never overrides the refusal to clear the only fallback.
+    pub allow_unconfirmed_boot: bool,
+}
+
+/// The result of [`crate::updater::Updater::check`].
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// What is running.
+    pub running: OsRelease,
+    /// Whether there is something to do.
+    pub outcome: CheckOutcome,
+}
+
+/// An update, or why there is none.
+#[derive(Debug, Clone)]
+pub enum CheckOutcome {
+    /// An update this host should take now.
+    Available(Box<AvailableUpdate>),
+    /// Nothing to do, and why (none newer; locked; not eligible until a time).
+    NoUpdate(NoUpdateReason),
+}
+
+/// An update chosen for this host.
+#[derive(Debug, Clone, Serialize)]
+pub struct AvailableUpdate {
+    /// The manifest's update entry (serializes as the reference's update object).
+    #[serde(flatten)]
+    pub update: manifest::Update,
+    /// The migration targets the version jump needs, in the order they run.
+    pub migrations: Vec<String>,
+    /// The full plan: hops, each target's signed length and sha256, total bytes.
+    pub migration_plan: migrations_fetch::MigrationPlan,
+    /// Exactly what [`crate::updater::Updater::stage_plan`] stages: the image targets with their signed
+    /// lengths and sha256, chunk indexes, migrations and the target set.
+    #[serde(skip)]
+    pub plan: UpdatePlan,
+    /// `Available`, or `Staged`/`Ready` when this very update (version and signed images) is on
+    /// the inactive set already, staged or applied: staging it again downloads nothing. Ours,
+    /// shown only when not `Available`.
+    #[serde(
+        rename = "update_state",
+        skip_serializing_if = "UpdateState::is_available"
+    )]
+    pub state: UpdateState,
+    /// What a delta update would reuse and download, per image and in total, when the update
+    /// offers chunk indexes and `delta` is on (filled in by [`crate::updater::Updater::check`]). Ours; the
+    /// reference's fields are unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_plan: Option<crate::delta::stage::UpdateEstimate>,
+}
 
 /// A TUF target as the repository signs it: name, length and sha256.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -97,7 +163,7 @@ pub struct UpdatePlan {
     pub(crate) migration_plan: migrations_fetch::MigrationPlan,
     pub(crate) target_set: Option<SetId>,
     #[serde(skip)]
-    pub(crate) options: crate::updater::CheckOptions,
+    pub(crate) options: CheckOptions,
 }
 
 impl UpdatePlan {
@@ -138,7 +204,7 @@ impl UpdatePlan {
     }
 
     /// The options the update was chosen with (staging chooses again with them).
-    pub fn options(&self) -> &crate::updater::CheckOptions {
+    pub fn options(&self) -> &CheckOptions {
         &self.options
     }
 

@@ -30,7 +30,8 @@ use manifest::select::NoUpdateReason;
 use semver::Version;
 use serde::Serialize;
 
-use crate::updater::{Staged, UpdateError};
+use crate::error::UpdateError;
+use crate::status::Staged;
 
 /// The version of the JSON-lines progress protocol.
 pub const PROGRESS_PROTOCOL_VERSION: u32 = 1;

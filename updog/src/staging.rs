@@ -153,12 +153,12 @@ use semver::Version;
 
 use crate::delta::AssembleProgress;
 use crate::delta::stage::{DeltaError, DeltaImage, DeltaStaged, DeltaStore};
+use crate::error::UpdateError;
 use crate::pipeline::{IoMode, PartitionSink, StageError, StageOptions};
 use crate::plan::UpdatePlan;
-use crate::progress::ImageKind;
 use crate::status::{STATUS_FORMAT_VERSION, StagedImageRecord, StagedRecord};
 use crate::steps::Step;
-use crate::updater::UpdateError;
+use bootpart::ImageKind;
 
 /// The boot flags of the locked disk.
 pub(crate) type Gpt = signpost::Signpost<Box<dyn bootpart::io::BlockIo + Send>>;
@@ -704,7 +704,7 @@ mod tests {
             )
             .unwrap(),
             target_set: Some(SetId::B),
-            options: crate::updater::CheckOptions::default(),
+            options: crate::plan::CheckOptions::default(),
         }
     }
 

@@ -38,7 +38,9 @@ use chrono::{DateTime, Utc};
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
-use crate::updater::{Check, CheckOutcome, InactiveState, Status};
+use crate::failed::FailedBoot;
+use crate::plan::{Check, CheckOutcome};
+use crate::updater::Holder;
 
 /// The version of the status and staged-record JSON shapes.
 pub const STATUS_FORMAT_VERSION: u32 = 1;
@@ -202,6 +204,143 @@ impl std::fmt::Display for UpdateState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// What [`crate::updater::Updater::stage_plan`] (or [`crate::updater::Updater::stage`]) put on the inactive set.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    /// The manifest's update entry that was staged (the reference's update object).
+    pub update: manifest::Update,
+    /// The version staged.
+    pub version: Version,
+    /// The set it is on.
+    pub set: SetId,
+    /// The record written for `status` (or, when [`Staged::already_staged`], the one found).
+    pub record: StagedRecord,
+    /// The update was on the set already (staged, or applied and waiting for the reboot), as
+    /// the staged record and the GPT agree: nothing was downloaded or written this time.
+    pub already_staged: bool,
+}
+
+/// The view of this host an agent needs. Everything about the sets comes from the GPT bits;
+/// the staged record is shown only where it agrees with them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The version of this object's shape.
+    pub format_version: u32,
+    /// What is running.
+    pub running: RunningStatus,
+    /// What the GPT bits say the inactive set holds.
+    pub inactive: InactiveState,
+    /// The record of what is staged on the inactive set, when the GPT agrees that something
+    /// is staged or applied there (`applied` as the GPT says).
+    pub staged: Option<StagedRecord>,
+    /// Where the record and the GPT disagree, or why the record cannot be read, and what to do.
+    pub record_problem: Option<String>,
+    /// The GPT says the inactive set is staged or applied, and the record that describes it
+    /// exists but this process may not read it (it is root's, mode 0600): `staged` is then
+    /// unknown rather than absent, and no problem is reported. Run as root to see it.
+    pub record_needs_root: bool,
+    /// The set the bootloader picks next (`None`: no set is bootable).
+    pub next_boot: Option<SetId>,
+    /// The boot flags of both sets, as signpost reports them.
+    pub sets: signpost::Status,
+    /// The update state in Bottlerocket's terms (`Idle`, `Available`, `Staged`, `Ready`; see
+    /// [`UpdateState`]). [`crate::updater::Updater::status`] reads no repository, so it says `Available` only
+    /// after [`Status::with_check`] was given a check that found an update.
+    pub update_state: UpdateState,
+    /// Releases that were flipped to and failed to boot on this host, oldest first: not taken
+    /// again automatically (see [`crate::failed`]).
+    pub failed_boots: Vec<FailedBoot>,
+    /// The update a check found ([`Status::with_check`]); absent when no check was given or it
+    /// found none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available: Option<manifest::Update>,
+    /// Another process holds the disk lock: an update or a boot-flag change is in progress,
+    /// and what this describes is about to change. [`crate::updater::Updater::status`] leaves it `None`
+    /// (it reads the disk only); [`crate::updater::Updater::busy`] finds it, and `updog status` shows both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busy: Option<Holder>,
+}
+
+/// What the inactive set holds, from its GPT bits alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum InactiveState {
+    /// Cleared (priority 0, no tries, not successful): nothing staged, or staging did not finish.
+    Cleared,
+    /// Holds a verified image, not applied (priority 0, tries left, not successful).
+    Staged,
+    /// Applied: the bootloader tries it next.
+    Applied,
+    /// Holds a set that booted before; `signpost rollback-to-inactive` can go back to it.
+    Previous,
+    /// None of the above (for example tried and failed): it will not boot.
+    NotBootable,
+    /// The disk has a single set.
+    Missing,
+}
+
+impl InactiveState {
+    /// Classifies the inactive set's bits.
+    pub fn of(flags: &signpost::BootFlags) -> InactiveState {
+        let inactive = flags.inactive();
+        let Some(state) = flags.state(inactive) else {
+            return InactiveState::Missing;
+        };
+        if state == signpost::SetState::default() {
+            InactiveState::Cleared
+        } else if state.priority == 0 && state.tries_left > 0 && !state.successful {
+            InactiveState::Staged
+        } else if !state.successful && state.tries_left > 0 && flags.next_boot() == Some(inactive) {
+            InactiveState::Applied
+        } else if state.can_roll_back_to() {
+            InactiveState::Previous
+        } else {
+            InactiveState::NotBootable
+        }
+    }
+
+    /// What the set is, as the predicate of a sentence about it ("set B holds a verified
+    /// image, not applied").
+    pub fn predicate(self) -> &'static str {
+        match self {
+            InactiveState::Cleared => "is cleared, nothing staged",
+            InactiveState::Staged => "holds a verified image, not applied",
+            InactiveState::Applied => "is applied and boots next",
+            InactiveState::Previous => "holds a set that booted before",
+            InactiveState::NotBootable => "is not bootable",
+            InactiveState::Missing => "does not exist on this disk",
+        }
+    }
+
+    /// A few words for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            InactiveState::Cleared => "cleared, nothing staged",
+            InactiveState::Staged => "holds a verified image, not applied",
+            InactiveState::Applied => "applied, boots next",
+            InactiveState::Previous => "holds a set that booted before",
+            InactiveState::NotBootable => "not bootable",
+            InactiveState::Missing => "no such set on this disk",
+        }
+    }
+}
+
+/// The running OS.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunningStatus {
+    /// Variant.
+    pub variant: String,
+    /// Architecture.
+    pub arch: String,
+    /// Version.
+    pub version: Version,
+    /// Build id, when known.
+    pub build_id: Option<String>,
+    /// The running set.
+    pub set: SetId,
 }
 
 impl Status {

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bootpart::io::BlockIo;
 
-use crate::progress::ImageKind;
+use bootpart::ImageKind;
 
 /// One step of an operation that changes the disk or the record, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
