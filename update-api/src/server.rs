@@ -1,7 +1,7 @@
 //! The listening socket (systemd socket activation, or a path of our own) and the accept loop:
 //! one thread per connection, a bounded number of them, one request each.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -224,5 +224,13 @@ fn handle_connection(mut stream: UnixStream, service: &Arc<Service>, limits: &Li
     {
         log::debug!("the client left before the answer was written: {e}");
     }
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    // Lingering close: the client may still be sending (an oversized head or body was
+    // refused part-way); closing with unread input would reset the connection and lose the
+    // answer. Say we are done, then read and drop what still comes, boundedly.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = std::io::copy(&mut (&stream).take(LINGER_BYTES), &mut std::io::sink());
 }
+
+/// At most this much is read and dropped after the answer.
+const LINGER_BYTES: u64 = 1024 * 1024;

@@ -1,0 +1,424 @@
+//! The update API service (`updog serve`, issue 23) over its Unix socket, against a real
+//! signed repository served on 127.0.0.1 and a real GPT disk image: the reference's state
+//! machine through refresh, prepare, activate, reboot (the recorder) and deactivate; a failed
+//! prepare; 423 while a prepare runs and while another process holds the disk lock; 409 and
+//! 404 where the reference answers them; and requests that are bad, oversized, slow or
+//! abandoned, none of which stops the service.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use bootpart::SetId;
+use e2e_tests::{Host, RepoSpec};
+use serde_json::Value;
+
+/// A running `updog serve` on a socket in the host's directory; stopped (SIGTERM) on drop.
+struct Api {
+    child: Option<Child>,
+    socket: PathBuf,
+}
+
+impl Api {
+    fn start(host: &Host) -> Api {
+        let socket = host.dir.path().join("api.sock");
+        let child = host
+            .updog_cmd()
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--status-file")
+            .arg(host.dir.path().join("api-state/status.json"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn updog serve");
+        let api = Api {
+            child: Some(child),
+            socket,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while UnixStream::connect(&api.socket).is_err() {
+            assert!(Instant::now() < deadline, "updog serve did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        api
+    }
+
+    /// One request; the status code and the body.
+    fn request(&self, method: &str, path: &str) -> (u16, String) {
+        raw(
+            &self.socket,
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n")
+                .as_bytes(),
+        )
+    }
+
+    fn post(&self, path: &str) -> (u16, String) {
+        self.request("POST", path)
+    }
+
+    /// `GET /updates/status`, expecting 200.
+    fn status(&self) -> Value {
+        let (code, body) = self.request("GET", "/updates/status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
+    /// Waits until the status answers 200 with `cmd` as the most recent command, as
+    /// `apiclient` does (423 means still running); returns that status.
+    fn wait_for(&self, cmd: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (code, body) = self.request("GET", "/updates/status");
+            if code == 200 {
+                let status: Value = serde_json::from_str(&body).expect("status JSON");
+                if status["most_recent_command"]["cmd_type"] == cmd {
+                    return status;
+                }
+            } else {
+                assert_eq!(code, 423, "{body}");
+            }
+            assert!(Instant::now() < deadline, "{cmd} did not finish: {body}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("try_wait").is_none())
+    }
+
+    /// SIGTERM; the exit status and stderr.
+    fn stop(&mut self) -> (Option<i32>, String) {
+        let child = self.child.take().expect("running");
+        e2e_tests::send_signal(&child, "TERM");
+        let out = child.wait_with_output().expect("wait");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn raw(socket: &Path, request: &[u8]) -> (u16, String) {
+    let mut s = UnixStream::connect(socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(request).expect("write request");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read answer");
+    parse(&answer)
+}
+
+fn parse(answer: &str) -> (u16, String) {
+    let code = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer:?}"));
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (code, body.to_string())
+}
+
+/// What Bottlerocket's update operator requires of a status (it parses it more strictly than
+/// `apiclient`): every reference field present, `most_recent_command` an object with a
+/// non-negative integer `exit_status` and a string `stderr`, images with arch/version/variant.
+fn assert_operator_parses(status: &Value) {
+    for key in [
+        "update_state",
+        "available_updates",
+        "chosen_update",
+        "active_partition",
+        "staging_partition",
+        "most_recent_command",
+    ] {
+        assert!(status.get(key).is_some(), "{key} missing: {status}");
+    }
+    let cmd = &status["most_recent_command"];
+    assert!(cmd["exit_status"].is_u64(), "{cmd}");
+    assert!(cmd["stderr"].is_string(), "{cmd}");
+    assert!(cmd["timestamp"].is_string(), "{cmd}");
+    for part in ["active_partition", "staging_partition"] {
+        let p = &status[part];
+        if !p.is_null() {
+            assert!(p["next_to_boot"].is_boolean(), "{p}");
+            for f in ["arch", "version", "variant"] {
+                assert!(p["image"][f].is_string(), "{part}: {p}");
+            }
+        }
+    }
+}
+
+#[test]
+fn refresh_prepare_activate_reboot_and_deactivate_follow_the_reference() {
+    let spec = RepoSpec::two_releases();
+    let host = Host::new(&spec, "1.0.0");
+    let mut api = Api::start(&host);
+
+    // Before the first command the status is uninitialized (404), as the reference's.
+    let (code, body) = api.request("GET", "/updates/status");
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("refresh-updates"), "{body}");
+    let (code, body) = api.request("GET", "/os");
+    assert_eq!(code, 200, "{body}");
+    let os: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(os["version_id"], "1.0.0");
+    assert_eq!(os["variant_id"], e2e_tests::VARIANT);
+    assert_eq!(os["arch"], std::env::consts::ARCH);
+    assert_eq!(os["build_id"], "e2e");
+    assert!(os["pretty_name"].is_string(), "{os}");
+
+    assert_eq!(api.post("/actions/refresh-updates").0, 204);
+    let status = api.wait_for("refresh");
+    assert_operator_parses(&status);
+    assert_eq!(status["update_state"], "Available", "{status}");
+    assert_eq!(status["chosen_update"]["version"], "1.1.0", "{status}");
+    assert_eq!(
+        status["available_updates"][0], "1.1.0",
+        "newest first: {status}"
+    );
+    assert_eq!(status["most_recent_command"]["cmd_status"], "Success");
+    assert_eq!(status["most_recent_command"]["exit_status"], 0);
+    assert_eq!(status["active_partition"]["image"]["version"], "1.0.0");
+    assert_eq!(status["active_partition"]["next_to_boot"], true);
+    assert!(status["staging_partition"].is_null(), "{status}");
+
+    // Not allowed in Available: 409, and nothing runs.
+    assert_eq!(api.post("/actions/activate-update").0, 409);
+    assert_eq!(api.post("/actions/deactivate-update").0, 409);
+
+    assert_eq!(api.post("/actions/prepare-update").0, 204);
+    let status = api.wait_for("prepare");
+    assert_operator_parses(&status);
+    assert_eq!(
+        status["most_recent_command"]["cmd_status"], "Success",
+        "{status}"
+    );
+    assert_eq!(status["update_state"], "Staged", "{status}");
+    assert_eq!(status["staging_partition"]["image"]["version"], "1.1.0");
+    assert_eq!(status["staging_partition"]["next_to_boot"], false);
+    assert!(host.b_holds(&spec.releases[1]), "1.1.0 is on set B");
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A));
+
+    assert_eq!(api.post("/actions/activate-update").0, 204);
+    let status = api.wait_for("activate");
+    assert_operator_parses(&status);
+    assert_eq!(status["update_state"], "Ready", "{status}");
+    assert_eq!(status["staging_partition"]["next_to_boot"], true);
+    assert_eq!(status["active_partition"]["next_to_boot"], false);
+    assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+
+    // Prepare while Ready: 409, as the reference.
+    let (code, body) = api.post("/actions/prepare-update");
+    assert_eq!(code, 409, "{body}");
+
+    assert!(host.reboot_calls().is_empty());
+    let (code, body) = api.post("/actions/reboot");
+    assert_eq!(code, 204, "{body}");
+    assert_eq!(host.reboot_calls(), vec!["reboot now".to_string()]);
+
+    // The status is read from the GPT at every request: a flip made behind the service's
+    // back shows (the reference's next_to_boot is bookkeeping and would not).
+    assert_eq!(api.post("/actions/deactivate-update").0, 204);
+    let status = api.wait_for("deactivate");
+    assert_eq!(status["update_state"], "Staged", "{status}");
+    assert_eq!(status["active_partition"]["next_to_boot"], true);
+    assert_eq!(status["staging_partition"]["next_to_boot"], false);
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A));
+    let out = host.updog(&["update-apply"]);
+    assert!(out.status.success(), "{}", e2e_tests::describe(&out));
+    let status = api.status();
+    assert_eq!(status["update_state"], "Ready", "{status}");
+    assert_eq!(status["staging_partition"]["next_to_boot"], true);
+    // The most recent command is still the service's own.
+    assert_eq!(status["most_recent_command"]["cmd_type"], "deactivate");
+
+    let (code, stderr) = api.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!api.socket.exists(), "the socket is removed on exit");
+}
+
+#[test]
+fn a_tampered_image_fails_prepare_with_the_one_line_error_and_keeps_the_state() {
+    let spec = RepoSpec::two_releases();
+    let host = Host::new(&spec, "1.0.0");
+    for file in host
+        .repo
+        .target_files(&spec.releases[1].target_name("boot"))
+    {
+        let mut bytes = std::fs::read(&file).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        std::fs::write(&file, bytes).unwrap();
+    }
+    let api = Api::start(&host);
+    assert_eq!(api.post("/actions/refresh-updates").0, 204);
+    assert_eq!(api.wait_for("refresh")["update_state"], "Available");
+
+    assert_eq!(api.post("/actions/prepare-update").0, 204);
+    let status = api.wait_for("prepare");
+    assert_operator_parses(&status);
+    let cmd = &status["most_recent_command"];
+    assert_eq!(cmd["cmd_status"], "Failed", "{status}");
+    assert_eq!(cmd["exit_status"], 1, "{status}");
+    let stderr = cmd["stderr"].as_str().unwrap();
+    assert!(
+        stderr.contains("sha256") && stderr.contains("boot"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    // The state is kept; set B is not bootable; A boots next.
+    assert_eq!(status["update_state"], "Available", "{status}");
+    assert!(status["staging_partition"].is_null(), "{status}");
+    let b = host.signpost().state(SetId::B).unwrap();
+    assert_eq!((b.priority, b.tries_left, b.successful), (0, 0, false));
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A));
+    // Nothing staged: activate is refused.
+    assert_eq!(api.post("/actions/activate-update").0, 409);
+}
+
+#[test]
+fn everything_is_locked_while_a_prepare_runs_and_while_another_process_holds_the_disk() {
+    let spec = RepoSpec::two_releases();
+    let host = Host::new(&spec, "1.0.0");
+    let api = Api::start(&host);
+    assert_eq!(api.post("/actions/refresh-updates").0, 204);
+    api.wait_for("refresh");
+
+    // A slow link makes the prepare last long enough to look at.
+    host.server.set_rate_limit(Some(200.0 * 1024.0));
+    assert_eq!(api.post("/actions/prepare-update").0, 204);
+    let (code, body) = api.request("GET", "/updates/status");
+    assert_eq!(code, 423, "{body}");
+    for action in [
+        "/actions/refresh-updates",
+        "/actions/prepare-update",
+        "/actions/activate-update",
+        "/actions/reboot",
+    ] {
+        let (code, body) = api.post(action);
+        assert_eq!(code, 423, "{action}: {body}");
+        assert!(body.contains("Update lock held"), "{body}");
+    }
+    // Ours: the 423 body carries the running prepare and its progress.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let progress = loop {
+        let (code, body) = api.request("GET", "/updates/status");
+        assert_eq!(code, 423, "prepare ended before any image progress: {body}");
+        let status: Value = serde_json::from_str(&body).expect("423 body is the status");
+        let running = &status["running_command"];
+        assert_eq!(running["cmd_type"], "prepare", "{status}");
+        let p = &running["progress"];
+        if p["bytes_done"].as_u64().unwrap_or(0) > 0 && p["bytes_per_sec"].as_u64().unwrap_or(0) > 0
+        {
+            break p.clone();
+        }
+        assert!(Instant::now() < deadline, "no progress: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(progress["step"], "image", "{progress}");
+    assert!(progress["bytes_total"].as_u64().unwrap() >= progress["bytes_done"].as_u64().unwrap());
+    assert!(progress["secs_left"].is_u64(), "{progress}");
+    assert!(
+        host.reboot_calls().is_empty(),
+        "no reboot while a prepare runs"
+    );
+    host.server.set_rate_limit(None);
+    let status = api.wait_for("prepare");
+    assert_eq!(
+        status["most_recent_command"]["cmd_status"], "Success",
+        "{status}"
+    );
+    assert_eq!(status["update_state"], "Staged");
+
+    // Another process (the CLI, signpost) holding the disk lock: 423 too.
+    let lock = updog::lock::UpdateLock::acquire(&host.disk_path, SetId::A).expect("disk lock");
+    let (code, body) = api.request("GET", "/updates/status");
+    assert_eq!(code, 423, "{body}");
+    let (code, body) = api.post("/actions/activate-update");
+    assert_eq!(code, 423, "{body}");
+    drop(lock);
+    assert_eq!(api.post("/actions/activate-update").0, 204);
+    assert_eq!(api.wait_for("activate")["update_state"], "Ready");
+}
+
+#[test]
+fn bad_slow_oversized_and_abandoned_requests_do_not_stop_the_service() {
+    let host = Host::new(&RepoSpec::two_releases(), "1.0.0");
+    let mut api = Api::start(&host);
+    let sock = api.socket.clone();
+
+    // A slow client holding a connection open does not block the others.
+    let mut slow = UnixStream::connect(&sock).unwrap();
+    slow.write_all(b"GET /os HTTP/1.1\r\nHo").unwrap();
+
+    assert_eq!(raw(&sock, b"NONSENSE\r\n\r\n").0, 400);
+    let long = format!(
+        "GET /os HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(16 * 1024)
+    );
+    assert_eq!(raw(&sock, long.as_bytes()).0, 431);
+    let many = format!("GET /os HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(100));
+    assert_eq!(raw(&sock, many.as_bytes()).0, 431);
+    assert_eq!(
+        raw(
+            &sock,
+            b"POST /actions/refresh-updates HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n"
+        )
+        .0,
+        413
+    );
+    assert_eq!(
+        raw(
+            &sock,
+            b"POST /actions/refresh-updates HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .0,
+        411
+    );
+    assert_eq!(api.request("GET", "/nothing/here").0, 404);
+    assert_eq!(api.request("DELETE", "/updates/status").0, 405);
+    assert_eq!(api.request("GET", "/actions/refresh-updates").0, 405);
+    // Clients that leave mid-request: in the head, in the body, right after connecting.
+    for partial in [
+        &b"GET /updates/sta"[..],
+        b"POST /actions/refresh-updates HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"a\"",
+        b"",
+    ] {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.write_all(partial).unwrap();
+        drop(s);
+    }
+    // A client that sends a request and leaves before the answer.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(b"POST /actions/refresh-updates HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    drop(s);
+
+    // Still serving, and the abandoned refresh ran.
+    let (code, body) = api.request("GET", "/os");
+    assert_eq!(code, 200, "{body}");
+    let status = api.wait_for("refresh");
+    assert_eq!(status["update_state"], "Available", "{status}");
+    // The slow client gets 408 at the deadline, not sooner than the others were served.
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).unwrap();
+    assert_eq!(parse(&answer).0, 408, "{answer}");
+    assert!(api.alive(), "the service is still running");
+    let (code, stderr) = api.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+}
