@@ -252,7 +252,10 @@ fn the_update_api_socket_is_root_only_and_activates_updog_serve() {
     let runtime = values(&service, "Service", "RuntimeDirectory");
     assert_eq!(runtime, ["updog-api"]);
     assert!(exec[0].contains("/run/updog-api/"), "{exec:?}");
-    assert_eq!(values(&service, "Service", "RuntimeDirectoryPreserve"), ["yes"]);
+    assert_eq!(
+        values(&service, "Service", "RuntimeDirectoryPreserve"),
+        ["yes"]
+    );
     // Started by its socket only.
     assert!(!service.contains_key("Install"));
 }

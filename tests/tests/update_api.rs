@@ -422,3 +422,64 @@ fn bad_slow_oversized_and_abandoned_requests_do_not_stop_the_service() {
     let (code, stderr) = api.stop();
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[test]
+fn socket_activation_serves_the_socket_systemd_passes() {
+    let host = Host::new(&RepoSpec::two_releases(), "1.0.0");
+    // Without a passed socket and without --socket there is nothing to serve: a usage error.
+    let out = host.updog(&["serve"]);
+    assert_eq!(out.status.code(), Some(2), "{}", e2e_tests::describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--socket"),
+        "{}",
+        e2e_tests::describe(&out)
+    );
+
+    let Ok(activate) = which("systemd-socket-activate") else {
+        eprintln!("systemd-socket-activate is not installed; socket activation not tested");
+        return;
+    };
+    let socket = host.dir.path().join("activated.sock");
+    // systemd's own tool: listens, and on the first connection runs the program with the
+    // socket as fd 3 and LISTEN_FDS/LISTEN_PID set, as the .socket unit does.
+    let child = std::process::Command::new(activate)
+        .arg("--listen")
+        .arg(&socket)
+        .arg(e2e_tests::bin_dir().join("updog"))
+        .arg("--config")
+        .arg(&host.config_path)
+        .arg("serve")
+        .arg("--status-file")
+        .arg(host.dir.path().join("activated-state.json"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("systemd-socket-activate");
+    let mut api = Api {
+        child: Some(child),
+        socket: socket.clone(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..2 {
+        let (code, body) = api.request("GET", "/os");
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("\"version_id\": \"1.0.0\""), "{body}");
+    }
+    assert_eq!(api.request("GET", "/updates/status").0, 404);
+    let (code, stderr) = api.stop();
+    // It served fd 3 (without it, it would have refused to start, as above).
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
