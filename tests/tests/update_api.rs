@@ -483,3 +483,96 @@ fn which(name: &str) -> Result<PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+/// Bottlerocket's own `apiclient`, built from its sources (see the README, "The update API"),
+/// against the service: `update check`, `update apply`, `update cancel`, `reboot`, `raw`. Not
+/// in CI (it needs that build): runs when `APICLIENT` names the binary, else passes at once.
+#[test]
+fn the_reference_apiclient_drives_the_service() {
+    let Some(apiclient) = std::env::var_os("APICLIENT") else {
+        eprintln!("APICLIENT is not set; the reference apiclient is not tested");
+        return;
+    };
+    let spec = RepoSpec::two_releases();
+    let host = Host::new(&spec, "1.0.0");
+    let api = Api::start(&host);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&apiclient)
+            .arg("--socket-path")
+            .arg(&api.socket)
+            .args(args)
+            .output()
+            .expect("running apiclient");
+        eprintln!(
+            "apiclient {}: {}",
+            args.join(" "),
+            e2e_tests::describe(&out)
+        );
+        out
+    };
+
+    let out = run(&["update", "check"]);
+    assert!(out.status.success());
+    let status: Value = serde_json::from_slice(&out.stdout).expect("check prints the status");
+    assert_eq!(status["update_state"], "Available");
+    assert_eq!(status["chosen_update"]["version"], "1.1.0");
+
+    let out = run(&["update", "apply"]);
+    assert!(out.status.success());
+    assert_eq!(api.status()["update_state"], "Ready");
+    assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+
+    // Prepare while Ready: the API's 409, as apiclient reports it.
+    let out = run(&["raw", "-u", "/actions/prepare-update", "-m", "POST"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Status 409"));
+
+    let out = run(&["update", "cancel"]);
+    assert!(out.status.success());
+    assert_eq!(api.status()["update_state"], "Staged");
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A));
+
+    // Apply again (already staged: nothing downloaded), then reboot through the API.
+    let out = run(&["update", "apply", "--reboot"]);
+    assert!(out.status.success());
+    assert_eq!(host.reboot_calls(), vec!["reboot now".to_string()]);
+
+    let out = run(&["raw", "-u", "/os"]);
+    assert!(out.status.success());
+    let os: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(os["version_id"], "1.0.0");
+
+    // A tampered image: apply fails with the one-line error from most_recent_command.
+    let host = Host::new(&spec, "1.0.0");
+    for file in host
+        .repo
+        .target_files(&spec.releases[1].target_name("root"))
+    {
+        let mut bytes = std::fs::read(&file).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        std::fs::write(&file, bytes).unwrap();
+    }
+    let api = Api::start(&host);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&apiclient)
+            .arg("--socket-path")
+            .arg(&api.socket)
+            .args(args)
+            .output()
+            .expect("running apiclient");
+        eprintln!(
+            "apiclient {}: {}",
+            args.join(" "),
+            e2e_tests::describe(&out)
+        );
+        out
+    };
+    assert!(run(&["update", "check"]).status.success());
+    let out = run(&["update", "apply"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Failed") && err.contains("sha256"), "{err}");
+    assert_eq!(api.status()["update_state"], "Available");
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A));
+}
