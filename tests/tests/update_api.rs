@@ -113,6 +113,16 @@ impl Drop for Api {
     }
 }
 
+/// The image requests the repository's server saw.
+fn image_requests(host: &Host) -> Vec<String> {
+    host.server
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .filter(|p| p.ends_with(".img.lz4"))
+        .collect()
+}
+
 fn raw(socket: &Path, request: &[u8]) -> (u16, String) {
     let mut s = UnixStream::connect(socket).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -237,13 +247,24 @@ fn refresh_prepare_activate_reboot_and_deactivate_follow_the_reference() {
     assert_eq!(status["active_partition"]["next_to_boot"], true);
     assert_eq!(status["staging_partition"]["next_to_boot"], false);
     assert_eq!(host.signpost().next_boot(), Some(SetId::A));
+    // Prepare in Staged is allowed (the reference's rule); the chosen update is on set B
+    // already, so nothing is downloaded or written again.
+    host.server.clear_log();
+    assert_eq!(api.post("/actions/prepare-update").0, 204);
+    let status = api.wait_for("prepare");
+    assert_eq!(
+        status["most_recent_command"]["cmd_status"], "Success",
+        "{status}"
+    );
+    assert_eq!(status["update_state"], "Staged", "{status}");
+    assert_eq!(image_requests(&host), Vec::<String>::new());
     let out = host.updog(&["update-apply"]);
     assert!(out.status.success(), "{}", e2e_tests::describe(&out));
     let status = api.status();
     assert_eq!(status["update_state"], "Ready", "{status}");
     assert_eq!(status["staging_partition"]["next_to_boot"], true);
     // The most recent command is still the service's own.
-    assert_eq!(status["most_recent_command"]["cmd_type"], "deactivate");
+    assert_eq!(status["most_recent_command"]["cmd_type"], "prepare");
 
     let (code, stderr) = api.stop();
     assert_eq!(code, Some(0), "{stderr}");
@@ -575,4 +596,31 @@ fn the_reference_apiclient_drives_the_service() {
     assert!(err.contains("Failed") && err.contains("sha256"), "{err}");
     assert_eq!(api.status()["update_state"], "Available");
     assert_eq!(host.signpost().next_boot(), Some(SetId::A));
+}
+
+#[test]
+fn a_release_that_failed_to_boot_is_not_chosen_again() {
+    let host = Host::new(&RepoSpec::two_releases(), "1.0.0");
+    let out = host.updog(&["update"]);
+    assert!(out.status.success(), "{}", e2e_tests::describe(&out));
+    // Its one try on B is used and never marked; the next boot falls back to A.
+    let pick = e2e_tests::bootloader_pick(&host.disk_path).expect("a set boots");
+    assert_eq!((pick.set, pick.tries_after), (SetId::B, 0));
+    let pick = e2e_tests::bootloader_pick(&host.disk_path).expect("a set boots");
+    assert_eq!(pick.set, SetId::A);
+
+    let api = Api::start(&host);
+    assert_eq!(api.post("/actions/refresh-updates").0, 204);
+    let status = api.wait_for("refresh");
+    assert_eq!(
+        status["most_recent_command"]["cmd_status"], "Success",
+        "{status}"
+    );
+    // Offered, but not chosen: it failed to boot here.
+    assert_eq!(status["available_updates"][0], "1.1.0", "{status}");
+    assert!(status["chosen_update"].is_null(), "{status}");
+    assert_eq!(status["update_state"], "Idle", "{status}");
+    assert_eq!(status["failed_boots"][0], "1.1.0", "{status}");
+    assert!(status["staging_partition"].is_null(), "{status}");
+    assert_eq!(api.post("/actions/prepare-update").0, 409);
 }
