@@ -624,3 +624,105 @@ fn a_release_that_failed_to_boot_is_not_chosen_again() {
     assert!(status["staging_partition"].is_null(), "{status}");
     assert_eq!(api.post("/actions/prepare-update").0, 409);
 }
+
+#[test]
+fn activate_refuses_a_staged_update_that_is_not_the_chosen_one() {
+    let mut spec = RepoSpec::two_releases();
+    let host = Host::new(&spec, "1.0.0");
+    // Staged with the CLI: the service reads the same disk and record.
+    let out = host.updog(&["update-image"]);
+    assert!(out.status.success(), "{}", e2e_tests::describe(&out));
+    let api = Api::start(&host);
+    assert_eq!(api.post("/actions/refresh-updates").0, 204);
+    let status = api.wait_for("refresh");
+    assert_eq!(status["update_state"], "Staged", "{status}");
+    assert_eq!(status["staging_partition"]["image"]["version"], "1.1.0");
+
+    // A newer release is published: it is chosen, while 1.1.0 is what set B holds.
+    spec.releases.push(e2e_tests::Release::new("1.2.0"));
+    spec.set_max_version(&"1.2.0".parse().unwrap());
+    spec.migrations.push(e2e_tests::Migration {
+        from: "1.1.0".parse().unwrap(),
+        to: "1.2.0".parse().unwrap(),
+        name: "migrate_v1.2.0_more.lz4".to_string(),
+        content: b"1.1 -> 1.2".to_vec(),
+    });
+    e2e_tests::republish(&spec, &host.repo.dir, 2);
+    assert_eq!(api.post("/actions/refresh-updates").0, 204);
+    let status = api.wait_for("refresh");
+    assert_eq!(status["chosen_update"]["version"], "1.2.0", "{status}");
+    assert_eq!(status["update_state"], "Staged", "{status}");
+    let (code, body) = api.post("/actions/activate-update");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("1.1.0") && body.contains("1.2.0"), "{body}");
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A));
+
+    assert_eq!(api.post("/actions/prepare-update").0, 204);
+    let status = api.wait_for("prepare");
+    assert_eq!(
+        status["most_recent_command"]["cmd_status"], "Success",
+        "{status}"
+    );
+    assert_eq!(status["staging_partition"]["image"]["version"], "1.2.0");
+    assert_eq!(api.post("/actions/activate-update").0, 204);
+    assert_eq!(api.wait_for("activate")["update_state"], "Ready");
+    assert_eq!(host.signpost().next_boot(), Some(SetId::B));
+}
+
+#[test]
+fn sigterm_stops_a_running_prepare_and_a_restart_remembers_how_it_ended() {
+    let host = Host::new(&RepoSpec::two_releases(), "1.0.0");
+    let mut api = Api::start(&host);
+    assert_eq!(api.post("/actions/refresh-updates").0, 204);
+    api.wait_for("refresh");
+    host.server.set_rate_limit(Some(64.0 * 1024.0));
+    assert_eq!(api.post("/actions/prepare-update").0, 204);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = api.request("GET", "/updates/status");
+        assert_eq!(code, 423, "{body}");
+        let status: Value = serde_json::from_str(&body).unwrap();
+        if status["running_command"]["progress"]["bytes_done"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    let (code, stderr) = api.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    // The set it was writing is left cleared; A boots next.
+    let b = host.signpost().state(SetId::B).unwrap();
+    assert_eq!((b.priority, b.tries_left, b.successful), (0, 0, false));
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A));
+
+    // Started again (as systemd does on the next connection), it remembers the refresh and
+    // that the prepare was stopped (updog's exit code 5).
+    host.server.set_rate_limit(None);
+    let api = Api::start(&host);
+    let status = api.status();
+    assert_operator_parses(&status);
+    assert_eq!(status["update_state"], "Available", "{status}");
+    assert_eq!(status["chosen_update"]["version"], "1.1.0", "{status}");
+    let cmd = &status["most_recent_command"];
+    assert_eq!(cmd["cmd_type"], "prepare", "{status}");
+    assert_eq!(cmd["cmd_status"], "Failed", "{status}");
+    assert_eq!(cmd["exit_status"], 5, "{status}");
+    // Without the refresh's plan (a new process), prepare chooses again and stages.
+    assert_eq!(api.post("/actions/prepare-update").0, 204);
+    let status = api.wait_for("prepare");
+    assert_eq!(
+        status["most_recent_command"]["cmd_status"], "Success",
+        "{status}"
+    );
+    assert_eq!(status["update_state"], "Staged", "{status}");
+}
