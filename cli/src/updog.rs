@@ -101,6 +101,18 @@ enum Command {
     UpdateRevert,
     /// Show the running version and set, what is staged, and which set boots next.
     Status,
+    /// Serve Bottlerocket's update API (`/updates/status`, `/actions/refresh-updates`,
+    /// `prepare-update`, `activate-update`, `deactivate-update`, `reboot`, `/os`) on a Unix
+    /// socket, for `apiclient` and the Bottlerocket update operator: the socket systemd passes
+    /// (updog-api.socket), or --socket. Runs until SIGTERM or SIGINT.
+    Serve {
+        /// Listen on this path (mode 0600) when not started by systemd socket activation.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Where the service keeps its state (the last refresh and command) for this boot.
+        #[arg(long, value_name = "PATH", default_value = update_api::service::DEFAULT_STATUS_FILE)]
+        status_file: PathBuf,
+    },
 }
 
 impl Command {
@@ -227,6 +239,13 @@ fn load(global: &GlobalArgs) -> Result<Updater, Failure> {
 
 fn run(args: &Args) -> Result<u8, Failure> {
     let result = load(&args.global).and_then(|updater| {
+        if let Command::Serve {
+            socket,
+            status_file,
+        } = &args.command
+        {
+            return serve(updater, socket.as_deref(), status_file, &args.global.config);
+        }
         execute(&updater, args).map_err(|mut f| {
             if let Some(e) = &f.error {
                 f.message = updog::advice::explain(e, updater.config(), &args.global.config);
@@ -330,6 +349,8 @@ fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
             eprintln!("Set {set} boots next");
             Ok(updog::exit::SUCCESS)
         }
+        // Served by `run`, which owns the updater.
+        Command::Serve { .. } => Ok(updog::exit::SUCCESS),
         Command::Status => {
             let mut status = updater.status()?;
             // Best effort: who cannot open the disk cannot tell (and cannot be updating it).
@@ -402,6 +423,69 @@ fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
             Ok(updog::exit::SUCCESS)
         }
     }
+}
+
+/// `updog serve`: the update API on the socket systemd passed, or on `socket`, until SIGTERM
+/// or SIGINT (a running prepare is then stopped, the inactive set left cleared).
+fn serve(
+    updater: Updater,
+    socket: Option<&std::path::Path>,
+    status_file: &std::path::Path,
+    config_path: &std::path::Path,
+) -> Result<u8, Failure> {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let fail = |message: String| Failure {
+        code: updog::exit::FAILURE,
+        message,
+        error: None,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .map_err(|e| fail(format!("installing signal handler: {e}")))?;
+    }
+    let (listener, bound) = match update_api::listener_from_systemd() {
+        Ok(Some(listener)) => (listener, None),
+        Ok(None) => match socket {
+            Some(path) => (
+                update_api::bind(path).map_err(|e| fail(e.to_string()))?,
+                Some(path),
+            ),
+            None => {
+                return Err(Failure {
+                    code: updog::exit::USAGE,
+                    message: "no socket to serve: not started by systemd socket activation \
+                              (updog-api.socket) and no --socket PATH"
+                        .to_string(),
+                    error: None,
+                });
+            }
+        },
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    match bound {
+        Some(path) => log::info!("serving the update API on {}", path.display()),
+        None => log::info!("serving the update API on the socket systemd passed"),
+    }
+    let service = Arc::new(update_api::Service::new(
+        updater,
+        update_api::ServiceOptions {
+            status_file: status_file.to_path_buf(),
+            config_path: config_path.to_path_buf(),
+        },
+    ));
+    let served = update_api::serve(
+        &listener,
+        &service,
+        &stop,
+        update_api::ServerOptions::default(),
+    );
+    if let Some(path) = bound {
+        let _ = std::fs::remove_file(path);
+    }
+    served.map_err(|e| fail(format!("serving: {e}")))?;
+    Ok(updog::exit::SUCCESS)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) {

@@ -231,3 +231,31 @@ fn has_boot_ever_succeeded_leaves_the_file_empty_until_a_boot_succeeds() {
     signpost(&words[1..], Some(&marker));
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "true\n");
 }
+
+#[test]
+fn the_update_api_socket_is_root_only_and_activates_updog_serve() {
+    let socket = parse_unit("updog-api.socket");
+    // The path Bottlerocket's API server listens on, which its update operator mounts.
+    assert_eq!(values(&socket, "Socket", "ListenStream"), ["/run/api.sock"]);
+    assert_eq!(values(&socket, "Socket", "SocketMode"), ["0600"]);
+    assert_eq!(values(&socket, "Socket", "SocketUser"), ["root"]);
+    // One server for all connections: the listening socket is passed (LISTEN_FDS, fd 3).
+    assert_eq!(values(&socket, "Socket", "Accept"), ["no"]);
+    assert_eq!(values(&socket, "Install", "WantedBy"), ["sockets.target"]);
+
+    let service = parse_unit("updog-api.service");
+    assert!(values(&service, "Unit", "Requires").contains(&"updog-api.socket".to_string()));
+    let exec = values(&service, "Service", "ExecStart");
+    assert_eq!(exec.len(), 1, "{exec:?}");
+    assert!(exec[0].starts_with("/usr/bin/updog serve"), "{exec:?}");
+    // Its state file lives in the runtime directory systemd makes for it, kept across restarts.
+    let runtime = values(&service, "Service", "RuntimeDirectory");
+    assert_eq!(runtime, ["updog-api"]);
+    assert!(exec[0].contains("/run/updog-api/"), "{exec:?}");
+    assert_eq!(
+        values(&service, "Service", "RuntimeDirectoryPreserve"),
+        ["yes"]
+    );
+    // Started by its socket only.
+    assert!(!service.contains_key("Install"));
+}
