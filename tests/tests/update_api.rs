@@ -365,7 +365,8 @@ fn everything_is_locked_while_a_prepare_runs_and_while_another_process_holds_the
     assert_eq!(status["update_state"], "Staged");
 
     // Another process (the CLI, signpost) holding the disk lock: 423 too.
-    let lock = updog::lock::UpdateLock::acquire(&host.disk_path, SetId::A).expect("disk lock");
+    let lock = signpost::DiskLock::acquire(&host.disk_path, signpost::lock::DEFAULT_WAIT)
+        .expect("disk lock");
     let (code, body) = api.request("GET", "/updates/status");
     assert_eq!(code, 423, "{body}");
     let (code, body) = api.post("/actions/activate-update");
