@@ -4,7 +4,9 @@
 //! `tuf` crate's, the chunk indexes and stores the `casync` crate's.
 //!
 //! - [`keys`]: ed25519 and ECDSA P-256 keys as PEM files, and the [`keys::KeySource`] trait
-//!   every signature goes through (a KMS or PKCS#11 source is one more implementation);
+//!   every signature goes through;
+//! - [`pkcs11`]: keys in a hardware token, named by `pkcs11:` URIs (RFC 7512), that never
+//!   leave it;
 //! - [`root`]: a root's roles, keys, thresholds and expiry, signed by several holders in turn;
 //! - [`image`]: raw partition images into lz4 frames as the reference builds them;
 //! - [`repo`]: publishing a release, refreshing the timestamp, rotating the root, in the
@@ -56,6 +58,7 @@ mod error;
 pub mod image;
 pub mod keys;
 pub mod metadata;
+pub mod pkcs11;
 pub mod repo;
 pub mod root;
 

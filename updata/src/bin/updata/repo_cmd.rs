@@ -7,7 +7,7 @@ use updata::metadata::SignedFile;
 
 use chrono::{DateTime, Duration, Utc};
 use clap::{Args, Subcommand};
-use updata::keys::{self, FileKey, KeySource, KeyType, PublicKey};
+use updata::keys::{self, KeySource, KeyType, PublicKey};
 use updata::metadata::Envelope;
 use updata::repo::{Expiries, Release, Report, Repository};
 use updata::{Error, check, image, root};
@@ -122,22 +122,29 @@ pub enum RepoCommand {
 
 #[derive(Args)]
 pub struct KeyArgs {
-    /// A private key file to sign with (repeat for more; each role takes the keys the root
-    /// lists for it).
-    #[arg(short = 'k', long = "key", value_name = "KEY_FILE")]
-    keys: Vec<PathBuf>,
+    /// A key to sign with (repeat for more; each role takes the keys the root lists for it): a
+    /// private key file, or a key in a hardware token named by a pkcs11: URI (RFC 7512), such as
+    /// 'pkcs11:token=T;object=L?module-path=M&pin-source=file:PIN_FILE'.
+    #[arg(short = 'k', long = "key", value_name = "KEY")]
+    keys: Vec<String>,
 }
 
 impl KeyArgs {
     fn load(&self) -> Result<Vec<Box<dyn KeySource>>, Error> {
-        self.keys.iter().map(|p| key_source(p)).collect()
+        self.keys
+            .iter()
+            .map(|k| keys::open(k, prompt().as_ref().map(|p| p as _)))
+            .collect()
     }
 }
 
-/// The key source a `--key` argument names. Only files today; a `kms:` or `pkcs11:` scheme
-/// would be decoded here into another `KeySource`.
-fn key_source(arg: &Path) -> Result<Box<dyn KeySource>, Error> {
-    Ok(Box::new(FileKey::load(arg)?))
+/// Asks for a token's PIN on the terminal (without echo) when updata runs on one; `None`
+/// otherwise, so that a cron job fails with a message instead of waiting.
+fn prompt() -> Option<impl Fn(&str) -> std::io::Result<String>> {
+    use std::io::IsTerminal;
+    std::io::stdin()
+        .is_terminal()
+        .then_some(crate::tty::read_secret)
 }
 
 fn refs(keys: &[Box<dyn KeySource>]) -> Vec<&dyn KeySource> {
@@ -146,20 +153,30 @@ fn refs(keys: &[Box<dyn KeySource>]) -> Vec<&dyn KeySource> {
 
 #[derive(Subcommand)]
 pub enum KeyCommand {
-    /// Generate a signing key: FILE (private, mode 0600) and FILE's .pub.pem (public).
+    /// Generate a signing key: FILE (private, mode 0600) and FILE's .pub.pem (public), or a key
+    /// pair in a hardware token.
     ///
-    /// Never overwrites a file. Give the public file to whoever edits the root.
+    /// Never overwrites a file, nor a key of the same label or id in a token. Give the public
+    /// file to whoever edits the root. For a pkcs11: URI the key is generated in the token
+    /// (object= is its label; it is sensitive and never leaves the token) and the public key
+    /// is written to --public, or printed.
     Generate {
-        /// The private key file to create, such as keys/root.pem.
-        file: PathBuf,
+        /// The private key file to create, such as keys/root.pem, or a pkcs11: URI such as
+        /// 'pkcs11:token=T;object=root?module-path=M&pin-source=file:PIN_FILE'.
+        #[arg(value_name = "FILE|URI")]
+        file: String,
         /// ed25519 or ecdsa-p256.
         #[arg(long = "type", default_value = "ed25519")]
         kind: KeyType,
+        /// For a key in a token: where to write its public key (PEM) [default: print it].
+        #[arg(long, value_name = "FILE")]
+        public: Option<PathBuf>,
     },
-    /// Print a key file's TUF key id (private or public key file).
+    /// Print a key's TUF key id (private or public key file, or pkcs11: URI).
     Id {
-        /// The key file.
-        file: PathBuf,
+        /// The key file or pkcs11: URI.
+        #[arg(value_name = "FILE|URI")]
+        file: String,
     },
 }
 
@@ -177,25 +194,27 @@ pub enum RootCommand {
         #[arg(long)]
         force: bool,
     },
-    /// List keys (private or public key files) for a role. Drops the root's signatures.
+    /// List keys (private or public key files, or pkcs11: URIs) for a role. Drops the root's
+    /// signatures.
     AddKey {
         /// The root file.
         root: PathBuf,
         /// root, targets, snapshot or timestamp.
         #[arg(long)]
         role: String,
-        /// The key files.
-        #[arg(required = true)]
-        keys: Vec<PathBuf>,
+        /// The key files or pkcs11: URIs.
+        #[arg(required = true, value_name = "FILE|URI")]
+        keys: Vec<String>,
     },
-    /// Remove a key (a key file or a key id) from a role. Drops the root's signatures.
+    /// Remove a key (a key file, a pkcs11: URI or a key id) from a role. Drops the root's
+    /// signatures.
     RemoveKey {
         /// The root file.
         root: PathBuf,
         /// root, targets, snapshot or timestamp.
         #[arg(long)]
         role: String,
-        /// A key file or a key id.
+        /// A key file, a pkcs11: URI or a key id.
         key: String,
     },
     /// Set how many keys must sign a role. Drops the root's signatures.
@@ -374,16 +393,38 @@ fn files_in(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 impl KeyCommand {
     fn run(self) -> CliResult {
         match self {
-            Self::Generate { file, kind } => {
-                let public = keys::generate(&file, kind)?;
-                println!(
-                    "{}: key id {} (public key in {})",
-                    file.display(),
-                    public.id(),
-                    keys::public_key_path(&file).display()
-                );
+            Self::Generate { file, kind, public } => {
+                if updata::pkcs11::is_uri(&file) {
+                    let key =
+                        updata::pkcs11::generate(&file, kind, prompt().as_ref().map(|p| p as _))?;
+                    match public {
+                        Some(path) => {
+                            keys::write_public(&path, &key)?;
+                            println!(
+                                "{file}: key id {} (public key in {})",
+                                key.id(),
+                                path.display()
+                            );
+                        }
+                        None => {
+                            println!("{file}: key id {}", key.id());
+                            print!("{}", key.to_pem());
+                        }
+                    }
+                } else {
+                    let path = Path::new(&file);
+                    let public = keys::generate(path, kind)?;
+                    println!(
+                        "{file}: key id {} (public key in {})",
+                        public.id(),
+                        keys::public_key_path(path).display()
+                    );
+                }
             }
-            Self::Id { file } => println!("{}", PublicKey::from_file(&file)?.id()),
+            Self::Id { file } => println!(
+                "{}",
+                keys::public_key_of(&file, prompt().as_ref().map(|p| p as _))?.id()
+            ),
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -410,11 +451,11 @@ impl RootCommand {
             Self::AddKey {
                 root: path,
                 role,
-                keys,
+                keys: args,
             } => {
-                let publics: Vec<PublicKey> = keys
+                let publics: Vec<PublicKey> = args
                     .iter()
-                    .map(|k| PublicKey::from_file(k))
+                    .map(|k| keys::public_key_of(k, prompt().as_ref().map(|p| p as _)))
                     .collect::<Result<_, _>>()?;
                 edit_root(&path, |r| {
                     for k in &publics {
@@ -429,8 +470,10 @@ impl RootCommand {
                 role,
                 key,
             } => {
-                let keyid = if Path::new(&key).is_file() {
-                    PublicKey::from_file(Path::new(&key))?.id().to_owned()
+                let keyid = if Path::new(&key).is_file() || updata::pkcs11::is_uri(&key) {
+                    keys::public_key_of(&key, prompt().as_ref().map(|p| p as _))?
+                        .id()
+                        .to_owned()
                 } else {
                     key
                 };
