@@ -26,6 +26,7 @@
 //! from a file to a token without any client noticing a difference in format.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -86,10 +87,9 @@ pub fn is_uri(arg: &str) -> bool {
 
 fn percent_decode(value: &str, uri: &str) -> Result<Vec<u8>, Error> {
     let bad = || Error::Pkcs11 {
-        key: uri.to_owned(),
-        reason: format!(
-            "{value:?} has a bad percent-encoding (each % is followed by two hex digits)"
-        ),
+        key: uri.split_once('?').map_or(uri, |(path, _)| path).to_owned(),
+        reason: "a value has a bad percent-encoding (each % is followed by two hex digits)"
+            .to_owned(),
     };
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -114,7 +114,7 @@ fn percent_encode(bytes: &[u8]) -> String {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02x}"));
+            let _ = write!(out, "%{b:02x}");
         }
     }
     out
@@ -133,8 +133,10 @@ impl Pkcs11Uri {
     /// # Ok::<(), updata::Error>(())
     /// ```
     pub fn parse(uri: &str) -> Result<Self, Error> {
+        // Messages name the URI without its query, which may hold a PIN by mistake.
+        let shown = uri.split_once('?').map_or(uri, |(path, _)| path);
         let bad = |reason: String| Error::Pkcs11 {
-            key: uri.to_owned(),
+            key: shown.to_owned(),
             reason,
         };
         let rest = uri
@@ -175,7 +177,7 @@ impl Pkcs11Uri {
         for attr in query.split('&').filter(|a| !a.is_empty()) {
             let (name, value) = attr
                 .split_once('=')
-                .ok_or_else(|| bad(format!("{attr:?} is not NAME=VALUE")))?;
+                .ok_or_else(|| bad("a query attribute is not NAME=VALUE".to_owned()))?;
             match name {
                 "module-path" => out.module_path = Some(PathBuf::from(text(value)?)),
                 "pin-source" => out.pin_source = Some(text(value)?),
@@ -189,8 +191,7 @@ impl Pkcs11Uri {
                 }
                 _ => {
                     return Err(bad(format!(
-                        "{name}={value} is not a query attribute updata knows (module-path, \
-                         pin-source)"
+                        "{name}= is not a query attribute updata knows (module-path, pin-source)"
                     )));
                 }
             }
@@ -228,7 +229,10 @@ impl std::fmt::Display for Pkcs11Uri {
             }
         }
         if let Some(id) = &self.id {
-            let hex: String = id.iter().map(|b| format!("%{b:02x}")).collect();
+            let hex = id.iter().fold(String::new(), |mut s, b| {
+                let _ = write!(s, "%{b:02x}");
+                s
+            });
             parts.push(format!("id={hex}"));
         }
         write!(f, "pkcs11:{}", parts.join(";"))
@@ -277,6 +281,14 @@ fn context(module: &Path, uri: &Pkcs11Uri) -> Result<Pkcs11, Error> {
     Ok(ctx)
 }
 
+/// The PIN (its SHA-256) each token of this process was logged in with, by module and slot.
+type Logins = Mutex<HashMap<(PathBuf, u64), Vec<u8>>>;
+
+fn logins() -> &'static Logins {
+    static LOGINS: OnceLock<Logins> = OnceLock::new();
+    LOGINS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
 /// One line for a PKCS#11 error: what the return value means to the user, and its name.
 fn describe_ck(e: &CkError) -> String {
     match e {
@@ -313,7 +325,7 @@ fn c_name(function: cryptoki::context::Function) -> String {
 }
 
 /// The PIN, from the URI's `pin-source`, [`PIN_ENV`], or `prompt`.
-fn read_pin(uri: &Pkcs11Uri, token: &str, prompt: Option<PinPrompt<'_>>) -> Result<AuthPin, Error> {
+fn read_pin(uri: &Pkcs11Uri, token: &str, prompt: Option<PinPrompt<'_>>) -> Result<String, Error> {
     let fail = |reason: String| Error::Pkcs11 {
         key: uri.to_string(),
         reason,
@@ -352,7 +364,7 @@ fn read_pin(uri: &Pkcs11Uri, token: &str, prompt: Option<PinPrompt<'_>>) -> Resu
                 },
             },
         };
-    Ok(AuthPin::from(pin))
+    Ok(pin)
 }
 
 /// A logged-in session on the token a URI names.
@@ -428,8 +440,32 @@ impl Token {
             ))
         })?;
         let pin = read_pin(uri, &label, prompt)?;
+        // A token's login is shared by all of this process's sessions on it: a second key on
+        // the same token finds it logged in. Its PIN must still be the one that logged in, or
+        // a wrong PIN would go unnoticed behind a right one.
+        let pin_hash = Sha256::digest(pin.as_bytes()).to_vec();
+        let pin = AuthPin::from(pin);
+        let login_key = (module.clone(), slot.id());
         match session.login(UserType::User, Some(&pin)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Ok(()) => {
+                logins()
+                    .lock()
+                    .map_err(|_| fail("an earlier PKCS#11 call panicked".to_owned()))?
+                    .insert(login_key, pin_hash);
+            }
+            Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                let same = logins()
+                    .lock()
+                    .map_err(|_| fail("an earlier PKCS#11 call panicked".to_owned()))?
+                    .get(&login_key)
+                    .is_none_or(|h| *h == pin_hash);
+                if !same {
+                    return Err(fail(format!(
+                        "logging in to token {label:?}: the PIN is wrong (it is not the PIN this \
+                         token was logged in with for another key)"
+                    )));
+                }
+            }
             Err(e) => {
                 return Err(fail(format!(
                     "logging in to token {label:?}: {}",
@@ -649,17 +685,16 @@ pub fn generate(
             }
         }
     }
-    let id = match uri.id.clone() {
-        Some(id) => id,
-        None => {
-            let mut id = vec![0u8; 16];
-            aws_lc_rs::rand::fill(&mut id).map_err(|e| Error::Pkcs11 {
-                key: uri.to_string(),
-                reason: format!("making a random key id: {e}"),
-            })?;
-            uri.id = Some(id.clone());
-            id
-        }
+    let id = if let Some(id) = uri.id.clone() {
+        id
+    } else {
+        let mut id = vec![0u8; 16];
+        aws_lc_rs::rand::fill(&mut id).map_err(|e| Error::Pkcs11 {
+            key: uri.to_string(),
+            reason: format!("making a random key id: {e}"),
+        })?;
+        uri.id = Some(id.clone());
+        id
     };
     let (mechanism, params) = match kind {
         KeyType::EcdsaP256 => (Mechanism::EccKeyPairGen, P256_PARAMS.to_vec()),

@@ -395,21 +395,22 @@ impl KeyCommand {
         match self {
             Self::Generate { file, kind, public } => {
                 if updata::pkcs11::is_uri(&file) {
+                    // Checked first: the key is not made when its public file cannot be.
+                    if let Some(path) = public.as_ref().filter(|p| p.exists()) {
+                        return Err(Box::new(Error::KeyExists { path: path.clone() }));
+                    }
                     let key =
                         updata::pkcs11::generate(&file, kind, prompt().as_ref().map(|p| p as _))?;
-                    match public {
-                        Some(path) => {
-                            keys::write_public(&path, &key)?;
-                            println!(
-                                "{file}: key id {} (public key in {})",
-                                key.id(),
-                                path.display()
-                            );
-                        }
-                        None => {
-                            println!("{file}: key id {}", key.id());
-                            print!("{}", key.to_pem());
-                        }
+                    if let Some(path) = public {
+                        keys::write_public(&path, &key)?;
+                        println!(
+                            "{file}: key id {} (public key in {})",
+                            key.id(),
+                            path.display()
+                        );
+                    } else {
+                        println!("{file}: key id {}", key.id());
+                        print!("{}", key.to_pem());
                     }
                 } else {
                     let path = Path::new(&file);
