@@ -9,6 +9,7 @@
 //!   leave it;
 //! - [`root`]: a root's roles, keys, thresholds and expiry, signed by several holders in turn;
 //! - [`image`]: raw partition images into lz4 frames as the reference builds them;
+//! - [`offline`]: signing a root (or any role) on a machine that never sees the repository;
 //! - [`repo`]: publishing a release, refreshing the timestamp, rotating the root, in the
 //!   reference's layout with consistent snapshots, crash-safe by write order;
 //! - [`check`]: the repository verified as a host would, with our own TUF client, before upload.
@@ -58,6 +59,7 @@ mod error;
 pub mod image;
 pub mod keys;
 pub mod metadata;
+pub mod offline;
 pub mod pkcs11;
 pub mod repo;
 pub mod root;

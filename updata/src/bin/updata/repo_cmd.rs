@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use updata::keys::{self, KeySource, KeyType, PublicKey};
 use updata::metadata::Envelope;
 use updata::repo::{Expiries, Release, Report, Repository};
-use updata::{Error, check, image, root};
+use updata::{Error, check, image, offline, root};
 use waves::time::{parse_relative, parse_time_or_relative};
 
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
@@ -23,6 +23,13 @@ pub enum RepoCommand {
     /// Make or change a root.json: roles, keys, thresholds, expiry, signatures.
     #[command(subcommand)]
     Root(RootCommand),
+    /// Sign a root (or any role) on a machine that never sees the repository.
+    ///
+    /// `export` writes the metadata to sign; on each offline machine `sign` makes a signature
+    /// file with a local key (file or pkcs11: URI); back here `import` checks each one (same
+    /// content, a key the root lists for the role, a valid signature) before adding it.
+    #[command(subcommand)]
+    Offline(OfflineCommand),
     /// Compress a raw partition image into an lz4 frame as the reference builds them.
     ///
     /// The frame has lz4 -9's parameters (4 MiB independent blocks, content checksum), so
@@ -181,6 +188,105 @@ pub enum KeyCommand {
 }
 
 #[derive(Subcommand)]
+pub enum OfflineCommand {
+    /// Write the metadata to sign (without its signatures) for the offline machines.
+    ///
+    /// Prints the SHA-256 of the bytes a signature is over: every signature file made from
+    /// the export carries it, so a signer can compare it with what the publisher announced.
+    Export {
+        /// The metadata file (a root.json edited with the root commands, say).
+        metadata: PathBuf,
+        /// The file to write (never overwritten).
+        #[arg(short = 'o', long, value_name = "FILE")]
+        out: PathBuf,
+        /// Write the canonical JSON bytes a signature is over instead, for a signing tool
+        /// that signs bytes.
+        #[arg(long)]
+        canonical: bool,
+    },
+    /// Sign exported metadata with a local key: writes a signature file, nothing else.
+    Sign {
+        /// The exported metadata file.
+        metadata: PathBuf,
+        /// The key: a private key file or a pkcs11: URI.
+        #[arg(short = 'k', long = "key", value_name = "KEY")]
+        key: String,
+        /// The signature file to write (never overwritten).
+        #[arg(short = 'o', long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Check signature files and add them to the metadata file (all or none).
+    ///
+    /// For a root, its own root keys (and with --previous those of the version before it)
+    /// may sign; for another role, the keys the --root file lists for it. Prints which
+    /// thresholds are still unmet.
+    Import {
+        /// The metadata file to add the signatures to.
+        metadata: PathBuf,
+        /// The signature files, in any order.
+        #[arg(required = true, value_name = "SIG_FILE")]
+        signatures: Vec<PathBuf>,
+        /// For a rotation: the root version before this one.
+        #[arg(long, value_name = "ROOT_JSON")]
+        previous: Option<PathBuf>,
+        /// For a role other than root: the root that lists its keys.
+        #[arg(long, value_name = "ROOT_JSON")]
+        root: Option<PathBuf>,
+    },
+}
+
+impl OfflineCommand {
+    fn run(self) -> CliResult {
+        match self {
+            Self::Export {
+                metadata,
+                out,
+                canonical,
+            } => {
+                let form = if canonical {
+                    offline::ExportForm::Canonical
+                } else {
+                    offline::ExportForm::Unsigned
+                };
+                let sha = offline::export(&metadata, &out, form)?;
+                println!("wrote {} (signed content sha256 {sha})", out.display());
+            }
+            Self::Sign { metadata, key, out } => {
+                let key = keys::open(&key, prompt().as_ref().map(|p| p as _))?;
+                let sig = offline::sign(&metadata, key.as_ref())?;
+                offline::save_signature(&sig, &out)?;
+                println!(
+                    "wrote {}: {} version {} (sha256 {}) signed by {} ({})",
+                    out.display(),
+                    sig.role,
+                    sig.version,
+                    sig.signed_sha256,
+                    key.describe(),
+                    sig.keyid
+                );
+            }
+            Self::Import {
+                metadata,
+                signatures,
+                previous,
+                root,
+            } => {
+                let done =
+                    offline::import(&metadata, &signatures, root.as_deref(), previous.as_deref())?;
+                for k in &done.keyids {
+                    println!("imported the signature of key {k}");
+                }
+                match done.incomplete {
+                    None => println!("{}: every threshold is met", metadata.display()),
+                    Some(e) => println!("{}: not complete yet: {e}", metadata.display()),
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[derive(Subcommand)]
 pub enum RootCommand {
     /// Create a root.json: version 1, consistent snapshots, the four top-level roles with no
     /// keys yet and threshold 1.
@@ -278,6 +384,7 @@ impl RepoCommand {
         match self {
             Self::Key(c) => c.run(),
             Self::Root(c) => c.run(now),
+            Self::Offline(c) => c.run(),
             Self::Compress { image, output } => {
                 let c = image::compress(&image, &output)?;
                 println!(
