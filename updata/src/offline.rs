@@ -247,10 +247,10 @@ pub fn import(
                 file.header().version,
             )));
         }
-        let Some((r, _)) = authority.iter().find(|(r, _)| {
-            r.role(&role)
-                .is_some_and(|k| k.keyids.contains(&s.keyid))
-        }) else {
+        let Some((r, _)) = authority
+            .iter()
+            .find(|(r, _)| r.role(&role).is_some_and(|k| k.keyids.contains(&s.keyid)))
+        else {
             return Err(Error::KeyNotInRoot {
                 key: path.display().to_string(),
                 keyid: s.keyid.clone(),
