@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use clap::{Args, Subcommand};
 use updata::keys::{self, KeySource, KeyType, PublicKey};
 use updata::metadata::Envelope;
-use updata::repo::{Expiries, Release, Report, Repository};
+use updata::repo::{Delegation, Expiries, Release, Report, Repository};
 use updata::{Error, check, image, offline, root};
 use waves::time::{parse_relative, parse_time_or_relative};
 
@@ -76,6 +76,70 @@ pub enum RepoCommand {
         /// Warn when the root or targets expire within this long.
         #[arg(long, value_name = "DURATION", default_value = "30 days")]
         warn_within: String,
+    },
+    /// Delegate target paths to a role with its own keys and threshold.
+    ///
+    /// Adds (or replaces) the delegation in the top-level targets role and publishes new
+    /// targets, snapshot and timestamp versions, signed with the root's keys for them (-k).
+    /// The delegated role's own targets are published with publish-delegated.
+    Delegate {
+        /// The repository directory (with a published release).
+        repo: PathBuf,
+        /// The delegated role's name.
+        #[arg(long, value_name = "NAME")]
+        role: String,
+        /// A target name pattern it is trusted for, such as 'extras-*' (`*` matches within one
+        /// '/'-separated segment; repeat for more).
+        #[arg(long = "path", value_name = "PATTERN", required = true)]
+        paths: Vec<String>,
+        /// One of its keys: a public or private key file, or a pkcs11: URI (repeat for more).
+        #[arg(long = "delegate-key", value_name = "FILE|URI", required = true)]
+        delegate_keys: Vec<String>,
+        /// How many of its keys must sign its metadata.
+        #[arg(long, default_value_t = 1)]
+        threshold: u64,
+        /// Hosts that match a path here search no further delegation.
+        #[arg(long)]
+        terminating: bool,
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// When the new targets.json expires.
+        #[arg(long, value_name = "TIME", default_value = "in 13 weeks")]
+        targets_expires: String,
+        /// When the snapshot expires.
+        #[arg(long, value_name = "TIME", default_value = "in 13 weeks")]
+        snapshot_expires: String,
+        /// When the timestamp expires.
+        #[arg(long, value_name = "TIME", default_value = "in 7 days")]
+        timestamp_expires: String,
+    },
+    /// Publish targets of a delegated role: its next version, a snapshot and a timestamp.
+    ///
+    /// -k takes the role's own keys (its threshold) and the root's snapshot and timestamp
+    /// keys. Every target name must match the paths the role is delegated.
+    PublishDelegated {
+        /// The repository directory.
+        repo: PathBuf,
+        /// The delegated role.
+        #[arg(long, value_name = "NAME")]
+        role: String,
+        /// A file to add as a target, named by its file name (repeat for more).
+        #[arg(short = 't', long = "target", value_name = "FILE")]
+        targets: Vec<PathBuf>,
+        /// Add every file in this directory as a target.
+        #[arg(long, value_name = "DIR")]
+        add_targets: Vec<PathBuf>,
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// When the role's new metadata expires.
+        #[arg(long, value_name = "TIME", default_value = "in 13 weeks")]
+        expires: String,
+        /// When the snapshot expires.
+        #[arg(long, value_name = "TIME", default_value = "in 13 weeks")]
+        snapshot_expires: String,
+        /// When the timestamp expires.
+        #[arg(long, value_name = "TIME", default_value = "in 7 days")]
+        timestamp_expires: String,
     },
     /// Sign a new timestamp (and with --snapshot-expires a new snapshot) for a cron job.
     ///
@@ -441,6 +505,70 @@ impl RepoCommand {
                     time(&expires, now)?,
                     snapshot,
                     duration(&warn_within)?,
+                    now,
+                )?;
+                print_report(&report);
+                Ok(ExitCode::SUCCESS)
+            }
+            Self::Delegate {
+                repo,
+                role,
+                paths,
+                delegate_keys,
+                threshold,
+                terminating,
+                keys,
+                targets_expires,
+                snapshot_expires,
+                timestamp_expires,
+            } => {
+                let publics = delegate_keys
+                    .iter()
+                    .map(|k| keys::public_key_of(k, prompt().as_ref().map(|p| p as _)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let d = Delegation {
+                    name: role,
+                    keys: publics,
+                    threshold,
+                    paths,
+                    terminating,
+                };
+                let expires = Expiries {
+                    targets: time(&targets_expires, now)?,
+                    snapshot: time(&snapshot_expires, now)?,
+                    timestamp: time(&timestamp_expires, now)?,
+                    warn_within: Duration::zero(),
+                };
+                let keys = keys.load()?;
+                let report = Repository::new(repo).delegate(&d, &refs(&keys), &expires, now)?;
+                print_report(&report);
+                Ok(ExitCode::SUCCESS)
+            }
+            Self::PublishDelegated {
+                repo,
+                role,
+                mut targets,
+                add_targets,
+                keys,
+                expires,
+                snapshot_expires,
+                timestamp_expires,
+            } => {
+                for dir in &add_targets {
+                    targets.extend(files_in(dir)?);
+                }
+                let expires = Expiries {
+                    targets: time(&expires, now)?,
+                    snapshot: time(&snapshot_expires, now)?,
+                    timestamp: time(&timestamp_expires, now)?,
+                    warn_within: Duration::zero(),
+                };
+                let keys = keys.load()?;
+                let report = Repository::new(repo).publish_delegated(
+                    &role,
+                    &targets,
+                    &refs(&keys),
+                    &expires,
                     now,
                 )?;
                 print_report(&report);
