@@ -6,7 +6,8 @@
 //!
 //! Then its subsections "Keys in hardware" and "Signing root offline", the same way, against a
 //! SoftHSM2 token the test's own configuration points at: every online key in the token, the
-//! root signed on an "offline machine"; python-tuf and a host over HTTP accept the result.
+//! root signed on an "offline machine"; python-tuf and a host over HTTP accept the result; and
+//! "Delegating targets", whose role's target python-tuf fetches through the delegation.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -272,10 +273,11 @@ fn the_readme_publishes_with_keys_in_hardware_and_root_signed_offline() {
     }
     let mut blocks = section_blocks("\n### Keys in hardware\n", "\n### ");
     blocks.extend(section_blocks("\n### Signing root offline\n", "\n### "));
+    blocks.extend(section_blocks("\n### Delegating targets\n", "\n### "));
     assert_eq!(
         blocks.len(),
-        3,
-        "token keys, offline root and release, refresh"
+        4,
+        "token keys, offline root and release, refresh, delegation"
     );
     // The README names Debian's module path; a machine with it elsewhere runs the same lines.
     let blocks: Vec<String> = blocks
@@ -294,6 +296,11 @@ fn the_readme_publishes_with_keys_in_hardware_and_root_signed_offline() {
     std::fs::write(
         build1.join("Release.toml"),
         "version = \"1.1.0\"\n[migrations]\n\"(1.0.0, 1.1.0)\" = []\n",
+    )
+    .unwrap();
+    std::fs::write(
+        build1.join("extras-tool.bin"),
+        b"a tool the extras team ships",
     )
     .unwrap();
     let env = [("SOFTHSM2_CONF", hsm.conf())];
@@ -344,4 +351,16 @@ fn the_readme_publishes_with_keys_in_hardware_and_root_signed_offline() {
     run_block_with(w, &blocks[2], &env);
     no_update(&host);
     assert_eq!(stored_version(&host, "timestamp.json"), 2);
+
+    // A delegation: python-tuf fetches the delegated role's target; the host accepts the new
+    // metadata.
+    let out = run_block_with(w, &blocks[3], &env);
+    assert!(out.contains("repo: no problems found"), "{out}");
+    python_tuf_fetches(w, &host.server.url(), &shipped_root, "extras-tool.bin");
+    assert_eq!(
+        std::fs::read(w.join("py-targets/extras-tool.bin")).unwrap(),
+        b"a tool the extras team ships"
+    );
+    no_update(&host);
+    assert_eq!(stored_version(&host, "targets.json"), 2);
 }
