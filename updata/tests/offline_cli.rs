@@ -242,3 +242,31 @@ fn offline_signed_root_rotation_is_followed_from_version_1() {
     assert!(out.contains("no problems found"), "{out}");
     assert!(d.join("repo/metadata/2.root.json").is_file());
 }
+
+/// The new subcommands explain themselves, and the key arguments name the pkcs11: URIs.
+#[test]
+fn offline_delegation_and_pkcs11_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let top = ok(d, "--help");
+    for sub in ["offline", "delegate", "publish-delegated"] {
+        assert!(top.contains(sub), "{sub} missing from --help");
+        assert!(
+            ok(d, &format!("{sub} --help")).contains("Usage: updata"),
+            "{sub}"
+        );
+    }
+    for sub in ["export", "sign", "import"] {
+        assert!(ok(d, &format!("offline {sub} --help")).contains("Usage: updata offline"));
+    }
+    for sub in [
+        "publish",
+        "refresh-timestamp",
+        "rotate-root",
+        "key generate",
+        "root add-key",
+    ] {
+        let help = ok(d, &format!("{sub} --help"));
+        assert!(help.contains("pkcs11:"), "{sub}: {help}");
+    }
+}
