@@ -438,3 +438,97 @@ fn pkcs11_generate_refuses_a_taken_label() {
     let id = ok(&hsm, d, &["key", "id", &uri("k")]);
     assert!(first.contains(id.trim()), "{first} / {id}");
 }
+
+/// The offline machine's root key is in a token: `offline sign` takes its URI, and the
+/// publisher imports the signature and publishes the root.
+#[test]
+fn pkcs11_key_signs_a_root_offline() {
+    let Some(hsm) = SoftHsm::new() else { return };
+    hsm.init_token("updata", PIN);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let offline = tempfile::tempdir().unwrap();
+    let o = offline.path();
+    std::fs::write(o.join("pin.txt"), PIN).unwrap();
+    ok(
+        &hsm,
+        o,
+        &["key", "generate", &uri("root"), "--public", "root.pub.pem"],
+    );
+    std::fs::copy(o.join("root.pub.pem"), d.join("root.pub.pem")).unwrap();
+    ok(&hsm, d, &["root", "init", "root.json"]);
+    for role in ["targets", "snapshot", "timestamp"] {
+        ok(&hsm, d, &["key", "generate", &format!("keys/{role}.pem")]);
+        ok(
+            &hsm,
+            d,
+            &[
+                "root",
+                "add-key",
+                "root.json",
+                "--role",
+                role,
+                &format!("keys/{role}.pub.pem"),
+            ],
+        );
+    }
+    ok(
+        &hsm,
+        d,
+        &[
+            "root",
+            "add-key",
+            "root.json",
+            "--role",
+            "root",
+            "root.pub.pem",
+        ],
+    );
+    ok(
+        &hsm,
+        d,
+        &["offline", "export", "root.json", "-o", "to-sign.json"],
+    );
+    std::fs::copy(d.join("to-sign.json"), o.join("to-sign.json")).unwrap();
+    ok(
+        &hsm,
+        o,
+        &[
+            "offline",
+            "sign",
+            "to-sign.json",
+            "-k",
+            &uri("root"),
+            "-o",
+            "root.sig.json",
+        ],
+    );
+    std::fs::copy(o.join("root.sig.json"), d.join("root.sig.json")).unwrap();
+    let out = ok(
+        &hsm,
+        d,
+        &["offline", "import", "root.json", "root.sig.json"],
+    );
+    assert!(out.contains("every threshold is met"), "{out}");
+    ok(&hsm, d, &["init", "manifest.json"]);
+    ok(
+        &hsm,
+        d,
+        &[
+            "publish",
+            "repo",
+            "--root",
+            "root.json",
+            "--manifest",
+            "manifest.json",
+            "-k",
+            "keys/targets.pem",
+            "-k",
+            "keys/snapshot.pem",
+            "-k",
+            "keys/timestamp.pem",
+        ],
+    );
+    let out = ok(&hsm, d, &["check", "repo", "--root", "root.json"]);
+    assert!(out.contains("no problems found"), "{out}");
+}
