@@ -554,9 +554,19 @@ impl Repository {
         check_future("snapshot", expires.snapshot, now)?;
         check_future("timestamp", expires.timestamp, now)?;
         let bad = |reason: String| Error::State(format!("delegation to {:?}: {reason}", d.name));
-        if d.name.is_empty() || Role::from_name(&d.name).is_top_level() || d.name.contains('/') {
+        // The name becomes a file name (N.NAME.json) and a URL path segment: keep it plain.
+        let plain = d
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if d.name.is_empty()
+            || !plain
+            || d.name.starts_with('.')
+            || Role::from_name(&d.name).is_top_level()
+        {
             return Err(bad(
-                "a delegated role needs a name of its own (not root, targets, snapshot, timestamp; no '/')"
+                "a delegated role needs a name of its own: letters, digits, '-', '_', '.', not \
+                 starting with '.', and not root, targets, snapshot or timestamp"
                     .to_owned(),
             ));
         }

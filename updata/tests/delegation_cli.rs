@@ -149,6 +149,23 @@ fn delegated_targets_are_followed_by_our_client_and_python_tuf_within_their_path
     std::fs::write(d.join("extras-tool.bin"), b"a tool the extras team ships").unwrap();
     std::fs::write(d.join("kernel.bin"), b"not the extras team's to sign").unwrap();
 
+    // A top-level role's name, a name that is no plain file name, a threshold above the keys.
+    let untouched = fixtures_snapshot(d);
+    for (role, threshold, expected) in [
+        ("targets", 1, "a name of its own"),
+        ("../x", 1, "a name of its own"),
+        ("extras", 3, "threshold 3 with 2 distinct key(s)"),
+    ] {
+        let err = refused(
+            d,
+            &format!(
+                "delegate repo --role {role} --path extras-* --delegate-key keys/extras-a.pub.pem \
+                 --delegate-key keys/extras-b.pub.pem --threshold {threshold} {TOP}"
+            ),
+        );
+        assert!(err.contains(expected), "{role}: {err}");
+        assert_eq!(fixtures_snapshot(d), untouched);
+    }
     ok(
         d,
         &format!(
