@@ -532,3 +532,73 @@ fn pkcs11_key_signs_a_root_offline() {
     let out = ok(&hsm, d, &["check", "repo", "--root", "root.json"]);
     assert!(out.contains("no problems found"), "{out}");
 }
+
+/// Without a PIN source, `updata` on a terminal asks for the PIN without echoing it (run under
+/// `script`, which gives it a pseudo-terminal); without a terminal it says where a PIN can come
+/// from instead of waiting.
+#[test]
+fn pkcs11_pin_prompt_on_a_terminal_does_not_echo() {
+    use std::io::{Read, Write};
+    const TYPED: &str = "typed-secret";
+    let Some(hsm) = SoftHsm::new() else { return };
+    if !fixtures::gate::require_tool("script", "--version") {
+        return;
+    }
+    hsm.init_token("updata", TYPED);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("pin.txt"), TYPED).unwrap();
+    let generated = ok(&hsm, d, &["key", "generate", &uri("k")]);
+    let bare = "pkcs11:token=updata;object=k";
+    let err = refused(&hsm, d, &["key", "id", bare]);
+    assert!(err.contains("no PIN for token \"updata\""), "{err}");
+
+    let command = format!("{} key id '{bare}'", env!("CARGO_BIN_EXE_updata"));
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(d)
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .env("UPDATA_PKCS11_MODULE", hsm.module())
+        .env_remove("UPDATA_PKCS11_PIN")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script");
+    // The terminal's output, read on a thread; the PIN is typed once the prompt is up.
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(so_far) if so_far.contains("PIN for token \"updata\": ") => break,
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no PIN prompt within 60 s: {e}");
+            }
+        }
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{TYPED}\n").as_bytes()).unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let shown = reader.join().unwrap();
+    assert!(status.success(), "{shown}");
+    assert!(!shown.contains(TYPED), "the PIN was echoed: {shown}");
+    let id = shown.lines().last().unwrap().trim();
+    assert!(id.len() == 64 && generated.contains(id), "{shown}");
+}

@@ -13,8 +13,12 @@ pub fn read_secret(prompt: &str) -> std::io::Result<String> {
     let mut quiet = saved.clone();
     quiet.local_flags.remove(LocalFlags::ECHO);
     quiet.local_flags.insert(LocalFlags::ECHONL);
-    (&tty).write_all(format!("{prompt}: ").as_bytes())?;
+    // Echo goes off before the prompt shows: whatever is typed after it is never echoed.
     termios::tcsetattr(&tty, SetArg::TCSAFLUSH, &quiet).map_err(std::io::Error::from)?;
+    if let Err(e) = (&tty).write_all(format!("{prompt}: ").as_bytes()) {
+        let _ = termios::tcsetattr(&tty, SetArg::TCSAFLUSH, &saved);
+        return Err(e);
+    }
     let mut line = String::new();
     let read = BufReader::new(&tty).read_line(&mut line);
     let restored = termios::tcsetattr(&tty, SetArg::TCSAFLUSH, &saved);
