@@ -305,6 +305,12 @@ fn describe_ck(e: &CkError) -> String {
                 RvError::UserPinNotInitialized => "the token's user PIN is not initialised",
                 RvError::MechanismInvalid => "the token does not support this mechanism",
                 RvError::DeviceError => "the device failed",
+                RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid => {
+                    "the key is no longer on the token (was the token removed?)"
+                }
+                RvError::SessionHandleInvalid | RvError::SessionClosed => {
+                    "the session with the token is gone (was the token removed?)"
+                }
                 _ => "",
             };
             if what.is_empty() {
