@@ -13,11 +13,13 @@
 //! - [`store`]: the chunk store, written by publishers and read, capped and verified, by hosts;
 //! - [`plan`]: where each chunk of the new image comes from (zero, in place, seed, store);
 //! - [`assemble`](mod@assemble): writing the image onto a partition and reading it back;
-//! - [`region`]: bounded positional I/O on a partition.
+//! - [`region`]: bounded positional I/O on a partition;
+//! - [`patch`]: new chunks encoded against a window of an older image's verified chunks.
 
 pub mod assemble;
 pub mod chunker;
 pub mod index;
+pub mod patch;
 pub mod plan;
 pub mod region;
 pub mod store;

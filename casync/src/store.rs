@@ -22,7 +22,7 @@ use tuf::transport::{Transport, TransportError};
 /// zstd's frame magic number, little-endian on disk.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// The compression level casync uses.
-const LEVEL: i32 = 3;
+pub(crate) const LEVEL: i32 = 3;
 
 /// The path of a chunk inside a store, relative to the store's root.
 pub fn chunk_path(id: &ChunkId) -> String {

@@ -143,6 +143,28 @@ pub struct Delta {
     /// without one is written from its full lz4 image.
     #[serde(default)]
     pub indexes: std::collections::BTreeMap<String, String>,
+    /// Patches of the images' new chunks against earlier releases (ours; see [`Patch`]). A host
+    /// running one of those releases fetches the patch instead of those chunks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<Patch>,
+}
+
+/// A patch of one image's new chunks against the same image of an earlier release: a patch
+/// index (JSON) and its data, both TUF targets, made by `updata make-patch`.
+///
+/// ```json
+/// {"from": "1.0.0", "image": "root", "index": "root-1.0.0-1.1.0.patch.json", "data": "root-1.0.0-1.1.0.patch"}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Patch {
+    /// The release whose image (on the running set) the patch is made against.
+    pub from: Version,
+    /// Which image: `boot`, `root` or `hash`.
+    pub image: String,
+    /// TUF target name of the patch index.
+    pub index: String,
+    /// TUF target name of the patch data.
+    pub data: String,
 }
 
 /// Which update: the variant, architecture and version that identify one in a manifest

@@ -56,6 +56,18 @@ pub enum Problem {
         /// The key's to.
         to: Version,
     },
+    /// Two listed versions of one variant and arch with no migration path between them: a host
+    /// running the lower one refuses the higher (and a host brought back refuses the lower).
+    MissingMigrationPath {
+        /// The update hosts would refuse (variant, arch, the higher version).
+        update: UpdateId,
+        /// The version the hosts run.
+        from: Version,
+        /// Where the chain of migration keys stops.
+        stuck_at: Version,
+        /// The next listed version above `stuck_at`: the key to add is `(stuck_at, next)`.
+        next: Version,
+    },
 }
 
 impl Problem {
@@ -96,6 +108,15 @@ impl fmt::Display for Problem {
                     "migration key ({from}, {to}) lists an empty migration name"
                 )
             }
+            Problem::MissingMigrationPath {
+                update,
+                from,
+                stuck_at,
+                next,
+            } => write!(
+                f,
+                "hosts running {from} refuse update {update}: no migration path (the chain stops at {stuck_at}); add \"({stuck_at}, {next})\" = [] (or the migrations it needs) under [migrations] in Release.toml and run `updata manifest set-migrations`"
+            ),
         }
     }
 }
@@ -120,7 +141,9 @@ impl fmt::Display for ValidationError {
 impl Manifest {
     /// Every problem beyond parsing: duplicate (variant, arch, version), `version >
     /// max_version`, wave times not rising with bounds, empty image names, empty variant or
-    /// arch, backwards migration keys, empty migration names.
+    /// arch, backwards migration keys, empty migration names. (Gaps in the migration chain are
+    /// [`Manifest::migration_gaps`]: a manifest being edited has them until its migrations are
+    /// set.)
     pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
@@ -184,5 +207,60 @@ impl Manifest {
         } else {
             Err(ValidationError { problems })
         }
+    }
+}
+
+impl Manifest {
+    /// What hosts would refuse for want of migrations: for each listed version of a variant and
+    /// arch, the lowest higher listed version that [`Manifest::migration_chain`] cannot reach
+    /// from it, as [`Problem::MissingMigrationPath`] (a downgrade walks the same keys, so one
+    /// direction covers both).
+    ///
+    /// ```
+    /// let m = manifest::Manifest::from_slice(br#"{"updates":[
+    ///   {"variant":"v","arch":"x86_64","version":"1.0.0","max_version":"1.1.0",
+    ///    "waves":{},"images":{"boot":"b1","root":"r1","hash":"h1"}},
+    ///   {"variant":"v","arch":"x86_64","version":"1.1.0","max_version":"1.1.0",
+    ///    "waves":{},"images":{"boot":"b2","root":"r2","hash":"h2"}}],
+    ///   "migrations":{}}"#)?;
+    /// assert_eq!(m.migration_gaps().len(), 1);
+    /// # Ok::<(), manifest::Error>(())
+    /// ```
+    pub fn migration_gaps(&self) -> Vec<Problem> {
+        let mut versions: std::collections::BTreeMap<(&str, &str), Vec<&Version>> =
+            std::collections::BTreeMap::new();
+        for u in &self.updates {
+            versions
+                .entry((u.variant.as_str(), u.arch.as_str()))
+                .or_default()
+                .push(&u.version);
+        }
+        let mut out = Vec::new();
+        for ((variant, arch), mut listed) in versions {
+            listed.sort();
+            listed.dedup();
+            for (i, from) in listed.iter().enumerate() {
+                let gap =
+                    listed[i + 1..]
+                        .iter()
+                        .find_map(|to| match self.migration_chain(from, to) {
+                            Err(crate::Error::MissingMigration(gap)) => Some((*to, gap.stuck_at)),
+                            _ => None,
+                        });
+                if let Some((to, stuck_at)) = gap {
+                    let next = listed
+                        .iter()
+                        .find(|v| ***v > stuck_at)
+                        .map_or_else(|| to.clone(), |v| (*v).clone());
+                    out.push(Problem::MissingMigrationPath {
+                        update: UpdateId::new(variant, arch, to),
+                        from: (*from).clone(),
+                        stuck_at,
+                        next,
+                    });
+                }
+            }
+        }
+        out
     }
 }

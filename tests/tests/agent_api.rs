@@ -625,3 +625,121 @@ fn a_failed_flip_flush_ends_the_json_stream_with_the_set_that_boots_next() {
         assert_eq!(error["disk_now"]["next_boot"], "B", "{copy}: {error}");
     }
 }
+
+/// Issue 25: an embedder that calls the blocking API straight from async code (not through
+/// `spawn_blocking`) used to get a panic inside tokio that never named updog. Check, stage and
+/// apply now work from an async task on both runtime flavours.
+#[test]
+fn the_blocking_api_works_when_called_from_async_code() {
+    for multi_thread in [false, true] {
+        let host = Host::new(&RepoSpec::two_releases(), "1.0.0");
+        let mut builder = if multi_thread {
+            tokio::runtime::Builder::new_multi_thread()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+        };
+        let runtime = builder.enable_all().build().unwrap();
+        let applied = runtime.block_on(async {
+            // Built inside the runtime too: what an agent's `main` does.
+            let u = updater(&host);
+            let check = u
+                .check(&CheckOptions::default())
+                .expect("check from async code");
+            assert_eq!(
+                check.available().map(|a| a.version().to_string()),
+                Some("1.1.0".to_string()),
+                "{:?}",
+                check.outcome
+            );
+            // One name for the running version in a check and a status.
+            assert_eq!(
+                check.running_version(),
+                &u.status().unwrap().running.version
+            );
+            assert_eq!(check.running_version(), check.running.version());
+            let lock = u.lock().unwrap();
+            stage(&u, &lock);
+            let set = u.apply(&lock).unwrap();
+            drop(lock);
+            drop(u);
+            set
+        });
+        assert_eq!(applied, SetId::B, "multi_thread={multi_thread}");
+        assert!(host.b_holds(&RepoSpec::two_releases().releases[1]));
+    }
+}
+
+/// Issue 25: an embedder staging and flipping through the library saw a stream that ended with
+/// `done … "applied": false`, and `apply` sent no events. `Updater::update` is one run that
+/// ends with the flip and `done` with `applied: true`; `apply_reporting` reports its flip.
+#[test]
+fn update_and_apply_reporting_end_their_streams_with_the_flip() {
+    let host = Host::new(&RepoSpec::two_releases(), "1.0.0");
+    let u = updater(&host);
+    let lock = u.lock().unwrap();
+    let events = Mutex::new(Vec::new());
+    let record = |e: &ProgressEvent| events.lock().unwrap().push(e.clone());
+    let staged = u
+        .update(
+            &lock,
+            &CheckOptions::default(),
+            &record,
+            &CancelHandle::new(),
+        )
+        .unwrap();
+    assert_eq!(
+        (staged.version.to_string(), staged.set),
+        ("1.1.0".into(), SetId::B)
+    );
+    let seen = std::mem::take(&mut *events.lock().unwrap());
+    assert_eq!(seen.first(), Some(&ProgressEvent::LoadingMetadata));
+    assert_eq!(
+        seen[seen.len() - 2..],
+        [
+            ProgressEvent::Flipped { set: SetId::B },
+            ProgressEvent::done(&staged, true)
+        ],
+        "{seen:?}"
+    );
+    assert_eq!(u.status().unwrap().next_boot, Some(SetId::B));
+
+    // Revert, then apply with events: the flip and `done` naming the staged version.
+    u.revert(&lock).unwrap();
+    assert_eq!(
+        u.apply_reporting(&lock, &record, &CancelHandle::new())
+            .unwrap(),
+        SetId::B
+    );
+    let seen = std::mem::take(&mut *events.lock().unwrap());
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0], ProgressEvent::Flipped { set: SetId::B });
+    assert!(
+        matches!(&seen[1], ProgressEvent::Done { version: Some(v), set: Some(SetId::B), applied: true, .. } if v.to_string() == "1.1.0"),
+        "{seen:?}"
+    );
+
+    // With nothing staged: one `error` event and nothing flipped.
+    let fresh = Host::new(&RepoSpec::two_releases(), "1.0.0");
+    let u = updater(&fresh);
+    let lock = u.lock().unwrap();
+    let before = std::fs::read(&fresh.disk_path).unwrap();
+    assert!(
+        u.apply_reporting(&lock, &record, &CancelHandle::new())
+            .is_err()
+    );
+    let seen = std::mem::take(&mut *events.lock().unwrap());
+    assert!(
+        matches!(
+            seen.as_slice(),
+            [ProgressEvent::Error {
+                cancelled: false,
+                ..
+            }]
+        ),
+        "{seen:?}"
+    );
+    assert!(
+        std::fs::read(&fresh.disk_path).unwrap() == before,
+        "the disk changed"
+    );
+}

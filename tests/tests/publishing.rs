@@ -49,6 +49,22 @@ fn section_blocks(heading: &str, until: &str) -> Vec<String> {
     blocks
 }
 
+/// The ```toml block of the same section: the `Release.toml` it shows for 1.2.0.
+fn readme_release_toml() -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    let start = readme
+        .find("\n## Publishing a release\n")
+        .expect("README has a section \"Publishing a release\"");
+    let rest = &readme[start..];
+    let toml = rest
+        .find("\n```toml\n")
+        .expect("the section shows a Release.toml");
+    let body = &rest[toml + "\n```toml\n".len()..];
+    body[..body.find("\n```").expect("the toml block ends")].to_string() + "\n"
+}
+
 /// Runs one README block with bash (-e: every command must succeed) in `dir`, with the freshly
 /// built `updata` first on PATH. The README is written for x86_64; another machine runs the
 /// same commands with its own architecture name.
@@ -140,13 +156,14 @@ fn the_readme_publishes_releases_a_host_updates_from() {
     let blocks = readme_blocks();
     assert_eq!(
         blocks.len(),
-        4,
-        "first release, refresh, rotation, second release"
+        6,
+        "first release, refresh, rotation, second release, waves, pull-back"
     );
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let r1 = Release::new("1.1.0");
     let r2 = Release::new("1.2.0");
+    let r3 = Release::new("1.3.0");
     let build1 = build_output(w, &r1);
     std::fs::write(
         build1.join("Release.toml"),
@@ -159,10 +176,14 @@ fn the_readme_publishes_releases_a_host_updates_from() {
         lz4(b"settings migration 1.1.0 -> 1.2.0"),
     )
     .unwrap();
+    // The Release.toml the README shows, exactly: its format is what the test checks.
+    let release_toml = readme_release_toml();
+    assert!(release_toml.contains("[migrations]"), "{release_toml}");
+    std::fs::write(build2.join("Release.toml"), &release_toml).unwrap();
+    let build3 = build_output(w, &r3);
     std::fs::write(
-        build2.join("Release.toml"),
-        "version = \"1.2.0\"\n[migrations]\n\"(1.0.0, 1.1.0)\" = []\n\
-         \"(1.1.0, 1.2.0)\" = [\"migrate_v1.2.0_demo.lz4\"]\n",
+        build3.join("Release.toml"),
+        release_toml.replace("1.2.0\"\n", "1.3.0\"\n") + "\"(1.2.0, 1.3.0)\" = []\n",
     )
     .unwrap();
 
@@ -221,6 +242,32 @@ fn the_readme_publishes_releases_a_host_updates_from() {
             .any(|n| n.ends_with(".migrate_v1.2.0_demo.lz4")),
         "{cached:?}"
     );
+    assert_eq!(host.signpost().next_boot(), Some(SetId::A));
+    boot_into(&mut host, SetId::A, "1.2.0");
+
+    // Block 5: release 1.3.0 in waves that open in two hours. The host is not offered it
+    // yet; with waves ignored (a canary) it takes it.
+    let out = run_block(w, &blocks[4]);
+    assert!(out.contains("repo: no problems found"), "{out}");
+    let out = host.updog(&["check-update"]);
+    let text = describe(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("No update available") && text.contains("wave opens at"),
+        "{text}"
+    );
+    host.configure("ignore_waves = true");
+    let out = host.updog(&["update"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_set_holds(&host, SetId::B, &r3);
+    boot_into(&mut host, SetId::B, "1.3.0");
+
+    // Block 6: 1.3.0 pulled back. The host already on it is offered 1.2.0 and stages it.
+    let out = run_block(w, &blocks[5]);
+    assert!(out.contains("repo: no problems found"), "{out}");
+    let out = host.updog(&["update"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_set_holds(&host, SetId::A, &r2);
     assert_eq!(host.signpost().next_boot(), Some(SetId::A));
 }
 

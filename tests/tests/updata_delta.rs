@@ -232,3 +232,197 @@ fn make_check_and_register_an_index() {
     ]);
     assert!(!out.status.success());
 }
+
+/// `updata make-patch` and `add-patch` (issue 22), as a publisher runs them on two ext4 releases:
+/// the earlier release indexed by Debian's `casync make` when installed (an independent index),
+/// the patch checked to apply before it is written and cheaper than the chunk store for the same
+/// chunks; an earlier image its index does not describe is refused with the chunk named; the
+/// manifest names the patch, once per (from, image), only beside an index of that image.
+#[test]
+fn make_a_patch_against_an_earlier_release_and_name_it() {
+    if !fixtures::ext4::have_mkfs() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "mkfs.ext4 missing under CI=true"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let run = |args: &[String]| {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| os(a)).collect();
+        updata(&args)
+    };
+    for v in [1, 2] {
+        let tree = d.join(format!("tree{v}"));
+        fixtures::ext4::write_tree(&tree, &fixtures::ext4::release_tree(v, 40)).unwrap();
+        fixtures::ext4::build_image(&tree, 12 << 20, &d.join(format!("root{v}.img"))).unwrap();
+    }
+    let casync_here = Command::new("casync").arg("--version").output().is_ok();
+    if casync_here {
+        let st = Command::new("casync")
+            .arg("make")
+            .arg(format!("--store={}", d.join("casync-store").display()))
+            .arg(d.join("root1.caibx"))
+            .arg(d.join("root1.img"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    } else {
+        assert!(std::env::var("CI").is_err(), "casync missing under CI");
+        let out = run(&[
+            "make-index".into(),
+            s(&d.join("root1.img")),
+            "--index".into(),
+            s(&d.join("root1.caibx")),
+            "--store".into(),
+            s(&d.join("chunks")),
+        ]);
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    let out = run(&[
+        "make-index".into(),
+        s(&d.join("root2.img")),
+        "--index".into(),
+        s(&d.join("root2.caibx")),
+        "--store".into(),
+        s(&d.join("chunks")),
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+
+    let make = |from_image: &std::path::Path| {
+        run(&[
+            "make-patch".into(),
+            "--from-image".into(),
+            s(from_image),
+            "--from-index".into(),
+            s(&d.join("root1.caibx")),
+            "--image".into(),
+            s(&d.join("root2.img")),
+            "--index".into(),
+            s(&d.join("root2.caibx")),
+            "--out".into(),
+            s(&d.join("root.patch")),
+            "--patch-index".into(),
+            s(&d.join("root.patch.json")),
+        ])
+    };
+    let out = make(&d.join("root1.img"));
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // "... in P bytes, against S bytes from the chunk store (R x)"
+    let number_before = |marker: &str| -> u64 {
+        let head = &text[..text.find(marker).unwrap_or_else(|| panic!("{text}"))];
+        head.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (patch, store) = (
+        number_before(" bytes, against"),
+        number_before(" bytes from the chunk store"),
+    );
+    assert!(patch > 0 && patch < store, "{text}");
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(d.join("root.patch.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["data_len"].as_u64(),
+        Some(fs::metadata(d.join("root.patch")).unwrap().len())
+    );
+    eprintln!("{text}");
+
+    // An earlier image that its index does not describe (one byte changed): refused, and the
+    // patch files already written are left as they were.
+    let before = fs::read(d.join("root.patch")).unwrap();
+    let mut damaged = fs::read(d.join("root1.img")).unwrap();
+    let entry = &index["entries"][0];
+    let first_ref = entry["reference"]["start"].as_u64().unwrap();
+    let offsets = casync_offsets(&fs::read(d.join("root1.caibx")).unwrap());
+    let at = offsets[first_ref as usize] as usize + 100;
+    damaged[at] ^= 0x5a;
+    fs::write(d.join("damaged.img"), &damaged).unwrap();
+    let out = make(&d.join("damaged.img"));
+    assert!(!out.status.success());
+    assert!(
+        describe(&out).contains(&format!("reference chunk {first_ref} ")),
+        "{}",
+        describe(&out)
+    );
+    assert!(fs::read(d.join("root.patch")).unwrap() == before);
+
+    // The manifest: no patch before set-delta; then one per (from, image).
+    let manifest = s(&d.join("manifest.json"));
+    let id = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            manifest.clone(),
+            "--variant".into(),
+            "demo".into(),
+            "--arch".into(),
+            "x86_64".into(),
+            "--version".into(),
+            "1.2.0".into(),
+        ];
+        v.extend(extra.iter().map(ToString::to_string));
+        v
+    };
+    let add_patch = |from: &str, data: &str| {
+        let mut args = vec!["add-patch".to_string()];
+        args.extend(id(&[
+            "--from",
+            from,
+            "--image",
+            "root",
+            "--patch-index",
+            "root-1.1.0.patch.json",
+            "--patch-data",
+            data,
+        ]));
+        run(&args)
+    };
+    assert!(run(&["init".into(), manifest.clone()]).status.success());
+    let mut add = vec!["add-update".to_string()];
+    add.extend(id(&[]));
+    assert!(run(&add).status.success());
+    let out = add_patch("1.1.0", "root-1.1.0.patch");
+    assert!(
+        describe(&out).contains("run set-delta first"),
+        "{}",
+        describe(&out)
+    );
+    let mut set = vec!["set-delta".to_string()];
+    set.extend(id(&["--store", "chunks/", "--index", "root=root.caibx"]));
+    assert!(run(&set).status.success());
+    assert!(add_patch("1.1.0", "old-name.patch").status.success());
+    assert!(add_patch("1.1.0", "root-1.1.0.patch").status.success());
+    assert!(
+        !add_patch("1.2.0", "x").status.success(),
+        "a patch from itself"
+    );
+    // set-delta again keeps the patch.
+    assert!(run(&set).status.success());
+    let m = manifest::Manifest::from_slice(&fs::read(&manifest).unwrap()).unwrap();
+    let patches = &m.updates[0].delta.as_ref().unwrap().patches;
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert_eq!(
+        (
+            patches[0].from.to_string().as_str(),
+            patches[0].image.as_str(),
+            patches[0].data.as_str()
+        ),
+        ("1.1.0", "root", "root-1.1.0.patch")
+    );
+}
+
+/// Chunk start offsets of a casync index: each item's end offset (8 bytes LE) after the 48-byte
+/// index header and 16-byte table header; 40 bytes per item.
+fn casync_offsets(index: &[u8]) -> Vec<u64> {
+    let mut offsets = vec![0];
+    let mut at = 64;
+    while at + 40 <= index.len() {
+        let end = u64::from_le_bytes(index[at..at + 8].try_into().unwrap());
+        if end == 0 {
+            break; // the tail marker
+        }
+        offsets.push(end);
+        at += 40;
+    }
+    offsets
+}

@@ -661,3 +661,73 @@ fn the_transport_is_built_and_dropped_inside_an_async_runtime_without_panicking(
     });
     assert_eq!(body, b"hello");
 }
+
+/// Issue 24 finding 8: proxy failures were reported against the repository URL and never named
+/// the proxy. A dead `http_proxy`, a proxy's 407 and a refused CONNECT each name the proxy now,
+/// and say what to check.
+#[test]
+fn proxy_failures_name_the_proxy() {
+    let opts = HttpOptions {
+        retries: 0,
+        stall_timeout: Duration::from_secs(2),
+        ..options()
+    };
+    let with_proxy = |http: Option<String>, https: Option<String>| {
+        HttpTransport::with_proxy(
+            opts.clone(),
+            ProxyConfig {
+                https_proxy: https,
+                http_proxy: http,
+                no_proxy: Vec::new(),
+            },
+        )
+        .unwrap()
+    };
+
+    // A dead proxy: nothing listens on its port.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let plain = Url::parse("http://updates.example.invalid/metadata/timestamp.json").unwrap();
+    let err = with_proxy(Some(dead.clone()), None)
+        .fetch(&plain)
+        .err()
+        .unwrap();
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("proxy {dead}")) && text.contains("http_proxy"),
+        "{text}"
+    );
+
+    // A proxy that wants credentials (407) for a plain-http request.
+    let (_dir, auth) = proxy();
+    auth.fault_all(Fault::Status(407));
+    let err = with_proxy(Some(auth.url()), None)
+        .fetch(&plain)
+        .err()
+        .unwrap();
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("proxy {}", auth.url()))
+            && text.contains("407")
+            && text.contains("USER:PASSWORD@"),
+        "{text}"
+    );
+
+    // A proxy that refuses to open a tunnel (CONNECT answered 403) for an https repository.
+    let (_dir, refusing) = proxy();
+    let secure = Url::parse("https://updates.example.invalid/metadata/timestamp.json").unwrap();
+    let err = with_proxy(None, Some(refusing.url()))
+        .fetch(&secure)
+        .err()
+        .unwrap();
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("proxy {}", refusing.url()))
+            && text.contains("updates.example.invalid")
+            && text.contains("https_proxy"),
+        "{text}"
+    );
+    assert!(!matches!(err.kind, TransportErrorKind::NotFound), "{err}");
+}

@@ -112,6 +112,9 @@ fn run(
     for p in manifest.problems().iter().filter(|p| !p.is_note()) {
         report.problems.push(format!("manifest.json: {p}"));
     }
+    for p in manifest.migration_gaps() {
+        report.problems.push(format!("manifest.json: {p}"));
+    }
     let images: BTreeSet<&str> = manifest
         .updates
         .iter()

@@ -826,3 +826,46 @@ fn metadata_that_would_already_be_expired_is_not_signed() {
         assert_eq!(snapshot(&d.join("repo")), before, "{role}");
     }
 }
+
+/// Issue 25: a release published without the `"(FROM, TO)" = []` migration step passed
+/// `updata check`, yet every host running FROM refuses it ("no migration path"). The check now
+/// fails and names the key to add; once it is set and published, the check passes.
+#[test]
+fn check_finds_a_release_hosts_would_refuse_for_want_of_a_migration_step() {
+    let dir = publisher();
+    let d = dir.path();
+    publish(d);
+    for image in ["boot.ext4", "root.ext4", "root.verity"] {
+        ok(
+            d,
+            &[
+                "compress",
+                image,
+                &format!("staging/v-x86_64-1.2.0-{image}.lz4"),
+            ],
+        );
+    }
+    add_update(d, "1.2.0");
+    let mut args = vec![
+        "publish",
+        "repo",
+        "--manifest",
+        "manifest.json",
+        "--add-targets",
+        "staging",
+    ];
+    args.extend(SIGN);
+    ok(d, &args);
+    let out = fails(d, &["check", "repo", "--root", "root.json"]);
+    assert!(
+        out.contains("hosts running 1.1.0 refuse update v x86_64 1.2.0")
+            && out.contains("\"(1.1.0, 1.2.0)\" = []"),
+        "{out}"
+    );
+    let release = d.join("Release.toml");
+    std::fs::write(&release, "[migrations]\n\"(1.1.0, 1.2.0)\" = []\n").unwrap();
+    line(d, "set-migrations manifest.json --release Release.toml");
+    ok(d, &args);
+    let out = ok(d, &["check", "repo", "--root", "root.json"]);
+    assert!(out.contains("no problems found"), "{out}");
+}

@@ -287,6 +287,16 @@ fn set_max_version_filters() {
         .map(|u| u.max_version.to_string())
         .collect();
     assert_eq!(maxes, ["1.0.0", "1.0.0", "2.0.0"]);
+    // No migration key joins dev 1.0.0 and 1.1.0: hosts running 1.0.0 would refuse 1.1.0
+    // ("no migration path"), so validate says so, with the key to add, and fails.
+    let gap = fails(&["validate", r.m()]);
+    assert!(
+        gap.contains("hosts running 1.0.0 refuse update dev x86_64 1.1.0")
+            && gap.contains("\"(1.0.0, 1.1.0)\" = []"),
+        "{gap}"
+    );
+    let release = r.file("Gap.toml", "[migrations]\n\"(1.0.0, 1.1.0)\" = []\n");
+    ok(&["set-migrations", r.m(), "--release", p(&release)]);
     // 1.1.0 is now above its max_version: a pulled-back release, which validate notes
     // (exit 0) rather than refuses.
     let report = ok(&["validate", r.m()]);

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     match updater.check(&CheckOptions::default()) {
         Ok(check) => {
             match check.outcome {
-                CheckOutcome::Available(a) => println!("available: {}", a.update.version),
+                CheckOutcome::Available(a) => println!("available: {}", a.version()),
                 CheckOutcome::NoUpdate(reason) => println!("no update: {reason}"),
             }
             ExitCode::SUCCESS

@@ -44,6 +44,7 @@ pub mod status;
 pub mod steps;
 pub mod updater;
 
+mod off_runtime;
 mod staging;
 
 // The TUF client and its transports are the `tuf` crate; re-exported so that an agent can name

@@ -51,6 +51,7 @@ mod busy;
 mod cancel;
 mod kind;
 mod postboot;
+mod reporting;
 
 pub use busy::Holder;
 pub use kind::ErrorKind;
@@ -821,6 +822,10 @@ impl Updater {
         opts: &CheckOptions,
         cancel: &CancelHandle,
     ) -> Result<Check, UpdateError> {
+        crate::off_runtime::run(|| self.check_run(opts, cancel))
+    }
+
+    fn check_run(&self, opts: &CheckOptions, cancel: &CancelHandle) -> Result<Check, UpdateError> {
         cancel::stop_if_cancelled(cancel, || {
             let repo = self.load_repository_over(cancel::transport(&self.transport, cancel))?;
             let manifest = Self::load_manifest(&repo)?;
@@ -853,6 +858,10 @@ impl Updater {
     /// first (`whats --all`): those whose wave is open for this host, unless waves are ignored
     /// (`opts.ignore_waves` or the configuration's `ignore_waves`).
     pub fn list_updates(&self, opts: &CheckOptions) -> Result<Vec<manifest::Update>, UpdateError> {
+        crate::off_runtime::run(|| self.list_updates_run(opts))
+    }
+
+    fn list_updates_run(&self, opts: &CheckOptions) -> Result<Vec<manifest::Update>, UpdateError> {
         let repo = self.load_repository()?;
         let manifest = Self::load_manifest(&repo)?;
         let updates = manifest::select::ready_updates(&manifest, &self.request(opts, Vec::new()))
@@ -1047,9 +1056,11 @@ impl Updater {
         progress: &dyn Fn(&ProgressEvent),
         cancel: &CancelHandle,
     ) -> Result<Staged, UpdateError> {
-        let result = self.stage_run(lock, opts, progress, cancel);
-        progress(&ProgressEvent::finished(&result, false));
-        result
+        crate::off_runtime::run_with_progress(progress, |progress| {
+            let result = self.stage_run(lock, opts, progress, cancel);
+            progress(&ProgressEvent::finished(&result, false));
+            result
+        })
     }
 
     fn stage_run(
@@ -1092,9 +1103,11 @@ impl Updater {
         progress: &dyn Fn(&ProgressEvent),
         cancel: &CancelHandle,
     ) -> Result<Staged, UpdateError> {
-        let result = self.stage_plan_run(lock, plan, progress, cancel);
-        progress(&ProgressEvent::finished(&result, false));
-        result
+        crate::off_runtime::run_with_progress(progress, |progress| {
+            let result = self.stage_plan_run(lock, plan, progress, cancel);
+            progress(&ProgressEvent::finished(&result, false));
+            result
+        })
     }
 
     fn stage_plan_run(

@@ -167,6 +167,93 @@ impl ProxyConfig {
             no_proxy,
         }
     }
+
+    /// The proxy a request for `url` goes through, if any: the scheme's own proxy, unless the
+    /// host is in `no_proxy` (`*`; a domain, which also covers its subdomains, with or without
+    /// a leading dot; an IP address; or an IP network `ADDR/BITS`).
+    ///
+    /// ```
+    /// use tuf::transport::ProxyConfig;
+    ///
+    /// let config = ProxyConfig {
+    ///     https_proxy: Some("http://proxy.internal:3128".into()),
+    ///     http_proxy: None,
+    ///     no_proxy: vec![".corp.example".into(), "10.0.0.0/8".into()],
+    /// };
+    /// let via = |u: &str| config.proxy_for(&url::Url::parse(u).unwrap()).map(str::to_string);
+    /// assert_eq!(via("https://updates.example/x").as_deref(), Some("http://proxy.internal:3128"));
+    /// assert_eq!(via("https://repo.corp.example/x"), None);
+    /// assert_eq!(via("https://10.1.2.3/x"), None);
+    /// assert_eq!(via("http://updates.example/x"), None);
+    /// ```
+    pub fn proxy_for(&self, url: &Url) -> Option<&str> {
+        let proxy = match url.scheme() {
+            "https" => self.https_proxy.as_deref(),
+            "http" => self.http_proxy.as_deref(),
+            _ => None,
+        }?;
+        let host = match url.host()? {
+            url::Host::Domain(d) => HostName::Domain(d.trim_end_matches('.').to_ascii_lowercase()),
+            url::Host::Ipv4(ip) => HostName::Ip(ip.into()),
+            url::Host::Ipv6(ip) => HostName::Ip(ip.into()),
+        };
+        let bypassed = self
+            .no_proxy
+            .iter()
+            .any(|entry| no_proxy_matches(entry, &host));
+        (!bypassed).then_some(proxy)
+    }
+}
+
+/// A request's host, as `no_proxy` entries compare it.
+enum HostName {
+    Domain(String),
+    Ip(std::net::IpAddr),
+}
+
+fn no_proxy_matches(entry: &str, host: &HostName) -> bool {
+    let entry = entry.trim();
+    if entry == "*" {
+        return true;
+    }
+    match host {
+        HostName::Ip(ip) => {
+            let (addr, bits) = match entry.split_once('/') {
+                Some((addr, bits)) => (addr, bits.parse::<u32>().ok()),
+                None => (entry, None),
+            };
+            let Ok(net) = addr.trim_matches(['[', ']']).parse::<std::net::IpAddr>() else {
+                return false;
+            };
+            match (net, ip) {
+                (std::net::IpAddr::V4(n), std::net::IpAddr::V4(h)) => {
+                    prefix_matches(u32::from(n).into(), u32::from(*h).into(), 32, bits)
+                }
+                (std::net::IpAddr::V6(n), std::net::IpAddr::V6(h)) => {
+                    prefix_matches(u128::from(n), u128::from(*h), 128, bits)
+                }
+                _ => false,
+            }
+        }
+        HostName::Domain(host) => {
+            let domain = entry.trim_start_matches('.').to_ascii_lowercase();
+            !domain.is_empty()
+                && (*host == domain
+                    || host
+                        .strip_suffix(domain.as_str())
+                        .is_some_and(|rest| rest.ends_with('.')))
+        }
+    }
+}
+
+/// Whether the first `bits` (all of `width` when `None`) of `net` and `host` agree.
+fn prefix_matches(net: u128, host: u128, width: u32, bits: Option<u32>) -> bool {
+    let bits = bits.unwrap_or(width).min(width);
+    if bits == 0 {
+        return true;
+    }
+    let shift = width - bits;
+    (net >> shift) == (host >> shift)
 }
 
 /// Why an [`HttpTransport`] could not be set up.
@@ -448,6 +535,9 @@ impl Inner {
                         return Ok(response);
                     }
                     let code = status.as_u16();
+                    if let (407, Some(proxy)) = (code, self.proxy.proxy_for(url)) {
+                        return Err(proxy_wants_credentials(proxy, url));
+                    }
                     match code {
                         403 | 404 | 410 => return Err(TransportErrorKind::NotFound),
                         // reqwest follows HTTP(S) redirects itself; one it hands back points
@@ -460,9 +550,15 @@ impl Inner {
                 // Connection failures (a connect timeout included) are retried.
                 // A certificate the server presents will not change on a retry.
                 Err(e) if tls_error(&e).is_some() => {
-                    return Err(TransportErrorKind::Io(request_error(&e, url)));
+                    return Err(TransportErrorKind::Io(request_error(
+                        &e,
+                        url,
+                        self.proxy.proxy_for(url),
+                    )));
                 }
-                Err(e) if e.is_connect() => TransportErrorKind::Io(request_error(&e, url)),
+                Err(e) if e.is_connect() => {
+                    TransportErrorKind::Io(request_error(&e, url, self.proxy.proxy_for(url)))
+                }
                 Err(e) if e.is_timeout() => {
                     return Err(match deadline {
                         Some(d) if d.remaining().is_none() => d.error(url).kind,
@@ -470,9 +566,13 @@ impl Inner {
                     });
                 }
                 Err(e) if e.is_builder() || e.is_redirect() => {
-                    return Err(TransportErrorKind::Io(request_error(&e, url)));
+                    return Err(TransportErrorKind::Io(request_error(
+                        &e,
+                        url,
+                        self.proxy.proxy_for(url),
+                    )));
                 }
-                Err(e) => TransportErrorKind::Io(request_error(&e, url)),
+                Err(e) => TransportErrorKind::Io(request_error(&e, url, self.proxy.proxy_for(url))),
             };
             if attempt >= opts.retries {
                 return Err(failure);
@@ -520,10 +620,13 @@ struct HttpReader {
 /// A failed request as one line that says why: reqwest's own text only repeats the URL (which
 /// [`TransportError`] names already); the innermost cause says what happened ("Connection
 /// refused", a DNS failure). A TLS failure says so and names the host.
-fn request_error(e: &reqwest::Error, url: &Url) -> io::Error {
+fn request_error(e: &reqwest::Error, url: &Url, proxy: Option<&str>) -> io::Error {
     if let Some(tls) = tls_error(e) {
         let host = url.host_str().unwrap_or("the server");
         return io::Error::other(format!("TLS with {host} failed: {}", tls_reason(tls, host)));
+    }
+    if let (Some(proxy), true) = (proxy, e.is_connect()) {
+        return proxy_connect_error(e, url, proxy);
     }
     let mut cause = None;
     let mut source = std::error::Error::source(e);
@@ -547,6 +650,67 @@ fn request_error(e: &reqwest::Error, url: &Url) -> io::Error {
     } else {
         io::Error::other(text)
     }
+}
+
+/// The setting that names the proxy for `url`'s scheme (a key of updog.toml and an
+/// environment variable alike).
+fn proxy_setting(url: &Url) -> &'static str {
+    if url.scheme() == "https" {
+        "https_proxy"
+    } else {
+        "http_proxy"
+    }
+}
+
+/// A failure to connect while a proxy is in the way: to the proxy itself, or a tunnel the
+/// proxy would not open. Either way the proxy is named, not only the repository.
+fn proxy_connect_error(e: &reqwest::Error, url: &Url, proxy: &str) -> io::Error {
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        causes.push(s.to_string());
+        source = s.source();
+    }
+    let cause = causes.last().cloned().unwrap_or_else(|| e.to_string());
+    let setting = proxy_setting(url);
+    let target = format!(
+        "{}:{}",
+        url.host_str().unwrap_or("the server"),
+        url.port_or_known_default().unwrap_or(443)
+    );
+    let all = causes.join(": ").to_ascii_lowercase();
+    let text = if all.contains("proxy authentication") || all.contains("407") {
+        format!(
+            "the proxy {proxy} asks for credentials (HTTP 407) before it opens a tunnel to \
+             {target}: give them in the proxy URL, http://USER:PASSWORD@HOST:PORT ({setting})"
+        )
+    } else if all.contains("tunnel") {
+        format!(
+            "the proxy {proxy} refused to open a tunnel to {target} ({cause}): check that it \
+             allows CONNECT to that host and port, or list the host in no_proxy ({setting})"
+        )
+    } else {
+        format!(
+            "cannot connect to the proxy {proxy} ({cause}): check {setting} ({}), or list {} \
+             in no_proxy",
+            if setting == "https_proxy" {
+                "updog.toml or the environment"
+            } else {
+                "the environment"
+            },
+            url.host_str().unwrap_or("the host")
+        )
+    };
+    io::Error::new(io::ErrorKind::NotConnected, text)
+}
+
+/// A plain-http request the proxy answered with 407.
+fn proxy_wants_credentials(proxy: &str, url: &Url) -> TransportErrorKind {
+    TransportErrorKind::Io(io::Error::other(format!(
+        "the proxy {proxy} asks for credentials (HTTP 407 Proxy Authentication Required): give \
+         them in the proxy URL, http://USER:PASSWORD@HOST:PORT ({})",
+        proxy_setting(url)
+    )))
 }
 
 /// A redirect that reqwest did not follow, named with its target.

@@ -1,5 +1,6 @@
 //! Delta updates for publishers: chunk an image into a casync index and chunk store, check an
-//! index made by `casync make` or `desync make`, and name the indexes in the manifest.
+//! index made by `casync make` or `desync make`, name the indexes in the manifest, and make
+//! patches of an image's new chunks against an earlier release's image.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -65,6 +66,59 @@ pub enum DeltaCommand {
         /// IMAGE=TARGET for each image with an index (boot, root, hash), e.g. root=root.caibx.
         #[arg(long = "index", value_name = "IMAGE=TARGET", required = true)]
         indexes: Vec<String>,
+    },
+    /// Makes a patch of the chunks of a new image that an earlier release's image lacks, each
+    /// run of them compressed (zstd -19) against at most 8 MiB of the earlier image's chunks
+    /// around the same place. Writes the patch data and its index (JSON), checks that every
+    /// entry applies and yields the new index's chunks, and prints what it saves against the
+    /// chunk store. Publish both files as TUF targets and name them with add-patch.
+    MakePatch {
+        /// The earlier release's raw image (what hosts running it have on the running set).
+        #[arg(long, value_name = "RAW_IMAGE")]
+        from_image: PathBuf,
+        /// Its casync index.
+        #[arg(long, value_name = "CAIBX")]
+        from_index: PathBuf,
+        /// The new raw image.
+        #[arg(long, value_name = "RAW_IMAGE")]
+        image: PathBuf,
+        /// Its casync index.
+        #[arg(long, value_name = "CAIBX")]
+        index: PathBuf,
+        /// Where to write the patch data.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Where to write the patch index.
+        #[arg(long, value_name = "JSON")]
+        patch_index: PathBuf,
+    },
+    /// Names a patch in an update's delta data in the manifest (after set-delta): hosts running
+    /// --from fetch it for that image instead of the chunks it produces. Replaces an earlier
+    /// patch for the same --from and --image.
+    AddPatch {
+        /// The manifest.json to edit.
+        manifest: PathBuf,
+        /// The variant.
+        #[arg(short = 'l', long)]
+        variant: String,
+        /// The architecture.
+        #[arg(short = 'a', long)]
+        arch: String,
+        /// The update's version.
+        #[arg(short = 'v', long = "version")]
+        version: Version,
+        /// The release the patch is made against.
+        #[arg(long)]
+        from: Version,
+        /// The image: boot, root or hash.
+        #[arg(long)]
+        image: String,
+        /// TUF target name of the patch index.
+        #[arg(long = "patch-index", value_name = "TARGET")]
+        index: String,
+        /// TUF target name of the patch data.
+        #[arg(long = "patch-data", value_name = "TARGET")]
+        data: String,
     },
 }
 
@@ -137,12 +191,78 @@ impl DeltaCommand {
                     .ok_or_else(|| {
                         format!("no update {variant} {arch} {version} in {}", path.display())
                     })?;
+                // Patches named earlier stay (set-delta may be run again for a new store).
+                let patches = update.delta.take().map(|d| d.patches).unwrap_or_default();
                 update.delta = Some(manifest::Delta {
                     store,
                     indexes: named,
+                    patches,
                 });
                 manifest::fs::save(&m, &path)?;
                 println!("set delta indexes of {variant} {arch} {version}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Self::MakePatch {
+                from_image,
+                from_index,
+                image,
+                index,
+                out,
+                patch_index,
+            } => make_patch(&from_image, &from_index, &image, &index, &out, &patch_index),
+            Self::AddPatch {
+                manifest: path,
+                variant,
+                arch,
+                version,
+                from,
+                image,
+                index,
+                data,
+            } => {
+                if !["boot", "root", "hash"].contains(&image.as_str()) {
+                    return Err(format!("--image {image:?}: must be boot, root or hash").into());
+                }
+                if from >= version {
+                    return Err(format!(
+                        "--from {from}: a patch is made against an earlier release than {version}"
+                    )
+                    .into());
+                }
+                let mut m = manifest::fs::load(&path)?;
+                let update = m
+                    .updates
+                    .iter_mut()
+                    .find(|u| u.variant == variant && u.arch == arch && u.version == version)
+                    .ok_or_else(|| {
+                        format!("no update {variant} {arch} {version} in {}", path.display())
+                    })?;
+                let delta = update.delta.as_mut().ok_or_else(|| {
+                    format!(
+                        "update {variant} {arch} {version} has no delta data: run set-delta first \
+                         (a patch only produces chunks of the image's index)"
+                    )
+                })?;
+                if !delta.indexes.contains_key(&image) {
+                    return Err(format!(
+                        "update {variant} {arch} {version} names no index for {image}: add it with set-delta"
+                    )
+                    .into());
+                }
+                delta
+                    .patches
+                    .retain(|p| !(p.from == from && p.image == image));
+                delta.patches.push(manifest::Patch {
+                    from: from.clone(),
+                    image: image.clone(),
+                    index,
+                    data,
+                });
+                delta
+                    .patches
+                    .sort_by(|a, b| (&b.from, &a.image).cmp(&(&a.from, &b.image)));
+                manifest::fs::save(&m, &path)?;
+                println!("added the {image} patch from {from} to {variant} {arch} {version}");
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -198,4 +318,95 @@ fn check_index(index: &PathBuf, image: Option<&PathBuf>, store: Option<&PathBuf>
         }
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Positional reads of a raw image, for the patch maker.
+fn read_at(file: &fs::File) -> impl FnMut(u64, &mut [u8]) -> std::io::Result<()> + '_ {
+    use std::os::unix::fs::FileExt;
+    move |offset, buf| file.read_exact_at(buf, offset)
+}
+
+fn load_index(path: &PathBuf, image: &PathBuf) -> Res<(BlobIndex, fs::File)> {
+    let bytes = fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let index = BlobIndex::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = fs::File::open(image).map_err(|e| format!("opening {}: {e}", image.display()))?;
+    let len = file
+        .metadata()
+        .map_err(|e| format!("reading {}: {e}", image.display()))?
+        .len();
+    index.check_total(len).map_err(|e| {
+        format!(
+            "{} does not describe {}: {e}",
+            path.display(),
+            image.display()
+        )
+    })?;
+    Ok((index, file))
+}
+
+/// Writes `bytes` to `path` whole or not at all.
+fn write_whole(path: &PathBuf, bytes: &[u8]) -> Res<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| format!("writing {}: {}", path.display(), e.error))?;
+    Ok(())
+}
+
+fn make_patch(
+    from_image: &PathBuf,
+    from_index: &PathBuf,
+    image: &PathBuf,
+    index: &PathBuf,
+    out: &PathBuf,
+    patch_index: &PathBuf,
+) -> Res<ExitCode> {
+    let (old, old_file) = load_index(from_index, from_image)?;
+    let (new, new_file) = load_index(index, image)?;
+    let mut data = Vec::new();
+    let (patch, stats) = casync::patch::make_patch(
+        &old,
+        read_at(&old_file),
+        &new,
+        read_at(&new_file),
+        &mut data,
+    )
+    .map_err(|e| format!("making the patch: {e}"))?;
+    // Every entry must apply to the earlier image and give the new index's chunks: what a host
+    // will check, checked before anything is published.
+    for entry in &patch.entries {
+        let window = casync::patch::reference_window(entry, &old, read_at(&old_file))
+            .map_err(|e| format!("{}: {e}", from_image.display()))?;
+        let frame = usize::try_from(entry.offset)
+            .ok()
+            .zip(usize::try_from(entry.offset + entry.len).ok())
+            .and_then(|(a, b)| data.get(a..b))
+            .ok_or("the patch data is shorter than its index")?;
+        casync::patch::apply_entry(entry, frame, &window, &new)
+            .map_err(|e| format!("the patch does not apply: {e}"))?;
+    }
+    let json = serde_json::to_vec(&patch)?;
+    write_whole(out, &data)?;
+    write_whole(patch_index, &json)?;
+    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    println!(
+        "{}: {} of {} new chunk(s) ({} bytes) in {} bytes, against {} bytes from the chunk store ({:.3}x); index {}",
+        out.display(),
+        stats.patched_chunks,
+        stats.new_chunks,
+        stats.new_bytes,
+        stats.patch_bytes,
+        stats.store_bytes,
+        ratio(stats.patch_bytes, stats.store_bytes),
+        patch_index.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

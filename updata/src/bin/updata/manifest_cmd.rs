@@ -422,6 +422,14 @@ fn validate(path: &Path) -> Result<ExitCode, Error> {
         println!("{}: {e}", path.display());
         return Ok(ExitCode::FAILURE);
     }
+    // Hosts refuse an update that no migration path reaches from what they run.
+    let gaps = m.migration_gaps();
+    for gap in &gaps {
+        println!("{}: {gap}", path.display());
+    }
+    if !gaps.is_empty() {
+        return Ok(ExitCode::FAILURE);
+    }
     println!(
         "{}: valid ({} update(s), {} migration step(s))",
         path.display(),

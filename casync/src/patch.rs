@@ -1,0 +1,511 @@
+//! Patches of an image's new chunks against the bytes of an older image, for bytes on the wire
+//! below what a chunk store can offer.
+//!
+//! A host that runs release R and installs release S from chunks fetches every chunk of S that R
+//! does not have, each compressed on its own. Most of those chunks differ from a neighbouring
+//! stretch of R only a little (a rebuilt binary, a changed table), so each run of new chunks is
+//! compressed here with zstd against a *reference window*: a contiguous range of R's chunks, at
+//! most [`MAX_WINDOW`] bytes, taken from between the chunks of R that surround the run in S (or
+//! from the same offsets of R when the run has no known neighbours).
+//!
+//! Trust: the host builds the window from its running partition, and every chunk of it must hash
+//! to the id in R's signed index before it is used ([`reference_window`]); what a patch entry
+//! produces is cut at S's chunk boundaries and every chunk must hash to S's index id
+//! ([`apply_entry`]). A patch can therefore make an update fail, never make it wrong. The patch
+//! data and its [`PatchIndex`] are meant to be signed targets, like the indexes.
+//!
+//! Memory is bounded by the format: a window is at most [`MAX_WINDOW`] bytes and an entry's
+//! output at most [`MAX_OUTPUT`] bytes, so applying one entry holds at most their sum plus
+//! zstd's decoder state, whatever the image size.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+use zstd::zstd_safe;
+
+use crate::index::{BlobIndex, Chunk, ChunkId};
+
+/// The format name in every [`PatchIndex`].
+pub const PATCH_FORMAT: &str = "updog-chunk-patch-1";
+/// The largest reference window an entry may name (bytes of the older image).
+pub const MAX_WINDOW: u64 = 8 << 20;
+/// The largest output of one entry (bytes of the newer image).
+pub const MAX_OUTPUT: u64 = 8 << 20;
+/// The zstd level patches are made with (slow to make, as fast as any level to apply).
+pub const LEVEL: i32 = 19;
+
+/// One run of the newer image's chunks, encoded against a range of the older image's chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchEntry {
+    /// The newer index's chunk numbers this entry produces.
+    pub chunks: Range<u64>,
+    /// The older index's chunk numbers whose bytes, in order, are the reference window.
+    pub reference: Range<u64>,
+    /// Where the entry's zstd frame starts in the patch data.
+    pub offset: u64,
+    /// Its length.
+    pub len: u64,
+}
+
+/// What a patch holds: which chunks of the newer image it produces, from what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchIndex {
+    /// Always [`PATCH_FORMAT`].
+    pub format: String,
+    /// The older image's chunk count and length (a check that the host uses the right index).
+    pub reference_chunks: u64,
+    /// The older image's length.
+    pub reference_len: u64,
+    /// The newer image's chunk count.
+    pub target_chunks: u64,
+    /// The newer image's length.
+    pub target_len: u64,
+    /// The entries, in chunk order, not overlapping.
+    pub entries: Vec<PatchEntry>,
+    /// Length of the patch data (the sum of the entries' lengths).
+    pub data_len: u64,
+}
+
+/// What the publisher's side measured while making a patch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PatchStats {
+    /// Chunks of the newer image the older one lacks.
+    pub new_chunks: u64,
+    /// Their uncompressed bytes.
+    pub new_bytes: u64,
+    /// What fetching them from a chunk store costs (each compressed alone at the store's level).
+    pub store_bytes: u64,
+    /// Chunks the patch produces (new chunks whose patch beats the store).
+    pub patched_chunks: u64,
+    /// The patch data's length.
+    pub patch_bytes: u64,
+}
+
+/// Why a patch could not be made, read or applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PatchError {
+    /// Reading an image, or writing the patch data.
+    #[error("{what}")]
+    Io {
+        /// What was being read or written.
+        what: String,
+        /// The failure.
+        #[source]
+        source: io::Error,
+    },
+    /// The patch index does not fit the indexes it is used with, or breaks a bound.
+    #[error("patch index: {0}")]
+    Malformed(String),
+    /// A chunk of the reference window read from the running image is not the chunk the older
+    /// index names: the bytes on disk are not that release's, so the patch cannot be used.
+    #[error(
+        "reference chunk {number} (bytes {offset}..{end} of the running image) does not match the running release's index"
+    )]
+    ReferenceMismatch {
+        /// The older index's chunk number.
+        number: usize,
+        /// Its offset.
+        offset: u64,
+        /// One past its last byte.
+        end: u64,
+    },
+    /// The entry's zstd frame did not decode (to exactly the entry's length).
+    #[error("patch entry for chunks {first}..{end}: {detail}")]
+    Decode {
+        /// First chunk of the entry.
+        first: u64,
+        /// One past its last chunk.
+        end: u64,
+        /// What zstd said.
+        detail: String,
+    },
+    /// A chunk the entry produced does not hash to the newer index's id.
+    #[error("patched chunk {number} does not match the new index")]
+    ChunkMismatch {
+        /// The newer index's chunk number.
+        number: usize,
+    },
+}
+
+/// Makes a patch of `new`'s chunks that `old` lacks, against `old_image`'s bytes. The patch data
+/// goes to `out`; entries whose patch is not smaller than fetching their chunks from a store are
+/// left out (the host fetches those chunks as before).
+///
+/// `read_old` and `read_new` fill a buffer from an offset of the older and newer image.
+pub fn make_patch(
+    old: &BlobIndex,
+    mut read_old: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+    new: &BlobIndex,
+    mut read_new: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+    out: &mut impl Write,
+) -> Result<(PatchIndex, PatchStats), PatchError> {
+    let old_chunks: Vec<Chunk> = old.chunks().collect();
+    let new_chunks: Vec<Chunk> = new.chunks().collect();
+    let mut where_old: HashMap<ChunkId, usize> = HashMap::new();
+    for c in &old_chunks {
+        where_old.entry(c.id).or_insert(c.number);
+    }
+    let mut stats = PatchStats::default();
+    let mut entries = Vec::new();
+    let mut offset = 0u64;
+    for piece in pieces(&new_chunks, &where_old) {
+        let reference = reference_for(&piece, &new_chunks, &old_chunks, &where_old);
+        let target = read_range(
+            &new_chunks[to_usize(piece.start)..to_usize(piece.end)],
+            &mut read_new,
+        )
+        .map_err(|source| PatchError::Io {
+            what: "reading the new image".into(),
+            source,
+        })?;
+        let window = read_range(
+            &old_chunks[to_usize(reference.start)..to_usize(reference.end)],
+            &mut read_old,
+        )
+        .map_err(|source| PatchError::Io {
+            what: "reading the old image".into(),
+            source,
+        })?;
+        let store_cost: u64 = new_chunks[to_usize(piece.start)..to_usize(piece.end)]
+            .iter()
+            .map(|c| {
+                let start = to_usize(c.offset - new_chunks[to_usize(piece.start)].offset);
+                zstd::bulk::compress(&target[start..start + c.len as usize], crate::store::LEVEL)
+                    .map_or(u64::from(c.len), |z| z.len() as u64)
+            })
+            .sum();
+        stats.new_chunks += piece.end - piece.start;
+        stats.new_bytes += target.len() as u64;
+        stats.store_bytes += store_cost;
+        let frame = encode(&target, &window).map_err(|detail| PatchError::Decode {
+            first: piece.start,
+            end: piece.end,
+            detail,
+        })?;
+        if frame.len() as u64 >= store_cost {
+            continue;
+        }
+        out.write_all(&frame).map_err(|source| PatchError::Io {
+            what: "writing the patch data".into(),
+            source,
+        })?;
+        stats.patched_chunks += piece.end - piece.start;
+        stats.patch_bytes += frame.len() as u64;
+        entries.push(PatchEntry {
+            chunks: piece,
+            reference,
+            offset,
+            len: frame.len() as u64,
+        });
+        offset += frame.len() as u64;
+    }
+    let index = PatchIndex {
+        format: PATCH_FORMAT.into(),
+        reference_chunks: old.len() as u64,
+        reference_len: old.total_len(),
+        target_chunks: new.len() as u64,
+        target_len: new.total_len(),
+        entries,
+        data_len: offset,
+    };
+    Ok((index, stats))
+}
+
+impl PatchIndex {
+    /// Parses a patch index and checks it against the older and newer indexes it is for: the
+    /// format, the counts and lengths, every range inside its index, entries in order without
+    /// overlap, frames inside the data, and the bounds on windows and outputs.
+    pub fn parse(bytes: &[u8], old: &BlobIndex, new: &BlobIndex) -> Result<PatchIndex, PatchError> {
+        let index: PatchIndex =
+            serde_json::from_slice(bytes).map_err(|e| PatchError::Malformed(e.to_string()))?;
+        index.check(old, new)?;
+        Ok(index)
+    }
+
+    fn check(&self, old: &BlobIndex, new: &BlobIndex) -> Result<(), PatchError> {
+        let bad = |m: String| Err(PatchError::Malformed(m));
+        if self.format != PATCH_FORMAT {
+            return bad(format!(
+                "format {:?}, expected {PATCH_FORMAT:?}",
+                self.format
+            ));
+        }
+        if (self.reference_chunks, self.reference_len) != (old.len() as u64, old.total_len()) {
+            return bad("made against another index of the running release".into());
+        }
+        if (self.target_chunks, self.target_len) != (new.len() as u64, new.total_len()) {
+            return bad("made for another index of the new release".into());
+        }
+        let mut next_chunk = 0u64;
+        let mut next_offset = 0u64;
+        for (i, e) in self.entries.iter().enumerate() {
+            let span = |r: &Range<u64>, index: &BlobIndex| -> Option<u64> {
+                if r.start >= r.end || r.end > index.len() as u64 {
+                    return None;
+                }
+                let first = index.chunk(to_usize(r.start))?;
+                let last = index.chunk(to_usize(r.end - 1))?;
+                Some(last.end() - first.offset)
+            };
+            if e.chunks.start < next_chunk || e.offset != next_offset {
+                return bad(format!("entry {i} is out of order"));
+            }
+            match span(&e.chunks, new) {
+                Some(len) if len <= MAX_OUTPUT => {}
+                Some(len) => {
+                    return bad(format!(
+                        "entry {i} produces {len} bytes (limit {MAX_OUTPUT})"
+                    ));
+                }
+                None => {
+                    return bad(format!(
+                        "entry {i}: chunks {:?} outside the new index",
+                        e.chunks
+                    ));
+                }
+            }
+            match span(&e.reference, old) {
+                Some(len) if len <= MAX_WINDOW => {}
+                Some(len) => {
+                    return bad(format!(
+                        "entry {i}: window of {len} bytes (limit {MAX_WINDOW})"
+                    ));
+                }
+                None => {
+                    return bad(format!(
+                        "entry {i}: reference {:?} outside the running index",
+                        e.reference
+                    ));
+                }
+            }
+            next_chunk = e.chunks.end;
+            next_offset = match e.offset.checked_add(e.len) {
+                Some(end) if e.len > 0 => end,
+                _ => return bad(format!("entry {i}: bad frame length")),
+            };
+        }
+        if next_offset != self.data_len {
+            return bad(format!(
+                "entries cover {next_offset} bytes of data, data_len says {}",
+                self.data_len
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads an entry's reference window from the running image through `read_old` and checks every
+/// chunk of it against the running release's (signed) index before it is used.
+pub fn reference_window(
+    entry: &PatchEntry,
+    old: &BlobIndex,
+    mut read_old: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+) -> Result<Vec<u8>, PatchError> {
+    let mut window = Vec::new();
+    for number in entry.reference.clone() {
+        let n = to_usize(number);
+        let chunk = old.chunk(n).ok_or_else(|| {
+            PatchError::Malformed(format!("reference chunk {n} is not in the index"))
+        })?;
+        let start = window.len();
+        window.resize(start + chunk.len as usize, 0);
+        read_old(chunk.offset, &mut window[start..]).map_err(|source| PatchError::Io {
+            what: format!("reading reference chunk {n} from the running image"),
+            source,
+        })?;
+        if ChunkId::of(&window[start..]) != chunk.id {
+            return Err(PatchError::ReferenceMismatch {
+                number: n,
+                offset: chunk.offset,
+                end: chunk.end(),
+            });
+        }
+    }
+    Ok(window)
+}
+
+/// Decodes one entry's frame against its (verified) reference window and checks every chunk it
+/// produces against the new index. Returns the entry's bytes: chunks `entry.chunks`, in order.
+pub fn apply_entry(
+    entry: &PatchEntry,
+    frame: &[u8],
+    window: &[u8],
+    new: &BlobIndex,
+) -> Result<Vec<u8>, PatchError> {
+    let decode_error = |detail: String| PatchError::Decode {
+        first: entry.chunks.start,
+        end: entry.chunks.end,
+        detail,
+    };
+    let chunks: Vec<Chunk> = entry
+        .chunks
+        .clone()
+        .filter_map(|n| new.chunk(to_usize(n)))
+        .collect();
+    let expected: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+    if chunks.len() as u64 != entry.chunks.end.saturating_sub(entry.chunks.start)
+        || expected > MAX_OUTPUT
+        || window.len() as u64 > MAX_WINDOW
+    {
+        return Err(PatchError::Malformed(format!(
+            "entry for chunks {:?} breaks the format's bounds",
+            entry.chunks
+        )));
+    }
+    let mut out = Vec::with_capacity(to_usize(expected));
+    let mut dctx = zstd_safe::DCtx::create();
+    // 2^27 is zstd's default decoder limit; ours is smaller still: window plus output.
+    dctx.set_parameter(zstd_safe::DParameter::WindowLogMax(window_log(
+        MAX_WINDOW + MAX_OUTPUT,
+    )))
+    .map_err(|code| decode_error(zstd_safe::get_error_name(code).to_string()))?;
+    dctx.ref_prefix(window)
+        .map_err(|code| decode_error(zstd_safe::get_error_name(code).to_string()))?;
+    let n = dctx
+        .decompress(&mut out, frame)
+        .map_err(|code| decode_error(zstd_safe::get_error_name(code).to_string()))?;
+    if n as u64 != expected {
+        return Err(decode_error(format!(
+            "decoded {n} bytes, expected {expected}"
+        )));
+    }
+    let base = chunks.first().map_or(0, |c| c.offset);
+    for c in &chunks {
+        let start = to_usize(c.offset - base);
+        if ChunkId::of(&out[start..start + c.len as usize]) != c.id {
+            return Err(PatchError::ChunkMismatch { number: c.number });
+        }
+    }
+    Ok(out)
+}
+
+/// Runs of new chunks the old index lacks, split so none produces more than [`MAX_OUTPUT`].
+fn pieces(new_chunks: &[Chunk], where_old: &HashMap<ChunkId, usize>) -> Vec<Range<u64>> {
+    let mut out = Vec::new();
+    let mut current: Option<(u64, u64)> = None; // (first chunk, bytes so far)
+    for c in new_chunks {
+        let n = c.number as u64;
+        if where_old.contains_key(&c.id) {
+            if let Some((first, _)) = current.take() {
+                out.push(first..n);
+            }
+            continue;
+        }
+        match current {
+            Some((first, bytes)) if bytes + u64::from(c.len) > MAX_OUTPUT => {
+                out.push(first..n);
+                current = Some((n, u64::from(c.len)));
+            }
+            Some((first, bytes)) => current = Some((first, bytes + u64::from(c.len))),
+            None => current = Some((n, u64::from(c.len))),
+        }
+    }
+    if let Some((first, _)) = current {
+        out.push(first..new_chunks.len() as u64);
+    }
+    out
+}
+
+/// The old chunks to encode `piece` against: those between the old positions of the piece's
+/// known neighbours when both exist and are in order, otherwise those at the piece's own
+/// offsets; then widened to at least twice the piece's length and cut to [`MAX_WINDOW`].
+fn reference_for(
+    piece: &Range<u64>,
+    new_chunks: &[Chunk],
+    old_chunks: &[Chunk],
+    where_old: &HashMap<ChunkId, usize>,
+) -> Range<u64> {
+    if old_chunks.is_empty() {
+        return 0..0;
+    }
+    let first = &new_chunks[to_usize(piece.start)];
+    let last = &new_chunks[to_usize(piece.end - 1)];
+    let piece_len = last.end() - first.offset;
+    let before = piece
+        .start
+        .checked_sub(1)
+        .and_then(|n| where_old.get(&new_chunks[to_usize(n)].id).copied());
+    let after = new_chunks
+        .get(to_usize(piece.end))
+        .and_then(|c| where_old.get(&c.id).copied());
+    let (mut start, mut end) = match (before, after) {
+        (Some(b), Some(a)) if b + 1 < a => (b + 1, a),
+        (Some(b), _) if b + 1 < old_chunks.len() => (b + 1, b + 2),
+        (_, Some(a)) if a > 0 => (a - 1, a),
+        _ => {
+            // The old chunk holding the piece's first offset, if the old image is that long.
+            let at = old_chunks
+                .partition_point(|c| c.end() <= first.offset)
+                .min(old_chunks.len() - 1);
+            (at, at + 1)
+        }
+    };
+    let span = |s: usize, e: usize| old_chunks[e - 1].end() - old_chunks[s].offset;
+    // Widen, alternating sides, while the window is short of twice the piece and fits.
+    let want = (2 * piece_len).min(MAX_WINDOW);
+    loop {
+        let mut grew = false;
+        if span(start, end) < want && end < old_chunks.len() && span(start, end + 1) <= MAX_WINDOW {
+            end += 1;
+            grew = true;
+        }
+        if span(start, end) < want && start > 0 && span(start - 1, end) <= MAX_WINDOW {
+            start -= 1;
+            grew = true;
+        }
+        if !grew {
+            break;
+        }
+    }
+    // A gap between neighbours larger than the limit keeps its first stretch.
+    while end > start + 1 && span(start, end) > MAX_WINDOW {
+        end -= 1;
+    }
+    if span(start, end) > MAX_WINDOW {
+        return 0..0;
+    }
+    start as u64..end as u64
+}
+
+fn read_range(
+    chunks: &[Chunk],
+    read: &mut impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+) -> io::Result<Vec<u8>> {
+    let (Some(first), Some(last)) = (chunks.first(), chunks.last()) else {
+        return Ok(Vec::new());
+    };
+    let mut buf = vec![0u8; to_usize(last.end() - first.offset)];
+    read(first.offset, &mut buf)?;
+    Ok(buf)
+}
+
+fn encode(target: &[u8], window: &[u8]) -> Result<Vec<u8>, String> {
+    let name = |code| zstd_safe::get_error_name(code).to_string();
+    // A context per frame: a referenced prefix borrows the window for the context's life.
+    let mut cctx = zstd_safe::CCtx::create();
+    cctx.set_parameter(zstd_safe::CParameter::CompressionLevel(LEVEL))
+        .map_err(name)?;
+    cctx.set_parameter(zstd_safe::CParameter::WindowLog(window_log(
+        (window.len() + target.len()) as u64,
+    )))
+    .map_err(name)?;
+    cctx.set_parameter(zstd_safe::CParameter::ContentSizeFlag(true))
+        .map_err(name)?;
+    let mut out = Vec::with_capacity(zstd_safe::compress_bound(target.len()));
+    cctx.ref_prefix(window).map_err(name)?;
+    cctx.compress2(&mut out, target).map_err(name)?;
+    Ok(out)
+}
+
+/// The zstd window log that covers `len` bytes (within zstd's limits).
+fn window_log(len: u64) -> u32 {
+    let bits = 64 - len.max(1).saturating_sub(1).leading_zeros();
+    bits.clamp(10, 30)
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}

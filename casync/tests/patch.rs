@@ -1,0 +1,265 @@
+//! Patches of new chunks against an older image's chunks (`casync::patch`): an image rebuilt
+//! from chunks in place, patched chunks and the rest from the new image (standing in for the
+//! store) is byte-equal to the new image; the patch costs less than the store for the same
+//! chunks; zstd's own CLI decodes our frames against the same window; tampered windows, frames
+//! and indexes are refused with errors that name the chunk.
+
+use std::process::Command;
+
+use casync::patch::{self, PatchError, PatchIndex};
+use casync::{BlobIndex, Chunker};
+
+/// Deterministic bytes that compress somewhat, like a file system of binaries and text.
+fn image(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let words: Vec<Vec<u8>> = (0..512)
+        .map(|_| (0..rng.usize(2..12)).map(|_| rng.u8(b'a'..=b'z')).collect())
+        .collect();
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        if rng.u8(..) < 40 {
+            // A stretch of noise (compressed data, keys).
+            out.extend((0..rng.usize(64..2048)).map(|_| rng.u8(..)));
+        } else {
+            out.extend_from_slice(&words[rng.usize(..words.len())]);
+            out.push(b' ');
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// The old image with small edits spread over it: bytes changed in place, a stretch inserted,
+/// a stretch removed. Most chunks stay, the changed ones differ only a little.
+fn edited(old: &[u8], seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut new = old.to_vec();
+    for _ in 0..40 {
+        let at = rng.usize(..new.len() - 64);
+        for b in &mut new[at..at + rng.usize(1..64)] {
+            *b = rng.u8(..);
+        }
+    }
+    let at = rng.usize(..new.len());
+    let inserted = image(seed ^ 0xabc, 100_000);
+    new.splice(at..at, inserted);
+    let at = rng.usize(..new.len() - 50_000);
+    new.drain(at..at + 50_000);
+    new
+}
+
+fn index(data: &[u8]) -> BlobIndex {
+    Chunker::casync_default()
+        .index(data, |_, _| Ok(()))
+        .expect("indexing in memory")
+}
+
+fn reader(data: &[u8]) -> impl FnMut(u64, &mut [u8]) -> std::io::Result<()> + '_ {
+    move |offset, buf| {
+        let start = usize::try_from(offset).unwrap();
+        let src = data.get(start..start + buf.len()).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "past the end")
+        })?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+struct Made {
+    old: Vec<u8>,
+    new: Vec<u8>,
+    old_index: BlobIndex,
+    new_index: BlobIndex,
+    patch: PatchIndex,
+    data: Vec<u8>,
+    stats: patch::PatchStats,
+}
+
+fn make(len: usize) -> Made {
+    let old = image(1, len);
+    let new = edited(&old, 2);
+    let old_index = index(&old);
+    let new_index = index(&new);
+    let mut data = Vec::new();
+    let (patch, stats) = patch::make_patch(
+        &old_index,
+        reader(&old),
+        &new_index,
+        reader(&new),
+        &mut data,
+    )
+    .unwrap();
+    Made {
+        old,
+        new,
+        old_index,
+        new_index,
+        patch,
+        data,
+        stats,
+    }
+}
+
+#[test]
+fn an_image_rebuilt_from_reused_and_patched_chunks_is_the_new_image_for_fewer_bytes() {
+    let m = make(12 << 20);
+    let bytes = serde_json::to_vec(&m.patch).unwrap();
+    let patch = PatchIndex::parse(&bytes, &m.old_index, &m.new_index).unwrap();
+    assert!(m.stats.patched_chunks > 0, "{:?}", m.stats);
+    // Where the host's chunks come from: patched, in place in the old image, or the store.
+    let mut rebuilt = vec![None::<Vec<u8>>; m.new_index.len()];
+    for e in &patch.entries {
+        let window = patch::reference_window(e, &m.old_index, reader(&m.old)).unwrap();
+        let frame = &m.data[e.offset as usize..(e.offset + e.len) as usize];
+        let out = patch::apply_entry(e, frame, &window, &m.new_index).unwrap();
+        let base = m.new_index.chunk(e.chunks.start as usize).unwrap().offset;
+        for n in e.chunks.clone() {
+            let c = m.new_index.chunk(n as usize).unwrap();
+            let at = (c.offset - base) as usize;
+            rebuilt[n as usize] = Some(out[at..at + c.len as usize].to_vec());
+        }
+    }
+    let old_by_id: std::collections::HashMap<_, _> =
+        m.old_index.chunks().map(|c| (c.id, c)).collect();
+    let mut from_store = 0u64;
+    let mut image = Vec::new();
+    for c in m.new_index.chunks() {
+        let bytes = match (&rebuilt[c.number], old_by_id.get(&c.id)) {
+            (Some(b), _) => b.clone(),
+            (None, Some(o)) => m.old[o.offset as usize..o.end() as usize].to_vec(),
+            (None, None) => {
+                from_store += 1;
+                m.new[c.offset as usize..c.end() as usize].to_vec()
+            }
+        };
+        image.extend(bytes);
+    }
+    assert!(
+        image == m.new,
+        "the rebuilt image differs from the new image"
+    );
+    // What goes over the wire: the patch against the store for the same chunks.
+    assert_eq!(m.stats.patched_chunks + from_store, m.stats.new_chunks);
+    assert!(
+        m.stats.patch_bytes * 3 < m.stats.store_bytes,
+        "a patch of small edits should cost a fraction of the chunks: {:?}",
+        m.stats
+    );
+    eprintln!(
+        "new chunks {} ({} bytes): store {} bytes, patch {} bytes ({:.3}x)",
+        m.stats.new_chunks,
+        m.stats.new_bytes,
+        m.stats.store_bytes,
+        m.stats.patch_bytes,
+        m.stats.patch_bytes as f64 / m.stats.store_bytes as f64
+    );
+}
+
+#[test]
+fn zstds_own_cli_decodes_each_frame_against_the_same_window() {
+    if Command::new("zstd").arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "zstd missing under CI");
+        return;
+    }
+    let m = make(4 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    assert!(!m.patch.entries.is_empty());
+    for (i, e) in m.patch.entries.iter().enumerate() {
+        let window = patch::reference_window(e, &m.old_index, reader(&m.old)).unwrap();
+        let (w, f, o) = (
+            dir.path().join(format!("{i}.window")),
+            dir.path().join(format!("{i}.zst")),
+            dir.path().join(format!("{i}.out")),
+        );
+        std::fs::write(&w, &window).unwrap();
+        std::fs::write(&f, &m.data[e.offset as usize..(e.offset + e.len) as usize]).unwrap();
+        let out = Command::new("zstd")
+            .arg("-d")
+            .arg("-q")
+            .arg("--long=27")
+            .arg(format!("--patch-from={}", w.display()))
+            .arg(&f)
+            .arg("-o")
+            .arg(&o)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let first = m.new_index.chunk(e.chunks.start as usize).unwrap();
+        let last = m.new_index.chunk(e.chunks.end as usize - 1).unwrap();
+        assert!(
+            std::fs::read(&o).unwrap() == m.new[first.offset as usize..last.end() as usize],
+            "entry {i}: zstd decoded other bytes"
+        );
+    }
+}
+
+#[test]
+fn a_running_image_that_is_not_the_release_is_refused_before_any_decoding() {
+    let m = make(4 << 20);
+    let e = &m.patch.entries[0];
+    let mut tampered = m.old.clone();
+    let victim = m.old_index.chunk(e.reference.start as usize).unwrap();
+    tampered[victim.offset as usize + 7] ^= 0x40;
+    match patch::reference_window(e, &m.old_index, reader(&tampered)) {
+        Err(PatchError::ReferenceMismatch { number, .. }) => assert_eq!(number, victim.number),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_damaged_frame_never_yields_a_chunk() {
+    let m = make(4 << 20);
+    let e = &m.patch.entries[0];
+    let window = patch::reference_window(e, &m.old_index, reader(&m.old)).unwrap();
+    let mut frame = m.data[e.offset as usize..(e.offset + e.len) as usize].to_vec();
+    let mid = frame.len() / 2;
+    frame[mid] ^= 0x01;
+    let err = patch::apply_entry(e, &frame, &window, &m.new_index).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PatchError::Decode { .. } | PatchError::ChunkMismatch { .. }
+        ),
+        "{err:?}"
+    );
+    // The right frame against another window: the output cannot hash right.
+    let frame = &m.data[e.offset as usize..(e.offset + e.len) as usize];
+    let other = vec![0u8; window.len()];
+    assert!(patch::apply_entry(e, frame, &other, &m.new_index).is_err());
+}
+
+#[test]
+fn a_patch_index_that_breaks_the_format_is_refused() {
+    let m = make(4 << 20);
+    let reparse = |p: &PatchIndex| {
+        PatchIndex::parse(&serde_json::to_vec(p).unwrap(), &m.old_index, &m.new_index)
+    };
+    let malformed = |p: &PatchIndex| matches!(reparse(p), Err(PatchError::Malformed(_)));
+    assert!(reparse(&m.patch).is_ok());
+    let mut p = m.patch.clone();
+    p.format = "other".into();
+    assert!(malformed(&p));
+    let mut p = m.patch.clone();
+    p.entries[0].chunks.end = m.new_index.len() as u64 + 1;
+    assert!(malformed(&p));
+    let mut p = m.patch.clone();
+    p.entries[0].reference = 0..m.old_index.len() as u64 + 1;
+    assert!(malformed(&p));
+    let mut p = m.patch.clone();
+    p.entries[0].reference = 3..3;
+    assert!(malformed(&p));
+    let mut p = m.patch.clone();
+    p.data_len += 1;
+    assert!(malformed(&p));
+    let mut p = m.patch.clone();
+    p.reference_len += 1;
+    assert!(malformed(&p));
+    assert!(matches!(
+        PatchIndex::parse(b"{not json", &m.old_index, &m.new_index),
+        Err(PatchError::Malformed(_))
+    ));
+}
