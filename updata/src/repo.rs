@@ -78,6 +78,17 @@ struct State {
     targets: Option<Envelope<Targets>>,
 }
 
+/// A release checked and built, before its targets are signed.
+struct Plan {
+    state: Option<State>,
+    root: SignedRoot,
+    new_root: Option<SignedRoot>,
+    /// The new targets metadata, unsigned.
+    targets: Envelope<Targets>,
+    /// (target name, source file, sha256) of the files to copy.
+    sources: Vec<(String, PathBuf, String)>,
+}
+
 /// A repository directory.
 #[derive(Debug, Clone)]
 pub struct Repository {
@@ -183,7 +194,74 @@ impl Repository {
         check_future("targets", expires.targets, now)?;
         check_future("snapshot", expires.snapshot, now)?;
         check_future("timestamp", expires.timestamp, now)?;
-        let mut report = Report::default();
+        let plan = self.plan(release, expires.targets, now)?;
+        let signers = Signers::pick(
+            &plan.root.signed,
+            keys,
+            &[Role::Targets, Role::Snapshot, Role::Timestamp],
+        )?;
+        let mut new_targets = plan.targets.clone();
+        signers.sign(&mut new_targets, &plan.root.signed, &Role::Targets)?;
+        self.finish(plan, new_targets, &signers, expires, now)
+    }
+
+    /// The targets metadata `publish` would sign for `release` (expiring at
+    /// `targets_expires`), unsigned, after every check `publish` makes; nothing is written.
+    /// It is signed elsewhere ([`crate::offline`]) and published with
+    /// [`Repository::publish_signed_targets`].
+    pub fn draft_targets(
+        &self,
+        release: &Release,
+        targets_expires: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Envelope<Targets>, Error> {
+        check_future("targets", targets_expires, now)?;
+        Ok(self.plan(release, targets_expires, now)?.targets)
+    }
+
+    /// Publishes `release` with targets metadata signed elsewhere (`signed`, from
+    /// [`Repository::draft_targets`] and [`crate::offline`]): it must be exactly the metadata
+    /// this release makes (the same files, manifest, version and expiry) and carry the targets
+    /// threshold of the root; `keys` sign the snapshot and timestamp.
+    pub fn publish_signed_targets(
+        &self,
+        release: &Release,
+        signed: &Envelope<Targets>,
+        keys: &[&dyn KeySource],
+        expires: &Expiries,
+        now: DateTime<Utc>,
+    ) -> Result<Report, Error> {
+        check_future("targets", signed.signed.header.expires, now)?;
+        check_future("snapshot", expires.snapshot, now)?;
+        check_future("timestamp", expires.timestamp, now)?;
+        let plan = self.plan(release, signed.signed.header.expires, now)?;
+        if plan.targets.signed != signed.signed {
+            return Err(Error::State(format!(
+                "the signed targets (version {}) are not what this release makes (version {}{}): \
+                 sign a draft of exactly this release (updata publish ... --draft-targets FILE)",
+                signed.signed.header.version,
+                plan.targets.signed.header.version,
+                if plan.targets.signed.targets == signed.signed.targets {
+                    ""
+                } else {
+                    ", other target files"
+                }
+            )));
+        }
+        let what = format!("root version {}", plan.root.signed.header.version);
+        signed.check_signed_by(&plan.root.signed, &Role::Targets, &what)?;
+        let signers = Signers::pick(&plan.root.signed, keys, &[Role::Snapshot, Role::Timestamp])?;
+        self.finish(plan, signed.clone(), &signers, expires, now)
+    }
+
+    /// Everything `publish` checks and builds before it signs: the root, the new target list
+    /// and manifest, and the unsigned targets metadata.
+    fn plan(
+        &self,
+        release: &Release,
+        targets_expires: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Plan, Error> {
         let state = self.state()?;
         let (root, new_root) = match (&state, &release.root) {
             (Some(s), Some(given)) => {
@@ -211,11 +289,6 @@ impl Repository {
             }
         };
         check_root_alive(&root.signed, now)?;
-        let signers = Signers::pick(
-            &root.signed,
-            keys,
-            &[Role::Targets, Role::Snapshot, Role::Timestamp],
-        )?;
 
         // The new target list: the current one, plus the new files.
         let mut targets: BTreeMap<String, TargetDescription> = state
@@ -277,11 +350,11 @@ impl Repository {
         }
 
         let versions = |f: fn(&State) -> Option<u64>| state.as_ref().and_then(f).unwrap_or(0) + 1;
-        let mut new_targets = Envelope::new(Targets {
+        let new_targets = Envelope::new(Targets {
             header: Header::new(
                 &Role::Targets,
                 versions(|s| s.targets.as_ref().map(|t| t.signed.header.version)),
-                expires.targets,
+                targets_expires,
             ),
             targets,
             delegations: state
@@ -289,7 +362,36 @@ impl Repository {
                 .and_then(|s| s.targets.as_ref())
                 .and_then(|t| t.signed.delegations.clone()),
         });
-        signers.sign(&mut new_targets, &root.signed, &Role::Targets)?;
+        Ok(Plan {
+            state,
+            root,
+            new_root,
+            targets: new_targets,
+            sources,
+        })
+    }
+
+    /// Signs snapshot and timestamp for the signed `new_targets` of `plan` and writes
+    /// everything, in the order that keeps the published repository consistent.
+    fn finish(
+        &self,
+        plan: Plan,
+        new_targets: Envelope<Targets>,
+        signers: &Signers<'_>,
+        expires: &Expiries,
+        now: DateTime<Utc>,
+    ) -> Result<Report, Error> {
+        check_future("snapshot", expires.snapshot, now)?;
+        check_future("timestamp", expires.timestamp, now)?;
+        let Plan {
+            state,
+            root,
+            new_root,
+            sources,
+            ..
+        } = plan;
+        let mut report = Report::default();
+        let versions = |f: fn(&State) -> Option<u64>| state.as_ref().and_then(f).unwrap_or(0) + 1;
         let targets_bytes = new_targets.to_bytes();
         let mut snapshot = Envelope::new(MetaList {
             header: Header::new(
@@ -308,7 +410,7 @@ impl Repository {
             &snapshot,
             versions(|s| s.timestamp.as_ref().map(|t| t.signed.header.version)) - 1,
             expires.timestamp,
-            &signers,
+            signers,
             &root,
         )?;
 
