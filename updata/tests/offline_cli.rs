@@ -270,3 +270,90 @@ fn offline_delegation_and_pkcs11_help() {
         assert!(help.contains("pkcs11:"), "{sub}: {help}");
     }
 }
+
+/// The targets role signed offline with threshold 2: `publish --draft-targets` checks the
+/// release and writes only the unsigned targets metadata; two holders sign it on their
+/// machines; `publish --signed-targets` publishes it with the online snapshot and timestamp
+/// keys once the threshold is met, and refuses a draft of another release.
+#[test]
+fn offline_signed_targets_are_published_once_their_threshold_is_met() {
+    let (erin, frank) = (machine("erin", "ed25519"), machine("frank", "ecdsa-p256"));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for role in ["root", "snapshot", "timestamp"] {
+        ok(d, &format!("key generate keys/{role}.pem"));
+    }
+    ok(d, "root init root.json");
+    for role in ["root", "snapshot", "timestamp"] {
+        ok(
+            d,
+            &format!("root add-key root.json --role {role} keys/{role}.pub.pem"),
+        );
+    }
+    for (name, m) in [("erin", &erin), ("frank", &frank)] {
+        carry(m.path(), &format!("{name}.pub.pem"), d);
+        ok(
+            d,
+            &format!("root add-key root.json --role targets {name}.pub.pem"),
+        );
+    }
+    ok(d, "root set-threshold root.json --role targets 2");
+    ok(d, "root sign root.json -k keys/root.pem");
+    ok(d, "init manifest.json");
+    std::fs::write(d.join("notes.txt"), b"release notes").unwrap();
+    std::fs::write(d.join("other.txt"), b"something else").unwrap();
+    let release = "publish repo --root root.json --manifest manifest.json -t notes.txt";
+
+    let out = ok(d, &format!("{release} --draft-targets targets.draft.json"));
+    assert!(out.contains("targets version 1, unsigned"), "{out}");
+    assert!(
+        !d.join("repo").exists(),
+        "the draft wrote into the repository"
+    );
+    for (name, m) in [("frank", &frank), ("erin", &erin)] {
+        carry(d, "targets.draft.json", m.path());
+        ok(
+            m.path(),
+            &format!("offline sign targets.draft.json -k {name}.pem -o {name}.sig.json"),
+        );
+        carry(m.path(), &format!("{name}.sig.json"), d);
+    }
+    let online = "-k keys/snapshot.pem -k keys/timestamp.pem";
+    let out = ok(
+        d,
+        "offline import targets.draft.json frank.sig.json --root root.json",
+    );
+    assert!(out.contains("not complete yet"), "{out}");
+    let err = refused(
+        d,
+        &format!("{release} --signed-targets targets.draft.json {online}"),
+    );
+    assert!(err.contains("1 valid signature(s) of the 2"), "{err}");
+    assert!(!d.join("repo").exists());
+    let out = ok(
+        d,
+        "offline import targets.draft.json erin.sig.json --root root.json",
+    );
+    assert!(out.contains("every threshold is met"), "{out}");
+    // Signed for notes.txt; another file in its place is refused.
+    let err = refused(
+        d,
+        &format!(
+            "publish repo --root root.json --manifest manifest.json -t other.txt \
+             --signed-targets targets.draft.json {online}"
+        ),
+    );
+    assert!(err.contains("not what this release makes"), "{err}");
+    assert!(!d.join("repo").exists());
+    ok(
+        d,
+        &format!("{release} --signed-targets targets.draft.json {online}"),
+    );
+    let out = ok(d, "check repo --root root.json");
+    assert!(out.contains("no problems found"), "{out}");
+    let targets: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("repo/metadata/1.targets.json")).unwrap())
+            .unwrap();
+    assert_eq!(targets["signatures"].as_array().unwrap().len(), 2);
+    assert!(targets["signed"]["targets"]["notes.txt"].is_object());
+}

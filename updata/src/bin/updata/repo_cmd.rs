@@ -64,6 +64,16 @@ pub enum RepoCommand {
         add_targets: Vec<PathBuf>,
         #[command(flatten)]
         keys: KeyArgs,
+        /// Sign targets offline, step 1: check everything, write the unsigned targets metadata
+        /// of this release to FILE (never overwritten) and stop; nothing else is written.
+        /// Sign it with `updata offline sign`, import with `updata offline import FILE SIG...
+        /// --root ROOT_JSON`.
+        #[arg(long, value_name = "FILE", conflicts_with = "signed_targets")]
+        draft_targets: Option<PathBuf>,
+        /// Sign targets offline, step 2: publish with the signed FILE as the targets metadata
+        /// (the same release options as step 1; -k takes the snapshot and timestamp keys).
+        #[arg(long, value_name = "FILE")]
+        signed_targets: Option<PathBuf>,
         /// When targets.json expires.
         #[arg(long, value_name = "TIME", default_value = "in 13 weeks")]
         targets_expires: String,
@@ -466,6 +476,8 @@ impl RepoCommand {
                 mut targets,
                 add_targets,
                 keys,
+                draft_targets,
+                signed_targets,
                 targets_expires,
                 snapshot_expires,
                 timestamp_expires,
@@ -485,9 +497,38 @@ impl RepoCommand {
                     timestamp: time(&timestamp_expires, now)?,
                     warn_within: duration(&warn_within)?,
                 };
+                let repository = Repository::new(repo);
+                if let Some(out) = draft_targets {
+                    if out.exists() {
+                        return Err(Box::new(Error::State(format!(
+                            "{} exists: give a new file for the draft",
+                            out.display()
+                        ))));
+                    }
+                    let draft = repository.draft_targets(&release, expires.targets, now)?;
+                    draft.save(&out)?;
+                    println!(
+                        "wrote {} (targets version {}, unsigned): sign it with `updata offline \
+                         sign`, import the signatures, then publish with --signed-targets {0}",
+                        out.display(),
+                        draft.signed.header.version
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
                 let keys = keys.load()?;
-                let report =
-                    Repository::new(repo).publish(&release, &refs(&keys), &expires, now)?;
+                let report = match signed_targets {
+                    Some(path) => {
+                        let signed = Envelope::load(&path)?;
+                        repository.publish_signed_targets(
+                            &release,
+                            &signed,
+                            &refs(&keys),
+                            &expires,
+                            now,
+                        )?
+                    }
+                    None => repository.publish(&release, &refs(&keys), &expires, now)?,
+                };
                 print_report(&report);
                 Ok(ExitCode::SUCCESS)
             }
