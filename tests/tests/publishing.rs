@@ -3,6 +3,11 @@
 //! real `updata`. After each block a simulated host (a GPT disk image, updog over HTTP on
 //! 127.0.0.1, trusting the first root only) updates from the result: release 1.1.0, a
 //! timestamp refresh, a root rotation it follows, and release 1.2.0 with a migration.
+//!
+//! Then its subsections "Keys in hardware" and "Signing root offline", the same way, against a
+//! SoftHSM2 token the test's own configuration points at: every online key in the token, the
+//! root signed on an "offline machine"; python-tuf and a host over HTTP accept the result; and
+//! "Delegating targets", whose role's target python-tuf fetches through the delegation.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,21 +16,39 @@ use bootpart::SetId;
 use e2e_tests::{Host, Published, Release, bin_dir, describe, lz4};
 use fixtures::disk::{DiskImageBuilder, PartKind};
 
-/// The README's "Publishing a release" section.
-fn readme_section() -> String {
+/// The text from the line `heading` up to the next line starting with `until` (or the next
+/// `## ` section).
+fn section_text(heading: &str, until: &str) -> String {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
             .expect("README.md");
     let start = readme
-        .find("\n## Publishing a release\n")
-        .expect("README has a section \"Publishing a release\"");
+        .find(heading)
+        .unwrap_or_else(|| panic!("README has a heading {heading:?}"));
     let rest = &readme[start + 1..];
-    rest[..rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3)].to_string()
+    let end = [until, "\n## "]
+        .iter()
+        .filter_map(|u| rest[3..].find(u).map(|i| i + 3))
+        .min()
+        .unwrap_or(rest.len());
+    rest[..end].to_string()
 }
 
-/// The ```sh blocks of the README's "Publishing a release" section.
+/// The README's "Publishing a release" section before its first subsection.
+fn readme_section() -> String {
+    section_text("\n## Publishing a release\n", "\n### ")
+}
+
+/// The ```sh blocks of the README's "Publishing a release" section before its first
+/// subsection.
 fn readme_blocks() -> Vec<String> {
-    let section = readme_section();
+    section_blocks("\n## Publishing a release\n", "\n### ")
+}
+
+/// The ```sh blocks from the line `heading` up to the next line starting with `until` (or the
+/// next `## ` section).
+fn section_blocks(heading: &str, until: &str) -> Vec<String> {
+    let section = section_text(heading, until);
     let mut blocks = Vec::new();
     let mut lines = section.lines();
     while let Some(line) = lines.next() {
@@ -51,6 +74,11 @@ fn readme_release_toml() -> String {
 /// built `updata` first on PATH. The README is written for x86_64; another machine runs the
 /// same commands with its own architecture name.
 fn run_block(dir: &Path, block: &str) -> String {
+    run_block_with(dir, block, &[])
+}
+
+/// [`run_block`] with more environment variables.
+fn run_block_with(dir: &Path, block: &str, env: &[(&str, &Path)]) -> String {
     let block = block.replace("x86_64", std::env::consts::ARCH);
     let path = format!(
         "{}:{}",
@@ -61,6 +89,7 @@ fn run_block(dir: &Path, block: &str) -> String {
         .args(["-euo", "pipefail", "-c", &block])
         .current_dir(dir)
         .env("PATH", path)
+        .envs(env.iter().copied())
         .output()
         .expect("running bash");
     assert!(
@@ -245,4 +274,145 @@ fn the_readme_publishes_releases_a_host_updates_from() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_set_holds(&host, SetId::A, &r2);
     assert_eq!(host.signpost().next_boot(), Some(SetId::A));
+}
+
+/// python-tuf's `ngclient`, bootstrapped with `root`, refreshes from `url` and downloads
+/// `target`.
+fn python_tuf_fetches(work: &Path, url: &str, root: &Path, target: &str) {
+    let script = r#"
+import os, sys
+from tuf.ngclient import Updater
+md, url, root, out, name = sys.argv[1:6]
+os.makedirs(md, exist_ok=True)
+os.makedirs(out, exist_ok=True)
+with open(root, "rb") as f:
+    trusted = f.read()
+u = Updater(metadata_dir=md, metadata_base_url=url + "metadata/",
+            target_base_url=url + "targets/", target_dir=out, bootstrap=trusted)
+u.refresh()
+info = u.get_targetinfo(name)
+assert info is not None, name
+u.download_target(info)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(work.join("py-metadata"))
+        .arg(url)
+        .arg(root)
+        .arg(work.join("py-targets"))
+        .arg(target)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python-tuf refused: {}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn the_readme_publishes_with_keys_in_hardware_and_root_signed_offline() {
+    let Some(hsm) = fixtures::softhsm::SoftHsm::new() else {
+        return;
+    };
+    let has_tuf = Command::new("python3")
+        .args(["-c", "import tuf.ngclient"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_tuf {
+        fixtures::gate::skip("python-tuf is not installed (pip install tuf)");
+        return;
+    }
+    let mut blocks = section_blocks("\n### Keys in hardware\n", "\n### ");
+    blocks.extend(section_blocks("\n### Signing root offline\n", "\n### "));
+    blocks.extend(section_blocks("\n### Delegating targets\n", "\n### "));
+    assert_eq!(
+        blocks.len(),
+        4,
+        "token keys, offline root and release, refresh, delegation"
+    );
+    // The README names Debian's module path; a machine with it elsewhere runs the same lines.
+    let blocks: Vec<String> = blocks
+        .iter()
+        .map(|b| {
+            b.replace(
+                "/usr/lib/softhsm/libsofthsm2.so",
+                &hsm.module().display().to_string(),
+            )
+        })
+        .collect();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let r1 = Release::new("1.1.0");
+    let build1 = build_output(w, &r1);
+    std::fs::write(
+        build1.join("Release.toml"),
+        "version = \"1.1.0\"\n[migrations]\n\"(1.0.0, 1.1.0)\" = []\n",
+    )
+    .unwrap();
+    std::fs::write(
+        build1.join("extras-tool.bin"),
+        b"a tool the extras team ships",
+    )
+    .unwrap();
+    let env = [("SOFTHSM2_CONF", hsm.conf())];
+    let env: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
+
+    // The online keys are made in the token; none is on disk.
+    let out = run_block_with(w, &blocks[0], &env);
+    assert!(out.contains("key id"), "{out}");
+    for role in ["targets", "snapshot", "timestamp"] {
+        assert!(w.join(format!("keys/{role}.pub.pem")).is_file());
+        assert!(!w.join(format!("keys/{role}.pem")).exists());
+    }
+
+    // The root is signed offline; the release is published with the token's keys.
+    let out = run_block_with(w, &blocks[1], &env);
+    assert!(out.contains("every threshold is met"), "{out}");
+    assert!(out.contains("repo: no problems found"), "{out}");
+    assert!(!w.join("root.pem").exists() && !w.join("keys/root.pem").exists());
+    let shipped_root = w.join("shipped-root.json");
+    std::fs::copy(w.join("repo/metadata/1.root.json"), &shipped_root).unwrap();
+
+    let mut host = Host::serving(
+        tempfile::tempdir().unwrap(),
+        Published {
+            dir: w.join("repo"),
+            metadata_path: "metadata/",
+            targets_path: "targets/",
+            root_json: shipped_root.clone(),
+        },
+        "1.0.0",
+        DiskImageBuilder::new(),
+    );
+    python_tuf_fetches(
+        w,
+        &host.server.url(),
+        &shipped_root,
+        &format!(
+            "demo-variant-{}-1.1.0-root.ext4.lz4",
+            std::env::consts::ARCH
+        ),
+    );
+    let out = host.updog(&["update"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_set_holds(&host, SetId::B, &r1);
+    boot_into(&mut host, SetId::B, "1.1.0");
+
+    // The cron job's refresh with the token's timestamp key; the host takes it.
+    run_block_with(w, &blocks[2], &env);
+    no_update(&host);
+    assert_eq!(stored_version(&host, "timestamp.json"), 2);
+
+    // A delegation: python-tuf fetches the delegated role's target; the host accepts the new
+    // metadata.
+    let out = run_block_with(w, &blocks[3], &env);
+    assert!(out.contains("repo: no problems found"), "{out}");
+    python_tuf_fetches(w, &host.server.url(), &shipped_root, "extras-tool.bin");
+    assert_eq!(
+        std::fs::read(w.join("py-targets/extras-tool.bin")).unwrap(),
+        b"a tool the extras team ships"
+    );
+    no_update(&host);
+    assert_eq!(stored_version(&host, "targets.json"), 2);
 }

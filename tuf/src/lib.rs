@@ -61,6 +61,7 @@ pub mod schema;
 mod verify;
 
 pub use error::{Error, StoredRootNote};
+pub use pattern::delegation_matches;
 pub use reader::TargetReader;
 pub use role::{KeyId, Role, Signer};
 pub use schema::TargetDescription;

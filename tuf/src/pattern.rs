@@ -6,8 +6,9 @@
 
 use sha2::{Digest, Sha256};
 
-/// Whether the delegation `paths` / `path_hash_prefixes` admit `target`.
-pub(crate) fn delegation_matches(
+/// Whether the delegation `paths` / `path_hash_prefixes` admit `target` (the rule of the
+/// client's delegation search; the publisher checks its delegated targets with it).
+pub fn delegation_matches(
     paths: Option<&[String]>,
     path_hash_prefixes: Option<&[String]>,
     target: &str,

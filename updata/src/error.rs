@@ -42,6 +42,15 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A key in a PKCS#11 token that cannot be used: the module, the token, the PIN or the
+    /// object (the message says which).
+    #[error("{key}: {reason}")]
+    Pkcs11 {
+        /// The key's URI (without module path and PIN source).
+        key: String,
+        /// What failed.
+        reason: String,
+    },
     /// A metadata file that does not parse or breaks a rule.
     #[error("{path}: {reason}")]
     BadMetadata {

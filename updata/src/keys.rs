@@ -20,13 +20,14 @@ use sha2::{Digest, Sha256};
 
 use super::error::{Error, io};
 use super::metadata::canonical_json;
+use super::pkcs11::{self, PinPrompt, Pkcs11Key};
 
 /// SPKI DER header of an ed25519 public key (followed by the 32 key bytes).
 const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 /// SPKI DER header of an uncompressed P-256 public key (followed by the 65 point bytes).
-const P256_SPKI_PREFIX: [u8; 26] = [
+pub(crate) const P256_SPKI_PREFIX: [u8; 26] = [
     0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
     0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
@@ -83,7 +84,7 @@ impl PublicKey {
         })
     }
 
-    fn ed25519(raw: &[u8]) -> Self {
+    pub(crate) fn ed25519(raw: &[u8]) -> Self {
         Self::new(json!({
             "keytype": "ed25519",
             "scheme": "ed25519",
@@ -91,7 +92,7 @@ impl PublicKey {
         }))
     }
 
-    fn ecdsa_p256_spki(der: &[u8]) -> Self {
+    pub(crate) fn ecdsa_p256_spki(der: &[u8]) -> Self {
         Self::new(json!({
             "keytype": "ecdsa",
             "scheme": "ecdsa-sha2-nistp256",
@@ -144,8 +145,8 @@ fn pem_text(tag: &str, der: &[u8]) -> String {
 }
 
 /// Where signatures come from. Everything `updata` signs goes through this trait, so a key
-/// held elsewhere (a KMS, a PKCS#11 token) only needs an implementation of these three methods;
-/// [`FileKey`] is the one for PEM files.
+/// held elsewhere only needs an implementation of these three methods; [`FileKey`] is the one
+/// for PEM files, [`Pkcs11Key`] the one for keys in a PKCS#11 token.
 ///
 /// `sign` gets the exact bytes to sign (the canonical JSON of a metadata file's `signed`
 /// object) and returns the raw signature: 64 bytes for ed25519, a DER `ECDSA-Sig-Value` for
@@ -245,6 +246,26 @@ impl KeySource for FileKey {
     }
 }
 
+/// Opens the key a `--key` argument names: a `pkcs11:` URI ([`Pkcs11Key`]) or a private key
+/// file ([`FileKey`]). `prompt` asks for a token's PIN when no other source gives it.
+pub fn open(arg: &str, prompt: Option<PinPrompt<'_>>) -> Result<Box<dyn KeySource>, Error> {
+    if pkcs11::is_uri(arg) {
+        Ok(Box::new(Pkcs11Key::open(arg, prompt)?))
+    } else {
+        Ok(Box::new(FileKey::load(Path::new(arg))?))
+    }
+}
+
+/// The public key an argument names: a `pkcs11:` URI (read from the token), a public key file,
+/// or a private key file.
+pub fn public_key_of(arg: &str, prompt: Option<PinPrompt<'_>>) -> Result<PublicKey, Error> {
+    if pkcs11::is_uri(arg) {
+        pkcs11::public_key(arg, prompt)
+    } else {
+        PublicKey::from_file(Path::new(arg))
+    }
+}
+
 /// The public key file written next to a generated key: `x.pem` -> `x.pub.pem`.
 pub fn public_key_path(private: &Path) -> PathBuf {
     let stem = private
@@ -297,6 +318,14 @@ pub fn generate(path: &Path, kind: KeyType) -> Result<PublicKey, Error> {
     write_new(path, private_pem.as_bytes(), 0o600)?;
     write_new(&public_path, key.public.to_pem().as_bytes(), 0o644)?;
     Ok(key.public)
+}
+
+/// Writes `key`'s public key PEM to a new file `path` (mode 0644; never replacing a file).
+pub fn write_public(path: &Path, key: &PublicKey) -> Result<(), Error> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    }
+    write_new(path, key.to_pem().as_bytes(), 0o644)
 }
 
 /// Creates `path` (never replacing a file) with `mode`, writes and fsyncs it.

@@ -4,9 +4,12 @@
 //! `tuf` crate's, the chunk indexes and stores the `casync` crate's.
 //!
 //! - [`keys`]: ed25519 and ECDSA P-256 keys as PEM files, and the [`keys::KeySource`] trait
-//!   every signature goes through (a KMS or PKCS#11 source is one more implementation);
+//!   every signature goes through;
+//! - [`pkcs11`]: keys in a hardware token, named by `pkcs11:` URIs (RFC 7512), that never
+//!   leave it;
 //! - [`root`]: a root's roles, keys, thresholds and expiry, signed by several holders in turn;
 //! - [`image`]: raw partition images into lz4 frames as the reference builds them;
+//! - [`offline`]: signing a root (or any role) on a machine that never sees the repository;
 //! - [`repo`]: publishing a release, refreshing the timestamp, rotating the root, in the
 //!   reference's layout with consistent snapshots, crash-safe by write order;
 //! - [`check`]: the repository verified as a host would, with our own TUF client, before upload.
@@ -56,6 +59,8 @@ mod error;
 pub mod image;
 pub mod keys;
 pub mod metadata;
+pub mod offline;
+pub mod pkcs11;
 pub mod repo;
 pub mod root;
 

@@ -24,9 +24,10 @@ use chrono::{DateTime, Duration, Utc};
 use sha2::{Digest, Sha256};
 
 use super::error::{Error, io};
-use super::keys::KeySource;
+use super::keys::{KeySource, PublicKey};
 use super::metadata::{
-    Envelope, Header, MetaFile, MetaList, Root, TargetDescription, Targets, expiry,
+    DelegatedRole, Delegations, Envelope, Header, Key, MetaFile, MetaList, RoleKeys, Root,
+    TargetDescription, Targets, expiry,
 };
 use super::root::{self, SignedRoot};
 use tuf::{KeyId, Role};
@@ -75,6 +76,17 @@ struct State {
     timestamp: Option<Envelope<MetaList>>,
     snapshot: Option<Envelope<MetaList>>,
     targets: Option<Envelope<Targets>>,
+}
+
+/// A release checked and built, before its targets are signed.
+struct Plan {
+    state: Option<State>,
+    root: SignedRoot,
+    new_root: Option<SignedRoot>,
+    /// The new targets metadata, unsigned.
+    targets: Envelope<Targets>,
+    /// (target name, source file, sha256) of the files to copy.
+    sources: Vec<(String, PathBuf, String)>,
 }
 
 /// A repository directory.
@@ -182,7 +194,74 @@ impl Repository {
         check_future("targets", expires.targets, now)?;
         check_future("snapshot", expires.snapshot, now)?;
         check_future("timestamp", expires.timestamp, now)?;
-        let mut report = Report::default();
+        let plan = self.plan(release, expires.targets, now)?;
+        let signers = Signers::pick(
+            &plan.root.signed,
+            keys,
+            &[Role::Targets, Role::Snapshot, Role::Timestamp],
+        )?;
+        let mut new_targets = plan.targets.clone();
+        signers.sign(&mut new_targets, &plan.root.signed, &Role::Targets)?;
+        self.finish(plan, new_targets, &signers, expires, now)
+    }
+
+    /// The targets metadata `publish` would sign for `release` (expiring at
+    /// `targets_expires`), unsigned, after every check `publish` makes; nothing is written.
+    /// It is signed elsewhere ([`crate::offline`]) and published with
+    /// [`Repository::publish_signed_targets`].
+    pub fn draft_targets(
+        &self,
+        release: &Release,
+        targets_expires: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Envelope<Targets>, Error> {
+        check_future("targets", targets_expires, now)?;
+        Ok(self.plan(release, targets_expires, now)?.targets)
+    }
+
+    /// Publishes `release` with targets metadata signed elsewhere (`signed`, from
+    /// [`Repository::draft_targets`] and [`crate::offline`]): it must be exactly the metadata
+    /// this release makes (the same files, manifest, version and expiry) and carry the targets
+    /// threshold of the root; `keys` sign the snapshot and timestamp.
+    pub fn publish_signed_targets(
+        &self,
+        release: &Release,
+        signed: &Envelope<Targets>,
+        keys: &[&dyn KeySource],
+        expires: &Expiries,
+        now: DateTime<Utc>,
+    ) -> Result<Report, Error> {
+        check_future("targets", signed.signed.header.expires, now)?;
+        check_future("snapshot", expires.snapshot, now)?;
+        check_future("timestamp", expires.timestamp, now)?;
+        let plan = self.plan(release, signed.signed.header.expires, now)?;
+        if plan.targets.signed != signed.signed {
+            return Err(Error::State(format!(
+                "the signed targets (version {}) are not what this release makes (version {}{}): \
+                 sign a draft of exactly this release (updata publish ... --draft-targets FILE)",
+                signed.signed.header.version,
+                plan.targets.signed.header.version,
+                if plan.targets.signed.targets == signed.signed.targets {
+                    ""
+                } else {
+                    ", other target files"
+                }
+            )));
+        }
+        let what = format!("root version {}", plan.root.signed.header.version);
+        signed.check_signed_by(&plan.root.signed, &Role::Targets, &what)?;
+        let signers = Signers::pick(&plan.root.signed, keys, &[Role::Snapshot, Role::Timestamp])?;
+        self.finish(plan, signed.clone(), &signers, expires, now)
+    }
+
+    /// Everything `publish` checks and builds before it signs: the root, the new target list
+    /// and manifest, and the unsigned targets metadata.
+    fn plan(
+        &self,
+        release: &Release,
+        targets_expires: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Plan, Error> {
         let state = self.state()?;
         let (root, new_root) = match (&state, &release.root) {
             (Some(s), Some(given)) => {
@@ -210,11 +289,6 @@ impl Repository {
             }
         };
         check_root_alive(&root.signed, now)?;
-        let signers = Signers::pick(
-            &root.signed,
-            keys,
-            &[Role::Targets, Role::Snapshot, Role::Timestamp],
-        )?;
 
         // The new target list: the current one, plus the new files.
         let mut targets: BTreeMap<String, TargetDescription> = state
@@ -276,11 +350,11 @@ impl Repository {
         }
 
         let versions = |f: fn(&State) -> Option<u64>| state.as_ref().and_then(f).unwrap_or(0) + 1;
-        let mut new_targets = Envelope::new(Targets {
+        let new_targets = Envelope::new(Targets {
             header: Header::new(
                 &Role::Targets,
                 versions(|s| s.targets.as_ref().map(|t| t.signed.header.version)),
-                expires.targets,
+                targets_expires,
             ),
             targets,
             delegations: state
@@ -288,7 +362,36 @@ impl Repository {
                 .and_then(|s| s.targets.as_ref())
                 .and_then(|t| t.signed.delegations.clone()),
         });
-        signers.sign(&mut new_targets, &root.signed, &Role::Targets)?;
+        Ok(Plan {
+            state,
+            root,
+            new_root,
+            targets: new_targets,
+            sources,
+        })
+    }
+
+    /// Signs snapshot and timestamp for the signed `new_targets` of `plan` and writes
+    /// everything, in the order that keeps the published repository consistent.
+    fn finish(
+        &self,
+        plan: Plan,
+        new_targets: Envelope<Targets>,
+        signers: &Signers<'_>,
+        expires: &Expiries,
+        now: DateTime<Utc>,
+    ) -> Result<Report, Error> {
+        check_future("snapshot", expires.snapshot, now)?;
+        check_future("timestamp", expires.timestamp, now)?;
+        let Plan {
+            state,
+            root,
+            new_root,
+            sources,
+            ..
+        } = plan;
+        let mut report = Report::default();
+        let versions = |f: fn(&State) -> Option<u64>| state.as_ref().and_then(f).unwrap_or(0) + 1;
         let targets_bytes = new_targets.to_bytes();
         let mut snapshot = Envelope::new(MetaList {
             header: Header::new(
@@ -296,17 +399,18 @@ impl Repository {
                 versions(|s| s.snapshot.as_ref().map(|t| t.signed.header.version)),
                 expires.snapshot,
             ),
-            meta: BTreeMap::from([(
-                "targets.json".to_owned(),
+            meta: snapshot_meta(
+                state.as_ref().and_then(|s| s.snapshot.as_ref()),
+                "targets.json",
                 meta_entry(new_targets.signed.header.version, &targets_bytes),
-            )]),
+            ),
         });
         signers.sign(&mut snapshot, &root.signed, &Role::Snapshot)?;
         let timestamp = Self::timestamp_for(
             &snapshot,
             versions(|s| s.timestamp.as_ref().map(|t| t.signed.header.version)) - 1,
             expires.timestamp,
-            &signers,
+            signers,
             &root,
         )?;
 
@@ -508,6 +612,310 @@ impl Repository {
     }
 }
 
+/// A delegation from the top-level targets role to a role of its own: target names matching
+/// `paths` may be signed by `threshold` of `keys`.
+#[derive(Debug, Clone)]
+pub struct Delegation {
+    /// The delegated role's name (not a top-level role's).
+    pub name: String,
+    /// Its keys.
+    pub keys: Vec<PublicKey>,
+    /// How many of them must sign.
+    pub threshold: u64,
+    /// The target name patterns it is trusted for (`*` matches within one path segment).
+    pub paths: Vec<String>,
+    /// Whether a client that finds a matching pattern here searches no further delegation.
+    pub terminating: bool,
+}
+
+impl Repository {
+    /// The current state, which must have a published release.
+    fn published(&self) -> Result<State, Error> {
+        self.state()?
+            .filter(|s| s.targets.is_some() && s.snapshot.is_some())
+            .ok_or_else(|| {
+                Error::State(format!(
+                    "{} has no published release: publish one first",
+                    self.metadata_dir().display()
+                ))
+            })
+    }
+
+    /// Adds (or replaces) the delegation `d` in the top-level targets role and publishes new
+    /// targets, snapshot and timestamp versions signed with `keys` (the root's targets,
+    /// snapshot and timestamp keys). The delegated role's own metadata is published with
+    /// [`Repository::publish_delegated`].
+    pub fn delegate(
+        &self,
+        d: &Delegation,
+        keys: &[&dyn KeySource],
+        expires: &Expiries,
+        now: DateTime<Utc>,
+    ) -> Result<Report, Error> {
+        check_future("targets", expires.targets, now)?;
+        check_future("snapshot", expires.snapshot, now)?;
+        check_future("timestamp", expires.timestamp, now)?;
+        let bad = |reason: String| Error::State(format!("delegation to {:?}: {reason}", d.name));
+        // The name becomes a file name (N.NAME.json) and a URL path segment: keep it plain.
+        let plain = d
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if d.name.is_empty()
+            || !plain
+            || d.name.starts_with('.')
+            || Role::from_name(&d.name).is_top_level()
+        {
+            return Err(bad(
+                "a delegated role needs a name of its own: letters, digits, '-', '_', '.', not \
+                 starting with '.', and not root, targets, snapshot or timestamp"
+                    .to_owned(),
+            ));
+        }
+        let distinct: BTreeSet<&str> = d.keys.iter().map(PublicKey::id).collect();
+        if d.threshold == 0 || (distinct.len() as u64) < d.threshold {
+            return Err(bad(format!(
+                "threshold {} with {} distinct key(s): give at least as many keys, threshold at least 1",
+                d.threshold,
+                distinct.len()
+            )));
+        }
+        if d.paths.is_empty() {
+            return Err(bad("give the target paths it is trusted for".to_owned()));
+        }
+        let state = self.published()?;
+        check_root_alive(&state.root.signed, now)?;
+        let signers = Signers::pick(
+            &state.root.signed,
+            keys,
+            &[Role::Targets, Role::Snapshot, Role::Timestamp],
+        )?;
+        let Some(current) = state.targets.as_ref() else {
+            return Err(Error::State("no targets".to_owned()));
+        };
+        let mut targets = current.signed.clone();
+        targets.header = Header::new(
+            &Role::Targets,
+            current.signed.header.version + 1,
+            expires.targets,
+        );
+        let mut delegations = targets.delegations.take().unwrap_or(Delegations {
+            keys: BTreeMap::new(),
+            roles: Vec::new(),
+        });
+        for k in &d.keys {
+            delegations
+                .keys
+                .insert(KeyId::from(k.id()), Key::from_value(k.to_tuf().clone()));
+        }
+        let role = DelegatedRole {
+            name: d.name.clone(),
+            keyids: distinct.iter().map(|id| KeyId::from(*id)).collect(),
+            threshold: d.threshold,
+            terminating: d.terminating,
+            paths: Some(d.paths.clone()),
+            path_hash_prefixes: None,
+        };
+        match delegations.roles.iter_mut().find(|r| r.name == d.name) {
+            Some(r) => *r = role,
+            None => delegations.roles.push(role),
+        }
+        let used: BTreeSet<KeyId> = delegations
+            .roles
+            .iter()
+            .flat_map(|r| r.keyids.iter().cloned())
+            .collect();
+        delegations.keys.retain(|id, _| used.contains(id));
+        targets.delegations = Some(delegations);
+        let mut new_targets = Envelope::new(targets);
+        signers.sign(&mut new_targets, &state.root.signed, &Role::Targets)?;
+        let bytes = new_targets.to_bytes();
+        let entry = meta_entry(new_targets.signed.header.version, &bytes);
+        let path = self.metadata_dir().join(format!(
+            "{}.targets.json",
+            new_targets.signed.header.version
+        ));
+        self.commit_role(
+            &state,
+            &signers,
+            expires,
+            "targets.json",
+            entry,
+            &[],
+            (path, bytes),
+        )
+    }
+
+    /// Publishes a new version of the delegated role `name` with `files` added as its targets,
+    /// signed with `keys`: the threshold of the keys the top-level targets role delegates to it,
+    /// plus the root's snapshot and timestamp keys. Every target name must match the paths it
+    /// is delegated: a host would refuse it otherwise.
+    pub fn publish_delegated(
+        &self,
+        name: &str,
+        files: &[PathBuf],
+        keys: &[&dyn KeySource],
+        expires: &Expiries,
+        now: DateTime<Utc>,
+    ) -> Result<Report, Error> {
+        check_future("delegated targets", expires.targets, now)?;
+        check_future("snapshot", expires.snapshot, now)?;
+        check_future("timestamp", expires.timestamp, now)?;
+        let state = self.published()?;
+        check_root_alive(&state.root.signed, now)?;
+        let top = state.targets.as_ref().map(|t| &t.signed);
+        let delegations = top.and_then(|t| t.delegations.as_ref());
+        let Some((delegation, delegation_keys)) = delegations.and_then(|ds| {
+            ds.roles
+                .iter()
+                .find(|r| r.name == name)
+                .map(|r| (r, &ds.keys))
+        }) else {
+            return Err(Error::State(format!(
+                "the targets role does not delegate to {name:?}: add the delegation first (updata delegate)"
+            )));
+        };
+        // The delegation's keys as a root-shaped key set, so one signature check serves both.
+        let authority = Root {
+            header: state.root.signed.header.clone(),
+            consistent_snapshot: true,
+            keys: delegation_keys.clone(),
+            roles: BTreeMap::from([(
+                name.to_owned(),
+                RoleKeys {
+                    keyids: delegation.keyids.clone(),
+                    threshold: delegation.threshold,
+                },
+            )]),
+        };
+        let role = Role::from_name(name);
+        let mine: Vec<&dyn KeySource> = keys
+            .iter()
+            .copied()
+            .filter(|k| delegation.keyids.iter().any(|x| x == k.public_key().id()))
+            .collect();
+        let others: Vec<&dyn KeySource> = keys
+            .iter()
+            .copied()
+            .filter(|k| !delegation.keyids.iter().any(|x| x == k.public_key().id()))
+            .collect();
+        let signers = Signers::pick(
+            &state.root.signed,
+            &others,
+            &[Role::Snapshot, Role::Timestamp],
+        )?;
+        let meta_name = format!("{name}.json");
+        let md = self.metadata_dir();
+        let previous = match state
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.signed.meta.get(&meta_name))
+        {
+            Some(m) => Some(Envelope::<Targets>::load(
+                &md.join(format!("{}.{meta_name}", m.version)),
+            )?),
+            None => None,
+        };
+        let mut targets = previous
+            .as_ref()
+            .map(|p| p.signed.targets.clone())
+            .unwrap_or_default();
+        let mut sources = Vec::new();
+        for path in files {
+            let target = target_name(path)?;
+            if !tuf::delegation_matches(delegation.paths.as_deref(), None, &target) {
+                return Err(Error::BadTarget {
+                    name: target,
+                    reason: format!(
+                        "outside the paths {name:?} is delegated ({}): hosts would refuse it",
+                        delegation.paths.clone().unwrap_or_default().join(", ")
+                    ),
+                });
+            }
+            let (entry, sha) = describe_file(path)?;
+            targets.insert(target.clone(), entry);
+            sources.push((target, path.clone(), sha));
+        }
+        let mut new_role = Envelope::new(Targets {
+            header: Header::new(
+                &Role::Targets,
+                previous.as_ref().map_or(0, |p| p.signed.header.version) + 1,
+                expires.targets,
+            ),
+            targets,
+            delegations: None,
+        });
+        for k in &mine {
+            new_role.sign(*k)?;
+        }
+        new_role.check_signed_by(&authority, &role, &format!("the delegation to {name:?}"))?;
+        let bytes = new_role.to_bytes();
+        let entry = meta_entry(new_role.signed.header.version, &bytes);
+        let path = md.join(format!("{}.{meta_name}", new_role.signed.header.version));
+        self.commit_role(
+            &state,
+            &signers,
+            expires,
+            &meta_name,
+            entry,
+            &sources,
+            (path, bytes),
+        )
+    }
+
+    /// Writes target files, one role's new metadata, and a new snapshot (listing it) and
+    /// timestamp signed by `signers`, in the order that keeps the repository consistent.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_role(
+        &self,
+        state: &State,
+        signers: &Signers<'_>,
+        expires: &Expiries,
+        meta_name: &str,
+        entry: MetaFile,
+        sources: &[(String, PathBuf, String)],
+        role_file: (PathBuf, Vec<u8>),
+    ) -> Result<Report, Error> {
+        let root = &state.root;
+        let version = |v: Option<u64>| v.unwrap_or(0) + 1;
+        let mut snapshot = Envelope::new(MetaList {
+            header: Header::new(
+                &Role::Snapshot,
+                version(state.snapshot.as_ref().map(|s| s.signed.header.version)),
+                expires.snapshot,
+            ),
+            meta: snapshot_meta(state.snapshot.as_ref(), meta_name, entry),
+        });
+        signers.sign(&mut snapshot, &root.signed, &Role::Snapshot)?;
+        let timestamp = Self::timestamp_for(
+            &snapshot,
+            state
+                .timestamp
+                .as_ref()
+                .map_or(0, |t| t.signed.header.version),
+            expires.timestamp,
+            signers,
+            root,
+        )?;
+        let mut report = Report::default();
+        let td = self.targets_dir();
+        std::fs::create_dir_all(&td).map_err(io("creating", &td))?;
+        for (name, path, sha) in sources {
+            let dest = td.join(format!("{sha}.{name}"));
+            if !dest.exists() {
+                copy_atomic(path, &dest)?;
+                report.written.push(dest);
+            }
+        }
+        super::metadata::write_atomic(&role_file.0, &role_file.1)?;
+        report.written.push(role_file.0);
+        report
+            .written
+            .extend(self.write_snapshot_and_timestamp(&snapshot, &timestamp)?);
+        Ok(report)
+    }
+}
+
 fn check_root_alive(root: &Root, now: DateTime<Utc>) -> Result<(), Error> {
     if root.header.expires <= now {
         return Err(Error::RootExpired {
@@ -628,6 +1036,18 @@ impl<'a> Signers<'a> {
         // A key source that signs wrongly is caught here, before anything is written.
         env.check_signed_by(root, role, &format!("root version {}", root.header.version))
     }
+}
+
+/// The snapshot's `meta` after a change to one role: the current entries (the delegated roles
+/// stay listed) with `name`'s replaced.
+fn snapshot_meta(
+    current: Option<&Envelope<MetaList>>,
+    name: &str,
+    entry: MetaFile,
+) -> BTreeMap<String, MetaFile> {
+    let mut meta = current.map(|s| s.signed.meta.clone()).unwrap_or_default();
+    meta.insert(name.to_owned(), entry);
+    meta
 }
 
 fn meta_entry(version: u64, bytes: &[u8]) -> MetaFile {

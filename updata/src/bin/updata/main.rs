@@ -7,6 +7,7 @@
 mod delta_cmd;
 mod manifest_cmd;
 mod repo_cmd;
+mod tty;
 
 use std::process::ExitCode;
 

@@ -7,10 +7,10 @@ use updata::metadata::SignedFile;
 
 use chrono::{DateTime, Duration, Utc};
 use clap::{Args, Subcommand};
-use updata::keys::{self, FileKey, KeySource, KeyType, PublicKey};
+use updata::keys::{self, KeySource, KeyType, PublicKey};
 use updata::metadata::Envelope;
-use updata::repo::{Expiries, Release, Report, Repository};
-use updata::{Error, check, image, root};
+use updata::repo::{Delegation, Expiries, Release, Report, Repository};
+use updata::{Error, check, image, offline, root};
 use waves::time::{parse_relative, parse_time_or_relative};
 
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
@@ -23,6 +23,13 @@ pub enum RepoCommand {
     /// Make or change a root.json: roles, keys, thresholds, expiry, signatures.
     #[command(subcommand)]
     Root(RootCommand),
+    /// Sign a root (or any role) on a machine that never sees the repository.
+    ///
+    /// `export` writes the metadata to sign; on each offline machine `sign` makes a signature
+    /// file with a local key (file or pkcs11: URI); back here `import` checks each one (same
+    /// content, a key the root lists for the role, a valid signature) before adding it.
+    #[command(subcommand)]
+    Offline(OfflineCommand),
     /// Compress a raw partition image into an lz4 frame as the reference builds them.
     ///
     /// The frame has lz4 -9's parameters (4 MiB independent blocks, content checksum), so
@@ -57,6 +64,16 @@ pub enum RepoCommand {
         add_targets: Vec<PathBuf>,
         #[command(flatten)]
         keys: KeyArgs,
+        /// Sign targets offline, step 1: check everything, write the unsigned targets metadata
+        /// of this release to FILE (never overwritten) and stop; nothing else is written.
+        /// Sign it with `updata offline sign`, import with `updata offline import FILE SIG...
+        /// --root ROOT_JSON`.
+        #[arg(long, value_name = "FILE", conflicts_with = "signed_targets")]
+        draft_targets: Option<PathBuf>,
+        /// Sign targets offline, step 2: publish with the signed FILE as the targets metadata
+        /// (the same release options as step 1; -k takes the snapshot and timestamp keys).
+        #[arg(long, value_name = "FILE")]
+        signed_targets: Option<PathBuf>,
         /// When targets.json expires.
         #[arg(long, value_name = "TIME", default_value = "in 13 weeks")]
         targets_expires: String,
@@ -69,6 +86,70 @@ pub enum RepoCommand {
         /// Warn when the root or targets expire within this long.
         #[arg(long, value_name = "DURATION", default_value = "30 days")]
         warn_within: String,
+    },
+    /// Delegate target paths to a role with its own keys and threshold.
+    ///
+    /// Adds (or replaces) the delegation in the top-level targets role and publishes new
+    /// targets, snapshot and timestamp versions, signed with the root's keys for them (-k).
+    /// The delegated role's own targets are published with publish-delegated.
+    Delegate {
+        /// The repository directory (with a published release).
+        repo: PathBuf,
+        /// The delegated role's name.
+        #[arg(long, value_name = "NAME")]
+        role: String,
+        /// A target name pattern it is trusted for, such as 'extras-*' (`*` matches within one
+        /// '/'-separated segment; repeat for more).
+        #[arg(long = "path", value_name = "PATTERN", required = true)]
+        paths: Vec<String>,
+        /// One of its keys: a public or private key file, or a pkcs11: URI (repeat for more).
+        #[arg(long = "delegate-key", value_name = "FILE|URI", required = true)]
+        delegate_keys: Vec<String>,
+        /// How many of its keys must sign its metadata.
+        #[arg(long, default_value_t = 1)]
+        threshold: u64,
+        /// Hosts that match a path here search no further delegation.
+        #[arg(long)]
+        terminating: bool,
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// When the new targets.json expires.
+        #[arg(long, value_name = "TIME", default_value = "in 13 weeks")]
+        targets_expires: String,
+        /// When the snapshot expires.
+        #[arg(long, value_name = "TIME", default_value = "in 13 weeks")]
+        snapshot_expires: String,
+        /// When the timestamp expires.
+        #[arg(long, value_name = "TIME", default_value = "in 7 days")]
+        timestamp_expires: String,
+    },
+    /// Publish targets of a delegated role: its next version, a snapshot and a timestamp.
+    ///
+    /// -k takes the role's own keys (its threshold) and the root's snapshot and timestamp
+    /// keys. Every target name must match the paths the role is delegated.
+    PublishDelegated {
+        /// The repository directory.
+        repo: PathBuf,
+        /// The delegated role.
+        #[arg(long, value_name = "NAME")]
+        role: String,
+        /// A file to add as a target, named by its file name (repeat for more).
+        #[arg(short = 't', long = "target", value_name = "FILE")]
+        targets: Vec<PathBuf>,
+        /// Add every file in this directory as a target.
+        #[arg(long, value_name = "DIR")]
+        add_targets: Vec<PathBuf>,
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// When the role's new metadata expires.
+        #[arg(long, value_name = "TIME", default_value = "in 13 weeks")]
+        expires: String,
+        /// When the snapshot expires.
+        #[arg(long, value_name = "TIME", default_value = "in 13 weeks")]
+        snapshot_expires: String,
+        /// When the timestamp expires.
+        #[arg(long, value_name = "TIME", default_value = "in 7 days")]
+        timestamp_expires: String,
     },
     /// Sign a new timestamp (and with --snapshot-expires a new snapshot) for a cron job.
     ///
@@ -122,22 +203,29 @@ pub enum RepoCommand {
 
 #[derive(Args)]
 pub struct KeyArgs {
-    /// A private key file to sign with (repeat for more; each role takes the keys the root
-    /// lists for it).
-    #[arg(short = 'k', long = "key", value_name = "KEY_FILE")]
-    keys: Vec<PathBuf>,
+    /// A key to sign with (repeat for more; each role takes the keys the root lists for it): a
+    /// private key file, or a key in a hardware token named by a pkcs11: URI (RFC 7512), such as
+    /// 'pkcs11:token=T;object=L?module-path=M&pin-source=file:PIN_FILE'.
+    #[arg(short = 'k', long = "key", value_name = "KEY")]
+    keys: Vec<String>,
 }
 
 impl KeyArgs {
     fn load(&self) -> Result<Vec<Box<dyn KeySource>>, Error> {
-        self.keys.iter().map(|p| key_source(p)).collect()
+        self.keys
+            .iter()
+            .map(|k| keys::open(k, prompt().as_ref().map(|p| p as _)))
+            .collect()
     }
 }
 
-/// The key source a `--key` argument names. Only files today; a `kms:` or `pkcs11:` scheme
-/// would be decoded here into another `KeySource`.
-fn key_source(arg: &Path) -> Result<Box<dyn KeySource>, Error> {
-    Ok(Box::new(FileKey::load(arg)?))
+/// Asks for a token's PIN on the terminal (without echo) when updata runs on one; `None`
+/// otherwise, so that a cron job fails with a message instead of waiting.
+fn prompt() -> Option<impl Fn(&str) -> std::io::Result<String>> {
+    use std::io::IsTerminal;
+    std::io::stdin()
+        .is_terminal()
+        .then_some(crate::tty::read_secret)
 }
 
 fn refs(keys: &[Box<dyn KeySource>]) -> Vec<&dyn KeySource> {
@@ -146,21 +234,130 @@ fn refs(keys: &[Box<dyn KeySource>]) -> Vec<&dyn KeySource> {
 
 #[derive(Subcommand)]
 pub enum KeyCommand {
-    /// Generate a signing key: FILE (private, mode 0600) and FILE's .pub.pem (public).
+    /// Generate a signing key: FILE (private, mode 0600) and FILE's .pub.pem (public), or a key
+    /// pair in a hardware token.
     ///
-    /// Never overwrites a file. Give the public file to whoever edits the root.
+    /// Never overwrites a file, nor a key of the same label or id in a token. Give the public
+    /// file to whoever edits the root. For a pkcs11: URI the key is generated in the token
+    /// (object= is its label; it is sensitive and never leaves the token) and the public key
+    /// is written to --public, or printed.
     Generate {
-        /// The private key file to create, such as keys/root.pem.
-        file: PathBuf,
+        /// The private key file to create, such as keys/root.pem, or a pkcs11: URI such as
+        /// 'pkcs11:token=T;object=root?module-path=M&pin-source=file:PIN_FILE'.
+        #[arg(value_name = "FILE|URI")]
+        file: String,
         /// ed25519 or ecdsa-p256.
         #[arg(long = "type", default_value = "ed25519")]
         kind: KeyType,
+        /// For a key in a token: where to write its public key (PEM) [default: print it].
+        #[arg(long, value_name = "FILE")]
+        public: Option<PathBuf>,
     },
-    /// Print a key file's TUF key id (private or public key file).
+    /// Print a key's TUF key id (private or public key file, or pkcs11: URI).
     Id {
-        /// The key file.
-        file: PathBuf,
+        /// The key file or pkcs11: URI.
+        #[arg(value_name = "FILE|URI")]
+        file: String,
     },
+}
+
+#[derive(Subcommand)]
+pub enum OfflineCommand {
+    /// Write the metadata to sign (without its signatures) for the offline machines.
+    ///
+    /// Prints the SHA-256 of the bytes a signature is over: every signature file made from
+    /// the export carries it, so a signer can compare it with what the publisher announced.
+    Export {
+        /// The metadata file (a root.json edited with the root commands, say).
+        metadata: PathBuf,
+        /// The file to write (never overwritten).
+        #[arg(short = 'o', long, value_name = "FILE")]
+        out: PathBuf,
+        /// Write the canonical JSON bytes a signature is over instead, for a signing tool
+        /// that signs bytes.
+        #[arg(long)]
+        canonical: bool,
+    },
+    /// Sign exported metadata with a local key: writes a signature file, nothing else.
+    Sign {
+        /// The exported metadata file.
+        metadata: PathBuf,
+        /// The key: a private key file or a pkcs11: URI.
+        #[arg(short = 'k', long = "key", value_name = "KEY")]
+        key: String,
+        /// The signature file to write (never overwritten).
+        #[arg(short = 'o', long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Check signature files and add them to the metadata file (all or none).
+    ///
+    /// For a root, its own root keys (and with --previous those of the version before it)
+    /// may sign; for another role, the keys the --root file lists for it. Prints which
+    /// thresholds are still unmet.
+    Import {
+        /// The metadata file to add the signatures to.
+        metadata: PathBuf,
+        /// The signature files, in any order.
+        #[arg(required = true, value_name = "SIG_FILE")]
+        signatures: Vec<PathBuf>,
+        /// For a rotation: the root version before this one.
+        #[arg(long, value_name = "ROOT_JSON")]
+        previous: Option<PathBuf>,
+        /// For a role other than root: the root that lists its keys.
+        #[arg(long, value_name = "ROOT_JSON")]
+        root: Option<PathBuf>,
+    },
+}
+
+impl OfflineCommand {
+    fn run(self) -> CliResult {
+        match self {
+            Self::Export {
+                metadata,
+                out,
+                canonical,
+            } => {
+                let form = if canonical {
+                    offline::ExportForm::Canonical
+                } else {
+                    offline::ExportForm::Unsigned
+                };
+                let sha = offline::export(&metadata, &out, form)?;
+                println!("wrote {} (signed content sha256 {sha})", out.display());
+            }
+            Self::Sign { metadata, key, out } => {
+                let key = keys::open(&key, prompt().as_ref().map(|p| p as _))?;
+                let sig = offline::sign(&metadata, key.as_ref())?;
+                offline::save_signature(&sig, &out)?;
+                println!(
+                    "wrote {}: {} version {} (sha256 {}) signed by {} ({})",
+                    out.display(),
+                    sig.role,
+                    sig.version,
+                    sig.signed_sha256,
+                    key.describe(),
+                    sig.keyid
+                );
+            }
+            Self::Import {
+                metadata,
+                signatures,
+                previous,
+                root,
+            } => {
+                let done =
+                    offline::import(&metadata, &signatures, root.as_deref(), previous.as_deref())?;
+                for k in &done.keyids {
+                    println!("imported the signature of key {k}");
+                }
+                match done.incomplete {
+                    None => println!("{}: every threshold is met", metadata.display()),
+                    Some(e) => println!("{}: not complete yet: {e}", metadata.display()),
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 #[derive(Subcommand)]
@@ -177,25 +374,27 @@ pub enum RootCommand {
         #[arg(long)]
         force: bool,
     },
-    /// List keys (private or public key files) for a role. Drops the root's signatures.
+    /// List keys (private or public key files, or pkcs11: URIs) for a role. Drops the root's
+    /// signatures.
     AddKey {
         /// The root file.
         root: PathBuf,
         /// root, targets, snapshot or timestamp.
         #[arg(long)]
         role: String,
-        /// The key files.
-        #[arg(required = true)]
-        keys: Vec<PathBuf>,
+        /// The key files or pkcs11: URIs.
+        #[arg(required = true, value_name = "FILE|URI")]
+        keys: Vec<String>,
     },
-    /// Remove a key (a key file or a key id) from a role. Drops the root's signatures.
+    /// Remove a key (a key file, a pkcs11: URI or a key id) from a role. Drops the root's
+    /// signatures.
     RemoveKey {
         /// The root file.
         root: PathBuf,
         /// root, targets, snapshot or timestamp.
         #[arg(long)]
         role: String,
-        /// A key file or a key id.
+        /// A key file, a pkcs11: URI or a key id.
         key: String,
     },
     /// Set how many keys must sign a role. Drops the root's signatures.
@@ -259,6 +458,7 @@ impl RepoCommand {
         match self {
             Self::Key(c) => c.run(),
             Self::Root(c) => c.run(now),
+            Self::Offline(c) => c.run(),
             Self::Compress { image, output } => {
                 let c = image::compress(&image, &output)?;
                 println!(
@@ -276,6 +476,8 @@ impl RepoCommand {
                 mut targets,
                 add_targets,
                 keys,
+                draft_targets,
+                signed_targets,
                 targets_expires,
                 snapshot_expires,
                 timestamp_expires,
@@ -295,9 +497,38 @@ impl RepoCommand {
                     timestamp: time(&timestamp_expires, now)?,
                     warn_within: duration(&warn_within)?,
                 };
+                let repository = Repository::new(repo);
+                if let Some(out) = draft_targets {
+                    if out.exists() {
+                        return Err(Box::new(Error::State(format!(
+                            "{} exists: give a new file for the draft",
+                            out.display()
+                        ))));
+                    }
+                    let draft = repository.draft_targets(&release, expires.targets, now)?;
+                    draft.save(&out)?;
+                    println!(
+                        "wrote {} (targets version {}, unsigned): sign it with `updata offline \
+                         sign`, import the signatures, then publish with --signed-targets {0}",
+                        out.display(),
+                        draft.signed.header.version
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
                 let keys = keys.load()?;
-                let report =
-                    Repository::new(repo).publish(&release, &refs(&keys), &expires, now)?;
+                let report = match signed_targets {
+                    Some(path) => {
+                        let signed = Envelope::load(&path)?;
+                        repository.publish_signed_targets(
+                            &release,
+                            &signed,
+                            &refs(&keys),
+                            &expires,
+                            now,
+                        )?
+                    }
+                    None => repository.publish(&release, &refs(&keys), &expires, now)?,
+                };
                 print_report(&report);
                 Ok(ExitCode::SUCCESS)
             }
@@ -315,6 +546,70 @@ impl RepoCommand {
                     time(&expires, now)?,
                     snapshot,
                     duration(&warn_within)?,
+                    now,
+                )?;
+                print_report(&report);
+                Ok(ExitCode::SUCCESS)
+            }
+            Self::Delegate {
+                repo,
+                role,
+                paths,
+                delegate_keys,
+                threshold,
+                terminating,
+                keys,
+                targets_expires,
+                snapshot_expires,
+                timestamp_expires,
+            } => {
+                let publics = delegate_keys
+                    .iter()
+                    .map(|k| keys::public_key_of(k, prompt().as_ref().map(|p| p as _)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let d = Delegation {
+                    name: role,
+                    keys: publics,
+                    threshold,
+                    paths,
+                    terminating,
+                };
+                let expires = Expiries {
+                    targets: time(&targets_expires, now)?,
+                    snapshot: time(&snapshot_expires, now)?,
+                    timestamp: time(&timestamp_expires, now)?,
+                    warn_within: Duration::zero(),
+                };
+                let keys = keys.load()?;
+                let report = Repository::new(repo).delegate(&d, &refs(&keys), &expires, now)?;
+                print_report(&report);
+                Ok(ExitCode::SUCCESS)
+            }
+            Self::PublishDelegated {
+                repo,
+                role,
+                mut targets,
+                add_targets,
+                keys,
+                expires,
+                snapshot_expires,
+                timestamp_expires,
+            } => {
+                for dir in &add_targets {
+                    targets.extend(files_in(dir)?);
+                }
+                let expires = Expiries {
+                    targets: time(&expires, now)?,
+                    snapshot: time(&snapshot_expires, now)?,
+                    timestamp: time(&timestamp_expires, now)?,
+                    warn_within: Duration::zero(),
+                };
+                let keys = keys.load()?;
+                let report = Repository::new(repo).publish_delegated(
+                    &role,
+                    &targets,
+                    &refs(&keys),
+                    &expires,
                     now,
                 )?;
                 print_report(&report);
@@ -374,16 +669,39 @@ fn files_in(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 impl KeyCommand {
     fn run(self) -> CliResult {
         match self {
-            Self::Generate { file, kind } => {
-                let public = keys::generate(&file, kind)?;
-                println!(
-                    "{}: key id {} (public key in {})",
-                    file.display(),
-                    public.id(),
-                    keys::public_key_path(&file).display()
-                );
+            Self::Generate { file, kind, public } => {
+                if updata::pkcs11::is_uri(&file) {
+                    // Checked first: the key is not made when its public file cannot be.
+                    if let Some(path) = public.as_ref().filter(|p| p.exists()) {
+                        return Err(Box::new(Error::KeyExists { path: path.clone() }));
+                    }
+                    let key =
+                        updata::pkcs11::generate(&file, kind, prompt().as_ref().map(|p| p as _))?;
+                    if let Some(path) = public {
+                        keys::write_public(&path, &key)?;
+                        println!(
+                            "{file}: key id {} (public key in {})",
+                            key.id(),
+                            path.display()
+                        );
+                    } else {
+                        println!("{file}: key id {}", key.id());
+                        print!("{}", key.to_pem());
+                    }
+                } else {
+                    let path = Path::new(&file);
+                    let public = keys::generate(path, kind)?;
+                    println!(
+                        "{file}: key id {} (public key in {})",
+                        public.id(),
+                        keys::public_key_path(path).display()
+                    );
+                }
             }
-            Self::Id { file } => println!("{}", PublicKey::from_file(&file)?.id()),
+            Self::Id { file } => println!(
+                "{}",
+                keys::public_key_of(&file, prompt().as_ref().map(|p| p as _))?.id()
+            ),
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -410,11 +728,11 @@ impl RootCommand {
             Self::AddKey {
                 root: path,
                 role,
-                keys,
+                keys: args,
             } => {
-                let publics: Vec<PublicKey> = keys
+                let publics: Vec<PublicKey> = args
                     .iter()
-                    .map(|k| PublicKey::from_file(k))
+                    .map(|k| keys::public_key_of(k, prompt().as_ref().map(|p| p as _)))
                     .collect::<Result<_, _>>()?;
                 edit_root(&path, |r| {
                     for k in &publics {
@@ -429,8 +747,10 @@ impl RootCommand {
                 role,
                 key,
             } => {
-                let keyid = if Path::new(&key).is_file() {
-                    PublicKey::from_file(Path::new(&key))?.id().to_owned()
+                let keyid = if Path::new(&key).is_file() || updata::pkcs11::is_uri(&key) {
+                    keys::public_key_of(&key, prompt().as_ref().map(|p| p as _))?
+                        .id()
+                        .to_owned()
                 } else {
                     key
                 };
