@@ -65,16 +65,17 @@ fn setup_signing(
     v2_sizes: ChunkSizes,
     signed: impl Fn(&BlobIndex) -> Vec<u8>,
 ) -> Option<Delta> {
-    setup_all(v1_sizes, v2_sizes, signed, false)
+    setup_all(v1_sizes, v2_sizes, signed, None)
 }
 
-/// [`setup_signing`]; `with_patch`: 1.1.0 also lists a patch of its root against 1.0.0's
-/// (made with the library, as `updata make-patch` makes it), as two targets.
+/// [`setup_signing`]; `patch_from`: 1.1.0 also lists a patch of its root against 1.0.0's
+/// (made with the library, as `updata make-patch` makes it), as two targets, saying it is for
+/// hosts running `patch_from`.
 fn setup_all(
     v1_sizes: Option<ChunkSizes>,
     v2_sizes: ChunkSizes,
     signed: impl Fn(&BlobIndex) -> Vec<u8>,
-    with_patch: bool,
+    patch_from: Option<&str>,
 ) -> Option<Delta> {
     if !fixtures::ext4::have_mkfs() {
         fixtures::gate::skip("mkfs.ext4 is not installed");
@@ -111,7 +112,7 @@ fn setup_all(
         |v: &str| serde_json::json!({"store": "chunks/", "indexes": {"root": index_name(v)}});
     r2.delta = Some(delta("1.1.0"));
     let mut patch = None;
-    if with_patch {
+    if let Some(from) = patch_from {
         let read = |data: &[u8]| {
             let data = data.to_vec();
             move |offset: u64, buf: &mut [u8]| {
@@ -125,7 +126,7 @@ fn setup_all(
             updog::delta::patch::make_patch(&i1, read(&v1), &i2, read(&v2), &mut bytes).unwrap();
         assert!(!made.entries.is_empty(), "the releases differ");
         r2.delta.as_mut().unwrap()["patches"] = serde_json::json!([{
-            "from": "1.0.0", "image": "root",
+            "from": from, "image": "root",
             "index": PATCH_INDEX, "data": PATCH_DATA,
         }]);
         let spec_targets = serde_json::to_vec(&made).unwrap();
@@ -672,7 +673,7 @@ fn patched_chunks(d: &Delta) -> HashSet<String> {
 #[test]
 fn a_patch_against_the_running_release_replaces_chunk_downloads() {
     let sizes = ChunkSizes::CASYNC_DEFAULT;
-    let Some(d) = setup_all(Some(sizes), sizes, BlobIndex::to_bytes, true) else {
+    let Some(d) = setup_all(Some(sizes), sizes, BlobIndex::to_bytes, Some("1.0.0")) else {
         return;
     };
     let patched = patched_chunks(&d);
@@ -721,7 +722,7 @@ fn a_patch_against_the_running_release_replaces_chunk_downloads() {
 #[test]
 fn a_patch_window_that_does_not_verify_falls_back_to_the_store_for_its_chunks() {
     let sizes = ChunkSizes::CASYNC_DEFAULT;
-    let Some(d) = setup_all(Some(sizes), sizes, BlobIndex::to_bytes, true) else {
+    let Some(d) = setup_all(Some(sizes), sizes, BlobIndex::to_bytes, Some("1.0.0")) else {
         return;
     };
     let patch = d.patch.as_ref().unwrap();
@@ -762,4 +763,85 @@ fn a_patch_window_that_does_not_verify_falls_back_to_the_store_for_its_chunks() 
         skipped.is_subset(&fetched),
         "the skipped entry's chunks were not fetched"
     );
+}
+
+/// Replaces the served file of target `name` (every copy the repository holds) with `bytes`.
+fn replace_served(d: &Delta, name: &str, bytes: &[u8]) {
+    let files = d.host.repo.target_files(name);
+    assert!(!files.is_empty(), "{name} is not served");
+    for f in files {
+        fs::write(f, bytes).unwrap();
+    }
+}
+
+/// A patch that cannot be used, each way it can fail: the update still ends with the new image,
+/// its chunks all from the store, and the output says why the patch was not used.
+#[test]
+fn a_patch_that_cannot_be_used_falls_back_to_the_store_for_every_failure_kind() {
+    let sizes = ChunkSizes::CASYNC_DEFAULT;
+    type Break = fn(&Delta);
+    let kinds: [(&str, Option<&str>, Break, &str); 4] = [
+        (
+            "the patch data is missing from the server",
+            Some("1.0.0"),
+            |d| {
+                for f in d.host.repo.target_files(PATCH_DATA) {
+                    fs::remove_file(f).unwrap();
+                }
+            },
+            "not used",
+        ),
+        (
+            "the patch data is not what was signed",
+            Some("1.0.0"),
+            |d| {
+                let mut data = fs::read(&d.host.repo.target_files(PATCH_DATA)[0]).unwrap();
+                let mid = data.len() / 2;
+                data[mid] ^= 0x10;
+                replace_served(d, PATCH_DATA, &data);
+            },
+            "patch",
+        ),
+        (
+            "the patch index is not what was signed",
+            Some("1.0.0"),
+            |d| replace_served(d, PATCH_INDEX, b"{\"format\":\"forged\"}"),
+            "not used",
+        ),
+        (
+            "the only patch is for another running version",
+            Some("0.9.0"),
+            |_| {},
+            "",
+        ),
+    ];
+    for (what, from, break_it, says) in kinds {
+        let Some(d) = setup_all(Some(sizes), sizes, BlobIndex::to_bytes, from) else {
+            return;
+        };
+        break_it(&d);
+        let out = d.host.updog(&["update"]);
+        let text = describe(&out);
+        assert!(out.status.success(), "{what}: {text}");
+        assert!(
+            d.b_root() == d.v2,
+            "{what}: set B root differs from the v2 image"
+        );
+        assert!(text.contains(says), "{what}: {text}");
+        let fetched: HashSet<String> = d.chunk_requests().into_iter().collect();
+        let patched = patched_chunks(&d);
+        // Whatever the patch did not produce came from the store (a tampered frame may still
+        // produce its other entries' chunks; each is verified).
+        let from_store: HashSet<String> = d.new_chunks.difference(&fetched).cloned().collect();
+        assert!(
+            from_store.is_subset(&patched),
+            "{what}: chunks neither fetched nor patched: {from_store:?}"
+        );
+        if what.contains("missing") || what.contains("index") || what.contains("another version") {
+            assert_eq!(
+                fetched, d.new_chunks,
+                "{what}: every new chunk from the store"
+            );
+        }
+    }
 }
