@@ -78,7 +78,8 @@ fn run(
     );
     trusted_root.clone_into(&mut opts.trusted_root);
     opts.reference_time = Some(now);
-    let repo = Repository::load(opts, transport).map_err(|e| format!("metadata: {e}"))?;
+    let repo =
+        Repository::load(opts, Arc::clone(&transport)).map_err(|e| format!("metadata: {e}"))?;
     report.notes.push(format!(
         "metadata verified from {}: root version {}, timestamp {}, snapshot {}, targets {}",
         trusted_root.display(),
@@ -126,7 +127,77 @@ fn run(
             Err(p) => report.problems.push(p),
         }
     }
+    check_chunk_stores(&repo, &manifest, &join("targets/")?, &transport, report);
     Ok(())
+}
+
+/// Chunks checked per index: every one up to this many, else this many spread evenly.
+const CHUNK_SAMPLE: usize = 256;
+
+/// For each chunk index a delta names: that it parses, and that its chunks (all, or an even
+/// sample of [`CHUNK_SAMPLE`]) are in the store the delta names and hash to their ids, as a host
+/// fetches them.
+fn check_chunk_stores(
+    repo: &Repository,
+    manifest: &manifest::Manifest,
+    targets: &Url,
+    transport: &Arc<dyn Transport>,
+    report: &mut CheckReport,
+) {
+    for u in &manifest.updates {
+        let Some(delta) = &u.delta else { continue };
+        let store = match targets.join(&delta.store) {
+            Ok(url) => url,
+            Err(e) => {
+                report
+                    .problems
+                    .push(format!("{}: chunk store {:?}: {e}", u.id(), delta.store));
+                continue;
+            }
+        };
+        let fetcher = casync::ChunkFetcher::new(Arc::clone(transport), store.clone());
+        for (image, name) in &delta.indexes {
+            let index = match read_index(repo, name) {
+                Ok(index) => index,
+                Err(p) => {
+                    report.problems.push(p);
+                    continue;
+                }
+            };
+            let step = index.len().div_ceil(CHUNK_SAMPLE).max(1);
+            let mut buf = Vec::new();
+            let mut checked = 0;
+            let mut bad = Vec::new();
+            for chunk in index.chunks().step_by(step) {
+                checked += 1;
+                if let Err(e) = fetcher.fetch(&chunk, &mut buf) {
+                    bad.push(format!("chunk {} ({}): {e}", chunk.number, chunk.id));
+                }
+            }
+            if bad.is_empty() {
+                report.notes.push(format!(
+                    "{name}: {} chunks; {checked} checked in the store {store} for {image}",
+                    index.len()
+                ));
+            } else {
+                report.problems.push(format!(
+                    "{name}: {} of {checked} chunks checked are not usable from the store {store} (hosts would download the full {image} image): {}",
+                    bad.len(),
+                    bad.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+                ));
+            }
+        }
+    }
+}
+
+fn read_index(repo: &Repository, name: &str) -> Result<casync::BlobIndex, String> {
+    let mut reader = repo.read_target(name).map_err(|e| format!("{name}: {e}"))?;
+    let mut bytes = Vec::new();
+    reader
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{name}: {e}"))?;
+    reader.finish().map_err(|e| format!("{name}: {e}"))?;
+    casync::BlobIndex::parse(&bytes).map_err(|e| format!("{name}: not a chunk index: {e}"))
 }
 
 fn read_manifest(repo: &Repository) -> Result<manifest::Manifest, String> {

@@ -1121,12 +1121,21 @@ fn check_manifest_targets(
     }
 }
 
-/// The image and migration target names a manifest refers to, without repeats.
+/// The target names a manifest refers to, without repeats: images, migrations, and the chunk
+/// indexes and patches of delta updates (a delta naming a file that is not a signed target
+/// would make every host fall back to the full image, silently).
 pub fn manifest_target_names(m: &manifest::Manifest) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for u in &m.updates {
         for (_, name) in u.images.named() {
             out.insert(name.to_owned());
+        }
+        if let Some(delta) = &u.delta {
+            out.extend(delta.indexes.values().cloned());
+            for p in &delta.patches {
+                out.insert(p.index.clone());
+                out.insert(p.data.clone());
+            }
         }
     }
     for names in m.migrations.values() {

@@ -888,3 +888,53 @@ fn check_finds_a_release_hosts_would_refuse_for_want_of_a_migration_step() {
     let out = ok(d, &["check", "repo", "--root", "root.json"]);
     assert!(out.contains("no problems found"), "{out}");
 }
+
+/// Issue 22: a delta hosts cannot use was published and passed `check` (an index name that is
+/// no target; a store that was never copied next to the targets), and every host silently
+/// downloaded full images. `publish` now refuses a delta naming a file that is not a target,
+/// and `check` fetches the chunks each index names from its store and verifies them.
+#[test]
+fn a_delta_hosts_cannot_use_is_refused_by_publish_or_found_by_check() {
+    let dir = publisher();
+    let d = dir.path();
+    ok(
+        d,
+        &[
+            "make-index",
+            "root.ext4",
+            "--index",
+            "staging/v-x86_64-1.1.0-root.caibx",
+            "--store",
+            "chunks",
+        ],
+    );
+    line(
+        d,
+        "set-delta manifest.json -l v -a x86_64 -v 1.1.0 --store chunks/ --index root=no-such.caibx",
+    );
+    let before = snapshot(d);
+    let out = fails(d, &publish_args());
+    assert!(out.contains("no-such.caibx"), "{out}");
+    assert!(snapshot(d) == before, "a refused publish changed files");
+
+    line(
+        d,
+        "set-delta manifest.json -l v -a x86_64 -v 1.1.0 --store chunks/ --index root=v-x86_64-1.1.0-root.caibx",
+    );
+    publish(d);
+    // The store was not copied next to the targets: check says hosts could not use the delta.
+    let out = fails(d, &["check", "repo", "--root", "root.json"]);
+    assert!(
+        out.contains("v-x86_64-1.1.0-root.caibx") && out.contains("not usable from the store"),
+        "{out}"
+    );
+    let copied = Command::new("cp")
+        .args(["-r", "chunks", "repo/targets/chunks"])
+        .current_dir(d)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let out = ok(d, &["check", "repo", "--root", "root.json"]);
+    assert!(out.contains("checked in the store"), "{out}");
+    assert!(out.contains("no problems found"), "{out}");
+}
