@@ -928,13 +928,26 @@ fn a_delta_hosts_cannot_use_is_refused_by_publish_or_found_by_check() {
         out.contains("v-x86_64-1.1.0-root.caibx") && out.contains("not usable from the store"),
         "{out}"
     );
-    let copied = Command::new("cp")
-        .args(["-r", "chunks", "repo/targets/chunks"])
-        .current_dir(d)
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    // `publish --chunks` places the store where the manifest says, before the metadata; run
+    // again (a second release), it keeps what is there and nests nothing.
+    let mut args = republish_args();
+    args.extend(["--chunks", "chunks"]);
+    let out = ok(d, &args);
+    assert!(
+        out.contains("copied, 0 already in repo/targets/chunks"),
+        "{out}"
+    );
     let out = ok(d, &["check", "repo", "--root", "root.json"]);
     assert!(out.contains("checked in the store"), "{out}");
     assert!(out.contains("no problems found"), "{out}");
+    let out = ok(d, &args);
+    assert!(out.contains("chunks: 0 copied"), "{out}");
+    assert!(!d.join("repo/targets/chunks/chunks").exists());
+    // A store given as a URL is not ours to fill.
+    line(
+        d,
+        "set-delta manifest.json -l v -a x86_64 -v 1.1.0 --store https://cdn.example/chunks/ --index root=v-x86_64-1.1.0-root.caibx",
+    );
+    let out = fails(d, &args);
+    assert!(out.contains("copy the chunks there yourself"), "{out}");
 }

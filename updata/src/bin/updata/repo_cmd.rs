@@ -62,6 +62,11 @@ pub enum RepoCommand {
         /// Add every file in this directory as a target.
         #[arg(long, value_name = "DIR")]
         add_targets: Vec<PathBuf>,
+        /// The chunk store `make-index` wrote (`DIR/<4 hex>/<id>.cacnk`): its chunks are copied
+        /// into the store every delta of the manifest names (`targets/<store>/`), before any
+        /// metadata is written; chunks already there are kept. Needs --manifest.
+        #[arg(long, value_name = "STORE_DIR", requires = "manifest")]
+        chunks: Option<PathBuf>,
         #[command(flatten)]
         keys: KeyArgs,
         /// Sign targets offline, step 1: check everything, write the unsigned targets metadata
@@ -475,6 +480,7 @@ impl RepoCommand {
                 manifest,
                 mut targets,
                 add_targets,
+                chunks,
                 keys,
                 draft_targets,
                 signed_targets,
@@ -497,6 +503,7 @@ impl RepoCommand {
                     timestamp: time(&timestamp_expires, now)?,
                     warn_within: duration(&warn_within)?,
                 };
+                let repository_dir = repo.clone();
                 let repository = Repository::new(repo);
                 if let Some(out) = draft_targets {
                     if out.exists() {
@@ -516,6 +523,10 @@ impl RepoCommand {
                     return Ok(ExitCode::SUCCESS);
                 }
                 let keys = keys.load()?;
+                if let (Some(store), Some(manifest)) = (&chunks, &release.manifest) {
+                    // Before the metadata: hosts that see the release find its chunks.
+                    place_chunks(&repository_dir, manifest, store)?;
+                }
                 let report = match signed_targets {
                     Some(path) => {
                         let signed = Envelope::load(&path)?;
@@ -648,6 +659,85 @@ impl RepoCommand {
 }
 
 /// Regular files directly in `dir`, sorted, skipping hidden ones.
+/// Copies the chunk files of `store` (`<4 hex>/<64 hex>.cacnk`) into every store the manifest's
+/// deltas name under `repo/targets/`, each atomically, keeping chunks already there (a chunk's
+/// name is its content's hash). Anything else in `store` is left out.
+fn place_chunks(
+    repo: &Path,
+    manifest: &Path,
+    store: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let m = manifest::fs::load(manifest)?;
+    let mut dests = std::collections::BTreeSet::new();
+    for u in &m.updates {
+        let Some(delta) = &u.delta else { continue };
+        let rel = Path::new(&delta.store);
+        if delta.store.contains("://")
+            || rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(format!(
+                "--chunks: the store of {} is {:?}, not a path under the repository's targets; \
+                 copy the chunks there yourself",
+                u.id(),
+                delta.store
+            )
+            .into());
+        }
+        dests.insert(repo.join("targets").join(rel));
+    }
+    if dests.is_empty() {
+        return Err(format!(
+            "--chunks: {} names no delta store (set-delta names it)",
+            manifest.display()
+        )
+        .into());
+    }
+    let is_hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut files = Vec::new();
+    for dir in std::fs::read_dir(store).map_err(|e| format!("{}: {e}", store.display()))? {
+        let dir = dir?;
+        let name = dir.file_name().to_string_lossy().into_owned();
+        if !is_hex(&name, 4) || !dir.file_type()?.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(dir.path())? {
+            let file = file?;
+            let fname = file.file_name().to_string_lossy().into_owned();
+            let id = fname.strip_suffix(".cacnk").unwrap_or_default();
+            if is_hex(id, 64) && id.starts_with(&name) && file.file_type()?.is_file() {
+                files.push((name.clone(), fname, file.path()));
+            }
+        }
+    }
+    let opts = atomic_write::AtomicWrite {
+        create_dir: true,
+        ..atomic_write::AtomicWrite::for_published_file()
+    };
+    for dest in &dests {
+        let (mut copied, mut present) = (0, 0);
+        for (sub, fname, src) in &files {
+            let to = dest.join(sub).join(fname);
+            if to.exists() {
+                present += 1;
+                continue;
+            }
+            let mut input =
+                std::fs::File::open(src).map_err(|e| format!("{}: {e}", src.display()))?;
+            opts.write(&to, |f| std::io::copy(&mut input, f).map(|_| ()))
+                .map_err(|e| format!("{}: {e}", to.display()))?;
+            copied += 1;
+        }
+        println!(
+            "chunks: {copied} copied, {present} already in {}",
+            dest.display()
+        );
+    }
+    Ok(())
+}
+
 fn files_in(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let io = |source| Error::Io {
         action: "reading the directory",
