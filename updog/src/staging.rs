@@ -13,7 +13,7 @@
 //! 4. [`ClearedSet`]: the inactive set cleared (priority 0, no tries, not successful) with the
 //!    GPT change flushed, then the staged record of the set removed. Images are written into
 //!    it only through its own methods, onto its own partitions, from its own plan's targets
-//!    ([`ClearedSet::stage_full`], [`ClearedSet::stage_delta`]), and each is recorded in it
+//!    ([`ClearedSet::stage_full`], `ClearedSet::stage_delta`), and each is recorded in it
 //!    once written, flushed and read back.
 //! 5. `ClearedSet::mark_valid(self, ..)`: takes the cleared set and nothing that could come
 //!    from elsewhere (no image, no record, no set): it writes the record of the images it
