@@ -18,11 +18,7 @@ fn updata(dir: &Path, line: &str) -> Output {
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    fixtures::fs::output_text(out)
 }
 
 fn ok(dir: &Path, line: &str) -> String {
@@ -240,19 +236,6 @@ fn delegated_targets_are_followed_by_our_client_and_python_tuf_within_their_path
     assert_eq!(python_tuf(d, &url, &root, "extras-tool.bin"), None);
 }
 
-/// Every file under `dir` with its bytes.
 fn fixtures_snapshot(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.clone(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
+    fixtures::fs::snapshot(dir)
 }

@@ -15,11 +15,7 @@ fn updata(dir: &Path, args: &[&str]) -> Output {
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    fixtures::fs::output_text(out)
 }
 
 fn ok(dir: &Path, line: &str) -> String {

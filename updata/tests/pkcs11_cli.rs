@@ -26,11 +26,7 @@ fn updata(hsm: &SoftHsm, dir: &Path, args: &[&str]) -> Output {
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    fixtures::fs::output_text(out)
 }
 
 fn ok(hsm: &SoftHsm, dir: &Path, args: &[&str]) -> String {
@@ -63,21 +59,8 @@ fn uri(object: &str) -> String {
     format!("pkcs11:token=updata;object={object}?pin-source=file:pin.txt")
 }
 
-/// Every file under `dir` with its bytes.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.clone(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
+    fixtures::fs::snapshot(dir)
 }
 
 /// A publisher whose four role keys are in the token (root and snapshot ECDSA P-256, targets

@@ -19,11 +19,7 @@ fn updata(dir: &Path, args: &[&str]) -> Output {
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    fixtures::fs::output_text(out)
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
@@ -57,21 +53,8 @@ fn refused(dir: &Path, line: &str) -> String {
     fails(dir, &line.split_whitespace().collect::<Vec<_>>())
 }
 
-/// Every file under `dir` with its bytes, to show that a refused command changed nothing.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.clone(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
+    fixtures::fs::snapshot(dir)
 }
 
 const SIGN: [&str; 6] = [
