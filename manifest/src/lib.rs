@@ -149,6 +149,18 @@ pub struct Delta {
     pub patches: Vec<Patch>,
 }
 
+impl Delta {
+    /// Names `patch`, replacing an earlier patch for the same release and image; patches stay
+    /// sorted newest release first, then by image.
+    pub fn add_patch(&mut self, patch: Patch) {
+        self.patches
+            .retain(|p| !(p.from == patch.from && p.image == patch.image));
+        self.patches.push(patch);
+        self.patches
+            .sort_by(|a, b| (&b.from, &a.image).cmp(&(&a.from, &b.image)));
+    }
+}
+
 /// A patch of one image's new chunks against the same image of an earlier release: a patch
 /// index (JSON) and its data, both TUF targets, made by `updata make-patch`.
 ///

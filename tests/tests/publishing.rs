@@ -416,3 +416,115 @@ fn the_readme_publishes_with_keys_in_hardware_and_root_signed_offline() {
     no_update(&host);
     assert_eq!(stored_version(&host, "targets.json"), 2);
 }
+
+/// `image` with one byte changed every 100 KiB (from `seed`): a release that differs from the
+/// one before it the way a patch release does, so that patches beat the chunk store.
+fn edited(image: &[u8], seed: u8) -> Vec<u8> {
+    let mut out = image.to_vec();
+    for at in (4096 + usize::from(seed) * 512..out.len()).step_by(100 * 1024) {
+        out[at] = out[at].wrapping_add(seed | 1);
+    }
+    out
+}
+
+/// Issue 22: the README's "Delta updates" blocks for publishers, run as written after the first
+/// block of "Publishing a release": 1.1.0 indexed once, then the release block for 1.2.0 and,
+/// with the version changed, for 1.3.0. `make-patches` reads the earlier releases from the
+/// repository and makes one patch per earlier release (two for 1.3.0); a host on 1.1.0 stages
+/// 1.2.0 and then 1.3.0 through the patch from the release it runs, never downloading the full
+/// root image, and ends with each release's bytes.
+#[test]
+fn the_readme_delta_flow_publishes_releases_a_host_patches_to() {
+    let publishing = readme_blocks();
+    let delta = section_blocks("\n## Delta updates\n", "\n## ");
+    assert!(delta.len() >= 2, "index once, then one block per release");
+    let (index_once, per_release) = (&delta[0], &delta[1]);
+    assert!(per_release.contains("1.2.0") && per_release.contains("make-patches"));
+
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let r1 = Release::new("1.1.0");
+    let mut r2 = Release::new("1.2.0");
+    r2.root = edited(&r1.root, 1);
+    let mut r3 = Release::new("1.3.0");
+    r3.root = edited(&r2.root, 2);
+    let steps =
+        "[migrations]\n\"(1.0.0, 1.1.0)\" = []\n\"(1.1.0, 1.2.0)\" = []\n\"(1.2.0, 1.3.0)\" = []\n";
+    for r in [&r1, &r2, &r3] {
+        let build = build_output(w, r);
+        std::fs::write(
+            build.join("Release.toml"),
+            format!("version = \"{}\"\n{steps}", r.version),
+        )
+        .unwrap();
+    }
+
+    // Keys, root and release 1.1.0, as "Publishing a release" does it; a host takes 1.1.0 whole.
+    run_block(w, &publishing[0]);
+    let shipped_root = w.join("shipped-root.json");
+    std::fs::copy(w.join("repo/metadata/1.root.json"), &shipped_root).unwrap();
+    let repo = Published {
+        dir: w.join("repo"),
+        metadata_path: "metadata/",
+        targets_path: "targets/",
+        root_json: shipped_root,
+    };
+    let mut host = Host::serving(
+        tempfile::tempdir().unwrap(),
+        repo,
+        "1.0.0",
+        DiskImageBuilder::new(),
+    );
+    let out = host.updog(&["update"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    boot_into(&mut host, SetId::B, "1.1.0");
+
+    run_block(w, index_once);
+    let mut set = SetId::A;
+    for (release, from, blocks_from) in [(&r2, "1.1.0", 1), (&r3, "1.2.0", 2)] {
+        let block = per_release.replace("1.2.0", &release.version.to_string());
+        let out = run_block(w, &block);
+        assert!(out.contains("repo: no problems found"), "{out}");
+        let made = out
+            .lines()
+            .filter(|l| l.starts_with("root patch from ") && !l.contains("not made"))
+            .count();
+        assert_eq!(
+            made, blocks_from,
+            "patches against the earlier releases:\n{out}"
+        );
+
+        // check-update shows the patch from the running release before anything is written.
+        let out = host.updog(&["check-update", "--json"]);
+        assert!(out.status.success(), "{}", describe(&out));
+        let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let plan = &check["delta_plan"]["images"][0];
+        assert_eq!(plan["image"], "root", "{check}");
+        assert_eq!(plan["patch"]["from"], from, "{check}");
+
+        let before = host.server.requests().len();
+        let out = host.updog(&["update"]);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        assert_set_holds(&host, set, release);
+        let asked: Vec<String> = host.server.requests()[before..]
+            .iter()
+            .map(|r| r.path.clone())
+            .collect();
+        let stem = format!("demo-variant-x86_64-{}-root", release.version);
+        let full = host.repo.target_url_paths(&format!("{stem}.ext4.lz4"));
+        let patch = host
+            .repo
+            .target_url_paths(&format!("{stem}.from-{from}.patch"));
+        assert!(!full.is_empty() && !patch.is_empty());
+        assert!(
+            !asked.iter().any(|p| full.contains(p)),
+            "the full root image was downloaded: {asked:?}"
+        );
+        assert!(
+            asked.iter().any(|p| patch.contains(p)),
+            "the patch from {from} was not fetched: {asked:?}"
+        );
+        boot_into(&mut host, set, &release.version.to_string());
+        set = set.other();
+    }
+}

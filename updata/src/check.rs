@@ -55,13 +55,21 @@ pub fn check(
     report
 }
 
-fn run(
-    location: &str,
-    trusted_root: &Path,
-    warn_within: Duration,
-    now: DateTime<Utc>,
-    report: &mut CheckReport,
-) -> Result<(), String> {
+/// A repository loaded as a host loads it, from a trusted root.
+pub struct Opened {
+    /// The verified repository.
+    pub repo: Repository,
+    /// What it was read through.
+    pub transport: Arc<dyn Transport>,
+    /// The folder holding `metadata/` and `targets/`.
+    pub base: Url,
+    /// Where the client keeps its metadata while the repository is in use.
+    _datastore: tempfile::TempDir,
+}
+
+/// Loads the repository at `location` (as [`check`] takes it) with our TUF client from
+/// `trusted_root`, at `now`: every role verified, as a host would.
+pub fn open(location: &str, trusted_root: &Path, now: DateTime<Utc>) -> Result<Opened, String> {
     let base = repository_url(location)?;
     let join = |p: &str| base.join(p).map_err(|e| format!("{base}: {e}"));
     let transport: Arc<dyn Transport> = if base.scheme() == "file" {
@@ -80,6 +88,28 @@ fn run(
     opts.reference_time = Some(now);
     let repo =
         Repository::load(opts, Arc::clone(&transport)).map_err(|e| format!("metadata: {e}"))?;
+    Ok(Opened {
+        repo,
+        transport,
+        base,
+        _datastore: datastore,
+    })
+}
+
+fn run(
+    location: &str,
+    trusted_root: &Path,
+    warn_within: Duration,
+    now: DateTime<Utc>,
+    report: &mut CheckReport,
+) -> Result<(), String> {
+    let Opened {
+        repo,
+        transport,
+        base,
+        _datastore,
+    } = open(location, trusted_root, now)?;
+    let join = |p: &str| base.join(p).map_err(|e| format!("{base}: {e}"));
     report.notes.push(format!(
         "metadata verified from {}: root version {}, timestamp {}, snapshot {}, targets {}",
         trusted_root.display(),

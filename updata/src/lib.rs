@@ -12,7 +12,9 @@
 //! - [`offline`]: signing a root (or any role) on a machine that never sees the repository;
 //! - [`repo`]: publishing a release, refreshing the timestamp, rotating the root, in the
 //!   reference's layout with consistent snapshots, crash-safe by write order;
-//! - [`check`]: the repository verified as a host would, with our own TUF client, before upload.
+//! - [`check`]: the repository verified as a host would, with our own TUF client, before upload;
+//! - [`patches`]: patches of a new release's images against the earlier releases hosts run,
+//!   read from the published repository as hosts read them.
 //!
 //! Metadata is written by our own signer ([`metadata`]) rather than `tough::editor`: it is
 //! synchronous like the rest of the crate, writes every file atomically in an order that keeps
@@ -60,6 +62,7 @@ pub mod image;
 pub mod keys;
 pub mod metadata;
 pub mod offline;
+pub mod patches;
 pub mod pkcs11;
 pub mod repo;
 pub mod root;

@@ -11,6 +11,7 @@ use casync::store::{Put, chunk_path, decode_chunk};
 use casync::{BlobIndex, ChunkSizes, Chunker, StoreWriter};
 use clap::{Args, Subcommand};
 use semver::Version;
+use updata::patches;
 
 /// Delta-update subcommands.
 #[derive(Subcommand)]
@@ -82,6 +83,35 @@ pub enum DeltaCommand {
         /// Where to write the patch index.
         #[arg(long, value_name = "JSON")]
         patch_index: PathBuf,
+    },
+    /// Makes, in one step, the patches hosts running the newest earlier releases need: for each
+    /// --image of the update and each of the --previous newest earlier releases of the same
+    /// variant and arch in the manifest, reads that release's index and image from the published
+    /// repository (verified from --root, as hosts read them), makes a patch, checks that every
+    /// entry applies, writes it to --staging and names it in the manifest (as add-patch does).
+    /// A release without a published index of the image is skipped, with why. Then publish
+    /// with `--add-targets STAGING`.
+    MakePatches {
+        #[command(flatten)]
+        update: UpdateSelector,
+        /// The published repository holding the earlier releases: a directory, or a file://,
+        /// http:// or https:// URL of the folder holding metadata/ and targets/.
+        #[arg(long)]
+        repo: String,
+        /// The root hosts ship with (their trusted root).
+        #[arg(long, value_name = "ROOT_JSON")]
+        root: PathBuf,
+        /// IMAGE=RAW_IMAGE for each image to patch (boot, root or hash), e.g.
+        /// root=build-1.2.0/root.ext4; its index is the one set-delta named, in --staging.
+        #[arg(long = "image", value_name = "IMAGE=RAW_IMAGE", required = true)]
+        images: Vec<String>,
+        /// The directory holding the update's indexes (make-index --index); the patches are
+        /// written there too.
+        #[arg(long, value_name = "DIR")]
+        staging: PathBuf,
+        /// How many earlier releases to patch against, newest first.
+        #[arg(long, default_value_t = 2)]
+        previous: usize,
     },
     /// Names a patch in an update's delta data in the manifest (after set-delta): hosts running
     /// --from fetch it for that image instead of the chunks it produces. Replaces an earlier
@@ -222,6 +252,14 @@ impl DeltaCommand {
                 out,
                 patch_index,
             } => make_patch(&from_image, &from_index, &image, &index, &out, &patch_index),
+            Self::MakePatches {
+                update: selector,
+                repo,
+                root,
+                images,
+                staging,
+                previous,
+            } => make_patches(&selector, &repo, &root, &images, &staging, previous),
             Self::AddPatch {
                 update: selector,
                 from,
@@ -253,18 +291,12 @@ impl DeltaCommand {
                         )
                         .into());
                     }
-                    delta
-                        .patches
-                        .retain(|p| !(p.from == from && p.image == image));
-                    delta.patches.push(manifest::Patch {
+                    delta.add_patch(manifest::Patch {
                         from: from.clone(),
                         image: image.clone(),
                         index,
                         data,
                     });
-                    delta
-                        .patches
-                        .sort_by(|a, b| (&b.from, &a.image).cmp(&(&a.from, &b.image)));
                     Ok(())
                 })?;
                 println!("added the {image} patch from {from} to {which}");
@@ -325,47 +357,6 @@ fn check_index(index: &PathBuf, image: Option<&PathBuf>, store: Option<&PathBuf>
     }
 }
 
-/// Positional reads of a raw image, for the patch maker.
-fn read_at(file: &fs::File) -> impl FnMut(u64, &mut [u8]) -> std::io::Result<()> + '_ {
-    use std::os::unix::fs::FileExt;
-    move |offset, buf| file.read_exact_at(buf, offset)
-}
-
-fn load_index(path: &PathBuf, image: &PathBuf) -> Res<(BlobIndex, fs::File)> {
-    let bytes = fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let index = BlobIndex::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file = fs::File::open(image).map_err(|e| format!("opening {}: {e}", image.display()))?;
-    let len = file
-        .metadata()
-        .map_err(|e| format!("reading {}: {e}", image.display()))?
-        .len();
-    index.check_total(len).map_err(|e| {
-        format!(
-            "{} does not describe {}: {e}",
-            path.display(),
-            image.display()
-        )
-    })?;
-    Ok((index, file))
-}
-
-/// Writes `bytes` to `path` whole or not at all.
-fn write_whole(path: &PathBuf, bytes: &[u8]) -> Res<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| format!("writing {}: {e}", path.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| format!("writing {}: {e}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| format!("writing {}: {}", path.display(), e.error))?;
-    Ok(())
-}
-
 fn make_patch(
     from_image: &PathBuf,
     from_index: &PathBuf,
@@ -374,44 +365,125 @@ fn make_patch(
     out: &PathBuf,
     patch_index: &PathBuf,
 ) -> Res<ExitCode> {
-    let (old, old_file) = load_index(from_index, from_image)?;
-    let (new, new_file) = load_index(index, image)?;
-    let mut data = Vec::new();
-    let (patch, stats) = casync::patch::make_patch(
-        &old,
-        read_at(&old_file),
-        &new,
-        read_at(&new_file),
-        &mut data,
-    )
-    .map_err(|e| format!("making the patch: {e}"))?;
-    // Every entry must apply to the earlier image and give the new index's chunks: what a host
-    // will check, checked before anything is published.
-    for entry in &patch.entries {
-        let window = casync::patch::reference_window(entry, &old, read_at(&old_file))
-            .map_err(|e| format!("{}: {e}", from_image.display()))?;
-        let frame = usize::try_from(entry.offset)
-            .ok()
-            .zip(usize::try_from(entry.offset + entry.len).ok())
-            .and_then(|(a, b)| data.get(a..b))
-            .ok_or("the patch data is shorter than its index")?;
-        casync::patch::apply_entry(entry, frame, &window, &new)
-            .map_err(|e| format!("the patch does not apply: {e}"))?;
-    }
+    let (old, old_file) = patches::load_local(from_index, from_image)?;
+    let (new, new_file) = patches::load_local(index, image)?;
+    let (patch, data, stats) = patches::make_verified(&old, &old_file, &new, &new_file)
+        .map_err(|e| format!("making the patch: {e}"))?;
     let json = serde_json::to_vec(&patch)?;
-    write_whole(out, &data)?;
-    write_whole(patch_index, &json)?;
-    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let opts = atomic_write::AtomicWrite::for_published_file();
+    atomic_write::write_bytes(&opts, out, &data)?;
+    atomic_write::write_bytes(&opts, patch_index, &json)?;
     println!(
-        "{}: {} of {} new chunk(s) ({} bytes) in {} bytes, against {} bytes from the chunk store ({:.3}x); index {}",
+        "{}: {}; index {}",
         out.display(),
+        describe_stats(&stats),
+        patch_index.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a patch saves, for people.
+fn describe_stats(stats: &casync::patch::PatchStats) -> String {
+    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    format!(
+        "{} of {} new chunk(s) ({} bytes) in {} bytes, against {} bytes from the chunk store ({:.3}x)",
         stats.patched_chunks,
         stats.new_chunks,
         stats.new_bytes,
         stats.patch_bytes,
         stats.store_bytes,
         ratio(stats.patch_bytes, stats.store_bytes),
-        patch_index.display()
+    )
+}
+
+fn make_patches(
+    selector: &UpdateSelector,
+    repo: &str,
+    root: &std::path::Path,
+    images: &[String],
+    staging: &std::path::Path,
+    previous: usize,
+) -> Res<ExitCode> {
+    let which = describe(selector);
+    let m = manifest::fs::load(&selector.manifest)?;
+    let id = manifest::UpdateId::new(&selector.variant, &selector.arch, &selector.version);
+    let update = m
+        .updates
+        .iter()
+        .find(|u| u.id() == id)
+        .ok_or_else(|| format!("no update {which} in {}", selector.manifest.display()))?;
+    let mut new_images = Vec::new();
+    for pair in images {
+        let Some((image, raw)) = pair.split_once('=') else {
+            return Err(format!("--image {pair:?}: expected IMAGE=RAW_IMAGE").into());
+        };
+        let index_target = update
+            .delta
+            .as_ref()
+            .and_then(|d| d.indexes.get(image))
+            .ok_or_else(|| {
+                format!("update {which} names no index for {image}: add it with set-delta first")
+            })?;
+        new_images.push(patches::NewImage {
+            image: image.to_owned(),
+            raw: PathBuf::from(raw),
+            index: staging.join(index_target),
+            index_target: index_target.clone(),
+        });
+    }
+    let opened = updata::check::open(repo, root, chrono::Utc::now())?;
+    let outcomes = patches::make_against_previous(
+        &opened.repo,
+        &patches::PatchRequest {
+            manifest: &m,
+            update: id,
+            images: &new_images,
+            previous,
+            out_dir: staging,
+        },
+    )?;
+    let mut made = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            patches::Outcome::Made(p) => {
+                println!(
+                    "{} patch from {}: {}; {} and {}",
+                    p.patch.image,
+                    p.patch.from,
+                    describe_stats(&p.stats),
+                    p.data_path.display(),
+                    p.index_path.display()
+                );
+                made.push(p.patch);
+            }
+            patches::Outcome::Skipped {
+                from,
+                image,
+                reason,
+            } => println!(
+                "{image} patch from {from}: not made ({reason}); hosts running {from} fetch its chunks from the store"
+            ),
+        }
+    }
+    if made.is_empty() {
+        println!("no patch made for {which}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let count = made.len();
+    selector.edit(|update| {
+        let delta = update
+            .delta
+            .as_mut()
+            .ok_or_else(|| format!("update {which} has no delta data: run set-delta first"))?;
+        for p in made {
+            delta.add_patch(p);
+        }
+        Ok(())
+    })?;
+    println!(
+        "named {count} patch(es) in {}; publish them with --add-targets {}",
+        selector.manifest.display(),
+        staging.display()
     );
     Ok(ExitCode::SUCCESS)
 }
