@@ -690,8 +690,22 @@ fn a_patch_against_the_running_release_replaces_chunk_downloads() {
         .sum();
     assert_eq!(plan["patch"]["chunks"], entry_chunks, "{check}");
     assert_eq!(plan["patch"]["from"], "1.0.0");
-    let out = d.update();
+    assert!(plan.get("patch_not_used").is_none(), "{check}");
+    let events = d.update_json();
     assert!(d.b_root() == d.v2, "set B root differs from the v2 image");
+    // The progress stream says what the patch did, before the image is done.
+    let at = |name: &str| {
+        events
+            .iter()
+            .position(|e| e["event"] == name && e["image"] == "root")
+            .unwrap_or_else(|| panic!("no {name} event: {events:?}"))
+    };
+    let used = &events[at("delta_patch")];
+    assert_eq!(used["from"], "1.0.0", "{used}");
+    assert_eq!(used["chunks"], entry_chunks, "{used}");
+    assert_eq!(used["downloaded"], patch.data_len, "{used}");
+    assert_eq!(used["not_used"], serde_json::json!([]), "{used}");
+    assert!(at("delta_patch") < at("image_done"));
     assert!(
         !d.full_root_requested(),
         "the full root image was downloaded"
@@ -703,7 +717,7 @@ fn a_patch_against_the_running_release_replaces_chunk_downloads() {
         fetched.intersection(&patched).collect::<Vec<_>>()
     );
     let expected: HashSet<String> = d.new_chunks.difference(&patched).cloned().collect();
-    assert_eq!(fetched, expected, "{}", describe(&out));
+    assert_eq!(fetched, expected);
     let data_paths = d.host.repo.target_url_paths(PATCH_DATA);
     assert!(
         d.host
@@ -820,9 +834,36 @@ fn a_patch_that_cannot_be_used_falls_back_to_the_store_for_every_failure_kind() 
             return;
         };
         break_it(&d);
-        let out = d.host.updog(&["update"]);
+        // check-update knows what the patch index tells: a forged one is named with why.
+        let check = d.check_json();
+        let planned = &check["delta_plan"]["images"][0];
+        if what.contains("index") {
+            assert!(planned.get("patch").is_none(), "{what}: {check}");
+            let reason = planned["patch_not_used"].as_str().unwrap_or_default();
+            assert!(reason.contains("not used"), "{what}: {check}");
+        } else if what.contains("another running version") {
+            assert!(
+                planned.get("patch").is_none() && planned.get("patch_not_used").is_none(),
+                "{what}: {check}"
+            );
+        }
+        let out = d.host.updog(&["update", "--progress", "json"]);
         let text = describe(&out);
         assert!(out.status.success(), "{what}: {text}");
+        // The stream says why the patch was not (wholly) used; no patch listed for the running
+        // version, no event.
+        let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let event = events.iter().find(|e| e["event"] == "delta_patch");
+        if what.contains("another running version") {
+            assert!(event.is_none(), "{what}: {events:?}");
+        } else {
+            let event = event.unwrap_or_else(|| panic!("{what}: no delta_patch event: {text}"));
+            let not_used = event["not_used"].as_array().cloned().unwrap_or_default();
+            assert!(!not_used.is_empty(), "{what}: {event}");
+        }
         assert!(
             d.b_root() == d.v2,
             "{what}: set B root differs from the v2 image"
@@ -837,7 +878,10 @@ fn a_patch_that_cannot_be_used_falls_back_to_the_store_for_every_failure_kind() 
             from_store.is_subset(&patched),
             "{what}: chunks neither fetched nor patched: {from_store:?}"
         );
-        if what.contains("missing") || what.contains("index") || what.contains("another version") {
+        if what.contains("missing")
+            || what.contains("index")
+            || what.contains("another running version")
+        {
             assert_eq!(
                 fetched, d.new_chunks,
                 "{what}: every new chunk from the store"

@@ -97,6 +97,24 @@ pub enum ProgressEvent {
         /// Why (no index, store unreachable, chunks that keep failing, ...).
         reason: String,
     },
+    /// The update lists a patch of this image against the running release: what it produced
+    /// (each chunk verified against the new index), and why it, or some of its entries, could
+    /// not be used (those chunks came from the chunk store). Sent once the image is assembled,
+    /// before its `image_done`.
+    DeltaPatch {
+        /// Which image.
+        image: ImageKind,
+        /// The patch data target.
+        target: String,
+        /// The release it is made against (the running one).
+        from: String,
+        /// Chunks it wrote.
+        chunks: u64,
+        /// Patch data bytes downloaded.
+        downloaded: u64,
+        /// Why the patch or some of its entries were not used; empty when all of it was.
+        not_used: Vec<String>,
+    },
     /// The image was flushed and is being read back for comparison.
     Verifying {
         /// Which image.
@@ -476,6 +494,26 @@ pub fn describe(event: &ProgressEvent) -> Option<String> {
         }
         ProgressEvent::DeltaFallback { image, reason } => {
             format!("Delta {image} not possible ({reason}); downloading the full image")
+        }
+        ProgressEvent::DeltaPatch {
+            image,
+            from,
+            chunks,
+            downloaded,
+            not_used,
+            ..
+        } => {
+            let why = if not_used.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; not used: {} (those chunks came from the chunk store)",
+                    not_used.join("; ")
+                )
+            };
+            format!(
+                "Delta {image}: a patch from {from} made {chunks} chunk(s) from {downloaded} byte(s){why}"
+            )
         }
         ProgressEvent::Verifying { image } => format!("Reading back {image}"),
         ProgressEvent::ImageDone { image, written } => {

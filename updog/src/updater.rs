@@ -937,6 +937,16 @@ impl Updater {
         };
         match cleared.stage_delta(kind, source, cancel.flag(), &mut on_progress) {
             Ok(staged) => {
+                if let Some(patch) = staged.patch {
+                    progress(&ProgressEvent::DeltaPatch {
+                        image: kind,
+                        target: patch.target,
+                        from: patch.from,
+                        chunks: patch.chunks,
+                        downloaded: patch.downloaded,
+                        not_used: patch.skipped,
+                    });
+                }
                 progress(&ProgressEvent::ImageDone {
                     image: kind,
                     written: staged.written,

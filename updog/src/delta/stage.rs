@@ -205,11 +205,14 @@ pub struct DeltaStaged {
 pub struct PatchUse {
     /// The patch data target.
     pub target: String,
+    /// The release it is made against (the running one).
+    pub from: String,
     /// Chunks it wrote (each verified against the new index).
     pub chunks: u64,
     /// Patch data bytes downloaded.
     pub downloaded: u64,
-    /// Entries that could not be used, with why (their chunks came from the store).
+    /// Why the patch, or some of its entries, could not be used (those chunks came from the
+    /// store).
     pub skipped: Vec<String>,
 }
 
@@ -382,11 +385,7 @@ impl DeltaImage<'_> {
         // A patch against the running release, when the update has one and the running
         // version's index is the repository's (signed): the patch's windows are verified against
         // it chunk by chunk. What it writes is then found in place by the assembly.
-        let patch = if origin.is_none() {
-            self.find_patch(repo, &seed, &index)
-        } else {
-            None
-        };
+        let (patch, not_used) = self.find_patch(repo, &seed, origin.is_none(), &index);
 
         let marker = Marker::new(
             self.state_dir,
@@ -402,20 +401,24 @@ impl DeltaImage<'_> {
         if let Some(limit) = store.chunk_time_limit {
             fetcher = fetcher.with_time_limit(limit);
         }
-        let patched = patch.and_then(|(patch, data)| {
-            let job = PatchJob {
-                patch: &patch,
-                data: &data,
-                old: &seed,
-                new: &index,
-                active: &active,
-                inactive: &inactive,
-            };
-            job.apply(repo, cancel)
-        });
+        let tried = patch.is_some();
+        let patched = patch
+            .map(|(patch, data)| {
+                let job = PatchJob {
+                    patch: &patch,
+                    data: &data,
+                    from: self.running_version,
+                    old: &seed,
+                    new: &index,
+                    active: &active,
+                    inactive: &inactive,
+                };
+                job.apply(repo, cancel)
+            })
+            .or(not_used);
         let options = AssembleOptions {
             // Chunks the patch wrote are found in place (re-hashed) and not fetched.
-            resumed: resumed || patched.is_some(),
+            resumed: resumed || tried,
             ..AssembleOptions::default()
         };
         let assembled = assemble(
@@ -446,22 +449,64 @@ impl DeltaImage<'_> {
     }
 
     /// The update's patch of this image against the running version, read and checked against
-    /// both indexes; `None` (with the reason logged) when there is none or it cannot be used.
+    /// both indexes, to apply; or, when the update lists one that cannot be used (with the
+    /// reason logged), what to report instead. `verifiable`: `old` is the running release's
+    /// signed index from the repository, the only index a patch's windows may be checked against.
     fn find_patch(
         &self,
         repo: &Repository,
         old: &BlobIndex,
+        verifiable: bool,
         new: &BlobIndex,
-    ) -> Option<(PatchIndex, String)> {
+    ) -> (Option<(PatchIndex, String)>, Option<PatchUse>) {
         let image = self.image.name();
-        match read_patch(repo, self.update, self.running_version, image, old, new)? {
-            Ok(found) => Some(found),
-            Err(reason) => {
-                log::warn!("{reason}; its chunks come from the chunk store");
-                None
+        let Some(listed) = listed_patch(self.update, self.running_version, image) else {
+            return (None, None);
+        };
+        let reason = if verifiable {
+            match read_patch(repo, self.update, self.running_version, image, old, new) {
+                Some(Ok(found)) => return (Some(found), None),
+                Some(Err(reason)) => reason,
+                None => return (None, None),
             }
-        }
+        } else {
+            unverifiable(listed)
+        };
+        log::warn!("{reason}; its chunks come from the chunk store");
+        (
+            None,
+            Some(PatchUse {
+                target: listed.data.clone(),
+                from: listed.from.to_string(),
+                chunks: 0,
+                downloaded: 0,
+                skipped: vec![reason],
+            }),
+        )
     }
+}
+
+/// Why `listed` cannot be used when the running release's signed index is not at hand.
+fn unverifiable(listed: &manifest::Patch) -> String {
+    format!(
+        "patch {} of {} from {} not used (the repository lists no index of {} for {} cut with \
+         the new index's chunk sizes, which its windows must be verified against)",
+        listed.index, listed.image, listed.from, listed.image, listed.from
+    )
+}
+
+/// The patch of `image` against `running_version` the update lists, if any.
+fn listed_patch<'u>(
+    update: &'u Update,
+    running_version: &Version,
+    image: &str,
+) -> Option<&'u manifest::Patch> {
+    update
+        .delta
+        .as_ref()?
+        .patches
+        .iter()
+        .find(|p| &p.from == running_version && p.image == image)
 }
 
 /// The update's patch of `image` against `running_version`, read through TUF and checked against
@@ -475,12 +520,7 @@ fn read_patch(
     old: &BlobIndex,
     new: &BlobIndex,
 ) -> Option<Result<(PatchIndex, String), String>> {
-    let listed = update
-        .delta
-        .as_ref()?
-        .patches
-        .iter()
-        .find(|p| &p.from == running_version && p.image == image)?;
+    let listed = listed_patch(update, running_version, image)?;
     let read = || -> Result<PatchIndex, String> {
         let mut reader = repo.read_target(&listed.index).map_err(|e| e.to_string())?;
         let mut bytes = Vec::new();
@@ -510,6 +550,7 @@ fn read_patch(
 struct PatchJob<'a> {
     patch: &'a PatchIndex,
     data: &'a str,
+    from: &'a Version,
     old: &'a BlobIndex,
     new: &'a BlobIndex,
     active: &'a dyn casync::Device,
@@ -519,15 +560,22 @@ struct PatchJob<'a> {
 impl PatchJob<'_> {
     /// Streams the patch data target through `casync::patch::apply_stream`: windows read from
     /// the running partition, chunks written to the inactive one. Any failure keeps what was
-    /// written (each chunk verified) and says so; the rest comes from the store. `None` when
-    /// nothing could be tried.
-    fn apply(&self, repo: &Repository, cancel: &AtomicBool) -> Option<PatchUse> {
+    /// written (each chunk verified) and says so; the rest comes from the store.
+    fn apply(&self, repo: &Repository, cancel: &AtomicBool) -> PatchUse {
         let data = self.data;
+        let unused = |reason: String| PatchUse {
+            target: data.to_owned(),
+            from: self.from.to_string(),
+            chunks: 0,
+            downloaded: 0,
+            skipped: vec![reason],
+        };
         let mut reader = match repo.read_target(data) {
             Ok(reader) => reader,
             Err(e) => {
-                log::warn!("patch {data} not used ({e}); its chunks come from the chunk store");
-                return None;
+                let reason = format!("patch {data} not used ({e})");
+                log::warn!("{reason}; its chunks come from the chunk store");
+                return unused(reason);
             }
         };
         let applied = casync::patch::apply_stream(
@@ -558,8 +606,9 @@ impl PatchJob<'_> {
                     applied.chunks(),
                     applied.data_read
                 );
-                Some(PatchUse {
+                PatchUse {
                     target: data.to_owned(),
+                    from: self.from.to_string(),
                     chunks: applied.chunks(),
                     downloaded: applied.data_read,
                     skipped: applied
@@ -567,19 +616,14 @@ impl PatchJob<'_> {
                         .iter()
                         .map(|(c, why)| format!("chunks {}..{}: {why}", c.start, c.end))
                         .collect(),
-                })
+                }
             }
             Err(e) => {
                 log::warn!(
                     "patch {data} stopped ({e}); the chunks it did not write come from the chunk store"
                 );
                 // What it wrote before stopping is verified and found in place by the assembly.
-                Some(PatchUse {
-                    target: data.to_owned(),
-                    chunks: 0,
-                    downloaded: 0,
-                    skipped: vec![e.to_string()],
-                })
+                unused(format!("patch {data} stopped ({e})"))
             }
         }
     }
@@ -731,6 +775,10 @@ pub struct ImageEstimate {
     /// used: what it produces and what it downloads instead.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch: Option<PatchEstimate>,
+    /// Why the patch against the running release the update lists for this image cannot be
+    /// used (its chunks would come from the chunk store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_not_used: Option<String>,
 }
 
 /// What a patch against the running release would save.
@@ -790,29 +838,28 @@ pub fn estimate_update(repo: &Repository, request: &EstimateRequest<'_>) -> Opti
                 let totals = PlanTotals::of(&plan);
                 out.total.add(&totals);
                 // Only the repository's (signed) running index can verify a patch's windows.
-                let patch = seed
-                    .as_ref()
-                    .filter(|_| origin == PlanSeed::RunningIndex)
-                    .and_then(|old| {
-                        read_patch(
+                let (mut patch, mut patch_not_used) = (None, None);
+                if let Some(listed) = listed_patch(request.update, request.running_version, image) {
+                    match seed.as_ref().filter(|_| origin == PlanSeed::RunningIndex) {
+                        Some(old) => match read_patch(
                             repo,
                             request.update,
                             request.running_version,
                             image,
                             old,
                             &index,
-                        )
-                    })
-                    .and_then(|found| match found {
-                        Ok((patch, data)) => Some(estimate_patch(&patch, &index, data, request)),
-                        Err(reason) => {
-                            out.unusable.push(UnusableIndex {
-                                image: image.clone(),
-                                reason,
-                            });
-                            None
+                        ) {
+                            Some(Ok((found, data))) => {
+                                patch = Some(estimate_patch(&found, &index, data, request));
+                            }
+                            Some(Err(reason)) => patch_not_used = Some(reason),
+                            None => {}
+                        },
+                        None => {
+                            patch_not_used = Some(unverifiable(listed));
                         }
-                    });
+                    }
+                }
                 out.images.push(ImageEstimate {
                     image: image.clone(),
                     index: target.clone(),
@@ -820,6 +867,7 @@ pub fn estimate_update(repo: &Repository, request: &EstimateRequest<'_>) -> Opti
                     totals,
                     plan,
                     patch,
+                    patch_not_used,
                 });
             }
             Err(e) => out.unusable.push(UnusableIndex {
@@ -891,8 +939,12 @@ pub fn describe_estimate(estimate: &UpdateEstimate) -> Vec<String> {
                     mib(p.download_bytes)
                 )
             });
+            let not_used = i
+                .patch_not_used
+                .as_ref()
+                .map_or(String::new(), |reason| format!("; {reason}"));
             format!(
-                "{}{seed}{patch}",
+                "{}{seed}{patch}{not_used}",
                 line(&format!("Delta {}", i.image), &i.totals)
             )
         })

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use casync::store::{Put, chunk_path, decode_chunk};
@@ -358,12 +358,12 @@ fn check_index(index: &PathBuf, image: Option<&PathBuf>, store: Option<&PathBuf>
 }
 
 fn make_patch(
-    from_image: &PathBuf,
-    from_index: &PathBuf,
-    image: &PathBuf,
-    index: &PathBuf,
-    out: &PathBuf,
-    patch_index: &PathBuf,
+    from_image: &Path,
+    from_index: &Path,
+    image: &Path,
+    index: &Path,
+    out: &Path,
+    patch_index: &Path,
 ) -> Res<ExitCode> {
     let (old, old_file) = patches::load_local(from_index, from_image)?;
     let (new, new_file) = patches::load_local(index, image)?;
@@ -399,9 +399,9 @@ fn describe_stats(stats: &casync::patch::PatchStats) -> String {
 fn make_patches(
     selector: &UpdateSelector,
     repo: &str,
-    root: &std::path::Path,
+    root: &Path,
     images: &[String],
-    staging: &std::path::Path,
+    staging: &Path,
     previous: usize,
 ) -> Res<ExitCode> {
     let which = describe(selector);
