@@ -730,6 +730,70 @@ fn a_patch_against_the_running_release_replaces_chunk_downloads() {
     assert_eq!(d.host.signpost().state(SetId::B).unwrap().tries_left, 1);
 }
 
+/// Issue 22: a run killed while it streams a patch resumes: the next run ends with the new image
+/// and fetches from the store only the chunks the patch does not produce (what the killed run
+/// patched is verified in place, whatever it is).
+#[test]
+fn a_run_killed_while_patching_resumes_and_ends_with_the_new_image() {
+    let sizes = ChunkSizes::CASYNC_DEFAULT;
+    let Some(d) = setup_all(Some(sizes), sizes, BlobIndex::to_bytes, Some("1.0.0")) else {
+        return;
+    };
+    let release = Release::new("1.1.0");
+    let old_b = d.host.signpost().state(SetId::B).unwrap();
+    let patch = d.patch.as_ref().unwrap();
+    assert!(
+        patch.entries.len() >= 2,
+        "too few patch entries to kill in between: {}",
+        patch.entries.len()
+    );
+    let patched = patched_chunks(&d);
+    let mut cmd = d.host.updog_cmd();
+    cmd.arg("update");
+    let (mut child, _stdout) = d
+        .host
+        .spawn_updog_until(cmd, "\"event\":\"clearing_inactive\"");
+    // The patch data then trickles in over about eight seconds.
+    d.host
+        .server
+        .set_rate_limit(Some((patch.data_len as f64 / 8.0).max(64.0)));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let missing = d.missing_chunks();
+        if patched.iter().any(|c| !missing.contains(c)) {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "updog finished before a patched chunk was in place"
+        );
+        assert!(std::time::Instant::now() < deadline, "too slow");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let missing = d.missing_chunks();
+    assert!(
+        patched.iter().any(|c| missing.contains(c)),
+        "the patch was not stopped part-way"
+    );
+    e2e_tests::assert_consistent_after_stop(&d.host, &release, old_b, "kill while patching");
+
+    d.host.server.set_rate_limit(None);
+    d.host.server.clear_log();
+    let events = d.update_json();
+    assert!(d.b_root() == d.v2, "set B root differs from the v2 image");
+    assert!(!d.full_root_requested());
+    let fetched: HashSet<String> = d.chunk_requests().into_iter().collect();
+    let expected: HashSet<String> = d.new_chunks.difference(&patched).cloned().collect();
+    assert_eq!(fetched, expected, "the resumed run fetched patched chunks");
+    let used = events
+        .iter()
+        .find(|e| e["event"] == "delta_patch")
+        .expect("a delta_patch event");
+    assert_eq!(used["not_used"], serde_json::json!([]), "{used}");
+}
+
 /// A running partition whose bytes under a patch window are not the running release's: that
 /// entry is skipped (its chunks come from the store), the rest of the patch is used, and the
 /// update ends with the new image.
