@@ -145,6 +145,30 @@ fn stored_version(host: &Host, file: &str) -> u64 {
     v["signed"]["version"].as_u64().unwrap()
 }
 
+/// A host that ships the repository's first root, runs 1.0.0 and updates over HTTP to the first
+/// release `first` published in `w/repo`, then boots it from set B.
+fn host_on_first_release(w: &Path, first: &Release) -> Host {
+    let shipped_root = w.join("shipped-root.json");
+    std::fs::copy(w.join("repo/metadata/1.root.json"), &shipped_root).unwrap();
+    let repo = Published {
+        dir: w.join("repo"),
+        metadata_path: "metadata/",
+        targets_path: "targets/",
+        root_json: shipped_root,
+    };
+    let mut host = Host::serving(
+        tempfile::tempdir().unwrap(),
+        repo,
+        "1.0.0",
+        DiskImageBuilder::new(),
+    );
+    let out = host.updog(&["update"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_set_holds(&host, SetId::B, first);
+    boot_into(&mut host, SetId::B, &first.version.to_string());
+    host
+}
+
 /// `updog check-update` verified the metadata and found nothing newer (exit 3 today, 1 once
 /// updog matches the reference's "no update" status; either way not a failure to refresh).
 fn no_update(host: &Host) {
@@ -204,24 +228,7 @@ fn the_readme_publishes_releases_a_host_updates_from() {
     ] {
         assert!(w.join("repo/metadata").join(f).is_file(), "{f}");
     }
-    let shipped_root = w.join("shipped-root.json");
-    std::fs::copy(w.join("repo/metadata/1.root.json"), &shipped_root).unwrap();
-    let repo = Published {
-        dir: w.join("repo"),
-        metadata_path: "metadata/",
-        targets_path: "targets/",
-        root_json: shipped_root,
-    };
-    let mut host = Host::serving(
-        tempfile::tempdir().unwrap(),
-        repo,
-        "1.0.0",
-        DiskImageBuilder::new(),
-    );
-    let out = host.updog(&["update"]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    assert_set_holds(&host, SetId::B, &r1);
-    boot_into(&mut host, SetId::B, "1.1.0");
+    let mut host = host_on_first_release(w, &r1);
 
     // Block 2: a timestamp refresh; the host accepts the new timestamp.
     run_block(w, &blocks[1]);
@@ -461,23 +468,7 @@ fn the_readme_delta_flow_publishes_releases_a_host_patches_to() {
 
     // Keys, root and release 1.1.0, as "Publishing a release" does it; a host takes 1.1.0 whole.
     run_block(w, &publishing[0]);
-    let shipped_root = w.join("shipped-root.json");
-    std::fs::copy(w.join("repo/metadata/1.root.json"), &shipped_root).unwrap();
-    let repo = Published {
-        dir: w.join("repo"),
-        metadata_path: "metadata/",
-        targets_path: "targets/",
-        root_json: shipped_root,
-    };
-    let mut host = Host::serving(
-        tempfile::tempdir().unwrap(),
-        repo,
-        "1.0.0",
-        DiskImageBuilder::new(),
-    );
-    let out = host.updog(&["update"]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    boot_into(&mut host, SetId::B, "1.1.0");
+    let mut host = host_on_first_release(w, &r1);
 
     run_block(w, index_once);
     let mut set = SetId::A;
