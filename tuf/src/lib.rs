@@ -43,7 +43,9 @@
 //! [`Error::DuplicateSignature`] (it is not counted once). Two key ids with the same public key
 //! count as one key towards a threshold.
 //!
-//! `tough` provides the key types; signatures are verified over the canonical JSON (OLPC) of the
+//! Keys are decoded here (ed25519 in hex; ECDSA P-256 and RSA as PEM SubjectPublicKeyInfo, or an
+//! ECDSA point in hex as go-tuf writes it: the inputs `tough` accepts, checked against it in a
+//! test), and signatures are verified with `aws-lc-rs` over the canonical JSON (OLPC) of the
 //! `signed` object exactly as received, with our own lenient serde types (see `schema`).
 //!
 //! [`Repository::target`] returns an owned `Result<Option<TargetDescription>, Error>` because
@@ -55,6 +57,7 @@ mod canonical;
 mod datastore;
 mod error;
 mod pattern;
+mod public_key;
 mod reader;
 mod role;
 pub mod schema;

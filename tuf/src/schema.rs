@@ -232,32 +232,7 @@ impl Key {
     /// Parses a key object (`keytype`, `scheme`, `keyval`); one of a type or scheme we do not
     /// support is kept, but never verifies a signature.
     pub fn from_value(value: Value) -> Self {
-        use tough::schema::key::{EcdsaScheme, Ed25519Scheme, Key as ToughKey, RsaScheme};
-        let verifier = match ToughKey::deserialize(&value).ok() {
-            Some(
-                ToughKey::Ecdsa {
-                    scheme: EcdsaScheme::EcdsaSha2Nistp256,
-                    keyval,
-                    ..
-                }
-                | ToughKey::EcdsaOld {
-                    scheme: EcdsaScheme::EcdsaSha2Nistp256,
-                    keyval,
-                    ..
-                },
-            ) => Some((KeyAlgorithm::EcdsaP256, keyval.public.to_vec())),
-            Some(ToughKey::Ed25519 {
-                scheme: Ed25519Scheme::Ed25519,
-                keyval,
-                ..
-            }) => Some((KeyAlgorithm::Ed25519, keyval.public.to_vec())),
-            Some(ToughKey::Rsa {
-                scheme: RsaScheme::RsassaPssSha256,
-                keyval,
-                ..
-            }) => Some((KeyAlgorithm::RsaPssSha256, keyval.public.to_vec())),
-            None => None,
-        };
+        let verifier = crate::public_key::decode(&value);
         Self { verifier, value }
     }
 
