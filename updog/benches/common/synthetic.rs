@@ -14,11 +14,10 @@ pub const IMAGE_MIB: u64 = 96;
 
 /// `$CARGO_TARGET_DIR` (default: the workspace's `target/`), where the benches keep their images.
 pub fn target_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
         PathBuf::from,
-    );
-    target
+    )
 }
 
 /// Real files, sorted, up to `budget` bytes: (relative path, bytes).
