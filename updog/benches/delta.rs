@@ -40,14 +40,19 @@ use updog::delta::{
     AssembleOptions, BlobIndex, ChunkFetcher, ChunkSizes, Chunker, Plan, Region, StoreWriter,
     assemble,
 };
-use updog::pipeline::{IoMode, PartitionSink, StageOptions, TargetInfo, stage_image};
 use updog::transport::{HttpOptions, HttpTransport, Transport};
 
 mod common;
+#[path = "common/host.rs"]
+mod host;
+#[path = "common/synthetic.rs"]
+mod synthetic;
+
+use host::{Measured, child, child_full, median, mib, report, run_cmd};
+use synthetic::{IMAGE_MIB, build_images};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-const IMAGE_MIB: u64 = 96;
 const MBIT_100: f64 = 100e6 / 8.0;
 const IN_FLIGHT: usize = 4;
 /// Runs of each path per link (the median is reported).
@@ -63,289 +68,6 @@ fn main() -> Res<()> {
         Some("--child-delta") => child_delta(&args[1..]),
         _ => run(),
     }
-}
-
-fn data_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
-    target.join("bench-delta")
-}
-
-/// Real files, sorted, up to `budget` bytes: (relative path, bytes).
-fn real_files(budget: u64, skip: usize) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut total = 0u64;
-    let mut seen = 0usize;
-    let mut stack: Vec<PathBuf> = ["/usr/share", "/usr/lib"]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
-    stack.reverse();
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
-        entries.sort_by_key(fs::DirEntry::file_name);
-        let mut subdirs = Vec::new();
-        for e in entries {
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                subdirs.push(e.path());
-            } else if ft.is_file() {
-                let Ok(bytes) = fs::read(e.path()) else {
-                    continue;
-                };
-                if bytes.len() > 4 << 20 || bytes.is_empty() {
-                    continue;
-                }
-                seen += 1;
-                if seen <= skip {
-                    continue;
-                }
-                total += bytes.len() as u64;
-                let rel = e
-                    .path()
-                    .strip_prefix("/")
-                    .unwrap_or(&e.path())
-                    .to_string_lossy()
-                    .into_owned();
-                out.push((rel, bytes));
-                if total >= budget {
-                    return out;
-                }
-            }
-        }
-        subdirs.reverse();
-        stack.extend(subdirs);
-    }
-    out
-}
-
-struct Images {
-    v1: PathBuf,
-    v2: PathBuf,
-    /// Other versions of v2, for the plan-only comparison: (what they change, image).
-    variants: Vec<(&'static str, PathBuf)>,
-}
-
-type Tree = Vec<(String, Vec<u8>)>;
-
-/// How v2 differs from v1.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Change {
-    /// Package by package: every file of a few directories spread over the tree (about 5% of
-    /// the files) replaced, 1% of the count added inside those directories.
-    Packages,
-    /// The same, without the added files (so no later inode is renumbered).
-    PackagesNothingAdded,
-    /// One file in twenty replaced wherever it is, 1% added in one new directory (the first
-    /// version of this bench).
-    Scattered,
-}
-
-/// The directories of `files` in walk order, each with the indexes of its files.
-fn directories(files: &Tree) -> Vec<(String, Vec<usize>)> {
-    let mut dirs: Vec<(String, Vec<usize>)> = Vec::new();
-    for (i, (path, _)) in files.iter().enumerate() {
-        let dir = path.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
-        match dirs.last_mut() {
-            Some((d, members)) if *d == dir => members.push(i),
-            _ => dirs.push((dir, vec![i])),
-        }
-    }
-    dirs
-}
-
-/// Evenly spread directories ("packages") holding together at least `want` files, none of
-/// them more than a third of it.
-fn pick_packages(dirs: &[(String, Vec<usize>)], want: usize) -> Vec<usize> {
-    let eligible: Vec<usize> = (0..dirs.len())
-        .filter(|&d| dirs[d].1.len() <= want / 3)
-        .collect();
-    for picks in 1..=eligible.len() {
-        let chosen: Vec<usize> = (0..picks)
-            .map(|k| eligible[(2 * k + 1) * eligible.len() / (2 * picks)])
-            .collect();
-        if chosen.iter().map(|&d| dirs[d].1.len()).sum::<usize>() >= want {
-            return chosen;
-        }
-    }
-    eligible
-}
-
-/// v2's files: v1 with `change`, and 1 MiB in the middle of the largest file rewritten.
-fn version_2(files: &Tree, reserve: &Tree, change: Change) -> (Tree, String) {
-    let mut v2 = files.clone();
-    let mut spare = reserve.iter().map(|(_, bytes)| bytes.clone());
-    let added = files.len() / 100;
-    let mut replaced = 0;
-    let mut new_files = Vec::new();
-    if change == Change::Scattered {
-        for (i, f) in v2.iter_mut().enumerate() {
-            if i % 20 == 7
-                && let Some(other) = spare.next()
-            {
-                f.1 = other;
-                replaced += 1;
-            }
-        }
-        for n in 0..added {
-            if let Some(bytes) = spare.next() {
-                new_files.push((format!("usr/share/added/file{n:03}"), bytes));
-            }
-        }
-    } else {
-        let dirs = directories(files);
-        let chosen = pick_packages(&dirs, files.len() / 20);
-        for &d in &chosen {
-            for &i in &dirs[d].1 {
-                if let Some(other) = spare.next() {
-                    v2[i].1 = other;
-                    replaced += 1;
-                }
-            }
-        }
-        if change == Change::Packages {
-            for n in 0..added {
-                let dir = &dirs[chosen[n % chosen.len()]].0;
-                if let Some(bytes) = spare.next() {
-                    new_files.push((format!("{dir}/added-{n:03}.dat"), bytes));
-                }
-            }
-        }
-    }
-    let added = new_files.len();
-    v2.extend(new_files);
-    let largest = (0..files.len())
-        .max_by_key(|&i| files[i].1.len())
-        .unwrap_or(0);
-    let big = &mut v2[largest].1;
-    let mid = big.len() / 2;
-    let end = (mid + (1 << 20)).min(big.len());
-    for (k, b) in big[mid..end].iter_mut().enumerate() {
-        *b = b.wrapping_add((k % 251) as u8 + 1);
-    }
-    let summary = format!(
-        "replaces {replaced} files, adds {added}, changes {} bytes of {}",
-        end - mid,
-        v2[largest].0
-    );
-    (v2, summary)
-}
-
-fn build_images(dir: &Path) -> Res<Images> {
-    fs::create_dir_all(dir)?;
-    let (v1, v2) = (dir.join("v1.img"), dir.join("v2.img"));
-    let variants = vec![
-        (
-            "the same packages replaced, nothing added",
-            dir.join("v2-nothing-added.img"),
-        ),
-        (
-            "one file in 20 replaced across the tree, 1% added in a new directory",
-            dir.join("v2-scattered.img"),
-        ),
-    ];
-    let images = Images { v1, v2, variants };
-    if std::iter::once(&images.v1)
-        .chain(std::iter::once(&images.v2))
-        .chain(images.variants.iter().map(|(_, p)| p))
-        .all(|p| p.exists())
-    {
-        return Ok(images);
-    }
-    let budget = IMAGE_MIB * 1024 * 1024 * 45 / 100;
-    let files = real_files(budget, 0);
-    // Replacement and added files: real files from further along the same walk.
-    let reserve = real_files(budget / 4, files.len() + 50);
-    eprintln!("bench: v1 {} real files", files.len());
-    let builds = [
-        (&images.v1, None),
-        (&images.v2, Some(Change::Packages)),
-        (&images.variants[0].1, Some(Change::PackagesNothingAdded)),
-        (&images.variants[1].1, Some(Change::Scattered)),
-    ];
-    for (out, change) in builds {
-        let set = match change {
-            None => files.clone(),
-            Some(change) => {
-                let (set, summary) = version_2(&files, &reserve, change);
-                eprintln!("bench: {}: {summary}", out.display());
-                set
-            }
-        };
-        let tree = dir.join("tree");
-        fixtures::ext4::write_tree(&tree, &set)?;
-        fixtures::ext4::build_image(&tree, IMAGE_MIB << 20, out)?;
-        fs::remove_dir_all(&tree)?;
-    }
-    Ok(images)
-}
-
-fn run_cmd(cmd: &mut Command) -> Res<()> {
-    let st = cmd.status()?;
-    if !st.success() {
-        return Err(format!("{cmd:?} failed: {st}").into());
-    }
-    Ok(())
-}
-
-/// What a child reports.
-#[derive(Debug, Default, Clone)]
-struct Measured {
-    secs: f64,
-    downloaded: u64,
-    rss_kib: u64,
-    extra: serde_json::Value,
-}
-
-fn peak_rss_kib() -> u64 {
-    fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn report(m: &Measured) {
-    println!(
-        "{}",
-        serde_json::json!({"secs": m.secs, "downloaded": m.downloaded, "rss_kib": peak_rss_kib(), "extra": m.extra})
-    );
-}
-
-fn root_b(disk: &Path) -> Res<bootpart::Partition> {
-    let d = bootpart::Disk::open(disk)?;
-    Ok(d.layout().set(bootpart::SetId::B)?.root.clone())
-}
-
-fn child_full(a: &[String]) -> Res<()> {
-    let [url, length, sha, disk] = a else {
-        return Err("usage: --child-full URL LENGTH SHA256 DISK".into());
-    };
-    let expected = TargetInfo::from_hex(length.parse()?, sha).ok_or("bad sha256")?;
-    let part = root_b(Path::new(disk))?;
-    let mut sink = PartitionSink::open_path(Path::new(disk), &part, IoMode::Auto)?;
-    let transport = HttpTransport::new(HttpOptions::default())?;
-    let t = Instant::now();
-    let source = transport.fetch(&url::Url::parse(url)?)?;
-    stage_image(
-        source,
-        &expected,
-        &mut sink,
-        &StageOptions::default(),
-        &|_| {},
-    )?;
-    report(&Measured {
-        secs: t.elapsed().as_secs_f64(),
-        downloaded: expected.length,
-        ..Measured::default()
-    });
-    Ok(())
 }
 
 fn child_delta(a: &[String]) -> Res<()> {
@@ -398,31 +120,6 @@ fn child_delta(a: &[String]) -> Res<()> {
         ..Measured::default()
     });
     Ok(())
-}
-
-/// The run with the median wall time, with the highest peak RSS of all the runs.
-fn median(mut runs: Vec<Measured>) -> Measured {
-    runs.sort_by(|a, b| a.secs.total_cmp(&b.secs));
-    let rss = runs.iter().map(|m| m.rss_kib).max().unwrap_or(0);
-    let mut m = runs.swap_remove(runs.len() / 2);
-    m.rss_kib = rss;
-    m
-}
-
-fn child(args: &[String]) -> Res<Measured> {
-    let out = Command::new(std::env::current_exe()?).args(args).output()?;
-    if !out.status.success() {
-        return Err(format!("child {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().last().ok_or("child printed nothing")?;
-    let v: serde_json::Value = serde_json::from_str(line)?;
-    Ok(Measured {
-        secs: v["secs"].as_f64().unwrap_or(0.0),
-        downloaded: v["downloaded"].as_u64().unwrap_or(0),
-        rss_kib: v["rss_kib"].as_u64().unwrap_or(0),
-        extra: v["extra"].clone(),
-    })
 }
 
 /// lz4 -9 of `image` into `out`; its length.
@@ -501,17 +198,13 @@ impl Arm {
     }
 }
 
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / 1048576.0
-}
-
 fn run() -> Res<()> {
     for tool in ["mkfs.ext4", "lz4"] {
         if Command::new(tool).arg("-V").output().is_err() {
             return Err(format!("{tool} is needed").into());
         }
     }
-    let dir = data_dir();
+    let dir = synthetic::target_dir().join("bench-delta");
     fs::create_dir_all(&dir)?;
     // The images of this version of the builder (an older builder's images are not reused).
     let images = build_images(&dir.join("images-2"))?;
@@ -646,7 +339,8 @@ fn run() -> Res<()> {
         json.insert(label.to_string(), serde_json::Value::Object(entry));
     }
     println!(
-        "image: ext4 {IMAGE_MIB} MiB, v2 lz4 -9 {:.1} MiB; v2 index {}",
+        "image: ext4 {} MiB, v2 lz4 -9 {:.1} MiB; v2 index {}",
+        IMAGE_MIB,
         mib(lz4_bytes.len() as u64),
         arms.iter()
             .map(|a| format!("{} chunks at {}", a.v2_index.len(), a.sizes))
