@@ -255,7 +255,8 @@ async fn run(updater: Arc<Updater>, now: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-fn main() -> ExitCode {
+// `pub`: the end-to-end tests compile this file into their shim binary and call it.
+pub fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
         Err(e) => {
