@@ -39,17 +39,16 @@ pub const BOOTED_OK: u64 = (1 << 48) | (1 << 56);
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let shim = match std::env::var_os("CARGO_BIN_EXE_e2e-shim") {
-            Some(path) => PathBuf::from(path),
-            None => {
-                let exe = std::env::current_exe().expect("current exe");
-                // A test binary does not dispatch; run by hand, it lacks the variable.
-                assert!(
-                    !exe.parent().is_some_and(|d| d.ends_with("deps")),
-                    "CARGO_BIN_EXE_e2e-shim is not set: run the tests with cargo test or nextest"
-                );
-                exe
-            }
+        let shim = if let Some(path) = std::env::var_os("CARGO_BIN_EXE_e2e-shim") {
+            PathBuf::from(path)
+        } else {
+            let exe = std::env::current_exe().expect("current exe");
+            // A test binary does not dispatch; run by hand, it lacks the variable.
+            assert!(
+                !exe.parent().is_some_and(|d| d.ends_with("deps")),
+                "CARGO_BIN_EXE_e2e-shim is not set: run the tests with cargo test or nextest"
+            );
+            exe
         };
         let name = shim.file_name().expect("shim file name").to_string_lossy();
         let dir = shim.with_file_name(format!("{name}-bin"));

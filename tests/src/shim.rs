@@ -196,16 +196,3 @@ fn kill_self() -> ! {
         std::thread::park();
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gpt_io_counts_from_one() {
-        assert_eq!(gpt_io("gpt-io:3"), Some(3));
-        assert_eq!(gpt_io("gpt-io:0"), None);
-        assert_eq!(gpt_io("gpt-io:x"), None);
-        assert_eq!(gpt_io("mark-valid"), None);
-    }
-}
