@@ -207,9 +207,21 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    run_from_iter_with(args, |updater| updater)
+}
+
+/// [`run_from_iter`], with `setup` applied to the [`Updater`] the command runs on, once it is
+/// made from the configuration: a program that wraps `updog` installs its own hooks there
+/// ([`Updater::on_step`], [`Updater::with_gpt_io`]: the end-to-end tests' shim kills the
+/// process at a chosen step). The `updog` binary installs none.
+pub fn run_from_iter_with<I, T>(args: I, setup: impl FnOnce(Updater) -> Updater) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
     let args = Args::parse_from(args);
     cli_support::logging::init("updog", &args.global.log);
-    match run(&args) {
+    match run(&args, setup) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             cli_support::logging::print_error("updog", &f.message);
@@ -237,8 +249,8 @@ fn load(global: &GlobalArgs) -> Result<Updater, Failure> {
     Ok(Updater::with_os_release(config, os)?)
 }
 
-fn run(args: &Args) -> Result<u8, Failure> {
-    let result = load(&args.global).and_then(|updater| {
+fn run(args: &Args, setup: impl FnOnce(Updater) -> Updater) -> Result<u8, Failure> {
+    let result = load(&args.global).map(setup).and_then(|updater| {
         if let Command::Serve {
             socket,
             status_file,

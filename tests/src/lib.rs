@@ -7,6 +7,7 @@
 //! repository on 127.0.0.1, writes an `updog.toml` and an os-release for a simulated host, and
 //! runs the real `updog` and `signpost` binaries against them.
 
+pub mod shim;
 pub mod vm;
 
 use std::collections::BTreeMap;
@@ -27,73 +28,43 @@ pub const VARIANT: &str = "demo-variant";
 /// Attribute bits of a set that booted successfully: priority 1, tries 0, successful.
 pub const BOOTED_OK: u64 = (1 << 48) | (1 << 56);
 
-/// Directory holding the freshly built `updog`, `updata` and `signpost` binaries (and the
-/// `agent` example under `examples/`).
+/// Directory holding `updog`, `signpost`, `updata`, `agent` and `embed`: links to the shim
+/// binary (see [`shim`]), which runs the real program each is named after.
 ///
-/// Builds them once per process with the `cargo` that runs us (a nested build is fine: cargo
-/// does not hold the build lock while tests or `cargo run` programs execute), so a test never
-/// runs a stale binary. They are built with updog's `test-hooks` feature (`UPDOG_CRASH_AT`),
-/// which a release or package build does not have.
+/// The shim is this package's `e2e-shim` binary, which cargo builds before the tests and names
+/// in `CARGO_BIN_EXE_e2e-shim` (at run time too, under `cargo test` and nextest alike): no
+/// nested build, and no binary older than the test. Outside a test (the demo under
+/// `cargo run`), the running program is the shim: it calls [`shim::dispatch`] first thing.
+/// The links live next to it, in `<name>-bin/`, made once and shared by concurrent tests.
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current exe");
-        // target/<profile>/deps/test-binary or target/<profile>/demo
-        let mut dir = exe.parent().expect("exe dir").to_path_buf();
-        if dir.ends_with("deps") {
-            dir.pop();
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let target_dir = dir.parent().expect("target dir").to_path_buf();
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "updog-cli",
-            "--bin",
-            "updog",
-            "--bin",
-            "signpost",
-            "-p",
-            "updata",
-            "--bin",
-            "updata",
-            "-p",
-            "updog",
-            "--example",
-            "agent",
-            "--example",
-            "embed",
-            // The UPDOG_CRASH_AT hook that the crash tests kill the binary with.
-            "--features",
-            "updog-cli/test-hooks",
-        ])
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-        // Cargo sets these for the test process, not for an outer `cargo build`; ring's build
-        // script reruns when they change, which rebuilt the TLS stack on every alternation.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_PRIMARY_PACKAGE",
-            ]
-            .iter()
-            .any(|p| name.starts_with(p))
-            {
-                cmd.env_remove(&*name);
+        let shim = if let Some(path) = std::env::var_os("CARGO_BIN_EXE_e2e-shim") {
+            PathBuf::from(path)
+        } else {
+            let exe = std::env::current_exe().expect("current exe");
+            // A test binary does not dispatch; run by hand, it lacks the variable.
+            assert!(
+                !exe.parent().is_some_and(|d| d.ends_with("deps")),
+                "CARGO_BIN_EXE_e2e-shim is not set: run the tests with cargo test or nextest"
+            );
+            exe
+        };
+        let name = shim.file_name().expect("shim file name").to_string_lossy();
+        let dir = shim.with_file_name(format!("{name}-bin"));
+        std::fs::create_dir_all(&dir).expect("creating the directory of links");
+        for program in shim::PROGRAMS {
+            let link = dir.join(program);
+            if std::fs::read_link(&link).is_ok_and(|target| target == shim) {
+                continue;
             }
+            // Made under a name of this process and renamed into place: another test process
+            // may be making or running the same link.
+            let tmp = dir.join(format!(".{program}.{}", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(&shim, &tmp).expect("linking to the shim");
+            std::fs::rename(&tmp, &link).expect("renaming the link into place");
         }
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .status()
-            .expect("running cargo build for updog and signpost");
-        assert!(status.success(), "cargo build of updog/signpost failed");
         dir
     })
 }

@@ -1,5 +1,5 @@
 //! Publishing: everything between an empty directory and a signed TUF repository that hosts
-//! update from, as `updata` does it. The library and the `updata` binary (`src/bin/updata/`, a
+//! update from, as `updata` does it. The library and the `updata` binary ([`cli`], a
 //! thin shell of subcommands over it); the metadata types and the repository check are the
 //! `tuf` crate's, the chunk indexes and stores the `casync` crate's.
 //!
@@ -57,6 +57,7 @@
 //! ```
 
 pub mod check;
+pub mod cli;
 mod error;
 pub mod image;
 pub mod keys;

@@ -255,7 +255,9 @@ async fn run(updater: Arc<Updater>, now: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-fn main() -> ExitCode {
+/// The example's program. Public because the end-to-end tests compile this file into their
+/// shim binary (`e2e_tests::shim`) and run it from there.
+pub fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
         Err(e) => {

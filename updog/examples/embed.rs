@@ -16,7 +16,9 @@ use updog::config::Config;
 use updog::updater::{CheckOptions, CheckOutcome, ErrorKind, Updater};
 use updog::{Seed, SetId, Url};
 
-fn main() -> ExitCode {
+/// The example's program. Public because the end-to-end tests compile this file into their
+/// shim binary (`e2e_tests::shim`) and run it from there.
+pub fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [meta, targets, disk, root, os_release, state] = args.as_slice() else {
         eprintln!("usage: embed METADATA_URL TARGETS_URL DISK ROOT_JSON OS_RELEASE STATE_DIR");

@@ -6,13 +6,10 @@
 //! [`crate::updater::Updater::with_gpt_io`]) can stop it between any two writes or flushes of a
 //! GPT update. The crash-point tests use both, in process and against the real binary.
 //!
-//! For the binary, `UPDOG_CRASH_AT` is a test hook, compiled in only with the `test-hooks`
-//! cargo feature (the end-to-end tests build their binaries with it; a release or package build
-//! does not, and ignores the variable): `UPDOG_CRASH_AT=<step>` (a [`Step::name`], for example
-//! `mark-valid`) makes the process kill itself with `SIGKILL` when it reaches that step, and
-//! `UPDOG_CRASH_AT=gpt-io:N` before its N-th GPT write or flush (counting from 1). A real kill:
-//! no destructor and no error path runs. `UPDOG_FAIL_AT=gpt-io:N` instead makes that write or
-//! flush fail with EIO (a disk that refuses a flush), and the process carries on.
+//! The library never installs a hook by itself and reads no environment variable for them: a
+//! program installs them explicitly. The end-to-end tests' shim of the `updog` binary does, to
+//! kill the real command line program at a named step or inside a GPT write (see the
+//! `e2e-tests` package); the packaged `updog` installs none.
 
 use std::fs::File;
 use std::io;
@@ -63,7 +60,7 @@ impl Step {
         Step::RecordReverted,
     ];
 
-    /// The step's name (as `UPDOG_CRASH_AT` takes it).
+    /// The step's name (as the end-to-end tests' crash hook takes it).
     pub fn name(self) -> &'static str {
         match self {
             Step::Clear => "clear",
@@ -134,103 +131,5 @@ impl<F: Fn(usize) + Send> BlockIo for CountingIo<F> {
 
     fn len(&self) -> io::Result<u64> {
         BlockIo::len(&self.inner)
-    }
-}
-
-/// Without the `test-hooks` feature there are no crash hooks: the environment is not read.
-#[cfg(not(feature = "test-hooks"))]
-pub(crate) fn crash_hooks_from_env() -> (Option<StepObserver>, Option<GptIoWrapper>) {
-    (None, None)
-}
-
-/// The hooks `UPDOG_CRASH_AT` (or `UPDOG_FAIL_AT`) asks for, if it is set.
-#[cfg(feature = "test-hooks")]
-pub(crate) fn crash_hooks_from_env() -> (Option<StepObserver>, Option<GptIoWrapper>) {
-    if let Some(at) = std::env::var("UPDOG_FAIL_AT")
-        .ok()
-        .and_then(|spec| spec.strip_prefix("gpt-io:")?.parse::<usize>().ok())
-    {
-        let count = Arc::new(AtomicUsize::new(0));
-        let wrap: GptIoWrapper = Arc::new(move |file| {
-            Box::new(FailingIo {
-                inner: file,
-                count: Arc::clone(&count),
-                at,
-            })
-        });
-        return (None, Some(wrap));
-    }
-    let Ok(spec) = std::env::var("UPDOG_CRASH_AT") else {
-        return (None, None);
-    };
-    if let Some(n) = spec.strip_prefix("gpt-io:") {
-        let Ok(at) = n.parse::<usize>() else {
-            return (None, None);
-        };
-        let count = Arc::new(AtomicUsize::new(0));
-        let wrap: GptIoWrapper = Arc::new(move |file| {
-            Box::new(CountingIo::new(file, Arc::clone(&count), move |n| {
-                if n == at {
-                    kill_self();
-                }
-            }))
-        });
-        return (None, Some(wrap));
-    }
-    let observer: StepObserver = Arc::new(move |step| {
-        if step.name() == spec {
-            kill_self();
-        }
-    });
-    (Some(observer), None)
-}
-
-/// `UPDOG_FAIL_AT=gpt-io:N`: the N-th GPT write or flush fails with EIO without being done (a
-/// disk that refuses a flush); every other one goes through.
-#[cfg(feature = "test-hooks")]
-struct FailingIo {
-    inner: File,
-    count: Arc<AtomicUsize>,
-    at: usize,
-}
-
-#[cfg(feature = "test-hooks")]
-impl FailingIo {
-    fn fails(&self) -> bool {
-        self.count.fetch_add(1, Ordering::SeqCst) + 1 == self.at
-    }
-}
-
-#[cfg(feature = "test-hooks")]
-impl BlockIo for FailingIo {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        BlockIo::read_exact_at(&self.inner, buf, offset)
-    }
-
-    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.fails() {
-            return Err(io::Error::from_raw_os_error(nix::libc::EIO));
-        }
-        BlockIo::write_all_at(&mut self.inner, buf, offset)
-    }
-
-    fn sync_data(&mut self) -> io::Result<()> {
-        if self.fails() {
-            return Err(io::Error::from_raw_os_error(nix::libc::EIO));
-        }
-        BlockIo::sync_data(&mut self.inner)
-    }
-
-    fn len(&self) -> io::Result<u64> {
-        BlockIo::len(&self.inner)
-    }
-}
-
-#[cfg(feature = "test-hooks")]
-fn kill_self() {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
-    // SIGKILL cannot be caught; should delivery be delayed, do not run on.
-    loop {
-        std::thread::park();
     }
 }

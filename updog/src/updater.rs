@@ -131,13 +131,12 @@ impl Updater {
     /// An updater with an explicit identity (tests, agents that know their version).
     pub fn with_os_release(config: Config, os: OsRelease) -> Result<Updater, UpdateError> {
         let transport = default_transport(&config).map_err(UpdateError::Transport)?;
-        let (on_step, gpt_io) = crate::steps::crash_hooks_from_env();
         Ok(Updater {
             config,
             os,
             transport: Transports::Default(transport),
-            on_step,
-            gpt_io,
+            on_step: None,
+            gpt_io: None,
             host_disk: std::sync::OnceLock::new(),
         })
     }

@@ -5,7 +5,7 @@
 use e2e_tests::{Host, RepoSpec, bin_dir, describe};
 
 fn embed(host: &Host, meta: &str, targets: &str, root: &std::path::Path) -> (i32, String) {
-    let out = std::process::Command::new(bin_dir().join("examples/embed"))
+    let out = std::process::Command::new(bin_dir().join("embed"))
         .arg(meta)
         .arg(targets)
         .arg(&host.disk_path)

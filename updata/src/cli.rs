@@ -1,8 +1,10 @@
-//! `updata`: the publisher's tool. Edits a Bottlerocket-compatible `manifest.json`, and makes
-//! and maintains the signed TUF repository that hosts update from.
+//! The `updata` program: the publisher's tool. Edits a Bottlerocket-compatible `manifest.json`,
+//! and makes and maintains the signed TUF repository that hosts update from.
 //!
 //! A thin shell: each group of subcommands lives in its own module and calls the libraries
-//! (`manifest::edit` for the manifest rules, `updata` for keys, roots and repositories).
+//! (`manifest::edit` for the manifest rules, this crate for keys, roots and repositories). The
+//! binary (`src/bin/updata.rs`) calls [`main`]; [`run_from_iter`] runs one command line given as
+//! arguments (the end-to-end tests' shim binary runs it).
 
 mod delta_cmd;
 mod manifest_cmd;
@@ -38,9 +40,22 @@ enum Command {
     Delta(delta_cmd::DeltaCommand),
 }
 
-fn main() -> ExitCode {
+/// The `updata` program: `updata __generate-docs DIR` writes the man pages and completions (and
+/// exits), anything else runs [`run_from_iter`] on the process's arguments.
+pub fn main() -> ExitCode {
     cli_support::docs::generate_if_asked(Cli::command);
-    let cli = Cli::parse();
+    run_from_iter(std::env::args_os())
+}
+
+/// Runs `updata` with `args` as its command line (the program name first, as in
+/// `std::env::args_os()`): parses it (a usage error exits 2, as clap does), runs the
+/// subcommand, prints, and returns the exit status.
+pub fn run_from_iter<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
     cli_support::logging::init("updata", &cli.log);
     let result = match cli.command {
         Command::Manifest(c) => c.run(),

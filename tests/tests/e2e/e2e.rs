@@ -507,7 +507,7 @@ fn sigterm_after_the_flip_does_not_interrupt_the_reboot_hand_off() {
 fn the_agent_example_updates_a_host_through_the_library() {
     let spec = two_releases();
     let host = Host::new(&spec, "1.0.0");
-    let agent = e2e_tests::bin_dir().join("examples/agent");
+    let agent = e2e_tests::bin_dir().join("agent");
     let out = std::process::Command::new(agent)
         .arg("--metadata-url")
         .arg(host.server.url_for(host.repo.metadata_path))

@@ -296,3 +296,48 @@ fn a_set_changed_behind_the_lock_is_cleared_again_instead_of_marked_valid() {
         Err(UpdateError::NothingStaged { set: SetId::B })
     ));
 }
+
+/// The shim's hooks (`e2e_tests::shim`) refuse a value that names no step or GPT operation,
+/// before anything runs: a misspelt crash point must not pass for one that was never reached.
+/// A valid one kills `updog` before the disk changes.
+#[test]
+fn the_shim_refuses_an_unknown_crash_point_and_kills_at_a_known_one() {
+    let host = Host::new(&spec(), "1.0.0");
+    for (var, value) in [
+        ("UPDOG_CRASH_AT", "mark_valid"),
+        ("UPDOG_CRASH_AT", "gpt-io:0"),
+        ("UPDOG_FAIL_AT", "clear"),
+    ] {
+        let out = host
+            .updog_cmd()
+            .arg("update")
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{var}={value}: {}",
+            e2e_tests::describe(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!("{var}={value}")),
+            "{var}={value}: {}",
+            e2e_tests::describe(&out)
+        );
+    }
+    let before = host.signpost().state(SetId::B).unwrap();
+    let out = host
+        .updog_cmd()
+        .arg("update")
+        .env("UPDOG_CRASH_AT", "clear")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        None,
+        "not killed: {}",
+        e2e_tests::describe(&out)
+    );
+    assert_eq!(host.signpost().state(SetId::B).unwrap(), before);
+}

@@ -1,16 +1,16 @@
 //! The repository subcommands: `key`, `root`, `compress`, `publish`, `refresh-timestamp`,
 //! `rotate-root`, `check`. The work is in `updata`; this file parses, calls and prints.
 
+use crate::metadata::SignedFile;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use updata::metadata::SignedFile;
 
+use crate::keys::{self, KeySource, KeyType, PublicKey};
+use crate::metadata::Envelope;
+use crate::repo::{Delegation, Expiries, Release, Report, Repository};
+use crate::{Error, check, image, offline, root};
 use chrono::{DateTime, Duration, Utc};
 use clap::{Args, Subcommand};
-use updata::keys::{self, KeySource, KeyType, PublicKey};
-use updata::metadata::Envelope;
-use updata::repo::{Delegation, Expiries, Release, Report, Repository};
-use updata::{Error, check, image, offline, root};
 use waves::time::{parse_relative, parse_time_or_relative};
 
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
@@ -230,7 +230,7 @@ fn prompt() -> Option<impl Fn(&str) -> std::io::Result<String>> {
     use std::io::IsTerminal;
     std::io::stdin()
         .is_terminal()
-        .then_some(crate::tty::read_secret)
+        .then_some(super::tty::read_secret)
 }
 
 fn refs(keys: &[Box<dyn KeySource>]) -> Vec<&dyn KeySource> {
@@ -760,13 +760,13 @@ impl KeyCommand {
     fn run(self) -> CliResult {
         match self {
             Self::Generate { file, kind, public } => {
-                if updata::pkcs11::is_uri(&file) {
+                if crate::pkcs11::is_uri(&file) {
                     // Checked first: the key is not made when its public file cannot be.
                     if let Some(path) = public.as_ref().filter(|p| p.exists()) {
                         return Err(Box::new(Error::KeyExists { path: path.clone() }));
                     }
                     let key =
-                        updata::pkcs11::generate(&file, kind, prompt().as_ref().map(|p| p as _))?;
+                        crate::pkcs11::generate(&file, kind, prompt().as_ref().map(|p| p as _))?;
                     if let Some(path) = public {
                         keys::write_public(&path, &key)?;
                         println!(
@@ -837,7 +837,7 @@ impl RootCommand {
                 role,
                 key,
             } => {
-                let keyid = if Path::new(&key).is_file() || updata::pkcs11::is_uri(&key) {
+                let keyid = if Path::new(&key).is_file() || crate::pkcs11::is_uri(&key) {
                     keys::public_key_of(&key, prompt().as_ref().map(|p| p as _))?
                         .id()
                         .to_owned()
@@ -861,7 +861,7 @@ impl RootCommand {
             } => {
                 let t = time(&expires, now)?;
                 edit_root(&path, |r| {
-                    r.header.expires = updata::metadata::expiry(t);
+                    r.header.expires = crate::metadata::expiry(t);
                     Ok(())
                 })?;
                 println!("expires {}", t.format("%Y-%m-%dT%H:%M:%SZ"));
@@ -902,7 +902,7 @@ impl RootCommand {
 /// Loads a root file, applies `change`, saves it; says when signatures were dropped.
 fn edit_root(
     path: &Path,
-    change: impl FnOnce(&mut updata::metadata::Root) -> Result<(), Error>,
+    change: impl FnOnce(&mut crate::metadata::Root) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let mut r = Envelope::load(path)?;
     let dropped = root::edit(&mut r, change)?;

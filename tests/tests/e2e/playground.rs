@@ -10,7 +10,7 @@ use e2e_tests::{bin_dir, describe};
 
 /// The first `sh` block of the README section `heading`.
 fn readme_block(heading: &str) -> String {
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../../../README.md");
     let section = readme
         .split("\n## ")
         .find(|s| s.starts_with(heading))
