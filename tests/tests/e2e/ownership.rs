@@ -551,7 +551,7 @@ fn a_reader_holding_a_disk_image_file_is_named_and_mode_0600_keeps_other_users_o
     };
     let holder = {
         use std::os::unix::process::CommandExt;
-        as_nobody(&["flock", "-s", disk.to_str().unwrap(), "sleep", "60"])
+        as_nobody(&["flock", "-s", disk.to_str().unwrap(), "sleep", "600"])
             .process_group(0)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

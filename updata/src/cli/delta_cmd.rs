@@ -7,11 +7,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::patches;
 use casync::store::{Put, chunk_path, decode_chunk};
 use casync::{BlobIndex, ChunkSizes, Chunker, StoreWriter};
 use clap::{Args, Subcommand};
 use semver::Version;
-use updata::patches;
 
 /// Delta-update subcommands.
 #[derive(Subcommand)]
@@ -431,7 +431,7 @@ fn make_patches(
             index_target: index_target.clone(),
         });
     }
-    let opened = updata::check::open(repo, root, chrono::Utc::now())?;
+    let opened = crate::check::open(repo, root, chrono::Utc::now())?;
     let outcomes = patches::make_against_previous(
         &opened.repo,
         &patches::PatchRequest {
