@@ -159,8 +159,13 @@ impl DeltaCommand {
                 let chunker = Chunker::new(chunk_size)?;
                 let store = StoreWriter::new(&store)?;
                 let (mut new, mut stored) = (0usize, 0u64);
-                let file = fs::File::open(&image)
-                    .map_err(|e| format!("opening {}: {e}", image.display()))?;
+                let file = fs::File::open(&image).map_err(|e| {
+                    format!(
+                        "opening {}: {e}",
+                        image.display(),
+                        e = cli_support::error_chain(&e)
+                    )
+                })?;
                 let made = chunker.index(std::io::BufReader::new(file), |id, c| {
                     if let Put::Written(n) = store.put(id, c)? {
                         new += 1;
@@ -168,8 +173,13 @@ impl DeltaCommand {
                     }
                     Ok(())
                 })?;
-                fs::write(&index, made.to_bytes())
-                    .map_err(|e| format!("writing {}: {e}", index.display()))?;
+                fs::write(&index, made.to_bytes()).map_err(|e| {
+                    format!(
+                        "writing {}: {e}",
+                        index.display(),
+                        e = cli_support::error_chain(&e)
+                    )
+                })?;
                 println!(
                     "{}: {} chunks of {chunk_size}, {} bytes; {new} new chunk(s) ({stored} compressed bytes) in {}",
                     index.display(),
@@ -275,13 +285,30 @@ impl DeltaCommand {
 }
 
 fn check_index(index: &PathBuf, image: Option<&PathBuf>, store: Option<&PathBuf>) -> Res<ExitCode> {
-    let bytes = fs::read(index).map_err(|e| format!("reading {}: {e}", index.display()))?;
-    let parsed = BlobIndex::parse(&bytes).map_err(|e| format!("{}: {e}", index.display()))?;
+    let bytes = fs::read(index).map_err(|e| {
+        format!(
+            "reading {}: {e}",
+            index.display(),
+            e = cli_support::error_chain(&e)
+        )
+    })?;
+    let parsed = BlobIndex::parse(&bytes)
+        .map_err(|e| format!("{}: {e}", index.display(), e = cli_support::error_chain(&e)))?;
     let mut problems = Vec::new();
     if let Some(image) = image {
-        let data = fs::read(image).map_err(|e| format!("reading {}: {e}", image.display()))?;
+        let data = fs::read(image).map_err(|e| {
+            format!(
+                "reading {}: {e}",
+                image.display(),
+                e = cli_support::error_chain(&e)
+            )
+        })?;
         if let Err(e) = parsed.check_total(data.len() as u64) {
-            problems.push(format!("{}: {e}", image.display()));
+            problems.push(format!(
+                "{}: {e}",
+                image.display(),
+                e = cli_support::error_chain(&e)
+            ));
         } else {
             for c in parsed.chunks() {
                 let at = c.offset as usize..c.end() as usize;
@@ -301,10 +328,18 @@ fn check_index(index: &PathBuf, image: Option<&PathBuf>, store: Option<&PathBuf>
             match fs::read(&path) {
                 Ok(file) => {
                     if let Err(e) = decode_chunk(&c, &file, &mut out) {
-                        problems.push(format!("{}: {e}", path.display()));
+                        problems.push(format!(
+                            "{}: {e}",
+                            path.display(),
+                            e = cli_support::error_chain(&e)
+                        ));
                     }
                 }
-                Err(e) => problems.push(format!("{}: {e}", path.display())),
+                Err(e) => problems.push(format!(
+                    "{}: {e}",
+                    path.display(),
+                    e = cli_support::error_chain(&e)
+                )),
             }
         }
     }
@@ -332,18 +367,38 @@ fn read_at(file: &fs::File) -> impl FnMut(u64, &mut [u8]) -> std::io::Result<()>
 }
 
 fn load_index(path: &PathBuf, image: &PathBuf) -> Res<(BlobIndex, fs::File)> {
-    let bytes = fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let index = BlobIndex::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file = fs::File::open(image).map_err(|e| format!("opening {}: {e}", image.display()))?;
+    let bytes = fs::read(path).map_err(|e| {
+        format!(
+            "reading {}: {e}",
+            path.display(),
+            e = cli_support::error_chain(&e)
+        )
+    })?;
+    let index = BlobIndex::parse(&bytes)
+        .map_err(|e| format!("{}: {e}", path.display(), e = cli_support::error_chain(&e)))?;
+    let file = fs::File::open(image).map_err(|e| {
+        format!(
+            "opening {}: {e}",
+            image.display(),
+            e = cli_support::error_chain(&e)
+        )
+    })?;
     let len = file
         .metadata()
-        .map_err(|e| format!("reading {}: {e}", image.display()))?
+        .map_err(|e| {
+            format!(
+                "reading {}: {e}",
+                image.display(),
+                e = cli_support::error_chain(&e)
+            )
+        })?
         .len();
     index.check_total(len).map_err(|e| {
         format!(
             "{} does not describe {}: {e}",
             path.display(),
-            image.display()
+            image.display(),
+            e = cli_support::error_chain(&e)
         )
     })?;
     Ok((index, file))
@@ -356,11 +411,22 @@ fn write_whole(path: &PathBuf, bytes: &[u8]) -> Res<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => std::path::Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| {
+        format!(
+            "writing {}: {e}",
+            path.display(),
+            e = cli_support::error_chain(&e)
+        )
+    })?;
     tmp.write_all(bytes)
         .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        .map_err(|e| {
+            format!(
+                "writing {}: {e}",
+                path.display(),
+                e = cli_support::error_chain(&e)
+            )
+        })?;
     tmp.persist(path)
         .map_err(|e| format!("writing {}: {}", path.display(), e.error))?;
     Ok(())
@@ -384,19 +450,29 @@ fn make_patch(
         read_at(&new_file),
         &mut data,
     )
-    .map_err(|e| format!("making the patch: {e}"))?;
+    .map_err(|e| format!("making the patch: {e}", e = cli_support::error_chain(&e)))?;
     // Every entry must apply to the earlier image and give the new index's chunks: what a host
     // will check, checked before anything is published.
     for entry in &patch.entries {
-        let window = casync::patch::reference_window(entry, &old, read_at(&old_file))
-            .map_err(|e| format!("{}: {e}", from_image.display()))?;
+        let window =
+            casync::patch::reference_window(entry, &old, read_at(&old_file)).map_err(|e| {
+                format!(
+                    "{}: {e}",
+                    from_image.display(),
+                    e = cli_support::error_chain(&e)
+                )
+            })?;
         let frame = usize::try_from(entry.offset)
             .ok()
             .zip(usize::try_from(entry.offset + entry.len).ok())
             .and_then(|(a, b)| data.get(a..b))
             .ok_or("the patch data is shorter than its index")?;
-        casync::patch::apply_entry(entry, frame, &window, &new)
-            .map_err(|e| format!("the patch does not apply: {e}"))?;
+        casync::patch::apply_entry(entry, frame, &window, &new).map_err(|e| {
+            format!(
+                "the patch does not apply: {e}",
+                e = cli_support::error_chain(&e)
+            )
+        })?;
     }
     let json = serde_json::to_vec(&patch)?;
     write_whole(out, &data)?;

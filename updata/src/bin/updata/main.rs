@@ -50,7 +50,10 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            cli_support::logging::print_error("updata", &format!("error: {e}"));
+            cli_support::logging::print_error(
+                "updata",
+                &format!("error: {}", cli_support::error_chain(e.as_ref())),
+            );
             ExitCode::FAILURE
         }
     }
