@@ -98,10 +98,14 @@ impl AtomicStep {
 }
 
 /// Why an atomic write failed: one of its own steps, or the caller's fill.
+///
+/// The one public error enum of the workspace that is not `#[non_exhaustive]`, on purpose: it
+/// is an either-or that callers take apart (the fill's own error `E` goes back to them as it
+/// was), and a wildcard arm would have no error of either kind to return.
 #[derive(Debug, thiserror::Error)]
 pub enum AtomicWriteError<E> {
     /// A step of the write itself failed.
-    #[error("{} {}: {source}", step.describe(), path.display())]
+    #[error("{} {}", step.describe(), path.display())]
     Io {
         /// Which one.
         step: AtomicStep,

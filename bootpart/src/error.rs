@@ -12,7 +12,7 @@ use crate::guid::PartitionType;
 #[non_exhaustive]
 pub enum Error {
     /// The disk (or image) could not be opened or inspected.
-    #[error("{path}: {what}: {source}")]
+    #[error("{path}: {what}")]
     Io {
         /// The disk or file.
         path: PathBuf,
@@ -23,7 +23,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The GPT could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Gpt {
         /// The disk.
         path: PathBuf,
@@ -64,7 +64,7 @@ pub enum Error {
         capacity: u64,
     },
     /// I/O on a partition failed.
-    #[error("partition {partition} of {path}: {what}: {source}")]
+    #[error("partition {partition} of {path}: {what}")]
     PartitionIo {
         /// Partition number.
         partition: u32,

@@ -1,5 +1,6 @@
-//! Disks and A/B partition sets: GPT reading, set discovery by partition type GUID, the running
-//! set, bounded partition readers and writers.
+//! Disks and A/B partition sets: GPT reading and crash-safe writing, set discovery by partition
+//! type GUID, the running set, and the one partition-I/O stack (bounded, aligned, direct) for
+//! block devices and image files alike.
 //!
 //! - [`gpt`]: read the GUID partition table with CRC checks and backup fallback, write it in a
 //!   crash-safe order.

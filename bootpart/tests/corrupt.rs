@@ -58,7 +58,7 @@ fn edit_both_copies(
 fn expect_error(img: &DiskImage, needles: &[&str]) -> Error {
     let before = img.bytes().unwrap();
     let err = Disk::open(&img.path).unwrap_err();
-    let text = err.to_string();
+    let text = fixtures::error_chain(&err);
     for n in needles {
         assert!(text.contains(n), "expected {n:?} in: {text}");
     }
@@ -231,15 +231,20 @@ fn not_a_disk_at_all() {
     let dir = tempfile::tempdir().unwrap();
     let err = Disk::open(dir.path()).unwrap_err();
     assert!(
-        err.to_string()
-            .contains("neither a block device nor a regular file"),
+        fixtures::error_chain(&err).contains("neither a block device nor a regular file"),
         "{err}"
     );
     let err = Disk::open(dir.path().join("missing.img")).unwrap_err();
-    assert!(err.to_string().contains("missing.img: opening"), "{err}");
+    assert!(
+        fixtures::error_chain(&err).contains("missing.img: opening"),
+        "{err}"
+    );
     // A file of zeros.
     let zeros = dir.path().join("zeros.img");
     File::create(&zeros).unwrap().set_len(1 << 20).unwrap();
     let err = read_gpt(&File::open(&zeros).unwrap()).unwrap_err();
-    assert!(err.to_string().contains("no GPT signature"), "{err}");
+    assert!(
+        fixtures::error_chain(&err).contains("no GPT signature"),
+        "{err}"
+    );
 }

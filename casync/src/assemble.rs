@@ -104,7 +104,7 @@ pub enum AssembleError {
     #[error(transparent)]
     Index(#[from] IndexError),
     /// Reading or writing a partition failed.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         /// What was being done.
         what: &'static str,
@@ -115,7 +115,7 @@ pub enum AssembleError {
         source: std::io::Error,
     },
     /// A chunk could not be fetched and verified in the attempts allowed.
-    #[error("chunk {number} (offset {offset}): {source}")]
+    #[error("chunk {number} (offset {offset})")]
     Chunk {
         /// Its number in the index.
         number: usize,

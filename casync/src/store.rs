@@ -90,7 +90,7 @@ impl StoreWriter {
 #[non_exhaustive]
 pub enum ChunkError {
     /// The store could not be reached or does not have the chunk.
-    #[error("chunk {id}: {source}")]
+    #[error("chunk {id}")]
     Transport {
         /// The chunk.
         id: ChunkId,
@@ -99,7 +99,7 @@ pub enum ChunkError {
         source: Box<TransportError>,
     },
     /// Reading the body failed.
-    #[error("chunk {id}: reading from the store: {source}")]
+    #[error("chunk {id}: reading from the store")]
     Read {
         /// The chunk.
         id: ChunkId,

@@ -325,8 +325,7 @@ fn a_chunk_that_inflates_past_its_cap_is_refused() {
         "{err}"
     );
     assert!(
-        err.to_string()
-            .contains(&format!("at most {} bytes", chunk.len)),
+        fixtures::error_chain(&err).contains(&format!("at most {} bytes", chunk.len)),
         "{err}"
     );
     let on_disk = s.inactive_bytes();

@@ -152,7 +152,7 @@ where
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let mut line = e.to_string().replace('\n', " ");
+            let mut line = cli_support::error_chain(e.as_ref()).replace('\n', " ");
             if matches!(e.downcast_ref(), Some(signpost::Error::Discovery { .. }))
                 && !line.contains("explicitly")
             {

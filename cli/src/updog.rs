@@ -367,7 +367,10 @@ fn execute(updater: &Updater, args: &Args) -> Result<u8, Failure> {
             let mut status = updater.status()?;
             // Best effort: who cannot open the disk cannot tell (and cannot be updating it).
             status.busy = updater.busy().unwrap_or_else(|e| {
-                log::debug!("cannot tell whether the disk is locked: {e}");
+                log::debug!(
+                    "cannot tell whether the disk is locked: {}",
+                    error_chain(&e)
+                );
                 None
             });
             if json {
@@ -461,7 +464,7 @@ fn serve(
         Ok(Some(listener)) => (listener, None),
         Ok(None) => match socket {
             Some(path) => (
-                update_api::bind(path).map_err(|e| fail(e.to_string()))?,
+                update_api::bind(path).map_err(|e| fail(error_chain(&e)))?,
                 Some(path),
             ),
             None => {
@@ -474,7 +477,7 @@ fn serve(
                 });
             }
         },
-        Err(e) => return Err(fail(e.to_string())),
+        Err(e) => return Err(fail(error_chain(&e))),
     };
     match bound {
         Some(path) => log::info!("serving the update API on {}", path.display()),
@@ -496,7 +499,7 @@ fn serve(
     if let Some(path) = bound {
         let _ = std::fs::remove_file(path);
     }
-    served.map_err(|e| fail(format!("serving: {e}")))?;
+    served.map_err(|e| fail(format!("serving: {}", error_chain(&e))))?;
     Ok(updog::exit::SUCCESS)
 }
 

@@ -8,7 +8,7 @@ use semver::Version;
 pub enum Error {
     /// The manifest is not valid JSON of the expected shape. The message names the field, wave
     /// key or migration key, with line and column.
-    #[error("manifest.json is not valid: {source}")]
+    #[error("manifest.json is not valid")]
     Parse {
         /// The JSON error.
         #[source]
@@ -61,7 +61,7 @@ pub enum Error {
     #[error(transparent)]
     Waves(#[from] waves::Error),
     /// A wave policy file that is not valid.
-    #[error("wave policy {path}: {source}")]
+    #[error("wave policy {path}")]
     Policy {
         /// The policy file.
         path: PathBuf,
@@ -85,7 +85,7 @@ pub enum Error {
     #[error("no manifest given: name it as the argument or with -t/--to")]
     NoManifestGiven,
     /// Reading or writing a file.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}")]
     Io {
         /// What was being done ("reading", "writing", ...).
         action: &'static str,

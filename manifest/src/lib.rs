@@ -1,7 +1,6 @@
 //! The Bottlerocket-compatible `manifest.json`: schema, update selection, migration-chain search,
 //! validation; and the rules behind the `updata` publisher CLI's manifest edits ([`edit`]). The
-//! `updata` binary itself lives in the `updog` crate, next to the TUF client its repository
-//! check uses.
+//! `updata` binary itself lives in the `updata` crate (the publisher), which calls [`edit`].
 //!
 //! # The format
 //!

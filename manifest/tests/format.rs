@@ -103,7 +103,11 @@ fn parse_err(json: &str) -> String {
         Ok(m) => panic!("parsed: {m:?}"),
         Err(e) => {
             assert!(matches!(e, Error::Parse { .. }), "{e:?}");
-            e.to_string()
+            // The error and its cause (serde's text, which names the key and the line).
+            std::iter::successors(Some(&e as &dyn std::error::Error), |&e| e.source())
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(": ")
         }
     }
 }

@@ -38,7 +38,7 @@ pub enum FileNameError {
 #[non_exhaustive]
 pub enum CacheError {
     /// Creating a cache directory failed.
-    #[error("cannot create cache directory {}: {source}", path.display())]
+    #[error("cannot create cache directory {}", path.display())]
     CreateDir {
         /// The directory.
         path: PathBuf,
@@ -46,7 +46,7 @@ pub enum CacheError {
         source: io::Error,
     },
     /// Creating a temporary file failed.
-    #[error("cannot create a temporary file in {}: {source}", dir.display())]
+    #[error("cannot create a temporary file in {}", dir.display())]
     CreateTemp {
         /// The directory.
         dir: PathBuf,
@@ -54,7 +54,7 @@ pub enum CacheError {
         source: io::Error,
     },
     /// Writing a file failed.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}", path.display())]
     Write {
         /// The file being written.
         path: PathBuf,
@@ -62,7 +62,7 @@ pub enum CacheError {
         source: io::Error,
     },
     /// `fsync` failed.
-    #[error("cannot flush {} to disk: {source}", path.display())]
+    #[error("cannot flush {} to disk", path.display())]
     Sync {
         /// The file or directory.
         path: PathBuf,
@@ -70,7 +70,7 @@ pub enum CacheError {
         source: io::Error,
     },
     /// Renaming the temporary file into place failed.
-    #[error("cannot rename a temporary file to {}: {source}", path.display())]
+    #[error("cannot rename a temporary file to {}", path.display())]
     Rename {
         /// The destination.
         path: PathBuf,
@@ -78,7 +78,7 @@ pub enum CacheError {
         source: io::Error,
     },
     /// Listing a cache directory failed.
-    #[error("cannot list cache directory {}: {source}", path.display())]
+    #[error("cannot list cache directory {}", path.display())]
     ReadDir {
         /// The directory.
         path: PathBuf,
@@ -86,7 +86,7 @@ pub enum CacheError {
         source: io::Error,
     },
     /// Removing a stale file failed.
-    #[error("cannot remove stale cache file {}: {source}", path.display())]
+    #[error("cannot remove stale cache file {}", path.display())]
     Remove {
         /// The file.
         path: PathBuf,
@@ -94,7 +94,7 @@ pub enum CacheError {
         source: io::Error,
     },
     /// Reading an existing cached file failed.
-    #[error("cannot read cached file {}: {source}", path.display())]
+    #[error("cannot read cached file {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -109,7 +109,7 @@ pub enum CacheError {
 pub enum PlanError {
     /// The manifest has no chain of migrations from the running version to the target; the
     /// source error names where the chain stops.
-    #[error("no migration chain from {from} to {to}: {source}")]
+    #[error("no migration chain from {from} to {to}")]
     Chain {
         /// Running version.
         from: Version,
@@ -137,7 +137,7 @@ pub enum PlanError {
         name: String,
     },
     /// Looking a target up in the repository failed.
-    #[error("cannot look up target {name:?} in the repository: {source}")]
+    #[error("cannot look up target {name:?} in the repository")]
     Lookup {
         /// Target name.
         name: String,
@@ -176,7 +176,7 @@ pub enum FetchError {
         files: usize,
     },
     /// Probing free space failed.
-    #[error("cannot find the free space of {}: {source}", dir.display())]
+    #[error("cannot find the free space of {}", dir.display())]
     SpaceProbe {
         /// The directory.
         dir: PathBuf,
@@ -184,7 +184,7 @@ pub enum FetchError {
         source: io::Error,
     },
     /// The source refused to open a target.
-    #[error("cannot open migration target {name:?}: {source}")]
+    #[error("cannot open migration target {name:?}")]
     Open {
         /// Target name.
         name: String,
@@ -192,7 +192,7 @@ pub enum FetchError {
         source: BoxError,
     },
     /// Reading a target's bytes failed midway.
-    #[error("reading migration target {name:?} failed after {received} bytes: {source}")]
+    #[error("reading migration target {name:?} failed after {received} bytes")]
     Read {
         /// Target name.
         name: String,
@@ -237,7 +237,7 @@ pub enum FetchError {
         name: String,
     },
     /// Looking a target up in the source failed.
-    #[error("cannot look up target {name:?} in the repository: {source}")]
+    #[error("cannot look up target {name:?} in the repository")]
     Lookup {
         /// Target name.
         name: String,
@@ -245,7 +245,7 @@ pub enum FetchError {
         source: BoxError,
     },
     /// The source could not give its verified metadata files.
-    #[error("cannot get the verified metadata files to cache: {source}")]
+    #[error("cannot get the verified metadata files to cache")]
     Metadata {
         /// The source's error.
         source: BoxError,
@@ -330,7 +330,7 @@ impl std::fmt::Display for FileProblem {
 pub enum VerifyError {
     /// The cached metadata did not verify (a changed byte in a metadata file lands here; the
     /// loader's error names the file or role).
-    #[error("cached metadata in {} does not verify: {source}", dir.display())]
+    #[error("cached metadata in {} does not verify", dir.display())]
     Metadata {
         /// The metadata directory.
         dir: PathBuf,
@@ -341,7 +341,7 @@ pub enum VerifyError {
     #[error("{} cached migration file(s) failed verification: {}", .0.len(), join_problems(.0))]
     Files(Vec<FileProblem>),
     /// The cached, verified manifest does not parse.
-    #[error("cached manifest {} does not parse: {source}", path.display())]
+    #[error("cached manifest {} does not parse", path.display())]
     Manifest {
         /// Its path.
         path: PathBuf,
@@ -349,7 +349,7 @@ pub enum VerifyError {
         source: BoxError,
     },
     /// The cached manifest has no migration chain for the requested versions.
-    #[error("the cached manifest has no migration chain from {from} to {to}: {source}")]
+    #[error("the cached manifest has no migration chain from {from} to {to}")]
     Chain {
         /// Data store version.
         from: Version,

@@ -846,7 +846,10 @@ fn a_failed_lookup_is_not_mistaken_for_an_unsigned_target() {
         matches!(err, PlanError::Lookup { ref name, .. } if name == "migrate_v1.1.0_a.lz4"),
         "{err}"
     );
-    assert!(err.to_string().contains("could not be fetched"), "{err}");
+    assert!(
+        fixtures::error_chain(&err).contains("could not be fetched"),
+        "{err}"
+    );
 }
 
 #[test]

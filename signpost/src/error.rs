@@ -84,7 +84,7 @@ pub enum Error {
         value: u8,
     },
     /// Opening the disk failed.
-    #[error("cannot open disk {path}: {source}")]
+    #[error("cannot open disk {path}")]
     Open {
         /// The disk path.
         path: PathBuf,
@@ -109,7 +109,7 @@ pub enum Error {
     },
     /// Writing or flushing the GPT failed part-way; `now` is what the disk reads afterwards (re-read
     /// after the failure), so the caller reports the state the disk is actually in.
-    #[error("{transition} failed: {source}; {}", describe_now(now.as_ref()))]
+    #[error("{transition} failed ({})", describe_now(now.as_ref()))]
     WriteFailed {
         /// The transition (or `rewrite-table`) that was being written.
         transition: &'static str,
@@ -121,7 +121,7 @@ pub enum Error {
         took_effect: bool,
     },
     /// Reading or writing the GPT failed (nothing was changed when a write was refused).
-    #[error("GPT of {disk}: {source}")]
+    #[error("GPT of {disk}")]
     Gpt {
         /// The disk.
         disk: PathBuf,
@@ -129,7 +129,7 @@ pub enum Error {
         source: Box<bootpart::gpt::GptError>,
     },
     /// The disk's partitions do not form the expected layout.
-    #[error("disk {disk}: {source}")]
+    #[error("disk {disk}")]
     Layout {
         /// The disk.
         disk: PathBuf,
@@ -137,7 +137,10 @@ pub enum Error {
         source: bootpart::LayoutError,
     },
     /// Finding the running disk or set failed.
-    #[error("{}{source}", disk.as_ref().map(|d| format!("{}: ", d.display())).unwrap_or_default())]
+    #[error("{}", disk.as_ref().map_or_else(
+        || "finding the running disk".to_string(),
+        |d| format!("finding the running set on {}", d.display())
+    ))]
     Discovery {
         /// The disk, when one was given.
         disk: Option<PathBuf>,

@@ -89,7 +89,7 @@ pub enum LockError {
         waited_ms: u128,
     },
     /// The disk could not be opened or locked.
-    #[error("cannot lock disk {path}: {source}")]
+    #[error("cannot lock disk {path}")]
     Io {
         /// The disk.
         path: PathBuf,

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// The transport could not open a file.
-    #[error("downloading {what}: {source}")]
+    #[error("downloading {what}")]
     Transport {
         /// The role or target being fetched.
         what: String,
@@ -20,7 +20,7 @@ pub enum Error {
         source: Box<TransportError>,
     },
     /// Reading a downloaded or stored file failed midway.
-    #[error("reading {what}: {source}")]
+    #[error("reading {what}")]
     Read {
         /// The role or target being read.
         what: String,
@@ -38,7 +38,7 @@ pub enum Error {
         limit: u64,
     },
     /// A metadata file is not valid JSON or lacks required fields.
-    #[error("{role} metadata does not parse: {source}")]
+    #[error("{role} metadata does not parse")]
     Parse {
         /// The role.
         role: Role,
@@ -176,7 +176,7 @@ pub enum Error {
         file: String,
     },
     /// The trusted metadata directory or target cache could not be written or read.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Store {
         /// The file or directory.
         path: PathBuf,
@@ -185,7 +185,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// No trusted root could be loaded.
-    #[error("no trusted root: {path}: {source}")]
+    #[error("no trusted root: {path}")]
     NoTrustedRoot {
         /// Where it was looked for.
         path: PathBuf,
@@ -195,7 +195,7 @@ pub enum Error {
     },
     /// A root trusted out of band (the shipped root, or the `root.json` stored in the trusted
     /// metadata directory) does not parse or is not signed by its own threshold.
-    #[error("trusted root {path}: {source}")]
+    #[error("trusted root {path}")]
     BadTrustedRoot {
         /// The file it was read from.
         path: PathBuf,

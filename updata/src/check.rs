@@ -30,13 +30,19 @@ pub struct CheckReport {
 /// The base URL of a repository given as a directory or a URL.
 pub fn repository_url(location: &str) -> Result<Url, String> {
     if location.contains("://") {
-        let mut url = Url::parse(location).map_err(|e| format!("{location}: not a URL: {e}"))?;
+        let mut url = Url::parse(location).map_err(|e| {
+            format!(
+                "{location}: not a URL: {e}",
+                e = cli_support::error_chain(&e)
+            )
+        })?;
         if !url.path().ends_with('/') {
             url.set_path(&format!("{}/", url.path()));
         }
         return Ok(url);
     }
-    let dir = std::fs::canonicalize(location).map_err(|e| format!("{location}: {e}"))?;
+    let dir = std::fs::canonicalize(location)
+        .map_err(|e| format!("{location}: {e}", e = cli_support::error_chain(&e)))?;
     Url::from_directory_path(&dir).map_err(|()| format!("{}: not a directory path", dir.display()))
 }
 
@@ -71,14 +77,23 @@ pub struct Opened {
 /// `trusted_root`, at `now`: every role verified, as a host would.
 pub fn open(location: &str, trusted_root: &Path, now: DateTime<Utc>) -> Result<Opened, String> {
     let base = repository_url(location)?;
-    let join = |p: &str| base.join(p).map_err(|e| format!("{base}: {e}"));
+    let join = |p: &str| {
+        base.join(p)
+            .map_err(|e| format!("{base}: {e}", e = cli_support::error_chain(&e)))
+    };
     let transport: Arc<dyn Transport> = if base.scheme() == "file" {
         Arc::new(FileTransport)
     } else {
-        Arc::new(HttpTransport::new(HttpOptions::default()).map_err(|e| e.to_string())?)
+        Arc::new(
+            HttpTransport::new(HttpOptions::default()).map_err(|e| cli_support::error_chain(&e))?,
+        )
     };
-    let datastore =
-        tempfile::tempdir().map_err(|e| format!("creating a temporary directory: {e}"))?;
+    let datastore = tempfile::tempdir().map_err(|e| {
+        format!(
+            "creating a temporary directory: {e}",
+            e = cli_support::error_chain(&e)
+        )
+    })?;
     let mut opts = RepositoryOptions::new(
         join("metadata/")?,
         join("targets/")?,
@@ -86,8 +101,8 @@ pub fn open(location: &str, trusted_root: &Path, now: DateTime<Utc>) -> Result<O
     );
     trusted_root.clone_into(&mut opts.trusted_root);
     opts.reference_time = Some(now);
-    let repo =
-        Repository::load(opts, Arc::clone(&transport)).map_err(|e| format!("metadata: {e}"))?;
+    let repo = Repository::load(opts, Arc::clone(&transport))
+        .map_err(|e| format!("metadata: {e}", e = cli_support::error_chain(&e)))?;
     Ok(Opened {
         repo,
         transport,
@@ -109,7 +124,10 @@ fn run(
         base,
         _datastore,
     } = open(location, trusted_root, now)?;
-    let join = |p: &str| base.join(p).map_err(|e| format!("{base}: {e}"));
+    let join = |p: &str| {
+        base.join(p)
+            .map_err(|e| format!("{base}: {e}", e = cli_support::error_chain(&e)))
+    };
     report.notes.push(format!(
         "metadata verified from {}: root version {}, timestamp {}, snapshot {}, targets {}",
         trusted_root.display(),
@@ -179,9 +197,12 @@ fn check_chunk_stores(
         let store = match targets.join(&delta.store) {
             Ok(url) => url,
             Err(e) => {
-                report
-                    .problems
-                    .push(format!("{}: chunk store {:?}: {e}", u.id(), delta.store));
+                report.problems.push(format!(
+                    "{}: chunk store {:?}: {e}",
+                    u.id(),
+                    delta.store,
+                    e = cli_support::error_chain(&e)
+                ));
                 continue;
             }
         };
@@ -201,7 +222,12 @@ fn check_chunk_stores(
             for chunk in index.chunks().step_by(step) {
                 checked += 1;
                 if let Err(e) = fetcher.fetch(&chunk, &mut buf) {
-                    bad.push(format!("chunk {} ({}): {e}", chunk.number, chunk.id));
+                    bad.push(format!(
+                        "chunk {} ({}): {e}",
+                        chunk.number,
+                        chunk.id,
+                        e = cli_support::error_chain(&e)
+                    ));
                 }
             }
             if bad.is_empty() {
@@ -221,47 +247,68 @@ fn check_chunk_stores(
 }
 
 fn read_index(repo: &Repository, name: &str) -> Result<casync::BlobIndex, String> {
-    let mut reader = repo.read_target(name).map_err(|e| format!("{name}: {e}"))?;
+    let mut reader = repo
+        .read_target(name)
+        .map_err(|e| format!("{name}: {e}", e = cli_support::error_chain(&e)))?;
     let mut bytes = Vec::new();
     reader
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("{name}: {e}"))?;
-    reader.finish().map_err(|e| format!("{name}: {e}"))?;
-    casync::BlobIndex::parse(&bytes).map_err(|e| format!("{name}: not a chunk index: {e}"))
+        .map_err(|e| format!("{name}: {e}", e = cli_support::error_chain(&e)))?;
+    reader
+        .finish()
+        .map_err(|e| format!("{name}: {e}", e = cli_support::error_chain(&e)))?;
+    casync::BlobIndex::parse(&bytes).map_err(|e| {
+        format!(
+            "{name}: not a chunk index: {e}",
+            e = cli_support::error_chain(&e)
+        )
+    })
 }
 
 fn read_manifest(repo: &Repository) -> Result<manifest::Manifest, String> {
     let mut reader = repo
         .read_target(MANIFEST_TARGET)
-        .map_err(|e| format!("{MANIFEST_TARGET}: {e}"))?;
+        .map_err(|e| format!("{MANIFEST_TARGET}: {e}", e = cli_support::error_chain(&e)))?;
     let mut bytes = Vec::new();
     (&mut reader)
         .take(manifest::MAX_MANIFEST_LEN as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("{MANIFEST_TARGET}: {e}"))?;
+        .map_err(|e| format!("{MANIFEST_TARGET}: {e}", e = cli_support::error_chain(&e)))?;
     reader
         .finish()
-        .map_err(|e| format!("{MANIFEST_TARGET}: {e}"))?;
-    manifest::Manifest::from_slice(&bytes).map_err(|e| e.to_string())
+        .map_err(|e| format!("{MANIFEST_TARGET}: {e}", e = cli_support::error_chain(&e)))?;
+    manifest::Manifest::from_slice(&bytes).map_err(|e| cli_support::error_chain(&e))
 }
 
 /// Fetches and verifies one target; an image is decoded as well.
 fn check_target(repo: &Repository, name: &str, image: bool) -> Result<String, String> {
     let desc = repo
         .target(name)
-        .map_err(|e| format!("{name}: {e}"))?
+        .map_err(|e| format!("{name}: {e}", e = cli_support::error_chain(&e)))?
         .ok_or_else(|| format!("{name}: named by the manifest but not a signed target"))?;
-    let mut reader = repo.read_target(name).map_err(|e| format!("{name}: {e}"))?;
+    let mut reader = repo
+        .read_target(name)
+        .map_err(|e| format!("{name}: {e}", e = cli_support::error_chain(&e)))?;
     if !image {
-        std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| format!("{name}: {e}"))?;
-        reader.finish().map_err(|e| format!("{name}: {e}"))?;
+        std::io::copy(&mut reader, &mut std::io::sink())
+            .map_err(|e| format!("{name}: {e}", e = cli_support::error_chain(&e)))?;
+        reader
+            .finish()
+            .map_err(|e| format!("{name}: {e}", e = cli_support::error_chain(&e)))?;
         return Ok(format!("{name}: {} bytes, hashes match", desc.length));
     }
-    let decoded = super::image::decoded_length(&mut reader)
-        .map_err(|e| format!("{name}: does not decode as an lz4 frame: {e}"))?;
+    let decoded = super::image::decoded_length(&mut reader).map_err(|e| {
+        format!(
+            "{name}: does not decode as an lz4 frame: {e}",
+            e = cli_support::error_chain(&e)
+        )
+    })?;
     // Whatever the decoder left unread still counts towards the signed length and hashes.
-    std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| format!("{name}: {e}"))?;
-    reader.finish().map_err(|e| format!("{name}: {e}"))?;
+    std::io::copy(&mut reader, &mut std::io::sink())
+        .map_err(|e| format!("{name}: {e}", e = cli_support::error_chain(&e)))?;
+    reader
+        .finish()
+        .map_err(|e| format!("{name}: {e}", e = cli_support::error_chain(&e)))?;
     match desc
         .custom
         .get("decompressed_length")

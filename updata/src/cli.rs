@@ -65,7 +65,10 @@ where
     match result {
         Ok(code) => code,
         Err(e) => {
-            cli_support::logging::print_error("updata", &format!("error: {e}"));
+            cli_support::logging::print_error(
+                "updata",
+                &format!("error: {}", cli_support::error_chain(e.as_ref())),
+            );
             ExitCode::FAILURE
         }
     }

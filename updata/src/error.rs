@@ -10,7 +10,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// Reading or writing a file.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}")]
     Io {
         /// What was being done.
         action: &'static str,
@@ -133,7 +133,7 @@ pub enum Error {
     #[error("{0}")]
     State(String),
     /// A time that does not parse.
-    #[error("{0}")]
+    #[error(transparent)]
     Time(#[from] waves::Error),
 }
 

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use casync::patch::{PatchError, PatchIndex, PatchStats, apply_entry, reference_window};
 use casync::{BlobIndex, IndexError};
+use cli_support::error_chain;
 use manifest::{Manifest, UpdateId};
 use semver::Version;
 
@@ -236,7 +237,7 @@ fn read_published(
     let index = match read_target(repo, index_name, MAX_INDEX_BYTES) {
         Ok(bytes) => match BlobIndex::parse(&bytes) {
             Ok(index) => index,
-            Err(e) => return Ok(Err(format!("{index_name}: {e}"))),
+            Err(e) => return Ok(Err(format!("{index_name}: {}", error_chain(&e)))),
         },
         Err(reason) => return Ok(Err(reason)),
     };
@@ -259,15 +260,15 @@ fn read_published(
                 io::copy(&mut reader, &mut io::sink())?;
                 Ok(n)
             });
-            match copied.map_err(|e| e.to_string()).and_then(|n| {
-                reader.finish().map_err(|e| e.to_string())?;
+            match copied.map_err(|e| error_chain(&e)).and_then(|n| {
+                reader.finish().map_err(|e| error_chain(&e))?;
                 Ok(n)
             }) {
                 Ok(n) => n,
                 Err(e) => return Ok(Err(format!("{image_name}: {e}"))),
             }
         }
-        Err(e) => return Ok(Err(format!("{image_name}: {e}"))),
+        Err(e) => return Ok(Err(format!("{image_name}: {}", error_chain(&e)))),
     };
     tmp.flush().map_err(|source| PatchesError::Io {
         what: "writing a temporary file in",
@@ -286,16 +287,20 @@ fn read_published(
 /// A whole target through TUF, refused above `limit` bytes; `Err` says why.
 fn read_target(repo: &tuf::Repository, name: &str, limit: u64) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let mut reader = repo.read_target(name).map_err(|e| format!("{name}: {e}"))?;
+    let mut reader = repo
+        .read_target(name)
+        .map_err(|e| format!("{name}: {}", error_chain(&e)))?;
     let mut bytes = Vec::new();
     (&mut reader)
         .take(limit + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("{name}: {e}"))?;
+        .map_err(|e| format!("{name}: {}", error_chain(&e)))?;
     if bytes.len() as u64 > limit {
         return Err(format!("{name}: larger than {limit} bytes"));
     }
-    reader.finish().map_err(|e| format!("{name}: {e}"))?;
+    reader
+        .finish()
+        .map_err(|e| format!("{name}: {}", error_chain(&e)))?;
     Ok(bytes)
 }
 

@@ -49,6 +49,7 @@ pub struct Request {
 
 /// Why a request was not read; each maps to the answer the client gets, if any.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RequestError {
     /// The client closed the connection before a whole request arrived (no answer is sent).
     #[error("the client closed the connection after {received} bytes of a request")]
@@ -57,7 +58,7 @@ pub enum RequestError {
         received: usize,
     },
     /// Reading failed (no answer is sent).
-    #[error("reading the request: {0}")]
+    #[error("reading the request")]
     Io(#[source] io::Error),
     /// The request did not arrive within the deadline.
     #[error("the request did not arrive within {0:?}")]

@@ -17,7 +17,7 @@ use crate::service::Service;
 #[non_exhaustive]
 pub enum ListenError {
     /// `LISTEN_FDS`/`LISTEN_PID` name this process, but fd 3 is no Unix socket.
-    #[error("the socket systemd passed (fd 3) is not a listening Unix socket: {0}")]
+    #[error("the socket systemd passed (fd 3) is not a listening Unix socket")]
     NotUnixSocket(#[source] std::io::Error),
     /// Something that is not a socket is in the way.
     #[error("{0} exists and is not a socket; refusing to replace it")]
@@ -26,7 +26,7 @@ pub enum ListenError {
     #[error("another server is listening on {0}")]
     InUse(PathBuf),
     /// Binding or setting up the socket failed.
-    #[error("listening on {path}: {source}")]
+    #[error("listening on {path}")]
     Bind {
         /// The socket path.
         path: PathBuf,
@@ -154,7 +154,10 @@ pub fn serve(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 // Out of file descriptors and the like: wait for connections to end.
-                log::warn!("accepting a connection: {e}");
+                log::warn!(
+                    "accepting a connection: {e}",
+                    e = updog::advice::error_chain(&e)
+                );
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
@@ -179,7 +182,10 @@ pub fn serve(
                 handle_connection(stream, &service, &limits);
             });
         if let Err(e) = spawned {
-            log::warn!("starting a connection thread: {e}");
+            log::warn!(
+                "starting a connection thread: {e}",
+                e = updog::advice::error_chain(&e)
+            );
         }
     }
     log::info!("stopping");
@@ -211,9 +217,9 @@ fn handle_connection(mut stream: UnixStream, service: &Arc<Service>, limits: &Li
             response
         }
         Err(e) => {
-            log::debug!("refused a request: {e}");
+            log::debug!("refused a request: {e}", e = updog::advice::error_chain(&e));
             match e.status() {
-                Some(code) => Response::text(code, e.to_string()),
+                Some(code) => Response::text(code, updog::advice::error_chain(&e)),
                 None => return,
             }
         }
@@ -222,7 +228,10 @@ fn handle_connection(mut stream: UnixStream, service: &Arc<Service>, limits: &Li
         .write_all(&response.to_bytes())
         .and_then(|()| stream.flush())
     {
-        log::debug!("the client left before the answer was written: {e}");
+        log::debug!(
+            "the client left before the answer was written: {e}",
+            e = updog::advice::error_chain(&e)
+        );
     }
     // Lingering close: the client may still be sending (an oversized head or body was
     // refused part-way); closing with unread input would reset the connection and lose the

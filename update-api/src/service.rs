@@ -72,7 +72,7 @@ impl Default for ServiceOptions {
 
 /// Why the service's state file could not be written.
 #[derive(Debug, thiserror::Error)]
-#[error("writing the update API state {path}: {source}")]
+#[error("writing the update API state {path}")]
 pub struct StateFileError {
     /// The file.
     pub path: PathBuf,
@@ -243,7 +243,10 @@ impl Service {
             )),
             Ok(None) => None,
             Err(e) => {
-                log::debug!("cannot tell whether the disk is locked: {e}");
+                log::debug!(
+                    "cannot tell whether the disk is locked: {e}",
+                    e = updog::advice::error_chain(&e)
+                );
                 None
             }
         }
@@ -404,7 +407,10 @@ impl Service {
         let lock = match lock.transpose() {
             Ok(lock) => lock,
             Err(UpdateError::Lock(e)) => {
-                return Response::text(423, format!("{LOCK_HELD}: {e}"));
+                return Response::text(
+                    423,
+                    format!("{LOCK_HELD}: {e}", e = updog::advice::error_chain(&e)),
+                );
             }
             Err(e) => return Response::text(500, self.explain(&e)),
         };
@@ -436,7 +442,14 @@ impl Service {
                 log::info!("{} accepted (state {state:?})", cmd.name());
                 Response::no_content()
             }
-            Err(e) => Response::text(500, format!("starting the {} command: {e}", cmd.name())),
+            Err(e) => Response::text(
+                500,
+                format!(
+                    "starting the {} command: {e}",
+                    cmd.name(),
+                    e = updog::advice::error_chain(&e)
+                ),
+            ),
         }
     }
 
@@ -676,7 +689,7 @@ impl Service {
             && let Err(e) = write_state(&self.options.status_file, r)
         {
             // The state in memory still answers; a restart would lose it.
-            log::warn!("{e}");
+            log::warn!("{e}", e = updog::advice::error_chain(&e));
         }
     }
 }
@@ -746,13 +759,21 @@ fn read_state(path: &Path) -> Option<Remembered> {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {
-            log::warn!("reading {}: {e}; starting uninitialized", path.display());
+            log::warn!(
+                "reading {}: {e}; starting uninitialized",
+                path.display(),
+                e = updog::advice::error_chain(&e)
+            );
             return None;
         }
     };
     let mut text = Vec::new();
     if let Err(e) = file.take(MAX_STATUS_FILE).read_to_end(&mut text) {
-        log::warn!("reading {}: {e}; starting uninitialized", path.display());
+        log::warn!(
+            "reading {}: {e}; starting uninitialized",
+            path.display(),
+            e = updog::advice::error_chain(&e)
+        );
         return None;
     }
     match serde_json::from_slice(&text) {
@@ -760,7 +781,8 @@ fn read_state(path: &Path) -> Option<Remembered> {
         Err(e) => {
             log::warn!(
                 "{} is not valid: {e}; starting uninitialized",
-                path.display()
+                path.display(),
+                e = updog::advice::error_chain(&e)
             );
             None
         }

@@ -33,19 +33,26 @@ use crate::config::Config;
 use crate::error::UpdateError;
 use crate::transport::{TransportError, TransportErrorKind};
 
-/// The error and its causes on one line, each cause once.
-pub fn error_chain(e: &dyn Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
+/// The error and its causes on one line, outermost first, joined by `": "`.
+///
+/// Each layer's Display says only what that layer adds (the workspace's error types never
+/// repeat their source), so the whole chain is printed as it is, nothing left out:
+///
+/// ```
+/// let err = updog::config::ConfigError::Read {
+///     path: "/etc/updog.toml".into(),
+///     source: std::io::Error::from(std::io::ErrorKind::NotFound),
+/// };
+/// assert_eq!(
+///     updog::advice::error_chain(&err),
+///     "reading configuration /etc/updog.toml: entity not found"
+/// );
+/// ```
+pub fn error_chain(e: &(dyn Error + 'static)) -> String {
+    std::iter::successors(Some(e), |&e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// `err` as one line, with advice where the configuration or the privileges are the likely

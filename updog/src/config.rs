@@ -144,7 +144,7 @@ impl std::fmt::Display for ConfigWarning {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("reading configuration {path}: {source}")]
+    #[error("reading configuration {path}")]
     Read {
         /// The file.
         path: PathBuf,

@@ -21,22 +21,22 @@ pub enum UpdateError {
     #[error(transparent)]
     OsRelease(#[from] OsReleaseError),
     /// The HTTP client could not be set up (bad proxy setting, TLS backend).
-    #[error("setting up the transport: {0}")]
+    #[error("setting up the transport")]
     Transport(#[source] crate::transport::HttpSetupError),
     /// Another process owns the disk (or it cannot be locked).
     #[error(transparent)]
     Lock(Box<LockError>),
     /// The repository could not be loaded or verified.
-    #[error("repository: {0}")]
+    #[error("repository")]
     Repository(#[source] Box<crate::tuf::Error>),
     /// The repository has no manifest target.
     #[error("the repository has no {MANIFEST_TARGET} target")]
     NoManifest,
     /// Reading the manifest failed (transport or verification).
-    #[error("reading {MANIFEST_TARGET}: {0}")]
+    #[error("reading {MANIFEST_TARGET}")]
     ManifestRead(#[source] std::io::Error),
     /// The manifest is not valid.
-    #[error("{MANIFEST_TARGET}: {0}")]
+    #[error("{MANIFEST_TARGET}")]
     Manifest(#[source] Box<manifest::Error>),
     /// Nothing to stage; the reason says why (`updog update` reports it and exits 0, as the
     /// reference does; `check-update` exits 1).
@@ -68,19 +68,19 @@ pub enum UpdateError {
     },
     /// The migrations the version jump needs cannot be planned (missing link, unsigned
     /// target); nothing was written.
-    #[error("migrations: {0}")]
+    #[error("migrations")]
     MigrationPlan(#[source] Box<migrations_fetch::PlanError>),
     /// Fetching the migrations failed (before the disk was touched).
-    #[error("fetching migrations: {0}")]
+    #[error("fetching migrations")]
     MigrationFetch(#[source] Box<migrations_fetch::FetchError>),
     /// The disk or its partition layout could not be used.
-    #[error("disk: {0}")]
+    #[error("disk")]
     Disk(#[source] Box<bootpart::Error>),
     /// A boot-flag transition failed.
-    #[error("boot flags: {0}")]
+    #[error("boot flags")]
     Signpost(#[source] Box<signpost::Error>),
     /// Staging an image failed; the inactive set is left cleared.
-    #[error("staging {image} image {target:?} onto set {set}: {source}")]
+    #[error("staging {image} image {target:?} onto set {set}")]
     Stage {
         /// Which image.
         image: ImageKind,
@@ -94,7 +94,7 @@ pub enum UpdateError {
     },
     /// Staging an image from chunks failed in a way the full image would not avoid (writing
     /// the inactive partition); the inactive set is left cleared.
-    #[error("staging {image} onto set {set} from chunks: {source}")]
+    #[error("staging {image} onto set {set} from chunks")]
     Delta {
         /// Which image.
         image: ImageKind,
@@ -105,7 +105,7 @@ pub enum UpdateError {
         source: Box<crate::delta::stage::DeltaError>,
     },
     /// A partition of the inactive set could not be opened for writing.
-    #[error("opening the {image} partition of set {set}: {source}")]
+    #[error("opening the {image} partition of set {set}")]
     OpenPartition {
         /// Which image.
         image: ImageKind,
@@ -179,7 +179,7 @@ pub enum UpdateError {
         set: SetId,
     },
     /// An image cannot be fetched as named (checked before the disk is touched).
-    #[error("{image} image {target:?} cannot be used: {source}")]
+    #[error("{image} image {target:?} cannot be used")]
     UnusableTarget {
         /// Which image.
         image: ImageKind,

@@ -87,7 +87,7 @@ pub struct FailedBoots {
 
 /// Why the list could not be written.
 #[derive(Debug, thiserror::Error)]
-#[error("remembering a failed release in {path}: {source}")]
+#[error("remembering a failed release in {path}")]
 pub struct RememberError {
     /// The file.
     pub path: PathBuf,
@@ -117,7 +117,8 @@ impl FailedBoots {
             Err(e) => {
                 log::warn!(
                     "cannot read {}: {e}; no failed release is skipped",
-                    path.display()
+                    path.display(),
+                    e = crate::advice::error_chain(&e)
                 );
                 return FailedBoots::default();
             }
@@ -126,15 +127,15 @@ impl FailedBoots {
         if let Err(e) = file.take(MAX_FILE_BYTES).read_to_end(&mut bytes) {
             log::warn!(
                 "cannot read {}: {e}; no failed release is skipped",
-                path.display()
+                path.display(),
+                e = crate::advice::error_chain(&e)
             );
             return FailedBoots::default();
         }
         serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             log::warn!(
                 "{} is not a list of failed releases ({e}); it is ignored and replaced at the next failure",
-                path.display()
-            );
+                path.display(), e = crate::advice::error_chain(&e));
             FailedBoots::default()
         })
     }

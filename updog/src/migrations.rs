@@ -145,7 +145,7 @@ impl TargetLookup for OfflineRepo {
         // Delegated roles are verified on demand: name the cached files in their errors too.
         TufSource(&self.repo)
             .target_info(name)
-            .map_err(|e| with_names(&e, &self.names).into())
+            .map_err(|e| with_names(&*e, &self.names).into())
     }
 }
 
@@ -159,11 +159,13 @@ fn describe_names(mapping: &BTreeMap<String, String>) -> String {
         .join(", ")
 }
 
-fn with_names(e: &dyn std::fmt::Display, names: &str) -> String {
+/// `e` and its causes, then the cached files' names when any differ.
+fn with_names(e: &(dyn std::error::Error + 'static), names: &str) -> String {
+    let chain = crate::advice::error_chain(e);
     if names.is_empty() {
-        e.to_string()
+        chain
     } else {
-        format!("{e} (cached files: {names})")
+        format!("{chain} (cached files: {names})")
     }
 }
 

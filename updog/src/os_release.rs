@@ -33,7 +33,7 @@ pub struct OsRelease {
 #[non_exhaustive]
 pub enum OsReleaseError {
     /// The file could not be read.
-    #[error("reading os-release {path}: {source}")]
+    #[error("reading os-release {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -53,7 +53,7 @@ pub enum OsReleaseError {
     #[error("os-release has no {0}")]
     Missing(&'static str),
     /// `VERSION_ID` is not a semantic version.
-    #[error("os-release VERSION_ID {value:?} is not a version: {source}")]
+    #[error("os-release VERSION_ID {value:?} is not a version")]
     BadVersion {
         /// The value found.
         value: String,

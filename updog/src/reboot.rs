@@ -21,7 +21,7 @@ pub enum RebootError {
     #[error("no reboot command configured")]
     NoCommand,
     /// The command could not be started.
-    #[error("starting reboot command {program}: {source}")]
+    #[error("starting reboot command {program}")]
     Spawn {
         /// The program.
         program: PathBuf,

@@ -85,7 +85,7 @@ pub struct StagedImageRecord {
 #[non_exhaustive]
 pub enum RecordError {
     /// Reading or writing the file failed.
-    #[error("staged-state record {path}: {source}")]
+    #[error("staged-state record {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -94,7 +94,7 @@ pub enum RecordError {
         source: std::io::Error,
     },
     /// The file is not a record.
-    #[error("staged-state record {path} is not valid: {source}")]
+    #[error("staged-state record {path} is not valid")]
     Parse {
         /// The file.
         path: PathBuf,

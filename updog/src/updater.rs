@@ -315,7 +315,7 @@ impl Updater {
         }
         // Best effort: a list that cannot be written still holds for this run.
         if changed && let Err(e) = list.write(&path) {
-            log::debug!("{e}");
+            log::debug!("{e}", e = crate::advice::error_chain(&e));
         }
         list
     }
@@ -529,7 +529,8 @@ impl Updater {
                 Ok(found) => found?,
                 Err(e) => {
                     log::warn!(
-                        "chunk index {name:?} of the {kind} image cannot be looked up: {e}; the full image will be used"
+                        "chunk index {name:?} of the {kind} image cannot be looked up: {e}; the full image will be used",
+                        e = crate::advice::error_chain(&e)
                     );
                     return None;
                 }
@@ -958,7 +959,7 @@ impl Updater {
             Err(e) if e.should_fall_back() => {
                 progress(&ProgressEvent::DeltaFallback {
                     image: kind,
-                    reason: e.to_string(),
+                    reason: crate::advice::error_chain(&e),
                 });
                 Ok(false)
             }
@@ -1041,7 +1042,7 @@ impl Updater {
                 "no staged record describes it ({} is missing)",
                 self.config.state_file.display()
             )),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(crate::advice::error_chain(e)),
         };
         match (state, recorded) {
             (InactiveState::Applied, Ok(r)) if r.applied => Ok(set),
@@ -1125,7 +1126,8 @@ impl Updater {
             Err(e) => (
                 None,
                 Some(format!(
-                    "{e}; it is ignored (`updog update-image` replaces it)"
+                    "{e}; it is ignored (`updog update-image` replaces it)",
+                    e = crate::advice::error_chain(&e)
                 )),
             ),
             // A record of the running set is history (the update booted).

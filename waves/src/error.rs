@@ -39,7 +39,7 @@ pub enum Error {
         what: String,
     },
     /// A policy file that is not valid TOML or has the wrong shape.
-    #[error("wave policy is not valid: {source}")]
+    #[error("wave policy is not valid")]
     PolicyToml {
         /// The TOML error (it carries line and column).
         #[source]
@@ -49,7 +49,7 @@ pub enum Error {
     #[error("wave policy has no [[waves]]")]
     PolicyEmpty,
     /// A policy wave whose `start_after` is invalid.
-    #[error("wave {wave}: start_after: {source}")]
+    #[error("wave {wave}: start_after")]
     PolicyStartAfter {
         /// 1-based index of the wave in the policy.
         wave: usize,

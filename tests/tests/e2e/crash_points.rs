@@ -216,7 +216,7 @@ fn a_failed_flush_during_the_flip_reports_the_state_the_disk_is_in() {
         let lock = failing.lock().unwrap();
         let err = failing.apply(&lock).unwrap_err();
         drop(lock);
-        let text = err.to_string();
+        let text = updog::advice::error_chain(&err);
         assert!(
             text.contains(&format!("flushing the {copy} copy")),
             "{text}"

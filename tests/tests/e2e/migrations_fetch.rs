@@ -333,7 +333,10 @@ fn a_changed_byte_in_cached_metadata_is_reported_by_file_name() {
     fs::write(&path, changed).unwrap();
     let err = env.verify("1.0.0", "1.3.0").unwrap_err();
     assert!(matches!(err, VerifyError::Metadata { .. }), "{err}");
-    assert!(err.to_string().contains("1.targets.json"), "{err}");
+    assert!(
+        fixtures::error_chain(&err).contains("1.targets.json"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -206,8 +206,8 @@ pub enum TransportErrorKind {
     },
     /// Any other I/O or network failure, after retries. A failure to connect at all (refused,
     /// unresolvable host, connect timeout) has the io kind [`std::io::ErrorKind::NotConnected`].
-    #[error("{0}")]
-    Io(#[source] std::io::Error),
+    #[error(transparent)]
+    Io(std::io::Error),
 }
 
 /// A transport for `file://`, `http://` and `https://` URLs, choosing by scheme.

@@ -189,8 +189,13 @@ impl DeltaCommand {
                 let chunker = Chunker::new(chunk_size)?;
                 let store = StoreWriter::new(&store)?;
                 let (mut new, mut stored) = (0usize, 0u64);
-                let file = fs::File::open(&image)
-                    .map_err(|e| format!("opening {}: {e}", image.display()))?;
+                let file = fs::File::open(&image).map_err(|e| {
+                    format!(
+                        "opening {}: {e}",
+                        image.display(),
+                        e = cli_support::error_chain(&e)
+                    )
+                })?;
                 let made = chunker.index(std::io::BufReader::new(file), |id, c| {
                     if let Put::Written(n) = store.put(id, c)? {
                         new += 1;
@@ -198,8 +203,13 @@ impl DeltaCommand {
                     }
                     Ok(())
                 })?;
-                fs::write(&index, made.to_bytes())
-                    .map_err(|e| format!("writing {}: {e}", index.display()))?;
+                fs::write(&index, made.to_bytes()).map_err(|e| {
+                    format!(
+                        "writing {}: {e}",
+                        index.display(),
+                        e = cli_support::error_chain(&e)
+                    )
+                })?;
                 println!(
                     "{}: {} chunks of {chunk_size}, {} bytes; {new} new chunk(s) ({stored} compressed bytes) in {}",
                     index.display(),
@@ -307,13 +317,30 @@ impl DeltaCommand {
 }
 
 fn check_index(index: &PathBuf, image: Option<&PathBuf>, store: Option<&PathBuf>) -> Res<ExitCode> {
-    let bytes = fs::read(index).map_err(|e| format!("reading {}: {e}", index.display()))?;
-    let parsed = BlobIndex::parse(&bytes).map_err(|e| format!("{}: {e}", index.display()))?;
+    let bytes = fs::read(index).map_err(|e| {
+        format!(
+            "reading {}: {e}",
+            index.display(),
+            e = cli_support::error_chain(&e)
+        )
+    })?;
+    let parsed = BlobIndex::parse(&bytes)
+        .map_err(|e| format!("{}: {e}", index.display(), e = cli_support::error_chain(&e)))?;
     let mut problems = Vec::new();
     if let Some(image) = image {
-        let data = fs::read(image).map_err(|e| format!("reading {}: {e}", image.display()))?;
+        let data = fs::read(image).map_err(|e| {
+            format!(
+                "reading {}: {e}",
+                image.display(),
+                e = cli_support::error_chain(&e)
+            )
+        })?;
         if let Err(e) = parsed.check_total(data.len() as u64) {
-            problems.push(format!("{}: {e}", image.display()));
+            problems.push(format!(
+                "{}: {e}",
+                image.display(),
+                e = cli_support::error_chain(&e)
+            ));
         } else {
             for c in parsed.chunks() {
                 let at = c.offset as usize..c.end() as usize;
@@ -333,10 +360,18 @@ fn check_index(index: &PathBuf, image: Option<&PathBuf>, store: Option<&PathBuf>
             match fs::read(&path) {
                 Ok(file) => {
                     if let Err(e) = decode_chunk(&c, &file, &mut out) {
-                        problems.push(format!("{}: {e}", path.display()));
+                        problems.push(format!(
+                            "{}: {e}",
+                            path.display(),
+                            e = cli_support::error_chain(&e)
+                        ));
                     }
                 }
-                Err(e) => problems.push(format!("{}: {e}", path.display())),
+                Err(e) => problems.push(format!(
+                    "{}: {e}",
+                    path.display(),
+                    e = cli_support::error_chain(&e)
+                )),
             }
         }
     }
@@ -368,7 +403,7 @@ fn make_patch(
     let (old, old_file) = patches::load_local(from_index, from_image)?;
     let (new, new_file) = patches::load_local(index, image)?;
     let (patch, data, stats) = patches::make_verified(&old, &old_file, &new, &new_file)
-        .map_err(|e| format!("making the patch: {e}"))?;
+        .map_err(|e| format!("making the patch: {e}", e = cli_support::error_chain(&e)))?;
     let json = serde_json::to_vec(&patch)?;
     let opts = atomic_write::AtomicWrite::for_published_file();
     atomic_write::write_bytes(&opts, out, &data)?;

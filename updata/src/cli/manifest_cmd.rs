@@ -419,7 +419,7 @@ fn validate(path: &Path) -> Result<ExitCode, Error> {
         println!("{}: note: {note}", path.display());
     }
     if let Err(e) = m.validate() {
-        println!("{}: {e}", path.display());
+        println!("{}: {e}", path.display(), e = cli_support::error_chain(&e));
         return Ok(ExitCode::FAILURE);
     }
     // Hosts refuse an update that no migration path reaches from what they run.

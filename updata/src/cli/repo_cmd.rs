@@ -697,7 +697,9 @@ fn place_chunks(
     }
     let is_hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     let mut files = Vec::new();
-    for dir in std::fs::read_dir(store).map_err(|e| format!("{}: {e}", store.display()))? {
+    for dir in std::fs::read_dir(store)
+        .map_err(|e| format!("{}: {e}", store.display(), e = cli_support::error_chain(&e)))?
+    {
         let dir = dir?;
         let name = dir.file_name().to_string_lossy().into_owned();
         if !is_hex(&name, 4) || !dir.file_type()?.is_dir() {
@@ -724,10 +726,10 @@ fn place_chunks(
                 present += 1;
                 continue;
             }
-            let mut input =
-                std::fs::File::open(src).map_err(|e| format!("{}: {e}", src.display()))?;
+            let mut input = std::fs::File::open(src)
+                .map_err(|e| format!("{}: {e}", src.display(), e = cli_support::error_chain(&e)))?;
             opts.write(&to, |f| std::io::copy(&mut input, f).map(|_| ()))
-                .map_err(|e| format!("{}: {e}", to.display()))?;
+                .map_err(|e| format!("{}: {e}", to.display(), e = cli_support::error_chain(&e)))?;
             copied += 1;
         }
         println!(
@@ -891,7 +893,10 @@ impl RootCommand {
                 r.save(&path)?;
                 match root::check_complete(&r, &what, prev_signed) {
                     Ok(()) => println!("{what}: every threshold is met"),
-                    Err(e) => println!("{what}: not complete yet: {e}"),
+                    Err(e) => println!(
+                        "{what}: not complete yet: {e}",
+                        e = cli_support::error_chain(&e)
+                    ),
                 }
             }
         }

@@ -106,7 +106,7 @@ pub enum DeltaError {
         target: String,
     },
     /// The index target could not be loaded or verified.
-    #[error("chunk index {target}: {source}")]
+    #[error("chunk index {target}")]
     Repository {
         /// Its target name.
         target: String,
@@ -115,7 +115,7 @@ pub enum DeltaError {
         source: crate::tuf::Error,
     },
     /// The index target is verified but unusable.
-    #[error("chunk index {target}: {source}")]
+    #[error("chunk index {target}")]
     Index {
         /// Its target name.
         target: String,
@@ -150,7 +150,7 @@ pub enum DeltaError {
         target: String,
     },
     /// The store URL does not parse.
-    #[error("chunk store {store:?}: {source}")]
+    #[error("chunk store {store:?}")]
     StoreUrl {
         /// The manifest's store value.
         store: String,
@@ -159,7 +159,7 @@ pub enum DeltaError {
         source: url::ParseError,
     },
     /// Reading the running partition or the state directory failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,
@@ -522,17 +522,21 @@ fn read_patch(
 ) -> Option<Result<(PatchIndex, String), String>> {
     let listed = listed_patch(update, running_version, image)?;
     let read = || -> Result<PatchIndex, String> {
-        let mut reader = repo.read_target(&listed.index).map_err(|e| e.to_string())?;
+        let mut reader = repo
+            .read_target(&listed.index)
+            .map_err(|e| crate::advice::error_chain(&e))?;
         let mut bytes = Vec::new();
         (&mut reader)
             .take(MAX_PATCH_INDEX_BYTES + 1)
             .read_to_end(&mut bytes)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::advice::error_chain(&e))?;
         if bytes.len() as u64 > MAX_PATCH_INDEX_BYTES {
             return Err(format!("larger than {MAX_PATCH_INDEX_BYTES} bytes"));
         }
-        reader.finish().map_err(|e| e.to_string())?;
-        PatchIndex::parse(&bytes, old, new).map_err(|e| e.to_string())
+        reader
+            .finish()
+            .map_err(|e| crate::advice::error_chain(&e))?;
+        PatchIndex::parse(&bytes, old, new).map_err(|e| crate::advice::error_chain(&e))
     };
     Some(
         read()
@@ -573,7 +577,10 @@ impl PatchJob<'_> {
         let mut reader = match repo.read_target(data) {
             Ok(reader) => reader,
             Err(e) => {
-                let reason = format!("patch {data} not used ({e})");
+                let reason = format!(
+                    "patch {data} not used ({e})",
+                    e = crate::advice::error_chain(&e)
+                );
                 log::warn!("{reason}; its chunks come from the chunk store");
                 return unused(reason);
             }
@@ -592,7 +599,7 @@ impl PatchJob<'_> {
                 // Each chunk was verified on its own; a data file that fails its signed hash at the
                 // end is still worth saying.
                 if let Err(e) = reader.finish() {
-                    log::warn!("patch {data}: {e}");
+                    log::warn!("patch {data}: {e}", e = crate::advice::error_chain(&e));
                 }
                 for (chunks, why) in &applied.failed {
                     log::warn!(
@@ -620,10 +627,14 @@ impl PatchJob<'_> {
             }
             Err(e) => {
                 log::warn!(
-                    "patch {data} stopped ({e}); the chunks it did not write come from the chunk store"
+                    "patch {data} stopped ({e}); the chunks it did not write come from the chunk store",
+                    e = crate::advice::error_chain(&e)
                 );
                 // What it wrote before stopping is verified and found in place by the assembly.
-                unused(format!("patch {data} stopped ({e})"))
+                unused(format!(
+                    "patch {data} stopped ({e})",
+                    e = crate::advice::error_chain(&e)
+                ))
             }
         }
     }
@@ -872,7 +883,7 @@ pub fn estimate_update(repo: &Repository, request: &EstimateRequest<'_>) -> Opti
             }
             Err(e) => out.unusable.push(UnusableIndex {
                 image: image.clone(),
-                reason: e.to_string(),
+                reason: crate::advice::error_chain(&e),
             }),
         }
     }

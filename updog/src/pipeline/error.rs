@@ -14,7 +14,7 @@ pub enum StageError {
     #[error("staging cancelled")]
     Cancelled,
     /// The source returned an error.
-    #[error("reading the image stream failed after {offset} bytes: {source}")]
+    #[error("reading the image stream failed after {offset} bytes")]
     Read {
         /// Bytes received before the error.
         offset: u64,
@@ -44,7 +44,7 @@ pub enum StageError {
         actual: String,
     },
     /// The (correctly signed) stream is not one valid lz4 frame.
-    #[error("image is not a valid lz4 frame: {0}")]
+    #[error("image is not a valid lz4 frame")]
     Frame(#[from] FrameError),
     /// The decoded image is larger than the partition; nothing was written past its end.
     #[error(
@@ -57,7 +57,7 @@ pub enum StageError {
         needed: u64,
     },
     /// Writing to the partition failed.
-    #[error("writing {len} bytes at partition offset {offset} failed: {source}")]
+    #[error("writing {len} bytes at partition offset {offset} failed")]
     Write {
         /// Offset in the partition.
         offset: u64,
@@ -67,13 +67,13 @@ pub enum StageError {
         source: io::Error,
     },
     /// Flushing the partition failed.
-    #[error("flushing the partition failed: {source}")]
+    #[error("flushing the partition failed")]
     Sync {
         /// The I/O error.
         source: io::Error,
     },
     /// Reading the partition back failed.
-    #[error("reading back the partition at offset {offset} failed: {source}")]
+    #[error("reading back the partition at offset {offset} failed")]
     ReadBack {
         /// Offset in the partition.
         offset: u64,
