@@ -37,6 +37,10 @@ pub struct AssembleOptions {
     /// Whether the inactive partition may hold chunks from an interrupted run: if so, each
     /// chunk's place is re-hashed first and kept when it matches.
     pub resumed: bool,
+    /// Chunk numbers (ranges of the index) the caller has already written to the target and
+    /// verified against their ids, such as a patch's output: planned as in place without
+    /// reading them first. The read-back at the end checks them like every other chunk.
+    pub written: Vec<std::ops::Range<u64>>,
 }
 
 impl Default for AssembleOptions {
@@ -45,6 +49,7 @@ impl Default for AssembleOptions {
             in_flight: 4,
             attempts: 3,
             resumed: false,
+            written: Vec::new(),
         }
     }
 }
@@ -234,6 +239,9 @@ pub fn assemble(
     }
     let mut planned = Planned::new(index, seed.map(|(_, i)| i));
     let mut buf = Vec::with_capacity(index.longest_chunk() as usize);
+    for range in &options.written {
+        planned.mark_in_place(index, range.clone());
+    }
     if options.resumed {
         planned
             .find_in_place(index, target, &mut buf)

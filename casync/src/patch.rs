@@ -5,8 +5,9 @@
 //! does not have, each compressed on its own. Most of those chunks differ from a neighbouring
 //! stretch of R only a little (a rebuilt binary, a changed table), so each run of new chunks is
 //! compressed here with zstd against a *reference window*: a contiguous range of R's chunks, at
-//! most [`MAX_WINDOW`] bytes, taken from between the chunks of R that surround the run in S (or
-//! from the same offsets of R when the run has no known neighbours).
+//! most [`MAX_WINDOW`] bytes. The publisher places the window where the run's content sits in R,
+//! found by content anchors (`similar`); a run whose content R does not have is encoded
+//! against the chunks of R between those that surround it in S (or at its own offsets).
 //!
 //! Trust: the host builds the window from its running partition, and every chunk of it must hash
 //! to the id in R's signed index before it is used ([`reference_window`]); what a patch entry
@@ -27,6 +28,8 @@ use zstd::zstd_safe;
 
 use crate::index::{BlobIndex, Chunk, ChunkId};
 
+mod similar;
+
 /// The format name in every [`PatchIndex`].
 pub const PATCH_FORMAT: &str = "updog-chunk-patch-1";
 /// The largest reference window an entry may name (bytes of the older image).
@@ -35,6 +38,10 @@ pub const MAX_WINDOW: u64 = 8 << 20;
 pub const MAX_OUTPUT: u64 = 8 << 20;
 /// The zstd level patches are made with (slow to make, as fast as any level to apply).
 pub const LEVEL: i32 = 19;
+/// The most new bytes the publisher puts in one entry. Smaller than [`MAX_OUTPUT`]: a long run
+/// of new chunks is usually several files from different places of the older image, and each
+/// entry has one window.
+const PIECE_BYTES: u64 = 1 << 20;
 
 /// One run of the newer image's chunks, encoded against a range of the older image's chunks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,11 +155,11 @@ pub fn make_patch(
     for c in &old_chunks {
         where_old.entry(c.id).or_insert(c.number);
     }
+    let content = content_map(old.total_len(), &mut read_old)?;
     let mut stats = PatchStats::default();
     let mut entries = Vec::new();
     let mut offset = 0u64;
-    for piece in pieces(&new_chunks, &where_old) {
-        let reference = reference_for(&piece, &new_chunks, &old_chunks, &where_old);
+    for piece in pieces(&new_chunks, &where_old, PIECE_BYTES) {
         let target = read_range(
             &new_chunks[to_usize(piece.start)..to_usize(piece.end)],
             &mut read_new,
@@ -161,6 +168,10 @@ pub fn make_patch(
             what: "reading the new image".into(),
             source,
         })?;
+        let reference = match window_by_content(&content.hits(&target), &old_chunks, target.len()) {
+            Some(window) => window,
+            None => reference_for(&piece, &new_chunks, &old_chunks, &where_old),
+        };
         let window = read_range(
             &old_chunks[to_usize(reference.start)..to_usize(reference.end)],
             &mut read_old,
@@ -309,8 +320,26 @@ impl PatchIndex {
 pub fn reference_window(
     entry: &PatchEntry,
     old: &BlobIndex,
-    mut read_old: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+    read_old: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
 ) -> Result<Vec<u8>, PatchError> {
+    reference_window_reusing(entry, old, read_old, None)
+}
+
+/// A window already read and verified: its chunk numbers and bytes.
+type Verified<'a> = (&'a Range<u64>, &'a [u8]);
+
+/// [`reference_window`], taking the chunks it shares with `previous` (an earlier entry's window,
+/// verified when it was read) from there instead of reading and hashing them again: the
+/// publisher gives neighbouring entries overlapping windows.
+fn reference_window_reusing(
+    entry: &PatchEntry,
+    old: &BlobIndex,
+    mut read_old: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+    previous: Option<Verified<'_>>,
+) -> Result<Vec<u8>, PatchError> {
+    let previous_base = previous
+        .and_then(|(range, _)| old.chunk(to_usize(range.start)))
+        .map(|c| c.offset);
     let mut window = Vec::new();
     for number in entry.reference.clone() {
         let n = to_usize(number);
@@ -318,7 +347,15 @@ pub fn reference_window(
             PatchError::Malformed(format!("reference chunk {n} is not in the index"))
         })?;
         let start = window.len();
-        window.resize(start + chunk.len as usize, 0);
+        let len = chunk.len as usize;
+        if let (Some((range, bytes)), Some(base)) = (previous, previous_base) {
+            let at = to_usize(chunk.offset.saturating_sub(base));
+            if range.contains(&number) && at + len <= bytes.len() {
+                window.extend_from_slice(&bytes[at..at + len]);
+                continue;
+            }
+        }
+        window.resize(start + len, 0);
         read_old(chunk.offset, &mut window[start..]).map_err(|source| PatchError::Io {
             what: format!("reading reference chunk {n} from the running image"),
             source,
@@ -419,7 +456,9 @@ impl Applied {
 /// listed in [`Applied::failed`]; a failure to read the stream or to write ends the pass with
 /// the error (what was written stays written and verified).
 ///
-/// Memory: one frame, one window and one entry's output at a time, each bounded by the format.
+/// Memory: one frame, two windows (the last one is kept: the next entry's window usually
+/// overlaps it, and its chunks need not be read and hashed again) and one entry's output at a
+/// time, each bounded by the format.
 pub fn apply_stream(
     patch: &PatchIndex,
     old: &BlobIndex,
@@ -431,6 +470,7 @@ pub fn apply_stream(
 ) -> Result<Applied, PatchError> {
     let mut applied = Applied::default();
     let mut frame = Vec::new();
+    let mut last_window: Option<(Range<u64>, Vec<u8>)> = None;
     for entry in &patch.entries {
         if cancelled() {
             return Err(PatchError::Io {
@@ -454,9 +494,13 @@ pub fn apply_stream(
                 source: io::Error::new(io::ErrorKind::UnexpectedEof, "it ends early"),
             });
         }
-        let out = match reference_window(entry, old, &mut read_old)
-            .and_then(|window| apply_entry(entry, &frame, &window, new))
-        {
+        let previous = last_window.as_ref().map(|(r, w)| (r, w.as_slice()));
+        let window = reference_window_reusing(entry, old, &mut read_old, previous);
+        let out = match window.and_then(|window| {
+            let out = apply_entry(entry, &frame, &window, new);
+            last_window = Some((entry.reference.clone(), window));
+            out
+        }) {
             Ok(out) => out,
             Err(e @ PatchError::Io { .. }) => return Err(e),
             Err(e) => {
@@ -479,8 +523,81 @@ pub fn apply_stream(
     Ok(applied)
 }
 
-/// Runs of new chunks the old index lacks, split so none produces more than [`MAX_OUTPUT`].
-fn pieces(new_chunks: &[Chunk], where_old: &HashMap<ChunkId, usize>) -> Vec<Range<u64>> {
+/// The older image's content anchors, read through `read_old` in order.
+fn content_map(
+    len: u64,
+    read_old: &mut impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+) -> Result<similar::ContentMap, PatchError> {
+    let mut map = similar::ContentMap::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let n = to_usize((len - at).min(buf.len() as u64));
+        read_old(at, &mut buf[..n]).map_err(|source| PatchError::Io {
+            what: "reading the old image".into(),
+            source,
+        })?;
+        map.feed(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(map)
+}
+
+/// The window of old chunks, at most [`MAX_WINDOW`] bytes, that holds the most of `hits` (old
+/// offsets where the piece's content anchors were found), widened on both sides towards twice
+/// the piece's length. `None` when nothing was found.
+fn window_by_content(hits: &[u64], old_chunks: &[Chunk], piece_len: usize) -> Option<Range<u64>> {
+    let mut numbers: Vec<usize> = hits
+        .iter()
+        .map(|&o| old_chunks.partition_point(|c| c.end() <= o))
+        .filter(|&n| n < old_chunks.len())
+        .collect();
+    numbers.sort_unstable();
+    let span = |s: usize, e: usize| old_chunks[e - 1].end() - old_chunks[s].offset;
+    // The densest stretch: two pointers over the sorted chunk numbers of the hits.
+    let (mut best, mut range) = (0usize, None);
+    let mut first = 0;
+    for last in 0..numbers.len() {
+        while span(numbers[first], numbers[last] + 1) > MAX_WINDOW {
+            first += 1;
+        }
+        if last + 1 - first > best {
+            best = last + 1 - first;
+            range = Some((numbers[first], numbers[last] + 1));
+        }
+    }
+    let (mut start, mut end) = range?;
+    let want = (2 * piece_len as u64).max(span(start, end)).min(MAX_WINDOW);
+    widen(&mut start, &mut end, want, old_chunks);
+    Some(start as u64..end as u64)
+}
+
+/// Grows `start..end`, alternating sides, while it is short of `want` bytes and stays within
+/// [`MAX_WINDOW`].
+fn widen(start: &mut usize, end: &mut usize, want: u64, old_chunks: &[Chunk]) {
+    let span = |s: usize, e: usize| old_chunks[e - 1].end() - old_chunks[s].offset;
+    loop {
+        let mut grew = false;
+        if span(*start, *end) < want
+            && *end < old_chunks.len()
+            && span(*start, *end + 1) <= MAX_WINDOW
+        {
+            *end += 1;
+            grew = true;
+        }
+        if span(*start, *end) < want && *start > 0 && span(*start - 1, *end) <= MAX_WINDOW {
+            *start -= 1;
+            grew = true;
+        }
+        if !grew {
+            break;
+        }
+    }
+}
+
+/// Runs of new chunks the old index lacks, split so none produces more than `max` bytes (or
+/// one chunk, if a chunk is longer).
+fn pieces(new_chunks: &[Chunk], where_old: &HashMap<ChunkId, usize>, max: u64) -> Vec<Range<u64>> {
     let mut out = Vec::new();
     let mut current: Option<(u64, u64)> = None; // (first chunk, bytes so far)
     for c in new_chunks {
@@ -492,7 +609,7 @@ fn pieces(new_chunks: &[Chunk], where_old: &HashMap<ChunkId, usize>) -> Vec<Rang
             continue;
         }
         match current {
-            Some((first, bytes)) if bytes + u64::from(c.len) > MAX_OUTPUT => {
+            Some((first, bytes)) if bytes + u64::from(c.len) > max => {
                 out.push(first..n);
                 current = Some((n, u64::from(c.len)));
             }
@@ -541,22 +658,12 @@ fn reference_for(
         }
     };
     let span = |s: usize, e: usize| old_chunks[e - 1].end() - old_chunks[s].offset;
-    // Widen, alternating sides, while the window is short of twice the piece and fits.
-    let want = (2 * piece_len).min(MAX_WINDOW);
-    loop {
-        let mut grew = false;
-        if span(start, end) < want && end < old_chunks.len() && span(start, end + 1) <= MAX_WINDOW {
-            end += 1;
-            grew = true;
-        }
-        if span(start, end) < want && start > 0 && span(start - 1, end) <= MAX_WINDOW {
-            start -= 1;
-            grew = true;
-        }
-        if !grew {
-            break;
-        }
-    }
+    widen(
+        &mut start,
+        &mut end,
+        (2 * piece_len).min(MAX_WINDOW),
+        old_chunks,
+    );
     // A gap between neighbours larger than the limit keeps its first stretch.
     while end > start + 1 && span(start, end) > MAX_WINDOW {
         end -= 1;

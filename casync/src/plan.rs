@@ -128,6 +128,31 @@ impl Planned {
         }
     }
 
+    /// Marks the non-zero chunks `numbers` of `index` as [`Source::InPlace`] without reading
+    /// them: the caller wrote and verified them (numbers past the index are ignored).
+    pub fn mark_in_place(&mut self, index: &BlobIndex, numbers: std::ops::Range<u64>) {
+        for number in numbers {
+            let Some(chunk) = usize::try_from(number).ok().and_then(|n| index.chunk(n)) else {
+                break;
+            };
+            self.place(&chunk);
+        }
+    }
+
+    /// Marks one chunk as in place, taking it out of the tallies of where it came from.
+    fn place(&mut self, chunk: &Chunk) {
+        let source = &mut self.sources[chunk.number];
+        if matches!(*source, Source::Zero | Source::InPlace) {
+            return;
+        }
+        if *source == Source::Fetch {
+            remove_place(&mut self.fetch_places, &mut self.plan, chunk);
+        }
+        self.plan.tally(*source).remove(chunk.len);
+        self.plan.in_place.add(chunk.len);
+        *source = Source::InPlace;
+    }
+
     /// Marks as [`Source::InPlace`] every non-zero chunk that `target` already holds at its
     /// offset with the right hash. Reads each such chunk once; `buf` is reused.
     pub fn find_in_place(
@@ -137,19 +162,14 @@ impl Planned {
         buf: &mut Vec<u8>,
     ) -> std::io::Result<()> {
         for chunk in index.chunks() {
-            let source = &mut self.sources[chunk.number];
-            if *source == Source::Zero || chunk.end() > target.len() {
+            let source = self.sources[chunk.number];
+            if matches!(source, Source::Zero | Source::InPlace) || chunk.end() > target.len() {
                 continue;
             }
             buf.resize(chunk.len as usize, 0);
             target.read_at(buf, chunk.offset)?;
             if verify_chunk(&chunk, buf).is_ok() {
-                if *source == Source::Fetch {
-                    remove_place(&mut self.fetch_places, &mut self.plan, &chunk);
-                }
-                self.plan.tally(*source).remove(chunk.len);
-                self.plan.in_place.add(chunk.len);
-                *source = Source::InPlace;
+                self.place(&chunk);
             }
         }
         Ok(())

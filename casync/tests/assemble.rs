@@ -543,3 +543,51 @@ fn a_chunk_at_several_places_is_downloaded_once() {
     // Several chunks in flight over a few kept-alive connections, not one connection a chunk.
     assert!(server.connection_count() <= AssembleOptions::default().in_flight);
 }
+
+/// Chunks the caller already wrote and verified (a patch's output) are neither read first nor
+/// fetched; a caller that claims a chunk it did not write is caught by the read-back.
+#[test]
+fn chunks_the_caller_wrote_are_not_fetched_and_a_false_claim_fails_the_read_back() {
+    if !have_tools() {
+        return;
+    }
+    let s = setup();
+    let n = s.fetched_chunk();
+    let chunk = s.v2_index.chunk(n).unwrap();
+    let claimed = AssembleOptions {
+        written: vec![n as u64..n as u64 + 1],
+        ..AssembleOptions::default()
+    };
+    let wanted = format!("/chunks/{}", chunk_path(&chunk.id));
+
+    // Claimed and not written: the partition holds stale bytes there, and the read-back says so.
+    let err = s.run(&claimed).unwrap_err();
+    assert!(
+        !s.chunk_requests().contains(&wanted),
+        "a chunk the caller claimed was fetched"
+    );
+    let text = error_chain(&err);
+    assert!(text.contains(&format!("chunk {n}")), "{text}");
+
+    // Written by the caller first: the run leaves it alone and the image is v2.
+    let at = (INACTIVE_AT + chunk.offset) as usize;
+    let mut disk = fs::read(&s.disk).unwrap();
+    disk[at..at + chunk.len as usize]
+        .copy_from_slice(&s.v2[chunk.offset as usize..chunk.end() as usize]);
+    fs::write(&s.disk, &disk).unwrap();
+    s.server.clear_log();
+    let done = s.run(&claimed).unwrap();
+    assert!(s.inactive_bytes() == s.v2);
+    assert!(!s.chunk_requests().contains(&wanted));
+    assert!(done.plan.in_place.chunks >= 1, "{:?}", done.plan);
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text = format!("{text}: {e}");
+        source = e.source();
+    }
+    text
+}

@@ -332,3 +332,138 @@ fn a_patch_streamed_in_once_writes_verified_chunks_and_skips_an_entry_it_cannot_
     .unwrap_err();
     assert!(matches!(err, PatchError::Io { .. }), "{err:?}");
 }
+
+/// The old image, and a new one where a megabyte of it moved far away and was edited every few
+/// kilobytes, like a rebuilt binary the file system laid out elsewhere: no chunk of the stretch
+/// stays the same, so none of its chunks is a known neighbour that would point at its old place.
+fn moved() -> Made {
+    let old = image(7, 24 << 20);
+    let stretch = 16 << 20..17 << 20;
+    let mut moved = old[stretch.clone()].to_vec();
+    let mut rng = fastrand::Rng::with_seed(8);
+    for _ in 0..400 {
+        let at = rng.usize(..moved.len() - 4);
+        for b in &mut moved[at..at + 4] {
+            *b = rng.u8(..);
+        }
+    }
+    let mut new = old.clone();
+    new.drain(stretch);
+    new.splice(2 << 20..2 << 20, moved);
+    let (old_index, new_index) = (index(&old), index(&new));
+    let mut data = Vec::new();
+    let (patch, stats) = patch::make_patch(
+        &old_index,
+        reader(&old),
+        &new_index,
+        reader(&new),
+        &mut data,
+    )
+    .unwrap();
+    Made {
+        old,
+        new,
+        old_index,
+        new_index,
+        patch,
+        data,
+        stats,
+    }
+}
+
+/// The moved stretch is patched against where it was: the chunks around it in the new image are
+/// the old image's neighbours of another place, and a window taken between them would not hold
+/// its content.
+#[test]
+fn a_moved_and_edited_stretch_is_patched_against_where_it_was() {
+    let m = moved();
+    let stats = m.stats;
+    // The moved megabyte and its edits cost a few kilobytes, not what the store charges.
+    assert!(stats.new_bytes >= 1 << 19, "{stats:?}");
+    assert!(
+        stats.patch_bytes * 8 < stats.store_bytes,
+        "the patch is not much smaller than the store: {stats:?}"
+    );
+    for e in &m.patch.entries {
+        let window = patch::reference_window(e, &m.old_index, reader(&m.old)).unwrap();
+        let frame = &m.data[e.offset as usize..(e.offset + e.len) as usize];
+        let out = patch::apply_entry(e, frame, &window, &m.new_index).unwrap();
+        let at = m.new_index.chunk(e.chunks.start as usize).unwrap().offset as usize;
+        assert!(
+            out == m.new[at..at + out.len()],
+            "entry {:?} differs",
+            e.chunks
+        );
+    }
+}
+
+/// Streaming a patch whose entries have overlapping windows reads the shared chunks of the
+/// running image once, and still refuses a damaged chunk in the overlap for every entry that
+/// needs it.
+#[test]
+fn overlapping_windows_are_read_once_and_still_verified() {
+    let m = moved();
+    let entries = &m.patch.entries;
+    let overlap = entries
+        .windows(2)
+        .position(|w| {
+            w[0].reference.end > w[1].reference.start && w[1].reference.end > w[0].reference.start
+        })
+        .expect("neighbouring entries with overlapping windows");
+    let windows: u64 = entries
+        .iter()
+        .map(|e| {
+            let first = m.old_index.chunk(e.reference.start as usize).unwrap();
+            let last = m.old_index.chunk(e.reference.end as usize - 1).unwrap();
+            last.end() - first.offset
+        })
+        .sum();
+    let apply = |running: &[u8]| {
+        let read = std::cell::Cell::new(0u64);
+        let target = std::cell::RefCell::new(vec![0u8; m.new.len()]);
+        let mut source = reader(running);
+        let applied = patch::apply_stream(
+            &m.patch,
+            &m.old_index,
+            &m.new_index,
+            &mut m.data.as_slice(),
+            |offset, buf| {
+                read.set(read.get() + buf.len() as u64);
+                source(offset, buf)
+            },
+            |offset, bytes| {
+                target.borrow_mut()[offset as usize..offset as usize + bytes.len()]
+                    .copy_from_slice(bytes);
+                Ok(())
+            },
+            &|| false,
+        )
+        .unwrap();
+        (applied, read.get(), target.into_inner())
+    };
+    let (applied, read, target) = apply(&m.old);
+    assert!(applied.failed.is_empty(), "{:?}", applied.failed);
+    assert!(
+        read < windows,
+        "read {read} bytes for {windows} bytes of windows"
+    );
+    for range in &applied.written {
+        for n in range.clone() {
+            let c = m.new_index.chunk(n as usize).unwrap();
+            let at = c.offset as usize..c.end() as usize;
+            assert!(target[at.clone()] == m.new[at], "chunk {n}");
+        }
+    }
+    // A chunk both windows hold, damaged on the running image: neither entry uses it.
+    let (a, b) = (&entries[overlap], &entries[overlap + 1]);
+    let shared = a.reference.start.max(b.reference.start);
+    let c = m.old_index.chunk(shared as usize).unwrap();
+    let mut running = m.old.clone();
+    running[c.offset as usize + 7] ^= 0x40;
+    let (applied, _, _) = apply(&running);
+    let failed: Vec<_> = applied.failed.iter().map(|(r, _)| r.clone()).collect();
+    assert!(
+        failed.contains(&a.chunks) && failed.contains(&b.chunks),
+        "{failed:?}"
+    );
+}

@@ -107,6 +107,7 @@ fn child_delta(a: &[String]) -> Res<()> {
     let inactive = Region::open(disk, b_root.byte_offset(), b_root.byte_len(), true)?;
     let mut patch_bytes = 0;
     let mut patched = serde_json::Value::Null;
+    let mut written = Vec::new();
     if let Some((patch_index_url, data_url)) = patch {
         let patch_index = get(patch_index_url)?;
         let parsed = PatchIndex::parse(&patch_index, &seed, &index)?;
@@ -125,11 +126,12 @@ fn child_delta(a: &[String]) -> Res<()> {
         }
         patch_bytes = patch_index.len() as u64 + applied.data_read;
         patched = serde_json::json!({"chunks": applied.chunks(), "data": applied.data_read, "index": patch_index.len()});
+        written = applied.written;
     }
     let fetcher = ChunkFetcher::new(Arc::clone(&transport), url::Url::parse(store_url)?);
     let options = AssembleOptions {
-        // As the host does after a patch: what it wrote is found in place (re-hashed).
-        resumed: patch.is_some(),
+        // As the host does after a patch: what it wrote is in place (checked by the read-back).
+        written,
         ..AssembleOptions::default()
     };
     let done = assemble(

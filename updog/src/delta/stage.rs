@@ -10,6 +10,7 @@
 //! with [`DeltaError::should_fall_back`] set; the caller then streams the full image.
 
 use std::io::Read;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -401,7 +402,9 @@ impl DeltaImage<'_> {
         if let Some(limit) = store.chunk_time_limit {
             fetcher = fetcher.with_time_limit(limit);
         }
-        let tried = patch.is_some();
+        // Chunks the patch wrote (each verified), or `None` when it stopped part way and what it
+        // wrote is not known: the assembly then re-hashes every chunk's place.
+        let mut patch_wrote = Some(Vec::new());
         let patched = patch
             .map(|(patch, data)| {
                 let job = PatchJob {
@@ -413,12 +416,15 @@ impl DeltaImage<'_> {
                     active: &active,
                     inactive: &inactive,
                 };
-                job.apply(repo, cancel)
+                let (used, wrote) = job.apply(repo, cancel);
+                patch_wrote = wrote;
+                used
             })
             .or(not_used);
         let options = AssembleOptions {
-            // Chunks the patch wrote are found in place (re-hashed) and not fetched.
-            resumed: resumed || tried,
+            // Chunks the patch wrote are in place, not fetched (the read-back checks them).
+            resumed: resumed || patch_wrote.is_none(),
+            written: patch_wrote.unwrap_or_default(),
             ..AssembleOptions::default()
         };
         let assembled = assemble(
@@ -564,8 +570,9 @@ struct PatchJob<'a> {
 impl PatchJob<'_> {
     /// Streams the patch data target through `casync::patch::apply_stream`: windows read from
     /// the running partition, chunks written to the inactive one. Any failure keeps what was
-    /// written (each chunk verified) and says so; the rest comes from the store.
-    fn apply(&self, repo: &Repository, cancel: &AtomicBool) -> PatchUse {
+    /// written (each chunk verified) and says so; the rest comes from the store. Also returns the
+    /// chunk ranges written, `None` when the pass stopped part way.
+    fn apply(&self, repo: &Repository, cancel: &AtomicBool) -> (PatchUse, Option<Vec<Range<u64>>>) {
         let data = self.data;
         let unused = |reason: String| PatchUse {
             target: data.to_owned(),
@@ -582,7 +589,7 @@ impl PatchJob<'_> {
                     e = crate::advice::error_chain(&e)
                 );
                 log::warn!("{reason}; its chunks come from the chunk store");
-                return unused(reason);
+                return (unused(reason), Some(Vec::new()));
             }
         };
         let applied = casync::patch::apply_stream(
@@ -613,7 +620,7 @@ impl PatchJob<'_> {
                     applied.chunks(),
                     applied.data_read
                 );
-                PatchUse {
+                let used = PatchUse {
                     target: data.to_owned(),
                     from: self.from.to_string(),
                     chunks: applied.chunks(),
@@ -623,7 +630,8 @@ impl PatchJob<'_> {
                         .iter()
                         .map(|(c, why)| format!("chunks {}..{}: {why}", c.start, c.end))
                         .collect(),
-                }
+                };
+                (used, Some(applied.written))
             }
             Err(e) => {
                 log::warn!(
@@ -631,10 +639,11 @@ impl PatchJob<'_> {
                     e = crate::advice::error_chain(&e)
                 );
                 // What it wrote before stopping is verified and found in place by the assembly.
-                unused(format!(
+                let reason = format!(
                     "patch {data} stopped ({e})",
                     e = crate::advice::error_chain(&e)
-                ))
+                );
+                (unused(reason), None)
             }
         }
     }
