@@ -4,10 +4,11 @@
 //! A host that runs release R and installs release S from chunks fetches every chunk of S that R
 //! does not have, each compressed on its own. Most of those chunks differ from a neighbouring
 //! stretch of R only a little (a rebuilt binary, a changed table), so each run of new chunks is
-//! compressed here with zstd against a *reference window*: a contiguous range of R's chunks, at
-//! most [`MAX_WINDOW`] bytes. The publisher places the window where the run's content sits in R,
-//! found by content anchors (`similar`); a run whose content R does not have is encoded
-//! against the chunks of R between those that surround it in S (or at its own offsets).
+//! compressed here with zstd against a *reference window*: the bytes of a few ranges of R's
+//! chunks, at most [`MAX_WINDOW`] in all. The publisher places the ranges where the run's
+//! content sits in R, found by content anchors (`similar`); a run whose content R does not have
+//! is encoded against the chunks of R between those that surround it in S (or at its own
+//! offsets).
 //!
 //! Trust: the host builds the window from its running partition, and every chunk of it must hash
 //! to the id in R's signed index before it is used ([`reference_window`]); what a patch entry
@@ -30,8 +31,14 @@ use crate::index::{BlobIndex, Chunk, ChunkId};
 
 mod similar;
 
-/// The format name in every [`PatchIndex`].
+/// The format name of a [`PatchIndex`] whose windows are each one range of the older index.
 pub const PATCH_FORMAT: &str = "updog-chunk-patch-1";
+/// The format name of a [`PatchIndex`] where some window is several ranges
+/// ([`PatchEntry::also`]). A host that knows only [`PATCH_FORMAT`] refuses it as a whole, and
+/// fetches those chunks from the store, rather than decoding against the wrong bytes.
+pub const PATCH_FORMAT_2: &str = "updog-chunk-patch-2";
+/// The most ranges one window may have.
+pub const MAX_RANGES: usize = 8;
 /// The largest reference window an entry may name (bytes of the older image).
 pub const MAX_WINDOW: u64 = 8 << 20;
 /// The largest output of one entry (bytes of the newer image).
@@ -48,18 +55,29 @@ const PIECE_BYTES: u64 = 1 << 20;
 pub struct PatchEntry {
     /// The newer index's chunk numbers this entry produces.
     pub chunks: Range<u64>,
-    /// The older index's chunk numbers whose bytes, in order, are the reference window.
+    /// The older index's chunk numbers whose bytes, in order, begin the reference window.
     pub reference: Range<u64>,
+    /// Further ranges of the older index whose bytes follow, in order, in the window: a run
+    /// whose content sits in several places of the older image ([`PATCH_FORMAT_2`] only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<Range<u64>>,
     /// Where the entry's zstd frame starts in the patch data.
     pub offset: u64,
     /// Its length.
     pub len: u64,
 }
 
+impl PatchEntry {
+    /// The ranges of the older index that make up the window, in order.
+    pub fn ranges(&self) -> impl Iterator<Item = &Range<u64>> {
+        std::iter::once(&self.reference).chain(&self.also)
+    }
+}
+
 /// What a patch holds: which chunks of the newer image it produces, from what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatchIndex {
-    /// Always [`PATCH_FORMAT`].
+    /// [`PATCH_FORMAT`], or [`PATCH_FORMAT_2`] when some window has several ranges.
     pub format: String,
     /// The older image's chunk count and length (a check that the host uses the right index).
     pub reference_chunks: u64,
@@ -168,18 +186,20 @@ pub fn make_patch(
             what: "reading the new image".into(),
             source,
         })?;
-        let reference = match window_by_content(&content.hits(&target), &old_chunks, target.len()) {
-            Some(window) => window,
-            None => reference_for(&piece, &new_chunks, &old_chunks, &where_old),
-        };
-        let window = read_range(
-            &old_chunks[to_usize(reference.start)..to_usize(reference.end)],
-            &mut read_old,
-        )
-        .map_err(|source| PatchError::Io {
-            what: "reading the old image".into(),
-            source,
-        })?;
+        let ranges = windows_by_content(&content.hits(&target), &old_chunks, target.len())
+            .unwrap_or_else(|| vec![reference_for(&piece, &new_chunks, &old_chunks, &where_old)]);
+        let mut window = Vec::new();
+        for r in &ranges {
+            let bytes = read_range(
+                &old_chunks[to_usize(r.start)..to_usize(r.end)],
+                &mut read_old,
+            )
+            .map_err(|source| PatchError::Io {
+                what: "reading the old image".into(),
+                source,
+            })?;
+            window.extend_from_slice(&bytes);
+        }
         let store_cost: u64 = new_chunks[to_usize(piece.start)..to_usize(piece.end)]
             .iter()
             .map(|c| {
@@ -205,16 +225,24 @@ pub fn make_patch(
         })?;
         stats.patched_chunks += piece.end - piece.start;
         stats.patch_bytes += frame.len() as u64;
+        let mut ranges = ranges.into_iter();
         entries.push(PatchEntry {
             chunks: piece,
-            reference,
+            reference: ranges.next().unwrap_or(0..0),
+            also: ranges.collect(),
             offset,
             len: frame.len() as u64,
         });
         offset += frame.len() as u64;
     }
+    let several = entries.iter().any(|e| !e.also.is_empty());
     let index = PatchIndex {
-        format: PATCH_FORMAT.into(),
+        format: if several {
+            PATCH_FORMAT_2
+        } else {
+            PATCH_FORMAT
+        }
+        .into(),
         reference_chunks: old.len() as u64,
         reference_len: old.total_len(),
         target_chunks: new.len() as u64,
@@ -238,12 +266,16 @@ impl PatchIndex {
 
     fn check(&self, old: &BlobIndex, new: &BlobIndex) -> Result<(), PatchError> {
         let bad = |m: String| Err(PatchError::Malformed(m));
-        if self.format != PATCH_FORMAT {
-            return bad(format!(
-                "format {:?}, expected {PATCH_FORMAT:?}",
-                self.format
-            ));
-        }
+        let several = match self.format.as_str() {
+            PATCH_FORMAT => false,
+            PATCH_FORMAT_2 => true,
+            _ => {
+                return bad(format!(
+                    "format {:?}, expected {PATCH_FORMAT:?} or {PATCH_FORMAT_2:?}",
+                    self.format
+                ));
+            }
+        };
         if (self.reference_chunks, self.reference_len) != (old.len() as u64, old.total_len()) {
             return bad("made against another index of the running release".into());
         }
@@ -278,19 +310,32 @@ impl PatchIndex {
                     ));
                 }
             }
-            match span(&e.reference, old) {
-                Some(len) if len <= MAX_WINDOW => {}
-                Some(len) => {
-                    return bad(format!(
-                        "entry {i}: window of {len} bytes (limit {MAX_WINDOW})"
-                    ));
+            if !e.also.is_empty() && !several {
+                return bad(format!(
+                    "entry {i}: several window ranges in a {PATCH_FORMAT:?} index"
+                ));
+            }
+            if e.also.len() + 1 > MAX_RANGES {
+                return bad(format!(
+                    "entry {i}: {} window ranges (limit {MAX_RANGES})",
+                    e.also.len() + 1
+                ));
+            }
+            let mut window = 0u64;
+            for r in e.ranges() {
+                match span(r, old) {
+                    Some(len) => window = window.saturating_add(len),
+                    None => {
+                        return bad(format!(
+                            "entry {i}: reference {r:?} outside the running index"
+                        ));
+                    }
                 }
-                None => {
-                    return bad(format!(
-                        "entry {i}: reference {:?} outside the running index",
-                        e.reference
-                    ));
-                }
+            }
+            if window > MAX_WINDOW {
+                return bad(format!(
+                    "entry {i}: window of {window} bytes (limit {MAX_WINDOW})"
+                ));
             }
             if e.len > max_frame_len() {
                 return bad(format!(
@@ -325,8 +370,30 @@ pub fn reference_window(
     reference_window_reusing(entry, old, read_old, None)
 }
 
-/// A window already read and verified: its chunk numbers and bytes.
-type Verified<'a> = (&'a Range<u64>, &'a [u8]);
+/// A window already read and verified: the ranges of the older index it holds, in order, and
+/// their bytes.
+type Verified<'a> = (&'a [Range<u64>], &'a [u8]);
+
+/// Where chunk `number` of the older index is in a verified window, if it holds it.
+fn find_in_window(
+    number: u64,
+    (ranges, bytes): Verified<'_>,
+    old: &BlobIndex,
+) -> Option<Range<usize>> {
+    let mut base = 0u64;
+    for r in ranges {
+        let first = old.chunk(to_usize(r.start))?;
+        let last = old.chunk(to_usize(r.end.checked_sub(1)?))?;
+        if r.contains(&number) {
+            let chunk = old.chunk(to_usize(number))?;
+            let at = to_usize(base + (chunk.offset - first.offset));
+            let end = at.checked_add(chunk.len as usize)?;
+            return (end <= bytes.len()).then_some(at..end);
+        }
+        base += last.end() - first.offset;
+    }
+    None
+}
 
 /// [`reference_window`], taking the chunks it shares with `previous` (an earlier entry's window,
 /// verified when it was read) from there instead of reading and hashing them again: the
@@ -337,25 +404,20 @@ fn reference_window_reusing(
     mut read_old: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
     previous: Option<Verified<'_>>,
 ) -> Result<Vec<u8>, PatchError> {
-    let previous_base = previous
-        .and_then(|(range, _)| old.chunk(to_usize(range.start)))
-        .map(|c| c.offset);
     let mut window = Vec::new();
-    for number in entry.reference.clone() {
+    for number in entry.ranges().flat_map(Clone::clone) {
         let n = to_usize(number);
         let chunk = old.chunk(n).ok_or_else(|| {
             PatchError::Malformed(format!("reference chunk {n} is not in the index"))
         })?;
-        let start = window.len();
-        let len = chunk.len as usize;
-        if let (Some((range, bytes)), Some(base)) = (previous, previous_base) {
-            let at = to_usize(chunk.offset.saturating_sub(base));
-            if range.contains(&number) && at + len <= bytes.len() {
-                window.extend_from_slice(&bytes[at..at + len]);
+        if let Some(at) = previous.and_then(|p| find_in_window(number, p, old)) {
+            if let Some((_, bytes)) = previous {
+                window.extend_from_slice(&bytes[at]);
                 continue;
             }
         }
-        window.resize(start + len, 0);
+        let start = window.len();
+        window.resize(start + chunk.len as usize, 0);
         read_old(chunk.offset, &mut window[start..]).map_err(|source| PatchError::Io {
             what: format!("reading reference chunk {n} from the running image"),
             source,
@@ -470,7 +532,7 @@ pub fn apply_stream(
 ) -> Result<Applied, PatchError> {
     let mut applied = Applied::default();
     let mut frame = Vec::new();
-    let mut last_window: Option<(Range<u64>, Vec<u8>)> = None;
+    let mut last_window: Option<(Vec<Range<u64>>, Vec<u8>)> = None;
     for entry in &patch.entries {
         if cancelled() {
             return Err(PatchError::Io {
@@ -494,11 +556,13 @@ pub fn apply_stream(
                 source: io::Error::new(io::ErrorKind::UnexpectedEof, "it ends early"),
             });
         }
-        let previous = last_window.as_ref().map(|(r, w)| (r, w.as_slice()));
+        let previous = last_window
+            .as_ref()
+            .map(|(r, w)| (r.as_slice(), w.as_slice()));
         let window = reference_window_reusing(entry, old, &mut read_old, previous);
         let out = match window.and_then(|window| {
             let out = apply_entry(entry, &frame, &window, new);
-            last_window = Some((entry.reference.clone(), window));
+            last_window = Some((entry.ranges().cloned().collect(), window));
             out
         }) {
             Ok(out) => out,
@@ -543,6 +607,77 @@ fn content_map(
     Ok(map)
 }
 
+/// How far apart (bytes of the older image) two hits may be and still belong to one place.
+const PLACE_GAP: u64 = 1 << 20;
+/// The most places one window is made of.
+const MAX_PLACES: usize = 4;
+
+/// The ranges of old chunks that make up a piece's window, from `hits` (old offsets where the
+/// piece's content anchors were found): the places with the most hits (hits less than
+/// [`PLACE_GAP`] apart are one place), at most [`MAX_PLACES`] of them, each widened by an equal
+/// share of what is left towards twice the piece's length, in the older image's order, at most
+/// [`MAX_WINDOW`] bytes in all. `None` when nothing was found.
+fn windows_by_content(
+    hits: &[u64],
+    old_chunks: &[Chunk],
+    piece_len: usize,
+) -> Option<Vec<Range<u64>>> {
+    let mut numbers: Vec<usize> = hits
+        .iter()
+        .map(|&o| old_chunks.partition_point(|c| c.end() <= o))
+        .filter(|&n| n < old_chunks.len())
+        .collect();
+    numbers.sort_unstable();
+    let span = |s: usize, e: usize| old_chunks[e - 1].end() - old_chunks[s].offset;
+    // Places: (first chunk, one past the last, hits).
+    let mut places: Vec<(usize, usize, usize)> = Vec::new();
+    for &n in &numbers {
+        match places.last_mut() {
+            Some((_, end, count))
+                if old_chunks[n].offset <= old_chunks[*end - 1].end() + PLACE_GAP =>
+            {
+                *end = (*end).max(n + 1);
+                *count += 1;
+            }
+            _ => places.push((n, n + 1, 1)),
+        }
+    }
+    // The most hits first; ties by position, so the choice does not depend on the sort.
+    places.sort_by_key(|&(start, _, count)| (std::cmp::Reverse(count), start));
+    places.truncate(MAX_PLACES);
+    let mut total: u64 = places.iter().map(|&(s, e, _)| span(s, e)).sum();
+    while total > MAX_WINDOW && places.len() > 1 {
+        if let Some((s, e, _)) = places.pop() {
+            total -= span(s, e);
+        }
+    }
+    if places.is_empty() {
+        return None;
+    }
+    if total > MAX_WINDOW {
+        // One place longer than a window: its densest stretch.
+        return window_by_content(hits, old_chunks, piece_len).map(|r| vec![r]);
+    }
+    let share = ((2 * piece_len as u64).max(total).min(MAX_WINDOW) - total) / places.len() as u64;
+    let mut ranges: Vec<Range<u64>> = places
+        .iter()
+        .map(|&(mut start, mut end, _)| {
+            let want = span(start, end) + share;
+            widen(&mut start, &mut end, want, want, old_chunks);
+            start as u64..end as u64
+        })
+        .collect();
+    ranges.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match merged.last_mut() {
+            Some(m) if r.start <= m.end => m.end = m.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    Some(merged)
+}
+
 /// The window of old chunks, at most [`MAX_WINDOW`] bytes, that holds the most of `hits` (old
 /// offsets where the piece's content anchors were found), widened on both sides towards twice
 /// the piece's length. `None` when nothing was found.
@@ -568,24 +703,21 @@ fn window_by_content(hits: &[u64], old_chunks: &[Chunk], piece_len: usize) -> Op
     }
     let (mut start, mut end) = range?;
     let want = (2 * piece_len as u64).max(span(start, end)).min(MAX_WINDOW);
-    widen(&mut start, &mut end, want, old_chunks);
+    widen(&mut start, &mut end, want, MAX_WINDOW, old_chunks);
     Some(start as u64..end as u64)
 }
 
 /// Grows `start..end`, alternating sides, while it is short of `want` bytes and stays within
-/// [`MAX_WINDOW`].
-fn widen(start: &mut usize, end: &mut usize, want: u64, old_chunks: &[Chunk]) {
+/// `limit` bytes.
+fn widen(start: &mut usize, end: &mut usize, want: u64, limit: u64, old_chunks: &[Chunk]) {
     let span = |s: usize, e: usize| old_chunks[e - 1].end() - old_chunks[s].offset;
     loop {
         let mut grew = false;
-        if span(*start, *end) < want
-            && *end < old_chunks.len()
-            && span(*start, *end + 1) <= MAX_WINDOW
-        {
+        if span(*start, *end) < want && *end < old_chunks.len() && span(*start, *end + 1) <= limit {
             *end += 1;
             grew = true;
         }
-        if span(*start, *end) < want && *start > 0 && span(*start - 1, *end) <= MAX_WINDOW {
+        if span(*start, *end) < want && *start > 0 && span(*start - 1, *end) <= limit {
             *start -= 1;
             grew = true;
         }
@@ -662,6 +794,7 @@ fn reference_for(
         &mut start,
         &mut end,
         (2 * piece_len).min(MAX_WINDOW),
+        MAX_WINDOW,
         old_chunks,
     );
     // A gap between neighbours larger than the limit keeps its first stretch.

@@ -555,7 +555,7 @@ fn chunks_the_caller_wrote_are_not_fetched_and_a_false_claim_fails_the_read_back
     let n = s.fetched_chunk();
     let chunk = s.v2_index.chunk(n).unwrap();
     let claimed = AssembleOptions {
-        written: vec![n as u64..n as u64 + 1],
+        written: std::iter::once(n as u64..n as u64 + 1).collect(),
         ..AssembleOptions::default()
     };
     let wanted = format!("/chunks/{}", chunk_path(&chunk.id));

@@ -258,6 +258,24 @@ fn a_patch_index_that_breaks_the_format_is_refused() {
     let mut p = m.patch.clone();
     p.reference_len += 1;
     assert!(malformed(&p));
+    // Several window ranges: only in format 2, at most MAX_RANGES, at most MAX_WINDOW in all.
+    let mut p = m.patch.clone();
+    p.format = patch::PATCH_FORMAT.into();
+    p.entries[0].also = vec![0..1];
+    assert!(malformed(&p));
+    p.format = patch::PATCH_FORMAT_2.into();
+    assert!(reparse(&p).is_ok());
+    p.entries[0].also = vec![0..1; patch::MAX_RANGES];
+    assert!(malformed(&p));
+    let whole = 0..m.old_index.len() as u64;
+    assert!(m.old_index.total_len() <= patch::MAX_WINDOW);
+    p.entries[0].also = vec![whole.clone(), whole];
+    assert!(
+        m.old_index.total_len() * 2 <= patch::MAX_WINDOW || malformed(&p),
+        "a window over the limit was accepted"
+    );
+    p.entries[0].also = vec![m.old_index.len() as u64..m.old_index.len() as u64 + 1];
+    assert!(malformed(&p));
     assert!(matches!(
         PatchIndex::parse(b"{not json", &m.old_index, &m.new_index),
         Err(PatchError::Malformed(_))
@@ -404,17 +422,26 @@ fn a_moved_and_edited_stretch_is_patched_against_where_it_was() {
 fn overlapping_windows_are_read_once_and_still_verified() {
     let m = moved();
     let entries = &m.patch.entries;
-    let overlap = entries
+    let chunks_of = |e: &patch::PatchEntry| -> std::collections::BTreeSet<u64> {
+        e.ranges().flat_map(Clone::clone).collect()
+    };
+    let (overlap, shared) = entries
         .windows(2)
-        .position(|w| {
-            w[0].reference.end > w[1].reference.start && w[1].reference.end > w[0].reference.start
+        .enumerate()
+        .find_map(|(i, w)| {
+            let both: Vec<u64> = chunks_of(&w[0])
+                .intersection(&chunks_of(&w[1]))
+                .copied()
+                .collect();
+            both.first().map(|&n| (i, n))
         })
         .expect("neighbouring entries with overlapping windows");
     let windows: u64 = entries
         .iter()
-        .map(|e| {
-            let first = m.old_index.chunk(e.reference.start as usize).unwrap();
-            let last = m.old_index.chunk(e.reference.end as usize - 1).unwrap();
+        .flat_map(|e| e.ranges())
+        .map(|r| {
+            let first = m.old_index.chunk(r.start as usize).unwrap();
+            let last = m.old_index.chunk(r.end as usize - 1).unwrap();
             last.end() - first.offset
         })
         .sum();
@@ -456,7 +483,6 @@ fn overlapping_windows_are_read_once_and_still_verified() {
     }
     // A chunk both windows hold, damaged on the running image: neither entry uses it.
     let (a, b) = (&entries[overlap], &entries[overlap + 1]);
-    let shared = a.reference.start.max(b.reference.start);
     let c = m.old_index.chunk(shared as usize).unwrap();
     let mut running = m.old.clone();
     running[c.offset as usize + 7] ^= 0x40;
@@ -466,4 +492,69 @@ fn overlapping_windows_are_read_once_and_still_verified() {
         failed.contains(&a.chunks) && failed.contains(&b.chunks),
         "{failed:?}"
     );
+}
+
+/// A run of new bytes made of two stretches from places of the old image too far apart for one
+/// window (a file assembled from two older ones) is patched against both places, in a format-2
+/// index that round-trips.
+#[test]
+fn a_run_from_two_distant_places_is_patched_against_both() {
+    let old = image(9, 32 << 20);
+    let mut rng = fastrand::Rng::with_seed(10);
+    let mut run = Vec::new();
+    for place in [4usize << 20, 24 << 20] {
+        let mut stretch = old[place..place + (512 << 10)].to_vec();
+        for _ in 0..200 {
+            let at = rng.usize(..stretch.len() - 4);
+            for b in &mut stretch[at..at + 4] {
+                *b = rng.u8(..);
+            }
+        }
+        run.extend(stretch);
+    }
+    let mut new = old.clone();
+    new.splice(2 << 20..2 << 20, run);
+    let (old_index, new_index) = (index(&old), index(&new));
+    let mut data = Vec::new();
+    let (made, stats) = patch::make_patch(
+        &old_index,
+        reader(&old),
+        &new_index,
+        reader(&new),
+        &mut data,
+    )
+    .unwrap();
+    assert!(stats.new_bytes >= 1 << 19, "{stats:?}");
+    assert!(
+        stats.patch_bytes * 8 < stats.store_bytes,
+        "the patch is not much smaller than the store: {stats:?}"
+    );
+    assert!(
+        made.entries.iter().any(|e| !e.also.is_empty()),
+        "{:?}",
+        made.entries
+    );
+    assert_eq!(made.format, patch::PATCH_FORMAT_2);
+    let parsed =
+        PatchIndex::parse(&serde_json::to_vec(&made).unwrap(), &old_index, &new_index).unwrap();
+    assert_eq!(parsed, made);
+    let applied = patch::apply_stream(
+        &parsed,
+        &old_index,
+        &new_index,
+        &mut data.as_slice(),
+        reader(&old),
+        |offset, bytes| {
+            let at = offset as usize;
+            assert!(
+                bytes == &new[at..at + bytes.len()],
+                "bytes at {offset} differ"
+            );
+            Ok(())
+        },
+        &|| false,
+    )
+    .unwrap();
+    assert!(applied.failed.is_empty(), "{:?}", applied.failed);
+    assert_eq!(applied.chunks(), stats.patched_chunks);
 }
