@@ -26,9 +26,10 @@
 //!   with the patched chunks found in place. The TUF reads of the real host are left out (the
 //!   indexes and patch files are fetched as plain files).
 //!
-//! Set B is compared with the new image after every run. `BENCH_RUNS` (default 1) runs of each
-//! path per link; the median wall time and the highest peak RSS are reported. `updata` must be
-//! built first: `cargo build --release -p updata`.
+//! Set B is compared with the new image after every run. `BENCH_PAIRS=debian` or `synthetic` runs
+//! one pair only. `BENCH_RUNS` (default 1) runs of each path per link; the median wall time and
+//! the highest peak RSS are reported. `updata` must be built first:
+//! `cargo build --release -p updata`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -493,22 +494,28 @@ fn run() -> Res<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
+    // `BENCH_PAIRS=synthetic` (or `debian`) runs one pair only.
+    let only = std::env::var("BENCH_PAIRS").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
     let debian_dir = target.join("bench-debian");
     fs::create_dir_all(&debian_dir)?;
-    let debian = debian_images(&debian_dir)?;
-    let notes = package_diff(&debian_dir);
-    let synthetic = synthetic::build_images(&target.join("bench-delta/images-2"))?;
-    let pairs = [
-        debian,
-        Pair {
+    let mut pairs = Vec::new();
+    let mut notes = String::new();
+    if wanted("debian") {
+        pairs.push(debian_images(&debian_dir)?);
+        notes = package_diff(&debian_dir);
+    }
+    if wanted("synthetic") {
+        let synthetic = synthetic::build_images(&target.join("bench-delta/images-2"))?;
+        pairs.push(Pair {
             name: "synthetic small changes",
             old: synthetic.v1,
             new: synthetic.v2,
-        },
-    ];
+        });
+    }
     let mut results = Vec::new();
-    for (n, pair) in pairs.iter().enumerate() {
-        let serve = debian_dir.join(format!("serve-{n}"));
+    for pair in &pairs {
+        let serve = debian_dir.join(format!("serve-{}", pair.name.replace(' ', "-")));
         let published = publish(pair, &serve, &updata)?;
         let staged = stage_all(pair, &serve, &debian_dir, runs)?;
         results.push((published, staged));
