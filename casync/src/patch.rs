@@ -46,11 +46,11 @@ pub const MAX_OUTPUT: u64 = 8 << 20;
 /// The zstd level patches are made with (slow to make, as fast as any level to apply).
 pub const LEVEL: i32 = 19;
 /// The most new bytes the publisher puts in one entry. Smaller than [`MAX_OUTPUT`]: a long run
-/// of new chunks is usually several files from different places of the older image, and each
-/// entry has one window.
+/// of new chunks is usually several files from different places of the older image, and a
+/// shorter entry needs fewer places in its window.
 const PIECE_BYTES: u64 = 1 << 20;
 
-/// One run of the newer image's chunks, encoded against a range of the older image's chunks.
+/// One run of the newer image's chunks, encoded against ranges of the older image's chunks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatchEntry {
     /// The newer index's chunk numbers this entry produces.
@@ -159,7 +159,9 @@ pub enum PatchError {
 /// goes to `out`; entries whose patch is not smaller than fetching their chunks from a store are
 /// left out (the host fetches those chunks as before).
 ///
-/// `read_old` and `read_new` fill a buffer from an offset of the older and newer image.
+/// `read_old` and `read_new` fill a buffer from an offset of the older and newer image. The
+/// older image is read once whole first, for its content anchors (memory: about 64 MiB per GiB
+/// of non-empty content), then window by window.
 pub fn make_patch(
     old: &BlobIndex,
     mut read_old: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
