@@ -233,6 +233,8 @@ fn a_damaged_frame_never_yields_a_chunk() {
 }
 
 #[test]
+// One-range vectors are the point here: `also` lists ranges.
+#[allow(clippy::single_range_in_vec_init)]
 fn a_patch_index_that_breaks_the_format_is_refused() {
     let m = make(4 << 20);
     let reparse = |p: &PatchIndex| {
@@ -438,7 +440,7 @@ fn overlapping_windows_are_read_once_and_still_verified() {
         .expect("neighbouring entries with overlapping windows");
     let windows: u64 = entries
         .iter()
-        .flat_map(|e| e.ranges())
+        .flat_map(patch::PatchEntry::ranges)
         .map(|r| {
             let first = m.old_index.chunk(r.start as usize).unwrap();
             let last = m.old_index.chunk(r.end as usize - 1).unwrap();
