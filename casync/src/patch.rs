@@ -180,27 +180,17 @@ pub fn make_patch(
     let mut entries = Vec::new();
     let mut offset = 0u64;
     for piece in pieces(&new_chunks, &where_old, PIECE_BYTES) {
-        let target = read_range(
-            &new_chunks[to_usize(piece.start)..to_usize(piece.end)],
-            &mut read_new,
-        )
-        .map_err(|source| PatchError::Io {
-            what: "reading the new image".into(),
-            source,
-        })?;
+        let target = read_chunks(&new_chunks, &piece, &mut read_new, "reading the new image")?;
         let ranges = windows_by_content(&content.hits(&target), &old_chunks, target.len())
             .unwrap_or_else(|| vec![reference_for(&piece, &new_chunks, &old_chunks, &where_old)]);
         let mut window = Vec::new();
         for r in &ranges {
-            let bytes = read_range(
-                &old_chunks[to_usize(r.start)..to_usize(r.end)],
+            window.extend(read_chunks(
+                &old_chunks,
+                r,
                 &mut read_old,
-            )
-            .map_err(|source| PatchError::Io {
-                what: "reading the old image".into(),
-                source,
-            })?;
-            window.extend_from_slice(&bytes);
+                "reading the old image",
+            )?);
         }
         let store_cost: u64 = new_chunks[to_usize(piece.start)..to_usize(piece.end)]
             .iter()
@@ -807,6 +797,22 @@ fn reference_for(
         return 0..0;
     }
     start as u64..end as u64
+}
+
+/// The bytes of chunks `numbers` of `chunks`, read in one go.
+fn read_chunks(
+    chunks: &[Chunk],
+    numbers: &Range<u64>,
+    read: &mut impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+    what: &str,
+) -> Result<Vec<u8>, PatchError> {
+    let range = chunks
+        .get(to_usize(numbers.start)..to_usize(numbers.end))
+        .unwrap_or_default();
+    read_range(range, read).map_err(|source| PatchError::Io {
+        what: what.into(),
+        source,
+    })
 }
 
 fn read_range(

@@ -78,6 +78,11 @@ struct Made {
 fn make(len: usize) -> Made {
     let old = image(1, len);
     let new = edited(&old, 2);
+    made(old, new)
+}
+
+/// Indexes both images and makes the patch.
+fn made(old: Vec<u8>, new: Vec<u8>) -> Made {
     let old_index = index(&old);
     let new_index = index(&new);
     let mut data = Vec::new();
@@ -370,25 +375,7 @@ fn moved() -> Made {
     let mut new = old.clone();
     new.drain(stretch);
     new.splice(2 << 20..2 << 20, moved);
-    let (old_index, new_index) = (index(&old), index(&new));
-    let mut data = Vec::new();
-    let (patch, stats) = patch::make_patch(
-        &old_index,
-        reader(&old),
-        &new_index,
-        reader(&new),
-        &mut data,
-    )
-    .unwrap();
-    Made {
-        old,
-        new,
-        old_index,
-        new_index,
-        patch,
-        data,
-        stats,
-    }
+    made(old, new)
 }
 
 /// The moved stretch is patched against where it was: the chunks around it in the new image are
