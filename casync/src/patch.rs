@@ -614,12 +614,7 @@ fn windows_by_content(
     old_chunks: &[Chunk],
     piece_len: usize,
 ) -> Option<Vec<Range<u64>>> {
-    let mut numbers: Vec<usize> = hits
-        .iter()
-        .map(|&o| old_chunks.partition_point(|c| c.end() <= o))
-        .filter(|&n| n < old_chunks.len())
-        .collect();
-    numbers.sort_unstable();
+    let numbers = hit_chunks(hits, old_chunks);
     let span = |s: usize, e: usize| old_chunks[e - 1].end() - old_chunks[s].offset;
     // Places: (first chunk, one past the last, hits).
     let mut places: Vec<(usize, usize, usize)> = Vec::new();
@@ -648,7 +643,7 @@ fn windows_by_content(
     }
     if total > MAX_WINDOW {
         // One place longer than a window: its densest stretch.
-        return window_by_content(hits, old_chunks, piece_len).map(|r| vec![r]);
+        return window_by_content(&numbers, old_chunks, piece_len).map(|r| vec![r]);
     }
     let share = ((2 * piece_len as u64).max(total).min(MAX_WINDOW) - total) / places.len() as u64;
     let mut ranges: Vec<Range<u64>> = places
@@ -670,16 +665,26 @@ fn windows_by_content(
     Some(merged)
 }
 
-/// The window of old chunks, at most [`MAX_WINDOW`] bytes, that holds the most of `hits` (old
-/// offsets where the piece's content anchors were found), widened on both sides towards twice
-/// the piece's length. `None` when nothing was found.
-fn window_by_content(hits: &[u64], old_chunks: &[Chunk], piece_len: usize) -> Option<Range<u64>> {
+/// The old chunks that hold `hits` (old offsets where a piece's content anchors were found),
+/// sorted, one per hit.
+fn hit_chunks(hits: &[u64], old_chunks: &[Chunk]) -> Vec<usize> {
     let mut numbers: Vec<usize> = hits
         .iter()
         .map(|&o| old_chunks.partition_point(|c| c.end() <= o))
         .filter(|&n| n < old_chunks.len())
         .collect();
     numbers.sort_unstable();
+    numbers
+}
+
+/// The window of old chunks, at most [`MAX_WINDOW`] bytes, that holds the most of the hits in
+/// `numbers` (from [`hit_chunks`]), widened on both sides towards twice the piece's length.
+/// `None` when there is no hit.
+fn window_by_content(
+    numbers: &[usize],
+    old_chunks: &[Chunk],
+    piece_len: usize,
+) -> Option<Range<u64>> {
     let span = |s: usize, e: usize| old_chunks[e - 1].end() - old_chunks[s].offset;
     // The densest stretch: two pointers over the sorted chunk numbers of the hits.
     let (mut best, mut range) = (0usize, None);
