@@ -12,8 +12,10 @@
 //! in place against its id. Only then does it return [`Assembled`]. Nothing unverified is
 //! written.
 //!
+//! Seed chunks are read in batches of up to 4 MiB and hashed on the machine's cores together.
+//!
 //! Memory: the index and its plan (about 80 bytes a chunk), plus at most `2 * in_flight + 3`
-//! chunk buffers, whatever the image size.
+//! chunk buffers and one 4 MiB seed batch, whatever the image size.
 
 use std::collections::HashMap;
 
@@ -41,6 +43,11 @@ pub struct AssembleOptions {
     /// verified against their ids, such as a patch's output: planned as in place without
     /// reading them first. The read-back at the end checks them like every other chunk.
     pub written: Vec<std::ops::Range<u64>>,
+    /// For chunks of `written`, the xxh3-128 of the verified bytes the caller wrote (such as
+    /// [`Applied::digests`](crate::patch::Applied::digests)): the read-back compares the device
+    /// with it, as with the chunks this run writes, instead of re-hashing them against their
+    /// ids. A chunk of `written` without one is re-hashed.
+    pub written_digests: Vec<(u64, u128)>,
 }
 
 impl Default for AssembleOptions {
@@ -50,6 +57,7 @@ impl Default for AssembleOptions {
             attempts: 3,
             resumed: false,
             written: Vec::new(),
+            written_digests: Vec::new(),
         }
     }
 }
@@ -263,6 +271,15 @@ pub fn assemble(
         last_report: 0,
         written: vec![None; index.len()],
     };
+    for &(number, digest) in &options.written_digests {
+        let number = usize::try_from(number).unwrap_or(usize::MAX);
+        // Only for chunks the plan keeps in place: a chunk written here gets its own.
+        if run.planned.sources.get(number) == Some(&Source::InPlace) {
+            if let Some(slot) = run.written.get_mut(number) {
+                *slot = Some(digest);
+            }
+        }
+    }
     let in_flight = options.in_flight.max(1);
     let stop = AtomicBool::new(false);
     let (job_tx, job_rx) = mpsc::channel::<usize>();
@@ -397,7 +414,8 @@ impl Run<'_> {
             }
         }
         let zeros = vec![0u8; self.index.longest_chunk() as usize];
-        for number in 0..self.index.len() {
+        let mut number = 0;
+        while number < self.index.len() {
             self.check_cancel()?;
             while let Ok(fetched) = results.try_recv() {
                 self.take_fetched(fetched, &mut waiting)?;
@@ -408,19 +426,37 @@ impl Run<'_> {
             match self.planned.sources[number] {
                 Source::Zero => self.write(&chunk, &zeros[..chunk.len as usize])?,
                 Source::InPlace => self.placed(&chunk),
-                Source::Seed(offset) => {
-                    buf.resize(chunk.len as usize, 0);
-                    let read = seed.map(|s| s.read_at(buf, offset));
-                    if matches!(read, Some(Ok(()))) && verify_chunk(&chunk, buf).is_ok() {
-                        self.write(&chunk, buf)?;
-                    } else {
-                        self.seed_mismatches += 1;
-                        self.planned.seed_failed(&chunk);
-                        want(number, chunk.id, &mut waiting);
+                Source::Seed(_) => {
+                    let batch = self.seed_batch(number);
+                    let Some(seed) = seed else {
+                        // No running partition to read: every seed chunk is fetched.
+                        for (chunk, _) in &batch {
+                            self.seed_mismatches += 1;
+                            self.planned.seed_failed(chunk);
+                            want(chunk.number, chunk.id, &mut waiting);
+                        }
+                        number += batch.len().max(1);
+                        continue;
+                    };
+                    let good = read_seed_batch(seed, &batch, buf);
+                    let mut at = 0;
+                    for ((chunk, _), good) in batch.iter().zip(good) {
+                        let len = chunk.len as usize;
+                        if good {
+                            self.write(chunk, &buf[at..at + len])?;
+                        } else {
+                            self.seed_mismatches += 1;
+                            self.planned.seed_failed(chunk);
+                            want(chunk.number, chunk.id, &mut waiting);
+                        }
+                        at += len;
                     }
+                    number += batch.len().max(1);
+                    continue;
                 }
                 Source::Fetch => {}
             }
+            number += 1;
         }
         drop(jobs);
         while !waiting.is_empty() {
@@ -436,6 +472,53 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+impl Run<'_> {
+    /// The run of consecutive seed chunks from `first` on, at most [`SEED_BATCH`] bytes (and at
+    /// least one chunk).
+    fn seed_batch(&self, first: usize) -> Vec<(Chunk, u64)> {
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        for number in first..self.index.len() {
+            let Source::Seed(offset) = self.planned.sources[number] else {
+                break;
+            };
+            let Some(chunk) = self.index.chunk(number) else {
+                break;
+            };
+            if !batch.is_empty() && bytes + u64::from(chunk.len) > SEED_BATCH {
+                break;
+            }
+            bytes += u64::from(chunk.len);
+            batch.push((chunk, offset));
+        }
+        batch
+    }
+}
+
+/// Seed chunks read and checked together (their hashing shared out over the cores).
+const SEED_BATCH: u64 = 4 << 20;
+
+/// Reads `batch` (seed chunks of the new index, each with its offset on the running partition)
+/// into `buf`, one after the other, and checks each against its id. Whether each chunk is
+/// good, in order; one that cannot be read is not.
+fn read_seed_batch(seed: &dyn Device, batch: &[(Chunk, u64)], buf: &mut Vec<u8>) -> Vec<bool> {
+    buf.clear();
+    let mut parts = Vec::with_capacity(batch.len());
+    let mut readable = Vec::with_capacity(batch.len());
+    for (chunk, offset) in batch {
+        let start = buf.len();
+        buf.resize(start + chunk.len as usize, 0);
+        readable.push(seed.read_at(&mut buf[start..], *offset).is_ok());
+        parts.push((start..buf.len(), chunk.id));
+    }
+    let matches = crate::verify::ids_match(buf, &parts);
+    matches
+        .into_iter()
+        .zip(readable)
+        .map(|(m, r)| m && r)
+        .collect()
 }
 
 /// What the read-back compares each chunk with.

@@ -24,6 +24,7 @@ pub mod patch;
 pub mod plan;
 pub mod region;
 pub mod store;
+mod verify;
 
 pub use assemble::{AssembleError, AssembleOptions, AssembleProgress, Assembled, assemble};
 pub use chunker::{ChunkSizesError, Chunker};

@@ -25,9 +25,11 @@ use std::io::{self, Read, Write};
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_128;
 use zstd::zstd_safe;
 
 use crate::index::{BlobIndex, Chunk, ChunkId};
+use crate::verify;
 
 mod similar;
 
@@ -359,54 +361,84 @@ pub fn reference_window(
     old: &BlobIndex,
     read_old: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
 ) -> Result<Vec<u8>, PatchError> {
-    reference_window_reusing(entry, old, read_old, None)
+    reference_window_reusing(
+        entry,
+        old,
+        read_old,
+        &mut VerifiedChunks::new(0),
+        Vec::new(),
+    )
 }
 
-/// A window already read and verified: the ranges of the older index it holds, in order, and
-/// their bytes.
-type Verified<'a> = (&'a [Range<u64>], &'a [u8]);
+/// Chunks of the older image that earlier entries' windows read and verified, kept (up to a
+/// number of bytes, the oldest dropped first) so a later window that shares them copies them
+/// instead of reading and hashing them again: the publisher gives neighbouring entries
+/// overlapping windows, and places in the older image that many runs resemble recur.
+struct VerifiedChunks {
+    bytes: HashMap<u64, Vec<u8>>,
+    /// Chunk numbers in the order they were kept.
+    order: std::collections::VecDeque<u64>,
+    held: usize,
+    limit: usize,
+}
 
-/// Where chunk `number` of the older index is in a verified window, if it holds it.
-fn find_in_window(
-    number: u64,
-    (ranges, bytes): Verified<'_>,
-    old: &BlobIndex,
-) -> Option<Range<usize>> {
-    let mut base = 0u64;
-    for r in ranges {
-        let first = old.chunk(to_usize(r.start))?;
-        let last = old.chunk(to_usize(r.end.checked_sub(1)?))?;
-        if r.contains(&number) {
-            let chunk = old.chunk(to_usize(number))?;
-            let at = to_usize(base + (chunk.offset - first.offset));
-            let end = at.checked_add(chunk.len as usize)?;
-            return (end <= bytes.len()).then_some(at..end);
+impl VerifiedChunks {
+    fn new(limit: usize) -> Self {
+        VerifiedChunks {
+            bytes: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            held: 0,
+            limit,
         }
-        base += last.end() - first.offset;
     }
-    None
+
+    fn get(&self, number: u64) -> Option<&[u8]> {
+        self.bytes.get(&number).map(Vec::as_slice)
+    }
+
+    /// Keeps `bytes` (verified against chunk `number`'s id) if they fit.
+    fn keep(&mut self, number: u64, bytes: &[u8]) {
+        if bytes.len() > self.limit || self.bytes.contains_key(&number) {
+            return;
+        }
+        while self.held + bytes.len() > self.limit {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(b) = self.bytes.remove(&oldest) {
+                self.held -= b.len();
+            }
+        }
+        self.held += bytes.len();
+        self.order.push_back(number);
+        self.bytes.insert(number, bytes.to_vec());
+    }
 }
 
-/// [`reference_window`], taking the chunks it shares with `previous` (an earlier entry's window,
-/// verified when it was read) from there instead of reading and hashing them again: the
-/// publisher gives neighbouring entries overlapping windows.
+/// Bytes of verified older chunks [`apply_stream`] keeps between entries.
+const KEEP_VERIFIED: usize = 16 << 20;
+
+/// [`reference_window`] into `window` (a spent window's buffer, so its pages are not faulted in
+/// again), taking the chunks `verified` holds from there, and keeping there the chunks it reads
+/// and verifies.
 fn reference_window_reusing(
     entry: &PatchEntry,
     old: &BlobIndex,
     mut read_old: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
-    previous: Option<Verified<'_>>,
+    verified: &mut VerifiedChunks,
+    mut window: Vec<u8>,
 ) -> Result<Vec<u8>, PatchError> {
-    let mut window = Vec::new();
+    window.clear();
+    // Chunks read from the running image, to check: where they are in the window, which chunk.
+    let mut read = Vec::new();
     for number in entry.ranges().flat_map(Clone::clone) {
         let n = to_usize(number);
         let chunk = old.chunk(n).ok_or_else(|| {
             PatchError::Malformed(format!("reference chunk {n} is not in the index"))
         })?;
-        if let Some(at) = previous.and_then(|p| find_in_window(number, p, old)) {
-            if let Some((_, bytes)) = previous {
-                window.extend_from_slice(&bytes[at]);
-                continue;
-            }
+        if let Some(bytes) = verified.get(number) {
+            window.extend_from_slice(bytes);
+            continue;
         }
         let start = window.len();
         window.resize(start + chunk.len as usize, 0);
@@ -414,15 +446,26 @@ fn reference_window_reusing(
             what: format!("reading reference chunk {n} from the running image"),
             source,
         })?;
-        if ChunkId::of(&window[start..]) != chunk.id {
-            return Err(PatchError::ReferenceMismatch {
-                number: n,
+        read.push((start..window.len(), chunk));
+    }
+    let parts: Vec<_> = read.iter().map(|(r, c)| (r.clone(), c.id)).collect();
+    let matches = verify::ids_match(&window, &parts);
+    let mut mismatch = None;
+    for ((range, chunk), good) in read.iter().zip(matches) {
+        if good {
+            verified.keep(chunk.number as u64, &window[range.clone()]);
+        } else if mismatch.is_none() {
+            mismatch = Some(PatchError::ReferenceMismatch {
+                number: chunk.number,
                 offset: chunk.offset,
                 end: chunk.end(),
             });
         }
     }
-    Ok(window)
+    match mismatch {
+        Some(e) => Err(e),
+        None => Ok(window),
+    }
 }
 
 /// Decodes one entry's frame against its (verified) reference window and checks every chunk it
@@ -471,11 +514,16 @@ pub fn apply_entry(
         )));
     }
     let base = chunks.first().map_or(0, |c| c.offset);
-    for c in &chunks {
-        let start = to_usize(c.offset - base);
-        if ChunkId::of(&out[start..start + c.len as usize]) != c.id {
-            return Err(PatchError::ChunkMismatch { number: c.number });
-        }
+    let parts: Vec<_> = chunks
+        .iter()
+        .map(|c| {
+            let start = to_usize(c.offset - base);
+            (start..start + c.len as usize, c.id)
+        })
+        .collect();
+    let matches = verify::ids_match(&out, &parts);
+    if let Some((c, _)) = chunks.iter().zip(matches).find(|(_, ok)| !ok) {
+        return Err(PatchError::ChunkMismatch { number: c.number });
     }
     Ok(out)
 }
@@ -494,6 +542,9 @@ pub struct Applied {
     pub failed: Vec<(Range<u64>, String)>,
     /// Patch data bytes read.
     pub data_read: u64,
+    /// For each chunk written, its number and the xxh3-128 of the verified bytes written, for
+    /// [`AssembleOptions::written_digests`](crate::AssembleOptions::written_digests).
+    pub digests: Vec<(u64, u128)>,
 }
 
 impl Applied {
@@ -510,21 +561,72 @@ impl Applied {
 /// listed in [`Applied::failed`]; a failure to read the stream or to write ends the pass with
 /// the error (what was written stays written and verified).
 ///
-/// Memory: one frame, two windows (the last one is kept: the next entry's window usually
-/// overlaps it, and its chunks need not be read and hashed again) and one entry's output at a
-/// time, each bounded by the format.
+/// Windows are read and verified on a second thread while the entry before is decoded, so
+/// `read_old` must be `Send`.
+///
+/// Memory: one frame, two windows (the current one and the next) and one entry's output at a
+/// time, each bounded by the format, and up to 16 MiB of verified older chunks kept from
+/// earlier windows (a later window that shares them copies them instead of reading and hashing
+/// them again).
 pub fn apply_stream(
     patch: &PatchIndex,
     old: &BlobIndex,
     new: &BlobIndex,
     data: &mut impl io::Read,
-    mut read_old: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+    read_old: impl FnMut(u64, &mut [u8]) -> io::Result<()> + Send,
     mut write_new: impl FnMut(u64, &[u8]) -> io::Result<()>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Applied, PatchError> {
+    // Windows are read and verified on a second thread, one entry ahead of the decoding: the
+    // two halves hash about as much as each other. A rendezvous channel: the reader holds at
+    // most the next window while this thread uses the current one.
+    let (windows_tx, windows) = std::sync::mpsc::sync_channel(0);
+    // Spent windows go back to the reader, to be filled again.
+    let (spent, spent_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut read_old = read_old;
+            let mut verified = VerifiedChunks::new(KEEP_VERIFIED);
+            for entry in &patch.entries {
+                let buffer = spent_rx.try_recv().unwrap_or_default();
+                let window =
+                    reference_window_reusing(entry, old, &mut read_old, &mut verified, buffer);
+                let fatal = matches!(window, Err(PatchError::Io { .. }));
+                // A closed channel: the decoding side stopped, and so does this.
+                if windows_tx.send(window).is_err() || fatal {
+                    return;
+                }
+            }
+        });
+        decode_stream(
+            patch,
+            new,
+            data,
+            (windows, spent),
+            &mut write_new,
+            cancelled,
+        )
+    })
+}
+
+/// Verified windows from the reader thread, in entry order, and spent buffers back to it.
+type WindowChannels = (
+    std::sync::mpsc::Receiver<Result<Vec<u8>, PatchError>>,
+    std::sync::mpsc::Sender<Vec<u8>>,
+);
+
+/// The decoding side of [`apply_stream`]: each entry's frame from `data`, its verified window
+/// from `windows` (in entry order), the output verified and written.
+fn decode_stream(
+    patch: &PatchIndex,
+    new: &BlobIndex,
+    data: &mut impl io::Read,
+    (windows, spent): WindowChannels,
+    write_new: &mut impl FnMut(u64, &[u8]) -> io::Result<()>,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Applied, PatchError> {
     let mut applied = Applied::default();
     let mut frame = Vec::new();
-    let mut last_window: Option<(Vec<Range<u64>>, Vec<u8>)> = None;
     for entry in &patch.entries {
         if cancelled() {
             return Err(PatchError::Io {
@@ -548,13 +650,18 @@ pub fn apply_stream(
                 source: io::Error::new(io::ErrorKind::UnexpectedEof, "it ends early"),
             });
         }
-        let previous = last_window
-            .as_ref()
-            .map(|(r, w)| (r.as_slice(), w.as_slice()));
-        let window = reference_window_reusing(entry, old, &mut read_old, previous);
+        // The reader sends one result per entry and stops only after a fatal one, which ends
+        // this loop first; a closed channel means its thread is gone.
+        let window = windows.recv().unwrap_or_else(|_| {
+            Err(PatchError::Io {
+                what: "reading reference windows".into(),
+                source: io::Error::other("the window reader stopped"),
+            })
+        });
         let out = match window.and_then(|window| {
             let out = apply_entry(entry, &frame, &window, new);
-            last_window = Some((entry.ranges().cloned().collect(), window));
+            // The reader may be gone (it stops after its last entry).
+            let _ = spent.send(window);
             out
         }) {
             Ok(out) => out,
@@ -575,6 +682,12 @@ pub fn apply_stream(
             source,
         })?;
         applied.written.push(entry.chunks.clone());
+        for c in entry.chunks.clone().filter_map(|n| new.chunk(to_usize(n))) {
+            let start = to_usize(c.offset - at);
+            if let Some(bytes) = out.get(start..start + c.len as usize) {
+                applied.digests.push((c.number as u64, xxh3_128(bytes)));
+            }
+        }
     }
     Ok(applied)
 }

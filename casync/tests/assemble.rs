@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
+use xxhash_rust::xxh3::xxh3_128;
 
 use casync::store::{ChunkError, chunk_path};
 use casync::{
@@ -580,6 +581,21 @@ fn chunks_the_caller_wrote_are_not_fetched_and_a_false_claim_fails_the_read_back
     assert!(s.inactive_bytes() == s.v2);
     assert!(!s.chunk_requests().contains(&wanted));
     assert!(done.plan.in_place.chunks >= 1, "{:?}", done.plan);
+
+    // With the digest of what the caller wrote, the read-back compares against it: the right
+    // bytes under a digest of other bytes fail, the right digest passes.
+    let good = &s.v2[chunk.offset as usize..chunk.end() as usize];
+    let with = |digest: u128| AssembleOptions {
+        written_digests: vec![(n as u64, digest)],
+        ..claimed.clone()
+    };
+    let mut other = good.to_vec();
+    other[0] ^= 1;
+    let err = s.run(&with(xxh3_128(&other))).unwrap_err();
+    let text = error_chain(&err);
+    assert!(text.contains(&format!("read-back of chunk {n}")), "{text}");
+    s.run(&with(xxh3_128(good))).unwrap();
+    assert!(s.inactive_bytes() == s.v2);
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

@@ -435,7 +435,7 @@ fn overlapping_windows_are_read_once_and_still_verified() {
         })
         .sum();
     let apply = |running: &[u8]| {
-        let read = std::cell::Cell::new(0u64);
+        let read = std::sync::atomic::AtomicU64::new(0);
         let target = std::cell::RefCell::new(vec![0u8; m.new.len()]);
         let mut source = reader(running);
         let applied = patch::apply_stream(
@@ -444,7 +444,7 @@ fn overlapping_windows_are_read_once_and_still_verified() {
             &m.new_index,
             &mut m.data.as_slice(),
             |offset, buf| {
-                read.set(read.get() + buf.len() as u64);
+                read.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 source(offset, buf)
             },
             |offset, bytes| {
@@ -455,7 +455,7 @@ fn overlapping_windows_are_read_once_and_still_verified() {
             &|| false,
         )
         .unwrap();
-        (applied, read.get(), target.into_inner())
+        (applied, read.into_inner(), target.into_inner())
     };
     let (applied, read, target) = apply(&m.old);
     assert!(applied.failed.is_empty(), "{:?}", applied.failed);

@@ -45,7 +45,7 @@ use fixtures::disk::{DiskImageBuilder, PartKind};
 use fixtures::http::TestServer;
 use sha2::{Digest, Sha256};
 use updog::delta::patch::{PatchIndex, apply_stream};
-use updog::delta::{AssembleOptions, BlobIndex, ChunkFetcher, Region, assemble};
+use updog::delta::{AssembleOptions, AssembleProgress, BlobIndex, ChunkFetcher, Region, assemble};
 use updog::transport::{HttpOptions, HttpTransport, Transport};
 
 mod common;
@@ -109,6 +109,7 @@ fn child_delta(a: &[String]) -> Res<()> {
     let mut patch_bytes = 0;
     let mut patched = serde_json::Value::Null;
     let mut written = Vec::new();
+    let mut digests = Vec::new();
     if let Some((patch_index_url, data_url)) = patch {
         let patch_index = get(patch_index_url)?;
         let parsed = PatchIndex::parse(&patch_index, &seed, &index)?;
@@ -128,11 +129,15 @@ fn child_delta(a: &[String]) -> Res<()> {
         patch_bytes = patch_index.len() as u64 + applied.data_read;
         patched = serde_json::json!({"chunks": applied.chunks(), "data": applied.data_read, "index": patch_index.len()});
         written = applied.written;
+        digests = applied.digests;
     }
+    let patch_done = t.elapsed().as_secs_f64();
     let fetcher = ChunkFetcher::new(Arc::clone(&transport), url::Url::parse(store_url)?);
+    let mut read_back_from = None;
     let options = AssembleOptions {
         // As the host does after a patch: what it wrote is in place (checked by the read-back).
         written,
+        written_digests: digests,
         ..AssembleOptions::default()
     };
     let done = assemble(
@@ -142,16 +147,25 @@ fn child_delta(a: &[String]) -> Res<()> {
         &fetcher,
         &options,
         &AtomicBool::new(false),
-        &mut |_| {},
+        &mut |p| {
+            if matches!(p, AssembleProgress::Verifying { .. }) && read_back_from.is_none() {
+                read_back_from = Some(t.elapsed().as_secs_f64());
+            }
+        },
     )?;
+    let secs = t.elapsed().as_secs_f64();
+    let read_back_from = read_back_from.unwrap_or(secs);
     report(&Measured {
-        secs: t.elapsed().as_secs_f64(),
+        secs,
         downloaded: done.downloaded + index_bytes.len() as u64 + patch_bytes,
         extra: serde_json::json!({
             "fetched_chunks": done.fetched_chunks,
             "compressed_chunk_bytes": done.downloaded,
             "index_bytes": index_bytes.len(),
             "patch": patched,
+            // Where the time went: up to the end of the patch pass, the chunk writing, and the
+            // read-back.
+            "phases_secs": [patch_done, read_back_from - patch_done, secs - read_back_from],
         }),
         ..Measured::default()
     });

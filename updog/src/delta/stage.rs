@@ -404,7 +404,7 @@ impl DeltaImage<'_> {
         }
         // Chunks the patch wrote (each verified), or `None` when it stopped part way and what it
         // wrote is not known: the assembly then re-hashes every chunk's place.
-        let mut patch_wrote = Some(Vec::new());
+        let mut patch_wrote = Some(PatchWrote::default());
         let patched = patch
             .map(|(patch, data)| {
                 let job = PatchJob {
@@ -421,10 +421,14 @@ impl DeltaImage<'_> {
                 used
             })
             .or(not_used);
+        let resumed = resumed || patch_wrote.is_none();
+        let wrote = patch_wrote.unwrap_or_default();
         let options = AssembleOptions {
-            // Chunks the patch wrote are in place, not fetched (the read-back checks them).
-            resumed: resumed || patch_wrote.is_none(),
-            written: patch_wrote.unwrap_or_default(),
+            // Chunks the patch wrote are in place, not fetched (the read-back checks them
+            // against the digests of the verified bytes the patch wrote).
+            resumed,
+            written: wrote.chunks,
+            written_digests: wrote.digests,
             ..AssembleOptions::default()
         };
         let assembled = assemble(
@@ -567,12 +571,20 @@ struct PatchJob<'a> {
     inactive: &'a dyn casync::Device,
 }
 
+/// What a patch pass wrote: chunk ranges of the new index, and the xxh3-128 of each chunk's
+/// verified bytes (for the read-back).
+#[derive(Default)]
+struct PatchWrote {
+    chunks: Vec<Range<u64>>,
+    digests: Vec<(u64, u128)>,
+}
+
 impl PatchJob<'_> {
     /// Streams the patch data target through `casync::patch::apply_stream`: windows read from
     /// the running partition, chunks written to the inactive one. Any failure keeps what was
     /// written (each chunk verified) and says so; the rest comes from the store. Also returns the
-    /// chunk ranges written, `None` when the pass stopped part way.
-    fn apply(&self, repo: &Repository, cancel: &AtomicBool) -> (PatchUse, Option<Vec<Range<u64>>>) {
+    /// chunks written, `None` when the pass stopped part way.
+    fn apply(&self, repo: &Repository, cancel: &AtomicBool) -> (PatchUse, Option<PatchWrote>) {
         let data = self.data;
         let unused = |reason: String| PatchUse {
             target: data.to_owned(),
@@ -589,7 +601,7 @@ impl PatchJob<'_> {
                     e = crate::advice::error_chain(&e)
                 );
                 log::warn!("{reason}; its chunks come from the chunk store");
-                return (unused(reason), Some(Vec::new()));
+                return (unused(reason), Some(PatchWrote::default()));
             }
         };
         let applied = casync::patch::apply_stream(
@@ -631,7 +643,11 @@ impl PatchJob<'_> {
                         .map(|(c, why)| format!("chunks {}..{}: {why}", c.start, c.end))
                         .collect(),
                 };
-                (used, Some(applied.written))
+                let wrote = PatchWrote {
+                    chunks: applied.written,
+                    digests: applied.digests,
+                };
+                (used, Some(wrote))
             }
             Err(e) => {
                 log::warn!(
