@@ -11,8 +11,9 @@
 //! offsets).
 //!
 //! Trust: the host builds the window from its running partition, and every chunk of it must hash
-//! to the id in R's signed index before it is used ([`reference_window`]); what a patch entry
-//! produces is cut at S's chunk boundaries and every chunk must hash to S's index id
+//! to the id in R's signed index before it is used ([`reference_window`]), except the chunks the
+//! entry lists as not needed ([`PatchEntry::zeroed`]), which are zeros and never read; what a
+//! patch entry produces is cut at S's chunk boundaries and every chunk must hash to S's index id
 //! ([`apply_entry`]). A patch can therefore make an update fail, never make it wrong. The patch
 //! data and its [`PatchIndex`] are meant to be signed targets, like the indexes.
 //!
@@ -63,6 +64,13 @@ pub struct PatchEntry {
     /// whose content sits in several places of the older image ([`PATCH_FORMAT_2`] only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub also: Vec<Range<u64>>,
+    /// Chunks of the window, by position in the order of [`PatchEntry::ranges`] (the first
+    /// chunk of `reference` is 0), that the frame decodes without: the publisher checked that
+    /// the frame gives the same output with zeros there. A host puts zeros there instead of
+    /// reading and verifying them. A host that does not know the field reads them, and the
+    /// frame decodes against those bytes just as well.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zeroed: Vec<Range<u64>>,
     /// Where the entry's zstd frame starts in the patch data.
     pub offset: u64,
     /// Its length.
@@ -108,6 +116,11 @@ pub struct PatchStats {
     pub patched_chunks: u64,
     /// The patch data's length.
     pub patch_bytes: u64,
+    /// Bytes of the entries' windows, in all.
+    pub window_bytes: u64,
+    /// Of those, bytes the frames decode without ([`PatchEntry::zeroed`]): hosts neither read
+    /// nor hash them.
+    pub zeroed_bytes: u64,
 }
 
 /// Why a patch could not be made, read or applied.
@@ -219,11 +232,26 @@ pub fn make_patch(
         })?;
         stats.patched_chunks += piece.end - piece.start;
         stats.patch_bytes += frame.len() as u64;
+        let lens: Vec<usize> = ranges
+            .iter()
+            .flat_map(Clone::clone)
+            .filter_map(|n| old_chunks.get(to_usize(n)))
+            .map(|c| c.len as usize)
+            .collect();
+        stats.window_bytes += window.len() as u64;
+        let zeroed = not_needed(&frame, &mut window, &lens, &target);
+        stats.zeroed_bytes += zeroed
+            .iter()
+            .flat_map(Clone::clone)
+            .filter_map(|i| lens.get(to_usize(i)))
+            .map(|&l| l as u64)
+            .sum::<u64>();
         let mut ranges = ranges.into_iter();
         entries.push(PatchEntry {
             chunks: piece,
             reference: ranges.next().unwrap_or(0..0),
             also: ranges.collect(),
+            zeroed,
             offset,
             len: frame.len() as u64,
         });
@@ -331,6 +359,16 @@ impl PatchIndex {
                     "entry {i}: window of {window} bytes (limit {MAX_WINDOW})"
                 ));
             }
+            let window_chunks: u64 = e.ranges().map(|r| r.end - r.start).sum();
+            let mut after = 0u64;
+            for z in &e.zeroed {
+                if z.start < after || z.start >= z.end || z.end > window_chunks {
+                    return bad(format!(
+                        "entry {i}: zeroed chunks {z:?} out of order or outside the window's {window_chunks}"
+                    ));
+                }
+                after = z.end;
+            }
             if e.len > max_frame_len() {
                 return bad(format!(
                     "entry {i}: a frame of {} bytes (limit {})",
@@ -431,11 +469,22 @@ fn reference_window_reusing(
     window.clear();
     // Chunks read from the running image, to check: where they are in the window, which chunk.
     let mut read = Vec::new();
-    for number in entry.ranges().flat_map(Clone::clone) {
+    let mut zeroed = entry.zeroed.iter().peekable();
+    for (position, number) in entry.ranges().flat_map(Clone::clone).enumerate() {
         let n = to_usize(number);
         let chunk = old.chunk(n).ok_or_else(|| {
             PatchError::Malformed(format!("reference chunk {n} is not in the index"))
         })?;
+        // Ranges in order (checked by the parser): drop those behind this position.
+        while zeroed.next_if(|z| z.end <= position as u64).is_some() {}
+        if zeroed
+            .peek()
+            .is_some_and(|z| z.contains(&(position as u64)))
+        {
+            // The frame does not need these bytes: nothing read, nothing to trust.
+            window.resize(window.len() + chunk.len as usize, 0);
+            continue;
+        }
         if let Some(bytes) = verified.get(number) {
             window.extend_from_slice(bytes);
             continue;
@@ -943,6 +992,67 @@ fn read_range(
     let mut buf = vec![0u8; to_usize(last.end() - first.offset)];
     read(first.offset, &mut buf)?;
     Ok(buf)
+}
+
+/// Positions of the window's chunks (`lens`: their lengths, in window order) that `frame`
+/// decodes to `target` without: zeros there give the same output. Greedy, a group of chunks at a
+/// time, then each chunk of a group that is needed; every step decodes with all the zeros so
+/// far, so the answer holds as a whole. `window` is left with those chunks zeroed.
+fn not_needed(frame: &[u8], window: &mut [u8], lens: &[usize], target: &[u8]) -> Vec<Range<u64>> {
+    const GROUP: usize = 8;
+    let mut out = Vec::with_capacity(target.len());
+    let mut decodes_to_target = |window: &[u8]| {
+        out.clear();
+        let mut dctx = zstd_safe::DCtx::create();
+        dctx.ref_prefix(window).is_ok()
+            && dctx.decompress(&mut out, frame).is_ok()
+            && out.as_slice() == target
+    };
+    let starts: Vec<usize> = lens
+        .iter()
+        .scan(0, |at, &len| {
+            let start = *at;
+            *at += len;
+            Some(start)
+        })
+        .collect();
+    let span = |from: usize, to: usize| starts[from]..starts[to - 1] + lens[to - 1];
+    let mut zero = vec![false; lens.len()];
+    // Tries zeros over chunks `from..to`; keeps them if the frame still decodes to the target.
+    let mut try_zero = |from: usize, to: usize, window: &mut [u8], zero: &mut [bool]| {
+        let range = span(from, to);
+        if window[range.clone()].iter().all(|&b| b == 0) {
+            zero[from..to].fill(true);
+            return true;
+        }
+        let saved = window[range.clone()].to_vec();
+        window[range.clone()].fill(0);
+        if decodes_to_target(window) {
+            zero[from..to].fill(true);
+            true
+        } else {
+            window[range].copy_from_slice(&saved);
+            false
+        }
+    };
+    let mut from = 0;
+    while from < lens.len() {
+        let to = (from + GROUP).min(lens.len());
+        if !try_zero(from, to, window, &mut zero) && to - from > 1 {
+            for one in from..to {
+                try_zero(one, one + 1, window, &mut zero);
+            }
+        }
+        from = to;
+    }
+    let mut ranges: Vec<Range<u64>> = Vec::new();
+    for (i, _) in zero.iter().enumerate().filter(|(_, z)| **z) {
+        match ranges.last_mut() {
+            Some(r) if r.end == i as u64 => r.end += 1,
+            _ => ranges.push(i as u64..i as u64 + 1),
+        }
+    }
+    ranges
 }
 
 fn encode(target: &[u8], window: &[u8]) -> Result<Vec<u8>, String> {

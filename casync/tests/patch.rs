@@ -65,6 +65,17 @@ fn reader(data: &[u8]) -> impl FnMut(u64, &mut [u8]) -> std::io::Result<()> + '_
     }
 }
 
+/// The first chunk of an entry's window that its frame needs (not in `zeroed`): the host reads
+/// and verifies it.
+fn needed_chunk(e: &patch::PatchEntry) -> u64 {
+    e.ranges()
+        .flat_map(Clone::clone)
+        .enumerate()
+        .find(|(i, _)| !e.zeroed.iter().any(|z| z.contains(&(*i as u64))))
+        .map(|(_, n)| n)
+        .expect("an entry that needs part of its window")
+}
+
 struct Made {
     old: Vec<u8>,
     new: Vec<u8>,
@@ -207,7 +218,7 @@ fn a_running_image_that_is_not_the_release_is_refused_before_any_decoding() {
     let m = make(4 << 20);
     let e = &m.patch.entries[0];
     let mut tampered = m.old.clone();
-    let victim = m.old_index.chunk(e.reference.start as usize).unwrap();
+    let victim = m.old_index.chunk(needed_chunk(e) as usize).unwrap();
     tampered[victim.offset as usize + 7] ^= 0x40;
     match patch::reference_window(e, &m.old_index, reader(&tampered)) {
         Err(PatchError::ReferenceMismatch { number, .. }) => assert_eq!(number, victim.number),
@@ -283,6 +294,17 @@ fn a_patch_index_that_breaks_the_format_is_refused() {
     );
     p.entries[0].also = vec![m.old_index.len() as u64..m.old_index.len() as u64 + 1];
     assert!(malformed(&p));
+    // Zeroed window chunks: in order, not empty, inside the window.
+    let mut p = m.patch.clone();
+    let chunks: u64 = p.entries[0].ranges().map(|r| r.end - r.start).sum();
+    p.entries[0].zeroed = vec![0..chunks];
+    assert!(reparse(&p).is_ok());
+    p.entries[0].zeroed = vec![0..chunks + 1];
+    assert!(malformed(&p));
+    p.entries[0].zeroed = vec![1..1];
+    assert!(malformed(&p));
+    p.entries[0].zeroed = vec![1..2, 0..1];
+    assert!(malformed(&p));
     assert!(matches!(
         PatchIndex::parse(b"{not json", &m.old_index, &m.new_index),
         Err(PatchError::Malformed(_))
@@ -297,7 +319,7 @@ fn a_patch_streamed_in_once_writes_verified_chunks_and_skips_an_entry_it_cannot_
     let mut running = m.old.clone();
     let victim = m
         .old_index
-        .chunk(m.patch.entries[0].reference.start as usize)
+        .chunk(needed_chunk(&m.patch.entries[0]) as usize)
         .unwrap();
     running[victim.offset as usize] ^= 1;
     let target = std::cell::RefCell::new(vec![0u8; m.new.len()]);
@@ -546,4 +568,101 @@ fn a_run_from_two_distant_places_is_patched_against_both() {
     .unwrap();
     assert!(applied.failed.is_empty(), "{:?}", applied.failed);
     assert_eq!(applied.chunks(), stats.patched_chunks);
+}
+
+/// Window chunks an entry's frame does not need (`PatchEntry::zeroed`) are neither read from the
+/// running image nor trusted: damaged there, they change nothing; and a list that claims a
+/// needed chunk costs that entry alone, which is then left to the store.
+#[test]
+fn window_chunks_a_frame_does_not_need_are_not_read_and_a_false_claim_costs_one_entry() {
+    let m = moved();
+    let zeroed_somewhere = |n: u64| {
+        m.patch.entries.iter().any(|e| {
+            e.ranges()
+                .flat_map(Clone::clone)
+                .enumerate()
+                .any(|(i, c)| c == n && e.zeroed.iter().any(|z| z.contains(&(i as u64))))
+        })
+    };
+    let needed_somewhere = |n: u64| {
+        m.patch.entries.iter().any(|e| {
+            e.ranges()
+                .flat_map(Clone::clone)
+                .enumerate()
+                .any(|(i, c)| c == n && !e.zeroed.iter().any(|z| z.contains(&(i as u64))))
+        })
+    };
+    // Chunks no entry needs but some window holds.
+    let unneeded: Vec<u64> = (0..m.old_index.len() as u64)
+        .filter(|&n| zeroed_somewhere(n) && !needed_somewhere(n))
+        .collect();
+    assert!(
+        m.stats.zeroed_bytes > 0 && !unneeded.is_empty(),
+        "no window chunk was found unneeded: {:?}",
+        m.stats
+    );
+    let apply = |running: &[u8], p: &PatchIndex| {
+        let target = std::sync::Mutex::new(vec![0u8; m.new.len()]);
+        let applied = patch::apply_stream(
+            p,
+            &m.old_index,
+            &m.new_index,
+            &mut m.data.as_slice(),
+            reader(running),
+            |offset, bytes| {
+                target.lock().unwrap()[offset as usize..offset as usize + bytes.len()]
+                    .copy_from_slice(bytes);
+                Ok(())
+            },
+            &|| false,
+        )
+        .unwrap();
+        (applied, target.into_inner().unwrap())
+    };
+    let check = |applied: &patch::Applied, target: &[u8]| {
+        for n in applied.written.iter().flat_map(Clone::clone) {
+            let c = m.new_index.chunk(n as usize).unwrap();
+            let at = c.offset as usize..c.end() as usize;
+            assert!(target[at.clone()] == m.new[at], "chunk {n}");
+        }
+    };
+    // Damage every unneeded chunk on the running image: every entry still applies.
+    let mut running = m.old.clone();
+    for &n in &unneeded {
+        let c = m.old_index.chunk(n as usize).unwrap();
+        running[c.offset as usize..c.end() as usize].fill(0x5a);
+    }
+    let (applied, target) = apply(&running, &m.patch);
+    assert!(applied.failed.is_empty(), "{:?}", applied.failed);
+    assert_eq!(applied.chunks(), m.stats.patched_chunks);
+    check(&applied, &target);
+    // A publisher that claims an entry needs none of its window: that entry fails on its
+    // output (never written), every other entry applies.
+    let mut lying = m.patch.clone();
+    let victim = lying
+        .entries
+        .iter()
+        .position(|e| {
+            let chunks: u64 = e.ranges().map(|r| r.end - r.start).sum();
+            e.zeroed.iter().map(|z| z.end - z.start).sum::<u64>() < chunks
+        })
+        .expect("an entry that needs part of its window");
+    let chunks: u64 = lying.entries[victim]
+        .ranges()
+        .map(|r| r.end - r.start)
+        .sum();
+    lying.entries[victim].zeroed = vec![0..chunks];
+    let (applied, target) = apply(&m.old, &lying);
+    assert_eq!(applied.failed.len(), 1, "{:?}", applied.failed);
+    assert_eq!(applied.failed[0].0, lying.entries[victim].chunks);
+    assert!(
+        !applied.written.contains(&lying.entries[victim].chunks),
+        "the entry was written"
+    );
+    assert_eq!(
+        applied.chunks(),
+        m.stats.patched_chunks
+            - (lying.entries[victim].chunks.end - lying.entries[victim].chunks.start)
+    );
+    check(&applied, &target);
 }

@@ -421,13 +421,15 @@ fn make_patch(
 fn describe_stats(stats: &casync::patch::PatchStats) -> String {
     let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     format!(
-        "{} of {} new chunk(s) ({} bytes) in {} bytes, against {} bytes from the chunk store ({:.3}x)",
+        "{} of {} new chunk(s) ({} bytes) in {} bytes, against {} bytes from the chunk store ({:.3}x); hosts read {} of {} window bytes",
         stats.patched_chunks,
         stats.new_chunks,
         stats.new_bytes,
         stats.patch_bytes,
         stats.store_bytes,
         ratio(stats.patch_bytes, stats.store_bytes),
+        stats.window_bytes - stats.zeroed_bytes,
+        stats.window_bytes,
     )
 }
 
