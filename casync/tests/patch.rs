@@ -574,6 +574,8 @@ fn a_run_from_two_distant_places_is_patched_against_both() {
 /// running image nor trusted: damaged there, they change nothing; and a list that claims a
 /// needed chunk costs that entry alone, which is then left to the store.
 #[test]
+// One-range vectors are the point here: `zeroed` lists ranges.
+#[allow(clippy::single_range_in_vec_init)]
 fn window_chunks_a_frame_does_not_need_are_not_read_and_a_false_claim_costs_one_entry() {
     let m = moved();
     let zeroed_somewhere = |n: u64| {
