@@ -40,9 +40,14 @@ pub const PATCH_FORMAT: &str = "updog-chunk-patch-1";
 /// ([`PatchEntry::also`]). A host that knows only [`PATCH_FORMAT`] refuses it as a whole, and
 /// fetches those chunks from the store, rather than decoding against the wrong bytes.
 pub const PATCH_FORMAT_2: &str = "updog-chunk-patch-2";
+/// The format name of a [`PatchIndex`] where some window also holds chunks of the newer image
+/// that earlier entries produced ([`PatchEntry::produced`]). A host that knows only the formats
+/// before refuses it as a whole.
+pub const PATCH_FORMAT_3: &str = "updog-chunk-patch-3";
 /// The most ranges one window may have.
 pub const MAX_RANGES: usize = 8;
-/// The largest reference window an entry may name (bytes of the older image).
+/// The largest reference window an entry may name (bytes of the older image, and of the newer
+/// one that earlier entries produced).
 pub const MAX_WINDOW: u64 = 8 << 20;
 /// The largest output of one entry (bytes of the newer image).
 pub const MAX_OUTPUT: u64 = 8 << 20;
@@ -71,6 +76,12 @@ pub struct PatchEntry {
     /// frame decodes against those bytes just as well.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub zeroed: Vec<Range<u64>>,
+    /// Ranges of the newer index, all before [`PatchEntry::chunks`], whose bytes follow the
+    /// older ranges in the window: content an earlier entry produced (the same file placed twice
+    /// in the new image, say). The host reads them back from the partition it is writing and
+    /// checks them against the newer index first ([`PATCH_FORMAT_3`] only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub produced: Vec<Range<u64>>,
     /// Where the entry's zstd frame starts in the patch data.
     pub offset: u64,
     /// Its length.
@@ -162,6 +173,15 @@ pub enum PatchError {
         /// What zstd said.
         detail: String,
     },
+    /// A chunk of the newer image that the window takes from what earlier entries produced does
+    /// not read back as the newer index's chunk (its entry failed, or was not applied yet).
+    #[error(
+        "chunk {number} of the new image, read back for a window, does not match the new index"
+    )]
+    ProducedMismatch {
+        /// The newer index's chunk number.
+        number: usize,
+    },
     /// A chunk the entry produced does not hash to the newer index's id.
     #[error("patched chunk {number} does not match the new index")]
     ChunkMismatch {
@@ -191,6 +211,8 @@ pub fn make_patch(
         where_old.entry(c.id).or_insert(c.number);
     }
     let content = content_map(old.total_len(), &mut read_old)?;
+    // The content of the entries made so far, for later runs that repeat it.
+    let mut produced = Produced::default();
     let mut stats = PatchStats::default();
     let mut entries = Vec::new();
     let mut offset = 0u64;
@@ -205,6 +227,16 @@ pub fn make_patch(
                 r,
                 &mut read_old,
                 "reading the old image",
+            )?);
+        }
+        let budget = MAX_WINDOW.saturating_sub(window.len() as u64);
+        let taken = produced.ranges_for(&target, &new_chunks, budget, MAX_RANGES - ranges.len());
+        for r in &taken {
+            window.extend(read_chunks(
+                &new_chunks,
+                r,
+                &mut read_new,
+                "reading the new image",
             )?);
         }
         let store_cost: u64 = new_chunks[to_usize(piece.start)..to_usize(piece.end)]
@@ -236,8 +268,15 @@ pub fn make_patch(
             .iter()
             .flat_map(Clone::clone)
             .filter_map(|n| old_chunks.get(to_usize(n)))
+            .chain(
+                taken
+                    .iter()
+                    .flat_map(Clone::clone)
+                    .filter_map(|n| new_chunks.get(to_usize(n))),
+            )
             .map(|c| c.len as usize)
             .collect();
+        produced.add(&target, piece.clone());
         stats.window_bytes += window.len() as u64;
         let zeroed = not_needed(&frame, &mut window, &lens, &target);
         stats.zeroed_bytes += zeroed
@@ -252,19 +291,21 @@ pub fn make_patch(
             reference: ranges.next().unwrap_or(0..0),
             also: ranges.collect(),
             zeroed,
+            produced: taken,
             offset,
             len: frame.len() as u64,
         });
         offset += frame.len() as u64;
     }
-    let several = entries.iter().any(|e| !e.also.is_empty());
+    let format = if entries.iter().any(|e| !e.produced.is_empty()) {
+        PATCH_FORMAT_3
+    } else if entries.iter().any(|e| !e.also.is_empty()) {
+        PATCH_FORMAT_2
+    } else {
+        PATCH_FORMAT
+    };
     let index = PatchIndex {
-        format: if several {
-            PATCH_FORMAT_2
-        } else {
-            PATCH_FORMAT
-        }
-        .into(),
+        format: format.into(),
         reference_chunks: old.len() as u64,
         reference_len: old.total_len(),
         target_chunks: new.len() as u64,
@@ -288,16 +329,18 @@ impl PatchIndex {
 
     fn check(&self, old: &BlobIndex, new: &BlobIndex) -> Result<(), PatchError> {
         let bad = |m: String| Err(PatchError::Malformed(m));
-        let several = match self.format.as_str() {
-            PATCH_FORMAT => false,
-            PATCH_FORMAT_2 => true,
+        let version = match self.format.as_str() {
+            PATCH_FORMAT => 1,
+            PATCH_FORMAT_2 => 2,
+            PATCH_FORMAT_3 => 3,
             _ => {
                 return bad(format!(
-                    "format {:?}, expected {PATCH_FORMAT:?} or {PATCH_FORMAT_2:?}",
+                    "format {:?}, expected {PATCH_FORMAT:?}, {PATCH_FORMAT_2:?} or {PATCH_FORMAT_3:?}",
                     self.format
                 ));
             }
         };
+        let several = version >= 2;
         if (self.reference_chunks, self.reference_len) != (old.len() as u64, old.total_len()) {
             return bad("made against another index of the running release".into());
         }
@@ -337,10 +380,16 @@ impl PatchIndex {
                     "entry {i}: several window ranges in a {PATCH_FORMAT:?} index"
                 ));
             }
-            if e.also.len() + 1 > MAX_RANGES {
+            if !e.produced.is_empty() && version < 3 {
+                return bad(format!(
+                    "entry {i}: produced ranges in a {:?} index",
+                    self.format
+                ));
+            }
+            if e.also.len() + e.produced.len() + 1 > MAX_RANGES {
                 return bad(format!(
                     "entry {i}: {} window ranges (limit {MAX_RANGES})",
-                    e.also.len() + 1
+                    e.also.len() + e.produced.len() + 1
                 ));
             }
             let mut window = 0u64;
@@ -354,12 +403,23 @@ impl PatchIndex {
                     }
                 }
             }
+            for r in &e.produced {
+                match span(r, new) {
+                    Some(len) if r.end <= e.chunks.start => window = window.saturating_add(len),
+                    _ => {
+                        return bad(format!(
+                            "entry {i}: produced {r:?} not before its chunks {:?}",
+                            e.chunks
+                        ));
+                    }
+                }
+            }
             if window > MAX_WINDOW {
                 return bad(format!(
                     "entry {i}: window of {window} bytes (limit {MAX_WINDOW})"
                 ));
             }
-            let window_chunks: u64 = e.ranges().map(|r| r.end - r.start).sum();
+            let window_chunks: u64 = e.ranges().chain(&e.produced).map(|r| r.end - r.start).sum();
             let mut after = 0u64;
             for z in &e.zeroed {
                 if z.start < after || z.start >= z.end || z.end > window_chunks {
@@ -517,6 +577,48 @@ fn reference_window_reusing(
     }
 }
 
+/// Appends to `window` (an entry's older ranges, from [`reference_window`]) the chunks of the
+/// newer image it takes from what earlier entries produced ([`PatchEntry::produced`]), read
+/// through `read_new` and checked against the newer index; the chunks listed in
+/// [`PatchEntry::zeroed`] are zeros instead.
+pub fn append_produced(
+    window: &mut Vec<u8>,
+    entry: &PatchEntry,
+    new: &BlobIndex,
+    mut read_new: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+) -> Result<(), PatchError> {
+    if entry.produced.is_empty() {
+        return Ok(());
+    }
+    let before: u64 = entry.ranges().map(|r| r.end - r.start).sum();
+    let mut read = Vec::new();
+    for (i, number) in entry.produced.iter().flat_map(Clone::clone).enumerate() {
+        let position = before + i as u64;
+        let n = to_usize(number);
+        let chunk = new.chunk(n).ok_or_else(|| {
+            PatchError::Malformed(format!("produced chunk {n} is not in the index"))
+        })?;
+        let start = window.len();
+        window.resize(start + chunk.len as usize, 0);
+        if entry.zeroed.iter().any(|z| z.contains(&position)) {
+            continue;
+        }
+        read_new(chunk.offset, &mut window[start..]).map_err(|source| PatchError::Io {
+            what: format!("reading back chunk {n} of the new image"),
+            source,
+        })?;
+        read.push((start..window.len(), chunk));
+    }
+    let parts: Vec<_> = read.iter().map(|(r, c)| (r.clone(), c.id)).collect();
+    let matches = verify::ids_match(window, &parts);
+    match read.iter().zip(matches).find(|(_, ok)| !ok) {
+        Some(((_, chunk), _)) => Err(PatchError::ProducedMismatch {
+            number: chunk.number,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Decodes one entry's frame against its (verified) reference window and checks every chunk it
 /// produces against the new index. Returns the entry's bytes: chunks `entry.chunks`, in order.
 pub fn apply_entry(
@@ -617,15 +719,19 @@ impl Applied {
 /// time, each bounded by the format, and up to 16 MiB of verified older chunks kept from
 /// earlier windows (a later window that shares them copies them instead of reading and hashing
 /// them again).
-pub fn apply_stream(
+pub fn apply_stream<W, R>(
     patch: &PatchIndex,
     old: &BlobIndex,
     new: &BlobIndex,
     data: &mut impl io::Read,
     read_old: impl FnMut(u64, &mut [u8]) -> io::Result<()> + Send,
-    mut write_new: impl FnMut(u64, &[u8]) -> io::Result<()>,
+    mut new_image: NewImage<W, R>,
     cancelled: &dyn Fn() -> bool,
-) -> Result<Applied, PatchError> {
+) -> Result<Applied, PatchError>
+where
+    W: FnMut(u64, &[u8]) -> io::Result<()>,
+    R: FnMut(u64, &mut [u8]) -> io::Result<()>,
+{
     // Windows are read and verified on a second thread, one entry ahead of the decoding: the
     // two halves hash about as much as each other. A rendezvous channel: the reader holds at
     // most the next window while this thread uses the current one.
@@ -652,7 +758,7 @@ pub fn apply_stream(
             new,
             data,
             (windows, spent),
-            &mut write_new,
+            &mut new_image,
             cancelled,
         )
     })
@@ -664,6 +770,16 @@ type WindowChannels = (
     std::sync::mpsc::Sender<Vec<u8>>,
 );
 
+/// Where [`apply_stream`] puts the newer image: `write` takes an entry's verified bytes at their
+/// offset, and `read` gives back bytes written earlier, for windows that take from them
+/// ([`PatchEntry::produced`]).
+pub struct NewImage<W, R> {
+    /// Writes bytes at an offset of the newer image.
+    pub write: W,
+    /// Reads bytes at an offset of the newer image.
+    pub read: R,
+}
+
 /// The decoding side of [`apply_stream`]: each entry's frame from `data`, its verified window
 /// from `windows` (in entry order), the output verified and written.
 fn decode_stream(
@@ -671,7 +787,10 @@ fn decode_stream(
     new: &BlobIndex,
     data: &mut impl io::Read,
     (windows, spent): WindowChannels,
-    write_new: &mut impl FnMut(u64, &[u8]) -> io::Result<()>,
+    new_image: &mut NewImage<
+        impl FnMut(u64, &[u8]) -> io::Result<()>,
+        impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+    >,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Applied, PatchError> {
     let mut applied = Applied::default();
@@ -707,8 +826,10 @@ fn decode_stream(
                 source: io::Error::other("the window reader stopped"),
             })
         });
-        let out = match window.and_then(|window| {
-            let out = apply_entry(entry, &frame, &window, new);
+        let out = match window.and_then(|mut window| {
+            // Chunks earlier entries produced: read back here, where they are known written.
+            let out = append_produced(&mut window, entry, new, &mut new_image.read)
+                .and_then(|()| apply_entry(entry, &frame, &window, new));
             // The reader may be gone (it stops after its last entry).
             let _ = spent.send(window);
             out
@@ -723,7 +844,7 @@ fn decode_stream(
         let at = new
             .chunk(to_usize(entry.chunks.start))
             .map_or(0, |c| c.offset);
-        write_new(at, &out).map_err(|source| PatchError::Io {
+        (new_image.write)(at, &out).map_err(|source| PatchError::Io {
             what: format!(
                 "writing patched chunks {}..{} to the new image",
                 entry.chunks.start, entry.chunks.end
@@ -739,6 +860,69 @@ fn decode_stream(
         }
     }
     Ok(applied)
+}
+
+/// The content of the entries a patch has made so far (the publisher's view of what a host will
+/// have written by then), for windows of later runs that repeat it.
+#[derive(Default)]
+struct Produced {
+    map: similar::ContentMap,
+    /// Each entry's start in the stream fed to `map`, and its chunks of the newer index.
+    entries: Vec<(u64, Range<u64>)>,
+    fed: u64,
+}
+
+/// Anchor hits an earlier entry needs before a window takes it.
+const MIN_PRODUCED_HITS: usize = 8;
+
+impl Produced {
+    fn add(&mut self, target: &[u8], chunks: Range<u64>) {
+        self.entries.push((self.fed, chunks));
+        self.map.feed(target);
+        self.fed += target.len() as u64;
+    }
+
+    /// Whole earlier entries that `target` repeats (the most anchor hits first, at least
+    /// [`MIN_PRODUCED_HITS`]), as many as fit in `budget` bytes and `ranges` ranges, in order.
+    fn ranges_for(
+        &self,
+        target: &[u8],
+        new_chunks: &[Chunk],
+        budget: u64,
+        ranges: usize,
+    ) -> Vec<Range<u64>> {
+        let mut hits: HashMap<usize, usize> = HashMap::new();
+        for at in self.map.hits(target) {
+            let i = self.entries.partition_point(|(start, _)| *start <= at);
+            if let Some(i) = i.checked_sub(1) {
+                *hits.entry(i).or_default() += 1;
+            }
+        }
+        let mut best: Vec<(usize, usize)> = hits
+            .into_iter()
+            .filter(|&(_, count)| count >= MIN_PRODUCED_HITS)
+            .collect();
+        best.sort_by_key(|&(i, count)| (std::cmp::Reverse(count), i));
+        let span = |r: &Range<u64>| -> u64 {
+            new_chunks
+                .get(to_usize(r.start)..to_usize(r.end))
+                .unwrap_or_default()
+                .iter()
+                .map(|c| u64::from(c.len))
+                .sum()
+        };
+        let mut taken = Vec::new();
+        let mut left = budget;
+        for (i, _) in best {
+            let r = &self.entries[i].1;
+            if taken.len() < ranges && span(r) <= left {
+                left -= span(r);
+                taken.push(r.clone());
+            }
+        }
+        taken.sort_by_key(|r| r.start);
+        taken
+    }
 }
 
 /// The older image's content anchors, read through `read_old` in order.

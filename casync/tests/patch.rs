@@ -65,6 +65,29 @@ fn reader(data: &[u8]) -> impl FnMut(u64, &mut [u8]) -> std::io::Result<()> + '_
     }
 }
 
+/// The newer image built in `target`: what `apply_stream` writes there, and reads back.
+// Closures have no type to name: the two `impl` bounds are the whole of it.
+#[allow(clippy::type_complexity)]
+fn building(
+    target: &std::cell::RefCell<Vec<u8>>,
+) -> patch::NewImage<
+    impl FnMut(u64, &[u8]) -> std::io::Result<()> + '_,
+    impl FnMut(u64, &mut [u8]) -> std::io::Result<()> + '_,
+> {
+    patch::NewImage {
+        write: move |offset, bytes: &[u8]| {
+            let at = usize::try_from(offset).unwrap();
+            target.borrow_mut()[at..at + bytes.len()].copy_from_slice(bytes);
+            Ok(())
+        },
+        read: move |offset, buf: &mut [u8]| {
+            let at = usize::try_from(offset).unwrap();
+            buf.copy_from_slice(&target.borrow()[at..at + buf.len()]);
+            Ok(())
+        },
+    }
+}
+
 /// The first chunk of an entry's window that its frame needs (not in `zeroed`): the host reads
 /// and verifies it.
 fn needed_chunk(e: &patch::PatchEntry) -> u64 {
@@ -329,11 +352,7 @@ fn a_patch_streamed_in_once_writes_verified_chunks_and_skips_an_entry_it_cannot_
         &m.new_index,
         &mut m.data.as_slice(),
         reader(&running),
-        |offset, bytes| {
-            target.borrow_mut()[offset as usize..offset as usize + bytes.len()]
-                .copy_from_slice(bytes);
-            Ok(())
-        },
+        building(&target),
         &|| false,
     )
     .unwrap();
@@ -373,7 +392,10 @@ fn a_patch_streamed_in_once_writes_verified_chunks_and_skips_an_entry_it_cannot_
         &m.new_index,
         &mut &short[..],
         reader(&m.old),
-        |_, _| Ok(()),
+        patch::NewImage {
+            write: |_, _: &[u8]| Ok(()),
+            read: reader(&m.new),
+        },
         &|| false,
     )
     .unwrap_err();
@@ -469,11 +491,7 @@ fn overlapping_windows_are_read_once_and_still_verified() {
                 read.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 source(offset, buf)
             },
-            |offset, bytes| {
-                target.borrow_mut()[offset as usize..offset as usize + bytes.len()]
-                    .copy_from_slice(bytes);
-                Ok(())
-            },
+            building(&target),
             &|| false,
         )
         .unwrap();
@@ -555,13 +573,16 @@ fn a_run_from_two_distant_places_is_patched_against_both() {
         &new_index,
         &mut data.as_slice(),
         reader(&old),
-        |offset, bytes| {
-            let at = offset as usize;
-            assert!(
-                bytes == &new[at..at + bytes.len()],
-                "bytes at {offset} differ"
-            );
-            Ok(())
+        patch::NewImage {
+            write: |offset, bytes: &[u8]| {
+                let at = offset as usize;
+                assert!(
+                    bytes == &new[at..at + bytes.len()],
+                    "bytes at {offset} differ"
+                );
+                Ok(())
+            },
+            read: reader(&new),
         },
         &|| false,
     )
@@ -604,22 +625,18 @@ fn window_chunks_a_frame_does_not_need_are_not_read_and_a_false_claim_costs_one_
         m.stats
     );
     let apply = |running: &[u8], p: &PatchIndex| {
-        let target = std::sync::Mutex::new(vec![0u8; m.new.len()]);
+        let target = std::cell::RefCell::new(vec![0u8; m.new.len()]);
         let applied = patch::apply_stream(
             p,
             &m.old_index,
             &m.new_index,
             &mut m.data.as_slice(),
             reader(running),
-            |offset, bytes| {
-                target.lock().unwrap()[offset as usize..offset as usize + bytes.len()]
-                    .copy_from_slice(bytes);
-                Ok(())
-            },
+            building(&target),
             &|| false,
         )
         .unwrap();
-        (applied, target.into_inner().unwrap())
+        (applied, target.into_inner())
     };
     let check = |applied: &patch::Applied, target: &[u8]| {
         for n in applied.written.iter().flat_map(Clone::clone) {
@@ -667,4 +684,115 @@ fn window_chunks_a_frame_does_not_need_are_not_read_and_a_false_claim_costs_one_
             - (lying.entries[victim].chunks.end - lying.entries[victim].chunks.start)
     );
     check(&applied, &target);
+}
+
+/// A new image that holds the same new content twice, far apart (a file and its copy in an
+/// initrd, say), and nothing like it in the old image: the second copy is patched against the
+/// first, read back from the partition being written and verified (format 3). When the entry
+/// that wrote the first copy fails, the entry that reads it back fails too, never writing
+/// anything wrong.
+#[test]
+fn a_run_that_repeats_new_content_is_patched_against_what_an_earlier_entry_wrote() {
+    let old = image(21, 12 << 20);
+    let fresh = image(22, 600 << 10);
+    let mut copy = fresh.clone();
+    let mut rng = fastrand::Rng::with_seed(23);
+    for _ in 0..20 {
+        let at = rng.usize(..copy.len() - 4);
+        copy[at..at + 4].copy_from_slice(b"EDIT");
+    }
+    let mut new = old.clone();
+    new.splice(9 << 20..9 << 20, copy);
+    new.splice(1 << 20..1 << 20, fresh);
+    let (old_index, new_index) = (index(&old), index(&new));
+    let mut data = Vec::new();
+    let (made, stats) = patch::make_patch(
+        &old_index,
+        reader(&old),
+        &new_index,
+        reader(&new),
+        &mut data,
+    )
+    .unwrap();
+    assert_eq!(made.format, patch::PATCH_FORMAT_3, "{:?}", made.entries);
+    let repeating = made
+        .entries
+        .iter()
+        .position(|e| !e.produced.is_empty())
+        .expect("an entry that takes from what an earlier one produced");
+    let e = &made.entries[repeating];
+    assert!(e.produced.iter().all(|r| r.end <= e.chunks.start), "{e:?}");
+    // The copy costs a small part of what its first appearance did.
+    let first_len: u64 = made
+        .entries
+        .iter()
+        .filter(|f| {
+            e.produced
+                .iter()
+                .any(|r| r.start < f.chunks.end && f.chunks.start < r.end)
+        })
+        .map(|f| f.len)
+        .sum();
+    assert!(e.len * 4 < first_len, "{} against {first_len}", e.len);
+    let parsed =
+        PatchIndex::parse(&serde_json::to_vec(&made).unwrap(), &old_index, &new_index).unwrap();
+    let apply = |running: &[u8]| {
+        let target = std::cell::RefCell::new(vec![0u8; new.len()]);
+        let applied = patch::apply_stream(
+            &parsed,
+            &old_index,
+            &new_index,
+            &mut data.as_slice(),
+            reader(running),
+            building(&target),
+            &|| false,
+        )
+        .unwrap();
+        (applied, target.into_inner())
+    };
+    let (applied, target) = apply(&old);
+    assert!(applied.failed.is_empty(), "{:?}", applied.failed);
+    assert_eq!(applied.chunks(), stats.patched_chunks);
+    for n in applied.written.iter().flat_map(Clone::clone) {
+        let c = new_index.chunk(n as usize).unwrap();
+        let at = c.offset as usize..c.end() as usize;
+        assert!(target[at.clone()] == new[at], "chunk {n}");
+    }
+    // Damage what the entries that wrote the first copy need from the running image: they
+    // fail, and so does the one that would read their chunks back.
+    let sources: Vec<&patch::PatchEntry> = made
+        .entries
+        .iter()
+        .filter(|f| {
+            e.produced
+                .iter()
+                .any(|r| r.start < f.chunks.end && f.chunks.start < r.end)
+        })
+        .collect();
+    let mut running = old.clone();
+    for f in &sources {
+        for n in f.ranges().flat_map(Clone::clone) {
+            let c = old_index.chunk(n as usize).unwrap();
+            running[c.offset as usize] ^= 0x80;
+        }
+    }
+    let (applied, target) = apply(&running);
+    let failed: Vec<_> = applied.failed.iter().map(|(c, _)| c.clone()).collect();
+    assert!(failed.contains(&e.chunks), "{:?}", applied.failed);
+    let why = &applied.failed[failed.iter().position(|c| *c == e.chunks).unwrap()].1;
+    assert!(why.contains("read back"), "{why}");
+    for n in applied.written.iter().flat_map(Clone::clone) {
+        let c = new_index.chunk(n as usize).unwrap();
+        let at = c.offset as usize..c.end() as usize;
+        assert!(target[at.clone()] == new[at], "chunk {n}");
+    }
+    // The parser: produced ranges only in format 3, and only before the entry's chunks.
+    let reparse =
+        |p: &PatchIndex| PatchIndex::parse(&serde_json::to_vec(p).unwrap(), &old_index, &new_index);
+    let mut p = made.clone();
+    p.format = patch::PATCH_FORMAT_2.into();
+    assert!(matches!(reparse(&p), Err(PatchError::Malformed(_))));
+    let mut p = made.clone();
+    p.entries[repeating].produced = vec![e.chunks.clone()];
+    assert!(matches!(reparse(&p), Err(PatchError::Malformed(_))));
 }

@@ -15,7 +15,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use updog::delta::patch::{PatchIndex, apply_stream, make_patch};
+use updog::delta::patch::{NewImage, PatchIndex, apply_stream, make_patch};
 use updog::delta::{BlobIndex, ChunkId, Chunker};
 
 updog_fuzz::capped_allocator!();
@@ -59,21 +59,29 @@ fn read_from(image: &[u8]) -> impl FnMut(u64, &mut [u8]) -> std::io::Result<()> 
 /// Applies `patch` and checks that every byte it wrote is the new image's.
 fn apply_and_check(patch: &PatchIndex, data: &[u8], old: &[u8], new: &[u8]) -> Option<u64> {
     let (old_index, new_index) = (index_of(old), index_of(new));
-    let mut built = vec![0u8; new.len()];
+    let built = std::cell::RefCell::new(vec![0u8; new.len()]);
     let applied = apply_stream(
         patch,
         &old_index,
         &new_index,
         &mut &data[..],
         read_from(old),
-        |at, bytes| {
-            let start = at as usize;
-            built[start..start + bytes.len()].copy_from_slice(bytes);
-            Ok(())
+        NewImage {
+            write: |at, bytes: &[u8]| {
+                let start = at as usize;
+                built.borrow_mut()[start..start + bytes.len()].copy_from_slice(bytes);
+                Ok(())
+            },
+            read: |at, buf: &mut [u8]| {
+                let start = at as usize;
+                buf.copy_from_slice(&built.borrow()[start..start + buf.len()]);
+                Ok(())
+            },
         },
         &|| false,
     )
     .ok()?;
+    let built = built.into_inner();
     for range in &applied.written {
         let (start, end) = (range.start as usize * CHUNK, range.end as usize * CHUNK);
         assert_eq!(built[start..end], new[start..end], "patched bytes differ");

@@ -15,7 +15,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use casync::patch::{PatchError, PatchIndex, PatchStats, apply_entry, reference_window};
+use casync::patch::{
+    PatchError, PatchIndex, PatchStats, append_produced, apply_entry, reference_window,
+};
 use casync::{BlobIndex, IndexError};
 use cli_support::error_chain;
 use manifest::{Manifest, UpdateId};
@@ -182,7 +184,8 @@ pub fn make_verified(
     let (patch, stats) =
         casync::patch::make_patch(old, read(old_image), new, read(new_image), &mut data)?;
     for entry in &patch.entries {
-        let window = reference_window(entry, old, read(old_image))?;
+        let mut window = reference_window(entry, old, read(old_image))?;
+        append_produced(&mut window, entry, new, read(new_image))?;
         let frame = usize::try_from(entry.offset)
             .ok()
             .zip(usize::try_from(entry.offset.saturating_add(entry.len)).ok())

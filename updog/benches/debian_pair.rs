@@ -44,7 +44,7 @@ use std::time::Instant;
 use fixtures::disk::{DiskImageBuilder, PartKind};
 use fixtures::http::TestServer;
 use sha2::{Digest, Sha256};
-use updog::delta::patch::{PatchIndex, apply_stream};
+use updog::delta::patch::{NewImage, PatchIndex, apply_stream};
 use updog::delta::{AssembleOptions, AssembleProgress, BlobIndex, ChunkFetcher, Region, assemble};
 use updog::transport::{HttpOptions, HttpTransport, Transport};
 
@@ -120,7 +120,10 @@ fn child_delta(a: &[String]) -> Res<()> {
             &index,
             &mut data,
             |offset, buf| active.read_at(buf, offset),
-            |offset, bytes| inactive.write_at(bytes, offset),
+            NewImage {
+                write: |offset, bytes: &[u8]| inactive.write_at(bytes, offset),
+                read: |offset, buf: &mut [u8]| inactive.read_at(buf, offset),
+            },
             &|| false,
         )?;
         if !applied.failed.is_empty() {

@@ -610,7 +610,10 @@ impl PatchJob<'_> {
             self.new,
             &mut reader,
             |offset, buf| self.active.read_at(buf, offset),
-            |offset, bytes| self.inactive.write_at(bytes, offset),
+            casync::patch::NewImage {
+                write: |offset, bytes: &[u8]| self.inactive.write_at(bytes, offset),
+                read: |offset, buf: &mut [u8]| self.inactive.read_at(buf, offset),
+            },
             &|| cancel.load(std::sync::atomic::Ordering::Relaxed),
         );
         match applied {
