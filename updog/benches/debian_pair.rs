@@ -22,8 +22,11 @@
 //! - patches: what `updog::delta::stage` does when the update lists a patch for the running
 //!   version: the patch index parsed against both indexes, the patch data streamed through
 //!   `casync::patch::apply_stream` (windows read from set A and verified against the old index,
+//!   chunks that earlier entries produced read back from set B and verified against the new one,
 //!   every chunk verified against the new index before it is written), then the same assembly
-//!   with the patched chunks found in place. The TUF reads of the real host are left out (the
+//!   with the patched chunks found in place (read back against the xxh3 of what was written).
+//!   The child's last line gives where the time went (`phases_secs`: patch pass, chunk writing,
+//!   read-back). The TUF reads of the real host are left out (the
 //!   indexes and patch files are fetched as plain files).
 //!
 //! Set B is compared with the new image after every run. `BENCH_PAIRS=debian` or `synthetic` runs
