@@ -704,16 +704,15 @@ fn a_run_that_repeats_new_content_is_patched_against_what_an_earlier_entry_wrote
     let mut new = old.clone();
     new.splice(9 << 20..9 << 20, copy);
     new.splice(1 << 20..1 << 20, fresh);
-    let (old_index, new_index) = (index(&old), index(&new));
-    let mut data = Vec::new();
-    let (made, stats) = patch::make_patch(
-        &old_index,
-        reader(&old),
-        &new_index,
-        reader(&new),
-        &mut data,
-    )
-    .unwrap();
+    let Made {
+        old,
+        new,
+        old_index,
+        new_index,
+        patch: made,
+        data,
+        stats,
+    } = made(old, new);
     assert_eq!(made.format, patch::PATCH_FORMAT_3, "{:?}", made.entries);
     let repeating = made
         .entries
