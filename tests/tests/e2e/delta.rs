@@ -22,9 +22,11 @@ use updog::delta::{BlobIndex, Chunk, ChunkSizes, Chunker, StoreWriter};
 
 const IMAGE: u64 = 8 << 20;
 
-fn ext4(dir: &std::path::Path, version: u32) -> Vec<u8> {
+fn ext4(dir: &std::path::Path, version: u32, extra: &[fixtures::ext4::TreeFile]) -> Vec<u8> {
     let tree = dir.join(format!("tree{version}"));
-    fixtures::ext4::write_tree(&tree, &fixtures::ext4::release_tree(version, 20)).unwrap();
+    let mut files = fixtures::ext4::release_tree(version, 20);
+    files.extend_from_slice(extra);
+    fixtures::ext4::write_tree(&tree, &files).unwrap();
     let img = dir.join(format!("v{version}.img"));
     fixtures::ext4::build_image(&tree, IMAGE, &img).unwrap();
     fs::read(&img).unwrap()
@@ -65,7 +67,7 @@ fn setup_signing(
     v2_sizes: ChunkSizes,
     signed: impl Fn(&BlobIndex) -> Vec<u8>,
 ) -> Option<Delta> {
-    setup_all(v1_sizes, v2_sizes, signed, None)
+    setup_all(v1_sizes, v2_sizes, signed, None, &[])
 }
 
 /// [`setup_signing`]; `patch_from`: 1.1.0 also lists a patch of its root against 1.0.0's
@@ -76,13 +78,17 @@ fn setup_all(
     v2_sizes: ChunkSizes,
     signed: impl Fn(&BlobIndex) -> Vec<u8>,
     patch_from: Option<&str>,
+    v2_extra: &[fixtures::ext4::TreeFile],
 ) -> Option<Delta> {
     if !fixtures::ext4::have_mkfs() {
         fixtures::gate::skip("mkfs.ext4 is not installed");
         return None;
     }
     let scratch = tempfile::tempdir().unwrap();
-    let (v1, v2) = (ext4(scratch.path(), 1), ext4(scratch.path(), 2));
+    let (v1, v2) = (
+        ext4(scratch.path(), 1, &[]),
+        ext4(scratch.path(), 2, v2_extra),
+    );
     let store_dir = scratch.path().join("chunks");
     let store = StoreWriter::new(&store_dir).unwrap();
     let index = |data: &[u8], sizes| {
@@ -673,7 +679,7 @@ fn patched_chunks(d: &Delta) -> HashSet<String> {
 #[test]
 fn a_patch_against_the_running_release_replaces_chunk_downloads() {
     let sizes = ChunkSizes::CASYNC_DEFAULT;
-    let Some(d) = setup_all(Some(sizes), sizes, BlobIndex::to_bytes, Some("1.0.0")) else {
+    let Some(d) = setup_all(Some(sizes), sizes, BlobIndex::to_bytes, Some("1.0.0"), &[]) else {
         return;
     };
     let patched = patched_chunks(&d);
@@ -730,13 +736,89 @@ fn a_patch_against_the_running_release_replaces_chunk_downloads() {
     assert_eq!(d.host.signpost().state(SetId::B).unwrap().tries_left, 1);
 }
 
+/// Issue 22, patch format 3: 1.1.0 adds a file of incompressible bytes and a bundle that holds
+/// it again, lightly edited and off the file system's block boundaries (like kernel modules and
+/// the initrd that carries them). The patch makes the bundle from what it wrote for the file,
+/// which the host reads back from set B and verifies; `updog update` ends with the new image and
+/// fetches none of the patched chunks.
+#[test]
+fn a_patch_that_repeats_new_content_reads_it_back_from_the_partition_being_written() {
+    // Like a binary: incompressible stretches between runs of text.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let module: Vec<u8> = (0..300usize << 10)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            if (i >> 10) % 3 == 0 {
+                b"symbol_table "[i % 13]
+            } else {
+                state as u8
+            }
+        })
+        .collect();
+    let mut bundle = b"070701 a cpio-like header, not a multiple of a block".to_vec();
+    bundle.extend_from_slice(&module);
+    for at in (1000..bundle.len()).step_by(61_000) {
+        bundle[at..at + 4].copy_from_slice(b"EDIT");
+    }
+    // The bundle takes the place of the tree's 1 MiB file: the test image has no room to spare.
+    let extra = vec![
+        ("usr/lib/pkg00/module.ko.xz".to_string(), module.clone()),
+        ("usr/lib/large.so".to_string(), bundle),
+    ];
+    let sizes = ChunkSizes::CASYNC_DEFAULT;
+    let Some(d) = setup_all(
+        Some(sizes),
+        sizes,
+        BlobIndex::to_bytes,
+        Some("1.0.0"),
+        &extra,
+    ) else {
+        return;
+    };
+    let patch = d.patch.as_ref().unwrap();
+    assert_eq!(patch.format, updog::delta::patch::PATCH_FORMAT_3);
+    // The entries that take from what was written cost a small part of what they make.
+    let repeating: Vec<_> = patch
+        .entries
+        .iter()
+        .filter(|e| !e.produced.is_empty())
+        .collect();
+    assert!(!repeating.is_empty(), "{:?}", patch.entries);
+    let made: u64 = repeating
+        .iter()
+        .flat_map(|e| e.chunks.clone())
+        .map(|n| u64::from(d.index.chunk(n as usize).unwrap().len))
+        .sum();
+    let cost: u64 = repeating.iter().map(|e| e.len).sum();
+    assert!(cost * 4 < made, "{cost} bytes of patch for {made} bytes");
+    let events = d.update_json();
+    assert!(d.b_root() == d.v2, "set B root differs from the v2 image");
+    let used = events
+        .iter()
+        .find(|e| e["event"] == "delta_patch")
+        .expect("a delta_patch event");
+    assert_eq!(used["not_used"], serde_json::json!([]), "{used}");
+    let fetched: HashSet<String> = d.chunk_requests().into_iter().collect();
+    let patched = patched_chunks(&d);
+    assert!(
+        fetched.is_disjoint(&patched),
+        "chunks the patch produces were fetched"
+    );
+    assert!(
+        !d.full_root_requested(),
+        "the full root image was downloaded"
+    );
+}
+
 /// Issue 22: a run killed while it streams a patch resumes: the next run ends with the new image
 /// and fetches from the store only the chunks the patch does not produce (what the killed run
 /// patched is verified in place, whatever it is).
 #[test]
 fn a_run_killed_while_patching_resumes_and_ends_with_the_new_image() {
     let sizes = ChunkSizes::CASYNC_DEFAULT;
-    let Some(d) = setup_all(Some(sizes), sizes, BlobIndex::to_bytes, Some("1.0.0")) else {
+    let Some(d) = setup_all(Some(sizes), sizes, BlobIndex::to_bytes, Some("1.0.0"), &[]) else {
         return;
     };
     let release = Release::new("1.1.0");
@@ -800,7 +882,7 @@ fn a_run_killed_while_patching_resumes_and_ends_with_the_new_image() {
 #[test]
 fn a_patch_window_that_does_not_verify_falls_back_to_the_store_for_its_chunks() {
     let sizes = ChunkSizes::CASYNC_DEFAULT;
-    let Some(d) = setup_all(Some(sizes), sizes, BlobIndex::to_bytes, Some("1.0.0")) else {
+    let Some(d) = setup_all(Some(sizes), sizes, BlobIndex::to_bytes, Some("1.0.0"), &[]) else {
         return;
     };
     let patch = d.patch.as_ref().unwrap();
@@ -894,7 +976,7 @@ fn a_patch_that_cannot_be_used_falls_back_to_the_store_for_every_failure_kind() 
         ),
     ];
     for (what, from, break_it, says) in kinds {
-        let Some(d) = setup_all(Some(sizes), sizes, BlobIndex::to_bytes, from) else {
+        let Some(d) = setup_all(Some(sizes), sizes, BlobIndex::to_bytes, from, &[]) else {
             return;
         };
         break_it(&d);
