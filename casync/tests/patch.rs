@@ -721,8 +721,8 @@ fn a_run_that_repeats_new_content_is_patched_against_what_an_earlier_entry_wrote
         .expect("an entry that takes from what an earlier one produced");
     let e = &made.entries[repeating];
     assert!(e.produced.iter().all(|r| r.end <= e.chunks.start), "{e:?}");
-    // The copy costs a small part of what its first appearance did.
-    let first_len: u64 = made
+    // The entries that wrote what it takes; the copy costs a small part of what they did.
+    let sources: Vec<&patch::PatchEntry> = made
         .entries
         .iter()
         .filter(|f| {
@@ -730,8 +730,8 @@ fn a_run_that_repeats_new_content_is_patched_against_what_an_earlier_entry_wrote
                 .iter()
                 .any(|r| r.start < f.chunks.end && f.chunks.start < r.end)
         })
-        .map(|f| f.len)
-        .sum();
+        .collect();
+    let first_len: u64 = sources.iter().map(|f| f.len).sum();
     assert!(e.len * 4 < first_len, "{} against {first_len}", e.len);
     let parsed =
         PatchIndex::parse(&serde_json::to_vec(&made).unwrap(), &old_index, &new_index).unwrap();
@@ -759,15 +759,6 @@ fn a_run_that_repeats_new_content_is_patched_against_what_an_earlier_entry_wrote
     }
     // Damage what the entries that wrote the first copy need from the running image: they
     // fail, and so does the one that would read their chunks back.
-    let sources: Vec<&patch::PatchEntry> = made
-        .entries
-        .iter()
-        .filter(|f| {
-            e.produced
-                .iter()
-                .any(|r| r.start < f.chunks.end && f.chunks.start < r.end)
-        })
-        .collect();
     let mut running = old.clone();
     for f in &sources {
         for n in f.ranges().flat_map(Clone::clone) {
