@@ -89,6 +89,13 @@ pub struct PatchEntry {
 }
 
 impl PatchEntry {
+    /// Whether the window chunk at `position` is one the frame decodes without
+    /// ([`PatchEntry::zeroed`], in order and disjoint once parsed).
+    pub fn zeroed_at(&self, position: u64) -> bool {
+        let i = self.zeroed.partition_point(|z| z.end <= position);
+        self.zeroed.get(i).is_some_and(|z| z.contains(&position))
+    }
+
     /// The ranges of the older index that make up the window, in order.
     pub fn ranges(&self) -> impl Iterator<Item = &Range<u64>> {
         std::iter::once(&self.reference).chain(&self.also)
@@ -529,18 +536,12 @@ fn reference_window_reusing(
     window.clear();
     // Chunks read from the running image, to check: where they are in the window, which chunk.
     let mut read = Vec::new();
-    let mut zeroed = entry.zeroed.iter().peekable();
     for (position, number) in entry.ranges().flat_map(Clone::clone).enumerate() {
         let n = to_usize(number);
         let chunk = old.chunk(n).ok_or_else(|| {
             PatchError::Malformed(format!("reference chunk {n} is not in the index"))
         })?;
-        // Ranges in order (checked by the parser): drop those behind this position.
-        while zeroed.next_if(|z| z.end <= position as u64).is_some() {}
-        if zeroed
-            .peek()
-            .is_some_and(|z| z.contains(&(position as u64)))
-        {
+        if entry.zeroed_at(position as u64) {
             // The frame does not need these bytes: nothing read, nothing to trust.
             window.resize(window.len() + chunk.len as usize, 0);
             continue;
@@ -600,7 +601,7 @@ pub fn append_produced(
         })?;
         let start = window.len();
         window.resize(start + chunk.len as usize, 0);
-        if entry.zeroed.iter().any(|z| z.contains(&position)) {
+        if entry.zeroed_at(position) {
             continue;
         }
         read_new(chunk.offset, &mut window[start..]).map_err(|source| PatchError::Io {

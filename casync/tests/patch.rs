@@ -94,7 +94,7 @@ fn needed_chunk(e: &patch::PatchEntry) -> u64 {
     e.ranges()
         .flat_map(Clone::clone)
         .enumerate()
-        .find(|(i, _)| !e.zeroed.iter().any(|z| z.contains(&(*i as u64))))
+        .find(|(i, _)| !e.zeroed_at(*i as u64))
         .map(|(_, n)| n)
         .expect("an entry that needs part of its window")
 }
@@ -604,7 +604,7 @@ fn window_chunks_a_frame_does_not_need_are_not_read_and_a_false_claim_costs_one_
             e.ranges()
                 .flat_map(Clone::clone)
                 .enumerate()
-                .any(|(i, c)| c == n && e.zeroed.iter().any(|z| z.contains(&(i as u64))))
+                .any(|(i, c)| c == n && e.zeroed_at(i as u64))
         })
     };
     let needed_somewhere = |n: u64| {
@@ -612,7 +612,7 @@ fn window_chunks_a_frame_does_not_need_are_not_read_and_a_false_claim_costs_one_
             e.ranges()
                 .flat_map(Clone::clone)
                 .enumerate()
-                .any(|(i, c)| c == n && !e.zeroed.iter().any(|z| z.contains(&(i as u64))))
+                .any(|(i, c)| c == n && !e.zeroed_at(i as u64))
         })
     };
     // Chunks no entry needs but some window holds.
