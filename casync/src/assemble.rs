@@ -6,15 +6,16 @@
 //! re-hashing; seed chunks read from the running partition and re-hashed (a mismatch means the
 //! chunk is fetched instead); the rest fetched, several at once, each verified against its id
 //! before it is written (a chunk the image holds at several places is fetched once and written
-//! to each). Then it flushes, drops the cached pages, reads every chunk back from the
-//! device and checks it (on two threads): a chunk this run wrote against the xxh3-128 of the
-//! verified bytes it wrote, like the full image's read-back; a zero chunk as zeros; a chunk kept
-//! in place against its id. Only then does it return [`Assembled`]. Nothing unverified is
-//! written.
+//! to each). Every chunk is then read back from the device and checked: a chunk this run wrote
+//! against the xxh3-128 of the verified bytes it wrote, like the full image's read-back; a zero
+//! chunk as zeros; a chunk kept in place against its id. The read-back goes on beside the
+//! writing, on two threads: as soon as every chunk of a stretch of about 16 MiB is placed, the
+//! stretch is flushed, its cached pages dropped, and it is read back. Only when every stretch
+//! matched does [`assemble`] return [`Assembled`]. Nothing unverified is written.
 //!
 //! Seed chunks are read in batches of up to 4 MiB and hashed on the machine's cores together.
 //!
-//! Memory: the index and its plan (about 80 bytes a chunk), plus at most `2 * in_flight + 3`
+//! Memory: the index and its plan (about 80 bytes a chunk), plus at most `2 * in_flight + 5`
 //! chunk buffers and one 4 MiB seed batch, whatever the image size.
 
 use std::collections::HashMap;
@@ -257,6 +258,7 @@ pub fn assemble(
     }
     progress(&AssembleProgress::Planned(planned.plan));
 
+    let check_stop = AtomicBool::new(false);
     let mut run = Run {
         target,
         index,
@@ -270,6 +272,9 @@ pub fn assemble(
         refetched: 0,
         last_report: 0,
         written: vec![None; index.len()],
+        stretches: Stretches::of(index),
+        to_check: None,
+        check_stop: &check_stop,
     };
     for &(number, digest) in &options.written_digests {
         let number = usize::try_from(number).unwrap_or(usize::MAX);
@@ -285,6 +290,10 @@ pub fn assemble(
     let (job_tx, job_rx) = mpsc::channel::<usize>();
     let job_rx = Mutex::new(job_rx);
     let (res_tx, res_rx) = mpsc::sync_channel::<Fetched>(in_flight);
+    let (stretch_tx, stretch_rx) = mpsc::channel::<Vec<(Chunk, Expect)>>();
+    let stretch_rx = Mutex::new(stretch_rx);
+    let (checked_tx, checked_rx) = mpsc::channel::<Result<u64, AssembleError>>();
+    run.to_check = Some(stretch_tx);
     std::thread::scope(|scope| {
         for _ in 0..in_flight {
             let (job_rx, res_tx, stop) = (&job_rx, res_tx.clone(), &stop);
@@ -293,16 +302,27 @@ pub fn assemble(
             });
         }
         drop(res_tx);
-        let result = run.write_all(seed.map(|(r, _)| r), job_tx, res_rx, &mut buf);
+        for _ in 0..READ_BACK_THREADS {
+            let (stretch_rx, checked_tx, stop) = (&stretch_rx, checked_tx.clone(), &check_stop);
+            scope.spawn(move || check_stretches(target, stretch_rx, &checked_tx, stop, cancel));
+        }
+        drop(checked_tx);
+        let written = run.write_all(seed.map(|(r, _)| r), job_tx, res_rx, &mut buf);
         // On an error, stop the workers: their channels are gone, the flag ends their retries.
         stop.store(true, Ordering::Relaxed);
-        result
+        // No more stretches: the checkers end once they have read back what they were given.
+        run.to_check = None;
+        if written.is_err() {
+            run.check_stop.store(true, Ordering::Relaxed);
+        }
+        let checked = run.finish_read_back(&checked_rx);
+        match written {
+            // Stopped because a stretch did not read back: that is the error to report.
+            Err(AssembleError::Cancelled) if checked.is_err() => checked,
+            Err(e) => Err(e),
+            Ok(()) => checked,
+        }
     })?;
-    let checks = ReadBackChecks {
-        sources: &run.planned.sources,
-        written: &run.written,
-    };
-    read_back(target, index, &checks, cancel, run.progress, &mut buf)?;
     Ok(Assembled {
         plan: run.planned.plan,
         fetched_chunks: run.fetched_chunks,
@@ -327,11 +347,17 @@ struct Run<'a> {
     /// xxh3-128 of the verified bytes written for each chunk (`None`: not written by this run),
     /// which the read-back compares against.
     written: Vec<Option<u128>>,
+    /// The read-back's stretches and how many chunks of each are not placed yet.
+    stretches: Stretches,
+    /// Where a stretch goes once every chunk of it is placed (`None` once all were sent).
+    to_check: Option<mpsc::Sender<Vec<(Chunk, Expect)>>>,
+    /// Set when a stretch did not read back (or the run failed): everyone stops.
+    check_stop: &'a AtomicBool,
 }
 
 impl Run<'_> {
     fn check_cancel(&self) -> Result<(), AssembleError> {
-        if self.cancel.load(Ordering::Relaxed) {
+        if self.cancel.load(Ordering::Relaxed) || self.check_stop.load(Ordering::Relaxed) {
             Err(AssembleError::Cancelled)
         } else {
             Ok(())
@@ -339,6 +365,18 @@ impl Run<'_> {
     }
 
     fn placed(&mut self, chunk: &Chunk) {
+        if let Some(stretch) = self.stretches.placed(chunk.number) {
+            let expect = expectations(
+                self.index,
+                &self.planned.sources,
+                &self.written,
+                stretch.clone(),
+            );
+            if let Some(to_check) = &self.to_check {
+                // The checkers are gone only after a stop, which the writing loop sees.
+                let _ = to_check.send(expect);
+            }
+        }
         self.done += u64::from(chunk.len);
         let total = self.index.total_len();
         // About a hundred reports over the image, and the last one.
@@ -521,132 +559,202 @@ fn read_seed_batch(seed: &dyn Device, batch: &[(Chunk, u64)], buf: &mut Vec<u8>)
         .collect()
 }
 
-/// What the read-back compares each chunk with.
-struct ReadBackChecks<'a> {
-    /// Each chunk's source: a zero chunk must read back as zeros, which is what its id says
-    /// (the plan named it zero because its id is the hash of that many zeros).
-    sources: &'a [Source],
-    /// The xxh3-128 of the bytes this run wrote for a chunk, after they had been verified
-    /// against its id: the device must give back exactly those bytes. xxh3-128, as on the full
-    /// image path, because the read-back guards against a disk that does not keep what it was
-    /// given, and re-running SHA-512/256 over every byte a second time would double the CPU of
-    /// a delta. A chunk this run did not write (in place from an earlier run) is re-hashed
-    /// against its id.
-    written: &'a [Option<u128>],
+/// Threads reading stretches back.
+const READ_BACK_THREADS: usize = 2;
+
+/// Bytes of consecutive chunks read back together (the last stretch may be shorter).
+const STRETCH: u64 = 16 << 20;
+
+/// What the read-back compares a chunk with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Zeros: the plan named it zero because its id is the hash of that many zeros.
+    Zeros,
+    /// The xxh3-128 of the bytes this run (or the caller) wrote for it, after they had been
+    /// verified against its id: the device must give back exactly those bytes. xxh3-128, as on
+    /// the full image path, because the read-back guards against a disk that does not keep what
+    /// it was given, and re-running SHA-512/256 over every byte a second time would double the
+    /// CPU of a delta.
+    Digest(u128),
+    /// Its id: a chunk kept in place from an earlier run, whose bytes nobody here verified.
+    Id,
 }
 
-/// The read-back of an assembled image (see [`assemble`]): flush `target`, drop its cached
-/// pages, read every chunk of `index` back from the device and check it (see
-/// [`ReadBackChecks`]). Two threads, each taking the next stretch of chunks, so hashing does not
-/// wait on one core.
-fn read_back(
-    target: &dyn Device,
+/// What the chunks `numbers` of `index` must read back as, given their sources and the digests
+/// of what was written.
+fn expectations(
     index: &BlobIndex,
-    checks: &ReadBackChecks<'_>,
+    sources: &[Source],
+    written: &[Option<u128>],
+    numbers: std::ops::Range<usize>,
+) -> Vec<(Chunk, Expect)> {
+    numbers
+        .filter_map(|number| {
+            let chunk = index.chunk(number)?;
+            let expect = match (sources.get(number), written.get(number)) {
+                (Some(Source::Zero), _) => Expect::Zeros,
+                (_, Some(Some(digest))) => Expect::Digest(*digest),
+                _ => Expect::Id,
+            };
+            Some((chunk, expect))
+        })
+        .collect()
+}
+
+/// The image cut into stretches of consecutive chunks, with a count of the chunks of each that
+/// are not placed yet.
+struct Stretches {
+    /// The first chunk number of each stretch, then the number of chunks.
+    starts: Vec<usize>,
+    /// Chunks of each stretch not placed yet.
+    unplaced: Vec<usize>,
+}
+
+impl Stretches {
+    fn of(index: &BlobIndex) -> Stretches {
+        let mut starts = vec![0usize];
+        let mut since = 0u64;
+        for chunk in index.chunks() {
+            since += u64::from(chunk.len);
+            if since >= STRETCH {
+                starts.push(chunk.number + 1);
+                since = 0;
+            }
+        }
+        if starts.last() != Some(&index.len()) {
+            starts.push(index.len());
+        }
+        let unplaced = starts.windows(2).map(|w| w[1] - w[0]).collect();
+        Stretches { starts, unplaced }
+    }
+
+    /// Counts chunk `number` as placed; the chunks of its stretch when that was the last one.
+    fn placed(&mut self, number: usize) -> Option<std::ops::Range<usize>> {
+        let s = self.starts.partition_point(|&start| start <= number).checked_sub(1)?;
+        let left = self.unplaced.get_mut(s)?;
+        *left = left.checked_sub(1)?;
+        (*left == 0).then(|| self.starts[s]..self.starts[s + 1])
+    }
+}
+
+/// Takes stretches from `stretches` and reads each back (see [`check_stretch`]), sending the
+/// bytes checked (or the error) to `checked`, until the queue closes, `stop` or `cancel` is
+/// set, or a stretch fails (which sets `stop`).
+fn check_stretches(
+    target: &dyn Device,
+    stretches: &Mutex<mpsc::Receiver<Vec<(Chunk, Expect)>>>,
+    checked: &mpsc::Sender<Result<u64, AssembleError>>,
+    stop: &AtomicBool,
     cancel: &AtomicBool,
-    progress: &mut dyn FnMut(&AssembleProgress),
-    buf: &mut Vec<u8>,
-) -> Result<(), AssembleError> {
-    target
-        .sync_and_drop_cache()
-        .map_err(io_err("flushing the inactive partition", target))?;
-    let total = index.total_len();
-    // Stretches of about 4 MiB of consecutive chunks.
-    let mut stretches = vec![0usize];
-    let mut since = 0u64;
-    for chunk in index.chunks() {
-        since += u64::from(chunk.len);
-        if since >= 4 << 20 {
-            stretches.push(chunk.number + 1);
-            since = 0;
-        }
-    }
-    if stretches.last() != Some(&index.len()) {
-        stretches.push(index.len());
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let done = std::sync::atomic::AtomicU64::new(0);
-    let stop = AtomicBool::new(false);
-    let check = |buf: &mut Vec<u8>| -> Result<bool, AssembleError> {
-        let s = next.fetch_add(1, Ordering::Relaxed);
-        let (Some(&from), Some(&to)) = (stretches.get(s), stretches.get(s + 1)) else {
-            return Ok(false);
+) {
+    let mut buf = Vec::new();
+    let stopped = || stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed);
+    loop {
+        let next = match stretches.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
         };
-        let chunks = checks.sources.iter().zip(checks.written);
-        for (number, (source, written)) in chunks.enumerate().take(to).skip(from) {
-            if stop.load(Ordering::Relaxed) {
-                return Ok(false);
-            }
-            let Some(chunk) = index.chunk(number) else {
-                break;
-            };
-            buf.resize(chunk.len as usize, 0);
-            target
-                .read_at(buf, chunk.offset)
-                .map_err(io_err("reading back the inactive partition", target))?;
-            let good = match (source, written) {
-                (Source::Zero, _) => buf.iter().all(|&b| b == 0),
-                (_, Some(digest)) => xxh3_128(buf) == *digest,
-                (_, None) => verify_chunk(&chunk, buf).is_ok(),
-            };
-            if !good {
-                return Err(AssembleError::ReadBack {
-                    number,
-                    offset: chunk.offset,
-                    path: target.path().to_owned(),
-                });
-            }
-            done.fetch_add(u64::from(chunk.len), Ordering::Relaxed);
+        let Ok(stretch) = next else { return };
+        if stopped() {
+            return;
         }
-        Ok(true)
-    };
-    let mut last = 0u64;
-    std::thread::scope(|scope| {
-        let helper = scope.spawn(|| {
-            let mut buf = Vec::with_capacity(index.longest_chunk() as usize);
-            let result = loop {
-                match check(&mut buf) {
-                    Ok(true) => {}
-                    other => break other.map(|_| ()),
-                }
-            };
-            if result.is_err() {
-                stop.store(true, Ordering::Relaxed);
-            }
-            result
-        });
-        let mine = loop {
-            if cancel.load(Ordering::Relaxed) {
-                break Err(AssembleError::Cancelled);
-            }
-            let more = match check(buf) {
-                Ok(more) => more,
-                Err(e) => break Err(e),
-            };
-            let now = done.load(Ordering::Relaxed);
-            if now - last >= total / 100 || !more {
-                last = now;
-                progress(&AssembleProgress::Verifying { done: now, total });
-            }
-            if !more {
-                break Ok(());
-            }
-        };
-        if mine.is_err() {
+        let result = check_stretch(target, &stretch, &mut buf, &stopped);
+        let failed = result.is_err();
+        if failed {
             stop.store(true, Ordering::Relaxed);
         }
-        let theirs = helper.join().unwrap_or(Err(AssembleError::Cancelled));
-        mine.and(theirs)
-    })?;
-    // Both threads stopped only at the end: every chunk was read back and matched.
-    let now = done.load(Ordering::Relaxed);
-    if now != total {
-        return Err(AssembleError::Cancelled);
+        if checked.send(result).is_err() || failed {
+            return;
+        }
     }
-    if last != now {
-        progress(&AssembleProgress::Verifying { done: now, total });
+}
+
+/// Flushes the stretch of consecutive chunks `stretch`, drops its cached pages, reads each
+/// chunk back from the device and checks it against what it must be. The bytes checked.
+fn check_stretch(
+    target: &dyn Device,
+    stretch: &[(Chunk, Expect)],
+    buf: &mut Vec<u8>,
+    stopped: &dyn Fn() -> bool,
+) -> Result<u64, AssembleError> {
+    let (Some((first, _)), Some((last, _))) = (stretch.first(), stretch.last()) else {
+        return Ok(0);
+    };
+    target
+        .sync_range_and_drop_cache(first.offset, last.end() - first.offset)
+        .map_err(io_err("flushing the inactive partition", target))?;
+    let mut bytes = 0;
+    for (chunk, expect) in stretch {
+        if stopped() {
+            return Err(AssembleError::Cancelled);
+        }
+        buf.resize(chunk.len as usize, 0);
+        target
+            .read_at(buf, chunk.offset)
+            .map_err(io_err("reading back the inactive partition", target))?;
+        let good = match expect {
+            Expect::Zeros => buf.iter().all(|&b| b == 0),
+            Expect::Digest(digest) => xxh3_128(buf) == *digest,
+            Expect::Id => verify_chunk(chunk, buf).is_ok(),
+        };
+        if !good {
+            return Err(AssembleError::ReadBack {
+                number: chunk.number,
+                offset: chunk.offset,
+                path: target.path().to_owned(),
+            });
+        }
+        bytes += u64::from(chunk.len);
     }
-    Ok(())
+    Ok(bytes)
+}
+
+impl Run<'_> {
+    /// Waits for the read-back of every stretch (reporting its progress), once the writing
+    /// is over; after a failed writing, only for the checkers to stop.
+    fn finish_read_back(
+        &mut self,
+        checked: &mpsc::Receiver<Result<u64, AssembleError>>,
+    ) -> Result<(), AssembleError> {
+        let total = self.index.total_len();
+        let (mut done, mut last) = (0u64, None);
+        let mut first_error = None;
+        loop {
+            let next = match checked.recv_timeout(Duration::from_millis(100)) {
+                Ok(next) => Some(next),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                // Every checker is gone: all stretches were taken (or a stop).
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            if self.cancel.load(Ordering::Relaxed) {
+                self.check_stop.store(true, Ordering::Relaxed);
+            }
+            match next {
+                Some(Ok(bytes)) => done += bytes,
+                Some(Err(e)) => {
+                    self.check_stop.store(true, Ordering::Relaxed);
+                    first_error.get_or_insert(e);
+                }
+                None => {}
+            }
+            let stopping = self.check_stop.load(Ordering::Relaxed);
+            if !stopping && last.is_none_or(|l| done - l >= total / 100) {
+                last = Some(done);
+                (self.progress)(&AssembleProgress::Verifying { done, total });
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        // Every stretch read back and matched, or the run stopped before.
+        if done != total || self.check_stop.load(Ordering::Relaxed) {
+            return Err(AssembleError::Cancelled);
+        }
+        if last != Some(done) {
+            (self.progress)(&AssembleProgress::Verifying { done, total });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -682,27 +790,55 @@ mod tests {
         (dir, region, index, sources, digests)
     }
 
+    /// Reads the image back stretch by stretch: the bytes checked, or the first error.
     fn check(
         region: &Region,
         index: &BlobIndex,
         sources: &[Source],
         written: &[Option<u128>],
     ) -> Result<u64, AssembleError> {
-        let mut seen = 0;
+        let mut stretches = Stretches::of(index);
         let mut buf = Vec::new();
-        read_back(
-            region,
-            index,
-            &ReadBackChecks { sources, written },
-            &AtomicBool::new(false),
-            &mut |p| {
-                if let AssembleProgress::Verifying { done, .. } = *p {
-                    seen = done;
-                }
-            },
-            &mut buf,
-        )?;
-        Ok(seen)
+        let mut bytes = 0;
+        for number in 0..index.len() {
+            if let Some(stretch) = stretches.placed(number) {
+                let expect = expectations(index, sources, written, stretch);
+                bytes += check_stretch(region, &expect, &mut buf, &|| false)?;
+            }
+        }
+        Ok(bytes)
+    }
+
+    #[test]
+    fn each_stretch_is_handed_over_once_when_its_last_chunk_is_placed() {
+        let image = vec![0u8; 40 << 20];
+        let index = Chunker::casync_default()
+            .index(&image[..], |_, _| Ok(()))
+            .unwrap();
+        let mut stretches = Stretches::of(&index);
+        let mut handed = Vec::new();
+        // Placed out of order (last first), as fetched chunks arrive.
+        for number in (0..index.len()).rev() {
+            if let Some(stretch) = stretches.placed(number) {
+                assert!(stretch.contains(&number));
+                handed.push(stretch);
+            }
+        }
+        handed.sort_by_key(|r| r.start);
+        assert!(handed.len() >= 3, "{handed:?}");
+        let mut next = 0;
+        for (i, stretch) in handed.iter().enumerate() {
+            assert_eq!(stretch.start, next, "stretches are consecutive");
+            next = stretch.end;
+            let bytes: u64 = stretch
+                .clone()
+                .map(|n| u64::from(index.chunk(n).unwrap().len))
+                .sum();
+            assert!(i + 1 == handed.len() || bytes >= STRETCH, "{bytes}");
+            assert!(bytes < STRETCH + u64::from(index.longest_chunk()));
+        }
+        assert_eq!(next, index.len());
+        assert!(stretches.placed(index.len()).is_none());
     }
 
     #[test]

@@ -49,6 +49,15 @@ pub trait Device: Sync {
     /// Flushes what was written to the device (`fdatasync`), and makes the next reads come
     /// from the device rather than from memory.
     fn sync_and_drop_cache(&self) -> io::Result<()>;
+
+    /// Like [`Device::sync_and_drop_cache`], for the `len` bytes at `at` only: what was
+    /// written there is on the device and the next reads of it come from the device. Called
+    /// while other parts are still being written, so it must not hold up those writes. The
+    /// default flushes and drops the whole device.
+    fn sync_range_and_drop_cache(&self, at: u64, len: u64) -> io::Result<()> {
+        let _ = (at, len);
+        self.sync_and_drop_cache()
+    }
 }
 
 impl Device for Region {
@@ -70,6 +79,10 @@ impl Device for Region {
 
     fn sync_and_drop_cache(&self) -> io::Result<()> {
         Region::sync_and_drop_cache(self)
+    }
+
+    fn sync_range_and_drop_cache(&self, at: u64, len: u64) -> io::Result<()> {
+        Region::sync_range_and_drop_cache(self, at, len)
     }
 }
 
@@ -167,6 +180,20 @@ impl Region {
             self.file.as_fd(),
             self.offset as i64,
             self.len as i64,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .map_err(io::Error::from)
+    }
+
+    /// Flushes what was written to the file (`fdatasync`: all of it, there is no safe call for
+    /// a range), then drops the pages of the `len` bytes at `at` from the page cache.
+    pub fn sync_range_and_drop_cache(&self, at: u64, len: u64) -> io::Result<()> {
+        let pos = self.check(at, usize::try_from(len).map_err(io::Error::other)?)?;
+        self.file.sync_data()?;
+        nix::fcntl::posix_fadvise(
+            self.file.as_fd(),
+            i64::try_from(pos).map_err(io::Error::other)?,
+            i64::try_from(len).map_err(io::Error::other)?,
             nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
         )
         .map_err(io::Error::from)

@@ -16,6 +16,9 @@ pub(crate) struct PartitionDevice {
     len: u64,
     reader: Mutex<PartitionReader>,
     writer: Option<Mutex<PartitionWriter>>,
+    /// A handle of the disk to flush with while the writer's lock is held for writing (a
+    /// flush through any handle covers what every handle wrote).
+    flush: std::fs::File,
 }
 
 impl PartitionDevice {
@@ -36,7 +39,13 @@ impl PartitionDevice {
         } else {
             None
         };
+        let flush = std::fs::File::open(disk).map_err(|source| bootpart::Error::Io {
+            path: disk.to_owned(),
+            what: "opening".to_owned(),
+            source,
+        })?;
         Ok(PartitionDevice {
+            flush,
             path: disk.to_owned(),
             len: part.byte_len(),
             reader: Mutex::new(PartitionReader::open_path(disk, part, IoMode::Buffered)?),
@@ -85,6 +94,12 @@ impl casync::Device for PartitionDevice {
                 .sync_data(),
         }
     }
+
+    fn sync_range_and_drop_cache(&self, _at: u64, _len: u64) -> io::Result<()> {
+        // Not through the writer, whose lock the writing goes on taking; every read drops the
+        // cached pages of its range first.
+        self.flush.sync_data()
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +129,7 @@ mod tests {
             seed.write_at(b"x", 0).is_err(),
             "the running set is read-only"
         );
+        target.sync_range_and_drop_cache(4093, 5).unwrap();
         target.sync_and_drop_cache().unwrap();
         let mut back = [0u8; 5];
         target.read_at(&mut back, 4093).unwrap();
