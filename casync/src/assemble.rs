@@ -240,6 +240,79 @@ pub fn assemble(
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(&AssembleProgress),
 ) -> Result<Assembled, AssembleError> {
+    assemble_beside(
+        target, index, seed, fetcher, options, None, cancel, progress,
+    )
+}
+
+/// Chunks someone else writes to the target while [`assemble_beside`] runs, such as a patch
+/// pass on another thread: the ranges they will write, and a report on each part once done.
+#[derive(Debug)]
+pub struct Beside {
+    /// Chunk ranges of the index they will write. The assembly neither reads nor fetches
+    /// these chunks unless a report says they were not written, and reads a stretch back only
+    /// once its chunks are reported.
+    pub ranges: Vec<std::ops::Range<u64>>,
+    /// Reports, in any order. Once it closes, the chunks of `ranges` not reported written are
+    /// placed by the assembly itself (zeros, the seed or the store).
+    pub reports: mpsc::Receiver<BesideReport>,
+}
+
+/// What the writer beside an assembly did with some of its chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BesideReport {
+    /// Written to the target, each chunk verified against its id first, with the xxh3-128 of
+    /// each chunk's bytes as written, in order (the read-back compares the device with them; a
+    /// chunk without one is checked against its id).
+    Written {
+        /// Chunk numbers.
+        chunks: std::ops::Range<u64>,
+        /// Each chunk's digest.
+        digests: Vec<u128>,
+    },
+    /// Not written: the assembly places these chunks itself.
+    Failed {
+        /// Chunk numbers.
+        chunks: std::ops::Range<u64>,
+    },
+}
+
+impl BesideReport {
+    /// The report for `bytes` written at `offset`, chunks of `index` each verified against its
+    /// id: the chunks they cover and each one's digest. `None` when the bytes do not start
+    /// and end at chunk boundaries.
+    pub fn written(index: &BlobIndex, offset: u64, bytes: &[u8]) -> Option<BesideReport> {
+        let first = index.chunk_at(offset)?;
+        let (mut number, mut at) = (first, 0usize);
+        let mut digests = Vec::new();
+        while at < bytes.len() {
+            let chunk = index.chunk(number)?;
+            let part = bytes.get(at..at + chunk.len as usize)?;
+            digests.push(xxh3_128(part));
+            at += part.len();
+            number += 1;
+        }
+        Some(BesideReport::Written {
+            chunks: first as u64..number as u64,
+            digests,
+        })
+    }
+}
+
+/// [`assemble`], while `beside` (when given) writes some of the chunks on another thread.
+/// What it reports written is found in place (and read back with the rest); what fails, or is
+/// not reported when its channel closes, is placed here like any other chunk.
+#[allow(clippy::too_many_arguments)]
+pub fn assemble_beside(
+    target: &dyn Device,
+    index: &BlobIndex,
+    seed: Option<(&dyn Device, &BlobIndex)>,
+    fetcher: &ChunkFetcher,
+    options: &AssembleOptions,
+    beside: Option<Beside>,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(&AssembleProgress),
+) -> Result<Assembled, AssembleError> {
     if index.total_len() > target.len() {
         return Err(AssembleError::TooLarge {
             image: index.total_len(),
@@ -251,6 +324,29 @@ pub fn assemble(
     for range in &options.written {
         planned.mark_in_place(index, range.clone());
     }
+    // What the writer beside takes is planned in place, and left alone until it reports; the
+    // plan as it was first is what a chunk it fails returns to.
+    let beside = beside.map(|b| {
+        let mut state = BesideState {
+            planned_first: planned.sources.clone(),
+            pending: vec![false; index.len()],
+            open: 0,
+            reports: Some(b.reports),
+        };
+        for range in &b.ranges {
+            for number in range.clone() {
+                let number = usize::try_from(number).unwrap_or(usize::MAX);
+                if let Some(p) = state.pending.get_mut(number) {
+                    if !*p {
+                        *p = true;
+                        state.open += 1;
+                    }
+                }
+            }
+            planned.mark_in_place(index, range.clone());
+        }
+        state
+    });
     if options.resumed {
         planned
             .find_in_place(index, target, &mut buf)
@@ -275,6 +371,7 @@ pub fn assemble(
         stretches: Stretches::of(index),
         to_check: None,
         check_stop: &check_stop,
+        beside,
     };
     for &(number, digest) in &options.written_digests {
         let number = usize::try_from(number).unwrap_or(usize::MAX);
@@ -353,6 +450,38 @@ struct Run<'a> {
     to_check: Option<mpsc::Sender<Vec<(Chunk, Expect)>>>,
     /// Set when a stretch did not read back (or the run failed): everyone stops.
     check_stop: &'a AtomicBool,
+    /// Chunks written beside the assembly, when some are.
+    beside: Option<BesideState>,
+}
+
+/// The chunks a writer beside the assembly takes, and its reports.
+struct BesideState {
+    /// Each chunk's source before the writer's ranges were planned in place.
+    planned_first: Vec<Source>,
+    /// Chunks of the writer's ranges it has not reported on yet.
+    pending: Vec<bool>,
+    /// How many chunks are pending.
+    open: usize,
+    /// Its reports (`None` once closed).
+    reports: Option<mpsc::Receiver<BesideReport>>,
+}
+
+impl BesideState {
+    fn is_pending(&self, number: usize) -> bool {
+        self.pending.get(number) == Some(&true)
+    }
+
+    /// Takes chunk `number` off the pending list; whether it was on it.
+    fn settle(&mut self, number: usize) -> bool {
+        match self.pending.get_mut(number) {
+            Some(p) if *p => {
+                *p = false;
+                self.open -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Run<'_> {
@@ -438,17 +567,9 @@ impl Run<'_> {
     ) -> Result<(), AssembleError> {
         // Each distinct chunk is fetched once, by its first place; the others wait for it.
         let mut waiting: HashMap<ChunkId, Vec<usize>> = HashMap::new();
-        // The receiver lives until this function returns.
-        let want = |number: usize, id: ChunkId, waiting: &mut HashMap<ChunkId, Vec<usize>>| {
-            let places = waiting.entry(id).or_default();
-            if places.is_empty() {
-                let _ = jobs.send(number);
-            }
-            places.push(number);
-        };
         for chunk in self.index.chunks() {
             if self.planned.sources[chunk.number] == Source::Fetch {
-                want(chunk.number, chunk.id, &mut waiting);
+                want(&jobs, chunk.number, chunk.id, &mut waiting);
             }
         }
         let zeros = vec![0u8; self.index.longest_chunk() as usize];
@@ -458,43 +579,35 @@ impl Run<'_> {
             while let Ok(fetched) = results.try_recv() {
                 self.take_fetched(fetched, &mut waiting)?;
             }
+            self.take_reports(None, seed, &jobs, &mut waiting, buf)?;
             let Some(chunk) = self.index.chunk(number) else {
                 break;
             };
+            // The writer beside has it, until it reports.
+            if self.beside.as_ref().is_some_and(|b| b.is_pending(number)) {
+                number += 1;
+                continue;
+            }
             match self.planned.sources[number] {
                 Source::Zero => self.write(&chunk, &zeros[..chunk.len as usize])?,
                 Source::InPlace => self.placed(&chunk),
                 Source::Seed(_) => {
                     let batch = self.seed_batch(number);
-                    let Some(seed) = seed else {
-                        // No running partition to read: every seed chunk is fetched.
-                        for (chunk, _) in &batch {
-                            self.seed_mismatches += 1;
-                            self.planned.seed_failed(chunk);
-                            want(chunk.number, chunk.id, &mut waiting);
-                        }
-                        number += batch.len().max(1);
-                        continue;
-                    };
-                    let good = read_seed_batch(seed, &batch, buf);
-                    let mut at = 0;
-                    for ((chunk, _), good) in batch.iter().zip(good) {
-                        let len = chunk.len as usize;
-                        if good {
-                            self.write(chunk, &buf[at..at + len])?;
-                        } else {
-                            self.seed_mismatches += 1;
-                            self.planned.seed_failed(chunk);
-                            want(chunk.number, chunk.id, &mut waiting);
-                        }
-                        at += len;
-                    }
                     number += batch.len().max(1);
+                    self.copy_seed(seed, &batch, &jobs, &mut waiting, buf)?;
                     continue;
                 }
                 Source::Fetch => {}
             }
             number += 1;
+        }
+        // What the writer beside still owes; fetched chunks are written meanwhile.
+        while self.beside.as_ref().is_some_and(|b| b.open > 0) {
+            self.check_cancel()?;
+            while let Ok(fetched) = results.try_recv() {
+                self.take_fetched(fetched, &mut waiting)?;
+            }
+            self.take_reports(Some(Duration::from_millis(5)), seed, &jobs, &mut waiting, buf)?;
         }
         drop(jobs);
         while !waiting.is_empty() {
@@ -510,6 +623,173 @@ impl Run<'_> {
         }
         Ok(())
     }
+
+    /// Copies `batch` (seed chunks, each with its offset on the running partition) to the
+    /// target; a chunk that does not match its id there (or without a running partition) is
+    /// fetched instead.
+    fn copy_seed(
+        &mut self,
+        seed: Option<&dyn Device>,
+        batch: &[(Chunk, u64)],
+        jobs: &mpsc::Sender<usize>,
+        waiting: &mut HashMap<ChunkId, Vec<usize>>,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), AssembleError> {
+        let good = match seed {
+            Some(seed) => read_seed_batch(seed, batch, buf),
+            None => vec![false; batch.len()],
+        };
+        let mut at = 0;
+        for ((chunk, _), good) in batch.iter().zip(good) {
+            let len = chunk.len as usize;
+            if good {
+                self.write(chunk, &buf[at..at + len])?;
+            } else {
+                self.seed_mismatches += 1;
+                self.planned.seed_failed(chunk);
+                want(jobs, chunk.number, chunk.id, waiting);
+            }
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// Takes the beside writer's reports that are there (waiting up to `wait` for one): chunks
+    /// it wrote are placed; chunks it failed, or still owes once its channel closed, are
+    /// placed here from where the plan first had them.
+    fn take_reports(
+        &mut self,
+        wait: Option<Duration>,
+        seed: Option<&dyn Device>,
+        jobs: &mpsc::Sender<usize>,
+        waiting: &mut HashMap<ChunkId, Vec<usize>>,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), AssembleError> {
+        let Some(reports) = self.beside.as_ref().and_then(|b| b.reports.as_ref()) else {
+            return Ok(());
+        };
+        let mut taken = Vec::new();
+        let closed;
+        let first = match wait {
+            Some(wait) => reports.recv_timeout(wait).map_err(|e| {
+                matches!(e, mpsc::RecvTimeoutError::Disconnected)
+            }),
+            None => reports
+                .try_recv()
+                .map_err(|e| matches!(e, mpsc::TryRecvError::Disconnected)),
+        };
+        match first {
+            Ok(report) => {
+                taken.push(report);
+                loop {
+                    match reports.try_recv() {
+                        Ok(report) => taken.push(report),
+                        Err(e) => {
+                            closed = matches!(e, mpsc::TryRecvError::Disconnected);
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(disconnected) => closed = disconnected,
+        }
+        if closed {
+            if let Some(b) = self.beside.as_mut() {
+                b.reports = None;
+                let owed = b.pending.iter().enumerate().filter(|(_, p)| **p);
+                let owed: Vec<u64> = owed.map(|(n, _)| n as u64).collect();
+                // One report per run of consecutive chunks still owed.
+                let mut runs: Vec<std::ops::Range<u64>> = Vec::new();
+                for n in owed {
+                    match runs.last_mut() {
+                        Some(r) if r.end == n => r.end = n + 1,
+                        _ => runs.push(n..n + 1),
+                    }
+                }
+                taken.extend(runs.into_iter().map(|chunks| BesideReport::Failed { chunks }));
+            }
+        }
+        for report in taken {
+            match report {
+                BesideReport::Written { chunks, digests } => {
+                    for (i, number) in chunks.enumerate() {
+                        let number = usize::try_from(number).unwrap_or(usize::MAX);
+                        if !self.beside.as_mut().is_some_and(|b| b.settle(number)) {
+                            continue;
+                        }
+                        let Some(chunk) = self.index.chunk(number) else {
+                            continue;
+                        };
+                        self.written[number] = digests.get(i).copied();
+                        self.placed(&chunk);
+                    }
+                }
+                BesideReport::Failed { chunks } => {
+                    for number in chunks {
+                        let number = usize::try_from(number).unwrap_or(usize::MAX);
+                        if !self.beside.as_mut().is_some_and(|b| b.settle(number)) {
+                            continue;
+                        }
+                        self.place_instead(number, seed, jobs, waiting, buf)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Places chunk `number`, which the writer beside did not write, from where the plan
+    /// first had it.
+    fn place_instead(
+        &mut self,
+        number: usize,
+        seed: Option<&dyn Device>,
+        jobs: &mpsc::Sender<usize>,
+        waiting: &mut HashMap<ChunkId, Vec<usize>>,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), AssembleError> {
+        let (Some(chunk), Some(first)) = (
+            self.index.chunk(number),
+            self.beside
+                .as_ref()
+                .and_then(|b| b.planned_first.get(number).copied()),
+        ) else {
+            return Ok(());
+        };
+        self.planned.unplace(&chunk, first);
+        match first {
+            Source::Zero => {
+                let zeros = vec![0u8; chunk.len as usize];
+                self.write(&chunk, &zeros)
+            }
+            // In place before the writer took it (a caller's `written` chunk).
+            Source::InPlace => {
+                self.placed(&chunk);
+                Ok(())
+            }
+            Source::Seed(offset) => self.copy_seed(seed, &[(chunk, offset)], jobs, waiting, buf),
+            Source::Fetch => {
+                want(jobs, chunk.number, chunk.id, waiting);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Asks for chunk `number` (id `id`) to be fetched, unless a fetch of its id is under way; it is
+/// written to every place waiting for it.
+fn want(
+    jobs: &mpsc::Sender<usize>,
+    number: usize,
+    id: ChunkId,
+    waiting: &mut HashMap<ChunkId, Vec<usize>>,
+) {
+    let places = waiting.entry(id).or_default();
+    if places.is_empty() {
+        // The workers' receiver lives until the writing is over.
+        let _ = jobs.send(number);
+    }
+    places.push(number);
 }
 
 impl Run<'_> {

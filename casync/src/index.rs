@@ -403,6 +403,12 @@ impl BlobIndex {
         })
     }
 
+    /// The number of the chunk that starts at `offset`, if one does.
+    pub fn chunk_at(&self, offset: u64) -> Option<usize> {
+        let number = self.entries.partition_point(|&(end, _)| end <= offset);
+        (self.chunk(number)?.offset == offset).then_some(number)
+    }
+
     /// The chunks in blob order.
     pub fn chunks(&self) -> impl Iterator<Item = Chunk> + '_ {
         (0..self.entries.len()).filter_map(|n| self.chunk(n))

@@ -26,7 +26,10 @@ pub mod region;
 pub mod store;
 mod verify;
 
-pub use assemble::{AssembleError, AssembleOptions, AssembleProgress, Assembled, assemble};
+pub use assemble::{
+    AssembleError, AssembleOptions, AssembleProgress, Assembled, Beside, BesideReport, assemble,
+    assemble_beside,
+};
 pub use chunker::{ChunkSizesError, Chunker};
 pub use index::{BlobIndex, Chunk, ChunkId, ChunkSizes, IndexError};
 pub use plan::{Plan, Tally};

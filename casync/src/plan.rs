@@ -175,6 +175,23 @@ impl Planned {
         Ok(())
     }
 
+    /// Returns a chunk planned in place by [`Planned::mark_in_place`] to `source`, the plan it
+    /// had before (whoever was to write it did not).
+    pub fn unplace(&mut self, chunk: &Chunk, source: Source) {
+        let Some(current) = self.sources.get_mut(chunk.number) else {
+            return;
+        };
+        if *current != Source::InPlace || source == Source::InPlace {
+            return;
+        }
+        *current = source;
+        self.plan.in_place.remove(chunk.len);
+        self.plan.tally(source).add(chunk.len);
+        if source == Source::Fetch {
+            add_place(&mut self.fetch_places, &mut self.plan, chunk);
+        }
+    }
+
     /// Records that a chunk planned from the seed must be fetched after all.
     pub fn seed_failed(&mut self, chunk: &Chunk) {
         if let Some(source @ Source::Seed(_)) = self.sources.get_mut(chunk.number) {

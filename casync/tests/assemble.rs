@@ -19,8 +19,8 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use casync::store::{ChunkError, chunk_path};
 use casync::{
-    AssembleError, AssembleOptions, Assembled, BlobIndex, ChunkFetcher, Chunker, Region,
-    StoreWriter, assemble,
+    AssembleError, AssembleOptions, Assembled, Beside, BesideReport, BlobIndex, ChunkFetcher,
+    Chunker, Region, StoreWriter, assemble, assemble_beside,
 };
 use fixtures::http::{Fault, TestServer};
 use tuf::transport::{HttpOptions, HttpTransport};
@@ -603,6 +603,107 @@ fn chunks_the_caller_wrote_are_not_fetched_and_a_false_claim_fails_the_read_back
     assert!(text.contains(&format!("read-back of chunk {n}")), "{text}");
     s.run(&with(xxh3_128(good))).unwrap();
     assert!(s.inactive_bytes() == s.v2);
+}
+
+/// A writer beside the assembly (as a patch pass is) writes some ranges while it runs and
+/// reports them; ranges it reports failed, or never reports, are placed by the assembly from
+/// the seed or the store; a range reported written but not written fails the read-back.
+#[test]
+fn chunks_written_beside_the_assembly_are_taken_and_the_rest_placed_anyway() {
+    if !have_tools() {
+        return;
+    }
+    let s = setup();
+    let v1: HashSet<_> = s.v1_index.chunks().map(|c| c.id).collect();
+    let data = |n: usize| {
+        let c = s.v2_index.chunk(n).unwrap();
+        !s.v2[c.offset as usize..c.end() as usize]
+            .iter()
+            .all(|&b| b == 0)
+    };
+    let new: Vec<usize> = (0..s.v2_index.len())
+        .filter(|&n| data(n) && !v1.contains(&s.v2_index.chunk(n).unwrap().id))
+        .collect();
+    let seed = (0..s.v2_index.len())
+        .find(|&n| data(n) && v1.contains(&s.v2_index.chunk(n).unwrap().id))
+        .unwrap();
+    assert!(new.len() >= 4, "{new:?}");
+    // Written and reported; reported failed; never reported; a seed chunk reported failed.
+    let (written, failed, silent) = (new[0], new[1], new[2]);
+    let range = |n: usize| n as u64..n as u64 + 1;
+    let path = |n: usize| format!("/chunks/{}", chunk_path(&s.v2_index.chunk(n).unwrap().id));
+    let run = |write: bool| {
+        let (reports, reports_rx) = std::sync::mpsc::channel();
+        let beside = Beside {
+            ranges: vec![range(written), range(failed), range(silent), range(seed)],
+            reports: reports_rx,
+        };
+        let (inactive, active) = (s.inactive(), s.active());
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let reports = reports;
+                // Part way through the assembly, as a patch pass would.
+                std::thread::sleep(Duration::from_millis(30));
+                let c = s.v2_index.chunk(written).unwrap();
+                let bytes = &s.v2[c.offset as usize..c.end() as usize];
+                if write {
+                    s.inactive().write_at(bytes, c.offset).unwrap();
+                }
+                let report = BesideReport::written(&s.v2_index, c.offset, bytes).unwrap();
+                assert_eq!(
+                    report,
+                    BesideReport::Written {
+                        chunks: range(written),
+                        digests: vec![xxh3_128(bytes)]
+                    }
+                );
+                reports.send(report).unwrap();
+                for n in [failed, seed] {
+                    reports
+                        .send(BesideReport::Failed { chunks: range(n) })
+                        .unwrap();
+                }
+                // Closed without a word on `silent`.
+            });
+            assemble_beside(
+                &inactive,
+                &s.v2_index,
+                Some((&active, &s.v1_index)),
+                &s.fetcher(),
+                &AssembleOptions::default(),
+                Some(beside),
+                &AtomicBool::new(false),
+                &mut |_| {},
+            )
+        })
+    };
+
+    let done = run(true).unwrap();
+    assert!(s.inactive_bytes() == s.v2, "the image differs");
+    let requests = s.chunk_requests();
+    assert!(!requests.contains(&path(written)), "a written chunk was fetched");
+    assert!(!requests.contains(&path(seed)), "a seed chunk was fetched");
+    for n in [failed, silent] {
+        assert!(requests.contains(&path(n)), "chunk {n} was not fetched");
+    }
+    assert_eq!(done.plan.in_place.chunks, 1, "{:?}", done.plan);
+    assert_eq!(done.plan.fetch.chunks, new.len() - 1, "{:?}", done.plan);
+
+    // Reported written and not written: the partition is back to stale bytes there.
+    let c = s.v2_index.chunk(written).unwrap();
+    let mut disk = fs::read(&s.disk).unwrap();
+    let at = (INACTIVE_AT + c.offset) as usize;
+    disk[at..at + c.len as usize].fill(0x5a);
+    fs::write(&s.disk, &disk).unwrap();
+    let err = run(false).unwrap_err();
+    let text = error_chain(&err);
+    assert!(
+        text.contains(&format!("read-back of chunk {written}")),
+        "{text}"
+    );
+    // Bytes that do not end at a chunk boundary make no report.
+    assert!(BesideReport::written(&s.v2_index, c.offset, &s.v2[..c.len as usize + 1]).is_none());
+    assert!(BesideReport::written(&s.v2_index, c.offset + 1, &[0]).is_none());
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

@@ -23,11 +23,12 @@
 //!   version: the patch index parsed against both indexes, the patch data streamed through
 //!   `casync::patch::apply_stream` (windows read from set A and verified against the old index,
 //!   chunks that earlier entries produced read back from set B and verified against the new one,
-//!   every chunk verified against the new index before it is written), then the same assembly
-//!   with the patched chunks found in place (read back against the xxh3 of what was written).
-//!   The child's last line gives where the time went (`phases_secs`: patch pass, chunk writing,
-//!   read-back). The TUF reads of the real host are left out (the
-//!   indexes and patch files are fetched as plain files).
+//!   every chunk verified against the new index before it is written) on a thread of its own,
+//!   beside the assembly (`assemble_beside`), which copies and fetches the rest meanwhile and
+//!   takes each entry's chunks as in place once reported written (read back against the xxh3
+//!   of what was written). The child's last line gives where the time went (`phases_secs`: when
+//!   the patch pass ended, when the writing ended, and the read-back after it). The TUF reads
+//!   of the real host are left out (the indexes and patch files are fetched as plain files).
 //!
 //! Set B is compared with the new image after every run. `BENCH_PAIRS=debian` or `synthetic` runs
 //! one pair only. `BENCH_RUNS` (default 1) runs of each path per link; the median wall time and
@@ -48,7 +49,10 @@ use fixtures::disk::{DiskImageBuilder, PartKind};
 use fixtures::http::TestServer;
 use sha2::{Digest, Sha256};
 use updog::delta::patch::{NewImage, PatchIndex, apply_stream};
-use updog::delta::{AssembleOptions, AssembleProgress, BlobIndex, ChunkFetcher, Region, assemble};
+use updog::delta::assemble::assemble_beside;
+use updog::delta::{
+    AssembleOptions, AssembleProgress, Beside, BesideReport, BlobIndex, ChunkFetcher, Region,
+};
 use updog::transport::{HttpOptions, HttpTransport, Transport};
 
 mod common;
@@ -109,56 +113,75 @@ fn child_delta(a: &[String]) -> Res<()> {
     let seed = BlobIndex::parse(&fs::read(seed_index)?)?;
     let active = Region::open(disk, a_root.byte_offset(), a_root.byte_len(), false)?;
     let inactive = Region::open(disk, b_root.byte_offset(), b_root.byte_len(), true)?;
-    let mut patch_bytes = 0;
-    let mut patched = serde_json::Value::Null;
-    let mut written = Vec::new();
-    let mut digests = Vec::new();
-    if let Some((patch_index_url, data_url)) = patch {
-        let patch_index = get(patch_index_url)?;
-        let parsed = PatchIndex::parse(&patch_index, &seed, &index)?;
-        let mut data = transport.fetch(&url::Url::parse(data_url)?)?;
-        let applied = apply_stream(
-            &parsed,
-            &seed,
-            &index,
-            &mut data,
-            |offset, buf| active.read_at(buf, offset),
-            NewImage {
-                write: |offset, bytes: &[u8]| inactive.write_at(bytes, offset),
-                read: |offset, buf: &mut [u8]| inactive.read_at(buf, offset),
-            },
-            &|| false,
-        )?;
-        if !applied.failed.is_empty() {
-            return Err(format!("patch entries failed: {:?}", applied.failed).into());
-        }
-        patch_bytes = patch_index.len() as u64 + applied.data_read;
-        patched = serde_json::json!({"chunks": applied.chunks(), "data": applied.data_read, "index": patch_index.len()});
-        written = applied.written;
-        digests = applied.digests;
-    }
-    let patch_done = t.elapsed().as_secs_f64();
     let fetcher = ChunkFetcher::new(Arc::clone(&transport), url::Url::parse(store_url)?);
     let mut read_back_from = None;
-    let options = AssembleOptions {
-        // As the host does after a patch: what it wrote is in place (checked by the read-back).
-        written,
-        written_digests: digests,
-        ..AssembleOptions::default()
+    let mut on_progress = |p: &AssembleProgress| {
+        if matches!(p, AssembleProgress::Verifying { .. }) && read_back_from.is_none() {
+            read_back_from = Some(t.elapsed().as_secs_f64());
+        }
     };
-    let done = assemble(
-        &inactive,
-        &index,
-        Some((&active, &seed)),
-        &fetcher,
-        &options,
-        &AtomicBool::new(false),
-        &mut |p| {
-            if matches!(p, AssembleProgress::Verifying { .. }) && read_back_from.is_none() {
-                read_back_from = Some(t.elapsed().as_secs_f64());
+    // As the host does: the patch pass on its own thread beside the assembly, each entry's
+    // chunks reported once written.
+    let mut patch_bytes = 0;
+    let mut patched = serde_json::Value::Null;
+    let mut patch_done = 0.0;
+    let done = std::thread::scope(|scope| -> Res<_> {
+        let mut beside = None;
+        let mut applying = None;
+        if let Some((patch_index_url, data_url)) = patch {
+            let patch_index = get(patch_index_url)?;
+            let parsed = PatchIndex::parse(&patch_index, &seed, &index)?;
+            let mut data = transport.fetch(&url::Url::parse(data_url)?)?;
+            let (reports, reports_rx) = std::sync::mpsc::channel();
+            beside = Some(Beside {
+                ranges: parsed.entries.iter().map(|e| e.chunks.clone()).collect(),
+                reports: reports_rx,
+            });
+            let (active, inactive, seed, index) = (&active, &inactive, &seed, &index);
+            applying = Some(scope.spawn(move || {
+                let applied = apply_stream(
+                    &parsed,
+                    seed,
+                    index,
+                    &mut data,
+                    |offset, buf| active.read_at(buf, offset),
+                    NewImage {
+                        write: |offset, bytes: &[u8]| {
+                            inactive.write_at(bytes, offset)?;
+                            if let Some(report) = BesideReport::written(index, offset, bytes) {
+                                let _ = reports.send(report);
+                            }
+                            Ok(())
+                        },
+                        read: |offset, buf: &mut [u8]| inactive.read_at(buf, offset),
+                    },
+                    &|| false,
+                );
+                (applied, patch_index.len(), t.elapsed().as_secs_f64())
+            }));
+        }
+        let done = assemble_beside(
+            &inactive,
+            &index,
+            Some((&active, &seed)),
+            &fetcher,
+            &AssembleOptions::default(),
+            beside,
+            &AtomicBool::new(false),
+            &mut on_progress,
+        )?;
+        if let Some(applying) = applying {
+            let (applied, index_len, at) = applying.join().map_err(|_| "the patch pass panicked")?;
+            let applied = applied?;
+            if !applied.failed.is_empty() {
+                return Err(format!("patch entries failed: {:?}", applied.failed).into());
             }
-        },
-    )?;
+            patch_bytes = index_len as u64 + applied.data_read;
+            patched = serde_json::json!({"chunks": applied.chunks(), "data": applied.data_read, "index": index_len});
+            patch_done = at;
+        }
+        Ok(done)
+    })?;
     let secs = t.elapsed().as_secs_f64();
     let read_back_from = read_back_from.unwrap_or(secs);
     report(&Measured {
@@ -169,9 +192,10 @@ fn child_delta(a: &[String]) -> Res<()> {
             "compressed_chunk_bytes": done.downloaded,
             "index_bytes": index_bytes.len(),
             "patch": patched,
-            // Where the time went: up to the end of the patch pass, the chunk writing, and the
+            // Where the time went: the patch pass (beside the chunk writing), the chunk writing
+            // (with the read-back of finished stretches beside it), and the rest of the
             // read-back.
-            "phases_secs": [patch_done, read_back_from - patch_done, secs - read_back_from],
+            "phases_secs": {"patch_pass": patch_done, "writing": read_back_from, "read_back_tail": secs - read_back_from},
         }),
         ..Measured::default()
     });

@@ -17,7 +17,7 @@ pub mod seed;
 pub mod stage;
 
 pub use casync::{
-    AssembleError, AssembleOptions, AssembleProgress, Assembled, BlobIndex, Chunk, ChunkFetcher,
-    ChunkId, ChunkSizes, ChunkSizesError, Chunker, Device, IndexError, Plan, Region, StoreWriter,
-    Tally,
+    AssembleError, AssembleOptions, AssembleProgress, Assembled, Beside, BesideReport, BlobIndex,
+    Chunk, ChunkFetcher, ChunkId, ChunkSizes, ChunkSizesError, Chunker, Device, IndexError, Plan,
+    Region, StoreWriter, Tally,
 };

@@ -10,7 +10,6 @@
 //! with [`DeltaError::should_fall_back`] set; the caller then streams the full image.
 
 use std::io::Read;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -22,7 +21,10 @@ use serde::Serialize;
 use sha2::Digest;
 use url::Url;
 
-use super::assemble::{AssembleError, AssembleOptions, AssembleProgress, Assembled, assemble};
+use super::assemble::{
+    AssembleError, AssembleOptions, AssembleProgress, Assembled, Beside, BesideReport,
+    assemble_beside,
+};
 use super::index::{BlobIndex, ChunkSizes, IndexError};
 use super::partition::PartitionDevice;
 use super::patch::PatchIndex;
@@ -402,44 +404,54 @@ impl DeltaImage<'_> {
         if let Some(limit) = store.chunk_time_limit {
             fetcher = fetcher.with_time_limit(limit);
         }
-        // Chunks the patch wrote (each verified), or `None` when it stopped part way and what it
-        // wrote is not known: the assembly then re-hashes every chunk's place.
-        let mut patch_wrote = Some(PatchWrote::default());
-        let patched = patch
-            .map(|(patch, data)| {
-                let job = PatchJob {
-                    patch: &patch,
-                    data: &data,
-                    from: self.running_version,
-                    old: &seed,
-                    new: &index,
-                    active: &active,
-                    inactive: &inactive,
-                };
-                let (used, wrote) = job.apply(repo, cancel);
-                patch_wrote = wrote;
-                used
-            })
-            .or(not_used);
-        let resumed = resumed || patch_wrote.is_none();
-        let wrote = patch_wrote.unwrap_or_default();
         let options = AssembleOptions {
-            // Chunks the patch wrote are in place, not fetched (the read-back checks them
-            // against the digests of the verified bytes the patch wrote).
             resumed,
-            written: wrote.chunks,
-            written_digests: wrote.digests,
             ..AssembleOptions::default()
         };
-        let assembled = assemble(
-            &inactive,
-            &index,
-            Some((&active, &seed)),
-            &fetcher,
-            &options,
-            cancel,
-            progress,
-        )?;
+        let seed_part = Some((&active as &dyn casync::Device, &seed));
+        // The patch pass runs beside the assembly, on its own thread: the assembly copies and
+        // fetches everything else meanwhile and takes each entry's chunks as in place once the
+        // pass reports them written (the read-back checks them against the digests of the
+        // verified bytes written). Entries the pass does not write come from the seed or the
+        // store like any other chunk.
+        let stop_patch = AtomicBool::new(false);
+        let (assembled, patched) = std::thread::scope(|scope| {
+            let (beside, applying) = match &patch {
+                Some((patch, data)) => {
+                    let (reports, reports_rx) = std::sync::mpsc::channel();
+                    let job = PatchJob {
+                        patch,
+                        data,
+                        from: self.running_version,
+                        old: &seed,
+                        new: &index,
+                        active: &active,
+                        inactive: &inactive,
+                    };
+                    let stop = &stop_patch;
+                    let applying = scope.spawn(move || job.apply(repo, cancel, stop, reports));
+                    let ranges = patch.entries.iter().map(|e| e.chunks.clone()).collect();
+                    (
+                        Some(Beside {
+                            ranges,
+                            reports: reports_rx,
+                        }),
+                        Some(applying),
+                    )
+                }
+                None => (None, None),
+            };
+            let assembled = assemble_beside(
+                &inactive, &index, seed_part, &fetcher, &options, beside, cancel, progress,
+            );
+            // After a failed assembly the pass has nothing left to do.
+            stop_patch.store(true, std::sync::atomic::Ordering::Relaxed);
+            let patched = applying
+                .and_then(|a| a.join().ok())
+                .or(not_used);
+            (assembled, patched)
+        });
+        let assembled = assembled?;
         marker.end();
         if assembled.plan.image.bytes != signed {
             return Err(DeltaError::LengthMismatch {
@@ -571,20 +583,19 @@ struct PatchJob<'a> {
     inactive: &'a dyn casync::Device,
 }
 
-/// What a patch pass wrote: chunk ranges of the new index, and the xxh3-128 of each chunk's
-/// verified bytes (for the read-back).
-#[derive(Default)]
-struct PatchWrote {
-    chunks: Vec<Range<u64>>,
-    digests: Vec<(u64, u128)>,
-}
-
 impl PatchJob<'_> {
     /// Streams the patch data target through `casync::patch::apply_stream`: windows read from
-    /// the running partition, chunks written to the inactive one. Any failure keeps what was
-    /// written (each chunk verified) and says so; the rest comes from the store. Also returns the
-    /// chunks written, `None` when the pass stopped part way.
-    fn apply(&self, repo: &Repository, cancel: &AtomicBool) -> (PatchUse, Option<PatchWrote>) {
+    /// the running partition, chunks written to the inactive one, each entry's chunks reported
+    /// to the assembly on `reports` once written. Any failure keeps what was written (each chunk
+    /// verified) and says so; the rest comes from the seed or the store. Stops early when
+    /// `cancel` or `stop` is set.
+    fn apply(
+        &self,
+        repo: &Repository,
+        cancel: &AtomicBool,
+        stop: &AtomicBool,
+        reports: std::sync::mpsc::Sender<BesideReport>,
+    ) -> PatchUse {
         let data = self.data;
         let unused = |reason: String| PatchUse {
             target: data.to_owned(),
@@ -593,6 +604,7 @@ impl PatchJob<'_> {
             downloaded: 0,
             skipped: vec![reason],
         };
+        let reported = std::cell::Cell::new(0u64);
         let mut reader = match repo.read_target(data) {
             Ok(reader) => reader,
             Err(e) => {
@@ -601,7 +613,7 @@ impl PatchJob<'_> {
                     e = crate::advice::error_chain(&e)
                 );
                 log::warn!("{reason}; its chunks come from the chunk store");
-                return (unused(reason), Some(PatchWrote::default()));
+                return unused(reason);
             }
         };
         let applied = casync::patch::apply_stream(
@@ -611,10 +623,25 @@ impl PatchJob<'_> {
             &mut reader,
             |offset, buf| self.active.read_at(buf, offset),
             casync::patch::NewImage {
-                write: |offset, bytes: &[u8]| self.inactive.write_at(bytes, offset),
+                write: |offset, bytes: &[u8]| {
+                    self.inactive.write_at(bytes, offset)?;
+                    // Bytes not at chunk boundaries are not reported: the assembly writes them
+                    // again, from elsewhere.
+                    if let Some(report) = BesideReport::written(self.new, offset, bytes) {
+                        if let BesideReport::Written { chunks, .. } = &report {
+                            reported.set(reported.get() + (chunks.end - chunks.start));
+                        }
+                        // The assembly is gone only after it failed.
+                        let _ = reports.send(report);
+                    }
+                    Ok(())
+                },
                 read: |offset, buf: &mut [u8]| self.inactive.read_at(buf, offset),
             },
-            &|| cancel.load(std::sync::atomic::Ordering::Relaxed),
+            &|| {
+                cancel.load(std::sync::atomic::Ordering::Relaxed)
+                    || stop.load(std::sync::atomic::Ordering::Relaxed)
+            },
         );
         match applied {
             Ok(applied) => {
@@ -646,23 +673,22 @@ impl PatchJob<'_> {
                         .map(|(c, why)| format!("chunks {}..{}: {why}", c.start, c.end))
                         .collect(),
                 };
-                let wrote = PatchWrote {
-                    chunks: applied.written,
-                    digests: applied.digests,
-                };
-                (used, Some(wrote))
+                used
             }
             Err(e) => {
                 log::warn!(
                     "patch {data} stopped ({e}); the chunks it did not write come from the chunk store",
                     e = crate::advice::error_chain(&e)
                 );
-                // What it wrote before stopping is verified and found in place by the assembly.
+                // What it wrote before stopping is verified and taken by the assembly.
                 let reason = format!(
                     "patch {data} stopped ({e})",
                     e = crate::advice::error_chain(&e)
                 );
-                (unused(reason), None)
+                PatchUse {
+                    chunks: reported.get(),
+                    ..unused(reason)
+                }
             }
         }
     }
