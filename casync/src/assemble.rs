@@ -329,6 +329,7 @@ pub fn assemble_beside(
     let beside = beside.map(|b| {
         let mut state = BesideState {
             planned_first: planned.sources.clone(),
+            theirs: vec![false; index.len()],
             pending: vec![false; index.len()],
             open: 0,
             reports: Some(b.reports),
@@ -340,6 +341,7 @@ pub fn assemble_beside(
                     if !*p {
                         *p = true;
                         state.open += 1;
+                        state.theirs[number] = true;
                     }
                 }
             }
@@ -458,6 +460,9 @@ struct Run<'a> {
 struct BesideState {
     /// Each chunk's source before the writer's ranges were planned in place.
     planned_first: Vec<Source>,
+    /// Chunks of the writer's ranges: the writing loop passes them by, their reports place
+    /// them (reported before the loop gets there or after).
+    theirs: Vec<bool>,
     /// Chunks of the writer's ranges it has not reported on yet.
     pending: Vec<bool>,
     /// How many chunks are pending.
@@ -467,8 +472,8 @@ struct BesideState {
 }
 
 impl BesideState {
-    fn is_pending(&self, number: usize) -> bool {
-        self.pending.get(number) == Some(&true)
+    fn is_theirs(&self, number: usize) -> bool {
+        self.theirs.get(number) == Some(&true)
     }
 
     /// Takes chunk `number` off the pending list; whether it was on it.
@@ -494,6 +499,10 @@ impl Run<'_> {
     }
 
     fn placed(&mut self, chunk: &Chunk) {
+        // Once only: the progress and the read-back count each chunk once.
+        if self.stretches.counted.get(chunk.number) != Some(&false) {
+            return;
+        }
         if let Some(stretch) = self.stretches.placed(chunk.number) {
             let expect = expectations(
                 self.index,
@@ -583,8 +592,9 @@ impl Run<'_> {
             let Some(chunk) = self.index.chunk(number) else {
                 break;
             };
-            // The writer beside has it, until it reports.
-            if self.beside.as_ref().is_some_and(|b| b.is_pending(number)) {
+            // The writer beside has it: its report places it (or hands it back), whether that
+            // came before this point or comes after.
+            if self.beside.as_ref().is_some_and(|b| b.is_theirs(number)) {
                 number += 1;
                 continue;
             }
@@ -607,7 +617,13 @@ impl Run<'_> {
             while let Ok(fetched) = results.try_recv() {
                 self.take_fetched(fetched, &mut waiting)?;
             }
-            self.take_reports(Some(Duration::from_millis(5)), seed, &jobs, &mut waiting, buf)?;
+            self.take_reports(
+                Some(Duration::from_millis(5)),
+                seed,
+                &jobs,
+                &mut waiting,
+                buf,
+            )?;
         }
         drop(jobs);
         while !waiting.is_empty() {
@@ -671,9 +687,9 @@ impl Run<'_> {
         let mut taken = Vec::new();
         let closed;
         let first = match wait {
-            Some(wait) => reports.recv_timeout(wait).map_err(|e| {
-                matches!(e, mpsc::RecvTimeoutError::Disconnected)
-            }),
+            Some(wait) => reports
+                .recv_timeout(wait)
+                .map_err(|e| matches!(e, mpsc::RecvTimeoutError::Disconnected)),
             None => reports
                 .try_recv()
                 .map_err(|e| matches!(e, mpsc::TryRecvError::Disconnected)),
@@ -706,7 +722,10 @@ impl Run<'_> {
                         _ => runs.push(n..n + 1),
                     }
                 }
-                taken.extend(runs.into_iter().map(|chunks| BesideReport::Failed { chunks }));
+                taken.extend(
+                    runs.into_iter()
+                        .map(|chunks| BesideReport::Failed { chunks }),
+                );
             }
         }
         for report in taken {
@@ -888,6 +907,9 @@ struct Stretches {
     starts: Vec<usize>,
     /// Chunks of each stretch not placed yet.
     unplaced: Vec<usize>,
+    /// Whether each chunk was counted (a chunk counted twice would hand its stretch over to
+    /// the read-back before the rest of it is written).
+    counted: Vec<bool>,
 }
 
 impl Stretches {
@@ -905,12 +927,24 @@ impl Stretches {
             starts.push(index.len());
         }
         let unplaced = starts.windows(2).map(|w| w[1] - w[0]).collect();
-        Stretches { starts, unplaced }
+        Stretches {
+            starts,
+            unplaced,
+            counted: vec![false; index.len()],
+        }
     }
 
     /// Counts chunk `number` as placed; the chunks of its stretch when that was the last one.
+    /// A chunk counts once.
     fn placed(&mut self, number: usize) -> Option<std::ops::Range<usize>> {
-        let s = self.starts.partition_point(|&start| start <= number).checked_sub(1)?;
+        let counted = self.counted.get_mut(number)?;
+        if std::mem::replace(counted, true) {
+            return None;
+        }
+        let s = self
+            .starts
+            .partition_point(|&start| start <= number)
+            .checked_sub(1)?;
         let left = self.unplaced.get_mut(s)?;
         *left = left.checked_sub(1)?;
         (*left == 0).then(|| self.starts[s]..self.starts[s + 1])
@@ -1103,6 +1137,8 @@ mod tests {
                 assert!(stretch.contains(&number));
                 handed.push(stretch);
             }
+            // A chunk placed again (a bug elsewhere) does not hand its stretch over early.
+            assert!(stretches.placed(number).is_none());
         }
         handed.sort_by_key(|r| r.start);
         assert!(handed.len() >= 3, "{handed:?}");

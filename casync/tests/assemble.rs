@@ -19,8 +19,8 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use casync::store::{ChunkError, chunk_path};
 use casync::{
-    AssembleError, AssembleOptions, Assembled, Beside, BesideReport, BlobIndex, ChunkFetcher,
-    Chunker, Region, StoreWriter, assemble, assemble_beside,
+    AssembleError, AssembleOptions, AssembleProgress, Assembled, Beside, BesideReport, BlobIndex,
+    ChunkFetcher, Chunker, Region, StoreWriter, assemble, assemble_beside,
 };
 use fixtures::http::{Fault, TestServer};
 use tuf::transport::{HttpOptions, HttpTransport};
@@ -632,7 +632,9 @@ fn chunks_written_beside_the_assembly_are_taken_and_the_rest_placed_anyway() {
     let (written, failed, silent) = (new[0], new[1], new[2]);
     let range = |n: usize| n as u64..n as u64 + 1;
     let path = |n: usize| format!("/chunks/{}", chunk_path(&s.v2_index.chunk(n).unwrap().id));
-    let run = |write: bool| {
+    // `early`: the writer is done before the assembly starts (a patch pass ahead of the
+    // writing loop), else part way through it.
+    let run = |write: bool, early: bool| {
         let (reports, reports_rx) = std::sync::mpsc::channel();
         let beside = Beside {
             ranges: vec![range(written), range(failed), range(silent), range(seed)],
@@ -640,10 +642,11 @@ fn chunks_written_beside_the_assembly_are_taken_and_the_rest_placed_anyway() {
         };
         let (inactive, active) = (s.inactive(), s.active());
         std::thread::scope(|scope| {
-            scope.spawn(|| {
+            let writer = scope.spawn(|| {
                 let reports = reports;
-                // Part way through the assembly, as a patch pass would.
-                std::thread::sleep(Duration::from_millis(30));
+                if !early {
+                    std::thread::sleep(Duration::from_millis(30));
+                }
                 let c = s.v2_index.chunk(written).unwrap();
                 let bytes = &s.v2[c.offset as usize..c.end() as usize];
                 if write {
@@ -665,7 +668,12 @@ fn chunks_written_beside_the_assembly_are_taken_and_the_rest_placed_anyway() {
                 }
                 // Closed without a word on `silent`.
             });
-            assemble_beside(
+            if early {
+                writer.join().unwrap();
+            }
+            // The most image bytes the progress ever reported placed.
+            let mut most = 0;
+            let done = assemble_beside(
                 &inactive,
                 &s.v2_index,
                 Some((&active, &s.v1_index)),
@@ -673,21 +681,35 @@ fn chunks_written_beside_the_assembly_are_taken_and_the_rest_placed_anyway() {
                 &AssembleOptions::default(),
                 Some(beside),
                 &AtomicBool::new(false),
-                &mut |_| {},
-            )
+                &mut |p| {
+                    if let AssembleProgress::Writing { done, .. } = *p {
+                        most = most.max(done);
+                    }
+                },
+            );
+            (done, most)
         })
     };
 
-    let done = run(true).unwrap();
-    assert!(s.inactive_bytes() == s.v2, "the image differs");
-    let requests = s.chunk_requests();
-    assert!(!requests.contains(&path(written)), "a written chunk was fetched");
-    assert!(!requests.contains(&path(seed)), "a seed chunk was fetched");
-    for n in [failed, silent] {
-        assert!(requests.contains(&path(n)), "chunk {n} was not fetched");
+    for early in [true, false] {
+        s.server.clear_log();
+        let (done, most) = run(true, early);
+        let done = done.unwrap();
+        assert!(s.inactive_bytes() == s.v2, "the image differs");
+        // Each chunk counted once, whether reported before the loop got to it or after.
+        assert_eq!(most, IMAGE, "early: {early}");
+        let requests = s.chunk_requests();
+        assert!(
+            !requests.contains(&path(written)),
+            "a written chunk was fetched"
+        );
+        assert!(!requests.contains(&path(seed)), "a seed chunk was fetched");
+        for n in [failed, silent] {
+            assert!(requests.contains(&path(n)), "chunk {n} was not fetched");
+        }
+        assert_eq!(done.plan.in_place.chunks, 1, "{:?}", done.plan);
+        assert_eq!(done.plan.fetch.chunks, new.len() - 1, "{:?}", done.plan);
     }
-    assert_eq!(done.plan.in_place.chunks, 1, "{:?}", done.plan);
-    assert_eq!(done.plan.fetch.chunks, new.len() - 1, "{:?}", done.plan);
 
     // Reported written and not written: the partition is back to stale bytes there.
     let c = s.v2_index.chunk(written).unwrap();
@@ -695,7 +717,7 @@ fn chunks_written_beside_the_assembly_are_taken_and_the_rest_placed_anyway() {
     let at = (INACTIVE_AT + c.offset) as usize;
     disk[at..at + c.len as usize].fill(0x5a);
     fs::write(&s.disk, &disk).unwrap();
-    let err = run(false).unwrap_err();
+    let err = run(false, false).0.unwrap_err();
     let text = error_chain(&err);
     assert!(
         text.contains(&format!("read-back of chunk {written}")),

@@ -48,8 +48,8 @@ use std::time::Instant;
 use fixtures::disk::{DiskImageBuilder, PartKind};
 use fixtures::http::TestServer;
 use sha2::{Digest, Sha256};
-use updog::delta::patch::{NewImage, PatchIndex, apply_stream};
 use updog::delta::assemble::assemble_beside;
+use updog::delta::patch::{NewImage, PatchIndex, apply_stream};
 use updog::delta::{
     AssembleOptions, AssembleProgress, Beside, BesideReport, BlobIndex, ChunkFetcher, Region,
 };
@@ -171,7 +171,8 @@ fn child_delta(a: &[String]) -> Res<()> {
             &mut on_progress,
         )?;
         if let Some(applying) = applying {
-            let (applied, index_len, at) = applying.join().map_err(|_| "the patch pass panicked")?;
+            let (applied, index_len, at) =
+                applying.join().map_err(|_| "the patch pass panicked")?;
             let applied = applied?;
             if !applied.failed.is_empty() {
                 return Err(format!("patch entries failed: {:?}", applied.failed).into());

@@ -199,7 +199,7 @@ pub struct DeltaStaged {
     pub seed: Option<SeedOrigin>,
     /// What the assembly did.
     pub assembled: Assembled,
-    /// The patch against the running release that was applied first, if one was.
+    /// The patch against the running release that was applied beside the assembly, if one was.
     pub patch: Option<PatchUse>,
 }
 
@@ -387,7 +387,7 @@ impl DeltaImage<'_> {
 
         // A patch against the running release, when the update has one and the running
         // version's index is the repository's (signed): the patch's windows are verified against
-        // it chunk by chunk. What it writes is then found in place by the assembly.
+        // it chunk by chunk.
         let (patch, not_used) = self.find_patch(repo, &seed, origin.is_none(), &index);
 
         let marker = Marker::new(
@@ -446,9 +446,7 @@ impl DeltaImage<'_> {
             );
             // After a failed assembly the pass has nothing left to do.
             stop_patch.store(true, std::sync::atomic::Ordering::Relaxed);
-            let patched = applying
-                .and_then(|a| a.join().ok())
-                .or(not_used);
+            let patched = applying.and_then(|a| a.join().ok()).or(not_used);
             (assembled, patched)
         });
         let assembled = assembled?;
