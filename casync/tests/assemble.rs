@@ -724,7 +724,8 @@ fn chunks_written_beside_the_assembly_are_taken_and_the_rest_placed_anyway() {
         "{text}"
     );
     // Bytes that do not end at a chunk boundary make no report.
-    assert!(BesideReport::written(&s.v2_index, c.offset, &s.v2[..c.len as usize + 1]).is_none());
+    let past_the_end = &s.v2[c.offset as usize..=c.end() as usize];
+    assert!(BesideReport::written(&s.v2_index, c.offset, past_the_end).is_none());
     assert!(BesideReport::written(&s.v2_index, c.offset + 1, &[0]).is_none());
 }
 

@@ -660,7 +660,7 @@ impl PatchJob<'_> {
                     applied.chunks(),
                     applied.data_read
                 );
-                let used = PatchUse {
+                PatchUse {
                     target: data.to_owned(),
                     from: self.from.to_string(),
                     chunks: applied.chunks(),
@@ -670,8 +670,7 @@ impl PatchJob<'_> {
                         .iter()
                         .map(|(c, why)| format!("chunks {}..{}: {why}", c.start, c.end))
                         .collect(),
-                };
-                used
+                }
             }
             Err(e) => {
                 log::warn!(
