@@ -638,8 +638,8 @@ fn run() -> Res<()> {
     for (pair, (p, staged)) in pairs.iter().zip(&results) {
         let s = &staged[0];
         println!(
-            "{}: patch data {} bytes + index {} bytes; chunks-only run {}; patches run {}",
-            pair.name, p.patch_data, p.patch_index, s.chunks.extra, s.patches.extra
+            "{}: patch data {} bytes + index {} bytes; full run {}; chunks-only run {}; patches run {}",
+            pair.name, p.patch_data, p.patch_index, s.full.extra, s.chunks.extra, s.patches.extra
         );
     }
     Ok(())

@@ -42,10 +42,27 @@ pub fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds this process used so far, user and system, all threads (`/proc/self/stat`,
+/// in the kernel's 100 Hz user ticks).
+pub fn cpu_secs() -> f64 {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start after its ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
 pub fn report(m: &Measured) {
+    let mut extra = m.extra.clone();
+    if !extra.is_object() {
+        extra = serde_json::json!({});
+    }
+    extra["cpu_secs"] = serde_json::json!(cpu_secs());
     println!(
         "{}",
-        serde_json::json!({"secs": m.secs, "downloaded": m.downloaded, "rss_kib": peak_rss_kib(), "extra": m.extra})
+        serde_json::json!({"secs": m.secs, "downloaded": m.downloaded, "rss_kib": peak_rss_kib(), "extra": extra})
     );
 }
 
