@@ -983,6 +983,15 @@ fn check_stretches(
     }
 }
 
+/// Whether every byte is zero. Folding fixed blocks with OR lets the compiler use vector
+/// instructions, which a byte-by-byte `all` with its early exit does not: the read-back of an
+/// image that is mostly empty space spent more time here than in xxh3.
+fn all_zeros(bytes: &[u8]) -> bool {
+    let mut blocks = bytes.chunks_exact(64);
+    blocks.all(|block| block.iter().fold(0, |any, &b| any | b) == 0)
+        && blocks.remainder().iter().all(|&b| b == 0)
+}
+
 /// Flushes the stretch of consecutive chunks `stretch`, drops its cached pages, reads each
 /// chunk back from the device and checks it against what it must be. The bytes checked.
 fn check_stretch(
@@ -1007,7 +1016,7 @@ fn check_stretch(
             .read_at(buf, chunk.offset)
             .map_err(io_err("reading back the inactive partition", target))?;
         let good = match expect {
-            Expect::Zeros => buf.iter().all(|&b| b == 0),
+            Expect::Zeros => all_zeros(buf),
             Expect::Digest(digest) => xxh3_128(buf) == *digest,
             Expect::Id => verify_chunk(chunk, buf).is_ok(),
         };
@@ -1074,6 +1083,20 @@ impl Run<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A set byte anywhere, in a whole block or in the tail, is not zeros.
+    #[test]
+    fn all_zeros_finds_a_set_byte_anywhere() {
+        for len in [0, 1, 63, 64, 65, 200, 4096] {
+            let mut bytes = vec![0u8; len];
+            assert!(all_zeros(&bytes), "{len}");
+            for at in 0..len {
+                bytes[at] = 0x40;
+                assert!(!all_zeros(&bytes), "{len} {at}");
+                bytes[at] = 0;
+            }
+        }
+    }
     use crate::plan::Planned;
     use crate::{Chunker, Region};
 

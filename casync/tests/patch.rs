@@ -776,6 +776,53 @@ fn a_run_that_repeats_new_content_is_patched_against_what_an_earlier_entry_wrote
         let at = c.offset as usize..c.end() as usize;
         assert!(target[at.clone()] == new[at], "chunk {n}");
     }
+    // A partition that gives back other bytes than were written (one bit, in a chunk the
+    // repeating entry reads back and that is not zeroed for it): the check of what was read
+    // back catches it, the entry fails and leaves its chunks to the store.
+    let produced: Vec<u64> = e.produced.iter().flat_map(Clone::clone).collect();
+    let before: u64 = e.ranges().map(|r| r.end - r.start).sum();
+    let flipped = produced
+        .iter()
+        .enumerate()
+        .find(|(i, _)| !e.zeroed_at(before + *i as u64))
+        .map(|(_, &n)| new_index.chunk(n as usize).unwrap())
+        .expect("a produced chunk the frame needs");
+    let target = std::cell::RefCell::new(vec![0u8; new.len()]);
+    let mut image = building(&target);
+    let forgetful = patch::NewImage {
+        write: &mut image.write,
+        read: |offset: u64, buf: &mut [u8]| {
+            (image.read)(offset, buf)?;
+            if offset == flipped.offset {
+                buf[buf.len() / 2] ^= 1;
+            }
+            Ok(())
+        },
+    };
+    let applied = patch::apply_stream(
+        &parsed,
+        &old_index,
+        &new_index,
+        &mut data.as_slice(),
+        reader(&old),
+        forgetful,
+        &|| false,
+    )
+    .unwrap();
+    assert_eq!(applied.failed.len(), 1, "{:?}", applied.failed);
+    assert_eq!(applied.failed[0].0, e.chunks);
+    assert!(
+        applied.failed[0].1.contains("read back"),
+        "{:?}",
+        applied.failed
+    );
+    drop(image);
+    let target = target.into_inner();
+    for n in applied.written.iter().flat_map(Clone::clone) {
+        let c = new_index.chunk(n as usize).unwrap();
+        let at = c.offset as usize..c.end() as usize;
+        assert!(target[at.clone()] == new[at], "chunk {n}");
+    }
     // The parser: produced ranges only in format 3, and only before the entry's chunks.
     let reparse =
         |p: &PatchIndex| PatchIndex::parse(&serde_json::to_vec(p).unwrap(), &old_index, &new_index);
