@@ -1040,12 +1040,23 @@ impl Repository {
         name: &str,
         desc: &TargetDescription,
     ) -> Result<Box<dyn Read + Send>, Error> {
+        self.open_target_from(name, desc, 0)
+    }
+
+    fn open_target_from(
+        &self,
+        name: &str,
+        desc: &TargetDescription,
+        from: u64,
+    ) -> Result<Box<dyn Read + Send>, Error> {
         let (transport, _) = self.loader.source.targets(name)?;
         let url = self.target_url(name, desc)?;
-        transport.fetch(&url).map_err(|source| Error::Transport {
-            what: format!("target {name}"),
-            source: Box::new(source),
-        })
+        transport
+            .fetch_from(&url, from)
+            .map_err(|source| Error::Transport {
+                what: format!("target {name}"),
+                source: Box::new(source),
+            })
     }
 
     /// Streams a target through a verifying reader (step 5.7): at most the signed length is
@@ -1072,6 +1083,30 @@ impl Repository {
         let desc = self.describe(name)?;
         let inner = self.open_target(name, &desc)?;
         let capped = CappedReader::new(name.to_owned(), inner, desc.length);
+        Ok((desc, Box::new(capped)))
+    }
+
+    /// Like [`Repository::fetch_target_unverified`], from byte `from` of the target on (a
+    /// `Range` request over HTTP): the stream is capped at the signed length less `from`. No
+    /// hash of the whole target can be checked on part of it, so this is only for data the
+    /// caller verifies piece by piece against other signed metadata (a chunk patch, whose every
+    /// output chunk is checked against a signed chunk index), when a run resumes part way.
+    pub fn fetch_target_unverified_from(
+        &self,
+        name: &str,
+        from: u64,
+    ) -> Result<(TargetDescription, Box<dyn Read + Send>), Error> {
+        let desc = self.describe(name)?;
+        if from > desc.length {
+            return Err(Error::LengthMismatch {
+                what: format!("target {name} read from byte {from}"),
+                listed_in: "its targets metadata".to_owned(),
+                expected: desc.length,
+                actual: from,
+            });
+        }
+        let inner = self.open_target_from(name, &desc, from)?;
+        let capped = CappedReader::new(name.to_owned(), inner, desc.length - from);
         Ok((desc, Box::new(capped)))
     }
 

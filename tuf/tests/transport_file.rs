@@ -29,6 +29,29 @@ fn reads_files_and_reports_missing_ones_as_not_found() {
     assert!(err.to_string().contains("4.root.json"), "{err}");
 }
 
+/// Reading from an offset seeks there, in both the file transport and the one that picks by
+/// scheme; an offset past the end is an error.
+#[test]
+fn fetch_from_reads_the_rest_of_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.path().join("data.bin"), &data).unwrap();
+    let url = Url::from_file_path(dir.path().join("data.bin")).unwrap();
+    let any = AnyTransport::new(HttpOptions::default()).unwrap();
+    for t in [&FileTransport as &dyn Transport, &any] {
+        for from in [0, 1, 65_537, 100_000] {
+            let mut body = Vec::new();
+            t.fetch_from(&url, from)
+                .unwrap()
+                .read_to_end(&mut body)
+                .unwrap();
+            assert!(body == data[from as usize..], "from {from}");
+        }
+        let err = t.fetch_from(&url, 100_001).err().unwrap();
+        assert!(matches!(err.kind, TransportErrorKind::Io(_)), "{err}");
+    }
+}
+
 #[test]
 fn a_directory_is_an_error_but_not_not_found() {
     let dir = tempfile::tempdir().unwrap();

@@ -155,6 +155,57 @@ fn dropped_connection_resumes_with_range() {
     assert_eq!(ranges, [None, Some("bytes=100000-".to_string())]);
 }
 
+/// Reading from an offset asks for the rest with `Range`; a drop in the middle resumes from
+/// where the body got to; a server that ignores ranges sends the whole file and the reader
+/// passes over the start itself; an offset past the end is an error, at the end an empty body.
+#[test]
+fn fetch_from_asks_for_the_rest_and_copes_with_servers_without_ranges() {
+    let s = serve(1024 * 1024);
+    let t = transport(options());
+    let read_from = |from: u64| -> std::io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        t.fetch_from(&s.image(), from)
+            .map_err(TransportError::into_io)?
+            .read_to_end(&mut body)?;
+        Ok(body)
+    };
+    let from = 300_001;
+    assert!(
+        read_from(from).unwrap() == s.data[from as usize..],
+        "tail differs"
+    );
+    let ranges: Vec<_> = s.server.requests().into_iter().map(|r| r.range).collect();
+    assert_eq!(ranges, [Some(format!("bytes={from}-"))]);
+
+    s.server.clear_log();
+    s.server
+        .fault_times("image.bin", Fault::DropAfter(100_000), 1);
+    assert!(
+        read_from(from).unwrap() == s.data[from as usize..],
+        "resumed tail differs"
+    );
+    let ranges: Vec<_> = s.server.requests().into_iter().map(|r| r.range).collect();
+    assert_eq!(
+        ranges,
+        [
+            Some(format!("bytes={from}-")),
+            Some(format!("bytes={}-", from + 100_000))
+        ]
+    );
+
+    s.server.clear_log();
+    s.server.set_range_support(false);
+    assert!(
+        read_from(from).unwrap() == s.data[from as usize..],
+        "tail differs"
+    );
+    assert!(read_from(s.data.len() as u64 + 1).is_err());
+    s.server.set_range_support(true);
+    assert!(read_from(s.data.len() as u64).unwrap().is_empty());
+    assert!(read_from(s.data.len() as u64 + 1).is_err());
+    assert!(read_from(0).unwrap() == s.data);
+}
+
 #[test]
 fn drops_every_time_still_complete_by_resuming() {
     let s = serve(1_000_000);

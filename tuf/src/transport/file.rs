@@ -2,7 +2,7 @@
 
 use super::{Transport, TransportError, TransportErrorKind};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use url::Url;
 
 /// Reads `file://` URLs from the local file system (an offline bundle, a USB stick).
@@ -31,6 +31,11 @@ pub struct FileTransport;
 
 impl Transport for FileTransport {
     fn fetch(&self, url: &Url) -> Result<Box<dyn Read + Send>, TransportError> {
+        self.fetch_from(url, 0)
+    }
+
+    /// Seeks to `from`.
+    fn fetch_from(&self, url: &Url, from: u64) -> Result<Box<dyn Read + Send>, TransportError> {
         if url.scheme() != "file" {
             return Err(TransportError::new(
                 url,
@@ -65,6 +70,23 @@ impl Transport for FileTransport {
                     format!("{} is not a regular file", path.display()),
                 )),
             ));
+        }
+        if from > meta.len() {
+            return Err(TransportError::new(
+                url,
+                TransportErrorKind::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the file ends at byte {}, before byte {from} to read from",
+                        meta.len()
+                    ),
+                )),
+            ));
+        }
+        let mut file = file;
+        if from > 0 {
+            file.seek(io::SeekFrom::Start(from))
+                .map_err(|e| TransportError::new(url, TransportErrorKind::Io(e)))?;
         }
         Ok(Box::new(file))
     }

@@ -447,7 +447,7 @@ impl HttpTransport {
 
 impl Transport for HttpTransport {
     fn fetch(&self, url: &Url) -> Result<Box<dyn Read + Send>, TransportError> {
-        self.open(url, None)
+        self.open(url, None, 0)
     }
 
     /// The limit covers connecting, retries, the response head, the body and resumptions: a
@@ -457,7 +457,14 @@ impl Transport for HttpTransport {
         url: &Url,
         limit: Duration,
     ) -> Result<Box<dyn Read + Send>, TransportError> {
-        self.open(url, Some(Deadline::after(limit)))
+        self.open(url, Some(Deadline::after(limit)), 0)
+    }
+
+    /// Asks with `Range: bytes=<from>-` and takes a `206` whose `Content-Range` starts there; a
+    /// server that ignores ranges (`200`, the whole file) is read past the first `from` bytes
+    /// instead. Dropped connections resume as with [`Transport::fetch`].
+    fn fetch_from(&self, url: &Url, from: u64) -> Result<Box<dyn Read + Send>, TransportError> {
+        self.open(url, None, from)
     }
 }
 
@@ -466,6 +473,7 @@ impl HttpTransport {
         &self,
         url: &Url,
         deadline: Option<Deadline>,
+        from: u64,
     ) -> Result<Box<dyn Read + Send>, TransportError> {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(TransportError::new(
@@ -474,16 +482,56 @@ impl HttpTransport {
             ));
         }
         let full = append_query(url, &self.query);
+        let range = (from > 0).then_some((from, None));
         let response = self
             .inner
-            .send(&full, None, deadline.as_ref())
+            .send(&full, range, deadline.as_ref())
             .map_err(|kind| TransportError::new(url, kind))?;
-        if response.status() != StatusCode::OK {
-            return Err(TransportError::new(
-                url,
-                TransportErrorKind::HttpStatus(response.status().as_u16()),
-            ));
-        }
+        // Where the body starts in the file, and the file's length.
+        let (pos, total) = match response.status() {
+            StatusCode::OK => (0, response.content_length()),
+            StatusCode::PARTIAL_CONTENT if from > 0 => {
+                let content_range = response
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                match parse_content_range(content_range) {
+                    Some((start, end, total))
+                        if start == from && total.is_none_or(|t| end.checked_add(1) == Some(t)) =>
+                    {
+                        (from, total)
+                    }
+                    _ => {
+                        return Err(TransportError::new(
+                            url,
+                            TransportErrorKind::Io(io::Error::other(format!(
+                                "the server answered `Range: bytes={from}-` with Content-Range \
+                                 {content_range:?}, which does not start there"
+                            ))),
+                        ));
+                    }
+                }
+            }
+            // Nothing from there on: `from` is the file's length (RFC 9110 has no empty range).
+            StatusCode::RANGE_NOT_SATISFIABLE
+                if response
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().strip_prefix("bytes */"))
+                    .and_then(|len| len.parse::<u64>().ok())
+                    == Some(from) =>
+            {
+                return Ok(Box::new(io::empty()));
+            }
+            status => {
+                return Err(TransportError::new(
+                    url,
+                    TransportErrorKind::HttpStatus(status.as_u16()),
+                ));
+            }
+        };
         // Signed lengths and hashes are over the file as published; a compressed body (a CDN
         // that compresses on the fly, though we never ask for it) would only fail its hash.
         if let Some(encoding) = response
@@ -510,26 +558,32 @@ impl HttpTransport {
             .filter(|v| !v.as_bytes().starts_with(b"W/"))
             .or_else(|| response.headers().get(LAST_MODIFIED))
             .cloned();
-        Ok(Box::new(HttpReader {
+        let mut reader = HttpReader {
             inner: Arc::clone(&self.inner),
             url: url.clone(),
             full,
-            total: response.content_length(),
+            total,
             response: Some(response),
             validator,
-            pos: 0,
+            pos,
             resumes: 0,
             stuck_drops: 0,
             last_drop_at: None,
             failed: None,
             deadline,
-        }))
+        };
+        if reader.pos < from {
+            log::debug!("{url}: the server ignored `Range: bytes={from}-`; reading past them");
+            super::skip(url, &mut reader, from)?;
+        }
+        Ok(Box::new(reader))
     }
 }
 
 impl Inner {
     /// Sends a GET (from byte `from` with `Range` when given), retrying connection errors and
-    /// retryable statuses with backoff. Returns any 2xx response; the caller checks it.
+    /// retryable statuses with backoff. Returns any 2xx response, and a 416 to a `Range`; the
+    /// caller checks it.
     ///
     /// With a `deadline`, no attempt starts after it, and an attempt that would wait past it
     /// gets a request timeout that ends there (reqwest applies it to the whole response,
@@ -565,7 +619,10 @@ impl Inner {
             let failure = match request.send() {
                 Ok(response) => {
                     let status = response.status();
-                    if status.is_success() {
+                    // A range past the end: the caller tells the end of the file from it.
+                    if status.is_success()
+                        || (status == StatusCode::RANGE_NOT_SATISFIABLE && from.is_some())
+                    {
                         return Ok(response);
                     }
                     let code = status.as_u16();

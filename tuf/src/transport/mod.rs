@@ -27,7 +27,7 @@ mod http;
 pub use file::FileTransport;
 pub use http::{Backoff, HttpOptions, HttpSetupError, HttpTransport, ProxyConfig, append_query};
 
-use std::io::Read;
+use std::io::{self, Read};
 use std::time::{Duration, Instant};
 use url::Url;
 
@@ -62,10 +62,39 @@ pub trait Transport: Send + Sync {
             deadline,
         }))
     }
+
+    /// Opens `url` for reading from byte `from` on: a run that resumes a download it was
+    /// stopped in the middle of asks only for the rest.
+    ///
+    /// The provided implementation reads the first `from` bytes of [`Transport::fetch`] and
+    /// drops them (correct, but they cross the wire); [`HttpTransport`] asks with
+    /// `Range: bytes=<from>-`, and [`FileTransport`] seeks. A file shorter than `from` fails
+    /// with an [`io::ErrorKind::UnexpectedEof`] error.
+    fn fetch_from(&self, url: &Url, from: u64) -> Result<Box<dyn Read + Send>, TransportError> {
+        let mut inner = self.fetch(url)?;
+        skip(url, &mut inner, from)?;
+        Ok(inner)
+    }
 }
 
-/// A shared or boxed transport is a transport: both methods are forwarded, so a
-/// transport's own [`Transport::fetch_within`] is kept behind the pointer.
+/// Reads and drops the first `count` bytes of `inner`, the body of `url`.
+pub(crate) fn skip(url: &Url, inner: &mut dyn Read, count: u64) -> Result<(), TransportError> {
+    let skipped = io::copy(&mut inner.take(count), &mut io::sink())
+        .map_err(|e| TransportError::new(url, TransportErrorKind::Io(e)))?;
+    if skipped < count {
+        return Err(TransportError::new(
+            url,
+            TransportErrorKind::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the file ends at byte {skipped}, before byte {count} to read from"),
+            )),
+        ));
+    }
+    Ok(())
+}
+
+/// A shared or boxed transport is a transport: every method is forwarded, so a transport's own
+/// [`Transport::fetch_within`] and [`Transport::fetch_from`] are kept behind the pointer.
 macro_rules! forward_transport {
     ($($pointer:ty),+) => {$(
         impl<T: Transport + ?Sized> Transport for $pointer {
@@ -79,6 +108,14 @@ macro_rules! forward_transport {
                 limit: Duration,
             ) -> Result<Box<dyn Read + Send>, TransportError> {
                 (**self).fetch_within(url, limit)
+            }
+
+            fn fetch_from(
+                &self,
+                url: &Url,
+                from: u64,
+            ) -> Result<Box<dyn Read + Send>, TransportError> {
+                (**self).fetch_from(url, from)
             }
         }
     )+};
@@ -273,5 +310,9 @@ impl Transport for AnyTransport {
         limit: Duration,
     ) -> Result<Box<dyn Read + Send>, TransportError> {
         self.pick(url)?.fetch_within(url, limit)
+    }
+
+    fn fetch_from(&self, url: &Url, from: u64) -> Result<Box<dyn Read + Send>, TransportError> {
+        self.pick(url)?.fetch_from(url, from)
     }
 }

@@ -210,7 +210,8 @@ pub struct PatchUse {
     pub target: String,
     /// The release it is made against (the running one).
     pub from: String,
-    /// Chunks it wrote (each verified against the new index).
+    /// Chunks it wrote (each verified against the new index), those a stopped run wrote and this
+    /// one found in place included.
     pub chunks: u64,
     /// Patch data bytes downloaded.
     pub downloaded: u64,
@@ -427,6 +428,7 @@ impl DeltaImage<'_> {
                         new: &index,
                         active: &active,
                         inactive: &inactive,
+                        resumed,
                     };
                     let stop = &stop_patch;
                     let applying = scope.spawn(move || job.apply(repo, cancel, stop, reports));
@@ -570,6 +572,22 @@ fn read_patch(
     )
 }
 
+/// A patch's data as read: the whole target through TUF's verifying reader, or the rest of it
+/// from an offset on (a resumed run), whose signed hashes cannot be checked.
+enum PatchData {
+    Whole(Box<crate::tuf::TargetReader>),
+    Rest(Box<dyn Read + Send>),
+}
+
+impl Read for PatchData {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            PatchData::Whole(reader) => reader.read(buf),
+            PatchData::Rest(reader) => reader.read(buf),
+        }
+    }
+}
+
 /// A patch to apply: its index and data target, the two indexes, the two partitions.
 struct PatchJob<'a> {
     patch: &'a PatchIndex,
@@ -579,9 +597,61 @@ struct PatchJob<'a> {
     new: &'a BlobIndex,
     active: &'a dyn casync::Device,
     inactive: &'a dyn casync::Device,
+    /// A run for the same image on the same set was stopped part way: entries it wrote are
+    /// looked for in place first.
+    resumed: bool,
 }
 
 impl PatchJob<'_> {
+    /// The leading entries whose chunks are all on the inactive partition already, each read
+    /// back and checked against the new index (a stopped run wrote them; the pass writes in
+    /// entry order, so what it finished leads the patch), reported to the assembly as written.
+    /// Returns how many entries and chunks. Stops at the first entry that is not all there.
+    fn entries_in_place(
+        &self,
+        reports: &std::sync::mpsc::Sender<BesideReport>,
+        cancel: &AtomicBool,
+        stop: &AtomicBool,
+    ) -> (usize, u64) {
+        let mut buf = Vec::new();
+        let (mut entries, mut chunks) = (0, 0);
+        for entry in &self.patch.entries {
+            if cancel.load(std::sync::atomic::Ordering::Relaxed)
+                || stop.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                break;
+            }
+            let in_entry: Vec<casync::Chunk> = entry
+                .chunks
+                .clone()
+                .filter_map(|n| usize::try_from(n).ok().and_then(|n| self.new.chunk(n)))
+                .collect();
+            let (Some(first), Some(last)) = (in_entry.first(), in_entry.last()) else {
+                break;
+            };
+            buf.resize((last.end() - first.offset) as usize, 0);
+            if self.inactive.read_at(&mut buf, first.offset).is_err() {
+                break;
+            }
+            let all_there = in_entry.iter().all(|c| {
+                let at = (c.offset - first.offset) as usize;
+                buf.get(at..at + c.len as usize)
+                    .is_some_and(|bytes| casync::ChunkId::of(bytes) == c.id)
+            });
+            let Some(report) = all_there
+                .then(|| BesideReport::written(self.new, first.offset, &buf))
+                .flatten()
+            else {
+                break;
+            };
+            // The assembly is gone only after it failed.
+            let _ = reports.send(report);
+            entries += 1;
+            chunks += in_entry.len() as u64;
+        }
+        (entries, chunks)
+    }
+
     /// Streams the patch data target through `casync::patch::apply_stream`: windows read from
     /// the running partition, chunks written to the inactive one, each entry's chunks reported
     /// to the assembly on `reports` once written. Any failure keeps what was written (each chunk
@@ -603,7 +673,48 @@ impl PatchJob<'_> {
             skipped: vec![reason],
         };
         let reported = std::cell::Cell::new(0u64);
-        let mut reader = match repo.read_target(data) {
+        // A resumed run takes the entries a stopped run wrote (the pass writes them in order,
+        // so they lead the patch) and reads the data from the first entry it must apply.
+        let (in_place, in_place_chunks) = if self.resumed {
+            self.entries_in_place(&reports, cancel, stop)
+        } else {
+            (0, 0)
+        };
+        let rest;
+        let patch = if in_place == 0 {
+            self.patch
+        } else {
+            let mut tail = self.patch.clone();
+            tail.entries.drain(..in_place);
+            tail.data_len = tail.entries.iter().map(|e| e.len).sum();
+            rest = tail;
+            &rest
+        };
+        let skipped_data = self.patch.data_len - patch.data_len;
+        if in_place > 0 {
+            log::info!(
+                "patch {data}: {in_place} entries ({in_place_chunks} chunks) already in place from \
+                 the stopped run; reading the patch data from byte {skipped_data}"
+            );
+        }
+        if patch.entries.is_empty() && in_place > 0 {
+            return PatchUse {
+                target: data.to_owned(),
+                from: self.from.to_string(),
+                chunks: in_place_chunks,
+                downloaded: 0,
+                skipped: Vec::new(),
+            };
+        }
+        let opened = if in_place == 0 {
+            repo.read_target(data).map(|r| PatchData::Whole(Box::new(r)))
+        } else {
+            // Part of a target cannot be checked against its signed hashes; every chunk the
+            // rest produces is still checked against the signed index before it is written.
+            repo.fetch_target_unverified_from(data, skipped_data)
+                .map(|(_, reader)| PatchData::Rest(reader))
+        };
+        let mut reader = match opened {
             Ok(reader) => reader,
             Err(e) => {
                 let reason = format!(
@@ -611,11 +722,14 @@ impl PatchJob<'_> {
                     e = crate::advice::error_chain(&e)
                 );
                 log::warn!("{reason}; its chunks come from the chunk store");
-                return unused(reason);
+                return PatchUse {
+                    chunks: in_place_chunks,
+                    ..unused(reason)
+                };
             }
         };
         let applied = casync::patch::apply_stream(
-            self.patch,
+            patch,
             self.old,
             self.new,
             &mut reader,
@@ -645,8 +759,10 @@ impl PatchJob<'_> {
             Ok(applied) => {
                 // Each chunk was verified on its own; a data file that fails its signed hash at the
                 // end is still worth saying.
-                if let Err(e) = reader.finish() {
-                    log::warn!("patch {data}: {e}", e = crate::advice::error_chain(&e));
+                if let PatchData::Whole(reader) = reader {
+                    if let Err(e) = reader.finish() {
+                        log::warn!("patch {data}: {e}", e = crate::advice::error_chain(&e));
+                    }
                 }
                 for (chunks, why) in &applied.failed {
                     log::warn!(
@@ -663,7 +779,7 @@ impl PatchJob<'_> {
                 PatchUse {
                     target: data.to_owned(),
                     from: self.from.to_string(),
-                    chunks: applied.chunks(),
+                    chunks: in_place_chunks + applied.chunks(),
                     downloaded: applied.data_read,
                     skipped: applied
                         .failed
@@ -683,7 +799,7 @@ impl PatchJob<'_> {
                     e = crate::advice::error_chain(&e)
                 );
                 PatchUse {
-                    chunks: reported.get(),
+                    chunks: in_place_chunks + reported.get(),
                     ..unused(reason)
                 }
             }

@@ -81,6 +81,14 @@ impl Transport for Cancellable {
         let inner = self.inner.fetch_within(url, limit)?;
         Ok(self.wrap(url, inner))
     }
+
+    fn fetch_from(&self, url: &Url, from: u64) -> Result<Box<dyn Read + Send>, TransportError> {
+        if self.cancel.is_cancelled() {
+            return Err(cancelled(url));
+        }
+        let inner = self.inner.fetch_from(url, from)?;
+        Ok(self.wrap(url, inner))
+    }
 }
 
 struct CancellableRead {
