@@ -1049,6 +1049,32 @@ fn fetch_target_unverified_is_capped_at_the_signed_length() {
     assert_eq!(desc.sha256().unwrap().as_slice(), sha256(b"hello, world\n"));
 }
 
+/// From an offset on, the stream is the rest of the signed length; an offset past it is refused
+/// before anything is asked for.
+#[test]
+fn fetch_target_unverified_from_is_the_rest_of_the_signed_length() {
+    let repo = simple_repo(KeyKind::Ed25519);
+    let (client, r) = loaded(&repo);
+    std::fs::write(
+        repo.targets_dir().join("file.txt"),
+        b"hello, world\nEXTRA BYTES",
+    )
+    .unwrap();
+    let rest = |from: u64| {
+        let (desc, mut stream) = r.fetch_target_unverified_from("file.txt", from)?;
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut stream, &mut out).unwrap();
+        assert_eq!(desc.length, 13);
+        Ok::<_, tuf::Error>(out)
+    };
+    assert_eq!(rest(7).unwrap(), b"world\n");
+    assert_eq!(rest(0).unwrap(), b"hello, world\n");
+    assert_eq!(rest(13).unwrap(), b"");
+    client.transport.clear();
+    assert!(matches!(rest(14), Err(tuf::Error::LengthMismatch { .. })));
+    assert!(client.transport.requests().is_empty());
+}
+
 fn sha256(b: &[u8]) -> Vec<u8> {
     use sha2::Digest;
     sha2::Sha256::digest(b).to_vec()

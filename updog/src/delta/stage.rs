@@ -707,7 +707,8 @@ impl PatchJob<'_> {
             };
         }
         let opened = if in_place == 0 {
-            repo.read_target(data).map(|r| PatchData::Whole(Box::new(r)))
+            repo.read_target(data)
+                .map(|r| PatchData::Whole(Box::new(r)))
         } else {
             // Part of a target cannot be checked against its signed hashes; every chunk the
             // rest produces is still checked against the signed index before it is written.
