@@ -3,6 +3,7 @@
 //! TUF client and python-tuf both find it through the delegation over HTTP. When the delegation
 //! no longer covers the target's name, both refuse the target the role still signs.
 
+use fixtures::python_tuf::NgClient;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -95,49 +96,18 @@ fn our_client(
 }
 
 /// python-tuf: `Some(bytes)` of `name` as it downloads it through the delegations, `None`
-/// when it finds no trusted target of that name.
+/// when it finds no trusted target of that name. A fresh client each time.
 fn python_tuf(work: &Path, url: &str, root: &Path, name: &str) -> Option<Vec<u8>> {
-    let script = r#"
-import os, sys, tempfile
-from tuf.ngclient import Updater
-url, root, name = sys.argv[1:4]
-md = tempfile.mkdtemp()
-out = tempfile.mkdtemp()
-with open(root, "rb") as f:
-    trusted = f.read()
-u = Updater(metadata_dir=md, metadata_base_url=url + "metadata/",
-            target_base_url=url + "targets/", target_dir=out, bootstrap=trusted)
-u.refresh()
-info = u.get_targetinfo(name)
-if info is None:
-    print("NOT FOUND")
-else:
-    print("PATH " + u.download_target(info))
-"#;
-    let out = Command::new("python3")
-        .args(["-c", script, url])
-        .arg(root)
-        .arg(name)
-        .current_dir(work)
-        .output()
-        .expect("python3");
-    assert!(out.status.success(), "python-tuf failed: {}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if stdout.trim() == "NOT FOUND" {
-        return None;
-    }
-    let path = stdout.trim().strip_prefix("PATH ").expect(&stdout);
-    Some(std::fs::read(path).unwrap())
+    let state = tempfile::tempdir_in(work).unwrap();
+    let got = NgClient::new(state.path())
+        .fetch(url, root, &[name])
+        .unwrap_or_else(|e| panic!("python-tuf failed: {e}"));
+    got[0].as_ref().map(|path| std::fs::read(path).unwrap())
 }
 
 #[test]
 fn delegated_targets_are_followed_by_our_client_and_python_tuf_within_their_paths() {
-    let has_tuf = Command::new("python3")
-        .args(["-c", "import tuf.ngclient"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_tuf {
-        fixtures::gate::skip("python-tuf is not installed (pip install tuf)");
+    if !fixtures::python_tuf::available() {
         return;
     }
     let dir = repository();

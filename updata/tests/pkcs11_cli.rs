@@ -4,6 +4,7 @@
 //! `ngclient` and `updata check` accept it, and a wrong PIN, a missing object, a missing module
 //! and a removed token each end in one error line with nothing changed.
 
+use fixtures::python_tuf::NgClient;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -159,57 +160,21 @@ fn online_keys() -> Vec<String> {
 /// python-tuf's `ngclient` refreshes from `shipped` and downloads `targets`; the versions of
 /// root and timestamp it then trusts.
 fn ngclient(d: &Path, url: &str, shipped: &Path, targets: &[&str]) -> (u64, u64) {
-    let script = r#"
-import os, sys
-from tuf.ngclient import Updater
-md, url, root, out = sys.argv[1:5]
-os.makedirs(md, exist_ok=True)
-os.makedirs(out, exist_ok=True)
-with open(root, "rb") as f:
-    trusted = f.read()
-u = Updater(metadata_dir=md, metadata_base_url=url + "metadata/",
-            target_base_url=url + "targets/", target_dir=out, bootstrap=trusted)
-u.refresh()
-for name in sys.argv[5:]:
-    info = u.get_targetinfo(name)
-    assert info is not None, name
-    u.download_target(info)
-"#;
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(d.join("py-metadata"))
-        .arg(url)
-        .arg(shipped)
-        .arg(d.join("py-targets"))
-        .args(targets)
-        .output()
-        .expect("python3");
-    assert!(out.status.success(), "ngclient refused: {}", text(&out));
-    let version = |f: &str| {
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(d.join("py-metadata").join(f)).unwrap()).unwrap();
-        v["signed"]["version"].as_u64().unwrap()
-    };
-    (version("root.json"), version("timestamp.json"))
+    let client = NgClient::new(d);
+    let got = client
+        .fetch(url, shipped, targets)
+        .unwrap_or_else(|e| panic!("ngclient refused: {e}"));
+    assert!(got.iter().all(Option::is_some), "{targets:?}: {got:?}");
+    (
+        client.trusted_version("root.json"),
+        client.trusted_version("timestamp.json"),
+    )
 }
 
-fn has_python_tuf() -> bool {
-    let has = Command::new("python3")
-        .args(["-c", "import tuf.ngclient"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has {
-        fixtures::gate::skip("python-tuf is not installed (pip install tuf)");
-    }
-    has
-}
-
-/// Every role's key in the token: publish, check, python-tuf, a timestamp refresh and a root
-/// rotation to a new token key, which python-tuf and `updata check` follow from version 1.
 #[test]
 fn pkcs11_keys_publish_refresh_and_rotate_a_repository_python_tuf_accepts() {
     let Some(hsm) = SoftHsm::new() else { return };
-    if !has_python_tuf() {
+    if !fixtures::python_tuf::available() {
         return;
     }
     let dir = publisher(&hsm);

@@ -9,6 +9,7 @@
 //! root signed on an "offline machine"; python-tuf and a host over HTTP accept the result; and
 //! "Delegating targets", whose role's target python-tuf fetches through the delegation.
 
+use fixtures::python_tuf::NgClient;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -286,35 +287,10 @@ fn the_readme_publishes_releases_a_host_updates_from() {
 /// python-tuf's `ngclient`, bootstrapped with `root`, refreshes from `url` and downloads
 /// `target`.
 fn python_tuf_fetches(work: &Path, url: &str, root: &Path, target: &str) {
-    let script = r#"
-import os, sys
-from tuf.ngclient import Updater
-md, url, root, out, name = sys.argv[1:6]
-os.makedirs(md, exist_ok=True)
-os.makedirs(out, exist_ok=True)
-with open(root, "rb") as f:
-    trusted = f.read()
-u = Updater(metadata_dir=md, metadata_base_url=url + "metadata/",
-            target_base_url=url + "targets/", target_dir=out, bootstrap=trusted)
-u.refresh()
-info = u.get_targetinfo(name)
-assert info is not None, name
-u.download_target(info)
-"#;
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(work.join("py-metadata"))
-        .arg(url)
-        .arg(root)
-        .arg(work.join("py-targets"))
-        .arg(target)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "python-tuf refused: {}",
-        describe(&out)
-    );
+    let got = NgClient::new(work)
+        .fetch(url, root, &[target])
+        .unwrap_or_else(|e| panic!("python-tuf refused: {e}"));
+    assert!(got[0].is_some(), "python-tuf found no target {target}");
 }
 
 #[test]
@@ -322,12 +298,7 @@ fn the_readme_publishes_with_keys_in_hardware_and_root_signed_offline() {
     let Some(hsm) = fixtures::softhsm::SoftHsm::new() else {
         return;
     };
-    let has_tuf = Command::new("python3")
-        .args(["-c", "import tuf.ngclient"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_tuf {
-        fixtures::gate::skip("python-tuf is not installed (pip install tuf)");
+    if !fixtures::python_tuf::available() {
         return;
     }
     let mut blocks = section_blocks("\n### Keys in hardware\n", "\n### ");
