@@ -333,6 +333,7 @@ pub fn assemble_beside(
             pending: vec![false; index.len()],
             open: 0,
             reports: Some(b.reports),
+            resumed: options.resumed,
         };
         for range in &b.ranges {
             for number in range.clone() {
@@ -469,6 +470,9 @@ struct BesideState {
     open: usize,
     /// Its reports (`None` once closed).
     reports: Option<mpsc::Receiver<BesideReport>>,
+    /// A resumed run: a chunk the writer hands back that would be fetched is looked for in
+    /// place first (a stopped run may have fetched it already).
+    resumed: bool,
 }
 
 impl BesideState {
@@ -775,6 +779,14 @@ impl Run<'_> {
         ) else {
             return Ok(());
         };
+        // Still planned in place: kept so when it is there and right.
+        if first == Source::Fetch
+            && self.beside.as_ref().is_some_and(|b| b.resumed)
+            && self.in_place(&chunk, buf)
+        {
+            self.placed(&chunk);
+            return Ok(());
+        }
         self.planned.unplace(&chunk, first);
         match first {
             Source::Zero => {
@@ -792,6 +804,16 @@ impl Run<'_> {
                 Ok(())
             }
         }
+    }
+}
+
+impl Run<'_> {
+    /// Whether the target holds `chunk` at its place, right (read into `buf` and hashed).
+    fn in_place(&self, chunk: &Chunk, buf: &mut Vec<u8>) -> bool {
+        buf.resize(chunk.len as usize, 0);
+        chunk.end() <= self.target.len()
+            && self.target.read_at(buf, chunk.offset).is_ok()
+            && verify_chunk(chunk, buf).is_ok()
     }
 }
 

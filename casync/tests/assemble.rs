@@ -729,6 +729,82 @@ fn chunks_written_beside_the_assembly_are_taken_and_the_rest_placed_anyway() {
     assert!(BesideReport::written(&s.v2_index, c.offset + 1, &[0]).is_none());
 }
 
+/// A resumed run: chunks the writer beside hands back (failed, or never reported) that a
+/// stopped run already put in place are checked there and kept, not fetched again; one that
+/// is not right there is fetched.
+#[test]
+fn a_resumed_run_keeps_in_place_the_chunks_the_writer_beside_hands_back() {
+    if !have_tools() {
+        return;
+    }
+    let s = setup();
+    let v1: HashSet<_> = s.v1_index.chunks().map(|c| c.id).collect();
+    let new: Vec<usize> = (0..s.v2_index.len())
+        .filter(|&n| {
+            let c = s.v2_index.chunk(n).unwrap();
+            !v1.contains(&c.id)
+                && s.v2[c.offset as usize..c.end() as usize]
+                    .iter()
+                    .any(|&b| b != 0)
+        })
+        .collect();
+    assert!(new.len() >= 3, "{new:?}");
+    let (failed, silent, damaged) = (new[0], new[1], new[2]);
+    let path = |n: usize| format!("/chunks/{}", chunk_path(&s.v2_index.chunk(n).unwrap().id));
+    // What a stopped run left: the whole new image, but one of the handed-back chunks damaged.
+    let mut disk = fs::read(&s.disk).unwrap();
+    let at = INACTIVE_AT as usize;
+    disk[at..at + s.v2.len()].copy_from_slice(&s.v2);
+    let c = s.v2_index.chunk(damaged).unwrap();
+    disk[at + c.offset as usize] ^= 0x01;
+    fs::write(&s.disk, &disk).unwrap();
+    let run = |resumed: bool| {
+        s.server.clear_log();
+        let (reports, reports_rx) = std::sync::mpsc::channel();
+        let range = |n: usize| n as u64..n as u64 + 1;
+        let beside = Beside {
+            ranges: vec![range(failed), range(silent), range(damaged)],
+            reports: reports_rx,
+        };
+        for n in [failed, damaged] {
+            reports
+                .send(BesideReport::Failed { chunks: range(n) })
+                .unwrap();
+        }
+        drop(reports);
+        let done = assemble_beside(
+            &s.inactive(),
+            &s.v2_index,
+            Some((&s.active(), &s.v1_index)),
+            &s.fetcher(),
+            &AssembleOptions {
+                resumed,
+                ..AssembleOptions::default()
+            },
+            Some(beside),
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(s.inactive_bytes() == s.v2, "the image differs");
+        (done, s.chunk_requests())
+    };
+    let (done, requests) = run(true);
+    for n in [failed, silent] {
+        assert!(!requests.contains(&path(n)), "chunk {n} was fetched again");
+    }
+    assert!(
+        requests.contains(&path(damaged)),
+        "the damaged chunk was kept"
+    );
+    assert!(done.plan.in_place.chunks >= 2, "{:?}", done.plan);
+    // A run that is not resumed does not look: it fetches what it is handed back.
+    let (_, requests) = run(false);
+    for n in [failed, silent, damaged] {
+        assert!(requests.contains(&path(n)), "chunk {n} was not fetched");
+    }
+}
+
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
