@@ -790,8 +790,9 @@ impl Run<'_> {
         self.planned.unplace(&chunk, first);
         match first {
             Source::Zero => {
-                let zeros = vec![0u8; chunk.len as usize];
-                self.write(&chunk, &zeros)
+                buf.clear();
+                buf.resize(chunk.len as usize, 0);
+                self.write(&chunk, buf)
             }
             // In place before the writer took it (a caller's `written` chunk).
             Source::InPlace => {
