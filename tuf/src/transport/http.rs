@@ -491,23 +491,15 @@ impl HttpTransport {
         let (pos, total) = match response.status() {
             StatusCode::OK => (0, response.content_length()),
             StatusCode::PARTIAL_CONTENT if from > 0 => {
-                let content_range = response
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                match parse_content_range(content_range) {
-                    Some((start, end, total))
-                        if start == from && total.is_none_or(|t| end.checked_add(1) == Some(t)) =>
-                    {
-                        (from, total)
-                    }
-                    _ => {
+                match rest_from(content_range(&response), from) {
+                    Some((_, _, total)) => (from, total),
+                    None => {
                         return Err(TransportError::new(
                             url,
                             TransportErrorKind::Io(io::Error::other(format!(
                                 "the server answered `Range: bytes={from}-` with Content-Range \
-                                 {content_range:?}, which does not start there"
+                                 {:?}, which does not start there",
+                                content_range(&response)
                             ))),
                         ));
                     }
@@ -515,11 +507,9 @@ impl HttpTransport {
             }
             // Nothing from there on: `from` is the file's length (RFC 9110 has no empty range).
             StatusCode::RANGE_NOT_SATISFIABLE
-                if response
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().strip_prefix("bytes */"))
+                if content_range(&response)
+                    .trim()
+                    .strip_prefix("bytes */")
                     .and_then(|len| len.parse::<u64>().ok())
                     == Some(from) =>
             {
@@ -921,17 +911,10 @@ impl HttpReader {
             let detail = format!("{cause}; resuming failed: server answered HTTP {status}");
             return Err(self.dropped(detail));
         }
-        let content_range = response
-            .headers()
-            .get(CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        match parse_content_range(&content_range) {
-            Some((start, end, total))
-                if start == self.pos
-                    && total.is_none_or(|t| end.checked_add(1) == Some(t))
-                    && (self.total.is_none() || total.is_none() || self.total == total) =>
+        let content_range = content_range(&response).to_string();
+        match rest_from(&content_range, self.pos) {
+            Some((_, _, total))
+                if self.total.is_none() || total.is_none() || self.total == total =>
             {
                 if self.total.is_none() {
                     self.total = total;
@@ -948,6 +931,23 @@ impl HttpReader {
             }
         }
     }
+}
+
+/// A response's `Content-Range` header ("" when it has none).
+fn content_range(response: &Response) -> &str {
+    response
+        .headers()
+        .get(CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// `Content-Range` `value` parsed (start, end, the file's length when given), if it covers the
+/// file from byte `from` to its end.
+fn rest_from(value: &str, from: u64) -> Option<(u64, u64, Option<u64>)> {
+    parse_content_range(value).filter(|&(start, end, total)| {
+        start == from && total.is_none_or(|t| end.checked_add(1) == Some(t))
+    })
 }
 
 /// Parses `bytes START-END/TOTAL` (TOTAL may be `*`).
